@@ -1,0 +1,98 @@
+"""Argument checks shared by every public function: each raises ValueError or TypeError naming the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from numbers import Real
+from typing import Any
+
+import torch
+
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    x: Any,
+    name: str,
+    *,
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+) -> torch.Tensor:
+    """Checks that `x` is a tensor of one of `dtypes` with the given number of dimensions."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {_dtype_names(dtypes)}; got {str(x.dtype).replace('torch.', '')}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Checks that `value` is a finite real number within the given bounds; returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value}")
+    return value
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite number > 0."""
+    return check_number(value, name, low=0.0, low_inclusive=False)
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite number >= 0."""
+    return check_number(value, name, low=0.0)
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """An integer (not a bool) within the given inclusive bounds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    """One of `choices`."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value
+
+
+def check_range(bounds: Any, name: str) -> tuple[float, float]:
+    """A pair (low, high) of finite numbers with low <= high."""
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(f"{name} must be a pair (low, high), got {bounds!r}")
+    low = check_number(bounds[0], f"{name}[0]")
+    high = check_number(bounds[1], f"{name}[1]")
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got {bounds!r}")
+    return low, high

@@ -1,0 +1,15 @@
+"""Benchmarks: one module per op and per attack, each with a run(device, ...) -> Report."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from .harness import Report
+
+SUITES = ("bounded_relu",)
+
+
+def suite(name: str) -> Callable[..., Report]:
+    """The run function of the benchmark `name`."""
+    return importlib.import_module(f"{__name__}.{name}").run

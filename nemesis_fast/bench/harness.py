@@ -1,0 +1,198 @@
+"""The benchmark harness shared by every op and attack benchmark.
+
+A benchmark builds Cases: each names the providers it compares (a zero-argument callable, or the reason it
+cannot run here), the provider the ratios are taken against, and the bytes one call must move. The Report
+times the providers side by side in one run, next to the device's measured copy bandwidth, and prints a
+table or writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Provider = Callable[[], object]
+
+
+@dataclass
+class Case:
+    """One measurement: the same work done by each provider."""
+
+    name: str
+    providers: dict[str, Provider | str]  # a provider, or why it cannot run here
+    baseline: str
+    bytes_moved: int | None = None  # bytes one call must read plus write, for bandwidth figures
+    items: int | None = None  # work items per call (images, pairs...), for throughput figures
+    item_name: str = "item"
+
+
+@dataclass
+class Row:
+    case: str
+    provider: str
+    ms: float | None
+    gbps: float | None = None
+    fraction_of_copy: float | None = None
+    speedup: float | None = None  # baseline time / this time
+    items_per_s: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(
+    fn: Provider, device: torch.device, *, warmup: int = 2, min_reps: int = 5, min_seconds: float = 0.25
+) -> float:
+    """Median wall time of one call, in milliseconds (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - started < min_seconds:
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 1000:
+            break
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """Measured device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def saved_tensor_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of distinct storages that autograd saves for backward while `fn` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+class Report:
+    """Rows measured on one device, with that device's copy bandwidth, printable and savable as JSON."""
+
+    def __init__(self, title: str, device: torch.device | str, *, settings: dict[str, Any] | None = None) -> None:
+        self.title = title
+        self.device = torch.device(device)
+        self.settings = settings or {}
+        self.copy_gbps = copy_bandwidth_gbps(self.device, (1 << 28) if self.device.type == "cuda" else (1 << 26))
+        self.rows: list[Row] = []
+
+    def run(self, case: Case) -> list[Row]:
+        """Times every provider of `case` and appends their rows, with ratios against the baseline."""
+        rows = []
+        for provider, fn in case.providers.items():
+            if isinstance(fn, str):
+                rows.append(Row(case.name, provider, None, note=fn))
+                continue
+            ms = time_ms(fn, self.device)
+            row = Row(case.name, provider, ms)
+            if case.bytes_moved:
+                row.gbps = case.bytes_moved / (ms * 1e-3) / 1e9
+                row.fraction_of_copy = row.gbps / self.copy_gbps
+            if case.items:
+                row.items_per_s = case.items / (ms * 1e-3)
+            rows.append(row)
+        base = next((r.ms for r in rows if r.provider == case.baseline and r.ms), None)
+        for row in rows:
+            if base and row.ms:
+                row.speedup = base / row.ms
+        self.rows.extend(rows)
+        return rows
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "device": device_name(self.device),
+            "device_type": self.device.type,
+            "torch_version": torch.__version__,
+            "copy_bandwidth_gbps": self.copy_gbps,
+            "settings": self.settings,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        write_json_atomic(Path(path), self.to_dict())
+
+    def table(self) -> str:
+        head = f"{self.title} on {device_name(self.device)} (torch {torch.__version__}; copy {self.copy_gbps:.1f} GB/s)"
+        columns = ["case", "provider", "ms", "GB/s", "% copy", "speedup", "items/s", "note"]
+        lines = [[c for c in columns]]
+        for r in self.rows:
+            extra = ", ".join(f"{k}={_fmt(v)}" for k, v in r.extra.items())
+            lines.append(
+                [
+                    r.case,
+                    r.provider,
+                    _fmt(r.ms),
+                    _fmt(r.gbps),
+                    f"{100 * r.fraction_of_copy:.0f}%" if r.fraction_of_copy is not None else "",
+                    f"{r.speedup:.2f}x" if r.speedup is not None else "",
+                    _fmt(r.items_per_s),
+                    "; ".join(x for x in (r.note, extra) if x),
+                ]
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+        rendered = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+        rendered.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join([head, *rendered])
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Writes `data` as JSON through a temporary file, so that a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e6:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return str(value)

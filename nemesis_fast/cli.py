@@ -1,0 +1,54 @@
+"""The command line: `nemesis-fast bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import backend_info
+    from .bench import SUITES, suite
+    from .bench.harness import write_json_atomic
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = args.ops or list(SUITES)
+    unknown = sorted(set(names) - set(SUITES))
+    if unknown:
+        raise SystemExit(f"nemesis-fast bench: unknown benchmark {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    info = backend_info()
+    reports = []
+    print(f"backends: {', '.join(b for b in ('native', 'triton', 'torch') if device.type in info[b]['devices'])}")
+    for name in names:
+        kwargs = {"numel": args.size} if args.size else {}
+        report = suite(name)(device, **kwargs)
+        print(report.table(), end="\n\n", flush=True)
+        reports.append(report)
+    if args.json:
+        write_json_atomic(Path(args.json), {"reports": [r.to_dict() for r in reports]})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nemesis-fast", description="nemesis_fast: fast adversarial robustness")
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="run the benchmark suite on this machine and print the tables")
+    bench.add_argument("ops", nargs="*", help="benchmarks to run (default: all)")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
+    bench.add_argument("--size", type=int, help="problem size (elements for elementwise ops)")
+    bench.add_argument("--json", help="also write the reports to this JSON file")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

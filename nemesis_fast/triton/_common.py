@@ -1,0 +1,39 @@
+"""Helpers shared by the Triton ops: memory layout, and the kernel launch."""
+
+from __future__ import annotations
+
+import torch
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
+
+from . import INTERPRET
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    """Whether `x` fills a gap-free block of memory without overlap, in any dimension order.
+
+    Such a tensor and `torch.empty_like` of it put element i at the same memory offset, so an elementwise
+    kernel can treat both as flat arrays.
+    """
+    expected = 1
+    for size, stride in sorted(((s, st) for s, st in zip(x.shape, x.stride()) if s != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def as_dense(x: torch.Tensor) -> torch.Tensor:
+    """`x` itself when it is dense, else one contiguous copy of it."""
+    return x if is_dense(x) else x.contiguous()
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """Launches a Triton kernel so that torch.compile can trace it (wrap_triton).
+
+    Under TRITON_INTERPRET=1 the kernel is a plain Python function that would read the data of fake
+    tensors, so it is not run while shapes are being traced (opcheck, torch.compile).
+    """
+    if INTERPRET and any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
+        return
+    wrap_triton(kernel)[grid](*args, **kwargs)

@@ -1,0 +1,303 @@
+"""bounded_relu on every backend against the reference, its autograd, compile support, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _support import backend_device_cases, dtypes_for, require_backend
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import nemesis_fast as nf
+from nemesis_fast import reference
+from nemesis_fast._backends.bounded_relu import BACKENDS
+from nemesis_fast.bench.harness import saved_tensor_bytes
+from nemesis_fast.nn import BoundedReLU, replace_relu
+
+CASES = backend_device_cases()
+
+
+def layouts(device: str) -> dict[str, torch.Tensor]:
+    """Inputs of odd sizes and awkward layouts; values straddle 0 and the thresholds used below."""
+    base = torch.randn(7, 13, 5, device=device) * 2
+    return {
+        "contiguous": base,
+        "scalar": torch.tensor(0.7, device=device),
+        "empty": torch.empty(0, 3, device=device),
+        "transposed": base.transpose(0, 2),
+        "sliced": base[:, ::3, 1:],
+        "channels_last": torch.randn(2, 3, 5, 7, device=device).to(memory_format=torch.channels_last),
+        "expanded": torch.randn(1, 5, device=device).expand(4, 5),
+    }
+
+
+def special_values(device: str) -> torch.Tensor:
+    return torch.tensor([-float("inf"), -1.0, 0.0, 0.3, 0.5, 1.0, 2.0, float("inf"), float("nan")], device=device)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_forward_and_gradient_match_reference(backend, device):
+    require_backend(BACKENDS, backend, device)
+    for dtype in dtypes_for(backend, device):
+        for name, x in [*layouts(device).items(), ("special", special_values(device))]:
+            for t in (1.0, 0.3, 6.0):
+                x = x.to(dtype).detach().requires_grad_(True)
+                out = nf.bounded_relu(x, t, backend=backend)
+                expected = reference.bounded_relu(x, t)
+                assert_same(out, expected)
+                grad_out = torch.randn_like(out)
+                (grad,) = torch.autograd.grad(out, x, grad_out)
+                (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+                assert_same(grad, expected_grad), (name, dtype, t)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_boundaries_follow_the_subgradient_convention(backend, device):
+    require_backend(BACKENDS, backend, device)
+    x = special_values(device).requires_grad_(True)
+    out = nf.bounded_relu(x, 1.0, backend=backend)
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.3, 0.5, 1.0, 1.0, 1.0, float("nan")], device=device)
+    assert_same(out, expected)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_output_keeps_the_input_layout(backend, device):
+    require_backend(BACKENDS, backend, device)
+    for name, x in layouts(device).items():
+        out = nf.bounded_relu(x, backend=backend)
+        if name in ("transposed", "channels_last", "contiguous"):
+            assert out.stride() == x.stride(), name
+
+
+class CopyCounter(TorchDispatchMode):
+    """Counts the ATen copies made under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone, torch.ops.aten._to_copy):
+            self.copies += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+def test_non_contiguous_input_is_copied_at_most_once(backend):
+    require_backend(BACKENDS, backend, "cpu")
+    x = torch.randn(8, 9)
+    for view, most in ((x.t(), 0), (x[:, ::2], 0 if backend == "native" else 1)):
+        with CopyCounter() as counter:
+            nf.bounded_relu(view, backend=backend)
+        assert counter.copies <= most
+
+
+OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+# Triton's interpreter runs kernels as Python, which AOTAutograd cannot trace; on a GPU all checks run.
+OPCHECK_UNDER_INTERPRETER = OPCHECK_ALL[:3]
+
+
+@pytest.mark.parametrize("backend,device", [c for c in CASES if c.values[0] != "torch"])
+def test_opcheck(backend, device):
+    require_backend(BACKENDS, backend, device)
+    suffix = "_triton" if backend == "triton" else ""
+    checks = OPCHECK_UNDER_INTERPRETER if (backend, device) == ("triton", "cpu") else OPCHECK_ALL
+    forward = getattr(torch.ops.nemesis_fast, f"bounded_relu{suffix}")
+    backward = getattr(torch.ops.nemesis_fast, f"bounded_relu_backward{suffix}")
+    for requires_grad in (False, True):
+        x = torch.randn(5, 6, device=device, requires_grad=requires_grad)
+        torch.library.opcheck(forward, (x, 0.8), test_utils=checks)
+        torch.library.opcheck(forward, (x.t(), 0.8), test_utils=checks)
+        out = forward(x.detach(), 0.8)
+        grad = torch.randn(5, 6, device=device, requires_grad=requires_grad)
+        torch.library.opcheck(backward, (grad, out, 0.8), test_utils=checks)
+
+
+def away_from_kinks(device: str, t: float) -> torch.Tensor:
+    """float64 points at least 0.05 from 0 and t, where finite differences see a smooth function."""
+    x = torch.linspace(-1.0, t + 1.0, 41, dtype=torch.float64, device=device)
+    x = x[((x.abs() > 0.05) & ((x - t).abs() > 0.05))]
+    return x.reshape(-1, 1).expand(-1, 3).clone().requires_grad_(True)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_gradcheck_and_gradgradcheck_float64(backend, device):
+    require_backend(BACKENDS, backend, device)
+    x = away_from_kinks(device, 0.7)
+    assert torch.autograd.gradcheck(lambda v: nf.bounded_relu(v, 0.7, backend=backend), (x,))
+    assert torch.autograd.gradgradcheck(lambda v: nf.bounded_relu(v, 0.7, backend=backend), (x,))
+
+
+@pytest.mark.parametrize(
+    "backend,device",
+    [
+        pytest.param("native", "cpu"),
+        pytest.param("torch", "cpu"),
+        pytest.param("native", "cuda", marks=pytest.mark.cuda),
+        pytest.param("triton", "cuda", marks=[pytest.mark.cuda, pytest.mark.triton]),
+    ],
+)
+def test_torch_compile_fullgraph(backend, device, monkeypatch):
+    require_backend(BACKENDS, backend, device)
+    torch._dynamo.reset()
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)  # also covers the default backend under tracing
+    compiled = torch.compile(lambda x: nf.bounded_relu(x * 2.0, 0.9) + 1.0, fullgraph=True)
+    x = torch.randn(33, 17, device=device, requires_grad=True)
+    expected = reference.bounded_relu(x * 2.0, 0.9) + 1.0
+    actual = compiled(x)
+    torch.testing.assert_close(actual, expected)
+    (grad,) = torch.autograd.grad(actual.sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_default_backend_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", "torch")
+    assert BACKENDS.select(torch.device("cpu"), None) is reference.bounded_relu
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", "native")
+    assert BACKENDS.select(torch.device("cpu"), None) is BACKENDS.native
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="NEMESIS_FAST_BACKEND"):
+        nf.bounded_relu(torch.ones(2))
+    monkeypatch.delenv("NEMESIS_FAST_BACKEND")
+    assert BACKENDS.select(torch.device("cpu"), None) is BACKENDS.native
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"t": 0.0}, ValueError, "t must be > 0"),
+        ({"t": -1.0}, ValueError, "t must be > 0"),
+        ({"t": float("nan")}, ValueError, "t must be finite"),
+        ({"t": float("inf")}, ValueError, "t must be finite"),
+        ({"t": "1"}, TypeError, "t must be a real number"),
+        ({"backend": "cuda"}, ValueError, "backend must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        nf.bounded_relu(torch.ones(3), **kwargs)
+
+
+@pytest.mark.parametrize("x", [torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.complex64), [1.0]])
+def test_bad_input_tensor(x):
+    with pytest.raises(TypeError, match="x must"):
+        nf.bounded_relu(x)
+
+
+def test_threshold_that_rounds_to_zero():
+    with pytest.raises(ValueError, match="rounds to 0"):
+        nf.bounded_relu(torch.ones(3, dtype=torch.float16), 1e-9)
+
+
+def test_backend_unavailable_for_the_device_names_the_argument():
+    with pytest.raises(ValueError, match="backend='native' cannot run bounded_relu on meta tensors"):
+        nf.bounded_relu(torch.ones(3, device="meta"), backend="native")
+
+
+def test_direct_op_calls_check_their_arguments():
+    with pytest.raises(ValueError, match="t must be a finite number > 0"):
+        torch.ops.nemesis_fast.bounded_relu(torch.ones(3), -1.0)
+    with pytest.raises(TypeError, match="x must be a float16"):
+        torch.ops.nemesis_fast.bounded_relu(torch.ones(3, dtype=torch.int32), 1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        torch.ops.nemesis_fast.bounded_relu_backward(torch.ones(3), torch.ones(4), 1.0)
+
+
+def small_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Sequential(nn.ReLU(), nn.Flatten()),
+        nn.Linear(8 * 8 * 8, 10),
+    )
+
+
+def swap_relu_for_hardtanh(model: nn.Module, t: float) -> nn.Module:
+    for name, child in model.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(model, name, nn.Hardtanh(0.0, t))
+        else:
+            swap_relu_for_hardtanh(child, t)
+    return model
+
+
+def test_replace_relu_matches_a_hardtanh_model():
+    torch.manual_seed(0)
+    model = small_cnn()
+    twin = swap_relu_for_hardtanh(small_cnn(), 0.5)
+    twin.load_state_dict(model.state_dict())
+    assert replace_relu(model, 0.5) is model
+    assert sum(isinstance(m, BoundedReLU) for m in model.modules()) == 2
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(model(x), twin(x))
+    model(x).square().sum().backward()
+    twin(x).square().sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert isinstance(replace_relu(nn.ReLU(), 2.0), BoundedReLU)
+    with pytest.raises(ValueError, match="t must be > 0"):
+        replace_relu(small_cnn(), 0.0)
+
+
+def test_backward_saves_nothing_beyond_what_relu_saves():
+    activation_cases = {"relu": nn.ReLU(), "bounded": BoundedReLU(1.0), "hardtanh": nn.Hardtanh(0.0, 1.0)}
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    saved = {}
+    for name, activation in activation_cases.items():
+        model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), activation, nn.Conv2d(8, 8, 3, padding=1))
+        saved[name] = saved_tensor_bytes(lambda model=model: model(x))
+    assert saved["bounded"] == saved["relu"]
+    assert saved["hardtanh"] == saved["relu"] + 2 * 8 * 16 * 16 * 4  # hardtanh also keeps its whole input
+
+
+def test_bounded_relu_module():
+    module = BoundedReLU(2.0)
+    assert "t=2.0" in repr(module)
+    torch.testing.assert_close(module(torch.tensor([-1.0, 1.0, 3.0])), torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="t must be > 0"):
+        BoundedReLU(-1.0)
+
+
+def test_nan_propagates_like_hardtanh():
+    x = torch.tensor([float("nan"), 0.5])
+    assert_same(nf.bounded_relu(x), F.hardtanh(x, 0.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "blocker,key,reason",
+    [
+        ("nemesis_fast._C", "native", "failed to load"),
+        ("triton", "triton", "triton"),
+    ],
+)
+def test_import_survives_a_missing_component(blocker, key, reason):
+    script = f"""
+import sys, warnings
+sys.modules[{blocker!r}] = None
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import torch, nemesis_fast as nf
+info = nf.backend_info()
+assert not info[{key!r}]["available"], info[{key!r}]
+assert {reason!r} in info[{key!r}]["unavailable"]["cpu"], info[{key!r}]
+if {key!r} == "native":
+    assert sum("native kernels unavailable" in str(w.message) for w in caught) == 1, caught
+print(nf.bounded_relu(torch.tensor([-1.0, 0.5, 3.0])).tolist())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0.0, 0.5, 1.0]"
