@@ -53,30 +53,50 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(
-    fn: Provider, device: torch.device, *, warmup: int = 2, min_reps: int = 5, min_seconds: float = 0.25
-) -> float:
-    """Median wall time of one call, in milliseconds (CUDA events on a GPU)."""
-    for _ in range(warmup):
+def _time_once(fn: Provider, device: torch.device) -> float:
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(
+    fns: dict[str, Provider],
+    device: torch.device,
+    *,
+    warmup: int = 2,
+    min_reps: int = 5,
+    min_seconds: float = 0.5,
+    max_reps: int = 1000,
+) -> dict[str, float]:
+    """Median wall time of one call of each provider, in milliseconds (CUDA events on a GPU).
+
+    The providers take turns, one call each per round, so that load from elsewhere on the machine falls on
+    all of them alike and the ratios stay meaningful.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     synchronize(device)
-    times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     started = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - started < min_seconds:
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 1000:
-            break
-    return statistics.median(times)
+    rounds = 0
+    while rounds < max_reps and (rounds < min_reps or time.perf_counter() - started < min_seconds):
+        for name, fn in fns.items():
+            times[name].append(_time_once(fn, device))
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_ms(fn: Provider, device: torch.device, **kwargs: Any) -> float:
+    """Median wall time of one call of `fn`, in milliseconds."""
+    return time_interleaved({"fn": fn}, device, **kwargs)["fn"]
 
 
 def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 28) -> float:
@@ -119,12 +139,14 @@ class Report:
 
     def run(self, case: Case) -> list[Row]:
         """Times every provider of `case` and appends their rows, with ratios against the baseline."""
+        runnable = {name: fn for name, fn in case.providers.items() if not isinstance(fn, str)}
+        timings = time_interleaved(runnable, self.device) if runnable else {}
         rows = []
         for provider, fn in case.providers.items():
             if isinstance(fn, str):
                 rows.append(Row(case.name, provider, None, note=fn))
                 continue
-            ms = time_ms(fn, self.device)
+            ms = timings[provider]
             row = Row(case.name, provider, ms)
             if case.bytes_moved:
                 row.gbps = case.bytes_moved / (ms * 1e-3) / 1e9

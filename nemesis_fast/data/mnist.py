@@ -1,0 +1,104 @@
+"""MNIST from its original IDX files (LeCun, Cortes, Burges; CC BY-SA 3.0), raw or gzip-compressed."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_choice
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+_PREFIX = {"train": "train", "test": "t10k"}
+_UBYTE = 0x08
+
+
+class DataFormatError(ValueError):
+    """A data file whose header, size or content is not what its format promises."""
+
+
+def _candidates(root: Path, split: str, kind: str) -> list[Path]:
+    """Where the IDX file of `kind` ("images" or "labels") may lie: torchvision's names and layouts."""
+    ndim = 3 if kind == "images" else 1
+    stems = [f"{_PREFIX[split]}-{kind}-idx{ndim}-ubyte", f"{_PREFIX[split]}-{kind}.idx{ndim}-ubyte"]
+    folders = [root, root / "MNIST" / "raw", root / "raw"]
+    return [folder / (stem + ext) for folder in folders for stem in stems for ext in ("", ".gz")]
+
+
+def _find(root: Path, split: str, kind: str) -> Path:
+    paths = _candidates(root, split, kind)
+    for path in paths:
+        if path.is_file():
+            return path
+    folders = sorted({str(p.parent) for p in paths})
+    raise FileNotFoundError(
+        f"no MNIST {split} {kind} file found; looked for {paths[0].name}[.gz] in {', '.join(folders)}. "
+        "Download the four IDX files (train-images-idx3-ubyte.gz, ...) into one of these folders."
+    )
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataFormatError(
+            f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'raw'} data ({error})"
+        ) from error
+
+
+def read_idx(path: str | os.PathLike, expected_ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX file as a numpy array, with its magic number, shape and size checked."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataFormatError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+    zero, dtype_code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
+    if zero != 0 or dtype_code != _UBYTE:
+        raise DataFormatError(
+            f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()}, expected 0000{_UBYTE:02x}0{expected_ndim})"
+        )
+    if ndim != expected_ndim:
+        raise DataFormatError(f"{path}: has {ndim} dimensions, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataFormatError(f"{path}: truncated inside its header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape, dtype=np.int64))
+    found = len(data) - header
+    if found < expected:
+        raise DataFormatError(f"{path}: truncated: header promises {shape} = {expected} bytes of data, found {found}")
+    if found > expected:
+        raise DataFormatError(f"{path}: {found - expected} unexpected bytes after the {shape} data")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_mnist(root: str | os.PathLike, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Loads MNIST's `split` ("train": 60,000 images, "test": 10,000) from the IDX files under `root`.
+
+    `root` may hold the files itself or in torchvision's `MNIST/raw` layout; each file may be raw or
+    gzip-compressed. Returns uint8 images of shape (N, 1, 28, 28) and int64 labels of shape (N,).
+    Raises FileNotFoundError naming where it looked, and DataFormatError (a ValueError) naming the file
+    when a header, size, count or label is wrong.
+    """
+    check_choice(split, "split", tuple(_PREFIX))
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MNIST folder {root} does not exist")
+    images_path, labels_path = _find(root, split, "images"), _find(root, split, "labels")
+    images = read_idx(images_path, 3)
+    labels = read_idx(labels_path, 1)
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataFormatError(f"{images_path}: images are {images.shape[1:]}, expected ({IMAGE_SIZE}, {IMAGE_SIZE})")
+    if len(images) != len(labels):
+        raise DataFormatError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataFormatError(f"{labels_path}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1}")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
