@@ -148,4 +148,8 @@ def write_build_info(torch, with_cuda: bool) -> None:
 
 
 ext_modules, build_ext = extension_modules()
-setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext}, package_data={"nemesis_fast": ["_build_info.json"]})
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    package_data={"nemesis_fast": ["_build_info.json", "data/mnist_sample/*"]},
+)

@@ -12,6 +12,9 @@ import torch
 
 from .._checks import check_choice
 
+# A class-balanced subset of MNIST (10,000 training and 2,000 test images) that ships with the package;
+# see its README.txt and tools/make_mnist_sample.py.
+MNIST_SAMPLE_DIR = Path(__file__).with_name("mnist_sample")
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 _PREFIX = {"train": "train", "test": "t10k"}
