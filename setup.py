@@ -101,8 +101,9 @@ def extension_modules():
     from torch.utils import cpp_extension  # after decide_cuda: it reads CUDA_HOME when imported
 
     # torch picks the C++ standard. -fopenmp makes at::parallel_for multi-threaded; the OpenMP calls bind at
-    # load time to the runtime that libtorch already loaded, so none is linked here.
-    cxx_flags = ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    # load time to the runtime that libtorch already loaded, so none is linked here. -fno-math-errno lets loops
+    # that call sqrt vectorise (no kernel reads errno).
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
@@ -151,5 +152,5 @@ ext_modules, build_ext = extension_modules()
 setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
-    package_data={"nemesis_fast": ["_build_info.json", "data/mnist_sample/*"]},
+    package_data={"nemesis_fast": ["_build_info.json", "data/mnist_sample/*", "evaluation/presets/*.toml"]},
 )

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import nn
+from . import attacks, data, defenses, models, nn
 from ._backends import bounded_relu as _bounded_relu_backends
+from ._backends import gaussian_augment as _gaussian_augment_backends
+from ._backends import jsma_saliency_search as _jsma_saliency_search_backends
 from ._info import backend_info as _backend_info
-from .ops import bounded_relu
-
-__version__ = "0.1.0"
+from ._version import __version__
+from .evaluation import evaluate
+from .ops import bounded_relu, gaussian_augment, jsma_saliency_search
+from .training import train
 
 _OP_TABLES = {
     "bounded_relu": _bounded_relu_backends.BACKENDS,
+    "gaussian_augment": _gaussian_augment_backends.BACKENDS,
+    "jsma_saliency_search": _jsma_saliency_search_backends.BACKENDS,
 }
 
 
@@ -25,4 +30,17 @@ def backend_info() -> dict[str, Any]:
     return _backend_info(_OP_TABLES)
 
 
-__all__ = ["__version__", "backend_info", "bounded_relu", "nn"]
+__all__ = [
+    "__version__",
+    "attacks",
+    "backend_info",
+    "bounded_relu",
+    "data",
+    "defenses",
+    "evaluate",
+    "gaussian_augment",
+    "jsma_saliency_search",
+    "models",
+    "nn",
+    "train",
+]

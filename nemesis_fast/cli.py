@@ -1,4 +1,4 @@
-"""The command line: `nemesis-fast bench`."""
+"""The command line: `nemesis-fast bench`, `nemesis-fast train` and `nemesis-fast evaluate`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from ._cli_evaluate import add_parser as add_evaluate_parser
+from ._cli_train import add_parser as add_train_parser
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, help="problem size (elements for elementwise ops)")
     bench.add_argument("--json", help="also write the reports to this JSON file")
     bench.set_defaults(handler=_bench)
+    add_train_parser(commands)
+    add_evaluate_parser(commands)
     return parser
 
 

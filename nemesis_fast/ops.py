@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 
 from ._backends import bounded_relu as _bounded_relu
+from ._backends import gaussian_augment as _gaussian_augment
+from ._backends import jsma_saliency_search as _jsma_saliency_search
 from ._checks import FLOAT_DTYPES, check_positive, check_tensor
 from .reference import rounded_threshold
+from .reference.jsma_saliency_search import check_inputs as _check_jsma_inputs
 
 _SMALLEST_NORMAL = {d: torch.finfo(d).smallest_normal for d in FLOAT_DTYPES}
 
@@ -29,3 +32,80 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, backend: str | None = None)
     if t < _SMALLEST_NORMAL[x.dtype] and rounded_threshold(t, x.dtype) == 0:
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
     return _bounded_relu.BACKENDS.select(x.device, backend)(x, t)
+
+
+def gaussian_augment(
+    x: torch.Tensor,
+    copies: int = 10,
+    sigma: float = 0.3,
+    clip: tuple[float | None, float | None] | None = (0.0, 1.0),
+    *,
+    include_original: bool = True,
+    seed: int | None = None,
+    offset: int = 0,
+    out_dtype: torch.dtype | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Gaussian data augmentation in one pass: the batch, then `copies` noisy copies of it.
+
+    Args:
+        x: a batch (B, ...) of float16, bfloat16, float32 or float64 values, or of uint8 values, which are read as
+            x / 255 (in [0, 1]). Any strides.
+        copies: number of noisy copies of every sample, >= 0.
+        sigma: standard deviation of the noise, in the units of x (of x / 255 for uint8), finite and >= 0.
+        clip: (low, high) bounds applied to every output value, originals included; None, or None on one side,
+            for no bound. Default (0, 1), the range of images.
+        include_original: put the (clipped) originals first.
+        seed: the noise's 64-bit key. None draws one from torch's default generator (so torch.manual_seed
+            governs it and successive calls give fresh noise). Under torch.compile pass an explicit seed.
+        offset: global index of x's first sample in the data set. The noise of copy c of sample b depends only on
+            (seed, c, offset + b, feature), so augmenting a data set in batches, each with its own offset, gives
+            exactly what augmenting it whole gives, on any backend.
+        out_dtype: the output dtype, a floating type; default x's dtype, float32 for uint8.
+        backend: None (automatic), "native", "triton" or "torch"; see :func:`nemesis_fast.bounded_relu`.
+
+    Returns:
+        ((copies + include_original) * B, *x.shape[1:]), contiguous: the originals, then copy 0 of every sample,
+        then copy 1, and so on. Noisy row c * B + b is clip(x[b] + sigma * n), n standard normal noise drawn with
+        Philox4x32-10 and Box-Muller (see nemesis_fast.reference.gaussian_augment for the exact definition).
+        Computed in float32 (float64 for float64 input). The op has no gradient: backward through it raises.
+    """
+    clip_min, clip_max, seed = _gaussian_augment.public_arguments(x, copies, sigma, clip, seed, offset, out_dtype)
+    implementation = _gaussian_augment.BACKENDS.select(x.device, backend)
+    return implementation(x, copies, float(sigma), clip_min, clip_max, bool(include_original), seed, offset, out_dtype)
+
+
+def jsma_saliency_search(
+    target_grad: torch.Tensor,
+    other_grad: torch.Tensor,
+    search_domain: torch.Tensor,
+    increase: bool = True,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The JSMA saliency-map pair search (Papernot et al. 2016): per sample, the best pair of features to change.
+
+    Over the unordered pairs p < q with both features in the search domain, with a = t_p + t_q and
+    b = o_p + o_q (float32 additions of the gradients converted to float32): when increasing, a pair is valid if
+    a > 0 and b < 0 and scores a * (-b); when decreasing, valid if a < 0 and b > 0 and scores (-a) * b (one
+    float32 multiplication). A pair touching a NaN gradient is invalid. The compiled kernels scan the pairs in
+    tiles, keeping only running bests: O(B * n) extra memory, never the n x n matrix of pair scores.
+
+    Args:
+        target_grad: (B, n) gradient of the target class (logit or probability) with respect to each input
+            feature; float32, or float16, bfloat16, float64 (converted to float32).
+        other_grad: (B, n) gradient of the sum of the other classes; target_grad's dtype.
+        search_domain: (B, n) bool, the features that may be chosen.
+        increase: True to find the pair to increase (JSMA with theta > 0), False for the pair to decrease.
+        backend: None (automatic: the compiled kernel, then Triton on CUDA, then torch), "native", "triton"
+            or "torch". NEMESIS_FAST_BACKEND sets the default.
+
+    Returns:
+        (p, q, found), each of shape (B,): p < q the int64 feature indices of the valid pair of highest score
+        (ties go to the smallest p, then the smallest q), and found, bool, False where no pair is valid (there
+        p = q = -1). Integer outputs: no gradient flows through this op.
+    """
+    _check_jsma_inputs(target_grad, other_grad, search_domain, increase)
+    return _jsma_saliency_search.BACKENDS.select(target_grad.device, backend)(
+        target_grad, other_grad, search_domain, increase
+    )

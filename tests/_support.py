@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,6 +29,17 @@ def backend_device_cases() -> list:
     return cases
 
 
+def fast_backend_cases(*, reference: bool = True) -> list:
+    """pytest params (backend, device) without Triton's CPU interpreter (too slow for large shapes, and not
+    traceable by torch.compile): native and (with `reference`) torch on the CPU, native and Triton on CUDA."""
+    cases = [pytest.param("native", "cpu")]
+    if reference:
+        cases.append(pytest.param("torch", "cpu"))
+    cases.append(pytest.param("native", "cuda", marks=pytest.mark.cuda))
+    cases.append(pytest.param("triton", "cuda", marks=[pytest.mark.cuda, pytest.mark.triton]))
+    return cases
+
+
 def require_backend(table: OpBackends, backend: str, device: str) -> None:
     """Skips a case only for what the machine lacks (a GPU, triton itself); fails for anything else."""
     reason = table.unavailable_reason(backend, device)
@@ -43,3 +57,13 @@ def dtypes_for(backend: str, device: str) -> list[torch.dtype]:
     if backend == "triton" and device == "cpu":
         return [d for d in FLOAT_DTYPES if d != torch.bfloat16]
     return list(FLOAT_DTYPES)
+
+
+def mnist_root() -> Path:
+    """The full MNIST IDX files: $NEMESIS_FAST_MNIST, else ../shared/data/mnist beside the repository; skips
+    the test when neither holds them (the package's 10k/2k sample, nemesis_fast.data.mnist.MNIST_SAMPLE_DIR,
+    is always there)."""
+    root = Path(os.environ.get("NEMESIS_FAST_MNIST") or Path(__file__).resolve().parents[2] / "shared/data/mnist")
+    if not (root / "train-images-idx3-ubyte.gz").is_file() and not (root / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"full MNIST not found in {root}; set NEMESIS_FAST_MNIST")
+    return root

@@ -107,10 +107,23 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 28) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else its architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    simd = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu_name()} ({platform.machine()}, {simd}), {torch.get_num_threads()} threads"
 
 
 def saved_tensor_bytes(fn: Callable[[], object]) -> int:

@@ -1,5 +1,8 @@
 """Data sets as uint8 image tensors (N, C, H, W) and int64 labels."""
 
-from .mnist import DataFormatError, load_mnist
+from ._format import DataFormatError
+from .cifar10 import load_cifar10
+from .loader import DeviceLoader, split_validation, to_float
+from .mnist import load_mnist
 
-__all__ = ["DataFormatError", "load_mnist"]
+__all__ = ["DataFormatError", "DeviceLoader", "load_cifar10", "load_mnist", "split_validation", "to_float"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice
+from ._format import DataFormatError, check_labels
 
 # A class-balanced subset of MNIST (10,000 training and 2,000 test images) that ships with the package;
 # see its README.txt and tools/make_mnist_sample.py.
@@ -19,10 +21,6 @@ IMAGE_SIZE = 28
 NUM_CLASSES = 10
 _PREFIX = {"train": "train", "test": "t10k"}
 _UBYTE = 0x08
-
-
-class DataFormatError(ValueError):
-    """A data file whose header, size or content is not what its format promises."""
 
 
 def _candidates(root: Path, split: str, kind: str) -> list[Path]:
@@ -74,7 +72,7 @@ def read_idx(path: str | os.PathLike, expected_ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DataFormatError(f"{path}: truncated inside its header")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: a foreign header cannot overflow the count
     found = len(data) - header
     if found < expected:
         raise DataFormatError(f"{path}: truncated: header promises {shape} = {expected} bytes of data, found {found}")
@@ -102,6 +100,5 @@ def load_mnist(root: str | os.PathLike, split: str = "train") -> tuple[torch.Ten
         raise DataFormatError(f"{images_path}: images are {images.shape[1:]}, expected ({IMAGE_SIZE}, {IMAGE_SIZE})")
     if len(images) != len(labels):
         raise DataFormatError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
-    if labels.size and labels.max() >= NUM_CLASSES:
-        raise DataFormatError(f"{labels_path}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1}")
+    check_labels(labels, labels_path, NUM_CLASSES)
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

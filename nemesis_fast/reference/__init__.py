@@ -2,5 +2,7 @@
 "torch" backend, which runs wherever torch runs."""
 
 from .bounded_relu import bounded_relu, rounded_threshold
+from .gaussian_augment import gaussian_augment
+from .jsma_saliency_search import jsma_saliency_search
 
-__all__ = ["bounded_relu", "rounded_threshold"]
+__all__ = ["bounded_relu", "gaussian_augment", "jsma_saliency_search", "rounded_threshold"]

@@ -1,0 +1,48 @@
+"""pytest-benchmark CPU cases of the attacks (`pytest benchmarks --benchmark-enable`); the side-by-side table
+with torchattacks and ART comes from `nemesis-fast bench attacks`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemesis_fast.bench import attacks as bench
+
+SPECS = {spec.name: spec for spec in bench.specs("cifar")}
+
+
+@pytest.fixture(scope="module")
+def cifar_batch():
+    model = bench.timing_model(torch.device("cpu"))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+CASES = [(name, "nemesis_fast") for name in ("FGSM", "R+FGSM", "PGD", "DeepFool")]
+CASES += [(name, "bare fwd+bwd") for name in ("FGSM", "PGD")]
+
+
+@pytest.mark.parametrize("name,provider", CASES)
+def test_attack_cpu(benchmark, cifar_batch, name, provider):
+    model, x, y = cifar_batch
+    spec = SPECS[name]
+    fn = bench.nemesis_provider(spec, model) if provider == "nemesis_fast" else bench.bare_provider(spec, model)
+    assert not isinstance(fn, str), fn
+    benchmark.group = f"attack {name}"
+    out = benchmark(fn, x, y)
+    assert out.shape == x.shape
+
+
+@pytest.mark.slow
+def test_side_by_side_report_is_complete():
+    report = bench.run("cpu", numel=2, attacks=("FGSM", "DeepFool"))
+    rows = {(row.case.split(" ")[0], row.provider): row for row in report.rows}
+    assert set(rows) == {(a, p) for a in ("FGSM", "DeepFool") for p in bench.PROVIDERS}
+    ours = rows["FGSM", "nemesis_fast"]
+    assert ours.ms > 0 and ours.extra["images"] == 2 and 0 <= ours.extra["success"] <= 1
+    assert ours.extra["median_linf"] == pytest.approx(8 / 255, abs=1e-6)
+    assert rows["DeepFool", "bare fwd+bwd"].ms is None and rows["DeepFool", "bare fwd+bwd"].note
+    assert rows["FGSM", "bare fwd+bwd"].speedup == pytest.approx(1.0)
+    assert "nemesis_fast" in report.table()

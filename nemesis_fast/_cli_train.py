@@ -1,0 +1,163 @@
+"""`nemesis-fast train`: one model with a defense recipe, or the paper's seven models (--paper)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DATASETS = ("mnist", "cifar10")
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE a Python literal (0.3, 10, (0, 1), True) or else a string (online)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    from .defenses.recipes import RECIPES
+    from .models import ACTIVATIONS, MODELS
+
+    p = commands.add_parser(
+        "train",
+        help="train a model with a defense recipe (or the paper's seven models with --paper)",
+        description="Train with Adam (the paper: batch 128, 20 epochs) on a data set kept on the device. "
+        "Prints one line per epoch (a progress bar on a terminal) and the clean test accuracy.",
+    )
+    p.add_argument("--data", choices=DATASETS, default="mnist", help="data set (default: mnist)")
+    p.add_argument(
+        "--root",
+        help="folder of the data files (MNIST IDX files, or cifar-10-batches-py or its parent); for MNIST the "
+        "default is the 10k/2k sample shipped with the package",
+    )
+    p.add_argument("--model", choices=tuple(MODELS), help="network (default: mnist_cnn / cifar_cnn)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="relu, or brelu (bounded ReLU)")
+    p.add_argument("--t", type=float, default=1.0, help="BReLU threshold (default 1)")
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (default 20)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="standard", help="defense recipe")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe setting, e.g. --set mode=online --set eps=0.2 (repeatable)",
+    )
+    p.add_argument("--source", help="checkpoint of the source model of offline recipes (default: train one)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out for validation")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs; 0: never stop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
+    p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), help="mixed precision")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
+    p.add_argument("--limit", type=int, help="train on the first N training images only")
+    p.add_argument("--out", help="save the trained model to this checkpoint")
+    p.add_argument("--paper", action="store_true", help="train the paper's seven models and print their table")
+    p.add_argument("--out-dir", help="with --paper: save each model as OUT_DIR/<name>.pt")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.set_defaults(handler=run)
+
+
+def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    from .data import load_cifar10, load_mnist
+    from .data.mnist import MNIST_SAMPLE_DIR
+
+    if args.data == "cifar10":
+        if not args.root:
+            raise SystemExit("nemesis-fast train: --root is required for cifar10")
+        load, root = load_cifar10, args.root
+    else:
+        load, root = load_mnist, args.root or MNIST_SAMPLE_DIR
+        if not args.root:
+            print(f"using the MNIST sample shipped with the package ({root}); pass --root for the full set")
+    train_data, test_data = load(root, "train"), load(root, "test")
+    if args.limit:
+        train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
+    return train_data, test_data
+
+
+def run(args: argparse.Namespace) -> int:
+    from .bench.harness import write_json_atomic
+    from .models import build_model
+    from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train, train_paper_models
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    train_data, test_data = _load(args)
+    model_name = args.model or {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}[args.data]
+    model_kwargs: dict[str, Any] = {"activation": args.activation, "t": args.t}
+    if model_name == "resnet":
+        model_kwargs.update(depth=args.depth, in_channels=train_data[0].shape[1])
+    common = dict(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        patience=args.patience or None,
+        device=device,
+        amp=args.amp or False,
+        compile=args.compile,
+        progress=args.progress,
+    )
+    if args.paper:
+        if args.settings or args.recipe != "standard" or args.activation != "relu":
+            raise SystemExit("nemesis-fast train --paper: --recipe, --activation and --set do not apply")
+        rows = train_paper_models(
+            train_data,
+            test_data,
+            dataset=args.data,
+            model_name=model_name,
+            t=args.t,
+            out_dir=args.out_dir,
+            seed=args.seed,
+            **common,
+        )
+        total = sum(r["seconds"] for r in rows)
+        print(f"{'model':<18} {'recipe':<40} {'test acc':>9} {'seconds':>8}")
+        for r in rows:
+            print(f"{r['name']:<18} {r['recipe']:<40} {100 * r['test_accuracy']:>8.2f}% {r['seconds']:>8.1f}")
+        print(f"total training time {total:.1f} s on {device}")
+        if args.json:
+            write_json_atomic(Path(args.json), {"device": str(device), "models": rows})
+        return 0
+
+    torch.manual_seed(args.seed)
+    model = build_model(model_name, **model_kwargs)
+    source = None
+    if args.source:
+        source, _ = load_checkpoint(args.source)
+    result = train(
+        model,
+        train_data,
+        args.recipe,
+        settings=dict(args.settings),
+        dataset=args.data,
+        seed=args.seed,
+        source_model=source,
+        **common,
+    )
+    accuracy = evaluate_accuracy(model, *test_data)
+    print(
+        f"{args.recipe} {model_name} ({args.activation}): test accuracy {100 * accuracy:.2f}% after "
+        f"{len(result.history)} epochs (best {result.best_epoch}), {result.seconds:.1f} s on {device}"
+    )
+    metrics = {"test_accuracy": accuracy, "val_accuracy": result.val_accuracy, "history": result.history}
+    if args.out:
+        save_checkpoint(args.out, model, recipe=args.recipe, settings=result.settings, metrics=metrics)
+        print(f"saved {args.out}")
+    if args.json:
+        write_json_atomic(Path(args.json), {"recipe": args.recipe, "settings": result.settings, **metrics})
+    return 0

@@ -1,0 +1,423 @@
+"""The attack API shared by every attack: construction, validation, the model-state guard, results and norms.
+
+Using an attack::
+
+    attack = PGD(model, eps=0.3, alpha=0.01, steps=40)  # model: (B, ...) images -> (B, classes) logits
+    x_adv = attack(x, y)                                 # untargeted; x_adv stays inside `clip`
+    x_adv = attack(x, y, target=t)                       # targeted: aims for class t[i] on image i
+    result = attack.run(x, y)                            # AttackResult: images, success, norms, iterations
+
+Writing an attack (this is all a subclass does; the base class does the rest)::
+
+    class MyAttack(Attack):
+        supports_targeted = True      # False: `target=` and `targeted=True` raise ValueError
+        deterministic = True          # False when it draws random numbers (random starts, noise)
+
+        def __init__(self, model, eps, *, clip=(0.0, 1.0), targeted=False, seed=None):
+            super().__init__(model, clip=clip, targeted=targeted, seed=seed)
+            self.eps = check_nonnegative(eps, "eps")   # nemesis_fast._checks: ValueError naming the argument
+
+        def _perturb(self, x, y, target):
+            # x: (B, ...) detached, finite, inside self.clip, on the model's device; never modify it in place.
+            # y: (B,) int64 true labels in [0, self.num_classes); target: (B,) int64 classes != y, or None for
+            # an untargeted run. Runs with the model in eval mode, its parameters' requires_grad off, under
+            # torch.no_grad(): the gradient helpers below turn gradients on for themselves.
+            grad, logits = self.loss_gradient(x, y if target is None else target)
+            step = self.eps * grad.sign()
+            x_adv = x + step if target is None else x - step
+            return x_adv, 1   # the images (the base class clips them), the iterations (an int or (B,) tensor)
+
+The base class validates `x`, `y` and `target` (ValueError/TypeError naming the argument), draws targets
+among the wrong classes when `targeted=True` and none is given (with the attack's seed or generator), runs
+`_perturb` inside :func:`model_guard`, clips the result into `clip`, and for :meth:`Attack.run` computes the
+success mask and the per-sample L0, L2 and Linf norms of the perturbation.
+
+Helpers for subclasses: :meth:`Attack.logits` (forward with the output shape checked),
+:meth:`Attack.input_gradient` (gradient of any per-sample loss with respect to the input only),
+:meth:`Attack.loss_gradient` (cross-entropy), :meth:`Attack.logit_gradients` (many vector-Jacobian products of
+the logits from one forward pass, batched), :meth:`Attack.project` (into `clip`), :meth:`Attack.is_adversarial`,
+and the random draws :meth:`Attack.rand`, :meth:`Attack.randn` and :meth:`Attack.randint` that honour `seed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import FLOAT_DTYPES, check_choice, check_int, check_range, check_tensor
+
+Seed = int | torch.Generator | None
+Norm = str  # "inf" or "2"
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+@dataclass
+class AttackResult:
+    """What :meth:`Attack.run` returns; every tensor is on the device of the input, one entry per image.
+
+    Attributes:
+        x_adv: (B, ...) adversarial images, x's shape and dtype, inside the attack's `clip`.
+        success: (B,) bool: the model's prediction on x_adv differs from y (untargeted) or equals the target.
+        predictions: (B,) int64: the model's predicted class on x_adv.
+        l0: (B,) int64: the number of elements (pixels times channels) that differ between x_adv and x.
+        l2: (B,) float32 (float64 for float64 images): the Euclidean norm of x_adv - x.
+        linf: (B,) same dtype as l2: the largest absolute change of any element.
+        iterations: (B,) int64: the iterations (gradient steps) the attack spent on each image.
+        target: (B,) int64 target classes of a targeted run, else None.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    predictions: torch.Tensor
+    l0: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    iterations: torch.Tensor
+    target: torch.Tensor | None = None
+
+    @property
+    def success_rate(self) -> float:
+        """The fraction of images on which the attack succeeded (nan for an empty batch)."""
+        return self.success.float().mean().item() if self.success.numel() else math.nan
+
+
+def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (L0, L2, Linf) norms of x_adv - x over all dimensions but the first.
+
+    L0 counts the elements that differ (int64); L2 and Linf are float32, or float64 for float64 inputs.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    delta = (x_adv.to(dtype) - x.to(dtype)).flatten(1)
+    if delta.shape[1] == 0:
+        zeros = torch.zeros(delta.shape[0], dtype=dtype, device=delta.device)
+        return zeros.long(), zeros, zeros.clone()
+    return (delta != 0).sum(1), delta.norm(dim=1), delta.abs().amax(1)
+
+
+def flat_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-sample norm ("2", "1" or "inf") of a (B, ...) tensor, shaped (B, 1, ..., 1) to broadcast against it."""
+    flat = v.flatten(1)
+    if norm == "2":
+        out = flat.norm(dim=1)
+    elif norm == "1":
+        out = flat.abs().sum(1)
+    else:
+        out = flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    return out.view(-1, *([1] * (v.dim() - 1)))
+
+
+def check_norm(norm: Any, name: str = "norm") -> Norm:
+    """ "inf" or "2" (the numbers 2 and math.inf are accepted too)."""
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        norm = {2: "2", math.inf: "inf"}.get(norm, norm)
+    return check_choice(norm, name, ("inf", "2"))
+
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """Puts `model` in eval mode with every parameter's requires_grad off; restores both on exit.
+
+    Each submodule's own training flag is restored (not just the root's), and so is every parameter's
+    requires_grad flag. With requires_grad off, gradients with respect to the input never reach the
+    parameters' `.grad`.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+def _check_seed(seed: Any) -> Seed:
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    return check_int(seed, "seed", low=0, high=2**63 - 1)
+
+
+class Attack:
+    """Base class of every attack. Subclasses implement :meth:`_perturb`; see the module docstring.
+
+    Args:
+        model: an `nn.Module` (or callable) mapping (B, ...) images to (B, classes) logits. Its train/eval
+            mode and its parameters' requires_grad flags are restored after each call; its parameters never
+            receive gradients.
+        clip: (low, high), low < high: the range of valid pixel values; inputs must lie in it, outputs do.
+        targeted: when True and no `target` is given to a call, targets are drawn uniformly among the wrong
+            classes (with `seed`). Passing `target=` to a call makes that call targeted either way.
+        seed: an int (every call starts from the same random state: reproducible), a torch.Generator (its
+            state advances from call to call), or None (torch's global generator).
+    """
+
+    supports_targeted: bool = True
+    deterministic: bool = True
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        clip: tuple[float, float] = (0.0, 1.0),
+        targeted: bool = False,
+        seed: Seed = None,
+    ) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be a callable mapping images to logits, got {type(model).__name__}")
+        self.model = model
+        low, high = check_range(clip, "clip")
+        if not low < high:
+            raise ValueError(f"clip must have low < high, got {clip!r}")
+        self.clip = (low, high)
+        if not isinstance(targeted, bool):
+            raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+        if targeted and not self.supports_targeted:
+            raise ValueError(f"targeted=True: {type(self).__name__} has no targeted mode")
+        self.targeted = targeted
+        self.seed = _check_seed(seed)
+        self.num_classes: int | None = None  # learnt from the model's output on the first call
+        self._generator: torch.Generator | None = None
+        self._use_vmap = True
+
+    # ----------------------------------------------------------------------------------------------------
+    # The public calls.
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """The adversarial images for images `x` (B, ...) with true labels `y` (B,), inside `clip`.
+
+        With `target` (B,) int classes (each != y), or with `targeted=True`, the attack is targeted.
+        """
+        return self._execute(x, y, target)[0]
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> AttackResult:
+        """Like calling the attack, but returns an :class:`AttackResult`: the images, the per-sample success
+        mask and predictions, the L0, L2 and Linf norms of the perturbation and the iterations used."""
+        x_adv, iterations, x, y, target = self._execute(x, y, target)
+        if x.shape[0]:
+            with self._guard(), torch.no_grad():
+                predictions = self.logits(x_adv).argmax(1)
+        else:
+            predictions = y.clone()
+        success = predictions != y if target is None else predictions == target
+        l0, l2, linf = perturbation_norms(x_adv, x)
+        return AttackResult(x_adv, success, predictions, l0, l2, linf, iterations, target)
+
+    # ----------------------------------------------------------------------------------------------------
+    # The hook.
+
+    def _perturb(
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """Returns (x_adv, iterations): the attack itself. See the module docstring for the contract."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------------
+    # Helpers for subclasses (call them from _perturb).
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for `x`, checked to be (B, num_classes)."""
+        out = self.model(x)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for B={x.shape[0]} got {shape}")
+        if self.num_classes is not None and out.shape[1] != self.num_classes:
+            raise ValueError(f"model gave {out.shape[1]} logits per image, earlier {self.num_classes}")
+        return out
+
+    def input_gradient(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], Any]) -> tuple[torch.Tensor, Any]:
+        """(d sum(loss) / dx, value): the gradient with respect to `x` only, and loss_fn's return detached.
+
+        `loss_fn(x)` returns per-sample losses (B,) (summed, so each sample's gradient is its own), or a tuple
+        whose first element they are; the rest of the tuple (e.g. logits) is handed back detached.
+        """
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            value = loss_fn(leaf)
+            loss = value[0] if isinstance(value, tuple) else value
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        if isinstance(value, tuple):
+            return grad, tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in value)
+        return grad, value.detach()
+
+    def loss_gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gradient of the summed cross-entropy of (model(x), labels) with respect to x, logits)."""
+
+        def loss(leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.logits(leaf)
+            return F.cross_entropy(logits, labels, reduction="none"), logits
+
+        grad, (_, logits) = self.input_gradient(x, loss)
+        return grad, logits
+
+    def logit_gradients(
+        self, x: torch.Tensor, weights: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, C), grads (K, B, ...)): grads[k, b] = d(sum_c weights[k, b, c] * logits[b, c]) / dx[b].
+
+        `weights` is a (K, B, C) tensor, or a function of the (detached) logits returning one. One forward
+        pass; the K vector-Jacobian products run as one batched backward pass (autograd with
+        is_grads_batched). Where the model has an op without a batching rule, the K products come instead
+        from one forward and one backward pass over K stacked copies of x.
+        """
+        with torch.enable_grad():
+            if self._use_vmap:
+                leaf = x.detach().requires_grad_(True)
+                logits = self.logits(leaf)
+                w = weights(logits.detach()) if callable(weights) else weights
+                try:
+                    (grads,) = torch.autograd.grad(logits, leaf, w.to(logits.dtype), is_grads_batched=True)
+                    return logits.detach(), grads
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except (RuntimeError, NotImplementedError):
+                    self._use_vmap = False  # an op without a batching rule
+            k = weights.shape[0] if isinstance(weights, torch.Tensor) else None
+            if k is None:
+                with torch.no_grad():
+                    w = weights(self.logits(x))
+                k = w.shape[0]
+            else:
+                w = weights
+            b = x.shape[0]
+            leaf = x.detach().unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:]).requires_grad_(True)
+            stacked = self.logits(leaf).view(k, b, -1)
+            (grads,) = torch.autograd.grad((stacked * w.to(stacked.dtype)).sum(), leaf)
+        return stacked[0].detach(), grads.view(k, *x.shape)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` clamped into `clip`."""
+        return x.clamp(*self.clip)
+
+    def is_adversarial(
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, confidence: float = 0.0
+    ) -> torch.Tensor:
+        """(B,) bool: the logits are misclassified (target None) or classified as target, by a margin of at
+        least `confidence` over every other class (the true class for untargeted attacks)."""
+        if target is None:
+            true = logits.gather(1, y[:, None]).squeeze(1)
+            others = logits.scatter(1, y[:, None], -math.inf).amax(1)
+            return others - true > confidence if confidence > 0 else logits.argmax(1) != y
+        wanted = logits.gather(1, target[:, None]).squeeze(1)
+        others = logits.scatter(1, target[:, None], -math.inf).amax(1)
+        return wanted - others > confidence if confidence > 0 else logits.argmax(1) == target
+
+    def rand(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Uniform [0, 1) numbers of `shape`, with `like`'s dtype and device, from the attack's generator."""
+        return self._draw(torch.rand, shape, like)
+
+    def randn(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Standard normal numbers of `shape`, with `like`'s dtype and device, from the attack's generator."""
+        return self._draw(torch.randn, shape, like)
+
+    def randint(self, high: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """int64 numbers in [0, high) of `shape` on `device`, from the attack's generator."""
+        gen = self._generator
+        out = torch.randint(high, shape, generator=gen, device=gen.device if gen is not None else device)
+        return out.to(device)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Internals.
+
+    def _draw(self, fn: Callable[..., torch.Tensor], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        gen = self._generator
+        device = gen.device if gen is not None else like.device
+        return fn(shape, generator=gen, device=device, dtype=like.dtype).to(like.device)
+
+    def _guard(self) -> contextlib.AbstractContextManager:
+        if isinstance(self.model, nn.Module):
+            return model_guard(self.model)
+        return contextlib.nullcontext()
+
+    def _start_generator(self, device: torch.device) -> None:
+        if isinstance(self.seed, int):
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        else:
+            self._generator = self.seed
+
+    def _execute(
+        self, x: Any, y: Any, target: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Validates, runs _perturb in the guard, clips: (x_adv, iterations, x, y, target)."""
+        with torch.inference_mode(False):
+            x, y, target = self._check_inputs(x, y, target)
+            self._start_generator(x.device)
+            try:
+                with self._guard(), torch.no_grad():
+                    if x.shape[0]:
+                        self._check_model(x, y, target)
+                        if target is None and self.targeted:
+                            target = (y + 1 + self.randint(self.num_classes - 1, y.shape, y.device)) % self.num_classes
+                        x_adv, iterations = self._perturb(x, y, target)
+                    else:
+                        x_adv, iterations = x.clone(), 0
+            finally:
+                self._generator = None
+            if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+                raise RuntimeError(f"{type(self).__name__}._perturb returned images of the wrong shape")
+            x_adv = self.project(x_adv.detach().to(x.dtype))
+            if isinstance(iterations, int):
+                iterations = torch.full((x.shape[0],), iterations, dtype=torch.int64, device=x.device)
+            return x_adv, iterations.to(torch.int64), x, y, target
+
+    def _check_inputs(self, x: Any, y: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Types, shapes and devices (no device sync); the values are checked by _check_model."""
+        check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=2)
+        if x.is_inference():
+            x = x.clone()
+        x = x.detach()
+        y = self._check_labels(y, "y", x)
+        if target is not None:
+            if not self.supports_targeted:
+                raise ValueError(f"target: {type(self).__name__} has no targeted mode")
+            target = self._check_labels(target, "target", x)
+        if isinstance(self.model, nn.Module):
+            param = next(iter(self.model.parameters()), None)
+            if param is not None and param.device != x.device:
+                raise ValueError(f"x is on {x.device} but the model's parameters are on {param.device}")
+        return x, y, target
+
+    def _check_labels(self, labels: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(labels, name, dtypes=_INT_DTYPES, ndim=1)
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} must hold one label per image: {x.shape[0]} images, {labels.shape[0]} labels")
+        labels = labels.detach().to(device=x.device, dtype=torch.int64)
+        return labels.clone() if labels.is_inference() else labels
+
+    def _check_model(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
+        """Learns the number of classes (one forward pass of one image, first call only), then checks that x is
+        finite and inside clip and that the labels are in range, with a single device synchronisation."""
+        if self.num_classes is None:
+            classes = self.logits(x[:1]).shape[1]
+            if classes < 2:
+                raise ValueError(f"model must output logits for at least 2 classes, got {classes}")
+            self.num_classes = classes
+        c = self.num_classes
+        values = [*torch.aminmax(x), *torch.aminmax(y)]  # NaN propagates into x's min and max
+        if target is not None:
+            values += [*torch.aminmax(target), (target == y).any()]
+        values = torch.stack([v.to(torch.float64) for v in values]).tolist()
+        x_min, x_max, y_min, y_max = values[:4]
+        if not (math.isfinite(x_min) and math.isfinite(x_max)):
+            raise ValueError("x must be finite; it holds NaN or infinite values")
+        if x_min < self.clip[0] or x_max > self.clip[1]:
+            raise ValueError(f"x must lie inside clip={self.clip}; it spans [{x_min}, {x_max}]")
+        if y_min < 0 or y_max >= c:
+            raise ValueError(f"y must hold labels in [0, {c}); got values in [{int(y_min)}, {int(y_max)}]")
+        if target is not None:
+            t_min, t_max, same = values[4:]
+            if t_min < 0 or t_max >= c:
+                raise ValueError(f"target must hold classes in [0, {c}); got values in [{int(t_min)}, {int(t_max)}]")
+            if same:
+                raise ValueError("target must differ from y for every image")

@@ -1,0 +1,86 @@
+"""The fast gradient sign method (Goodfellow et al., 2015) and R+FGSM (Tramer et al., 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._checks import check_nonnegative, check_number
+from .base import Attack, Norm, Seed, check_norm, flat_norm
+
+
+def gradient_step(grad: torch.Tensor, size: float, norm: Norm) -> torch.Tensor:
+    """A step of `size` along `grad`: size * sign(grad) (norm "inf"), or size * grad / ||grad||_2 per sample
+    (norm "2"; no step where the gradient is 0)."""
+    if norm == "inf":
+        return size * grad.sign()
+    length = flat_norm(grad, "2")
+    return size * grad / torch.where(length > 0, length, torch.ones_like(length))
+
+
+class FGSM(Attack):
+    """One step of size `eps` along the sign of the cross-entropy gradient (norm "inf"), or along the
+    gradient scaled to L2 length `eps` (norm "2"); away from the true label, or towards the target.
+
+    Args:
+        model: maps (B, ...) images to (B, classes) logits.
+        eps: the perturbation budget, >= 0, in pixel units (Linf or L2 after clipping to `clip`).
+        norm: "inf" (the sign step) or "2".
+        clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack` (the seed only draws targets).
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        eps: float,
+        *,
+        norm: Norm = "inf",
+        clip: tuple[float, float] = (0.0, 1.0),
+        targeted: bool = False,
+        seed: Seed = None,
+    ) -> None:
+        super().__init__(model, clip=clip, targeted=targeted, seed=seed)
+        self.eps = check_nonnegative(eps, "eps")
+        self.norm = check_norm(norm)
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        grad, _ = self.loss_gradient(x, y if target is None else target)
+        step = gradient_step(grad, self.eps, self.norm)
+        return x + step if target is None else x - step, 1  # the base class clips
+
+
+class RandFGSM(Attack):
+    """R+FGSM (Tramer et al., "Ensemble Adversarial Training", 2018): a random sign step, then FGSM.
+
+    x' = clip(x + alpha * sign(N(0, I))), then x_adv = clip(x' + (eps - alpha) * sign(grad_x' J(x', y)))
+    (minus the step towards the target in targeted mode). The Linf norm of x_adv - x is at most eps.
+
+    Args:
+        model: maps (B, ...) images to (B, classes) logits.
+        eps: the total Linf budget, >= 0.
+        alpha: the size of the random step, 0 <= alpha <= eps (the paper uses eps / 2).
+        clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack`.
+    """
+
+    deterministic = False
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        eps: float,
+        alpha: float,
+        *,
+        clip: tuple[float, float] = (0.0, 1.0),
+        targeted: bool = False,
+        seed: Seed = None,
+    ) -> None:
+        super().__init__(model, clip=clip, targeted=targeted, seed=seed)
+        self.eps = check_nonnegative(eps, "eps")
+        self.alpha = check_number(alpha, "alpha", low=0.0, high=self.eps)
+
+    def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        start = self.project(x + self.alpha * self.randn(x.shape, x).sign())
+        grad, _ = self.loss_gradient(start, y if target is None else target)
+        step = (self.eps - self.alpha) * grad.sign()
+        return start + step if target is None else start - step, 1  # the base class clips

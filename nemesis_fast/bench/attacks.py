@@ -1,0 +1,324 @@
+"""Benchmark of the attacks against torchattacks and ART on the same model and images.
+
+Each attack runs with the same settings in every provider: nemesis_fast, torchattacks and ART (through its
+PyTorchClassifier), plus a bare loop of forward+backward passes for FGSM and PGD (the floor a gradient
+attack cannot beat). A row gives the time per image, the images per second, and, computed the same way for
+every provider from the images it returns, the success rate and the median L2 and Linf perturbation of
+the successful images, and the number of model calls per attack call (torchattacks' CW, for one, stops
+as soon as its loss rises between two checks).
+Speedups are per image, against ART for DeepFool and C&W and against the bare loop for FGSM and PGD.
+
+The timing model is the paper's CIFAR-10 CNN (:func:`nemesis_fast.models.cifar_cnn`, random weights) on
+uniform random images labelled with its own predictions, so that every image starts correctly classified.
+With `mnist_root` (or $NEMESIS_FAST_MNIST), the paper's MNIST CNN is also trained for one epoch and every
+attack runs on the first 500 MNIST test images, for success rates and norms on a real model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import attacks as nf_attacks
+from ..attacks import perturbation_norms
+from .harness import Report, Row, time_ms
+
+AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PROVIDERS = ("nemesis_fast", "torchattacks", "ART", "bare fwd+bwd")
+
+
+@dataclass
+class Spec:
+    """One attack's settings, shared by every provider."""
+
+    name: str
+    settings: dict[str, Any]
+    baseline: str
+    # The slowest providers run on at most `slow_limit` images (see run()).
+    slow_providers: tuple[str, ...] = ()
+
+
+def specs(dataset: str, device_type: str = "cuda") -> list[Spec]:
+    """The attacks and settings of the benchmark on "cifar" (8/255 budgets) or "mnist" (0.3).
+
+    C&W runs 3 binary steps of 100 iterations on a GPU (2 of 25 on a CPU, where ART needs seconds per
+    iteration); ART's C&W and torchattacks' DeepFool, which are far slower, attack fewer images.
+    """
+    eps, alpha, steps = (8 / 255, 2 / 255, 10) if dataset == "cifar" else (0.3, 0.01, 40)
+    cw_steps, cw_iter = (3, 100) if device_type == "cuda" else (2, 25)
+    cw = {"confidence": 0.0, "initial_const": 1.0, "binary_search_steps": cw_steps, "max_iter": cw_iter, "lr": 0.01}
+    return [
+        Spec("FGSM", {"eps": eps}, "bare fwd+bwd"),
+        Spec("R+FGSM", {"eps": eps, "alpha": eps / 2}, "bare fwd+bwd"),
+        Spec("PGD", {"eps": eps, "alpha": alpha, "steps": steps}, "bare fwd+bwd"),
+        Spec("DeepFool", {"max_iter": 50, "overshoot": 0.02, "candidates": 10}, "ART", ("torchattacks",)),
+        Spec("CW-L2", cw, "ART", ("ART",)),
+    ]
+
+
+def nemesis_provider(spec: Spec, model: nn.Module) -> AttackFn | str:
+    s = spec.settings
+    if spec.name == "FGSM":
+        return nf_attacks.FGSM(model, s["eps"])
+    if spec.name == "R+FGSM":
+        return nf_attacks.RandFGSM(model, s["eps"], s["alpha"], seed=0)
+    if spec.name == "PGD":
+        return nf_attacks.PGD(model, s["eps"], s["alpha"], s["steps"], seed=0)
+    if spec.name == "DeepFool":
+        return nf_attacks.DeepFool(model, s["max_iter"], s["overshoot"], s["candidates"])
+    return nf_attacks.CarliniWagnerL2(
+        model,
+        s["confidence"],
+        s["initial_const"],
+        s["binary_search_steps"],
+        s["max_iter"],
+        s["lr"],
+    )
+
+
+def torchattacks_provider(spec: Spec, model: nn.Module) -> AttackFn | str:
+    try:
+        import torchattacks
+    except ImportError:
+        return "torchattacks not installed (pip install torchattacks)"
+    s = spec.settings
+    if spec.name == "FGSM":
+        return torchattacks.FGSM(model, eps=s["eps"])
+    if spec.name == "R+FGSM":
+        return "torchattacks' RFGSM is an iterative method, not R+FGSM"
+    if spec.name == "PGD":
+        return torchattacks.PGD(model, eps=s["eps"], alpha=s["alpha"], steps=s["steps"], random_start=True)
+    if spec.name == "DeepFool":
+        return torchattacks.DeepFool(model, steps=s["max_iter"], overshoot=s["overshoot"])
+    # No binary search over c in torchattacks' CW: one c for the whole iteration budget.
+    steps = s["binary_search_steps"] * s["max_iter"]
+    return torchattacks.CW(model, c=s["initial_const"], kappa=s["confidence"], steps=steps, lr=s["lr"])
+
+
+def art_classifier(model: nn.Module, x: torch.Tensor, classes: int) -> Any:
+    """ART's PyTorchClassifier around `model` for images like `x` in [0, 1], on x's device; or, when ART is
+    not installed, the reason as a string."""
+    try:
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        return "ART not installed (pip install adversarial-robustness-toolbox)"
+    return PyTorchClassifier(
+        model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if x.is_cuda else "cpu",
+    )
+
+
+def art_provider(spec: Spec, model: nn.Module, x: torch.Tensor, classes: int) -> AttackFn | str:
+    if spec.name == "R+FGSM":
+        return "ART has no R+FGSM"
+    classifier = art_classifier(model, x, classes)
+    if isinstance(classifier, str):
+        return classifier
+    from art.attacks import evasion
+
+    s, batch = spec.settings, x.shape[0]
+    if spec.name == "FGSM":
+        attack = evasion.FastGradientMethod(classifier, norm=np.inf, eps=s["eps"], batch_size=batch)
+    elif spec.name == "PGD":
+        attack = evasion.ProjectedGradientDescent(
+            classifier,
+            norm=np.inf,
+            eps=s["eps"],
+            eps_step=s["alpha"],
+            max_iter=s["steps"],
+            num_random_init=1,
+            batch_size=batch,
+            verbose=False,
+        )
+    elif spec.name == "DeepFool":
+        attack = evasion.DeepFool(
+            classifier,
+            max_iter=s["max_iter"],
+            epsilon=s["overshoot"],
+            nb_grads=s["candidates"],
+            batch_size=batch,
+            verbose=False,
+        )
+    else:
+        attack = evasion.CarliniL2Method(
+            classifier,
+            confidence=s["confidence"],
+            learning_rate=s["lr"],
+            binary_search_steps=s["binary_search_steps"],
+            max_iter=s["max_iter"],
+            initial_const=s["initial_const"],
+            batch_size=batch,
+            verbose=False,
+        )
+
+    def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x_np, y_np = images.cpu().numpy(), labels.cpu().numpy()
+        return torch.from_numpy(attack.generate(x_np, y_np)).to(images.device)
+
+    return run
+
+
+def bare_provider(spec: Spec, model: nn.Module) -> AttackFn | str:
+    """`steps` forward+backward passes with respect to the input and nothing else."""
+    if spec.name not in ("FGSM", "R+FGSM", "PGD"):
+        return "only for the one-gradient-per-step attacks"
+    steps = spec.settings.get("steps", 1)
+
+    def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        for _ in range(steps):
+            leaf = images.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(leaf), labels), leaf)
+        return images
+
+    return run
+
+
+def providers(spec: Spec, model: nn.Module, x: torch.Tensor, classes: int) -> dict[str, AttackFn | str]:
+    return {
+        "nemesis_fast": nemesis_provider(spec, model),
+        "torchattacks": torchattacks_provider(spec, model),
+        "ART": art_provider(spec, model, x, classes),
+        "bare fwd+bwd": bare_provider(spec, model),
+    }
+
+
+def measure(
+    spec: Spec,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    case: str,
+    *,
+    slow_limit: int,
+    reps: int = 3,
+) -> list[Row]:
+    """One row per provider of `spec`: time per image, success rate and median norms on (x, y)."""
+    device = x.device
+    rows = []
+    for provider, fn in providers(spec, model, x, classes).items():
+        if isinstance(fn, str):
+            rows.append(Row(case, provider, None, note=fn))
+            continue
+        n = min(len(x), slow_limit) if provider in spec.slow_providers else len(x)
+        images, labels = x[:n], y[:n]
+        fn(images[:2], labels[:2])  # warm-up: kernels, cuDNN's algorithm choice, lazy imports
+        out: dict[str, Any] = {"calls": 0, "forwards": 0}
+
+        def call(fn=fn, images=images, labels=labels, out=out) -> None:
+            out["x_adv"] = fn(images, labels)
+            out["calls"] += 1
+
+        def count(*_: Any, out=out) -> None:
+            out["forwards"] += 1
+
+        # On the last layer: ART's wrapper calls the layers of an nn.Sequential one by one, not the model.
+        last = [m for m in model.modules() if not list(m.children())][-1]
+        hook = last.register_forward_hook(count)
+        slow = provider in ("ART", "torchattacks") and spec.name in ("DeepFool", "CW-L2")
+        try:
+            ms = time_ms(call, device, warmup=0, min_reps=1 if slow else reps, min_seconds=0.0)
+        finally:
+            hook.remove()
+        row = Row(case, provider, ms, items_per_s=n / (ms * 1e-3))
+        # Model calls per attack call (a batched call counts once): the iterations a provider really ran.
+        row.extra = {"images": n, "ms_per_image": ms / n, "model_calls": out["forwards"] / out["calls"]}
+        if provider != "bare fwd+bwd":
+            x_adv = out["x_adv"].to(images.dtype)
+            with torch.no_grad():
+                success = model(x_adv).argmax(1) != labels
+            _, l2, linf = perturbation_norms(x_adv, images)
+            row.extra |= {
+                "success": success.float().mean().item(),
+                "median_l2": l2[success].median().item() if success.any() else None,
+                "median_linf": linf[success].median().item() if success.any() else None,
+            }
+        rows.append(row)
+    base = next((r for r in rows if r.provider == spec.baseline and r.ms), None)
+    for row in rows:
+        if base is not None and row.ms:
+            row.speedup = base.extra["ms_per_image"] / row.extra["ms_per_image"]
+    return rows
+
+
+def timing_model(device: torch.device) -> nn.Module:
+    """The paper's CIFAR-10 CNN with seeded random weights, in eval mode, on `device`."""
+    from ..models import cifar_cnn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = cifar_cnn()
+    return model.to(device).eval()
+
+
+def mnist_model_and_data(
+    root: str, device: torch.device, images: int = 500, train_images: int | None = None
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The paper's MNIST CNN trained for one epoch (on the first `train_images` training images; default all)
+    on `device`, and the first `images` test images."""
+    from ..data import load_mnist
+    from ..models import mnist_cnn
+    from ..training import train
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = mnist_cnn()
+    train_x, train_y = load_mnist(root, "train")
+    data = (train_x[:train_images], train_y[:train_images])
+    train(model, data, epochs=1, val_fraction=0.0, patience=None, device=device, log=False)
+    x, y = load_mnist(root, "test")
+    return model.to(device).eval(), (x[:images].float() / 255).to(device), y[:images].to(device)
+
+
+def run(
+    device: torch.device | str,
+    *,
+    numel: int | None = None,
+    mnist_root: str | None = None,
+    attacks: tuple[str, ...] | None = None,
+) -> Report:
+    """Times every attack and provider on `numel` CIFAR-shaped images (default 256 on a GPU, 8 on a CPU).
+
+    Args:
+        device: where the model, the images and every provider run (ART copies to numpy and back).
+        numel: the batch of images per call.
+        mnist_root: MNIST's folder for the success rows on a trained model; default $NEMESIS_FAST_MNIST.
+        attacks: the attack names to run (FGSM, R+FGSM, PGD, DeepFool, CW-L2); default all.
+    """
+    device = torch.device(device)
+    batch = numel or (256 if device.type == "cuda" else 8)
+    slow_limit = 32 if device.type == "cuda" else 4
+    report = Report("attacks", device, settings={"batch": batch, "slow_provider_images": slow_limit})
+    model = timing_model(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    chosen = [s for s in specs("cifar", device.type) if attacks is None or s.name in attacks]
+    for spec in chosen:
+        case = f"{spec.name} (CIFAR CNN, batch {batch})"
+        for row in measure(spec, model, x, y, 10, case, slow_limit=slow_limit):
+            report.add(row)
+    mnist_root = mnist_root or os.environ.get("NEMESIS_FAST_MNIST")
+    if mnist_root:
+        model, x, y = mnist_model_and_data(mnist_root, device)
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+        report.settings["mnist_clean_accuracy"] = accuracy
+        for spec in specs("mnist", device.type):
+            if attacks is not None and spec.name not in attacks:
+                continue
+            case = f"{spec.name} (MNIST CNN, {len(x)} test images)"
+            for row in measure(spec, model, x, y, 10, case, slow_limit=slow_limit * 4, reps=1):
+                report.add(row)
+    return report

@@ -1,0 +1,114 @@
+"""Feature squeezing (Xu, Evans, Qi, NDSS 2018): bit-depth reduction and median smoothing of the input,
+applied in front of a model at prediction time. The paper compared against it with 1 bit on MNIST and
+3 bits on CIFAR-10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import FLOAT_DTYPES, check_int, check_tensor
+
+PAPER_BIT_DEPTH = {"mnist": 1, "cifar10": 3}
+
+
+def reduce_bit_depth(x: torch.Tensor, bit_depth: int) -> torch.Tensor:
+    """x -> round(x * (2^b - 1)) / (2^b - 1): 2^b levels evenly spaced in [0, 1] (x is expected in [0, 1];
+    values outside are rounded onto the same grid). Halves round to even, as torch.round does."""
+    check_tensor(x, "x", dtypes=FLOAT_DTYPES)
+    levels = 2 ** check_int(bit_depth, "bit_depth", low=1, high=16) - 1
+    return torch.round(x * levels) / levels
+
+
+def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The median of every size x size window of each channel of (B, C, H, W) images, reflect-padded.
+
+    The window covers rows i - size // 2 .. i + (size - 1) // 2 (and likewise columns), and the median is the
+    element of rank size * size // 2 in increasing order: the conventions of scipy.ndimage.median_filter, whose
+    mode "mirror" is torch's "reflect". size must be below H and W.
+    """
+    check_tensor(x, "x", dtypes=FLOAT_DTYPES, ndim=4)
+    size = check_int(size, "size", low=1)
+    if size == 1:
+        return x
+    if size // 2 >= min(x.shape[2], x.shape[3]):
+        raise ValueError(f"size={size} is too large for images of {x.shape[2]}x{x.shape[3]} pixels")
+    before, after = size // 2, (size - 1) // 2
+    padded = F.pad(x, (before, after, before, after), mode="reflect")
+    windows = padded.unfold(2, size, 1).unfold(3, size, 1).reshape(*x.shape, size * size)
+    return windows.kthvalue(size * size // 2 + 1, dim=-1).values
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the squeezed input; backward: the incoming gradient unchanged (BPDA with the identity)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
+        return squeezed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class FeatureSqueezing(nn.Module):
+    """`model` behind a squeezer: bit-depth reduction to `bit_depth` bits, then (optionally) median smoothing.
+
+    Args:
+        model: maps (B, C, H, W) images in [0, 1] to logits.
+        bit_depth: bits per value, 1..16 (the paper's settings: 1 on MNIST, 3 on CIFAR-10; PAPER_BIT_DEPTH);
+            None skips the bit-depth reduction.
+        median_size: the window of median smoothing (e.g. 2 or 3), or None for none.
+        bpda: how gradients cross the squeezer. True (the default): BPDA (Athalye et al., 2018) with the
+            identity; forward is squeezed, backward passes the gradient straight through, so white-box attacks
+            see the model's gradient at the squeezed point. False: the true gradient, which is zero almost
+            everywhere through the rounding; attacks that then fail are defeated by gradient masking, not
+            by robustness, and results must be labelled so.
+
+    The squeezer has no parameters; the wrapper's state dict is the model's under the prefix "model.".
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        bit_depth: int | None,
+        *,
+        median_size: int | None = None,
+        bpda: bool = True,
+    ) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if bit_depth is None and median_size is None:
+            raise ValueError("bit_depth and median_size cannot both be None: nothing would be squeezed")
+        self.model = model
+        self.bit_depth = None if bit_depth is None else check_int(bit_depth, "bit_depth", low=1, high=16)
+        self.median_size = None if median_size is None else check_int(median_size, "median_size", low=1)
+        if not isinstance(bpda, bool):
+            raise TypeError(f"bpda must be a bool, got {type(bpda).__name__}")
+        self.bpda = bpda
+
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        """The squeezed images, with the gradient rule chosen by `bpda`."""
+        if self.bpda:
+            with torch.no_grad():
+                squeezed = self._squeeze(x)
+            return _StraightThrough.apply(x, squeezed) if x.requires_grad else squeezed
+        return self._squeeze(x)
+
+    def _squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bit_depth is not None:
+            x = reduce_bit_depth(x, self.bit_depth)
+        if self.median_size is not None:
+            x = median_smooth(x, self.median_size)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.squeeze(x))
+
+    def extra_repr(self) -> str:
+        return f"bit_depth={self.bit_depth}, median_size={self.median_size}, bpda={self.bpda}"

@@ -1,0 +1,188 @@
+"""Gaussian data augmentation (GDA, Zantedeschi et al. 2017): train on the originals plus noisy copies of every
+image (the paper: sigma = 0.3, 10 copies), made batch by batch on the device by the fused op
+:func:`nemesis_fast.gaussian_augment`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._backends.gaussian_augment import clip_bounds, resolve_seed
+from .._checks import check_int, check_number
+from ..ops import gaussian_augment
+
+_ArrayLike = torch.Tensor | np.ndarray
+
+
+def _mix_seed(seed: int) -> int:
+    """Another signed 64-bit seed derived from `seed` (splitmix64's finaliser), for the extra random subset."""
+    z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    z ^= z >> 31
+    return z - 2**64 if z >= 2**63 else z
+
+
+class GaussianAugmentation:
+    """Gaussian data augmentation as a callable (x, y) -> (x_augmented, y_augmented).
+
+    Args:
+        sigma: standard deviation of the noise (in the units of the float images; of x / 255 for uint8 images).
+        copies: noisy copies of every sample.
+        clip: (low, high) bounds of every output value, or None; default (0, 1).
+        include_original: keep the originals, first.
+        seed: None: every call draws a fresh seed from torch's default generator (torch.manual_seed governs it).
+            An int: calls are reproducible; the n-th call continues where the previous one stopped (its offset
+            is the number of samples seen so far), so augmenting a data set batch by batch gives the same noise
+            as augmenting it at once, and later epochs get fresh noise. :meth:`reset` rewinds.
+        ratio: ART's name: noisy samples per input sample, > 0. Its integer part is the number of noisy copies of
+            every sample; a fractional part adds one more noisy copy of a random subset of round(frac * B)
+            samples (ART draws all int(ratio * B) samples at random, with replacement; the sizes agree).
+            Replaces `copies` (leave copies at its default).
+        augmentation: ART's name: False keeps only one noisy copy of every sample (ratio is then ignored, as in
+            ART); True is the default behaviour.
+        clip_values: ART's name for `clip` (leave clip at its default). Unlike ART, whose default is no clipping,
+            `clip` defaults to (0, 1): pass clip=None for no clipping.
+        out_dtype: dtype of the augmented images (default: the input's; float32 for uint8).
+        backend: as for :func:`nemesis_fast.gaussian_augment`.
+
+    Calling it with x of shape (B, ...) (a torch tensor, or a numpy array as in ART, returned as numpy) and
+    optional labels y (leading dimension B) returns (x_aug, y_aug): x_aug holds the originals, then copy 0 of every
+    sample, then copy 1, ..., then the extra subset; y_aug repeats y in the same order (None without y).
+    """
+
+    def __init__(
+        self,
+        sigma: float = 0.3,
+        copies: int = 10,
+        clip: tuple[float | None, float | None] | None = (0.0, 1.0),
+        include_original: bool = True,
+        seed: int | None = None,
+        *,
+        ratio: float | None = None,
+        augmentation: bool | None = None,
+        clip_values: tuple[float, float] | None = None,
+        out_dtype: torch.dtype | None = None,
+        backend: str | None = None,
+    ) -> None:
+        self.sigma = check_number(sigma, "sigma", low=0.0)
+        copies = check_int(copies, "copies", low=0)
+        extra = 0.0
+        if ratio is not None:
+            if copies != 10:
+                raise ValueError("pass either copies or ratio (ART's name), not both")
+            ratio = check_number(ratio, "ratio", low=0.0, low_inclusive=False)
+            copies, extra = int(math.floor(ratio)), ratio - math.floor(ratio)
+        if augmentation is not None:
+            if not isinstance(augmentation, bool):
+                raise TypeError(f"augmentation must be a bool, got {type(augmentation).__name__}")
+            if not augmentation:
+                copies, extra, include_original = 1, 0.0, False
+        if clip_values is not None:
+            if clip != (0.0, 1.0):
+                raise ValueError("pass either clip or clip_values (ART's name), not both")
+            clip = clip_values
+        self.clip = clip_bounds(clip, "clip_values" if clip_values is not None else "clip")
+        self.copies, self.extra_fraction = copies, extra
+        self.include_original = bool(include_original)
+        self.seed = None if seed is None else resolve_seed(seed)
+        self.out_dtype, self.backend = out_dtype, backend
+        self.offset = 0
+
+    def reset(self) -> None:
+        """Rewind a seeded augmentation to its first call."""
+        self.offset = 0
+
+    def __call__(self, x: _ArrayLike, y: _ArrayLike | None = None) -> tuple[Any, Any]:
+        as_numpy = isinstance(x, np.ndarray)
+        x_t = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x
+        y_t = torch.from_numpy(np.asarray(y)) if isinstance(y, np.ndarray) else y
+        if not isinstance(x_t, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+        if y_t is not None:
+            if not isinstance(y_t, torch.Tensor):
+                raise TypeError(f"y must be a torch.Tensor, a numpy array or None, got {type(y).__name__}")
+            if y_t.dim() == 0 or x_t.dim() == 0 or y_t.shape[0] != x_t.shape[0]:
+                raise ValueError(
+                    f"x and y must have the same length, got shapes {tuple(x_t.shape)} and {tuple(y_t.shape)}"
+                )
+        x_aug, y_aug = self._augment(x_t, y_t)
+        if as_numpy:
+            return x_aug.numpy(), (y_aug.numpy() if y_aug is not None and isinstance(y, np.ndarray) else y_aug)
+        return x_aug, y_aug
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = x.shape[0] if x.dim() > 0 else 0
+        seed = resolve_seed(self.seed) if self.seed is None else self.seed
+        offset = 0 if self.seed is None else self.offset
+        low, high = self.clip
+        kwargs: dict[str, Any] = {"seed": seed, "offset": offset, "out_dtype": self.out_dtype, "backend": self.backend}
+        x_aug = gaussian_augment(
+            x, self.copies, self.sigma, (low, high), include_original=self.include_original, **kwargs
+        )
+        parts_y = [y] * (self.copies + int(self.include_original)) if y is not None else []
+        extra = round(self.extra_fraction * batch)
+        if extra > 0:
+            # One more noisy copy of a random subset, under a seed of its own (the subset is a gather, not a
+            # contiguous run of global indices, so it cannot share the main counter space).
+            subset_seed = _mix_seed(seed)
+            generator = torch.Generator().manual_seed(subset_seed)
+            index = torch.randperm(batch, generator=generator)[:extra].sort().values.to(x.device)
+            kwargs.update(seed=subset_seed, offset=offset)
+            noisy = gaussian_augment(
+                x.index_select(0, index), 1, self.sigma, (low, high), include_original=False, **kwargs
+            )
+            x_aug = torch.cat([x_aug, noisy])
+            if y is not None:
+                parts_y.append(y.index_select(0, index.to(y.device)))
+        if self.seed is not None:
+            self.offset += batch
+        y_aug = torch.cat(parts_y) if y is not None else None
+        return x_aug, y_aug
+
+    def __repr__(self) -> str:
+        ratio = f", extra_fraction={self.extra_fraction}" if self.extra_fraction else ""
+        return (
+            f"GaussianAugmentation(sigma={self.sigma}, copies={self.copies}{ratio}, clip={self.clip}, "
+            f"include_original={self.include_original}, seed={self.seed})"
+        )
+
+
+def augment_batches(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    gda: GaussianAugmentation,
+    device: torch.device | str | None = None,
+    *,
+    shuffle: bool = False,
+    non_blocking: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augments every (x, y) batch of `loader` on `device`.
+
+    Args:
+        loader: any iterable of (x, y) batches (a torch DataLoader, a list...), x of shape (B, ...), y (B, ...).
+        gda: the augmentation.
+        device: where the batches are moved before augmenting (default: where they are).
+        shuffle: permute each augmented batch, so that a batch's noisy copies are not grouped together.
+        non_blocking: asynchronous host-to-device copies (effective from pinned memory).
+
+    Yields (x_aug, y_aug) on `device`: B * (copies + include_original) (+ the ratio's subset) samples each.
+    """
+    if not isinstance(gda, GaussianAugmentation):
+        raise TypeError(f"gda must be a GaussianAugmentation, got {type(gda).__name__}")
+    target = None if device is None else torch.device(device)
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError("loader must yield (x, y) pairs")
+        x, y = batch
+        if target is not None:
+            x, y = x.to(target, non_blocking=non_blocking), y.to(target, non_blocking=non_blocking)
+        x_aug, y_aug = gda(x, y)
+        if shuffle:
+            order = torch.randperm(x_aug.shape[0], device=x_aug.device)
+            x_aug, y_aug = x_aug[order], y_aug[order.to(y_aug.device)]
+        yield x_aug, y_aug

@@ -1,0 +1,265 @@
+"""Training recipes: each defense of the paper as the per-batch work of a training loop.
+
+A recipe has settings (a frozen dataclass with the paper's defaults, per data set), an optional per-batch
+`augment` applied by the loader on the device, a per-batch `loss(model, x, y)`, and, for the offline variants,
+`offline_examples(source, x, y)` that builds the extra training images from a model trained beforehand.
+
+=================  =====================================================================================
+name               what training does
+=================  =====================================================================================
+standard           cross-entropy
+gda                cross-entropy on each batch plus `copies` Gaussian-noised copies of it (sigma 0.3, 10
+                   copies), made on the fly on the device, never stored
+label_smoothing    cross-entropy against targets with `confidence` (0.9) on the true class
+fgsm_adversarial   offline (the paper's): FGSM examples (eps 0.3 on MNIST) of a source model added to the
+                   training set; online: fresh FGSM examples of the current model in every batch
+vat                online: CE + alpha * LDS (eps 2.1 on MNIST, xi 1e-6, one power iteration); offline (the
+                   paper's): x + r_adv of a source model added to the training set
+=================  =====================================================================================
+
+BReLU is not a recipe but the model's activation (`activation="brelu"`), with or without GDA; feature
+squeezing is not trained but wraps a model at prediction (:class:`FeatureSqueezing`).
+
+The paper gives the MNIST values; the CIFAR-10 defaults of FGSM's eps (8/255) and VAT's eps (2.1, the MNIST
+value) are this package's choices, not the paper's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_choice, check_int, check_nonnegative, check_number, check_positive, check_range
+from .adversarial_training import fgsm_adversarial_loss, fgsm_examples
+from .label_smoothing import label_smoothing_loss
+from .vat import vat_loss, vat_perturbation
+
+DATASETS = ("mnist", "cifar10")
+MODES = ("offline", "online")
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class StandardSettings:
+    """Plain cross-entropy: nothing to set."""
+
+
+@dataclass(frozen=True)
+class GDASettings:
+    """Gaussian data augmentation: `copies` noisy copies N(x, sigma^2 I) of each image, clipped to `clip`,
+    next to the original (include_original)."""
+
+    sigma: float = 0.3
+    copies: int = 10
+    include_original: bool = True
+    clip: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_nonnegative(self.sigma, "sigma")
+        check_int(self.copies, "copies", low=1)
+        object.__setattr__(self, "clip", check_range(self.clip, "clip"))
+
+
+@dataclass(frozen=True)
+class LabelSmoothingSettings:
+    """Soft targets: `confidence` on the true class, the rest spread evenly."""
+
+    confidence: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_number(self.confidence, "confidence", low=0.0, high=1.0, low_inclusive=False)
+
+
+@dataclass(frozen=True)
+class FGSMAdversarialSettings:
+    """FGSM adversarial training: Linf budget `eps`; mode "offline" (examples of a source model added to the
+    training set, the paper's) or "online" (fresh examples every batch, loss weight * CE(x) + (1 - weight) *
+    CE(x_adv))."""
+
+    eps: float = 0.3
+    mode: str = "offline"
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_nonnegative(self.eps, "eps")
+        check_choice(self.mode, "mode", MODES)
+        check_number(self.weight, "weight", low=0.0, high=1.0)
+
+
+@dataclass(frozen=True)
+class VATSettings:
+    """Virtual adversarial training: L2 budget `eps`, finite-difference step `xi`, `power_iterations`, LDS
+    weight `alpha`; mode "online" (the LDS loss every batch) or "offline" (x + r_adv of a source model added
+    to the training set, the paper's)."""
+
+    eps: float = 2.1
+    xi: float = 1e-6
+    power_iterations: int = 1
+    alpha: float = 1.0
+    mode: str = "online"
+
+    def __post_init__(self) -> None:
+        check_nonnegative(self.eps, "eps")
+        check_positive(self.xi, "xi")
+        check_int(self.power_iterations, "power_iterations", low=1)
+        check_nonnegative(self.alpha, "alpha")
+        check_choice(self.mode, "mode", MODES)
+
+
+class Recipe:
+    """The per-batch work of one defense. Subclasses set `name` and `Settings` and override what differs."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any, *, seed: int = 0) -> None:
+        if not isinstance(settings, self.Settings):
+            expected, got = self.Settings.__name__, type(settings).__name__
+            raise TypeError(f"settings of recipe {self.name!r} must be {expected}, got {got}")
+        self.settings = settings
+        self.seed = check_int(seed, "seed", low=0)
+
+    @property
+    def needs_source(self) -> bool:
+        """True for the offline variants: training needs a model trained beforehand to make examples."""
+        return False
+
+    def augment(self, device: torch.device) -> Augment | None:
+        """The per-batch transform (x, y) -> (x, y) the loader applies on `device`, or None."""
+        return None
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The scalar training loss of batch (x, y)."""
+        return F.cross_entropy(model(x).float(), y)
+
+    def offline_examples(self, source: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The extra training images made from `source` for batch (x, y) (offline variants only)."""
+        raise NotImplementedError(f"recipe {self.name!r} has no offline examples")
+
+    def settings_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.settings)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings})"
+
+
+class StandardRecipe(Recipe):
+    name = "standard"
+    Settings = StandardSettings
+
+
+class GDARecipe(Recipe):
+    name = "gda"
+    Settings = GDASettings
+
+    def augment(self, device: torch.device) -> Augment:
+        from .gaussian_augmentation import GaussianAugmentation
+
+        s = self.settings
+        return GaussianAugmentation(
+            sigma=s.sigma, copies=s.copies, clip=s.clip, include_original=s.include_original, seed=self.seed
+        )
+
+
+class LabelSmoothingRecipe(Recipe):
+    name = "label_smoothing"
+    Settings = LabelSmoothingSettings
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return label_smoothing_loss(model(x), y, self.settings.confidence)
+
+
+class FGSMAdversarialRecipe(Recipe):
+    name = "fgsm_adversarial"
+    Settings = FGSMAdversarialSettings
+
+    @property
+    def needs_source(self) -> bool:
+        return self.settings.mode == "offline"
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.settings.mode == "offline":
+            return super().loss(model, x, y)
+        return fgsm_adversarial_loss(model, x, y, self.settings.eps, weight=self.settings.weight)
+
+    def offline_examples(self, source: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return fgsm_examples(source, x, y, self.settings.eps)
+
+
+class VATRecipe(Recipe):
+    name = "vat"
+    Settings = VATSettings
+
+    def __init__(self, settings: VATSettings, *, seed: int = 0) -> None:
+        super().__init__(settings, seed=seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    @property
+    def needs_source(self) -> bool:
+        return self.settings.mode == "offline"
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        if s.mode == "offline":
+            return super().loss(model, x, y)
+        return vat_loss(
+            model,
+            x,
+            y,
+            eps=s.eps,
+            xi=s.xi,
+            alpha=s.alpha,
+            power_iterations=s.power_iterations,
+            generator=self._generator(x.device),
+        )
+
+    def offline_examples(self, source: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        r_adv = vat_perturbation(
+            source, x, eps=s.eps, xi=s.xi, power_iterations=s.power_iterations, generator=self._generator(x.device)
+        )
+        return (x + r_adv.to(x.dtype)).clamp(0.0, 1.0)
+
+
+RECIPES: dict[str, type[Recipe]] = {
+    r.name: r for r in (StandardRecipe, GDARecipe, LabelSmoothingRecipe, FGSMAdversarialRecipe, VATRecipe)
+}
+_DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "mnist": {},
+    "cifar10": {"fgsm_adversarial": {"eps": 8 / 255}},
+}
+
+
+def paper_settings(name: str, dataset: str = "mnist", **overrides: Any) -> Any:
+    """The settings dataclass of recipe `name` with the defaults for `dataset` ("mnist" or "cifar10"), and
+    `overrides` (field=value) on top; an unknown field raises ValueError naming the fields there are."""
+    check_choice(name, "recipe", RECIPES)
+    check_choice(dataset, "dataset", DATASETS)
+    cls = RECIPES[name].Settings
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"recipe {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(sorted(fields)) or 'none'}"
+        )
+    return cls(**{**_DATASET_DEFAULTS[dataset].get(name, {}), **overrides})
+
+
+def make_recipe(name: str, settings: Any = None, *, dataset: str = "mnist", seed: int = 0) -> Recipe:
+    """Recipe `name` with `settings`: None (the defaults for `dataset`), a dict of overrides of them, or the
+    recipe's settings dataclass itself."""
+    check_choice(name, "recipe", RECIPES)
+    if settings is None or isinstance(settings, dict):
+        settings = paper_settings(name, dataset, **(settings or {}))
+    return RECIPES[name](settings, seed=seed)

@@ -1,0 +1,91 @@
+"""The robustness evaluation: the paper's tables from one call, on one process or many (torchrun).
+
+    results = nemesis_fast.evaluate()                         # the shipped MNIST sample, small budgets
+    results = nemesis_fast.evaluate("my.toml", data_dir=...)  # a config file, with top-level overrides
+
+Outputs (under out_dir): results.json (every number, the config and the package version), results.csv,
+results.md, whitebox.png (accuracy against eps) and examples.png (clean and adversarial images).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cache import write_atomic
+from .config import DATASET_DEFAULTS, ConfigError, EvalConfig, load_config
+from .distributed import start, stop
+from .report import Results, plot_examples, summary, write_outputs
+from .runner import Evaluation
+
+PRESETS_DIR = Path(__file__).with_name("presets")
+
+
+def preset_path(name: str) -> Path:
+    """The config file of a shipped preset ("quick": a few minutes on a CPU; "paper": the paper's budgets)."""
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        raise ConfigError(f"preset {name!r} does not exist; choose from {known}")
+    return path
+
+
+def evaluate(
+    config: EvalConfig | str | os.PathLike | None = None,
+    *,
+    log: bool = True,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> Results:
+    """Trains or loads the models, runs the white-box and black-box attacks, writes and returns the results.
+
+    Args:
+        config: an EvalConfig, a TOML/JSON config file, or None for the "quick" preset when no data_dir is
+            given (the MNIST sample shipped with the package) and the paper's defaults otherwise.
+        log: print progress lines and the final tables to stderr/stdout (process 0 only).
+        progress: tqdm bars; None: when stderr is a terminal.
+        overrides: top-level settings (data_dir, dataset, out_dir, device, test_samples, synthetic...).
+
+    Every setting is checked before any work starts (ConfigError, a ValueError, naming the key). Under
+    torchrun the test set is sharded across the processes and the results are gathered on all of them;
+    only process 0 writes files.
+    """
+    if not isinstance(config, EvalConfig):
+        if config is None and not overrides.get("data_dir"):
+            config = preset_path("quick")
+        config = load_config(config, overrides)
+    progress = sys.stderr.isatty() if progress is None else progress
+    say = (lambda message: print(message, file=sys.stderr, flush=True)) if log else (lambda message: None)
+    workers = start(config.device)
+    try:
+        evaluation = Evaluation(config, workers, log=say, progress=progress)
+        say(f"nemesis_fast evaluate: {evaluation.data.description}")
+        say(f"{workers.world_size} process(es), device {workers.device}")
+        results = evaluation.run()
+        if workers.is_main:
+            out = Path(config.out_dir).expanduser()
+            paths = write_outputs(results, out)
+            if config.blackbox_attacks:
+                clean, adversarial, labels, predictions, title = evaluation.examples()
+                plot_examples(clean, adversarial, labels, predictions, out / "examples.png", title)
+                paths["examples"] = out / "examples.png"
+            if log:
+                print(summary(results), flush=True)
+                print("written: " + ", ".join(str(p) for p in paths.values()), flush=True)
+    finally:
+        stop(workers)
+    return results
+
+
+__all__ = [
+    "DATASET_DEFAULTS",
+    "ConfigError",
+    "EvalConfig",
+    "Results",
+    "evaluate",
+    "load_config",
+    "preset_path",
+    "write_atomic",
+]

@@ -1,0 +1,78 @@
+"""A content-addressed cache of trained models and attack results, written atomically.
+
+Each entry is named by a hash of everything that determines it (its kind, its settings, the package
+version), so a changed setting never picks up a stale entry, and an interrupted run resumes from the entries
+already written. Files appear under their final name only once complete (write to a temporary file, fsync,
+rename); an entry that cannot be read is discarded and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def settings_key(kind: str, settings: dict[str, Any]) -> str:
+    """A short stable hash of `kind` and `settings` (JSON-serialisable)."""
+    from .._version import __version__
+
+    blob = json.dumps({"kind": kind, "settings": settings, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` so that `path` is either absent, the old file, or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultCache:
+    """Tensors and small metadata stored under `root`/<kind>/<key>.pt."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, kind: str, settings: dict[str, Any]) -> Path:
+        return self.root / kind / f"{settings_key(kind, settings)}.pt"
+
+    def load(self, kind: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The entry for (`kind`, `settings`), or None when there is none or it cannot be read."""
+        path = self.path(kind, settings)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a damaged entry is recomputed, never trusted
+            warnings.warn(f"discarding unreadable cache entry {path}: {error}", RuntimeWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+        if not isinstance(entry, dict) or entry.get("settings") != json.loads(json.dumps(settings, default=str)):
+            warnings.warn(f"discarding cache entry {path}: its settings do not match", RuntimeWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+        return entry
+
+    def save(self, kind: str, settings: dict[str, Any], payload: dict[str, Any]) -> Path:
+        """Stores `payload` (tensors, numbers, strings, lists and dicts of them) for (`kind`, `settings`)."""
+        path = self.path(kind, settings)
+        buffer = io.BytesIO()
+        torch.save({**payload, "settings": json.loads(json.dumps(settings, default=str))}, buffer)
+        write_atomic(path, buffer.getvalue())
+        return path

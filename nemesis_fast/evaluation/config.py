@@ -1,0 +1,273 @@
+"""The evaluation's settings: dataclasses whose defaults are the paper's, loaded from TOML or JSON.
+
+Every key is checked before any work starts: an unknown key, attack or defense, a negative eps, or a data
+folder that does not exist raises ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DATASETS = ("mnist", "cifar10")
+# The paper's seven models, by the names of nemesis_fast.training.PAPER_MODELS.
+DEFENSES = ("standard", "feature_squeezing", "label_smoothing", "fgsm_adversarial", "vat", "gda", "gda_brelu")
+DEFENSE_LABELS = {
+    "standard": "CNN",
+    "feature_squeezing": "Feature squeezing",
+    "label_smoothing": "Label smoothing",
+    "fgsm_adversarial": "FGSM adv. training",
+    "vat": "VAT",
+    "gda": "GDA + ReLU",
+    "gda_brelu": "GDA + BReLU",
+}
+ATTACKS = ("fgsm", "rfgsm", "deepfool", "jsma", "cw")
+ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W"}
+WHITEBOX_ATTACKS = ("fgsm", "rfgsm")
+
+
+class ConfigError(ValueError):
+    """A setting that is unknown or out of range; the message names the key."""
+
+
+@dataclass
+class TrainingSettings:
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.1
+    patience: int = 3  # epochs without validation improvement before early stopping
+    train_samples: int = 0  # 0: the whole training set
+    source_depth: int = 20  # depth of the ResNet that crafts the black-box attacks
+    amp: bool = False
+    compile: bool = False
+
+
+@dataclass
+class DefenseSettings:
+    """None: the recipe's default for the data set (nemesis_fast.defenses.paper_settings)."""
+
+    gda_sigma: float | None = None
+    gda_copies: int | None = None
+    brelu_t: float = 1.0
+    label_smoothing: float | None = None
+    fgsm_adversarial_eps: float | None = None
+    vat_eps: float | None = None
+    vat_xi: float | None = None
+    squeeze_bits: int = 0  # 0: the paper's (1 bit on MNIST, 3 on CIFAR-10)
+
+
+@dataclass
+class AttackSettings:
+    """None: the data set's default (DATASET_DEFAULTS); eps in pixel units of [0, 1] images."""
+
+    fgsm_eps: float | None = None
+    rfgsm_eps: float | None = None
+    rfgsm_alpha: float | None = None
+    deepfool_max_iter: int = 50
+    deepfool_overshoot: float = 0.02
+    deepfool_candidates: int = 10
+    jsma_theta: float = 1.0
+    jsma_gamma: float = 0.1
+    cw_confidence: float = 0.0
+    cw_initial_const: float = 1e-3
+    cw_binary_search_steps: int = 9
+    cw_max_iter: int = 1000
+    cw_learning_rate: float = 0.01
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation: which data, which defenses, which attacks, with what budgets."""
+
+    dataset: str = "mnist"
+    data_dir: str = ""  # empty: the MNIST sample shipped with the package (MNIST only)
+    synthetic: bool = False  # random CIFAR-shaped data: measures throughput, not robustness
+    device: str = "auto"
+    seed: int = 0
+    test_samples: int = 0  # 0: the whole test set
+    batch_size: int = 500  # images per attack batch; also the unit of sharding and of resuming
+    out_dir: str = "nemesis-results"
+    cache_dir: str = ""  # empty: <out_dir>/cache
+    defenses: list[str] = field(default_factory=lambda: list(DEFENSES))
+    blackbox_attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    whitebox_attacks: list[str] = field(default_factory=lambda: list(WHITEBOX_ATTACKS))
+    whitebox_eps: list[float] | None = None  # None: the data set's sweep (DATASET_DEFAULTS)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    defense: DefenseSettings = field(default_factory=DefenseSettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def squeeze_bits(self) -> int:
+        return self.defense.squeeze_bits or (1 if self.dataset == "mnist" else 3)
+
+
+# Attack budgets where the config leaves them unset: the paper's on MNIST; on CIFAR-10 the customary 8/255.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {
+        "fgsm_eps": 0.3,
+        "rfgsm_eps": 0.3,
+        "rfgsm_alpha": 0.05,
+        "whitebox_eps": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+    },
+    "cifar10": {
+        "fgsm_eps": 8 / 255,
+        "rfgsm_eps": 8 / 255,
+        "rfgsm_alpha": 4 / 255,
+        "whitebox_eps": [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
+    },
+}
+
+_SECTIONS = {"training": TrainingSettings, "defense": DefenseSettings, "attack": AttackSettings}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting {where}{unknown[0]}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        if name in _SECTIONS and cls is EvalConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{name}] must be a table of settings")
+            kwargs[name] = _build(_SECTIONS[name], value, f"{name}.")
+        else:
+            kwargs[name] = _coerce(value, known[name], f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    if default is None:  # optional settings: a number or a list of numbers
+        kind = list if "list" in str(spec.type) else (int if "int" in str(spec.type) else float)
+        if kind is list:
+            if not isinstance(value, list):
+                raise ConfigError(f"{key} must be a list, got {value!r}")
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not isinstance(value, int))
+        ):
+            raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        return kind(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+    elif isinstance(default, list) and not isinstance(value, list):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    return value
+
+
+def validate(config: EvalConfig) -> EvalConfig:
+    """Fills the data set's defaults into unset budgets, then checks every setting; raises ConfigError naming
+    the first bad one."""
+    if config.dataset in DATASET_DEFAULTS:
+        defaults = DATASET_DEFAULTS[config.dataset]
+        if config.whitebox_eps is None:
+            config.whitebox_eps = list(defaults["whitebox_eps"])
+        for key in ("fgsm_eps", "rfgsm_eps", "rfgsm_alpha"):
+            if getattr(config.attack, key) is None:
+                setattr(config.attack, key, defaults[key])
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key} {message}")
+
+    need(config.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
+    for key, names, allowed in (
+        ("defenses", config.defenses, DEFENSES),
+        ("blackbox_attacks", config.blackbox_attacks, ATTACKS),
+        ("whitebox_attacks", config.whitebox_attacks, WHITEBOX_ATTACKS),
+    ):
+        for name in names:
+            need(name in allowed, key, f"has unknown entry {name!r}; choose from {', '.join(allowed)}")
+        need(len(set(names)) == len(names), key, "lists an entry twice")
+    need(bool(config.defenses), "defenses", "must name at least one defense")
+    for i, eps in enumerate(config.whitebox_eps):
+        need(
+            isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0,
+            f"whitebox_eps[{i}]",
+            f"must be >= 0, got {eps}",
+        )
+    need(
+        config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
+        "device",
+        "must be auto, cpu or cuda[:N]",
+    )
+    need(config.test_samples >= 0, "test_samples", "must be >= 0")
+    need(config.batch_size > 0, "batch_size", "must be > 0")
+    t, d, a = config.training, config.defense, config.attack
+    need(t.epochs >= 1, "training.epochs", "must be >= 1")
+    need(t.batch_size >= 1, "training.batch_size", "must be >= 1")
+    need(t.learning_rate > 0, "training.learning_rate", "must be > 0")
+    need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")
+    need(t.patience >= 1, "training.patience", "must be >= 1")
+    need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
+    need(t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)")
+    need(d.gda_sigma is None or d.gda_sigma >= 0, "defense.gda_sigma", "must be >= 0")
+    need(d.gda_copies is None or d.gda_copies >= 1, "defense.gda_copies", "must be >= 1")
+    need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
+    need(d.label_smoothing is None or 0 < d.label_smoothing <= 1, "defense.label_smoothing", "must be in (0, 1]")
+    need(d.fgsm_adversarial_eps is None or d.fgsm_adversarial_eps >= 0, "defense.fgsm_adversarial_eps", "must be >= 0")
+    need(d.vat_eps is None or d.vat_eps >= 0, "defense.vat_eps", "must be >= 0")
+    need(d.vat_xi is None or d.vat_xi > 0, "defense.vat_xi", "must be > 0")
+    need(0 <= d.squeeze_bits <= 8, "defense.squeeze_bits", "must be in 0..8 (0: the paper's)")
+    need(a.fgsm_eps >= 0, "attack.fgsm_eps", f"must be >= 0, got {a.fgsm_eps}")
+    need(a.rfgsm_eps >= 0, "attack.rfgsm_eps", f"must be >= 0, got {a.rfgsm_eps}")
+    need(0 <= a.rfgsm_alpha <= a.rfgsm_eps, "attack.rfgsm_alpha", "must be in [0, attack.rfgsm_eps]")
+    need(a.deepfool_max_iter >= 1 and a.deepfool_overshoot >= 0, "attack.deepfool_*", "max_iter >= 1, overshoot >= 0")
+    need(a.deepfool_candidates >= 2, "attack.deepfool_candidates", "must be >= 2")
+    need(a.jsma_theta != 0, "attack.jsma_theta", "must be non-zero")
+    need(0 < a.jsma_gamma <= 1, "attack.jsma_gamma", "must be in (0, 1]")
+    need(a.cw_binary_search_steps >= 1 and a.cw_max_iter >= 1, "attack.cw_*", "steps and iterations must be >= 1")
+    need(a.cw_learning_rate > 0 and a.cw_initial_const > 0, "attack.cw_*", "learning rate and constant must be > 0")
+    if config.data_dir:
+        need(Path(config.data_dir).expanduser().is_dir(), "data_dir", f"{config.data_dir!r} is not a folder")
+    elif config.dataset == "cifar10" and not config.synthetic:
+        raise ConfigError("data_dir must name the folder holding cifar-10-batches-py (or set synthetic = true)")
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys), validates."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+        try:
+            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(
+                f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}"
+            ) from error
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return validate(_build(EvalConfig, values, ""))

@@ -1,0 +1,206 @@
+"""The networks of the paper (Zantedeschi et al., 2017) and a CIFAR-style ResNet for black-box attacks.
+
+Every builder takes `activation="relu"|"brelu"` and the BReLU threshold `t`, expects images in [0, 1]
+(no normalisation layer) and returns logits. The model it returns records how it was built in
+`model.architecture = {"name": ..., "kwargs": {...}}`, which checkpoints store and check on loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._checks import check_choice, check_int, check_positive
+from .nn import BoundedReLU
+
+ACTIVATIONS = ("relu", "brelu")
+
+
+def activation_factory(activation: str, t: float = 1.0) -> Callable[[], nn.Module]:
+    """A function making a fresh activation module: nn.ReLU for "relu", BoundedReLU(t) for "brelu"."""
+    check_choice(activation, "activation", ACTIVATIONS)
+    t = check_positive(t, "t")
+    if activation == "brelu":
+        return lambda: BoundedReLU(t)
+    return nn.ReLU
+
+
+def _record(model: nn.Module, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    model.architecture = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding (before, after) along one axis: the output has ceil(size / stride) cells."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"input_size is too small for this network: a {kernel}x{kernel} kernel meets {size} pixels")
+    return out
+
+
+def mnist_cnn(
+    *, activation: str = "relu", t: float = 1.0, in_channels: int = 1, input_size: int = 28, num_classes: int = 10
+) -> nn.Sequential:
+    """The paper's MNIST network: Conv 64 8x8 stride 2 "same", Conv 128 6x6 stride 2 "valid", Conv 128 5x5
+    "valid", each followed by the activation, then Dense `num_classes`.
+
+    On 28x28 inputs the feature maps are 14x14, 5x5 and 1x1. Input (B, in_channels, input_size, input_size).
+    """
+    kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
+    act = activation_factory(activation, t)
+    check_int(in_channels, "in_channels", low=1)
+    check_int(input_size, "input_size", low=1)
+    check_int(num_classes, "num_classes", low=2)
+    before, after = _same_padding(input_size, 8, 2)
+    if before == after:
+        first: list[nn.Module] = [nn.Conv2d(in_channels, 64, 8, stride=2, padding=before)]
+    else:
+        first = [nn.ZeroPad2d((before, after, before, after)), nn.Conv2d(in_channels, 64, 8, stride=2)]
+    size = _conv_out(_conv_out(-(-input_size // 2), 6, 2), 5)
+    model = nn.Sequential(
+        *first,
+        act(),
+        nn.Conv2d(64, 128, 6, stride=2),
+        act(),
+        nn.Conv2d(128, 128, 5),
+        act(),
+        nn.Flatten(),
+        nn.Linear(128 * size * size, num_classes),
+    )
+    return _record(model, "mnist_cnn", kwargs)
+
+
+def cifar_cnn(
+    *,
+    activation: str = "relu",
+    t: float = 1.0,
+    in_channels: int = 3,
+    input_size: int = 32,
+    num_classes: int = 10,
+    dropout: float = 0.5,
+) -> nn.Sequential:
+    """The paper's CIFAR-10 network: Conv 32 3x3 ("same"), max-pool 2, dropout, Conv 64 3x3 "valid",
+    max-pool 2, dropout, Dense 500, dropout, Dense `num_classes`; the activation after each conv and Dense 500.
+
+    The issue leaves the first convolution's padding open; "same" is used (32 -> 32 -> 16 -> 14 -> 7).
+    """
+    kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
+    kwargs["dropout"] = dropout
+    act = activation_factory(activation, t)
+    check_int(in_channels, "in_channels", low=1)
+    check_int(input_size, "input_size", low=1)
+    check_int(num_classes, "num_classes", low=2)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    size = _conv_out(input_size // 2, 3) // 2
+    if size < 1:
+        raise ValueError(f"input_size {input_size} is too small for the CIFAR-10 network (at least 8)")
+    model = nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Dropout(dropout),
+        nn.Conv2d(32, 64, 3),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Dropout(dropout),
+        nn.Flatten(),
+        nn.Linear(64 * size * size, 500),
+        act(),
+        nn.Dropout(dropout),
+        nn.Linear(500, num_classes),
+    )
+    return _record(model, "cifar_cnn", kwargs)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a shortcut (1x1 convolution where the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = act()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = act()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """He et al.'s CIFAR ResNet: a 3x3 stem, three stages of (depth - 2) / 6 basic blocks with `width`,
+    2 * width and 4 * width channels (stride 2 between stages), global average pooling, a linear layer."""
+
+    def __init__(
+        self, depth: int, *, act: Callable[[], nn.Module], in_channels: int, num_classes: int, width: int
+    ) -> None:
+        super().__init__()
+        blocks = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), act())
+        layers: list[nn.Module] = []
+        cin = width
+        for stage in range(3):
+            cout = width * 2**stage
+            for block in range(blocks):
+                layers.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1, act))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
+
+
+def resnet(
+    depth: int = 20,
+    *,
+    activation: str = "relu",
+    t: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    width: int = 16,
+) -> ResNet:
+    """A ResNet-`depth` (20 by default; depth = 6n + 2: 20, 32, 44, 56, 110...), the source model of
+    black-box attacks. Any input size works (global average pooling); in_channels=1 for MNIST."""
+    kwargs = dict(depth=depth, activation=activation, t=t, in_channels=in_channels, num_classes=num_classes)
+    kwargs["width"] = width
+    act = activation_factory(activation, t)
+    check_int(depth, "depth", low=8)
+    if (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110...), got {depth}")
+    check_int(in_channels, "in_channels", low=1)
+    check_int(num_classes, "num_classes", low=2)
+    check_int(width, "width", low=1)
+    model = ResNet(depth, act=act, in_channels=in_channels, num_classes=num_classes, width=width)
+    return _record(model, "resnet", kwargs)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "resnet": resnet}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """The model `name` ("mnist_cnn", "cifar_cnn" or "resnet") built with `kwargs`."""
+    check_choice(name, "name", MODELS)
+    return MODELS[name](**kwargs)
+
+
+def architecture_of(model: nn.Module) -> dict[str, Any] | None:
+    """{"name": ..., "kwargs": ...} for a model made by this module, else None."""
+    arch = getattr(model, "architecture", None)
+    return arch if isinstance(arch, dict) and arch.get("name") in MODELS else None

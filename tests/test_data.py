@@ -1,0 +1,427 @@
+"""Data loaders: real MNIST in every layout, CIFAR-10 batches the tests write, corrupt, truncated and foreign
+files, the restricted unpickler, and the device-resident loader with its validation split."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _support import mnist_root
+
+from nemesis_fast.data import DataFormatError, DeviceLoader, load_cifar10, load_mnist, split_validation, to_float
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+# ---------------------------------------------------------------- MNIST
+
+
+def idx_bytes(array: np.ndarray, *, magic: bytes | None = None, shape: tuple[int, ...] | None = None) -> bytes:
+    shape = array.shape if shape is None else shape
+    magic = magic if magic is not None else bytes([0, 0, 8, len(shape)])
+    return magic + b"".join(int(d).to_bytes(4, "big") for d in shape) + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(folder: Path, n: int = 12, *, gz: bool = True, seed: int = 0, **overrides: bytes) -> Path:
+    """Four small IDX files in `folder`; `overrides` replaces a file's bytes (keys of MNIST_FILES)."""
+    rng = np.random.default_rng(seed)
+    content = {
+        "train_images": idx_bytes(rng.integers(0, 256, (n, 28, 28))),
+        "train_labels": idx_bytes(rng.integers(0, 10, n)),
+        "test_images": idx_bytes(rng.integers(0, 256, (n // 2, 28, 28))),
+        "test_labels": idx_bytes(rng.integers(0, 10, n // 2)),
+        **overrides,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, data in content.items():
+        name = MNIST_FILES[key]
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return folder
+
+
+def test_real_mnist_train_and_test():
+    root = mnist_root()
+    for split, counts, first in (("train", MNIST_TRAIN_COUNTS, 5), ("test", MNIST_TEST_COUNTS, 7)):
+        images, labels = load_mnist(root, split)
+        n = sum(counts)
+        assert images.shape == (n, 1, 28, 28) and images.dtype == torch.uint8 and images.is_contiguous()
+        assert labels.shape == (n,) and labels.dtype == torch.int64
+        assert torch.bincount(labels, minlength=10).tolist() == counts
+        assert labels[0].item() == first
+        assert images.max().item() == 255 and images.min().item() == 0
+        assert images[:, :, 0, 0].max().item() == 0  # the corners of MNIST digits are background
+
+
+def test_real_mnist_in_torchvision_layout_and_raw(tmp_path):
+    root = mnist_root()
+    expected = load_mnist(root, "test")
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for key in ("test_images", "test_labels"):
+        shutil.copy(root / f"{MNIST_FILES[key]}.gz", raw)
+    for actual in (load_mnist(tmp_path / "tv", "test"), load_mnist(str(tmp_path / "tv"), "test")):
+        assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for key in ("test_images", "test_labels"):
+        (plain / MNIST_FILES[key]).write_bytes(gzip.decompress((root / f"{MNIST_FILES[key]}.gz").read_bytes()))
+    assert all(torch.equal(a, e) for a, e in zip(load_mnist(plain, "test"), expected))
+
+
+def test_bundled_sample_is_balanced():
+    images, labels = load_mnist(MNIST_SAMPLE_DIR, "train")
+    assert images.shape == (10_000, 1, 28, 28)
+    assert torch.bincount(labels).tolist() == [1000] * 10
+    assert torch.bincount(load_mnist(MNIST_SAMPLE_DIR, "test")[1]).tolist() == [200] * 10
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_small_files_round_trip(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    pixels, digits = rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 10, 5)
+    write_mnist(tmp_path, gz=gz, train_images=idx_bytes(pixels), train_labels=idx_bytes(digits))
+    images, labels = load_mnist(tmp_path, "train")
+    assert images.shape == (5, 1, 28, 28)
+    np.testing.assert_array_equal(images[:, 0].numpy(), pixels)
+    np.testing.assert_array_equal(labels.numpy(), digits)
+
+
+def test_empty_split_is_empty_not_an_error(tmp_path):
+    write_mnist(tmp_path, train_images=idx_bytes(np.zeros((0, 28, 28))), train_labels=idx_bytes(np.zeros(0)))
+    images, labels = load_mnist(tmp_path, "train")
+    assert images.shape == (0, 1, 28, 28) and labels.shape == (0,)
+
+
+def mnist_image(n: int = 12) -> np.ndarray:
+    return np.zeros((n, 28, 28), dtype=np.uint8)
+
+
+CORRUPT_MNIST = {
+    # name: (file key, its bytes, the message expected)
+    "truncated data": ("train_images", idx_bytes(mnist_image())[:-100], r"truncated: header promises \(12, 28, 28\)"),
+    "truncated header": ("train_images", idx_bytes(mnist_image())[:9], "truncated inside its header"),
+    "too short": ("train_labels", b"\x00\x00", "too short for an IDX header"),
+    "trailing bytes": ("train_labels", idx_bytes(np.zeros(12)) + b"xyz", "3 unexpected bytes after"),
+    "foreign magic (PNG)": ("train_images", b"\x89PNG\r\n\x1a\n" + bytes(64), "not an unsigned-byte IDX file"),
+    "float IDX": ("train_images", idx_bytes(mnist_image(), magic=b"\x00\x00\x0d\x03"), "not an unsigned-byte"),
+    "labels file as images": ("train_images", idx_bytes(np.zeros(12)), "has 1 dimensions, expected 3"),
+    "wrong image size": ("train_images", idx_bytes(np.zeros((12, 32, 32))), r"images are \(32, 32\)"),
+    "count mismatch": ("train_labels", idx_bytes(np.zeros(11)), "holds 12 images but .* holds 11 labels"),
+    "label out of range": ("train_labels", idx_bytes(np.full(12, 10)), "label 10 is outside 0..9"),
+    "huge header": ("train_images", idx_bytes(np.zeros(0), shape=(2**32 - 1,) * 3), "truncated: header promises"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_MNIST))
+@pytest.mark.parametrize("gz", [True, False])
+def test_corrupt_mnist_names_file_and_fault(tmp_path, case, gz):
+    key, data, message = CORRUPT_MNIST[case]
+    write_mnist(tmp_path, gz=gz, **{key: data})
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_mnist(tmp_path, "train")
+    assert MNIST_FILES[key] in str(info.value)
+
+
+def test_broken_gzip_stream(tmp_path):
+    write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte.gz: cannot be read as gzip"):
+        load_mnist(tmp_path, "train")
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(DataFormatError, match="cannot be read as gzip"):
+        load_mnist(tmp_path, "train")
+
+
+def test_missing_files_and_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_mnist(tmp_path)
+    with pytest.raises(ValueError, match="split must be one of 'train', 'test'"):
+        load_mnist(MNIST_SAMPLE_DIR, "validation")
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def cifar_batch(n: int, seed: int, *, bytes_keys: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = {
+        "batch_label": f"batch {seed}",
+        "labels": rng.integers(0, 10, n).tolist(),
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
+    }
+    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
+
+
+def write_cifar(folder: Path, n: int = 7, *, meta: bool = True, protocol: int = 2, **replace: object) -> Path:
+    """A CIFAR-10 batches folder with `n` images per batch; `replace` maps file names to other objects."""
+    folder.mkdir(parents=True, exist_ok=True)
+    content: dict[str, object] = {name: cifar_batch(n, i) for i, name in enumerate([*TRAIN_BATCHES, "test_batch"])}
+    if meta:
+        content["batches.meta"] = {"num_cases_per_batch": n, "label_names": list("abcdefghij"), "num_vis": 3072}
+    content.update(replace)
+    for name, obj in content.items():
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+    return folder
+
+
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_round_trip(tmp_path, protocol):
+    folder = write_cifar(tmp_path / "cifar-10-batches-py", protocol=protocol)
+    images, labels = load_cifar10(tmp_path, "train")
+    assert images.shape == (35, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.shape == (35,) and labels.dtype == torch.int64
+    batches = [cifar_batch(7, i) for i in range(5)]
+    np.testing.assert_array_equal(labels.numpy(), sum((b["labels"] for b in batches), []))
+    rows = np.concatenate([b["data"] for b in batches])
+    # each row holds the red plane, then green, then blue, each 32x32 row-major
+    np.testing.assert_array_equal(images[8, 1].numpy(), rows[8, 1024:2048].reshape(32, 32))
+    np.testing.assert_array_equal(images.reshape(35, -1).numpy(), rows)
+    test_images, test_labels = load_cifar10(folder, "test")  # the batches folder itself works too
+    assert test_images.shape == (7, 3, 32, 32)
+    assert test_labels.tolist() == cifar_batch(7, 5)["labels"]
+
+
+def test_cifar_python2_style_bytes_keys_and_numpy_labels(tmp_path):
+    batch = cifar_batch(7, 5, bytes_keys=True)
+    batch[b"labels"] = np.asarray(batch[b"labels"], dtype=np.int32)
+    write_cifar(tmp_path, test_batch=batch)
+    assert load_cifar10(tmp_path, "test")[1].tolist() == cifar_batch(7, 5)["labels"]
+
+
+def python2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled the way the archive's Python 2 pickles are: protocol 2, str (not bytes) payloads and
+    numpy.core.multiarray._reconstruct, written opcode by opcode."""
+
+    def string(text: bytes) -> bytes:  # SHORT_BINSTRING or BINSTRING
+        return b"U" + bytes([len(text)]) + text if len(text) < 256 else b"T" + struct.pack("<i", len(text)) + text
+
+    def integer(n: int) -> bytes:  # BININT1 or BININT2
+        return b"K" + bytes([n]) if n < 256 else b"M" + struct.pack("<H", n)
+
+    dtype = b"cnumpy\ndtype\n" + string(b"u1") + integer(0) + integer(1) + b"\x87R(" + integer(3) + string(b"|")
+    dtype += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + integer(0) + b"tb"
+    array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + string(b"b") + b"\x87R"
+    array += b"(" + integer(1) + integer(data.shape[0]) + integer(data.shape[1]) + b"\x86" + dtype
+    array += b"\x89" + string(data.tobytes()) + b"tb"
+    items = b"".join(integer(v) for v in labels)
+    return b"\x80\x02}(" + string(b"data") + array + string(b"labels") + b"](" + items + b"eu."
+
+
+def test_cifar_python2_pickles_as_in_the_archive(tmp_path):
+    write_cifar(tmp_path)
+    for i, name in enumerate([*TRAIN_BATCHES, "test_batch"]):
+        batch = cifar_batch(7, i)
+        (tmp_path / name).write_bytes(python2_batch(batch["data"], batch["labels"]))
+    images, labels = load_cifar10(tmp_path, "test")
+    np.testing.assert_array_equal(images.reshape(7, -1).numpy(), cifar_batch(7, 5)["data"])
+    assert labels.tolist() == cifar_batch(7, 5)["labels"]
+    assert load_cifar10(tmp_path, "train")[0].shape == (35, 3, 32, 32)
+
+
+def test_cifar_without_meta_expects_the_archive_counts(tmp_path):
+    write_cifar(tmp_path, meta=False)
+    with pytest.raises(DataFormatError, match="test_batch: holds 7 images, expected 10000 per batch"):
+        load_cifar10(tmp_path, "test")
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    batch = cifar_batch(7, 5)
+    batch["filenames"] = _RunsCode(marker)
+    write_cifar(tmp_path, test_batch=batch)
+    with pytest.raises(DataFormatError, match=r"test_batch: .*refuses to load the global (posix|nt|os)\.mkdir"):
+        load_cifar10(tmp_path, "test")
+    assert not marker.exists()
+
+
+def _object_array_batch() -> dict:
+    batch = cifar_batch(7, 5)
+    batch["data"] = batch["data"].astype(object)
+    return batch
+
+
+def _batch_with(**changes: object) -> dict:
+    return {**cifar_batch(7, 5), **changes}
+
+
+CORRUPT_CIFAR = {
+    "not a dict": ([1, 2, 3], "unpickles to a list, expected a dict"),
+    "no labels": ({"data": np.zeros((7, 3072), np.uint8)}, "has no 'labels' entry"),
+    "CIFAR-100": ({"data": np.zeros((7, 3072), np.uint8), "fine_labels": [0] * 7}, "looks like CIFAR-100"),
+    "no data": ({"labels": [0] * 7}, "has no 'data' entry"),
+    "float data": (_batch_with(data=np.zeros((7, 3072), np.float32)), r"got a float32 array of shape \(7, 3072\)"),
+    "object data": (_object_array_batch(), "data must be a uint8 array"),
+    "wrong row size": (_batch_with(data=np.zeros((7, 1024), np.uint8)), r"shape \(N, 3072\), got a uint8 array"),
+    "data not an array": (_batch_with(data=b"\x00" * 7 * 3072), "got a bytes"),
+    "labels count": (_batch_with(labels=[0] * 6), "holds 7 images but 6 labels"),
+    "labels type": (_batch_with(labels=["cat"] * 7), "labels must be a list of ints"),
+    "label range": (_batch_with(labels=[0] * 6 + [10]), "label 10 is outside 0..9"),
+    "negative label": (_batch_with(labels=[0] * 6 + [-1]), "label -1 is outside 0..9"),
+    "batch size": (cifar_batch(6, 5), "holds 6 images, expected 7 per batch"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_CIFAR))
+def test_corrupt_cifar_names_file_and_fault(tmp_path, case):
+    obj, message = CORRUPT_CIFAR[case]
+    write_cifar(tmp_path, test_batch=obj)
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_cifar10(tmp_path, "test")
+    assert str(tmp_path / "test_batch") in str(info.value)
+
+
+@pytest.mark.parametrize("cut", [1, 100, 3000])
+def test_truncated_cifar_pickle(tmp_path, cut):
+    write_cifar(tmp_path)
+    path = tmp_path / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(DataFormatError, match="data_batch_3: not a CIFAR-10 batch pickle"):
+        load_cifar10(tmp_path, "train")
+
+
+def test_foreign_file_as_cifar_batch(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / "test_batch").write_bytes(gzip.compress(idx_bytes(np.zeros((7, 28, 28)))))
+    with pytest.raises(DataFormatError, match="test_batch: not a CIFAR-10 batch pickle"):
+        load_cifar10(tmp_path, "test")
+
+
+def test_bad_cifar_meta(tmp_path):
+    write_cifar(tmp_path, **{"batches.meta": {"num_cases_per_batch": 7, "num_vis": 1024}})
+    with pytest.raises(DataFormatError, match="batches.meta: num_vis is 1024"):
+        load_cifar10(tmp_path, "test")
+    write_cifar(tmp_path, **{"batches.meta": {"num_cases_per_batch": "7"}})
+    with pytest.raises(DataFormatError, match="num_cases_per_batch must be a positive int"):
+        load_cifar10(tmp_path, "test")
+    write_cifar(tmp_path, **{"batches.meta": {"label_names": ["a"]}})
+    with pytest.raises(DataFormatError, match="label_names must list 10 classes"):
+        load_cifar10(tmp_path, "test")
+
+
+def test_cifar_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 batches found"):
+        load_cifar10(tmp_path)
+    write_cifar(tmp_path)
+    (tmp_path / "data_batch_4").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_4 is missing"):
+        load_cifar10(tmp_path, "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_cifar10(tmp_path, "val")
+
+
+# ---------------------------------------------------------------- DeviceLoader and the validation split
+
+
+def small_set(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8), torch.arange(n)
+
+
+def test_device_loader_covers_each_image_once_per_epoch_as_floats():
+    images, labels = small_set()
+    loader = DeviceLoader(images, labels, batch_size=16, seed=3, device="cpu")
+    assert len(loader) == 4 and loader.num_samples == 50
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [16, 16, 16, 2]
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
+        assert sorted(y.tolist()) == list(range(50))
+        torch.testing.assert_close(x, images[y].float() / 255, rtol=0, atol=0)
+        epochs.append(y)
+    assert not torch.equal(epochs[0], epochs[1]), "each epoch must draw a new permutation"
+    again = DeviceLoader(images, labels, batch_size=16, seed=3, device="cpu")
+    assert torch.equal(torch.cat([y for _, y in again]), epochs[0]), "the same seed gives the same batches"
+
+
+def test_device_loader_order_drop_last_augment_and_float_input():
+    images, labels = small_set()
+    loader = DeviceLoader(images, labels, batch_size=16, shuffle=False, drop_last=True, device="cpu")
+    assert len(loader) == 3
+    assert torch.equal(torch.cat([y for _, y in loader]), labels[:48])
+
+    def twice(x, y):
+        return torch.cat([x, 1 - x]), torch.cat([y, y])
+
+    augmented = DeviceLoader(images, labels, batch_size=16, augment=twice, seed=0, device="cpu", dtype=torch.float64)
+    x, y = next(iter(augmented))
+    assert x.shape == (32, 1, 4, 4) and x.dtype == torch.float64 and torch.equal(y[:16], y[16:])
+    floats = to_float(images)
+    x, y = next(iter(DeviceLoader(floats, labels, batch_size=8, shuffle=False, device="cpu")))
+    assert torch.equal(x, floats[:8])
+    empty = DeviceLoader(images[:0], labels[:0], device="cpu")
+    assert len(empty) == 0 and list(empty) == []
+
+
+def test_device_loader_bad_arguments():
+    images, labels = small_set()
+    with pytest.raises(ValueError, match="same length"):
+        DeviceLoader(images, labels[:-1])
+    with pytest.raises(TypeError, match="labels must have dtype int64"):
+        DeviceLoader(images, labels.int())
+    with pytest.raises(TypeError, match="images must have dtype"):
+        DeviceLoader(images.int(), labels)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        DeviceLoader(images, labels, batch_size=0)
+    with pytest.raises(TypeError, match="augment must be callable"):
+        DeviceLoader(images, labels, augment=0.3)
+    with pytest.raises(TypeError, match="dtype must be a float dtype"):
+        DeviceLoader(images, labels, dtype=torch.uint8)
+
+
+@pytest.mark.cuda
+def test_device_loader_keeps_data_on_the_gpu():
+    images, labels = small_set()
+    loader = DeviceLoader(images, labels, batch_size=16, seed=1, device="cuda")
+    assert loader.images.is_cuda and loader.images.dtype == torch.uint8
+    x, y = next(iter(loader))
+    assert x.is_cuda and y.is_cuda
+    torch.testing.assert_close(x.cpu(), images[y.cpu()].float() / 255, rtol=0, atol=0)
+
+
+def test_split_validation():
+    images, labels = small_set()
+    (train_x, train_y), (val_x, val_y) = split_validation(images, labels, 0.2, seed=1)
+    assert len(val_y) == 10 and len(train_y) == 40
+    assert sorted(torch.cat([train_y, val_y]).tolist()) == list(range(50))
+    assert torch.equal(val_x, images[val_y]) and torch.equal(train_x, images[train_y])
+    assert torch.equal(split_validation(images, labels, 0.2, seed=1)[1][1], val_y)
+    assert not torch.equal(split_validation(images, labels, 0.2, seed=2)[1][1], val_y)
+    assert len(split_validation(images, labels, 0.0)[1][1]) == 0
+    with pytest.raises(ValueError, match="fraction must be < 1.0"):
+        split_validation(images, labels, 1.0)

@@ -1,0 +1,201 @@
+"""The GDA defense: GaussianAugmentation (with ART's parameter names) and augment_batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import nemesis_fast as nf
+from nemesis_fast.data import DeviceLoader
+from nemesis_fast.defenses import GaussianAugmentation, augment_batches
+
+
+def labelled_batch(batch: int = 6, features: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose every pixel holds (label + 1) / 16, so that each output image says which label it carries."""
+    y = torch.arange(batch) % 5
+    x = ((y + 1).float() / 16).view(-1, 1).expand(batch, features).contiguous()
+    return x, y
+
+
+def labels_of(x: torch.Tensor) -> torch.Tensor:
+    """The label each image encodes (the noise is small next to the 1/16 spacing: its mean over pixels)."""
+    return (x.flatten(1).mean(1) * 16).round().long() - 1
+
+
+def test_call_returns_originals_then_copies_with_labels_to_match():
+    x, y = labelled_batch()
+    gda = GaussianAugmentation(sigma=0.01, copies=3, seed=0)
+    x_aug, y_aug = gda(x, y)
+    assert x_aug.shape == (24, 20) and y_aug.tolist() == y.tolist() * 4
+    assert torch.equal(x_aug[:6], x)
+    assert torch.equal(labels_of(x_aug), y_aug)
+    assert 0.005 < (x_aug[6:] - x.repeat(3, 1)).std() < 0.02
+    no_labels, none = GaussianAugmentation(copies=1, seed=0)(x)
+    assert no_labels.shape == (12, 20) and none is None
+
+
+def test_seeded_calls_continue_the_stream_and_reset_rewinds():
+    x, y = torch.rand(10, 3, 4), torch.arange(10)
+    whole = GaussianAugmentation(copies=2, seed=42)(x, y)[0].view(3, 10, 3, 4)
+    gda = GaussianAugmentation(copies=2, seed=42)
+    first = gda(x[:4], y[:4])[0].view(3, 4, 3, 4)
+    second = gda(x[4:], y[4:])[0].view(3, 6, 3, 4)
+    assert torch.equal(torch.cat([first, second], dim=1), whole)
+    next_epoch = gda(x, y)[0]
+    assert not torch.equal(next_epoch.view(3, 10, 3, 4), whole)  # fresh noise after the first pass
+    gda.reset()
+    assert torch.equal(gda(x, y)[0].view(3, 10, 3, 4), whole)
+
+
+def test_unseeded_noise_follows_torch_manual_seed():
+    x = torch.rand(4, 8)
+    gda = GaussianAugmentation(copies=2)
+    torch.manual_seed(3)
+    a = gda(x)[0]
+    b = gda(x)[0]
+    torch.manual_seed(3)
+    assert torch.equal(gda(x)[0], a) and not torch.equal(a, b)
+
+
+def test_paper_defaults():
+    gda = GaussianAugmentation()
+    assert (gda.sigma, gda.copies, gda.clip, gda.include_original) == (0.3, 10, (0.0, 1.0), True)
+    x_aug, _ = gda(torch.rand(2, 3, 8, 8))
+    assert x_aug.shape == (22, 3, 8, 8) and x_aug.min() >= 0 and x_aug.max() <= 1
+
+
+def test_uint8_images_become_float_in_the_unit_interval():
+    x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    x_aug, _ = GaussianAugmentation(copies=1, seed=1)(x)
+    assert x_aug.dtype == torch.float32 and torch.equal(x_aug[:3], x.float() / 255)
+    assert GaussianAugmentation(copies=1, seed=1, out_dtype=torch.bfloat16)(x)[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("ratio,copies,extra", [(1.0, 1, 0), (2.0, 2, 0), (0.5, 0, 4), (2.25, 2, 2), (1.125, 1, 1)])
+def test_art_ratio(ratio, copies, extra):
+    x, y = torch.rand(8, 50, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+    gda = GaussianAugmentation(sigma=0.01, ratio=ratio, clip=None, seed=5)
+    assert gda.copies == copies
+    x_aug, y_aug = gda(x, y)
+    assert x_aug.shape[0] == 8 + int(8 * ratio) == 8 * (copies + 1) + extra
+    assert torch.equal(y_aug[: 8 * (copies + 1)], y.repeat(copies + 1))
+    nearest = torch.cdist(x_aug, x).argmin(1)
+    assert torch.equal(nearest, y_aug)  # every image, the random subset included, keeps its label
+    subset = y_aug[8 * (copies + 1) :]
+    assert len(subset.unique()) == extra  # drawn without replacement
+
+
+def test_art_augmentation_false_keeps_only_noisy_versions():
+    x, y = labelled_batch()
+    gda = GaussianAugmentation(sigma=0.01, augmentation=False, ratio=3.0, seed=1)
+    x_aug, y_aug = gda(x, y)
+    assert x_aug.shape == x.shape and torch.equal(y_aug, y) and not torch.equal(x_aug, x)
+    assert torch.equal(labels_of(x_aug), y)
+
+
+def test_art_clip_values_and_numpy_arrays():
+    x = np.random.default_rng(0).random((5, 4, 4, 3), dtype=np.float32)  # ART's NHWC float32
+    y = np.arange(5)
+    gda = GaussianAugmentation(sigma=1.0, ratio=1.0, clip_values=(0.25, 0.75), seed=2)
+    x_aug, y_aug = gda(x, y)
+    assert isinstance(x_aug, np.ndarray) and isinstance(y_aug, np.ndarray)
+    assert x_aug.shape == (10, 4, 4, 3) and x_aug.dtype == np.float32
+    assert x_aug.min() == 0.25 and x_aug.max() == 0.75
+    assert y_aug.tolist() == [0, 1, 2, 3, 4] * 2
+
+
+def test_same_sizes_and_noise_level_as_art():
+    art = pytest.importorskip("art.defences.preprocessor")
+    x = np.random.default_rng(1).random((40, 3, 8, 8), dtype=np.float32) * 0.5 + 0.25
+    y = np.arange(40)
+    for kwargs in ({"ratio": 1.0}, {"ratio": 2.5}, {"ratio": 0.3}, {"augmentation": False}):
+        ours = GaussianAugmentation(sigma=0.05, clip_values=(0.0, 1.0), seed=0, **kwargs)(x, y)
+        theirs = art.GaussianAugmentation(sigma=0.05, clip_values=(0.0, 1.0), **kwargs)(x, y)
+        assert ours[0].shape == theirs[0].shape and ours[1].shape == theirs[1].shape, kwargs
+        if kwargs.get("augmentation", True):
+            assert np.array_equal(ours[0][:40], theirs[0][:40])  # originals first in both
+        noise = ours[0][40:] - x[ours[1][40:]] if kwargs.get("augmentation", True) else ours[0] - x
+        assert abs(noise.std() - 0.05) < 0.005, kwargs  # y = arange: each label is its image's index
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"sigma": -1.0}, ValueError, "sigma must be >= 0"),
+        ({"sigma": float("nan")}, ValueError, "sigma must be finite"),
+        ({"copies": -2}, ValueError, "copies must be >= 0"),
+        ({"ratio": 0.0}, ValueError, "ratio must be > 0"),
+        ({"ratio": 2.0, "copies": 3}, ValueError, "either copies or ratio"),
+        ({"clip": (1.0, 0.0)}, ValueError, "clip must have low <= high"),
+        ({"clip_values": (1.0, 0.0)}, ValueError, "clip_values must have low <= high"),
+        ({"clip_values": (0.0, 2.0), "clip": (0.0, 3.0)}, ValueError, "either clip or clip_values"),
+        ({"augmentation": "yes"}, TypeError, "augmentation must be a bool"),
+        ({"seed": 0.5}, TypeError, "seed must be an int"),
+    ],
+)
+def test_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GaussianAugmentation(**kwargs)
+
+
+def test_bad_calls():
+    gda = GaussianAugmentation(copies=1, seed=0)
+    with pytest.raises(ValueError, match="x and y must have the same length"):
+        gda(torch.rand(4, 3), torch.arange(5))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor or a numpy array"):
+        gda([[0.5]])
+    with pytest.raises(TypeError, match="y must be"):
+        gda(torch.rand(2, 3), [0, 1])
+    with pytest.raises(TypeError, match="x must have dtype"):
+        gda(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="out_dtype=uint8 cannot hold"):
+        GaussianAugmentation(out_dtype=torch.uint8)(torch.rand(2, 3))
+
+
+def test_augment_batches_wraps_any_loader():
+    batches = [labelled_batch(4), labelled_batch(3)]
+    gda = GaussianAugmentation(sigma=0.01, copies=2, seed=9)
+    out = list(augment_batches(batches, gda, device="cpu"))
+    assert [x.shape[0] for x, _ in out] == [12, 9]
+    for x_aug, y_aug in out:
+        assert torch.equal(labels_of(x_aug), y_aug)
+    shuffled = list(augment_batches(batches, GaussianAugmentation(sigma=0.01, copies=2, seed=9), shuffle=True))
+    for (x_aug, y_aug), (x_plain, _) in zip(shuffled, out):
+        assert torch.equal(labels_of(x_aug), y_aug)  # images and labels permuted together
+        assert torch.equal(x_aug.sort(0).values, x_plain.sort(0).values)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*labelled_batch(10)), batch_size=4)
+    sizes = [x.shape[0] for x, _ in augment_batches(loader, GaussianAugmentation(copies=1, seed=0))]
+    assert sizes == [8, 8, 4]
+    with pytest.raises(TypeError, match="gda must be a GaussianAugmentation"):
+        next(augment_batches(batches, lambda x, y: (x, y)))
+    with pytest.raises(TypeError, match="loader must yield"):
+        next(augment_batches([torch.rand(2, 3)], gda))
+
+
+@pytest.mark.cuda
+def test_augment_batches_moves_host_batches_to_the_gpu():
+    batches = [labelled_batch(4)]
+    x_aug, y_aug = next(augment_batches(batches, GaussianAugmentation(copies=2, seed=1), device="cuda"))
+    assert x_aug.is_cuda and y_aug.is_cuda and x_aug.shape[0] == 12
+    cpu = GaussianAugmentation(copies=2, seed=1)(*batches[0])[0]
+    torch.testing.assert_close(x_aug.cpu(), cpu, rtol=0, atol=1e-5)
+
+
+def test_device_loader_uses_it_as_augment():
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(10)
+    loader = DeviceLoader(images, labels, 5, device="cpu", augment=GaussianAugmentation(copies=1, seed=0))
+    x, y = next(iter(loader))
+    assert x.shape == (10, 1, 4, 4) and y.shape == (10,) and torch.equal(y[:5], y[5:])
+
+
+def test_noise_level_is_sigma_before_clipping():
+    x = torch.full((64, 256), 0.5)
+    x_aug, _ = GaussianAugmentation(sigma=0.1, copies=4, clip=None, seed=4)(x)
+    noise = x_aug[64:] - 0.5
+    assert abs(noise.std().item() - 0.1) < 4 * 0.1 / math.sqrt(2 * noise.numel())
+    assert abs(noise.mean().item()) < 4 * 0.1 / math.sqrt(noise.numel())
+    assert nf.gaussian_augment is not None

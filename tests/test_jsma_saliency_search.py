@@ -1,0 +1,282 @@
+"""jsma_saliency_search on every backend against the reference (the materialised pair search), edge cases,
+64-bit indexing, opcheck, torch.compile and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _support import backend_device_cases, dtypes_for, fast_backend_cases, require_backend
+
+import nemesis_fast as nf
+from nemesis_fast._backends.jsma_saliency_search import BACKENDS
+from nemesis_fast.reference import jsma_saliency_search as reference
+
+CASES = backend_device_cases()
+NAN = float("nan")
+INF = float("inf")
+
+
+def random_case(
+    batch: int, n: int, *, seed: int, ties: bool = False, nans: bool = False, keep: float = 0.8, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(target_grad, other_grad, search_domain). With `ties`, the gradients are small integers, so many pairs
+    share the best score; with `nans`, a few entries of both gradients are NaN."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(batch, n, generator=g)
+    o = torch.randn(batch, n, generator=g)
+    if ties:
+        t, o = t.mul(1.5).round(), o.mul(1.5).round()
+    if nans and batch * n:
+        for grad in (t, o):
+            grad.view(-1)[torch.randint(0, batch * n, (max(1, batch * n // 20),), generator=g)] = NAN
+    domain = torch.rand(batch, n, generator=g) < keep
+    return t.to(device), o.to(device), domain.to(device)
+
+
+def assert_same(actual, expected, context=""):
+    names = ("p", "q", "found")
+    for name, a, e in zip(names, actual, expected):
+        assert a.dtype == e.dtype and a.shape == e.shape, (name, a.dtype, a.shape, e.dtype, e.shape, context)
+        assert torch.equal(a.cpu(), e.cpu()), (name, a.tolist(), e.tolist(), context)
+
+
+def run(backend, t, o, d, increase):
+    return nf.jsma_saliency_search(t, o, d, increase, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("increase", [True, False])
+def test_random_inputs_match_reference(backend, device, increase):
+    require_backend(BACKENDS, backend, device)
+    shapes = [(3, 37), (2, 130), (1, 2), (4, 1), (2, 0), (0, 5)]
+    for k, (batch, n) in enumerate(shapes):
+        for ties in (False, True):
+            for nans in (False, True):
+                t, o, d = random_case(batch, n, seed=k, ties=ties, nans=nans, device=device)
+                expected = reference(t.cpu(), o.cpu(), d.cpu(), increase)
+                assert_same(run(backend, t, o, d, increase), expected, (batch, n, ties, nans))
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_every_dtype_is_searched_in_float32(backend, device):
+    require_backend(BACKENDS, backend, device)
+    t, o, d = random_case(3, 45, seed=7, ties=True, device=device)
+    t = t + torch.rand_like(t) * 0.01  # values that float16 and bfloat16 round differently
+    for dtype in dtypes_for(backend, device):
+        tc, oc = t.to(dtype), o.to(dtype)
+        for increase in (True, False):
+            expected = reference(tc.cpu(), oc.cpu(), d.cpu(), increase)
+            assert_same(run(backend, tc, oc, d, increase), expected, dtype)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_non_contiguous_inputs(backend, device):
+    require_backend(BACKENDS, backend, device)
+    t, o, d = random_case(6, 50, seed=3, ties=True, device=device)
+    views = (t.t().contiguous().t(), o[:, :], d.t().contiguous().t())
+    strided = (t[::2, ::2], o[1::2, ::2], d[::2, 1::2])
+    for args in (views, strided):
+        expected = reference(*(a.cpu() for a in args), True)
+        assert_same(run(backend, *args, True), expected)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_ties_go_to_the_smallest_p_then_the_smallest_q(backend, device):
+    require_backend(BACKENDS, backend, device)
+    n = 40
+    t = torch.ones(2, n, device=device)
+    o = -torch.ones(2, n, device=device)
+    d = torch.ones(2, n, dtype=torch.bool, device=device)
+    d[1, :5] = False
+    d[1, 7] = False
+    p, q, found = run(backend, t, o, d, True)
+    assert p.tolist() == [0, 5] and q.tolist() == [1, 6] and found.tolist() == [True, True]
+    # Same best score on two pairs sharing p: the smaller q wins; on pairs (3, 30) and (4, 5): p = 3 wins.
+    t = torch.zeros(1, n, device=device)
+    o = torch.zeros(1, n, device=device)
+    t[0, [3, 30, 31, 4, 5]] = 1.0
+    o[0, [3, 30, 31, 4, 5]] = -1.0
+    p, q, found = run(backend, t, o, torch.ones_like(t, dtype=torch.bool), True)
+    assert (p.item(), q.item(), found.item()) == (3, 4, True)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_edge_values(backend, device):
+    """NaN, infinities (inf - inf is NaN: invalid) and underflow (a valid pair can score 0)."""
+    require_backend(BACKENDS, backend, device)
+    rows = [
+        # a NaN in either gradient invalidates every pair of that feature
+        ([NAN, 1.0, 0.5, 2.0], [-1.0, NAN, -1.0, -1.0], True),
+        # +inf target: score inf; two inf pairs tie and the smallest wins; inf + -inf is NaN, invalid
+        ([INF, INF, -INF, 1.0], [-1.0, -1.0, -1.0, -1.0], True),
+        # underflow: 1e-30 * 1e-30 = 0 in float32, still valid
+        ([1e-30, 1e-30, -5.0, -5.0], [-1e-30, -1e-30, 5.0, 5.0], True),
+        ([1e-30, 1e-30, -5.0, -5.0], [-1e-30, -1e-30, 5.0, 5.0], False),
+        # a = 0 or b = 0 exactly is not valid
+        ([1.0, -1.0, 0.5, -0.5], [-1.0, 1.0, 0.0, 0.0], True),
+        # -inf target in decrease mode: a = -inf < 0, score inf
+        ([-INF, 0.0, 0.5, 3.0], [1.0, 1.0, 1.0, -3.0], False),
+    ]
+    for t, o, increase in rows:
+        tt = torch.tensor([t], device=device)
+        oo = torch.tensor([o], device=device)
+        d = torch.ones_like(tt, dtype=torch.bool)
+        expected = reference(tt.cpu(), oo.cpu(), d.cpu(), increase)
+        assert_same(run(backend, tt, oo, d, increase), expected, (t, o, increase))
+    p, q, found = reference(
+        torch.tensor([[1e-30, 1e-30]]), torch.tensor([[-1e-30, -1e-30]]), torch.ones(1, 2) > 0, True
+    )
+    assert found.item() and (p.item(), q.item()) == (0, 1)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_small_domains(backend, device):
+    require_backend(BACKENDS, backend, device)
+    t, o, _ = random_case(4, 25, seed=11, device=device)
+    t[:, 2], t[:, 9], o[:, 2], o[:, 9] = 1.0, 2.0, -1.0, -2.0
+    d = torch.zeros(4, 25, dtype=torch.bool, device=device)
+    d[1, 9] = True  # one feature: no pair
+    d[2, [2, 9]] = True  # exactly one pair
+    d[3, [2, 9]] = True
+    o[3, 9] = 5.0  # ... that is not valid
+    p, q, found = run(backend, t, o, d, True)
+    assert found.tolist() == [False, False, True, False]
+    assert p.tolist() == [-1, -1, 2, -1] and q.tolist() == [-1, -1, 9, -1]
+
+
+def planted_case(n: int, p: int, q: int, increase: bool, device: str):
+    """n features of small random gradients where many pairs are valid but only (p, q) has a large score."""
+    g = torch.Generator().manual_seed(n)
+    t = torch.rand(1, n, generator=g) * 1.2 - 1.0  # in [-1, 0.2]
+    o = torch.rand(1, n, generator=g) * 1.5 - 1.0  # in [-1, 0.5]
+    t[0, [p, q]] = 10.0
+    o[0, [p, q]] = -10.0
+    if not increase:
+        t, o = -t, -o
+    return t.to(device), o.to(device), torch.ones(1, n, dtype=torch.bool, device=device)
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+def test_more_than_2_31_pairs(backend, device):
+    """n = 70,000: n * n = 4.9e9 ordered pairs, and p * n + q of the answer exceeds 2**31."""
+    require_backend(BACKENDS, backend, device)
+    n = 70_000
+    for increase, (p, q) in ((True, (40_000, 69_999)), (False, (31_000, 31_001))):
+        t, o, d = planted_case(n, p, q, increase, device)
+        out = run(backend, t, o, d, increase)
+        assert [x.item() for x in out] == [p, q, True]
+        # Take the planted pair out: the best is then a pair with one planted feature and a random one, which a
+        # reference scan of the two planted rows and columns finds.
+        d[0, q] = False
+        bp, bq, found = run(backend, t, o, d, increase)
+        t1, o1 = t.cpu(), o.cpu()
+        sign = 1.0 if increase else -1.0
+        a = sign * (t1[0, p] + t1[0])
+        b = sign * (o1[0, p] + o1[0])
+        score = torch.where((a > 0) & (b < 0) & d.cpu()[0], a * -b, torch.tensor(-1.0))
+        score[p] = -1.0
+        other = int(score.argmax())
+        assert found.item() and (bp.item(), bq.item()) == (min(p, other), max(p, other))
+
+
+@pytest.mark.cuda
+def test_cuda_kernels_on_many_tiles_and_chunks():
+    """Shapes that cover several tiles per sample, partial tiles, one and many samples."""
+    for backend in ("native", "triton"):
+        require_backend(BACKENDS, backend, "cuda")
+        for batch, n, seed in ((1, 3001, 0), (5, 700, 1), (300, 65, 2), (2, 257, 3)):
+            for ties in (False, True):
+                t, o, d = random_case(batch, n, seed=seed, ties=ties, nans=True, device="cuda")
+                for increase in (True, False):
+                    expected = reference(t.cpu(), o.cpu(), d.cpu(), increase)
+                    assert_same(run(backend, t, o, d, increase), expected, (backend, batch, n, ties, increase))
+
+
+@pytest.mark.parametrize("backend,device", [c for c in CASES if c.values[0] != "torch"])
+def test_opcheck(backend, device):
+    require_backend(BACKENDS, backend, device)
+    op = torch.ops.nemesis_fast.jsma_saliency_search_triton if backend == "triton" else BACKENDS.native
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if (backend, device) != ("triton", "cpu"):  # the interpreter runs kernels as Python, which AOT cannot trace
+        checks += ("test_aot_dispatch_dynamic",)
+    for requires_grad in (False, True):
+        t, o, d = random_case(3, 20, seed=5, ties=True, device=device)
+        t.requires_grad_(requires_grad)
+        for increase in (True, False):
+            torch.library.opcheck(op, (t, o, d, increase), test_utils=checks)
+            torch.library.opcheck(op, (t[:, ::2], o[:, ::2], d[:, ::2], increase), test_utils=checks)
+
+
+def test_fake_kernel_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        t = torch.empty(7, 30)
+        p, q, found = BACKENDS.native(t, t, torch.empty(7, 30, dtype=torch.bool), True)
+    assert p.shape == q.shape == found.shape == (7,)
+    assert p.dtype == q.dtype == torch.int64 and found.dtype == torch.bool
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases())
+def test_torch_compile_fullgraph(backend, device, monkeypatch):
+    require_backend(BACKENDS, backend, device)
+    torch._dynamo.reset()
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+
+    def step(t, o, d):
+        p, q, found = nf.jsma_saliency_search(t * 2.0, o, d, True)
+        return torch.where(found, p + q, -1)
+
+    t, o, d = random_case(4, 33, seed=9, ties=True, device=device)
+    compiled = torch.compile(step, fullgraph=True)
+    p, q, found = reference(t * 2.0, o, d, True)
+    torch.testing.assert_close(compiled(t, o, d), torch.where(found, p + q, -1))
+
+
+def test_no_gradient_flows():
+    t, o, d = random_case(2, 10, seed=1)
+    t.requires_grad_(True)
+    for backend in ("native", "torch"):
+        out = nf.jsma_saliency_search(t, o, d, backend=backend)
+        assert not any(x.requires_grad for x in out)
+
+
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((torch.ones(2, 3), torch.ones(2, 4), torch.ones(2, 3, dtype=torch.bool)), ValueError, "other_grad"),
+        ((torch.ones(2, 3), torch.ones(2, 3), torch.ones(3, 3, dtype=torch.bool)), ValueError, "search_domain"),
+        ((torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3)), ValueError, "search_domain must be a bool"),
+        ((torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3, dtype=torch.uint8)), ValueError, "search_domain"),
+        ((torch.ones(6), torch.ones(6), torch.ones(6, dtype=torch.bool)), ValueError, "target_grad must have 2"),
+        ((torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3), torch.ones(2, 3) > 0), TypeError, "target_grad"),
+        ((torch.ones(2, 3), torch.ones(2, 3).double(), torch.ones(2, 3) > 0), TypeError, "other_grad"),
+    ],
+)
+def test_bad_arguments(args, error, match):
+    for backend in ("native", "torch"):
+        with pytest.raises(error, match=match):
+            nf.jsma_saliency_search(*args, backend=backend)
+
+
+def test_bad_increase_and_backend():
+    t, o, d = random_case(1, 4, seed=0)
+    with pytest.raises(TypeError, match="increase must be a bool"):
+        nf.jsma_saliency_search(t, o, d, 1)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nf.jsma_saliency_search(t, o, d, backend="gpu")
+
+
+def test_direct_op_calls_check_their_arguments():
+    op = torch.ops.nemesis_fast.jsma_saliency_search
+    ones = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="search_domain must be a bool"):
+        op(ones, ones, ones, True)
+    with pytest.raises(ValueError, match="same shape"):
+        op(ones, torch.ones(2, 4), ones > 0, True)
+    with pytest.raises(ValueError, match=r"shape \(B, n\)"):
+        op(torch.ones(6), torch.ones(6), torch.ones(6) > 0, True)
+    with pytest.raises(TypeError, match="target_grad must be a float16"):
+        op(ones.int(), ones.int(), ones > 0, True)
+    with pytest.raises(TypeError, match="same dtype"):
+        op(ones, ones.double(), ones > 0, True)

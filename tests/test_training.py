@@ -1,0 +1,274 @@
+"""The training loop (accuracy on real MNIST, validation and early stopping, seeds, AMP, logging), checkpoints
+(round trip and refusal), the paper's seven models and `nemesis-fast train`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nemesis_fast as nf
+from nemesis_fast.cli import main
+from nemesis_fast.data import load_mnist
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+from nemesis_fast.defenses import FeatureSqueezing, make_recipe
+from nemesis_fast.defenses.recipes import StandardRecipe
+from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
+from nemesis_fast.training import (
+    PAPER_MODELS,
+    evaluate_accuracy,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+    train_paper_models,
+)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """The MNIST sample shipped with the package: 10k training and 2k test images."""
+    return load_mnist(MNIST_SAMPLE_DIR, "train"), load_mnist(MNIST_SAMPLE_DIR, "test")
+
+
+def small(sample, n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = sample[0]
+    return images[:n], labels[:n]
+
+
+def quiet(**kwargs):
+    return {"device": "cpu", "log": False, **kwargs}
+
+
+@pytest.mark.slow
+def test_short_mnist_run_reaches_95_percent(sample):
+    """The paper's CNN, one epoch over 10k real MNIST images (batch 64), on the CPU: 95.2-95.8% on the 2k test
+    images over seeds 0-2 when measured; the bound leaves a point of margin. 4-8 s on an idle 2-core CPU."""
+    torch.manual_seed(0)
+    model = mnist_cnn()
+    result = train(model, sample[0], epochs=1, batch_size=64, val_fraction=0, **quiet())
+    accuracy = evaluate_accuracy(model, *sample[1])
+    assert accuracy >= 0.94, accuracy
+    assert result.steps == 157 and result.history[0]["images"] == 10_000
+
+
+def test_train_result_validation_and_log_lines(sample):
+    lines: list[str] = []
+    torch.manual_seed(0)
+    model = mnist_cnn()
+    result = train(model, small(sample), epochs=2, batch_size=32, val_fraction=0.25, device="cpu", log=lines.append)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(h["images"] == 72 and 0 <= h["val_accuracy"] <= 1 and h["seconds"] > 0 for h in result.history)
+    assert result.recipe == "standard" and result.settings == {} and result.steps == 6
+    assert lines[0].startswith("standard epoch 1/2 loss ") and " val_acc " in lines[0]
+    best = max(h["val_accuracy"] for h in result.history)
+    assert result.val_accuracy == best == result.history[result.best_epoch - 1]["val_accuracy"]
+    model.train()
+    assert 0 <= evaluate_accuracy(model, *sample[1]) <= 1 and model.training, "evaluation restores the mode"
+
+
+class _Sabotage(StandardRecipe):
+    """Trains on the true labels for `good_steps` steps, then on wrong ones: validation accuracy falls."""
+
+    def __init__(self, good_steps: int) -> None:
+        super().__init__(self.Settings())
+        self.good_steps, self.calls = good_steps, 0
+
+    def loss(self, model, x, y):
+        self.calls += 1
+        return F.cross_entropy(model(x), y if self.calls <= self.good_steps else (y + 1) % 10)
+
+
+def test_early_stopping_restores_the_best_epoch(sample):
+    images, labels = sample[0]
+    data, val = (images[:512], labels[:512]), (images[512:768], labels[512:768])
+    torch.manual_seed(0)
+    model = mnist_cnn()
+    result = train(model, data, _Sabotage(good_steps=8), epochs=6, batch_size=64, val_data=val, patience=2, **quiet())
+    accuracies = [h["val_accuracy"] for h in result.history]
+    assert result.stopped_early and len(accuracies) == 3, accuracies
+    assert result.best_epoch == 1 and accuracies[0] > max(accuracies[1:])
+    assert evaluate_accuracy(model, *val) == pytest.approx(accuracies[0]), "the best epoch's weights are back"
+    options = quiet(epochs=3, batch_size=64, val_data=val, patience=None)
+    never = train(mnist_cnn(), data, _Sabotage(good_steps=8), **options)
+    assert not never.stopped_early and len(never.history) == 3
+
+
+def test_seeds_make_training_reproducible(sample):
+    def run(seed):
+        torch.manual_seed(0)
+        model = cifar_cnn(in_channels=1, input_size=28)  # dropout draws from the seeded global generator
+        train(model, small(sample, 64), epochs=1, batch_size=16, seed=seed, **quiet())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_max_steps_amp_and_progress_bar(sample, capsys):
+    pytest.importorskip("tqdm")
+    torch.manual_seed(0)
+    options = quiet(epochs=3, batch_size=16, max_steps=3, amp=True, progress=True)
+    result = train(mnist_cnn(), small(sample, 64), **options)
+    assert result.steps == 3 and len(result.history) == 1
+    assert "standard epoch 1/3" in capsys.readouterr().err
+
+
+def test_bad_arguments(sample):
+    data = small(sample, 16)
+    with pytest.raises(TypeError, match="data must be a pair"):
+        train(mnist_cnn(), data[0])
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train(mnist_cnn(), data, epochs=0)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        train(mnist_cnn(), data, "mixup")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        train(mnist_cnn(), data, amp="fp8", **quiet())
+    with pytest.raises(ValueError, match="val_fraction must be < 1.0"):
+        train(mnist_cnn(), data, val_fraction=1.0)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        train(lambda x: x, data)
+
+
+@pytest.mark.cuda
+def test_gpu_training_with_amp_and_compile(sample):
+    torch.manual_seed(0)
+    model = mnist_cnn()
+    result = train(model, sample[0], "gda", epochs=1, device="cuda", amp=True, compile=True, log=False)
+    assert result.history[0]["images"] == (9000 // 128) * 128 * 11  # compile drops the last, smaller batch
+    assert evaluate_accuracy(model, *sample[1]) > 0.9
+    assert next(model.parameters()).is_cuda
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def trained(sample, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    model = mnist_cnn(**kwargs)
+    train(model, small(sample, 32), epochs=1, batch_size=16, **quiet())
+    return model
+
+
+def test_checkpoint_round_trip(sample, tmp_path):
+    model = trained(sample, activation="brelu")
+    recipe = make_recipe("gda")
+    settings, metrics = recipe.settings_dict(), {"test_accuracy": 0.5}
+    path = save_checkpoint(tmp_path / "m.pt", model, recipe="gda", settings=settings, metrics=metrics)
+    loaded, info = load_checkpoint(path, model_name="mnist_cnn", recipe="gda", settings={"sigma": 0.3})
+    assert info["recipe"] == "gda" and info["settings"]["copies"] == 10 and info["metrics"]["test_accuracy"] == 0.5
+    assert info["architecture"] == {"name": "mnist_cnn", "kwargs": model.architecture["kwargs"]}
+    assert info["nemesis_fast_version"] == nf.__version__
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x))
+    into = mnist_cnn(activation="brelu")
+    same, _ = load_checkpoint(path, model=into)
+    assert same is into
+    torch.testing.assert_close(into(x), model(x))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_refusals(sample, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", trained(sample), recipe="vat", settings={"eps": 2.1, "mode": "online"})
+    with pytest.raises(ValueError, match="trained with recipe 'vat', not the 'gda' asked for"):
+        load_checkpoint(path, recipe="gda")
+    with pytest.raises(ValueError, match=r"settings differ .*mode='online' \(asked 'offline'\)"):
+        load_checkpoint(path, settings={"mode": "offline"})
+    with pytest.raises(ValueError, match="holds a 'mnist_cnn' model, not the 'resnet' asked for"):
+        load_checkpoint(path, model_name="resnet")
+    with pytest.raises(ValueError, match=r"architecture differs .*activation='relu' \(asked 'brelu'\)"):
+        load_checkpoint(path, architecture_kwargs={"activation": "brelu"})
+    with pytest.raises(ValueError, match=r"differs from the model given: activation='relu' \(asked 'brelu'\)"):
+        load_checkpoint(path, model=mnist_cnn(activation="brelu"))
+    with pytest.raises(ValueError, match="holds a 'mnist_cnn' model, but the model given is 'resnet'"):
+        load_checkpoint(path, model=resnet(8))
+    with pytest.raises(ValueError, match="the weights do not fit the model"):
+        load_checkpoint(path, model=nn.Linear(3, 3))
+
+
+def test_checkpoint_of_an_unrecorded_model_and_foreign_files(tmp_path):
+    plain = nn.Linear(4, 2)
+    path = save_checkpoint(tmp_path / "plain.pt", plain, recipe="standard")
+    with pytest.raises(ValueError, match="records no architecture; pass the model"):
+        load_checkpoint(path)
+    loaded, info = load_checkpoint(path, model=nn.Linear(4, 2))
+    assert info["architecture"] is None and torch.equal(loaded.weight, plain.weight)
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="text.pt: not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a nemesis_fast checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path, capsys):
+    """weights_only=True: a pickle that would call a function is refused, and nothing runs."""
+    path = tmp_path / "evil.pt"
+    entries = {"state_dict": {}, "recipe": "standard", "settings": {}, "architecture": None}
+    torch.save({**entries, "nemesis_fast_version": "0", "metrics": _Payload()}, path)
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        load_checkpoint(path, model=nn.Linear(1, 1))
+    assert "must never run" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the paper's seven models and the CLI
+
+
+def test_paper_models_tiny(sample, tmp_path):
+    data = small(sample, 48)
+    test = (sample[1][0][:100], sample[1][1][:100])
+    rows = train_paper_models(data, test, out_dir=tmp_path, epochs=1, batch_size=16, max_steps=2, **quiet())
+    assert [r["name"] for r in rows] == [m.name for m in PAPER_MODELS]
+    assert len(rows) == 7 and all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["feature_squeezing"]["recipe"] == "standard + feature squeezing (1 bit)"
+    assert by_name["gda_brelu"]["activation"] == "brelu"
+    for name in ("standard", "gda", "gda_brelu", "vat", "fgsm_adversarial", "label_smoothing"):
+        model, info = load_checkpoint(by_name[name]["checkpoint"], recipe=by_name[name]["recipe"])
+        assert info["architecture"]["kwargs"]["activation"] == by_name[name]["activation"]
+    assert not (tmp_path / "feature_squeezing.pt").exists()
+    only = train_paper_models(data, test, models=["gda_brelu"], epochs=1, batch_size=16, max_steps=1, **quiet())
+    assert [r["name"] for r in only] == ["gda_brelu"]
+    with pytest.raises(ValueError, match="models must be one of"):
+        train_paper_models(data, test, models=["dropout"])
+
+
+def test_feature_squeezing_of_a_trained_model_keeps_most_predictions(sample):
+    model = trained(sample)
+    images = sample[1][0][:200].float() / 255
+    agree = (FeatureSqueezing(model, 1)(images).argmax(1) == model(images).argmax(1)).float().mean()
+    assert agree > 0.5
+
+
+def test_cli_train_and_checkpoint(tmp_path, capsys):
+    out, report = tmp_path / "m.pt", tmp_path / "m.json"
+    args = ["train", "--limit", "64", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--no-progress"]
+    recipe = ["--recipe", "fgsm_adversarial", "--set", "mode=online", "--set", "eps=0.2", "--activation", "brelu"]
+    assert main([*args, *recipe, "--out", str(out), "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "fgsm_adversarial mnist_cnn (brelu): test accuracy" in printed and f"saved {out}" in printed
+    model, info = load_checkpoint(out, recipe="fgsm_adversarial", settings={"mode": "online", "eps": 0.2})
+    assert info["architecture"]["kwargs"]["activation"] == "brelu" and 0 <= info["metrics"]["test_accuracy"] <= 1
+    assert json.loads(report.read_text())["settings"] == {"eps": 0.2, "mode": "online", "weight": 0.5}
+    with pytest.raises(SystemExit):
+        main([*args, "--recipe", "vat", "--set", "noequals"])
+    with pytest.raises(ValueError, match="recipe 'vat' has no setting sigma"):
+        main([*args, "--recipe", "vat", "--set", "sigma=0.3"])
+
+
+def test_cli_paper_table(tmp_path, capsys):
+    args = ["train", "--paper", "--limit", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+    assert main([*args, "--json", str(tmp_path / "paper.json"), "--out-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "gda_brelu" in printed and "total training time" in printed
+    rows = json.loads((tmp_path / "paper.json").read_text())["models"]
+    assert len(rows) == 7 and (tmp_path / "vat.pt").exists()
