@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +69,32 @@ def mnist_root() -> Path:
     if not (root / "train-images-idx3-ubyte.gz").is_file() and not (root / "train-images-idx3-ubyte").is_file():
         pytest.skip(f"full MNIST not found in {root}; set NEMESIS_FAST_MNIST")
     return root
+
+
+# CIFAR-10 in its Python-pickle format, written by the tests (no copy of CIFAR-10 exists on these machines).
+
+
+def cifar_batch(n: int, seed: int, *, bytes_keys: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = {
+        "batch_label": f"batch {seed}",
+        "labels": rng.integers(0, 10, n).tolist(),
+        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
+    }
+    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
+
+
+def write_cifar(folder: Path, n: int = 7, *, meta: bool = True, protocol: int = 2, **replace: object) -> Path:
+    """A CIFAR-10 batches folder with `n` images per batch; `replace` maps file names to other objects."""
+    folder.mkdir(parents=True, exist_ok=True)
+    content: dict[str, object] = {name: cifar_batch(n, i) for i, name in enumerate([*TRAIN_BATCHES, "test_batch"])}
+    if meta:
+        content["batches.meta"] = {"num_cases_per_batch": n, "label_names": list("abcdefghij"), "num_vis": 3072}
+    content.update(replace)
+    for name, obj in content.items():
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+    return folder
+
+
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]

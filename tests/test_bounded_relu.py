@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from _support import backend_device_cases, dtypes_for, require_backend
+from _support import backend_device_cases, dtypes_for, fast_backend_cases, require_backend
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -139,15 +139,7 @@ def test_gradcheck_and_gradgradcheck_float64(backend, device):
     assert torch.autograd.gradgradcheck(lambda v: nf.bounded_relu(v, 0.7, backend=backend), (x,))
 
 
-@pytest.mark.parametrize(
-    "backend,device",
-    [
-        pytest.param("native", "cpu"),
-        pytest.param("torch", "cpu"),
-        pytest.param("native", "cuda", marks=pytest.mark.cuda),
-        pytest.param("triton", "cuda", marks=[pytest.mark.cuda, pytest.mark.triton]),
-    ],
-)
+@pytest.mark.parametrize("backend,device", fast_backend_cases())
 def test_torch_compile_fullgraph(backend, device, monkeypatch):
     require_backend(BACKENDS, backend, device)
     torch._dynamo.reset()

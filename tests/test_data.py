@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _support import mnist_root
+from _support import TRAIN_BATCHES, cifar_batch, mnist_root, write_cifar
 
 from nemesis_fast.data import DataFormatError, DeviceLoader, load_cifar10, load_mnist, split_validation, to_float
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
@@ -161,32 +161,6 @@ def test_missing_files_and_bad_arguments(tmp_path):
 
 
 # ---------------------------------------------------------------- CIFAR-10
-
-
-def cifar_batch(n: int, seed: int, *, bytes_keys: bool = False) -> dict:
-    rng = np.random.default_rng(seed)
-    batch = {
-        "batch_label": f"batch {seed}",
-        "labels": rng.integers(0, 10, n).tolist(),
-        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
-    }
-    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
-
-
-def write_cifar(folder: Path, n: int = 7, *, meta: bool = True, protocol: int = 2, **replace: object) -> Path:
-    """A CIFAR-10 batches folder with `n` images per batch; `replace` maps file names to other objects."""
-    folder.mkdir(parents=True, exist_ok=True)
-    content: dict[str, object] = {name: cifar_batch(n, i) for i, name in enumerate([*TRAIN_BATCHES, "test_batch"])}
-    if meta:
-        content["batches.meta"] = {"num_cases_per_batch": n, "label_names": list("abcdefghij"), "num_vis": 3072}
-    content.update(replace)
-    for name, obj in content.items():
-        (folder / name).write_bytes(pickle.dumps(obj, protocol=protocol))
-    return folder
-
-
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])

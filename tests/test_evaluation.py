@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from _support import write_cifar
 
 from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
 from nemesis_fast.evaluation.cache import ResultCache
-from nemesis_fast.evaluation.runner import Evaluation
+from nemesis_fast.evaluation.runner import Evaluation, load_data
 
 TINY = """
 dataset = "mnist"
@@ -193,3 +195,24 @@ def test_chunks_are_shared_out_round_robin(tmp_path):
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
     evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
     assert evaluation.chunks == [(0, 8), (8, 16), (16, 24)]
+
+
+@pytest.mark.slow
+def test_cifar10_files_end_to_end(tmp_path):
+    write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=40)
+    config = write_config(tmp_path, TINY.replace("whitebox_eps = [0.0, 0.2]", "whitebox_eps = [0.0, 0.03]"))
+    results = evaluate(
+        config, dataset="cifar10", data_dir=str(tmp_path / "cifar"), out_dir=str(tmp_path / "out"), log=False
+    )
+    assert results.config["dataset"] == "cifar10" and results.config["attack"]["fgsm_eps"] == pytest.approx(8 / 255)
+    assert {c.defense for c in results.cells} == {"standard", "feature_squeezing", "gda_brelu"}
+    assert all(c.samples == 24 for c in results.cells)
+    assert (tmp_path / "out" / "examples.png").stat().st_size > 0
+
+
+def test_synthetic_data_has_the_data_sets_shape(tmp_path):
+    config = load_config(overrides={"dataset": "cifar10", "synthetic": True, "test_samples": 10})
+    data = load_data(config)
+    assert data.train_images.shape == (50_000, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)
+    assert data.train_images.dtype == torch.uint8 and int(data.test_labels.max()) < 10
+    assert torch.equal(load_data(config).test_images, data.test_images)  # seeded

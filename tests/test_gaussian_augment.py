@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _support import backend_device_cases, require_backend
+from _support import backend_device_cases, fast_backend_cases, require_backend
 from scipy import stats
 
 import nemesis_fast as nf
@@ -330,14 +330,7 @@ def test_opcheck(backend, device):
         torch.library.opcheck(op, (u8, 2, 0.1, 0.0, 1.0, True, 3, 0, torch.float16), test_utils=checks)
 
 
-@pytest.mark.parametrize(
-    "backend,device",
-    [
-        pytest.param("native", "cpu"),
-        pytest.param("native", "cuda", marks=pytest.mark.cuda),
-        pytest.param("triton", "cuda", marks=[pytest.mark.cuda, pytest.mark.triton]),
-    ],
-)
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
 def test_torch_compile_fullgraph(backend, device, monkeypatch):
     require_backend(BACKENDS, backend, device)
     torch._dynamo.reset()
