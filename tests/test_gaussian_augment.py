@@ -264,6 +264,16 @@ def test_clipping(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", CASES)
+def test_float64_to_float16_rounds_through_float32(backend, device):
+    """float64 results are rounded to 16 bits through float32, as torch's casts do: 1 + 2**-11 + 2**-40 rounds
+    to 1 + 2**-11 in float32, a tie that goes to 1.0 in float16 (a direct rounding would give 1 + 2**-10)."""
+    require_backend(BACKENDS, backend, device)
+    x = torch.full((2, 4), 1 + 2**-11 + 2**-40, dtype=torch.float64, device=device)
+    out = call(backend, x, copies=1, sigma=0.0, clip_min=None, clip_max=None, out_dtype=torch.float16)
+    assert torch.equal(out, torch.ones(4, 4, dtype=torch.float16, device=device))
+
+
+@pytest.mark.parametrize("backend,device", CASES)
 def test_uint8_input_is_scaled_to_the_unit_interval(backend, device):
     require_backend(BACKENDS, backend, device)
     x = torch.randint(0, 256, (4, 3, 5), dtype=torch.uint8, device=device)

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "gaussian_augment.h"
@@ -21,6 +22,24 @@ template <typename T>
 struct alignas(4 * sizeof(T)) Vec4 {
   T v[4];
 };
+
+// One aligned vector store of four outputs. A plain store of the Vec4 struct is split into scalar stores by
+// nvcc; the __stwb intrinsics on the matching built-in vector types are not.
+template <typename T>
+__device__ __forceinline__ void store4(T* dst, const Vec4<T>& o) {
+  if constexpr (sizeof(Vec4<T>) == 8) {
+    uint2 bits;
+    memcpy(&bits, &o, sizeof(bits));
+    __stwb(reinterpret_cast<uint2*>(dst), bits);
+  } else {
+    static_assert(sizeof(Vec4<T>) % 16 == 0, "four outputs fill whole 16-byte words");
+    for (int word = 0; word < static_cast<int>(sizeof(Vec4<T>) / 16); ++word) {
+      uint4 bits;
+      memcpy(&bits, reinterpret_cast<const char*>(&o) + 16 * word, sizeof(bits));
+      __stwb(reinterpret_cast<uint4*>(dst) + word, bits);
+    }
+  }
+}
 
 struct Shape {
   int64_t batch;
@@ -78,7 +97,7 @@ __global__ void __launch_bounds__(kThreads)
       Vec4<out_t> o;
 #pragma unroll
       for (int j = 0; j < 4; ++j) o.v[j] = static_cast<out_t>(y[j]);
-      *reinterpret_cast<Vec4<out_t>*>(dst) = o;
+      store4(dst, o);
     } else {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {

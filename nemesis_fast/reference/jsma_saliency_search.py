@@ -31,6 +31,8 @@ def check_inputs(
             raise ValueError(f"{name} must be on {target_grad.device}, got {tensor.device}")
     if not isinstance(increase, bool):
         raise TypeError(f"increase must be a bool, got {type(increase).__name__}")
+    if target_grad.shape[1] > 2**31 - 1:
+        raise ValueError(f"target_grad has {target_grad.shape[1]} features; at most 2**31 - 1 are supported")
 
 
 def saliency_scores(

@@ -34,6 +34,12 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     Under TRITON_INTERPRET=1 the kernel is a plain Python function that would read the data of fake
     tensors, so it is not run while shapes are being traced (opcheck, torch.compile).
     """
-    if INTERPRET and any(is_fake(a) for a in args if isinstance(a, torch.Tensor)):
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if INTERPRET and any(is_fake(a) for a in tensors):
         return
-    wrap_triton(kernel)[grid](*args, **kwargs)
+    cuda = next((a.device for a in tensors if a.device.type == "cuda"), None)
+    if cuda is None:
+        wrap_triton(kernel)[grid](*args, **kwargs)
+        return
+    with torch.cuda.device(cuda):  # Triton launches on the current device and its current stream
+        wrap_triton(kernel)[grid](*args, **kwargs)

@@ -114,8 +114,9 @@ def _augment_kernel(
     VEC: tl.constexpr,  # 4 when features % 4 == 0 (whole groups: vector loads and stores), else 1
     BLOCK: tl.constexpr,
 ):
-    features = features_q * VEC  # written so that the compiler knows its divisibility
-    row_stride = row_stride_q * VEC
+    # In 64 bits (Triton passes ints below 2**31 as int32), written so that the compiler sees the divisibility.
+    features = features_q.to(tl.int64) * VEC
+    row_stride = row_stride_q.to(tl.int64) * VEC
     pair = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     b = pair // groups
     g = pair - b * groups
@@ -152,6 +153,8 @@ def _augment_kernel(
             y = v + sigma * z.to(sigma.dtype)
         y = tl.where(y < low, low, y)
         y = tl.where(y > high, high, y)
+        if (sigma.dtype == tl.float64) & (out_ptr.dtype.element_ty != tl.float64):
+            y = y.to(tl.float32)  # round through float32, as torch and the C++ kernels do
         tl.store(out_ptr + r * row_stride + base, y.to(out_ptr.dtype.element_ty), mask=mask)
         r += tl.num_programs(1)
 
@@ -179,7 +182,10 @@ def gaussian_augment_triton(
     math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     low = -math.inf if clip_min is None else clip_min
     high = math.inf if clip_max is None else clip_max
-    params = torch.tensor([sigma, low, high], dtype=math_dtype, device=x.device)
+    # Filled on the device: a host tensor copied over would synchronise every call (and break graph capture).
+    params = torch.full((3,), sigma, dtype=math_dtype, device=x.device)
+    params[1:2].fill_(low)
+    params[2:3].fill_(high)
     key_lo, key_hi = seed_key(seed)
     programs = triton.cdiv(batch * groups, BLOCK)
     rows = copies + int(include_original)

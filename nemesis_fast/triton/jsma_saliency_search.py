@@ -70,10 +70,11 @@ def _search_kernel(
         q = start + tl.arange(0, COLS)
         q_in = q < n
         q64 = q.to(tl.int64)
-        target = tl.load(target_ptr + b * t_stride0 + q64 * t_stride1, mask=q_in, other=0.0).to(tl.float32)
-        other = tl.load(other_ptr + b * o_stride0 + q64 * o_stride1, mask=q_in, other=0.0).to(tl.float32)
-        domain = tl.load(domain_ptr + b * d_stride0 + q64 * d_stride1, mask=q_in, other=0)
-        tq, uq = _prepare(target, other, domain, INCREASE)
+        # New names, not the row values': compiled Triton forbids a loop from changing a variable's shape.
+        target_q = tl.load(target_ptr + b * t_stride0 + q64 * t_stride1, mask=q_in, other=0.0).to(tl.float32)
+        other_q = tl.load(other_ptr + b * o_stride0 + q64 * o_stride1, mask=q_in, other=0.0).to(tl.float32)
+        domain_q = tl.load(domain_ptr + b * d_stride0 + q64 * d_stride1, mask=q_in, other=0)
+        tq, uq = _prepare(target_q, other_q, domain_q, INCREASE)
         a = tp[:, None] + tq[None, :]
         s = up[:, None] + uq[None, :]
         score = a * s
