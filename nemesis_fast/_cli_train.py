@@ -91,7 +91,7 @@ def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from .bench.harness import write_json_atomic
+    from ._io import write_json_atomic
     from .models import build_model
     from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train, train_paper_models
 

@@ -15,8 +15,8 @@ from ._cli_train import add_parser as add_train_parser
 
 def _bench(args: argparse.Namespace) -> int:
     from . import backend_info
+    from ._io import write_json_atomic
     from .bench import SUITES, suite
-    from .bench.harness import write_json_atomic
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = args.ops or list(SUITES)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_int, check_number, check_positive
+from ._io import torch_save_atomic
 from .data.loader import DeviceLoader, check_images_labels, default_device, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
@@ -336,10 +337,7 @@ def save_checkpoint(
         "metrics": dict(metrics or {}),
         "nemesis_fast_version": __version__,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    torch_save_atomic(path, payload)
     return path
 
 

@@ -8,7 +8,6 @@ table or writes JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._io import write_json_atomic
 
 Provider = Callable[[], object]
 
@@ -213,14 +214,6 @@ class Report:
         rendered = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
         rendered.insert(1, "-+-".join("-" * w for w in widths))
         return "\n".join([head, *rendered])
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes `data` as JSON through a temporary file, so that a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def _fmt(value: Any) -> str:

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cache import write_atomic
 from .config import DATASET_DEFAULTS, ConfigError, EvalConfig, load_config
 from .distributed import start, stop
 from .report import Results, plot_examples, summary, write_outputs
@@ -87,5 +86,4 @@ __all__ = [
     "evaluate",
     "load_config",
     "preset_path",
-    "write_atomic",
 ]

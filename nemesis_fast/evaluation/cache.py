@@ -9,15 +9,15 @@ rename); an entry that cannot be read is discarded and recomputed.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._io import torch_save_atomic
 
 
 def settings_key(kind: str, settings: dict[str, Any]) -> str:
@@ -26,21 +26,6 @@ def settings_key(kind: str, settings: dict[str, Any]) -> str:
 
     blob = json.dumps({"kind": kind, "settings": settings, "version": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that `path` is either absent, the old file, or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultCache:
@@ -72,7 +57,5 @@ class ResultCache:
     def save(self, kind: str, settings: dict[str, Any], payload: dict[str, Any]) -> Path:
         """Stores `payload` (tensors, numbers, strings, lists and dicts of them) for (`kind`, `settings`)."""
         path = self.path(kind, settings)
-        buffer = io.BytesIO()
-        torch.save({**payload, "settings": json.loads(json.dumps(settings, default=str))}, buffer)
-        write_atomic(path, buffer.getvalue())
+        torch_save_atomic(path, {**payload, "settings": json.loads(json.dumps(settings, default=str))})
         return path

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .cache import write_atomic
+from .._io import write_atomic
 from .config import ATTACK_LABELS, DEFENSE_LABELS
 
 
