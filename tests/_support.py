@@ -63,13 +63,19 @@ def dtypes_for(backend: str, device: str) -> list[torch.dtype]:
     return list(FLOAT_DTYPES)
 
 
-def mnist_root() -> Path:
-    """The full MNIST IDX files: $NEMESIS_FAST_MNIST, else ../shared/data/mnist beside the repository; skips
-    the test when neither holds them (the package's 10k/2k sample, nemesis_fast.data.mnist.MNIST_SAMPLE_DIR,
-    is always there)."""
+def full_mnist_root() -> Path | None:
+    """The folder of the full MNIST IDX files: $NEMESIS_FAST_MNIST, else ../shared/data/mnist beside the
+    repository; None where neither holds them."""
     root = Path(os.environ.get("NEMESIS_FAST_MNIST") or Path(__file__).resolve().parents[2] / "shared/data/mnist")
-    if not (root / "train-images-idx3-ubyte.gz").is_file() and not (root / "train-images-idx3-ubyte").is_file():
-        pytest.skip(f"full MNIST not found in {root}; set NEMESIS_FAST_MNIST")
+    found = (root / "train-images-idx3-ubyte.gz").is_file() or (root / "train-images-idx3-ubyte").is_file()
+    return root if found else None
+
+
+def mnist_root() -> Path:
+    """The full MNIST IDX files (see `full_mnist_root`); skips the test when they are missing."""
+    root = full_mnist_root()
+    if root is None:
+        pytest.skip("full MNIST not found in $NEMESIS_FAST_MNIST or ../shared/data/mnist")
     return root
 
 
