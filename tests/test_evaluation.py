@@ -84,11 +84,15 @@ def test_bad_nested_settings_name_their_key(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_cifar_without_data_says_where_to_look(tmp_path):
-    with pytest.raises(ConfigError, match="cifar-10-batches-py"):
+def test_missing_data_says_where_it_looked_and_how_to_provide_it(tmp_path):
+    with pytest.raises(ConfigError, match="--data-dir with cifar-10-batches-py, extracted from cifar-10-python"):
         load_config(overrides={"dataset": "cifar10"})
-    with pytest.raises(ConfigError, match="data_dir: .*cifar"):
+    with pytest.raises(ConfigError, match=f"data_dir: no CIFAR-10 batches found in {tmp_path}.*cifar-10-python"):
         evaluate(write_config(tmp_path), dataset="cifar10", data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="'/no/such/folder' is not a folder; it must hold the four MNIST IDX files"):
+        load_config(overrides={"data_dir": "/no/such/folder"})
+    with pytest.raises(ConfigError, match=f"looked for train-images-idx3-ubyte.* in {tmp_path}.*Put the four MNIST"):
+        evaluate(write_config(tmp_path), data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
 
 
 def test_presets_are_valid_and_paper_defaults_hold():

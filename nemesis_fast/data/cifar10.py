@@ -139,6 +139,9 @@ def _check_batch(batch: dict[str, Any], path: Path, cases: int, num_vis: int) ->
     return data, labels
 
 
+FILES_HINT = f"{FOLDER}, extracted from cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html)"
+
+
 def find_folder(root: str | os.PathLike) -> Path:
     """The folder holding the batches: `root/cifar-10-batches-py` (the archive's and torchvision's layout) or
     `root` itself."""
@@ -146,10 +149,7 @@ def find_folder(root: str | os.PathLike) -> Path:
     for folder in (root / FOLDER, root):
         if (folder / BATCHES["test"][0]).is_file() or (folder / BATCHES["train"][0]).is_file():
             return folder
-    raise FileNotFoundError(
-        f"no CIFAR-10 batches found in {root / FOLDER} or {root}; extract cifar-10-python.tar.gz "
-        "(https://www.cs.toronto.edu/~kriz/cifar.html) into one of them"
-    )
+    raise FileNotFoundError(f"no CIFAR-10 batches found in {root / FOLDER} or {root}; {root} must hold {FILES_HINT}")
 
 
 def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:

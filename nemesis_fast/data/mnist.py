@@ -23,6 +23,9 @@ _PREFIX = {"train": "train", "test": "t10k"}
 _UBYTE = 0x08
 
 
+FILES_HINT = "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...; http://yann.lecun.com/exdb/mnist/)"
+
+
 def _candidates(root: Path, split: str, kind: str) -> list[Path]:
     """Where the IDX file of `kind` ("images" or "labels") may lie: torchvision's names and layouts."""
     ndim = 3 if kind == "images" else 1
@@ -39,7 +42,7 @@ def _find(root: Path, split: str, kind: str) -> Path:
     folders = sorted({str(p.parent) for p in paths})
     raise FileNotFoundError(
         f"no MNIST {split} {kind} file found; looked for {paths[0].name}[.gz] in {', '.join(folders)}. "
-        "Download the four IDX files (train-images-idx3-ubyte.gz, ...) into one of these folders."
+        f"Put {FILES_HINT} into one of these folders."
     )
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import cifar10, mnist
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -246,10 +248,12 @@ def validate(config: EvalConfig) -> EvalConfig:
     need(0 < a.jsma_gamma <= 1, "attack.jsma_gamma", "must be in (0, 1]")
     need(a.cw_binary_search_steps >= 1 and a.cw_max_iter >= 1, "attack.cw_*", "steps and iterations must be >= 1")
     need(a.cw_learning_rate > 0 and a.cw_initial_const > 0, "attack.cw_*", "learning rate and constant must be > 0")
+    files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
     if config.data_dir:
-        need(Path(config.data_dir).expanduser().is_dir(), "data_dir", f"{config.data_dir!r} is not a folder")
+        folder = Path(config.data_dir).expanduser()
+        need(folder.is_dir(), "data_dir", f"{str(folder)!r} is not a folder; it must hold {files}")
     elif config.dataset == "cifar10" and not config.synthetic:
-        raise ConfigError("data_dir must name the folder holding cifar-10-batches-py (or set synthetic = true)")
+        raise ConfigError(f"data_dir: no folder given for cifar10; pass --data-dir with {files} (or --synthetic)")
     return config
 
 
