@@ -91,6 +91,13 @@ def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], 
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (OSError, ValueError) as error:  # missing or malformed files, settings out of range: no traceback
+        raise SystemExit(f"nemesis-fast train: {error}") from error
+
+
+def _run(args: argparse.Namespace) -> int:
     from ._io import write_json_atomic
     from .models import build_model
     from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train, train_paper_models

@@ -261,8 +261,12 @@ def test_cli_train_and_checkpoint(tmp_path, capsys):
     assert json.loads(report.read_text())["settings"] == {"eps": 0.2, "mode": "online", "weight": 0.5}
     with pytest.raises(SystemExit):
         main([*args, "--recipe", "vat", "--set", "noequals"])
-    with pytest.raises(ValueError, match="recipe 'vat' has no setting sigma"):
+    with pytest.raises(SystemExit, match="nemesis-fast train: recipe 'vat' has no setting sigma"):
         main([*args, "--recipe", "vat", "--set", "sigma=0.3"])
+    with pytest.raises(SystemExit, match=f"nemesis-fast train: no MNIST train images file found; .* in {tmp_path}"):
+        main([*args, "--root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="nemesis-fast train: .*No such file"):
+        main([*args, "--recipe", "fgsm_adversarial", "--source", str(tmp_path / "missing.pt")])
 
 
 def test_cli_paper_table(tmp_path, capsys):
