@@ -96,3 +96,20 @@ def check_range(bounds: Any, name: str) -> tuple[float, float]:
     if low > high:
         raise ValueError(f"{name} must have low <= high, got {bounds!r}")
     return low, high
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """`device` as a torch.device that this machine has; None: the first GPU when one is visible, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{name} must name a device such as 'cpu' or 'cuda:0', got {device!r}") from error
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name} is {str(resolved)!r}, but no CUDA GPU is visible")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"{name} is {str(resolved)!r}, but only {count} CUDA GPU(s) are visible")
+    return resolved

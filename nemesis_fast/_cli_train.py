@@ -98,11 +98,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ._checks import check_device
     from ._io import write_json_atomic
     from .models import build_model
     from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train, train_paper_models
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(args.device, "--device")
     train_data, test_data = _load(args)
     model_name = args.model or {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}[args.data]
     model_kwargs: dict[str, Any] = {"activation": args.activation, "t": args.t}

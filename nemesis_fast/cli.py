@@ -7,18 +7,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ._cli_evaluate import add_parser as add_evaluate_parser
 from ._cli_train import add_parser as add_train_parser
 
 
 def _bench(args: argparse.Namespace) -> int:
     from . import backend_info
+    from ._checks import check_device
     from ._io import write_json_atomic
     from .bench import SUITES, suite
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = check_device(args.device, "--device")
+    except ValueError as error:
+        raise SystemExit(f"nemesis-fast bench: {error}") from error
     names = args.ops or list(SUITES)
     unknown = sorted(set(names) - set(SUITES))
     if unknown:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int, check_number, check_positive
+from ._checks import check_choice, check_device, check_int, check_number, check_positive
 from ._io import torch_save_atomic
-from .data.loader import DeviceLoader, check_images_labels, default_device, split_validation, to_float
+from .data.loader import DeviceLoader, check_images_labels, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
@@ -107,10 +107,9 @@ def evaluate_accuracy(
     """The fraction of `images` (uint8 or float, (N, C, H, W)) that `model` classifies as `labels`, in eval
     mode (restored afterwards); nan for an empty set. `device` defaults to the model's."""
     check_images_labels(images, labels)
-    if device is None:
-        param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-        device = param.device if param is not None else default_device()
-    device = torch.device(device)
+    if device is None and isinstance(model, nn.Module):
+        device = next((p.device for p in model.parameters()), None)
+    device = check_device(device)
     if len(labels) == 0:
         return float("nan")
     loader = DeviceLoader(images, labels, batch_size, shuffle=False, device=device)
@@ -199,7 +198,7 @@ def train(
         check_int(max_steps, "max_steps", low=1)
     check_number(val_fraction, "val_fraction", low=0.0, high=1.0, high_inclusive=False)
     say = _logger(log)
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device)
     dataset = dataset or infer_dataset(images)
     recipe = recipe if isinstance(recipe, Recipe) else make_recipe(recipe, settings, dataset=dataset, seed=seed)
     if val_data is not None:

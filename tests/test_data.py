@@ -376,6 +376,10 @@ def test_device_loader_bad_arguments():
         DeviceLoader(images, labels, augment=0.3)
     with pytest.raises(TypeError, match="dtype must be a float dtype"):
         DeviceLoader(images, labels, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="device must name a device such as 'cpu' or 'cuda:0', got 'gpu'"):
+        DeviceLoader(images, labels, device="gpu")
+    with pytest.raises(ValueError, match="device is 'cuda:99', but (no CUDA GPU is|only .* GPU.* are) visible"):
+        DeviceLoader(images, labels, device="cuda:99")
 
 
 @pytest.mark.cuda

@@ -66,6 +66,7 @@ def cell_values(results_json: Path) -> list[tuple]:
         ({"data_dir": "/no/such/folder"}, "data_dir"),
         ({"dataset": "imagenet"}, "dataset"),
         ({"batch_size": 0}, "batch_size"),
+        ({"device": "cuda:99"}, "device is 'cuda:99', but"),
         ({"colour": "blue"}, "unknown setting colour"),
     ],
 )

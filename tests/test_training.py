@@ -130,6 +130,8 @@ def test_bad_arguments(sample):
         train(mnist_cnn(), data, val_fraction=1.0)
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         train(lambda x: x, data)
+    with pytest.raises(ValueError, match="device is 'cuda:99', but"):
+        train(mnist_cnn(), data, device="cuda:99")
 
 
 @pytest.mark.cuda

@@ -11,15 +11,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .._checks import check_int, check_number, check_tensor
+from .._checks import check_device, check_int, check_number, check_tensor
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def default_device() -> torch.device:
-    """The first GPU when one is visible, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -77,7 +72,7 @@ class DeviceLoader:
             raise TypeError(f"augment must be callable (x, y) -> (x, y), got {type(augment).__name__}")
         if dtype not in IMAGE_DTYPES[1:]:
             raise TypeError(f"dtype must be a float dtype, got {dtype}")
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = check_device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.shuffle, self.augment, self.drop_last, self.dtype = shuffle, augment, drop_last, dtype

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_int, check_number
+from .._checks import check_device, check_int, check_number
 from ..attacks import FGSM
 from ..data.loader import check_images_labels, to_float
 
@@ -63,7 +63,7 @@ def offline_examples(
     """
     check_images_labels(images, labels)
     check_int(batch_size, "batch_size", low=1)
-    device = torch.device(device) if device is not None else images.device
+    device = check_device(device) if device is not None else images.device
     out = torch.empty(images.shape, dtype=torch.float32, device=device)
     for start in range(0, len(labels), batch_size):
         x = to_float(images[start : start + batch_size].to(device))

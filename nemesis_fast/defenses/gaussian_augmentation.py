@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._backends.gaussian_augment import clip_bounds, resolve_seed
-from .._checks import check_int, check_number
+from .._checks import check_device, check_int, check_number
 from ..ops import gaussian_augment
 
 _ArrayLike = torch.Tensor | np.ndarray
@@ -174,7 +174,7 @@ def augment_batches(
     """
     if not isinstance(gda, GaussianAugmentation):
         raise TypeError(f"gda must be a GaussianAugmentation, got {type(gda).__name__}")
-    target = None if device is None else torch.device(device)
+    target = None if device is None else check_device(device)
     for batch in loader:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError("loader must yield (x, y) pairs")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_device
 from ..data import cifar10, mnist
 
 if sys.version_info >= (3, 11):
@@ -221,6 +222,11 @@ def validate(config: EvalConfig) -> EvalConfig:
         "device",
         "must be auto, cpu or cuda[:N]",
     )
+    if config.device != "auto":
+        try:
+            check_device(config.device, "device")
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
     need(config.test_samples >= 0, "test_samples", "must be >= 0")
     need(config.batch_size > 0, "batch_size", "must be > 0")
     t, d, a = config.training, config.defense, config.attack
