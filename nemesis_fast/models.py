@@ -1,4 +1,5 @@
-"""The networks of the paper (Zantedeschi et al., 2017) and a CIFAR-style ResNet for black-box attacks.
+"""The networks of the paper (Zantedeschi et al., 2017), the authors' small ResNet that crafted their black-box
+attacks, and a CIFAR-style ResNet.
 
 Every builder takes `activation="relu"|"brelu"` and the BReLU threshold `t`, expects images in [0, 1]
 (no normalisation layer) and returns logits. The model it returns records how it was built in
@@ -191,11 +192,74 @@ def resnet(
     return _record(model, "resnet", kwargs)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mnist_cnn": mnist_cnn, "cifar_cnn": cifar_cnn, "resnet": resnet}
+class BottleneckIdentityBlock(nn.Module):
+    """Keras' identity block without batch norm: 1x1 `mid`, 3x3 `mid` ("same"), 1x1 back to `channels`, each
+    with a bias; the input added; ReLU after the first two convolutions and after the sum."""
+
+    def __init__(self, channels: int, mid: int, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid, 1)
+        self.act1 = act()
+        self.conv = nn.Conv2d(mid, mid, 3, padding=1)
+        self.act2 = act()
+        self.expand = nn.Conv2d(mid, channels, 1)
+        self.act3 = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.expand(self.act2(self.conv(self.act1(self.reduce(x)))))
+        return self.act3(out + x)
+
+
+def small_resnet(
+    *,
+    activation: str = "relu",
+    t: float = 1.0,
+    in_channels: int = 1,
+    input_size: int = 28,
+    num_classes: int = 10,
+    filters: int = 64,
+) -> nn.Sequential:
+    """The authors' black-box source (`src/classifiers/resnet.py` of the seed's code, ART history, June-August
+    2017): the paper CNN's first two layers (Conv `filters` 8x8 stride 2 "same", Conv 2 * `filters` 6x6 stride 2
+    "valid", each followed by the activation), one bottleneck identity block (1x1 `filters`, 3x3 `filters`,
+    1x1 2 * `filters`, add, activation), max-pool 3x3 (stride 3, "valid"), Dense `num_classes`; no batch norm.
+
+    On 28x28 MNIST the maps are 14x14x64, 5x5x128, 5x5x128 and 1x1x128 after pooling: 353,994 parameters.
+    Input (B, in_channels, input_size, input_size).
+    """
+    kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
+    kwargs["filters"] = filters
+    act = activation_factory(activation, t)
+    check_int(in_channels, "in_channels", low=1)
+    check_int(input_size, "input_size", low=1)
+    check_int(num_classes, "num_classes", low=2)
+    check_int(filters, "filters", low=1)
+    before, after = _same_padding(input_size, 8, 2)
+    size = _conv_out(_conv_out(-(-input_size // 2), 6, 2), 3, 3)
+    model = nn.Sequential(
+        nn.ZeroPad2d((before, after, before, after)),
+        nn.Conv2d(in_channels, filters, 8, stride=2),
+        act(),
+        nn.Conv2d(filters, 2 * filters, 6, stride=2),
+        act(),
+        BottleneckIdentityBlock(2 * filters, filters, act),
+        nn.MaxPool2d(3),
+        nn.Flatten(),
+        nn.Linear(2 * filters * size * size, num_classes),
+    )
+    return _record(model, "small_resnet", kwargs)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mnist_cnn": mnist_cnn,
+    "cifar_cnn": cifar_cnn,
+    "resnet": resnet,
+    "small_resnet": small_resnet,
+}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """The model `name` ("mnist_cnn", "cifar_cnn" or "resnet") built with `kwargs`."""
+    """The model `name` ("mnist_cnn", "cifar_cnn", "resnet" or "small_resnet") built with `kwargs`."""
     check_choice(name, "name", MODELS)
     return MODELS[name](**kwargs)
 

@@ -241,7 +241,16 @@ def train(
 
     # With compile, a last smaller batch would compile a second graph: drop it (a different one every epoch).
     augment = recipe.augment(device)
-    loader = DeviceLoader(images, labels, batch_size, seed=seed, device=device, augment=augment, drop_last=compile)
+    loader = DeviceLoader(
+        images,
+        labels,
+        batch_size,
+        seed=seed,
+        device=device,
+        augment=augment,
+        expand=recipe.expansion(),
+        drop_last=compile,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda" or None)
     forward = torch.compile(model) if compile else model
     autocast, scaled = _autocast(device, amp)

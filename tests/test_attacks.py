@@ -269,6 +269,52 @@ def test_fgsm_and_targeted_fgsm_follow_the_definition():
     torch.testing.assert_close(grad_l2.l2, torch.full_like(grad_l2.l2, 0.5), atol=1e-12, rtol=0)
 
 
+def test_fgsm_and_randfgsm_on_predicted_labels_use_the_models_prediction():
+    model = small_model(torch.float64)
+    x, y = data(dtype=torch.float64)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    wrong = (predicted + 1) % CLASSES  # y given to the attack is ignored: the prediction at x is the label
+    with model_guard(model):
+        expected = reference_fgsm(model, x, predicted, 0.07, 1)
+    assert torch.equal(FGSM(model, 0.07, labels="predicted")(x, wrong), expected)
+    assert not torch.equal(FGSM(model, 0.07)(x, wrong), expected)
+    eps, alpha = 0.2, 0.05
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    start = (x + alpha * noise.sign()).clamp(0, 1)
+    with torch.no_grad():
+        at_start = model(start).argmax(1)  # R+FGSM: the prediction at x', after the random step
+    with model_guard(model):
+        expected = reference_fgsm(model, start, at_start, eps - alpha, 1)
+    assert torch.equal(RandFGSM(model, eps, alpha, labels="predicted", seed=5)(x, wrong), expected)
+    with pytest.raises(ValueError, match="labels must be one of"):
+        FGSM(model, 0.1, labels="guessed")
+
+
+def test_pgd_restarts_only_rerun_the_images_not_yet_fooled():
+    model = small_model()
+    x, y = data(64)
+    one = PGD(model, 0.05, 0.02, 3, seed=7).run(x, y)
+    three = PGD(model, 0.05, 0.02, 3, restarts=3, seed=7).run(x, y)
+    assert torch.equal(three.x_adv[one.success], one.x_adv[one.success])  # the first run's successes are kept
+    assert (three.iterations[one.success] == 3).all() and (three.iterations[~one.success] > 3).all()
+    assert three.success.sum() >= one.success.sum() and (three.linf <= 0.05 + 1e-6).all()
+    with pytest.raises(ValueError, match="restarts > 1 needs random_start"):
+        PGD(model, 0.1, 0.01, 3, random_start=False, restarts=2)
+
+
+def test_carlini_wagner_confidence_margin_loss_lets_abort_early_fire():
+    model, x, y = linear_case(8)
+    settings = dict(confidence=10.0, initial_const=1.0, binary_search_steps=2, max_iter=200, learning_rate=0.05)
+    early = CarliniWagnerL2(model, abort_early=True, **settings).run(x, y)
+    assert (early.iterations < 400).all()  # max(m + kappa, 0) stops falling once the margin is met
+    with torch.no_grad():
+        logits = model(early.x_adv)
+    top2 = logits.topk(2, dim=1).values
+    found = early.success
+    assert found.any() and ((top2[found, 0] - logits[found].gather(1, y[found, None]).squeeze(1)) >= 10 - 1e-6).all()
+
+
 def test_randfgsm_is_exactly_r_plus_fgsm():
     model = small_model(torch.float64)
     x, y = data(dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,10 @@ from _support import write_cifar
 
 from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
 from nemesis_fast.evaluation.cache import ResultCache
+from nemesis_fast.evaluation.checks import gradient_masking_checks
+from nemesis_fast.evaluation.config import ATTACKS
+from nemesis_fast.evaluation.paper import eps_meeting_paper, paper_value
+from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
 from nemesis_fast.evaluation.runner import Evaluation, load_data
 
 TINY = """
@@ -68,12 +73,38 @@ def cell_values(results_json: Path) -> list[tuple]:
         ({"batch_size": 0}, "batch_size"),
         ({"device": "cuda:99"}, "device is 'cuda:99', but"),
         ({"colour": "blue"}, "unknown setting colour"),
+        ({"blackbox_eps": [0.1, -0.01]}, r"blackbox_eps\[1\] must be a number >= 0"),
+        ({"blackbox_eps": [0.1, 0.1]}, "blackbox_eps lists an eps twice"),
+        ({"perturbation_attacks": ["fgsm"]}, "perturbation_attacks"),
+        ({"whitebox_attacks": ["pgd", "bim"]}, "whitebox_attacks"),
     ],
 )
 def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key):
         evaluate(write_config(tmp_path), out_dir=str(tmp_path / "out"), **overrides)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "section,line,key",
+    [
+        ("[attack]", "jsma_gamma = 1.5", "attack.jsma_gamma must be in"),
+        ("[attack]", "jsma_gamma = 0.0", "attack.jsma_gamma must be in"),
+        ("[attack]", "rfgsm_eps = -0.1", "attack.rfgsm_eps"),
+        ("[attack]", 'fgsm_labels = "guessed"', "attack.fgsm_labels must be one of"),
+        ("[attack]", "pgd_restarts = 0", "attack.pgd_restarts"),
+        ("[attack]", "cw_confidence = -1.0", "attack.cw_confidence"),
+        ("[training]", 'source_architecture = "vgg"', "training.source_architecture must be one of"),
+        ("[defense]", 'vat_mode = "sometimes"', "defense.vat_mode must be one of"),
+        ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
+    ],
+)
+def test_bad_settings_of_the_authors_options_fail_before_any_work(tmp_path, section, line, key):
+    text = TINY.replace("jsma_gamma = 0.05", "")
+    text = text if section in text else text + f"\n{section}\n"
+    with pytest.raises(ConfigError, match=key):
+        evaluate(write_config(tmp_path, text.replace(section, f"{section}\n{line}")), out_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_nested_settings_name_their_key(tmp_path):
@@ -96,12 +127,69 @@ def test_missing_data_says_where_it_looked_and_how_to_provide_it(tmp_path):
         evaluate(write_config(tmp_path), data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
 
 
-def test_presets_are_valid_and_paper_defaults_hold():
-    quick = load_config(preset_path("quick"))
+AUTHORS_SETTINGS = {  # the seed's authors' scripts, as listed in issue 11
+    "training": {
+        "epochs": 20,
+        "batch_size": 128,
+        "learning_rate": 1e-3,
+        "validation_fraction": 0.1,
+        "patience": 5,
+        "train_samples": 0,
+        "source_architecture": "small_resnet",
+    },
+    "defense": {
+        "brelu_t": 1.0,
+        "gda_sigma": 0.3,
+        "gda_copies": 10,
+        "gda_clip": False,
+        "gda_fixed_set": True,
+        "label_smoothing": 0.9,
+        "fgsm_adversarial_eps": 0.3,
+        "fgsm_adversarial_mode": "offline",
+        "vat_eps": 2.1,
+        "vat_xi": 1e-6,
+        "vat_mode": "offline",
+        "squeeze_bits": 1,
+        "squeeze_training": True,
+    },
+    "attack": {
+        "fgsm_labels": "predicted",
+        "rfgsm_alpha": 0.05,
+        "rfgsm_alpha_fixed": True,
+        "rfgsm_labels": "predicted",
+        "deepfool_max_iter": 100,
+        "deepfool_overshoot": 0.0,
+        "jsma_theta": 1.0,
+        "jsma_gamma": 1.0,
+        "jsma_use_logits": False,
+        "cw_confidence": 10.0,
+        "cw_learning_rate": 5e-3,
+        "cw_binary_search_steps": 5,
+        "cw_max_iter": 1000,
+        "cw_initial_const": 1e-2,
+        "pgd_steps": 40,
+        "pgd_restarts": 5,
+    },
+}
+
+
+def test_the_paper_preset_is_the_authors_experiment():
     paper = load_config(preset_path("paper"))
-    assert paper.training.epochs == 20 and paper.attack.fgsm_eps == 0.3 and paper.attack.jsma_gamma == 0.1
-    assert paper.defenses == quick.defenses and len(paper.defenses) == 7
-    assert paper.attack.deepfool_overshoot == 0.02 and paper.attack.cw_confidence == 0.0
+    for section, values in AUTHORS_SETTINGS.items():
+        got = getattr(paper, section)
+        assert {k: getattr(got, k) for k in values} == values, section
+    assert paper.test_samples == 0 and len(paper.defenses) == 7 and paper.blackbox_attacks == list(ATTACKS)
+    grid = [round(0.01 * i, 2) for i in range(1, 10)] + [round(0.1 * i, 1) for i in range(1, 11)]
+    assert paper.blackbox_eps == grid and paper.whitebox_eps == grid  # both of the authors' FGSM grids
+    assert paper.whitebox_attacks == ["fgsm", "rfgsm", "pgd"]
+    assert paper.perturbation_attacks == ["deepfool", "cw", "jsma"]
+    assert "ace25b4e6" in preset_path("paper").read_text()  # settings cited by the authors' commits
+
+
+def test_presets_are_valid():
+    quick, headline = load_config(preset_path("quick")), load_config(preset_path("paper_headline"))
+    assert headline.training.source_architecture == "resnet" and headline.attack.jsma_gamma == 0.1
+    assert headline.defenses == quick.defenses and len(quick.defenses) == 7
     with pytest.raises(ConfigError, match="preset 'fast' does not exist"):
         preset_path("fast")
 
@@ -199,7 +287,21 @@ def test_chunks_are_shared_out_round_robin(tmp_path):
     assert Workers(rank=1, world_size=2).my_chunks(5) == [1, 3]
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
     evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
-    assert evaluation.chunks == [(0, 8), (8, 16), (16, 24)]
+    assert evaluation.chunks() == [(0, 8), (8, 16), (16, 24)]
+    assert evaluation.chunks(12) == [(0, 8), (8, 12)]
+
+
+def test_random_draws_are_keyed_by_the_chunks_bounds_not_its_index(tmp_path):
+    from nemesis_fast.evaluation.distributed import Workers
+
+    config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
+    attacks = Evaluation(config, Workers(), log=lambda m: None, progress=False).attacks
+    assert attacks.seed("rfgsm", (8, 16)) == attacks.seed("rfgsm", (8, 16))
+    assert attacks.seed("rfgsm", (8, 16)) != attacks.seed("rfgsm", (0, 8))
+    config.batch_size = 4  # another chunking: a chunk with other bounds draws, and is cached, under its own key
+    other = Evaluation(config, Workers(), log=lambda m: None, progress=False).attacks
+    assert other.seed("rfgsm", (8, 16)) == attacks.seed("rfgsm", (8, 16))
+    assert attacks.blackbox_key("rfgsm", None, (8, 12)) != attacks.blackbox_key("rfgsm", None, (8, 16))
 
 
 @pytest.mark.slow
@@ -221,3 +323,106 @@ def test_synthetic_data_has_the_data_sets_shape(tmp_path):
     assert data.train_images.shape == (50_000, 3, 32, 32) and data.test_images.shape == (10, 3, 32, 32)
     assert data.train_images.dtype == torch.uint8 and int(data.test_labels.max()) < 10
     assert torch.equal(load_data(config).test_images, data.test_images)  # seeded
+
+
+AUTHORS_TINY = (
+    TINY.replace('whitebox_attacks = ["fgsm"]', 'whitebox_attacks = ["fgsm", "pgd"]')
+    .replace("whitebox_eps = [0.0, 0.2]", "whitebox_eps = [0.1, 0.6]")
+    .replace("source_depth = 8", 'source_architecture = "small_resnet"')
+    .replace("gda_copies = 2", "gda_copies = 2\ngda_clip = false\ngda_fixed_set = true\nsqueeze_training = true")
+    .replace(
+        "jsma_gamma = 0.05",
+        'jsma_gamma = 0.05\njsma_use_logits = false\nfgsm_labels = "predicted"\nrfgsm_labels = "predicted"\n'
+        "rfgsm_alpha_fixed = true\npgd_steps = 3\npgd_restarts = 2\npgd_test_samples = 16",
+    )
+)
+
+
+@pytest.mark.slow
+def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_path):
+    config = write_config(
+        tmp_path,
+        AUTHORS_TINY.replace('blackbox_attacks = ["fgsm", "jsma"]', 'blackbox_attacks = ["fgsm", "rfgsm"]'),
+        blackbox_eps=[0.05, 0.3],
+        perturbation_attacks=["deepfool", "jsma"],
+        perturbation_samples=8,
+    )
+    first = evaluate(config, out_dir=str(tmp_path / "a"), log=False)
+    second = evaluate(config, out_dir=str(tmp_path / "b"), log=False)  # a fresh cache: everything again
+    assert cell_values(tmp_path / "a" / "results.json") == cell_values(tmp_path / "b" / "results.json")
+    assert [(p.defense, p.attack, p.values) for p in first.perturbations] == [
+        (p.defense, p.attack, p.values) for p in second.perturbations
+    ]
+    for name in ("blackbox_eps.png", "perturbation.png", "whitebox.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0, name
+    sweep = {(c.defense, c.attack, c.eps) for c in first.blackbox_sweep("fgsm") + first.blackbox_sweep("rfgsm")}
+    assert sweep == {(d, a, e) for d in first.config["defenses"] for a in ("fgsm", "rfgsm") for e in (0.05, 0.3)}
+    assert {c.eps for c in first.blackbox()} == {0.3}  # the table holds the configured eps
+    assert {c.samples for c in first.whitebox("pgd")} == {16}
+    assert {(p.defense, p.attack) for p in first.perturbations} == {
+        (d, a) for d in first.config["defenses"] for a in ("deepfool", "jsma")
+    }
+    assert all(p.samples <= 8 and p.norm == ("l0" if p.attack == "jsma" else "l2") for p in first.perturbations)
+    report = (tmp_path / "a" / "results.md").read_text()
+    for title in ("against eps (the eps sweep)", "minimal perturbation", "Gradient-masking checks", "(94.46, "):
+        assert title in report, title
+
+
+def _results(cells: list, blackbox_eps: list[float]) -> Results:
+    config = load_config(overrides={"defenses": ["standard"], "blackbox_eps": blackbox_eps}).to_dict()
+    return Results(config=config, version="t", device="cpu", world_size=1, cells=cells)
+
+
+def _c(attack: str, setting: str, eps: float, accuracy: float, samples: int = 1000) -> Cell:
+    return Cell("standard", attack, setting, eps, accuracy, samples, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_gradient_masking_checks_flag_what_athalye_et_al_would():
+    honest = [_c("fgsm", "whitebox", 0.1, 40), _c("pgd", "whitebox", 0.1, 10), _c("pgd", "whitebox", 1.0, 0)]
+    honest += [_c("fgsm", "whitebox", 1.0, 5), _c("fgsm", "blackbox", 0.1, 80)]
+    (check,) = gradient_masking_checks(_results(honest, [0.1]))
+    assert (check.iterative, check.whitebox, check.chance, check.flagged) == ("pass", "pass", "pass", False)
+    masked = [_c("fgsm", "whitebox", 0.1, 40), _c("pgd", "whitebox", 0.1, 60), _c("pgd", "whitebox", 1.0, 50)]
+    masked += [_c("fgsm", "whitebox", 1.0, 5), _c("fgsm", "blackbox", 0.1, 20)]
+    (check,) = gradient_masking_checks(_results(masked, [0.1]))
+    assert check.iterative == "FAIL (PGD 50.0% > 5.0% at eps 1)"  # the worst of the two eps
+    assert check.whitebox.startswith("FAIL (white-box 40.0% > 20.0% at eps 0.1)")
+    assert check.chance.startswith("FAIL (50.0% at eps 1") and check.flagged
+    small = [_c("pgd", "whitebox", 0.3, 12, samples=100), _c("fgsm", "whitebox", 0.3, 10, samples=100)]
+    (check,) = gradient_masking_checks(_results(small, []))  # within sampling error; no large eps: not run
+    assert (check.iterative, check.whitebox, check.chance) == ("pass", "not run", "not run")
+
+
+def test_the_eps_at_which_a_sweep_meets_the_papers_value():
+    points = [(0.1, 90.0), (0.01, 99.0), (0.05, 95.0), (0.2, 60.0)]
+    assert eps_meeting_paper(points, 94.46) == pytest.approx(0.05 + 0.05 * (95 - 94.46) / 5)
+    assert eps_meeting_paper(points, 99.5) == 0.01  # already below at the first eps
+    assert eps_meeting_paper(points, 10.0) is None
+    assert paper_value("mnist", "gda_brelu", "rfgsm") == 75.50 and paper_value("cifar10", "standard", "fgsm") is None
+
+
+def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():
+    norm = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 9.0])
+    fooled = torch.tensor([True, True, True, False, False, True])
+    clean = torch.tensor([True, True, True, True, True, False])  # the last image was misclassified: left out
+    stats = perturbation_stats("standard", "deepfool", norm, fooled, clean, 0.0)
+    assert (stats.samples, stats.values) == (5, [1.0, 2.0, 3.0]) and stats.success == pytest.approx(60.0)
+    assert (stats.q25, stats.median, stats.q75) == (2.0, 3.0, math.inf)
+
+
+def test_the_authors_training_options_reach_the_models_keys(tmp_path):
+    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.evaluation.train import SOURCE
+
+    config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
+    config.defense.vat_mode = "offline"
+    models = Evaluation(config, Workers(), log=lambda m: None, progress=False).models
+    assert models.key("vat")["recipe_settings"]["mode"] == "offline" and "source_model" in models.key("vat")
+    gda = models.key("gda_brelu")["recipe_settings"]
+    assert gda["fixed_set"] is True and gda["clip"] is None
+    squeezed = models.key("feature_squeezing")  # trained on squeezed images: a model of its own
+    assert squeezed["model"] == "feature_squeezing" and squeezed["squeeze_bits_in_training"] == 1
+    assert models.architecture(SOURCE) == ("small_resnet", {"in_channels": 1, "input_size": 28})
+    assert models.needed() == ["standard", "feature_squeezing", "gda_brelu", SOURCE]
+    config.defense.squeeze_training = False  # at prediction only: the standard model behind the squeezer
+    assert models.key("feature_squeezing") == models.key("standard")

@@ -199,3 +199,64 @@ def test_noise_level_is_sigma_before_clipping():
     assert abs(noise.std().item() - 0.1) < 4 * 0.1 / math.sqrt(2 * noise.numel())
     assert abs(noise.mean().item()) < 4 * 0.1 / math.sqrt(noise.numel())
     assert nf.gaussian_augment is not None
+
+
+def test_fixed_noisy_copies_are_the_reference_noise_the_same_every_epoch():
+    from nemesis_fast.defenses import FixedNoisyCopies
+    from nemesis_fast.reference.gaussian_augment import gaussian_augment as reference
+
+    x = torch.randint(0, 256, (13, 1, 5, 3), dtype=torch.uint8)
+    y = torch.arange(13)
+    copies = FixedNoisyCopies(sigma=0.5, copies=3, clip=None, seed=11)
+    loader = DeviceLoader(x, y, 6, seed=2, expand=copies, device="cpu")
+    assert (len(loader), loader.num_samples) == (9, 13 * 4)
+    epochs = [[(b[0].clone(), b[1].clone()) for b in loader] for _ in range(2)]
+    sets = []
+    for epoch in epochs:
+        images, labels = torch.cat([b[0] for b in epoch]), torch.cat([b[1] for b in epoch])
+        order = torch.argsort(images.flatten(1).sum(1) * 1000 + labels)
+        sets.append((images[order], labels[order]))
+    assert not torch.equal(torch.cat([b[1] for b in epochs[0]]), torch.cat([b[1] for b in epochs[1]]))  # shuffled
+    assert torch.equal(sets[0][0], sets[1][0])  # ... but the same rows every epoch
+    # Row c of sample b is the reference's copy c - 1 of sample b (its global index), unclipped.
+    expected = reference(x, 3, 0.5, None, None, True, 11, 0, None)
+    order = torch.argsort(expected.flatten(1).sum(1) * 1000 + y.repeat(4))
+    assert torch.equal(sets[0][0], expected[order])
+    assert sets[0][0].min() < 0 or sets[0][0].max() > 1  # not clipped
+
+
+def test_gda_fixed_set_trains_on_every_row_once_per_epoch():
+    from nemesis_fast.training import train
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 10
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    settings = {"copies": 3, "clip": None, "fixed_set": True}
+    result = train(
+        model, (images, labels), "gda", settings=settings, epochs=1, batch_size=16, val_fraction=0.0, log=False
+    )
+    assert result.history[0]["images"] == 40 * 4 and result.steps == 10  # 160 rows, batches of 16
+    with pytest.raises(ValueError, match="fixed_set=True always includes the originals"):
+        train(model, (images, labels), "gda", settings={**settings, "include_original": False}, log=False)
+
+
+def test_training_the_feature_squeezing_wrapper_trains_on_squeezed_images():
+    from nemesis_fast.defenses import FeatureSqueezing, reduce_bit_depth
+    from nemesis_fast.training import train
+
+    images = torch.randint(0, 256, (48, 1, 6, 6), dtype=torch.uint8)
+    labels = torch.arange(48) % 10
+    squeezed = reduce_bit_depth(images.float() / 255, 1)
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 10))
+
+    wrapped = FeatureSqueezing(fresh(), 1)  # the authors' feature squeezing: in fit() as in predict()
+    plain = fresh()
+    kwargs = dict(epochs=2, batch_size=16, val_fraction=0.0, seed=1, log=False)
+    train(wrapped, (images, labels), "standard", **kwargs)
+    train(plain, (squeezed, labels), "standard", **kwargs)
+    for a, b in zip(wrapped.model.parameters(), plain.parameters()):
+        assert torch.equal(a, b)

@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nemesis_fast.models import MODELS, ResNet, architecture_of, build_model, cifar_cnn, mnist_cnn, resnet
+from nemesis_fast.models import (
+    MODELS,
+    ResNet,
+    architecture_of,
+    build_model,
+    cifar_cnn,
+    mnist_cnn,
+    resnet,
+    small_resnet,
+)
 from nemesis_fast.nn import BoundedReLU
 
 
@@ -80,6 +89,32 @@ def test_resnet_depth(depth, blocks):
     assert resnet(depth, in_channels=1)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_small_resnet_is_the_authors_source():
+    model = small_resnet()
+    # conv1, conv2, the block's 1x1 / 3x3 / 1x1 convolutions (the 3x3 "same"), then Dense after max-pool 3x3
+    assert feature_shapes(model, torch.rand(2, 1, 28, 28)) == [
+        (64, 14, 14),
+        (128, 5, 5),
+        (64, 5, 5),
+        (64, 5, 5),
+        (128, 5, 5),
+        (10,),
+    ]
+    # 64*(8*8+1) + 128*(6*6*64+1) + 64*(128+1) + 64*(9*64+1) + 128*(64+1) + 10*(128+1)
+    assert n_params(model) == 4160 + 295040 + 8256 + 36928 + 8320 + 1290 == 353_994
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    first_two = [m for m in model if isinstance(m, nn.Conv2d)][:2]
+    cnn_two = [m for m in mnist_cnn() if isinstance(m, nn.Conv2d)][:2]
+    assert [(c.weight.shape, c.stride) for c in first_two] == [(c.weight.shape, c.stride) for c in cnn_two]
+    block = model[5]
+    with torch.no_grad():  # the identity shortcut: with the branch's last conv zeroed, the block is ReLU(x)
+        block.expand.weight.zero_()
+        block.expand.bias.zero_()
+        x = torch.randn(3, 128, 5, 5)
+        assert torch.equal(block(x), torch.relu(x))
+    assert small_resnet(in_channels=3, input_size=32)(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
 def test_resnet20_parameter_count():
     # He et al. report 0.27M parameters for ResNet-20 (option A shortcuts); 1x1-conv shortcuts add ~2.6k.
     assert 270_000 < n_params(resnet(20)) < 275_000
@@ -102,7 +137,7 @@ def test_architecture_is_recorded_and_rebuilds_identically(name):
     assert arch["name"] == name and arch["kwargs"]["activation"] == "brelu" and arch["kwargs"]["t"] == 2.0
     clone = build_model(arch["name"], **arch["kwargs"])
     clone.load_state_dict(model.state_dict())
-    x = torch.rand(2, *((1, 28, 28) if name == "mnist_cnn" else (3, 32, 32)))
+    x = torch.rand(2, *((1, 28, 28) if name in ("mnist_cnn", "small_resnet") else (3, 32, 32)))
     model.eval(), clone.eval()
     torch.testing.assert_close(clone(x), model(x))
     assert architecture_of(nn.Linear(2, 2)) is None

@@ -251,12 +251,16 @@ class Attack:
             return grad, tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in value)
         return grad, value.detach()
 
-    def loss_gradient(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gradient of the summed cross-entropy of (model(x), labels) with respect to x, logits)."""
+    def loss_gradient(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gradient of the summed cross-entropy of (model(x), labels) with respect to x, logits).
+
+        labels=None takes the model's own prediction at x (its argmax), from the same forward pass.
+        """
 
         def loss(leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = self.logits(leaf)
-            return F.cross_entropy(logits, labels, reduction="none"), logits
+            wanted = logits.detach().argmax(1) if labels is None else labels
+            return F.cross_entropy(logits, wanted, reduction="none"), logits
 
         grad, (_, logits) = self.input_gradient(x, loss)
         return grad, logits

@@ -19,8 +19,9 @@ _ADAM_EPS = 1e-8
 
 class CarliniWagnerL2(Attack):
     """Carlini-Wagner L2: minimise ||x' - x||_2^2 + c * f(x') over w, with x' = low + (high - low) *
-    (tanh(w) + 1) / 2 inside `clip`, by Adam; f(x') = max(Z_y - max_{i != y} Z_i, -confidence) untargeted,
-    max(max_{i != t} Z_i - Z_t, -confidence) targeted, on the logits Z.
+    (tanh(w) + 1) / 2 inside `clip`, by Adam; f(x') = max(Z_y - max_{i != y} Z_i + confidence, 0) untargeted,
+    max(max_{i != t} Z_i - Z_t + confidence, 0) targeted, on the logits Z (never negative, so that the loss
+    test of `abort_early` can fire whatever the confidence).
 
     Each image has its own c: it starts at `initial_const`; after each of the `binary_search_steps` runs of
     at most `max_iter` Adam steps (from w = atanh of x, with fresh Adam state), an image that found an
@@ -130,7 +131,7 @@ class CarliniWagnerL2(Attack):
             wanted = logits.gather(1, run.labels[:, None]).squeeze(1)
             other = logits.scatter(1, run.labels[:, None], -math.inf).amax(1)
             margin = wanted - other if target is None else other - wanted
-            return l2_sq + run.const * margin.clamp_min(-self.confidence), image, logits, l2_sq
+            return l2_sq + run.const * (margin + self.confidence).clamp_min(0), image, logits, l2_sq
 
         for it in range(self.max_iter):
             grad, (loss, image, logits, l2_sq) = self.input_gradient(run.w, loss_fn)

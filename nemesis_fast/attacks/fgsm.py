@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_nonnegative, check_number
+from .._checks import check_choice, check_nonnegative, check_number
 from .base import Attack, Norm, Seed, check_norm, flat_norm
+
+LABELS = ("true", "predicted")
 
 
 def gradient_step(grad: torch.Tensor, size: float, norm: Norm) -> torch.Tensor:
@@ -21,12 +23,15 @@ def gradient_step(grad: torch.Tensor, size: float, norm: Norm) -> torch.Tensor:
 
 class FGSM(Attack):
     """One step of size `eps` along the sign of the cross-entropy gradient (norm "inf"), or along the
-    gradient scaled to L2 length `eps` (norm "2"); away from the true label, or towards the target.
+    gradient scaled to L2 length `eps` (norm "2"); away from the label, or towards the target.
 
     Args:
         model: maps (B, ...) images to (B, classes) logits.
         eps: the perturbation budget, >= 0, in pixel units (Linf or L2 after clipping to `clip`).
         norm: "inf" (the sign step) or "2".
+        labels: the label an untargeted step moves away from: "true" (the y given) or "predicted" (the model's
+            own prediction at x, as cleverhans' fgm does without labels, avoiding label leaking; the setting of
+            the seed paper's authors).
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack` (the seed only draws targets).
     """
 
@@ -36,6 +41,7 @@ class FGSM(Attack):
         eps: float,
         *,
         norm: Norm = "inf",
+        labels: str = "true",
         clip: tuple[float, float] = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
@@ -43,9 +49,10 @@ class FGSM(Attack):
         super().__init__(model, clip=clip, targeted=targeted, seed=seed)
         self.eps = check_nonnegative(eps, "eps")
         self.norm = check_norm(norm)
+        self.labels = check_choice(labels, "labels", LABELS)
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-        grad, _ = self.loss_gradient(x, y if target is None else target)
+        grad, _ = self.loss_gradient(x, _step_labels(self.labels, y, target))
         step = gradient_step(grad, self.eps, self.norm)
         return x + step if target is None else x - step, 1  # the base class clips
 
@@ -59,7 +66,9 @@ class RandFGSM(Attack):
     Args:
         model: maps (B, ...) images to (B, classes) logits.
         eps: the total Linf budget, >= 0.
-        alpha: the size of the random step, 0 <= alpha <= eps (the paper uses eps / 2).
+        alpha: the size of the random step, 0 <= alpha <= eps (Tramer et al. use eps / 2; the seed paper's
+            authors 0.05 at every eps).
+        labels: "true" (y) or "predicted" (the model's prediction at x', as the seed paper's authors ran it).
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack`.
     """
 
@@ -71,6 +80,7 @@ class RandFGSM(Attack):
         eps: float,
         alpha: float,
         *,
+        labels: str = "true",
         clip: tuple[float, float] = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
@@ -78,9 +88,17 @@ class RandFGSM(Attack):
         super().__init__(model, clip=clip, targeted=targeted, seed=seed)
         self.eps = check_nonnegative(eps, "eps")
         self.alpha = check_number(alpha, "alpha", low=0.0, high=self.eps)
+        self.labels = check_choice(labels, "labels", LABELS)
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         start = self.project(x + self.alpha * self.randn(x.shape, x).sign())
-        grad, _ = self.loss_gradient(start, y if target is None else target)
+        grad, _ = self.loss_gradient(start, _step_labels(self.labels, y, target))
         step = (self.eps - self.alpha) * grad.sign()
         return start + step if target is None else start - step, 1  # the base class clips
+
+
+def _step_labels(labels: str, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels of the loss: the target, y, or None (the model's prediction at the point of the gradient)."""
+    if target is not None:
+        return target
+    return y if labels == "true" else None

@@ -19,6 +19,9 @@ class PGD(Attack):
     The random start is uniform in the eps-ball (the Linf cube, or the L2 ball: a Gaussian direction and a
     radius eps * U ** (1 / d)), then clipped.
 
+    With `restarts` > 1 (random starts only), the images not yet adversarial after a run start again from new
+    random points, up to `restarts` runs; each image keeps its first adversarial, else its last run's result.
+
     Args:
         model: maps (B, ...) images to (B, classes) logits.
         eps: the radius of the ball, >= 0, in pixel units.
@@ -26,6 +29,7 @@ class PGD(Attack):
         steps: the number of steps, >= 0.
         random_start: start from a random point of the ball rather than from x.
         norm: "inf" or "2".
+        restarts: the most runs per image, >= 1 (> 1 needs random_start).
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack`.
     """
 
@@ -38,6 +42,7 @@ class PGD(Attack):
         random_start: bool = True,
         norm: Norm = "inf",
         *,
+        restarts: int = 1,
         clip: tuple[float, float] = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
@@ -50,9 +55,28 @@ class PGD(Attack):
             raise TypeError(f"random_start must be a bool, got {type(random_start).__name__}")
         self.random_start = random_start
         self.norm = check_norm(norm)
+        self.restarts = check_int(restarts, "restarts", low=1)
+        if self.restarts > 1 and not random_start:
+            raise ValueError("restarts > 1 needs random_start=True: runs from x would all be the same")
         self.deterministic = not random_start
 
-    def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    def _perturb(
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x_adv = self._run(x, y, target)
+        iterations = torch.full_like(y, self.steps)
+        for _ in range(1, self.restarts):
+            with torch.no_grad():
+                failed = ~self.is_adversarial(self.logits(x_adv), y, target)
+            index = failed.nonzero().squeeze(1)
+            if index.numel() == 0:
+                break
+            x_adv[index] = self._run(x[index], y[index], None if target is None else target[index])
+            iterations[index] += self.steps
+        return x_adv, iterations
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """One run of `steps` steps from a (random) start."""
         labels = y if target is None else target
         if self.norm == "inf":
             # The eps-cube intersected with clip, as per-element bounds: one clamp projects onto both.
@@ -67,7 +91,7 @@ class PGD(Attack):
                 x_adv = x_adv.add(grad.sign_(), alpha=alpha).clamp_(low, high)
             else:
                 x_adv = self._project_l2(x_adv + gradient_step(grad, alpha, "2"), x)
-        return x_adv, self.steps
+        return x_adv
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         if not self.random_start:

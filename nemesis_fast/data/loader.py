@@ -8,12 +8,24 @@ copy of a torch DataLoader; the conversion to float happens per batch, on the de
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
 from .._checks import check_device, check_int, check_number, check_tensor
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Expansion(Protocol):
+    """A fixed enlargement of a data set: `size` rows per sample (row 0 the sample itself), made on the fly by
+    calling it with the float images of a batch, their row indices and their sample indices (int64 (B,))."""
+
+    size: int
+
+    def __call__(self, x: torch.Tensor, row: torch.Tensor, sample: torch.Tensor) -> torch.Tensor: ...
+
+
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -44,6 +56,8 @@ class DeviceLoader:
         device: where the data set is kept and batches are made; default the GPU when one is visible.
         augment: a callable (x, y) -> (x, y) applied to every float batch on the device, such as
             `nemesis_fast.defenses.GaussianAugmentation` (a batch of B then holds B * (copies + 1) images).
+        expand: a fixed enlargement of the data set, such as `nemesis_fast.defenses.FixedNoisyCopies`: the
+            loader then shuffles and batches N * expand.size rows (row r of sample b is expand(x_b, r, b)).
         drop_last: skip the last, smaller batch.
         dtype: the float dtype of the batches.
 
@@ -61,6 +75,7 @@ class DeviceLoader:
         seed: int | None = None,
         device: torch.device | str | None = None,
         augment: Augment | None = None,
+        expand: Expansion | None = None,
         drop_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -75,7 +90,12 @@ class DeviceLoader:
         self.device = check_device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
+        if expand is not None:
+            check_int(getattr(expand, "size", None), "expand.size", low=1)
+            if not callable(expand):
+                raise TypeError(f"expand must be callable (x, row, sample) -> x, got {type(expand).__name__}")
         self.shuffle, self.augment, self.drop_last, self.dtype = shuffle, augment, drop_last, dtype
+        self.expand = expand
         self.generator = torch.Generator(device=self.device)
         if seed is None:
             self.generator.seed()
@@ -84,8 +104,8 @@ class DeviceLoader:
 
     @property
     def num_samples(self) -> int:
-        """Images in the data set (before augmentation)."""
-        return len(self.labels)
+        """Images in the data set (before augmentation; with `expand`, every row of the enlarged set)."""
+        return len(self.labels) * (1 if self.expand is None else self.expand.size)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -97,12 +117,11 @@ class DeviceLoader:
         order = torch.randperm(n, generator=self.generator, device=self.device) if self.shuffle else None
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)
-            if order is None:
-                x, y = self.images[start:stop], self.labels[start:stop]
-            else:
-                index = order[start:stop]
-                x, y = self.images.index_select(0, index), self.labels.index_select(0, index)
-            x = to_float(x, self.dtype)
+            rows = torch.arange(start, stop, device=self.device) if order is None else order[start:stop]
+            sample = rows % len(self.labels)  # row r of the (expanded) set is row r // N of sample r % N
+            x, y = to_float(self.images.index_select(0, sample), self.dtype), self.labels.index_select(0, sample)
+            if self.expand is not None:
+                x = self.expand(x, rows // len(self.labels), sample)
             if self.augment is not None:
                 x, y = self.augment(x, y)
             yield x, y

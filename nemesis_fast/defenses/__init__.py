@@ -3,7 +3,7 @@ and as a training recipe (:mod:`.recipes`)."""
 
 from .adversarial_training import fgsm_adversarial_loss, fgsm_examples, offline_examples
 from .feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing, median_smooth, reduce_bit_depth
-from .gaussian_augmentation import GaussianAugmentation, augment_batches
+from .gaussian_augmentation import FixedNoisyCopies, GaussianAugmentation, augment_batches
 from .label_smoothing import label_smoothing_loss, smooth_labels
 from .recipes import RECIPES, Recipe, make_recipe, paper_settings
 from .vat import vat_loss, vat_perturbation
@@ -12,6 +12,7 @@ __all__ = [
     "PAPER_BIT_DEPTH",
     "RECIPES",
     "FeatureSqueezing",
+    "FixedNoisyCopies",
     "GaussianAugmentation",
     "Recipe",
     "augment_batches",

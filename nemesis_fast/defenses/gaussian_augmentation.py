@@ -15,6 +15,7 @@ import torch
 from .._backends.gaussian_augment import clip_bounds, resolve_seed
 from .._checks import check_device, check_int, check_number
 from ..ops import gaussian_augment
+from ..reference.gaussian_augment import pair_noise
 
 _ArrayLike = torch.Tensor | np.ndarray
 
@@ -186,3 +187,47 @@ def augment_batches(
             order = torch.randperm(x_aug.shape[0], device=x_aug.device)
             x_aug, y_aug = x_aug[order], y_aug[order.to(y_aug.device)]
         yield x_aug, y_aug
+
+
+class FixedNoisyCopies:
+    """The seed paper's authors' GDA training set, never materialised: every image plus `copies` noisy copies of
+    it, the same copies every epoch, for a loader to shuffle as one set of N * (copies + 1) images.
+
+    Copy c (1..copies) of sample b is x_b + sigma * noise(seed, c - 1, b), with the counter-based noise of
+    :func:`nemesis_fast.gaussian_augment` (a pure function of seed, copy and sample index), so any shuffled batch
+    of (copy, sample) pairs is drawn on the fly; copy 0 is the original. `clip`: (low, high) bounds of the noisy
+    copies, or None (the authors' setting: noise not clipped).
+
+    Used by :class:`nemesis_fast.data.DeviceLoader` as `expand=`; `size` is copies + 1 rows per sample.
+    """
+
+    def __init__(
+        self, sigma: float = 0.3, copies: int = 10, clip: tuple[float, float] | None = None, seed: int = 0
+    ) -> None:
+        self.sigma = check_number(sigma, "sigma", low=0.0)
+        self.copies = check_int(copies, "copies", low=0)
+        self.clip = clip_bounds(clip, "clip")
+        self.seed = resolve_seed(seed)
+
+    @property
+    def size(self) -> int:
+        """Rows per sample: the original and its copies."""
+        return self.copies + 1
+
+    def __call__(self, x: torch.Tensor, copy: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """Rows `copy` (0: the original) of samples `sample` (int64 (B,)), given the originals x (B, ...) float."""
+        noisy = (copy > 0).nonzero().squeeze(1)
+        if noisy.numel() == 0 or self.sigma == 0:
+            return x
+        features = x[0].numel()
+        z = pair_noise(self.seed, copy[noisy] - 1, sample[noisy], features).to(x.device, x.dtype)
+        out = x.clone()
+        rows = out[noisy].flatten(1).add_(z, alpha=self.sigma)
+        low, high = self.clip
+        if low is not None or high is not None:
+            rows.clamp_(low, high)
+        out[noisy] = rows.view(-1, *x.shape[1:])
+        return out
+
+    def __repr__(self) -> str:
+        return f"FixedNoisyCopies(sigma={self.sigma}, copies={self.copies}, clip={self.clip}, seed={self.seed})"

@@ -9,7 +9,8 @@ name               what training does
 =================  =====================================================================================
 standard           cross-entropy
 gda                cross-entropy on each batch plus `copies` Gaussian-noised copies of it (sigma 0.3, 10
-                   copies), made on the fly on the device, never stored
+                   copies), made on the fly on the device, never stored; or (fixed_set, the seed's authors')
+                   one shuffled set of the originals and 10 fixed copies each, drawn on the fly
 label_smoothing    cross-entropy against targets with `confidence` (0.9) on the true class
 fgsm_adversarial   offline (the paper's): FGSM examples (eps 0.3 on MNIST) of a source model added to the
                    training set; online: fresh FGSM examples of the current model in every batch
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_int, check_nonnegative, check_number, check_positive, check_range
+from ..data.loader import Expansion
 from .adversarial_training import fgsm_adversarial_loss, fgsm_examples
 from .label_smoothing import label_smoothing_loss
 from .vat import vat_loss, vat_perturbation
@@ -52,18 +54,30 @@ class StandardSettings:
 
 @dataclass(frozen=True)
 class GDASettings:
-    """Gaussian data augmentation: `copies` noisy copies N(x, sigma^2 I) of each image, clipped to `clip`,
-    next to the original (include_original)."""
+    """Gaussian data augmentation: `copies` noisy copies N(x, sigma^2 I) of each image, clipped to `clip` (None:
+    not clipped), next to the original (include_original).
+
+    fixed_set False: every batch of B images trains on B * (copies + 1) rows, fresh noise every epoch.
+    fixed_set True (the seed paper's authors' way): one set of N * (copies + 1) rows with the same copies every
+    epoch, shuffled and batched like any data set (:class:`~nemesis_fast.defenses.FixedNoisyCopies`); it always
+    includes the originals.
+    """
 
     sigma: float = 0.3
     copies: int = 10
     include_original: bool = True
-    clip: tuple[float, float] = (0.0, 1.0)
+    clip: tuple[float, float] | None = (0.0, 1.0)
+    fixed_set: bool = False
 
     def __post_init__(self) -> None:
         check_nonnegative(self.sigma, "sigma")
         check_int(self.copies, "copies", low=1)
-        object.__setattr__(self, "clip", check_range(self.clip, "clip"))
+        if self.clip is not None:
+            object.__setattr__(self, "clip", check_range(self.clip, "clip"))
+        if not isinstance(self.fixed_set, bool):
+            raise TypeError(f"fixed_set must be a bool, got {type(self.fixed_set).__name__}")
+        if self.fixed_set and not self.include_original:
+            raise ValueError("fixed_set=True always includes the originals; leave include_original=True")
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,10 @@ class Recipe:
         """The per-batch transform (x, y) -> (x, y) the loader applies on `device`, or None."""
         return None
 
+    def expansion(self) -> Expansion | None:
+        """The fixed enlargement of the training set the loader shuffles (DeviceLoader's `expand`), or None."""
+        return None
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The scalar training loss of batch (x, y)."""
         return F.cross_entropy(model(x).float(), y)
@@ -158,13 +176,21 @@ class GDARecipe(Recipe):
     name = "gda"
     Settings = GDASettings
 
-    def augment(self, device: torch.device) -> Augment:
+    def augment(self, device: torch.device) -> Augment | None:
         from .gaussian_augmentation import GaussianAugmentation
 
         s = self.settings
+        if s.fixed_set:
+            return None
         return GaussianAugmentation(
             sigma=s.sigma, copies=s.copies, clip=s.clip, include_original=s.include_original, seed=self.seed
         )
+
+    def expansion(self) -> Expansion | None:
+        from .gaussian_augmentation import FixedNoisyCopies
+
+        s = self.settings
+        return FixedNoisyCopies(s.sigma, s.copies, s.clip, seed=self.seed) if s.fixed_set else None
 
 
 class LabelSmoothingRecipe(Recipe):

@@ -16,14 +16,16 @@ from typing import Any
 
 from .config import DATASET_DEFAULTS, ConfigError, EvalConfig, load_config
 from .distributed import start, stop
-from .report import Results, plot_examples, summary, write_outputs
+from .plots import plot_examples
+from .report import Results, summary, write_outputs
 from .runner import Evaluation
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 
 
 def preset_path(name: str) -> Path:
-    """The config file of a shipped preset ("quick": a few minutes on a CPU; "paper": the paper's budgets)."""
+    """The config file of a shipped preset ("quick": a few minutes on a CPU; "paper": the authors' experiment;
+    "paper_headline": the settings read from the paper's text)."""
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))

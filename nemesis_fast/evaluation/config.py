@@ -35,8 +35,13 @@ DEFENSE_LABELS = {
     "gda_brelu": "GDA + BReLU",
 }
 ATTACKS = ("fgsm", "rfgsm", "deepfool", "jsma", "cw")
-ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W"}
-WHITEBOX_ATTACKS = ("fgsm", "rfgsm")
+ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W", "pgd": "PGD"}
+WHITEBOX_ATTACKS = ("fgsm", "rfgsm", "pgd")
+SWEEP_ATTACKS = ("fgsm", "rfgsm")  # the black-box attacks with a budget eps
+PERTURBATION_ATTACKS = ("deepfool", "cw", "jsma")  # the minimal-perturbation attacks
+SOURCE_ARCHITECTURES = ("resnet", "small_resnet")
+LABELS = ("true", "predicted")
+MODES = ("offline", "online")
 
 
 class ConfigError(ValueError):
@@ -51,7 +56,8 @@ class TrainingSettings:
     validation_fraction: float = 0.1
     patience: int = 3  # epochs without validation improvement before early stopping
     train_samples: int = 0  # 0: the whole training set
-    source_depth: int = 20  # depth of the ResNet that crafts the black-box attacks
+    source_architecture: str = "resnet"  # the black-box source: "resnet" (ResNet-source_depth), "small_resnet"
+    source_depth: int = 20  # depth of the ResNet source
     amp: bool = False
     compile: bool = False
 
@@ -64,10 +70,15 @@ class DefenseSettings:
     gda_copies: int | None = None
     brelu_t: float = 1.0
     label_smoothing: float | None = None
+    gda_clip: bool = True  # clip the noisy copies to [0, 1]
+    gda_fixed_set: bool = False  # one shuffled set of fixed copies (the authors') instead of copies per batch
     fgsm_adversarial_eps: float | None = None
+    fgsm_adversarial_mode: str = "offline"
     vat_eps: float | None = None
     vat_xi: float | None = None
+    vat_mode: str = "online"
     squeeze_bits: int = 0  # 0: the paper's (1 bit on MNIST, 3 on CIFAR-10)
+    squeeze_training: bool = False  # train the feature-squeezing model on squeezed images (the authors')
 
 
 @dataclass
@@ -75,18 +86,27 @@ class AttackSettings:
     """None: the data set's default (DATASET_DEFAULTS); eps in pixel units of [0, 1] images."""
 
     fgsm_eps: float | None = None
+    fgsm_labels: str = "true"  # "predicted": away from the model's own prediction (cleverhans' fgm)
     rfgsm_eps: float | None = None
     rfgsm_alpha: float | None = None
+    rfgsm_alpha_fixed: bool = False  # sweeps: False keeps alpha / eps; True alpha = min(rfgsm_alpha, eps) (authors)
+    rfgsm_labels: str = "true"
     deepfool_max_iter: int = 50
     deepfool_overshoot: float = 0.02
     deepfool_candidates: int = 10
     jsma_theta: float = 1.0
     jsma_gamma: float = 0.1
+    jsma_use_logits: bool = True  # False: the Jacobian of the softmax (the paper's F)
     cw_confidence: float = 0.0
     cw_initial_const: float = 1e-3
     cw_binary_search_steps: int = 9
     cw_max_iter: int = 1000
     cw_learning_rate: float = 0.01
+    cw_test_samples: int = 0  # C&W on the first N test images only (0: all)
+    pgd_steps: int = 40
+    pgd_restarts: int = 5
+    pgd_step_ratio: float = 2.5  # step size = pgd_step_ratio * eps / pgd_steps
+    pgd_test_samples: int = 0  # white-box PGD on the first N test images only (0: all)
 
 
 @dataclass
@@ -106,6 +126,9 @@ class EvalConfig:
     blackbox_attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
     whitebox_attacks: list[str] = field(default_factory=lambda: list(WHITEBOX_ATTACKS))
     whitebox_eps: list[float] | None = None  # None: the data set's sweep (DATASET_DEFAULTS)
+    blackbox_eps: list[float] = field(default_factory=list)  # black-box FGSM and R+FGSM also at each of these
+    perturbation_attacks: list[str] = field(default_factory=list)  # white-box minimal perturbation per defense
+    perturbation_samples: int = 0  # ... on the first N test images (0: all)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     defense: DefenseSettings = field(default_factory=DefenseSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
@@ -211,12 +234,20 @@ def validate(config: EvalConfig) -> EvalConfig:
             need(name in allowed, key, f"has unknown entry {name!r}; choose from {', '.join(allowed)}")
         need(len(set(names)) == len(names), key, "lists an entry twice")
     need(bool(config.defenses), "defenses", "must name at least one defense")
-    for i, eps in enumerate(config.whitebox_eps):
-        need(
-            isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0,
-            f"whitebox_eps[{i}]",
-            f"must be >= 0, got {eps}",
-        )
+    need(
+        all(name in PERTURBATION_ATTACKS for name in config.perturbation_attacks),
+        "perturbation_attacks",
+        f"entries must be among {', '.join(PERTURBATION_ATTACKS)}; got {config.perturbation_attacks}",
+    )
+    need(config.perturbation_samples >= 0, "perturbation_samples", "must be >= 0")
+    for key in ("whitebox_eps", "blackbox_eps"):
+        for i, eps in enumerate(getattr(config, key)):
+            need(
+                isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0,
+                f"{key}[{i}]",
+                f"must be a number >= 0, got {eps!r}",
+            )
+        need(len(set(getattr(config, key))) == len(getattr(config, key)), key, "lists an eps twice")
     need(
         config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
         "device",
@@ -237,6 +268,15 @@ def validate(config: EvalConfig) -> EvalConfig:
     need(t.patience >= 1, "training.patience", "must be >= 1")
     need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
     need(t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)")
+    need(
+        t.source_architecture in SOURCE_ARCHITECTURES,
+        "training.source_architecture",
+        f"must be one of {', '.join(SOURCE_ARCHITECTURES)}; got {t.source_architecture!r}",
+    )
+    for key, value in (("defense.fgsm_adversarial_mode", d.fgsm_adversarial_mode), ("defense.vat_mode", d.vat_mode)):
+        need(value in MODES, key, f"must be one of {', '.join(MODES)}; got {value!r}")
+    for key, value in (("attack.fgsm_labels", a.fgsm_labels), ("attack.rfgsm_labels", a.rfgsm_labels)):
+        need(value in LABELS, key, f"must be one of {', '.join(LABELS)}; got {value!r}")
     need(d.gda_sigma is None or d.gda_sigma >= 0, "defense.gda_sigma", "must be >= 0")
     need(d.gda_copies is None or d.gda_copies >= 1, "defense.gda_copies", "must be >= 1")
     need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
@@ -254,6 +294,12 @@ def validate(config: EvalConfig) -> EvalConfig:
     need(0 < a.jsma_gamma <= 1, "attack.jsma_gamma", "must be in (0, 1]")
     need(a.cw_binary_search_steps >= 1 and a.cw_max_iter >= 1, "attack.cw_*", "steps and iterations must be >= 1")
     need(a.cw_learning_rate > 0 and a.cw_initial_const > 0, "attack.cw_*", "learning rate and constant must be > 0")
+    need(a.cw_confidence >= 0, "attack.cw_confidence", f"must be >= 0, got {a.cw_confidence}")
+    need(a.cw_test_samples >= 0, "attack.cw_test_samples", "must be >= 0")
+    need(a.pgd_steps >= 1, "attack.pgd_steps", "must be >= 1")
+    need(a.pgd_restarts >= 1, "attack.pgd_restarts", "must be >= 1")
+    need(a.pgd_step_ratio > 0, "attack.pgd_step_ratio", "must be > 0")
+    need(a.pgd_test_samples >= 0, "attack.pgd_test_samples", "must be >= 0")
     files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
     if config.data_dir:
         folder = Path(config.data_dir).expanduser()

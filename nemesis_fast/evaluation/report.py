@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ import torch
 
 from .._io import write_atomic
 from .config import ATTACK_LABELS, DEFENSE_LABELS
+from .paper import comparison, eps_meeting_paper, paper_value
+
+QUARTILES = (0.25, 0.5, 0.75)
 
 
 @dataclass
@@ -39,6 +43,45 @@ class Cell:
 
 
 @dataclass
+class Perturbation:
+    """The white-box minimal perturbation of one attack against one defense, over the test images the defense
+    classifies correctly: quartiles of its norm (L2 for DeepFool and C&W, L0 in features for JSMA), counting
+    an image the attack could not fool as infinitely far."""
+
+    defense: str
+    attack: str
+    norm: str  # "l2" or "l0"
+    samples: int  # correctly classified test images attacked
+    success: float  # percent of them fooled
+    q25: float
+    median: float
+    q75: float
+    seconds: float
+    values: list[float] = field(default_factory=list)  # the norm of every fooled image, for the figure
+
+
+def perturbation_stats(
+    defense: str,
+    attack: str,
+    norm: torch.Tensor,
+    fooled: torch.Tensor,
+    clean_correct: torch.Tensor,
+    seconds: float,
+) -> Perturbation:
+    """Quartiles of `norm` over the images with `clean_correct`, the ones not `fooled` taken as infinite."""
+    kind = "l0" if attack == "jsma" else "l2"
+    norm, fooled = norm[clean_correct].double(), fooled[clean_correct]
+    distances = torch.where(fooled, norm, torch.full_like(norm, math.inf))
+    if distances.numel():
+        q25, median, q75 = (distances.sort().values[int(q * (len(distances) - 1) + 0.5)].item() for q in QUARTILES)
+    else:
+        q25 = median = q75 = math.nan
+    success = 100 * fooled.float().mean().item() if fooled.numel() else math.nan
+    values = norm[fooled].tolist()
+    return Perturbation(defense, attack, kind, len(norm), success, q25, median, q75, seconds, values)
+
+
+@dataclass
 class Results:
     config: dict[str, Any]
     version: str
@@ -47,27 +90,101 @@ class Results:
     clean_accuracy: dict[str, float] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    perturbations: list[Perturbation] = field(default_factory=list)
 
     def blackbox(self) -> list[Cell]:
-        return [c for c in self.cells if c.setting == "blackbox"]
+        """The cells of the black-box table: each attack at its configured budget."""
+        a = self.config["attack"]
+        budget = {"fgsm": a["fgsm_eps"], "rfgsm": a["rfgsm_eps"]}
+        return [
+            c for c in self.cells if c.setting == "blackbox" and (c.attack not in budget or c.eps == budget[c.attack])
+        ]
+
+    def blackbox_sweep(self, attack: str) -> list[Cell]:
+        """The black-box cells of `attack` (FGSM or R+FGSM) at every eps of the run."""
+        return [c for c in self.cells if c.setting == "blackbox" and c.attack == attack]
 
     def whitebox(self, attack: str, setting: str = "whitebox") -> list[Cell]:
         return [c for c in self.cells if c.setting == setting and c.attack == attack]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "cells": [asdict(c) for c in self.cells]}
+        return asdict(self)
 
 
 def blackbox_table(results: Results) -> tuple[list[str], list[list[str]]]:
-    """Rows: defenses; columns: clean accuracy and one per black-box attack (accuracy in percent)."""
+    """Rows: defenses; columns: clean accuracy and one per black-box attack (accuracy in percent). On MNIST each
+    cell also shows the paper's value and the difference, with "!" where it is more than 5 points."""
     attacks = results.config["blackbox_attacks"]
     header = ["defense", "clean", *(ATTACK_LABELS[a] for a in attacks)]
     rows = []
     for defense in results.config["defenses"]:
         cells = {c.attack: c for c in results.blackbox() if c.defense == defense}
         row = [DEFENSE_LABELS[defense], _pct(results.clean_accuracy.get(defense))]
-        row += [_pct(cells[a].accuracy) if a in cells else "" for a in attacks]
+        for attack in attacks:
+            text = _pct(cells[attack].accuracy) if attack in cells else ""
+            versus = comparison(results.config["dataset"], defense, attack, cells[attack].accuracy) if text else None
+            if versus is not None:
+                mark = "" if versus["within"] else " !"
+                text += f" ({versus['paper']:.2f}, {versus['difference']:+.1f}{mark})"
+            row.append(text)
         rows.append(row)
+    return header, rows
+
+
+def sweep_table(results: Results, attack: str) -> tuple[list[str], list[list[str]]]:
+    """Rows: defenses; columns: black-box accuracy (%) at each eps of the run, then (MNIST) the paper's value and
+    the eps at which the sweep meets it."""
+    cells = results.blackbox_sweep(attack)
+    eps_values = sorted({c.eps for c in cells})
+    dataset = results.config["dataset"]
+    header = ["defense", *(f"{e:g}" for e in eps_values)]
+    if dataset == "mnist":
+        header += ["paper", "meets paper at eps"]
+    rows = []
+    for defense in results.config["defenses"]:
+        mine = {c.eps: c.accuracy for c in cells if c.defense == defense}
+        row = [DEFENSE_LABELS[defense], *(_pct(mine.get(e)) for e in eps_values)]
+        paper = paper_value(dataset, defense, attack)
+        if dataset == "mnist":
+            met = eps_meeting_paper(list(mine.items()), paper) if paper is not None and mine else None
+            if met is None:
+                text = "never" if paper is not None and mine else ""
+            elif mine[min(mine)] <= paper:
+                text = f"<= {min(mine):g}"  # already at or below the paper's value at the smallest eps
+            else:
+                text = f"{met:.3f}"
+            row += [_pct(paper), text]
+        rows.append(row)
+    return header, rows
+
+
+def perturbation_table(results: Results) -> tuple[list[str], list[list[str]]]:
+    """Rows: (defense, attack); the minimal white-box perturbation's quartiles ("inf": the attack failed on at
+    least that fraction of the images)."""
+    header = ["defense", "attack", "norm", "images", "fooled %", "q25", "median", "q75"]
+    rows = [
+        [
+            DEFENSE_LABELS[p.defense],
+            ATTACK_LABELS[p.attack],
+            p.norm.upper(),
+            str(p.samples),
+            _pct(p.success),
+            *(f"{v:.3g}" for v in (p.q25, p.median, p.q75)),
+        ]
+        for p in sorted(results.perturbations, key=lambda p: (p.attack, results.config["defenses"].index(p.defense)))
+    ]
+    return header, rows
+
+
+def checks_table(results: Results) -> tuple[list[str], list[list[str]]]:
+    """The gradient-masking checks of every defense (:mod:`.checks`)."""
+    from .checks import gradient_masking_checks
+
+    header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "flag"]
+    rows = [
+        [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, "FLAGGED" if r.flagged else ""]
+        for r in gradient_masking_checks(results)
+    ]
     return header, rows
 
 
@@ -118,10 +235,8 @@ def summary(results: Results) -> str:
             "Black-box accuracy (%) of each defense, attacks crafted on a ResNet source:",
             render_text(*blackbox_table(results)),
         ]
-    for attack in results.config["whitebox_attacks"]:
-        header, rows = whitebox_table(results, attack)
-        if rows:
-            parts += ["", f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps:", render_text(header, rows)]
+    for title, header, rows in _sections(results):
+        parts += ["", title + ":", render_text(header, rows)]
     if results.seconds:
         parts += ["", "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.seconds.items())]
     return "\n".join(parts)
@@ -136,12 +251,30 @@ def markdown(results: Results) -> str:
     ]
     if results.blackbox():
         parts += ["## Black-box accuracy (%)", "", render_markdown(*blackbox_table(results)), ""]
+    for title, header, rows in _sections(results):
+        parts += [f"## {title}", "", render_markdown(header, rows), ""]
+    parts += ["## Mean perturbation size", "", render_markdown(*norms_table(results)), ""]
+    return "\n".join(parts)
+
+
+def _sections(results: Results) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table after the black-box one that has rows."""
+    sections = []
+    for attack in ("fgsm", "rfgsm"):
+        if results.config["blackbox_eps"] and results.blackbox_sweep(attack):
+            title = f"Black-box {ATTACK_LABELS[attack]} accuracy (%) against eps (the eps sweep)"
+            sections.append((title, *sweep_table(results, attack)))
     for attack in results.config["whitebox_attacks"]:
         header, rows = whitebox_table(results, attack)
         if rows:
-            parts += [f"## White-box {ATTACK_LABELS[attack]} accuracy (%)", "", render_markdown(header, rows), ""]
-    parts += ["## Mean perturbation size", "", render_markdown(*norms_table(results)), ""]
-    return "\n".join(parts)
+            sections.append((f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps", header, rows))
+    if results.perturbations:
+        title = "White-box minimal perturbation (over correctly classified images; inf: not fooled)"
+        sections.append((title, *perturbation_table(results)))
+    header, rows = checks_table(results)
+    if any(r[1:4] != ["not run"] * 3 for r in rows):
+        sections.append(("Gradient-masking checks (Athalye et al. 2018)", header, rows))
+    return sections
 
 
 def norms_table(results: Results) -> tuple[list[str], list[list[str]]]:
@@ -184,78 +317,11 @@ def to_csv(results: Results) -> str:
     return buffer.getvalue()
 
 
-def plot_whitebox(results: Results, path: Path) -> bool:
-    """Accuracy against eps, one panel per white-box attack, one line per defense (the paper's figure)."""
-    attacks = [a for a in results.config["whitebox_attacks"] if results.whitebox(a)]
-    if not attacks:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 4.2), squeeze=False)
-    for ax, attack in zip(axes[0], attacks):
-        for defense in results.config["defenses"]:
-            cells = sorted((c for c in results.whitebox(attack) if c.defense == defense), key=lambda c: c.eps)
-            if cells:
-                ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", label=DEFENSE_LABELS[defense])
-        ax.set_title(f"White-box {ATTACK_LABELS[attack]} ({results.config['dataset']})")
-        ax.set_xlabel("eps (L-inf, pixel scale [0, 1])")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return True
-
-
-def plot_examples(
-    clean: torch.Tensor,
-    adversarial: dict[str, torch.Tensor],
-    labels: torch.Tensor,
-    predictions: dict[str, torch.Tensor],
-    path: Path,
-    title: str,
-) -> None:
-    """A grid: one column per image; the clean row, then one row per attack, each titled with the prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [("clean", clean)] + list(adversarial.items())
-    n = clean.shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)), squeeze=False)
-    for r, (name, images) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r][i]
-            image = images[i].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-            if image.shape[2] == 1:
-                ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(image)
-            predicted = int(predictions[name][i])
-            ax.set_title(f"{predicted}", fontsize=8, color="green" if predicted == int(labels[i]) else "red")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(ATTACK_LABELS.get(name, name), fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def _save_figure(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_atomic(path, buffer.getvalue())
-
-
 def write_outputs(results: Results, out_dir: Path) -> dict[str, Path]:
-    """results.json, results.csv, results.md and whitebox.png under `out_dir`, each written atomically."""
+    from .plots import plot_perturbations, plot_sweep, plot_whitebox
+
+    """results.json, results.csv, results.md and the figures (whitebox.png, and where the run has them
+    blackbox_eps.png and perturbation.png) under `out_dir`, each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": out_dir / "results.json",
@@ -265,6 +331,7 @@ def write_outputs(results: Results, out_dir: Path) -> dict[str, Path]:
     write_atomic(paths["json"], json.dumps(results.to_dict(), indent=2).encode())
     write_atomic(paths["csv"], to_csv(results).encode())
     write_atomic(paths["markdown"], markdown(results).encode())
-    if plot_whitebox(results, out_dir / "whitebox.png"):
-        paths["plot"] = out_dir / "whitebox.png"
+    for name, plot in (("whitebox", plot_whitebox), ("blackbox_eps", plot_sweep), ("perturbation", plot_perturbations)):
+        if plot(results, out_dir / f"{name}.png"):
+            paths[name] = out_dir / f"{name}.png"
     return paths

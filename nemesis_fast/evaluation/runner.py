@@ -1,14 +1,13 @@
-"""The evaluation itself: train or load the models, craft the attacks, measure accuracy, gather the shards.
+"""The evaluation itself: the training phase (:mod:`.train`), the attack phase (:mod:`.attack`) cut into units
+of work shared out among the processes, the gathering of the shards, and the cells of the report.
 
-Work is cut into chunks of `batch_size` test images. Each chunk's random draws (R+FGSM's noise, JSMA's
-targets) are seeded by the chunk's index alone, and every chunk's outcome is cached under a key of its
-settings, so the numbers do not depend on how many processes share the work, and a run that is interrupted
+Work is cut into chunks of `batch_size` test images. Every chunk's outcome is cached under a key of its settings
+and bounds, so the numbers do not depend on how many processes share the work, and a run that is interrupted
 continues where it stopped.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -17,25 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._version import __version__
-from ..attacks import FGSM, JSMA, CarliniWagnerL2, DeepFool, RandFGSM
-from ..attacks.base import Attack, perturbation_norms
 from ..bench.harness import device_name
 from ..data import load_cifar10, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
-from ..defenses import FeatureSqueezing, paper_settings
-from ..models import build_model, resnet
-from ..training import DEFAULT_MODEL, PAPER_MODELS, evaluate_accuracy, train
-from .cache import ResultCache, settings_key
-from .config import ATTACK_LABELS, DEFENSE_LABELS, ConfigError, EvalConfig
+from ..training import evaluate_accuracy
+from .attack import Attacks, Chunk
+from .cache import ResultCache
+from .config import ATTACK_LABELS, DEFENSE_LABELS, SWEEP_ATTACKS, ConfigError, EvalConfig
 from .distributed import Workers
-from .report import Cell, Results
+from .report import Cell, Perturbation, Results, perturbation_stats
+from .train import Models
 
 Log = Callable[[str], None]
-_SPECS = {m.name: m for m in PAPER_MODELS}
-SOURCE = "resnet_source"
 
 
 @dataclass
@@ -103,301 +97,128 @@ class Evaluation:
         out = Path(config.out_dir).expanduser()
         self.cache = ResultCache(Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache")
         self.data = load_data(config)
-        self.models: dict[str, nn.Module] = {}
+        self.models = Models(config, self.data, self.cache, workers, log=self.log, progress=self.progress)
+        self.attacks = Attacks(config, self.data, self.models, self.cache)
         self.seconds: dict[str, float] = {}
-        self.chunks = [
-            (start, min(start + config.batch_size, len(self.data.test_labels)))
-            for start in range(0, len(self.data.test_labels), config.batch_size)
-        ]
 
-    # ------------------------------------------------------------------------------------------- models
+    def chunks(self, limit: int = 0) -> list[Chunk]:
+        """The (start, stop) bounds of the test chunks, over the first `limit` test images (0: all)."""
+        total = len(self.data.test_labels)
+        total = min(total, limit) if limit else total
+        size = self.config.batch_size
+        return [(start, min(start + size, total)) for start in range(0, total, size)]
 
-    def _architecture(self, name: str) -> tuple[str, dict[str, Any]]:
-        channels = self.data.test_images.shape[1]
-        if name == SOURCE:
-            return "resnet", {"depth": self.config.training.source_depth, "in_channels": channels}
-        activation = _SPECS[name].activation
-        return DEFAULT_MODEL[self.config.dataset], {"activation": activation, "t": self.config.defense.brelu_t}
-
-    def _recipe_settings(self, recipe: str) -> dict[str, Any]:
-        d = self.config.defense
-        chosen = {
-            "gda": {"sigma": d.gda_sigma, "copies": d.gda_copies},
-            "label_smoothing": {"confidence": d.label_smoothing},
-            "fgsm_adversarial": {"eps": d.fgsm_adversarial_eps},
-            "vat": {"eps": d.vat_eps, "xi": d.vat_xi},
-        }.get(recipe, {})
-        settings = paper_settings(recipe, self.config.dataset, **{k: v for k, v in chosen.items() if v is not None})
-        return dataclasses.asdict(settings)
-
-    def _model_key(self, name: str) -> dict[str, Any]:
-        recipe = "standard" if name == SOURCE else _SPECS[name].recipe
-        arch, kwargs = self._architecture(name)
-        key = {
-            "model": name,
-            "architecture": arch,
-            "architecture_kwargs": kwargs,
-            "recipe": recipe,
-            "recipe_settings": self._recipe_settings(recipe),
-            "training": dataclasses.asdict(self.config.training),
-            "data": self.data.identity,
-            "seed": self.config.seed,
-        }
-        if recipe in ("fgsm_adversarial", "vat") and key["recipe_settings"].get("mode") == "offline":
-            key["source_model"] = self._model_key("standard")
-        return key
-
-    def model(self, name: str) -> nn.Module:
-        """The trained model `name` (a defense or the black-box source), from the cache or trained now."""
-        if name in self.models:
-            return self.models[name]
-        if name == "feature_squeezing":
-            model = FeatureSqueezing(self.model("standard"), self.config.squeeze_bits, bpda=True)
-        else:
-            key = self._model_key(name)
-            entry = self.cache.load("model", key)
-            if entry is None:
-                if self.workers.is_main:
-                    self._train(name, key)
-                self.workers.barrier()
-                entry = self.cache.load("model", key)
-                if entry is None:
-                    raise RuntimeError(f"process {self.workers.rank} cannot read the model {name} trained by process 0")
-            arch, kwargs = self._architecture(name)
-            model = resnet(**kwargs) if arch == "resnet" else build_model(arch, **kwargs)
-            model.load_state_dict(entry["state_dict"])
-            self.seconds[f"train {name}"] = float(entry["seconds"])
-        model = model.to(self.device).eval()
-        self.models[name] = model
-        return model
-
-    def _train(self, name: str, key: dict[str, Any]) -> None:
-        t = self.config.training
-        arch, kwargs = self._architecture(name)
-        torch.manual_seed(self.config.seed)
-        model = resnet(**kwargs) if arch == "resnet" else build_model(arch, **kwargs)
-        recipe = key["recipe"]
-        source = self.model("standard") if "source_model" in key else None
-        label = "black-box source ResNet" if name == SOURCE else DEFENSE_LABELS[name]
-        self.log(f"training {label} ({arch}, recipe {recipe}) on {len(self.data.train_labels)} images")
-        started = time.perf_counter()
-        result = train(
-            model,
-            (self.data.train_images, self.data.train_labels),
-            recipe,
-            settings=key["recipe_settings"],
-            dataset=self.config.dataset,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.learning_rate,
-            val_fraction=t.validation_fraction,
-            patience=t.patience,
-            seed=self.config.seed,
-            device=self.device,
-            amp=t.amp,
-            compile=t.compile,
-            source_model=source,
-            progress=self.progress,
-            log=self.log,
-        )
-        seconds = time.perf_counter() - started
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self.cache.save("model", key, {"state_dict": state, "seconds": seconds, "val_accuracy": result.val_accuracy})
-
-    # ------------------------------------------------------------------------------------------ attacks
-
-    def make_attack(self, attack: str, model: nn.Module, seed: int, eps: float | None = None) -> Attack:
-        a = self.config.attack
-        if attack == "fgsm":
-            return FGSM(model, a.fgsm_eps if eps is None else eps)
-        if attack == "rfgsm":
-            eps = a.rfgsm_eps if eps is None else eps
-            alpha = a.rfgsm_alpha * (eps / a.rfgsm_eps) if a.rfgsm_eps > 0 else 0.0  # keep alpha / eps fixed
-            return RandFGSM(model, eps, min(alpha, eps), seed=seed)
-        if attack == "deepfool":
-            return DeepFool(model, a.deepfool_max_iter, a.deepfool_overshoot, a.deepfool_candidates)
-        if attack == "jsma":
-            return JSMA(model, a.jsma_theta, a.jsma_gamma, seed=seed)
-        return CarliniWagnerL2(
-            model,
-            confidence=a.cw_confidence,
-            initial_const=a.cw_initial_const,
-            binary_search_steps=a.cw_binary_search_steps,
-            max_iter=a.cw_max_iter,
-            learning_rate=a.cw_learning_rate,
-        )
-
-    def _attack_settings(self, attack: str) -> dict[str, Any]:
-        prefix = {"fgsm": "fgsm_", "rfgsm": "rfgsm_", "deepfool": "deepfool_", "jsma": "jsma_", "cw": "cw_"}[attack]
-        return {k: v for k, v in dataclasses.asdict(self.config.attack).items() if k.startswith(prefix)}
-
-    def _chunk_seed(self, attack: str, chunk: int) -> int:
-        return int(settings_key("seed", {"seed": self.config.seed, "attack": attack, "chunk": chunk}), 16) % (2**62)
-
-    def _test_chunk(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start, stop = self.chunks[chunk]
-        x = self.data.test_images[start:stop].to(self.device).float().div_(255)
-        return x, self.data.test_labels[start:stop].to(self.device)
-
-    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x).argmax(1)
-
-    def blackbox_chunk(self, attack: str, chunk: int) -> dict[str, Any]:
-        """Adversarial images of `chunk` crafted on the source model (cached), and every defense's verdict."""
-        key = {
-            "attack": attack,
-            "settings": self._attack_settings(attack),
-            "source": self._model_key(SOURCE),
-            "chunk": self.chunks[chunk],
-            "seed": self.config.seed,
-        }
-        x, y = self._test_chunk(chunk)
-        entry = self.cache.load("blackbox", key)
-        if entry is None:
-            started = time.perf_counter()
-            result = self.make_attack(attack, self.model(SOURCE), self._chunk_seed(attack, chunk)).run(x, y)
-            entry = {
-                "x_adv": result.x_adv.cpu(),
-                "l2": result.l2.float().cpu(),
-                "linf": result.linf.float().cpu(),
-                "l0": result.l0.float().cpu(),
-                "seconds": time.perf_counter() - started,
-            }
-            self.cache.save("blackbox", key, entry)
-        x_adv = entry["x_adv"].to(self.device)
-        correct = {d: (self._predict(self.model(d), x_adv) == y).cpu() for d in self.config.defenses}
-        return {**{k: entry[k] for k in ("l2", "linf", "l0", "seconds")}, "correct": correct}
-
-    def whitebox_chunk(self, defense: str, attack: str, eps: float, chunk: int, *, bpda: bool = True) -> dict[str, Any]:
-        """Accuracy of `defense` on `chunk` under `attack` crafted on the defense itself (cached)."""
-        key = {
-            "defense": self._model_key("standard" if defense == "feature_squeezing" else defense),
-            "defense_name": defense,
-            "bpda": bpda,
-            "squeeze_bits": self.config.squeeze_bits,
-            "attack": attack,
-            "eps": eps,
-            "settings": self._attack_settings(attack),
-            "chunk": self.chunks[chunk],
-            "seed": self.config.seed,
-        }
-        entry = self.cache.load("whitebox", key)
-        if entry is None:
-            model = self.model(defense)
-            if not bpda:
-                model = FeatureSqueezing(self.model("standard"), self.config.squeeze_bits, bpda=False).to(self.device)
-            x, y = self._test_chunk(chunk)
-            started = time.perf_counter()
-            x_adv = self.make_attack(attack, model, self._chunk_seed(attack, chunk), eps).run(x, y).x_adv
-            l0, l2, linf = perturbation_norms(x_adv, x)
-            entry = {
-                "correct": (self._predict(model, x_adv) == y).cpu(),
-                "l2": l2.float().cpu(),
-                "linf": linf.float().cpu(),
-                "l0": l0.float().cpu(),
-                "seconds": time.perf_counter() - started,
-            }
-            self.cache.save("whitebox", key, entry)
-        return entry
-
-    # --------------------------------------------------------------------------------------------- run
+    def _blackbox_runs(self) -> list[tuple[str, float | None]]:
+        """(attack, eps) of every black-box run: the table's attacks, then the eps sweep of FGSM and R+FGSM."""
+        c = self.config
+        runs = [(a, self.attacks.eps(a, None)) for a in c.blackbox_attacks]
+        runs += [(a, float(e)) for a in SWEEP_ATTACKS for e in c.blackbox_eps if (a, float(e)) not in runs]
+        return runs
 
     def _work(self) -> list[tuple]:
-        """Every (kind, ...) unit of work, in a fixed order; each process takes its chunks' share."""
+        """Every unit of work, in a fixed order; the last entry of each is its chunk."""
         c = self.config
-        units: list[tuple] = [("blackbox", a, k) for a in c.blackbox_attacks for k in range(len(self.chunks))]
+        units: list[tuple] = []
+        for attack, eps in self._blackbox_runs():
+            limit = c.attack.cw_test_samples if attack == "cw" else 0
+            units += [("blackbox", attack, eps, chunk) for chunk in self.chunks(limit)]
         for defense in c.defenses:
             for attack in c.whitebox_attacks:
+                chunks = self.chunks(c.attack.pgd_test_samples if attack == "pgd" else 0)
                 for eps in c.whitebox_eps:
-                    units += [("whitebox", defense, attack, eps, True, k) for k in range(len(self.chunks))]
+                    units += [("whitebox", defense, attack, eps, True, chunk) for chunk in chunks]
                     if defense == "feature_squeezing":
-                        units += [("whitebox", defense, attack, eps, False, k) for k in range(len(self.chunks))]
+                        units += [("whitebox", defense, attack, eps, False, chunk) for chunk in chunks]
+            for attack in c.perturbation_attacks:
+                units += [("perturbation", defense, attack, chunk) for chunk in self.chunks(c.perturbation_samples)]
         return units
 
-    def _models_needed(self) -> list[str]:
-        """Every model to train, in an order where each comes after the models it needs."""
-        names = list(self.config.defenses) + ([SOURCE] if self.config.blackbox_attacks else [])
-        needs_standard = any(
-            n == "feature_squeezing" or (n != SOURCE and "source_model" in self._model_key(n)) for n in names
-        )
-        return (["standard"] if needs_standard else []) + [n for n in names if n != "standard" or not needs_standard]
+    def _do(self, unit: tuple) -> dict[str, Any]:
+        kind = unit[0]
+        if kind == "blackbox":
+            return self.attacks.blackbox(unit[1], unit[2], unit[3])
+        if kind == "whitebox":
+            return self.attacks.whitebox(unit[1], unit[2], unit[3], unit[5], bpda=unit[4])
+        return self.attacks.perturbation(unit[1], unit[2], unit[3])
 
     def run(self) -> Results:
         started = time.perf_counter()
-        for name in self._models_needed():  # the same order everywhere: training runs once, on process 0
-            self.model(name)
+        for name in self.models.needed():  # the same order everywhere: training runs once, on process 0
+            self.models.get(name)
+        self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
         clean = {
-            d: 100 * evaluate_accuracy(self.models[d], self.data.test_images, self.data.test_labels, device=self.device)
+            d: 100
+            * evaluate_accuracy(self.models.get(d), self.data.test_images, self.data.test_labels, device=self.device)
             for d in self.config.defenses
         }
         units = self._work()
-        mine = [u for u in units if u[-1] % self.workers.world_size == self.workers.rank]
-        images, chunks = len(self.data.test_labels), len(self.chunks)
-        self.log(f"attacking {images} test images in {chunks} chunks: {len(units)} units of work")
+        chunk_ids = {chunk: i for i, chunk in enumerate(sorted({u[-1] for u in units}))}
+        mine = [u for u in units if chunk_ids[u[-1]] % self.workers.world_size == self.workers.rank]
+        self.log(f"attacking {len(self.data.test_labels)} test images: {len(units)} units of work")
         attack_started = time.perf_counter()
-        outcomes = {}
-        for unit in _progress(mine, "attacks", self.progress):
-            if unit[0] == "blackbox":
-                outcomes[unit] = self.blackbox_chunk(unit[1], unit[2])
-            else:
-                outcomes[unit] = self.whitebox_chunk(unit[1], unit[2], unit[3], unit[5], bpda=unit[4])
+        outcomes = {unit: self._do(unit) for unit in _progress(mine, "attacks", self.progress)}
         gathered: dict[tuple, dict[str, Any]] = {}
         for part in self.workers.gather(outcomes):
             gathered.update(part)
         self.seconds["attacks"] = time.perf_counter() - attack_started
-        results = Results(
+        cells, perturbations = self._cells(units, gathered)
+        return Results(
             config=self.config.to_dict(),
             version=__version__,
             device=device_name(self.device),
             world_size=self.workers.world_size,
             clean_accuracy=clean,
-            cells=self._cells(units, gathered),
+            cells=cells,
+            perturbations=perturbations,
             seconds={**self.seconds, "total": time.perf_counter() - started},
         )
-        return results
 
-    def _cells(self, units: list[tuple], outcomes: dict[tuple, dict[str, Any]]) -> list[Cell]:
+    def _cells(
+        self, units: list[tuple], outcomes: dict[tuple, dict[str, Any]]
+    ) -> tuple[list[Cell], list[Perturbation]]:
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for unit in units:  # in chunk order, whichever process computed it
             groups.setdefault(unit[:-1], []).append(outcomes[unit])
-        cells = []
+        cells, perturbations = [], []
         for group, parts in groups.items():
-            l2, linf, l0 = (torch.cat([p[k] for p in parts]) for k in ("l2", "linf", "l0"))
             seconds = sum(float(p["seconds"]) for p in parts)
+            if group[0] == "perturbation":
+                _, defense, attack = group
+                norm, fooled, clean = (torch.cat([p[k] for p in parts]) for k in ("norm", "fooled", "clean_correct"))
+                perturbations.append(perturbation_stats(defense, attack, norm, fooled, clean, seconds))
+                continue
+            l2, linf, l0 = (torch.cat([p[k] for p in parts]) for k in ("l2", "linf", "l0"))
             if group[0] == "blackbox":
+                _, attack, eps = group
                 for defense in self.config.defenses:
                     correct = torch.cat([p["correct"][defense] for p in parts])
-                    cells.append(_cell(defense, group[1], "blackbox", None, correct, l2, linf, l0, seconds))
+                    cells.append(_cell(defense, attack, "blackbox", eps, correct, l2, linf, l0, seconds))
             else:
                 _, defense, attack, eps, bpda = group
                 setting = "whitebox" if bpda else "whitebox-gradient-masking"
                 correct = torch.cat([p["correct"] for p in parts])
                 cells.append(_cell(defense, attack, setting, eps, correct, l2, linf, l0, seconds))
-        return cells
+        return cells, perturbations
 
     def examples(
         self, count: int = 8
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], str]:
         """The first `count` test images, their black-box adversarials, and the first defense's predictions."""
-        x, y = self._test_chunk(0)
+        chunk = self.chunks()[0]
+        x, y = self.attacks.test_chunk(chunk)
         x, y = x[:count], y[:count]
-        judge = self.config.defenses[0]
-        adversarial, predictions = {}, {"clean": self._predict(self.model(judge), x)}
+        judge = self.models.get(self.config.defenses[0])
+        adversarial, predictions = {}, {"clean": self.attacks.predict(judge, x)}
         for attack in self.config.blackbox_attacks:
-            key = {
-                "attack": attack,
-                "settings": self._attack_settings(attack),
-                "source": self._model_key(SOURCE),
-                "chunk": self.chunks[0],
-                "seed": self.config.seed,
-            }
+            limit = self.config.attack.cw_test_samples if attack == "cw" else 0
+            key = self.attacks.blackbox_key(attack, None, self.chunks(limit)[0])
             entry = self.cache.load("blackbox", key)
             if entry is not None:
                 adversarial[attack] = entry["x_adv"][:count].to(self.device)
-                predictions[attack] = self._predict(self.model(judge), adversarial[attack])
-        title = f"predictions of {DEFENSE_LABELS[judge]} (green: correct); attacks crafted on the ResNet source"
+                predictions[attack] = self.attacks.predict(judge, adversarial[attack])
+        label = DEFENSE_LABELS[self.config.defenses[0]]
+        title = f"predictions of {label} (green: correct); attacks crafted on the black-box source"
         return x, adversarial, y, predictions, title
 
 

@@ -226,10 +226,21 @@ def noise(
         s = torch.arange(samples, dtype=torch.int64, device=device) + offset
     else:
         s = samples.to(device=device, dtype=torch.int64) + offset
-    groups = (features + 3) // 4
     c = torch.arange(copies, dtype=torch.int64, device=s.device).view(-1, 1, 1)
-    g = torch.arange(groups, dtype=torch.int64, device=s.device).view(1, 1, -1)
-    s = s.view(1, -1, 1)
+    return _normals(seed, c, s.view(1, -1, 1), features)
+
+
+def pair_noise(seed: int, copy: torch.Tensor, sample: torch.Tensor, features: int) -> torch.Tensor:
+    """The noise (float32, shape (P, features)) of P (copy, global sample) pairs: row i is noise(seed, copy[i],
+    sample[i]), the values `noise` gives copy copy[i] of sample sample[i]. copy and sample: int64 (P,) tensors on
+    one device."""
+    return _normals(seed, copy.to(torch.int64).view(-1, 1), sample.to(torch.int64).view(-1, 1), features)
+
+
+def _normals(seed: int, c: torch.Tensor, s: torch.Tensor, features: int) -> torch.Tensor:
+    """Normals of copy indices `c` and sample indices `s` (int64, broadcast together, last dimension 1), with
+    the features along a new last dimension."""
+    g = torch.arange((features + 3) // 4, dtype=torch.int64, device=s.device)
     w = philox4x32((g, c, s & MASK32, s >> 32), seed_key(seed))
     n0, n1 = box_muller(w[0], w[1])
     n2, n3 = box_muller(w[2], w[3])

@@ -1,0 +1,178 @@
+"""The evaluation's attack phase: the attacks as the config sets them, and the work on one chunk of test images
+(black-box transfer, white-box accuracy, white-box minimal perturbation), each cached under a key of its
+settings and the chunk's bounds.
+
+A chunk's random draws (R+FGSM's noise, JSMA's targets, PGD's starts) are seeded by the chunk's bounds, the
+attack and the run's seed, as the cache key is: the numbers do not depend on how many processes share the work,
+and an entry is never reused under another seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, RandFGSM
+from ..attacks.base import Attack, perturbation_norms
+from ..defenses import FeatureSqueezing
+from .cache import ResultCache, settings_key
+from .config import EvalConfig
+from .train import SOURCE, Models
+
+Chunk = tuple[int, int]
+PERTURBATION_NORM = {"deepfool": "l2", "cw": "l2", "jsma": "l0"}
+
+
+class Attacks:
+    """Builds the attacks of `config` and runs them chunk by chunk against the models of `models`."""
+
+    def __init__(self, config: EvalConfig, data: Any, models: Models, cache: ResultCache) -> None:
+        self.config, self.data, self.models, self.cache = config, data, models, cache
+        self.device = models.device
+
+    def eps(self, attack: str, eps: float | None) -> float | None:
+        """The budget of `attack`: `eps`, or the config's for FGSM and R+FGSM when None; None for the others."""
+        if attack in ("fgsm", "rfgsm", "pgd") and eps is None:
+            return getattr(self.config.attack, f"{attack}_eps", None)
+        return eps
+
+    def make(self, attack: str, model: nn.Module, seed: int, eps: float | None = None) -> Attack:
+        a = self.config.attack
+        eps = self.eps(attack, eps)
+        if attack == "fgsm":
+            return FGSM(model, eps, labels=a.fgsm_labels)
+        if attack == "rfgsm":
+            if a.rfgsm_alpha_fixed:
+                alpha = a.rfgsm_alpha
+            else:  # alpha / eps as set
+                alpha = a.rfgsm_alpha * (eps / a.rfgsm_eps) if a.rfgsm_eps > 0 else 0.0
+            return RandFGSM(model, eps, min(alpha, eps), labels=a.rfgsm_labels, seed=seed)
+        if attack == "pgd":
+            step = a.pgd_step_ratio * eps / a.pgd_steps
+            return PGD(model, eps, step, a.pgd_steps, restarts=a.pgd_restarts, seed=seed)
+        if attack == "deepfool":
+            return DeepFool(model, a.deepfool_max_iter, a.deepfool_overshoot, a.deepfool_candidates)
+        if attack == "jsma":
+            return JSMA(model, a.jsma_theta, a.jsma_gamma, use_logits=a.jsma_use_logits, seed=seed)
+        return CarliniWagnerL2(
+            model,
+            confidence=a.cw_confidence,
+            initial_const=a.cw_initial_const,
+            binary_search_steps=a.cw_binary_search_steps,
+            max_iter=a.cw_max_iter,
+            learning_rate=a.cw_learning_rate,
+        )
+
+    def settings(self, attack: str) -> dict[str, Any]:
+        prefix = f"{attack}_"
+        return {k: v for k, v in dataclasses.asdict(self.config.attack).items() if k.startswith(prefix)}
+
+    def seed(self, attack: str, chunk: Chunk) -> int:
+        key = {"seed": self.config.seed, "attack": attack, "chunk": list(chunk)}
+        return int(settings_key("seed", key), 16) % (2**62)
+
+    def test_chunk(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        start, stop = chunk
+        x = self.data.test_images[start:stop].to(self.device).float().div_(255)
+        return x, self.data.test_labels[start:stop].to(self.device)
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x).argmax(1)
+
+    def blackbox_key(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
+        return {
+            "attack": attack,
+            "eps": self.eps(attack, eps),
+            "settings": self.settings(attack),
+            "source": self.models.key(SOURCE),
+            "chunk": list(chunk),
+            "seed": self.config.seed,
+        }
+
+    def blackbox(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
+        """Adversarial images of `chunk` crafted on the source model (cached), and every defense's verdict."""
+        key = self.blackbox_key(attack, eps, chunk)
+        x, y = self.test_chunk(chunk)
+        entry = self.cache.load("blackbox", key)
+        if entry is None:
+            started = time.perf_counter()
+            result = self.make(attack, self.models.get(SOURCE), self.seed(attack, chunk), eps).run(x, y)
+            entry = {
+                "x_adv": result.x_adv.cpu(),
+                "l2": result.l2.float().cpu(),
+                "linf": result.linf.float().cpu(),
+                "l0": result.l0.float().cpu(),
+                "seconds": time.perf_counter() - started,
+            }
+            self.cache.save("blackbox", key, entry)
+        x_adv = entry["x_adv"].to(self.device)
+        correct = {d: (self.predict(self.models.get(d), x_adv) == y).cpu() for d in self.config.defenses}
+        return {**{k: entry[k] for k in ("l2", "linf", "l0", "seconds")}, "correct": correct}
+
+    def _target(self, defense: str, bpda: bool) -> nn.Module:
+        """The model a white-box attack differentiates: the defense, or feature squeezing through its true
+        (zero almost everywhere) gradient when bpda is False."""
+        model = self.models.get(defense)
+        if not bpda:
+            model = FeatureSqueezing(model.model, self.config.squeeze_bits, bpda=False).to(self.device)
+        return model
+
+    def _whitebox_key(self, defense: str, attack: str, chunk: Chunk, bpda: bool = True, **extra: Any) -> dict[str, Any]:
+        """Everything that determines a white-box unit: the defense's weights, the attack's settings, the chunk."""
+        return {
+            "defense": self.models.key(defense),
+            "defense_name": defense,
+            "bpda": bpda,
+            "squeeze_bits": self.config.squeeze_bits,
+            "attack": attack,
+            **extra,
+            "settings": self.settings(attack),
+            "chunk": list(chunk),
+            "seed": self.config.seed,
+        }
+
+    def whitebox(self, defense: str, attack: str, eps: float, chunk: Chunk, *, bpda: bool = True) -> dict[str, Any]:
+        """Accuracy of `defense` on `chunk` under `attack` crafted on the defense itself (cached)."""
+        key = self._whitebox_key(defense, attack, chunk, bpda, eps=eps)
+        entry = self.cache.load("whitebox", key)
+        if entry is None:
+            model = self._target(defense, bpda)
+            x, y = self.test_chunk(chunk)
+            started = time.perf_counter()
+            x_adv = self.make(attack, model, self.seed(attack, chunk), eps).run(x, y).x_adv
+            l0, l2, linf = perturbation_norms(x_adv, x)
+            entry = {
+                "correct": (self.predict(model, x_adv) == y).cpu(),
+                "l2": l2.float().cpu(),
+                "linf": linf.float().cpu(),
+                "l0": l0.float().cpu(),
+                "seconds": time.perf_counter() - started,
+            }
+            self.cache.save("whitebox", key, entry)
+        return entry
+
+    def perturbation(self, defense: str, attack: str, chunk: Chunk) -> dict[str, Any]:
+        """The white-box minimal perturbation of `attack` against `defense` on `chunk` (cached): per image the
+        norm (L2 for DeepFool and C&W, L0 for JSMA) of the adversarial found, whether it fools the defense, and
+        whether the defense classified the clean image correctly."""
+        key = self._whitebox_key(defense, attack, chunk)
+        entry = self.cache.load("perturbation", key)
+        if entry is None:
+            model = self.models.get(defense)
+            x, y = self.test_chunk(chunk)
+            started = time.perf_counter()
+            result = self.make(attack, model, self.seed(attack, chunk)).run(x, y)
+            fooled = self.predict(model, result.x_adv) != y
+            entry = {
+                "norm": getattr(result, PERTURBATION_NORM[attack]).float().cpu(),
+                "fooled": fooled.cpu(),
+                "clean_correct": (self.predict(model, x) == y).cpu(),
+                "seconds": time.perf_counter() - started,
+            }
+            self.cache.save("perturbation", key, entry)
+        return entry

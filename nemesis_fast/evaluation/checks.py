@@ -1,0 +1,71 @@
+"""Gradient-masking checks (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security",
+ICML 2018, section 3.1), run on an evaluation's cells for every defense:
+
+* iterative >= single-step: white-box PGD leaves no more accuracy than white-box FGSM at any eps;
+* white-box >= black-box: white-box FGSM leaves no more accuracy than black-box FGSM at the same eps;
+* to chance: the strongest white-box attack at the largest eps (at least 0.5, half the pixel range, where any
+  MNIST or CIFAR image can be turned into another class's) leaves no more than chance accuracy.
+
+Each comparison allows for sampling error: two binomial standard errors of the two accuracies, plus 0.5 points.
+A check without the cells it needs is "not run", not passed. A defense that fails any check is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .report import Cell, Results
+
+LARGE_EPS = 0.5
+
+
+@dataclass
+class CheckResult:
+    defense: str
+    iterative: str  # "pass", "FAIL (...)" or "not run"
+    whitebox: str
+    chance: str
+
+    @property
+    def flagged(self) -> bool:
+        return any(v.startswith("FAIL") for v in (self.iterative, self.whitebox, self.chance))
+
+
+def _slack(a: Cell, b: Cell | None = None) -> float:
+    """Two standard errors of the difference of two accuracies (percent), plus 0.5 points."""
+    variance = sum(c.accuracy * (100 - c.accuracy) / max(c.samples, 1) for c in (a, b) if c is not None)
+    return 2 * math.sqrt(variance) + 0.5
+
+
+def _at_most(stronger: list[Cell], weaker: dict[float, Cell], what: str) -> str:
+    """ "pass" when every cell of `stronger` leaves no more accuracy than the `weaker` cell at its eps."""
+    pairs = [(c, weaker[c.eps]) for c in stronger if c.eps in weaker and c.eps > 0]
+    if not pairs:
+        return "not run"
+    worst = [(s, w) for s, w in pairs if s.accuracy > w.accuracy + _slack(s, w)]
+    if worst:
+        s, w = max(worst, key=lambda p: p[0].accuracy - p[1].accuracy)
+        return f"FAIL ({what} {s.accuracy:.1f}% > {w.accuracy:.1f}% at eps {s.eps:g})"
+    return "pass"
+
+
+def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[CheckResult]:
+    """One CheckResult per defense of `results`."""
+    out = []
+    for defense in results.config["defenses"]:
+        fgsm = [c for c in results.whitebox("fgsm") if c.defense == defense]
+        pgd = [c for c in results.whitebox("pgd") if c.defense == defense]
+        blackbox_fgsm = {c.eps: c for c in results.blackbox_sweep("fgsm") if c.defense == defense}
+        iterative = _at_most(pgd, {c.eps: c for c in fgsm}, "PGD") if pgd else "not run"
+        whitebox = _at_most(fgsm, blackbox_fgsm, "white-box") if fgsm else "not run"
+        strongest = pgd or fgsm
+        chance = "not run"
+        if strongest:
+            top = max(strongest, key=lambda c: c.eps)
+            if top.eps >= LARGE_EPS:
+                level = 100 / num_classes
+                ok = top.accuracy <= level + _slack(top)
+                chance = "pass" if ok else f"FAIL ({top.accuracy:.1f}% at eps {top.eps:g}, chance {level:.0f}%)"
+        out.append(CheckResult(defense, iterative, whitebox, chance))
+    return out

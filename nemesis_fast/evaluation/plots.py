@@ -1,0 +1,142 @@
+"""The evaluation's figures: accuracy against eps (white-box, and the black-box eps sweep beside the paper's
+values), the distribution of the minimal perturbation per defense, and a grid of clean and adversarial images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from .._io import write_atomic
+from .config import ATTACK_LABELS, DEFENSE_LABELS
+from .paper import paper_value
+from .report import Results
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_whitebox(results: Results, path: Path) -> bool:
+    """Accuracy against eps, one panel per white-box attack, one line per defense (the paper's figure)."""
+    attacks = [a for a in results.config["whitebox_attacks"] if results.whitebox(a)]
+    if not attacks:
+        return False
+    plt = _pyplot()
+
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 4.2), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        for defense in results.config["defenses"]:
+            cells = sorted((c for c in results.whitebox(attack) if c.defense == defense), key=lambda c: c.eps)
+            if cells:
+                ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", label=DEFENSE_LABELS[defense])
+        ax.set_title(f"White-box {ATTACK_LABELS[attack]} ({results.config['dataset']})")
+        ax.set_xlabel("eps (L-inf, pixel scale [0, 1])")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_examples(
+    clean: torch.Tensor,
+    adversarial: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    predictions: dict[str, torch.Tensor],
+    path: Path,
+    title: str,
+) -> None:
+    """A grid: one column per image; the clean row, then one row per attack, each titled with the prediction."""
+    plt = _pyplot()
+
+    rows = [("clean", clean)] + list(adversarial.items())
+    n = clean.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r][i]
+            image = images[i].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+            if image.shape[2] == 1:
+                ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image)
+            predicted = int(predictions[name][i])
+            ax.set_title(f"{predicted}", fontsize=8, color="green" if predicted == int(labels[i]) else "red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(ATTACK_LABELS.get(name, name), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_sweep(results: Results, path: Path) -> bool:
+    """Black-box accuracy against eps for FGSM and R+FGSM, one line per defense, the paper's value of each
+    defense as a dashed line of its colour (MNIST): where a line crosses its dashed line, the paper's column is met."""
+    attacks = [a for a in ("fgsm", "rfgsm") if results.config["blackbox_eps"] and results.blackbox_sweep(a)]
+    if not attacks:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4.4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        for defense in results.config["defenses"]:
+            cells = sorted((c for c in results.blackbox_sweep(attack) if c.defense == defense), key=lambda c: c.eps)
+            (line,) = ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", ms=3)
+            line.set_label(DEFENSE_LABELS[defense])
+            paper = paper_value(results.config["dataset"], defense, attack)
+            if paper is not None:
+                ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"Black-box {ATTACK_LABELS[attack]} (dashed: the paper's value)")
+        ax.set_xlabel("eps (L-inf, pixel scale [0, 1], log axis)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_perturbations(results: Results, path: Path) -> bool:
+    """Per attack, a box plot per defense of the minimal white-box perturbation that fooled it (L2 or L0), with
+    the share of images fooled under each box."""
+    attacks = [a for a in ("deepfool", "cw", "jsma") if any(p.attack == a for p in results.perturbations)]
+    if not attacks:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 4.6), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        stats = [
+            p for d in results.config["defenses"] for p in results.perturbations if (p.defense, p.attack) == (d, attack)
+        ]
+        ax.boxplot([p.values or [float("nan")] for p in stats], showfliers=False)
+        ax.set_xticks(range(1, len(stats) + 1))
+        ax.set_xticklabels(
+            [f"{DEFENSE_LABELS[p.defense]}\n{p.success:.0f}% fooled" for p in stats], fontsize=7, rotation=30
+        )
+        ax.set_title(f"White-box {ATTACK_LABELS[attack]}: smallest perturbation that fools")
+        ax.set_ylabel("L0 (features changed)" if attack == "jsma" else "L2 (pixel scale [0, 1])")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True

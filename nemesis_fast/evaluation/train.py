@@ -1,0 +1,174 @@
+"""The evaluation's training phase: every model it needs, trained once and cached under a key of all that
+determines its weights (architecture, recipe and settings, training budget, data, seed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..defenses import FeatureSqueezing, paper_settings
+from ..models import build_model
+from ..training import DEFAULT_MODEL, PAPER_MODELS, train
+from .cache import ResultCache
+from .config import DEFENSE_LABELS, EvalConfig
+from .distributed import Workers
+
+Log = Callable[[str], None]
+SOURCE = "resnet_source"
+_SPECS = {m.name: m for m in PAPER_MODELS}
+
+
+class Models:
+    """The trained models of one evaluation: the defenses and the black-box source, each from the cache or
+    trained now (by process 0; the others wait and read the cache)."""
+
+    def __init__(
+        self,
+        config: EvalConfig,
+        data: Any,
+        cache: ResultCache,
+        workers: Workers,
+        *,
+        log: Log,
+        progress: bool,
+    ) -> None:
+        self.config, self.data, self.cache, self.workers = config, data, cache, workers
+        self.device = workers.device
+        self.log, self.progress = log, progress
+        self.loaded: dict[str, nn.Module] = {}
+        self.seconds: dict[str, float] = {}
+
+    @property
+    def squeeze_bits(self) -> int:
+        return self.config.squeeze_bits
+
+    def _squeezes_standard(self, name: str) -> bool:
+        """Feature squeezing in front of the standard model at prediction only (nothing trained of its own)."""
+        return name == "feature_squeezing" and not self.config.defense.squeeze_training
+
+    def recipe(self, name: str) -> str:
+        if name in (SOURCE, "feature_squeezing"):
+            return "standard"
+        return _SPECS[name].recipe
+
+    def architecture(self, name: str) -> tuple[str, dict[str, Any]]:
+        """(builder name, its kwargs) of model `name` (for feature squeezing: of the model behind it)."""
+        t = self.config.training
+        channels, size = self.data.test_images.shape[1], self.data.test_images.shape[2]
+        if name == SOURCE:
+            if t.source_architecture == "small_resnet":
+                return "small_resnet", {"in_channels": channels, "input_size": size}
+            return "resnet", {"depth": t.source_depth, "in_channels": channels}
+        activation = "relu" if name == "feature_squeezing" else _SPECS[name].activation
+        return DEFAULT_MODEL[self.config.dataset], {"activation": activation, "t": self.config.defense.brelu_t}
+
+    def recipe_settings(self, recipe: str) -> dict[str, Any]:
+        d = self.config.defense
+        unset_is_default = {  # None: the recipe's default for the data set
+            "gda": {"sigma": d.gda_sigma, "copies": d.gda_copies},
+            "label_smoothing": {"confidence": d.label_smoothing},
+            "fgsm_adversarial": {"eps": d.fgsm_adversarial_eps, "mode": d.fgsm_adversarial_mode},
+            "vat": {"eps": d.vat_eps, "xi": d.vat_xi, "mode": d.vat_mode},
+        }.get(recipe, {})
+        chosen = {k: v for k, v in unset_is_default.items() if v is not None}
+        if recipe == "gda":  # here None is a value: no clipping
+            chosen.update(clip=(0.0, 1.0) if d.gda_clip else None, fixed_set=d.gda_fixed_set)
+        return dataclasses.asdict(paper_settings(recipe, self.config.dataset, **chosen))
+
+    def key(self, name: str) -> dict[str, Any]:
+        """Everything that determines the weights of model `name` (for feature squeezing at prediction only:
+        of the standard model behind it)."""
+        if self._squeezes_standard(name):
+            return self.key("standard")
+        recipe = self.recipe(name)
+        arch, kwargs = self.architecture(name)
+        key = {
+            "model": name,
+            "architecture": arch,
+            "architecture_kwargs": kwargs,
+            "recipe": recipe,
+            "recipe_settings": self.recipe_settings(recipe),
+            "training": dataclasses.asdict(self.config.training),
+            "data": self.data.identity,
+            "seed": self.config.seed,
+        }
+        if name == "feature_squeezing":
+            key["squeeze_bits_in_training"] = self.squeeze_bits
+        if recipe in ("fgsm_adversarial", "vat") and key["recipe_settings"].get("mode") == "offline":
+            key["source_model"] = self.key("standard")
+        return key
+
+    def build(self, name: str) -> nn.Module:
+        arch, kwargs = self.architecture(name)
+        model = build_model(arch, **kwargs)
+        return FeatureSqueezing(model, self.squeeze_bits, bpda=True) if name == "feature_squeezing" else model
+
+    def get(self, name: str) -> nn.Module:
+        """The trained model `name` (a defense or the black-box source), in eval mode on the device."""
+        if name in self.loaded:
+            return self.loaded[name]
+        if self._squeezes_standard(name):
+            model: nn.Module = FeatureSqueezing(self.get("standard"), self.squeeze_bits, bpda=True)
+        else:
+            key = self.key(name)
+            entry = self.cache.load("model", key)
+            if entry is None:
+                if self.workers.is_main:
+                    self._train(name, key)
+                self.workers.barrier()
+                entry = self.cache.load("model", key)
+                if entry is None:
+                    raise RuntimeError(f"process {self.workers.rank} cannot read the model {name} trained by process 0")
+            model = self.build(name)
+            model.load_state_dict(entry["state_dict"])
+            self.seconds[f"train {name}"] = float(entry["seconds"])
+        model = model.to(self.device).eval()
+        self.loaded[name] = model
+        return model
+
+    def needed(self) -> list[str]:
+        """Every model to train, in an order where each comes after the models it needs."""
+        c = self.config
+        names = list(c.defenses) + ([SOURCE] if c.blackbox_attacks or c.blackbox_eps else [])
+        needs_standard = any(
+            self._squeezes_standard(n) or (n != SOURCE and "source_model" in self.key(n)) for n in names
+        )
+        return (["standard"] if needs_standard else []) + [n for n in names if n != "standard" or not needs_standard]
+
+    def _train(self, name: str, key: dict[str, Any]) -> None:
+        t = self.config.training
+        torch.manual_seed(self.config.seed)
+        model = self.build(name)
+        recipe = key["recipe"]
+        source = self.get("standard") if "source_model" in key else None
+        label = "black-box source" if name == SOURCE else DEFENSE_LABELS[name]
+        arch = key["architecture"]
+        self.log(f"training {label} ({arch}, recipe {recipe}) on {len(self.data.train_labels)} images")
+        started = time.perf_counter()
+        result = train(
+            model,
+            (self.data.train_images, self.data.train_labels),
+            recipe,
+            settings=key["recipe_settings"],
+            dataset=self.config.dataset,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            lr=t.learning_rate,
+            val_fraction=t.validation_fraction,
+            patience=t.patience,
+            seed=self.config.seed,
+            device=self.device,
+            amp=t.amp,
+            compile=t.compile,
+            source_model=source,
+            progress=self.progress,
+            log=self.log,
+        )
+        seconds = time.perf_counter() - started
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self.cache.save("model", key, {"state_dict": state, "seconds": seconds, "val_accuracy": result.val_accuracy})
