@@ -188,6 +188,8 @@ def test_the_paper_preset_is_the_authors_experiment():
 
 def test_presets_are_valid():
     quick, headline = load_config(preset_path("quick")), load_config(preset_path("paper_headline"))
+    assert quick.whitebox_attacks == headline.whitebox_attacks == ["fgsm", "rfgsm"]  # PGD only where asked for
+    assert not quick.blackbox_eps and not quick.perturbation_attacks
     assert headline.training.source_architecture == "resnet" and headline.attack.jsma_gamma == 0.1
     assert headline.defenses == quick.defenses and len(quick.defenses) == 7
     with pytest.raises(ConfigError, match="preset 'fast' does not exist"):

@@ -37,6 +37,7 @@ DEFENSE_LABELS = {
 ATTACKS = ("fgsm", "rfgsm", "deepfool", "jsma", "cw")
 ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W", "pgd": "PGD"}
 WHITEBOX_ATTACKS = ("fgsm", "rfgsm", "pgd")
+DEFAULT_WHITEBOX_ATTACKS = ("fgsm", "rfgsm")  # PGD (40 steps x 5 restarts per eps) only where asked for
 SWEEP_ATTACKS = ("fgsm", "rfgsm")  # the black-box attacks with a budget eps
 PERTURBATION_ATTACKS = ("deepfool", "cw", "jsma")  # the minimal-perturbation attacks
 SOURCE_ARCHITECTURES = ("resnet", "small_resnet")
@@ -124,7 +125,7 @@ class EvalConfig:
     cache_dir: str = ""  # empty: <out_dir>/cache
     defenses: list[str] = field(default_factory=lambda: list(DEFENSES))
     blackbox_attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
-    whitebox_attacks: list[str] = field(default_factory=lambda: list(WHITEBOX_ATTACKS))
+    whitebox_attacks: list[str] = field(default_factory=lambda: list(DEFAULT_WHITEBOX_ATTACKS))
     whitebox_eps: list[float] | None = None  # None: the data set's sweep (DATASET_DEFAULTS)
     blackbox_eps: list[float] = field(default_factory=list)  # black-box FGSM and R+FGSM also at each of these
     perturbation_attacks: list[str] = field(default_factory=list)  # white-box minimal perturbation per defense
