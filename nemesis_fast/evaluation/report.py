@@ -232,7 +232,7 @@ def summary(results: Results) -> str:
     if results.blackbox():
         parts += [
             "",
-            "Black-box accuracy (%) of each defense, attacks crafted on a ResNet source:",
+            "Black-box accuracy (%) of each defense, attacks crafted on the black-box source:",
             render_text(*blackbox_table(results)),
         ]
     for title, header, rows in _sections(results):
@@ -318,10 +318,10 @@ def to_csv(results: Results) -> str:
 
 
 def write_outputs(results: Results, out_dir: Path) -> dict[str, Path]:
-    from .plots import plot_perturbations, plot_sweep, plot_whitebox
-
     """results.json, results.csv, results.md and the figures (whitebox.png, and where the run has them
     blackbox_eps.png and perturbation.png) under `out_dir`, each written atomically."""
+    from .plots import plot_perturbations, plot_sweep, plot_whitebox
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": out_dir / "results.json",
