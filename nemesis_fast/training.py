@@ -27,6 +27,7 @@ from .defenses.adversarial_training import offline_examples
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
 from .models import architecture_of, build_model
+from .resume import EpochCheckpoint, Resumable, restore_state, training_state
 
 Data = tuple[torch.Tensor, torch.Tensor]
 Log = Callable[[str], None]
@@ -156,6 +157,7 @@ def train(
     compile: bool = False,
     source_model: nn.Module | None = None,
     max_steps: int | None = None,
+    checkpoint: str | os.PathLike | EpochCheckpoint | None = None,
     progress: bool | None = None,
     log: Log | bool = True,
 ) -> TrainResult:
@@ -182,6 +184,10 @@ def train(
         source_model: the model trained beforehand that offline recipes make their examples with; None trains
             one with the "standard" recipe and these arguments first.
         max_steps: stop after this many optimizer steps (for quick checks).
+        checkpoint: a file path (or an object with load() and save(state)) where the whole training state is
+            written after every epoch; when it holds a state, training resumes after its epoch and ends with
+            the weights an uninterrupted run would have. A state of another run (recipe, settings, budget,
+            seed, data size) raises ValueError.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
@@ -258,8 +264,19 @@ def train(
     bar = _progress(progress)
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     best_accuracy, best_state, waited = -1.0, None, 0
+    run = Resumable(
+        checkpoint,
+        {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
+        {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps},
+    )
+    first_epoch = 1
+    resumed = run.load()
+    if resumed is not None:
+        best_accuracy, best_state, waited = restore_state(resumed, model, optimizer, loader, recipe, result, device)
+        first_epoch = resumed["epoch"] + 1
+        say(f"{recipe.name}: resuming after epoch {resumed['epoch']} from the checkpoint")
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_started = time.perf_counter()
         total_loss = torch.zeros((), device=device)
@@ -307,6 +324,9 @@ def train(
                 break
         if max_steps is not None and result.steps >= max_steps:
             break
+        run.save(
+            training_state(epoch, model, optimizer, loader, recipe, result, best_accuracy, best_state, waited, device)
+        )
 
     if best_state is not None:
         model.load_state_dict(best_state)

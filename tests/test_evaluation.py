@@ -428,3 +428,39 @@ def test_the_authors_training_options_reach_the_models_keys(tmp_path):
     assert models.needed() == ["standard", "feature_squeezing", "gda_brelu", SOURCE]
     config.defense.squeeze_training = False  # at prediction only: the standard model behind the squeezer
     assert models.key("feature_squeezing") == models.key("standard")
+
+
+def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    text = (
+        TINY.replace("epochs = 1", "epochs = 2")
+        .replace('whitebox_attacks = ["fgsm"]', "whitebox_attacks = []")
+        .replace('defenses = ["standard", "feature_squeezing", "gda_brelu"]', 'defenses = ["standard"]')
+        .replace('blackbox_attacks = ["fgsm", "jsma"]', "blackbox_attacks = []")
+    )
+    config = write_config(tmp_path, text)
+    real_save = ResultCache.save
+
+    def crash_after_the_first_epoch(self, kind, settings, payload):
+        path = real_save(self, kind, settings, payload)
+        if kind == "training" and payload["state"]["epoch"] == 1:
+            raise Interrupted
+        return path
+
+    monkeypatch.setattr(ResultCache, "save", crash_after_the_first_epoch)
+    with pytest.raises(Interrupted):
+        evaluate(config, out_dir=str(tmp_path / "a"), log=False)
+    assert len(list((tmp_path / "a" / "cache" / "training").glob("*.pt"))) == 1
+    monkeypatch.setattr(ResultCache, "save", real_save)
+    lines: list[str] = []
+    from nemesis_fast.evaluation.distributed import Workers
+
+    resumed = Evaluation(
+        load_config(config, {"out_dir": str(tmp_path / "a")}), Workers(), log=lines.append, progress=False
+    )
+    resumed.run()
+    assert any("resuming after epoch 1" in line for line in lines)
+    assert not list((tmp_path / "a" / "cache" / "training").glob("*.pt"))  # discarded once the model is saved
+    evaluate(config, out_dir=str(tmp_path / "b"), log=False)  # uninterrupted
+    (a,), (b,) = ((tmp_path / d / "cache" / "model").glob("*.pt") for d in ("a", "b"))
+    weights = [torch.load(p, weights_only=True)["state_dict"] for p in (a, b)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -278,3 +278,59 @@ def test_cli_paper_table(tmp_path, capsys):
     assert "gda_brelu" in printed and "total training time" in printed
     rows = json.loads((tmp_path / "paper.json").read_text())["models"]
     assert len(rows) == 7 and (tmp_path / "vat.pt").exists()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingCheckpoint:
+    """A checkpoint in memory that makes training die right after it saved epoch `after`."""
+
+    def __init__(self, after: int | None) -> None:
+        self.state, self.after = None, after
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        self.state = state
+        if state["epoch"] == self.after:
+            raise _Crash
+
+
+@pytest.mark.parametrize(
+    "recipe,settings",
+    [
+        ("standard", None),
+        ("gda", {"copies": 2}),
+        ("vat", {"mode": "online"}),
+        ("gda", {"copies": 2, "fixed_set": True}),
+    ],
+)
+def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, settings, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (96, 1, 6, 6), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (96,), generator=g)
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(4)  # with dropout, so that torch's own stream matters too
+        return nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+    kwargs = dict(settings=settings, epochs=3, batch_size=16, patience=None, seed=3, log=False)
+    straight = fresh()
+    nf.train(straight, (images, labels), recipe, **kwargs)
+    checkpoint = _CrashingCheckpoint(after=1)
+    interrupted = fresh()
+    with pytest.raises(_Crash):
+        nf.train(interrupted, (images, labels), recipe, checkpoint=checkpoint, **kwargs)
+    checkpoint.after = None
+    resumed = fresh()
+    result = nf.train(resumed, (images, labels), recipe, checkpoint=checkpoint, **kwargs)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3] and checkpoint.state["epoch"] == 3
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    path = tmp_path / "state.pt"  # the file form, and a state of another run refused
+    nf.train(fresh(), (images, labels), recipe, checkpoint=path, **{**kwargs, "epochs": 1})
+    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
+        nf.train(fresh(), (images, labels), recipe, checkpoint=path, **{**kwargs, "seed": 4})

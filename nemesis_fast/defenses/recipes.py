@@ -163,6 +163,13 @@ class Recipe:
     def settings_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.settings)
 
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The states of the recipe's own random generators, by device (for resuming a training run)."""
+        return {}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restores what :meth:`rng_state` returned."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"
 
@@ -234,6 +241,13 @@ class VATRecipe(Recipe):
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {str(device): g.get_state() for device, g in self._generators.items()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        for device, value in state.items():
+            self._generator(torch.device(device)).set_state(value)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.settings

@@ -59,3 +59,25 @@ class ResultCache:
         path = self.path(kind, settings)
         torch_save_atomic(path, {**payload, "settings": json.loads(json.dumps(settings, default=str))})
         return path
+
+    def discard(self, kind: str, settings: dict[str, Any]) -> None:
+        """Removes the entry for (`kind`, `settings`), if there is one."""
+        self.path(kind, settings).unlink(missing_ok=True)
+
+
+class CachedCheckpoint:
+    """A training run's state between epochs, kept in a cache under the key of the model it trains (for
+    :func:`nemesis_fast.train`'s `checkpoint`): an interrupted evaluation resumes training where it stopped."""
+
+    def __init__(self, cache: ResultCache, key: dict[str, Any]) -> None:
+        self.cache, self.key = cache, key
+
+    def load(self) -> dict[str, Any] | None:
+        entry = self.cache.load("training", self.key)
+        return None if entry is None else entry["state"]
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.cache.save("training", self.key, {"state": state})
+
+    def discard(self) -> None:
+        self.cache.discard("training", self.key)

@@ -14,7 +14,7 @@ from torch import nn
 from ..defenses import FeatureSqueezing, paper_settings
 from ..models import build_model
 from ..training import DEFAULT_MODEL, PAPER_MODELS, train
-from .cache import ResultCache
+from .cache import CachedCheckpoint, ResultCache
 from .config import DEFENSE_LABELS, EvalConfig
 from .distributed import Workers
 
@@ -150,6 +150,7 @@ class Models:
         arch = key["architecture"]
         self.log(f"training {label} ({arch}, recipe {recipe}) on {len(self.data.train_labels)} images")
         started = time.perf_counter()
+        checkpoint = CachedCheckpoint(self.cache, key)
         result = train(
             model,
             (self.data.train_images, self.data.train_labels),
@@ -166,9 +167,11 @@ class Models:
             amp=t.amp,
             compile=t.compile,
             source_model=source,
+            checkpoint=checkpoint,
             progress=self.progress,
             log=self.log,
         )
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started  # of this process only, when it resumed an earlier one's training
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         self.cache.save("model", key, {"state_dict": state, "seconds": seconds, "val_accuracy": result.val_accuracy})
+        checkpoint.discard()

@@ -1,0 +1,101 @@
+"""Resuming a training run of :func:`nemesis_fast.train` after any epoch: the state an epoch leaves behind, where
+it is kept (:class:`FileCheckpoint`, or any object with load() and save(state)), and how it is put back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ._io import torch_save_atomic
+
+
+class EpochCheckpoint(Protocol):
+    """Where :func:`train` keeps its state between epochs: load() returns the last state saved (or None)."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class FileCheckpoint:
+    """The training state in one file, replaced atomically after every epoch."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        return torch.load(self.path, map_location="cpu", weights_only=True) if self.path.is_file() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        torch_save_atomic(self.path, state)
+
+
+class Resumable:
+    """A checkpoint (or none) with the signature of the run it belongs to."""
+
+    def __init__(self, checkpoint: Any, *parts: dict[str, Any]) -> None:
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = FileCheckpoint(checkpoint)
+        elif checkpoint is not None and not all(callable(getattr(checkpoint, m, None)) for m in ("load", "save")):
+            raise TypeError(f"checkpoint must be a path or have load() and save(state), got {checkpoint!r}")
+        self.checkpoint = checkpoint
+        self.signature = {k: v for part in parts for k, v in part.items()}
+
+    def load(self) -> dict[str, Any] | None:
+        state = self.checkpoint.load() if self.checkpoint is not None else None
+        if state is not None and state.get("signature") != self.signature:
+            raise ValueError(
+                f"checkpoint: its state belongs to another training run ({state.get('signature')}), not this one "
+                f"({self.signature}); remove it or pass another checkpoint"
+            )
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.save({**state, "signature": self.signature})
+
+
+def _cpu(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    return None if state is None else {k: v.detach().cpu() for k, v in state.items()}
+
+
+def training_state(epoch, model, optimizer, loader, recipe, result, best_accuracy, best_state, waited, device) -> dict:
+    """Everything an epoch leaves behind that the next one reads: weights, Adam's moments, the random streams
+    (shuffling, dropout, per-batch noise offsets, the recipe's own generators), early stopping's bookkeeping."""
+    augment = loader.augment
+    return {
+        "epoch": epoch,
+        "model": _cpu(model.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "best_accuracy": best_accuracy,
+        "best_state": _cpu(best_state),
+        "waited": waited,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "steps": result.steps,
+        "loader_rng": loader.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "augment_offset": getattr(augment, "offset", None),
+        "recipe_rng": recipe.rng_state(),
+    }
+
+
+def restore_state(state, model, optimizer, loader, recipe, result, device) -> tuple[float, dict | None, int]:
+    """Puts a saved state back; returns (best_accuracy, best_state, waited)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    loader.generator.set_state(state["loader_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    if state["augment_offset"] is not None:
+        loader.augment.offset = state["augment_offset"]
+    recipe.set_rng_state(state["recipe_rng"])
+    result.history, result.steps, result.best_epoch = list(state["history"]), state["steps"], state["best_epoch"]
+    best_state = state["best_state"]
+    best_state = None if best_state is None else {k: v.to(device) for k, v in best_state.items()}
+    return state["best_accuracy"], best_state, state["waited"]
