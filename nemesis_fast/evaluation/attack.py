@@ -95,8 +95,16 @@ class Attacks:
         }
 
     def blackbox(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
-        """Adversarial images of `chunk` crafted on the source model (cached), and every defense's verdict."""
+        """Adversarial images of `chunk` crafted on the source model (cached: "blackbox"), and every defense's
+        verdict on them (cached apart: "verdict", a few kB, so that the verdicts can be kept where the
+        adversarial images, 4 bytes a pixel, cannot)."""
         key = self.blackbox_key(attack, eps, chunk)
+        bits = self.config.squeeze_bits
+        judges = {d: {**self.models.key(d), "name": d, "squeeze_bits": bits} for d in self.config.defenses}
+        verdict_key = {**key, "defenses": judges}
+        verdict = self.cache.load("verdict", verdict_key)
+        if verdict is not None:
+            return verdict
         x, y = self.test_chunk(chunk)
         entry = self.cache.load("blackbox", key)
         if entry is None:
@@ -112,7 +120,9 @@ class Attacks:
             self.cache.save("blackbox", key, entry)
         x_adv = entry["x_adv"].to(self.device)
         correct = {d: (self.predict(self.models.get(d), x_adv) == y).cpu() for d in self.config.defenses}
-        return {**{k: entry[k] for k in ("l2", "linf", "l0", "seconds")}, "correct": correct}
+        verdict = {**{k: entry[k] for k in ("l2", "linf", "l0", "seconds")}, "correct": correct}
+        self.cache.save("verdict", verdict_key, verdict)
+        return verdict
 
     def _target(self, defense: str, bpda: bool) -> nn.Module:
         """The model a white-box attack differentiates: the defense, or feature squeezing through its true
