@@ -23,29 +23,58 @@ def _pyplot():
     return plt
 
 
-def plot_whitebox(results: Results, path: Path) -> bool:
-    """Accuracy against eps, one panel per white-box attack, one line per defense (the paper's figure)."""
-    attacks = [a for a in results.config["whitebox_attacks"] if results.whitebox(a)]
+def _accuracy_panels(
+    results: Results, path: Path, attacks: list[str], cells_of, title: str, paper_lines: bool = False
+) -> bool:
+    """One panel per attack of accuracy against eps, one line per defense (`cells_of(attack)`: the cells;
+    `title`: a format string taking the attack's name);
+    a log eps axis when the eps span more than a decade (0 left out there); with `paper_lines`, the paper's
+    value of each defense as a dashed line of its colour."""
     if not attacks:
         return False
     plt = _pyplot()
-
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
+        eps = sorted({c.eps for c in cells_of(attack) if c.eps > 0})
+        log = len(eps) > 1 and eps[-1] / eps[0] > 10
         for defense in results.config["defenses"]:
-            cells = sorted((c for c in results.whitebox(attack) if c.defense == defense), key=lambda c: c.eps)
-            if cells:
-                ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", label=DEFENSE_LABELS[defense])
-        ax.set_title(f"White-box {ATTACK_LABELS[attack]} ({results.config['dataset']})")
-        ax.set_xlabel("eps (L-inf, pixel scale [0, 1])")
+            cells = sorted(
+                (c for c in cells_of(attack) if c.defense == defense and (c.eps > 0 or not log)), key=lambda c: c.eps
+            )
+            if not cells:
+                continue
+            (line,) = ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", ms=3)
+            line.set_label(DEFENSE_LABELS[defense])
+            paper = paper_value(results.config["dataset"], defense, attack) if paper_lines else None
+            if paper is not None:
+                ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(title.format(ATTACK_LABELS[attack]))
+        ax.set_xlabel("eps (L-inf, pixel scale [0, 1]" + (", log axis)" if log else ")"))
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
     return True
+
+
+def plot_whitebox(results: Results, path: Path) -> bool:
+    """White-box accuracy against eps, one panel per white-box attack, one line per defense (the paper's figure)."""
+    attacks = [a for a in results.config["whitebox_attacks"] if results.whitebox(a)]
+    title = "White-box {} (" + results.config["dataset"] + ")"
+    return _accuracy_panels(results, path, attacks, results.whitebox, title)
+
+
+def plot_sweep(results: Results, path: Path) -> bool:
+    """Black-box accuracy against eps for FGSM and R+FGSM, one line per defense, the paper's value of each
+    defense as a dashed line of its colour (MNIST): where a line crosses its dashed line, the paper's column is met."""
+    attacks = [a for a in ("fgsm", "rfgsm") if results.config["blackbox_eps"] and results.blackbox_sweep(a)]
+    title = "Black-box {} (dashed: the paper's value)"
+    return _accuracy_panels(results, path, attacks, results.blackbox_sweep, title, paper_lines=True)
 
 
 def plot_examples(
@@ -85,35 +114,6 @@ def _save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     write_atomic(path, buffer.getvalue())
-
-
-def plot_sweep(results: Results, path: Path) -> bool:
-    """Black-box accuracy against eps for FGSM and R+FGSM, one line per defense, the paper's value of each
-    defense as a dashed line of its colour (MNIST): where a line crosses its dashed line, the paper's column is met."""
-    attacks = [a for a in ("fgsm", "rfgsm") if results.config["blackbox_eps"] and results.blackbox_sweep(a)]
-    if not attacks:
-        return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4.4), squeeze=False)
-    for ax, attack in zip(axes[0], attacks):
-        for defense in results.config["defenses"]:
-            cells = sorted((c for c in results.blackbox_sweep(attack) if c.defense == defense), key=lambda c: c.eps)
-            (line,) = ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", ms=3)
-            line.set_label(DEFENSE_LABELS[defense])
-            paper = paper_value(results.config["dataset"], defense, attack)
-            if paper is not None:
-                ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_title(f"Black-box {ATTACK_LABELS[attack]} (dashed: the paper's value)")
-        ax.set_xlabel("eps (L-inf, pixel scale [0, 1], log axis)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-    return True
 
 
 def plot_perturbations(results: Results, path: Path) -> bool:
