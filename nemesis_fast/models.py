@@ -48,6 +48,13 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return out
 
 
+def _check_image_io(in_channels: int, input_size: int, num_classes: int) -> None:
+    """The input and output sizes every builder of square images takes, checked (ValueError naming them)."""
+    check_int(in_channels, "in_channels", low=1)
+    check_int(input_size, "input_size", low=1)
+    check_int(num_classes, "num_classes", low=2)
+
+
 def mnist_cnn(
     *, activation: str = "relu", t: float = 1.0, in_channels: int = 1, input_size: int = 28, num_classes: int = 10
 ) -> nn.Sequential:
@@ -58,9 +65,7 @@ def mnist_cnn(
     """
     kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
     act = activation_factory(activation, t)
-    check_int(in_channels, "in_channels", low=1)
-    check_int(input_size, "input_size", low=1)
-    check_int(num_classes, "num_classes", low=2)
+    _check_image_io(in_channels, input_size, num_classes)
     before, after = _same_padding(input_size, 8, 2)
     if before == after:
         first: list[nn.Module] = [nn.Conv2d(in_channels, 64, 8, stride=2, padding=before)]
@@ -97,9 +102,7 @@ def cifar_cnn(
     kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
     kwargs["dropout"] = dropout
     act = activation_factory(activation, t)
-    check_int(in_channels, "in_channels", low=1)
-    check_int(input_size, "input_size", low=1)
-    check_int(num_classes, "num_classes", low=2)
+    _check_image_io(in_channels, input_size, num_classes)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     size = _conv_out(input_size // 2, 3) // 2
@@ -230,9 +233,7 @@ def small_resnet(
     kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
     kwargs["filters"] = filters
     act = activation_factory(activation, t)
-    check_int(in_channels, "in_channels", low=1)
-    check_int(input_size, "input_size", low=1)
-    check_int(num_classes, "num_classes", low=2)
+    _check_image_io(in_channels, input_size, num_classes)
     check_int(filters, "filters", low=1)
     before, after = _same_padding(input_size, 8, 2)
     size = _conv_out(_conv_out(-(-input_size // 2), 6, 2), 3, 3)
