@@ -43,10 +43,6 @@ class Models:
         self.loaded: dict[str, nn.Module] = {}
         self.seconds: dict[str, float] = {}
 
-    @property
-    def squeeze_bits(self) -> int:
-        return self.config.squeeze_bits
-
     def _squeezes_standard(self, name: str) -> bool:
         """Feature squeezing in front of the standard model at prediction only (nothing trained of its own)."""
         return name == "feature_squeezing" and not self.config.defense.squeeze_training
@@ -98,7 +94,7 @@ class Models:
             "seed": self.config.seed,
         }
         if name == "feature_squeezing":
-            key["squeeze_bits_in_training"] = self.squeeze_bits
+            key["squeeze_bits_in_training"] = self.config.squeeze_bits
         if recipe in ("fgsm_adversarial", "vat") and key["recipe_settings"].get("mode") == "offline":
             key["source_model"] = self.key("standard")
         return key
@@ -106,14 +102,14 @@ class Models:
     def build(self, name: str) -> nn.Module:
         arch, kwargs = self.architecture(name)
         model = build_model(arch, **kwargs)
-        return FeatureSqueezing(model, self.squeeze_bits, bpda=True) if name == "feature_squeezing" else model
+        return FeatureSqueezing(model, self.config.squeeze_bits, bpda=True) if name == "feature_squeezing" else model
 
     def get(self, name: str) -> nn.Module:
         """The trained model `name` (a defense or the black-box source), in eval mode on the device."""
         if name in self.loaded:
             return self.loaded[name]
         if self._squeezes_standard(name):
-            model: nn.Module = FeatureSqueezing(self.get("standard"), self.squeeze_bits, bpda=True)
+            model: nn.Module = FeatureSqueezing(self.get("standard"), self.config.squeeze_bits, bpda=True)
         else:
             key = self.key(name)
             entry = self.cache.load("model", key)
