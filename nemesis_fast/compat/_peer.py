@@ -1,0 +1,69 @@
+"""What both adapters share: importing the peer library with a clear error, and nemesis_fast's gradient helpers
+around any logits function."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from ..attacks.base import Attack
+
+
+def import_peer(module: str, pip_name: str, tested_version: str, adapter: str) -> ModuleType:
+    """Imports the peer library `module`, or raises an ImportError naming the package to install.
+
+    Warns once when the installed version is not the `tested_version` series whose algorithms the adapter
+    reproduces (the classes still run; their results may then differ from that version's).
+    """
+    try:
+        peer = importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{adapter} needs the package {pip_name!r}, which is not installed: pip install '{pip_name}' "
+            f"(or pip install 'nemesis_fast[peers]')"
+        ) from error
+    version = str(getattr(peer, "__version__", ""))
+    if not version.startswith(tested_version):
+        warnings.warn(
+            f"{adapter} reproduces the algorithms of {pip_name} {tested_version}; {version or 'an unknown version'} "
+            "is installed, whose results may differ",
+            stacklevel=3,
+        )
+    return peer
+
+
+class GradientEngine(Attack):
+    """nemesis_fast's gradient helpers (:meth:`Attack.logit_gradients`, :meth:`Attack.input_gradient`) around a
+    logits function, for the adapters' own loops. Never called as an attack."""
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__(logits, clip=(0.0, 1.0))
+
+    def _perturb(self, x, y, target):  # pragma: no cover - the engine is not an attack
+        raise NotImplementedError("GradientEngine only lends its gradient helpers")
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: object) -> Iterator[None]:
+    """Turns off requires_grad on the parameters of `model` (when it is an nn.Module) and restores the flags on
+    exit: gradients with respect to the input then build no graph for the weights. The train/eval mode is left
+    alone."""
+    flags = [(p, p.requires_grad) for p in model.parameters()] if isinstance(model, nn.Module) else []
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+class PeerFallbackWarning(UserWarning):
+    """A compat class could not serve a call (an estimator, option or preprocessing it does not handle) and ran the
+    peer library's own implementation instead: the peer's result, at the peer's speed."""

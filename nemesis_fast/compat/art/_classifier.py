@@ -1,0 +1,143 @@
+"""The bridge from an ART ``PyTorchClassifier`` to torch: which calls the adapters can serve (and, for the others,
+why not), the classifier as a logits function on its device, labels read as ART reads them, and the fallback to
+ART's own implementation."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from art.config import ART_NUMPY_DTYPE
+from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+from art.estimators.classification import PyTorchClassifier
+from art.utils import check_and_transform_label_format
+
+from ..._checks import check_choice
+from ...attacks.base import model_guard
+from .._peer import PeerFallbackWarning
+
+ALGORITHMS = ("art", "paper")
+
+
+def check_algorithm(algorithm: Any) -> str:
+    """ "art" (ART's own algorithm, the default) or "paper" (the paper's, as nemesis_fast computes it)."""
+    return check_choice(algorithm, "algorithm", ALGORITHMS)
+
+
+def unserved(estimator: Any, *, cross_entropy: bool = False, postprocessing: bool = False) -> str | None:
+    """Why the adapters cannot run `estimator` in torch, or None when they can.
+
+    Args:
+        cross_entropy: the attack takes the gradient of the classifier's loss, which must then be cross-entropy.
+        postprocessing: the attack reads the classifier's predictions, which postprocessing defences would change.
+    """
+    if not isinstance(estimator, PyTorchClassifier):
+        return f"the estimator is a {type(estimator).__name__}, not a PyTorchClassifier"
+    if not estimator.all_framework_preprocessing:
+        names = [type(p).__name__ for p in estimator.preprocessing_operations if not isinstance(p, PreprocessorPyTorch)]
+        return f"the classifier's preprocessing {', '.join(names)} is not a PyTorch preprocessor"
+    if estimator.clip_values is not None and np.asarray(estimator.clip_values).ndim > 1:
+        return "the classifier has per-feature clip_values"
+    if estimator.is_rnn:
+        return "the model is recurrent"
+    if estimator.use_amp:
+        return "the classifier uses apex AMP"
+    if cross_entropy and not isinstance(estimator.loss, torch.nn.CrossEntropyLoss):
+        return f"the classifier's loss is {type(estimator.loss).__name__}, not CrossEntropyLoss"
+    if postprocessing and estimator.postprocessing_defences:
+        return "the classifier has postprocessing defences"
+    return None
+
+
+def option_unserved(x: np.ndarray, kwargs: dict[str, Any], **options: bool) -> str | None:
+    """Why a call with input `x`, generate() keywords `kwargs` and the named attack `options` (True where the
+    adapter lacks that option) cannot be served, or None."""
+    if not isinstance(x, np.ndarray) or x.dtype == object:
+        return "x is not a numeric numpy array"
+    if kwargs.get("mask") is not None:
+        return "a mask was given"
+    for name, present in options.items():
+        if present:
+            return f"{name} is not supported by the adapter"
+    return None
+
+
+def fall_back(attack: Any, reason: str, run: Callable[[], np.ndarray]) -> np.ndarray:
+    """Warns with `reason`, then returns ART's own result, `run()`."""
+    warnings.warn(
+        f"{type(attack).__name__}: {reason}; running ART's own implementation instead (ART's result, at ART's speed)",
+        PeerFallbackWarning,
+        stacklevel=3,
+    )
+    return run()
+
+
+def batches(count: int, batch_size: int) -> Iterator[slice]:
+    """The chunks of `batch_size` images that ART's attacks work on, in order."""
+    for start in range(0, count, batch_size):
+        yield slice(start, min(start + batch_size, count))
+
+
+class TorchClassifier:
+    """An ART PyTorchClassifier as torch functions on its device: its PyTorch preprocessing (the steps applied at
+    prediction time, as its loss and class gradients apply them), then its model, in eval mode."""
+
+    def __init__(self, estimator: PyTorchClassifier) -> None:
+        self.estimator = estimator
+        self.model = estimator.model
+        self.device = estimator.device
+        self.nb_classes = int(estimator.nb_classes)
+        self.preprocessing = [p for p in estimator.preprocessing_operations if p.apply_predict]
+        clip = estimator.clip_values
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output for images `x` (before any preprocessing), as ART's class gradients see it."""
+        for step in self.preprocessing:
+            x, _ = step.forward(x, None)
+        return self.model(x)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """The model in eval mode with its parameters frozen (both restored on exit), outside inference mode."""
+        with torch.inference_mode(False), model_guard(self.model):
+            yield
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """`array` as float32 (ART's dtype) on the classifier's device."""
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=ART_NUMPY_DTYPE)).to(self.device)
+
+    def predict(self, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """The logits of `x`, computed `batch_size` images at a time."""
+        with torch.no_grad():
+            return torch.cat([self.logits(x[chunk]) for chunk in batches(len(x), batch_size)])
+
+    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` clipped into the classifier's clip_values (unchanged without them)."""
+        return x if self.clip is None else torch.clamp(x, *self.clip)
+
+    def one_hot_labels(self, x: torch.Tensor, y: np.ndarray | None, batch_size: int, targeted: bool) -> torch.Tensor:
+        """ART's labels for FGM, PGD and C&W, float32 (N, classes): `y` one-hot encoded, or without `y` (untargeted
+        only) ones at the model's largest output (several where outputs tie, as ART marks them)."""
+        if y is not None:
+            return self.tensor(check_and_transform_label_format(np.asarray(y), nb_classes=self.nb_classes))
+        if targeted:
+            raise ValueError("Target labels `y` need to be provided for a targeted attack.")
+        predictions = self.predict(x, batch_size)
+        return (predictions == predictions.amax(1, keepdim=True)).float()
+
+    def loss_gradient(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The gradient with respect to `x` of the classifier's loss on `labels` (reduced as the classifier reduces
+        them), with respect to the input only."""
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.estimator.loss(self.logits(leaf), labels), leaf)
+        return grad
+
+    def numpy(self, x: torch.Tensor) -> np.ndarray:
+        """`x` as a float32 numpy array on the host."""
+        return x.detach().to("cpu", torch.float32).numpy()

@@ -1,0 +1,130 @@
+"""ART's DeepFool, batched in torch: every image of a chunk still on its first prediction steps at once, with the
+candidate classes' gradients from one forward and one batched backward pass (ART takes one backward pass per
+class, through numpy, for every image of the chunk at every step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from art.attacks import evasion
+
+from ...attacks import DeepFool as PaperDeepFool
+from .._peer import GradientEngine
+from ._classifier import TorchClassifier, batches, check_algorithm, fall_back, option_unserved, unserved
+
+_TOL = 10e-8  # ART's tolerance, added to the norms
+
+
+class DeepFool(evasion.DeepFool):
+    """art.attacks.evasion.DeepFool(classifier, max_iter=100, epsilon=1e-6, nb_grads=10, batch_size=1,
+    verbose=True), with ``algorithm=`` added.
+
+    algorithm="art" (default): ART's variant, computed in torch. y is ignored: each image moves away from its first
+    prediction p. The candidate classes are one set for all images: the union of every image's nb_grads most likely
+    classes (all classes when nb_grads >= their number). Each step adds to the current point
+    r = |f_l| / (||w_l||^2 + 1e-7) * w_l, scaled by the clip range and clipped (f_k = output_k - output_p, w_k its
+    gradient, l the candidate of smallest |f_k| / (||w_k|| + 1e-7)); every image takes at least one step and stops
+    when its prediction leaves p, or after max_iter steps; at the end x + (1 + epsilon) * (x_i - x), clipped.
+
+    algorithm="paper": :class:`nemesis_fast.attacks.DeepFool` (the paper's: per-image candidates, the overshoot on
+    the accumulated perturbation) with max_iter, overshoot = epsilon and candidates = nb_grads, away from the first
+    prediction; other images than ART's. Needs clip_values.
+
+    Calls that cannot be served (see :mod:`nemesis_fast.compat.art`) run ART's own implementation after a warning.
+    """
+
+    def __init__(
+        self,
+        classifier: Any,
+        max_iter: int = 100,
+        epsilon: float = 1e-6,
+        nb_grads: int = 10,
+        batch_size: int = 1,
+        verbose: bool = True,
+        *,
+        algorithm: str = "art",
+    ) -> None:
+        super().__init__(classifier, max_iter, epsilon, nb_grads, batch_size, verbose)
+        self.algorithm = check_algorithm(algorithm)
+
+    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+        """Adversarial examples of `x` (numpy, float32 out); `y` is ignored, as in ART."""
+        reason = unserved(self.estimator, postprocessing=True) or option_unserved(x, kwargs)
+        if reason is None and self.estimator.nb_classes < 2:
+            reason = "the classifier has a single output"
+        if reason is not None:
+            if self.algorithm == "paper":
+                raise ValueError(f"algorithm='paper' cannot run here: {reason}")
+            return fall_back(self, reason, lambda: super(DeepFool, self).generate(x, y, **kwargs))
+        view = TorchClassifier(self.estimator)
+        with view.session():
+            x_t = view.tensor(x)
+            predictions = view.predict(x_t, self.batch_size)
+            if self.algorithm == "paper":
+                return view.numpy(self._paper(view, x_t, predictions))
+            if self.nb_grads < view.nb_classes:
+                candidates = torch.unique(predictions.topk(self.nb_grads, dim=1).indices)
+            else:
+                candidates = torch.arange(view.nb_classes, device=x_t.device)
+            engine = GradientEngine(view.logits)
+            adv = torch.empty_like(x_t)
+            for chunk in batches(len(x_t), self.batch_size):
+                moved = self._chunk(view, engine, x_t[chunk], predictions[chunk], candidates)
+                adv[chunk] = view.clamp(x_t[chunk] + (1 + self.epsilon) * (moved - x_t[chunk]))
+            return view.numpy(adv)
+
+    def _paper(self, view: TorchClassifier, x: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+        if view.clip is None:
+            raise ValueError("algorithm='paper' needs the classifier's clip_values")
+        attack = PaperDeepFool(view.logits, self.max_iter, self.epsilon, max(self.nb_grads, 2), clip=view.clip)
+        labels = predictions.argmax(1)
+        return torch.cat([attack(x[chunk], labels[chunk]) for chunk in batches(len(x), self.batch_size)])
+
+    def _chunk(
+        self,
+        view: TorchClassifier,
+        engine: GradientEngine,
+        x: torch.Tensor,
+        outputs: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> torch.Tensor:
+        """ART's loop over one chunk: the moved images before the final overshoot."""
+        weights = F.one_hot(candidates, view.nb_classes).to(x.dtype)[:, None, :]  # (L, 1, C)
+        first = outputs.argmax(1)
+        position = torch.searchsorted(candidates, first)  # of each image's first prediction among the candidates
+        batch = x.clone()
+        index = torch.arange(len(x), device=x.device)  # every image takes the first step
+        logits, grads = engine.logit_gradients(x, weights.expand(-1, len(x), -1))
+        for _ in range(self.max_iter):
+            if index.numel() == 0:
+                break
+            r = self._step(logits, grads.transpose(0, 1), candidates, position[index])
+            if view.clip is None:
+                batch[index] = batch[index] + r
+            else:
+                low, high = view.clip
+                span = np.float32(high) - np.float32(low)
+                batch[index] = torch.clamp(batch[index] + r * float(span), low, high)
+            logits, grads = engine.logit_gradients(batch[index], weights.expand(-1, len(index), -1))
+            keep = logits.argmax(1) == first[index]
+            index, logits, grads = index[keep], logits[keep], grads[:, keep]
+        return batch
+
+    @staticmethod
+    def _step(logits: torch.Tensor, grads: torch.Tensor, candidates: torch.Tensor, position: torch.Tensor):
+        """ART's step r for images with outputs `logits` (n, C) and candidate gradients `grads` (n, L, ...)."""
+        rows = torch.arange(len(logits), device=logits.device)
+        grad_diff = grads - grads[rows, position][:, None]
+        f = logits[:, candidates]
+        f_diff = f - f[rows, position][:, None]
+        norm = torch.linalg.vector_norm(grad_diff.flatten(2), 2, dim=2) + _TOL
+        value = torch.abs(f_diff) / norm
+        value[rows, position] = torch.inf
+        nearest = value.argmin(1)
+        chosen = grad_diff[rows, nearest]
+        length = torch.linalg.vector_norm(chosen.flatten(1), 2, dim=1) ** 2 + _TOL
+        scale = torch.abs(f_diff[rows, nearest]) / length
+        return scale.view(-1, *([1] * (chosen.dim() - 1))) * chosen

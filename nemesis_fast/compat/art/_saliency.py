@@ -1,0 +1,131 @@
+"""ART's SaliencyMapMethod, batched in torch: the target-class gradient of every running image of a chunk from one
+forward and one backward pass per step, and the two features picked on the device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from art.attacks import evasion
+from art.utils import check_and_transform_label_format, random_targets
+
+from ...attacks import JSMA as PaperJSMA
+from .._peer import GradientEngine
+from ._classifier import TorchClassifier, batches, check_algorithm, fall_back, option_unserved, unserved
+
+
+class SaliencyMapMethod(evasion.SaliencyMapMethod):
+    """art.attacks.evasion.SaliencyMapMethod(classifier, theta=0.1, gamma=1.0, batch_size=1, verbose=True), with
+    ``algorithm=`` added.
+
+    algorithm="art" (default): ART's variant, computed in torch. The targets are y (indices or one-hot) or, without
+    y, ART's random targets (``art.utils.random_targets`` on the first predictions, numpy's generator). Each step
+    adds theta to the two features of the search space with the largest gradient of the target output (smallest
+    for theta < 0), no pair search, clipped to clip_values; with clip_values the search space is the features not
+    at the bound theta moves towards, and a feature leaves it when it reaches that bound (a feature can be picked
+    again until then); an image stops when the model predicts its target, when more than a fraction gamma of its
+    features has changed, or when its search space is empty.
+
+    algorithm="paper": :class:`nemesis_fast.attacks.JSMA` (the paper's pair-wise saliency map on the logits,
+    each feature changed once, budget floor(gamma * n / 2) steps) with theta and gamma, towards the same targets;
+    other images than ART's. Needs clip_values.
+
+    Calls that cannot be served (see :mod:`nemesis_fast.compat.art`) run ART's own implementation after a warning.
+    """
+
+    def __init__(
+        self,
+        classifier: Any,
+        theta: float = 0.1,
+        gamma: float = 1.0,
+        batch_size: int = 1,
+        verbose: bool = True,
+        *,
+        algorithm: str = "art",
+    ) -> None:
+        super().__init__(classifier, theta, gamma, batch_size, verbose)
+        self.algorithm = check_algorithm(algorithm)
+
+    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+        """Adversarial examples of `x` (numpy, float32 out) towards the targets `y` (indices or one-hot)."""
+        reason = unserved(self.estimator, postprocessing=True) or option_unserved(x, kwargs)
+        if reason is not None:
+            if self.algorithm == "paper":
+                raise ValueError(f"algorithm='paper' cannot run here: {reason}")
+            return fall_back(self, reason, lambda: super(SaliencyMapMethod, self).generate(x, y, **kwargs))
+        view = TorchClassifier(self.estimator)
+        with view.session():
+            x_t = view.tensor(x)
+            predictions = view.predict(x_t, self.batch_size).argmax(1)
+            targets = self._targets(view, predictions, y)
+            if self.algorithm == "paper":
+                return view.numpy(self._paper(view, x_t, predictions, targets))
+            flat = x_t.flatten(1).clone()
+            engine = GradientEngine(view.logits)
+            for chunk in batches(len(flat), self.batch_size):
+                flat[chunk] = self._chunk(view, engine, flat[chunk], x_t.shape[1:], predictions[chunk], targets[chunk])
+            return view.numpy(flat.view_as(x_t))
+
+    def _targets(self, view: TorchClassifier, predictions: torch.Tensor, y: np.ndarray | None) -> torch.Tensor:
+        if y is None:
+            one_hot = random_targets(predictions.cpu().numpy(), view.nb_classes)
+        else:
+            one_hot = check_and_transform_label_format(np.asarray(y), nb_classes=view.nb_classes)
+        return torch.from_numpy(np.argmax(one_hot, axis=1)).to(view.device)
+
+    def _paper(
+        self, view: TorchClassifier, x: torch.Tensor, predictions: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        if view.clip is None:
+            raise ValueError("algorithm='paper' needs the classifier's clip_values")
+        attack = PaperJSMA(view.logits, self.theta, self.gamma, clip=view.clip)
+        adv = x.clone()
+        for chunk in batches(len(x), self.batch_size):
+            todo = (predictions[chunk] != targets[chunk]).nonzero().squeeze(1) + chunk.start
+            if todo.numel():
+                adv[todo] = attack(x[todo], predictions[todo], targets[todo])
+        return adv
+
+    def _chunk(
+        self,
+        view: TorchClassifier,
+        engine: GradientEngine,
+        batch: torch.Tensor,
+        shape: torch.Size,
+        predictions: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """ART's loop over one chunk of flattened images."""
+        n = batch.shape[1]
+        increase = self.theta > 0
+        if view.clip is None:
+            space = torch.ones_like(batch, dtype=torch.bool)
+        else:
+            bound = view.clip[1] if increase else view.clip[0]
+            space = batch < bound if increase else batch > bound
+        changed = torch.zeros_like(batch)
+        index = (predictions != targets).nonzero().squeeze(1)
+        rows = torch.arange(len(batch), device=batch.device)
+        while index.numel():
+            one_hot = F.one_hot(targets[index], view.nb_classes).to(batch.dtype)[None]
+            _, grads = engine.logit_gradients(batch[index].view(-1, *shape), one_hot)
+            grads = grads[0].flatten(1).float()
+            grads = torch.where(space[index], grads, -torch.inf if increase else torch.inf)
+            features = grads.topk(2, dim=1, largest=increase).indices  # (a, 2)
+            picked = rows[: len(index), None].expand(-1, 2)
+            changed[index[:, None], features] = 1
+            values = batch[index]
+            moved = values[picked, features] + self.theta
+            if view.clip is not None:
+                moved = moved.clamp(max=bound) if increase else moved.clamp(min=bound)
+            values[picked, features] = moved
+            batch[index] = values
+            if view.clip is not None:
+                space &= batch != bound
+            with torch.no_grad():
+                reached = view.logits(batch[index].view(-1, *shape)).argmax(1) == targets[index]
+            budget = changed[index].sum(1) / n <= self.gamma
+            index = index[~reached & budget & space[index].any(1)]
+        return batch

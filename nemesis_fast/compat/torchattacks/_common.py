@@ -1,0 +1,38 @@
+"""What the torchattacks adapters share: the inputs as torchattacks' forward methods prepare them, and the
+sign-gradient step of FGSM, PGD and RFGSM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, labels, wanted): copies on the attack's device and the labels the loss aims at, the targets in a
+    targeted mode (drawn first, as torchattacks draws them, so random modes consume the generator alike) or the
+    labels."""
+    images = images.clone().detach().to(attack.device)
+    labels = labels.clone().detach().to(attack.device)
+    wanted = attack.get_target_label(images, labels) if attack.targeted else labels
+    return images, labels, wanted
+
+
+def ascent_sign(attack, x: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """The sign of torchattacks' step: of the gradient of the mean cross-entropy of `wanted` (untargeted), or of
+    minus it (targeted)."""
+    leaf = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(attack.get_logits(leaf), wanted), leaf)
+    return grad.sign_().neg_() if attack.targeted else grad.sign_()
+
+
+def projected_steps(
+    attack, images: torch.Tensor, start: torch.Tensor, wanted: torch.Tensor, alpha: float, eps: float, steps: int
+) -> torch.Tensor:
+    """`steps` sign steps of size `alpha` from `start`, each followed by torchattacks' projection: the change from
+    `images` clamped to [-eps, eps], then the image to [0, 1] (the arithmetic of torchattacks' PGD and RFGSM)."""
+    adv = start
+    for _ in range(steps):
+        adv = torch.add(adv, ascent_sign(attack, adv, wanted), alpha=alpha)  # alpha * sign is exact: no rounding
+        delta = torch.clamp(adv - images, min=-eps, max=eps)
+        adv = torch.clamp(images + delta, min=0, max=1)
+    return adv

@@ -1,0 +1,82 @@
+"""torchattacks' DeepFool, batched: every image still on its label steps at once, with the gradients of all classes
+from one forward and one batched backward pass per step (torchattacks runs one image at a time, with one
+backward pass per class)."""
+
+from __future__ import annotations
+
+import torch
+import torchattacks
+
+from .._peer import GradientEngine, frozen_parameters
+
+
+class DeepFool(torchattacks.DeepFool):
+    """torchattacks.DeepFool(model, steps=50, overshoot=0.02), torchattacks' variant of DeepFool (L2).
+
+    At each step, an image still predicted as its label y moves from its current point x_i to
+    clamp(x_i + (1 + overshoot) * |f_l| w_l / ||w_l||^2, 0, 1), where f_k = logit_k - logit_y and w_k their
+    gradient, for the class l != y of the smallest |f_k| / ||w_k|| (over all classes): the overshoot applies at every
+    step, from the current point, as torchattacks does it (the paper scales the accumulated perturbation once). An
+    image stops when its prediction leaves y (checked before each step), or after `steps` steps.
+    """
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,)."""
+        adv_images, _ = self.forward_return_target_labels(images, labels)
+        return adv_images
+
+    def forward_return_target_labels(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adversarial images, the class each image was last stepped towards, or its prediction once fooled)."""
+        images = images.clone().detach().to(self.device)
+        labels = labels.clone().detach().to(self.device)
+        target_labels = labels.clone()
+        adv = images.clone()
+        engine = GradientEngine(self.get_logits)
+        index = torch.arange(len(images), device=images.device)  # the images still predicted as their label
+        with frozen_parameters(self.model):
+            for _ in range(self.steps):
+                if index.numel() == 0:
+                    break
+                index = self._step(engine, adv, labels, target_labels, index)
+        return adv, target_labels
+
+    def _step(
+        self,
+        engine: GradientEngine,
+        adv: torch.Tensor,
+        labels: torch.Tensor,
+        target_labels: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        """One step of the images `index` (updates adv and target_labels in place); returns those still running."""
+        x = adv[index]
+
+        def identity(logits: torch.Tensor) -> torch.Tensor:  # every class's own gradient, as torchattacks takes them
+            eye = torch.eye(logits.shape[1], dtype=logits.dtype, device=logits.device)
+            return eye[:, None, :].expand(-1, logits.shape[0], -1)
+
+        logits, grads = engine.logit_gradients(x, identity)  # grads: (C, n, ...)
+        predicted = logits.argmax(1)
+        fooled = predicted != labels[index]
+        target_labels[index[fooled]] = predicted[fooled]
+        keep = ~fooled
+        index, x, logits, y = index[keep], x[keep], logits[keep], labels[index][keep]
+        grads = grads[:, keep].transpose(0, 1)  # (n, C, ...)
+        classes = logits.shape[1]
+        rows = torch.arange(len(index), device=x.device)
+        # The wrong classes of each image in increasing order: k, or k + 1 from the label on.
+        wrong = torch.arange(classes - 1, device=x.device)[None, :]
+        wrong = wrong + (wrong >= y[:, None]).long()
+        f_prime = logits.gather(1, wrong) - logits[rows, y][:, None]
+        w_prime = grads[rows[:, None], wrong] - grads[rows, y][:, None]
+        value = torch.abs(f_prime) / torch.norm(w_prime.flatten(2), p=2, dim=2)
+        nearest = value.argmin(1)
+        w_l = w_prime[rows, nearest]
+        length = torch.norm(w_l.flatten(1), p=2, dim=1) ** 2
+        unit = (-1, *([1] * (x.dim() - 1)))
+        delta = torch.abs(f_prime[rows, nearest]).view(unit) * w_l / length.view(unit)
+        adv[index] = torch.clamp(x + (1 + self.overshoot) * delta, min=0, max=1)
+        target_labels[index] = wrong[rows, nearest]
+        return index
