@@ -1,0 +1,52 @@
+"""pytest-benchmark CPU cases of the drop-in classes (`pytest benchmarks --benchmark-enable`); the side-by-side table
+against torchattacks and ART through their own APIs comes from `nemesis-fast bench compat`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemesis_fast.bench import attacks as bench_attacks
+from nemesis_fast.bench import compat as bench
+from nemesis_fast.bench.harness import Report
+
+pytest.importorskip("torchattacks")
+pytest.importorskip("art")
+
+
+@pytest.fixture(scope="module")
+def cifar_batch():
+    model = bench_attacks.timing_model(torch.device("cpu"))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+@pytest.mark.parametrize("name", ["torchattacks DeepFool", "torchattacks JSMA", "ART DeepFool"])
+def test_compat_cpu(benchmark, cifar_batch, name):
+    model, x, y = cifar_batch
+    pairs = {pair.name: pair for pair in [*bench.torchattacks_pairs(model, False), *bench.art_pairs(model, x, False)]}
+    attack = pairs[name].ours()
+    benchmark.group = f"compat {name}"
+    out = benchmark(attack, x, y)
+    assert out.shape == x.shape
+
+
+def test_torchattacks_jsma_memory_grows_as_n_squared():
+    """The formula behind the 3x224x224 row: torchattacks' bytes per feature pair do not depend on n."""
+    small, large = (bench.torchattacks_jsma_peak_bytes(n) / n**2 for n in (256, 1024))
+    assert 8 < large < 64 and small == pytest.approx(large, rel=0.2)
+
+
+@pytest.mark.slow
+def test_side_by_side_report_is_complete(cifar_batch):
+    model, x, y = cifar_batch
+    report = Report("compat", "cpu")
+    for pair in bench.torchattacks_pairs(model, False)[:2]:  # FGSM and PGD
+        bench.measure_pair(report, pair, x, y)
+    rows = {(row.case, row.provider): row for row in report.rows}
+    ours = rows["torchattacks FGSM", "nemesis_fast.compat"]
+    assert ours.ms > 0 and ours.extra["max_diff"] == 0 and ours.speedup > 0
+    assert rows["torchattacks PGD", "nemesis_fast.compat"].extra["max_diff"] == 0
+    assert "nemesis_fast.compat" in report.table()

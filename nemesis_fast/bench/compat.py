@@ -1,0 +1,275 @@
+"""Benchmark of nemesis_fast.compat against the peers, each called through its own API, side by side in one run.
+
+Every case runs the peer's class (torchattacks' or ART's) and the drop-in class of nemesis_fast.compat with the
+same arguments on the paper's CIFAR-10 CNN (:func:`nemesis_fast.models.cifar_cnn`, seeded random weights) and
+uniform random images labelled with its own predictions. A row gives the time per image; the speed-up is the peer's
+time per image over the drop-in's, and `max_diff` the largest difference between the two results on the images
+both attacked, from the same random state (0 where the drop-in reproduces the peer's arithmetic; the rounding of
+reordered sums for DeepFool). The slow peers attack fewer images (`images` says how many); the drop-in's time on
+those same images is given too (`same_images_ms_per_image`), so that the speed-up can be read at equal batches.
+ART's C&W is compared at equal iterations with ``algorithm="paper"`` (Adam, no early abort): another algorithm,
+so no `max_diff`. GaussianAugmentation is timed through ART's numpy call and through the PyTorch preprocessor path.
+
+The last case is torchattacks' JSMA on one 3 x 224 x 224 image (n = 150,528 features) with a ResNet-18 of random
+weights: torchattacks holds n x n score matrices, whose peak is measured at small n and extrapolated (the bytes
+per feature pair are constant); the drop-in's peak extra memory is measured on the image itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attacks import art_classifier, timing_model
+from .harness import Case, Report, Row, synchronize, time_ms
+from .jsma import peak_extra_mb
+
+Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+IMAGENET_FEATURES = 3 * 224 * 224
+
+
+@dataclass
+class Pair:
+    """One case: the peer's attack and the drop-in's, as functions of (images, labels) returning torch images."""
+
+    name: str
+    peer: Callable[[], Attack] | str  # builds the attack (fresh per call of the case), or why it cannot run
+    ours: Callable[[], Attack] | str
+    peer_images: int | None = None  # the peer attacks only this many images (None: the whole batch)
+    compare: bool = True  # the same algorithm: report the largest difference
+
+
+def _quiet(fn: Attack) -> Attack:
+    """`fn` with its prints (torchattacks' mode messages, ART's progress bars) discarded."""
+
+    def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return fn(images, labels)
+
+    return run
+
+
+def torchattacks_pairs(model: nn.Module, gpu: bool) -> list[Pair]:
+    try:
+        import torchattacks
+
+        from ..compat import torchattacks as compat
+    except ImportError:
+        return [Pair("torchattacks", "torchattacks not installed (pip install torchattacks)", "")]
+    eps, alpha = 8 / 255, 2 / 255
+    settings = {
+        "FGSM": ({"eps": eps}, None),
+        "PGD": ({"eps": eps, "alpha": alpha, "steps": 10}, None),
+        "CW": ({"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}, None),
+        "DeepFool": ({"steps": 50, "overshoot": 0.02}, 32 if gpu else 4),
+        "JSMA": ({"theta": 1.0, "gamma": 0.1}, 2 if gpu else 1),
+    }
+    pairs = []
+    for name, (kwargs, limit) in settings.items():
+        peer, ours = getattr(torchattacks, name), getattr(compat, name)
+        pairs.append(
+            Pair(
+                f"torchattacks {name}",
+                lambda cls=peer, kw=kwargs: _quiet(cls(model, **kw)),
+                lambda cls=ours, kw=kwargs: _quiet(cls(model, **kw)),
+                limit,
+            )
+        )
+    return pairs
+
+
+def _art_attack(make: Callable[[], Any], one_hot: bool = False) -> Attack:
+    """An ART attack object (built by `make`) as a function of torch (images, labels)."""
+    attack = make()
+
+    def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        y = labels.cpu().numpy()
+        y = np.eye(10, dtype=np.float32)[y] if one_hot else y
+        return torch.from_numpy(attack.generate(images.cpu().numpy(), y)).to(images.device)
+
+    return _quiet(run)
+
+
+def art_pairs(model: nn.Module, x: torch.Tensor, gpu: bool) -> list[Pair]:
+    classifier = art_classifier(model, x, 10)
+    if isinstance(classifier, str):
+        return [Pair("ART", classifier, "")]
+    from art.attacks import evasion
+
+    from ..compat import art as compat
+
+    batch, eps = x.shape[0], 8 / 255
+    slow = 32 if gpu else 4
+    cw = {"binary_search_steps": 3, "max_iter": 100} if gpu else {"binary_search_steps": 2, "max_iter": 25}
+    cw |= {"initial_const": 1.0, "learning_rate": 0.01}
+    settings = {
+        "FastGradientMethod": ({"eps": eps}, None, {}),
+        "ProjectedGradientDescent": (
+            {"eps": eps, "eps_step": 2 / 255, "max_iter": 10, "num_random_init": 1, "verbose": False},
+            None,
+            {},
+        ),
+        "DeepFool": ({"max_iter": 50, "epsilon": 0.02, "nb_grads": 10, "verbose": False}, slow, {}),
+        "SaliencyMapMethod": ({"theta": 1.0, "gamma": 0.1, "verbose": False}, 8 if gpu else 2, {}),
+        "CarliniL2Method": ({**cw, "verbose": False}, slow, {"algorithm": "paper", "abort_early": False}),
+    }
+    pairs = []
+    for name, (kwargs, limit, extra) in settings.items():
+        peer = partial(getattr(evasion, name), classifier, **kwargs, batch_size=limit or batch)
+        ours = partial(getattr(compat, name), classifier, **kwargs, **extra, batch_size=batch)
+        label = f"ART {name}" + (" (ours: algorithm='paper', equal iterations)" if extra else "")
+        pairs.append(Pair(label, partial(_art_attack, peer), partial(_art_attack, ours), limit, compare=not extra))
+    return pairs
+
+
+def _timed(fn: Attack, images: torch.Tensor, labels: torch.Tensor, device: torch.device, reps: int):
+    """(median ms of one call, the result of the last call), each call from torch's and numpy's seed 0."""
+    out = []
+
+    def call() -> None:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        out.append(fn(images, labels))
+
+    ms = time_ms(call, device, warmup=0, min_reps=reps, min_seconds=0.0, max_reps=reps)
+    return ms, out[-1]
+
+
+def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results."""
+    if isinstance(pair.peer, str) or isinstance(pair.ours, str):
+        report.add(Row(pair.name, "peer", None, note=pair.peer if isinstance(pair.peer, str) else pair.ours))
+        return
+    count = min(pair.peer_images or len(x), len(x))
+    reps = 1 if pair.peer_images else 3
+    pair.ours()(x[:2], y[:2])  # warm-up: lazy imports, kernels
+    peer_ms, peer_out = _timed(pair.peer(), x[:count], y[:count], report.device, reps)
+    ours_ms, _ = _timed(pair.ours(), x, y, report.device, reps)
+    same_ms, same_out = _timed(pair.ours(), x[:count], y[:count], report.device, reps)
+    peer_row = Row(pair.name, "peer", peer_ms, items_per_s=count / (peer_ms * 1e-3))
+    peer_row.extra = {"images": count, "ms_per_image": peer_ms / count}
+    ours_row = Row(pair.name, "nemesis_fast.compat", ours_ms, items_per_s=len(x) / (ours_ms * 1e-3))
+    ours_row.speedup = (peer_ms / count) / (ours_ms / len(x))
+    ours_row.extra = {"images": len(x), "ms_per_image": ours_ms / len(x), "same_images_ms_per_image": same_ms / count}
+    if pair.compare:
+        ours_row.extra["max_diff"] = (same_out.float() - peer_out.float()).abs().max().item()
+    report.add(peer_row)
+    report.add(ours_row)
+
+
+def gaussian_case(report: Report, images: int) -> None:
+    """ART's GaussianAugmentation (numpy) against the drop-in, ART's defaults (sigma 1, ratio 1, no clip)."""
+    try:
+        from art.defences.preprocessor import GaussianAugmentation as Peer
+
+        from ..compat.art import GaussianAugmentation as Ours
+    except ImportError:
+        report.add(Row("ART GaussianAugmentation", "peer", None, note="ART not installed"))
+        return
+    device = report.device
+    x = torch.rand(images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x_np, y_np = x.numpy(), np.arange(images)
+    x_dev, y_dev = x.to(device), torch.arange(images, device=device)
+    peer, ours = Peer(), Ours()
+    case = Case(
+        f"ART GaussianAugmentation, {images} CIFAR images (sigma 1, ratio 1)",
+        {
+            "peer": lambda: peer(x_np, y_np),
+            "nemesis_fast.compat (numpy in/out)": lambda: ours(x_np, y_np),
+            "nemesis_fast.compat (PyTorch preprocessor path)": lambda: ours.forward(x_dev, y_dev),
+        },
+        baseline="peer",
+        items=images,
+        item_name="image",
+    )
+    report.run(case)
+
+
+def torchattacks_jsma_peak_bytes(n: int) -> int:
+    """Peak bytes torchattacks' JSMA allocates in one saliency-map step at n features: torch's allocations (from
+    the profiler) plus numpy's (tracemalloc), measured on random gradients."""
+    import torchattacks
+
+    attack = torchattacks.JSMA(nn.Linear(1, 1))
+    jacobian = torch.randn(10, n, generator=torch.Generator().manual_seed(n))
+    domain = torch.ones(n)
+    numpy_peak: list[int] = []
+
+    def step() -> None:
+        tracemalloc.start()
+        attack.saliency_map(jacobian, torch.tensor([3]), True, domain, n)
+        numpy_peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+
+    torch_mb = peak_extra_mb(step, torch.device("cpu")) or 0.0
+    return int(torch_mb * 2**20) + numpy_peak[-1]
+
+
+def imagenet_jsma_rows(report: Report, steps: int = 3) -> None:
+    """torchattacks' JSMA on one 3 x 224 x 224 image: its peak by formula, the drop-in's measured."""
+    case = "torchattacks JSMA, one 3x224x224 image (n=150528), ResNet-18 random weights"
+    try:
+        import torchattacks  # noqa: F401
+
+        from ..compat import torchattacks as compat
+    except ImportError:
+        report.add(Row(case, "peer", None, note="torchattacks not installed"))
+        return
+    sizes = (512, 1024, 2048)
+    per_pair = [torchattacks_jsma_peak_bytes(n) / n**2 for n in sizes]
+    peer_row = Row(case, "peer (by formula)", None, note="needs bytes_per_pair * n^2 per step: cannot run here")
+    peer_row.extra = {
+        "bytes_per_pair": per_pair[-1],
+        "measured_at_n": list(sizes),
+        "peak_GiB": per_pair[-1] * IMAGENET_FEATURES**2 / 2**30,
+    }
+    report.add(peer_row)
+    try:
+        from torchvision.models import resnet18
+    except ImportError:
+        report.add(Row(case, "nemesis_fast.compat", None, note="torchvision not installed (ResNet-18)"))
+        return
+    device = report.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = resnet18().to(device).eval()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    gamma = 2 * steps / IMAGENET_FEATURES * 0.999  # ceil(n * gamma / 2) = steps
+    attack = _quiet(compat.JSMA(model, theta=1.0, gamma=gamma))
+    synchronize(device)
+    ms = time_ms(lambda: attack(x, y), device, warmup=0, min_reps=1, min_seconds=0.0, max_reps=1)
+    row = Row(case, "nemesis_fast.compat", ms)
+    row.extra = {
+        "steps": steps,
+        "ms_per_step": ms / steps,
+        "peak_extra_GiB": (peak_extra_mb(lambda: attack(x, y), device) or 0) / 1024,
+    }
+    report.add(row)
+
+
+def run(device: torch.device | str, *, numel: int | None = None) -> Report:
+    """Every case on `numel` CIFAR-shaped images (default 256 on a GPU, 8 on a CPU; slow peers on fewer)."""
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    batch = numel or (256 if gpu else 8)
+    report = Report("compat", device, settings={"batch": batch})
+    model = timing_model(device)
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for pair in [*torchattacks_pairs(model, gpu), *art_pairs(model, x, gpu)]:
+        measure_pair(report, pair, x, y)
+    gaussian_case(report, 128 if not gpu else 1024)
+    imagenet_jsma_rows(report)
+    return report

@@ -1,0 +1,66 @@
+"""Helpers shared by the compat tests: a cache of the peer libraries' results, and the MNIST model behind a
+standardisation, for the runs with normalisation.
+
+The peers (torchattacks, ART) are slow on a CPU (torchattacks' JSMA and ART's DeepFool take minutes on 64 images),
+and deterministic for a given input, settings, model and random seed: their results are cached on disk under the
+temp folder, keyed by a hash of all of these and of the peer's version, so that a later session reruns only
+nemesis_fast's side. Delete the folder (or set NEMESIS_FAST_NO_PEER_CACHE=1) to rerun the peers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation
+
+
+def fingerprint(*values: object) -> str:
+    """A short hash of tensors, arrays, state dicts and plain values."""
+    digest = hashlib.sha256()
+    for value in values:
+        if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+            for key, tensor in value.items():
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(value, np.ndarray):
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=repr).encode())
+    return digest.hexdigest()[:20]
+
+
+def peer_result(key: str, compute: Callable[[], torch.Tensor | np.ndarray]) -> torch.Tensor | np.ndarray:
+    """compute() (the peer's output for the settings that `key` hashes), cached on disk across sessions."""
+    path = Path(tempfile.gettempdir()) / "nemesis_fast_test_cache" / "peers" / f"{key}.pt"
+    if path.is_file() and not os.environ.get("NEMESIS_FAST_NO_PEER_CACHE"):
+        stored = torch.load(path, weights_only=True)
+        return stored["value"].numpy() if stored["numpy"] else stored["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    is_numpy = isinstance(value, np.ndarray)
+    torch.save({"value": torch.from_numpy(value) if is_numpy else value.detach().cpu(), "numpy": is_numpy}, partial)
+    partial.replace(path)
+    return value
+
+
+class Standardised(nn.Module):
+    """`model` on standardised inputs: maps (x - MEAN) / STD back to x first, so that it computes model(x)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z * STD + MEAN)

@@ -1,0 +1,300 @@
+"""nemesis_fast.compat.art against ART itself, on the CNN trained on real MNIST (64 test images) behind ART's
+PyTorchClassifier, with and without mean/std preprocessing: the same images as ART for every same-algorithm class
+(untargeted and targeted, y as indices, one-hot or None), algorithm="paper" equal to nemesis_fast's attacks, the
+fallback to ART's own implementation (warned, ART's result), argument checks, GaussianAugmentation as a PyTorch
+preprocessor, and the ImportError without ART. The peer's results are cached across sessions (see _peers.py)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _peers import MEAN, STD, fingerprint, peer_result
+from torch import nn
+
+art = pytest.importorskip("art")
+from art.attacks import evasion  # noqa: E402
+from art.defences.preprocessor import FeatureSqueezing, SpatialSmoothing  # noqa: E402
+from art.defences.preprocessor import GaussianAugmentation as ArtGaussianAugmentation  # noqa: E402
+from art.estimators.classification import PyTorchClassifier  # noqa: E402
+
+from nemesis_fast.attacks import JSMA, CarliniWagnerL2  # noqa: E402
+from nemesis_fast.attacks import DeepFool as PaperDeepFool  # noqa: E402
+
+nfa = importlib.import_module("nemesis_fast.compat.art")
+
+BATCH = 64
+QUIET = {"verbose": False}
+# (class, settings, targeted): small budgets, two chunks of 32 images each.
+CASES = {
+    "FGM-inf": ("FastGradientMethod", {"eps": 0.2, "batch_size": 32}),
+    "FGM-inf-random-init": ("FastGradientMethod", {"eps": 0.2, "num_random_init": 1, "batch_size": 32}),
+    "FGM-2": ("FastGradientMethod", {"norm": 2, "eps": 2.0, "batch_size": 32}),
+    "FGM-1": ("FastGradientMethod", {"norm": 1, "eps": 5.0, "batch_size": 32}),
+    "PGD-inf": (
+        "ProjectedGradientDescent",
+        {"eps": 0.3, "eps_step": 0.05, "max_iter": 5, "num_random_init": 1, "batch_size": 32, **QUIET},
+    ),
+    "PGD-2-restarts": (
+        "ProjectedGradientDescent",
+        {"norm": 2, "eps": 2.0, "eps_step": 0.5, "max_iter": 4, "num_random_init": 2, "batch_size": 32, **QUIET},
+    ),
+    "PGD-momentum": (
+        "ProjectedGradientDescent",
+        {"eps": 0.3, "eps_step": 0.05, "max_iter": 4, "decay": 0.9, "batch_size": 32, **QUIET},
+    ),
+    "DeepFool-subset": ("DeepFool", {"max_iter": 3, "nb_grads": 4, "batch_size": 32, **QUIET}),
+    "DeepFool-all": ("DeepFool", {"max_iter": 3, "epsilon": 0.02, "batch_size": 32, **QUIET}),
+    "JSMA": ("SaliencyMapMethod", {"theta": 0.2, "gamma": 0.03, "batch_size": 32, **QUIET}),
+}
+TOLERANCE = {"DeepFool": 1e-5}  # ART sums norms and class gradients in another order; the rest is exact
+
+
+def equality_cases() -> list:
+    cases = []
+    for case, (name, _) in CASES.items():
+        if name == "DeepFool":
+            modes = ["untargeted"]  # ART's DeepFool ignores y
+        elif name == "SaliencyMapMethod":
+            modes = ["targeted", "random-targets"]  # always targeted; y=None draws random targets
+        else:
+            modes = ["untargeted", "targeted"]
+        if case == "FGM-inf":
+            modes += ["one-hot", "predictions"]
+        for mode in modes:
+            for normalised in (False, True):
+                cases.append(
+                    pytest.param(case, mode, normalised, id=f"{case}-{mode}-{'norm' if normalised else 'raw'}")
+                )
+    return cases
+
+
+@pytest.fixture(scope="module")
+def model(mnist_model):
+    return copy.deepcopy(mnist_model).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test_data):
+    x, y = mnist_test_data
+    return x[:BATCH].numpy().copy(), y[:BATCH].numpy().copy()
+
+
+def classifier(model: nn.Module, *, normalised: bool = False, **options) -> PyTorchClassifier:
+    options = {"clip_values": (0.0, 1.0), "device_type": "cpu", "loss": nn.CrossEntropyLoss(), **options}
+    if normalised:
+        options["preprocessing"] = (MEAN, STD)
+    loss = options.pop("loss")
+    return PyTorchClassifier(model, loss, (1, 28, 28), 10, **options)
+
+
+def labels_for(mode: str, y: np.ndarray) -> np.ndarray | None:
+    targets = (y + 3) % 10
+    return {
+        "untargeted": y,
+        "one-hot": np.eye(10, dtype=np.float32)[y],
+        "predictions": None,
+        "targeted": targets,
+        "random-targets": None,
+    }[mode]
+
+
+def seeded(attack, x: np.ndarray, y: np.ndarray | None, seed: int = 0, **kwargs) -> np.ndarray:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return attack.generate(x, y, **kwargs)
+
+
+def art_result(key_parts: tuple, attack, x, y, model: nn.Module, **kwargs) -> np.ndarray:
+    key = fingerprint("art", art.__version__, *key_parts, model.state_dict(), x, y if y is not None else "none")
+    return peer_result(key, lambda: seeded(attack, x, y, **kwargs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, mode, normalised", equality_cases())
+def test_same_images_as_art(case, mode, normalised, model, batch):
+    name, settings = CASES[case]
+    x, y = batch
+    clf = classifier(model, normalised=normalised)
+    targeted = mode == "targeted" and name != "SaliencyMapMethod"
+    options = {**settings, **({"targeted": True} if targeted else {})}
+    labels = labels_for(mode, y)
+    expected = art_result((case, mode, normalised, options), getattr(evasion, name)(clf, **options), x, labels, model)
+    ours = getattr(nfa, name)(clf, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nfa.PeerFallbackWarning)  # served, not fallen back
+        result = seeded(ours, x, labels)
+    assert isinstance(ours, getattr(evasion, name))
+    assert result.dtype == np.float32 and result.shape == x.shape
+    np.testing.assert_allclose(result, expected, rtol=0, atol=TOLERANCE.get(name, 1e-6))
+    assert (result != x).reshape(len(x), -1).any(1).mean() > 0.5  # the attack did act
+
+
+def test_algorithm_paper_is_nemesis_fasts_attack(model, batch):
+    x, y = batch[0][:16], batch[1][:16]
+    clf = classifier(model)
+    x_t = torch.from_numpy(x)
+    predictions = model(x_t).argmax(1)
+    ours = nfa.DeepFool(clf, max_iter=20, epsilon=0.02, nb_grads=5, batch_size=16, algorithm="paper").generate(x)
+    expected = PaperDeepFool(model, 20, 0.02, 5)(x_t, predictions)
+    np.testing.assert_array_equal(ours, expected.numpy())
+    targets = (y + 3) % 10
+    ours = nfa.SaliencyMapMethod(clf, theta=1.0, gamma=0.05, batch_size=16, algorithm="paper").generate(x, targets)
+    todo = torch.from_numpy(targets) != predictions
+    expected = x_t.clone()
+    expected[todo] = JSMA(model, 1.0, 0.05)(x_t[todo], predictions[todo], torch.from_numpy(targets)[todo])
+    np.testing.assert_array_equal(ours, expected.numpy())
+    settings = {"confidence": 0.0, "learning_rate": 0.1, "binary_search_steps": 2, "max_iter": 20, "initial_const": 1.0}
+    cw = nfa.CarliniL2Method(clf, **settings, batch_size=16, algorithm="paper", abort_early=False)
+    paper = CarliniWagnerL2(model, 0.0, 1.0, 2, 20, 0.1, False)
+    np.testing.assert_array_equal(cw.generate(x, y), paper(x_t, torch.from_numpy(y)).numpy())
+
+
+def test_carlini_default_runs_arts_line_search_with_a_warning(model, batch):
+    x, y = batch[0][:16], batch[1][:16]
+    clf = classifier(model)
+    settings = {"max_iter": 2, "binary_search_steps": 2, "batch_size": 16, **QUIET}
+    expected = art_result(("CarliniL2Method", settings), evasion.CarliniL2Method(clf, **settings), x, y, model)
+    with pytest.warns(nfa.PeerFallbackWarning, match="algorithm='paper'"):
+        result = seeded(nfa.CarliniL2Method(clf, **settings), x, y)
+    np.testing.assert_array_equal(result, expected)
+
+
+def fallback_cases() -> list:
+    """(attack, its settings, classifier options, generate() keywords, the reason the warning gives)."""
+    pixels = (np.zeros((1, 28, 28), np.float32), np.ones((1, 28, 28), np.float32))
+    fgm = ("FastGradientMethod", {"eps": 0.2, "batch_size": 16})
+    smoothing = {"preprocessing_defences": SpatialSmoothing(window_size=3, clip_values=(0.0, 1.0))}
+    pgd = {"eps": 0.3, "eps_step": 0.1, "max_iter": 2, "random_eps": True, **QUIET}
+    return [
+        pytest.param(*fgm, {"loss": nn.MultiMarginLoss()}, {}, "not CrossEntropyLoss", id="loss"),
+        pytest.param(*fgm, {"clip_values": pixels}, {}, "per-feature clip_values", id="per-feature-clip"),
+        pytest.param(*fgm, {}, {"mask": np.ones((1, 28, 28), np.float32)}, "mask", id="mask"),
+        pytest.param("FastGradientMethod", {"eps": 0.2, "minimal": True}, {}, {}, "minimal", id="minimal"),
+        pytest.param(
+            "DeepFool",
+            {"max_iter": 2, "batch_size": 16, **QUIET},
+            smoothing,
+            {},
+            "not a PyTorch",
+            id="numpy-preprocessing",
+        ),
+        pytest.param("ProjectedGradientDescent", pgd, {}, {}, "random_eps", id="random-eps"),
+    ]
+
+
+@pytest.mark.parametrize("name, settings, options, kwargs, reason", fallback_cases())
+def test_unserved_calls_warn_and_return_arts_own_result(name, settings, options, kwargs, reason, model, batch):
+    x, y = batch[0][:16], batch[1][:16]
+    clf = classifier(model, **options)
+    expected = seeded(getattr(evasion, name)(clf, **settings), x, y, **kwargs)
+    with pytest.warns(nfa.PeerFallbackWarning, match=reason):
+        result = seeded(getattr(nfa, name)(clf, **settings), x, y, **kwargs)
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_algorithm_paper_refuses_what_it_cannot_serve(model, batch):
+    squeezed = classifier(model, preprocessing_defences=FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=4))
+    with pytest.raises(ValueError, match="algorithm='paper' cannot run here"):
+        nfa.DeepFool(squeezed, algorithm="paper").generate(batch[0][:2])
+    with pytest.raises(ValueError, match="needs the classifier's clip_values"):
+        nfa.SaliencyMapMethod(classifier(model, clip_values=None), algorithm="paper").generate(batch[0][:2])
+
+
+def test_argument_checks(model, batch):
+    clf = classifier(model)
+    for make in (nfa.DeepFool, nfa.SaliencyMapMethod, nfa.CarliniL2Method):
+        with pytest.raises(ValueError, match="algorithm must be one of 'art', 'paper'"):
+            make(clf, algorithm="fast")
+    with pytest.raises(TypeError, match="abort_early must be a bool"):
+        nfa.CarliniL2Method(clf, abort_early="yes")
+    # ART's own checks are kept, in the constructor and in set_params.
+    with pytest.raises(ValueError, match="nonnegative"):
+        nfa.FastGradientMethod(clf, eps=-1.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        nfa.ProjectedGradientDescent(clf).set_params(max_iter=-1)
+    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+        nfa.DeepFool(clf, max_iter=0)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        nfa.SaliencyMapMethod(clf, gamma=2.0)
+    with pytest.raises(ValueError, match="Target labels `y` need to be provided"):
+        nfa.FastGradientMethod(clf, targeted=True).generate(batch[0][:2])
+    # set_params reaches the fast path.
+    x, y = batch[0][:8], batch[1][:8]
+    attack = nfa.FastGradientMethod(clf, eps=0.3)
+    attack.set_params(eps=0.1)
+    np.testing.assert_array_equal(attack.generate(x, y), evasion.FastGradientMethod(clf, eps=0.1).generate(x, y))
+
+
+# GaussianAugmentation
+
+
+def test_gaussian_augmentation_keeps_arts_signature_and_the_all_pytorch_path(model):
+    ours, theirs = nfa.GaussianAugmentation(), ArtGaussianAugmentation()
+    for name in ("sigma", "augmentation", "ratio", "clip_values", "apply_fit", "apply_predict"):
+        assert getattr(ours, name) == getattr(theirs, name)
+    assert isinstance(ours, ArtGaussianAugmentation)
+    assert classifier(model, preprocessing_defences=ours).all_framework_preprocessing
+    assert not classifier(model, preprocessing_defences=theirs).all_framework_preprocessing
+    with pytest.raises(ValueError, match="ratio must be positive"):
+        nfa.GaussianAugmentation(ratio=0.0)
+    ours.set_params(sigma=0.5)
+    assert ours.sigma == 0.5
+
+
+def test_gaussian_augmentation_sizes_labels_and_clipping():
+    x = torch.arange(40, dtype=torch.float32).view(20, 2) / 40
+    y = torch.arange(20)
+    torch.manual_seed(0)
+    x_aug, y_aug = nfa.GaussianAugmentation(sigma=0.0, ratio=0.5)(x.numpy(), y.numpy())
+    assert isinstance(x_aug, np.ndarray) and x_aug.dtype == np.float32 and x_aug.shape == (30, 2)
+    np.testing.assert_array_equal(x_aug[:20], x.numpy())
+    rows = [int(np.flatnonzero((x.numpy() == row).all(1))[0]) for row in x_aug[20:]]  # sigma 0: exact copies
+    np.testing.assert_array_equal(y_aug[20:], np.array(rows))
+    x_big = torch.full((4000, 50), 0.5)
+    noisy, same = nfa.GaussianAugmentation(sigma=0.2, augmentation=False).forward(x_big, y=None)
+    assert noisy.shape == x_big.shape and same is None
+    assert abs(float((noisy - 0.5).std()) - 0.2) < 0.005 and abs(float((noisy - 0.5).mean())) < 0.005
+    clipped, _ = nfa.GaussianAugmentation(sigma=1.0, clip_values=(0.2, 0.8)).forward(x_big - 0.4)
+    assert clipped.shape == (8000, 50) and clipped.min() >= 0.2 and clipped.max() <= 0.8
+    assert (clipped[:4000] == 0.2).all()  # originals clipped too, as in ART
+
+
+def test_gaussian_augmentation_in_a_classifier_fit(model, batch):
+    x, y = batch[0][:32], batch[1][:32]
+    clf = classifier(model, preprocessing_defences=nfa.GaussianAugmentation(sigma=0.1, ratio=1.0, clip_values=(0, 1)))
+    x_aug, y_aug = clf._apply_preprocessing(x, np.eye(10, dtype=np.float32)[y], fit=True)
+    assert x_aug.shape == (64, 1, 28, 28) and y_aug.shape == (64, 10)
+    np.testing.assert_array_equal(x_aug[:32], x)
+    predict_path, _ = clf._apply_preprocessing(x, None, fit=False)
+    np.testing.assert_array_equal(predict_path, x)  # apply_predict=False: not applied at prediction time
+
+
+def test_gaussian_augmentation_gradient_is_the_identity():
+    x = torch.rand(3, 5, requires_grad=True)
+    out = nfa.GaussianAugmentation(sigma=0.1, augmentation=False, apply_predict=True).estimate_forward(x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.ones_like(x))
+
+
+@pytest.mark.cuda
+def test_gaussian_augmentation_draws_on_the_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    x = torch.rand(64, 3, 32, 32, device="cuda")
+    x_aug, y_aug = nfa.GaussianAugmentation(sigma=0.3).forward(x, torch.arange(64, device="cuda"))
+    assert x_aug.device.type == "cuda" and x_aug.shape == (128, 3, 32, 32) and y_aug.shape == (128,)
+
+
+def test_import_error_names_the_missing_package(monkeypatch):
+    for module in list(sys.modules):
+        if module.split(".")[0] == "art" or module.startswith("nemesis_fast.compat.art"):
+            monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "art", None)
+    with pytest.raises(ImportError, match="needs the package 'adversarial-robustness-toolbox'"):
+        importlib.import_module("nemesis_fast.compat.art")

@@ -1,0 +1,194 @@
+"""nemesis_fast.compat.torchattacks against torchattacks itself, on the CNN trained on real MNIST (64 test
+images): the same adversarial images for every class, untargeted and targeted, with and without normalisation;
+torchattacks' API around them (mode setters, training mode, MultiAttack, isinstance); JSMA's no-valid-pair rule;
+the ImportError without torchattacks. The peer's results are cached across sessions (see _peers.py)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+
+import pytest
+import torch
+from _peers import MEAN, STD, Standardised, fingerprint, peer_result
+from torch import nn
+
+torchattacks = pytest.importorskip("torchattacks")
+nft = importlib.import_module("nemesis_fast.compat.torchattacks")
+
+BATCH = 64
+# Small budgets: the code paths of the defaults at the cost of a CPU test (torchattacks' JSMA and DeepFool take
+# one image at a time).
+SETTINGS = {
+    "FGSM": {"eps": 0.2},
+    "PGD": {"eps": 0.3, "alpha": 0.02, "steps": 10},
+    "RFGSM": {"eps": 0.3, "alpha": 0.05, "steps": 5},
+    "CW": {"c": 1.0, "kappa": 0.0, "steps": 20, "lr": 0.05},
+    "DeepFool": {"steps": 3, "overshoot": 0.02},
+    "JSMA": {"theta": 1.0, "gamma": 0.03},
+}
+# DeepFool's norms and gradients are summed in another order (batched); the others reproduce torchattacks'
+# arithmetic operation for operation.
+TOLERANCE = {"DeepFool": 1e-5}
+# The fraction of images each attack changes at these budgets, at least. torchattacks' CW moves few MNIST images:
+# its pixels at exactly 0 or 1 (most of an MNIST image) map to w = +-inf and never move, and the whole batch stops
+# as soon as the summed loss rises between two checks.
+ACTS = {"CW": 0.01}
+CASES = [
+    pytest.param(
+        name,
+        targeted,
+        normalised,
+        id=f"{name}-{'targeted' if targeted else 'untargeted'}-{'norm' if normalised else 'raw'}",
+    )
+    for name in SETTINGS
+    for targeted in (False, True)
+    for normalised in (False, True)
+    if not (name == "DeepFool" and targeted)  # torchattacks' DeepFool has no targeted mode
+]
+
+
+@pytest.fixture(scope="module")
+def model(mnist_model):
+    return copy.deepcopy(mnist_model).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test_data):
+    x, y = mnist_test_data
+    return x[:BATCH].clone(), y[:BATCH].clone()
+
+
+def attack_with(library, name: str, model: nn.Module, *, targeted: bool, normalised: bool, **settings):
+    attack = getattr(library, name)(model, **(settings or SETTINGS[name]))
+    if normalised:
+        attack.set_normalization_used(mean=[MEAN], std=[STD])
+    if targeted:
+        attack.set_mode_targeted_by_function(lambda images, labels: (labels + 3) % 10, quiet=True)
+    return attack
+
+
+def seeded(attack, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return attack(x, y)
+
+
+def peer(key_parts: tuple, attack, x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    key = fingerprint("torchattacks", torchattacks.__version__, *key_parts, model.state_dict(), x, y)
+    return peer_result(key, lambda: seeded(attack, x, y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, targeted, normalised", CASES)
+def test_same_images_as_torchattacks(name, targeted, normalised, model, batch):
+    x, y = batch
+    net = Standardised(model) if normalised else model
+    inputs = (x - MEAN) / STD if normalised else x
+    options = {"targeted": targeted, "normalised": normalised}
+    theirs = attack_with(torchattacks, name, net, **options)
+    expected = peer((name, SETTINGS[name], options), theirs, inputs, y, model)
+    ours = attack_with(nft, name, net, **options)
+    result = seeded(ours, inputs, y)
+    assert isinstance(ours, type(theirs)) and result.shape == inputs.shape and result.dtype == inputs.dtype
+    torch.testing.assert_close(result, expected, rtol=0, atol=TOLERANCE.get(name, 1e-6))
+    assert (result != inputs).flatten(1).any(1).float().mean() >= ACTS.get(name, 0.5)  # the attack did act
+
+
+@pytest.mark.parametrize("mode", ["default", "by_function", "random", "least_likely", "by_label"])
+def test_mode_setters_draw_and_aim_as_torchattacks(mode, model, batch):
+    """Targets drawn from torch's generator before PGD's random start, in the same order as torchattacks."""
+    x, y = batch[0][:16], batch[1][:16]
+    results = []
+    for library in (torchattacks, nft):
+        attack = library.PGD(model, eps=0.3, alpha=0.05, steps=2)
+        labels = y
+        if mode == "default":
+            attack.set_mode_default()
+        elif mode == "by_function":
+            attack.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % 10, quiet=True)
+        elif mode == "random":
+            attack.set_mode_targeted_random(quiet=True)
+        elif mode == "least_likely":
+            attack.set_mode_targeted_least_likely(kth_min=2, quiet=True)
+        else:
+            attack.set_mode_targeted_by_label(quiet=True)
+            labels = (y + 5) % 10
+        results.append(seeded(attack, x, labels, seed=3))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-6)
+
+
+def test_training_mode_setting_and_model_state(model, batch):
+    """set_model_training_mode: dropout in training mode draws the same masks; the model is left in the mode
+    torchattacks leaves it in, and its parameters' requires_grad flags come back."""
+    net = nn.Sequential(model, nn.Dropout(0.5))
+    x, y = batch[0][:16], batch[1][:16]
+    results, modes = [], []
+    for library in (torchattacks, nft):
+        net.eval()
+        attack = library.FGSM(net, eps=0.1)
+        attack.set_model_training_mode(model_training=True, dropout_training=True)
+        results.append(seeded(attack, x, y, seed=5))
+        modes.append([m.training for m in net.modules()])
+        assert all(p.requires_grad for p in net.parameters())
+    net.eval()
+    assert modes[1] == modes[0]
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_multiattack_and_isinstance(model, batch):
+    x, y = batch[0][:32], batch[1][:32]
+    results = []
+    for library in (torchattacks, nft):
+        attacks = [library.FGSM(model, eps=0.1), library.PGD(model, eps=0.2, alpha=0.05, steps=3)]
+        results.append(seeded(library.MultiAttack(attacks), x, y, seed=7))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-6)
+    for name in ("FGSM", "PGD", "RFGSM", "CW", "DeepFool", "JSMA"):
+        attack = getattr(nft, name)(model)
+        assert isinstance(attack, getattr(torchattacks, name)) and isinstance(attack, torchattacks.attack.Attack)
+    assert nft.BIM is torchattacks.BIM  # the other names are torchattacks' own
+
+
+def test_deepfool_refuses_targeted_modes_as_torchattacks(model):
+    with pytest.raises(ValueError, match="Targeted mode is not supported"):
+        nft.DeepFool(model).set_mode_targeted_random(quiet=True)
+
+
+def test_jsma_without_a_valid_pair_moves_feature_0_twice_as_torchattacks():
+    """A linear model whose target logit falls along every feature: no pair can raise it, and torchattacks then
+    adds theta twice to feature 0 (its argmax over an all-zero saliency map) at every step."""
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(8, 10))
+    with torch.no_grad():
+        linear[1].weight.copy_(torch.linspace(-1, 1, 80).view(10, 8))
+        linear[1].weight[2] = -torch.rand(8, generator=torch.Generator().manual_seed(0)) - 0.1
+        linear[1].bias.zero_()
+    x = torch.rand(4, 1, 2, 4, generator=torch.Generator().manual_seed(1)) * 0.5
+    y = torch.zeros(4, dtype=torch.int64)
+    results = []
+    for library in (torchattacks, nft):
+        attack = library.JSMA(linear, theta=0.2, gamma=0.5)
+        attack.set_mode_targeted_by_function(lambda images, labels: torch.full_like(labels, 2), quiet=True)
+        results.append(attack(x, y))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    assert (results[1].flatten(1)[:, 0] > x.flatten(1)[:, 0]).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["DeepFool", "JSMA", "PGD", "CW"])
+def test_same_images_as_torchattacks_on_cuda(name, model, batch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    net = copy.deepcopy(model).cuda()
+    x, y = batch[0][:16].cuda(), batch[1][:16].cuda()
+    expected = seeded(attack_with(torchattacks, name, net, targeted=False, normalised=False), x, y)
+    result = seeded(attack_with(nft, name, net, targeted=False, normalised=False), x, y)
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-4)
+
+
+def test_import_error_names_the_missing_package(monkeypatch):
+    for module in list(sys.modules):
+        if module.split(".")[0] == "torchattacks" or module.startswith("nemesis_fast.compat.torchattacks"):
+            monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    with pytest.raises(ImportError, match="needs the package 'torchattacks'"):
+        importlib.import_module("nemesis_fast.compat.torchattacks")
