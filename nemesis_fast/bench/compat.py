@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .attacks import art_classifier, timing_model
-from .harness import Case, Report, Row, synchronize, time_ms
+from .harness import Case, Report, Row, synchronize, time_interleaved, time_ms
 from .jsma import peak_extra_mb
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -87,13 +87,14 @@ def torchattacks_pairs(model: nn.Module, gpu: bool) -> list[Pair]:
     return pairs
 
 
-def _art_attack(make: Callable[[], Any], one_hot: bool = False) -> Attack:
-    """An ART attack object (built by `make`) as a function of torch (images, labels)."""
+def _art_attack(make: Callable[[], Any], targets: bool = False) -> Attack:
+    """An ART attack object (built by `make`) as a function of torch (images, labels); with `targets`, y is the
+    target (label + 1) % 10, as JSMA takes it."""
     attack = make()
 
     def run(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         y = labels.cpu().numpy()
-        y = np.eye(10, dtype=np.float32)[y] if one_hot else y
+        y = (y + 1) % 10 if targets else y
         return torch.from_numpy(attack.generate(images.cpu().numpy(), y)).to(images.device)
 
     return _quiet(run)
@@ -127,41 +128,54 @@ def art_pairs(model: nn.Module, x: torch.Tensor, gpu: bool) -> list[Pair]:
         peer = partial(getattr(evasion, name), classifier, **kwargs, batch_size=limit or batch)
         ours = partial(getattr(compat, name), classifier, **kwargs, **extra, batch_size=batch)
         label = f"ART {name}" + (" (ours: algorithm='paper', equal iterations)" if extra else "")
-        pairs.append(Pair(label, partial(_art_attack, peer), partial(_art_attack, ours), limit, compare=not extra))
+        targets = name == "SaliencyMapMethod"
+        pairs.append(
+            Pair(label, partial(_art_attack, peer, targets), partial(_art_attack, ours, targets), limit, not extra)
+        )
     return pairs
 
 
-def _timed(fn: Attack, images: torch.Tensor, labels: torch.Tensor, device: torch.device, reps: int):
-    """(median ms of one call, the result of the last call), each call from torch's and numpy's seed 0."""
-    out = []
+def _seeded(fn: Attack, images: torch.Tensor, labels: torch.Tensor, out: list) -> Callable[[], None]:
+    """A call of `fn` from torch's and numpy's seed 0 (the same random draws for both sides), its result kept."""
 
     def call() -> None:
         torch.manual_seed(0)
         np.random.seed(0)
         out.append(fn(images, labels))
 
-    ms = time_ms(call, device, warmup=0, min_reps=reps, min_seconds=0.0, max_reps=reps)
-    return ms, out[-1]
+    return call
 
 
 def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results."""
+    """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results. Fast cases
+    are timed in turns (median of several rounds); slow ones once each."""
     if isinstance(pair.peer, str) or isinstance(pair.ours, str):
         report.add(Row(pair.name, "peer", None, note=pair.peer if isinstance(pair.peer, str) else pair.ours))
         return
     count = min(pair.peer_images or len(x), len(x))
-    reps = 1 if pair.peer_images else 3
-    pair.ours()(x[:2], y[:2])  # warm-up: lazy imports, kernels
-    peer_ms, peer_out = _timed(pair.peer(), x[:count], y[:count], report.device, reps)
-    ours_ms, _ = _timed(pair.ours(), x, y, report.device, reps)
-    same_ms, same_out = _timed(pair.ours(), x[:count], y[:count], report.device, reps)
-    peer_row = Row(pair.name, "peer", peer_ms, items_per_s=count / (peer_ms * 1e-3))
-    peer_row.extra = {"images": count, "ms_per_image": peer_ms / count}
-    ours_row = Row(pair.name, "nemesis_fast.compat", ours_ms, items_per_s=len(x) / (ours_ms * 1e-3))
-    ours_row.speedup = (peer_ms / count) / (ours_ms / len(x))
-    ours_row.extra = {"images": len(x), "ms_per_image": ours_ms / len(x), "same_images_ms_per_image": same_ms / count}
+    outputs: dict[str, list] = {"peer": [], "ours": [], "same": []}
+    calls = {
+        "peer": _seeded(pair.peer(), x[:count], y[:count], outputs["peer"]),
+        "ours": _seeded(pair.ours(), x, y, outputs["ours"]),
+        "same": _seeded(pair.ours(), x[:count], y[:count], outputs["same"]),
+    }
+    if pair.peer_images is None:
+        ms = time_interleaved(calls, report.device, warmup=1, min_reps=5, min_seconds=1.0)
+    else:
+        pair.ours()(x[:2], y[:2])  # warm-up: lazy imports, kernels
+        ms = {name: time_ms(call, report.device, warmup=0, min_reps=1, max_reps=1) for name, call in calls.items()}
+    peer_row = Row(pair.name, "peer", ms["peer"], items_per_s=count / (ms["peer"] * 1e-3))
+    peer_row.extra = {"images": count, "ms_per_image": ms["peer"] / count}
+    ours_row = Row(pair.name, "nemesis_fast.compat", ms["ours"], items_per_s=len(x) / (ms["ours"] * 1e-3))
+    ours_row.speedup = (ms["peer"] / count) / (ms["ours"] / len(x))
+    ours_row.extra = {
+        "images": len(x),
+        "ms_per_image": ms["ours"] / len(x),
+        "same_images_ms_per_image": ms["same"] / count,
+    }
     if pair.compare:
-        ours_row.extra["max_diff"] = (same_out.float() - peer_out.float()).abs().max().item()
+        difference = outputs["same"][-1].float() - outputs["peer"][-1].float()
+        ours_row.extra["max_diff"] = difference.abs().max().item()
     report.add(peer_row)
     report.add(ours_row)
 

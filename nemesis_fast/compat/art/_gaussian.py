@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from art.defences import preprocessor
 from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
@@ -25,7 +26,13 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
     ART's.
     """
 
-    __call__ = PreprocessorPyTorch.__call__  # numpy in and out, through forward() on the device
+    def __call__(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """ART's numpy call: (x_augmented, y_augmented) as numpy arrays, computed by forward() on the device."""
+        x_t = torch.as_tensor(x, device=self.device)  # no copy on the CPU (ART's PyTorch preprocessors copy)
+        y_t = None if y is None else torch.as_tensor(y, device=self.device)
+        with torch.no_grad():
+            x_aug, y_aug = self.forward(x_t, y_t)
+        return x_aug.cpu().numpy(), None if y_aug is None else y_aug.cpu().numpy()
 
     def forward(self, x: torch.Tensor, y: Any = None) -> tuple[torch.Tensor, Any]:
         """(x_augmented, y_augmented) for a batch `x` (N, ...) on any device and labels `y` (N, ...) or None."""

@@ -108,10 +108,18 @@ class SaliencyMapMethod(evasion.SaliencyMapMethod):
         changed = torch.zeros_like(batch)
         index = (predictions != targets).nonzero().squeeze(1)
         rows = torch.arange(len(batch), device=batch.device)
+        first = True
         while index.numel():
-            one_hot = F.one_hot(targets[index], view.nb_classes).to(batch.dtype)[None]
-            _, grads = engine.logit_gradients(batch[index].view(-1, *shape), one_hot)
-            grads = grads[0].flatten(1).float()
+            logits, grads = self._target_gradient(
+                engine, batch[index].view(-1, *shape), targets[index], view.nb_classes
+            )
+            if not first:  # ART's stopping rule after each step, read from the next gradient pass's outputs
+                budget = changed[index].sum(1) / n <= self.gamma
+                keep = (logits.argmax(1) != targets[index]) & budget & space[index].any(1)
+                index, grads = index[keep], grads[keep]
+                if index.numel() == 0:
+                    break
+            first = False
             grads = torch.where(space[index], grads, -torch.inf if increase else torch.inf)
             features = grads.topk(2, dim=1, largest=increase).indices  # (a, 2)
             picked = rows[: len(index), None].expand(-1, 2)
@@ -120,12 +128,25 @@ class SaliencyMapMethod(evasion.SaliencyMapMethod):
             moved = values[picked, features] + self.theta
             if view.clip is not None:
                 moved = moved.clamp(max=bound) if increase else moved.clamp(min=bound)
-            values[picked, features] = moved
-            batch[index] = values
-            if view.clip is not None:
+                values[picked, features] = moved
+                batch[index] = values
                 space &= batch != bound
-            with torch.no_grad():
-                reached = view.logits(batch[index].view(-1, *shape)).argmax(1) == targets[index]
-            budget = changed[index].sum(1) / n <= self.gamma
-            index = index[~reached & budget & space[index].any(1)]
+            else:
+                values[picked, features] = moved
+                batch[index] = values
         return batch
+
+    @staticmethod
+    def _target_gradient(
+        engine: GradientEngine, x: torch.Tensor, targets: torch.Tensor, classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, gradient of each image's target output, flattened, float32), from one forward and one
+        backward pass."""
+        one_hot = F.one_hot(targets, classes)
+
+        def target_output(leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = engine.logits(leaf)
+            return (logits * one_hot.to(logits.dtype)).sum(1), logits
+
+        grad, (_, logits) = engine.input_gradient(x, target_output)
+        return logits, grad.flatten(1).float()
