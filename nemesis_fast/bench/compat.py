@@ -69,6 +69,7 @@ def torchattacks_pairs(model: nn.Module, gpu: bool) -> list[Pair]:
     settings = {
         "FGSM": ({"eps": eps}, None),
         "PGD": ({"eps": eps, "alpha": alpha, "steps": 10}, None),
+        "RFGSM": ({"eps": eps, "alpha": alpha, "steps": 10}, None),
         "CW": ({"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}, None),
         "DeepFool": ({"steps": 50, "overshoot": 0.02}, 32 if gpu else 4),
         "JSMA": ({"theta": 1.0, "gamma": 0.1}, 2 if gpu else 1),
