@@ -213,6 +213,14 @@ def test_argument_checks(model, batch):
             make(clf, algorithm="fast")
     with pytest.raises(TypeError, match="abort_early must be a bool"):
         nfa.CarliniL2Method(clf, abort_early="yes")
+    # set_params takes the added keywords, with the same checks.
+    cw = nfa.CarliniL2Method(clf)
+    cw.set_params(algorithm="paper", abort_early=False, max_iter=3)
+    assert (cw.algorithm, cw.abort_early, cw.max_iter) == ("paper", False, 3)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        nfa.DeepFool(clf).set_params(algorithm="fast")
+    with pytest.raises(TypeError, match="abort_early must be a bool"):
+        cw.set_params(abort_early=1)
     # ART's own checks are kept, in the constructor and in set_params.
     with pytest.raises(ValueError, match="nonnegative"):
         nfa.FastGradientMethod(clf, eps=-1.0)

@@ -10,10 +10,10 @@ import torch
 from art.attacks import evasion
 
 from ...attacks import CarliniWagnerL2
-from ._classifier import TorchClassifier, batches, check_algorithm, fall_back, option_unserved, unserved
+from ._classifier import AlgorithmParameter, TorchClassifier, batches, fall_back, option_unserved, unserved
 
 
-class CarliniL2Method(evasion.CarliniL2Method):
+class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
     """art.attacks.evasion.CarliniL2Method(classifier, confidence=0.0, targeted=False, learning_rate=0.01,
     binary_search_steps=10, max_iter=10, initial_const=0.01, max_halving=5, max_doubling=5, batch_size=1,
     verbose=True), with ``algorithm=`` and ``abort_early=`` added.
@@ -30,6 +30,8 @@ class CarliniL2Method(evasion.CarliniL2Method):
     max(x)], as ART does); with abort_early (the paper's default, True) a run stops once its loss stalls.
     max_halving and max_doubling do not apply. Other images than ART's.
     """
+
+    attack_params = evasion.CarliniL2Method.attack_params + ["algorithm", "abort_early"]
 
     def __init__(
         self,
@@ -61,10 +63,8 @@ class CarliniL2Method(evasion.CarliniL2Method):
             batch_size,
             verbose,
         )
-        self.algorithm = check_algorithm(algorithm)
-        if not isinstance(abort_early, bool):
-            raise TypeError(f"abort_early must be a bool, got {type(abort_early).__name__}")
-        self.abort_early = abort_early
+        self.algorithm, self.abort_early = algorithm, abort_early
+        self._check_params()
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """Adversarial examples of `x` (numpy, float32 out) with labels or targets `y` (indices or one-hot)."""

@@ -28,6 +28,18 @@ def check_algorithm(algorithm: Any) -> str:
     return check_choice(algorithm, "algorithm", ALGORITHMS)
 
 
+class AlgorithmParameter:
+    """Mixin for the ART classes that add ``algorithm=`` (and more keywords): ``set_params`` accepts them (the
+    class lists them in ``attack_params``) and checks them, with ART's own checks."""
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if hasattr(self, "algorithm"):  # ART checks once before the subclass has set it
+            self.algorithm = check_algorithm(self.algorithm)
+        if hasattr(self, "abort_early") and not isinstance(self.abort_early, bool):
+            raise TypeError(f"abort_early must be a bool, got {type(self.abort_early).__name__}")
+
+
 def unserved(estimator: Any, *, cross_entropy: bool = False, postprocessing: bool = False) -> str | None:
     """Why the adapters cannot run `estimator` in torch, or None when they can.
 

@@ -13,12 +13,20 @@ from art.attacks import evasion
 
 from ...attacks import DeepFool as PaperDeepFool
 from .._peer import GradientEngine
-from ._classifier import TorchClassifier, batches, check_algorithm, fall_back, option_unserved, unserved
+from ._classifier import (
+    AlgorithmParameter,
+    TorchClassifier,
+    batches,
+    check_algorithm,
+    fall_back,
+    option_unserved,
+    unserved,
+)
 
 _TOL = 10e-8  # ART's tolerance, added to the norms
 
 
-class DeepFool(evasion.DeepFool):
+class DeepFool(AlgorithmParameter, evasion.DeepFool):
     """art.attacks.evasion.DeepFool(classifier, max_iter=100, epsilon=1e-6, nb_grads=10, batch_size=1,
     verbose=True), with ``algorithm=`` added.
 
@@ -35,6 +43,8 @@ class DeepFool(evasion.DeepFool):
 
     Calls that cannot be served (see :mod:`nemesis_fast.compat.art`) run ART's own implementation after a warning.
     """
+
+    attack_params = evasion.DeepFool.attack_params + ["algorithm"]
 
     def __init__(
         self,

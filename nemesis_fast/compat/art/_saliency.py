@@ -13,10 +13,18 @@ from art.utils import check_and_transform_label_format, random_targets
 
 from ...attacks import JSMA as PaperJSMA
 from .._peer import GradientEngine
-from ._classifier import TorchClassifier, batches, check_algorithm, fall_back, option_unserved, unserved
+from ._classifier import (
+    AlgorithmParameter,
+    TorchClassifier,
+    batches,
+    check_algorithm,
+    fall_back,
+    option_unserved,
+    unserved,
+)
 
 
-class SaliencyMapMethod(evasion.SaliencyMapMethod):
+class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
     """art.attacks.evasion.SaliencyMapMethod(classifier, theta=0.1, gamma=1.0, batch_size=1, verbose=True), with
     ``algorithm=`` added.
 
@@ -34,6 +42,8 @@ class SaliencyMapMethod(evasion.SaliencyMapMethod):
 
     Calls that cannot be served (see :mod:`nemesis_fast.compat.art`) run ART's own implementation after a warning.
     """
+
+    attack_params = evasion.SaliencyMapMethod.attack_params + ["algorithm"]
 
     def __init__(
         self,
