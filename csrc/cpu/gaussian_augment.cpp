@@ -158,7 +158,7 @@ template <bool kNoise, typename math_t, typename out_t>
 void store_span(const math_t* __restrict v, const float* __restrict z, math_t sigma, math_t low, math_t high,
                 out_t* __restrict out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const math_t y = kNoise ? v[i] + sigma * static_cast<math_t>(z[i]) : v[i];
+    const math_t y = kNoise ? add_noise(v[i], sigma, z[i]) : v[i];
     out[i] = static_cast<out_t>(clip(y, low, high));
   }
 }

@@ -195,7 +195,9 @@ def _log_unit(u: torch.Tensor) -> torch.Tensor:
 def box_muller(radius_word: torch.Tensor, angle_word: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent standard normals (float32) from two uint32 words: (r cos theta, r sin theta)."""
     u = ((radius_word >> 8) + 1).to(torch.float32) * INV_2_24  # exact, in (0, 1]
-    radius = torch.sqrt(_log_unit(u) * -2.0)
+    # sqrt in float64, rounded once to float32: correctly rounded, as the kernels' IEEE square roots are.
+    # torch's float32 sqrt is not on every CPU (on AVX-512 it is a SLEEF routine, off by one ulp at times).
+    radius = torch.sqrt(_log_unit(u).to(torch.float64) * -2.0).to(torch.float32)
     k = angle_word >> 8  # the angle is 2 pi k / 2**24
     quadrant = (k + (1 << 21)) >> 22  # nearest multiple of pi/2, 0..4
     x = (k - (quadrant << 22)).to(torch.float32) * ANGLE_STEP  # [-pi/4, pi/4)
