@@ -13,8 +13,10 @@ set is split into batches:
   (never 0), and the angle is 2 pi k1 / 2**24. |noise| <= sqrt(48 ln 2) ~ 5.77.
 * ln, sin and cos are fixed float32 polynomials (below) evaluated in float32 in the same order on every backend:
   no library call whose accuracy varies between platforms. The angle is reduced to [-pi/4, pi/4) exactly, on
-  the integer k1. The normals agree with float64 Box-Muller to about 1e-6 and between backends to about 1e-6
-  (compilers may fuse a multiply and an add).
+  the integer k1. The normals agree with float64 Box-Muller to about 1e-6.
+* Every +, -, *, / and square root is one correctly rounded IEEE operation, in the order written here, never a
+  fused multiply-add: so every backend gives these values bit for bit (the C++ code is compiled without FP
+  contraction, the CUDA code uses the __f*_rn intrinsics, the Triton launch disables FP fusion).
 
 This module computes the noise with int64 tensors holding uint32 values and float32 tensors: it is slow and
 meant for small inputs (tests) and as the fallback of last resort.
