@@ -94,10 +94,18 @@ for dtype in ("fp32", "bf16", "fp64"):
             jsma_saliency_search._search_kernel,
             {"target_ptr": dtype, "other_ptr": dtype, "domain_ptr": "u8", "score_ptr": "fp32", "key_ptr": "i64"},
             {"INCREASE": increase, "ROWS": jsma_saliency_search.ROWS, "COLS": jsma_saliency_search.COLS},
+            divisible=("n",),
+            options={"num_warps": jsma_saliency_search.NUM_WARPS},
         )
+compile_kernel(
+    "jsma_saliency_search_finish",
+    jsma_saliency_search._finish_kernel,
+    {"score_ptr": "fp32", "key_ptr": "i64", "p_ptr": "i64", "q_ptr": "i64", "found_ptr": "i1"},
+    {"BLOCK": jsma_saliency_search.FINISH_BLOCK},
+)
 json.dump(records, sys.stdout)
 '''
-EXPECTED_VARIANTS = 8 + 6 + 1 + 6
+EXPECTED_VARIANTS = 8 + 6 + 1 + 6 + 1
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +154,19 @@ def test_no_kernel_spills_registers(compiled):
         usage = resource_usage(variant["cubin"])[variant["kernel"]]
         assert usage["LOCAL"] == 0 and usage["STACK"] == 0, (label, usage)
         assert 0 < usage["REG"] <= 255, (label, usage)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_jsma_search_fits_in_128_registers(compiled):
+    """Under 128 registers a thread, so that 4 programs of 4 warps fit on an SM (the kernel used 188-255 when every
+    tile carried the p < q mask and p was int64)."""
+    needs_cuobjdump()
+    labels = [label for label in compiled if label.startswith("jsma_saliency_search-")]
+    assert len(labels) == 6
+    for label in labels:
+        usage = resource_usage(compiled[label]["cubin"])[compiled[label]["kernel"]]
+        assert usage["REG"] < 128, (label, usage)
 
 
 @pytest.mark.triton
