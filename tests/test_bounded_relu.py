@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -14,11 +15,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import nemesis_fast as nf
 from nemesis_fast import reference
+from nemesis_fast import triton as nf_triton
 from nemesis_fast._backends.bounded_relu import BACKENDS
 from nemesis_fast.bench.harness import saved_tensor_bytes
 from nemesis_fast.nn import BoundedReLU, replace_relu
 
 CASES = backend_device_cases()
+BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def layouts(device: str) -> dict[str, torch.Tensor]:
@@ -69,6 +72,28 @@ def test_boundaries_follow_the_subgradient_convention(backend, device):
     assert_same(out, expected)
     (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
     assert grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def neighbours(top: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The values of `dtype` just below, at and just above `top` (a value of that dtype)."""
+    bits = torch.tensor([top], dtype=torch.float64).to(dtype).view(BITS[dtype])
+    return torch.cat([bits - 1, bits, bits + 1]).view(dtype).to(device)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_threshold_keeps_the_precision_of_the_dtype(backend, device):
+    """t is rounded to x's dtype and no further: float64 thresholds that float32 cannot hold stay exact."""
+    require_backend(BACKENDS, backend, device)
+    for dtype in dtypes_for(backend, device):
+        for t in (0.1, 1 / 3, 1 + 2**-40, 6.0, 1e-300, 3e38):
+            top = reference.rounded_threshold(t, dtype)
+            if top == 0 or math.isinf(top):
+                continue
+            x = neighbours(top, dtype, device).requires_grad_(True)
+            out = nf.bounded_relu(x, t, backend=backend)
+            assert_same(out, torch.stack([x[0], x[1], x[1]]).detach())
+            (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+            assert grad.tolist() == [1.0, 0.0, 0.0], (dtype, t)
 
 
 @pytest.mark.parametrize("backend,device", CASES)
@@ -262,6 +287,47 @@ def test_bounded_relu_module():
     torch.testing.assert_close(module(torch.tensor([-1.0, 1.0, 3.0])), torch.tensor([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match="t must be > 0"):
         BoundedReLU(-1.0)
+
+
+@pytest.mark.triton
+def test_threshold_bits_round_like_torch():
+    """The Triton ops' threshold, an integer bit pattern computed in Python, is torch's rounding of t."""
+    if not nf_triton.AVAILABLE:
+        pytest.skip(nf_triton.REASON)
+    from nemesis_fast.triton.bounded_relu import threshold_bits
+
+    generator = torch.Generator().manual_seed(0)
+    random = (torch.rand(200, generator=generator, dtype=torch.float64) * 80 - 40).exp2().tolist()
+    special = [1.0, 0.1, 1 / 3, 1 + 2**-40, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 65504.0, 65519.9, 65520.0, 1e5,
+               2**-24, 2**-25, 1.5 * 2**-25, 1e-40, 1e-45, 5e-324, 3.4028234663852886e38, 3.4028235677973366e38,
+               3.5e38, 1e300]  # fmt: skip
+    for dtype in BITS:
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        for t in special + random:
+            expected = torch.tensor(t, dtype=wide).to(dtype).view(BITS[dtype]).item()
+            assert threshold_bits(t, dtype) == expected, (dtype, t)
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+def test_triton_ops_launch_one_kernel_per_call():
+    """No fill kernel for the threshold: each op (contiguous tensors) is one kernel launch."""
+    require_backend(BACKENDS, "triton", "cuda")
+    ops = torch.ops.nemesis_fast
+    x = torch.randn(1000, device="cuda", dtype=torch.float64)
+    out = ops.bounded_relu_triton(x, 0.3)
+    calls = {
+        "forward": lambda: ops.bounded_relu_triton(x, 0.3),
+        "backward": lambda: ops.bounded_relu_backward_triton(x, out, 0.3),
+    }
+    for name, call in calls.items():
+        call()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            call()
+            torch.cuda.synchronize()
+        kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        assert len(kernels) == 1, (name, [e.name for e in kernels])
 
 
 def test_nan_propagates_like_hardtanh():
