@@ -1,5 +1,6 @@
 """Triton kernels of bounded_relu and its backward, as the ops nemesis_fast::bounded_relu_triton and
-nemesis_fast::bounded_relu_backward_triton.
+nemesis_fast::bounded_relu_backward_triton; and of the masked pair, nemesis_fast::bounded_relu_masked_triton and
+nemesis_fast::bounded_relu_masked_backward_triton (see nemesis_fast.reference.bounded_relu for the mask's layout).
 
 The threshold reaches the kernels as the integer bit pattern of t rounded to the element type, and the kernel
 bitcasts it back: a Python float argument would reach the kernel as float32 (Triton's default signature type for
@@ -8,6 +9,7 @@ floats), which rounds a float64 threshold, and a tensor holding it would cost a 
 
 from __future__ import annotations
 
+import math
 import struct
 
 import torch
@@ -15,9 +17,12 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from .._checks import check_tensor
+from ..reference.bounded_relu import check_mask, is_dense, mask_bytes
 from ._common import as_dense, launch
 
-BLOCK = 4096
+BLOCK = 4096  # elements per program of the plain pair
+BYTES = 512  # mask bytes per program of the masked pair (8 * BYTES elements)
 NUM_WARPS = 8
 
 
@@ -73,6 +78,35 @@ def _backward_kernel(grad_ptr, out_ptr, grad_in_ptr, top_bits, n, BLOCK: tl.cons
     tl.store(grad_in_ptr + offsets, y, mask=mask)
 
 
+@triton.jit
+def _masked_forward_kernel(x_ptr, out_ptr, mask_ptr, top_bits, n, BYTES: tl.constexpr):
+    # A (BYTES, 8) tile of elements in memory order: row k is mask byte k's 8 elements.
+    byte = tl.program_id(0).to(tl.int64) * BYTES + tl.arange(0, BYTES)
+    bit = tl.arange(0, 8)
+    offsets = byte[:, None] * 8 + bit[None, :]
+    inside = offsets < n
+    x = tl.load(x_ptr + offsets, mask=inside, other=0)
+    top = _threshold(top_bits, x_ptr.dtype.element_ty)
+    y = tl.where(x < 0, tl.zeros_like(x), tl.where(x > top, top, x))
+    tl.store(out_ptr + offsets, y, mask=inside)
+    # NaN and the padding (0) fail the test, so the bits past the last element are 0.
+    passes = (x > 0) & (x < top)
+    packed = tl.sum(passes.to(tl.int32) << bit[None, :], axis=1)
+    tl.store(mask_ptr + byte, packed.to(tl.uint8), mask=byte * 8 < n)
+
+
+@triton.jit
+def _masked_backward_kernel(grad_ptr, mask_ptr, grad_in_ptr, n, BYTES: tl.constexpr):
+    byte = tl.program_id(0).to(tl.int64) * BYTES + tl.arange(0, BYTES)
+    bit = tl.arange(0, 8)
+    offsets = byte[:, None] * 8 + bit[None, :]
+    inside = offsets < n
+    packed = tl.load(mask_ptr + byte, mask=byte * 8 < n, other=0).to(tl.int32)
+    passes = ((packed[:, None] >> bit[None, :]) & 1) != 0
+    grad = tl.load(grad_ptr + offsets, mask=inside)
+    tl.store(grad_in_ptr + offsets, tl.where(passes, grad, tl.zeros_like(grad)), mask=inside)
+
+
 def _grid(n: int):
     return (triton.cdiv(n, BLOCK),)
 
@@ -106,4 +140,33 @@ def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float
             BLOCK=BLOCK,
             num_warps=NUM_WARPS,
         )
+    return grad_in
+
+
+@triton_op("nemesis_fast::bounded_relu_masked_triton", mutates_args=())
+def bounded_relu_masked_triton(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    check_tensor(x, "x")
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
+    x = x if is_dense(x) else x.contiguous()  # the layout rule of the native op
+    out = torch.empty_like(x)
+    n = x.numel()
+    mask = torch.empty(mask_bytes(n), dtype=torch.uint8, device=x.device)
+    if n > 0:
+        grid = (triton.cdiv(n, 8 * BYTES),)
+        launch(
+            _masked_forward_kernel, grid, x, out, mask, threshold_bits(t, x.dtype), n, BYTES=BYTES, num_warps=NUM_WARPS
+        )
+    return out, mask
+
+
+@triton_op("nemesis_fast::bounded_relu_masked_backward_triton", mutates_args=())
+def bounded_relu_masked_backward_triton(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    check_mask(grad, mask)
+    mask = mask.contiguous()
+    grad_in = torch.empty_like(grad)
+    n = grad.numel()
+    if n > 0:
+        grid = (triton.cdiv(n, 8 * BYTES),)
+        launch(_masked_backward_kernel, grid, grad, mask, grad_in, n, BYTES=BYTES, num_warps=NUM_WARPS)
     return grad_in
