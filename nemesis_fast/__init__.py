@@ -16,6 +16,7 @@ from .training import train
 
 _OP_TABLES = {
     "bounded_relu": _bounded_relu_backends.BACKENDS,
+    "bounded_relu_masked": _bounded_relu_backends.MASKED_BACKENDS,
     "gaussian_augment": _gaussian_augment_backends.BACKENDS,
     "jsma_saliency_search": _jsma_saliency_search_backends.BACKENDS,
 }
