@@ -61,11 +61,17 @@ def compile_kernel(label, kernel, pointers, constexprs, *, ints="i32", divisible
 
 
 for dtype in ("fp32", "fp64", "fp16", "bf16"):
-    ptrs = {"x_ptr": dtype, "out_ptr": dtype, "top_ptr": dtype, "grad_ptr": dtype, "grad_in_ptr": dtype}
-    for kernel in (bounded_relu._forward_kernel, bounded_relu._backward_kernel):
-        options = {"num_warps": bounded_relu.NUM_WARPS}
-        compile_kernel(f"bounded_relu{kernel.__name__}-{dtype}", kernel, ptrs, {"BLOCK": bounded_relu.BLOCK},
-                       divisible=("n",), options=options)
+    ptrs = {"x_ptr": dtype, "out_ptr": dtype, "grad_ptr": dtype, "grad_in_ptr": dtype, "mask_ptr": "u8"}
+    ints = "i64" if dtype == "fp64" else "i32"  # top_bits: the threshold's bit pattern
+    options = {"num_warps": bounded_relu.NUM_WARPS}
+    for kernel, constexprs in (
+        (bounded_relu._forward_kernel, {"BLOCK": bounded_relu.BLOCK}),
+        (bounded_relu._backward_kernel, {"BLOCK": bounded_relu.BLOCK}),
+        (bounded_relu._masked_forward_kernel, {"BYTES": bounded_relu.BYTES}),
+        (bounded_relu._masked_backward_kernel, {"BYTES": bounded_relu.BYTES}),
+    ):
+        label = f"bounded_relu{kernel.__name__}-{dtype}"
+        compile_kernel(label, kernel, ptrs, constexprs, ints=ints, divisible=("n",), options=options)
 for x, out, vec, ints in (
     ("fp32", "fp32", 4, "i32"), ("u8", "bf16", 4, "i32"), ("fp64", "fp16", 1, "i32"), ("fp16", "fp16", 4, "i64"),
     ("fp64", "fp64", 4, "i32"), ("u8", "fp32", 1, "i64"),
@@ -105,7 +111,7 @@ compile_kernel(
 )
 json.dump(records, sys.stdout)
 '''
-EXPECTED_VARIANTS = 8 + 6 + 1 + 6 + 1
+EXPECTED_VARIANTS = 16 + 6 + 1 + 6 + 1
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +178,21 @@ def test_jsma_search_fits_in_128_registers(compiled):
 @pytest.mark.triton
 @pytest.mark.slow
 def test_float32_data_moves_in_128_bit_accesses(compiled):
-    """bounded_relu and gaussian_augment (whole groups of 4 features) load and store float32 data 16 bytes at a time."""
+    """bounded_relu (both saves) and gaussian_augment (whole groups of 4 features) load and store float32 data 16
+    bytes at a time."""
     needs_cuobjdump()
     labels = [
         "bounded_relu_forward_kernel-fp32",
         "bounded_relu_backward_kernel-fp32",
+        "bounded_relu_masked_forward_kernel-fp32",
+        "bounded_relu_masked_backward_kernel-fp32",
         "gaussian_augment-fp32-fp32-vec4-i32",
     ]
     for label in labels:
         sass = sass_of(compiled[label])
-        loads = [i for i in sass if i.startswith("LDG")]
-        stores = [i for i in sass if i.startswith("STG")]
+        # The float32 data; the bit mask's bytes (.U8) move apart.
+        loads = [i for i in sass if i.startswith("LDG") and ".U8" not in i]
+        stores = [i for i in sass if i.startswith("STG") and ".U8" not in i]
         assert any(".128" in i for i in loads), (label, loads)
         assert stores and all(".128" in i for i in stores), (label, stores)
 
