@@ -374,6 +374,9 @@ def test_torch_compile_fullgraph(backend, device, monkeypatch):
     x = torch.rand(6, 3, 4, 4, device=device)
     torch.testing.assert_close(compiled(x, 5), augment_and_normalise(x, 5))
     torch.testing.assert_close(compiled(x, 6), (expected(x * 0.5, sigma=0.2, seed=21, offset=6) - 0.5) * 2.0)
+    # The op alone, compiled: the same bits as the reference (the launch options survive tracing).
+    augment = torch.compile(lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6), fullgraph=True)
+    assert torch.equal(augment(x).cpu(), expected(x.cpu(), sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))
 
     with pytest.raises(Exception, match="explicit seed"):
         torch.compile(lambda v: nf.gaussian_augment(v, 2), fullgraph=True)(x)
