@@ -19,24 +19,16 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <type_traits>
 
 #include "bounded_relu.h"
+#include "cpu/simd.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the mask packing below reads 8 bytes as a little-endian word"
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#include <immintrin.h>
-#define NEMESIS_FAST_X86_SIMD 1
-#define NEMESIS_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NEMESIS_FAST_CPU_CLONES
-#endif
 
 namespace nemesis_fast::bounded_relu {
 namespace {
@@ -207,18 +199,8 @@ __attribute__((target("avx2"))) void forward_masked_avx2(const double* x, double
 }
 #endif
 
-// Whether this CPU runs the explicit AVX2 loops. NEMESIS_FAST_CPU_SIMD=scalar turns them off, as for
-// gaussian_augment (the tests check both).
-bool use_avx2() {
-  const char* cap = std::getenv("NEMESIS_FAST_CPU_SIMD");
-  const std::string limit = cap ? cap : "";
-#ifdef NEMESIS_FAST_X86_SIMD
-  __builtin_cpu_init();
-  return limit != "scalar" && __builtin_cpu_supports("avx2");
-#else
-  return false;
-#endif
-}
+// Whether this CPU runs the explicit AVX2 loops (an AVX-512 one was slower on the machines measured).
+bool use_avx2() { return cpu::widest_simd() != cpu::Simd::kScalar; }
 
 template <typename R>
 using ForwardMaskedFn = void (*)(const R*, R*, uint8_t*, int64_t, R, R);

@@ -9,18 +9,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
+#include "cpu/simd.h"
 #include "gaussian_augment.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#include <immintrin.h>
-#define NEMESIS_FAST_X86_SIMD 1
-#define NEMESIS_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NEMESIS_FAST_CPU_CLONES
-#endif
 
 namespace nemesis_fast::gaussian_augment {
 namespace {
@@ -120,14 +112,17 @@ __attribute__((target("avx2"))) void words_avx2(uint32_t* w, uint32_t g0, int64_
 }
 #endif
 
-// The widest version this CPU runs. NEMESIS_FAST_CPU_SIMD=avx2|scalar caps it (the tests check all three).
+// The widest version this CPU runs.
 WordsFn pick_words() {
-  const char* cap = std::getenv("NEMESIS_FAST_CPU_SIMD");
-  const std::string limit = cap ? cap : "";
 #ifdef NEMESIS_FAST_X86_SIMD
-  __builtin_cpu_init();
-  if (limit.empty() && __builtin_cpu_supports("avx512f")) return words_avx512;
-  if ((limit.empty() || limit == "avx2") && __builtin_cpu_supports("avx2")) return words_avx2;
+  switch (cpu::widest_simd()) {
+    case cpu::Simd::kAvx512:
+      return words_avx512;
+    case cpu::Simd::kAvx2:
+      return words_avx2;
+    case cpu::Simd::kScalar:
+      break;
+  }
 #endif
   return words_scalar;
 }
