@@ -101,6 +101,22 @@ def test_certified_radius_of_a_linear_classifier_is_wrong_no_more_often_than_alp
     assert sum(ratios) / len(ratios) > 0.8  # and the certificates are not vacuous
 
 
+def test_votes_of_a_linear_classifier_follow_the_binomial_law_of_gaussian_noise():
+    sigma, n = 0.5, 2000
+    model, x, signed = halfspace_images(60, sigma, seed=1)
+    p = torch.from_numpy(stats.norm.cdf(signed.numpy() / sigma))  # P(class 1) under N(0, sigma^2 I)
+    keep = (p > 0.05) & (p < 0.95)
+    smooth = Smooth(model, sigma, 2)
+    z = torch.cat(
+        [
+            ((votes - n * p) / torch.sqrt(n * p * (1 - p)))[keep]
+            for votes in (smooth.predict(x, n, 0.5, 100_000, seed=seed).counts[:, 1].double() for seed in range(10))
+        ]
+    )
+    assert abs(z.mean().item()) < 4 / math.sqrt(len(z))  # no bias in P(class 1) ...
+    assert 0.8 < z.var().item() < 1.25  # ... nor in its spread: independent draws
+
+
 class Quadrants(nn.Module):
     """Class 0 where feature 0 > t0, else class 1 where feature 1 > 0, else class 2."""
 
@@ -245,3 +261,15 @@ X = torch.rand(2, 1, 2, 2)
 def test_bad_input_is_rejected_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", [None, pytest.param("triton", marks=pytest.mark.triton)])
+def test_on_a_gpu_the_votes_are_the_cpus(backend):
+    model, x, _ = halfspace_images(12, 0.5, seed=4)
+    on_cpu = Smooth(model, 0.5, 2).certify(x, 20, 2000, 0.01, 500, seed=9)
+    gpu_model = Halfspace(model.w.cuda(), model.b)
+    on_gpu = Smooth(gpu_model, 0.5, 2, device="cuda", backend=backend).certify(x.cuda(), 20, 2000, 0.01, 3000, seed=9)
+    # The same noise to ~1e-6 on every backend: a vote may flip only for a draw within that of the boundary.
+    assert (on_gpu.counts - on_cpu.counts).abs().sum() <= 2
+    assert (on_gpu.prediction == on_cpu.prediction).all()
