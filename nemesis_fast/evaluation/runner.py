@@ -162,7 +162,8 @@ class Evaluation:
         units = self._work()
         chunk_ids = {chunk: i for i, chunk in enumerate(sorted({u[-1] for u in units}))}
         mine = [u for u in units if chunk_ids[u[-1]] % self.workers.world_size == self.workers.rank]
-        self.log(f"attacking {len(self.data.test_labels)} test images: {len(units)} units of work")
+        certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
+        self.log(f"attacking {len(self.data.test_labels)} test images{certifying}: {len(units)} units of work")
         attack_started = time.perf_counter()
         outcomes = {unit: self._do(unit) for unit in _progress(mine, "attacks", self.progress)}
         gathered: dict[tuple, dict[str, Any]] = {}
