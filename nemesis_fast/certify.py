@@ -285,10 +285,13 @@ class Smooth:
                 ]
                 batch = noisy[0] if len(noisy) == 1 else torch.cat(noisy)
                 predicted = self._classify(batch, device)
-                slots = torch.tensor([(i * len(phases) + p) * self.num_classes for i, p, _, _ in segments])
-                lengths = torch.tensor([stop - start for _, _, start, stop in segments])
-                base = torch.repeat_interleave(slots.to(device), lengths.to(device), output_size=end - begin)
-                counts.scatter_add_(0, base + predicted, torch.ones_like(predicted))
+                # Each row's slot (image, phase) in `counts`, made on the device: no copy from the host, no sync.
+                base = [
+                    torch.full((stop - start,), (i * len(phases) + p) * self.num_classes, device=device)
+                    for i, p, start, stop in segments
+                ]
+                slots = base[0] if len(base) == 1 else torch.cat(base)
+                counts.scatter_add_(0, slots + predicted, torch.ones_like(predicted))
                 if progress is not None:
                     progress(end - begin)
         return counts.view(x.shape[0], len(phases), self.num_classes).cpu()
