@@ -227,9 +227,11 @@ def render_markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def summary(results: Results) -> str:
     """The tables as a person reads them in the terminal."""
+    samples = results.cells[0].samples if results.cells else 0
+    certified = f", {results.certified[0].samples} certified" if results.certified else ""
     parts = [
         f"nemesis_fast {results.version} on {results.device} ({results.world_size} process(es)), "
-        f"dataset {results.config['dataset']}, {results.cells[0].samples if results.cells else 0} test images"
+        f"dataset {results.config['dataset']}, {samples} test images attacked{certified}"
     ]
     if results.blackbox():
         parts += [
