@@ -260,6 +260,11 @@ class Smooth:
         after every forward pass with the number of noisy copies it classified."""
         self._check_x(x, offset)
         batch_size = check_int(batch_size, "batch_size", low=1)
+        if not phases:
+            raise ValueError("phases must list at least one (noise key, draws) pair")
+        for key, count in phases:
+            check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1)
+            check_int(count, "a phase's draws", low=1, high=MAX_DRAWS)
         device = self._device(x)
         x = x.detach().to(device)
         draws = [count for _, count in phases]
