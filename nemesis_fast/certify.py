@@ -237,13 +237,12 @@ class Smooth:
 
     @contextlib.contextmanager
     def _eval_mode(self):
-        modes = [(m, m.training) for m in self.model.modules()] if isinstance(self.model, nn.Module) else []
+        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
+        modes = [m.training for m in modules]
         try:
-            if isinstance(self.model, nn.Module):
-                self.model.eval()
-            yield
+            yield self.model.eval() if modules else None
         finally:
-            for module, training in modes:
+            for module, training in zip(modules, modes):
                 module.training = training
 
     def sample_counts(
@@ -260,9 +259,7 @@ class Smooth:
         after every forward pass with the number of noisy copies it classified."""
         self._check_x(x, offset)
         batch_size = check_int(batch_size, "batch_size", low=1)
-        if not phases:
-            raise ValueError("phases must list at least one (noise key, draws) pair")
-        for key, count in phases:
+        for key, count in phases or [(0, 0)]:  # none: "a phase's draws must be >= 1"
             check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1)
             check_int(count, "a phase's draws", low=1, high=MAX_DRAWS)
         device = self._device(x)
