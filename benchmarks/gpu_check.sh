@@ -28,8 +28,8 @@ fi
 
 timeout 150 python3 -m pytest -m "cuda or triton" -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
 
-# suite:seconds; at most 200 + 150 + 260 s in all.
-for entry in bounded_relu:40 gaussian_augment:40 jsma:60 attacks:80 training:40; do
+# suite:seconds; at most 200 + 150 + 380 s in all.
+for entry in bounded_relu:40 gaussian_augment:40 jsma:60 attacks:80 training:40 certify:120; do
   suite="${entry%%:*}"
   echo "== $suite" >> "$OUT/bench.log"
   timeout "${entry##*:}" python3 -m nemesis_fast.cli bench "$suite" --device cuda --json "$OUT/$suite.json" >> "$OUT/bench.log" 2>&1 \
