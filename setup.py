@@ -102,8 +102,17 @@ def extension_modules():
 
     # torch picks the C++ standard. -fopenmp makes at::parallel_for multi-threaded; the OpenMP calls bind at
     # load time to the runtime that libtorch already loaded, so none is linked here. -fno-math-errno lets loops
-    # that call sqrt vectorise (no kernel reads errno).
-    cxx_flags = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    # that call sqrt vectorise (no kernel reads errno). -ffp-contract=off: no multiply and add fused into one FMA
+    # (GCC fuses by default where the target has FMA), so that every float operation rounds as the torch
+    # reference's does and the Gaussian noise is bit-exact across backends.
+    cxx_flags = [
+        "-O3",
+        "-fvisibility=hidden",
+        "-fno-math-errno",
+        "-ffp-contract=off",
+        "-Wno-unknown-pragmas",
+        "-Wno-maybe-uninitialized",
+    ]
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))

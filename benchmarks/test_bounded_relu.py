@@ -10,7 +10,7 @@ from nemesis_fast.bench import bounded_relu as bench
 
 
 @pytest.mark.parametrize("case", bench.CASES)
-@pytest.mark.parametrize("provider", ["native", "torch eager"])
+@pytest.mark.parametrize("provider", ["native", "native save=mask", "torch eager"])
 def test_bounded_relu_cpu(benchmark, case, provider):
     fn = bench.make_case(case, provider, torch.randn(1 << 20))
     assert not isinstance(fn, str), fn

@@ -45,4 +45,36 @@ inline at::TensorIterator backward_iterator(const at::Tensor& grad, const at::Te
   return at::TensorIteratorConfig().add_output(grad_in).add_const_input(grad).add_const_input(out).build();
 }
 
+// The masked pair saves a bit-packed mask instead of the output: bit j of byte k is 1 where element 8k + j of the
+// output, in memory order, passes the gradient (0 < x < t); the bits past the last element are 0.
+inline int64_t mask_bytes(int64_t n) {
+  return n / 8 + (n % 8 != 0);
+}
+
+// x itself when it is gap-free in some dimension order (the output then shares its layout and memory order),
+// else a contiguous copy of it.
+inline at::Tensor masked_forward_input(const at::Tensor& x, double t) {
+  check_float_tensor(x, "x");
+  check_positive_finite(t, "t");
+  return x.is_non_overlapping_and_dense() ? x : x.contiguous();
+}
+
+// The backward reads grad in memory order, so grad must be gap-free: the mask's bits follow that order, which is
+// the output's when grad has the output's strides.
+inline at::Tensor masked_backward_mask(const at::Tensor& grad, const at::Tensor& mask) {
+  check_float_tensor(grad, "grad");
+  TORCH_CHECK_VALUE(grad.is_non_overlapping_and_dense(), "nemesis_fast: grad must be dense (gap-free and "
+                    "non-overlapping, with the strides of the forward's output, whose memory order the mask "
+                    "follows); got shape ", grad.sizes(), " and strides ", grad.strides());
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte, "nemesis_fast: mask must be a uint8 tensor, got ",
+                   mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.device() == grad.device(), "nemesis_fast: mask and grad must be on the same device, got ",
+                    mask.device(), " and ", grad.device());
+  const int64_t expected = mask_bytes(grad.numel());
+  TORCH_CHECK_VALUE(mask.dim() == 1 && mask.numel() == expected, "nemesis_fast: mask must be 1-D with ceil(",
+                    grad.numel(), " / 8) = ", expected, " bytes (one bit per element of grad), got shape ",
+                    mask.sizes());
+  return mask.contiguous();
+}
+
 }  // namespace nemesis_fast::bounded_relu

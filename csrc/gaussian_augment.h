@@ -132,10 +132,16 @@ using math_type = std::conditional_t<std::is_same_v<in_t, double>, double, float
 template <typename math_t, typename in_t>
 C10_HOST_DEVICE inline math_t load_value(in_t v) {
   if constexpr (std::is_same_v<in_t, uint8_t>) {
-    return static_cast<math_t>(v) / math_t(255);
+    return philox::rn::div(static_cast<math_t>(v), math_t(255));
   } else {
     return static_cast<math_t>(v);
   }
+}
+
+// v + sigma z, rounded after the product and after the sum, as the reference does.
+template <typename math_t>
+C10_HOST_DEVICE inline math_t add_noise(math_t v, math_t sigma, float z) {
+  return philox::rn::add(v, philox::rn::mul(sigma, static_cast<math_t>(z)));
 }
 
 // clip(v) with NaN passing through (it fails both comparisons).

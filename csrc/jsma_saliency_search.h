@@ -53,7 +53,9 @@ inline int64_t check_inputs(const at::Tensor& target_grad, const at::Tensor& oth
   return n;
 }
 
-// Outputs (p, q, found) of shape (B,), filled with "no pair".
+// Outputs (p, q, found) of shape (B,), filled with "no pair": for a kernel that writes only the samples where it
+// finds one (CPU), or a call with nothing to search (B = 0 or n < 2). Three fills: the CUDA kernel, whose
+// finishing kernel writes every output, allocates its own instead.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_result(const at::Tensor& target_grad) {
   const auto options = target_grad.options().dtype(at::kLong);
   const int64_t batch = target_grad.size(0);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import attacks, data, defenses, models, nn
+from . import attacks, certify, data, defenses, models, nn
 from ._backends import bounded_relu as _bounded_relu_backends
 from ._backends import gaussian_augment as _gaussian_augment_backends
 from ._backends import jsma_saliency_search as _jsma_saliency_search_backends
@@ -16,6 +16,7 @@ from .training import train
 
 _OP_TABLES = {
     "bounded_relu": _bounded_relu_backends.BACKENDS,
+    "bounded_relu_masked": _bounded_relu_backends.MASKED_BACKENDS,
     "gaussian_augment": _gaussian_augment_backends.BACKENDS,
     "jsma_saliency_search": _jsma_saliency_search_backends.BACKENDS,
 }
@@ -35,6 +36,7 @@ __all__ = [
     "attacks",
     "backend_info",
     "bounded_relu",
+    "certify",
     "data",
     "defenses",
     "evaluate",

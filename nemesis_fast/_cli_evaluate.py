@@ -32,7 +32,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="With no arguments: a small but real evaluation on the MNIST sample shipped with the package "
         "(the 'quick' preset, a few minutes on a CPU). With --data-dir: the full MNIST or CIFAR-10 files and the "
         "paper's settings. Runs under torchrun too (the test set is sharded across processes). Results go to "
-        "--out: results.json/.csv/.md, whitebox.png, examples.png; models and attacks are cached there, so an "
+        "--out: results.json/.csv/.md, whitebox.png, examples.png, certified.png (the [certify] section); models, "
+        "attacks and certificates are cached there, so an "
         "interrupted run continues where it stopped.",
     )
     p.add_argument("--config", help="a TOML or JSON config file (see nemesis_fast/evaluation/presets/paper.toml)")

@@ -1,4 +1,4 @@
-"""The command line: `nemesis-fast bench`, `nemesis-fast train` and `nemesis-fast evaluate`."""
+"""The command line: `nemesis-fast bench`, `train`, `evaluate` and `certify`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._cli_certify import add_parser as add_certify_parser
 from ._cli_evaluate import add_parser as add_evaluate_parser
 from ._cli_train import add_parser as add_train_parser
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
     add_train_parser(commands)
     add_evaluate_parser(commands)
+    add_certify_parser(commands)
     return parser
 
 

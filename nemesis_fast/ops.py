@@ -7,30 +7,42 @@ import torch
 from ._backends import bounded_relu as _bounded_relu
 from ._backends import gaussian_augment as _gaussian_augment
 from ._backends import jsma_saliency_search as _jsma_saliency_search
-from ._checks import FLOAT_DTYPES, check_positive, check_tensor
+from ._checks import FLOAT_DTYPES, check_choice, check_positive, check_tensor
 from .reference import rounded_threshold
 from .reference.jsma_saliency_search import check_inputs as _check_jsma_inputs
 
 _SMALLEST_NORMAL = {d: torch.finfo(d).smallest_normal for d in FLOAT_DTYPES}
 
 
-def bounded_relu(x: torch.Tensor, t: float = 1.0, *, backend: str | None = None) -> torch.Tensor:
+SAVES = ("output", "mask")
+
+
+def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> torch.Tensor:
     """Bounded ReLU, f_t(x) = min(max(x, 0), t), elementwise.
 
     Args:
         x: a float16, bfloat16, float32 or float64 tensor of any shape and strides.
         t: the upper bound, a finite number > 0 (the paper uses t = 1). It is rounded to x's dtype.
+        save: what backward keeps. "output" (default): the output, which the next layer keeps anyway, so training
+            memory equals nn.ReLU's; backward reads grad and the output. "mask": a bit-packed mask, 1 bit per
+            element (n / 8 bytes more than "output" when the next layer keeps its input), which backward reads
+            instead of the output: forward+backward moves 16.25 bytes per float32 element instead of 20. Where no
+            gradient is needed (no grad mode, or x does not require grad), "mask" computes no mask.
         backend: None (automatic: the compiled kernel, then Triton on CUDA, then torch), "native",
             "triton" or "torch". NEMESIS_FAST_BACKEND sets the default.
 
     Returns:
-        A tensor of x's shape, dtype and layout. NaN propagates. The gradient is 1 where 0 < x < t and 0
-        elsewhere; backward keeps only the output, which the next layer keeps anyway.
+        A tensor of x's shape and dtype, and x's layout (contiguous for a non-dense x with save="mask"). NaN
+        propagates. The gradient is 1 where 0 < x < t and 0 elsewhere (also at 0, t and NaN), the same for both
+        values of `save`.
     """
     check_tensor(x, "x")
     t = check_positive(t, "t")
+    check_choice(save, "save", SAVES)
     if t < _SMALLEST_NORMAL[x.dtype] and rounded_threshold(t, x.dtype) == 0:
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
+    if save == "mask" and x.requires_grad and torch.is_grad_enabled():
+        return _bounded_relu.MASKED_BACKENDS.select(x.device, backend)(x, t)
     return _bounded_relu.BACKENDS.select(x.device, backend)(x, t)
 
 

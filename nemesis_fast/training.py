@@ -349,9 +349,11 @@ def save_checkpoint(
     architecture: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics",
+    """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics", "noise_sigma",
     "nemesis_fast_version"} to `path` (atomically; tensors moved to the CPU). `architecture` defaults to the
-    one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models)."""
+    one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models). "noise_sigma" is
+    the standard deviation of the Gaussian noise the model was trained on (the gda recipe's sigma; None for the
+    other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
     from . import __version__
 
     if not isinstance(recipe, str):
@@ -363,10 +365,32 @@ def save_checkpoint(
         "settings": dict(settings or {}),
         "architecture": architecture if architecture is not None else architecture_of(model),
         "metrics": dict(metrics or {}),
+        "noise_sigma": training_noise_sigma(recipe, settings),
         "nemesis_fast_version": __version__,
     }
     torch_save_atomic(path, payload)
     return path
+
+
+def training_noise_sigma(recipe: str, settings: dict[str, Any] | None) -> float | None:
+    """The standard deviation of the Gaussian noise a recipe trains on: the gda recipe's sigma (its default
+    where `settings` leave it out), None for the recipes without noise."""
+    if recipe != "gda":
+        return None
+    sigma = (settings or {}).get("sigma")
+    if sigma is None:
+        from .defenses.recipes import GDASettings
+
+        sigma = GDASettings().sigma
+    return float(sigma)
+
+
+def checkpoint_noise_sigma(meta: dict[str, Any]) -> float | None:
+    """The training noise's sigma recorded in a checkpoint's entries (as :func:`load_checkpoint` returns them);
+    for checkpoints written before it was recorded, read from a gda recipe's settings. None: no noise."""
+    if meta.get("noise_sigma") is not None:
+        return float(meta["noise_sigma"])
+    return training_noise_sigma(meta.get("recipe", ""), meta.get("settings"))
 
 
 def _differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

@@ -8,8 +8,35 @@ import torch
 from _support import backend_device_cases, dtypes_for, fast_backend_cases, require_backend
 
 import nemesis_fast as nf
+from nemesis_fast import triton as nf_triton
 from nemesis_fast._backends.jsma_saliency_search import BACKENDS
 from nemesis_fast.reference import jsma_saliency_search as reference
+
+if nf_triton.AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    from nemesis_fast.triton import jsma_saliency_search as jsma_triton
+
+    @triton.jit
+    def _index_probe(
+        out_ptr, pid, batch, n, stride0, ROWS: tl.constexpr, COLS: tl.constexpr, DIAGONAL_COLS: tl.constexpr,
+        WIDE: tl.constexpr,
+    ):  # fmt: skip
+        """The Triton kernel's index helpers on program `pid`, their results stored as int64."""
+        b, row_base = jsma_triton._row_block(pid, batch, ROWS)
+        first, last = jsma_triton._column_tiles(row_base, n, DIAGONAL_COLS, COLS)
+        tail = jsma_triton._tile(last, n, tl.arange(0, COLS), COLS)
+        wide = jsma_triton._tile(row_base + 8, n, tl.arange(0, WIDE), WIDE)
+        tl.store(out_ptr + 0, b)
+        tl.store(out_ptr + 1, row_base)
+        tl.store(out_ptr + 2, first)
+        tl.store(out_ptr + 3, last)
+        tl.store(out_ptr + 4, tl.sum(tail.to(tl.int32)))
+        tl.store(out_ptr + 5, tl.sum(wide.to(tl.int32)))
+        tl.store(out_ptr + 6, jsma_triton._sample_offset(b, row_base, stride0, 1))
+        tl.store(out_ptr + 7, jsma_triton._pair_key(row_base, ROWS - 1, (last - row_base).to(tl.int32) + COLS - 1, n))
+
 
 CASES = backend_device_cases()
 NAN = float("nan")
@@ -48,7 +75,7 @@ def run(backend, t, o, d, increase):
 @pytest.mark.parametrize("increase", [True, False])
 def test_random_inputs_match_reference(backend, device, increase):
     require_backend(BACKENDS, backend, device)
-    shapes = [(3, 37), (2, 130), (1, 2), (4, 1), (2, 0), (0, 5)]
+    shapes = [(3, 37), (2, 130), (2, 96), (1, 2), (4, 1), (2, 0), (0, 5)]
     for k, (batch, n) in enumerate(shapes):
         for ties in (False, True):
             for nans in (False, True):
@@ -180,16 +207,75 @@ def test_more_than_2_31_pairs(backend, device):
         assert found.item() and (bp.item(), bq.item()) == (min(p, other), max(p, other))
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_index_arithmetic_near_2_31(device):
+    """The Triton kernel's index helpers at n = 2**31 - 1 without a 4 GiB tensor: the column tiles past the last
+    row blocks start at or beyond 2**31, a tile straddling 2**31 is masked at n, and b * stride and p * n + q
+    exceed 2**31, all of which wrap if done in int32 (Triton's type for an integer argument below 2**31)."""
+    require_backend(BACKENDS, "triton", device)
+    rows, cols, batch, n, wide = jsma_triton.ROWS, jsma_triton.COLS, 3, 2**31 - 1, 64
+    diagonal_cols = -(-rows // cols) * cols
+    row_blocks = -(-n // rows)
+    for row_block in (row_blocks - 1, row_blocks - 1 - 128 // rows, row_blocks - 1 - 5 * 128 // rows):
+        b = batch - 1
+        out = torch.full((8,), -7, dtype=torch.int64, device=device)
+        _index_probe[(1,)](out, row_block * batch + b, batch, n, n, rows, cols, diagonal_cols, wide)
+        row_base = row_block * rows
+        first = row_base + diagonal_cols
+        last = first + max(n - first, 0) // cols * cols
+        expected = [
+            b,
+            row_base,
+            first,
+            last,
+            max(0, min(n - last, cols)),
+            min(n - (row_base + 8), wide),
+            b * n + row_base,
+            (row_base + rows - 1) * n + last + cols - 1,
+        ]
+        assert out.tolist() == expected, (row_block, out.tolist(), expected)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_finish_kernel(device):
+    """The Triton finishing kernel on made-up partials (row block, sample): more row blocks than it reads at a
+    time, tied scores (the smallest key wins), keys past 2**31, and samples with no valid pair."""
+    require_backend(BACKENDS, "triton", device)
+    g = torch.Generator().manual_seed(0)
+    batch, n = 5, 2**31 - 1
+    row_blocks = 2 * jsma_triton.FINISH_BLOCK + 17
+    score = torch.randint(-1, 4, (row_blocks, batch), generator=g).float()
+    score[:, 3] = -1.0  # no valid pair
+    key = torch.randint(0, 2**62, (row_blocks, batch), generator=g)
+    top = score.amax(0)
+    best_key = torch.where(score == top, key, torch.iinfo(torch.int64).max).amin(0)
+    found = top >= 0
+    p = torch.full((batch,), 7, dtype=torch.int64, device=device)
+    q = p.clone()
+    out_found = torch.ones(batch, dtype=torch.bool, device=device)  # the kernel writes every output
+    jsma_triton._finish_kernel[(batch,)](
+        score.to(device), key.to(device), p, q, out_found, batch, n, row_blocks,
+        BLOCK=jsma_triton.FINISH_BLOCK,
+    )  # fmt: skip
+    assert out_found.cpu().tolist() == found.tolist() == [True, True, True, False, True]
+    assert p.cpu().tolist() == torch.where(found, best_key // n, -1).tolist()
+    assert q.cpu().tolist() == torch.where(found, best_key % n, -1).tolist()
+
+
 @pytest.mark.cuda
 def test_cuda_kernels_on_many_tiles_and_chunks():
-    """Shapes that cover several tiles per sample, partial tiles, one and many samples."""
+    """Shapes that cover several tiles per sample, partial tiles, one and many samples, and (B = 128, n = 1300:
+    more tile pairs than blocks the GPU holds at once) CUDA blocks that scan several tile pairs across row tiles."""
     for backend in ("native", "triton"):
         require_backend(BACKENDS, backend, "cuda")
-        for batch, n, seed in ((1, 3001, 0), (5, 700, 1), (300, 65, 2), (2, 257, 3)):
-            for ties in (False, True):
-                t, o, d = random_case(batch, n, seed=seed, ties=ties, nans=True, device="cuda")
-                for increase in (True, False):
-                    expected = reference(t.cpu(), o.cpu(), d.cpu(), increase)
+    for batch, n, seed in ((1, 3001, 0), (5, 700, 1), (300, 65, 2), (2, 257, 3), (128, 1300, 4)):
+        for ties in (False, True):
+            t, o, d = random_case(batch, n, seed=seed, ties=ties, nans=True, device="cuda")
+            for increase in (True, False):
+                expected = reference(t.cpu(), o.cpu(), d.cpu(), increase)
+                for backend in ("native", "triton"):
                     assert_same(run(backend, t, o, d, increase), expected, (backend, batch, n, ties, increase))
 
 

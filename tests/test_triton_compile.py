@@ -1,22 +1,32 @@
-"""Every Triton kernel compiles for a Hopper GPU (sm_90), offline, with no GPU present.
+"""Every Triton kernel compiled for a Hopper GPU (sm_90) as a real launch compiles it, offline, with no GPU present;
+and the compiled code read back: no register spills, 128-bit global loads and stores for aligned float32 data, no
+fused multiply-add in the Gaussian noise.
 
 Triton's CPU interpreter accepts programs that its compiler rejects (a loop that changes a variable's shape, for
-one), so the interpreter tests alone cannot show that the kernels build for a GPU. This test runs Triton's real
-compiler down to PTX, in a process without TRITON_INTERPRET, for each kernel and the dtypes the ops launch it with.
+one), so the interpreter tests alone cannot show that the kernels build for a GPU. This compiles each kernel with
+Triton's real compiler down to a cubin, in a process without TRITON_INTERPRET, for the dtypes the ops launch it with.
+Pointers carry the 16-byte alignment that a launch on a torch allocation reports (tt.divisibility 16), and so do
+the integer arguments that a launch specialises when they are multiples of 16; the launch options are the ops'.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+from _compiled import PTX_FMA, PTX_UNROUNDED, nvidia_tool, resource_usage, sass_by_function
 
 pytest.importorskip("triton")
 
 COMPILE_ALL = r'''
+import json
 import sys
+from pathlib import Path
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -24,57 +34,186 @@ from triton.compiler import ASTSource
 from nemesis_fast.triton import bounded_relu, gaussian_augment, jsma_saliency_search
 
 TARGET = GPUTarget("cuda", 90, 32)
+OUT = Path(sys.argv[1])
+ALIGNED = [["tt.divisibility", 16]]
+records = []
 
 
-def compile_kernel(kernel, pointers, constexprs, ints="i32"):
-    """pointers: the dtype of each *_ptr argument; every other non-constexpr argument is an integer."""
-    signature = {}
-    for name in kernel.arg_names:
+def compile_kernel(label, kernel, pointers, constexprs, *, ints="i32", divisible=(), options=None):
+    """pointers: the dtype of each *_ptr argument; every other non-constexpr argument is an integer, with 16-byte
+    divisibility when named in `divisible`."""
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
             signature[name] = "*" + pointers[name]
+            attrs[(index,)] = ALIGNED
         else:
             signature[name] = ints
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(source, target=TARGET, options={"num_warps": 4})
-    assert "ptx" in compiled.asm
+            if name in divisible:
+                attrs[(index,)] = ALIGNED
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=TARGET, options=options or {"num_warps": 4})
+    (OUT / f"{label}.cubin").write_bytes(compiled.asm["cubin"])
+    (OUT / f"{label}.ptx").write_text(compiled.asm["ptx"])
+    records.append({"label": label, "kernel": kernel.__name__})
 
 
-cases = 0
 for dtype in ("fp32", "fp64", "fp16", "bf16"):
-    ptrs = {"x_ptr": dtype, "out_ptr": dtype, "top_ptr": dtype, "grad_ptr": dtype, "grad_in_ptr": dtype}
-    for kernel in (bounded_relu._forward_kernel, bounded_relu._backward_kernel):
-        compile_kernel(kernel, ptrs, {"BLOCK": bounded_relu.BLOCK})
-        cases += 1
+    ptrs = {"x_ptr": dtype, "out_ptr": dtype, "grad_ptr": dtype, "grad_in_ptr": dtype, "mask_ptr": "u8"}
+    ints = "i64" if dtype == "fp64" else "i32"  # top_bits: the threshold's bit pattern
+    options = {"num_warps": bounded_relu.NUM_WARPS}
+    for kernel, constexprs in (
+        (bounded_relu._forward_kernel, {"BLOCK": bounded_relu.BLOCK}),
+        (bounded_relu._backward_kernel, {"BLOCK": bounded_relu.BLOCK}),
+        (bounded_relu._masked_forward_kernel, {"BYTES": bounded_relu.BYTES}),
+        (bounded_relu._masked_backward_kernel, {"BYTES": bounded_relu.BYTES}),
+    ):
+        label = f"bounded_relu{kernel.__name__}-{dtype}"
+        compile_kernel(label, kernel, ptrs, constexprs, ints=ints, divisible=("n",), options=options)
 for x, out, vec, ints in (
-    ("fp32", "fp32", 4, "i32"), ("u8", "bf16", 4, "i32"), ("fp64", "fp16", 1, "i32"), ("fp16", "fp16", 4, "i64")
+    ("fp32", "fp32", 4, "i32"), ("u8", "bf16", 4, "i32"), ("fp64", "fp16", 1, "i32"), ("fp16", "fp16", 4, "i64"),
+    ("fp64", "fp64", 4, "i32"), ("u8", "fp32", 1, "i64"),
 ):
     math = "fp64" if x == "fp64" else "fp32"
     compile_kernel(
+        f"gaussian_augment-{x}-{out}-vec{vec}-{ints}",
         gaussian_augment._augment_kernel,
         {"x_ptr": x, "out_ptr": out, "params_ptr": math},
         {"UINT8": x == "u8", "VEC": vec, "BLOCK": gaussian_augment.BLOCK},
-        ints,
+        ints=ints,
+        options=gaussian_augment.LAUNCH_OPTIONS,
     )
-    cases += 1
+# The same kernel with FP fusion left on (Triton's default): the control that shows the FMA check can fail.
+compile_kernel(
+    "control-gaussian_augment-fused",
+    gaussian_augment._augment_kernel,
+    {"x_ptr": "fp32", "out_ptr": "fp32", "params_ptr": "fp32"},
+    {"UINT8": False, "VEC": 4, "BLOCK": gaussian_augment.BLOCK},
+    options={**gaussian_augment.LAUNCH_OPTIONS, "enable_fp_fusion": True},
+)
 for dtype in ("fp32", "bf16", "fp64"):
     for increase in (True, False):
         compile_kernel(
+            f"jsma_saliency_search-{dtype}-{'increase' if increase else 'decrease'}",
             jsma_saliency_search._search_kernel,
             {"target_ptr": dtype, "other_ptr": dtype, "domain_ptr": "u8", "score_ptr": "fp32", "key_ptr": "i64"},
             {"INCREASE": increase, "ROWS": jsma_saliency_search.ROWS, "COLS": jsma_saliency_search.COLS},
+            divisible=("n",),
+            options={"num_warps": jsma_saliency_search.NUM_WARPS},
         )
-        cases += 1
-print(f"compiled {cases} kernel variants")
+compile_kernel(
+    "jsma_saliency_search_finish",
+    jsma_saliency_search._finish_kernel,
+    {"score_ptr": "fp32", "key_ptr": "i64", "p_ptr": "i64", "q_ptr": "i64", "found_ptr": "i1"},
+    {"BLOCK": jsma_saliency_search.FINISH_BLOCK},
+)
+json.dump(records, sys.stdout)
 '''
+EXPECTED_VARIANTS = 16 + 6 + 1 + 6 + 1
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, dict]:
+    """label -> {kernel, ptx, sass, usage} of every compiled variant."""
+    out = tmp_path_factory.mktemp("triton_sm90")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = os.environ.get("NEMESIS_FAST_TRITON_TEST_CACHE", "/tmp/nemesis_fast_triton_cache")
+    run = subprocess.run(
+        [sys.executable, "-c", COMPILE_ALL, str(out)], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    variants = {}
+    for record in json.loads(run.stdout):
+        label = record["label"]
+        cubin = out / f"{label}.cubin"
+        variants[label] = {
+            "kernel": record["kernel"],
+            "ptx": (out / f"{label}.ptx").read_text(),
+            "cubin": cubin,
+        }
+    return variants
+
+
+def needs_cuobjdump() -> None:
+    if nvidia_tool("cuobjdump") is None:
+        pytest.skip("no cuobjdump (Triton bundles one; so does a CUDA toolkit)")
+
+
+def sass_of(variant: dict) -> list[str]:
+    functions = sass_by_function(variant["cubin"])
+    return functions[variant["kernel"]]
 
 
 @pytest.mark.triton
 @pytest.mark.slow
-def test_every_triton_kernel_compiles_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = os.environ.get("NEMESIS_FAST_TRITON_TEST_CACHE", "/tmp/nemesis_fast_triton_cache")
-    run = subprocess.run([sys.executable, "-c", COMPILE_ALL], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "compiled 18 kernel variants" in run.stdout
+def test_every_triton_kernel_compiles_for_sm90(compiled):
+    assert len(compiled) == EXPECTED_VARIANTS, sorted(compiled)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_no_kernel_spills_registers(compiled):
+    needs_cuobjdump()
+    for label, variant in compiled.items():
+        usage = resource_usage(variant["cubin"])[variant["kernel"]]
+        assert usage["LOCAL"] == 0 and usage["STACK"] == 0, (label, usage)
+        assert 0 < usage["REG"] <= 255, (label, usage)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_jsma_search_fits_in_128_registers(compiled):
+    """Under 128 registers a thread, so that 4 programs of 4 warps fit on an SM (the kernel used 188-255 when every
+    tile carried the p < q mask and p was int64)."""
+    needs_cuobjdump()
+    labels = [label for label in compiled if label.startswith("jsma_saliency_search-")]
+    assert len(labels) == 6
+    for label in labels:
+        usage = resource_usage(compiled[label]["cubin"])[compiled[label]["kernel"]]
+        assert usage["REG"] < 128, (label, usage)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_float32_data_moves_in_128_bit_accesses(compiled):
+    """bounded_relu (both saves) and gaussian_augment (whole groups of 4 features) load and store float32 data 16
+    bytes at a time."""
+    needs_cuobjdump()
+    labels = [
+        "bounded_relu_forward_kernel-fp32",
+        "bounded_relu_backward_kernel-fp32",
+        "bounded_relu_masked_forward_kernel-fp32",
+        "bounded_relu_masked_backward_kernel-fp32",
+        "gaussian_augment-fp32-fp32-vec4-i32",
+    ]
+    for label in labels:
+        sass = sass_of(compiled[label])
+        # The float32 data; the bit mask's bytes (.U8) move apart.
+        loads = [i for i in sass if i.startswith("LDG") and ".U8" not in i]
+        stores = [i for i in sass if i.startswith("STG") and ".U8" not in i]
+        assert any(".128" in i for i in loads), (label, loads)
+        assert stores and all(".128" in i for i in stores), (label, stores)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_gaussian_noise_has_no_fused_multiply_add(compiled):
+    """The launch options disable FP fusion: every + and * of the noise is its own correctly rounded PTX operation
+    (.rn), which ptxas never fuses, so the noise equals the reference's bit for bit. (The SASS still holds the FFMAs
+    of the correctly rounded square root's own sequence.)"""
+    labels = [label for label in compiled if label.startswith("gaussian_augment-")]
+    assert labels
+    for label in labels:
+        ptx = compiled[label]["ptx"]
+        assert not PTX_FMA.findall(ptx), label
+        assert not PTX_UNROUNDED.findall(ptx), (label, sorted(set(PTX_UNROUNDED.findall(ptx))))
+        assert re.search(r"\bmul\.rn\.f32\b", ptx), label  # the noise is there
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_the_fma_check_finds_the_fusions_of_the_default_options(compiled):
+    ptx = compiled["control-gaussian_augment-fused"]["ptx"]
+    assert len(PTX_FMA.findall(ptx)) > 10

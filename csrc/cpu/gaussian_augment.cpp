@@ -9,18 +9,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
+#include "cpu/simd.h"
 #include "gaussian_augment.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#include <immintrin.h>
-#define NEMESIS_FAST_X86_SIMD 1
-#define NEMESIS_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NEMESIS_FAST_CPU_CLONES
-#endif
 
 namespace nemesis_fast::gaussian_augment {
 namespace {
@@ -120,14 +112,17 @@ __attribute__((target("avx2"))) void words_avx2(uint32_t* w, uint32_t g0, int64_
 }
 #endif
 
-// The widest version this CPU runs. NEMESIS_FAST_CPU_SIMD=avx2|scalar caps it (the tests check all three).
+// The widest version this CPU runs.
 WordsFn pick_words() {
-  const char* cap = std::getenv("NEMESIS_FAST_CPU_SIMD");
-  const std::string limit = cap ? cap : "";
 #ifdef NEMESIS_FAST_X86_SIMD
-  __builtin_cpu_init();
-  if (limit.empty() && __builtin_cpu_supports("avx512f")) return words_avx512;
-  if ((limit.empty() || limit == "avx2") && __builtin_cpu_supports("avx2")) return words_avx2;
+  switch (cpu::widest_simd()) {
+    case cpu::Simd::kAvx512:
+      return words_avx512;
+    case cpu::Simd::kAvx2:
+      return words_avx2;
+    case cpu::Simd::kScalar:
+      break;
+  }
 #endif
   return words_scalar;
 }
@@ -158,7 +153,7 @@ template <bool kNoise, typename math_t, typename out_t>
 void store_span(const math_t* __restrict v, const float* __restrict z, math_t sigma, math_t low, math_t high,
                 out_t* __restrict out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const math_t y = kNoise ? v[i] + sigma * static_cast<math_t>(z[i]) : v[i];
+    const math_t y = kNoise ? add_noise(v[i], sigma, z[i]) : v[i];
     out[i] = static_cast<out_t>(clip(y, low, high));
   }
 }

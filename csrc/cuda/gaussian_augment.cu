@@ -87,10 +87,10 @@ __global__ void __launch_bounds__(kThreads)
       const philox::Normal4 z =
           philox::normal4(static_cast<uint32_t>(g), static_cast<uint32_t>(copy), static_cast<uint32_t>(sample),
                           static_cast<uint32_t>(sample >> 32), s.key_lo, s.key_hi);
-      y[0] = clip(v[0] + sigma * static_cast<math_t>(z.z0), low, high);
-      y[1] = clip(v[1] + sigma * static_cast<math_t>(z.z1), low, high);
-      y[2] = clip(v[2] + sigma * static_cast<math_t>(z.z2), low, high);
-      y[3] = clip(v[3] + sigma * static_cast<math_t>(z.z3), low, high);
+      y[0] = clip(add_noise(v[0], sigma, z.z0), low, high);
+      y[1] = clip(add_noise(v[1], sigma, z.z1), low, high);
+      y[2] = clip(add_noise(v[2], sigma, z.z2), low, high);
+      y[3] = clip(add_noise(v[3], sigma, z.z3), low, high);
     }
     out_t* dst = out + r * row_stride + b * s.features + f0;
     if (s.vectorize) {

@@ -14,8 +14,14 @@
 // a tile pair whose bound is below it, or whose bound sums are not both > 0. A skipped pair can neither win nor
 // tie, so the result does not depend on what was skipped, and stays deterministic.
 //
-// Extra memory: 12 bytes per block (O(B * chunks), with chunks chosen so that the grid is a few waves of
-// blocks), 8 bytes per tile and 4 per sample.
+// Launches: three kernels (tile maxima, which also resets the thresholds; search; finish), and no fills: the
+// finishing kernel writes every output. Only a call with no pair to search (B = 0 or n < 2) fills its outputs.
+//
+// Grid: `chunks_per_sample` sizes it from the number of blocks that the GPU holds at once (the occupancy API
+// on the search kernel itself) so that the last wave of blocks is not a nearly empty one; see there.
+//
+// Extra memory: 12 bytes per block (O(B * chunks), chunks at most kMaxWaves waves of resident blocks over B),
+// 8 bytes per tile and 4 per sample.
 //
 // Per pair the math is that of the header: two float32 additions and one multiplication, explicitly rounded
 // (no contraction), so the result equals the reference's bit for bit.
@@ -26,6 +32,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 
@@ -36,8 +44,46 @@ namespace {
 
 constexpr int kTile = 256;  // threads per block, rows per row tile, columns per column tile
 constexpr int kWarps = kTile / 32;
-constexpr int kBlocksPerSm = 16;  // target grid size, in blocks per SM, that sets the number of chunks
+constexpr int64_t kMaxWaves = 8;  // the most waves of resident blocks that chunks_per_sample considers
 constexpr int32_t kNoIndex = std::numeric_limits<int32_t>::max();
+
+// The number of chunks each sample's tile pairs are cut into: the search kernel runs one block per (sample,
+// chunk), and a chunk is a contiguous run of floor or ceil(tile_pairs / chunks) of the sample's tile pairs.
+//
+// `resident` blocks run at once (SMs x blocks per SM, the latter from the occupancy API on the search kernel:
+// 8 on sm_90, where its 256-thread blocks at 32 registers reach the 2048-thread limit). The batch * chunks
+// blocks then run in waves = ceil(batch * chunks / resident) rounds, each as long as its longest block:
+//   estimated time = waves * ceil(tile_pairs / chunks)   (in tile pairs; the work of a whole wave).
+// A last wave that is nearly empty costs as much as a full one, which this charges. For a given number of
+// waves w, the most chunks that fit, floor(w * resident / batch), give the shortest blocks, so only those
+// candidates (w = 1 .. kMaxWaves, and 1 chunk when even one wave cannot hold a block per sample) are tried;
+// ties go to fewer chunks (fewer blocks: fewer row tiles loaded and partials reduced). The tile pairs of the
+// diagonal and the pairs that pruning skips make the real block times uneven; the estimate ignores both.
+//
+// Example: H200 (132 SMs, so 1056 resident blocks), B = 128, n = 3072 (12 tiles, 78 tile pairs per sample):
+// 8 chunks, 1024 blocks in one wave of at most 10 tile pairs a block, against 9.45 if the 9984 tile pairs
+// were spread evenly over the 1056 slots. (A fixed 16 blocks per SM gave 17 chunks: 2176 blocks, 2.06 waves,
+// the third almost empty.)
+constexpr int64_t chunks_per_sample(int64_t batch, int64_t tile_pairs, int64_t resident) {
+  int64_t best_chunks = 1;
+  int64_t best_time = ((batch + resident - 1) / resident) * tile_pairs;
+  for (int64_t waves = 1; waves <= kMaxWaves; ++waves) {
+    const int64_t chunks = std::min(tile_pairs, waves * resident / batch);
+    if (chunks < 1) continue;
+    const int64_t time = ((batch * chunks + resident - 1) / resident) * ((tile_pairs + chunks - 1) / chunks);
+    if (time < best_time || (time == best_time && chunks < best_chunks)) {
+      best_time = time;
+      best_chunks = chunks;
+    }
+  }
+  return best_chunks;
+}
+static_assert(chunks_per_sample(128, 78, 132 * 8) == 8);        // the example above
+static_assert(chunks_per_sample(1, 78, 132 * 8) == 78);         // one sample: a block per tile pair
+static_assert(chunks_per_sample(5000, 10, 132 * 8) == 1);       // more samples than slots: a block per sample
+static_assert(chunks_per_sample(1, 173166, 132 * 8) == 1056);   // n = 150528, one sample: one full wave
+// 3000 blocks, 2.84 waves of at most 16 tile pairs: 48, against 44.3 spread evenly (1 chunk: 78; 7: 48 too).
+static_assert(chunks_per_sample(600, 78, 132 * 8) == 5);
 
 struct Inputs {
   int64_t t_stride0, t_stride1, o_stride0, o_stride1, d_stride0, d_stride1;
@@ -111,19 +157,25 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return result;
 }
 
-// The maxima of t and u over each tile of each sample: one block per (sample, tile).
+// The maxima of t and u over each tile of each sample: one block per (sample, tile). The first block of each
+// sample also resets its threshold to "nothing found" (-1), for the search kernel that follows on the stream.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTile)
     tile_max_kernel(const scalar_t* __restrict__ target, const scalar_t* __restrict__ other,
                     const bool* __restrict__ domain, Inputs in, int64_t n, bool increase, int64_t tiles,
-                    float2* __restrict__ tile_max) {
+                    float2* __restrict__ tile_max, int* __restrict__ threshold) {
   __shared__ float scratch[kWarps];
   const int64_t block = blockIdx.x;
+  const int64_t b = block / tiles;
+  const int64_t tile = block % tiles;
   float t, u;
-  load_feature(target, other, domain, in, block / tiles, (block % tiles) * kTile + threadIdx.x, n, increase, t, u);
+  load_feature(target, other, domain, in, b, tile * kTile + threadIdx.x, n, increase, t, u);
   t = block_max(t, scratch);  // prepared values are never NaN
   u = block_max(u, scratch);
-  if (threadIdx.x == 0) tile_max[block] = make_float2(t, u);
+  if (threadIdx.x == 0) {
+    tile_max[block] = make_float2(t, u);
+    if (tile == 0) threshold[b] = -1;
+  }
 }
 
 template <typename scalar_t>
@@ -243,58 +295,73 @@ __global__ void finish_kernel(const float* __restrict__ partial_score, const int
   found[b] = ok;
 }
 
+// Blocks of search_kernel<scalar_t> that `device` runs at once: SMs x resident blocks per SM, from the occupancy
+// API (the kernel's registers, shared memory and block size on this device), asked once per device.
+template <typename scalar_t>
+int64_t resident_search_blocks(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, C10_COMPILE_TIME_MAX_GPUS> blocks_per_sm{};
+  int per_sm = device < C10_COMPILE_TIME_MAX_GPUS ? blocks_per_sm[device].load(std::memory_order_relaxed) : 0;
+  if (per_sm == 0) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, search_kernel<scalar_t>, kTile, 0));
+    per_sm = std::max(per_sm, 1);
+    if (device < C10_COMPILE_TIME_MAX_GPUS) blocks_per_sm[device].store(per_sm, std::memory_order_relaxed);
+  }
+  return static_cast<int64_t>(per_sm) * at::cuda::getDeviceProperties(device)->multiProcessorCount;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> search_cuda(const at::Tensor& target_grad,
                                                            const at::Tensor& other_grad,
                                                            const at::Tensor& search_domain, bool increase) {
   const int64_t n = check_inputs(target_grad, other_grad, search_domain);
   const c10::cuda::CUDAGuard guard(target_grad.device());
-  auto result = empty_result(target_grad);
   const int64_t batch = target_grad.size(0);
-  if (batch == 0 || n < 2) return result;
+  if (batch == 0 || n < 2) return empty_result(target_grad);  // no pair to search: the only fills
 
   const int64_t tiles = (n + kTile - 1) / kTile;
   const int64_t tile_pairs = tiles * (tiles + 1) / 2;
-  const int64_t target_blocks =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * kBlocksPerSm;
-  const int64_t chunks = std::min(tile_pairs, std::max<int64_t>(1, (target_blocks + batch - 1) / batch));
-  const int64_t blocks = batch * chunks;
-  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(), "nemesis_fast: target_grad has too many samples (",
-                    batch, ")");
   TORCH_CHECK_VALUE(batch * tiles <= std::numeric_limits<int32_t>::max(), "nemesis_fast: target_grad is too large (",
                     batch, " x ", n, ")");
   const auto options = target_grad.options();
+  // Every element of these is written by the kernels before it is read: no fills.
   at::Tensor tile_max = at::empty({batch * tiles, 2}, options.dtype(at::kFloat));
-  at::Tensor threshold = at::full({batch}, -1, options.dtype(at::kInt));
-  at::Tensor partial_score = at::empty({blocks}, options.dtype(at::kFloat));
-  at::Tensor partial_index = at::empty({2, blocks}, options.dtype(at::kInt));
+  at::Tensor threshold = at::empty({batch}, options.dtype(at::kInt));
+  at::Tensor p = at::empty({batch}, options.dtype(at::kLong));
+  at::Tensor q = at::empty({batch}, options.dtype(at::kLong));
+  at::Tensor found = at::empty({batch}, options.dtype(at::kBool));
   const Inputs in{target_grad.stride(0), target_grad.stride(1), other_grad.stride(0),
                   other_grad.stride(1),  search_domain.stride(0), search_domain.stride(1)};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target_grad.scalar_type(), "jsma_saliency_search_cuda",
-                                  [&] {
-                                    const scalar_t* t = target_grad.const_data_ptr<scalar_t>();
-                                    const scalar_t* o = other_grad.const_data_ptr<scalar_t>();
-                                    const bool* d = search_domain.const_data_ptr<bool>();
-                                    auto* maxima = reinterpret_cast<float2*>(tile_max.mutable_data_ptr<float>());
-                                    tile_max_kernel<scalar_t><<<static_cast<unsigned>(batch * tiles), kTile, 0,
-                                                                stream>>>(t, o, d, in, n, increase, tiles, maxima);
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                    search_kernel<scalar_t><<<static_cast<unsigned>(blocks), kTile, 0, stream>>>(
-                                        t, o, d, in, n, increase, tiles, tile_pairs, chunks, maxima,
-                                        threshold.mutable_data_ptr<int>(), partial_score.mutable_data_ptr<float>(),
-                                        partial_index.mutable_data_ptr<int32_t>(),
-                                        partial_index.mutable_data_ptr<int32_t>() + blocks);
-                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                  });
-  auto& [p, q, found] = result;
-  constexpr int kFinishThreads = 128;
-  const auto finish_blocks = static_cast<unsigned>((batch + kFinishThreads - 1) / kFinishThreads);
-  finish_kernel<<<finish_blocks, kFinishThreads, 0, stream>>>(
-      partial_score.const_data_ptr<float>(), partial_index.const_data_ptr<int32_t>(),
-      partial_index.const_data_ptr<int32_t>() + blocks, batch, chunks, p.mutable_data_ptr<int64_t>(),
-      q.mutable_data_ptr<int64_t>(), found.mutable_data_ptr<bool>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, target_grad.scalar_type(), "jsma_saliency_search_cuda", [&] {
+        const int64_t chunks =
+            chunks_per_sample(batch, tile_pairs, resident_search_blocks<scalar_t>(target_grad.device().index()));
+        const int64_t blocks = batch * chunks;
+        TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
+                          "nemesis_fast: target_grad has too many samples (", batch, ")");
+        at::Tensor partial_score = at::empty({blocks}, options.dtype(at::kFloat));
+        at::Tensor partial_index = at::empty({2, blocks}, options.dtype(at::kInt));
+        const scalar_t* t = target_grad.const_data_ptr<scalar_t>();
+        const scalar_t* o = other_grad.const_data_ptr<scalar_t>();
+        const bool* d = search_domain.const_data_ptr<bool>();
+        auto* maxima = reinterpret_cast<float2*>(tile_max.mutable_data_ptr<float>());
+        int* thresholds = threshold.mutable_data_ptr<int>();
+        tile_max_kernel<scalar_t>
+            <<<static_cast<unsigned>(batch * tiles), kTile, 0, stream>>>(t, o, d, in, n, increase, tiles, maxima,
+                                                                          thresholds);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        int32_t* partial_p = partial_index.mutable_data_ptr<int32_t>();
+        search_kernel<scalar_t><<<static_cast<unsigned>(blocks), kTile, 0, stream>>>(
+            t, o, d, in, n, increase, tiles, tile_pairs, chunks, maxima, thresholds,
+            partial_score.mutable_data_ptr<float>(), partial_p, partial_p + blocks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        constexpr int kFinishThreads = 128;
+        const auto finish_blocks = static_cast<unsigned>((batch + kFinishThreads - 1) / kFinishThreads);
+        finish_kernel<<<finish_blocks, kFinishThreads, 0, stream>>>(
+            partial_score.const_data_ptr<float>(), partial_p, partial_p + blocks, batch, chunks,
+            p.mutable_data_ptr<int64_t>(), q.mutable_data_ptr<int64_t>(), found.mutable_data_ptr<bool>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return {p, q, found};
 }
 
 }  // namespace

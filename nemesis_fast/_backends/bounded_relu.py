@@ -1,4 +1,8 @@
-"""bounded_relu: fake kernels, autograd (which saves only the output), and the backend table."""
+"""bounded_relu: fake kernels, autograd and the backend tables of its two forms.
+
+BACKENDS saves the output for backward (save="output"); MASKED_BACKENDS saves a bit-packed mask, 1 bit per element
+(save="mask"). Each entry is called as f(x, t) and returns the output.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from .. import _extension
 from .. import reference as _reference
 from .. import triton as _triton
 from .._dispatch import OpBackends
+from ..reference.bounded_relu import check_mask, dense_like, mask_bytes
 
 
 def _register_autograd(forward, backward) -> None:
@@ -37,7 +42,80 @@ def _register_autograd(forward, backward) -> None:
     torch.library.register_autograd(backward, backward_of_backward, setup_context=setup_backward)
 
 
-native = triton = None
+def _with_strides(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """grad itself when it has these (dense) strides, else a copy of it that has them.
+
+    The masked backward reads grad in the memory order of the forward's output, which autograd does not keep:
+    the incoming gradient may be contiguous for a channels_last output, or expanded (out.sum().backward()).
+    """
+    if grad.stride() == stride:
+        return grad
+    return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
+def _register_masked_autograd(forward, backward) -> None:
+    """Autograd of a masked (forward, backward) op pair: only the mask is saved, with the output's strides.
+
+    The backward op is linear in `grad` with a fixed mask, so its own gradient (for double backward) is the same op
+    applied to the incoming gradient, brought to the strides that the mask follows.
+    """
+
+    def setup_forward(ctx, inputs, output):
+        out, mask = output
+        ctx.stride = out.stride()
+        ctx.save_for_backward(mask)
+        ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the (integer) mask each time
+
+    def backward_of_forward(ctx, grad, _grad_mask):
+        if grad is None:
+            return None, None
+        (mask,) = ctx.saved_tensors
+        return backward(_with_strides(grad, ctx.stride), mask), None
+
+    def setup_backward(ctx, inputs, output):
+        ctx.stride = inputs[0].stride()
+        ctx.save_for_backward(inputs[1])
+
+    def backward_of_backward(ctx, grad_grad):
+        (mask,) = ctx.saved_tensors
+        return backward(_with_strides(grad_grad, ctx.stride), mask), None
+
+    torch.library.register_autograd(forward, backward_of_forward, setup_context=setup_forward)
+    torch.library.register_autograd(backward, backward_of_backward, setup_context=setup_backward)
+
+
+def _output_of(masked_forward):
+    """The public form of a masked forward op: f(x, t) -> out, with the mask kept by autograd alone."""
+
+    def forward(x: torch.Tensor, t: float) -> torch.Tensor:
+        return masked_forward(x, t)[0]
+
+    forward.op = masked_forward
+    return forward
+
+
+class _ReferenceMasked(torch.autograd.Function):
+    """The reference's masked pair under autograd, as the "torch" backend of save="mask"."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: float) -> torch.Tensor:
+        out, mask = _reference.bounded_relu_masked(x, t)
+        ctx.stride = out.stride()
+        ctx.save_for_backward(mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        # Built from differentiable torch ops, so double backward goes through it.
+        return _reference.bounded_relu_masked_backward(_with_strides(grad, ctx.stride), mask), None
+
+
+def _reference_masked(x: torch.Tensor, t: float) -> torch.Tensor:
+    return _ReferenceMasked.apply(x, t)
+
+
+native = triton = masked_native = masked_triton = None
 if _extension.LOADED:
 
     @torch.library.register_fake("nemesis_fast::bounded_relu")
@@ -48,13 +126,32 @@ if _extension.LOADED:
     def _(grad: torch.Tensor, out: torch.Tensor, t: float) -> torch.Tensor:
         return torch.empty_like(out)
 
+    @torch.library.register_fake("nemesis_fast::bounded_relu_masked")
+    def _(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return dense_like(x), x.new_empty(mask_bytes(x.numel()), dtype=torch.uint8)
+
+    @torch.library.register_fake("nemesis_fast::bounded_relu_masked_backward")
+    def _(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        check_mask(grad, mask)
+        return torch.empty_like(grad)
+
     native = torch.ops.nemesis_fast.bounded_relu.default
     _register_autograd(native, torch.ops.nemesis_fast.bounded_relu_backward.default)
+    masked_native = _output_of(torch.ops.nemesis_fast.bounded_relu_masked.default)
+    _register_masked_autograd(masked_native.op, torch.ops.nemesis_fast.bounded_relu_masked_backward.default)
 
 if _triton.AVAILABLE:
-    from ..triton.bounded_relu import bounded_relu_backward_triton, bounded_relu_triton
+    from ..triton.bounded_relu import (
+        bounded_relu_backward_triton,
+        bounded_relu_masked_backward_triton,
+        bounded_relu_masked_triton,
+        bounded_relu_triton,
+    )
 
     triton = bounded_relu_triton
     _register_autograd(bounded_relu_triton, bounded_relu_backward_triton)
+    masked_triton = _output_of(bounded_relu_masked_triton)
+    _register_masked_autograd(bounded_relu_masked_triton, bounded_relu_masked_backward_triton)
 
 BACKENDS = OpBackends("bounded_relu", native=native, triton=triton, torch=_reference.bounded_relu)
+MASKED_BACKENDS = OpBackends("bounded_relu_masked", native=masked_native, triton=masked_triton, torch=_reference_masked)

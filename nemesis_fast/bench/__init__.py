@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from .harness import Report
 
-SUITES = ("bounded_relu", "gaussian_augment", "attacks", "training", "jsma", "compat")
+SUITES = ("bounded_relu", "gaussian_augment", "attacks", "training", "jsma", "certify", "compat")
 
 
 def suite(name: str) -> Callable[..., Report]:

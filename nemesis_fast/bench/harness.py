@@ -31,9 +31,12 @@ class Case:
     name: str
     providers: dict[str, Provider | str]  # a provider, or why it cannot run here
     baseline: str
-    bytes_moved: int | None = None  # bytes one call must read plus write, for bandwidth figures
+    # Bytes one call must read plus write, for bandwidth figures: one figure for all providers, or one per provider
+    # where their designs move different amounts (a provider missing from the dict gets no bandwidth figure).
+    bytes_moved: int | dict[str, int] | None = None
     items: int | None = None  # work items per call (images, pairs...), for throughput figures
     item_name: str = "item"
+    min_seconds: float = 0.5  # time the providers, in turns, for at least this long (more rounds: steadier medians)
 
 
 @dataclass
@@ -154,7 +157,7 @@ class Report:
     def run(self, case: Case) -> list[Row]:
         """Times every provider of `case` and appends their rows, with ratios against the baseline."""
         runnable = {name: fn for name, fn in case.providers.items() if not isinstance(fn, str)}
-        timings = time_interleaved(runnable, self.device) if runnable else {}
+        timings = time_interleaved(runnable, self.device, min_seconds=case.min_seconds) if runnable else {}
         rows = []
         for provider, fn in case.providers.items():
             if isinstance(fn, str):
@@ -162,8 +165,9 @@ class Report:
                 continue
             ms = timings[provider]
             row = Row(case.name, provider, ms)
-            if case.bytes_moved:
-                row.gbps = case.bytes_moved / (ms * 1e-3) / 1e9
+            moved = case.bytes_moved.get(provider) if isinstance(case.bytes_moved, dict) else case.bytes_moved
+            if moved:
+                row.gbps = moved / (ms * 1e-3) / 1e9
                 row.fraction_of_copy = row.gbps / self.copy_gbps
             if case.items:
                 row.items_per_s = case.items / (ms * 1e-3)

@@ -4,7 +4,8 @@
     results = nemesis_fast.evaluate("my.toml", data_dir=...)  # a config file, with top-level overrides
 
 Outputs (under out_dir): results.json (every number, the config and the package version), results.csv,
-results.md, whitebox.png (accuracy against eps) and examples.png (clean and adversarial images).
+results.md, whitebox.png (accuracy against eps), examples.png (clean and adversarial images) and, with a
+[certify] section, certified.png and certified.csv (certified accuracy by randomized smoothing).
 """
 
 from __future__ import annotations

@@ -111,6 +111,23 @@ class AttackSettings:
 
 
 @dataclass
+class CertifySettings:
+    """Randomized smoothing (Cohen et al. 2019) of each defense, certified on the first `images` test images.
+
+    These settings reach only the keys of the certify entries of the cache, never those of the models or attacks.
+    """
+
+    images: int = 0  # test images to certify, the first N; 0: no certified section
+    sigma: float | None = None  # smoothing noise; None: the GDA models' training sigma (defense.gda_sigma or 0.3)
+    n0: int = 100  # selection draws per image (Cohen et al.: 100)
+    n: int = 10_000  # estimation draws per image (Cohen et al.: 100,000)
+    alpha: float = 0.001  # failure probability of each certificate (Cohen et al.: 0.001)
+    batch_size: int = 1000  # noisy copies per forward pass: memory only, the results do not depend on it
+    defenses: list[str] | None = None  # the defenses to certify; None: all of the run's
+    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # the table's L2 radii
+
+
+@dataclass
 class EvalConfig:
     """One evaluation: which data, which defenses, which attacks, with what budgets."""
 
@@ -133,6 +150,7 @@ class EvalConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     defense: DefenseSettings = field(default_factory=DefenseSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
+    certify: CertifySettings = field(default_factory=CertifySettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,7 +176,12 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-_SECTIONS = {"training": TrainingSettings, "defense": DefenseSettings, "attack": AttackSettings}
+_SECTIONS = {
+    "training": TrainingSettings,
+    "defense": DefenseSettings,
+    "attack": AttackSettings,
+    "certify": CertifySettings,
+}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -301,6 +324,7 @@ def validate(config: EvalConfig) -> EvalConfig:
     need(a.pgd_restarts >= 1, "attack.pgd_restarts", "must be >= 1")
     need(a.pgd_step_ratio > 0, "attack.pgd_step_ratio", "must be > 0")
     need(a.pgd_test_samples >= 0, "attack.pgd_test_samples", "must be >= 0")
+    _validate_certify(config.certify, config.defenses, need)
     files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
     if config.data_dir:
         folder = Path(config.data_dir).expanduser()
@@ -308,6 +332,22 @@ def validate(config: EvalConfig) -> EvalConfig:
     elif config.dataset == "cifar10" and not config.synthetic:
         raise ConfigError(f"data_dir: no folder given for cifar10; pass --data-dir with {files} (or --synthetic)")
     return config
+
+
+def _validate_certify(c: CertifySettings, defenses: list[str], need) -> None:
+    need(c.images >= 0, "certify.images", "must be >= 0 (0: no certified section)")
+    need(c.sigma is None or (math.isfinite(c.sigma) and c.sigma > 0), "certify.sigma", f"must be > 0, got {c.sigma}")
+    need(1 <= c.n0 <= 2**32, "certify.n0", f"must be in 1..2**32, got {c.n0}")
+    need(1 <= c.n <= 2**32, "certify.n", f"must be in 1..2**32, got {c.n}")
+    need(0 < c.alpha < 1, "certify.alpha", f"must be in (0, 1), got {c.alpha}")
+    need(c.batch_size >= 1, "certify.batch_size", "must be >= 1")
+    for name in c.defenses or []:
+        need(name in defenses, "certify.defenses", f"has {name!r}, which is not among the run's defenses")
+    need(not c.defenses or len(set(c.defenses)) == len(c.defenses), "certify.defenses", "lists a defense twice")
+    for i, r in enumerate(c.radii):
+        ok = isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
+        need(ok, f"certify.radii[{i}]", f"must be a number >= 0, got {r!r}")
+    need(bool(c.radii) and len(set(c.radii)) == len(c.radii), "certify.radii", "must list distinct radii")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:

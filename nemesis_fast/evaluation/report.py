@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .._io import write_atomic
+from .certified import CertifiedAccuracy, certified_csv, certified_table, certified_title, plot_certified
 from .config import ATTACK_LABELS, DEFENSE_LABELS
 from .paper import comparison, eps_meeting_paper, paper_value
 
@@ -91,6 +92,7 @@ class Results:
     cells: list[Cell] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     perturbations: list[Perturbation] = field(default_factory=list)
+    certified: list[CertifiedAccuracy] = field(default_factory=list)  # randomized smoothing, per defense
 
     def blackbox(self) -> list[Cell]:
         """The cells of the black-box table: each attack at its configured budget."""
@@ -225,9 +227,11 @@ def render_markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def summary(results: Results) -> str:
     """The tables as a person reads them in the terminal."""
+    samples = results.cells[0].samples if results.cells else 0
+    certified = f", {results.certified[0].samples} certified" if results.certified else ""
     parts = [
         f"nemesis_fast {results.version} on {results.device} ({results.world_size} process(es)), "
-        f"dataset {results.config['dataset']}, {results.cells[0].samples if results.cells else 0} test images"
+        f"dataset {results.config['dataset']}, {samples} test images attacked{certified}"
     ]
     if results.blackbox():
         parts += [
@@ -274,6 +278,8 @@ def _sections(results: Results) -> list[tuple[str, list[str], list[list[str]]]]:
     header, rows = checks_table(results)
     if any(r[1:4] != ["not run"] * 3 for r in rows):
         sections.append(("Gradient-masking checks (Athalye et al. 2018)", header, rows))
+    if results.certified:
+        sections.append((certified_title(results.certified), *certified_table(results.certified)))
     return sections
 
 
@@ -319,7 +325,8 @@ def to_csv(results: Results) -> str:
 
 def write_outputs(results: Results, out_dir: Path) -> dict[str, Path]:
     """results.json, results.csv, results.md and the figures (whitebox.png, and where the run has them
-    blackbox_eps.png and perturbation.png) under `out_dir`, each written atomically."""
+    blackbox_eps.png, perturbation.png, and certified.png with certified.csv) under `out_dir`, each written
+    atomically."""
     from .plots import plot_perturbations, plot_sweep, plot_whitebox
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -334,4 +341,8 @@ def write_outputs(results: Results, out_dir: Path) -> dict[str, Path]:
     for name, plot in (("whitebox", plot_whitebox), ("blackbox_eps", plot_sweep), ("perturbation", plot_perturbations)):
         if plot(results, out_dir / f"{name}.png"):
             paths[name] = out_dir / f"{name}.png"
+    if plot_certified(results.certified, out_dir / "certified.png"):
+        paths["certified"] = out_dir / "certified.png"
+        paths["certified_csv"] = out_dir / "certified.csv"
+        write_atomic(paths["certified_csv"], certified_csv(results.certified).encode())
     return paths

@@ -24,6 +24,7 @@ from ..data.mnist import MNIST_SAMPLE_DIR
 from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
 from .cache import ResultCache
+from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
 from .config import ATTACK_LABELS, DEFENSE_LABELS, SWEEP_ATTACKS, ConfigError, EvalConfig
 from .distributed import Workers
 from .report import Cell, Perturbation, Results, perturbation_stats
@@ -99,6 +100,7 @@ class Evaluation:
         self.data = load_data(config)
         self.models = Models(config, self.data, self.cache, workers, log=self.log, progress=self.progress)
         self.attacks = Attacks(config, self.data, self.models, self.cache)
+        self.certification = Certification(config, self.data, self.models, self.cache)
         self.seconds: dict[str, float] = {}
 
     def chunks(self, limit: int = 0) -> list[Chunk]:
@@ -131,6 +133,9 @@ class Evaluation:
                         units += [("whitebox", defense, attack, eps, False, chunk) for chunk in chunks]
             for attack in c.perturbation_attacks:
                 units += [("perturbation", defense, attack, chunk) for chunk in self.chunks(c.perturbation_samples)]
+        if c.certify.images:
+            for defense in certified_defenses(c):
+                units += [("certify", defense, chunk) for chunk in self.chunks(c.certify.images)]
         return units
 
     def _do(self, unit: tuple) -> dict[str, Any]:
@@ -139,6 +144,8 @@ class Evaluation:
             return self.attacks.blackbox(unit[1], unit[2], unit[3])
         if kind == "whitebox":
             return self.attacks.whitebox(unit[1], unit[2], unit[3], unit[5], bpda=unit[4])
+        if kind == "certify":
+            return self.certification.run(unit[1], unit[2])
         return self.attacks.perturbation(unit[1], unit[2], unit[3])
 
     def run(self) -> Results:
@@ -155,14 +162,17 @@ class Evaluation:
         units = self._work()
         chunk_ids = {chunk: i for i, chunk in enumerate(sorted({u[-1] for u in units}))}
         mine = [u for u in units if chunk_ids[u[-1]] % self.workers.world_size == self.workers.rank]
-        self.log(f"attacking {len(self.data.test_labels)} test images: {len(units)} units of work")
+        certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
+        self.log(f"attacking {len(self.data.test_labels)} test images{certifying}: {len(units)} units of work")
         attack_started = time.perf_counter()
         outcomes = {unit: self._do(unit) for unit in _progress(mine, "attacks", self.progress)}
         gathered: dict[tuple, dict[str, Any]] = {}
         for part in self.workers.gather(outcomes):
             gathered.update(part)
         self.seconds["attacks"] = time.perf_counter() - attack_started
-        cells, perturbations = self._cells(units, gathered)
+        cells, perturbations, certified = self._cells(units, gathered)
+        if certified:  # part of the time above: the certification's own, as cached
+            self.seconds["of which certify"] = sum(r.seconds for r in certified)
         return Results(
             config=self.config.to_dict(),
             version=__version__,
@@ -171,17 +181,22 @@ class Evaluation:
             clean_accuracy=clean,
             cells=cells,
             perturbations=perturbations,
+            certified=certified,
             seconds={**self.seconds, "total": time.perf_counter() - started},
         )
 
     def _cells(
         self, units: list[tuple], outcomes: dict[tuple, dict[str, Any]]
-    ) -> tuple[list[Cell], list[Perturbation]]:
+    ) -> tuple[list[Cell], list[Perturbation], list[CertifiedAccuracy]]:
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for unit in units:  # in chunk order, whichever process computed it
             groups.setdefault(unit[:-1], []).append(outcomes[unit])
-        cells, perturbations = [], []
+        cells, perturbations, certified = [], [], []
         for group, parts in groups.items():
+            if group[0] == "certify":
+                settings, radii = self.certification.settings(), self.config.certify.radii
+                certified.append(certified_stats(group[1], settings, radii, self.data.test_labels, parts))
+                continue
             seconds = sum(float(p["seconds"]) for p in parts)
             if group[0] == "perturbation":
                 _, defense, attack = group
@@ -199,7 +214,7 @@ class Evaluation:
                 setting = "whitebox" if bpda else "whitebox-gradient-masking"
                 correct = torch.cat([p["correct"] for p in parts])
                 cells.append(_cell(defense, attack, setting, eps, correct, l2, linf, l0, seconds))
-        return cells, perturbations
+        return cells, perturbations, certified
 
     def examples(
         self, count: int = 8

@@ -13,8 +13,10 @@ set is split into batches:
   (never 0), and the angle is 2 pi k1 / 2**24. |noise| <= sqrt(48 ln 2) ~ 5.77.
 * ln, sin and cos are fixed float32 polynomials (below) evaluated in float32 in the same order on every backend:
   no library call whose accuracy varies between platforms. The angle is reduced to [-pi/4, pi/4) exactly, on
-  the integer k1. The normals agree with float64 Box-Muller to about 1e-6 and between backends to about 1e-6
-  (compilers may fuse a multiply and an add).
+  the integer k1. The normals agree with float64 Box-Muller to about 1e-6.
+* Every +, -, *, / and square root is one correctly rounded IEEE operation, in the order written here, never a
+  fused multiply-add: so every backend gives these values bit for bit (the C++ code is compiled without FP
+  contraction, the CUDA code uses the __f*_rn intrinsics, the Triton launch disables FP fusion).
 
 This module computes the noise with int64 tensors holding uint32 values and float32 tensors: it is slow and
 meant for small inputs (tests) and as the fallback of last resort.
@@ -195,7 +197,9 @@ def _log_unit(u: torch.Tensor) -> torch.Tensor:
 def box_muller(radius_word: torch.Tensor, angle_word: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent standard normals (float32) from two uint32 words: (r cos theta, r sin theta)."""
     u = ((radius_word >> 8) + 1).to(torch.float32) * INV_2_24  # exact, in (0, 1]
-    radius = torch.sqrt(_log_unit(u) * -2.0)
+    # sqrt in float64, rounded once to float32: correctly rounded, as the kernels' IEEE square roots are.
+    # torch's float32 sqrt is not on every CPU (on AVX-512 it is a SLEEF routine, off by one ulp at times).
+    radius = torch.sqrt(_log_unit(u).to(torch.float64) * -2.0).to(torch.float32)
     k = angle_word >> 8  # the angle is 2 pi k / 2**24
     quadrant = (k + (1 << 21)) >> 22  # nearest multiple of pi/2, 0..4
     x = (k - (quadrant << 22)).to(torch.float32) * ANGLE_STEP  # [-pi/4, pi/4)

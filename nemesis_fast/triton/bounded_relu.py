@@ -1,46 +1,110 @@
 """Triton kernels of bounded_relu and its backward, as the ops nemesis_fast::bounded_relu_triton and
-nemesis_fast::bounded_relu_backward_triton."""
+nemesis_fast::bounded_relu_backward_triton; and of the masked pair, nemesis_fast::bounded_relu_masked_triton and
+nemesis_fast::bounded_relu_masked_backward_triton (see nemesis_fast.reference.bounded_relu for the mask's layout).
+
+The threshold reaches the kernels as the integer bit pattern of t rounded to the element type, and the kernel
+bitcasts it back: a Python float argument would reach the kernel as float32 (Triton's default signature type for
+floats), which rounds a float64 threshold, and a tensor holding it would cost a fill kernel per call.
+"""
 
 from __future__ import annotations
+
+import math
+import struct
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from ..reference.bounded_relu import rounded_threshold
+from .._checks import check_tensor
+from ..reference.bounded_relu import check_mask, is_dense, mask_bytes
 from ._common import as_dense, launch
 
-BLOCK = 4096
+BLOCK = 4096  # elements per program of the plain pair
+BYTES = 512  # mask bytes per program of the masked pair (8 * BYTES elements)
 NUM_WARPS = 8
 
 
+def threshold_bits(t: float, dtype: torch.dtype) -> int:
+    """The bit pattern of t rounded to `dtype` (through float32 for the 16-bit types, as a C++ cast does), as a
+    non-negative integer, for a finite t > 0. Pure Python, so that it also runs while torch.compile traces."""
+    if dtype == torch.float64:
+        return struct.unpack("<q", struct.pack("<d", t))[0]
+    try:
+        single = struct.unpack("<I", struct.pack("<f", t))[0]
+    except OverflowError:  # t rounds past float32's largest value: to infinity, as the C++ cast does
+        single = 0x7F800000
+    if dtype == torch.float32:
+        return single
+    if dtype == torch.bfloat16:  # c10's conversion: round to nearest, ties to even, on the upper 16 bits
+        return (single + 0x7FFF + ((single >> 16) & 1)) >> 16
+    try:
+        return struct.unpack("<H", struct.pack("<e", struct.unpack("<f", struct.pack("<I", single))[0]))[0]
+    except OverflowError:  # beyond float16's range: infinity
+        return 0x7C00
+
+
 @triton.jit
-def _forward_kernel(x_ptr, out_ptr, top_ptr, n, BLOCK: tl.constexpr):
+def _threshold(top_bits, dtype: tl.constexpr):
+    """The threshold of elements of `dtype` from its bit pattern (an integer argument, maybe a constexpr 1)."""
+    if dtype == tl.float64:
+        return tl.cast(tl.cast(top_bits, tl.int64), tl.float64, bitcast=True)
+    elif dtype == tl.float32:
+        return tl.cast(tl.cast(top_bits, tl.int32), tl.float32, bitcast=True)
+    else:
+        return tl.cast(tl.cast(top_bits, tl.int16), dtype, bitcast=True)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, out_ptr, top_bits, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask)
-    top = tl.load(top_ptr)
+    top = _threshold(top_bits, x_ptr.dtype.element_ty)
     # NaN fails both comparisons and passes through.
     y = tl.where(x < 0, tl.zeros_like(x), tl.where(x > top, top, x))
     tl.store(out_ptr + offsets, y, mask=mask)
 
 
 @triton.jit
-def _backward_kernel(grad_ptr, out_ptr, grad_in_ptr, top_ptr, n, BLOCK: tl.constexpr):
+def _backward_kernel(grad_ptr, out_ptr, grad_in_ptr, top_bits, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     grad = tl.load(grad_ptr + offsets, mask=mask)
     out = tl.load(out_ptr + offsets, mask=mask)
-    top = tl.load(top_ptr)
+    top = _threshold(top_bits, out_ptr.dtype.element_ty)
     y = tl.where((out > 0) & (out < top), grad, tl.zeros_like(grad))
     tl.store(grad_in_ptr + offsets, y, mask=mask)
 
 
-def _threshold_tensor(t: float, like: torch.Tensor) -> torch.Tensor:
-    # A one-element tensor, not a kernel scalar: Triton passes Python floats as float32, which would
-    # round a float64 threshold.
-    return torch.full((1,), rounded_threshold(t, like.dtype), dtype=like.dtype, device=like.device)
+@triton.jit
+def _masked_forward_kernel(x_ptr, out_ptr, mask_ptr, top_bits, n, BYTES: tl.constexpr):
+    # A (BYTES, 8) tile of elements in memory order: row k is mask byte k's 8 elements.
+    byte = tl.program_id(0).to(tl.int64) * BYTES + tl.arange(0, BYTES)
+    bit = tl.arange(0, 8)
+    offsets = byte[:, None] * 8 + bit[None, :]
+    inside = offsets < n
+    x = tl.load(x_ptr + offsets, mask=inside, other=0)
+    top = _threshold(top_bits, x_ptr.dtype.element_ty)
+    y = tl.where(x < 0, tl.zeros_like(x), tl.where(x > top, top, x))
+    tl.store(out_ptr + offsets, y, mask=inside)
+    # NaN and the padding (0) fail the test, so the bits past the last element are 0.
+    passes = (x > 0) & (x < top)
+    packed = tl.sum(passes.to(tl.int32) << bit[None, :], axis=1)
+    tl.store(mask_ptr + byte, packed.to(tl.uint8), mask=byte * 8 < n)
+
+
+@triton.jit
+def _masked_backward_kernel(grad_ptr, mask_ptr, grad_in_ptr, n, BYTES: tl.constexpr):
+    byte = tl.program_id(0).to(tl.int64) * BYTES + tl.arange(0, BYTES)
+    bit = tl.arange(0, 8)
+    offsets = byte[:, None] * 8 + bit[None, :]
+    inside = offsets < n
+    packed = tl.load(mask_ptr + byte, mask=byte * 8 < n, other=0).to(tl.int32)
+    passes = ((packed[:, None] >> bit[None, :]) & 1) != 0
+    grad = tl.load(grad_ptr + offsets, mask=inside)
+    tl.store(grad_in_ptr + offsets, tl.where(passes, grad, tl.zeros_like(grad)), mask=inside)
 
 
 def _grid(n: int):
@@ -53,7 +117,7 @@ def bounded_relu_triton(x: torch.Tensor, t: float) -> torch.Tensor:
     out = torch.empty_like(x)
     n = x.numel()
     if n > 0:
-        launch(_forward_kernel, _grid(n), x, out, _threshold_tensor(t, x), n, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        launch(_forward_kernel, _grid(n), x, out, threshold_bits(t, x.dtype), n, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out
 
 
@@ -71,9 +135,38 @@ def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float
             grad,
             out,
             grad_in,
-            _threshold_tensor(t, out),
+            threshold_bits(t, out.dtype),
             n,
             BLOCK=BLOCK,
             num_warps=NUM_WARPS,
         )
+    return grad_in
+
+
+@triton_op("nemesis_fast::bounded_relu_masked_triton", mutates_args=())
+def bounded_relu_masked_triton(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    check_tensor(x, "x")
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
+    x = x if is_dense(x) else x.contiguous()  # the layout rule of the native op
+    out = torch.empty_like(x)
+    n = x.numel()
+    mask = torch.empty(mask_bytes(n), dtype=torch.uint8, device=x.device)
+    if n > 0:
+        grid = (triton.cdiv(n, 8 * BYTES),)
+        launch(
+            _masked_forward_kernel, grid, x, out, mask, threshold_bits(t, x.dtype), n, BYTES=BYTES, num_warps=NUM_WARPS
+        )
+    return out, mask
+
+
+@triton_op("nemesis_fast::bounded_relu_masked_backward_triton", mutates_args=())
+def bounded_relu_masked_backward_triton(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    check_mask(grad, mask)
+    mask = mask.contiguous()
+    grad_in = torch.empty_like(grad)
+    n = grad.numel()
+    if n > 0:
+        grid = (triton.cdiv(n, 8 * BYTES),)
+        launch(_masked_backward_kernel, grid, grad, mask, grad_in, n, BYTES=BYTES, num_warps=NUM_WARPS)
     return grad_in

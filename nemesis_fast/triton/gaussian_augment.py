@@ -20,6 +20,8 @@ from ._common import launch
 BLOCK = 256  # feature groups (of 4) per program
 NUM_WARPS = 4
 TARGET_PROGRAMS = 4096  # rows are split over a second grid axis until there are about this many programs
+# No FP fusion: each + and * is rounded on its own, as in the reference, so the noise is exact (no FMA contraction).
+LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
 @triton.jit
@@ -82,6 +84,12 @@ def _box_muller(radius_word, angle_word):
 
 
 # Integer arguments are not specialised (on divisibility by 16, or on being 1): one compiled kernel per dtype pair.
+@triton.jit
+def _row_count(copies, include_original):
+    """Output rows per input sample, in 64 bits: copies (up to 2**31 - 1, passed as int32) + include_original."""
+    return copies.to(tl.int64) + include_original
+
+
 @triton.jit(
     do_not_specialize=[
         "pairs",
@@ -134,7 +142,7 @@ def _augment_kernel(
     k0 = key_lo.to(tl.uint32)
     k1 = key_hi.to(tl.uint32)
     lane = tl.arange(0, 4)[None, :]
-    rows = copies + include_original
+    rows = _row_count(copies, include_original)
     base = b[:, None] * features + f
     r = tl.program_id(1).to(tl.int64)  # this program's rows: r, r + num_programs(1), ...
     for _ in range(tl.program_id(1), rows, tl.num_programs(1)):
@@ -209,6 +217,6 @@ def gaussian_augment_triton(
         UINT8=x.dtype == torch.uint8,
         VEC=vec,
         BLOCK=BLOCK,
-        num_warps=NUM_WARPS,
+        **LAUNCH_OPTIONS,
     )
     return out

@@ -1,0 +1,398 @@
+"""Certified L2 robustness by randomized smoothing (Cohen, Rosenfeld, Kolter, ICML 2019), with the noise drawn by
+the fused :func:`nemesis_fast.gaussian_augment` op on the model's device.
+
+The smoothed classifier g(x) = argmax_c P(f(x + d) = c), d ~ N(0, sigma^2 I), keeps its answer within the L2 radius
+sigma * Phi^-1(pA) of x, where pA is a lower confidence bound on the probability of its top class. :class:`Smooth`
+estimates g from integer counts of the base model's predictions on noisy copies:
+
+* ``certify`` (Cohen et al.'s CERTIFY): the class with most votes among n0 draws, then a one-sided (1 - alpha)
+  Clopper-Pearson lower bound pA on its probability from n fresh draws; the radius sigma * Phi^-1(pA), or an
+  abstention (-1) where pA <= 1/2. With probability >= 1 - alpha over the draws, a class it returns is g(x) and
+  g is constant within the radius.
+* ``predict`` (PREDICT): the top class of n draws, unless a two-sided binomial test (p = 1/2) of its count against
+  the runner-up's gives a p-value above alpha (then -1); it returns a class other than g(x) with probability at
+  most alpha.
+
+Noise. Draw j of image i in phase p is x_i + sigma * z with z = gaussian_augment's noise under the key of
+(seed, p) at sample index (offset + i) * 2**32 + j: a pure function of the seed, the image's global index and the
+draw's index, so results do not depend on batch_size, on the device, or on how a data set is split into calls
+(pass each call the global index of its first image as `offset`), and the selection, estimation and prediction
+draws are independent. The noisy copies are never clipped and never all held at once: each forward pass takes
+`batch_size` of them, images and draws batched together. The noise is Philox4x32-10 with Box-Muller on 24-bit
+words (see :mod:`nemesis_fast.reference.gaussian_augment`): a discretised normal, cut at |z| <= 5.77; the
+guarantee is Cohen et al.'s for this noise as for any pseudo-random one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._backends.gaussian_augment import resolve_seed
+from ._checks import FLOAT_DTYPES, check_choice, check_int, check_number, check_positive, check_tensor
+from .ops import gaussian_augment
+
+__all__ = [
+    "Certificate",
+    "Prediction",
+    "Smooth",
+    "binomial_p_value",
+    "certified_accuracy",
+    "certified_radius",
+    "clopper_pearson_lower",
+]
+
+MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
+MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Progress = Callable[[int], object]
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
+    """The one-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial proportion.
+
+    Args:
+        successes: counts k (an int or an integer array), 0 <= k <= trials.
+        trials: the number of trials n >= 1 (an int or an integer array broadcasting with `successes`).
+        alpha: the bound's failure probability, in (0, 1).
+
+    Returns:
+        float64 array: the p with P(Binomial(n, p) >= k) = alpha, i.e. the alpha quantile of Beta(k, n - k + 1);
+        0 where k = 0. (The lower end of statsmodels' proportion_confint(k, n, 2 * alpha, method="beta").)
+    """
+    from scipy.stats import beta
+
+    alpha = check_number(alpha, "alpha", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    k, n = np.broadcast_arrays(np.asarray(successes), np.asarray(trials))
+    if not (np.issubdtype(k.dtype, np.integer) and np.issubdtype(n.dtype, np.integer)):
+        raise TypeError("successes and trials must be integer counts")
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise ValueError("counts must satisfy 0 <= successes <= trials and trials >= 1")
+    k, n = k.astype(np.float64), n.astype(np.float64)
+    bound = beta.ppf(alpha, np.maximum(k, 1.0), n - k + 1.0)
+    return np.where(k == 0, 0.0, bound)
+
+
+def binomial_p_value(top, runner_up) -> np.ndarray:
+    """The two-sided binomial test's p-value of `top` successes in `top + runner_up` trials against p = 1/2 (as
+    scipy.stats.binomtest(top, top + runner_up, 0.5).pvalue), vectorised; 1 where there are no trials."""
+    from scipy.stats import binom
+
+    a, b = np.broadcast_arrays(np.asarray(top), np.asarray(runner_up))
+    if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
+        raise TypeError("top and runner_up must be integer counts")
+    if np.any(a < 0) or np.any(b < 0):
+        raise ValueError("counts must be >= 0")
+    high, total = np.maximum(a, b).astype(np.float64), (a + b).astype(np.float64)
+    # The null is symmetric: outcomes as unlikely as `high` are >= high and <= total - high.
+    return np.minimum(1.0, 2.0 * binom.sf(high - 1.0, total, 0.5))
+
+
+def certified_radius(p_lower, sigma: float) -> np.ndarray:
+    """sigma * Phi^-1(p_lower) where p_lower > 1/2, else 0 (no certificate): the L2 radius, in the units of the
+    inputs, within which the smoothed classifier's answer is certified."""
+    from scipy.stats import norm
+
+    sigma = check_positive(sigma, "sigma")
+    p = np.asarray(p_lower, dtype=np.float64)
+    return np.where(p > 0.5, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), 0.0)
+
+
+def certified_accuracy(
+    prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor, radii: list[float] | tuple[float, ...]
+) -> list[float]:
+    """The fraction of images certified correct at each L2 radius r of `radii`: prediction == label (not an
+    abstention) and radius >= r. Inputs: (N,) tensors; returns one fraction per radius (nan for N = 0)."""
+    correct = prediction.cpu() == labels.cpu()
+    radius = radius.cpu().double()
+    if len(correct) == 0:
+        return [math.nan for _ in radii]
+    return [(correct & (radius >= r)).double().mean().item() for r in radii]
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class Certificate:
+    """What :meth:`Smooth.certify` returns, per image (tensors on the CPU)."""
+
+    prediction: torch.Tensor  # int64 (B,): the certified class, -1 where it abstains
+    p_lower: torch.Tensor  # float64 (B,): the lower confidence bound pA on the selected class's probability
+    radius: torch.Tensor  # float64 (B,): certified L2 radius in x's units (sigma * Phi^-1(pA)); 0 when abstaining
+    counts: torch.Tensor  # int64 (B, K): votes of the n estimation draws
+    selection_counts: torch.Tensor  # int64 (B, K): votes of the n0 selection draws
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+
+    @property
+    def abstained(self) -> torch.Tensor:
+        return self.prediction < 0
+
+    def certified_accuracy(self, labels: torch.Tensor, radii=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[float]:
+        """Fraction of the images certified correct at each radius (see :func:`certified_accuracy`)."""
+        return certified_accuracy(self.prediction, self.radius, labels, radii)
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Smooth.predict` returns, per image (tensors on the CPU)."""
+
+    prediction: torch.Tensor  # int64 (B,): the smoothed classifier's class, -1 where it abstains
+    p_value: torch.Tensor  # float64 (B,): two-sided binomial test of the top count against the runner-up's
+    counts: torch.Tensor  # int64 (B, K): votes of the n draws
+    n: int
+    alpha: float
+
+    @property
+    def abstained(self) -> torch.Tensor:
+        return self.prediction < 0
+
+
+# ------------------------------------------------------------------------------------------------ the sampler
+
+
+def phase_key(seed: int, phase: str) -> int:
+    """The noise key (a signed 64-bit int) of one phase ("select", "estimate", "predict") of a run under `seed`:
+    a hash, so that the phases' draws are independent."""
+    digest = hashlib.sha256(f"nemesis_fast.certify:{seed}:{phase}".encode()).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def _segments(begin: int, end: int, draws: list[int]) -> list[tuple[int, int, int, int]]:
+    """The rows [begin, end) of the image-major stream of draws (image, then phase, then draw) as segments
+    (image, phase, first draw, last draw + 1)."""
+    per_image = sum(draws)
+    out = []
+    row = begin
+    while row < end:
+        image, within = divmod(row, per_image)
+        phase = 0
+        while within >= draws[phase]:
+            within -= draws[phase]
+            phase += 1
+        take = min(draws[phase] - within, end - row)
+        out.append((image, phase, within, within + take))
+        row += take
+    return out
+
+
+class Smooth:
+    """The Gaussian smoothing of a classifier: certificates and abstaining predictions from noise votes.
+
+    Args:
+        model: maps a batch (R, *x.shape[1:]) to logits (R, num_classes); an nn.Module is put in eval mode for the
+            call (its modes are restored afterwards). Its device is where the noise is drawn and counted.
+        sigma: standard deviation of the noise, > 0, in the units of x (of x / 255 for uint8 images).
+        num_classes: the number of classes K >= 2 (checked against the model's output).
+        amp: False, True ("bf16") or "fp16": run the model under torch.autocast. The noise is drawn in float32.
+        device: where to run when the model has no parameters (default: x's device).
+        backend: the gaussian_augment backend (None: automatic).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        sigma: float,
+        num_classes: int,
+        *,
+        amp: bool | str = False,
+        device: torch.device | str | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+        self.model = model
+        self.sigma = check_positive(sigma, "sigma")
+        self.num_classes = check_int(num_classes, "num_classes", low=2)
+        if amp not in (False, None):
+            check_choice(amp, "amp", (True, *AMP_DTYPES))
+        self.amp = "bf16" if amp is True else (amp or False)
+        self.device = None if device is None else torch.device(device)
+        self.backend = backend
+
+    def _device(self, x: torch.Tensor) -> torch.device:
+        if isinstance(self.model, nn.Module):
+            for tensor in self.model.parameters():
+                return tensor.device
+        return self.device or x.device
+
+    def _check_x(self, x: torch.Tensor, offset: int) -> None:
+        check_tensor(x, "x", dtypes=(*FLOAT_DTYPES, torch.uint8), min_ndim=2)
+        check_int(offset, "offset", low=0, high=MAX_IMAGE_INDEX)
+        if offset + x.shape[0] - 1 > MAX_IMAGE_INDEX:
+            raise ValueError(f"offset + len(x) must be <= {MAX_IMAGE_INDEX + 1}, got {offset + x.shape[0]}")
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
+        modes = [m.training for m in modules]
+        try:
+            yield self.model.eval() if modules else None
+        finally:
+            for module, training in zip(modules, modes):
+                module.training = training
+
+    def sample_counts(
+        self,
+        x: torch.Tensor,
+        phases: list[tuple[int, int]],
+        batch_size: int,
+        *,
+        offset: int = 0,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """Votes of the model on noisy copies of every image: (B, P, K) int64 on the CPU, one row of K class
+        counts per image and phase, for phases given as (noise key, number of draws). `progress(rows)` is called
+        after every forward pass with the number of noisy copies it classified."""
+        self._check_x(x, offset)
+        batch_size = check_int(batch_size, "batch_size", low=1)
+        for key, count in phases or [(0, 0)]:  # none: "a phase's draws must be >= 1"
+            check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1)
+            check_int(count, "a phase's draws", low=1, high=MAX_DRAWS)
+        device = self._device(x)
+        x = x.detach().to(device)
+        draws = [count for _, count in phases]
+        total = x.shape[0] * sum(draws)
+        counts = torch.zeros(x.shape[0] * len(phases) * self.num_classes, dtype=torch.int64, device=device)
+        autocast = torch.autocast(device.type, dtype=AMP_DTYPES[self.amp]) if self.amp else contextlib.nullcontext()
+        with self._eval_mode(), torch.inference_mode(), autocast:
+            for begin in range(0, total, batch_size):
+                end = min(begin + batch_size, total)
+                segments = _segments(begin, end, draws)
+                noisy = [
+                    gaussian_augment(
+                        x[i : i + 1].expand(stop - start, *x.shape[1:]),
+                        1,
+                        self.sigma,
+                        None,
+                        include_original=False,
+                        seed=phases[p][0],
+                        offset=((offset + i) << 32) + start,
+                        backend=self.backend,
+                    )
+                    for i, p, start, stop in segments
+                ]
+                batch = noisy[0] if len(noisy) == 1 else torch.cat(noisy)
+                predicted = self._classify(batch, device)
+                # Each row's slot (image, phase) in `counts`, made on the device: no copy from the host, no sync.
+                base = [
+                    torch.full((stop - start,), (i * len(phases) + p) * self.num_classes, device=device)
+                    for i, p, start, stop in segments
+                ]
+                slots = base[0] if len(base) == 1 else torch.cat(base)
+                counts.scatter_add_(0, slots + predicted, torch.ones_like(predicted))
+                if progress is not None:
+                    progress(end - begin)
+        return counts.view(x.shape[0], len(phases), self.num_classes).cpu()
+
+    def _classify(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The model's class for every row of the batch, int64 on the device."""
+        if device.type == "cpu" and batch.dim() == 4 and batch.shape[1] == 1:
+            # One channel: the same memory read as channels-last, which the CPU convolutions run faster.
+            batch = batch.as_strided(batch.shape, (batch.stride(0), 1, batch.stride(2), batch.stride(3)))
+        logits = self.model(batch)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape != (len(batch), self.num_classes):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(
+                f"the model must return logits of shape ({len(batch)}, num_classes={self.num_classes}), got {shape}"
+            )
+        return logits.argmax(1)
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int = 1000,
+        *,
+        seed: int | None = None,
+        offset: int = 0,
+        progress: Progress | None = None,
+    ) -> Certificate:
+        """Cohen et al.'s CERTIFY for every image of x.
+
+        Args:
+            x: images (B, ...) of float values, or uint8 read as x / 255; moved to the model's device.
+            n0: selection draws per image, >= 1 (Cohen et al.: 100).
+            n: estimation draws per image, >= 1 (Cohen et al.: 100,000). The largest radius it can certify is
+                sigma * Phi^-1(alpha ** (1 / n)).
+            alpha: failure probability of each certificate, in (0, 1) (Cohen et al.: 0.001).
+            batch_size: noisy copies per forward pass (memory: batch_size inputs and activations); it does not
+                change the result.
+            seed: the noise's seed (an int; None: drawn from torch's default generator).
+            offset: the global index of x's first image (see the module's docstring).
+            progress: called with the number of noisy copies classified after every forward pass.
+
+        Returns:
+            A :class:`Certificate`: per image the class (-1: abstain), pA and the radius.
+        """
+        n0 = check_int(n0, "n0", low=1, high=MAX_DRAWS)
+        n = check_int(n, "n", low=1, high=MAX_DRAWS)
+        alpha = check_number(alpha, "alpha", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        seed = resolve_seed(seed)
+        phases = [(phase_key(seed, "select"), n0), (phase_key(seed, "estimate"), n)]
+        counts = self.sample_counts(x, phases, batch_size, offset=offset, progress=progress)
+        selection, estimation = counts[:, 0], counts[:, 1]
+        chosen = selection.argmax(1)  # the first of tied classes
+        top = estimation.gather(1, chosen[:, None])[:, 0]
+        p_lower = clopper_pearson_lower(top.numpy(), n, alpha)
+        certified = torch.from_numpy(p_lower > 0.5)
+        return Certificate(
+            prediction=torch.where(certified, chosen, torch.full_like(chosen, -1)),
+            p_lower=torch.from_numpy(p_lower),
+            radius=torch.from_numpy(certified_radius(p_lower, self.sigma)),
+            counts=estimation.clone(),
+            selection_counts=selection.clone(),
+            sigma=self.sigma,
+            n0=n0,
+            n=n,
+            alpha=alpha,
+        )
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int = 1000,
+        *,
+        seed: int | None = None,
+        offset: int = 0,
+        progress: Progress | None = None,
+    ) -> Prediction:
+        """Cohen et al.'s PREDICT for every image of x: the top class of n draws, or -1 (abstain) unless the
+        two-sided binomial test of its count against the runner-up's rejects p = 1/2 at level alpha. Arguments
+        as :meth:`certify`'s."""
+        n = check_int(n, "n", low=1, high=MAX_DRAWS)
+        alpha = check_number(alpha, "alpha", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        seed = resolve_seed(seed)
+        counts = self.sample_counts(x, [(phase_key(seed, "predict"), n)], batch_size, offset=offset, progress=progress)
+        counts = counts[:, 0]
+        ordered = counts.sort(dim=1, descending=True, stable=True)
+        top, runner_up = ordered.values[:, 0], ordered.values[:, 1]
+        p_value = torch.from_numpy(binomial_p_value(top.numpy(), runner_up.numpy()))
+        chosen = counts.argmax(1)
+        return Prediction(
+            prediction=torch.where(p_value <= alpha, chosen, torch.full_like(chosen, -1)),
+            p_value=p_value,
+            counts=counts.clone(),
+            n=n,
+            alpha=alpha,
+        )
+
+    def __repr__(self) -> str:
+        return f"Smooth(sigma={self.sigma}, num_classes={self.num_classes}, amp={self.amp!r})"

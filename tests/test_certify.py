@@ -1,0 +1,275 @@
+"""Randomized smoothing (nemesis_fast.certify): the statistics against scipy, the guarantee on a linear classifier
+where the smoothed classifier is known in closed form, abstention, the noise, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from nemesis_fast import gaussian_augment
+from nemesis_fast.certify import (
+    Smooth,
+    binomial_p_value,
+    certified_accuracy,
+    certified_radius,
+    clopper_pearson_lower,
+    phase_key,
+)
+
+COUNTS = [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (500, 1000), (990, 1000), (99_990, 100_000), (100, 100)]
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.05, 0.5])
+def test_clopper_pearson_bound_is_the_beta_quantile_and_the_binomial_tail(alpha):
+    k = [c for c, _ in COUNTS]
+    n = [t for _, t in COUNTS]
+    bound = clopper_pearson_lower(k, n, alpha)
+    for (successes, trials), p in zip(COUNTS, bound):
+        if successes == 0:
+            assert p == 0.0
+            continue
+        assert p == pytest.approx(stats.beta.ppf(alpha, successes, trials - successes + 1), rel=1e-12)
+        # P(Binomial(n, p) >= k) = alpha: the largest p the k successes rule out at level alpha.
+        assert stats.binom.sf(successes - 1, trials, p) == pytest.approx(alpha, rel=1e-6)
+        if successes == trials:
+            assert p == pytest.approx(alpha ** (1 / trials), rel=1e-12)
+    assert clopper_pearson_lower(990, 1000, alpha) == pytest.approx(bound[6])
+
+
+def test_binomial_p_value_is_scipys_two_sided_test():
+    for top, runner_up in [(0, 0), (1, 0), (5, 5), (6, 4), (60, 40), (30, 70), (1000, 0), (512, 488), (9000, 8800)]:
+        expected = 1.0 if top + runner_up == 0 else stats.binomtest(top, top + runner_up, 0.5).pvalue
+        assert binomial_p_value(top, runner_up) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_radius_is_sigma_times_the_normal_quantile_and_zero_without_a_certificate():
+    p = [0.3, 0.5, stats.norm.cdf(0.5), stats.norm.cdf(1.0), stats.norm.cdf(3.0)]
+    assert certified_radius(p, 0.5).tolist() == pytest.approx([0.0, 0.0, 0.25, 0.5, 1.5])
+    labels, prediction = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, -1, 0])
+    radius = torch.tensor([0.3, 0.8, 0.0, 0.9], dtype=torch.float64)
+    assert certified_accuracy(prediction, radius, labels, [0.0, 0.5, 1.0]) == [0.5, 0.25, 0.0]
+
+
+class Halfspace(nn.Module):
+    """f(z) = 1 if w.z + b > 0 else 0; smoothing it gives g(x) = f(x) and P(f(x + d) = g(x)) =
+    Phi(|w.x + b| / (sigma |w|)): the certified radius may never exceed the distance |w.x + b| / |w|."""
+
+    def __init__(self, w: torch.Tensor, b: float) -> None:
+        super().__init__()
+        self.w, self.b = w, b
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        margin = z.flatten(1).double() @ self.w.double() + self.b
+        return torch.stack([torch.zeros_like(margin), margin], 1)
+
+
+def halfspace_images(count: int, sigma: float, seed: int = 0) -> tuple[Halfspace, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(16, generator=generator, dtype=torch.float64)
+    model = Halfspace(w, 0.3)
+    unit = w / w.norm()
+    signed = sigma * torch.linspace(-3.0, 3.0, count, dtype=torch.float64)  # P(top class) from 0.5 to 0.9987
+    x = torch.randn(count, 16, generator=generator, dtype=torch.float64)
+    margin = (x @ w + 0.3) / w.norm()
+    x = (x + (signed - margin)[:, None] * unit).float()  # at signed distance ~`signed` from the boundary
+    signed = (x.double() @ w + 0.3) / w.norm()  # exactly, for the float32 images
+    return model, x.view(count, 1, 4, 4), signed
+
+
+def test_certified_radius_of_a_linear_classifier_is_wrong_no_more_often_than_alpha():
+    sigma, alpha, trials = 0.5, 0.05, 16
+    model, x, signed = halfspace_images(60, sigma)
+    distance = signed.abs()
+    truth = (signed > 0).long()
+    smooth = Smooth(model, sigma, 2)
+    wrong = certificates = 0
+    ratios = []
+    for seed in range(trials):
+        result = smooth.certify(x, 50, 1000, alpha, 20_000, seed=seed)
+        answered = ~result.abstained
+        # Float32 noise moves the boundary by ~1e-7: only a radius beyond that slack is wrong.
+        wrong += int((answered & ((result.prediction != truth) | (result.radius > distance + 1e-5))).sum())
+        certificates += len(x)
+        useful = (distance > 0.25 * sigma) & (distance < 2 * sigma)
+        ratios.append((result.radius[useful] / distance[useful]).mean().item())
+    allowed = stats.binom.ppf(1 - 1e-6, certificates, alpha)  # the rate alpha, with a margin for chance
+    assert wrong <= allowed, f"{wrong} wrong certificates of {certificates} (alpha {alpha})"
+    assert sum(ratios) / len(ratios) > 0.8  # and the certificates are not vacuous
+
+
+def test_votes_of_a_linear_classifier_follow_the_binomial_law_of_gaussian_noise():
+    sigma, n = 0.5, 2000
+    model, x, signed = halfspace_images(60, sigma, seed=1)
+    p = torch.from_numpy(stats.norm.cdf(signed.numpy() / sigma))  # P(class 1) under N(0, sigma^2 I)
+    keep = (p > 0.05) & (p < 0.95)
+    smooth = Smooth(model, sigma, 2)
+    z = torch.cat(
+        [
+            ((votes - n * p) / torch.sqrt(n * p * (1 - p)))[keep]
+            for votes in (smooth.predict(x, n, 0.5, 100_000, seed=seed).counts[:, 1].double() for seed in range(10))
+        ]
+    )
+    assert abs(z.mean().item()) < 4 / math.sqrt(len(z))  # no bias in P(class 1) ...
+    assert 0.8 < z.var().item() < 1.25  # ... nor in its spread: independent draws
+
+
+class Quadrants(nn.Module):
+    """Class 0 where feature 0 > t0, else class 1 where feature 1 > 0, else class 2."""
+
+    def __init__(self, t0: float = 0.0) -> None:
+        super().__init__()
+        self.t0 = t0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.flatten(1)
+        first = z[:, 0] > self.t0
+        second = ~first & (z[:, 1] > 0)
+        cls = torch.where(first, 0, torch.where(second, 1, 2))
+        return nn.functional.one_hot(cls, 3).float()
+
+
+@pytest.mark.parametrize("top_probability", [0.5, 0.4])
+def test_certify_abstains_when_the_top_class_has_probability_at_most_one_half(top_probability):
+    sigma = 0.3
+    x = torch.zeros(40, 1, 2, 2)
+    threshold = -sigma * stats.norm.ppf(top_probability)  # P(sigma z > threshold) = top_probability
+    result = Smooth(Quadrants(threshold), sigma, 3).certify(x, 30, 2000, 0.001, 4000, seed=1)
+    assert result.abstained.all() and (result.radius == 0).all() and (result.p_lower <= 0.5).all()
+    clear = Smooth(Quadrants(-sigma * stats.norm.ppf(0.62)), sigma, 3).certify(x, 30, 2000, 0.001, 4000, seed=1)
+    assert (clear.prediction == 0).all() and (clear.radius > 0).all()  # the same test passes a clear winner
+
+
+def test_predict_abstains_between_two_equally_likely_classes_and_answers_a_clear_winner():
+    x = torch.zeros(200, 1, 2, 2)
+    tie = Smooth(Quadrants(0.0), 1.0, 3)
+    x_tie = x.clone()
+    x_tie[:, 0, 0, 1] = 100.0  # feature 1 always > 0: classes 0 and 1, each with probability 1/2
+    result = tie.predict(x_tie, 400, 0.01, 10_000, seed=2)
+    answered = int((~result.abstained).sum())
+    assert answered <= stats.binom.ppf(1 - 1e-6, 200, 0.01)
+    assert (result.counts[:, 2] == 0).all() and (result.counts.sum(1) == 400).all()
+    x_clear = x_tie.clone()
+    x_clear[:, 0, 0, 0] = 0.5  # P(class 0) = Phi(0.5) = 0.69
+    clear = tie.predict(x_clear, 400, 0.01, 10_000, seed=2)
+    assert (clear.prediction == 0).all()
+
+
+class Recorder(nn.Module):
+    """Keeps every batch it is shown; predicts class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[torch.Tensor] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.batches.append(z.clone())
+        return torch.zeros(len(z), 2).index_fill_(1, torch.tensor([0]), 1.0)
+
+
+def test_the_noise_is_unclipped_gaussian_keyed_by_seed_image_and_draw():
+    sigma, n0, n = 0.8, 7, 900
+    x = torch.rand(3, 1, 6, 6)
+    recorder = Recorder()
+    Smooth(recorder, sigma, 2).certify(x, n0, n, 0.001, 256, seed=11, offset=40)
+    rows = torch.cat(recorder.batches).view(3, n0 + n, 1, 6, 6)  # image-major: selection draws, then estimation
+    z = (rows - x[:, None]) / sigma
+    assert rows.min() < -1 and rows.max() > 2  # never clipped to [0, 1]
+    assert abs(z.mean().item()) < 5 / math.sqrt(z.numel()) and z.std().item() == pytest.approx(1.0, abs=0.02)
+    for i in range(3):  # draw j of image i: the op's noise at sample (offset + i) * 2**32 + j, copy 0
+        expected = gaussian_augment(
+            x[i : i + 1].expand(n, 1, 6, 6), 1, sigma, None, include_original=False,
+            seed=phase_key(11, "estimate"), offset=((40 + i) << 32),
+        )  # fmt: skip
+        torch.testing.assert_close(rows[i, n0:], expected, rtol=0, atol=0)
+    selection, estimation = z[:, :n0].flatten(), z[:, n0 : 2 * n0].flatten()
+    assert abs(torch.corrcoef(torch.stack([selection, estimation]))[0, 1].item()) < 0.15  # independent phases
+
+
+def test_results_do_not_depend_on_batch_size_or_on_splitting_the_images():
+    model, x, _ = halfspace_images(9, 0.5, seed=3)
+    smooth = Smooth(model, 0.5, 2)
+    results = [smooth.certify(x, 20, 300, 0.01, size, seed=5) for size in (1, 13, 320, 100_000)]
+    for other in results[1:]:
+        for field in ("prediction", "p_lower", "radius", "counts", "selection_counts"):
+            assert torch.equal(getattr(other, field), getattr(results[0], field)), field
+    head = smooth.certify(x[:4], 20, 300, 0.01, 64, seed=5)
+    tail = smooth.certify(x[4:], 20, 300, 0.01, 64, seed=5, offset=4)
+    assert torch.equal(torch.cat([head.counts, tail.counts]), results[0].counts)
+    predictions = [smooth.predict(x, 300, 0.01, size, seed=5).counts for size in (7, 5000)]
+    assert torch.equal(*predictions)
+    assert not torch.equal(smooth.certify(x, 20, 300, 0.01, 64, seed=6).counts, results[0].counts)
+
+
+def test_the_smoothed_mnist_cnn_is_certified_the_same_for_any_batch_size(mnist_model, mnist_test_data):
+    images, labels = mnist_test_data
+    x, y = images[:6], labels[:6]
+    smooth = Smooth(mnist_model, 0.25, 10)
+    small = smooth.certify(x, 16, 200, 0.001, 96, seed=0)
+    large = smooth.certify(x, 16, 200, 0.001, 5000, seed=0)
+    assert torch.equal(small.counts, large.counts) and torch.equal(small.radius, large.radius)
+    assert small.certified_accuracy(y, [0.0])[0] >= 4 / 6  # the plain CNN keeps most digits under this noise
+    assert mnist_model.training is False
+    low = Smooth(mnist_model, 0.25, 10, amp="bf16").certify(x, 16, 200, 0.001, 5000, seed=0)
+    assert (low.counts.sum(1) == 200).all() and (low.prediction == small.prediction).float().mean() >= 0.5
+
+
+def test_model_modes_are_restored():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Dropout(0.5))
+    model.train()
+    Smooth(model, 0.1, 3).predict(torch.rand(2, 1, 2, 2), 10, 0.1, seed=0)
+    assert all(m.training for m in model.modules())
+
+
+def _linear() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+
+
+X = torch.rand(2, 1, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: Smooth(_linear(), 0.0, 3), ValueError, "sigma must be > 0"),
+        (lambda: Smooth(_linear(), -1.0, 3), ValueError, "sigma must be > 0"),
+        (lambda: Smooth(_linear(), float("nan"), 3), ValueError, "sigma must be finite"),
+        (lambda: Smooth(_linear(), 0.5, 1), ValueError, "num_classes must be >= 2"),
+        (lambda: Smooth(_linear(), 0.5, 3, amp="fp8"), ValueError, "amp must be one of"),
+        (lambda: Smooth("model", 0.5, 3), TypeError, "model must be"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 0, 10, 0.1), ValueError, "n0 must be >= 1"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 10, 0, 0.1), ValueError, "n must be >= 1"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 10, 100.0, 0.1), TypeError, "n must be an int"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 10.5, 100, 0.1), TypeError, "n0 must be an int"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 10, 100, 0.0), ValueError, "alpha must be > 0"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 10, 100, 1.0), ValueError, "alpha must be < 1"),
+        (lambda: Smooth(_linear(), 0.5, 3).predict(X, 10, 1.5), ValueError, "alpha must be < 1"),
+        (lambda: Smooth(_linear(), 0.5, 3).predict(X, -3, 0.1), ValueError, "n must be >= 1"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 10, 100, 0.1, 0), ValueError, "batch_size must be >= 1"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X.long(), 10, 100, 0.1), TypeError, "x must have dtype"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X[0, 0, 0], 1, 10, 0.1), ValueError, "x must have at least 2"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 1, 10, 0.1, offset=-1), ValueError, "offset must be >= 0"),
+        (lambda: Smooth(_linear(), 0.5, 4).certify(X, 1, 10, 0.1), ValueError, "num_classes=4"),
+        (lambda: clopper_pearson_lower(3, 2, 0.1), ValueError, "successes <= trials"),
+        (lambda: clopper_pearson_lower(1.5, 2, 0.1), TypeError, "integer counts"),
+        (lambda: certified_radius(0.9, 0), ValueError, "sigma must be > 0"),
+    ],
+)
+def test_bad_input_is_rejected_naming_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", [None, pytest.param("triton", marks=pytest.mark.triton)])
+def test_on_a_gpu_the_votes_are_the_cpus(backend):
+    model, x, _ = halfspace_images(12, 0.5, seed=4)
+    on_cpu = Smooth(model, 0.5, 2).certify(x, 20, 2000, 0.01, 500, seed=9)
+    gpu_model = Halfspace(model.w.cuda(), model.b)
+    on_gpu = Smooth(gpu_model, 0.5, 2, device="cuda", backend=backend).certify(x.cuda(), 20, 2000, 0.01, 3000, seed=9)
+    # The same noise to ~1e-6 on every backend: a vote may flip only for a draw within that of the boundary.
+    assert (on_gpu.counts - on_cpu.counts).abs().sum() <= 2
+    assert (on_gpu.prediction == on_cpu.prediction).all()

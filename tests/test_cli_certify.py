@@ -1,0 +1,94 @@
+"""`nemesis-fast certify` and the training noise's sigma that checkpoints remember for it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from nemesis_fast.cli import main
+from nemesis_fast.models import mnist_cnn
+from nemesis_fast.training import checkpoint_noise_sigma, load_checkpoint, save_checkpoint
+
+
+def _checkpoint(tmp_path, recipe: str = "gda", **settings) -> str:
+    torch.manual_seed(0)
+    path = tmp_path / f"{recipe}.pt"
+    save_checkpoint(path, mnist_cnn(), recipe=recipe, settings=settings)
+    return str(path)
+
+
+def test_checkpoints_remember_the_training_noise_sigma(tmp_path):
+    _, gda = load_checkpoint(_checkpoint(tmp_path, "gda", sigma=0.5, clip=None))
+    _, standard = load_checkpoint(_checkpoint(tmp_path, "standard"))
+    assert gda["noise_sigma"] == 0.5 and standard["noise_sigma"] is None
+    assert checkpoint_noise_sigma(gda) == 0.5 and checkpoint_noise_sigma(standard) is None
+    older = {k: v for k, v in gda.items() if k != "noise_sigma"}  # written before the entry existed
+    assert checkpoint_noise_sigma(older) == 0.5
+
+
+def test_train_for_smoothing_unclipped_noise_at_any_sigma(tmp_path, capsys):
+    out = tmp_path / "smooth.pt"
+    args = ["train", "--recipe", "gda", "--set", "sigma=0.45", "--set", "clip=None", "--set", "copies=1"]
+    args += ["--epochs", "1", "--limit", "64", "--val-fraction", "0", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    _, meta = load_checkpoint(out)
+    assert meta["noise_sigma"] == 0.45 and meta["settings"]["clip"] is None
+
+
+def test_certify_writes_the_csv_and_summary_at_the_checkpoints_sigma(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, "gda", sigma=0.4, clip=None)
+    out, summary = tmp_path / "c.csv", tmp_path / "c.json"
+    args = ["certify", "--checkpoint", checkpoint, "--images", "3", "--start", "5", "--n", "40", "--n0", "4"]
+    assert main([*args, "--out", str(out), "--json", str(summary), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "at sigma 0.4 (the checkpoint's training sigma)" in printed and "certified accuracy: r=0 " in printed
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["index"] for r in rows] == ["5", "6", "7"]
+    assert list(rows[0]) == ["index", "label", "prediction", "radius", "correct"]
+    for r in rows:
+        assert r["correct"] == str(int(r["prediction"] == r["label"]))
+        assert (float(r["radius"]) == 0) == (r["prediction"] == "-1")
+    data = json.loads(summary.read_text())
+    assert (
+        data["sigma"] == 0.4
+        and data["n"] == 40
+        and set(data["certified_accuracy"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    )
+    assert main([*args, "--sigma", "0.25", "--out", str(out), "--no-progress"]) == 0
+    assert "at sigma 0.25 (given; the checkpoint was trained at sigma 0.4)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--sigma", "0"], "--sigma must be > 0"),
+        (["--sigma", "-0.5"], "--sigma must be > 0"),
+        (["--n", "0"], "--n must be >= 1"),
+        (["--n0", "0"], "--n0 must be >= 1"),
+        (["--alpha", "1"], "--alpha must be < 1"),
+        (["--alpha", "0"], "--alpha must be > 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--images", "-2"], "--images must be >= 0"),
+        (["--start", "99999"], "--start must be < 2000"),
+        (["--device", "gpu"], "--device must name a device"),
+        (["--data-dir", "/no/such/folder"], "--data-dir '/no/such/folder' is not a folder"),
+    ],
+)
+def test_bad_arguments_end_in_one_line_naming_the_argument(tmp_path, extra, message):
+    checkpoint = _checkpoint(tmp_path, "gda", sigma=0.3)
+    with pytest.raises(SystemExit, match=f"nemesis-fast certify: {message}"):
+        main(["certify", "--checkpoint", checkpoint, "--out", str(tmp_path / "c.csv"), *extra])
+
+
+def test_sigma_is_required_where_the_checkpoint_records_none(tmp_path):
+    checkpoint = _checkpoint(tmp_path, "standard")
+    with pytest.raises(SystemExit, match="--sigma is required: the checkpoint .recipe 'standard'. records no"):
+        main(["certify", "--checkpoint", checkpoint, "--images", "1", "--n", "5"])
+    with pytest.raises(SystemExit, match="not-there.pt"):
+        main(["certify", "--checkpoint", str(tmp_path / "not-there.pt"), "--sigma", "0.3"])
+    with pytest.raises(SystemExit):  # argparse: "argument --n: invalid int value: '1e4'"
+        main(["certify", "--checkpoint", checkpoint, "--n", "1e4"])
