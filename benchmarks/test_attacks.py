@@ -4,20 +4,10 @@ with torchattacks and ART comes from `nemesis-fast bench attacks`."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from nemesis_fast.bench import attacks as bench
 
 SPECS = {spec.name: spec for spec in bench.specs("cifar")}
-
-
-@pytest.fixture(scope="module")
-def cifar_batch():
-    model = bench.timing_model(torch.device("cpu"))
-    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
 
 
 CASES = [(name, "nemesis_fast") for name in ("FGSM", "R+FGSM", "PGD", "DeepFool")]

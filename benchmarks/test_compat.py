@@ -4,23 +4,12 @@ against torchattacks and ART through their own APIs comes from `nemesis-fast ben
 from __future__ import annotations
 
 import pytest
-import torch
 
-from nemesis_fast.bench import attacks as bench_attacks
 from nemesis_fast.bench import compat as bench
 from nemesis_fast.bench.harness import Report
 
 pytest.importorskip("torchattacks")
 pytest.importorskip("art")
-
-
-@pytest.fixture(scope="module")
-def cifar_batch():
-    model = bench_attacks.timing_model(torch.device("cpu"))
-    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
 
 
 @pytest.mark.parametrize("name", ["torchattacks DeepFool", "torchattacks JSMA", "ART DeepFool"])
