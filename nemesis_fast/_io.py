@@ -1,11 +1,14 @@
-"""Atomic file writes: a file is either absent, its old content, or its complete new content, never half."""
+"""Atomic file writes (a file is either absent, its old content, or its complete new content, never half), and a
+value computed once and kept under the temp folder."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +39,21 @@ def torch_save_atomic(path: str | os.PathLike, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_atomic(path, buffer.getvalue())
+
+
+def settings_digest(settings: Any) -> str:
+    """A short, stable hash (16 hex digits) of JSON-serialisable settings, for cache file names."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def temp_cached(relative_path: str | os.PathLike, compute: Callable[[], Any], *, refresh: bool = False) -> Any:
+    """compute()'s value (anything torch.save stores, tensors on the CPU), kept at `relative_path` under the temp
+    folder: the first call computes and writes it atomically, later calls (other processes and sessions too) read
+    it back. `refresh=True` computes it again and overwrites the stored value. The caller names the file after
+    everything the value depends on (see :func:`settings_digest`)."""
+    path = Path(tempfile.gettempdir()) / relative_path
+    if path.is_file() and not refresh:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    value = compute()
+    torch_save_atomic(path, value)
+    return value

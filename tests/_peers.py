@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from nemesis_fast._io import temp_cached
 
 MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation
 
@@ -42,17 +42,15 @@ def fingerprint(*values: object) -> str:
 
 def peer_result(key: str, compute: Callable[[], torch.Tensor | np.ndarray]) -> torch.Tensor | np.ndarray:
     """compute() (the peer's output for the settings that `key` hashes), cached on disk across sessions."""
-    path = Path(tempfile.gettempdir()) / "nemesis_fast_test_cache" / "peers" / f"{key}.pt"
-    if path.is_file() and not os.environ.get("NEMESIS_FAST_NO_PEER_CACHE"):
-        stored = torch.load(path, weights_only=True)
-        return stored["value"].numpy() if stored["numpy"] else stored["value"]
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    is_numpy = isinstance(value, np.ndarray)
-    torch.save({"value": torch.from_numpy(value) if is_numpy else value.detach().cpu(), "numpy": is_numpy}, partial)
-    partial.replace(path)
-    return value
+
+    def stored() -> dict:
+        value = compute()
+        is_numpy = isinstance(value, np.ndarray)
+        return {"value": torch.from_numpy(value) if is_numpy else value.detach().cpu(), "numpy": is_numpy}
+
+    refresh = bool(os.environ.get("NEMESIS_FAST_NO_PEER_CACHE"))
+    entry = temp_cached(f"nemesis_fast_test_cache/peers/{key}.pt", stored, refresh=refresh)
+    return entry["value"].numpy() if entry["numpy"] else entry["value"]
 
 
 class Standardised(nn.Module):

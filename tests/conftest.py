@@ -9,10 +9,6 @@ The model is shared by every test of the session: do not modify it (copy.deepcop
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import torch
 from _support import full_mnist_root
 from torch import nn
 
+from nemesis_fast._io import settings_digest, temp_cached
 from nemesis_fast.data import load_mnist
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.models import mnist_cnn
@@ -64,11 +61,6 @@ def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setting
     model.eval()
 
 
-def _cache_path(settings: dict) -> Path:
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "nemesis_fast_test_cache" / f"mnist_cnn_{key}.pt"
-
-
 @pytest.fixture(scope="session")
 def mnist_source() -> tuple[Path, dict]:
     """The MNIST folder the fixtures read and the training settings that go with it."""
@@ -104,19 +96,15 @@ def mnist_model(mnist_source, mnist_test_set) -> nn.Module:
     2 cores, or five on the sample; cached), in eval mode, with at least 97% accuracy on the test images
     (checked on every session)."""
     root, settings = mnist_source
-    path = _cache_path(settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings["seed"])
         model = mnist_cnn()
-        if path.is_file():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        else:
-            images, labels = load_mnist(root, "train")
-            _train(model, images, labels, settings)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            torch.save(model.state_dict(), partial)
-            partial.replace(path)
+
+        def trained() -> dict[str, torch.Tensor]:
+            _train(model, *load_mnist(root, "train"), settings)
+            return model.state_dict()
+
+        model.load_state_dict(temp_cached(f"nemesis_fast_test_cache/mnist_cnn_{settings_digest(settings)}.pt", trained))
     model.eval()
     images, labels = mnist_test_set
     with torch.no_grad():

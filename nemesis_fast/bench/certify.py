@@ -20,16 +20,13 @@ seconds to minutes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._io import settings_digest, temp_cached
 from ..certify import Smooth
 from ..data import load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
@@ -50,22 +47,18 @@ def smoothing_model(device: torch.device) -> nn.Module:
     """The paper's MNIST CNN after TRAINING's steps of unclipped GDA on the package's MNIST sample (cached)."""
     from ..training import train
 
-    key = hashlib.sha256(json.dumps(TRAINING, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / "nemesis_fast_bench_cache" / f"mnist_cnn_{key}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TRAINING["seed"])
         model = mnist_cnn()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
+
+    def trained() -> dict[str, torch.Tensor]:
         images, labels = load_mnist(MNIST_SAMPLE_DIR, "train")
         settings = {"sigma": SIGMA, "clip": None, "copies": TRAINING["copies"]}
         budget = {"epochs": 100, "batch_size": TRAINING["batch"], "max_steps": TRAINING["steps"], "val_fraction": 0.0}
         train(model, (images, labels), "gda", settings=settings, patience=None, device=device, log=False, **budget)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.tmp")
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, partial)
-        partial.replace(path)
+        return {k: v.cpu() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(temp_cached(f"nemesis_fast_bench_cache/mnist_cnn_{settings_digest(TRAINING)}.pt", trained))
     return model.to(device).eval()
 
 
