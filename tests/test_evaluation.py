@@ -284,7 +284,7 @@ def test_sharded_run_equals_single_process(tmp_path):
 
 
 def test_chunks_are_shared_out_round_robin(tmp_path):
-    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.parallel import Workers
 
     assert Workers(rank=1, world_size=2).my_chunks(5) == [1, 3]
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
@@ -294,7 +294,7 @@ def test_chunks_are_shared_out_round_robin(tmp_path):
 
 
 def test_random_draws_are_keyed_by_the_chunks_bounds_not_its_index(tmp_path):
-    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
     attacks = Evaluation(config, Workers(), log=lambda m: None, progress=False).attacks
@@ -413,8 +413,8 @@ def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():
 
 
 def test_the_authors_training_options_reach_the_models_keys(tmp_path):
-    from nemesis_fast.evaluation.distributed import Workers
     from nemesis_fast.evaluation.train import SOURCE
+    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
     config.defense.vat_mode = "offline"
@@ -452,7 +452,7 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     assert len(list((tmp_path / "a" / "cache" / "training").glob("*.pt"))) == 1
     monkeypatch.setattr(ResultCache, "save", real_save)
     lines: list[str] = []
-    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.parallel import Workers
 
     resumed = Evaluation(
         load_config(config, {"out_dir": str(tmp_path / "a")}), Workers(), log=lines.append, progress=False
