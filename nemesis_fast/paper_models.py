@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from ._checks import check_choice, check_device
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
-from .defenses.recipes import make_recipe
+from .defenses.recipes import Recipe, make_recipe
 from .models import build_model
 from .parallel import Job, Trained, Workers, train_models, training_cost
 from .training import Data, Log, _check_data, _logger, evaluate_accuracy, save_checkpoint, train
@@ -43,6 +43,59 @@ PAPER_MODELS = (
 DEFAULT_MODEL = {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}
 
 
+@dataclass
+class _Trainer:
+    """Builds and trains the paper's models with one set of arguments (the schedule's `template` and `train`)."""
+
+    model_name: str
+    t: float
+    recipes: dict[str, Recipe]
+    data: Data
+    seed: int
+    device: torch.device
+    say: Log
+    kwargs: dict[str, Any]  # for train()
+    specs: dict[str, PaperModel] = field(default_factory=lambda: {m.name: m for m in PAPER_MODELS})
+
+    def build(self, name: str) -> nn.Module:
+        return build_model(self.model_name, activation=self.specs[name].activation, t=self.t)
+
+    def template(self, name: str) -> dict[str, torch.Tensor]:
+        return self.build(name).state_dict()
+
+    def job(self, name: str, images: int) -> Job:
+        recipe = self.recipes[name]
+        cost = training_cost(self.model_name, {}, recipe.name, recipe.settings_dict(), images)
+        return Job(name, cost, ("standard",) if recipe.needs_source else ())
+
+    def train(self, name: str, needs: dict[str, dict[str, torch.Tensor]]) -> Trained:
+        torch.manual_seed(self.seed)
+        model = self.build(name)
+        source = None
+        if "standard" in needs:
+            source = self.build("standard")
+            source.load_state_dict(needs["standard"])
+        self.say(f"training {name} ({self.specs[name].recipe}, {self.specs[name].activation})")
+        result = train(
+            model,
+            self.data,
+            self.recipes[name],
+            seed=self.seed,
+            source_model=source,
+            device=self.device,
+            log=self.say,
+            **self.kwargs,
+        )
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        meta = {"seconds": result.seconds, "val_accuracy": result.val_accuracy, "history": result.history}
+        return state, {**meta, "settings": result.settings}
+
+    def load(self, name: str, state: dict[str, torch.Tensor]) -> nn.Module:
+        model = self.build(name)
+        model.load_state_dict(state)
+        return model.to(self.device)
+
+
 def train_paper_models(
     train_data: Data,
     test_data: Data,
@@ -60,14 +113,15 @@ def train_paper_models(
 ) -> list[dict[str, Any]]:
     """Trains the paper's seven models (or those named in `models`) and measures their clean test accuracy.
 
-    The standard model is trained first where others need it: feature squeezing wraps it (PAPER_BIT_DEPTH bits,
-    BPDA gradients) and the offline recipes use it as their source model. Every model starts from the same seed.
+    The standard model is trained where others need it: feature squeezing wraps it (PAPER_BIT_DEPTH bits, BPDA
+    gradients) and the offline recipes use it as their source model. Every model starts from the same seed.
     `recipe_settings` maps a recipe name to overrides of its settings (e.g. {"vat": {"mode": "offline"}}). With
     `out_dir`, each trained model is saved as `<out_dir>/<name>.pt`. `train_kwargs` go to :func:`train`.
 
     Under torchrun pass `workers` (:func:`nemesis_fast.parallel.start`): each model is trained once, by the
-    process the schedule names, and its weights are broadcast to all; every process returns the same rows, and
-    only process 0 writes `out_dir`.
+    process the schedule names, its weights are broadcast to all, and each model's test accuracy is measured by
+    the process that trained it. Every process returns the same rows; only process 0 writes `out_dir` (and its
+    rows name the checkpoints).
 
     Returns one dict per model: name, recipe, activation, test_accuracy, seconds (training, the offline
     examples included), epochs, val_accuracy, trained_by (the rank; None for feature squeezing), checkpoint.
@@ -78,93 +132,55 @@ def train_paper_models(
     wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
     for name in wanted:
         check_choice(name, "models", [m.name for m in PAPER_MODELS])
-    model_name = model_name or DEFAULT_MODEL[dataset]
-    say = _logger(log)
     device = check_device(train_kwargs.pop("device", None))
     workers = workers or Workers(device=device)
-    specs = {m.name: m for m in PAPER_MODELS}
-    recipe_settings = recipe_settings or {}
     recipes = {
-        m.name: make_recipe(m.recipe, recipe_settings.get(m.recipe), dataset=dataset, seed=seed)
+        m.name: make_recipe(m.recipe, (recipe_settings or {}).get(m.recipe), dataset=dataset, seed=seed)
         for m in PAPER_MODELS
         if m.recipe is not None
     }
     need_standard = "feature_squeezing" in wanted or any(n in wanted and r.needs_source for n, r in recipes.items())
-    to_train = [n for n in recipes if n in wanted or (n == "standard" and need_standard)]
-
-    def build(name: str) -> nn.Module:
-        return build_model(model_name, activation=specs[name].activation, t=t)
-
-    def train_one(name: str, needs: dict[str, dict[str, torch.Tensor]]) -> Trained:
-        torch.manual_seed(seed)
-        model = build(name)
-        source = None
-        if "standard" in needs:
-            source = build("standard")
-            source.load_state_dict(needs["standard"])
-        say(f"training {name} ({specs[name].recipe}, {specs[name].activation})")
-        result = train(
-            model, train_data, recipes[name], seed=seed, source_model=source, device=device, log=say, **train_kwargs
-        )
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        history, settings = result.history, result.settings
-        return state, {
-            "seconds": result.seconds,
-            "val_accuracy": result.val_accuracy,
-            "history": history,
-            "settings": settings,
-        }
-
-    rows_per_epoch = round(len(images) * (1 - train_kwargs.get("val_fraction", 0.1)))
-    jobs = [
-        Job(
-            name,
-            training_cost(model_name, {}, recipes[name].name, recipes[name].settings_dict(), rows_per_epoch),
-            ("standard",) if recipes[name].needs_source else (),
-        )
-        for name in to_train
-    ]
-    template = lambda name: build(name).state_dict()  # noqa: E731
-    trained = train_models(jobs, workers, template=template, train=train_one, log=say)
-    loaded = {}
-    for name, (state, _) in trained.items():
-        loaded[name] = build(name)
-        loaded[name].load_state_dict(state)
-        loaded[name].to(device)
+    say = _logger(log)
+    trainer = _Trainer(model_name or DEFAULT_MODEL[dataset], t, recipes, train_data, seed, device, say, train_kwargs)
+    per_epoch = round(len(images) * (1 - train_kwargs.get("val_fraction", 0.1)))
+    jobs = [trainer.job(n, per_epoch) for n in recipes if n in wanted or (n == "standard" and need_standard)]
+    trained = train_models(jobs, workers, template=trainer.template, train=trainer.train, log=say)
+    loaded: dict[str, nn.Module] = {name: trainer.load(name, state) for name, (state, _) in trained.items()}
+    if need_standard:
+        loaded["feature_squeezing"] = FeatureSqueezing(loaded["standard"], PAPER_BIT_DEPTH[dataset])
+    owner = {name: trained["standard" if name == "feature_squeezing" else name][1]["trained_by"] for name in loaded}
+    accuracy: dict[str, float] = {}
+    mine = [name for name in wanted if owner[name] == workers.rank]
+    for part in workers.gather({name: evaluate_accuracy(loaded[name], test_images, test_labels) for name in mine}):
+        accuracy.update(part)
     rows = [
-        _row(spec, loaded, trained, dataset, out_dir if workers.is_main else None, test_images, test_labels)
+        _row(spec, loaded[spec.name], trained.get(spec.name), dataset, out_dir if workers.is_main else None)
         for spec in PAPER_MODELS
         if spec.name in wanted
     ]
     for row in rows:
-        say(f"{row['name']}: clean test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)")
+        row["test_accuracy"] = accuracy[row["name"]]
+        if workers.is_main:
+            say(f"{row['name']}: clean test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)")
     return rows
 
 
 def _row(
-    spec: PaperModel,
-    loaded: dict[str, nn.Module],
-    trained: dict[str, Trained],
-    dataset: str,
-    out_dir: str | os.PathLike | None,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
+    spec: PaperModel, model: nn.Module, trained: Trained | None, dataset: str, out_dir: str | os.PathLike | None
 ) -> dict[str, Any]:
-    """The table row of one model (and its checkpoint under `out_dir`, when given)."""
+    """The table row of one model, but its test accuracy (and its checkpoint under `out_dir`, when given)."""
     row: dict[str, Any] = {"name": spec.name, "recipe": spec.recipe, "activation": spec.activation}
-    if spec.recipe is None:
+    if trained is None:  # feature squeezing in front of the standard model
         bits = PAPER_BIT_DEPTH[dataset]
-        model: nn.Module = FeatureSqueezing(loaded["standard"], bits)
         row.update(recipe=f"standard + feature squeezing ({bits} bit)", seconds=0.0, epochs=0, val_accuracy=None)
         row["trained_by"] = None
-    else:
-        model, meta = loaded[spec.name], trained[spec.name][1]
-        row.update(seconds=meta["seconds"], epochs=len(meta["history"]), val_accuracy=meta["val_accuracy"])
-        row["trained_by"] = meta["trained_by"]
-        if out_dir is not None:
-            path = Path(out_dir) / f"{spec.name}.pt"
-            metrics = {"val_accuracy": meta["val_accuracy"], "history": meta["history"]}
-            save_checkpoint(path, model, recipe=spec.recipe, settings=meta["settings"], metrics=metrics)
-            row["checkpoint"] = str(path)
-    row["test_accuracy"] = evaluate_accuracy(model, test_images, test_labels)
+        return row
+    meta = trained[1]
+    row.update(seconds=meta["seconds"], epochs=len(meta["history"]), val_accuracy=meta["val_accuracy"])
+    row["trained_by"] = meta["trained_by"]
+    if out_dir is not None:
+        path = Path(out_dir) / f"{spec.name}.pt"
+        metrics = {"val_accuracy": meta["val_accuracy"], "history": meta["history"]}
+        save_checkpoint(path, model, recipe=spec.recipe, settings=meta["settings"], metrics=metrics)
+        row["checkpoint"] = str(path)
     return row

@@ -128,12 +128,16 @@ class Models:
             key["architecture"], key["architecture_kwargs"], key["recipe"], key["recipe_settings"], images
         )
 
+    def jobs(self) -> list[Job]:
+        """The models with weights of their own, their estimated costs and dependencies (for the schedule)."""
+        names = [name for name in self.needed() if not self._squeezes_standard(name)]
+        return [Job(n, self.cost(n), ("standard",) if "source_model" in self.key(n) else ()) for n in names]
+
     def prepare(self) -> None:
         """Every model the evaluation needs, on every process: read from the caches, or trained once, each by
         one process, and shared over torch.distributed (:func:`~nemesis_fast.parallel.train_models`)."""
-        names = [name for name in self.needed() if not self._squeezes_standard(name)]
-        jobs = [Job(n, self.cost(n), ("standard",) if "source_model" in self.key(n) else ()) for n in names]
-        store = _CacheStore(self.cache, {name: self.key(name) for name in names})
+        jobs = self.jobs()
+        store = _CacheStore(self.cache, {job.name: self.key(job.name) for job in jobs})
         trained = train_models(
             jobs,
             self.workers,
