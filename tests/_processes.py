@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch.multiprocessing as mp
 
-PRELOAD = ["torch", "nemesis_fast", "nemesis_fast.evaluation", "nemesis_fast.parallel", __name__]
+PRELOAD = ["torch", "matplotlib.pyplot", "nemesis_fast", "nemesis_fast.evaluation", "nemesis_fast.parallel", __name__]
 
 
 def free_port() -> int:

@@ -264,7 +264,7 @@ def test_a_damaged_cache_entry_is_recomputed(tmp_path):
 def test_sharded_run_equals_single_process(tmp_path):
     config = write_config(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = evaluate_command(config, "--device", "cpu")
+    base = evaluate_command(config, "--device", "cpu", "--threads", "1")  # CPU training depends on the threads
     single = subprocess.run(
         [*base, "--out", str(tmp_path / "single")], capture_output=True, text=True, env=env, timeout=900
     )
@@ -279,7 +279,8 @@ def test_sharded_run_equals_single_process(tmp_path):
     )
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     data = json.loads((tmp_path / "sharded" / "results.json").read_text())
-    assert data["world_size"] == 2
+    assert data["world_size"] == 2 and data["threads"] == 1
+    assert "rank 1 trains" in sharded.stderr or "rank 0 trains" in sharded.stderr
     assert cell_values(tmp_path / "sharded" / "results.json") == cell_values(tmp_path / "single" / "results.json")
 
 

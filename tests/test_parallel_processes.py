@@ -4,11 +4,13 @@ models already in a cache (or resumable there) not trained again from scratch.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from _processes import run_processes
+from _support import write_cifar
 
 from nemesis_fast.parallel import Job, plan, start, stop, train_models
 
@@ -124,3 +126,24 @@ def test_a_shared_cache_folder_is_read_by_every_rank(tmp_path):
     assert sorted(calls) == ["big", "child2", "dep"]  # each once, child1 from the cache
     check_identical(results)
     assert sorted(p.name for p in shared.glob("*.pt")) == sorted(f"{name}.pt" for name in BASE)
+
+
+def _train_paper(root: str, out: str) -> None:
+    from nemesis_fast.cli import main
+
+    args = ["train", "--paper", "--data", "cifar10", "--root", root, "--epochs", "1", "--batch-size", "16"]
+    main([*args, "--device", "cpu", "--threads", "1", "--no-progress", "--out-dir", out, "--json", f"{out}/paper.json"])
+
+
+def test_train_paper_on_two_processes_trains_each_model_once(tmp_path):
+    root = write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=12).parent  # 60 training, 12 test images
+    run_processes(_train_paper, 2, str(root), str(tmp_path / "two"))
+    run_processes(_train_paper, 1, str(root), str(tmp_path / "one"))
+    two, one = (json.loads((tmp_path / d / "paper.json").read_text()) for d in ("two", "one"))
+    assert (two["processes"], two["threads"], one["processes"]) == (2, 1, 1)
+    trainers = {row["name"]: row["trained_by"] for row in two["models"]}
+    assert trainers.pop("feature_squeezing") is None and set(trainers.values()) == {0, 1}
+    assert [row["test_accuracy"] for row in two["models"]] == [row["test_accuracy"] for row in one["models"]]
+    for name in trainers:  # the same weights as one process trains
+        a, b = (torch.load(tmp_path / d / f"{name}.pt", weights_only=True)["state_dict"] for d in ("two", "one"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
