@@ -6,6 +6,7 @@ launch itself, with a shared cache folder: test_evaluation.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -49,7 +50,7 @@ class Interrupted(Exception):
 
 def _evaluate(config: str, outs: list[str], logs: str) -> None:
     """One process of a run: `outs[rank]` is its output folder (its cache in there), its log goes to a file."""
-    rank = int(__import__("os").environ["RANK"])
+    rank = int(os.environ["RANK"])
     with open(Path(logs) / f"rank{rank}.log", "w") as log:
         sys.stderr = log
         evaluate(config, out_dir=outs[rank], progress=False)
