@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+THREADS_HELP = (
+    "CPU threads per process (default 0: torch's default, or under torchrun usable cores / processes on the "
+    "machine unless OMP_NUM_THREADS is set to more than 1; torchrun's own OMP_NUM_THREADS=1 counts as unset)"
+)
+
 
 def _run(args: argparse.Namespace) -> int:
     from .evaluation import ConfigError, evaluate, preset_path
@@ -16,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
         "test_samples": args.test_samples,
         "synthetic": True if args.synthetic else None,
         "cache_dir": args.cache_dir,
+        "threads": args.threads,
     }
     try:
         config = args.config or (preset_path(args.preset) if args.preset else None)
@@ -31,9 +37,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="train the paper's seven models and report their accuracy under white-box and black-box attacks",
         description="With no arguments: a small but real evaluation on the MNIST sample shipped with the package "
         "(the 'quick' preset, a few minutes on a CPU). With --data-dir: the full MNIST or CIFAR-10 files and the "
-        "paper's settings. Runs under torchrun too (the test set is sharded across processes). Results go to "
-        "--out: results.json/.csv/.md, whitebox.png, examples.png, certified.png (the [certify] section); models, "
-        "attacks and certificates are cached there, so an "
+        "paper's settings. Runs under torchrun too: each model is trained once, by one process, and the test set "
+        "is sharded across the processes. Results go to --out: results.json/.csv/.md, whitebox.png, examples.png, "
+        "certified.png (the [certify] section); models, attacks and certificates are cached there (or in "
+        "--cache-dir, which may be a folder local to each machine), so an "
         "interrupted run continues where it stopped.",
     )
     p.add_argument("--config", help="a TOML or JSON config file (see nemesis_fast/evaluation/presets/paper.toml)")
@@ -43,7 +50,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", action="store_true", help="random data of the data set's shape (throughput runs)")
     p.add_argument("--test-samples", type=int, help="attack only the first N test images (0: all)")
     p.add_argument("--out", help="output folder (default: nemesis-results)")
-    p.add_argument("--cache-dir", help="cache folder (default: <out>/cache)")
+    p.add_argument(
+        "--cache-dir",
+        help="cache folder (default: <out>/cache); under torchrun on several machines it need not be shared",
+    )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     p.set_defaults(handler=_run)

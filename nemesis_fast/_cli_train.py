@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._cli_evaluate import THREADS_HELP
 
 DATASETS = ("mnist", "cifar10")
 
@@ -65,14 +69,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
     p.add_argument("--limit", type=int, help="train on the first N training images only")
     p.add_argument("--out", help="save the trained model to this checkpoint")
-    p.add_argument("--paper", action="store_true", help="train the paper's seven models and print their table")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="train the paper's seven models and print their table (under torchrun: each model trained once, by "
+        "one process)",
+    )
     p.add_argument("--out-dir", help="with --paper: save each model as OUT_DIR/<name>.pt")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     p.set_defaults(handler=run)
 
 
-def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def _load(
+    args: argparse.Namespace, quiet: bool = False
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     from .data import load_cifar10, load_mnist
     from .data.mnist import MNIST_SAMPLE_DIR
 
@@ -82,12 +94,79 @@ def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], 
         load, root = load_cifar10, args.root
     else:
         load, root = load_mnist, args.root or MNIST_SAMPLE_DIR
-        if not args.root:
+        if not args.root and not quiet:
             print(f"using the MNIST sample shipped with the package ({root}); pass --root for the full set")
     train_data, test_data = load(root, "train"), load(root, "test")
     if args.limit:
         train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
     return train_data, test_data
+
+
+def _train_kwargs(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The arguments of :func:`nemesis_fast.train` the options set."""
+    return dict(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        patience=args.patience or None,
+        device=device,
+        amp=args.amp or False,
+        compile=args.compile,
+        progress=args.progress,
+    )
+
+
+def _rank_log(rank: int) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        sys.stderr.write(f"[rank {rank}] {message}\n")  # one write: lines of several processes do not interleave
+        sys.stderr.flush()
+
+    return say
+
+
+def _paper(args: argparse.Namespace) -> int:
+    """--paper: the seven models, shared out among the processes under torchrun; process 0 prints and writes."""
+    import time
+
+    from ._io import write_json_atomic
+    from .paper_models import train_paper_models
+    from .parallel import start, stop
+
+    if args.settings or args.recipe != "standard" or args.activation != "relu":
+        raise SystemExit("nemesis-fast train --paper: --recipe, --activation and --set do not apply")
+    started = time.perf_counter()
+    workers = start(args.device or "auto", args.threads)
+    try:
+        train_data, test_data = _load(args, quiet=not workers.is_main)
+        say = _rank_log(workers.rank) if workers.distributed else True
+        rows = train_paper_models(
+            train_data,
+            test_data,
+            dataset=args.data,
+            model_name=args.model or {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}[args.data],
+            t=args.t,
+            out_dir=args.out_dir,
+            seed=args.seed,
+            workers=workers,
+            log=say,
+            **_train_kwargs(args, workers.device),
+        )
+    finally:
+        stop(workers)
+    if not workers.is_main:
+        return 0
+    total, wall = sum(r["seconds"] for r in rows), time.perf_counter() - started
+    print(f"{'model':<18} {'recipe':<40} {'test acc':>9} {'seconds':>8} {'rank':>4}")
+    for r in rows:
+        rank = "" if r["trained_by"] is None else r["trained_by"]
+        print(f"{r['name']:<18} {r['recipe']:<40} {100 * r['test_accuracy']:>8.2f}% {r['seconds']:>8.1f} {rank:>4}")
+    processes = f"{workers.world_size} process(es) x {workers.threads} thread(s)"
+    print(f"total training time {total:.1f} s on {workers.device} ({processes}); wall time {wall:.1f} s")
+    if args.json:
+        summary = {"device": str(workers.device), "processes": workers.world_size, "threads": workers.threads}
+        write_json_atomic(Path(args.json), {**summary, "wall_seconds": wall, "models": rows})
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,47 +180,21 @@ def _run(args: argparse.Namespace) -> int:
     from ._checks import check_device
     from ._io import write_json_atomic
     from .models import build_model
-    from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train, train_paper_models
+    from .parallel import set_threads
+    from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train
 
+    if args.threads < 0:
+        raise SystemExit(f"nemesis-fast train: --threads must be >= 0 (0: automatic), got {args.threads}")
     device = check_device(args.device, "--device")
+    if args.paper:
+        return _paper(args)
+    set_threads(args.threads, device)
     train_data, test_data = _load(args)
     model_name = args.model or {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}[args.data]
     model_kwargs: dict[str, Any] = {"activation": args.activation, "t": args.t}
     if model_name == "resnet":
         model_kwargs.update(depth=args.depth, in_channels=train_data[0].shape[1])
-    common = dict(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        patience=args.patience or None,
-        device=device,
-        amp=args.amp or False,
-        compile=args.compile,
-        progress=args.progress,
-    )
-    if args.paper:
-        if args.settings or args.recipe != "standard" or args.activation != "relu":
-            raise SystemExit("nemesis-fast train --paper: --recipe, --activation and --set do not apply")
-        rows = train_paper_models(
-            train_data,
-            test_data,
-            dataset=args.data,
-            model_name=model_name,
-            t=args.t,
-            out_dir=args.out_dir,
-            seed=args.seed,
-            **common,
-        )
-        total = sum(r["seconds"] for r in rows)
-        print(f"{'model':<18} {'recipe':<40} {'test acc':>9} {'seconds':>8}")
-        for r in rows:
-            print(f"{r['name']:<18} {r['recipe']:<40} {100 * r['test_accuracy']:>8.2f}% {r['seconds']:>8.1f}")
-        print(f"total training time {total:.1f} s on {device}")
-        if args.json:
-            write_json_atomic(Path(args.json), {"device": str(device), "models": rows})
-        return 0
-
+    common = _train_kwargs(args, device)
     torch.manual_seed(args.seed)
     model = build_model(model_name, **model_kwargs)
     source = None

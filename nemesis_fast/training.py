@@ -1,5 +1,5 @@
-"""Training with the paper's defenses: :func:`train`, :func:`evaluate_accuracy`, checkpoints, and the paper's
-seven models (:func:`train_paper_models`).
+"""Training with the paper's defenses: :func:`train`, :func:`evaluate_accuracy` and checkpoints (the paper's
+seven models: :mod:`nemesis_fast.paper_models`).
 
 The training set lives on the device (:class:`~nemesis_fast.data.DeviceLoader`); GDA's noisy copies are made
 per batch on the device; the loop synchronises with the GPU once per epoch (validation), not per step.
@@ -24,7 +24,6 @@ from ._checks import check_choice, check_device, check_int, check_number, check_
 from ._io import torch_save_atomic
 from .data.loader import DeviceLoader, check_images_labels, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
-from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
 from .models import architecture_of, build_model
 from .resume import EpochCheckpoint, Resumable, restore_state, training_state
@@ -455,104 +454,3 @@ def load_checkpoint(
     except RuntimeError as error:
         raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
     return model, {k: v for k, v in payload.items() if k != "state_dict"}
-
-
-# -------------------------------------------------------------------------------------------------- the paper
-
-
-@dataclass(frozen=True)
-class PaperModel:
-    """One of the seven models the paper compares: a recipe and an activation, or feature squeezing in front
-    of the standard model."""
-
-    name: str
-    recipe: str | None  # None: feature squeezing of the standard model
-    activation: str = "relu"
-
-
-PAPER_MODELS = (
-    PaperModel("standard", "standard"),
-    PaperModel("feature_squeezing", None),
-    PaperModel("label_smoothing", "label_smoothing"),
-    PaperModel("fgsm_adversarial", "fgsm_adversarial"),
-    PaperModel("vat", "vat"),
-    PaperModel("gda", "gda"),
-    PaperModel("gda_brelu", "gda", "brelu"),
-)
-DEFAULT_MODEL = {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}
-
-
-def train_paper_models(
-    train_data: Data,
-    test_data: Data,
-    *,
-    dataset: str = "mnist",
-    model_name: str | None = None,
-    models: Iterable[str] | None = None,
-    t: float = 1.0,
-    recipe_settings: dict[str, dict[str, Any]] | None = None,
-    out_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    log: Log | bool = True,
-    **train_kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Trains the paper's seven models (or those named in `models`) and measures their clean test accuracy.
-
-    The standard model is trained first: feature squeezing wraps it (PAPER_BIT_DEPTH bits, BPDA gradients)
-    and the offline recipes use it as their source model. Every model starts from the same seed.
-    `recipe_settings` maps a recipe name to overrides of its settings (e.g. {"vat": {"mode": "offline"}}). With
-    `out_dir`, each trained model is saved as `<out_dir>/<name>.pt`. `train_kwargs` go to :func:`train`.
-    Returns one dict per model: name, recipe, activation, test_accuracy, seconds (training, the offline
-    examples included), epochs, val_accuracy, checkpoint.
-    """
-    check_choice(dataset, "dataset", tuple(DEFAULT_MODEL))
-    test_images, test_labels = _check_data(test_data, "test_data")
-    wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
-    for name in wanted:
-        check_choice(name, "models", [m.name for m in PAPER_MODELS])
-    model_name = model_name or DEFAULT_MODEL[dataset]
-    say = _logger(log)
-    rows: list[dict[str, Any]] = []
-    standard: nn.Module | None = None
-    recipe_settings = recipe_settings or {}
-    recipes = {
-        m.name: make_recipe(m.recipe, recipe_settings.get(m.recipe), dataset=dataset, seed=seed)
-        for m in PAPER_MODELS
-        if m.recipe is not None
-    }
-    need_standard = any(n in wanted for n in ("standard", "feature_squeezing")) or any(
-        n in wanted and recipe.needs_source for n, recipe in recipes.items()
-    )
-    for spec in PAPER_MODELS:
-        if spec.name not in wanted and not (spec.name == "standard" and need_standard):
-            continue
-        row: dict[str, Any] = {"name": spec.name, "recipe": spec.recipe, "activation": spec.activation}
-        if spec.recipe is None:
-            assert standard is not None
-            bits = PAPER_BIT_DEPTH[dataset]
-            model: nn.Module = FeatureSqueezing(standard, bits)
-            row.update(recipe=f"standard + feature squeezing ({bits} bit)", seconds=0.0, epochs=0, val_accuracy=None)
-        else:
-            torch.manual_seed(seed)
-            model = build_model(model_name, activation=spec.activation, t=t)
-            say(f"training {spec.name} ({spec.recipe}, {spec.activation})")
-            recipe = recipes[spec.name]
-            result = train(model, train_data, recipe, seed=seed, source_model=standard, log=say, **train_kwargs)
-            row.update(seconds=result.seconds, epochs=len(result.history), val_accuracy=result.val_accuracy)
-            if spec.name == "standard":
-                standard = model
-            if out_dir is not None:
-                path = Path(out_dir) / f"{spec.name}.pt"
-                save_checkpoint(
-                    path,
-                    model,
-                    recipe=spec.recipe,
-                    settings=result.settings,
-                    metrics={"val_accuracy": result.val_accuracy, "history": result.history},
-                )
-                row["checkpoint"] = str(path)
-        row["test_accuracy"] = evaluate_accuracy(model, test_images, test_labels)
-        say(f"{spec.name}: clean test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)")
-        if spec.name in wanted:
-            rows.append(row)
-    return rows

@@ -264,7 +264,7 @@ def test_a_damaged_cache_entry_is_recomputed(tmp_path):
 def test_sharded_run_equals_single_process(tmp_path):
     config = write_config(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = evaluate_command(config, "--device", "cpu")
+    base = evaluate_command(config, "--device", "cpu", "--threads", "1")  # CPU training depends on the threads
     single = subprocess.run(
         [*base, "--out", str(tmp_path / "single")], capture_output=True, text=True, env=env, timeout=900
     )
@@ -279,12 +279,13 @@ def test_sharded_run_equals_single_process(tmp_path):
     )
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     data = json.loads((tmp_path / "sharded" / "results.json").read_text())
-    assert data["world_size"] == 2
+    assert data["world_size"] == 2 and data["threads"] == 1
+    assert "rank 1 trains" in sharded.stderr or "rank 0 trains" in sharded.stderr
     assert cell_values(tmp_path / "sharded" / "results.json") == cell_values(tmp_path / "single" / "results.json")
 
 
 def test_chunks_are_shared_out_round_robin(tmp_path):
-    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.parallel import Workers
 
     assert Workers(rank=1, world_size=2).my_chunks(5) == [1, 3]
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
@@ -294,7 +295,7 @@ def test_chunks_are_shared_out_round_robin(tmp_path):
 
 
 def test_random_draws_are_keyed_by_the_chunks_bounds_not_its_index(tmp_path):
-    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
     attacks = Evaluation(config, Workers(), log=lambda m: None, progress=False).attacks
@@ -413,8 +414,8 @@ def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():
 
 
 def test_the_authors_training_options_reach_the_models_keys(tmp_path):
-    from nemesis_fast.evaluation.distributed import Workers
     from nemesis_fast.evaluation.train import SOURCE
+    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
     config.defense.vat_mode = "offline"
@@ -452,7 +453,7 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     assert len(list((tmp_path / "a" / "cache" / "training").glob("*.pt"))) == 1
     monkeypatch.setattr(ResultCache, "save", real_save)
     lines: list[str] = []
-    from nemesis_fast.evaluation.distributed import Workers
+    from nemesis_fast.parallel import Workers
 
     resumed = Evaluation(
         load_config(config, {"out_dir": str(tmp_path / "a")}), Workers(), log=lines.append, progress=False

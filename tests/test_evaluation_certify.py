@@ -12,9 +12,9 @@ import pytest
 
 from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
 from nemesis_fast.evaluation.cache import ResultCache, settings_key
-from nemesis_fast.evaluation.distributed import Workers
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.evaluation.train import SOURCE
+from nemesis_fast.parallel import Workers
 
 TINY = """
 dataset = "mnist"

@@ -17,14 +17,8 @@ from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.defenses import FeatureSqueezing, make_recipe
 from nemesis_fast.defenses.recipes import StandardRecipe
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
-from nemesis_fast.training import (
-    PAPER_MODELS,
-    evaluate_accuracy,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-    train_paper_models,
-)
+from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
+from nemesis_fast.training import evaluate_accuracy, load_checkpoint, save_checkpoint, train
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, ConfigError, EvalConfig, load_config
-from .distributed import start, stop
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
@@ -32,6 +32,11 @@ def preset_path(name: str) -> Path:
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
         raise ConfigError(f"preset {name!r} does not exist; choose from {known}")
     return path
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(f"{message}\n")  # one write: lines of several processes do not interleave
+    sys.stderr.flush()
 
 
 def evaluate(
@@ -51,7 +56,8 @@ def evaluate(
         overrides: top-level settings (data_dir, dataset, out_dir, device, test_samples, synthetic...).
 
     Every setting is checked before any work starts (ConfigError, a ValueError, naming the key). Under
-    torchrun the test set is sharded across the processes and the results are gathered on all of them;
+    torchrun the models to train are shared out among the processes (each trained once, by one process, and
+    broadcast to all), the test set is sharded across the processes and the results are gathered on all of them;
     only process 0 writes files.
     """
     if not isinstance(config, EvalConfig):
@@ -59,12 +65,13 @@ def evaluate(
             config = preset_path("quick")
         config = load_config(config, overrides)
     progress = sys.stderr.isatty() if progress is None else progress
-    say = (lambda message: print(message, file=sys.stderr, flush=True)) if log else (lambda message: None)
-    workers = start(config.device)
+    say = _stderr if log else (lambda message: None)
+    workers = start(config.device, config.threads)
     try:
         evaluation = Evaluation(config, workers, log=say, progress=progress)
-        say(f"nemesis_fast evaluate: {evaluation.data.description}")
-        say(f"{workers.world_size} process(es), device {workers.device}")
+        if workers.is_main:
+            say(f"nemesis_fast evaluate: {evaluation.data.description}")
+            say(f"{workers.world_size} process(es), {workers.threads} thread(s) each, device {workers.device}")
         results = evaluation.run()
         if workers.is_main:
             out = Path(config.out_dir).expanduser()

@@ -23,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DATASETS = ("mnist", "cifar10")
-# The paper's seven models, by the names of nemesis_fast.training.PAPER_MODELS.
+# The paper's seven models, by the names of nemesis_fast.paper_models.PAPER_MODELS.
 DEFENSES = ("standard", "feature_squeezing", "label_smoothing", "fgsm_adversarial", "vat", "gda", "gda_brelu")
 DEFENSE_LABELS = {
     "standard": "CNN",
@@ -135,6 +135,7 @@ class EvalConfig:
     data_dir: str = ""  # empty: the MNIST sample shipped with the package (MNIST only)
     synthetic: bool = False  # random CIFAR-shaped data: measures throughput, not robustness
     device: str = "auto"
+    threads: int = 0  # CPU threads per process; 0: torch's default, or under torchrun cores / local processes
     seed: int = 0
     test_samples: int = 0  # 0: the whole test set
     batch_size: int = 500  # images per attack batch; also the unit of sharding and of resuming
@@ -282,6 +283,7 @@ def validate(config: EvalConfig) -> EvalConfig:
             check_device(config.device, "device")
         except ValueError as error:
             raise ConfigError(str(error)) from error
+    need(config.threads >= 0, "threads", "must be >= 0 (0: automatic)")
     need(config.test_samples >= 0, "test_samples", "must be >= 0")
     need(config.batch_size > 0, "batch_size", "must be > 0")
     t, d, a = config.training, config.defense, config.attack

@@ -87,7 +87,8 @@ class Results:
     config: dict[str, Any]
     version: str
     device: str
-    world_size: int
+    world_size: int  # processes
+    threads: int = 0  # torch's CPU threads per process (process 0's)
     clean_accuracy: dict[str, float] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -225,12 +226,16 @@ def render_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _processes(results: Results) -> str:
+    return f"{results.world_size} process(es) x {results.threads} thread(s)"
+
+
 def summary(results: Results) -> str:
     """The tables as a person reads them in the terminal."""
     samples = results.cells[0].samples if results.cells else 0
     certified = f", {results.certified[0].samples} certified" if results.certified else ""
     parts = [
-        f"nemesis_fast {results.version} on {results.device} ({results.world_size} process(es)), "
+        f"nemesis_fast {results.version} on {results.device} ({_processes(results)}), "
         f"dataset {results.config['dataset']}, {samples} test images attacked{certified}"
     ]
     if results.blackbox():
@@ -250,7 +255,7 @@ def markdown(results: Results) -> str:
     parts = [
         f"# Robustness evaluation ({results.config['dataset']})",
         "",
-        f"nemesis_fast {results.version}, {results.device}.",
+        f"nemesis_fast {results.version}, {results.device}, {_processes(results)}.",
         "",
     ]
     if results.blackbox():

@@ -21,12 +21,12 @@ from .._version import __version__
 from ..bench.harness import device_name
 from ..data import load_cifar10, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
+from ..parallel import Workers
 from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
 from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
 from .config import ATTACK_LABELS, DEFENSE_LABELS, SWEEP_ATTACKS, ConfigError, EvalConfig
-from .distributed import Workers
 from .report import Cell, Perturbation, Results, perturbation_stats
 from .train import Models
 
@@ -98,7 +98,9 @@ class Evaluation:
         out = Path(config.out_dir).expanduser()
         self.cache = ResultCache(Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache")
         self.data = load_data(config)
-        self.models = Models(config, self.data, self.cache, workers, log=self.log, progress=self.progress)
+        # Each process trains its own share of the models: their lines come from every process, marked with its rank.
+        train_log = (lambda message: log(f"[rank {workers.rank}] {message}")) if workers.distributed else log
+        self.models = Models(config, self.data, self.cache, workers, log=train_log, progress=self.progress)
         self.attacks = Attacks(config, self.data, self.models, self.cache)
         self.certification = Certification(config, self.data, self.models, self.cache)
         self.seconds: dict[str, float] = {}
@@ -150,8 +152,7 @@ class Evaluation:
 
     def run(self) -> Results:
         started = time.perf_counter()
-        for name in self.models.needed():  # the same order everywhere: training runs once, on process 0
-            self.models.get(name)
+        self.models.prepare()  # on every process alike: each model is trained once, by one of them
         self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
         clean = {
@@ -178,6 +179,7 @@ class Evaluation:
             version=__version__,
             device=device_name(self.device),
             world_size=self.workers.world_size,
+            threads=self.workers.threads,
             clean_accuracy=clean,
             cells=cells,
             perturbations=perturbations,

@@ -1,5 +1,6 @@
-"""The evaluation's training phase: every model it needs, trained once and cached under a key of all that
-determines its weights (architecture, recipe and settings, training budget, data, seed)."""
+"""The evaluation's training phase: every model it needs, trained once (shared out among the processes by
+:mod:`nemesis_fast.parallel`) and cached under a key of all that determines its weights (architecture, recipe
+and settings, training budget, data, seed)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from torch import nn
 
 from ..defenses import FeatureSqueezing, paper_settings
 from ..models import build_model
-from ..training import DEFAULT_MODEL, PAPER_MODELS, train
+from ..paper_models import DEFAULT_MODEL, PAPER_MODELS
+from ..parallel import Job, Trained, Workers, train_models, training_cost
+from ..training import train
 from .cache import CachedCheckpoint, ResultCache
 from .config import DEFENSE_LABELS, EvalConfig
-from .distributed import Workers
 
 Log = Callable[[str], None]
 SOURCE = "resnet_source"
@@ -24,8 +26,8 @@ _SPECS = {m.name: m for m in PAPER_MODELS}
 
 
 class Models:
-    """The trained models of one evaluation: the defenses and the black-box source, each from the cache or
-    trained now (by process 0; the others wait and read the cache)."""
+    """The trained models of one evaluation: the defenses and the black-box source, each from a cache or
+    trained now, once, by one of the processes."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Models:
         self.log, self.progress = log, progress
         self.loaded: dict[str, nn.Module] = {}
         self.seconds: dict[str, float] = {}
+        self.prepared = False
 
     def _squeezes_standard(self, name: str) -> bool:
         """Feature squeezing in front of the standard model at prediction only (nothing trained of its own)."""
@@ -105,27 +108,50 @@ class Models:
         return FeatureSqueezing(model, self.config.squeeze_bits, bpda=True) if name == "feature_squeezing" else model
 
     def get(self, name: str) -> nn.Module:
-        """The trained model `name` (a defense or the black-box source), in eval mode on the device."""
-        if name in self.loaded:
-            return self.loaded[name]
-        if self._squeezes_standard(name):
-            model: nn.Module = FeatureSqueezing(self.get("standard"), self.config.squeeze_bits, bpda=True)
-        else:
-            key = self.key(name)
-            entry = self.cache.load("model", key)
-            if entry is None:
-                if self.workers.is_main:
-                    self._train(name, key)
-                self.workers.barrier()
-                entry = self.cache.load("model", key)
-                if entry is None:
-                    raise RuntimeError(f"process {self.workers.rank} cannot read the model {name} trained by process 0")
+        """The trained model `name` (a defense or the black-box source), in eval mode on the device (trained or
+        loaded by :meth:`prepare` first, which every process must call alike)."""
+        if name not in self.loaded:
+            if self._squeezes_standard(name):
+                model = FeatureSqueezing(self.get("standard"), self.config.squeeze_bits, bpda=True)
+                self.loaded[name] = model.to(self.device).eval()
+            elif not self.prepared:
+                self.prepare()
+        if name not in self.loaded:
+            raise KeyError(f"model {name!r} is not among those this evaluation trains ({', '.join(self.needed())})")
+        return self.loaded[name]
+
+    def cost(self, name: str) -> float:
+        """The estimated cost of training model `name` (for sharing the training out among processes)."""
+        key = self.key(name)
+        images = round(len(self.data.train_labels) * (1 - self.config.training.validation_fraction))
+        return training_cost(
+            key["architecture"], key["architecture_kwargs"], key["recipe"], key["recipe_settings"], images
+        )
+
+    def jobs(self) -> list[Job]:
+        """The models with weights of their own, their estimated costs and dependencies (for the schedule)."""
+        names = [name for name in self.needed() if not self._squeezes_standard(name)]
+        return [Job(n, self.cost(n), ("standard",) if "source_model" in self.key(n) else ()) for n in names]
+
+    def prepare(self) -> None:
+        """Every model the evaluation needs, on every process: read from the caches, or trained once, each by
+        one process, and shared over torch.distributed (:func:`~nemesis_fast.parallel.train_models`)."""
+        jobs = self.jobs()
+        store = _CacheStore(self.cache, {job.name: self.key(job.name) for job in jobs})
+        trained = train_models(
+            jobs,
+            self.workers,
+            template=lambda name: self.build(name).state_dict(),
+            train=self._train,
+            store=store,
+            log=self.log,
+        )
+        for name, (state, meta) in trained.items():
             model = self.build(name)
-            model.load_state_dict(entry["state_dict"])
-            self.seconds[f"train {name}"] = float(entry["seconds"])
-        model = model.to(self.device).eval()
-        self.loaded[name] = model
-        return model
+            model.load_state_dict(state)
+            self.loaded[name] = model.to(self.device).eval()
+            self.seconds[f"train {name}"] = float(meta["seconds"])
+        self.prepared = True
 
     def needed(self) -> list[str]:
         """Every model to train, in an order where each comes after the models it needs."""
@@ -136,17 +162,23 @@ class Models:
         )
         return (["standard"] if needs_standard else []) + [n for n in names if n != "standard" or not needs_standard]
 
-    def _train(self, name: str, key: dict[str, Any]) -> None:
+    def _train(self, name: str, needs: dict[str, dict[str, torch.Tensor]]) -> Trained:
+        """Trains model `name` on this process (resuming from its checkpoint in the cache), given the state dicts
+        of the models it needs; returns its state dict on the CPU and its metadata."""
         t = self.config.training
+        key = self.key(name)
         torch.manual_seed(self.config.seed)
         model = self.build(name)
         recipe = key["recipe"]
-        source = self.get("standard") if "source_model" in key else None
+        source = None
+        if "standard" in needs:
+            source = self.build("standard")
+            source.load_state_dict(needs["standard"])
+            source = source.to(self.device).eval()
         label = "black-box source" if name == SOURCE else DEFENSE_LABELS[name]
         arch = key["architecture"]
         self.log(f"training {label} ({arch}, recipe {recipe}) on {len(self.data.train_labels)} images")
         started = time.perf_counter()
-        checkpoint = CachedCheckpoint(self.cache, key)
         result = train(
             model,
             (self.data.train_images, self.data.train_labels),
@@ -163,11 +195,34 @@ class Models:
             amp=t.amp,
             compile=t.compile,
             source_model=source,
-            checkpoint=checkpoint,
+            checkpoint=CachedCheckpoint(self.cache, key),
             progress=self.progress,
             log=self.log,
         )
         seconds = time.perf_counter() - started  # of this process only, when it resumed an earlier one's training
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self.cache.save("model", key, {"state_dict": state, "seconds": seconds, "val_accuracy": result.val_accuracy})
-        checkpoint.discard()
+        return state, {"seconds": seconds, "val_accuracy": result.val_accuracy}
+
+
+class _CacheStore:
+    """The evaluation's cache as the training's store: each model under its key; a model's training checkpoint
+    is discarded once the model is saved."""
+
+    def __init__(self, cache: ResultCache, keys: dict[str, dict[str, Any]]) -> None:
+        self.cache, self.keys = cache, keys
+
+    def load(self, name: str) -> Trained | None:
+        entry = self.cache.load("model", self.keys[name])
+        if entry is None:
+            return None
+        return entry["state_dict"], {k: v for k, v in entry.items() if k not in ("state_dict", "settings")}
+
+    def save(self, name: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.cache.save("model", self.keys[name], {"state_dict": state, **meta})
+        CachedCheckpoint(self.cache, self.keys[name]).discard()
+
+    def exists(self, name: str) -> bool:
+        return self.cache.path("model", self.keys[name]).is_file()
+
+    def resumable(self, name: str) -> bool:
+        return self.cache.path("training", self.keys[name]).is_file()
