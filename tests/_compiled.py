@@ -39,44 +39,46 @@ def run_tool(*command: str) -> str:
     return run.stdout
 
 
+def _sections(listing: str, header: str) -> dict[str, list[str]]:
+    """The lines of a tool's listing grouped under the headers that match `header` (its group 1 names the section;
+    a repeated name continues its section); lines before the first header are dropped."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in listing.splitlines():
+        match = re.match(header, line)
+        if match:
+            current = sections.setdefault(match.group(1), [])
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
 def sass_by_function(binary: str | Path) -> dict[str, list[str]]:
     """SASS instructions of every kernel in a cubin, or in the fatbins of a shared library, by (mangled) name."""
     listing = run_tool(nvidia_tool("cuobjdump") or "cuobjdump", "-sass", str(binary))
-    functions: dict[str, list[str]] = {}
-    current = None
-    for line in listing.splitlines():
-        header = re.match(r"\s*Function : (\S+)", line)
-        if header:
-            current = functions.setdefault(header.group(1), [])
-        elif current is not None and re.match(r"\s*/\*[0-9a-f]{4,}\*/", line):
-            instruction = line.split("*/", 1)[1].split(";")[0].strip()
-            current.append(re.sub(r"^@!?U?P\w+\s+", "", instruction))  # without its predicate
-    return functions
+    return {
+        name: [
+            re.sub(r"^@!?U?P\w+\s+", "", line.split("*/", 1)[1].split(";")[0].strip())  # without its predicate
+            for line in lines
+            if re.match(r"\s*/\*[0-9a-f]{4,}\*/", line)
+        ]
+        for name, lines in _sections(listing, r"\s*Function : (\S+)").items()
+    }
 
 
 def resource_usage(cubin: str | Path) -> dict[str, dict[str, int]]:
     """Per kernel of a cubin: REG, STACK, SHARED, LOCAL... as cuobjdump -res-usage reports them."""
     listing = run_tool(nvidia_tool("cuobjdump") or "cuobjdump", "-res-usage", str(cubin))
-    usage: dict[str, dict[str, int]] = {}
-    current = None
-    for line in listing.splitlines():
-        header = re.match(r"\s*Function (\S+):", line)
-        if header:
-            current = usage.setdefault(header.group(1), {})
-        elif current is not None:
-            current.update({k: int(v) for k, v in re.findall(r"(\w+):(\d+)", line)})
-    return usage
+    return {
+        name: {k: int(v) for line in lines for k, v in re.findall(r"(\w+):(\d+)", line)}
+        for name, lines in _sections(listing, r"\s*Function (\S+):").items()
+    }
 
 
 def x86_functions(shared_library: str | Path) -> dict[str, list[str]]:
     """Instructions of every function of an x86 shared library, by demangled name (objdump -d -C)."""
     listing = run_tool(shutil.which("objdump") or "objdump", "-d", "-C", "--no-show-raw-insn", str(shared_library))
-    functions: dict[str, list[str]] = {}
-    current = None
-    for line in listing.splitlines():
-        header = re.match(r"[0-9a-f]+ <(.*)>:$", line)
-        if header:
-            current = functions.setdefault(header.group(1), [])
-        elif current is not None and "\t" in line:
-            current.append(line.split("\t", 1)[1].strip())
-    return functions
+    return {
+        name: [line.split("\t", 1)[1].strip() for line in lines if "\t" in line]
+        for name, lines in _sections(listing, r"[0-9a-f]+ <(.*)>:$").items()
+    }
