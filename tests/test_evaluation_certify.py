@@ -55,7 +55,7 @@ def _all_keys(evaluation: Evaluation) -> dict[str, str]:
         keys[f"blackbox {attack}"] = settings_key("blackbox", attacks.blackbox_key(attack, None, chunk))
         for defense in evaluation.config.defenses:
             keys[f"whitebox {defense} {attack}"] = settings_key(
-                "whitebox", attacks._whitebox_key(defense, attack, chunk, eps=0.1)
+                "whitebox", attacks.whitebox_key(defense, attack, chunk, eps=0.1)
             )
     for unit in evaluation._work():
         if unit[0] != "certify":

@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemesis_fast.parallel import Job, Workers, auto_threads, plan, set_threads, train_models, training_cost
+from nemesis_fast.parallel import (
+    Job,
+    Workers,
+    auto_threads,
+    plan,
+    set_threads,
+    share_out,
+    train_models,
+    training_cost,
+)
 from nemesis_fast.parallel.exchange import pack, packed_size, unpack
 from nemesis_fast.parallel.workers import usable_cores
 
@@ -110,7 +119,7 @@ def test_a_resumable_training_goes_to_a_rank_holding_its_checkpoint():
         ([Job("a", float("nan"))], 2, {}, "the cost of 'a'"),
         ([Job("a", 1.0, ("b",))], 2, {}, "'a' needs 'b', which is not among the jobs"),
         ([Job("a", 1.0, ("b",)), Job("b", 1.0, ("a",))], 2, {}, "form a cycle"),
-        (PAPER, 2, {"held": [set()]}, "held must hold one set of model names per rank"),
+        (PAPER, 2, {"held": [set()]}, "held must hold one set per rank"),
         (PAPER, 2, {"resumable": [set()] * 3}, "resumable must hold one set"),
         (["standard"], 2, {}, "jobs must hold Job objects"),
     ],
@@ -118,6 +127,42 @@ def test_a_resumable_training_goes_to_a_rank_holding_its_checkpoint():
 def test_bad_schedules_name_the_argument(jobs, world_size, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         plan(jobs, world_size, **kwargs)
+
+
+def test_costly_units_of_work_land_on_different_ranks():
+    # The paper run's shape: many cheap chunks, then a few costly units at the end of the list.
+    costs = [1.0] * 40 + [200.0, 200.0, 3900.0, 3900.0]
+    owner = share_out(costs, 2)
+    assert owner[-1] != owner[-2] and owner[-3] != owner[-4]
+    loads = [sum(c for c, r in zip(costs, owner) if r == rank) for rank in range(2)]
+    assert max(loads) / min(loads) < 1.01
+    assert share_out(costs, 2) == owner  # the same on every process
+    assert share_out(costs, 1) == [0] * len(costs)
+    assert sorted(set(share_out(costs, 64))) == list(range(44))  # more ranks than units: one each, some idle
+
+
+def test_units_already_held_stay_with_their_lowest_holder_at_no_cost():
+    costs = [5.0, 5.0, 5.0, 5.0]
+    owner = share_out(costs, 2, held=[{2}, {0, 1, 2}])
+    assert owner[:3] == [1, 1, 0]
+    assert owner[3] == 0  # held units count for nothing: both ranks are free, the tie goes to the lower
+    assert share_out(costs, 2, held=[{0, 1}, set()])[2:] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "costs,world_size,held,message",
+    [
+        ([1.0], 0, None, "world_size must be an integer >= 1"),
+        ([1.0, -1.0], 2, None, r"costs\[1\] must be a finite number >= 0"),
+        ([float("inf")], 2, None, r"costs\[0\]"),
+        ([True], 1, None, r"costs\[0\]"),
+        ([1.0], 2, [set()], "held must hold one set per rank"),
+        ([1.0], 2, [{1}, set()], r"held\[0\] holds 1, not the index of a unit"),
+    ],
+)
+def test_bad_shares_name_the_argument(costs, world_size, held, message):
+    with pytest.raises(ValueError, match=message):
+        share_out(costs, world_size, held)
 
 
 def test_training_costs_follow_data_and_architecture():

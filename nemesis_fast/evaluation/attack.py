@@ -67,6 +67,22 @@ class Attacks:
             learning_rate=a.cw_learning_rate,
         )
 
+    def cost(self, attack: str) -> float:
+        """Estimated work of `attack` per image, in FGSM steps (one forward and backward pass), for sharing the
+        units out among processes. Measured on the `paper` preset's MNIST run (one CPU thread per process):
+        PGD 0.7 per step and restart, DeepFool about 7 iterations of every candidate's gradient, JSMA 17 at
+        gamma 1, C&W 0.8 per iteration (early abort) of every binary-search step."""
+        a = self.config.attack
+        if attack == "pgd":
+            return 0.7 * a.pgd_steps * a.pgd_restarts
+        if attack == "deepfool":
+            return float(a.deepfool_candidates * min(a.deepfool_max_iter, 7))
+        if attack == "jsma":
+            return 17.0 * a.jsma_gamma
+        if attack == "cw":
+            return 0.8 * a.cw_binary_search_steps * a.cw_max_iter
+        return 1.0
+
     def settings(self, attack: str) -> dict[str, Any]:
         prefix = f"{attack}_"
         return {k: v for k, v in dataclasses.asdict(self.config.attack).items() if k.startswith(prefix)}
@@ -94,14 +110,18 @@ class Attacks:
             "seed": self.config.seed,
         }
 
+    def verdict_key(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
+        """The key of a black-box unit's verdicts: its adversarial images' key and the judging defenses."""
+        bits = self.config.squeeze_bits
+        judges = {d: {**self.models.key(d), "name": d, "squeeze_bits": bits} for d in self.config.defenses}
+        return {**self.blackbox_key(attack, eps, chunk), "defenses": judges}
+
     def blackbox(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
         """Adversarial images of `chunk` crafted on the source model (cached: "blackbox"), and every defense's
         verdict on them (cached apart: "verdict", a few kB, so that the verdicts can be kept where the
         adversarial images, 4 bytes a pixel, cannot)."""
         key = self.blackbox_key(attack, eps, chunk)
-        bits = self.config.squeeze_bits
-        judges = {d: {**self.models.key(d), "name": d, "squeeze_bits": bits} for d in self.config.defenses}
-        verdict_key = {**key, "defenses": judges}
+        verdict_key = self.verdict_key(attack, eps, chunk)
         verdict = self.cache.load("verdict", verdict_key)
         if verdict is not None:
             return verdict
@@ -132,7 +152,7 @@ class Attacks:
             model = FeatureSqueezing(model.model, self.config.squeeze_bits, bpda=False).to(self.device)
         return model
 
-    def _whitebox_key(self, defense: str, attack: str, chunk: Chunk, bpda: bool = True, **extra: Any) -> dict[str, Any]:
+    def whitebox_key(self, defense: str, attack: str, chunk: Chunk, bpda: bool = True, **extra: Any) -> dict[str, Any]:
         """Everything that determines a white-box unit: the defense's weights, the attack's settings, the chunk."""
         return {
             "defense": self.models.key(defense),
@@ -148,7 +168,7 @@ class Attacks:
 
     def whitebox(self, defense: str, attack: str, eps: float, chunk: Chunk, *, bpda: bool = True) -> dict[str, Any]:
         """Accuracy of `defense` on `chunk` under `attack` crafted on the defense itself (cached)."""
-        key = self._whitebox_key(defense, attack, chunk, bpda, eps=eps)
+        key = self.whitebox_key(defense, attack, chunk, bpda, eps=eps)
         entry = self.cache.load("whitebox", key)
         if entry is None:
             model = self._target(defense, bpda)
@@ -170,7 +190,7 @@ class Attacks:
         """The white-box minimal perturbation of `attack` against `defense` on `chunk` (cached): per image the
         norm (L2 for DeepFool and C&W, L0 for JSMA) of the adversarial found, whether it fools the defense, and
         whether the defense classified the clean image correctly."""
-        key = self._whitebox_key(defense, attack, chunk)
+        key = self.whitebox_key(defense, attack, chunk)
         entry = self.cache.load("perturbation", key)
         if entry is None:
             model = self.models.get(defense)

@@ -1,5 +1,6 @@
 """The evaluation itself: the training phase (:mod:`.train`), the attack phase (:mod:`.attack`) cut into units
-of work shared out among the processes, the gathering of the shards, and the cells of the report.
+of work shared out among the processes by their estimated cost, the gathering of the shards, and the cells of
+the report.
 
 Work is cut into chunks of `batch_size` test images. Every chunk's outcome is cached under a key of its settings
 and bounds, so the numbers do not depend on how many processes share the work, and a run that is interrupted
@@ -21,7 +22,7 @@ from .._version import __version__
 from ..bench.harness import device_name
 from ..data import load_cifar10, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
-from ..parallel import Workers
+from ..parallel import Workers, share_out
 from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
 from .cache import ResultCache
@@ -140,6 +141,44 @@ class Evaluation:
                 units += [("certify", defense, chunk) for chunk in self.chunks(c.certify.images)]
         return units
 
+    def _entry(self, unit: tuple) -> tuple[str, dict[str, Any]]:
+        """The cache kind and key of the entry that holds `unit`'s outcome."""
+        kind = unit[0]
+        if kind == "blackbox":
+            return "verdict", self.attacks.verdict_key(unit[1], unit[2], unit[3])
+        if kind == "whitebox":
+            return kind, self.attacks.whitebox_key(unit[1], unit[2], unit[5], unit[4], eps=unit[3])
+        if kind == "certify":
+            return kind, self.certification.key(unit[1], unit[2])
+        return kind, self.attacks.whitebox_key(unit[1], unit[2], unit[3])
+
+    def _cost(self, unit: tuple) -> float:
+        """`unit`'s estimated work, in FGSM steps (see :meth:`Attacks.cost`)."""
+        start, stop = unit[-1]
+        kind = unit[0]
+        if kind == "certify":  # a forward pass is about a third of a step
+            return (stop - start) * (self.config.certify.n0 + self.config.certify.n) / 3
+        attack = unit[1] if kind == "blackbox" else unit[2]
+        return (stop - start) * self.attacks.cost(attack)
+
+    def _share(self, units: list[tuple]) -> list[tuple]:
+        """This process's units: those whose outcome is in its cache and in no lower rank's, and a share of the
+        rest, placed by estimated cost (:func:`nemesis_fast.parallel.share_out`)."""
+        if not self.workers.distributed:
+            return units
+        held = {i for i, unit in enumerate(units) if self.cache.path(*self._entry(unit)).is_file()}
+        held_by = self.workers.gather(held)
+        costs = [self._cost(u) for u in units]
+        owner = share_out(costs, self.workers.world_size, held_by)
+        cached = set().union(*held_by)
+        left = [i for i in range(len(units)) if i not in cached]
+        total = sum(costs[i] for i in left) or 1.0
+        for rank in range(self.workers.world_size):
+            todo = [i for i in left if owner[i] == rank]
+            share = 100 * sum(costs[i] for i in todo) / total
+            self.log(f"rank {rank}: {len(todo)} units to compute ({share:.0f}% of the estimated work left)")
+        return [unit for unit, rank in zip(units, owner) if rank == self.workers.rank]
+
     def _do(self, unit: tuple) -> dict[str, Any]:
         kind = unit[0]
         if kind == "blackbox":
@@ -161,8 +200,7 @@ class Evaluation:
             for d in self.config.defenses
         }
         units = self._work()
-        chunk_ids = {chunk: i for i, chunk in enumerate(sorted({u[-1] for u in units}))}
-        mine = [u for u in units if chunk_ids[u[-1]] % self.workers.world_size == self.workers.rank]
+        mine = self._share(units)
         certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
         self.log(f"attacking {len(self.data.test_labels)} test images{certifying}: {len(units)} units of work")
         attack_started = time.perf_counter()

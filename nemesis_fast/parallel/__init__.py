@@ -3,7 +3,7 @@ who trains which model (:mod:`.schedule`), moving weights between processes (:mo
 of a set of models shared out among the processes (:mod:`.executor`)."""
 
 from .executor import ModelStore, Trained, train_models
-from .schedule import Job, Plan, plan, training_cost
+from .schedule import Job, Plan, plan, share_out, training_cost
 from .workers import Workers, auto_threads, resolve_device, set_threads, start, stop
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "plan",
     "resolve_device",
     "set_threads",
+    "share_out",
     "start",
     "stop",
     "train_models",

@@ -7,10 +7,14 @@ that need it: critical-path list scheduling), each on the rank where it would fi
 models it needs are ready. Without dependencies this is the longest-processing-time-first rule. A rank trains
 its models in the order they were placed, so a model always comes after those it needs. A model whose
 interrupted training some ranks can resume (its checkpoint is in their cache) goes to one of them.
+
+The evaluation's attack phase shares its independent units of work (attack, eps, chunk) by the same rule
+(:func:`share_out`), so that its few costly units (PGD, C&W, certification) land on different processes.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,11 +119,11 @@ def _check_jobs(jobs: Sequence[Job]) -> dict[str, Job]:
     return by_name
 
 
-def _per_rank(sets: Sequence[Any] | None, world_size: int, name: str) -> list[set[str]]:
+def _per_rank(sets: Sequence[Any] | None, world_size: int, name: str) -> list[set[Any]]:
     if sets is None:
         return [set() for _ in range(world_size)]
     if len(sets) != world_size:
-        raise ValueError(f"{name} must hold one set of model names per rank ({world_size}), got {len(sets)}")
+        raise ValueError(f"{name} must hold one set per rank ({world_size}), got {len(sets)}")
     return [set(s) for s in sets]
 
 
@@ -193,3 +197,36 @@ def plan(
                 transfers.append(move)
     transfers.sort(key=lambda move: (order.index(move[0]), move[2]))
     return Plan(order, source, trainer, tuple(transfers), tuple(busy))
+
+
+def share_out(costs: Sequence[float], world_size: int, held: Sequence[Any] | None = None) -> list[int]:
+    """The rank that does each of a list of independent units of work (deterministic, like :func:`plan`).
+
+    A unit some rank already holds (its result is in that rank's cache) goes to the lowest such rank, at no
+    cost. The others are placed costliest first (ties: the earlier unit), each on the rank with the least
+    estimated work so far (ties: the lower rank): the longest-processing-time-first rule, which :func:`plan`
+    also follows when no model needs another.
+
+    Args:
+        costs: each unit's estimated cost (finite, >= 0; any unit common to the list).
+        world_size: the number of processes (>= 1).
+        held: per rank, the indices of the units already in its cache.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
+    for i, cost in enumerate(costs):
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
+            raise ValueError(f"costs[{i}] must be a finite number >= 0, got {cost!r}")
+    held_by = _per_rank(held, world_size, "held")
+    owner = [-1] * len(costs)
+    for rank in reversed(range(world_size)):
+        for i in held_by[rank]:
+            if not (isinstance(i, int) and 0 <= i < len(costs)):
+                raise ValueError(f"held[{rank}] holds {i!r}, not the index of a unit (0..{len(costs) - 1})")
+            owner[i] = rank
+    load = [(0.0, rank) for rank in range(world_size)]
+    for i in sorted((i for i in range(len(costs)) if owner[i] < 0), key=lambda i: (-costs[i], i)):
+        busy, rank = heapq.heappop(load)
+        owner[i] = rank
+        heapq.heappush(load, (busy + costs[i], rank))
+    return owner

@@ -1,9 +1,8 @@
 """The processes of a run started by torchrun (NCCL on GPUs, gloo on CPUs), or the one process of a plain run,
 and the CPU threads each of them uses.
 
-Work that is shared out (the evaluation's test chunks, the models to train) is cut so that the numbers do not
-depend on the number of processes: each process takes every world_size-th chunk, and the results are gathered
-and put back in order.
+Work that is shared out (the evaluation's units of work, the models to train; see :mod:`.schedule`) is cut so
+that the numbers do not depend on the number of processes: the results are gathered and put back in order.
 """
 
 from __future__ import annotations
@@ -37,9 +36,6 @@ class Workers:
     def threads(self) -> int:
         """torch's intra-op threads in this process (CPU kernels)."""
         return torch.get_num_threads()
-
-    def my_chunks(self, num_chunks: int) -> list[int]:
-        return list(range(self.rank, num_chunks, self.world_size))
 
     def barrier(self) -> None:
         if self.distributed:
