@@ -18,7 +18,7 @@ from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.checks import gradient_masking_checks
 from nemesis_fast.evaluation.config import ATTACKS
 from nemesis_fast.evaluation.paper import eps_meeting_paper, paper_value
-from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
+from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats, sweep_table
 from nemesis_fast.evaluation.runner import Evaluation, load_data
 
 TINY = """
@@ -401,6 +401,14 @@ def test_the_eps_at_which_a_sweep_meets_the_papers_value():
     assert eps_meeting_paper(points, 99.5) == 0.01  # already below at the first eps
     assert eps_meeting_paper(points, 10.0) is None
     assert paper_value("mnist", "gda_brelu", "rfgsm") == 75.50 and paper_value("cifar10", "standard", "fgsm") is None
+
+
+def test_the_sweep_table_counts_the_cells_within_5_points_at_each_eps():
+    cells = [_c("fgsm", "blackbox", 0.05, 96.0), _c("fgsm", "blackbox", 0.3, 31.0)]  # paper: 94.46
+    header, rows = sweep_table(_results(cells, [0.05, 0.3]), "fgsm")
+    assert header == ["defense", "0.05", "0.3", "paper", "meets paper at eps"]
+    assert rows[0][0] == "CNN" and rows[0][-2:] == ["94.46", "0.056"]
+    assert rows[-1] == ["within 5 points of the paper", "1/1", "0/1", "", ""]
 
 
 def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():

@@ -16,7 +16,7 @@ import torch
 from .._io import write_atomic
 from .certified import CertifiedAccuracy, certified_csv, certified_table, certified_title, plot_certified
 from .config import ATTACK_LABELS, DEFENSE_LABELS
-from .paper import comparison, eps_meeting_paper, paper_value
+from .paper import TOLERANCE, comparison, eps_meeting_paper, paper_value
 
 QUARTILES = (0.25, 0.5, 0.75)
 
@@ -136,7 +136,8 @@ def blackbox_table(results: Results) -> tuple[list[str], list[list[str]]]:
 
 def sweep_table(results: Results, attack: str) -> tuple[list[str], list[list[str]]]:
     """Rows: defenses; columns: black-box accuracy (%) at each eps of the run, then (MNIST) the paper's value and
-    the eps at which the sweep meets it."""
+    the eps at which the sweep meets it, and a last row counting the cells within 5 points of the paper's at
+    each eps (no single eps need fit a whole column)."""
     cells = results.blackbox_sweep(attack)
     eps_values = sorted({c.eps for c in cells})
     dataset = results.config["dataset"]
@@ -158,6 +159,13 @@ def sweep_table(results: Results, attack: str) -> tuple[list[str], list[list[str
                 text = f"{met:.3f}"
             row += [_pct(paper), text]
         rows.append(row)
+    if dataset == "mnist" and cells:
+        within = []
+        for e in eps_values:
+            versus = [comparison(dataset, c.defense, attack, c.accuracy) for c in cells if c.eps == e]
+            versus = [v for v in versus if v is not None]
+            within.append(f"{sum(v['within'] for v in versus)}/{len(versus)}" if versus else "")
+        rows.append([f"within {TOLERANCE:g} points of the paper", *within, "", ""])
     return header, rows
 
 
