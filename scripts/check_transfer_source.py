@@ -7,7 +7,8 @@ same per-chunk seeds, so JSMA draws the same targets) on the first test images, 
 accuracy on them beside the accuracy on the run's own source's adversarials for the same images (read from the
 run's cached verdicts). Variants:
 
-- ``seed:N``: the same initialisation scheme (torch's), another seed for the weights and the batch order;
+- ``seed:N``: the same initialisation scheme (torch's), another seed for the weights, the batch order and the
+  validation split;
 - ``keras``: the initialisation the authors' Keras 2.0 code had (Glorot-uniform kernels, zero biases), seed 0.
 
 Also prints the sources' clean accuracy and logit margins (top-1 minus top-2 logit on the test images), which
@@ -56,23 +57,11 @@ def train_variant(evaluation: Evaluation, variant: str, folder: Path) -> nn.Modu
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    t = evaluation.config.training
-    data = evaluation.data
     folder.mkdir(parents=True, exist_ok=True)
-    result = train(
-        model,
-        (data.train_images, data.train_labels),
-        "standard",
-        dataset=evaluation.config.dataset,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.learning_rate,
-        val_fraction=t.validation_fraction,
-        patience=t.patience,
-        seed=seed,
-        checkpoint=folder / f"source-{variant.replace(':', '')}.ckpt",
-        progress=False,
-    )
+    data = evaluation.data
+    budget = {**evaluation.models.budget(), "seed": seed}
+    checkpoint = folder / f"source-{variant.replace(':', '')}.ckpt"
+    result = train(model, (data.train_images, data.train_labels), "standard", **budget, checkpoint=checkpoint)
     print(f"variant {variant}: best validation accuracy {result.val_accuracy:.2f}%", flush=True)
     torch.save(model.state_dict(), path)
     return model.eval()

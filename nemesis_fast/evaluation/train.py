@@ -162,10 +162,26 @@ class Models:
         )
         return (["standard"] if needs_standard else []) + [n for n in names if n != "standard" or not needs_standard]
 
+    def budget(self) -> dict[str, Any]:
+        """The arguments of :func:`nemesis_fast.train` that every model of the run shares (dataset, epochs, batch,
+        learning rate, validation, patience, seed, device, mixed precision, compile)."""
+        t = self.config.training
+        return {
+            "dataset": self.config.dataset,
+            "epochs": t.epochs,
+            "batch_size": t.batch_size,
+            "lr": t.learning_rate,
+            "val_fraction": t.validation_fraction,
+            "patience": t.patience,
+            "seed": self.config.seed,
+            "device": self.device,
+            "amp": t.amp,
+            "compile": t.compile,
+        }
+
     def _train(self, name: str, needs: dict[str, dict[str, torch.Tensor]]) -> Trained:
         """Trains model `name` on this process (resuming from its checkpoint in the cache), given the state dicts
         of the models it needs; returns its state dict on the CPU and its metadata."""
-        t = self.config.training
         key = self.key(name)
         torch.manual_seed(self.config.seed)
         model = self.build(name)
@@ -184,16 +200,7 @@ class Models:
             (self.data.train_images, self.data.train_labels),
             recipe,
             settings=key["recipe_settings"],
-            dataset=self.config.dataset,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            lr=t.learning_rate,
-            val_fraction=t.validation_fraction,
-            patience=t.patience,
-            seed=self.config.seed,
-            device=self.device,
-            amp=t.amp,
-            compile=t.compile,
+            **self.budget(),
             source_model=source,
             checkpoint=CachedCheckpoint(self.cache, key),
             progress=self.progress,
