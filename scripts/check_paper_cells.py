@@ -1,0 +1,214 @@
+"""Checks for the `paper` preset's black-box cells that sit far from the paper's (BENCHMARKS.md, "MNIST: the
+authors' experiment"): train one model of the run again with one thing changed, and see how far the cells move.
+
+``source VARIANT``: a second copy of the black-box source (the authors' small ResNet, the preset's recipe: Adam,
+batch 128, 10% validation, up to 20 epochs, patience 5) with another initialisation; the preset's black-box
+attacks are crafted on it (same settings, same per-chunk seeds, so JSMA draws the same targets) on the first
+test images, and every defense is judged on them beside the run's own source's adversarials for the same images
+(the run's cached verdicts). Also prints both sources' clean accuracy and median logit margin (top-1 minus
+top-2 logit), which sets how far C&W's confidence 10 pushes. VARIANT:
+
+- ``seed:N``: torch's initialisation with seed N (the weights, the batch order and the validation split);
+- ``keras``: the initialisation of the authors' Keras 2.0 code (Glorot-uniform kernels, zero biases), seed 0.
+
+``defense NAME [--set KEY=VALUE ...] [--patience N|none]``: the defense retrained with recipe settings or the
+early-stopping patience changed, judged on the run's own cached black-box adversarials (all test images: the
+adversarial images must still be in the run's cache) beside the run's model.
+
+Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
+`<run>/checks/<name>.json`.
+
+    python scripts/check_paper_cells.py source keras --data-dir ../shared/data/mnist --images 2000 --cw-images 200
+    python scripts/check_paper_cells.py defense fgsm_adversarial --set eps=0.1 --data-dir ../shared/data/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nemesis_fast.evaluation import load_config, preset_path
+from nemesis_fast.evaluation.paper import paper_value
+from nemesis_fast.evaluation.runner import Evaluation
+from nemesis_fast.evaluation.train import SOURCE
+from nemesis_fast.parallel import Workers, set_threads
+from nemesis_fast.training import train
+
+# The black-box table's columns: FGSM at the eps that best fits the paper's column and at the preset's table eps.
+COLUMNS = [("fgsm", 0.08), ("fgsm", 0.3), ("rfgsm", 0.3), ("deepfool", None), ("jsma", None), ("cw", None)]
+
+
+def keras_init(model: nn.Module) -> None:
+    """Keras 2.0's defaults: glorot_uniform kernels, zero biases (convolutions and dense layers)."""
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def train_variant(
+    evaluation: Evaluation, name: str, tag: str, folder: Path, *, seed: int, init: str = "torch", **changes: Any
+) -> nn.Module:
+    """Model `name` of the run trained again as `tag` with `changes` (recipe settings, patience), or loaded."""
+    models = evaluation.models
+    torch.manual_seed(seed)
+    model = models.build(name)
+    if init == "keras":
+        keras_init(model)
+    path = folder / f"{tag}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = models.key(name)
+    settings = {**key["recipe_settings"], **changes.pop("settings", {})}
+    budget = {**models.budget(), "seed": seed, **changes}
+    source = models.get("standard") if "source_model" in key else None
+    data = (evaluation.data.train_images, evaluation.data.train_labels)
+    result = train(
+        model, data, key["recipe"], settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
+    )
+    epochs = f"epoch {result.best_epoch} of {len(result.history)}"
+    print(f"{tag}: best validation accuracy {result.val_accuracy:.2f}% ({epochs})", flush=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Clean accuracy (%) and the median top-1 minus top-2 logit."""
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    top = logits.topk(2, dim=1).values
+    accuracy = 100 * (logits.argmax(1) == y).float().mean().item()
+    return {"clean_accuracy": accuracy, "median_logit_margin": (top[:, 0] - top[:, 1]).median().item()}
+
+
+def column_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple[int, int]]:
+    cw_limit = evaluation.config.attack.cw_test_samples if attack == "cw" else 0
+    return [c for c in evaluation.chunks(cw_limit) if not limit or c[0] < limit]
+
+
+def judge(evaluation: Evaluation, models: dict[str, nn.Module], attack: str, eps: float | None, chunks, adversarial):
+    """Accuracy (%) of each of `models` on the adversarial images `adversarial(chunk, x, y)` of `chunks`."""
+    attacks = evaluation.attacks
+    correct: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    for chunk in chunks:
+        x, y = attacks.test_chunk(chunk)
+        x_adv, y = adversarial(chunk, x, y)
+        for name, model in models.items():
+            correct[name].append((attacks.predict(model, x_adv) == y).float())
+    images = sum(len(c) for c in next(iter(correct.values())))
+    return {name: 100 * torch.cat(c).mean().item() for name, c in correct.items()}, images
+
+
+def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    variant = args.variant
+    if variant != "keras" and not (variant.startswith("seed:") and variant[5:].isdigit()):
+        raise SystemExit(f"the source variant must be keras or seed:N, got {variant!r}")
+    seed = int(variant[5:]) if variant.startswith("seed:") else evaluation.config.seed
+    tag = f"source-{variant.replace(':', '')}"
+    init = "keras" if variant == "keras" else "torch"
+    sources = {
+        "run": evaluation.models.get(SOURCE),
+        variant: train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init),
+    }
+    x, y = evaluation.data.test_images.float().div(255), evaluation.data.test_labels
+    report: dict[str, Any] = {"check": tag, "sources": {n: margins(m, x, y) for n, m in sources.items()}, "cells": {}}
+    print(json.dumps(report["sources"]), flush=True)
+    attacks, defenses = evaluation.attacks, evaluation.config.defenses
+    judges = {d: evaluation.models.get(d) for d in defenses}
+    for attack, eps in COLUMNS:
+        limit = args.cw_images if attack == "cw" else args.images
+        started = time.perf_counter()
+
+        def crafted(chunk, x, y, attack=attack, eps=eps, limit=limit):
+            keep = min(chunk[1], limit) - chunk[0]
+            x, y = x[:keep], y[:keep]
+            return attacks.make(attack, sources[variant], attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
+
+        chunks = column_chunks(evaluation, attack, limit)
+        variant_accuracy, images = judge(evaluation, judges, attack, eps, chunks, crafted)
+        run_accuracy = {}
+        for d in defenses:
+            verdicts = [evaluation.cache.load("verdict", attacks.verdict_key(attack, eps, c)) for c in chunks]
+            kept = [v["correct"][d][: min(c[1], limit) - c[0]].float() for v, c in zip(verdicts, chunks)]
+            run_accuracy[d] = 100 * torch.cat(kept).mean().item()
+        report["cells"][f"{attack} {eps}"] = {
+            "images": images,
+            "seconds": time.perf_counter() - started,
+            "accuracy": {d: {"run_source": run_accuracy[d], "variant_source": variant_accuracy[d]} for d in defenses},
+        }
+        line = ", ".join(f"{d} {run_accuracy[d]:.1f} -> {variant_accuracy[d]:.1f}" for d in defenses)
+        print(f"{attack} {eps} ({images} images): {line}", flush=True)
+        (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    name = args.name
+    if name not in evaluation.config.defenses or name == "feature_squeezing":
+        raise SystemExit(f"the defense must be one of the run's trained defenses, got {name!r}")
+    settings = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        settings[key] = json.loads(value)
+    changes: dict[str, Any] = {"settings": settings}
+    if args.patience is not None:
+        changes["patience"] = None if args.patience == "none" else int(args.patience)
+    parts = [f"{k}{v}" for k, v in settings.items()] + ([f"patience{args.patience}"] if args.patience else [])
+    tag = "-".join([name, *parts])
+    variant = train_variant(evaluation, name, tag, folder, seed=evaluation.config.seed, **changes)
+    judges = {"run": evaluation.models.get(name), "variant": variant}
+    x, y = evaluation.data.test_images.float().div(255), evaluation.data.test_labels
+    report: dict[str, Any] = {"check": tag, "models": {n: margins(m, x, y) for n, m in judges.items()}, "cells": {}}
+    print(json.dumps(report["models"]), flush=True)
+    attacks = evaluation.attacks
+
+    for attack, eps in COLUMNS:
+
+        def stored(chunk, x, y, attack=attack, eps=eps):
+            entry = evaluation.cache.load("blackbox", attacks.blackbox_key(attack, eps, chunk))
+            if entry is None:
+                raise SystemExit(f"the run's cache lacks the black-box images of {attack} at {eps}, chunk {chunk}")
+            return entry["x_adv"], y
+
+        accuracy, images = judge(evaluation, judges, attack, eps, column_chunks(evaluation, attack, 0), stored)
+        report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper_value("mnist", name, attack), **accuracy}
+        print(
+            f"{attack} {eps} ({images} images): run {accuracy['run']:.2f} -> variant {accuracy['variant']:.2f}",
+            flush=True,
+        )
+        (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--run", default="runs/paper-mnist", help="the paper run's output folder (its cache)")
+    parser.add_argument("--threads", type=int, default=1)
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    source = kinds.add_parser("source", help="another black-box source")
+    source.add_argument("variant", help="keras or seed:N")
+    source.add_argument("--images", type=int, default=2000, help="first test images (FGSM, R+FGSM, DeepFool, JSMA)")
+    source.add_argument("--cw-images", type=int, default=200, help="first test images for C&W")
+    defense = kinds.add_parser("defense", help="a defense retrained with one change")
+    defense.add_argument("name")
+    defense.add_argument("--set", action="append", help="a recipe setting, KEY=VALUE (JSON value)")
+    defense.add_argument("--patience", help="early-stopping patience, or none")
+    args = parser.parse_args()
+    set_threads(args.threads, torch.device("cpu"))
+    run = Path(args.run)
+    config = load_config(preset_path("paper"), {"data_dir": args.data_dir, "out_dir": str(run)})
+    evaluation = Evaluation(config, Workers(), log=print, progress=False)
+    (check_source if args.kind == "source" else check_defense)(evaluation, args, run / "checks")
+
+
+if __name__ == "__main__":
+    main()
