@@ -11,15 +11,17 @@ top-2 logit), which sets how far C&W's confidence 10 pushes. VARIANT:
 - ``seed:N``: torch's initialisation with seed N (the weights, the batch order and the validation split);
 - ``keras``: the initialisation of the authors' Keras 2.0 code (Glorot-uniform kernels, zero biases), seed 0.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none]``: the defense retrained with recipe settings or the
-early-stopping patience changed, judged on the run's own cached black-box adversarials (all test images: the
-adversarial images must still be in the run's cache) beside the run's model.
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--noisy-validation]``: the defense retrained with
+recipe settings or the early-stopping patience changed, or (GDA) validated on noisy held-out images, judged on
+the run's own cached black-box adversarials (all test images: the adversarial images must still be in the run's
+cache) beside the run's model.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json`.
 
-    python scripts/check_paper_cells.py source keras --data-dir ../shared/data/mnist --images 2000 --cw-images 200
-    python scripts/check_paper_cells.py defense fgsm_adversarial --set eps=0.1 --data-dir ../shared/data/mnist
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist source keras --images 2000 --cw-images 200
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --set eps=0.1
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense gda --noisy-validation
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nemesis_fast.data.loader import split_validation
 from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.paper import paper_value
 from nemesis_fast.evaluation.runner import Evaluation
@@ -53,9 +56,18 @@ def keras_init(model: nn.Module) -> None:
 
 
 def train_variant(
-    evaluation: Evaluation, name: str, tag: str, folder: Path, *, seed: int, init: str = "torch", **changes: Any
+    evaluation: Evaluation,
+    name: str,
+    tag: str,
+    folder: Path,
+    *,
+    seed: int,
+    init: str = "torch",
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **changes: Any,
 ) -> nn.Module:
-    """Model `name` of the run trained again as `tag` with `changes` (recipe settings, patience), or loaded."""
+    """Model `name` of the run trained again as `tag` with `changes` (recipe settings, other arguments of
+    :func:`nemesis_fast.train`) on `data` (None: the run's training set), or loaded when trained before."""
     models = evaluation.models
     torch.manual_seed(seed)
     model = models.build(name)
@@ -70,7 +82,7 @@ def train_variant(
     settings = {**key["recipe_settings"], **changes.pop("settings", {})}
     budget = {**models.budget(), "seed": seed, **changes}
     source = models.get("standard") if "source_model" in key else None
-    data = (evaluation.data.train_images, evaluation.data.train_labels)
+    data = data or (evaluation.data.train_images, evaluation.data.train_labels)
     result = train(
         model, data, key["recipe"], settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
     )
@@ -150,6 +162,19 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     return report
 
 
+def noisy_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
+    """The run's training split, and its validation images with GDA's unclipped noise added once (as the
+    authors' Keras split validated GDA on noisy rows): ((train images, labels), (noisy val images, labels))."""
+    sigma = evaluation.models.key(name)["recipe_settings"].get("sigma")
+    if sigma is None:
+        raise SystemExit(f"--noisy-validation needs a GDA defense, got {name!r}")
+    data = evaluation.data
+    fraction = evaluation.config.training.validation_fraction
+    train_part, (x, y) = split_validation(data.train_images, data.train_labels, fraction, seed=seed)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    return train_part, (x.float().div(255) + sigma * noise, y)
+
+
 def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     name = args.name
     if name not in evaluation.config.defenses or name == "feature_squeezing":
@@ -162,8 +187,13 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     if args.patience is not None:
         changes["patience"] = None if args.patience == "none" else int(args.patience)
     parts = [f"{k}{v}" for k, v in settings.items()] + ([f"patience{args.patience}"] if args.patience else [])
+    seed, data = evaluation.config.seed, None
+    if args.noisy_validation:
+        data, changes["val_data"] = noisy_validation(evaluation, name, seed)
+        changes["val_fraction"] = 0.0
+        parts.append("noisyval")
     tag = "-".join([name, *parts])
-    variant = train_variant(evaluation, name, tag, folder, seed=evaluation.config.seed, **changes)
+    variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
     x, y = evaluation.data.test_images.float().div(255), evaluation.data.test_labels
     report: dict[str, Any] = {"check": tag, "models": {n: margins(m, x, y) for n, m in judges.items()}, "cells": {}}
@@ -202,6 +232,7 @@ def main() -> None:
     defense.add_argument("name")
     defense.add_argument("--set", action="append", help="a recipe setting, KEY=VALUE (JSON value)")
     defense.add_argument("--patience", help="early-stopping patience, or none")
+    defense.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     args = parser.parse_args()
     set_threads(args.threads, torch.device("cpu"))
     run = Path(args.run)
