@@ -89,6 +89,7 @@ def train_variant(
     epochs = f"epoch {result.best_epoch} of {len(result.history)}"
     print(f"{tag}: best validation accuracy {result.val_accuracy:.2f}% ({epochs})", flush=True)
     torch.save(model.state_dict(), path)
+    (folder / f"{tag}.ckpt").unlink(missing_ok=True)
     return model.eval()
 
 
