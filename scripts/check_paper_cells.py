@@ -87,7 +87,7 @@ def train_variant(
         model, data, key["recipe"], settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
     )
     epochs = f"epoch {result.best_epoch} of {len(result.history)}"
-    print(f"{tag}: best validation accuracy {result.val_accuracy:.2f}% ({epochs})", flush=True)
+    print(f"{tag}: best validation accuracy {100 * result.val_accuracy:.2f}% ({epochs})", flush=True)
     torch.save(model.state_dict(), path)
     (folder / f"{tag}.ckpt").unlink(missing_ok=True)
     return model.eval()
@@ -107,7 +107,7 @@ def column_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple
     return [c for c in evaluation.chunks(cw_limit) if not limit or c[0] < limit]
 
 
-def judge(evaluation: Evaluation, models: dict[str, nn.Module], attack: str, eps: float | None, chunks, adversarial):
+def judge(evaluation: Evaluation, models: dict[str, nn.Module], chunks, adversarial) -> tuple[dict[str, float], int]:
     """Accuracy (%) of each of `models` on the adversarial images `adversarial(chunk, x, y)` of `chunks`."""
     attacks = evaluation.attacks
     correct: dict[str, list[torch.Tensor]] = {name: [] for name in models}
@@ -146,7 +146,7 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
             return attacks.make(attack, sources[variant], attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
         chunks = column_chunks(evaluation, attack, limit)
-        variant_accuracy, images = judge(evaluation, judges, attack, eps, chunks, crafted)
+        variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
         run_accuracy = {}
         for d in defenses:
             verdicts = [evaluation.cache.load("verdict", attacks.verdict_key(attack, eps, c)) for c in chunks]
@@ -209,7 +209,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
                 raise SystemExit(f"the run's cache lacks the black-box images of {attack} at {eps}, chunk {chunk}")
             return entry["x_adv"], y
 
-        accuracy, images = judge(evaluation, judges, attack, eps, column_chunks(evaluation, attack, 0), stored)
+        accuracy, images = judge(evaluation, judges, column_chunks(evaluation, attack, 0), stored)
         report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper_value("mnist", name, attack), **accuracy}
         print(
             f"{attack} {eps} ({images} images): run {accuracy['run']:.2f} -> variant {accuracy['variant']:.2f}",
