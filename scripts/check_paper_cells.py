@@ -102,11 +102,6 @@ def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, flo
     return {"clean_accuracy": accuracy, "median_logit_margin": (top[:, 0] - top[:, 1]).median().item()}
 
 
-def column_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple[int, int]]:
-    cw_limit = evaluation.config.attack.cw_test_samples if attack == "cw" else 0
-    return [c for c in evaluation.chunks(cw_limit) if not limit or c[0] < limit]
-
-
 def judge(evaluation: Evaluation, models: dict[str, nn.Module], chunks, adversarial) -> tuple[dict[str, float], int]:
     """Accuracy (%) of each of `models` on the adversarial images `adversarial(chunk, x, y)` of `chunks`."""
     attacks = evaluation.attacks
@@ -145,7 +140,7 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
             x, y = x[:keep], y[:keep]
             return attacks.make(attack, sources[variant], attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
-        chunks = column_chunks(evaluation, attack, limit)
+        chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
         variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
         run_accuracy = {}
         for d in defenses:
@@ -209,7 +204,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
                 raise SystemExit(f"the run's cache lacks the black-box images of {attack} at {eps}, chunk {chunk}")
             return entry["x_adv"], y
 
-        accuracy, images = judge(evaluation, judges, column_chunks(evaluation, attack, 0), stored)
+        accuracy, images = judge(evaluation, judges, evaluation.blackbox_chunks(attack), stored)
         report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper_value("mnist", name, attack), **accuracy}
         print(
             f"{attack} {eps} ({images} images): run {accuracy['run']:.2f} -> variant {accuracy['variant']:.2f}",

@@ -113,6 +113,10 @@ class Evaluation:
         size = self.config.batch_size
         return [(start, min(start + size, total)) for start in range(0, total, size)]
 
+    def blackbox_chunks(self, attack: str) -> list[Chunk]:
+        """The chunks a black-box `attack` runs on: all test images, C&W the first `cw_test_samples` (0: all)."""
+        return self.chunks(self.config.attack.cw_test_samples if attack == "cw" else 0)
+
     def _blackbox_runs(self) -> list[tuple[str, float | None]]:
         """(attack, eps) of every black-box run: the table's attacks, then the eps sweep of FGSM and R+FGSM."""
         c = self.config
@@ -125,8 +129,7 @@ class Evaluation:
         c = self.config
         units: list[tuple] = []
         for attack, eps in self._blackbox_runs():
-            limit = c.attack.cw_test_samples if attack == "cw" else 0
-            units += [("blackbox", attack, eps, chunk) for chunk in self.chunks(limit)]
+            units += [("blackbox", attack, eps, chunk) for chunk in self.blackbox_chunks(attack)]
         for defense in c.defenses:
             for attack in c.whitebox_attacks:
                 chunks = self.chunks(c.attack.pgd_test_samples if attack == "pgd" else 0)
@@ -266,8 +269,7 @@ class Evaluation:
         judge = self.models.get(self.config.defenses[0])
         adversarial, predictions = {}, {"clean": self.attacks.predict(judge, x)}
         for attack in self.config.blackbox_attacks:
-            limit = self.config.attack.cw_test_samples if attack == "cw" else 0
-            key = self.attacks.blackbox_key(attack, None, self.chunks(limit)[0])
+            key = self.attacks.blackbox_key(attack, None, self.blackbox_chunks(attack)[0])
             entry = self.cache.load("blackbox", key)
             if entry is not None:
                 adversarial[attack] = entry["x_adv"][:count].to(self.device)
