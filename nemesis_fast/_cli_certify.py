@@ -95,7 +95,7 @@ def _test_set(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[torch.Ten
 
 
 def _sigma(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[float, str]:
-    from .training import checkpoint_noise_sigma
+    from .checkpoints import checkpoint_noise_sigma
 
     trained = checkpoint_noise_sigma(meta)
     if args.sigma is None:
@@ -133,7 +133,7 @@ def _csv(start: int, labels: torch.Tensor, prediction: torch.Tensor, radius: tor
 def _run(args: argparse.Namespace) -> int:
     from ._io import write_atomic, write_json_atomic
     from .certify import Smooth, certified_accuracy
-    from .training import load_checkpoint
+    from .checkpoints import load_checkpoint
 
     device = _check_arguments(args)
     model, meta = load_checkpoint(args.checkpoint, map_location=device)

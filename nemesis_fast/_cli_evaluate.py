@@ -25,7 +25,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     try:
         config = args.config or (preset_path(args.preset) if args.preset else None)
-        evaluate(config, progress=None if not args.no_progress else False, **overrides)
+        progress = None if not args.no_progress else False
+        evaluate(config, progress=progress, cached_only=args.cached_only, **overrides)
     except ConfigError as error:
         raise SystemExit(f"nemesis-fast evaluate: {error}") from error
     return 0
@@ -57,4 +58,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train and attack nothing: report what the cache holds so far (models trained, cells complete) "
+        "in <out>/partial/; for a look at a run still going on, beside it",
+    )
     p.set_defaults(handler=_run)

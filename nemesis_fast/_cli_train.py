@@ -179,9 +179,10 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ._checks import check_device
     from ._io import write_json_atomic
+    from .checkpoints import load_checkpoint, save_checkpoint
     from .models import build_model
     from .parallel import set_threads
-    from .training import evaluate_accuracy, load_checkpoint, save_checkpoint, train
+    from .training import evaluate_accuracy, train
 
     if args.threads < 0:
         raise SystemExit(f"nemesis-fast train: --threads must be >= 0 (0: automatic), got {args.threads}")

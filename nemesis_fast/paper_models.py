@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_device
+from .checkpoints import save_checkpoint
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
 from .models import build_model
 from .parallel import Job, Trained, Workers, train_models, training_cost
-from .training import Data, Log, _check_data, _logger, evaluate_accuracy, save_checkpoint, train
+from .training import Data, Log, _check_data, _logger, evaluate_accuracy, train
 
 
 @dataclass(frozen=True)

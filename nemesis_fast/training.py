@@ -1,5 +1,5 @@
-"""Training with the paper's defenses: :func:`train`, :func:`evaluate_accuracy` and checkpoints (the paper's
-seven models: :mod:`nemesis_fast.paper_models`).
+"""Training with the paper's defenses: :func:`train` and :func:`evaluate_accuracy` (checkpoints:
+:mod:`nemesis_fast.checkpoints`; the paper's seven models: :mod:`nemesis_fast.paper_models`).
 
 The training set lives on the device (:class:`~nemesis_fast.data.DeviceLoader`); GDA's noisy copies are made
 per batch on the device; the loop synchronises with the GPU once per epoch (validation), not per step.
@@ -14,23 +14,32 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_device, check_int, check_number, check_positive
-from ._io import torch_save_atomic
+from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
 from .data.loader import DeviceLoader, check_images_labels, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
-from .models import architecture_of, build_model
 from .resume import EpochCheckpoint, Resumable, restore_state, training_state
 
 Data = tuple[torch.Tensor, torch.Tensor]
 Log = Callable[[str], None]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The checkpoint functions moved to nemesis_fast.checkpoints; importable from here as before.
+__all__ = [
+    "TrainResult",
+    "checkpoint_noise_sigma",
+    "evaluate_accuracy",
+    "infer_dataset",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+    "training_noise_sigma",
+]
 
 
 @dataclass
@@ -193,27 +202,12 @@ def train(
     images, labels = _check_data(data, "data")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    epochs = check_int(epochs, "epochs", low=1)
-    batch_size = check_int(batch_size, "batch_size", low=1)
-    lr = check_positive(lr, "lr")
-    seed = check_int(seed, "seed", low=0)
-    if patience is not None:
-        check_int(patience, "patience", low=1)
-    if max_steps is not None:
-        check_int(max_steps, "max_steps", low=1)
-    check_number(val_fraction, "val_fraction", low=0.0, high=1.0, high_inclusive=False)
+    epochs, batch_size, lr, seed = _check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
     say = _logger(log)
     device = check_device(device)
     dataset = dataset or infer_dataset(images)
     recipe = recipe if isinstance(recipe, Recipe) else make_recipe(recipe, settings, dataset=dataset, seed=seed)
-    if val_data is not None:
-        val_images, val_labels = _check_data(val_data, "val_data")
-    elif val_fraction > 0:
-        (images, labels), (val_images, val_labels) = split_validation(images, labels, val_fraction, seed=seed)
-    else:
-        val_images = val_labels = None
-    if val_images is not None:
-        val_images, val_labels = val_images.to(device), val_labels.to(device)  # once, not every epoch
+    (images, labels), val = _split_off_validation(images, labels, val_data, val_fraction, seed, device)
     torch.manual_seed(seed)
     model.to(device)
     started = time.perf_counter()
@@ -222,235 +216,199 @@ def train(
         if source_model is None:
             say(f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
             source_model = copy.deepcopy(model)
-            train(
-                source_model,
-                (images, labels),
-                "standard",
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                val_data=(val_images, val_labels) if val_images is not None else None,
-                val_fraction=0.0,
-                patience=patience,
-                seed=seed,
-                device=device,
-                amp=amp,
-                compile=compile,
-                max_steps=max_steps,
-                progress=progress,
-                log=say,
-            )
-        source_model.to(device)
-        images, labels = _offline_training_set(recipe, source_model, images, labels, device)
+            budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
+            budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
+            train(source_model, (images, labels), "standard", val_data=val, val_fraction=0.0, **budget)
+        images, labels = _offline_training_set(recipe, source_model.to(device), images, labels, device)
         say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
 
     # With compile, a last smaller batch would compile a second graph: drop it (a different one every epoch).
-    augment = recipe.augment(device)
     loader = DeviceLoader(
         images,
         labels,
         batch_size,
         seed=seed,
         device=device,
-        augment=augment,
+        augment=recipe.augment(device),
         expand=recipe.expansion(),
         drop_last=compile,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda" or None)
-    forward = torch.compile(model) if compile else model
     autocast, scaled = _autocast(device, amp)
-    scaler = torch.amp.GradScaler(device.type) if scaled else None
-    bar = _progress(progress)
+    epoch_runner = _Epochs(
+        forward=torch.compile(model) if compile else model,
+        optimizer=optimizer,
+        recipe=recipe,
+        loader=loader,
+        autocast=autocast,
+        scaler=torch.amp.GradScaler(device.type) if scaled else None,
+        max_steps=max_steps,
+        device=device,
+        amp=amp,
+        val=val,
+        bar=_progress(progress),
+        say=say,
+    )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
-    best_accuracy, best_state, waited = -1.0, None, 0
+    stopping = _EarlyStopping(patience)
     run = Resumable(
         checkpoint,
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
         {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps},
     )
-    first_epoch = 1
     resumed = run.load()
     if resumed is not None:
-        best_accuracy, best_state, waited = restore_state(resumed, model, optimizer, loader, recipe, result, device)
-        first_epoch = resumed["epoch"] + 1
+        stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
+            resumed, model, optimizer, loader, recipe, result, device
+        )
         say(f"{recipe.name}: resuming after epoch {resumed['epoch']} from the checkpoint")
 
-    for epoch in range(first_epoch, epochs + 1):
+    for epoch in range(1 if resumed is None else resumed["epoch"] + 1, epochs + 1):
         model.train()
-        epoch_started = time.perf_counter()
-        total_loss = torch.zeros((), device=device)
-        steps = seen = 0
-        batches = bar(loader, f"{recipe.name} epoch {epoch}/{epochs}", len(loader))
-        for x, y in batches:
-            with autocast():
-                loss = recipe.loss(forward, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            total_loss += loss.detach()
-            steps += 1
-            seen += len(y)
-            result.steps += 1
-            if hasattr(batches, "set_postfix") and steps % 50 == 0:
-                batches.set_postfix(loss=f"{total_loss.item() / steps:.4f}")
-            if max_steps is not None and result.steps >= max_steps:
-                break
-        record: dict[str, Any] = {"epoch": epoch, "loss": total_loss.item() / max(steps, 1), "images": seen}
-        record["val_accuracy"] = (
-            evaluate_accuracy(forward, val_images, val_labels, device=device, amp=amp)
-            if val_images is not None and len(val_labels)
-            else None
-        )
-        record["seconds"] = time.perf_counter() - epoch_started
-        result.history.append(record)
-        val_text = f" val_acc {record['val_accuracy']:.4f}" if record["val_accuracy"] is not None else ""
-        say(f"{recipe.name} epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_text} {record['seconds']:.1f}s")
-        if record["val_accuracy"] is None:
-            result.best_epoch = epoch
-        elif record["val_accuracy"] > best_accuracy:
-            best_accuracy, result.best_epoch, waited = record["val_accuracy"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if patience is not None and waited >= patience:
-                result.stopped_early = True
-                say(f"{recipe.name}: no better validation accuracy for {patience} epochs; stopping")
-                break
-        if max_steps is not None and result.steps >= max_steps:
+        record = epoch_runner.run(epoch, epochs, result)
+        if stopping.update(record["val_accuracy"], epoch, model, result):
+            say(f"{recipe.name}: no better validation accuracy for {patience} epochs; stopping")
             break
-        run.save(
-            training_state(epoch, model, optimizer, loader, recipe, result, best_accuracy, best_state, waited, device)
-        )
+        if epoch_runner.spent(result):
+            break
+        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device))
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        result.val_accuracy = best_accuracy
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+        result.val_accuracy = stopping.best_accuracy
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
     return result
 
 
-# -------------------------------------------------------------------------------------------------- checkpoints
+def _check_budget(
+    epochs: Any, batch_size: Any, lr: Any, seed: Any, patience: Any, max_steps: Any, val_fraction: Any
+) -> tuple[int, int, float, int]:
+    """Checks :func:`train`'s budget arguments (naming the bad one); returns (epochs, batch_size, lr, seed)."""
+    if patience is not None:
+        check_int(patience, "patience", low=1)
+    if max_steps is not None:
+        check_int(max_steps, "max_steps", low=1)
+    check_number(val_fraction, "val_fraction", low=0.0, high=1.0, high_inclusive=False)
+    return (
+        check_int(epochs, "epochs", low=1),
+        check_int(batch_size, "batch_size", low=1),
+        check_positive(lr, "lr"),
+        check_int(seed, "seed", low=0),
+    )
 
 
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    *,
-    recipe: str,
-    settings: dict[str, Any] | None = None,
-    architecture: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> Path:
-    """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics", "noise_sigma",
-    "nemesis_fast_version"} to `path` (atomically; tensors moved to the CPU). `architecture` defaults to the
-    one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models). "noise_sigma" is
-    the standard deviation of the Gaussian noise the model was trained on (the gda recipe's sigma; None for the
-    other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
-    from . import __version__
-
-    if not isinstance(recipe, str):
-        raise TypeError(f"recipe must be a str, got {type(recipe).__name__}")
-    path = Path(path)
-    payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "recipe": recipe,
-        "settings": dict(settings or {}),
-        "architecture": architecture if architecture is not None else architecture_of(model),
-        "metrics": dict(metrics or {}),
-        "noise_sigma": training_noise_sigma(recipe, settings),
-        "nemesis_fast_version": __version__,
-    }
-    torch_save_atomic(path, payload)
-    return path
-
-
-def training_noise_sigma(recipe: str, settings: dict[str, Any] | None) -> float | None:
-    """The standard deviation of the Gaussian noise a recipe trains on: the gda recipe's sigma (its default
-    where `settings` leave it out), None for the recipes without noise."""
-    if recipe != "gda":
-        return None
-    sigma = (settings or {}).get("sigma")
-    if sigma is None:
-        from .defenses.recipes import GDASettings
-
-        sigma = GDASettings().sigma
-    return float(sigma)
-
-
-def checkpoint_noise_sigma(meta: dict[str, Any]) -> float | None:
-    """The training noise's sigma recorded in a checkpoint's entries (as :func:`load_checkpoint` returns them);
-    for checkpoints written before it was recorded, read from a gda recipe's settings. None: no noise."""
-    if meta.get("noise_sigma") is not None:
-        return float(meta["noise_sigma"])
-    return training_noise_sigma(meta.get("recipe", ""), meta.get("settings"))
-
-
-def _differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    return [f"{k}={found.get(k, '<absent>')!r} (asked {v!r})" for k, v in wanted.items() if found.get(k) != v]
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    model: nn.Module | None = None,
-    model_name: str | None = None,
-    architecture_kwargs: dict[str, Any] | None = None,
-    recipe: str | None = None,
-    settings: dict[str, Any] | None = None,
-    map_location: torch.device | str = "cpu",
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a checkpoint of :func:`save_checkpoint` with `torch.load(weights_only=True)` (no code runs).
-
-    Refuses (ValueError naming what differs) a checkpoint whose recipe differs from `recipe`, whose settings
-    differ from the entries of `settings`, whose architecture name differs from `model_name`, whose
-    architecture kwargs differ from the entries of `architecture_kwargs`, or, when `model` is given and
-    records its architecture, whose architecture differs from the model's. Without `model` the model is rebuilt
-    from the recorded architecture. Returns (model with the weights loaded, the checkpoint's other entries).
-    """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # a foreign or damaged file: whatever torch.load raises
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {error})") from error
-    required = ("state_dict", "recipe", "settings", "architecture", "nemesis_fast_version")
-    if not isinstance(payload, dict) or any(key not in payload for key in required):
-        raise ValueError(f"{path}: not a nemesis_fast checkpoint (needs the entries {', '.join(required)})")
-    if recipe is not None and payload["recipe"] != recipe:
-        raise ValueError(f"{path}: trained with recipe {payload['recipe']!r}, not the {recipe!r} asked for")
-    if settings:
-        differ = _differences(payload["settings"], settings)
-        if differ:
-            raise ValueError(f"{path}: recipe settings differ from those asked: {'; '.join(differ)}")
-    arch = payload["architecture"]
-    if model_name is not None and (arch is None or arch["name"] != model_name):
-        found = arch["name"] if arch else "an unrecorded architecture"
-        raise ValueError(f"{path}: holds a {found!r} model, not the {model_name!r} asked for")
-    if architecture_kwargs:
-        differ = _differences(arch["kwargs"] if arch else {}, architecture_kwargs)
-        if differ:
-            raise ValueError(f"{path}: architecture differs from the one asked: {'; '.join(differ)}")
-    if model is None:
-        if arch is None:
-            raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
-        model = build_model(arch["name"], **arch["kwargs"])
+def _split_off_validation(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val_data: Data | None,
+    val_fraction: float,
+    seed: int,
+    device: torch.device,
+) -> tuple[Data, Data | None]:
+    """(the training pairs, the validation pairs on `device` or None): `val_data` when given, else
+    `val_fraction` of the training pairs split off with `seed`, else none."""
+    if val_data is not None:
+        val_images, val_labels = _check_data(val_data, "val_data")
+    elif val_fraction > 0:
+        (images, labels), (val_images, val_labels) = split_validation(images, labels, val_fraction, seed=seed)
     else:
-        mine = architecture_of(model)
-        if mine is not None and arch is not None and mine != arch:
-            if mine["name"] != arch["name"]:
-                raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")
-            differ = _differences(arch["kwargs"], mine["kwargs"])
-            raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
-    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+        return (images, labels), None
+    return (images, labels), (val_images.to(device), val_labels.to(device))  # moved once, not every epoch
+
+
+@dataclass
+class _Epochs:
+    """One epoch of :func:`train`: its optimizer steps, then validation and the epoch's log line."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    recipe: Recipe
+    loader: DeviceLoader
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    scaler: torch.amp.GradScaler | None
+    max_steps: int | None
+    device: torch.device
+    amp: bool | str
+    val: Data | None
+    bar: Callable[[Iterable, str, int], Iterable]
+    say: Log
+
+    def spent(self, result: TrainResult) -> bool:
+        """Whether the step budget `max_steps` is used up."""
+        return self.max_steps is not None and result.steps >= self.max_steps
+
+    def run(self, epoch: int, epochs: int, result: TrainResult) -> dict[str, Any]:
+        """Trains one epoch (counting steps into `result`), validates, logs; appends the epoch's record to
+        `result.history` and returns it."""
+        started = time.perf_counter()
+        name = self.recipe.name
+        record = {
+            "epoch": epoch,
+            **self._steps(self.bar(self.loader, f"{name} epoch {epoch}/{epochs}", len(self.loader)), result),
+        }
+        val = self.val
+        has_val = val is not None and len(val[1])
+        record["val_accuracy"] = (
+            evaluate_accuracy(self.forward, *val, device=self.device, amp=self.amp) if has_val else None
+        )
+        record["seconds"] = time.perf_counter() - started
+        result.history.append(record)
+        val_text = f" val_acc {record['val_accuracy']:.4f}" if has_val else ""
+        self.say(f"{name} epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_text} {record['seconds']:.1f}s")
+        return record
+
+    def _steps(self, batches: Iterable, result: TrainResult) -> dict[str, Any]:
+        """One pass over `batches`: {"loss": the mean training loss, "images": the training images seen,
+        augmentation included}."""
+        total_loss = torch.zeros((), device=self.device)
+        steps = seen = 0
+        for x, y in batches:
+            with self.autocast():
+                loss = self.recipe.loss(self.forward, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            total_loss += loss.detach()
+            steps += 1
+            seen += len(y)
+            result.steps += 1
+            if hasattr(batches, "set_postfix") and steps % 50 == 0:
+                batches.set_postfix(loss=f"{total_loss.item() / steps:.4f}")
+            if self.spent(result):
+                break
+        return {"loss": total_loss.item() / max(steps, 1), "images": seen}
+
+
+@dataclass
+class _EarlyStopping:
+    """The best validation accuracy so far, its weights, and the epochs waited since (patience None: never stop)."""
+
+    patience: int | None
+    best_accuracy: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    waited: int = 0
+
+    def state(self) -> tuple[float, dict[str, torch.Tensor] | None, int]:
+        return self.best_accuracy, self.best_state, self.waited
+
+    def update(self, accuracy: float | None, epoch: int, model: nn.Module, result: TrainResult) -> bool:
+        """Records an epoch's validation accuracy (None: no validation, every epoch counts as best); True when
+        training should stop."""
+        if accuracy is None:
+            result.best_epoch = epoch
+        elif accuracy > self.best_accuracy:
+            self.best_accuracy, result.best_epoch, self.waited = accuracy, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.waited += 1
+            if self.patience is not None and self.waited >= self.patience:
+                result.stopped_early = True
+                return True
+        return False

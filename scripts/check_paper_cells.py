@@ -11,6 +11,11 @@ top-2 logit), which sets how far C&W's confidence 10 pushes. VARIANT:
 - ``seed:N``: torch's initialisation with seed N (the weights, the batch order and the validation split);
 - ``keras``: the initialisation of the authors' Keras 2.0 code (Glorot-uniform kernels, zero biases), seed 0.
 
+``attack NAME [--set KEY=VALUE ...] [--eps EPS] [--images N]``: the run's own source and one black-box attack with
+attack settings changed (keys of the config's [attack] section, e.g. ``cw_confidence=0``; same per-chunk seeds),
+on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
+for the same images.
+
 ``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--noisy-validation]``: the defense retrained with
 recipe settings or the early-stopping patience changed, or (GDA) validated on noisy held-out images, judged on
 the run's own cached black-box adversarials (all test images: the adversarial images must still be in the run's
@@ -20,6 +25,7 @@ Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a re
 `<run>/checks/<name>.json`.
 
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist source keras --images 2000 --cw-images 200
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist attack cw --set cw_confidence=0 --images 200
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --set eps=0.1
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense gda --noisy-validation
 """
@@ -27,6 +33,7 @@ Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a re
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -37,6 +44,8 @@ from torch import nn
 
 from nemesis_fast.data.loader import split_validation
 from nemesis_fast.evaluation import load_config, preset_path
+from nemesis_fast.evaluation.attack import Attacks
+from nemesis_fast.evaluation.config import ConfigError, validate
 from nemesis_fast.evaluation.paper import paper_value
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.evaluation.train import SOURCE
@@ -129,32 +138,77 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     x, y = evaluation.data.test_images.float().div(255), evaluation.data.test_labels
     report: dict[str, Any] = {"check": tag, "sources": {n: margins(m, x, y) for n, m in sources.items()}, "cells": {}}
     print(json.dumps(report["sources"]), flush=True)
-    attacks, defenses = evaluation.attacks, evaluation.config.defenses
-    judges = {d: evaluation.models.get(d) for d in defenses}
+    judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses}
     for attack, eps in COLUMNS:
         limit = args.cw_images if attack == "cw" else args.images
-        started = time.perf_counter()
-
-        def crafted(chunk, x, y, attack=attack, eps=eps, limit=limit):
-            keep = min(chunk[1], limit) - chunk[0]
-            x, y = x[:keep], y[:keep]
-            return attacks.make(attack, sources[variant], attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
-
-        chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
-        variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
-        run_accuracy = {}
-        for d in defenses:
-            verdicts = [evaluation.cache.load("verdict", attacks.verdict_key(attack, eps, c)) for c in chunks]
-            kept = [v["correct"][d][: min(c[1], limit) - c[0]].float() for v, c in zip(verdicts, chunks)]
-            run_accuracy[d] = 100 * torch.cat(kept).mean().item()
-        report["cells"][f"{attack} {eps}"] = {
-            "images": images,
-            "seconds": time.perf_counter() - started,
-            "accuracy": {d: {"run_source": run_accuracy[d], "variant_source": variant_accuracy[d]} for d in defenses},
-        }
-        line = ", ".join(f"{d} {run_accuracy[d]:.1f} -> {variant_accuracy[d]:.1f}" for d in defenses)
-        print(f"{attack} {eps} ({images} images): {line}", flush=True)
+        cell = crafted_on(evaluation, evaluation.attacks, sources[variant], attack, eps, limit, judges)
+        report["cells"][f"{attack} {eps}"] = cell
+        line = ", ".join(f"{d} {a['run_source']:.1f} -> {a['variant_source']:.1f}" for d, a in cell["accuracy"].items())
+        print(f"{attack} {eps} ({cell['images']} images): {line}", flush=True)
         (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def crafted_on(
+    evaluation: Evaluation,
+    attacks: Attacks,
+    source: nn.Module,
+    attack: str,
+    eps: float | None,
+    limit: int,
+    judges: dict[str, nn.Module],
+) -> dict[str, Any]:
+    """`attack` as `attacks` builds it, crafted on `source` for the first `limit` test images of the run's chunks
+    (the run's per-chunk seeds), judged by `judges`, beside the run's cached verdicts for the same images (for
+    the judges that are defenses of the run)."""
+    started = time.perf_counter()
+
+    def crafted(chunk, x, y):
+        keep = min(chunk[1], limit) - chunk[0]
+        x, y = x[:keep], y[:keep]
+        return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
+
+    chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
+    variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
+    verdicts = [evaluation.cache.load("verdict", evaluation.attacks.verdict_key(attack, eps, c)) for c in chunks]
+    accuracy = {}
+    for name in judges:
+        run = None
+        if name in evaluation.config.defenses:
+            kept = [v["correct"][name][: min(c[1], limit) - c[0]].float() for v, c in zip(verdicts, chunks)]
+            run = 100 * torch.cat(kept).mean().item()
+        accuracy[name] = {"run_source": run, "variant_source": variant_accuracy[name]}
+    return {"images": images, "seconds": time.perf_counter() - started, "accuracy": accuracy}
+
+
+def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    attack = args.name
+    if attack not in [a for a, _ in COLUMNS]:
+        raise SystemExit(f"the attack must be one of the black-box table's, got {attack!r}")
+    config = copy.deepcopy(evaluation.config)
+    changes = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        if not hasattr(config.attack, key):
+            raise SystemExit(f"--set: unknown attack setting {key!r}")
+        changes[key] = json.loads(value)
+        setattr(config.attack, key, changes[key])
+    try:
+        validate(config)
+    except ConfigError as error:
+        raise SystemExit(f"--set: {error}") from error
+    eps = args.eps if args.eps is not None else evaluation.attacks.eps(attack, None)
+    source = evaluation.models.get(SOURCE)
+    judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses} | {"source": source}
+    attacks = Attacks(config, evaluation.data, evaluation.models, evaluation.cache)
+    cell = crafted_on(evaluation, attacks, source, attack, eps, args.images, judges)
+    for name, a in cell["accuracy"].items():
+        run = "" if a["run_source"] is None else f"run {a['run_source']:.2f} -> "
+        print(f"{attack} {eps} {changes} ({cell['images']} images) {name}: {run}changed {a['variant_source']:.2f}")
+    tag = "-".join([f"attack-{attack}", *(f"{k}{v}" for k, v in changes.items())])
+    report = {"check": tag, "attack": attack, "eps": eps, "changes": changes, **cell}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -224,6 +278,11 @@ def main() -> None:
     source.add_argument("variant", help="keras or seed:N")
     source.add_argument("--images", type=int, default=2000, help="first test images (FGSM, R+FGSM, DeepFool, JSMA)")
     source.add_argument("--cw-images", type=int, default=200, help="first test images for C&W")
+    attack = kinds.add_parser("attack", help="one black-box attack with its settings changed, on the run's source")
+    attack.add_argument("name")
+    attack.add_argument("--set", action="append", help="an attack setting of the config, KEY=VALUE (JSON value)")
+    attack.add_argument("--eps", type=float, help="FGSM, R+FGSM: the eps (default: the preset's table eps)")
+    attack.add_argument("--images", type=int, default=200, help="first test images")
     defense = kinds.add_parser("defense", help="a defense retrained with one change")
     defense.add_argument("name")
     defense.add_argument("--set", action="append", help="a recipe setting, KEY=VALUE (JSON value)")
@@ -234,7 +293,8 @@ def main() -> None:
     run = Path(args.run)
     config = load_config(preset_path("paper"), {"data_dir": args.data_dir, "out_dir": str(run)})
     evaluation = Evaluation(config, Workers(), log=print, progress=False)
-    (check_source if args.kind == "source" else check_defense)(evaluation, args, run / "checks")
+    checks = {"source": check_source, "attack": check_attack, "defense": check_defense}
+    checks[args.kind](evaluation, args, run / "checks")
 
 
 if __name__ == "__main__":

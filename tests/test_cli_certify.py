@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from nemesis_fast.checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
 from nemesis_fast.models import mnist_cnn
-from nemesis_fast.training import checkpoint_noise_sigma, load_checkpoint, save_checkpoint
 
 
 def _checkpoint(tmp_path, recipe: str = "gda", **settings) -> str:

@@ -235,18 +235,42 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         evaluate(config, log=False)
     written = list(saves)
+    total_whitebox = 3 * (3 * 2 + 2)  # chunks x (defenses x eps + the gradient-masking row's eps)
+
+    # A look at the unfinished run computes nothing and reports only what is complete, apart from its outputs.
+    partial = evaluate(config, log=False, cached_only=True)
+    assert saves == written
+    assert partial.pending == total_whitebox - 3
+    assert set(partial.clean_accuracy) == {"standard", "feature_squeezing", "gda_brelu"}
+    assert len(partial.blackbox()) == 3 * 2
+    assert [(c.defense, c.eps, c.samples) for c in partial.cells if c.setting != "blackbox"] == [("standard", 0.0, 24)]
+    assert (tmp_path / "out" / "partial" / "results.json").is_file()
+    assert not (tmp_path / "out" / "results.json").exists()
+    assert "Partial report of an unfinished run" in (tmp_path / "out" / "partial" / "results.md").read_text()
+
     saves.clear()
     interrupt[0] = False
     evaluate(config, log=False)
     assert "model" not in saves  # no model is trained twice
     assert saves.count("blackbox") == 0  # finished black-box chunks are reused
-    total_whitebox = 3 * (3 * 2 + 2)  # chunks x (defenses x eps + the gradient-masking row's eps)
     assert saves.count("whitebox") == total_whitebox - 3
     assert written.count("model") == 3  # standard, gda_brelu and the source, each once
     resumed = cell_values(tmp_path / "out" / "results.json")
     monkeypatch.setattr(ResultCache, "save", real_save)
     evaluate(config, out_dir=str(tmp_path / "fresh"), log=False)
     assert resumed == cell_values(tmp_path / "fresh" / "results.json")
+    complete = evaluate(config, log=False, cached_only=True)
+    assert complete.pending == 0
+    assert cell_values(tmp_path / "out" / "partial" / "results.json") == resumed
+
+
+def test_a_look_at_a_run_not_started_trains_nothing(tmp_path, monkeypatch):
+    saves: list[str] = []
+    monkeypatch.setattr(ResultCache, "save", lambda self, kind, settings, payload: saves.append(kind))
+    config = write_config(tmp_path, out_dir=str(tmp_path / "out"))
+    results = evaluate(config, log=False, cached_only=True)
+    assert saves == [] and results.cells == [] and results.clean_accuracy == {}
+    assert results.pending == 2 * 3 + 3 * (3 * 2 + 2)  # black-box and white-box chunks
 
 
 def test_a_damaged_cache_entry_is_recomputed(tmp_path):

@@ -58,7 +58,7 @@ def _all_keys(evaluation: Evaluation) -> dict[str, str]:
                 "whitebox", attacks.whitebox_key(defense, attack, chunk, eps=0.1)
             )
     for unit in evaluation._work():
-        if unit[0] != "certify":
+        if unit.kind != "certify":
             keys[f"unit {unit}"] = "listed"
     return keys
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nemesis_fast as nf
+from nemesis_fast.checkpoints import load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
 from nemesis_fast.data import load_mnist
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
@@ -18,7 +19,7 @@ from nemesis_fast.defenses import FeatureSqueezing, make_recipe
 from nemesis_fast.defenses.recipes import StandardRecipe
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
 from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
-from nemesis_fast.training import evaluate_accuracy, load_checkpoint, save_checkpoint, train
+from nemesis_fast.training import evaluate_accuracy, train
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ def evaluate(
     *,
     log: bool = True,
     progress: bool | None = None,
+    cached_only: bool = False,
     **overrides: Any,
 ) -> Results:
     """Trains or loads the models, runs the white-box and black-box attacks, writes and returns the results.
@@ -53,6 +54,9 @@ def evaluate(
             given (the MNIST sample shipped with the package) and the paper's defaults otherwise.
         log: print progress lines and the final tables to stderr/stdout (process 0 only).
         progress: tqdm bars; None: when stderr is a terminal.
+        cached_only: train and compute nothing: report what the run's cache holds so far (the models already
+            trained, the cells all of whose chunks are cached), in `<out_dir>/partial/`, leaving the run's own
+            outputs alone. In one process (not under torchrun); may run beside the run it reports.
         overrides: top-level settings (data_dir, dataset, out_dir, device, test_samples, synthetic...).
 
     Every setting is checked before any work starts (ConfigError, a ValueError, naming the key). Under
@@ -72,11 +76,11 @@ def evaluate(
         if workers.is_main:
             say(f"nemesis_fast evaluate: {evaluation.data.description}")
             say(f"{workers.world_size} process(es), {workers.threads} thread(s) each, device {workers.device}")
-        results = evaluation.run()
+        results = evaluation.run(cached_only=cached_only)
         if workers.is_main:
-            out = Path(config.out_dir).expanduser()
+            out = Path(config.out_dir).expanduser() / ("partial" if cached_only else "")
             paths = write_outputs(results, out)
-            if config.blackbox_attacks:
+            if config.blackbox_attacks and not cached_only:
                 clean, adversarial, labels, predictions, title = evaluation.examples()
                 plot_examples(clean, adversarial, labels, predictions, out / "examples.png", title)
                 paths["examples"] = out / "examples.png"

@@ -244,36 +244,52 @@ def validate(config: EvalConfig) -> EvalConfig:
         for key in ("fgsm_eps", "rfgsm_eps", "rfgsm_alpha"):
             if getattr(config.attack, key) is None:
                 setattr(config.attack, key, defaults[key])
+    _validate_run(config)
+    _validate_training(config.training)
+    _validate_defense(config.defense)
+    _validate_attack(config.attack)
+    _validate_certify(config.certify, config.defenses)
+    files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
+    if config.data_dir:
+        folder = Path(config.data_dir).expanduser()
+        _need(folder.is_dir(), "data_dir", f"{str(folder)!r} is not a folder; it must hold {files}")
+    elif config.dataset == "cifar10" and not config.synthetic:
+        raise ConfigError(f"data_dir: no folder given for cifar10; pass --data-dir with {files} (or --synthetic)")
+    return config
 
-    def need(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key} {message}")
 
-    need(config.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
+def _need(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _validate_run(config: EvalConfig) -> None:
+    """The run's own settings: data set, the lists of defenses, attacks and eps, device and budgets."""
+    _need(config.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
     for key, names, allowed in (
         ("defenses", config.defenses, DEFENSES),
         ("blackbox_attacks", config.blackbox_attacks, ATTACKS),
         ("whitebox_attacks", config.whitebox_attacks, WHITEBOX_ATTACKS),
     ):
         for name in names:
-            need(name in allowed, key, f"has unknown entry {name!r}; choose from {', '.join(allowed)}")
-        need(len(set(names)) == len(names), key, "lists an entry twice")
-    need(bool(config.defenses), "defenses", "must name at least one defense")
-    need(
+            _need(name in allowed, key, f"has unknown entry {name!r}; choose from {', '.join(allowed)}")
+        _need(len(set(names)) == len(names), key, "lists an entry twice")
+    _need(bool(config.defenses), "defenses", "must name at least one defense")
+    _need(
         all(name in PERTURBATION_ATTACKS for name in config.perturbation_attacks),
         "perturbation_attacks",
         f"entries must be among {', '.join(PERTURBATION_ATTACKS)}; got {config.perturbation_attacks}",
     )
-    need(config.perturbation_samples >= 0, "perturbation_samples", "must be >= 0")
+    _need(config.perturbation_samples >= 0, "perturbation_samples", "must be >= 0")
     for key in ("whitebox_eps", "blackbox_eps"):
         for i, eps in enumerate(getattr(config, key)):
-            need(
+            _need(
                 isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0,
                 f"{key}[{i}]",
                 f"must be a number >= 0, got {eps!r}",
             )
-        need(len(set(getattr(config, key))) == len(getattr(config, key)), key, "lists an eps twice")
-    need(
+        _need(len(set(getattr(config, key))) == len(getattr(config, key)), key, "lists an eps twice")
+    _need(
         config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
         "device",
         "must be auto, cpu or cuda[:N]",
@@ -283,73 +299,75 @@ def validate(config: EvalConfig) -> EvalConfig:
             check_device(config.device, "device")
         except ValueError as error:
             raise ConfigError(str(error)) from error
-    need(config.threads >= 0, "threads", "must be >= 0 (0: automatic)")
-    need(config.test_samples >= 0, "test_samples", "must be >= 0")
-    need(config.batch_size > 0, "batch_size", "must be > 0")
-    t, d, a = config.training, config.defense, config.attack
-    need(t.epochs >= 1, "training.epochs", "must be >= 1")
-    need(t.batch_size >= 1, "training.batch_size", "must be >= 1")
-    need(t.learning_rate > 0, "training.learning_rate", "must be > 0")
-    need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")
-    need(t.patience >= 1, "training.patience", "must be >= 1")
-    need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
-    need(t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)")
-    need(
+    _need(config.threads >= 0, "threads", "must be >= 0 (0: automatic)")
+    _need(config.test_samples >= 0, "test_samples", "must be >= 0")
+    _need(config.batch_size > 0, "batch_size", "must be > 0")
+
+
+def _validate_training(t: TrainingSettings) -> None:
+    _need(t.epochs >= 1, "training.epochs", "must be >= 1")
+    _need(t.batch_size >= 1, "training.batch_size", "must be >= 1")
+    _need(t.learning_rate > 0, "training.learning_rate", "must be > 0")
+    _need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")
+    _need(t.patience >= 1, "training.patience", "must be >= 1")
+    _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
+    _need(
+        t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
+    )
+    _need(
         t.source_architecture in SOURCE_ARCHITECTURES,
         "training.source_architecture",
         f"must be one of {', '.join(SOURCE_ARCHITECTURES)}; got {t.source_architecture!r}",
     )
+
+
+def _validate_defense(d: DefenseSettings) -> None:
     for key, value in (("defense.fgsm_adversarial_mode", d.fgsm_adversarial_mode), ("defense.vat_mode", d.vat_mode)):
-        need(value in MODES, key, f"must be one of {', '.join(MODES)}; got {value!r}")
+        _need(value in MODES, key, f"must be one of {', '.join(MODES)}; got {value!r}")
+    _need(d.gda_sigma is None or d.gda_sigma >= 0, "defense.gda_sigma", "must be >= 0")
+    _need(d.gda_copies is None or d.gda_copies >= 1, "defense.gda_copies", "must be >= 1")
+    _need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
+    _need(d.label_smoothing is None or 0 < d.label_smoothing <= 1, "defense.label_smoothing", "must be in (0, 1]")
+    _need(d.fgsm_adversarial_eps is None or d.fgsm_adversarial_eps >= 0, "defense.fgsm_adversarial_eps", "must be >= 0")
+    _need(d.vat_eps is None or d.vat_eps >= 0, "defense.vat_eps", "must be >= 0")
+    _need(d.vat_xi is None or d.vat_xi > 0, "defense.vat_xi", "must be > 0")
+    _need(0 <= d.squeeze_bits <= 8, "defense.squeeze_bits", "must be in 0..8 (0: the paper's)")
+
+
+def _validate_attack(a: AttackSettings) -> None:
     for key, value in (("attack.fgsm_labels", a.fgsm_labels), ("attack.rfgsm_labels", a.rfgsm_labels)):
-        need(value in LABELS, key, f"must be one of {', '.join(LABELS)}; got {value!r}")
-    need(d.gda_sigma is None or d.gda_sigma >= 0, "defense.gda_sigma", "must be >= 0")
-    need(d.gda_copies is None or d.gda_copies >= 1, "defense.gda_copies", "must be >= 1")
-    need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
-    need(d.label_smoothing is None or 0 < d.label_smoothing <= 1, "defense.label_smoothing", "must be in (0, 1]")
-    need(d.fgsm_adversarial_eps is None or d.fgsm_adversarial_eps >= 0, "defense.fgsm_adversarial_eps", "must be >= 0")
-    need(d.vat_eps is None or d.vat_eps >= 0, "defense.vat_eps", "must be >= 0")
-    need(d.vat_xi is None or d.vat_xi > 0, "defense.vat_xi", "must be > 0")
-    need(0 <= d.squeeze_bits <= 8, "defense.squeeze_bits", "must be in 0..8 (0: the paper's)")
-    need(a.fgsm_eps >= 0, "attack.fgsm_eps", f"must be >= 0, got {a.fgsm_eps}")
-    need(a.rfgsm_eps >= 0, "attack.rfgsm_eps", f"must be >= 0, got {a.rfgsm_eps}")
-    need(0 <= a.rfgsm_alpha <= a.rfgsm_eps, "attack.rfgsm_alpha", "must be in [0, attack.rfgsm_eps]")
-    need(a.deepfool_max_iter >= 1 and a.deepfool_overshoot >= 0, "attack.deepfool_*", "max_iter >= 1, overshoot >= 0")
-    need(a.deepfool_candidates >= 2, "attack.deepfool_candidates", "must be >= 2")
-    need(a.jsma_theta != 0, "attack.jsma_theta", "must be non-zero")
-    need(0 < a.jsma_gamma <= 1, "attack.jsma_gamma", "must be in (0, 1]")
-    need(a.cw_binary_search_steps >= 1 and a.cw_max_iter >= 1, "attack.cw_*", "steps and iterations must be >= 1")
-    need(a.cw_learning_rate > 0 and a.cw_initial_const > 0, "attack.cw_*", "learning rate and constant must be > 0")
-    need(a.cw_confidence >= 0, "attack.cw_confidence", f"must be >= 0, got {a.cw_confidence}")
-    need(a.cw_test_samples >= 0, "attack.cw_test_samples", "must be >= 0")
-    need(a.pgd_steps >= 1, "attack.pgd_steps", "must be >= 1")
-    need(a.pgd_restarts >= 1, "attack.pgd_restarts", "must be >= 1")
-    need(a.pgd_step_ratio > 0, "attack.pgd_step_ratio", "must be > 0")
-    need(a.pgd_test_samples >= 0, "attack.pgd_test_samples", "must be >= 0")
-    _validate_certify(config.certify, config.defenses, need)
-    files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
-    if config.data_dir:
-        folder = Path(config.data_dir).expanduser()
-        need(folder.is_dir(), "data_dir", f"{str(folder)!r} is not a folder; it must hold {files}")
-    elif config.dataset == "cifar10" and not config.synthetic:
-        raise ConfigError(f"data_dir: no folder given for cifar10; pass --data-dir with {files} (or --synthetic)")
-    return config
+        _need(value in LABELS, key, f"must be one of {', '.join(LABELS)}; got {value!r}")
+    _need(a.fgsm_eps >= 0, "attack.fgsm_eps", f"must be >= 0, got {a.fgsm_eps}")
+    _need(a.rfgsm_eps >= 0, "attack.rfgsm_eps", f"must be >= 0, got {a.rfgsm_eps}")
+    _need(0 <= a.rfgsm_alpha <= a.rfgsm_eps, "attack.rfgsm_alpha", "must be in [0, attack.rfgsm_eps]")
+    _need(a.deepfool_max_iter >= 1 and a.deepfool_overshoot >= 0, "attack.deepfool_*", "max_iter >= 1, overshoot >= 0")
+    _need(a.deepfool_candidates >= 2, "attack.deepfool_candidates", "must be >= 2")
+    _need(a.jsma_theta != 0, "attack.jsma_theta", "must be non-zero")
+    _need(0 < a.jsma_gamma <= 1, "attack.jsma_gamma", "must be in (0, 1]")
+    _need(a.cw_binary_search_steps >= 1 and a.cw_max_iter >= 1, "attack.cw_*", "steps and iterations must be >= 1")
+    _need(a.cw_learning_rate > 0 and a.cw_initial_const > 0, "attack.cw_*", "learning rate and constant must be > 0")
+    _need(a.cw_confidence >= 0, "attack.cw_confidence", f"must be >= 0, got {a.cw_confidence}")
+    _need(a.cw_test_samples >= 0, "attack.cw_test_samples", "must be >= 0")
+    _need(a.pgd_steps >= 1, "attack.pgd_steps", "must be >= 1")
+    _need(a.pgd_restarts >= 1, "attack.pgd_restarts", "must be >= 1")
+    _need(a.pgd_step_ratio > 0, "attack.pgd_step_ratio", "must be > 0")
+    _need(a.pgd_test_samples >= 0, "attack.pgd_test_samples", "must be >= 0")
 
 
-def _validate_certify(c: CertifySettings, defenses: list[str], need) -> None:
-    need(c.images >= 0, "certify.images", "must be >= 0 (0: no certified section)")
-    need(c.sigma is None or (math.isfinite(c.sigma) and c.sigma > 0), "certify.sigma", f"must be > 0, got {c.sigma}")
-    need(1 <= c.n0 <= 2**32, "certify.n0", f"must be in 1..2**32, got {c.n0}")
-    need(1 <= c.n <= 2**32, "certify.n", f"must be in 1..2**32, got {c.n}")
-    need(0 < c.alpha < 1, "certify.alpha", f"must be in (0, 1), got {c.alpha}")
-    need(c.batch_size >= 1, "certify.batch_size", "must be >= 1")
+def _validate_certify(c: CertifySettings, defenses: list[str]) -> None:
+    _need(c.images >= 0, "certify.images", "must be >= 0 (0: no certified section)")
+    _need(c.sigma is None or (math.isfinite(c.sigma) and c.sigma > 0), "certify.sigma", f"must be > 0, got {c.sigma}")
+    _need(1 <= c.n0 <= 2**32, "certify.n0", f"must be in 1..2**32, got {c.n0}")
+    _need(1 <= c.n <= 2**32, "certify.n", f"must be in 1..2**32, got {c.n}")
+    _need(0 < c.alpha < 1, "certify.alpha", f"must be in (0, 1), got {c.alpha}")
+    _need(c.batch_size >= 1, "certify.batch_size", "must be >= 1")
     for name in c.defenses or []:
-        need(name in defenses, "certify.defenses", f"has {name!r}, which is not among the run's defenses")
-    need(not c.defenses or len(set(c.defenses)) == len(c.defenses), "certify.defenses", "lists a defense twice")
+        _need(name in defenses, "certify.defenses", f"has {name!r}, which is not among the run's defenses")
+    _need(not c.defenses or len(set(c.defenses)) == len(c.defenses), "certify.defenses", "lists a defense twice")
     for i, r in enumerate(c.radii):
         ok = isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
-        need(ok, f"certify.radii[{i}]", f"must be a number >= 0, got {r!r}")
-    need(bool(c.radii) and len(set(c.radii)) == len(c.radii), "certify.radii", "must list distinct radii")
+        _need(ok, f"certify.radii[{i}]", f"must be a number >= 0, got {r!r}")
+    _need(bool(c.radii) and len(set(c.radii)) == len(c.radii), "certify.radii", "must list distinct radii")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:

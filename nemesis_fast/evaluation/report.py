@@ -94,6 +94,9 @@ class Results:
     seconds: dict[str, float] = field(default_factory=dict)
     perturbations: list[Perturbation] = field(default_factory=list)
     certified: list[CertifiedAccuracy] = field(default_factory=list)  # randomized smoothing, per defense
+    # Units of work not computed yet: > 0 only in a report of an unfinished run (evaluate(cached_only=True)),
+    # which leaves out every cell, row and model that is not complete.
+    pending: int = 0
 
     def blackbox(self) -> list[Cell]:
         """The cells of the black-box table: each attack at its configured budget."""
@@ -238,6 +241,13 @@ def _processes(results: Results) -> str:
     return f"{results.world_size} process(es) x {results.threads} thread(s)"
 
 
+def _pending(results: Results) -> str:
+    return (
+        f"Partial report of an unfinished run: {results.pending} units of work are not computed yet; the cells, "
+        "rows and clean accuracies they would complete are left out (device and processes: this report's)."
+    )
+
+
 def summary(results: Results) -> str:
     """The tables as a person reads them in the terminal."""
     samples = results.cells[0].samples if results.cells else 0
@@ -246,6 +256,8 @@ def summary(results: Results) -> str:
         f"nemesis_fast {results.version} on {results.device} ({_processes(results)}), "
         f"dataset {results.config['dataset']}, {samples} test images attacked{certified}"
     ]
+    if results.pending:
+        parts.append(_pending(results))
     if results.blackbox():
         parts += [
             "",
@@ -266,6 +278,8 @@ def markdown(results: Results) -> str:
         f"nemesis_fast {results.version}, {results.device}, {_processes(results)}.",
         "",
     ]
+    if results.pending:
+        parts += [f"**{_pending(results)}**", ""]
     if results.blackbox():
         parts += ["## Black-box accuracy (%)", "", render_markdown(*blackbox_table(results)), ""]
     for title, header, rows in _sections(results):

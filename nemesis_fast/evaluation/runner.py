@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -76,6 +76,23 @@ def load_data(config: EvalConfig) -> Dataset:
     return Dataset(train_x, train_y, test_x, test_y, identity, description)
 
 
+class Unit(NamedTuple):
+    """One unit of the attack phase, on one chunk of test images: "blackbox" (attack, eps: the source's
+    examples judged by every defense), "whitebox" (defense, attack, eps, bpda), "perturbation" (defense,
+    attack: the smallest fooling perturbation) or "certify" (defense)."""
+
+    kind: str
+    chunk: Chunk
+    attack: str | None = None
+    defense: str | None = None
+    eps: float | None = None
+    bpda: bool = True
+
+    def group(self) -> Unit:
+        """The unit without its chunk: the cell (or row) its outcome counts towards."""
+        return self._replace(chunk=None)
+
+
 def _progress(items: list, description: str, enabled: bool) -> Iterable:
     if enabled:
         try:
@@ -124,47 +141,54 @@ class Evaluation:
         runs += [(a, float(e)) for a in SWEEP_ATTACKS for e in c.blackbox_eps if (a, float(e)) not in runs]
         return runs
 
-    def _work(self) -> list[tuple]:
-        """Every unit of work, in a fixed order; the last entry of each is its chunk."""
+    def _work(self) -> list[Unit]:
+        """Every unit of work, in a fixed order."""
         c = self.config
-        units: list[tuple] = []
+        units: list[Unit] = []
         for attack, eps in self._blackbox_runs():
-            units += [("blackbox", attack, eps, chunk) for chunk in self.blackbox_chunks(attack)]
+            units += [Unit("blackbox", chunk, attack, eps=eps) for chunk in self.blackbox_chunks(attack)]
         for defense in c.defenses:
             for attack in c.whitebox_attacks:
                 chunks = self.chunks(c.attack.pgd_test_samples if attack == "pgd" else 0)
                 for eps in c.whitebox_eps:
-                    units += [("whitebox", defense, attack, eps, True, chunk) for chunk in chunks]
+                    units += [Unit("whitebox", chunk, attack, defense, eps) for chunk in chunks]
                     if defense == "feature_squeezing":
-                        units += [("whitebox", defense, attack, eps, False, chunk) for chunk in chunks]
+                        units += [Unit("whitebox", chunk, attack, defense, eps, bpda=False) for chunk in chunks]
             for attack in c.perturbation_attacks:
-                units += [("perturbation", defense, attack, chunk) for chunk in self.chunks(c.perturbation_samples)]
+                units += [Unit("perturbation", chunk, attack, defense) for chunk in self.chunks(c.perturbation_samples)]
         if c.certify.images:
             for defense in certified_defenses(c):
-                units += [("certify", defense, chunk) for chunk in self.chunks(c.certify.images)]
+                units += [Unit("certify", chunk, defense=defense) for chunk in self.chunks(c.certify.images)]
         return units
 
-    def _entry(self, unit: tuple) -> tuple[str, dict[str, Any]]:
-        """The cache kind and key of the entry that holds `unit`'s outcome."""
-        kind = unit[0]
-        if kind == "blackbox":
-            return "verdict", self.attacks.verdict_key(unit[1], unit[2], unit[3])
-        if kind == "whitebox":
-            return kind, self.attacks.whitebox_key(unit[1], unit[2], unit[5], unit[4], eps=unit[3])
-        if kind == "certify":
-            return kind, self.certification.key(unit[1], unit[2])
-        return kind, self.attacks.whitebox_key(unit[1], unit[2], unit[3])
+    def _entry(self, u: Unit) -> tuple[str, dict[str, Any]]:
+        """The cache kind and key of the entry that holds `u`'s outcome."""
+        if u.kind == "blackbox":
+            return "verdict", self.attacks.verdict_key(u.attack, u.eps, u.chunk)
+        if u.kind == "whitebox":
+            return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk, u.bpda, eps=u.eps)
+        if u.kind == "certify":
+            return u.kind, self.certification.key(u.defense, u.chunk)
+        return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk)
 
-    def _cost(self, unit: tuple) -> float:
-        """`unit`'s estimated work, in FGSM steps (see :meth:`Attacks.cost`)."""
-        start, stop = unit[-1]
-        kind = unit[0]
-        if kind == "certify":  # a forward pass is about a third of a step
+    def _cost(self, u: Unit) -> float:
+        """`u`'s estimated work, in FGSM steps (see :meth:`Attacks.cost`)."""
+        start, stop = u.chunk
+        if u.kind == "certify":  # a forward pass is about a third of a step
             return (stop - start) * (self.config.certify.n0 + self.config.certify.n) / 3
-        attack = unit[1] if kind == "blackbox" else unit[2]
-        return (stop - start) * self.attacks.cost(attack)
+        return (stop - start) * self.attacks.cost(u.attack)
 
-    def _share(self, units: list[tuple]) -> list[tuple]:
+    def _do(self, u: Unit) -> dict[str, Any]:
+        """Computes `u`'s outcome (or loads it from the cache)."""
+        if u.kind == "blackbox":
+            return self.attacks.blackbox(u.attack, u.eps, u.chunk)
+        if u.kind == "whitebox":
+            return self.attacks.whitebox(u.defense, u.attack, u.eps, u.chunk, bpda=u.bpda)
+        if u.kind == "certify":
+            return self.certification.run(u.defense, u.chunk)
+        return self.attacks.perturbation(u.defense, u.attack, u.chunk)
+
+    def _share(self, units: list[Unit]) -> list[Unit]:
         """This process's units: those whose outcome is in its cache and in no lower rank's, and a share of the
         rest, placed by estimated cost (:func:`nemesis_fast.parallel.share_out`)."""
         if not self.workers.distributed:
@@ -182,24 +206,18 @@ class Evaluation:
             self.log(f"rank {rank}: {len(todo)} units to compute ({share:.0f}% of the estimated work left)")
         return [unit for unit, rank in zip(units, owner) if rank == self.workers.rank]
 
-    def _do(self, unit: tuple) -> dict[str, Any]:
-        kind = unit[0]
-        if kind == "blackbox":
-            return self.attacks.blackbox(unit[1], unit[2], unit[3])
-        if kind == "whitebox":
-            return self.attacks.whitebox(unit[1], unit[2], unit[3], unit[5], bpda=unit[4])
-        if kind == "certify":
-            return self.certification.run(unit[1], unit[2])
-        return self.attacks.perturbation(unit[1], unit[2], unit[3])
-
-    def run(self) -> Results:
+    def run(self, *, cached_only: bool = False) -> Results:
+        """Trains (or loads) the models, computes this process's share of the units of work (or loads them),
+        gathers the outcomes and returns the results. cached_only: compute nothing; report what the cache holds
+        (see :meth:`cached_results`)."""
+        if cached_only:
+            return self.cached_results()
         started = time.perf_counter()
         self.models.prepare()  # on every process alike: each model is trained once, by one of them
         self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
         clean = {
-            d: 100
-            * evaluate_accuracy(self.models.get(d), self.data.test_images, self.data.test_labels, device=self.device)
+            d: 100 * evaluate_accuracy(self.models.get(d), *self._test_set(), device=self.device)
             for d in self.config.defenses
         }
         units = self._work()
@@ -208,12 +226,43 @@ class Evaluation:
         self.log(f"attacking {len(self.data.test_labels)} test images{certifying}: {len(units)} units of work")
         attack_started = time.perf_counter()
         outcomes = {unit: self._do(unit) for unit in _progress(mine, "attacks", self.progress)}
-        gathered: dict[tuple, dict[str, Any]] = {}
+        gathered: dict[Unit, dict[str, Any]] = {}
         for part in self.workers.gather(outcomes):
             gathered.update(part)
         self.seconds["attacks"] = time.perf_counter() - attack_started
-        cells, perturbations, certified = self._cells(units, gathered)
-        if certified:  # part of the time above: the certification's own, as cached
+        return self._results(clean, units, gathered, started)
+
+    def cached_results(self) -> Results:
+        """The results of what the cache holds, computing nothing (for a look at an unfinished run): the clean
+        accuracy of every model already trained, and every cell, row and certificate all of whose units of work
+        are cached; `pending` counts the units not computed yet. In one process only."""
+        if self.workers.distributed:
+            raise ConfigError("cached_only: run it in one process, not under torchrun")
+        started = time.perf_counter()
+        models = {d: self.models.cached(d) for d in self.config.defenses}
+        clean = {
+            d: 100 * evaluate_accuracy(m, *self._test_set(), device=self.device)
+            for d, m in models.items()
+            if m is not None
+        }
+        units = self._work()
+        entries = {unit: self.cache.load(*self._entry(unit)) for unit in units}
+        groups: dict[Unit, list[Unit]] = {}
+        for unit in units:
+            groups.setdefault(unit.group(), []).append(unit)
+        complete = [u for members in groups.values() if all(entries[m] is not None for m in members) for u in members]
+        results = self._results(clean, complete, entries, started)
+        results.pending = sum(entry is None for entry in entries.values())
+        return results
+
+    def _test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.test_images, self.data.test_labels
+
+    def _results(
+        self, clean: dict[str, float], units: list[Unit], outcomes: dict[Unit, dict[str, Any]], started: float
+    ) -> Results:
+        cells, perturbations, certified = self._cells(units, outcomes)
+        if certified and "attacks" in self.seconds:  # part of the attack phase's time: the certification's own
             self.seconds["of which certify"] = sum(r.seconds for r in certified)
         return Results(
             config=self.config.to_dict(),
@@ -229,34 +278,31 @@ class Evaluation:
         )
 
     def _cells(
-        self, units: list[tuple], outcomes: dict[tuple, dict[str, Any]]
+        self, units: list[Unit], outcomes: dict[Unit, dict[str, Any]]
     ) -> tuple[list[Cell], list[Perturbation], list[CertifiedAccuracy]]:
-        groups: dict[tuple, list[dict[str, Any]]] = {}
+        groups: dict[Unit, list[dict[str, Any]]] = {}
         for unit in units:  # in chunk order, whichever process computed it
-            groups.setdefault(unit[:-1], []).append(outcomes[unit])
+            groups.setdefault(unit.group(), []).append(outcomes[unit])
         cells, perturbations, certified = [], [], []
-        for group, parts in groups.items():
-            if group[0] == "certify":
+        for g, parts in groups.items():
+            if g.kind == "certify":
                 settings, radii = self.certification.settings(), self.config.certify.radii
-                certified.append(certified_stats(group[1], settings, radii, self.data.test_labels, parts))
+                certified.append(certified_stats(g.defense, settings, radii, self.data.test_labels, parts))
                 continue
             seconds = sum(float(p["seconds"]) for p in parts)
-            if group[0] == "perturbation":
-                _, defense, attack = group
+            if g.kind == "perturbation":
                 norm, fooled, clean = (torch.cat([p[k] for p in parts]) for k in ("norm", "fooled", "clean_correct"))
-                perturbations.append(perturbation_stats(defense, attack, norm, fooled, clean, seconds))
+                perturbations.append(perturbation_stats(g.defense, g.attack, norm, fooled, clean, seconds))
                 continue
             l2, linf, l0 = (torch.cat([p[k] for p in parts]) for k in ("l2", "linf", "l0"))
-            if group[0] == "blackbox":
-                _, attack, eps = group
+            if g.kind == "blackbox":
                 for defense in self.config.defenses:
                     correct = torch.cat([p["correct"][defense] for p in parts])
-                    cells.append(_cell(defense, attack, "blackbox", eps, correct, l2, linf, l0, seconds))
+                    cells.append(_cell(defense, g.attack, "blackbox", g.eps, correct, l2, linf, l0, seconds))
             else:
-                _, defense, attack, eps, bpda = group
-                setting = "whitebox" if bpda else "whitebox-gradient-masking"
+                setting = "whitebox" if g.bpda else "whitebox-gradient-masking"
                 correct = torch.cat([p["correct"] for p in parts])
-                cells.append(_cell(defense, attack, setting, eps, correct, l2, linf, l0, seconds))
+                cells.append(_cell(g.defense, g.attack, setting, g.eps, correct, l2, linf, l0, seconds))
         return cells, perturbations, certified
 
     def examples(
@@ -294,4 +340,4 @@ def _cell(defense, attack, setting, eps, correct, l2, linf, l0, seconds) -> Cell
     )
 
 
-__all__ = ["ATTACK_LABELS", "Dataset", "Evaluation", "load_data"]
+__all__ = ["ATTACK_LABELS", "Dataset", "Evaluation", "Unit", "load_data"]

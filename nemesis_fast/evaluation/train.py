@@ -120,6 +120,24 @@ class Models:
             raise KeyError(f"model {name!r} is not among those this evaluation trains ({', '.join(self.needed())})")
         return self.loaded[name]
 
+    def cached(self, name: str) -> nn.Module | None:
+        """The model `name` if its weights are in the cache (loaded, in eval mode on the device), else None;
+        never trains (for a report of an unfinished run)."""
+        if name not in self.loaded:
+            if self._squeezes_standard(name):
+                standard = self.cached("standard")
+                if standard is None:
+                    return None
+                model = FeatureSqueezing(standard, self.config.squeeze_bits, bpda=True)
+            else:
+                entry = self.cache.load("model", self.key(name))
+                if entry is None:
+                    return None
+                model = self.build(name)
+                model.load_state_dict(entry["state_dict"])
+            self.loaded[name] = model.to(self.device).eval()
+        return self.loaded[name]
+
     def cost(self, name: str) -> float:
         """The estimated cost of training model `name` (for sharing the training out among processes)."""
         key = self.key(name)

@@ -1,6 +1,7 @@
 """ART's DeepFool, batched in torch: every image of a chunk still on its first prediction steps at once, with the
-candidate classes' gradients from one forward and one batched backward pass (ART takes one backward pass per
-class, through numpy, for every image of the chunk at every step)."""
+gradients of output_k - output_p for the other candidate classes k from one forward and one batched backward
+pass (ART takes one backward pass per class, through numpy, for every image of the chunk at every step, and
+subtracts)."""
 
 from __future__ import annotations
 
@@ -102,39 +103,45 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         candidates: torch.Tensor,
     ) -> torch.Tensor:
         """ART's loop over one chunk: the moved images before the final overshoot."""
-        weights = F.one_hot(candidates, view.nb_classes).to(x.dtype)[:, None, :]  # (L, 1, C)
+        if len(candidates) < 2:  # no other class to move towards: ART's steps are all zero
+            return x.clone()
         first = outputs.argmax(1)
-        position = torch.searchsorted(candidates, first)  # of each image's first prediction among the candidates
+        # Each image's candidates other than its first prediction p (p is always a candidate: it is its top-1),
+        # in the candidates' order, and the weights e_k - e_p whose gradients are ART's w_k (n, L - 1, C).
+        others = torch.arange(len(candidates) - 1, device=x.device)[None]
+        others = others + (others >= torch.searchsorted(candidates, first)[:, None])
+        targets = candidates[others]
+        weights = F.one_hot(targets, view.nb_classes).to(x.dtype) - F.one_hot(first, view.nb_classes)[:, None].to(
+            x.dtype
+        )
+        weights = weights.transpose(0, 1)  # (L - 1, n, C)
         batch = x.clone()
         index = torch.arange(len(x), device=x.device)  # every image takes the first step
-        logits, grads = engine.logit_gradients(x, weights.expand(-1, len(x), -1))
+        logits, grads = engine.logit_gradients(x, weights)
         for _ in range(self.max_iter):
             if index.numel() == 0:
                 break
-            r = self._step(logits, grads.transpose(0, 1), candidates, position[index])
+            r = self._step(logits, grads.transpose(0, 1), targets[index], first[index])
             if view.clip is None:
                 batch[index] = batch[index] + r
             else:
                 low, high = view.clip
                 span = np.float32(high) - np.float32(low)
                 batch[index] = torch.clamp(batch[index] + r * float(span), low, high)
-            logits, grads = engine.logit_gradients(batch[index], weights.expand(-1, len(index), -1))
+            logits, grads = engine.logit_gradients(batch[index], weights[:, index])
             keep = logits.argmax(1) == first[index]
             index, logits, grads = index[keep], logits[keep], grads[:, keep]
         return batch
 
     @staticmethod
-    def _step(logits: torch.Tensor, grads: torch.Tensor, candidates: torch.Tensor, position: torch.Tensor):
-        """ART's step r for images with outputs `logits` (n, C) and candidate gradients `grads` (n, L, ...)."""
+    def _step(logits: torch.Tensor, grads: torch.Tensor, targets: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """ART's step r for images with outputs `logits` (n, C), other candidates `targets` (n, L - 1), first
+        predictions `first` (n,) and `grads` (n, L - 1, ...): the gradients of output_k - output_p."""
         rows = torch.arange(len(logits), device=logits.device)
-        grad_diff = grads - grads[rows, position][:, None]
-        f = logits[:, candidates]
-        f_diff = f - f[rows, position][:, None]
-        norm = torch.linalg.vector_norm(grad_diff.flatten(2), 2, dim=2) + _TOL
-        value = torch.abs(f_diff) / norm
-        value[rows, position] = torch.inf
-        nearest = value.argmin(1)
-        chosen = grad_diff[rows, nearest]
+        f_diff = logits.gather(1, targets) - logits[rows, first][:, None]
+        norm = torch.linalg.vector_norm(grads.flatten(2), 2, dim=2) + _TOL
+        nearest = (torch.abs(f_diff) / norm).argmin(1)
+        chosen = grads[rows, nearest]
         length = torch.linalg.vector_norm(chosen.flatten(1), 2, dim=1) ** 2 + _TOL
         scale = torch.abs(f_diff[rows, nearest]) / length
         return scale.view(-1, *([1] * (chosen.dim() - 1))) * chosen

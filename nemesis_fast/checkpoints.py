@@ -1,0 +1,132 @@
+"""Model checkpoints: :func:`save_checkpoint` writes a trained model with its recipe, settings, architecture and
+training-noise sigma; :func:`load_checkpoint` reads one back (``weights_only``), refusing one that differs from
+what the caller asks for. (Mid-training states for resuming: :mod:`nemesis_fast.resume`.)"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import torch_save_atomic
+from .models import architecture_of, build_model
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    recipe: str,
+    settings: dict[str, Any] | None = None,
+    architecture: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics", "noise_sigma",
+    "nemesis_fast_version"} to `path` (atomically; tensors moved to the CPU). `architecture` defaults to the
+    one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models). "noise_sigma" is
+    the standard deviation of the Gaussian noise the model was trained on (the gda recipe's sigma; None for the
+    other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
+    from . import __version__
+
+    if not isinstance(recipe, str):
+        raise TypeError(f"recipe must be a str, got {type(recipe).__name__}")
+    path = Path(path)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "recipe": recipe,
+        "settings": dict(settings or {}),
+        "architecture": architecture if architecture is not None else architecture_of(model),
+        "metrics": dict(metrics or {}),
+        "noise_sigma": training_noise_sigma(recipe, settings),
+        "nemesis_fast_version": __version__,
+    }
+    torch_save_atomic(path, payload)
+    return path
+
+
+def training_noise_sigma(recipe: str, settings: dict[str, Any] | None) -> float | None:
+    """The standard deviation of the Gaussian noise a recipe trains on: the gda recipe's sigma (its default
+    where `settings` leave it out), None for the recipes without noise."""
+    if recipe != "gda":
+        return None
+    sigma = (settings or {}).get("sigma")
+    if sigma is None:
+        from .defenses.recipes import GDASettings
+
+        sigma = GDASettings().sigma
+    return float(sigma)
+
+
+def checkpoint_noise_sigma(meta: dict[str, Any]) -> float | None:
+    """The training noise's sigma recorded in a checkpoint's entries (as :func:`load_checkpoint` returns them);
+    for checkpoints written before it was recorded, read from a gda recipe's settings. None: no noise."""
+    if meta.get("noise_sigma") is not None:
+        return float(meta["noise_sigma"])
+    return training_noise_sigma(meta.get("recipe", ""), meta.get("settings"))
+
+
+def _differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    return [f"{k}={found.get(k, '<absent>')!r} (asked {v!r})" for k, v in wanted.items() if found.get(k) != v]
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    model_name: str | None = None,
+    architecture_kwargs: dict[str, Any] | None = None,
+    recipe: str | None = None,
+    settings: dict[str, Any] | None = None,
+    map_location: torch.device | str = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a checkpoint of :func:`save_checkpoint` with `torch.load(weights_only=True)` (no code runs).
+
+    Refuses (ValueError naming what differs) a checkpoint whose recipe differs from `recipe`, whose settings
+    differ from the entries of `settings`, whose architecture name differs from `model_name`, whose
+    architecture kwargs differ from the entries of `architecture_kwargs`, or, when `model` is given and
+    records its architecture, whose architecture differs from the model's. Without `model` the model is rebuilt
+    from the recorded architecture. Returns (model with the weights loaded, the checkpoint's other entries).
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # a foreign or damaged file: whatever torch.load raises
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {error})") from error
+    required = ("state_dict", "recipe", "settings", "architecture", "nemesis_fast_version")
+    if not isinstance(payload, dict) or any(key not in payload for key in required):
+        raise ValueError(f"{path}: not a nemesis_fast checkpoint (needs the entries {', '.join(required)})")
+    if recipe is not None and payload["recipe"] != recipe:
+        raise ValueError(f"{path}: trained with recipe {payload['recipe']!r}, not the {recipe!r} asked for")
+    if settings:
+        differ = _differences(payload["settings"], settings)
+        if differ:
+            raise ValueError(f"{path}: recipe settings differ from those asked: {'; '.join(differ)}")
+    arch = payload["architecture"]
+    if model_name is not None and (arch is None or arch["name"] != model_name):
+        found = arch["name"] if arch else "an unrecorded architecture"
+        raise ValueError(f"{path}: holds a {found!r} model, not the {model_name!r} asked for")
+    if architecture_kwargs:
+        differ = _differences(arch["kwargs"] if arch else {}, architecture_kwargs)
+        if differ:
+            raise ValueError(f"{path}: architecture differs from the one asked: {'; '.join(differ)}")
+    if model is None:
+        if arch is None:
+            raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
+        model = build_model(arch["name"], **arch["kwargs"])
+    else:
+        mine = architecture_of(model)
+        if mine is not None and arch is not None and mine != arch:
+            if mine["name"] != arch["name"]:
+                raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")
+            differ = _differences(arch["kwargs"], mine["kwargs"])
+            raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
