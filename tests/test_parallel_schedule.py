@@ -3,6 +3,8 @@ byte packing of weights: everything of nemesis_fast.parallel that runs in one pr
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from nemesis_fast.parallel import (
     training_cost,
 )
 from nemesis_fast.parallel.exchange import pack, packed_size, unpack
-from nemesis_fast.parallel.workers import usable_cores
+from nemesis_fast.parallel.workers import usable_cores, wait_timeout
 
 # The quick preset's models on MNIST, with the costs of training_cost (per 4500 training images).
 PAPER = [
@@ -251,3 +253,11 @@ def test_one_process_trains_what_its_store_lacks_and_stores_it():
     assert torch.equal(trained["b"][0]["x"], torch.full((2,), 2.0))
     assert trained["b"][1] == {"seconds": 2.0, "trained_by": 0, "processes": 1, "threads": torch.get_num_threads()}
     assert trained["a"] == held
+
+
+def test_a_process_waits_for_the_others_as_long_as_asked():
+    assert wait_timeout({}) == timedelta(hours=24)  # longer than any one unit of work, unlike torch's 30 minutes
+    assert wait_timeout({"NEMESIS_FAST_WAIT_HOURS": "0.5"}) == timedelta(minutes=30)
+    for bad in ("0", "-1", "soon", "inf", "nan"):
+        with pytest.raises(ValueError, match="NEMESIS_FAST_WAIT_HOURS must be a number of hours > 0"):
+            wait_timeout({"NEMESIS_FAST_WAIT_HOURS": bad})

@@ -7,9 +7,11 @@ that the numbers do not depend on the number of processes: the results are gathe
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -83,6 +85,27 @@ def auto_threads(device: torch.device, environ: Mapping[str, str] = os.environ) 
     return max(1, usable_cores() // local_processes)
 
 
+WAIT_HOURS_VARIABLE = "NEMESIS_FAST_WAIT_HOURS"
+DEFAULT_WAIT_HOURS = 24.0
+
+
+def wait_timeout(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """How long a process waits at a collective (gathering results, receiving a model another process trains)
+    before giving up: NEMESIS_FAST_WAIT_HOURS (default 24). The work is shared out by estimated cost, so a
+    process may finish its share hours before the others (a C&W unit alone can take an hour on a CPU); torch's
+    own default (30 minutes on gloo, 10 on NCCL) would end such a run in an error after all its work is done."""
+    text = environ.get(WAIT_HOURS_VARIABLE)
+    if text is None:
+        return timedelta(hours=DEFAULT_WAIT_HOURS)
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not math.isfinite(hours) or hours <= 0:
+        raise ValueError(f"{WAIT_HOURS_VARIABLE} must be a number of hours > 0, got {text!r}")
+    return timedelta(hours=hours)
+
+
 def set_threads(threads: int, device: torch.device) -> int:
     """Sets torch's intra-op threads: `threads` when > 0, else :func:`auto_threads`; returns the count in use."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
@@ -106,7 +129,7 @@ def start(device_name: str, threads: int = 0) -> Workers:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=wait_timeout())
     return Workers(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
