@@ -45,7 +45,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "interrupted run continues where it stopped.",
     )
     p.add_argument("--config", help="a TOML or JSON config file (see nemesis_fast/evaluation/presets/paper.toml)")
-    p.add_argument("--preset", help="a shipped config: quick, paper (the authors' settings) or paper_headline")
+    p.add_argument(
+        "--preset",
+        help="a shipped config: quick, paper (the authors' settings), paper_table (their Table 1's attack "
+        "settings, black-box only) or paper_headline",
+    )
     p.add_argument("--data-dir", help="folder of the MNIST IDX files, or of cifar-10-batches-py")
     p.add_argument("--dataset", choices=("mnist", "cifar10"), help="default: mnist")
     p.add_argument("--synthetic", action="store_true", help="random data of the data set's shape (throughput runs)")

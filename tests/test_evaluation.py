@@ -196,6 +196,50 @@ def test_presets_are_valid():
         preset_path("fast")
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out.update(_differences(a[key], b[key], f"{prefix}{key}."))
+        elif a.get(key) != b.get(key):
+            out[prefix + key] = (a.get(key), b.get(key))
+    return out
+
+
+def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4e6():
+    paper, table = load_config(preset_path("paper")), load_config(preset_path("paper_table"))
+    assert _differences(paper.to_dict(), table.to_dict()) == {
+        "attack.fgsm_eps": (0.3, 0.08),  # a point of the FGSM grid 0.01-0.09 of 1-16 August 2017
+        "attack.jsma_theta": (1.0, 0.1),
+        "attack.cw_confidence": (10.0, 2.3),
+        "blackbox_eps": (paper.blackbox_eps, []),  # black-box only
+        "whitebox_attacks": (["fgsm", "rfgsm", "pgd"], []),
+        "perturbation_attacks": (["deepfool", "cw", "jsma"], []),
+        "certify.images": (200, 0),
+    }
+    text = preset_path("paper_table").read_text()
+    assert all(commit in text for commit in ("ace25b4e6", "853478e9a", "323e9545c", "397a9a093"))
+
+
+def test_a_config_can_start_from_another(tmp_path):
+    (tmp_path / "mine.toml").write_text('base = "paper"\ntest_samples = 100\n[attack]\njsma_theta = 0.5\n')
+    (tmp_path / "child.toml").write_text('base = "mine.toml"\n[attack]\ncw_confidence = 1.0\n')
+    paper, child = load_config(preset_path("paper")), load_config(tmp_path / "child.toml")
+    assert _differences(paper.to_dict(), child.to_dict()) == {
+        "test_samples": (0, 100),
+        "attack.jsma_theta": (1.0, 0.5),  # sections merge key by key, through the chain
+        "attack.cw_confidence": (10.0, 1.0),
+    }
+    for text, message in (
+        ('base = "nonesuch"', "base .*'nonesuch' is neither a config file nor a preset"),
+        ("base = 3", "base .*must be a preset name or a config file path"),
+        ('base = "loop.toml"', "base .*leads back to a config already read"),
+    ):
+        (tmp_path / "loop.toml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(tmp_path / "loop.toml")
+
+
 @pytest.mark.slow
 def test_cli_end_to_end_on_a_tiny_configuration(tmp_path):
     config = write_config(tmp_path)

@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ..parallel import start, stop
-from .config import DATASET_DEFAULTS, ConfigError, EvalConfig, load_config
+from .config import DATASET_DEFAULTS, PRESETS_DIR, ConfigError, EvalConfig, load_config
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
 
-PRESETS_DIR = Path(__file__).with_name("presets")
-
 
 def preset_path(name: str) -> Path:
     """The config file of a shipped preset ("quick": a few minutes on a CPU; "paper": the authors' experiment;
+    "paper_table": its black-box table with the attack settings the paper's Table 1 was made with;
     "paper_headline": the settings read from the paper's text)."""
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():

@@ -45,6 +45,9 @@ LABELS = ("true", "predicted")
 MODES = ("offline", "online")
 
 
+PRESETS_DIR = Path(__file__).with_name("presets")  # the shipped configs: quick, paper, ...
+
+
 class ConfigError(ValueError):
     """A setting that is unknown or out of range; the message names the key."""
 
@@ -234,6 +237,36 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
     return value
 
 
+def _read_values(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The keys of the config file `path`, with its `base`'s under them (`chain`: the files that led here)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"config file {path} is not valid {kind}: {error}") from error
+    if "base" not in values:
+        return values
+    base = values.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base (in {path}) must be a preset name or a config file path, got {base!r}")
+    base_path = path.parent / base if Path(base).suffix in (".toml", ".json") else PRESETS_DIR / f"{base}.toml"
+    if not base_path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        raise ConfigError(f"base (in {path}): {base!r} is neither a config file nor a preset ({known})")
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise ConfigError(f"base (in {path}): {base!r} leads back to a config already read (a cycle)")
+    merged = _read_values(base_path, (*chain, path))
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def validate(config: EvalConfig) -> EvalConfig:
     """Fills the data set's defaults into unset budgets, then checks every setting; raises ConfigError naming
     the first bad one."""
@@ -371,19 +404,12 @@ def _validate_certify(c: CertifySettings, defenses: list[str]) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys), validates."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-        try:
-            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (ValueError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(
-                f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}"
-            ) from error
+    """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys), validates.
+
+    A config may start from another with a top-level ``base``: the name of a shipped preset (e.g. "paper") or
+    the path of a config file (relative to this one); its own keys then override the base's, section by
+    section."""
+    values = _read_values(Path(path), ()) if path is not None else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
