@@ -181,18 +181,25 @@ def crafted_on(
     return {"images": images, "seconds": time.perf_counter() - started, "accuracy": accuracy}
 
 
+def parse_settings(items: list[str] | None) -> dict[str, Any]:
+    """The --set KEY=VALUE arguments (VALUE in JSON) as a dict."""
+    settings = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        settings[key] = json.loads(value)
+    return settings
+
+
 def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     attack = args.name
     if attack not in [a for a, _ in COLUMNS]:
         raise SystemExit(f"the attack must be one of the black-box table's, got {attack!r}")
     config = copy.deepcopy(evaluation.config)
-    changes = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
+    changes = parse_settings(args.set)
+    for key, value in changes.items():
         if not hasattr(config.attack, key):
             raise SystemExit(f"--set: unknown attack setting {key!r}")
-        changes[key] = json.loads(value)
-        setattr(config.attack, key, changes[key])
+        setattr(config.attack, key, value)
     try:
         validate(config)
     except ConfigError as error:
@@ -229,10 +236,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     name = args.name
     if name not in evaluation.config.defenses or name == "feature_squeezing":
         raise SystemExit(f"the defense must be one of the run's trained defenses, got {name!r}")
-    settings = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        settings[key] = json.loads(value)
+    settings = parse_settings(args.set)
     changes: dict[str, Any] = {"settings": settings}
     if args.patience is not None:
         changes["patience"] = None if args.patience == "none" else int(args.patience)

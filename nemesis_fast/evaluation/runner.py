@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 from .._version import __version__
 from ..bench.harness import device_name
@@ -216,10 +217,7 @@ class Evaluation:
         self.models.prepare()  # on every process alike: each model is trained once, by one of them
         self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
-        clean = {
-            d: 100 * evaluate_accuracy(self.models.get(d), *self._test_set(), device=self.device)
-            for d in self.config.defenses
-        }
+        clean = self._clean_accuracy({d: self.models.get(d) for d in self.config.defenses})
         units = self._work()
         mine = self._share(units)
         certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
@@ -239,12 +237,7 @@ class Evaluation:
         if self.workers.distributed:
             raise ConfigError("cached_only: run it in one process, not under torchrun")
         started = time.perf_counter()
-        models = {d: self.models.cached(d) for d in self.config.defenses}
-        clean = {
-            d: 100 * evaluate_accuracy(m, *self._test_set(), device=self.device)
-            for d, m in models.items()
-            if m is not None
-        }
+        clean = self._clean_accuracy({d: self.models.cached(d) for d in self.config.defenses})
         units = self._work()
         entries = {unit: self.cache.load(*self._entry(unit)) for unit in units}
         groups: dict[Unit, list[Unit]] = {}
@@ -255,8 +248,10 @@ class Evaluation:
         results.pending = sum(entry is None for entry in entries.values())
         return results
 
-    def _test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data.test_images, self.data.test_labels
+    def _clean_accuracy(self, models: dict[str, nn.Module | None]) -> dict[str, float]:
+        """Test accuracy (%) of each model given (None: not trained yet, left out)."""
+        test = self.data.test_images, self.data.test_labels
+        return {d: 100 * evaluate_accuracy(m, *test, device=self.device) for d, m in models.items() if m is not None}
 
     def _results(
         self, clean: dict[str, float], units: list[Unit], outcomes: dict[Unit, dict[str, Any]], started: float

@@ -112,8 +112,7 @@ class Models:
         loaded by :meth:`prepare` first, which every process must call alike)."""
         if name not in self.loaded:
             if self._squeezes_standard(name):
-                model = FeatureSqueezing(self.get("standard"), self.config.squeeze_bits, bpda=True)
-                self.loaded[name] = model.to(self.device).eval()
+                self._install(name, FeatureSqueezing(self.get("standard"), self.config.squeeze_bits, bpda=True))
             elif not self.prepared:
                 self.prepare()
         if name not in self.loaded:
@@ -123,19 +122,21 @@ class Models:
     def cached(self, name: str) -> nn.Module | None:
         """The model `name` if its weights are in the cache (loaded, in eval mode on the device), else None;
         never trains (for a report of an unfinished run)."""
-        if name not in self.loaded:
-            if self._squeezes_standard(name):
-                standard = self.cached("standard")
-                if standard is None:
-                    return None
-                model = FeatureSqueezing(standard, self.config.squeeze_bits, bpda=True)
-            else:
-                entry = self.cache.load("model", self.key(name))
-                if entry is None:
-                    return None
-                model = self.build(name)
-                model.load_state_dict(entry["state_dict"])
-            self.loaded[name] = model.to(self.device).eval()
+        if name in self.loaded:
+            return self.loaded[name]
+        if self._squeezes_standard(name):
+            standard = self.cached("standard")
+            if standard is None:
+                return None
+            return self._install(name, FeatureSqueezing(standard, self.config.squeeze_bits, bpda=True))
+        stored = _CacheStore(self.cache, {name: self.key(name)}).load(name)
+        return None if stored is None else self._install(name, self.build(name), stored[0])
+
+    def _install(self, name: str, model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Puts `model` (with the weights `state`, when given) in eval mode on the device as model `name`."""
+        if state is not None:
+            model.load_state_dict(state)
+        self.loaded[name] = model.to(self.device).eval()
         return self.loaded[name]
 
     def cost(self, name: str) -> float:
@@ -165,9 +166,7 @@ class Models:
             log=self.log,
         )
         for name, (state, meta) in trained.items():
-            model = self.build(name)
-            model.load_state_dict(state)
-            self.loaded[name] = model.to(self.device).eval()
+            self._install(name, self.build(name), state)
             self.seconds[f"train {name}"] = float(meta["seconds"])
         self.prepared = True
 
