@@ -45,7 +45,8 @@ from torch import nn
 from nemesis_fast.data.loader import split_validation
 from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.attack import Attacks
-from nemesis_fast.evaluation.config import ConfigError, validate
+from nemesis_fast.evaluation.config import ConfigError
+from nemesis_fast.evaluation.load import validate
 from nemesis_fast.evaluation.paper import paper_value
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.evaluation.train import SOURCE

@@ -6,11 +6,12 @@ adversarial images, `attack(x, y, target=t)` runs targeted, and `attack.run(x, y
 :class:`AttackResult` (images, success mask, L0/L2/Linf norms, iterations). See :mod:`.base` for writing one.
 """
 
-from .base import Attack, AttackResult, model_guard, perturbation_norms
+from .base import Attack, AttackResult, model_guard
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
 from .fgsm import FGSM, RandFGSM
 from .jsma import JSMA
+from .norms import perturbation_norms
 from .pgd import PGD
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The attack API shared by every attack: construction, validation, the model-state guard, results and norms.
+"""The attack API shared by every attack: construction, validation, the model-state guard and results.
 
 Using an attack::
 
@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_choice, check_int, check_range, check_tensor
+from .._checks import FLOAT_DTYPES, check_int, check_range, check_tensor
+from .norms import perturbation_norms
 
 Seed = int | torch.Generator | None
-Norm = str  # "inf" or "2"
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -87,38 +87,6 @@ class AttackResult:
     def success_rate(self) -> float:
         """The fraction of images on which the attack succeeded (nan for an empty batch)."""
         return self.success.float().mean().item() if self.success.numel() else math.nan
-
-
-def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample (L0, L2, Linf) norms of x_adv - x over all dimensions but the first.
-
-    L0 counts the elements that differ (int64); L2 and Linf are float32, or float64 for float64 inputs.
-    """
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    delta = (x_adv.to(dtype) - x.to(dtype)).flatten(1)
-    if delta.shape[1] == 0:
-        zeros = torch.zeros(delta.shape[0], dtype=dtype, device=delta.device)
-        return zeros.long(), zeros, zeros.clone()
-    return (delta != 0).sum(1), delta.norm(dim=1), delta.abs().amax(1)
-
-
-def flat_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-sample norm ("2", "1" or "inf") of a (B, ...) tensor, shaped (B, 1, ..., 1) to broadcast against it."""
-    flat = v.flatten(1)
-    if norm == "2":
-        out = flat.norm(dim=1)
-    elif norm == "1":
-        out = flat.abs().sum(1)
-    else:
-        out = flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
-    return out.view(-1, *([1] * (v.dim() - 1)))
-
-
-def check_norm(norm: Any, name: str = "norm") -> Norm:
-    """ "inf" or "2" (the numbers 2 and math.inf are accepted too)."""
-    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
-        norm = {2: "2", math.inf: "inf"}.get(norm, norm)
-    return check_choice(norm, name, ("inf", "2"))
 
 
 @contextlib.contextmanager

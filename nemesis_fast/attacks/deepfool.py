@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_int, check_nonnegative
-from .base import Attack, Norm, check_norm, flat_norm
+from .base import Attack
+from .norms import Norm, check_norm, flat_norm
 
 # Added to each step's length, as in the paper's reference code, so that a step lands past the boundary.
 _STEP_MARGIN = 1e-4

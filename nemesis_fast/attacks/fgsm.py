@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 
 from .._checks import check_choice, check_nonnegative, check_number
-from .base import Attack, Norm, Seed, check_norm, flat_norm
+from .base import Attack, Seed
+from .norms import Norm, check_norm, flat_norm
 
 LABELS = ("true", "predicted")
 

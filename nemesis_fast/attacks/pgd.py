@@ -7,8 +7,9 @@ from collections.abc import Callable
 import torch
 
 from .._checks import check_int, check_nonnegative
-from .base import Attack, Norm, Seed, check_norm, flat_norm
+from .base import Attack, Seed
 from .fgsm import gradient_step
+from .norms import Norm, check_norm, flat_norm
 
 
 class PGD(Attack):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..parallel import start, stop
-from .config import DATASET_DEFAULTS, PRESETS_DIR, ConfigError, EvalConfig, load_config
+from .config import DATASET_DEFAULTS, PRESETS_DIR, ConfigError, EvalConfig
+from .load import load_config
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation

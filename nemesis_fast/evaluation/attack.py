@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..attacks import FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, RandFGSM
-from ..attacks.base import Attack, perturbation_norms
+from ..attacks.base import Attack
+from ..attacks.norms import perturbation_norms
 from ..defenses import FeatureSqueezing
 from .cache import ResultCache, settings_key
 from .config import EvalConfig

@@ -1,0 +1,44 @@
+"""Per-sample norms of perturbations and gradients: what an attack measures and the norms it accepts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .._checks import check_choice
+
+Norm = str  # "inf" or "2"
+
+
+def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (L0, L2, Linf) norms of x_adv - x over all dimensions but the first.
+
+    L0 counts the elements that differ (int64); L2 and Linf are float32, or float64 for float64 inputs.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    delta = (x_adv.to(dtype) - x.to(dtype)).flatten(1)
+    if delta.shape[1] == 0:
+        zeros = torch.zeros(delta.shape[0], dtype=dtype, device=delta.device)
+        return zeros.long(), zeros, zeros.clone()
+    return (delta != 0).sum(1), delta.norm(dim=1), delta.abs().amax(1)
+
+
+def flat_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-sample norm ("2", "1" or "inf") of a (B, ...) tensor, shaped (B, 1, ..., 1) to broadcast against it."""
+    flat = v.flatten(1)
+    if norm == "2":
+        out = flat.norm(dim=1)
+    elif norm == "1":
+        out = flat.abs().sum(1)
+    else:
+        out = flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    return out.view(-1, *([1] * (v.dim() - 1)))
+
+
+def check_norm(norm: Any, name: str = "norm") -> Norm:
+    """ "inf" or "2" (the numbers 2 and math.inf are accepted too)."""
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        norm = {2: "2", math.inf: "inf"}.get(norm, norm)
+    return check_choice(norm, name, ("inf", "2"))

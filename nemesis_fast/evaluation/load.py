@@ -1,0 +1,274 @@
+"""Reading the evaluation's settings from a TOML or JSON file (with a ``base`` preset or file under it) and
+checking them: an unknown key, attack or defense, a negative eps, or a data folder that does not exist raises
+ConfigError naming the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._checks import check_device
+from ..data import cifar10, mnist
+from .config import (
+    ATTACKS,
+    DATASET_DEFAULTS,
+    DATASETS,
+    DEFENSES,
+    LABELS,
+    MODES,
+    PERTURBATION_ATTACKS,
+    PRESETS_DIR,
+    SOURCE_ARCHITECTURES,
+    WHITEBOX_ATTACKS,
+    AttackSettings,
+    CertifySettings,
+    ConfigError,
+    DefenseSettings,
+    EvalConfig,
+    TrainingSettings,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_SECTIONS = {
+    "training": TrainingSettings,
+    "defense": DefenseSettings,
+    "attack": AttackSettings,
+    "certify": CertifySettings,
+}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting {where}{unknown[0]}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        if name in _SECTIONS and cls is EvalConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{name}] must be a table of settings")
+            kwargs[name] = _build(_SECTIONS[name], value, f"{name}.")
+        else:
+            kwargs[name] = _coerce(value, known[name], f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    if default is None:  # optional settings: a number or a list of numbers
+        kind = list if "list" in str(spec.type) else (int if "int" in str(spec.type) else float)
+        if kind is list:
+            if not isinstance(value, list):
+                raise ConfigError(f"{key} must be a list, got {value!r}")
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not isinstance(value, int))
+        ):
+            raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        return kind(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+    elif isinstance(default, list) and not isinstance(value, list):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    return value
+
+
+def _read_values(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The keys of the config file `path`, with its `base`'s under them (`chain`: the files that led here)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"config file {path} is not valid {kind}: {error}") from error
+    if "base" not in values:
+        return values
+    base = values.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base (in {path}) must be a preset name or a config file path, got {base!r}")
+    base_path = path.parent / base if Path(base).suffix in (".toml", ".json") else PRESETS_DIR / f"{base}.toml"
+    if not base_path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        raise ConfigError(f"base (in {path}): {base!r} is neither a config file nor a preset ({known})")
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise ConfigError(f"base (in {path}): {base!r} leads back to a config already read (a cycle)")
+    merged = _read_values(base_path, (*chain, path))
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate(config: EvalConfig) -> EvalConfig:
+    """Fills the data set's defaults into unset budgets, then checks every setting; raises ConfigError naming
+    the first bad one."""
+    if config.dataset in DATASET_DEFAULTS:
+        defaults = DATASET_DEFAULTS[config.dataset]
+        if config.whitebox_eps is None:
+            config.whitebox_eps = list(defaults["whitebox_eps"])
+        for key in ("fgsm_eps", "rfgsm_eps", "rfgsm_alpha"):
+            if getattr(config.attack, key) is None:
+                setattr(config.attack, key, defaults[key])
+    _validate_run(config)
+    _validate_training(config.training)
+    _validate_defense(config.defense)
+    _validate_attack(config.attack)
+    _validate_certify(config.certify, config.defenses)
+    files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
+    if config.data_dir:
+        folder = Path(config.data_dir).expanduser()
+        _need(folder.is_dir(), "data_dir", f"{str(folder)!r} is not a folder; it must hold {files}")
+    elif config.dataset == "cifar10" and not config.synthetic:
+        raise ConfigError(f"data_dir: no folder given for cifar10; pass --data-dir with {files} (or --synthetic)")
+    return config
+
+
+def _need(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _validate_run(config: EvalConfig) -> None:
+    """The run's own settings: data set, the lists of defenses, attacks and eps, device and budgets."""
+    _need(config.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
+    for key, names, allowed in (
+        ("defenses", config.defenses, DEFENSES),
+        ("blackbox_attacks", config.blackbox_attacks, ATTACKS),
+        ("whitebox_attacks", config.whitebox_attacks, WHITEBOX_ATTACKS),
+    ):
+        for name in names:
+            _need(name in allowed, key, f"has unknown entry {name!r}; choose from {', '.join(allowed)}")
+        _need(len(set(names)) == len(names), key, "lists an entry twice")
+    _need(bool(config.defenses), "defenses", "must name at least one defense")
+    _need(
+        all(name in PERTURBATION_ATTACKS for name in config.perturbation_attacks),
+        "perturbation_attacks",
+        f"entries must be among {', '.join(PERTURBATION_ATTACKS)}; got {config.perturbation_attacks}",
+    )
+    _need(config.perturbation_samples >= 0, "perturbation_samples", "must be >= 0")
+    for key in ("whitebox_eps", "blackbox_eps"):
+        for i, eps in enumerate(getattr(config, key)):
+            _need(
+                isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0,
+                f"{key}[{i}]",
+                f"must be a number >= 0, got {eps!r}",
+            )
+        _need(len(set(getattr(config, key))) == len(getattr(config, key)), key, "lists an eps twice")
+    _need(
+        config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
+        "device",
+        "must be auto, cpu or cuda[:N]",
+    )
+    if config.device != "auto":
+        try:
+            check_device(config.device, "device")
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+    _need(config.threads >= 0, "threads", "must be >= 0 (0: automatic)")
+    _need(config.test_samples >= 0, "test_samples", "must be >= 0")
+    _need(config.batch_size > 0, "batch_size", "must be > 0")
+
+
+def _validate_training(t: TrainingSettings) -> None:
+    _need(t.epochs >= 1, "training.epochs", "must be >= 1")
+    _need(t.batch_size >= 1, "training.batch_size", "must be >= 1")
+    _need(t.learning_rate > 0, "training.learning_rate", "must be > 0")
+    _need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")
+    _need(t.patience >= 1, "training.patience", "must be >= 1")
+    _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
+    _need(
+        t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
+    )
+    _need(
+        t.source_architecture in SOURCE_ARCHITECTURES,
+        "training.source_architecture",
+        f"must be one of {', '.join(SOURCE_ARCHITECTURES)}; got {t.source_architecture!r}",
+    )
+
+
+def _validate_defense(d: DefenseSettings) -> None:
+    for key, value in (("defense.fgsm_adversarial_mode", d.fgsm_adversarial_mode), ("defense.vat_mode", d.vat_mode)):
+        _need(value in MODES, key, f"must be one of {', '.join(MODES)}; got {value!r}")
+    _need(d.gda_sigma is None or d.gda_sigma >= 0, "defense.gda_sigma", "must be >= 0")
+    _need(d.gda_copies is None or d.gda_copies >= 1, "defense.gda_copies", "must be >= 1")
+    _need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
+    _need(d.label_smoothing is None or 0 < d.label_smoothing <= 1, "defense.label_smoothing", "must be in (0, 1]")
+    _need(d.fgsm_adversarial_eps is None or d.fgsm_adversarial_eps >= 0, "defense.fgsm_adversarial_eps", "must be >= 0")
+    _need(d.vat_eps is None or d.vat_eps >= 0, "defense.vat_eps", "must be >= 0")
+    _need(d.vat_xi is None or d.vat_xi > 0, "defense.vat_xi", "must be > 0")
+    _need(0 <= d.squeeze_bits <= 8, "defense.squeeze_bits", "must be in 0..8 (0: the paper's)")
+
+
+def _validate_attack(a: AttackSettings) -> None:
+    for key, value in (("attack.fgsm_labels", a.fgsm_labels), ("attack.rfgsm_labels", a.rfgsm_labels)):
+        _need(value in LABELS, key, f"must be one of {', '.join(LABELS)}; got {value!r}")
+    _need(a.fgsm_eps >= 0, "attack.fgsm_eps", f"must be >= 0, got {a.fgsm_eps}")
+    _need(a.rfgsm_eps >= 0, "attack.rfgsm_eps", f"must be >= 0, got {a.rfgsm_eps}")
+    _need(0 <= a.rfgsm_alpha <= a.rfgsm_eps, "attack.rfgsm_alpha", "must be in [0, attack.rfgsm_eps]")
+    _need(a.deepfool_max_iter >= 1 and a.deepfool_overshoot >= 0, "attack.deepfool_*", "max_iter >= 1, overshoot >= 0")
+    _need(a.deepfool_candidates >= 2, "attack.deepfool_candidates", "must be >= 2")
+    _need(a.jsma_theta != 0, "attack.jsma_theta", "must be non-zero")
+    _need(0 < a.jsma_gamma <= 1, "attack.jsma_gamma", "must be in (0, 1]")
+    _need(a.cw_binary_search_steps >= 1 and a.cw_max_iter >= 1, "attack.cw_*", "steps and iterations must be >= 1")
+    _need(a.cw_learning_rate > 0 and a.cw_initial_const > 0, "attack.cw_*", "learning rate and constant must be > 0")
+    _need(a.cw_confidence >= 0, "attack.cw_confidence", f"must be >= 0, got {a.cw_confidence}")
+    _need(a.cw_test_samples >= 0, "attack.cw_test_samples", "must be >= 0")
+    _need(a.pgd_steps >= 1, "attack.pgd_steps", "must be >= 1")
+    _need(a.pgd_restarts >= 1, "attack.pgd_restarts", "must be >= 1")
+    _need(a.pgd_step_ratio > 0, "attack.pgd_step_ratio", "must be > 0")
+    _need(a.pgd_test_samples >= 0, "attack.pgd_test_samples", "must be >= 0")
+
+
+def _validate_certify(c: CertifySettings, defenses: list[str]) -> None:
+    _need(c.images >= 0, "certify.images", "must be >= 0 (0: no certified section)")
+    _need(c.sigma is None or (math.isfinite(c.sigma) and c.sigma > 0), "certify.sigma", f"must be > 0, got {c.sigma}")
+    _need(1 <= c.n0 <= 2**32, "certify.n0", f"must be in 1..2**32, got {c.n0}")
+    _need(1 <= c.n <= 2**32, "certify.n", f"must be in 1..2**32, got {c.n}")
+    _need(0 < c.alpha < 1, "certify.alpha", f"must be in (0, 1), got {c.alpha}")
+    _need(c.batch_size >= 1, "certify.batch_size", "must be >= 1")
+    for name in c.defenses or []:
+        _need(name in defenses, "certify.defenses", f"has {name!r}, which is not among the run's defenses")
+    _need(not c.defenses or len(set(c.defenses)) == len(c.defenses), "certify.defenses", "lists a defense twice")
+    for i, r in enumerate(c.radii):
+        ok = isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
+        _need(ok, f"certify.radii[{i}]", f"must be a number >= 0, got {r!r}")
+    _need(bool(c.radii) and len(set(c.radii)) == len(c.radii), "certify.radii", "must list distinct radii")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys), validates.
+
+    A config may start from another with a top-level ``base``: the name of a shipped preset (e.g. "paper") or
+    the path of a config file (relative to this one); its own keys then override the base's, section by
+    section."""
+    values = _read_values(Path(path), ()) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return validate(_build(EvalConfig, values, ""))
