@@ -1,12 +1,34 @@
-"""Modules: the bounded ReLU as a layer, and a helper that puts it in place of every ReLU of a model."""
+"""Modules: the bounded ReLU as a layer, a helper that puts it in place of every ReLU of a model, and one that
+readies a BReLU model for BPDA attacks (ReLU's gradient through the upper bound)."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_positive
 from .ops import SAVES, bounded_relu
+
+GRADIENTS = ("exact", "relu")
+
+
+class _ReluGradient(torch.autograd.Function):
+    """BReLU's output, ReLU's gradient (1 where x > 0): the upper bound is passed through in backward."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, t: float, backend: str | None) -> torch.Tensor:
+        return bounded_relu(x, t, backend=backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0), None, None
 
 
 class BoundedReLU(nn.Module):
@@ -17,15 +39,23 @@ class BoundedReLU(nn.Module):
         save: what backward keeps: "output" (default; training memory equals nn.ReLU's) or "mask" (1 bit per
             element, n / 8 bytes more, and less memory traffic); as for :func:`nemesis_fast.bounded_relu`.
         backend: as for :func:`nemesis_fast.bounded_relu`.
+        gradient: "exact" (default: 1 where 0 < x < t, else 0) or "relu" (1 where x > 0: BPDA, Athalye et al.
+            2018, for attacking a BReLU model, whose saturated units otherwise pass no gradient; the forward
+            pass is the same). See :func:`with_relu_gradient`.
     """
 
-    def __init__(self, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> None:
+    def __init__(
+        self, t: float = 1.0, *, save: str = "output", backend: str | None = None, gradient: str = "exact"
+    ) -> None:
         super().__init__()
         self.t = check_positive(t, "t")
         self.save = check_choice(save, "save", SAVES)
         self.backend = backend
+        self.gradient = check_choice(gradient, "gradient", GRADIENTS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient == "relu":
+            return _ReluGradient.apply(x, self.t, self.backend)
         return bounded_relu(x, self.t, save=self.save, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -33,7 +63,27 @@ class BoundedReLU(nn.Module):
             f"t={self.t}"
             + (f", save={self.save!r}" if self.save != "output" else "")
             + (f", backend={self.backend!r}" if self.backend is not None else "")
+            + (f", gradient={self.gradient!r}" if self.gradient != "exact" else "")
         )
+
+
+def with_relu_gradient(model: nn.Module) -> nn.Module:
+    """A copy of `model` for BPDA attacks (Athalye, Carlini, Wagner 2018): its outputs are `model`'s, bit for bit,
+    and every :class:`BoundedReLU` in it passes ReLU's gradient (``gradient="relu"``). `model` is not changed.
+
+    A BReLU model attacked through its own gradient can look more robust than it is: wherever a unit is
+    saturated (x >= t) no gradient flows, and gradient attacks stall. Raises ValueError when `model` holds no
+    BoundedReLU.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    copied = copy.deepcopy(model)
+    layers = [m for m in copied.modules() if isinstance(m, BoundedReLU)]
+    if not layers:
+        raise ValueError("model has no BoundedReLU layer to pass ReLU's gradient through")
+    for layer in layers:
+        layer.gradient = "relu"
+    return copied
 
 
 def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> nn.Module:

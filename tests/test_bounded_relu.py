@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from nemesis_fast import reference
 from nemesis_fast import triton as nf_triton
 from nemesis_fast._backends.bounded_relu import BACKENDS, MASKED_BACKENDS
 from nemesis_fast.bench.harness import saved_tensor_bytes
-from nemesis_fast.nn import BoundedReLU, replace_relu
+from nemesis_fast.nn import BoundedReLU, replace_relu, with_relu_gradient
 from nemesis_fast.ops import SAVES
 from nemesis_fast.reference.bounded_relu import mask_bytes
 
@@ -495,19 +496,20 @@ def small_cnn() -> nn.Sequential:
     )
 
 
-def swap_relu_for_hardtanh(model: nn.Module, t: float) -> nn.Module:
+def swap_relu_for_module(model: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
+    """`model` with each nn.ReLU replaced by `make()`, in place."""
     for name, child in model.named_children():
         if isinstance(child, nn.ReLU):
-            setattr(model, name, nn.Hardtanh(0.0, t))
+            setattr(model, name, make())
         else:
-            swap_relu_for_hardtanh(child, t)
+            swap_relu_for_module(child, make)
     return model
 
 
 def test_replace_relu_matches_a_hardtanh_model():
     torch.manual_seed(0)
     model = small_cnn()
-    twin = swap_relu_for_hardtanh(small_cnn(), 0.5)
+    twin = swap_relu_for_module(small_cnn(), lambda: nn.Hardtanh(0.0, 0.5))
     twin.load_state_dict(model.state_dict())
     assert replace_relu(model, 0.5) is model
     assert sum(isinstance(m, BoundedReLU) for m in model.modules()) == 2
@@ -521,6 +523,40 @@ def test_replace_relu_matches_a_hardtanh_model():
     assert isinstance(replace_relu(nn.ReLU(), 2.0), BoundedReLU)
     with pytest.raises(ValueError, match="t must be > 0"):
         replace_relu(small_cnn(), 0.0)
+
+
+class StraightThroughBound(nn.Module):
+    """min(relu(x), t) with ReLU's gradient, written with detach: the reference for BPDA through BReLU."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu = torch.relu(x)
+        return relu - (relu - relu.clamp_max(self.t)).detach()
+
+
+def test_relu_gradient_copy_keeps_the_outputs_and_passes_relus_gradient():
+    torch.manual_seed(0)
+    model = replace_relu(small_cnn(), 0.5)
+    bpda = with_relu_gradient(model)
+    assert bpda is not model and all(m.gradient == "exact" for m in model.modules() if isinstance(m, BoundedReLU))
+    assert "gradient='relu'" in repr(bpda)
+    reference = swap_relu_for_module(small_cnn(), lambda: StraightThroughBound(0.5))
+    reference.load_state_dict(model.state_dict())
+    x = (3 * torch.randn(4, 1, 8, 8)).requires_grad_(True)  # large enough for many units to saturate
+    assert torch.equal(bpda(x), model(x))
+    probe = torch.randn(4, 10)
+    (got,) = torch.autograd.grad((bpda(x) * probe).sum(), x)
+    (expected,) = torch.autograd.grad((reference(x) * probe).sum(), x)
+    (own,) = torch.autograd.grad((model(x) * probe).sum(), x)
+    torch.testing.assert_close(got, expected)
+    assert (got - own).abs().max() > 1e-3  # the saturated units pass gradient only through BPDA
+    with pytest.raises(ValueError, match="no BoundedReLU"):
+        with_relu_gradient(small_cnn())
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        BoundedReLU(1.0, gradient="straight")
 
 
 def test_backward_saves_nothing_beyond_what_relu_saves():

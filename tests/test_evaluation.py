@@ -20,6 +20,7 @@ from nemesis_fast.evaluation.config import ATTACKS
 from nemesis_fast.evaluation.paper import eps_meeting_paper, paper_value
 from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats, sweep_table
 from nemesis_fast.evaluation.runner import Evaluation, load_data
+from nemesis_fast.parallel import Workers
 
 TINY = """
 dataset = "mnist"
@@ -240,6 +241,28 @@ def test_a_config_can_start_from_another(tmp_path):
             load_config(tmp_path / "loop.toml")
 
 
+def test_defenses_with_a_bpda_variant_are_attacked_both_ways_under_distinct_keys(tmp_path):
+    config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
+    evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
+    attacks = evaluation.attacks
+    assert [d for d in config.defenses if attacks.has_bpda(d)] == ["feature_squeezing", "gda_brelu"]
+    whitebox = [(u.defense, u.bpda) for u in evaluation._work() if u.kind == "whitebox" and u.eps == 0.2]
+    assert sorted(set(whitebox)) == [
+        ("feature_squeezing", False),
+        ("feature_squeezing", True),
+        ("gda_brelu", False),
+        ("gda_brelu", True),
+        ("standard", True),
+    ]
+    chunk = (0, 8)
+    own, bpda = (attacks.whitebox_key("gda_brelu", "fgsm", chunk, b, eps=0.2) for b in (False, True))
+    # The entries of a BReLU model's own gradient keep the key they had before it had a BPDA variant.
+    assert own["bpda"] is True and "brelu_gradient" not in own
+    assert bpda["brelu_gradient"] == "relu" and {k: v for k, v in bpda.items() if k != "brelu_gradient"} == own
+    assert attacks.whitebox_key("feature_squeezing", "fgsm", chunk, False, eps=0.2)["bpda"] is False
+    assert "brelu_gradient" not in attacks.whitebox_key("standard", "fgsm", chunk, eps=0.2)
+
+
 @pytest.mark.slow
 def test_cli_end_to_end_on_a_tiny_configuration(tmp_path):
     config = write_config(tmp_path)
@@ -248,12 +271,12 @@ def test_cli_end_to_end_on_a_tiny_configuration(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Black-box accuracy" in run.stdout and "GDA + BReLU" in run.stdout
-    assert "Feature squeezing (gradient masking)" in run.stdout
+    assert "Feature squeezing (gradient masking)" in run.stdout and "GDA + BReLU (gradient masking)" in run.stdout
     for name in ("results.json", "results.csv", "results.md", "whitebox.png", "examples.png"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "results.json").read_text())
     assert data["version"] and data["config"]["attack"]["jsma_gamma"] == 0.05
-    assert len(data["cells"]) == 3 * 2 + (3 + 1) * 2  # black-box cells + white-box cells (and BPDA-free rows)
+    assert len(data["cells"]) == 3 * 2 + (3 + 2) * 2  # black-box cells + white-box cells (and BPDA-free rows)
     clean = {c["defense"]: c["accuracy"] for c in data["cells"] if c["setting"] == "whitebox" and c["eps"] == 0.0}
     assert clean == pytest.approx({d: data["clean_accuracy"][d] for d in clean})
 
@@ -279,7 +302,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         evaluate(config, log=False)
     written = list(saves)
-    total_whitebox = 3 * (3 * 2 + 2)  # chunks x (defenses x eps + the gradient-masking row's eps)
+    total_whitebox = 3 * (3 * 2 + 2 * 2)  # chunks x (defenses x eps + the gradient-masking rows' eps)
 
     # A look at the unfinished run computes nothing and reports only what is complete, apart from its outputs.
     partial = evaluate(config, log=False, cached_only=True)
@@ -353,7 +376,6 @@ def test_sharded_run_equals_single_process(tmp_path):
 
 
 def test_chunks_cover_the_test_images(tmp_path):
-    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
     evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
@@ -362,7 +384,6 @@ def test_chunks_cover_the_test_images(tmp_path):
 
 
 def test_random_draws_are_keyed_by_the_chunks_bounds_not_its_index(tmp_path):
-    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
     attacks = Evaluation(config, Workers(), log=lambda m: None, progress=False).attacks
@@ -420,8 +441,8 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
     first = evaluate(config, out_dir=str(tmp_path / "a"), log=False)
     second = evaluate(config, out_dir=str(tmp_path / "b"), log=False)  # a fresh cache: everything again
     assert cell_values(tmp_path / "a" / "results.json") == cell_values(tmp_path / "b" / "results.json")
-    assert [(p.defense, p.attack, p.values) for p in first.perturbations] == [
-        (p.defense, p.attack, p.values) for p in second.perturbations
+    assert [(p.defense, p.attack, p.setting, p.values) for p in first.perturbations] == [
+        (p.defense, p.attack, p.setting, p.values) for p in second.perturbations
     ]
     for name in ("blackbox_eps.png", "perturbation.png", "whitebox.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0, name
@@ -429,13 +450,18 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
     assert sweep == {(d, a, e) for d in first.config["defenses"] for a in ("fgsm", "rfgsm") for e in (0.05, 0.3)}
     assert {c.eps for c in first.blackbox()} == {0.3}  # the table holds the configured eps
     assert {c.samples for c in first.whitebox("pgd")} == {16}
-    assert {(p.defense, p.attack) for p in first.perturbations} == {
-        (d, a) for d in first.config["defenses"] for a in ("deepfool", "jsma")
+    masked = "whitebox-gradient-masking"  # feature squeezing and GDA + BReLU through their own gradient too
+    assert {(p.defense, p.attack, p.setting) for p in first.perturbations} == {
+        (d, a, s)
+        for d in first.config["defenses"]
+        for a in ("deepfool", "jsma")
+        for s in (("whitebox", masked) if d in ("feature_squeezing", "gda_brelu") else ("whitebox",))
     }
     assert all(p.samples <= 8 and p.norm == ("l0" if p.attack == "jsma" else "l2") for p in first.perturbations)
     report = (tmp_path / "a" / "results.md").read_text()
     for title in ("against eps (the eps sweep)", "minimal perturbation", "Gradient-masking checks", "(94.46, "):
         assert title in report, title
+    assert "| GDA + BReLU (gradient masking) | DeepFool | L2 |" in report
 
 
 def _results(cells: list, blackbox_eps: list[float]) -> Results:
@@ -490,7 +516,6 @@ def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():
 
 def test_the_authors_training_options_reach_the_models_keys(tmp_path):
     from nemesis_fast.evaluation.train import SOURCE
-    from nemesis_fast.parallel import Workers
 
     config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
     config.defense.vat_mode = "offline"
@@ -528,7 +553,6 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypat
     assert len(list((tmp_path / "a" / "cache" / "training").glob("*.pt"))) == 1
     monkeypatch.setattr(ResultCache, "save", real_save)
     lines: list[str] = []
-    from nemesis_fast.parallel import Workers
 
     resumed = Evaluation(
         load_config(config, {"out_dir": str(tmp_path / "a")}), Workers(), log=lines.append, progress=False

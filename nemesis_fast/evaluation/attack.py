@@ -20,6 +20,7 @@ from ..attacks import FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, RandFGSM
 from ..attacks.base import Attack
 from ..attacks.norms import perturbation_norms
 from ..defenses import FeatureSqueezing
+from ..nn import with_relu_gradient
 from .cache import ResultCache, settings_key
 from .config import EvalConfig
 from .train import SOURCE, Models
@@ -34,6 +35,7 @@ class Attacks:
     def __init__(self, config: EvalConfig, data: Any, models: Models, cache: ResultCache) -> None:
         self.config, self.data, self.models, self.cache = config, data, models, cache
         self.device = models.device
+        self._relu_gradient: dict[str, nn.Module] = {}  # BReLU defenses with ReLU's gradient (BPDA)
 
     def eps(self, attack: str, eps: float | None) -> float | None:
         """The budget of `attack`: `eps`, or the config's for FGSM and R+FGSM when None; None for the others."""
@@ -145,22 +147,43 @@ class Attacks:
         self.cache.save("verdict", verdict_key, verdict)
         return verdict
 
+    def has_bpda(self, defense: str) -> bool:
+        """Whether `defense` has a part whose own gradient hides the input's influence, so that white-box attacks
+        differentiate through an approximation (BPDA, Athalye, Carlini, Wagner 2018): feature squeezing's
+        rounding (zero gradient almost everywhere; the straight-through gradient) or BoundedReLU's upper bound
+        (zero gradient wherever a unit saturates; ReLU's gradient). Such a defense is attacked both ways: through
+        BPDA (its table rows) and through its own gradient (rows labelled gradient masking)."""
+        return defense == "feature_squeezing" or self._has_brelu(defense)
+
+    def _has_brelu(self, defense: str) -> bool:
+        return self.models.architecture(defense)[1].get("activation") == "brelu"
+
     def _target(self, defense: str, bpda: bool) -> nn.Module:
-        """The model a white-box attack differentiates: the defense, or feature squeezing through its true
-        (zero almost everywhere) gradient when bpda is False."""
+        """The model a white-box attack differentiates; its outputs are the defense's. With bpda (and for every
+        defense without a BPDA variant): feature squeezing through the straight-through gradient, a BReLU model
+        through ReLU's gradient; without: the defense's own gradient."""
         model = self.models.get(defense)
-        if not bpda:
-            model = FeatureSqueezing(model.model, self.config.squeeze_bits, bpda=False).to(self.device)
+        if isinstance(model, FeatureSqueezing) and not bpda:
+            return FeatureSqueezing(model.model, self.config.squeeze_bits, bpda=False).to(self.device)
+        if bpda and self._has_brelu(defense):
+            if defense not in self._relu_gradient:
+                self._relu_gradient[defense] = with_relu_gradient(model)
+            return self._relu_gradient[defense]
         return model
 
     def whitebox_key(self, defense: str, attack: str, chunk: Chunk, bpda: bool = True, **extra: Any) -> dict[str, Any]:
-        """Everything that determines a white-box unit: the defense's weights, the attack's settings, the chunk."""
+        """Everything that determines a white-box unit: the defense's weights, the attack's settings, the chunk,
+        the gradient attacked. "bpda" holds feature squeezing's choice (True for every other defense); a BReLU
+        model attacked through ReLU's gradient has "brelu_gradient": "relu" besides, so that the entries of its
+        own gradient keep the keys they had before BPDA came to BReLU models."""
+        brelu = self._has_brelu(defense)
         return {
             "defense": self.models.key(defense),
             "defense_name": defense,
-            "bpda": bpda,
+            "bpda": bpda or brelu,
             "squeeze_bits": self.config.squeeze_bits,
             "attack": attack,
+            **({"brelu_gradient": "relu"} if brelu and bpda else {}),
             **extra,
             "settings": self.settings(attack),
             "chunk": list(chunk),
@@ -168,7 +191,8 @@ class Attacks:
         }
 
     def whitebox(self, defense: str, attack: str, eps: float, chunk: Chunk, *, bpda: bool = True) -> dict[str, Any]:
-        """Accuracy of `defense` on `chunk` under `attack` crafted on the defense itself (cached)."""
+        """Accuracy of `defense` on `chunk` under `attack` crafted on the defense itself (cached), through BPDA
+        (bpda, the default) or through its own gradient where the defense has a BPDA variant (:meth:`has_bpda`)."""
         key = self.whitebox_key(defense, attack, chunk, bpda, eps=eps)
         entry = self.cache.load("whitebox", key)
         if entry is None:
@@ -187,17 +211,17 @@ class Attacks:
             self.cache.save("whitebox", key, entry)
         return entry
 
-    def perturbation(self, defense: str, attack: str, chunk: Chunk) -> dict[str, Any]:
+    def perturbation(self, defense: str, attack: str, chunk: Chunk, *, bpda: bool = True) -> dict[str, Any]:
         """The white-box minimal perturbation of `attack` against `defense` on `chunk` (cached): per image the
         norm (L2 for DeepFool and C&W, L0 for JSMA) of the adversarial found, whether it fools the defense, and
-        whether the defense classified the clean image correctly."""
-        key = self.whitebox_key(defense, attack, chunk)
+        whether the defense classified the clean image correctly. bpda: as for :meth:`whitebox`."""
+        key = self.whitebox_key(defense, attack, chunk, bpda)
         entry = self.cache.load("perturbation", key)
         if entry is None:
             model = self.models.get(defense)
             x, y = self.test_chunk(chunk)
             started = time.perf_counter()
-            result = self.make(attack, model, self.seed(attack, chunk)).run(x, y)
+            result = self.make(attack, self._target(defense, bpda), self.seed(attack, chunk)).run(x, y)
             fooled = self.predict(model, result.x_adv) != y
             entry = {
                 "norm": getattr(result, PERTURBATION_NORM[attack]).float().cpu(),

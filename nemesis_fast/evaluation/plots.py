@@ -11,7 +11,7 @@ import torch
 from .._io import write_atomic
 from .config import ATTACK_LABELS, DEFENSE_LABELS
 from .paper import paper_value
-from .report import Results
+from .report import MASKED, Results, defense_label
 
 
 def _pyplot():
@@ -126,12 +126,16 @@ def plot_perturbations(results: Results, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 4.6), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
         stats = [
-            p for d in results.config["defenses"] for p in results.perturbations if (p.defense, p.attack) == (d, attack)
+            p
+            for masked in (False, True)
+            for d in results.config["defenses"]
+            for p in results.perturbations
+            if (p.defense, p.attack, p.setting == MASKED) == (d, attack, masked)
         ]
         ax.boxplot([p.values or [float("nan")] for p in stats], showfliers=False)
         ax.set_xticks(range(1, len(stats) + 1))
         ax.set_xticklabels(
-            [f"{DEFENSE_LABELS[p.defense]}\n{p.success:.0f}% fooled" for p in stats], fontsize=7, rotation=30
+            [f"{defense_label(p.defense, p.setting)}\n{p.success:.0f}% fooled" for p in stats], fontsize=7, rotation=30
         )
         ax.set_title(f"White-box {ATTACK_LABELS[attack]}: smallest perturbation that fools")
         ax.set_ylabel("L0 (features changed)" if attack == "jsma" else "L2 (pixel scale [0, 1])")

@@ -27,7 +27,7 @@ class Cell:
 
     defense: str
     attack: str
-    setting: str  # "blackbox", "whitebox" or "whitebox-gradient-masking"
+    setting: str  # "blackbox", "whitebox" (through BPDA where the defense has it) or MASKED
     eps: float | None
     accuracy: float  # percent of the attacked test images still classified correctly
     samples: int
@@ -59,6 +59,7 @@ class Perturbation:
     q75: float
     seconds: float
     values: list[float] = field(default_factory=list)  # the norm of every fooled image, for the figure
+    setting: str = "whitebox"  # or "whitebox-gradient-masking": through the defense's own gradient
 
 
 def perturbation_stats(
@@ -68,6 +69,7 @@ def perturbation_stats(
     fooled: torch.Tensor,
     clean_correct: torch.Tensor,
     seconds: float,
+    setting: str = "whitebox",
 ) -> Perturbation:
     """Quartiles of `norm` over the images with `clean_correct`, the ones not `fooled` taken as infinite."""
     kind = "l0" if attack == "jsma" else "l2"
@@ -79,7 +81,7 @@ def perturbation_stats(
         q25 = median = q75 = math.nan
     success = 100 * fooled.float().mean().item() if fooled.numel() else math.nan
     values = norm[fooled].tolist()
-    return Perturbation(defense, attack, kind, len(norm), success, q25, median, q75, seconds, values)
+    return Perturbation(defense, attack, kind, len(norm), success, q25, median, q75, seconds, values, setting)
 
 
 @dataclass
@@ -172,20 +174,31 @@ def sweep_table(results: Results, attack: str) -> tuple[list[str], list[list[str
     return header, rows
 
 
+MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
+
+
+def defense_label(defense: str, setting: str = "whitebox") -> str:
+    """The defense's name in tables and figures, marked where it was attacked through its own gradient."""
+    return DEFENSE_LABELS[defense] + (" (gradient masking)" if setting == MASKED else "")
+
+
 def perturbation_table(results: Results) -> tuple[list[str], list[list[str]]]:
     """Rows: (defense, attack); the minimal white-box perturbation's quartiles ("inf": the attack failed on at
     least that fraction of the images)."""
     header = ["defense", "attack", "norm", "images", "fooled %", "q25", "median", "q75"]
     rows = [
         [
-            DEFENSE_LABELS[p.defense],
+            defense_label(p.defense, p.setting),
             ATTACK_LABELS[p.attack],
             p.norm.upper(),
             str(p.samples),
             _pct(p.success),
             *(f"{v:.3g}" for v in (p.q25, p.median, p.q75)),
         ]
-        for p in sorted(results.perturbations, key=lambda p: (p.attack, results.config["defenses"].index(p.defense)))
+        for p in sorted(
+            results.perturbations,
+            key=lambda p: (p.attack, p.setting == MASKED, results.config["defenses"].index(p.defense)),
+        )
     ]
     return header, rows
 
@@ -207,13 +220,13 @@ def whitebox_table(results: Results, attack: str) -> tuple[list[str], list[list[
     eps_values = results.config["whitebox_eps"]
     header = ["defense", *(f"eps {e:.3g}" for e in eps_values)]
     rows = []
-    for setting, suffix in (("whitebox", ""), ("whitebox-gradient-masking", " (gradient masking)")):
+    for setting in ("whitebox", MASKED):
         for defense in results.config["defenses"]:
             cells = {c.eps: c for c in results.whitebox(attack, setting) if c.defense == defense}
             if cells:
                 rows.append(
                     [
-                        DEFENSE_LABELS[defense] + suffix,
+                        defense_label(defense, setting),
                         *(_pct(cells[e].accuracy) if e in cells else "" for e in eps_values),
                     ]
                 )

@@ -29,7 +29,7 @@ from .attack import Attacks, Chunk
 from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
 from .config import ATTACK_LABELS, DEFENSE_LABELS, SWEEP_ATTACKS, ConfigError, EvalConfig
-from .report import Cell, Perturbation, Results, perturbation_stats
+from .report import MASKED, Cell, Perturbation, Results, perturbation_stats
 from .train import Models
 
 Log = Callable[[str], None]
@@ -80,7 +80,8 @@ def load_data(config: EvalConfig) -> Dataset:
 class Unit(NamedTuple):
     """One unit of the attack phase, on one chunk of test images: "blackbox" (attack, eps: the source's
     examples judged by every defense), "whitebox" (defense, attack, eps, bpda), "perturbation" (defense,
-    attack: the smallest fooling perturbation) or "certify" (defense)."""
+    attack, bpda: the smallest fooling perturbation) or "certify" (defense). bpda False: the defense attacked
+    through its own gradient (see :meth:`Attacks.has_bpda`)."""
 
     kind: str
     chunk: Chunk
@@ -149,14 +150,16 @@ class Evaluation:
         for attack, eps in self._blackbox_runs():
             units += [Unit("blackbox", chunk, attack, eps=eps) for chunk in self.blackbox_chunks(attack)]
         for defense in c.defenses:
+            gradients = (True, False) if self.attacks.has_bpda(defense) else (True,)  # BPDA, then its own
             for attack in c.whitebox_attacks:
                 chunks = self.chunks(c.attack.pgd_test_samples if attack == "pgd" else 0)
                 for eps in c.whitebox_eps:
-                    units += [Unit("whitebox", chunk, attack, defense, eps) for chunk in chunks]
-                    if defense == "feature_squeezing":
-                        units += [Unit("whitebox", chunk, attack, defense, eps, bpda=False) for chunk in chunks]
+                    for bpda in gradients:
+                        units += [Unit("whitebox", chunk, attack, defense, eps, bpda) for chunk in chunks]
             for attack in c.perturbation_attacks:
-                units += [Unit("perturbation", chunk, attack, defense) for chunk in self.chunks(c.perturbation_samples)]
+                for bpda in gradients:
+                    chunks = self.chunks(c.perturbation_samples)
+                    units += [Unit("perturbation", chunk, attack, defense, bpda=bpda) for chunk in chunks]
         if c.certify.images:
             for defense in certified_defenses(c):
                 units += [Unit("certify", chunk, defense=defense) for chunk in self.chunks(c.certify.images)]
@@ -170,7 +173,7 @@ class Evaluation:
             return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk, u.bpda, eps=u.eps)
         if u.kind == "certify":
             return u.kind, self.certification.key(u.defense, u.chunk)
-        return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk)
+        return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk, u.bpda)
 
     def _cost(self, u: Unit) -> float:
         """`u`'s estimated work, in FGSM steps (see :meth:`Attacks.cost`)."""
@@ -187,7 +190,7 @@ class Evaluation:
             return self.attacks.whitebox(u.defense, u.attack, u.eps, u.chunk, bpda=u.bpda)
         if u.kind == "certify":
             return self.certification.run(u.defense, u.chunk)
-        return self.attacks.perturbation(u.defense, u.attack, u.chunk)
+        return self.attacks.perturbation(u.defense, u.attack, u.chunk, bpda=u.bpda)
 
     def _share(self, units: list[Unit]) -> list[Unit]:
         """This process's units: those whose outcome is in its cache and in no lower rank's, and a share of the
@@ -285,9 +288,10 @@ class Evaluation:
                 certified.append(certified_stats(g.defense, settings, radii, self.data.test_labels, parts))
                 continue
             seconds = sum(float(p["seconds"]) for p in parts)
+            setting = "whitebox" if g.bpda else MASKED  # (white-box kinds only)
             if g.kind == "perturbation":
                 norm, fooled, clean = (torch.cat([p[k] for p in parts]) for k in ("norm", "fooled", "clean_correct"))
-                perturbations.append(perturbation_stats(g.defense, g.attack, norm, fooled, clean, seconds))
+                perturbations.append(perturbation_stats(g.defense, g.attack, norm, fooled, clean, seconds, setting))
                 continue
             l2, linf, l0 = (torch.cat([p[k] for p in parts]) for k in ("l2", "linf", "l0"))
             if g.kind == "blackbox":
@@ -295,7 +299,6 @@ class Evaluation:
                     correct = torch.cat([p["correct"][defense] for p in parts])
                     cells.append(_cell(defense, g.attack, "blackbox", g.eps, correct, l2, linf, l0, seconds))
             else:
-                setting = "whitebox" if g.bpda else "whitebox-gradient-masking"
                 correct = torch.cat([p["correct"] for p in parts])
                 cells.append(_cell(g.defense, g.attack, setting, g.eps, correct, l2, linf, l0, seconds))
         return cells, perturbations, certified
