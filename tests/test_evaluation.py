@@ -77,6 +77,7 @@ def cell_values(results_json: Path) -> list[tuple]:
         ({"blackbox_eps": [0.1, -0.01]}, r"blackbox_eps\[1\] must be a number >= 0"),
         ({"blackbox_eps": [0.1, 0.1]}, "blackbox_eps lists an eps twice"),
         ({"perturbation_attacks": ["fgsm"]}, "perturbation_attacks"),
+        ({"perturbation_confidence": -1.0}, "perturbation_confidence must be >= 0"),
         ({"whitebox_attacks": ["pgd", "bim"]}, "whitebox_attacks"),
     ],
 )
@@ -184,6 +185,7 @@ def test_the_paper_preset_is_the_authors_experiment():
     assert paper.blackbox_eps == grid and paper.whitebox_eps == grid  # both of the authors' FGSM grids
     assert paper.whitebox_attacks == ["fgsm", "rfgsm", "pgd"]
     assert paper.perturbation_attacks == ["deepfool", "cw", "jsma"]
+    assert paper.perturbation_confidence == 0.0 and paper.attack.cw_confidence == 10.0
     assert "ace25b4e6" in preset_path("paper").read_text()  # settings cited by the authors' commits
 
 
@@ -261,6 +263,13 @@ def test_defenses_with_a_bpda_variant_are_attacked_both_ways_under_distinct_keys
     assert bpda["brelu_gradient"] == "relu" and {k: v for k, v in bpda.items() if k != "brelu_gradient"} == own
     assert attacks.whitebox_key("feature_squeezing", "fgsm", chunk, False, eps=0.2)["bpda"] is False
     assert "brelu_gradient" not in attacks.whitebox_key("standard", "fgsm", chunk, eps=0.2)
+    # The perturbation figure's C&W runs at its own confidence (0: the smallest perturbation that fools).
+    assert attacks.perturbation_key("standard", "cw", chunk)["confidence"] == 0.0
+    assert "confidence" not in attacks.perturbation_key("standard", "deepfool", chunk)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    config.attack.cw_confidence = 5.0
+    assert attacks.make("cw", model, 0).confidence == 5.0
+    assert attacks.make("cw", model, 0, confidence=0.0).confidence == 0.0
 
 
 @pytest.mark.slow

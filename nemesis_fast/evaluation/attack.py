@@ -43,7 +43,11 @@ class Attacks:
             return getattr(self.config.attack, f"{attack}_eps", None)
         return eps
 
-    def make(self, attack: str, model: nn.Module, seed: int, eps: float | None = None) -> Attack:
+    def make(
+        self, attack: str, model: nn.Module, seed: int, eps: float | None = None, *, confidence: float | None = None
+    ) -> Attack:
+        """`attack` on `model` with the config's settings; eps: FGSM, R+FGSM and PGD's budget (None: the config's);
+        confidence: C&W's (None: the config's)."""
         a = self.config.attack
         eps = self.eps(attack, eps)
         if attack == "fgsm":
@@ -63,7 +67,7 @@ class Attacks:
             return JSMA(model, a.jsma_theta, a.jsma_gamma, use_logits=a.jsma_use_logits, seed=seed)
         return CarliniWagnerL2(
             model,
-            confidence=a.cw_confidence,
+            confidence=a.cw_confidence if confidence is None else confidence,
             initial_const=a.cw_initial_const,
             binary_search_steps=a.cw_binary_search_steps,
             max_iter=a.cw_max_iter,
@@ -211,17 +215,23 @@ class Attacks:
             self.cache.save("whitebox", key, entry)
         return entry
 
+    def perturbation_key(self, defense: str, attack: str, chunk: Chunk, bpda: bool = True) -> dict[str, Any]:
+        """The key of a minimal-perturbation unit: a white-box key, with C&W's confidence for this figure."""
+        extra = {"confidence": self.config.perturbation_confidence} if attack == "cw" else {}
+        return self.whitebox_key(defense, attack, chunk, bpda, **extra)
+
     def perturbation(self, defense: str, attack: str, chunk: Chunk, *, bpda: bool = True) -> dict[str, Any]:
         """The white-box minimal perturbation of `attack` against `defense` on `chunk` (cached): per image the
         norm (L2 for DeepFool and C&W, L0 for JSMA) of the adversarial found, whether it fools the defense, and
         whether the defense classified the clean image correctly. bpda: as for :meth:`whitebox`."""
-        key = self.whitebox_key(defense, attack, chunk, bpda)
-        entry = self.cache.load("perturbation", key)
+        entry = self.cache.load("perturbation", self.perturbation_key(defense, attack, chunk, bpda))
         if entry is None:
             model = self.models.get(defense)
             x, y = self.test_chunk(chunk)
             started = time.perf_counter()
-            result = self.make(attack, self._target(defense, bpda), self.seed(attack, chunk)).run(x, y)
+            confidence = self.config.perturbation_confidence if attack == "cw" else None
+            attacker = self.make(attack, self._target(defense, bpda), self.seed(attack, chunk), confidence=confidence)
+            result = attacker.run(x, y)
             fooled = self.predict(model, result.x_adv) != y
             entry = {
                 "norm": getattr(result, PERTURBATION_NORM[attack]).float().cpu(),
@@ -229,5 +239,5 @@ class Attacks:
                 "clean_correct": (self.predict(model, x) == y).cpu(),
                 "seconds": time.perf_counter() - started,
             }
-            self.cache.save("perturbation", key, entry)
+            self.cache.save("perturbation", self.perturbation_key(defense, attack, chunk, bpda), entry)
         return entry

@@ -139,6 +139,9 @@ class EvalConfig:
     blackbox_eps: list[float] = field(default_factory=list)  # black-box FGSM and R+FGSM also at each of these
     perturbation_attacks: list[str] = field(default_factory=list)  # white-box minimal perturbation per defense
     perturbation_samples: int = 0  # ... on the first N test images (0: all)
+    # C&W's confidence (logit margin) there: 0, the smallest perturbation that changes the label. A larger one
+    # measures the perturbation to a confident mistake, which a model with small logits makes look robust.
+    perturbation_confidence: float = 0.0
     training: TrainingSettings = field(default_factory=TrainingSettings)
     defense: DefenseSettings = field(default_factory=DefenseSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)

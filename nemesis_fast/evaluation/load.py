@@ -172,6 +172,8 @@ def _validate_run(config: EvalConfig) -> None:
         f"entries must be among {', '.join(PERTURBATION_ATTACKS)}; got {config.perturbation_attacks}",
     )
     _need(config.perturbation_samples >= 0, "perturbation_samples", "must be >= 0")
+    confidence = config.perturbation_confidence
+    _need(math.isfinite(confidence) and confidence >= 0, "perturbation_confidence", f"must be >= 0, got {confidence}")
     for key in ("whitebox_eps", "blackbox_eps"):
         for i, eps in enumerate(getattr(config, key)):
             _need(

@@ -173,7 +173,7 @@ class Evaluation:
             return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk, u.bpda, eps=u.eps)
         if u.kind == "certify":
             return u.kind, self.certification.key(u.defense, u.chunk)
-        return u.kind, self.attacks.whitebox_key(u.defense, u.attack, u.chunk, u.bpda)
+        return u.kind, self.attacks.perturbation_key(u.defense, u.attack, u.chunk, u.bpda)
 
     def _cost(self, u: Unit) -> float:
         """`u`'s estimated work, in FGSM steps (see :meth:`Attacks.cost`)."""
