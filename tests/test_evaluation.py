@@ -496,6 +496,14 @@ def test_gradient_masking_checks_flag_what_athalye_et_al_would():
     small = [_c("pgd", "whitebox", 0.3, 12, samples=100), _c("fgsm", "whitebox", 0.3, 10, samples=100)]
     (check,) = gradient_masking_checks(_results(small, []))  # within sampling error; no large eps: not run
     assert (check.iterative, check.whitebox, check.chance) == ("pass", "not run", "not run")
+    assert check.own_gradient == "n/a"
+    # Through its own gradient the defense looks robust where BPDA breaks it: flagged, though its BPDA rows pass.
+    hiding = honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 75), _c("pgd", "whitebox-gradient-masking", 1.0, 0)]
+    (check,) = gradient_masking_checks(_results(hiding, [0.1]))
+    assert (check.iterative, check.whitebox, check.chance) == ("pass", "pass", "pass")
+    assert check.own_gradient == "FAIL (FGSM through its own gradient 75.0% > 40.0% at eps 0.1)" and check.flagged
+    (check,) = gradient_masking_checks(_results(honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 41)], [0.1]))
+    assert check.own_gradient == "pass" and not check.flagged
 
 
 def test_the_eps_at_which_a_sweep_meets_the_papers_value():

@@ -5,6 +5,10 @@ ICML 2018, section 3.1), run on an evaluation's cells for every defense:
 * white-box >= black-box: white-box FGSM leaves no more accuracy than black-box FGSM at the same eps;
 * to chance: the strongest white-box attack at the largest eps (at least 0.5, half the pixel range, where any
   MNIST or CIFAR image can be turned into another class's) leaves no more than chance accuracy.
+* own gradient (defenses attacked through BPDA: feature squeezing, BReLU models): no white-box attack through
+  the defense's own gradient leaves more accuracy than the same attack through BPDA at the same eps. A defense
+  that fails it hides its gradient: robustness measured through that gradient is not robustness (its table
+  rows come through BPDA; the own-gradient rows are labelled gradient masking).
 
 Each comparison allows for sampling error: two binomial standard errors of the two accuracies, plus 0.5 points.
 A check without the cells it needs is "not run", not passed. A defense that fails any check is flagged.
@@ -15,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .report import Cell, Results
+from .report import MASKED, Cell, Results
 
 LARGE_EPS = 0.5
 
@@ -26,10 +30,11 @@ class CheckResult:
     iterative: str  # "pass", "FAIL (...)" or "not run"
     whitebox: str
     chance: str
+    own_gradient: str = "n/a"  # "n/a": no rows through the defense's own gradient (no BPDA variant)
 
     @property
     def flagged(self) -> bool:
-        return any(v.startswith("FAIL") for v in (self.iterative, self.whitebox, self.chance))
+        return any(v.startswith("FAIL") for v in (self.iterative, self.whitebox, self.chance, self.own_gradient))
 
 
 def _slack(a: Cell, b: Cell | None = None) -> float:
@@ -67,5 +72,19 @@ def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[Che
                 level = 100 / num_classes
                 ok = top.accuracy <= level + _slack(top)
                 chance = "pass" if ok else f"FAIL ({top.accuracy:.1f}% at eps {top.eps:g}, chance {level:.0f}%)"
-        out.append(CheckResult(defense, iterative, whitebox, chance))
+        out.append(CheckResult(defense, iterative, whitebox, chance, _own_gradient(results, defense)))
     return out
+
+
+def _own_gradient(results: Results, defense: str) -> str:
+    """ "pass" when no attack through `defense`'s own gradient leaves more accuracy than through BPDA."""
+    verdicts = []
+    for attack in ("fgsm", "rfgsm", "pgd"):
+        own = [c for c in results.whitebox(attack, MASKED) if c.defense == defense]
+        bpda = {c.eps: c for c in results.whitebox(attack, "whitebox") if c.defense == defense}
+        if own:
+            verdicts.append(_at_most(own, bpda, f"{attack.upper()} through its own gradient"))
+    if not verdicts:
+        return "n/a"  # no rows through the defense's own gradient: no BPDA variant, or none computed
+    failed = [v for v in verdicts if v.startswith("FAIL")]
+    return failed[0] if failed else ("pass" if "pass" in verdicts else "not run")
