@@ -346,7 +346,7 @@ def test_a_look_at_a_run_not_started_trains_nothing(tmp_path, monkeypatch):
     config = write_config(tmp_path, out_dir=str(tmp_path / "out"))
     results = evaluate(config, log=False, cached_only=True)
     assert saves == [] and results.cells == [] and results.clean_accuracy == {}
-    assert results.pending == 2 * 3 + 3 * (3 * 2 + 2)  # black-box and white-box chunks
+    assert results.pending == 2 * 3 + 3 * (3 * 2 + 2 * 2)  # black-box and white-box chunks (BPDA-free rows too)
 
 
 def test_a_damaged_cache_entry_is_recomputed(tmp_path):

@@ -113,10 +113,10 @@ def test_two_machines_without_a_shared_cache_train_each_model_once(tmp_path):
         log = (tmp_path / f"rank{rank}.log").read_text()
         trained_here = [job.name for job in jobs if schedule.trainer[job.name] == rank]
         assert len(TRAINING.findall(log)) == len(trained_here)  # its own models only, each once
-    # The attack units (2 black-box chunks, 3 defenses x 2 white-box chunks) are shared out: each machine's
-    # cache holds the outcomes of its own share only.
+    # The attack units (2 black-box chunks; 2 white-box chunks of the 3 defenses, and of GDA + BReLU through its own
+    # gradient besides BPDA) are shared out: each machine's cache holds the outcomes of its own share only.
     done = [{p.name for kind in ("verdict", "whitebox") for p in (out / "cache" / kind).glob("*.pt")} for out in outs]
-    assert done[0] and done[1] and not done[0] & done[1] and len(done[0] | done[1]) == 8
+    assert done[0] and done[1] and not done[0] & done[1] and len(done[0] | done[1]) == 10
     shares = re.findall(r"rank (\d): (\d+) units to compute", (tmp_path / "rank0.log").read_text())
     assert [(int(r), int(n)) for r, n in shares] == [(0, len(done[0])), (1, len(done[1]))]
     data = json.loads((outs[0] / "results.json").read_text())
