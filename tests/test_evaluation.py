@@ -494,6 +494,13 @@ def test_gradient_masking_checks_flag_what_athalye_et_al_would():
     assert check.whitebox.startswith("FAIL (white-box 40.0% > 20.0% at eps 0.1)")
     assert check.chance.startswith("FAIL (50.0% at eps 1") and check.flagged
     small = [_c("pgd", "whitebox", 0.3, 12, samples=100), _c("fgsm", "whitebox", 0.3, 10, samples=100)]
+    # White-box against black-box takes the strongest white-box attack at each eps, not single-step FGSM alone.
+    overshoot = honest + [_c("fgsm", "whitebox", 0.9, 25), _c("pgd", "whitebox", 0.9, 0)]
+    overshoot += [_c("fgsm", "blackbox", 0.9, 9)]
+    (check,) = gradient_masking_checks(_results(overshoot, [0.1, 0.9]))
+    assert check.whitebox == "pass"
+    (check,) = gradient_masking_checks(_results(overshoot[:-2] + overshoot[-1:], [0.1, 0.9]))
+    assert check.whitebox == "FAIL (white-box 25.0% > 9.0% at eps 0.9)"
     (check,) = gradient_masking_checks(_results(small, []))  # within sampling error; no large eps: not run
     assert (check.iterative, check.whitebox, check.chance) == ("pass", "not run", "not run")
     assert check.own_gradient == "n/a"

@@ -2,7 +2,10 @@
 ICML 2018, section 3.1), run on an evaluation's cells for every defense:
 
 * iterative >= single-step: white-box PGD leaves no more accuracy than white-box FGSM at any eps;
-* white-box >= black-box: white-box FGSM leaves no more accuracy than black-box FGSM at the same eps;
+* white-box >= black-box: the strongest white-box attack at an eps (FGSM, R+FGSM or PGD, whichever leaves the
+  least accuracy) leaves no more accuracy than black-box FGSM at that eps. (Single-step FGSM alone is no
+  yardstick at eps near 1, where it sets every pixel to 0 or 1 by its gradient's sign, and the accuracy on
+  such patterns rises and falls with eps on any model.)
 * to chance: the strongest white-box attack at the largest eps (at least 0.5, half the pixel range, where any
   MNIST or CIFAR image can be turned into another class's) leaves no more than chance accuracy.
 * own gradient (defenses attacked through BPDA: feature squeezing, BReLU models): no white-box attack through
@@ -63,7 +66,7 @@ def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[Che
         pgd = [c for c in results.whitebox("pgd") if c.defense == defense]
         blackbox_fgsm = {c.eps: c for c in results.blackbox_sweep("fgsm") if c.defense == defense}
         iterative = _at_most(pgd, {c.eps: c for c in fgsm}, "PGD") if pgd else "not run"
-        whitebox = _at_most(fgsm, blackbox_fgsm, "white-box") if fgsm else "not run"
+        whitebox = _at_most(_strongest(results, defense), blackbox_fgsm, "white-box") if fgsm or pgd else "not run"
         strongest = pgd or fgsm
         chance = "not run"
         if strongest:
@@ -74,6 +77,16 @@ def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[Che
                 chance = "pass" if ok else f"FAIL ({top.accuracy:.1f}% at eps {top.eps:g}, chance {level:.0f}%)"
         out.append(CheckResult(defense, iterative, whitebox, chance, _own_gradient(results, defense)))
     return out
+
+
+def _strongest(results: Results, defense: str) -> list[Cell]:
+    """Per eps, the white-box cell of `defense` that leaves the least accuracy."""
+    best: dict[float, Cell] = {}
+    for attack in ("fgsm", "rfgsm", "pgd"):
+        for c in results.whitebox(attack):
+            if c.defense == defense and (c.eps not in best or c.accuracy < best[c.eps].accuracy):
+                best[c.eps] = c
+    return list(best.values())
 
 
 def _own_gradient(results: Results, defense: str) -> str:
