@@ -19,7 +19,7 @@ from nemesis_fast.evaluation.checks import gradient_masking_checks
 from nemesis_fast.evaluation.config import ATTACKS
 from nemesis_fast.evaluation.paper import eps_meeting_paper, paper_value
 from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats, sweep_table
-from nemesis_fast.evaluation.runner import Evaluation, load_data
+from nemesis_fast.evaluation.runner import Evaluation, _either, load_data
 from nemesis_fast.parallel import Workers
 
 TINY = """
@@ -511,6 +511,24 @@ def test_gradient_masking_checks_flag_what_athalye_et_al_would():
     assert check.own_gradient == "FAIL (FGSM through its own gradient 75.0% > 40.0% at eps 0.1)" and check.flagged
     (check,) = gradient_masking_checks(_results(honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 41)], [0.1]))
     assert check.own_gradient == "pass" and not check.flagged
+
+
+def test_a_bpda_defenses_row_counts_an_image_fooled_when_either_attack_fools_it():
+    t, f = True, False
+    bpda = {"correct": torch.tensor([t, t, f, f]), "seconds": 1.0}
+    own = {"correct": torch.tensor([t, f, t, f]), "seconds": 2.0}
+    for key, values in (("l2", [1.0, 2.0, 3.0, 4.0]), ("linf", [0.1] * 4), ("l0", [5.0] * 4)):
+        bpda[key], own[key] = torch.tensor(values), 10 * torch.tensor(values)
+    row = _either("whitebox", bpda, own)
+    assert row["correct"].tolist() == [t, f, f, f] and row["seconds"] == 3.0
+    assert row["l2"].tolist() == [1.0, 20.0, 3.0, 4.0]  # the perturbation of the attack that fooled (BPDA's first)
+    fooled_b, fooled_o = torch.tensor([t, t, f, f, t]), torch.tensor([t, f, t, f, t])
+    clean = torch.tensor([t] * 5)
+    bpda = {"norm": torch.tensor([1.0, 2.0, 3.0, 4.0, 9.0]), "fooled": fooled_b, "clean_correct": clean, "seconds": 1}
+    own = {"norm": torch.tensor([2.0, 1.0, 1.5, 0.5, 5.0]), "fooled": fooled_o, "clean_correct": clean, "seconds": 1}
+    row = _either("perturbation", bpda, own)
+    assert row["fooled"].tolist() == [t, t, t, f, t]
+    assert row["norm"][row["fooled"]].tolist() == [1.0, 2.0, 1.5, 5.0]  # the smaller of those that fooled
 
 
 def test_the_eps_at_which_a_sweep_meets_the_papers_value():

@@ -155,8 +155,9 @@ class Attacks:
         """Whether `defense` has a part whose own gradient hides the input's influence, so that white-box attacks
         differentiate through an approximation (BPDA, Athalye, Carlini, Wagner 2018): feature squeezing's
         rounding (zero gradient almost everywhere; the straight-through gradient) or BoundedReLU's upper bound
-        (zero gradient wherever a unit saturates; ReLU's gradient). Such a defense is attacked both ways: through
-        BPDA (its table rows) and through its own gradient (rows labelled gradient masking)."""
+        (zero gradient wherever a unit saturates; ReLU's gradient). Such a defense is attacked both ways: its
+        table rows count an image as fooled when either attack fools it; the rows labelled gradient masking
+        show the attacks through its own gradient alone."""
         return defense == "feature_squeezing" or self._has_brelu(defense)
 
     def _has_brelu(self, defense: str) -> bool:

@@ -8,10 +8,10 @@ ICML 2018, section 3.1), run on an evaluation's cells for every defense:
   such patterns rises and falls with eps on any model.)
 * to chance: the strongest white-box attack at the largest eps (at least 0.5, half the pixel range, where any
   MNIST or CIFAR image can be turned into another class's) leaves no more than chance accuracy.
-* own gradient (defenses attacked through BPDA: feature squeezing, BReLU models): no white-box attack through
-  the defense's own gradient leaves more accuracy than the same attack through BPDA at the same eps. A defense
-  that fails it hides its gradient: robustness measured through that gradient is not robustness (its table
-  rows come through BPDA; the own-gradient rows are labelled gradient masking).
+* own gradient (defenses attacked through BPDA too: feature squeezing, BReLU models): no white-box attack
+  through the defense's own gradient alone leaves more accuracy than the defense's row (BPDA or its own
+  gradient, whichever fools an image) at the same eps. A defense that fails it hides its gradient: robustness
+  measured through that gradient is not robustness.
 
 Each comparison allows for sampling error: two binomial standard errors of the two accuracies, plus 0.5 points.
 A check without the cells it needs is "not run", not passed. A defense that fails any check is flagged.
@@ -90,7 +90,7 @@ def _strongest(results: Results, defense: str) -> list[Cell]:
 
 
 def _own_gradient(results: Results, defense: str) -> str:
-    """ "pass" when no attack through `defense`'s own gradient leaves more accuracy than through BPDA."""
+    """ "pass" when no attack through `defense`'s own gradient leaves more accuracy than its row."""
     verdicts = []
     for attack in ("fgsm", "rfgsm", "pgd"):
         own = [c for c in results.whitebox(attack, MASKED) if c.defense == defense]

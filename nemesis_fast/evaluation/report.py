@@ -207,7 +207,7 @@ def checks_table(results: Results) -> tuple[list[str], list[list[str]]]:
     """The gradient-masking checks of every defense (:mod:`.checks`)."""
     from .checks import gradient_masking_checks
 
-    header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "own gradient <= BPDA", "flag"]
+    header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "own gradient <= row", "flag"]
     rows = [
         [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, r.own_gradient, "FLAGGED" if r.flagged else ""]
         for r in gradient_masking_checks(results)

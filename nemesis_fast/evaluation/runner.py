@@ -282,7 +282,12 @@ class Evaluation:
         for unit in units:  # in chunk order, whichever process computed it
             groups.setdefault(unit.group(), []).append(outcomes[unit])
         cells, perturbations, certified = [], [], []
-        for g, parts in groups.items():
+        for g, parts in list(groups.items()):
+            if g.kind in ("whitebox", "perturbation") and g.bpda and self.attacks.has_bpda(g.defense):
+                own = groups.get(g._replace(bpda=False))
+                if own is None:  # the defense's row needs the attack through its own gradient as well
+                    continue
+                parts = [_either(g.kind, b, o) for b, o in zip(parts, own)]
             if g.kind == "certify":
                 settings, radii = self.certification.settings(), self.config.certify.radii
                 certified.append(certified_stats(g.defense, settings, radii, self.data.test_labels, parts))
@@ -321,6 +326,20 @@ class Evaluation:
         label = DEFENSE_LABELS[self.config.defenses[0]]
         title = f"predictions of {label} (green: correct); attacks crafted on the black-box source"
         return x, adversarial, y, predictions, title
+
+
+def _either(kind: str, bpda: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """One chunk's outcome against a defense attacked both through BPDA and through its own gradient, per image
+    the attack that fools it: white-box, an image is correct only if neither fools it (its perturbation: the
+    one that fooled, BPDA's where both or neither did); minimal perturbation, the smaller of those that fool."""
+    seconds = float(bpda["seconds"]) + float(own["seconds"])
+    if kind == "perturbation":
+        fooled_b, fooled_o = bpda["fooled"], own["fooled"]
+        norm = torch.where(fooled_o & ~(fooled_b & (bpda["norm"] <= own["norm"])), own["norm"], bpda["norm"])
+        return {"norm": norm, "fooled": fooled_b | fooled_o, "clean_correct": bpda["clean_correct"], "seconds": seconds}
+    only_own = bpda["correct"] & ~own["correct"]
+    norms = {k: torch.where(only_own, own[k], bpda[k]) for k in ("l2", "linf", "l0")}
+    return {"correct": bpda["correct"] & own["correct"], **norms, "seconds": seconds}
 
 
 def _cell(defense, attack, setting, eps, correct, l2, linf, l0, seconds) -> Cell:
