@@ -215,9 +215,9 @@ def train(
     if recipe.needs_source:
         if source_model is None:
             say(f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
-            source_model = copy.deepcopy(model)
             budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
             budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
+            source_model = copy.deepcopy(model)
             train(source_model, (images, labels), "standard", val_data=val, val_fraction=0.0, **budget)
         images, labels = _offline_training_set(recipe, source_model.to(device), images, labels, device)
         say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
@@ -256,14 +256,9 @@ def train(
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
         {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps},
     )
-    resumed = run.load()
-    if resumed is not None:
-        stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
-            resumed, model, optimizer, loader, recipe, result, device
-        )
-        say(f"{recipe.name}: resuming after epoch {resumed['epoch']} from the checkpoint")
+    last_epoch = _resume(run, model, optimizer, loader, recipe, result, stopping, device, say)
 
-    for epoch in range(1 if resumed is None else resumed["epoch"] + 1, epochs + 1):
+    for epoch in range(last_epoch + 1, epochs + 1):
         model.train()
         record = epoch_runner.run(epoch, epochs, result)
         if stopping.update(record["val_accuracy"], epoch, model, result):
@@ -280,6 +275,28 @@ def train(
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _resume(
+    run: Resumable,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DeviceLoader,
+    recipe: Recipe,
+    result: TrainResult,
+    stopping: _EarlyStopping,
+    device: torch.device,
+    say: Log,
+) -> int:
+    """Restores the training state `run`'s checkpoint holds, if any; returns the last epoch it had finished (0)."""
+    resumed = run.load()
+    if resumed is None:
+        return 0
+    stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
+        resumed, model, optimizer, loader, recipe, result, device
+    )
+    say(f"{recipe.name}: resuming after epoch {resumed['epoch']} from the checkpoint")
+    return resumed["epoch"]
 
 
 def _check_budget(

@@ -225,7 +225,8 @@ class Attacks:
         """The white-box minimal perturbation of `attack` against `defense` on `chunk` (cached): per image the
         norm (L2 for DeepFool and C&W, L0 for JSMA) of the adversarial found, whether it fools the defense, and
         whether the defense classified the clean image correctly. bpda: as for :meth:`whitebox`."""
-        entry = self.cache.load("perturbation", self.perturbation_key(defense, attack, chunk, bpda))
+        key = self.perturbation_key(defense, attack, chunk, bpda)
+        entry = self.cache.load("perturbation", key)
         if entry is None:
             model = self.models.get(defense)
             x, y = self.test_chunk(chunk)
@@ -240,5 +241,5 @@ class Attacks:
                 "clean_correct": (self.predict(model, x) == y).cpu(),
                 "seconds": time.perf_counter() - started,
             }
-            self.cache.save("perturbation", self.perturbation_key(defense, attack, chunk, bpda), entry)
+            self.cache.save("perturbation", key, entry)
         return entry

@@ -282,7 +282,7 @@ class Evaluation:
         for unit in units:  # in chunk order, whichever process computed it
             groups.setdefault(unit.group(), []).append(outcomes[unit])
         cells, perturbations, certified = [], [], []
-        for g, parts in list(groups.items()):
+        for g, parts in groups.items():
             if g.kind in ("whitebox", "perturbation") and g.bpda and self.attacks.has_bpda(g.defense):
                 own = groups.get(g._replace(bpda=False))
                 if own is None:  # the defense's row needs the attack through its own gradient as well
