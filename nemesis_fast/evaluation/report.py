@@ -27,7 +27,7 @@ class Cell:
 
     defense: str
     attack: str
-    setting: str  # "blackbox", "whitebox" (through BPDA where the defense has it) or MASKED
+    setting: str  # "blackbox", "whitebox" (BPDA or the own gradient, whichever fools, where both apply) or MASKED
     eps: float | None
     accuracy: float  # percent of the attacked test images still classified correctly
     samples: int
