@@ -215,9 +215,9 @@ def train(
     if recipe.needs_source:
         if source_model is None:
             say(f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
+            source_model = copy.deepcopy(model)
             budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
             budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
-            source_model = copy.deepcopy(model)
             train(source_model, (images, labels), "standard", val_data=val, val_fraction=0.0, **budget)
         images, labels = _offline_training_set(recipe, source_model.to(device), images, labels, device)
         say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")

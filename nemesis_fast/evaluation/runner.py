@@ -156,9 +156,9 @@ class Evaluation:
                 for eps in c.whitebox_eps:
                     for bpda in gradients:
                         units += [Unit("whitebox", chunk, attack, defense, eps, bpda) for chunk in chunks]
+            chunks = self.chunks(c.perturbation_samples)
             for attack in c.perturbation_attacks:
                 for bpda in gradients:
-                    chunks = self.chunks(c.perturbation_samples)
                     units += [Unit("perturbation", chunk, attack, defense, bpda=bpda) for chunk in chunks]
         if c.certify.images:
             for defense in certified_defenses(c):
