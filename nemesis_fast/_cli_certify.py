@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,18 +108,6 @@ def _sigma(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[float, str]:
     return args.sigma, "given"
 
 
-def _progress_bar(enabled: bool | None, total: int):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="certify", unit="img", file=sys.stderr, dynamic_ncols=True)
-
-
 def _csv(start: int, labels: torch.Tensor, prediction: torch.Tensor, radius: torch.Tensor) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -132,6 +119,7 @@ def _csv(start: int, labels: torch.Tensor, prediction: torch.Tensor, radius: tor
 
 def _run(args: argparse.Namespace) -> int:
     from ._io import write_atomic, write_json_atomic
+    from ._progress import progress_bar
     from .certify import Smooth, certified_accuracy
     from .checkpoints import load_checkpoint
 
@@ -144,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         num_classes = model(images[:1].to(device).float().div(255)).shape[1]
     smooth = Smooth(model, sigma, num_classes, amp=args.amp or False)
     per_image = args.n0 + args.n
-    bar = _progress_bar(args.progress, len(labels))
+    bar = progress_bar(args.progress, total=len(labels), desc="certify", unit="img", leave=True)
     started = time.perf_counter()
     try:
         result = smooth.certify(

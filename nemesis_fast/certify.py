@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._amp import amp_name, autocast
 from ._backends.gaussian_augment import resolve_seed
-from ._checks import FLOAT_DTYPES, check_choice, check_int, check_number, check_positive, check_tensor
+from ._checks import FLOAT_DTYPES, check_int, check_number, check_positive, check_tensor
 from .ops import gaussian_augment
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 Progress = Callable[[int], object]
 
 
@@ -217,9 +217,7 @@ class Smooth:
         self.model = model
         self.sigma = check_positive(sigma, "sigma")
         self.num_classes = check_int(num_classes, "num_classes", low=2)
-        if amp not in (False, None):
-            check_choice(amp, "amp", (True, *AMP_DTYPES))
-        self.amp = "bf16" if amp is True else (amp or False)
+        self.amp = amp_name(amp) or False
         self.device = None if device is None else torch.device(device)
         self.backend = backend
 
@@ -267,8 +265,7 @@ class Smooth:
         draws = [count for _, count in phases]
         total = x.shape[0] * sum(draws)
         counts = torch.zeros(x.shape[0] * len(phases) * self.num_classes, dtype=torch.int64, device=device)
-        autocast = torch.autocast(device.type, dtype=AMP_DTYPES[self.amp]) if self.amp else contextlib.nullcontext()
-        with self._eval_mode(), torch.inference_mode(), autocast:
+        with self._eval_mode(), torch.inference_mode(), autocast(device.type, self.amp or None):
             for begin in range(0, total, batch_size):
                 end = min(begin + batch_size, total)
                 segments = _segments(begin, end, draws)

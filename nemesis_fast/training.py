@@ -7,28 +7,23 @@ per batch on the device; the loop synchronises with the GPU once per epoch (vali
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_device, check_int, check_number, check_positive
+from ._checks import check_device, check_int, check_number, check_positive
+from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
 from .data.loader import DeviceLoader, check_images_labels, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
 from .resume import EpochCheckpoint, Resumable, restore_state, training_state
 
-Data = tuple[torch.Tensor, torch.Tensor]
-Log = Callable[[str], None]
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The checkpoint functions moved to nemesis_fast.checkpoints; importable from here as before.
 __all__ = [
     "TrainResult",
@@ -40,23 +35,6 @@ __all__ = [
     "train",
     "training_noise_sigma",
 ]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns. `history` holds one dict per epoch: epoch, loss (mean training loss),
-    val_accuracy (None without a validation set), seconds, images (training images seen, augmentation
-    included). `best_epoch` is the epoch whose weights the model holds at the end."""
-
-    model: nn.Module
-    recipe: str
-    settings: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    val_accuracy: float | None = None
-    seconds: float = 0.0
-    steps: int = 0
-    stopped_early: bool = False
 
 
 def _stderr(message: str) -> None:
@@ -79,62 +57,6 @@ def _check_data(data: Any, name: str) -> Data:
 def infer_dataset(images: torch.Tensor) -> str:
     """ "cifar10" for 3-channel images, else "mnist": which defaults of the recipes apply."""
     return "cifar10" if images.dim() == 4 and images.shape[1] == 3 else "mnist"
-
-
-def _autocast(device: torch.device, amp: bool | str) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
-    """(a context factory for the forward passes, whether fp16 gradient scaling is needed)."""
-    if amp is False or amp is None:
-        return contextlib.nullcontext, False
-    name = "bf16" if amp is True else check_choice(amp, "amp", (True, False, *AMP_DTYPES))
-    dtype = AMP_DTYPES[name]
-    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
-
-
-def _progress(enabled: bool | None) -> Callable[[Iterable, str, int], Iterable]:
-    """A tqdm bar on a terminal (when tqdm is installed), else the iterable unchanged."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            enabled = False
-    if not enabled:
-        return lambda iterable, desc, total: iterable
-    return lambda iterable, desc, total: tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
-
-
-def evaluate_accuracy(
-    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int = 1000,
-    device: torch.device | str | None = None,
-    amp: bool | str = False,
-) -> float:
-    """The fraction of `images` (uint8 or float, (N, C, H, W)) that `model` classifies as `labels`, in eval
-    mode (restored afterwards); nan for an empty set. `device` defaults to the model's."""
-    check_images_labels(images, labels)
-    if device is None and isinstance(model, nn.Module):
-        device = next((p.device for p in model.parameters()), None)
-    device = check_device(device)
-    if len(labels) == 0:
-        return float("nan")
-    loader = DeviceLoader(images, labels, batch_size, shuffle=False, device=device)
-    autocast, _ = _autocast(device, amp)
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    try:
-        if isinstance(model, nn.Module):
-            model.eval()
-        with torch.no_grad(), autocast():
-            for x, y in loader:
-                correct += (model(x).argmax(1) == y).sum()
-    finally:
-        for module, training in modes:
-            module.training = training
-    return correct.item() / len(labels)
 
 
 def _offline_training_set(
@@ -234,8 +156,8 @@ def train(
         drop_last=compile,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda" or None)
-    autocast, scaled = _autocast(device, amp)
-    epoch_runner = _Epochs(
+    autocast, scaled = forward_autocast(device, amp)
+    epoch_runner = Epochs(
         forward=torch.compile(model) if compile else model,
         optimizer=optimizer,
         recipe=recipe,
@@ -246,11 +168,11 @@ def train(
         device=device,
         amp=amp,
         val=val,
-        bar=_progress(progress),
+        progress=progress,
         say=say,
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
-    stopping = _EarlyStopping(patience)
+    stopping = EarlyStopping(patience)
     run = Resumable(
         checkpoint,
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
@@ -284,7 +206,7 @@ def _resume(
     loader: DeviceLoader,
     recipe: Recipe,
     result: TrainResult,
-    stopping: _EarlyStopping,
+    stopping: EarlyStopping,
     device: torch.device,
     say: Log,
 ) -> int:
@@ -333,99 +255,3 @@ def _split_off_validation(
     else:
         return (images, labels), None
     return (images, labels), (val_images.to(device), val_labels.to(device))  # moved once, not every epoch
-
-
-@dataclass
-class _Epochs:
-    """One epoch of :func:`train`: its optimizer steps, then validation and the epoch's log line."""
-
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    optimizer: torch.optim.Optimizer
-    recipe: Recipe
-    loader: DeviceLoader
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    scaler: torch.amp.GradScaler | None
-    max_steps: int | None
-    device: torch.device
-    amp: bool | str
-    val: Data | None
-    bar: Callable[[Iterable, str, int], Iterable]
-    say: Log
-
-    def spent(self, result: TrainResult) -> bool:
-        """Whether the step budget `max_steps` is used up."""
-        return self.max_steps is not None and result.steps >= self.max_steps
-
-    def run(self, epoch: int, epochs: int, result: TrainResult) -> dict[str, Any]:
-        """Trains one epoch (counting steps into `result`), validates, logs; appends the epoch's record to
-        `result.history` and returns it."""
-        started = time.perf_counter()
-        name = self.recipe.name
-        record = {
-            "epoch": epoch,
-            **self._steps(self.bar(self.loader, f"{name} epoch {epoch}/{epochs}", len(self.loader)), result),
-        }
-        val = self.val
-        has_val = val is not None and len(val[1])
-        record["val_accuracy"] = (
-            evaluate_accuracy(self.forward, *val, device=self.device, amp=self.amp) if has_val else None
-        )
-        record["seconds"] = time.perf_counter() - started
-        result.history.append(record)
-        val_text = f" val_acc {record['val_accuracy']:.4f}" if has_val else ""
-        self.say(f"{name} epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_text} {record['seconds']:.1f}s")
-        return record
-
-    def _steps(self, batches: Iterable, result: TrainResult) -> dict[str, Any]:
-        """One pass over `batches`: {"loss": the mean training loss, "images": the training images seen,
-        augmentation included}."""
-        total_loss = torch.zeros((), device=self.device)
-        steps = seen = 0
-        for x, y in batches:
-            with self.autocast():
-                loss = self.recipe.loss(self.forward, x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
-            total_loss += loss.detach()
-            steps += 1
-            seen += len(y)
-            result.steps += 1
-            if hasattr(batches, "set_postfix") and steps % 50 == 0:
-                batches.set_postfix(loss=f"{total_loss.item() / steps:.4f}")
-            if self.spent(result):
-                break
-        return {"loss": total_loss.item() / max(steps, 1), "images": seen}
-
-
-@dataclass
-class _EarlyStopping:
-    """The best validation accuracy so far, its weights, and the epochs waited since (patience None: never stop)."""
-
-    patience: int | None
-    best_accuracy: float = -1.0
-    best_state: dict[str, torch.Tensor] | None = None
-    waited: int = 0
-
-    def state(self) -> tuple[float, dict[str, torch.Tensor] | None, int]:
-        return self.best_accuracy, self.best_state, self.waited
-
-    def update(self, accuracy: float | None, epoch: int, model: nn.Module, result: TrainResult) -> bool:
-        """Records an epoch's validation accuracy (None: no validation, every epoch counts as best); True when
-        training should stop."""
-        if accuracy is None:
-            result.best_epoch = epoch
-        elif accuracy > self.best_accuracy:
-            self.best_accuracy, result.best_epoch, self.waited = accuracy, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            self.waited += 1
-            if self.patience is not None and self.waited >= self.patience:
-                result.stopped_early = True
-                return True
-        return False

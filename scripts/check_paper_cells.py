@@ -16,10 +16,13 @@ attack settings changed (keys of the config's [attack] section, e.g. ``cw_confid
 on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
 for the same images.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--noisy-validation]``: the defense retrained with
-recipe settings or the early-stopping patience changed, or (GDA) validated on noisy held-out images, judged on
-the run's own cached black-box adversarials (all test images: the adversarial images must still be in the run's
-cache) beside the run's model.
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--noisy-validation | --keras-validation]``:
+the defense retrained with recipe settings, the early-stopping patience or the seed changed, or validated on
+the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is
+given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM
+adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the other
+examples trained on (``--keras-validation``). Judged on the run's own cached black-box adversarials (all test
+images: the adversarial images must still be in the run's cache) beside the run's model.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json`.
@@ -28,6 +31,7 @@ Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a re
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist attack cw --set cw_confidence=0 --images 200
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --set eps=0.1
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense gda --noisy-validation
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nemesis_fast.data.loader import split_validation
+from nemesis_fast.data.loader import split_validation, to_float
+from nemesis_fast.defenses import offline_examples
+from nemesis_fast.defenses.recipes import make_recipe
 from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.attack import Attacks
 from nemesis_fast.evaluation.config import ConfigError
@@ -74,10 +80,12 @@ def train_variant(
     seed: int,
     init: str = "torch",
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    recipe: str | None = None,
     **changes: Any,
 ) -> nn.Module:
     """Model `name` of the run trained again as `tag` with `changes` (recipe settings, other arguments of
-    :func:`nemesis_fast.train`) on `data` (None: the run's training set), or loaded when trained before."""
+    :func:`nemesis_fast.train`) on `data` (None: the run's training set), or loaded when trained before.
+    `recipe` replaces the run's recipe of the model (then only `changes` give its settings)."""
     models = evaluation.models
     torch.manual_seed(seed)
     model = models.build(name)
@@ -89,12 +97,13 @@ def train_variant(
         return model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     key = models.key(name)
-    settings = {**key["recipe_settings"], **changes.pop("settings", {})}
+    settings = {**(key["recipe_settings"] if recipe is None else {}), **changes.pop("settings", {})}
     budget = {**models.budget(), "seed": seed, **changes}
-    source = models.get("standard") if "source_model" in key else None
+    source = models.get("standard") if "source_model" in key and recipe is None else None
     data = data or (evaluation.data.train_images, evaluation.data.train_labels)
+    recipe = recipe or key["recipe"]
     result = train(
-        model, data, key["recipe"], settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
+        model, data, recipe, settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
     )
     epochs = f"epoch {result.best_epoch} of {len(result.history)}"
     print(f"{tag}: best validation accuracy {100 * result.val_accuracy:.2f}% ({epochs})", flush=True)
@@ -233,6 +242,23 @@ def noisy_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tupl
     return train_part, (x.float().div(255) + sigma * noise, y)
 
 
+def keras_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
+    """The authors' Keras layout of an offline recipe's training set: all training images, then their examples
+    of the run's CNN (the run's source of offline examples) appended in the same order; `validation_split` holds
+    out the last rows, which are examples of the last training images: ((train rows, labels), (val rows,
+    labels)), float32 in [0, 1]."""
+    key = evaluation.models.key(name)
+    recipe = make_recipe(key["recipe"], key["recipe_settings"], dataset=evaluation.config.dataset, seed=seed)
+    if not recipe.needs_source:
+        raise SystemExit(f"--keras-validation needs an offline recipe (fgsm_adversarial, vat), got {name!r}")
+    source = evaluation.models.get("standard")
+    images, labels = evaluation.data.train_images, evaluation.data.train_labels
+    examples = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels)
+    rows, labels = torch.cat([to_float(images), examples]), torch.cat([labels, labels])
+    held = round(evaluation.config.training.validation_fraction * len(labels))
+    return (rows[:-held], labels[:-held]), (rows[-held:], labels[-held:])
+
+
 def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     name = args.name
     if name not in evaluation.config.defenses or name == "feature_squeezing":
@@ -243,10 +269,17 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         changes["patience"] = None if args.patience == "none" else int(args.patience)
     parts = [f"{k}{v}" for k, v in settings.items()] + ([f"patience{args.patience}"] if args.patience else [])
     seed, data = evaluation.config.seed, None
+    if args.seed is not None:
+        seed = args.seed
+        parts.append(f"seed{seed}")
     if args.noisy_validation:
         data, changes["val_data"] = noisy_validation(evaluation, name, seed)
         changes["val_fraction"] = 0.0
         parts.append("noisyval")
+    if args.keras_validation:
+        data, changes["val_data"] = keras_validation(evaluation, name, seed)
+        changes["val_fraction"], changes["recipe"] = 0.0, "standard"
+        parts.append("kerasval")
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
@@ -292,7 +325,12 @@ def main() -> None:
     defense.add_argument("name")
     defense.add_argument("--set", action="append", help="a recipe setting, KEY=VALUE (JSON value)")
     defense.add_argument("--patience", help="early-stopping patience, or none")
-    defense.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
+    defense.add_argument("--seed", type=int, help="another training seed (initialisation, batch order, split)")
+    validation = defense.add_mutually_exclusive_group()
+    validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
+    validation.add_argument(
+        "--keras-validation", action="store_true", help="offline recipes: validate on the last 10%% of the rows"
+    )
     args = parser.parse_args()
     set_threads(args.threads, torch.device("cpu"))
     run = Path(args.run)

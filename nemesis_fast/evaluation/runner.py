@@ -9,9 +9,8 @@ continues where it stopped.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .._progress import progress_bar
 from .._version import __version__
 from ..bench.harness import device_name
 from ..data import load_cifar10, load_mnist
@@ -93,17 +93,6 @@ class Unit(NamedTuple):
     def group(self) -> Unit:
         """The unit without its chunk: the cell (or row) its outcome counts towards."""
         return self._replace(chunk=None)
-
-
-def _progress(items: list, description: str, enabled: bool) -> Iterable:
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(items, desc=description, leave=False, file=sys.stderr)
-        except ImportError:
-            pass
-    return items
 
 
 class Evaluation:
@@ -226,7 +215,7 @@ class Evaluation:
         certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
         self.log(f"attacking {len(self.data.test_labels)} test images{certifying}: {len(units)} units of work")
         attack_started = time.perf_counter()
-        outcomes = {unit: self._do(unit) for unit in _progress(mine, "attacks", self.progress)}
+        outcomes = {unit: self._do(unit) for unit in progress_bar(self.progress, iterable=mine, desc="attacks") or mine}
         gathered: dict[Unit, dict[str, Any]] = {}
         for part in self.workers.gather(outcomes):
             gathered.update(part)

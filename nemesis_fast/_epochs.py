@@ -1,0 +1,175 @@
+"""The epoch loop of :func:`nemesis_fast.train`: one epoch's optimizer steps and validation (:class:`Epochs`),
+early stopping on the validation accuracy, and :func:`evaluate_accuracy`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._amp import amp_name, autocast
+from ._checks import check_device
+from ._progress import progress_bar
+from .data.loader import DeviceLoader, check_images_labels
+from .defenses.recipes import Recipe
+
+Data = tuple[torch.Tensor, torch.Tensor]
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. `history` holds one dict per epoch: epoch, loss (mean training loss),
+    val_accuracy (None without a validation set), seconds, images (training images seen, augmentation
+    included). `best_epoch` is the epoch whose weights the model holds at the end."""
+
+    model: nn.Module
+    recipe: str
+    settings: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    val_accuracy: float | None = None
+    seconds: float = 0.0
+    steps: int = 0
+    stopped_early: bool = False
+
+
+def forward_autocast(
+    device: torch.device, amp: bool | str | None
+) -> tuple[Callable[[], contextlib.AbstractContextManager], bool]:
+    """(a context factory for the forward passes, whether fp16 gradient scaling is needed)."""
+    name = amp_name(amp)
+    return (lambda: autocast(device.type, name)), name == "fp16"
+
+
+def evaluate_accuracy(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+    amp: bool | str = False,
+) -> float:
+    """The fraction of `images` (uint8 or float, (N, C, H, W)) that `model` classifies as `labels`, in eval
+    mode (restored afterwards); nan for an empty set. `device` defaults to the model's."""
+    check_images_labels(images, labels)
+    if device is None and isinstance(model, nn.Module):
+        device = next((p.device for p in model.parameters()), None)
+    device = check_device(device)
+    if len(labels) == 0:
+        return float("nan")
+    loader = DeviceLoader(images, labels, batch_size, shuffle=False, device=device)
+    autocast, _ = forward_autocast(device, amp)
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        if isinstance(model, nn.Module):
+            model.eval()
+        with torch.no_grad(), autocast():
+            for x, y in loader:
+                correct += (model(x).argmax(1) == y).sum()
+    finally:
+        for module, training in modes:
+            module.training = training
+    return correct.item() / len(labels)
+
+
+@dataclass
+class Epochs:
+    """One epoch of :func:`train`: its optimizer steps, then validation and the epoch's log line."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    recipe: Recipe
+    loader: DeviceLoader
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    scaler: torch.amp.GradScaler | None
+    max_steps: int | None
+    device: torch.device
+    amp: bool | str
+    val: Data | None
+    progress: bool | None
+    say: Log
+
+    def spent(self, result: TrainResult) -> bool:
+        """Whether the step budget `max_steps` is used up."""
+        return self.max_steps is not None and result.steps >= self.max_steps
+
+    def run(self, epoch: int, epochs: int, result: TrainResult) -> dict[str, Any]:
+        """Trains one epoch (counting steps into `result`), validates, logs; appends the epoch's record to
+        `result.history` and returns it."""
+        started = time.perf_counter()
+        name = self.recipe.name
+        description = f"{name} epoch {epoch}/{epochs}"
+        bar = progress_bar(self.progress, iterable=self.loader, desc=description, total=len(self.loader))
+        record = {"epoch": epoch, **self._steps(bar or self.loader, result)}
+        val = self.val
+        has_val = val is not None and len(val[1])
+        record["val_accuracy"] = (
+            evaluate_accuracy(self.forward, *val, device=self.device, amp=self.amp) if has_val else None
+        )
+        record["seconds"] = time.perf_counter() - started
+        result.history.append(record)
+        val_text = f" val_acc {record['val_accuracy']:.4f}" if has_val else ""
+        self.say(f"{name} epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_text} {record['seconds']:.1f}s")
+        return record
+
+    def _steps(self, batches: Iterable, result: TrainResult) -> dict[str, Any]:
+        """One pass over `batches`: {"loss": the mean training loss, "images": the training images seen,
+        augmentation included}."""
+        total_loss = torch.zeros((), device=self.device)
+        steps = seen = 0
+        for x, y in batches:
+            with self.autocast():
+                loss = self.recipe.loss(self.forward, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            total_loss += loss.detach()
+            steps += 1
+            seen += len(y)
+            result.steps += 1
+            if hasattr(batches, "set_postfix") and steps % 50 == 0:
+                batches.set_postfix(loss=f"{total_loss.item() / steps:.4f}")
+            if self.spent(result):
+                break
+        return {"loss": total_loss.item() / max(steps, 1), "images": seen}
+
+
+@dataclass
+class EarlyStopping:
+    """The best validation accuracy so far, its weights, and the epochs waited since (patience None: never stop)."""
+
+    patience: int | None
+    best_accuracy: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    waited: int = 0
+
+    def state(self) -> tuple[float, dict[str, torch.Tensor] | None, int]:
+        return self.best_accuracy, self.best_state, self.waited
+
+    def update(self, accuracy: float | None, epoch: int, model: nn.Module, result: TrainResult) -> bool:
+        """Records an epoch's validation accuracy (None: no validation, every epoch counts as best); True when
+        training should stop."""
+        if accuracy is None:
+            result.best_epoch = epoch
+        elif accuracy > self.best_accuracy:
+            self.best_accuracy, result.best_epoch, self.waited = accuracy, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.waited += 1
+            if self.patience is not None and self.waited >= self.patience:
+                result.stopped_early = True
+                return True
+        return False
