@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import nemesis_fast as nf
+from nemesis_fast._amp import amp_name
+from nemesis_fast._progress import progress_bar
 from nemesis_fast.checkpoints import load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
 from nemesis_fast.data import load_mnist
@@ -329,3 +331,12 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, setting
     nf.train(fresh(), (images, labels), recipe, checkpoint=path, **{**kwargs, "epochs": 1})
     with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
         nf.train(fresh(), (images, labels), recipe, checkpoint=path, **{**kwargs, "seed": 4})
+
+
+def test_amp_argument_names_a_dtype_or_none():
+    assert amp_name(False) is None and amp_name(None) is None
+    assert amp_name(True) == "bf16" and amp_name("fp16") == "fp16"
+    for bad in (1, "fp8", torch.float16):
+        with pytest.raises(ValueError, match="amp must be one of"):
+            amp_name(bad)
+    assert progress_bar(False, total=3) is None
