@@ -21,7 +21,9 @@ the defense retrained with recipe settings, the early-stopping patience or the s
 the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is
 given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM
 adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the other
-examples trained on (``--keras-validation``). Judged on the run's own cached black-box adversarials (all test
+examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the test
+images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on,
+7,000 validated on). Judged on the run's own cached black-box adversarials (all test
 images: the adversarial images must still be in the run's cache) beside the run's model.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
@@ -32,6 +34,8 @@ Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a re
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --set eps=0.1
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense gda --noisy-validation
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation \
+        --examples-of test
 """
 
 from __future__ import annotations
@@ -242,19 +246,25 @@ def noisy_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tupl
     return train_part, (x.float().div(255) + sigma * noise, y)
 
 
-def keras_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
-    """The authors' Keras layout of an offline recipe's training set: all training images, then their examples
-    of the run's CNN (the run's source of offline examples) appended in the same order; `validation_split` holds
-    out the last rows, which are examples of the last training images: ((train rows, labels), (val rows,
+def keras_validation(evaluation: Evaluation, name: str, seed: int, examples_of: str) -> tuple[tuple, tuple]:
+    """The authors' Keras layout of an offline recipe's training set: all training images, then the examples of
+    the run's CNN (the run's source of offline examples) of the training images (``examples_of="train"``, the
+    scripts until 14 August 2017) or of the test images with the test labels ("test": from 15 August,
+    8c6162838, the script pairs the examples with the test labels, so only the test set's examples fit);
+    `validation_split` holds out the last rows, all of them examples: ((train rows, labels), (val rows,
     labels)), float32 in [0, 1]."""
     key = evaluation.models.key(name)
     recipe = make_recipe(key["recipe"], key["recipe_settings"], dataset=evaluation.config.dataset, seed=seed)
     if not recipe.needs_source:
         raise SystemExit(f"--keras-validation needs an offline recipe (fgsm_adversarial, vat), got {name!r}")
     source = evaluation.models.get("standard")
-    images, labels = evaluation.data.train_images, evaluation.data.train_labels
+    data = evaluation.data
+    images, labels = (
+        (data.train_images, data.train_labels) if examples_of == "train" else (data.test_images, data.test_labels)
+    )
     examples = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels)
-    rows, labels = torch.cat([to_float(images), examples]), torch.cat([labels, labels])
+    rows = torch.cat([to_float(data.train_images), examples])
+    labels = torch.cat([data.train_labels, labels])
     held = round(evaluation.config.training.validation_fraction * len(labels))
     return (rows[:-held], labels[:-held]), (rows[-held:], labels[-held:])
 
@@ -277,9 +287,9 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         changes["val_fraction"] = 0.0
         parts.append("noisyval")
     if args.keras_validation:
-        data, changes["val_data"] = keras_validation(evaluation, name, seed)
+        data, changes["val_data"] = keras_validation(evaluation, name, seed, args.examples_of)
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
-        parts.append("kerasval")
+        parts.append("kerasval" + ("-testexamples" if args.examples_of == "test" else ""))
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
@@ -330,6 +340,12 @@ def main() -> None:
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     validation.add_argument(
         "--keras-validation", action="store_true", help="offline recipes: validate on the last 10%% of the rows"
+    )
+    defense.add_argument(
+        "--examples-of",
+        choices=("train", "test"),
+        default="train",
+        help="--keras-validation: the offline examples made of the training images or of the test images",
     )
     args = parser.parse_args()
     set_threads(args.threads, torch.device("cpu"))
