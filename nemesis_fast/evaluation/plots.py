@@ -134,8 +134,13 @@ def plot_perturbations(results: Results, path: Path) -> bool:
         ]
         ax.boxplot([p.values or [float("nan")] for p in stats], showfliers=False)
         ax.set_xticks(range(1, len(stats) + 1))
+        labels = [defense_label(p.defense, p.setting).replace(" (", "\n(") for p in stats]
         ax.set_xticklabels(
-            [f"{defense_label(p.defense, p.setting)}\n{p.success:.0f}% fooled" for p in stats], fontsize=7, rotation=30
+            [f"{label}\n{p.success:.0f}% fooled" for label, p in zip(labels, stats)],
+            fontsize=7,
+            rotation=45,
+            ha="right",
+            rotation_mode="anchor",
         )
         ax.set_title(f"White-box {ATTACK_LABELS[attack]}: smallest perturbation that fools")
         ax.set_ylabel("L0 (features changed)" if attack == "jsma" else "L2 (pixel scale [0, 1])")
