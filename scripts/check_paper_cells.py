@@ -286,10 +286,13 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         data, changes["val_data"] = noisy_validation(evaluation, name, seed)
         changes["val_fraction"] = 0.0
         parts.append("noisyval")
+    if args.examples_of is not None and not args.keras_validation:
+        raise SystemExit("--examples-of needs --keras-validation")
     if args.keras_validation:
-        data, changes["val_data"] = keras_validation(evaluation, name, seed, args.examples_of)
+        examples_of = args.examples_of or "train"
+        data, changes["val_data"] = keras_validation(evaluation, name, seed, examples_of)
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
-        parts.append("kerasval" + ("-testexamples" if args.examples_of == "test" else ""))
+        parts.append("kerasval" + ("-testexamples" if examples_of == "test" else ""))
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
@@ -344,8 +347,7 @@ def main() -> None:
     defense.add_argument(
         "--examples-of",
         choices=("train", "test"),
-        default="train",
-        help="--keras-validation: the offline examples made of the training images or of the test images",
+        help="--keras-validation: the offline examples made of the training images (default) or of the test images",
     )
     args = parser.parse_args()
     set_threads(args.threads, torch.device("cpu"))
