@@ -16,10 +16,11 @@ from _support import write_cifar
 from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
 from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.checks import gradient_masking_checks
-from nemesis_fast.evaluation.config import ATTACKS
-from nemesis_fast.evaluation.paper import eps_meeting_paper, paper_value
-from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats, sweep_table
+from nemesis_fast.evaluation.config import ATTACKS, MASKED
+from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, eps_meeting_paper, paper_value
+from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
 from nemesis_fast.evaluation.runner import Evaluation, _either, load_data
+from nemesis_fast.evaluation.tables import authors_table, sweep_table
 from nemesis_fast.parallel import Workers
 
 TINY = """
@@ -546,6 +547,39 @@ def test_the_sweep_table_counts_the_cells_within_5_points_at_each_eps():
     assert header == ["defense", "0.05", "0.3", "paper", "meets paper at eps"]
     assert rows[0][0] == "CNN" and rows[0][-2:] == ["94.46", "0.056"]
     assert rows[-1] == ["within 5 points of the paper", "1/1", "0/1", "", ""]
+
+
+def test_the_papers_fgsm_and_rfgsm_columns_are_the_authors_curves_at_eps_01_and_03():
+    """The finding the `paper` preset's table eps rest on: each paper cell within 1 point of the authors' own
+    black-box curve, except the R+FGSM cell of FGSM adversarial training (another of their models)."""
+    for defense, cells in PAPER_MNIST_BLACKBOX.items():
+        fgsm, rfgsm = (
+            authors_curve("mnist", "blackbox", "fgsm", defense),
+            authors_curve("mnist", "blackbox", "rfgsm", defense),
+        )
+        assert fgsm[0.1] == pytest.approx(cells["fgsm"], abs=1.0), defense
+        if defense != "fgsm_adversarial":
+            assert rfgsm[0.3] == pytest.approx(cells["rfgsm"], abs=1.0), defense
+    assert authors_curve("mnist", "blackbox", "rfgsm", "fgsm_adversarial")[0.3] > 49.77 + 30  # the paper: 49.77
+    assert authors_curve("cifar10", "blackbox", "fgsm", "standard") == {}
+    assert authors_curve("mnist", "blackbox", "deepfool", "standard") == {}
+    assert 0.5 not in authors_curve("mnist", "blackbox", "fgsm", "standard")  # hidden in their plot
+
+
+def test_the_authors_table_puts_their_curve_beside_the_runs():
+    cells = [_c("fgsm", "blackbox", 0.1, 90.0), _c("fgsm", "blackbox", 0.3, 31.5), _c("fgsm", "blackbox", 0.05, 97.0)]
+    header, rows = authors_table(_results(cells, [0.05, 0.1, 0.3]), "blackbox", "fgsm")
+    assert header == ["defense", *(f"{i / 10:g}" for i in range(1, 11))]
+    assert rows[0][:5] == ["CNN", "94.0 / 90.0", "68.3", "31.0 / 31.5", "11.9"] and rows[0][5] == "-"
+    config = load_config(overrides={"defenses": ["standard", "gda_brelu"], "blackbox_eps": []}).to_dict()
+    white = [Cell("gda_brelu", "fgsm", "whitebox", 0.1, 80.0, 100, 0, 0, 0, 0)]
+    white += [Cell("gda_brelu", "fgsm", MASKED, 0.1, 95.0, 100, 0, 0, 0, 0)]
+    results = Results(config=config, version="t", device="cpu", world_size=1, cells=white)
+    _, rows = authors_table(results, "whitebox", "fgsm")
+    assert rows[0][:2] == ["CNN", "73.9"]  # no cell of this run: the authors' value alone
+    assert rows[1][:2] == ["GDA + BReLU (gradient masking)", "97.2 / 95.0"]  # they used its own gradient
+    results.config["dataset"] = "cifar10"
+    assert authors_table(results, "whitebox", "fgsm") == (["defense"], [])
 
 
 def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():

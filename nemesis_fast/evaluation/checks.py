@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .report import MASKED, Cell, Results
+from .config import MASKED
+from .report import Cell, Results
 
 LARGE_EPS = 0.5
 

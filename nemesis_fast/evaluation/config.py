@@ -24,6 +24,8 @@ DEFENSE_LABELS = {
 }
 ATTACKS = ("fgsm", "rfgsm", "deepfool", "jsma", "cw")
 ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W", "pgd": "PGD"}
+MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
+MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
 WHITEBOX_ATTACKS = ("fgsm", "rfgsm", "pgd")
 DEFAULT_WHITEBOX_ATTACKS = ("fgsm", "rfgsm")  # PGD (40 steps x 5 restarts per eps) only where asked for
 SWEEP_ATTACKS = ("fgsm", "rfgsm")  # the black-box attacks with a budget eps
@@ -170,3 +172,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "whitebox_eps": [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
     },
 }
+
+
+def defense_label(defense: str, setting: str = "whitebox") -> str:
+    """The defense's name in tables and figures, marked where it was attacked through its own gradient."""
+    return DEFENSE_LABELS[defense] + (" (gradient masking)" if setting == MASKED else "")

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from .._io import write_atomic
-from .config import ATTACK_LABELS, DEFENSE_LABELS
-from .paper import paper_value
-from .report import MASKED, Results, defense_label
+from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, defense_label
+from .paper import authors_curve, paper_value
+from .report import Results
 
 
 def _pyplot():
@@ -24,12 +24,19 @@ def _pyplot():
 
 
 def _accuracy_panels(
-    results: Results, path: Path, attacks: list[str], cells_of, title: str, paper_lines: bool = False
+    results: Results,
+    path: Path,
+    attacks: list[str],
+    cells_of,
+    title: str,
+    paper_lines: bool = False,
+    authors: str | None = None,
 ) -> bool:
     """One panel per attack of accuracy against eps, one line per defense (`cells_of(attack)`: the cells;
     `title`: a format string taking the attack's name);
     a log eps axis when the eps span more than a decade (0 left out there); with `paper_lines`, the paper's
-    value of each defense as a dashed line of its colour."""
+    value of each defense as a dashed line of its colour; with `authors` ("blackbox" or "whitebox"), the authors'
+    own curve of each defense (MNIST, :func:`.paper.authors_curve`) dotted in its colour."""
     if not attacks:
         return False
     plt = _pyplot()
@@ -48,6 +55,9 @@ def _accuracy_panels(
             paper = paper_value(results.config["dataset"], defense, attack) if paper_lines else None
             if paper is not None:
                 ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
+            theirs = authors_curve(results.config["dataset"], authors, attack, defense) if authors else {}
+            if theirs:
+                ax.plot(list(theirs), list(theirs.values()), color=line.get_color(), linestyle=":", marker="x", ms=4)
         if log:
             ax.set_xscale("log")
         ax.set_title(title.format(ATTACK_LABELS[attack]))
@@ -65,16 +75,19 @@ def _accuracy_panels(
 def plot_whitebox(results: Results, path: Path) -> bool:
     """White-box accuracy against eps, one panel per white-box attack, one line per defense (the paper's figure)."""
     attacks = [a for a in results.config["whitebox_attacks"] if results.whitebox(a)]
-    title = "White-box {} (" + results.config["dataset"] + ")"
-    return _accuracy_panels(results, path, attacks, results.whitebox, title)
+    mnist = results.config["dataset"] == "mnist"
+    title = "White-box {} (" + results.config["dataset"] + ("; dotted: the authors, own gradient)" if mnist else ")")
+    return _accuracy_panels(results, path, attacks, results.whitebox, title, authors="whitebox")
 
 
 def plot_sweep(results: Results, path: Path) -> bool:
     """Black-box accuracy against eps for FGSM and R+FGSM, one line per defense, the paper's value of each
-    defense as a dashed line of its colour (MNIST): where a line crosses its dashed line, the paper's column is met."""
+    defense as a dashed line of its colour (MNIST): where a line crosses its dashed line, the paper's column is met;
+    the authors' own curve dotted in the same colour."""
     attacks = [a for a in ("fgsm", "rfgsm") if results.config["blackbox_eps"] and results.blackbox_sweep(a)]
-    title = "Black-box {} (dashed: the paper's value)"
-    return _accuracy_panels(results, path, attacks, results.blackbox_sweep, title, paper_lines=True)
+    mnist = results.config["dataset"] == "mnist"
+    title = "Black-box {}" + (" (dashed: the paper; dotted: the authors)" if mnist else "")
+    return _accuracy_panels(results, path, attacks, results.blackbox_sweep, title, paper_lines=True, authors="blackbox")
 
 
 def plot_examples(

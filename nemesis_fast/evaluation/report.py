@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from .._io import write_atomic
-from .certified import CertifiedAccuracy, certified_csv, certified_table, certified_title, plot_certified
-from .config import ATTACK_LABELS, DEFENSE_LABELS
-from .paper import TOLERANCE, comparison, eps_meeting_paper, paper_value
+from .certified import CertifiedAccuracy, certified_csv, plot_certified
+from .config import ATTACK_LABELS
+from .tables import blackbox_table, norms_table, sections
 
 QUARTILES = (0.25, 0.5, 0.75)
 
@@ -119,124 +119,6 @@ class Results:
         return asdict(self)
 
 
-def blackbox_table(results: Results) -> tuple[list[str], list[list[str]]]:
-    """Rows: defenses; columns: clean accuracy and one per black-box attack (accuracy in percent). On MNIST each
-    cell also shows the paper's value and the difference, with "!" where it is more than 5 points."""
-    attacks = results.config["blackbox_attacks"]
-    header = ["defense", "clean", *(ATTACK_LABELS[a] for a in attacks)]
-    rows = []
-    for defense in results.config["defenses"]:
-        cells = {c.attack: c for c in results.blackbox() if c.defense == defense}
-        row = [DEFENSE_LABELS[defense], _pct(results.clean_accuracy.get(defense))]
-        for attack in attacks:
-            text = _pct(cells[attack].accuracy) if attack in cells else ""
-            versus = comparison(results.config["dataset"], defense, attack, cells[attack].accuracy) if text else None
-            if versus is not None:
-                mark = "" if versus["within"] else " !"
-                text += f" ({versus['paper']:.2f}, {versus['difference']:+.1f}{mark})"
-            row.append(text)
-        rows.append(row)
-    return header, rows
-
-
-def sweep_table(results: Results, attack: str) -> tuple[list[str], list[list[str]]]:
-    """Rows: defenses; columns: black-box accuracy (%) at each eps of the run, then (MNIST) the paper's value and
-    the eps at which the sweep meets it, and a last row counting the cells within 5 points of the paper's at
-    each eps (no single eps need fit a whole column)."""
-    cells = results.blackbox_sweep(attack)
-    eps_values = sorted({c.eps for c in cells})
-    dataset = results.config["dataset"]
-    header = ["defense", *(f"{e:g}" for e in eps_values)]
-    if dataset == "mnist":
-        header += ["paper", "meets paper at eps"]
-    rows = []
-    for defense in results.config["defenses"]:
-        mine = {c.eps: c.accuracy for c in cells if c.defense == defense}
-        row = [DEFENSE_LABELS[defense], *(_pct(mine.get(e)) for e in eps_values)]
-        paper = paper_value(dataset, defense, attack)
-        if dataset == "mnist":
-            met = eps_meeting_paper(list(mine.items()), paper) if paper is not None and mine else None
-            if met is None:
-                text = "never" if paper is not None and mine else ""
-            elif mine[min(mine)] <= paper:
-                text = f"<= {min(mine):g}"  # already at or below the paper's value at the smallest eps
-            else:
-                text = f"{met:.3f}"
-            row += [_pct(paper), text]
-        rows.append(row)
-    if dataset == "mnist" and cells:
-        within = []
-        for e in eps_values:
-            versus = [comparison(dataset, c.defense, attack, c.accuracy) for c in cells if c.eps == e]
-            versus = [v for v in versus if v is not None]
-            within.append(f"{sum(v['within'] for v in versus)}/{len(versus)}" if versus else "")
-        rows.append([f"within {TOLERANCE:g} points of the paper", *within, "", ""])
-    return header, rows
-
-
-MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
-
-
-def defense_label(defense: str, setting: str = "whitebox") -> str:
-    """The defense's name in tables and figures, marked where it was attacked through its own gradient."""
-    return DEFENSE_LABELS[defense] + (" (gradient masking)" if setting == MASKED else "")
-
-
-def perturbation_table(results: Results) -> tuple[list[str], list[list[str]]]:
-    """Rows: (defense, attack); the minimal white-box perturbation's quartiles ("inf": the attack failed on at
-    least that fraction of the images)."""
-    header = ["defense", "attack", "norm", "images", "fooled %", "q25", "median", "q75"]
-    rows = [
-        [
-            defense_label(p.defense, p.setting),
-            ATTACK_LABELS[p.attack],
-            p.norm.upper(),
-            str(p.samples),
-            _pct(p.success),
-            *(f"{v:.3g}" for v in (p.q25, p.median, p.q75)),
-        ]
-        for p in sorted(
-            results.perturbations,
-            key=lambda p: (p.attack, p.setting == MASKED, results.config["defenses"].index(p.defense)),
-        )
-    ]
-    return header, rows
-
-
-def checks_table(results: Results) -> tuple[list[str], list[list[str]]]:
-    """The gradient-masking checks of every defense (:mod:`.checks`)."""
-    from .checks import gradient_masking_checks
-
-    header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "own gradient <= row", "flag"]
-    rows = [
-        [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, r.own_gradient, "FLAGGED" if r.flagged else ""]
-        for r in gradient_masking_checks(results)
-    ]
-    return header, rows
-
-
-def whitebox_table(results: Results, attack: str) -> tuple[list[str], list[list[str]]]:
-    """Rows: defenses (then gradient-masking rows where present); columns: eps; accuracy in percent."""
-    eps_values = results.config["whitebox_eps"]
-    header = ["defense", *(f"eps {e:.3g}" for e in eps_values)]
-    rows = []
-    for setting in ("whitebox", MASKED):
-        for defense in results.config["defenses"]:
-            cells = {c.eps: c for c in results.whitebox(attack, setting) if c.defense == defense}
-            if cells:
-                rows.append(
-                    [
-                        defense_label(defense, setting),
-                        *(_pct(cells[e].accuracy) if e in cells else "" for e in eps_values),
-                    ]
-                )
-    return header, rows
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
-
-
 def render_text(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *rows]]
@@ -277,7 +159,7 @@ def summary(results: Results) -> str:
             "Black-box accuracy (%) of each defense, attacks crafted on the black-box source:",
             render_text(*blackbox_table(results)),
         ]
-    for title, header, rows in _sections(results):
+    for title, header, rows in sections(results):
         parts += ["", title + ":", render_text(header, rows)]
     if results.seconds:
         parts += ["", "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.seconds.items())]
@@ -295,51 +177,10 @@ def markdown(results: Results) -> str:
         parts += [f"**{_pending(results)}**", ""]
     if results.blackbox():
         parts += ["## Black-box accuracy (%)", "", render_markdown(*blackbox_table(results)), ""]
-    for title, header, rows in _sections(results):
+    for title, header, rows in sections(results):
         parts += [f"## {title}", "", render_markdown(header, rows), ""]
     parts += ["## Mean perturbation size", "", render_markdown(*norms_table(results)), ""]
     return "\n".join(parts)
-
-
-def _sections(results: Results) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table after the black-box one that has rows."""
-    sections = []
-    for attack in ("fgsm", "rfgsm"):
-        if results.config["blackbox_eps"] and results.blackbox_sweep(attack):
-            title = f"Black-box {ATTACK_LABELS[attack]} accuracy (%) against eps (the eps sweep)"
-            sections.append((title, *sweep_table(results, attack)))
-    for attack in results.config["whitebox_attacks"]:
-        header, rows = whitebox_table(results, attack)
-        if rows:
-            sections.append((f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps", header, rows))
-    if results.perturbations:
-        title = "White-box minimal perturbation (over correctly classified images; inf: not fooled)"
-        sections.append((title, *perturbation_table(results)))
-    header, rows = checks_table(results)
-    if any(r[1:4] != ["not run"] * 3 for r in rows):
-        sections.append(("Gradient-masking checks (Athalye et al. 2018)", header, rows))
-    if results.certified:
-        sections.append((certified_title(results.certified), *certified_table(results.certified)))
-    return sections
-
-
-def norms_table(results: Results) -> tuple[list[str], list[list[str]]]:
-    header = ["defense", "attack", "setting", "eps", "accuracy", "mean L2", "mean Linf", "mean L0", "seconds"]
-    rows = [
-        [
-            DEFENSE_LABELS[c.defense],
-            ATTACK_LABELS[c.attack],
-            c.setting,
-            "" if c.eps is None else f"{c.eps:g}",
-            _pct(c.accuracy),
-            f"{c.mean_l2:.3f}",
-            f"{c.mean_linf:.3f}",
-            f"{c.mean_l0:.1f}",
-            f"{c.seconds:.1f}",
-        ]
-        for c in results.cells
-    ]
-    return header, rows
 
 
 def to_csv(results: Results) -> str:

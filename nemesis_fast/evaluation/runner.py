@@ -28,8 +28,8 @@ from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
 from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
-from .config import ATTACK_LABELS, DEFENSE_LABELS, SWEEP_ATTACKS, ConfigError, EvalConfig
-from .report import MASKED, Cell, Perturbation, Results, perturbation_stats
+from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, SWEEP_ATTACKS, ConfigError, EvalConfig
+from .report import Cell, Perturbation, Results, perturbation_stats
 from .train import Models
 
 Log = Callable[[str], None]
