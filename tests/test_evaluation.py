@@ -18,6 +18,7 @@ from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.checks import gradient_masking_checks
 from nemesis_fast.evaluation.config import ATTACKS, MASKED
 from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, eps_meeting_paper, paper_value
+from nemesis_fast.evaluation.plots import plot_sweep
 from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
 from nemesis_fast.evaluation.runner import Evaluation, _either, load_data
 from nemesis_fast.evaluation.tables import authors_table, sweep_table
@@ -566,9 +567,11 @@ def test_the_papers_fgsm_and_rfgsm_columns_are_the_authors_curves_at_eps_01_and_
     assert 0.5 not in authors_curve("mnist", "blackbox", "fgsm", "standard")  # hidden in their plot
 
 
-def test_the_authors_table_puts_their_curve_beside_the_runs():
+def test_the_authors_table_puts_their_curve_beside_the_runs(tmp_path):
     cells = [_c("fgsm", "blackbox", 0.1, 90.0), _c("fgsm", "blackbox", 0.3, 31.5), _c("fgsm", "blackbox", 0.05, 97.0)]
-    header, rows = authors_table(_results(cells, [0.05, 0.1, 0.3]), "blackbox", "fgsm")
+    results = _results(cells, [0.05, 0.1, 0.3])
+    assert plot_sweep(results, tmp_path / "sweep.png") and (tmp_path / "sweep.png").stat().st_size > 0
+    header, rows = authors_table(results, "blackbox", "fgsm")
     assert header == ["defense", *(f"{i / 10:g}" for i in range(1, 11))]
     assert rows[0][:5] == ["CNN", "94.0 / 90.0", "68.3", "31.0 / 31.5", "11.9"] and rows[0][5] == "-"
     config = load_config(overrides={"defenses": ["standard", "gda_brelu"], "blackbox_eps": []}).to_dict()

@@ -36,12 +36,14 @@ def _accuracy_panels(
     `title`: a format string taking the attack's name);
     a log eps axis when the eps span more than a decade (0 left out there); with `paper_lines`, the paper's
     value of each defense as a dashed line of its colour; with `authors` ("blackbox" or "whitebox"), the authors'
-    own curve of each defense (MNIST, :func:`.paper.authors_curve`) dotted in its colour."""
+    own curve of each defense (MNIST, :func:`.paper.authors_curve`) dotted in its colour, and said in the title of
+    the panels that have one."""
     if not attacks:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
+        notes = []
         eps = sorted({c.eps for c in cells_of(attack) if c.eps > 0})
         log = len(eps) > 1 and eps[-1] / eps[0] > 10
         for defense in results.config["defenses"]:
@@ -55,12 +57,15 @@ def _accuracy_panels(
             paper = paper_value(results.config["dataset"], defense, attack) if paper_lines else None
             if paper is not None:
                 ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
+                notes.append("dashed: the paper")
             theirs = authors_curve(results.config["dataset"], authors, attack, defense) if authors else {}
             if theirs:
                 ax.plot(list(theirs), list(theirs.values()), color=line.get_color(), linestyle=":", marker="x", ms=4)
+                notes.append("dotted: the authors" + (", own gradient" if authors == "whitebox" else ""))
         if log:
             ax.set_xscale("log")
-        ax.set_title(title.format(ATTACK_LABELS[attack]))
+        notes = list(dict.fromkeys(notes))
+        ax.set_title(title.format(ATTACK_LABELS[attack]) + (f" ({'; '.join(notes)})" if notes else ""))
         ax.set_xlabel("eps (L-inf, pixel scale [0, 1]" + (", log axis)" if log else ")"))
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
@@ -75,8 +80,7 @@ def _accuracy_panels(
 def plot_whitebox(results: Results, path: Path) -> bool:
     """White-box accuracy against eps, one panel per white-box attack, one line per defense (the paper's figure)."""
     attacks = [a for a in results.config["whitebox_attacks"] if results.whitebox(a)]
-    mnist = results.config["dataset"] == "mnist"
-    title = "White-box {} (" + results.config["dataset"] + ("; dotted: the authors, own gradient)" if mnist else ")")
+    title = "White-box {} on " + results.config["dataset"]
     return _accuracy_panels(results, path, attacks, results.whitebox, title, authors="whitebox")
 
 
@@ -85,8 +89,7 @@ def plot_sweep(results: Results, path: Path) -> bool:
     defense as a dashed line of its colour (MNIST): where a line crosses its dashed line, the paper's column is met;
     the authors' own curve dotted in the same colour."""
     attacks = [a for a in ("fgsm", "rfgsm") if results.config["blackbox_eps"] and results.blackbox_sweep(a)]
-    mnist = results.config["dataset"] == "mnist"
-    title = "Black-box {}" + (" (dashed: the paper; dotted: the authors)" if mnist else "")
+    title = "Black-box {}"
     return _accuracy_panels(results, path, attacks, results.blackbox_sweep, title, paper_lines=True, authors="blackbox")
 
 
