@@ -25,7 +25,6 @@ DEFENSE_LABELS = {
 ATTACKS = ("fgsm", "rfgsm", "deepfool", "jsma", "cw")
 ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W", "pgd": "PGD"}
 MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
-MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
 WHITEBOX_ATTACKS = ("fgsm", "rfgsm", "pgd")
 DEFAULT_WHITEBOX_ATTACKS = ("fgsm", "rfgsm")  # PGD (40 steps x 5 restarts per eps) only where asked for
 SWEEP_ATTACKS = ("fgsm", "rfgsm")  # the black-box attacks with a budget eps

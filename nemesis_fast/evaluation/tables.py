@@ -158,34 +158,34 @@ def _pct(value: float | None) -> str:
 
 def sections(results: Results) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table after the black-box one that has rows."""
-    sections = []
+    out = []
 
     def add_authors(setting: str, attack: str) -> None:
         header, rows = authors_table(results, setting, attack)
         if rows:
             name = {"blackbox": "Black-box", "whitebox": "White-box"}[setting]
             title = f"{name} {ATTACK_LABELS[attack]}: the authors' curves beside this run's"
-            sections.append((title + " (authors / this run; their plots of July 2017, read off)", header, rows))
+            out.append((title + " (authors / this run; their plots of July 2017, read off)", header, rows))
 
     for attack in ("fgsm", "rfgsm"):
         if results.config["blackbox_eps"] and results.blackbox_sweep(attack):
             title = f"Black-box {ATTACK_LABELS[attack]} accuracy (%) against eps (the eps sweep)"
-            sections.append((title, *sweep_table(results, attack)))
+            out.append((title, *sweep_table(results, attack)))
             add_authors("blackbox", attack)
     for attack in results.config["whitebox_attacks"]:
         header, rows = whitebox_table(results, attack)
         if rows:
-            sections.append((f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps", header, rows))
+            out.append((f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps", header, rows))
             add_authors("whitebox", attack)
     if results.perturbations:
         title = "White-box minimal perturbation (over correctly classified images; inf: not fooled)"
-        sections.append((title, *perturbation_table(results)))
+        out.append((title, *perturbation_table(results)))
     header, rows = checks_table(results)
     if any(r[1:4] != ["not run"] * 3 for r in rows):
-        sections.append(("Gradient-masking checks (Athalye et al. 2018)", header, rows))
+        out.append(("Gradient-masking checks (Athalye et al. 2018)", header, rows))
     if results.certified:
-        sections.append((certified_title(results.certified), *certified_table(results.certified)))
-    return sections
+        out.append((certified_title(results.certified), *certified_table(results.certified)))
+    return out
 
 
 def norms_table(results: Results) -> tuple[list[str], list[list[str]]]:
