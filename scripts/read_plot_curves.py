@@ -3,7 +3,8 @@ black-box and white-box accuracy figures only as such plots: notebooks/experimen
 history of the Adversarial Robustness Toolbox, c7a44acc8).
 
 Each line is found by its colour (matplotlib's default cycle, in the order the lines were drawn), at each x
-of the grid, as the mean row of the pixels of that colour within 2 pixel columns of x; the axes' frame is
+of the grid, among the pixels of that colour within 2 pixel columns of x, as the mean of the rows its marker
+fills (those with at least 60% of the widest row's pixels, not the slanting line's); the axes' frame is
 the longest dark row and column pair; the legend's box (its light grey frame) is left out. A value is printed
 as "-" where another line or the legend hides that one, or where that colour shows at two places. Read
 against a plot of known values (tests/test_read_plot_curves.py), the error is under 1 point on a 0-100 axis.
@@ -108,7 +109,10 @@ def notebook_plots(path: str | Path) -> list[tuple[int, str, np.ndarray]]:
     """(cell index, the cell's first source line, image) for every PNG output of the notebook at `path`."""
     import matplotlib.image as mpimg
 
-    cells = json.loads(Path(path).read_text())["cells"]
+    notebook = json.loads(Path(path).read_text())
+    if not isinstance(notebook, dict) or "cells" not in notebook:
+        raise ValueError(f"notebook: {path} is not a Jupyter notebook (no 'cells')")
+    cells = notebook["cells"]
     plots = []
     for index, cell in enumerate(cells):
         source = "".join(cell.get("source", [])).strip().splitlines()

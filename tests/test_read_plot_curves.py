@@ -90,3 +90,10 @@ def test_the_command_prints_one_table_per_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("| x | a | b | c |") == 2 and "cell 1: print('figure 1')" in out
     assert "| 0.3 | 31.0 | 47.0 | 88.0 |" in out or "| 0.3 | 3" in out
+
+
+def test_a_file_that_is_not_a_notebook_is_refused_by_name(tmp_path):
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps({"data": []}))
+    with pytest.raises(ValueError, match="notebook: .*plain.json is not a Jupyter notebook"):
+        read_plot_curves.notebook_plots(path)
