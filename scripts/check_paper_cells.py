@@ -16,15 +16,18 @@ attack settings changed (keys of the config's [attack] section, e.g. ``cw_confid
 on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
 for the same images.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--noisy-validation | --keras-validation]``:
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--noisy-validation | --keras-validation |
+--cleverhans-2017]``:
 the defense retrained with recipe settings, the early-stopping patience or the seed changed, or validated on
 the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is
 given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM
 adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the other
 examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the test
 images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on,
-7,000 validated on). Judged on the run's own cached black-box adversarials (all test
-images: the adversarial images must still be in the run's cache) beside the run's model.
+7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
+cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
+normalisation; validated on clean held-out originals as the run). Judged on the run's own cached black-box
+adversarials (all test images: the adversarial images must still be in the run's cache) beside the run's model.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json`.
@@ -270,6 +273,63 @@ def keras_validation(evaluation: Evaluation, name: str, seed: int, examples_of: 
     return (rows[:-held], labels[:-held]), (rows[-held:], labels[-held:])
 
 
+def _cleverhans_2017_normalize(v: torch.Tensor, epsilon: float = 1e-12) -> torch.Tensor:
+    """cleverhans' l2_batch_normalize of mid-2017: v / (epsilon + max|v|), then times rsqrt(sqrt(epsilon) +
+    sum of squares); not a unit vector where v is tiny (its max under ~1e-6), zero where v is zero."""
+    flat = v.flatten(1)
+    flat = flat / (epsilon + flat.abs().amax(1, keepdim=True))
+    return (flat * torch.rsqrt(epsilon**0.5 + flat.square().sum(1, keepdim=True))).view_as(v)
+
+
+def cleverhans_2017_vat(
+    model: nn.Module, x: torch.Tensor, *, eps: float, xi: float, iterations: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The authors' VAT examples (src/attackers/virtual_adversarial.py, c7a44acc8 and ace25b4e6): cleverhans'
+    vatm(model, x, model(x), eps, num_iterations=5, xi=1e-6) on their Keras model, whose output is the softmax:
+    vatm takes it for logits, so the KL it differentiates is between softmax(probabilities); float32; clipped to
+    [0, 1]. x: (B, ...) in [0, 1]."""
+    probabilities = lambda z: torch.softmax(model(z), dim=1)  # noqa: E731  (what vatm was given as "logits")
+    with torch.no_grad():
+        p_logits = probabilities(x)
+        p, log_p = torch.softmax(p_logits, dim=1), torch.log_softmax(p_logits, dim=1)
+    d = torch.randn(x.shape, generator=generator)
+    for _ in range(iterations):
+        d = (xi * _cleverhans_2017_normalize(d)).requires_grad_(True)
+        kl = (p * (log_p - torch.log_softmax(probabilities(x + d), dim=1))).sum(1).mean()
+        (d,) = torch.autograd.grad(kl, d)
+    return (x + eps * _cleverhans_2017_normalize(d)).clamp(0.0, 1.0)
+
+
+def authors_vat_data(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
+    """The run's training split, its originals followed by their VAT examples made as the authors' code made
+    them (:func:`cleverhans_2017_vat`, on the run's CNN, the recipe's eps and xi, 5 power iterations), with the
+    true labels; the clean held-out originals to validate on: ((rows, labels), (val images, labels))."""
+    key = evaluation.models.key(name)
+    if key["recipe"] != "vat":
+        raise SystemExit(f"--cleverhans-2017 needs the vat defense, got {name!r}")
+    settings = key["recipe_settings"]
+    data = evaluation.data
+    fraction = evaluation.config.training.validation_fraction
+    (x, y), (x_val, y_val) = split_validation(data.train_images, data.train_labels, fraction, seed=seed)
+    x = to_float(x)
+    source = evaluation.models.get("standard").eval()
+    for parameter in source.parameters():
+        parameter.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    examples = torch.cat(
+        [
+            cleverhans_2017_vat(
+                source, x[i : i + 1000], eps=settings["eps"], xi=settings["xi"], iterations=5, generator=generator
+            )
+            for i in range(0, len(x), 1000)
+        ]
+    )
+    norms = (examples - x).flatten(1).norm(dim=1)
+    small = 100 * (norms < 0.1).float().mean()
+    print(f"cleverhans-2017 VAT examples: L2 median {norms.median():.3g}, under 0.1 on {small:.1f}%", flush=True)
+    return (torch.cat([x, examples]), torch.cat([y, y])), (to_float(x_val), y_val)
+
+
 def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     name = args.name
     if name not in evaluation.config.defenses or name == "feature_squeezing":
@@ -294,6 +354,10 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         data, changes["val_data"] = keras_validation(evaluation, name, seed, examples_of)
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
         parts.append("kerasval" + ("-testexamples" if examples_of == "test" else ""))
+    if args.cleverhans_2017:
+        data, changes["val_data"] = authors_vat_data(evaluation, name, seed)
+        changes["val_fraction"], changes["recipe"] = 0.0, "standard"
+        parts.append("cleverhans2017")
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
@@ -344,6 +408,11 @@ def main() -> None:
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     validation.add_argument(
         "--keras-validation", action="store_true", help="offline recipes: validate on the last 10%% of the rows"
+    )
+    validation.add_argument(
+        "--cleverhans-2017",
+        action="store_true",
+        help="vat: its examples made as the authors' code made them (softmax outputs taken for logits)",
     )
     defense.add_argument(
         "--examples-of",
