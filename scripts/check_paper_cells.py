@@ -26,7 +26,8 @@ examples trained on (``--keras-validation``; with ``--examples-of test`` the exa
 images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on,
 7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
 cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
-normalisation; validated on clean held-out originals as the run). Judged on the run's own cached black-box
+normalisation, its KL averaged over all 60,000 images as their one call did, or over each batch of 1,000 with
+``--vat-mean-over 0``; validated on clean held-out originals as the run). Judged on the run's own cached black-box
 adversarials (all test images: the adversarial images must still be in the run's cache) beside the run's model.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
@@ -282,12 +283,20 @@ def _cleverhans_2017_normalize(v: torch.Tensor, epsilon: float = 1e-12) -> torch
 
 
 def cleverhans_2017_vat(
-    model: nn.Module, x: torch.Tensor, *, eps: float, xi: float, iterations: int, generator: torch.Generator
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    xi: float,
+    iterations: int,
+    mean_over: int,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """The authors' VAT examples (src/attackers/virtual_adversarial.py, c7a44acc8 and ace25b4e6): cleverhans'
     vatm(model, x, model(x), eps, num_iterations=5, xi=1e-6) on their Keras model, whose output is the softmax:
     vatm takes it for logits, so the KL it differentiates is between softmax(probabilities); float32; clipped to
-    [0, 1]. x: (B, ...) in [0, 1]."""
+    [0, 1]. x: (B, ...) in [0, 1]; mean_over: the batch vatm's KL was averaged over (the authors ran it on all
+    60,000 training images at once), which scales every gradient."""
     probabilities = lambda z: torch.softmax(model(z), dim=1)  # noqa: E731  (what vatm was given as "logits")
     with torch.no_grad():
         p_logits = probabilities(x)
@@ -295,12 +304,12 @@ def cleverhans_2017_vat(
     d = torch.randn(x.shape, generator=generator)
     for _ in range(iterations):
         d = (xi * _cleverhans_2017_normalize(d)).requires_grad_(True)
-        kl = (p * (log_p - torch.log_softmax(probabilities(x + d), dim=1))).sum(1).mean()
+        kl = (p * (log_p - torch.log_softmax(probabilities(x + d), dim=1))).sum() / mean_over
         (d,) = torch.autograd.grad(kl, d)
     return (x + eps * _cleverhans_2017_normalize(d)).clamp(0.0, 1.0)
 
 
-def authors_vat_data(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
+def authors_vat_data(evaluation: Evaluation, name: str, seed: int, mean_over: int) -> tuple[tuple, tuple]:
     """The run's training split, its originals followed by their VAT examples made as the authors' code made
     them (:func:`cleverhans_2017_vat`, on the run's CNN, the recipe's eps and xi, 5 power iterations), with the
     true labels; the clean held-out originals to validate on: ((rows, labels), (val images, labels))."""
@@ -319,7 +328,13 @@ def authors_vat_data(evaluation: Evaluation, name: str, seed: int) -> tuple[tupl
     examples = torch.cat(
         [
             cleverhans_2017_vat(
-                source, x[i : i + 1000], eps=settings["eps"], xi=settings["xi"], iterations=5, generator=generator
+                source,
+                x[i : i + 1000],
+                eps=settings["eps"],
+                xi=settings["xi"],
+                iterations=5,
+                mean_over=mean_over or len(x[i : i + 1000]),
+                generator=generator,
             )
             for i in range(0, len(x), 1000)
         ]
@@ -355,9 +370,9 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
         parts.append("kerasval" + ("-testexamples" if examples_of == "test" else ""))
     if args.cleverhans_2017:
-        data, changes["val_data"] = authors_vat_data(evaluation, name, seed)
+        data, changes["val_data"] = authors_vat_data(evaluation, name, seed, args.vat_mean_over)
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
-        parts.append("cleverhans2017")
+        parts.append("cleverhans2017" + (f"-mean{args.vat_mean_over}" if args.vat_mean_over else ""))
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
@@ -413,6 +428,12 @@ def main() -> None:
         "--cleverhans-2017",
         action="store_true",
         help="vat: its examples made as the authors' code made them (softmax outputs taken for logits)",
+    )
+    defense.add_argument(
+        "--vat-mean-over",
+        type=int,
+        default=60000,
+        help="--cleverhans-2017: the images vatm's KL is averaged over (the authors: 60000; 0: each batch of 1000)",
     )
     defense.add_argument(
         "--examples-of",
