@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nemesis_fast.attacks import model_guard
 from nemesis_fast.data.loader import split_validation, to_float
 from nemesis_fast.defenses import offline_examples
 from nemesis_fast.defenses.recipes import make_recipe
@@ -321,24 +322,22 @@ def authors_vat_data(evaluation: Evaluation, name: str, seed: int, mean_over: in
     fraction = evaluation.config.training.validation_fraction
     (x, y), (x_val, y_val) = split_validation(data.train_images, data.train_labels, fraction, seed=seed)
     x = to_float(x)
-    source = evaluation.models.get("standard").eval()
-    for parameter in source.parameters():
-        parameter.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
-    examples = torch.cat(
-        [
-            cleverhans_2017_vat(
-                source,
-                x[i : i + 1000],
-                eps=settings["eps"],
-                xi=settings["xi"],
-                iterations=5,
-                mean_over=mean_over or len(x[i : i + 1000]),
-                generator=generator,
-            )
-            for i in range(0, len(x), 1000)
-        ]
-    )
+    with model_guard(evaluation.models.get("standard")) as source:
+        examples = torch.cat(
+            [
+                cleverhans_2017_vat(
+                    source,
+                    batch,
+                    eps=settings["eps"],
+                    xi=settings["xi"],
+                    iterations=5,
+                    mean_over=mean_over or len(batch),
+                    generator=generator,
+                )
+                for batch in x.split(1000)
+            ]
+        )
     norms = (examples - x).flatten(1).norm(dim=1)
     small = 100 * (norms < 0.1).float().mean()
     print(f"cleverhans-2017 VAT examples: L2 median {norms.median():.3g}, under 0.1 on {small:.1f}%", flush=True)
