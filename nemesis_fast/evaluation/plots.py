@@ -43,7 +43,7 @@ def _accuracy_panels(
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(attacks), figsize=(6 * len(attacks), 4.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
-        notes = []
+        notes: dict[str, None] = {}  # what the panel's dashed and dotted lines are, in the order first drawn
         eps = sorted({c.eps for c in cells_of(attack) if c.eps > 0})
         log = len(eps) > 1 and eps[-1] / eps[0] > 10
         for defense in results.config["defenses"]:
@@ -57,14 +57,13 @@ def _accuracy_panels(
             paper = paper_value(results.config["dataset"], defense, attack) if paper_lines else None
             if paper is not None:
                 ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
-                notes.append("dashed: the paper")
+                notes["dashed: the paper"] = None
             theirs = authors_curve(results.config["dataset"], authors, attack, defense) if authors else {}
             if theirs:
                 ax.plot(list(theirs), list(theirs.values()), color=line.get_color(), linestyle=":", marker="x", ms=4)
-                notes.append("dotted: the authors" + (", own gradient" if authors == "whitebox" else ""))
+                notes["dotted: the authors" + (", own gradient" if authors == "whitebox" else "")] = None
         if log:
             ax.set_xscale("log")
-        notes = list(dict.fromkeys(notes))
         ax.set_title(title.format(ATTACK_LABELS[attack]) + (f" ({'; '.join(notes)})" if notes else ""))
         ax.set_xlabel("eps (L-inf, pixel scale [0, 1]" + (", log axis)" if log else ")"))
         ax.set_ylabel("accuracy (%)")

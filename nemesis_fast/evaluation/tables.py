@@ -76,15 +76,15 @@ def authors_table(results: Results, setting: str, attack: str) -> tuple[list[str
     through its own gradient: a defense's row of this run is its gradient-masking row where it has one (its
     own gradient), except feature squeezing's, which they applied outside the network (so through BPDA)."""
     dataset = results.config["dataset"]
+    cells = results.blackbox_sweep(attack) if setting == "blackbox" else results.whitebox(attack, setting)
+    masked = results.whitebox(attack, MASKED) if setting == "whitebox" else []
     rows = []
     for defense in results.config["defenses"]:
         theirs = authors_curve(dataset, setting, attack, defense)
         if not theirs:
             continue
-        own_gradient = setting == "whitebox" and defense != "feature_squeezing"
-        cells = results.blackbox_sweep(attack) if setting == "blackbox" else results.whitebox(attack, setting)
-        masked = results.whitebox(attack, MASKED) if own_gradient else []
-        chosen = [c for c in masked if c.defense == defense] or [c for c in cells if c.defense == defense]
+        own = [c for c in masked if c.defense == defense] if defense != "feature_squeezing" else []
+        chosen = own or [c for c in cells if c.defense == defense]
         mine = {round(c.eps, 6): c.accuracy for c in chosen}
         label = defense_label(defense, chosen[0].setting if chosen else setting)
         rows.append((label, theirs, mine))
