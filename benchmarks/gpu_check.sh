@@ -1,68 +1,110 @@
 #!/usr/bin/env bash
-# The GPU machine's one command: build the extension, run the tests marked cuda or triton, run every GPU
-# benchmark; logs and one JSON per benchmark suite go under $OUT (or results/gpu). Each phase (below) fits in 10 minutes
-# on an H100/H200: each step has its own time limit, and a step that fails or runs out does not stop the rest.
+# The GPU machine's one command: build the extension, run the tests marked cuda or triton, run the GPU benchmarks,
+# all inside one time budget, in order of what matters most; a step that fails or runs out does not stop the rest.
 #
-# Peer libraries (torchattacks, ART) for the attack benchmarks travel as wheels in .whl/ (see the device
-# tool's README): python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-#   torchattacks adversarial-robustness-toolbox scikit-learn joblib threadpoolctl
+#   bash benchmarks/gpu_check.sh [all|tests|bench|apps|paper]
+#
+# A session is lent 15 device minutes in all, the machine's start (1-2 minutes) included, and one command may run
+# 10. So `all` (the default) is the whole check as one call: BUDGET seconds (default 450; give the device tool a
+# timeout_s of BUDGET + 60), each step limited to its own seconds and to what is left of the budget, the steps that
+# no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
+# gaussian_augment, jsma), certify, compat, attacks, training. `tests`, `bench` (the kernel and attack suites) and
+# `apps` (certify, compat) rerun a part on a warm machine. `paper` (not in `all`): the evaluation's paper preset on
+# full MNIST, MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
+# tool's `carry`); it stops itself at the budget (default 530 s) and resumes from its cache (runs/paper-mnist-gpu, on
+# the warm machine) when called again; the report comes back as $OUT/paper-results.tgz once the run is complete.
+#
+# What comes back (the device tool returns at most 8 files): $OUT/summary.txt (each step: exit status, seconds, or
+# why it was skipped), device.txt (GPU, build, backends), tests.log, bench.log (the tables) and bench.tgz (one JSON
+# per suite, rewritten after every measured row, so a suite stopped part way keeps its rows).
+#
+# The peers (torchattacks, ART) travel as wheels in .whl/ (an ignored folder, named in `carry`); the machine has
+# their dependencies. Here, before the call:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#     torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
+# A dry run of this script's logic on a CPU machine: GPU_CHECK_DEVICE=cpu SKIP_BUILD=1 BUDGET=60 OUT=/tmp/x bash ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
-# Phases: `tests` (build, then the cuda/triton tests), `bench` (build, then the kernel and attack suites), `apps`
-# (build, then the certify and compat suites), or `all` (these three, the default). The device tool allows 600 s per
-# command: run `tests`, `bench` and `apps` as three calls on the warm machine (a later build finds the first's outputs
-# and takes seconds).
-# `paper` (not in `all`): the evaluation's paper preset on full MNIST on the GPU, for the table beside the CPU run's.
-# It reads the MNIST files from $MNIST_DIR (default runs/mnist-data, an ignored folder: copy the four .gz files of
-# ../shared/data/mnist there and name it in the device tool's `carry`), stops itself after 530 s, and resumes from
-# its cache (runs/paper-mnist-gpu, kept on the warm machine) when called again; the results come back as one
-# archive, $OUT/paper-results.tgz, once the run is complete.
 phase="${1:-all}"
 case "$phase" in all | tests | bench | apps | paper) ;; *) echo "usage: gpu_check.sh [all|tests|bench|apps|paper]" >&2; exit 2 ;; esac
 OUT="${OUT:-results/gpu}"
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+[ "$phase" = paper ] && BUDGET="${BUDGET:-530}" || BUDGET="${BUDGET:-450}"
 mkdir -p "$OUT"
+work="$(mktemp -d)"
 export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" PYTHONUNBUFFERED=1
+started=$SECONDS
 status=0
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+# step SECONDS NAME LOG COMMAND...: COMMAND under the smaller of SECONDS and what is left of the budget (less 15 s for
+# packing the results), its output appended to LOG; skipped when under 20 s would be left for it.
+step() {
+  local limit=$1 name=$2 log=$3
+  shift 3
+  local left=$((BUDGET - (SECONDS - started) - 15))
+  if [ "$left" -lt 20 ]; then
+    echo "$name: skipped, ${left}s of the ${BUDGET}s budget left" >> "$OUT/summary.txt"
+    status=1
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s)" >> "$log"
+  local begun=$SECONDS rc=0
+  timeout "$limit" "$@" >> "$log" 2>&1 || rc=$?
+  local verdict="ok"
+  [ "$rc" = 124 ] && verdict="stopped at its ${limit}s limit"
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] && verdict="failed (exit $rc)"
+  echo "$name: $verdict, $((SECONDS - begun))s" >> "$OUT/summary.txt"
+  [ "$rc" = 0 ] || status=1
+}
+
+bench_suite() {  # bench_suite NAME SECONDS
+  step "$2" "bench $1" "$OUT/bench.log" python3 -m nemesis_fast.cli bench "$1" --device "$DEVICE" --json "$work/$1.json"
+}
+
+if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
 
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  echo "== build"
-  { time timeout 200 python3 -m pip install -q --no-build-isolation --no-deps -e . ; } 2>&1 | tail -20
-  echo "== backend_info"
-  python3 -c "import json, nemesis_fast; print(json.dumps(nemesis_fast.backend_info(), indent=1))"
-} > "$OUT/device.txt" 2>&1 || status=1
-
-if [ "$phase" = all ] || [ "$phase" = tests ]; then
-  timeout 240 python3 -m pytest -m "cuda or triton" -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
+echo "gpu_check.sh $phase on $(hostname), budget ${BUDGET}s, $(date -u +%FT%TZ)" > "$OUT/summary.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >> "$OUT/device.txt" 2>&1
+if [ -z "${SKIP_BUILD:-}" ]; then
+  step 200 build "$OUT/device.txt" python3 -m pip install -q --no-build-isolation --no-deps -e .
 fi
-[ "$phase" = tests ] && exit $status
+step 60 backend_info "$OUT/device.txt" python3 -c "import json, nemesis_fast; print(json.dumps(nemesis_fast.backend_info(), indent=1))"
 
 if [ "$phase" = paper ]; then
   results=runs/paper-mnist-gpu
-  timeout 530 python3 -m nemesis_fast.cli evaluate --preset paper --data-dir "${MNIST_DIR:-runs/mnist-data}" \
-    --out "$results" --device cuda --no-progress 2>&1 | tee -a "$OUT/paper.log" || status=1
+  step "$BUDGET" "paper preset" "$OUT/paper.log" python3 -m nemesis_fast.cli evaluate --preset paper \
+    --data-dir "${MNIST_DIR:-runs/mnist-data}" --out "$results" --device "$DEVICE" --no-progress
   if [ "$status" = 0 ]; then
     tar czf "$OUT/paper-results.tgz" --exclude cache -C "$results" . || status=1
   else
-    echo "(the paper run stopped before its end: call gpu_check.sh paper again to resume it)" | tee -a "$OUT/paper.log"
+    echo "(the paper run stopped before its end: call gpu_check.sh paper again to resume it)" >> "$OUT/summary.txt"
   fi
+  cat "$OUT/summary.txt"
   exit $status
 fi
 
-# suite:seconds; at most 200 + 260 s for `bench`, 200 + 240 s for `apps`.
-suites="bounded_relu:40 gaussian_augment:40 jsma:60 attacks:80 training:40 certify:120 compat:120"
-[ "$phase" = bench ] && suites="bounded_relu:40 gaussian_augment:40 jsma:60 attacks:80 training:40"
-[ "$phase" = apps ] && suites="certify:120 compat:120"
-for entry in $suites; do
-  suite="${entry%%:*}"
-  echo "== $suite" >> "$OUT/bench.log"
-  timeout "${entry##*:}" python3 -m nemesis_fast.cli bench "$suite" --device cuda --json "$OUT/$suite.json" >> "$OUT/bench.log" 2>&1 \
-    || { status=1; echo "(suite $suite failed or ran out of time)" >> "$OUT/bench.log"; }
+if [ "$phase" = all ] || [ "$phase" = tests ]; then
+  # The machine has pytest-xdist: Triton's compiles then run on several cores.
+  workers=()
+  python3 -c "import xdist" 2> /dev/null && workers=(-n 4)
+  step 150 tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=10 -p no:cacheprovider "${workers[@]}"
+fi
+
+suites=()
+case "$phase" in
+  all) suites=(bounded_relu:40 gaussian_augment:40 jsma:60 certify:90 compat:90 attacks:80 training:40) ;;
+  bench) suites=(bounded_relu:40 gaussian_augment:40 jsma:60 attacks:80 training:40) ;;
+  apps) suites=(certify:120 compat:120) ;;
+esac
+for entry in "${suites[@]}"; do
+  bench_suite "${entry%%:*}" "${entry##*:}"
 done
-cat "$OUT/bench.log"
+if compgen -G "$work/*.json" > /dev/null; then
+  tar czf "$OUT/bench.tgz" -C "$work" . || status=1
+fi
+cat "$OUT/summary.txt"
 exit $status

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from contextlib import nullcontext
 
 from ._cli_certify import add_parser as add_certify_parser
 from ._cli_evaluate import add_parser as add_evaluate_parser
@@ -15,8 +15,8 @@ from ._cli_train import add_parser as add_train_parser
 def _bench(args: argparse.Namespace) -> int:
     from . import backend_info
     from ._checks import check_device
-    from ._io import write_json_atomic
     from .bench import SUITES, suite
+    from .bench.harness import saving_reports, write_reports
 
     try:
         device = check_device(args.device, "--device")
@@ -27,15 +27,15 @@ def _bench(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"nemesis-fast bench: unknown benchmark {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     info = backend_info()
-    reports = []
     print(f"backends: {', '.join(b for b in ('native', 'triton', 'torch') if device.type in info[b]['devices'])}")
-    for name in names:
-        kwargs = {"numel": args.size} if args.size else {}
-        report = suite(name)(device, **kwargs)
-        print(report.table(), end="\n\n", flush=True)
-        reports.append(report)
+    # With --json the file is rewritten after every measured row, so a run stopped part way keeps what it measured.
+    with saving_reports(args.json) if args.json else nullcontext([]) as reports:
+        for name in names:
+            kwargs = {"numel": args.size} if args.size else {}
+            report = suite(name)(device, **kwargs)
+            print(report.table(), end="\n\n", flush=True)
     if args.json:
-        write_json_atomic(Path(args.json), {"reports": [r.to_dict() for r in reports]})
+        write_reports(args.json, reports)
     return 0
 
 

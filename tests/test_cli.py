@@ -13,8 +13,30 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     report = tmp_path / "bench.json"
     assert main(["bench", "bounded_relu", "--device", "cpu", "--size", "4096", "--json", str(report)]) == 0
     assert "forward" in capsys.readouterr().out
-    (only,) = json.loads(report.read_text())["reports"]
+    written = json.loads(report.read_text())
+    assert written["complete"] is True
+    (only,) = written["reports"]
     assert only["device"] and only["rows"]
+
+
+def test_bench_json_keeps_the_rows_of_a_suite_stopped_part_way(tmp_path, monkeypatch):
+    # On a lent GPU each suite runs under a time limit: the rows measured before the stop must stay in the file.
+    from nemesis_fast import bench
+    from nemesis_fast.bench.harness import Case, Report
+
+    def stopped_suite(device, **kwargs):
+        report = Report("stopped", device)
+        report.run(Case("first", {"noop": lambda: None}, baseline="noop", min_seconds=0.0))
+        raise KeyboardInterrupt  # stands for the time limit's kill, after the first row was measured
+
+    monkeypatch.setattr(bench, "suite", lambda name: stopped_suite)
+    report = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", "bounded_relu", "--device", "cpu", "--json", str(report)])
+    written = json.loads(report.read_text())
+    assert written["complete"] is False
+    (only,) = written["reports"]
+    assert only["title"] == "stopped" and [row["case"] for row in only["rows"]] == ["first"]
 
 
 def test_bench_bad_arguments_end_in_one_line():

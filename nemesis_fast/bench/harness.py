@@ -12,7 +12,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,33 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     return sum(storages.values())
 
 
+_report_listeners: list[Callable[[Report], None]] = []
+
+
+@contextmanager
+def saving_reports(path: str | os.PathLike) -> Iterator[list[Report]]:
+    """Within it, every Report begun is written to `path` (JSON, with the others begun within it) after each row
+    it gains, marked "complete": false; so a suite stopped part way (a time limit on a lent GPU) leaves the rows
+    it measured. Yields the list of those reports."""
+    reports: list[Report] = []
+
+    def save(report: Report) -> None:
+        if all(r is not report for r in reports):
+            reports.append(report)
+        write_reports(path, reports, complete=False)
+
+    _report_listeners.append(save)
+    try:
+        yield reports
+    finally:
+        _report_listeners.remove(save)
+
+
+def write_reports(path: str | os.PathLike, reports: list[Report], *, complete: bool = True) -> None:
+    """Writes `reports` to the JSON file `path` (atomically), with whether the run that made them ended."""
+    write_json_atomic(Path(path), {"complete": complete, "reports": [r.to_dict() for r in reports]})
+
+
 class Report:
     """Rows measured on one device, with that device's copy bandwidth, printable and savable as JSON."""
 
@@ -153,6 +181,7 @@ class Report:
         self.settings = settings or {}
         self.copy_gbps = copy_bandwidth_gbps(self.device, (1 << 28) if self.device.type == "cuda" else (1 << 26))
         self.rows: list[Row] = []
+        self._changed()
 
     def run(self, case: Case) -> list[Row]:
         """Times every provider of `case` and appends their rows, with ratios against the baseline."""
@@ -177,10 +206,16 @@ class Report:
             if base and row.ms:
                 row.speedup = base / row.ms
         self.rows.extend(rows)
+        self._changed()
         return rows
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in _report_listeners:
+            listener(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
