@@ -52,12 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from authors_training_sets import authors_vat_data, keras_validation, noisy_validation  # beside this script
 from torch import nn
 
-from nemesis_fast.attacks import model_guard
-from nemesis_fast.data.loader import split_validation, to_float
-from nemesis_fast.defenses import offline_examples
-from nemesis_fast.defenses.recipes import make_recipe
 from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.attack import Attacks
 from nemesis_fast.evaluation.config import ConfigError
@@ -237,111 +234,6 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-def noisy_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
-    """The run's training split, and its validation images with GDA's unclipped noise added once (as the
-    authors' Keras split validated GDA on noisy rows): ((train images, labels), (noisy val images, labels))."""
-    sigma = evaluation.models.key(name)["recipe_settings"].get("sigma")
-    if sigma is None:
-        raise SystemExit(f"--noisy-validation needs a GDA defense, got {name!r}")
-    data = evaluation.data
-    fraction = evaluation.config.training.validation_fraction
-    train_part, (x, y) = split_validation(data.train_images, data.train_labels, fraction, seed=seed)
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
-    return train_part, (x.float().div(255) + sigma * noise, y)
-
-
-def keras_validation(evaluation: Evaluation, name: str, seed: int, examples_of: str) -> tuple[tuple, tuple]:
-    """The authors' Keras layout of an offline recipe's training set: all training images, then the examples of
-    the run's CNN (the run's source of offline examples) of the training images (``examples_of="train"``, the
-    scripts until 14 August 2017) or of the test images with the test labels ("test": from 15 August,
-    8c6162838, the script pairs the examples with the test labels, so only the test set's examples fit);
-    `validation_split` holds out the last rows, all of them examples: ((train rows, labels), (val rows,
-    labels)), float32 in [0, 1]."""
-    key = evaluation.models.key(name)
-    recipe = make_recipe(key["recipe"], key["recipe_settings"], dataset=evaluation.config.dataset, seed=seed)
-    if not recipe.needs_source:
-        raise SystemExit(f"--keras-validation needs an offline recipe (fgsm_adversarial, vat), got {name!r}")
-    source = evaluation.models.get("standard")
-    data = evaluation.data
-    images, labels = (
-        (data.train_images, data.train_labels) if examples_of == "train" else (data.test_images, data.test_labels)
-    )
-    examples = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels)
-    rows = torch.cat([to_float(data.train_images), examples])
-    labels = torch.cat([data.train_labels, labels])
-    held = round(evaluation.config.training.validation_fraction * len(labels))
-    return (rows[:-held], labels[:-held]), (rows[-held:], labels[-held:])
-
-
-def _cleverhans_2017_normalize(v: torch.Tensor, epsilon: float = 1e-12) -> torch.Tensor:
-    """cleverhans' l2_batch_normalize of mid-2017: v / (epsilon + max|v|), then times rsqrt(sqrt(epsilon) +
-    sum of squares); not a unit vector where v is tiny (its max under ~1e-6), zero where v is zero."""
-    flat = v.flatten(1)
-    flat = flat / (epsilon + flat.abs().amax(1, keepdim=True))
-    return (flat * torch.rsqrt(epsilon**0.5 + flat.square().sum(1, keepdim=True))).view_as(v)
-
-
-def cleverhans_2017_vat(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    eps: float,
-    xi: float,
-    iterations: int,
-    mean_over: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """The authors' VAT examples (src/attackers/virtual_adversarial.py, c7a44acc8 and ace25b4e6): cleverhans'
-    vatm(model, x, model(x), eps, num_iterations=5, xi=1e-6) on their Keras model, whose output is the softmax:
-    vatm takes it for logits, so the KL it differentiates is between softmax(probabilities); float32; clipped to
-    [0, 1]. x: (B, ...) in [0, 1]; mean_over: the batch vatm's KL was averaged over (the authors ran it on all
-    60,000 training images at once), which scales every gradient."""
-    probabilities = lambda z: torch.softmax(model(z), dim=1)  # noqa: E731  (what vatm was given as "logits")
-    with torch.no_grad():
-        p_logits = probabilities(x)
-        p, log_p = torch.softmax(p_logits, dim=1), torch.log_softmax(p_logits, dim=1)
-    d = torch.randn(x.shape, generator=generator)
-    for _ in range(iterations):
-        d = (xi * _cleverhans_2017_normalize(d)).requires_grad_(True)
-        kl = (p * (log_p - torch.log_softmax(probabilities(x + d), dim=1))).sum() / mean_over
-        (d,) = torch.autograd.grad(kl, d)
-    return (x + eps * _cleverhans_2017_normalize(d)).clamp(0.0, 1.0)
-
-
-def authors_vat_data(evaluation: Evaluation, name: str, seed: int, mean_over: int) -> tuple[tuple, tuple]:
-    """The run's training split, its originals followed by their VAT examples made as the authors' code made
-    them (:func:`cleverhans_2017_vat`, on the run's CNN, the recipe's eps and xi, 5 power iterations), with the
-    true labels; the clean held-out originals to validate on: ((rows, labels), (val images, labels))."""
-    key = evaluation.models.key(name)
-    if key["recipe"] != "vat":
-        raise SystemExit(f"--cleverhans-2017 needs the vat defense, got {name!r}")
-    settings = key["recipe_settings"]
-    data = evaluation.data
-    fraction = evaluation.config.training.validation_fraction
-    (x, y), (x_val, y_val) = split_validation(data.train_images, data.train_labels, fraction, seed=seed)
-    x = to_float(x)
-    generator = torch.Generator().manual_seed(seed)
-    with model_guard(evaluation.models.get("standard")) as source:
-        examples = torch.cat(
-            [
-                cleverhans_2017_vat(
-                    source,
-                    batch,
-                    eps=settings["eps"],
-                    xi=settings["xi"],
-                    iterations=5,
-                    mean_over=mean_over or len(batch),
-                    generator=generator,
-                )
-                for batch in x.split(1000)
-            ]
-        )
-    norms = (examples - x).flatten(1).norm(dim=1)
-    small = 100 * (norms < 0.1).float().mean()
-    print(f"cleverhans-2017 VAT examples: L2 median {norms.median():.3g}, under 0.1 on {small:.1f}%", flush=True)
-    return (torch.cat([x, examples]), torch.cat([y, y])), (to_float(x_val), y_val)
 
 
 def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:

@@ -1,10 +1,14 @@
-"""Helpers shared by the op tests: the (backend, device) cases and the dtypes each one is tested with."""
+"""Helpers shared by the tests: the (backend, device) cases and the dtypes each op is tested with, the MNIST and
+CIFAR-10 files, the scripts under scripts/ as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -106,3 +110,14 @@ def write_cifar(folder: Path, n: int = 7, *, meta: bool = True, protocol: int = 
 
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (with scripts/ importable, as when the script runs)."""
+    folder = Path(__file__).resolve().parents[1] / "scripts"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

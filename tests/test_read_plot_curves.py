@@ -2,7 +2,6 @@
 (matplotlib's default style, markers, axes 0-1 x 0-100, a legend) and stored in a notebook."""
 
 import base64
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -13,11 +12,9 @@ import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from _support import load_script  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "read_plot_curves.py"
-spec = importlib.util.spec_from_file_location("read_plot_curves", SCRIPT)
-read_plot_curves = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(read_plot_curves)
+read_plot_curves = load_script("read_plot_curves")
 
 XS = [i / 10 for i in range(11)]
 CURVES = {  # far enough apart at every x that no line hides another
