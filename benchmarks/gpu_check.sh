@@ -9,10 +9,12 @@
 # timeout_s of BUDGET + 60), each step limited to its own seconds and to what is left of the budget, the steps that
 # no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
 # gaussian_augment, jsma), certify, compat, attacks, training. `tests`, `bench` (the kernel and attack suites) and
-# `apps` (certify, compat) rerun a part on a warm machine. `paper` (not in `all`): the evaluation's paper preset on
-# full MNIST, MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
-# tool's `carry`); it stops itself at the budget (default 530 s) and resumes from its cache (runs/paper-mnist-gpu, on
-# the warm machine) when called again; the report comes back as $OUT/paper-results.tgz once the run is complete.
+# `apps` (certify, compat) rerun a part on a warm machine. `paper` (not in `all`): the evaluation on full MNIST,
+# MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
+# tool's `carry`): the `paper_gpu_check` preset (every model trained as the paper preset trains it, the black-box
+# table on the first 1,000 test images), for scripts/compare_gpu_run.py to set beside the CPU run's cells. It stops
+# itself at the budget (default 530 s); the report comes back as $OUT/paper-results.tgz once the run is complete, or
+# the unfinished run folder, with its cache, as $OUT/paper-run.tgz.part-*, to carry into the next call.
 #
 # What comes back (the device tool returns at most 8 files): $OUT/summary.txt (each step: exit status, seconds, or
 # why it was skipped), device.txt (GPU, build, backends), tests.log, bench.log (the tables) and bench.tgz (one JSON
@@ -75,13 +77,16 @@ fi
 step 60 backend_info "$OUT/device.txt" python3 -c "import json, nemesis_fast; print(json.dumps(nemesis_fast.backend_info(), indent=1))"
 
 if [ "$phase" = paper ]; then
-  results=runs/paper-mnist-gpu
-  step "$BUDGET" "paper preset" "$OUT/paper.log" python3 -m nemesis_fast.cli evaluate --preset paper \
-    --data-dir "${MNIST_DIR:-runs/mnist-data}" --out "$results" --device "$DEVICE" --no-progress
-  if [ "$status" = 0 ]; then
+  results=runs/paper-gpu-check
+  step "$BUDGET" "paper_gpu_check preset" "$OUT/paper.log" python3 -m nemesis_fast.cli evaluate \
+    --preset paper_gpu_check --data-dir "${MNIST_DIR:-runs/mnist-data}" --out "$results" --device "$DEVICE" --no-progress
+  if [ "$status" = 0 ] && [ -f "$results/results.json" ]; then
     tar czf "$OUT/paper-results.tgz" --exclude cache -C "$results" . || status=1
-  else
-    echo "(the paper run stopped before its end: call gpu_check.sh paper again to resume it)" >> "$OUT/summary.txt"
+  elif [ -d "$results" ]; then
+    # The whole run folder (its models are most of it), in parts under the 16 MiB a returned file may have.
+    tar czf - -C runs paper-gpu-check | split -b 15m - "$OUT/paper-run.tgz.part-"
+    echo "paper: unfinished; to resume on a fresh machine, here: cat paper-run.tgz.part-* | tar xzf - -C runs," \
+      "then carry runs/paper-gpu-check in the next call" >> "$OUT/summary.txt"
   fi
   cat "$OUT/summary.txt"
   exit $status

@@ -187,15 +187,32 @@ def crafted_on(
 
     chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
     variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
-    verdicts = [evaluation.cache.load("verdict", evaluation.attacks.verdict_key(attack, eps, c)) for c in chunks]
-    accuracy = {}
-    for name in judges:
-        run = None
-        if name in evaluation.config.defenses:
-            kept = [v["correct"][name][: min(c[1], limit) - c[0]].float() for v, c in zip(verdicts, chunks)]
-            run = 100 * torch.cat(kept).mean().item()
-        accuracy[name] = {"run_source": run, "variant_source": variant_accuracy[name]}
+    run_accuracy = cached_accuracy(evaluation, attack, eps, limit)
+    accuracy = {
+        name: {"run_source": run_accuracy.get(name), "variant_source": variant_accuracy[name]} for name in judges
+    }
     return {"images": images, "seconds": time.perf_counter() - started, "accuracy": accuracy}
+
+
+def cached_accuracy(evaluation: Evaluation, attack: str, eps: float | None, limit: int) -> dict[str, float]:
+    """The run's accuracy (%) of each of its defenses on the black-box `attack` at `eps`, on the first `limit` test
+    images of the attack's chunks (0: all of them), from the run's cached verdicts."""
+    chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in evaluation.config.defenses}
+    for chunk in chunks:
+        verdict = evaluation.cache.load("verdict", evaluation.attacks.verdict_key(attack, eps, chunk))
+        if verdict is None:
+            raise SystemExit(f"the run's cache lacks the verdicts of {attack} at {eps}, chunk {chunk}")
+        stop = min(chunk[1], limit) if limit else chunk[1]
+        for name in kept:
+            kept[name].append(verdict["correct"][name][: stop - chunk[0]].float())
+    return {name: 100 * torch.cat(c).mean().item() for name, c in kept.items()}
+
+
+def paper_evaluation(run: Path, data_dir: str) -> Evaluation:
+    """The `paper` run whose output folder (and cache) is `run`, on the MNIST files of `data_dir`."""
+    config = load_config(preset_path("paper"), {"data_dir": data_dir, "out_dir": str(run)})
+    return Evaluation(config, Workers(), log=print, progress=False)
 
 
 def parse_settings(items: list[str] | None) -> dict[str, Any]:
@@ -334,8 +351,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads, torch.device("cpu"))
     run = Path(args.run)
-    config = load_config(preset_path("paper"), {"data_dir": args.data_dir, "out_dir": str(run)})
-    evaluation = Evaluation(config, Workers(), log=print, progress=False)
+    evaluation = paper_evaluation(run, args.data_dir)
     checks = {"source": check_source, "attack": check_attack, "defense": check_defense}
     checks[args.kind](evaluation, args, run / "checks")
 

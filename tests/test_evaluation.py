@@ -227,6 +227,20 @@ def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4
     assert all(commit in text for commit in ("ace25b4e6", "323e9545c", "397a9a093"))
 
 
+def test_the_gpu_check_preset_is_paper_on_the_first_images_in_the_paper_runs_chunks():
+    paper, check = load_config(preset_path("paper")), load_config(preset_path("paper_gpu_check"))
+    assert _differences(paper.to_dict(), check.to_dict()) == {
+        "test_samples": (0, 1000),
+        "attack.cw_test_samples": (1000, 500),
+        "blackbox_eps": (paper.blackbox_eps, []),  # the table only
+        "whitebox_attacks": (["fgsm", "rfgsm", "pgd"], []),
+        "perturbation_attacks": (["deepfool", "cw", "jsma"], []),
+        "certify.images": (200, 0),
+    }
+    # Whole chunks of the paper run: its cells on these images come from that run's cached verdicts.
+    assert check.test_samples % paper.batch_size == 0 and check.attack.cw_test_samples % paper.batch_size == 0
+
+
 def test_a_config_can_start_from_another(tmp_path):
     (tmp_path / "mine.toml").write_text('base = "paper"\ntest_samples = 100\n[attack]\njsma_theta = 0.5\n')
     (tmp_path / "child.toml").write_text('base = "mine.toml"\n[attack]\ncw_confidence = 1.0\n')
