@@ -76,11 +76,13 @@ def gpu_cells(results: dict[str, Any]) -> dict[tuple[str, str], tuple[float, int
 
 def markdown(rows: dict[str, dict[str, dict[str, Any]]], device: str) -> str:
     columns = ["clean", *(attack for attack, _ in COLUMNS)]
+    names = {"clean": "clean", **{attack: f"{attack} {eps}" if eps else attack for attack, eps in COLUMNS}}
+    images = next(iter(rows.values()))
     lines = [
         f"GPU ({device}) / CPU run, accuracy (%), difference (GPU - CPU) and its standard error; "
         "'!' beyond two standard errors.",
         "",
-        "| model | " + " | ".join(f"{c} ({rows[next(iter(rows))][c]['images']})" for c in columns) + " |",
+        "| model | " + " | ".join(f"{names[c]} ({images[c]['images']} images)" for c in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for defense, cells in rows.items():

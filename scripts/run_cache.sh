@@ -17,10 +17,12 @@ archive="$run/cache.tar.xz"
 case "$command" in
   pack)
     [ -d "$run/cache" ] || { echo "run_cache.sh: no cache folder $run/cache to pack" >&2; exit 1; }
-    tar cf - --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$run" cache \
+    # Not the black-box adversarial images (cache/blackbox, 1.5 MB a unit): their verdicts are kept, and they can
+    # be crafted again.
+    tar cf - --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --exclude=cache/blackbox -C "$run" cache \
       | xz -T1 -6 > "$archive.tmp"
     mv "$archive.tmp" "$archive"
-    echo "$archive: $(du -h "$archive" | cut -f1), $(find "$run/cache" -type f | wc -l) entries"
+    echo "$archive: $(du -h "$archive" | cut -f1), $(xz -dc "$archive" | tar tf - | grep -c '\.pt$') entries"
     ;;
   unpack)
     [ -f "$archive" ] || { echo "run_cache.sh: no archive $archive" >&2; exit 1; }
