@@ -185,7 +185,7 @@ def crafted_on(
         x, y = x[:keep], y[:keep]
         return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
-    chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
+    chunks = first_chunks(evaluation, attack, limit)
     variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
     run_accuracy = cached_accuracy(evaluation, attack, eps, limit)
     accuracy = {
@@ -197,9 +197,8 @@ def crafted_on(
 def cached_accuracy(evaluation: Evaluation, attack: str, eps: float | None, limit: int) -> dict[str, float]:
     """The run's accuracy (%) of each of its defenses on the black-box `attack` at `eps`, on the first `limit` test
     images of the attack's chunks (0: all of them), from the run's cached verdicts."""
-    chunks = [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
     kept: dict[str, list[torch.Tensor]] = {name: [] for name in evaluation.config.defenses}
-    for chunk in chunks:
+    for chunk in first_chunks(evaluation, attack, limit):
         verdict = evaluation.cache.load("verdict", evaluation.attacks.verdict_key(attack, eps, chunk))
         if verdict is None:
             raise SystemExit(f"the run's cache lacks the verdicts of {attack} at {eps}, chunk {chunk}")
@@ -207,6 +206,11 @@ def cached_accuracy(evaluation: Evaluation, attack: str, eps: float | None, limi
         for name in kept:
             kept[name].append(verdict["correct"][name][: stop - chunk[0]].float())
     return {name: 100 * torch.cat(c).mean().item() for name, c in kept.items()}
+
+
+def first_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple[int, int]]:
+    """The run's chunks of the black-box `attack` that hold any of the first `limit` test images (0: all)."""
+    return [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
 
 
 def paper_evaluation(run: Path, data_dir: str) -> Evaluation:

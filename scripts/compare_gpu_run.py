@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from check_paper_cells import COLUMNS, cached_accuracy, margins, paper_evaluation  # beside this script
 
 from nemesis_fast.evaluation.config import defense_label
@@ -110,12 +109,11 @@ def main() -> None:
     evaluation = paper_evaluation(args.run, args.data_dir)
     check_same_experiment(results["config"], evaluation.config.to_dict())
     found = gpu_cells(results)
-    n = results["config"]["test_samples"]
-    x, y = evaluation.data.test_images[:n].float().div(255), evaluation.data.test_labels[:n]
+    n = results["config"]["test_samples"] or len(evaluation.data.test_labels)
+    x, y = evaluation.attacks.test_chunk((0, n))
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for defense in evaluation.config.defenses:
-        with torch.no_grad():
-            clean = margins(evaluation.models.get(defense), x, y)["clean_accuracy"]
+        clean = margins(evaluation.models.get(defense), x, y)["clean_accuracy"]
         rows[defense] = {"clean": compare_cell(clean, results["clean_accuracy"][defense], n)}
     for attack, eps in COLUMNS:
         images = {found[d, attack][1] for d in evaluation.config.defenses}
