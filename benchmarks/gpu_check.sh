@@ -25,6 +25,12 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #     torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
 # A dry run of this script's logic on a CPU machine: GPU_CHECK_DEVICE=cpu SKIP_BUILD=1 BUDGET=60 OUT=/tmp/x bash ...
+#
+# The calls, with the device tool (the working tree must stay under its 64 MiB: runs/ is ignored, and a long run's
+# cache is tracked as one archive, scripts/run_cache.sh):
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=510), then give_back;
+#   with 4+ minutes left (or in the next session): mkdir -p runs/mnist-data && cp ../shared/data/mnist/*.gz
+#   runs/mnist-data, then run(command="bash benchmarks/gpu_check.sh paper", carry=["runs/mnist-data"], timeout_s=590).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase="${1:-all}"
