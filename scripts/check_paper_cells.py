@@ -152,7 +152,7 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
         "run": evaluation.models.get(SOURCE),
         variant: train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init),
     }
-    x, y = evaluation.data.test_images.float().div(255), evaluation.data.test_labels
+    x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
     report: dict[str, Any] = {"check": tag, "sources": {n: margins(m, x, y) for n, m in sources.items()}, "cells": {}}
     print(json.dumps(report["sources"]), flush=True)
     judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses}
@@ -288,7 +288,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
-    x, y = evaluation.data.test_images.float().div(255), evaluation.data.test_labels
+    x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
     report: dict[str, Any] = {"check": tag, "models": {n: margins(m, x, y) for n, m in judges.items()}, "cells": {}}
     print(json.dumps(report["models"]), flush=True)
     attacks = evaluation.attacks
