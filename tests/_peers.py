@@ -62,3 +62,20 @@ class Standardised(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model(z * STD + MEAN)
+
+
+def clamped_linear_model() -> tuple[nn.Module, torch.Tensor, list[int]]:
+    """(model, images (6, 1, 28, 28), forward-call counter): a linear model whose every class boundary lies where
+    the pixel sum is negative, so that DeepFool's step lowers every pixel and, once [0, 1] clips it back, leaves an
+    image where it was: the peers repeat that step until their step budget. Two images start black (stuck at
+    once), four in mid-grey (stuck once their pixels reach 0). counter[0] counts the model's forward calls."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(-torch.linspace(0.0, 0.9, 10)[:, None].expand(10, 784) / 784)
+        model[1].bias.copy_(torch.linspace(1.0, 0.1, 10))
+    counter = [0]
+    # On the layer: ART's wrapper calls the layers of an nn.Sequential one by one, not the model.
+    model[1].register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    x[:2] = 0.0
+    return model.eval(), x, counter

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _peers import MEAN, STD, fingerprint, peer_result
+from _peers import MEAN, STD, clamped_linear_model, fingerprint, peer_result
 from torch import nn
 
 art = pytest.importorskip("art")
@@ -306,3 +306,15 @@ def test_import_error_names_the_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "art", None)
     with pytest.raises(ImportError, match="needs the package 'adversarial-robustness-toolbox'"):
         importlib.import_module("nemesis_fast.compat.art")
+
+
+def test_deepfool_stops_an_image_its_step_leaves_unchanged():
+    """ART repeats a step that the clip values clip back to the same image until max_iter; the drop-in stops the
+    image there, with ART's result."""
+    model, x, calls = clamped_linear_model()
+    settings = {"max_iter": 50, "epsilon": 0.02, "batch_size": len(x), **QUIET}
+    expected = evasion.DeepFool(classifier(model), **settings).generate(x.numpy())
+    peer_calls, calls[0] = calls[0], 0
+    got = nfa.DeepFool(classifier(model), **settings).generate(x.numpy())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert peer_calls >= 50 and calls[0] <= 6

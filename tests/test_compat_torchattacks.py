@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _peers import MEAN, STD, Standardised, fingerprint, peer_result
+from _peers import MEAN, STD, Standardised, clamped_linear_model, fingerprint, peer_result
 from torch import nn
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -192,3 +192,17 @@ def test_import_error_names_the_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(ImportError, match="needs the package 'torchattacks'"):
         importlib.import_module("nemesis_fast.compat.torchattacks")
+
+
+def test_deepfool_stops_an_image_its_step_leaves_unchanged():
+    """torchattacks repeats a step that [0, 1] clamps back to the same image until `steps`; the drop-in stops the
+    image there: the same images and target labels, without the idle steps."""
+    model, x, calls = clamped_linear_model()
+    y = torch.zeros(len(x), dtype=torch.int64)
+    peer = torchattacks.DeepFool(model, steps=50, overshoot=0.02)
+    expected, expected_targets = peer.forward_return_target_labels(x, y)
+    peer_calls, calls[0] = calls[0], 0
+    got, targets = nft.DeepFool(model, steps=50, overshoot=0.02).forward_return_target_labels(x, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
+    assert torch.equal(targets, expected_targets)
+    assert (got[:2] == 0).all() and peer_calls >= 50 * len(x) and calls[0] <= 6

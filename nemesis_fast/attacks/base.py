@@ -35,8 +35,10 @@ success mask and the per-sample L0, L2 and Linf norms of the perturbation.
 Helpers for subclasses: :meth:`Attack.logits` (forward with the output shape checked),
 :meth:`Attack.input_gradient` (gradient of any per-sample loss with respect to the input only),
 :meth:`Attack.loss_gradient` (cross-entropy), :meth:`Attack.logit_gradients` (many vector-Jacobian products of
-the logits from one forward pass, batched), :meth:`Attack.project` (into `clip`), :meth:`Attack.is_adversarial`,
-and the random draws :meth:`Attack.rand`, :meth:`Attack.randn` and :meth:`Attack.randint` that honour `seed`.
+the logits from one forward pass, batched) and :meth:`Attack.logit_gradients_of_kept` (the same for the images an
+iterative attack keeps running, decided on that forward pass), :meth:`Attack.project` (into `clip`),
+:meth:`Attack.is_adversarial`, and the random draws :meth:`Attack.rand`, :meth:`Attack.randn` and
+:meth:`Attack.randint` that honour `seed`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_int, check_range, check_tensor
+from .jacobian import LogitJacobian, Weights
 from .norms import perturbation_norms
 
 Seed = int | torch.Generator | None
@@ -157,7 +160,7 @@ class Attack:
         self.seed = _check_seed(seed)
         self.num_classes: int | None = None  # learnt from the model's output on the first call
         self._generator: torch.Generator | None = None
-        self._use_vmap = True
+        self._jacobian = LogitJacobian(self.logits)
 
     # ----------------------------------------------------------------------------------------------------
     # The public calls.
@@ -233,40 +236,21 @@ class Attack:
         grad, (_, logits) = self.input_gradient(x, loss)
         return grad, logits
 
-    def logit_gradients(
-        self, x: torch.Tensor, weights: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def logit_gradients(self, x: torch.Tensor, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, C), grads (K, B, ...)): grads[k, b] = d(sum_c weights[k, b, c] * logits[b, c]) / dx[b].
 
         `weights` is a (K, B, C) tensor, or a function of the (detached) logits returning one. One forward
-        pass; the K vector-Jacobian products run as one batched backward pass (autograd with
-        is_grads_batched). Where the model has an op without a batching rule, the K products come instead
-        from one forward and one backward pass over K stacked copies of x.
+        pass and one batched backward pass (:class:`~nemesis_fast.attacks.jacobian.LogitJacobian`).
         """
-        with torch.enable_grad():
-            if self._use_vmap:
-                leaf = x.detach().requires_grad_(True)
-                logits = self.logits(leaf)
-                w = weights(logits.detach()) if callable(weights) else weights
-                try:
-                    (grads,) = torch.autograd.grad(logits, leaf, w.to(logits.dtype), is_grads_batched=True)
-                    return logits.detach(), grads
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except (RuntimeError, NotImplementedError):
-                    self._use_vmap = False  # an op without a batching rule
-            k = weights.shape[0] if isinstance(weights, torch.Tensor) else None
-            if k is None:
-                with torch.no_grad():
-                    w = weights(self.logits(x))
-                k = w.shape[0]
-            else:
-                w = weights
-            b = x.shape[0]
-            leaf = x.detach().unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:]).requires_grad_(True)
-            stacked = self.logits(leaf).view(k, b, -1)
-            (grads,) = torch.autograd.grad((stacked * w.to(stacked.dtype)).sum(), leaf)
-        return stacked[0].detach(), grads.view(k, *x.shape)
+        return self._jacobian.products(x, weights)
+
+    def logit_gradients_of_kept(
+        self, x: torch.Tensor, weights: Weights, keep: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B, C), mask (B,), grads (K, kept, ...)): as :meth:`logit_gradients`, for the images whose
+        logits `keep` keeps (a function of the detached logits returning a (B,) bool mask) only: the forward pass
+        that decides which images an iterative attack stops also serves the others' gradients."""
+        return self._jacobian.products_of_kept(x, weights, keep)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """`x` clamped into `clip`."""

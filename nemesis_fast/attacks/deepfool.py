@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .._checks import check_int, check_nonnegative
 from .base import Attack
+from .jacobian import predicts
 from .norms import Norm, check_norm, flat_norm
 
 # Added to each step's length, as in the paper's reference code, so that a step lands past the boundary.
@@ -66,14 +67,13 @@ class DeepFool(Attack):
         x_adv = x.clone()
         iterations = torch.zeros_like(y)
         index = active.nonzero().squeeze(1)
-        for _ in range(self.max_iter):
+        if self.max_iter and index.numel():
+            logits_i, w = self.logit_gradients(x[index], self._weights(classes[index], logits.shape[1]))
+        for step in range(self.max_iter):
             if index.numel() == 0:
                 break
-            x_i, classes_i = x_adv[index], classes[index]
-            # The K-1 directions f_k - f_y, for the candidates k after y, as one batched vector-Jacobian product.
-            one_hot = F.one_hot(classes_i, logits.shape[1]).to(x.dtype)  # (n, k, C)
-            weights = (one_hot[:, 1:] - one_hot[:, :1]).transpose(0, 1)  # (k - 1, n, C)
-            logits_i, w = self.logit_gradients(x_i, weights)  # w: (k - 1, n, ...)
+            classes_i = classes[index]
+            # w: the K-1 gradients of f_k - f_y, for the candidates k after y, at the images still running.
             f = (logits_i.gather(1, classes_i[:, 1:]) - logits_i.gather(1, classes_i[:, :1])).T  # (k - 1, n)
             w_norm = w.flatten(2).norm(p=2 if self.norm == "2" else 1, dim=2)  # (k - 1, n)
             distance = torch.where(w_norm > 0, f.abs() / w_norm, torch.inf)
@@ -91,6 +91,17 @@ class DeepFool(Attack):
             x_step = self.project(x[index] + (1 + self.overshoot) * r_total[index])
             x_adv[index] = x_step
             iterations[index] += 1
-            still = self.logits(x_step).argmax(1) == y[index]
-            index = index[still]
+            if step == self.max_iter - 1:
+                break
+            logits_i, still, w = self.logit_gradients_of_kept(
+                x_step, self._weights(classes_i, logits.shape[1]), predicts(y[index])
+            )
+            index, logits_i = index[still], logits_i[still]
         return x_adv, iterations
+
+    @staticmethod
+    def _weights(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(k - 1, n, C): the weights e_k - e_y whose products with the logits are f_k - f_y, for the candidates
+        `classes` (n, k), y first."""
+        one_hot = F.one_hot(classes, num_classes).float()
+        return (one_hot[:, 1:] - one_hot[:, :1]).transpose(0, 1)

@@ -5,8 +5,10 @@ same arguments on the paper's CIFAR-10 CNN (:func:`nemesis_fast.models.cifar_cnn
 uniform random images labelled with its own predictions. A row gives the time per image; the speed-up is the peer's
 time per image over the drop-in's, and `max_diff` the largest difference between the two results on the images
 both attacked, from the same random state (0 where the drop-in reproduces the peer's arithmetic; the rounding of
-reordered sums for DeepFool). The slow peers attack fewer images (`images` says how many); the drop-in's time on
-those same images is given too (`same_images_ms_per_image`), so that the speed-up can be read at equal batches.
+reordered sums for DeepFool). The speed-up is always taken on the same images: an attack's cost varies from image
+to image (the steps until it succeeds), so per-image times on different images do not compare. On a GPU the slow
+peers attack the first few images of the batch only (`images` says how many); the drop-in then attacks those
+images too (`same_images_ms_per_image`), besides the whole batch (`ms_per_image`, what batching gives).
 ART's C&W is compared at equal iterations with ``algorithm="paper"`` (Adam, no early abort): another algorithm,
 so no `max_diff`. GaussianAugmentation is timed through ART's numpy call and through the PyTorch preprocessor path.
 
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from .attacks import art_classifier, timing_model
-from .harness import Case, Report, Row, synchronize, time_interleaved, time_ms
+from .harness import Case, Report, Row, same_images_speedup, synchronize, time_interleaved, time_ms
 from .jsma import peak_extra_mb
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +48,13 @@ class Pair:
     ours: Callable[[], Attack] | str
     peer_images: int | None = None  # the peer attacks only this many images (None: the whole batch)
     compare: bool = True  # the same algorithm: report the largest difference
+    rounds: int | None = None  # a slow case: this many calls of each side in turns (the median), no warm-up rounds
+
+
+def _slow_rounds(gpu: bool) -> int:
+    """Calls of each side of a slow case, in turns: 3 on a CPU (single calls of the peers vary up to 2x there), 1
+    on a GPU (the GPU check's time limit)."""
+    return 1 if gpu else 3
 
 
 def _quiet(fn: Attack) -> Attack:
@@ -66,16 +75,16 @@ def torchattacks_pairs(model: nn.Module, gpu: bool) -> list[Pair]:
     except ImportError:
         return [Pair("torchattacks", "torchattacks not installed (pip install torchattacks)", "")]
     eps, alpha = 8 / 255, 2 / 255
-    settings = {
-        "FGSM": ({"eps": eps}, None),
-        "PGD": ({"eps": eps, "alpha": alpha, "steps": 10}, None),
-        "RFGSM": ({"eps": eps, "alpha": alpha, "steps": 10}, None),
-        "CW": ({"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}, None),
-        "DeepFool": ({"steps": 50, "overshoot": 0.02}, 32 if gpu else 4),
-        "JSMA": ({"theta": 1.0, "gamma": 0.1}, 2 if gpu else 1),
+    settings = {  # name: (arguments, the images the peer attacks (None: all), rounds of a slow case)
+        "FGSM": ({"eps": eps}, None, None),
+        "PGD": ({"eps": eps, "alpha": alpha, "steps": 10}, None, None),
+        "RFGSM": ({"eps": eps, "alpha": alpha, "steps": 10}, None, None),
+        "CW": ({"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}, None, None),
+        "DeepFool": ({"steps": 50, "overshoot": 0.02}, 32 if gpu else None, _slow_rounds(gpu)),
+        "JSMA": ({"theta": 1.0, "gamma": 0.1}, 2, 1),  # tens of seconds per image on a CPU
     }
     pairs = []
-    for name, (kwargs, limit) in settings.items():
+    for name, (kwargs, limit, rounds) in settings.items():
         peer, ours = getattr(torchattacks, name), getattr(compat, name)
         pairs.append(
             Pair(
@@ -83,6 +92,7 @@ def torchattacks_pairs(model: nn.Module, gpu: bool) -> list[Pair]:
                 lambda cls=peer, kw=kwargs: _quiet(cls(model, **kw)),
                 lambda cls=ours, kw=kwargs: _quiet(cls(model, **kw)),
                 limit,
+                rounds=rounds,
             )
         )
     return pairs
@@ -110,7 +120,7 @@ def art_pairs(model: nn.Module, x: torch.Tensor, gpu: bool) -> list[Pair]:
     from ..compat import art as compat
 
     batch, eps = x.shape[0], 8 / 255
-    slow = 32 if gpu else 4
+    slow = 32 if gpu else None  # on a CPU the peers attack every image of the batch (8)
     cw = {"binary_search_steps": 3, "max_iter": 100} if gpu else {"binary_search_steps": 2, "max_iter": 25}
     cw |= {"initial_const": 1.0, "learning_rate": 0.01}
     settings = {
@@ -121,7 +131,7 @@ def art_pairs(model: nn.Module, x: torch.Tensor, gpu: bool) -> list[Pair]:
             {},
         ),
         "DeepFool": ({"max_iter": 50, "epsilon": 0.02, "nb_grads": 10, "verbose": False}, slow, {}),
-        "SaliencyMapMethod": ({"theta": 1.0, "gamma": 0.1, "verbose": False}, 8 if gpu else 2, {}),
+        "SaliencyMapMethod": ({"theta": 1.0, "gamma": 0.1, "verbose": False}, 8 if gpu else None, {}),
         "CarliniL2Method": ({**cw, "verbose": False}, slow, {"algorithm": "paper", "abort_early": False}),
     }
     pairs = []
@@ -130,9 +140,9 @@ def art_pairs(model: nn.Module, x: torch.Tensor, gpu: bool) -> list[Pair]:
         ours = partial(getattr(compat, name), classifier, **kwargs, **extra, batch_size=batch)
         label = f"ART {name}" + (" (ours: algorithm='paper', equal iterations)" if extra else "")
         targets = name == "SaliencyMapMethod"
-        pairs.append(
-            Pair(label, partial(_art_attack, peer, targets), partial(_art_attack, ours, targets), limit, not extra)
-        )
+        rounds = _slow_rounds(gpu) if name in ("DeepFool", "SaliencyMapMethod", "CarliniL2Method") else None
+        run_peer, run_ours = partial(_art_attack, peer, targets), partial(_art_attack, ours, targets)
+        pairs.append(Pair(label, run_peer, run_ours, limit, not extra, rounds))
     return pairs
 
 
@@ -149,7 +159,7 @@ def _seeded(fn: Attack, images: torch.Tensor, labels: torch.Tensor, out: list) -
 
 def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -> None:
     """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results. Fast cases
-    are timed in turns (median of several rounds); slow ones once each."""
+    are timed in turns (median of several rounds); slow ones in `pair.rounds` turns."""
     if isinstance(pair.peer, str) or isinstance(pair.ours, str):
         report.add(Row(pair.name, "peer", None, note=pair.peer if isinstance(pair.peer, str) else pair.ours))
         return
@@ -158,24 +168,25 @@ def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -
     calls = {
         "peer": _seeded(pair.peer(), x[:count], y[:count], outputs["peer"]),
         "ours": _seeded(pair.ours(), x, y, outputs["ours"]),
-        "same": _seeded(pair.ours(), x[:count], y[:count], outputs["same"]),
     }
-    if pair.peer_images is None:
+    if count < len(x):
+        calls["same"] = _seeded(pair.ours(), x[:count], y[:count], outputs["same"])
+    if pair.rounds is None:
         ms = time_interleaved(calls, report.device, warmup=1, min_reps=5, min_seconds=1.0)
     else:
         pair.ours()(x[:2], y[:2])  # warm-up: lazy imports, kernels
-        ms = {name: time_ms(call, report.device, warmup=0, min_reps=1, max_reps=1) for name, call in calls.items()}
+        rounds = {"warmup": 0, "min_reps": pair.rounds, "max_reps": pair.rounds, "min_seconds": 0.0}
+        ms = time_interleaved(calls, report.device, **rounds)
     peer_row = Row(pair.name, "peer", ms["peer"], items_per_s=count / (ms["peer"] * 1e-3))
     peer_row.extra = {"images": count, "ms_per_image": ms["peer"] / count}
     ours_row = Row(pair.name, "nemesis_fast.compat", ms["ours"], items_per_s=len(x) / (ms["ours"] * 1e-3))
-    ours_row.speedup = (ms["peer"] / count) / (ms["ours"] / len(x))
-    ours_row.extra = {
-        "images": len(x),
-        "ms_per_image": ms["ours"] / len(x),
-        "same_images_ms_per_image": ms["same"] / count,
-    }
+    ours_row.extra = {"images": len(x), "ms_per_image": ms["ours"] / len(x)}
+    if count < len(x):
+        ours_row.extra |= {"same_images": count, "same_images_ms_per_image": ms["same"] / count}
+    ours_row.speedup = same_images_speedup(peer_row, ours_row)
+    same = outputs["same"] or outputs["ours"]
     if pair.compare:
-        difference = outputs["same"][-1].float() - outputs["peer"][-1].float()
+        difference = same[-1].float() - outputs["peer"][-1].float()
         ours_row.extra["max_diff"] = difference.abs().max().item()
     report.add(peer_row)
     report.add(ours_row)
@@ -274,7 +285,7 @@ def imagenet_jsma_rows(report: Report, steps: int = 3) -> None:
 
 
 def run(device: torch.device | str, *, numel: int | None = None) -> Report:
-    """Every case on `numel` CIFAR-shaped images (default 256 on a GPU, 8 on a CPU; slow peers on fewer)."""
+    """Every case on `numel` CIFAR-shaped images (default 256 on a GPU, 8 on a CPU; some peers on fewer)."""
     device = torch.device(device)
     gpu = device.type == "cuda"
     batch = numel or (256 if gpu else 8)

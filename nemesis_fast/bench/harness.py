@@ -53,6 +53,26 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def ms_per_image_on(row: Row, images: int) -> float | None:
+    """The time per image of `row` on the first `images` images of the batch: its own figure when it ran on that
+    many (extra "images" and "ms_per_image"), or its time on the same images (extra "same_images" and
+    "same_images_ms_per_image"); None when it has neither."""
+    if row.extra.get("images") == images:
+        return row.extra.get("ms_per_image")
+    if row.extra.get("same_images") == images:
+        return row.extra.get("same_images_ms_per_image")
+    return None
+
+
+def same_images_speedup(base: Row, row: Row) -> float | None:
+    """The baseline's time per image over `row`'s, on the images both attacked (the first of the batch, as many as
+    the one that attacked fewer): an attack's cost varies from image to image (steps until it succeeds), so times
+    per image on different images do not compare. None when a row lacks its time on those images."""
+    images = min(base.extra.get("images", 0), row.extra.get("images", 0))
+    base_ms, row_ms = ms_per_image_on(base, images), ms_per_image_on(row, images)
+    return base_ms / row_ms if base_ms and row_ms else None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from art.attacks import evasion
 
 from ...attacks import DeepFool as PaperDeepFool
+from ...attacks.jacobian import predicts
 from .._peer import GradientEngine
 from ._classifier import (
     AlgorithmParameter,
@@ -36,7 +37,8 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
     classes (all classes when nb_grads >= their number). Each step adds to the current point
     r = |f_l| / (||w_l||^2 + 1e-7) * w_l, scaled by the clip range and clipped (f_k = output_k - output_p, w_k its
     gradient, l the candidate of smallest |f_k| / (||w_k|| + 1e-7)); every image takes at least one step and stops
-    when its prediction leaves p, or after max_iter steps; at the end x + (1 + epsilon) * (x_i - x), clipped.
+    when its prediction leaves p, or after max_iter steps, or when a step leaves it where it was (clipped back: ART
+    repeats that step until max_iter, to the same image); at the end x + (1 + epsilon) * (x_i - x), clipped.
 
     algorithm="paper": :class:`nemesis_fast.attacks.DeepFool` (the paper's: per-image candidates, the overshoot on
     the accumulated perturbation) with max_iter, overshoot = epsilon and candidates = nb_grads, away from the first
@@ -118,19 +120,27 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         batch = x.clone()
         index = torch.arange(len(x), device=x.device)  # every image takes the first step
         logits, grads = engine.logit_gradients(x, weights)
-        for _ in range(self.max_iter):
+        for step in range(self.max_iter):
             if index.numel() == 0:
                 break
             r = self._step(logits, grads.transpose(0, 1), targets[index], first[index])
+            before = batch[index]
             if view.clip is None:
-                batch[index] = batch[index] + r
+                after = before + r
             else:
                 low, high = view.clip
                 span = np.float32(high) - np.float32(low)
-                batch[index] = torch.clamp(batch[index] + r * float(span), low, high)
-            logits, grads = engine.logit_gradients(batch[index], weights[:, index])
-            keep = logits.argmax(1) == first[index]
-            index, logits, grads = index[keep], logits[keep], grads[:, keep]
+                after = torch.clamp(before + r * float(span), low, high)
+            batch[index] = after
+            # An image that its step leaves where it was (clipped back) is at a fixed point: ART would repeat the
+            # same step until max_iter. It stops here, with the same result.
+            index = index[(after != before).flatten(1).any(1)]
+            if step == self.max_iter - 1 or index.numel() == 0:
+                break
+            logits, keep, grads = engine.logit_gradients_of_kept(
+                batch[index], weights[:, index], predicts(first[index])
+            )
+            index, logits = index[keep], logits[keep]
         return batch
 
     @staticmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torchattacks
 
+from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
 
 
@@ -17,7 +18,9 @@ class DeepFool(torchattacks.DeepFool):
     clamp(x_i + (1 + overshoot) * |f_l| w_l / ||w_l||^2, 0, 1), where f_k = logit_k - logit_y and w_k their
     gradient, for the class l != y of the smallest |f_k| / ||w_k|| (over all classes): the overshoot applies at every
     step, from the current point, as torchattacks does it (the paper scales the accumulated perturbation once). An
-    image stops when its prediction leaves y (checked before each step), or after `steps` steps.
+    image stops when its prediction leaves y (checked before each step), or after `steps` steps, or as soon as a
+    step leaves it unchanged (clamped back where it was), where torchattacks repeats that same step until `steps`:
+    the same image, without the idle steps.
     """
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,13 +60,13 @@ class DeepFool(torchattacks.DeepFool):
             eye = torch.eye(logits.shape[1], dtype=logits.dtype, device=logits.device)
             return eye[:, None, :].expand(-1, logits.shape[0], -1)
 
-        logits, grads = engine.logit_gradients(x, identity)  # grads: (C, n, ...)
+        y = labels[index]
+        logits, keep, grads = engine.logit_gradients_of_kept(x, identity, predicts(y))
         predicted = logits.argmax(1)
-        fooled = predicted != labels[index]
+        fooled = ~keep
         target_labels[index[fooled]] = predicted[fooled]
-        keep = ~fooled
-        index, x, logits, y = index[keep], x[keep], logits[keep], labels[index][keep]
-        grads = grads[:, keep].transpose(0, 1)  # (n, C, ...)
+        index, x, logits, y = index[keep], x[keep], logits[keep], y[keep]
+        grads = grads.transpose(0, 1)  # (n, C, ...): the gradients of the images still on their label
         classes = logits.shape[1]
         rows = torch.arange(len(index), device=x.device)
         # The wrong classes of each image in increasing order: k, or k + 1 from the label on.
@@ -77,6 +80,9 @@ class DeepFool(torchattacks.DeepFool):
         length = torch.norm(w_l.flatten(1), p=2, dim=1) ** 2
         unit = (-1, *([1] * (x.dim() - 1)))
         delta = torch.abs(f_prime[rows, nearest]).view(unit) * w_l / length.view(unit)
-        adv[index] = torch.clamp(x + (1 + self.overshoot) * delta, min=0, max=1)
+        moved = torch.clamp(x + (1 + self.overshoot) * delta, min=0, max=1)
+        adv[index] = moved
         target_labels[index] = wrong[rows, nearest]
-        return index
+        # An image that its step leaves where it was (the step points out of [0, 1]) is at a fixed point: every
+        # further step would repeat this one, as torchattacks' loop does up to `steps`. It stops here.
+        return index[(moved != x).flatten(1).any(1)]

@@ -1,0 +1,98 @@
+"""Many vector-Jacobian products of a model's logits from one forward pass: the gradients that DeepFool and JSMA
+take of several classes at once.
+
+For images x (B, ...) with logits (B, C) and weights (K, B, C), the K products are
+grads[k, b] = d(sum_c weights[k, b, c] * logits[b, c]) / dx[b], one batched backward pass (autograd with
+is_grads_batched). Where the model has an op without a batching rule, they come instead from one forward and one
+backward pass over K stacked copies of x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Weights = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+class LogitJacobian:
+    """The vector-Jacobian products of `logits` (a function mapping (B, ...) images to (B, C) logits)."""
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.logits = logits
+        self.use_vmap = True  # turned off for good at the first op without a batching rule
+
+    def products(self, x: torch.Tensor, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, C), grads (K, B, ...)). `weights` is a (K, B, C) tensor, or a function of the detached
+        logits returning one."""
+        with torch.enable_grad():
+            if self.use_vmap:
+                leaf = x.detach().requires_grad_(True)
+                logits = self.logits(leaf)
+                grads = self._batched_backward(logits, leaf, _resolve(weights, logits))
+                if grads is not None:
+                    return logits.detach(), grads
+            return self._stacked(x, weights)
+
+    def products_of_kept(
+        self, x: torch.Tensor, weights: Weights, keep: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B, C), mask (B,), grads (K, kept, ...)): the products of the images that `keep` (a function of
+        the detached logits (B, C), returning a (B,) bool mask) keeps, in order; `weights` as for :meth:`products`,
+        over all B images.
+
+        For iterative attacks that stop an image once the logits at its new point say so: the forward pass that
+        tells which images stop is the one whose graph the others' products use. The K products of the stopped
+        images are skipped whenever they would cost more than a second forward pass of the kept ones.
+        """
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(self.use_vmap)
+            logits = self.logits(leaf)
+            mask = keep(logits.detach())
+            w = _resolve(weights, logits)
+            index = mask.nonzero().squeeze(1)
+            kept, stopped = index.numel(), x.shape[0] - index.numel()
+            if kept == 0:
+                return logits.detach(), mask, x.new_empty((w.shape[0], 0, *x.shape[1:]))
+            if self.use_vmap and w.shape[0] * stopped < kept:
+                # Few stopped images: their products cost less than a second forward pass of the others.
+                grads = self._batched_backward(logits, leaf, w)
+                if grads is not None:
+                    return logits.detach(), mask, grads[:, index] if stopped else grads
+            _, grads = self.products(x[index], w[:, index])
+            return logits.detach(), mask, grads
+
+    def _batched_backward(self, logits: torch.Tensor, leaf: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """The K products through the graph of `logits`, or None (and vmap off) where an op has no batching rule."""
+        try:
+            (grads,) = torch.autograd.grad(logits, leaf, weights.to(logits.dtype), is_grads_batched=True)
+            return grads
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError):
+            self.use_vmap = False
+            return None
+
+    def _stacked(self, x: torch.Tensor, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K products from one forward and one backward pass over K stacked copies of x."""
+        if isinstance(weights, torch.Tensor):
+            w = weights
+        else:
+            with torch.no_grad():
+                w = weights(self.logits(x))
+        k, b = w.shape[0], x.shape[0]
+        leaf = x.detach().unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:]).requires_grad_(True)
+        stacked = self.logits(leaf).view(k, b, -1)
+        (grads,) = torch.autograd.grad((stacked * w.to(stacked.dtype)).sum(), leaf)
+        return stacked[0].detach(), grads.view(k, *x.shape)
+
+
+def predicts(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The `keep` of :meth:`LogitJacobian.products_of_kept` that keeps the images whose logits still predict
+    `labels` (B,)."""
+    return lambda logits: logits.argmax(1) == labels
+
+
+def _resolve(weights: Weights, logits: torch.Tensor) -> torch.Tensor:
+    return weights(logits.detach()) if callable(weights) else weights

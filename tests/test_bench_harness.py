@@ -1,0 +1,29 @@
+"""The benchmark harness's speed-ups on the same images."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemesis_fast.bench.harness import Row, ms_per_image_on, same_images_speedup
+
+
+def row(images: int, ms_per_image: float, same: tuple[int, float] | None = None) -> Row:
+    """A row over `images` images; `same`: (images, ms per image) on the first images of the batch."""
+    extra = {"images": images, "ms_per_image": ms_per_image}
+    if same:
+        extra |= {"same_images": same[0], "same_images_ms_per_image": same[1]}
+    return Row("case", "provider", images * ms_per_image, extra=extra)
+
+
+def test_speedup_is_taken_on_the_images_both_attacked():
+    peer = row(2, 300.0)  # the peer attacked the first 2 images of the batch
+    ours = row(8, 10.0, same=(2, 60.0))  # the first 2 are harder than the batch's average
+    assert same_images_speedup(peer, ours) == pytest.approx(5.0)  # not 300 / 10
+    assert same_images_speedup(ours, peer) == pytest.approx(0.2)
+    assert ms_per_image_on(ours, 8) == 10.0 and ms_per_image_on(ours, 2) == 60.0
+
+
+def test_speedup_on_equal_batches_and_missing_times():
+    assert same_images_speedup(row(8, 30.0), row(8, 10.0)) == pytest.approx(3.0)
+    assert same_images_speedup(row(2, 300.0), row(8, 10.0)) is None  # no time on the peer's images: no claim
+    assert ms_per_image_on(row(8, 10.0), 4) is None
