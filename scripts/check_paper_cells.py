@@ -16,9 +16,10 @@ attack settings changed (keys of the config's [attack] section, e.g. ``cw_confid
 on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
 for the same images.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--noisy-validation | --keras-validation |
---cleverhans-2017]``:
-the defense retrained with recipe settings, the early-stopping patience or the seed changed, or validated on
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--init keras] [--noisy-validation |
+--keras-validation | --cleverhans-2017] [--columns fgsm,rfgsm,...]``:
+the defense retrained with recipe settings, the early-stopping patience, the seed or the initialisation changed
+(``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or validated on
 the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is
 given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM
 adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the other
@@ -28,7 +29,9 @@ images, as the scripts from 15 August 2017 could only use them: 60,000 originals
 cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
 normalisation, its KL averaged over all 60,000 images as their one call did, or over each batch of 1,000 with
 ``--vat-mean-over 0``; validated on clean held-out originals as the run). Judged on the run's own cached black-box
-adversarials (all test images: the adversarial images must still be in the run's cache) beside the run's model.
+adversarials (all test images) beside the run's model; FGSM's and R+FGSM's are crafted again on the run's source
+with the run's seeds where the cache no longer holds them (the committed archive keeps verdicts, not images), the
+other columns' images must be in the cache (``--columns`` leaves them out).
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json`.
@@ -37,6 +40,8 @@ Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a re
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist attack cw --set cw_confidence=0 --images 200
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --set eps=0.1
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense gda --noisy-validation
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense label_smoothing --init keras \
+        --columns fgsm,rfgsm
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation \
         --examples-of test
@@ -285,21 +290,28 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         data, changes["val_data"] = authors_vat_data(evaluation, name, seed, args.vat_mean_over)
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
         parts.append("cleverhans2017" + (f"-mean{args.vat_mean_over}" if args.vat_mean_over else ""))
+    if args.init == "keras":
+        parts.append("kerasinit")
     tag = "-".join([name, *parts])
-    variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, **changes)
+    variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, init=args.init, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
     report: dict[str, Any] = {"check": tag, "models": {n: margins(m, x, y) for n, m in judges.items()}, "cells": {}}
     print(json.dumps(report["models"]), flush=True)
     attacks = evaluation.attacks
+    source = evaluation.models.get(SOURCE)
+    columns = [(attack, eps) for attack, eps in COLUMNS if args.columns is None or attack in args.columns.split(",")]
 
-    for attack, eps in COLUMNS:
+    for attack, eps in columns:
 
         def stored(chunk, x, y, attack=attack, eps=eps):
             entry = evaluation.cache.load("blackbox", attacks.blackbox_key(attack, eps, chunk))
-            if entry is None:
+            if entry is not None:
+                return entry["x_adv"], y
+            if attack not in ("fgsm", "rfgsm"):
                 raise SystemExit(f"the run's cache lacks the black-box images of {attack} at {eps}, chunk {chunk}")
-            return entry["x_adv"], y
+            # FGSM and R+FGSM (one gradient): crafted again on the run's source with the run's per-chunk seeds.
+            return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
         accuracy, images = judge(evaluation, judges, evaluation.blackbox_chunks(attack), stored)
         report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper_value("mnist", name, attack), **accuracy}
@@ -331,6 +343,8 @@ def main() -> None:
     defense.add_argument("--set", action="append", help="a recipe setting, KEY=VALUE (JSON value)")
     defense.add_argument("--patience", help="early-stopping patience, or none")
     defense.add_argument("--seed", type=int, help="another training seed (initialisation, batch order, split)")
+    defense.add_argument("--init", choices=["torch", "keras"], default="torch", help="keras: Glorot-uniform, zero bias")
+    defense.add_argument("--columns", help="comma-separated attacks of the table to judge (default: all five)")
     validation = defense.add_mutually_exclusive_group()
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     validation.add_argument(
