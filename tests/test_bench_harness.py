@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from nemesis_fast.bench.harness import Row, ms_per_image_on, same_images_speedup
+from nemesis_fast.bench.harness import Row, ms_per_image_on, record_same_images, same_images_speedup
 
 
 def row(images: int, ms_per_image: float, same: tuple[int, float] | None = None) -> Row:
     """A row over `images` images; `same`: (images, ms per image) on the first images of the batch."""
-    extra = {"images": images, "ms_per_image": ms_per_image}
+    row = Row("case", "provider", images * ms_per_image, extra={"images": images, "ms_per_image": ms_per_image})
     if same:
-        extra |= {"same_images": same[0], "same_images_ms_per_image": same[1]}
-    return Row("case", "provider", images * ms_per_image, extra=extra)
+        record_same_images(row, same[0], same[0] * same[1])
+    return row
 
 
 def test_speedup_is_taken_on_the_images_both_attacked():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from torch import nn
 
 from .. import attacks as nf_attacks
 from ..attacks import perturbation_norms
-from .harness import Report, Row, same_images_speedup, time_ms
+from .harness import Report, Row, record_same_images, same_images_speedup, time_ms
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PROVIDERS = ("nemesis_fast", "torchattacks", "ART", "bare fwd+bwd")
@@ -237,12 +238,9 @@ def measure(
         row.extra = {"images": n, "ms_per_image": ms / n, "model_calls": out["forwards"] / out["calls"]}
         if spec.slow_providers and provider not in spec.slow_providers and n > slow_limit:
             few = slow_limit  # the slow providers' images, for speed-ups on the same images
-
-            def call_few(fn=fn, few=few) -> None:
-                fn(x[:few], y[:few])
-
+            call_few = partial(fn, x[:few], y[:few])
             same_ms = time_ms(call_few, device, warmup=0, min_reps=1 if slow else reps, min_seconds=0.0)
-            row.extra |= {"same_images": few, "same_images_ms_per_image": same_ms / few}
+            record_same_images(row, few, same_ms)
         if provider != "bare fwd+bwd":
             x_adv = out["x_adv"].to(images.dtype)
             with torch.no_grad():

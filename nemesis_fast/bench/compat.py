@@ -32,7 +32,16 @@ import torch
 from torch import nn
 
 from .attacks import art_classifier, timing_model
-from .harness import Case, Report, Row, same_images_speedup, synchronize, time_interleaved, time_ms
+from .harness import (
+    Case,
+    Report,
+    Row,
+    record_same_images,
+    same_images_speedup,
+    synchronize,
+    time_interleaved,
+    time_ms,
+)
 from .jsma import peak_extra_mb
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -182,7 +191,7 @@ def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -
     ours_row = Row(pair.name, "nemesis_fast.compat", ms["ours"], items_per_s=len(x) / (ms["ours"] * 1e-3))
     ours_row.extra = {"images": len(x), "ms_per_image": ms["ours"] / len(x)}
     if count < len(x):
-        ours_row.extra |= {"same_images": count, "same_images_ms_per_image": ms["same"] / count}
+        record_same_images(ours_row, count, ms["same"])
     ours_row.speedup = same_images_speedup(peer_row, ours_row)
     same = outputs["same"] or outputs["ours"]
     if pair.compare:

@@ -53,6 +53,12 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def record_same_images(row: Row, images: int, ms: float) -> None:
+    """Adds to `row` its time `ms` per call on the first `images` images of the batch, the ones a slower provider
+    attacked alone: the figure :func:`same_images_speedup` compares with that provider's."""
+    row.extra |= {"same_images": images, "same_images_ms_per_image": ms / images}
+
+
 def ms_per_image_on(row: Row, images: int) -> float | None:
     """The time per image of `row` on the first `images` images of the batch: its own figure when it ran on that
     many (extra "images" and "ms_per_image"), or its time on the same images (extra "same_images" and

@@ -31,7 +31,7 @@ from .._backends.jsma_saliency_search import BACKENDS
 from ..attacks import JSMA
 from ..reference.jsma_saliency_search import jsma_saliency_search as reference_search
 from .attacks import art_classifier, mnist_model_and_data, timing_model
-from .harness import Case, Report, Row, same_images_speedup, synchronize, time_ms
+from .harness import Case, Report, Row, record_same_images, same_images_speedup, synchronize, time_ms
 
 SEARCH_PROVIDERS = ("native", "triton", "torch materialised")
 ATTACK_PROVIDERS = ("nemesis_fast", "torchattacks", "ART")
@@ -207,7 +207,7 @@ def attack_rows(
         row.extra = {"images": count, "ms_per_image": ms / count, **_success_and_l0(success, l0)}
         if count > few:
             same_ms, _ = timed_once(partial(fn, x[:few], y[:few], target[:few]), report.device)
-            row.extra |= {"same_images": few, "same_images_ms_per_image": same_ms / few}
+            record_same_images(row, few, same_ms)
         rows.append(row)
     base = next((r for r in rows if r.provider == "torchattacks" and r.ms), None)
     for row in rows:
