@@ -60,12 +60,73 @@ def infer_dataset(images: torch.Tensor) -> str:
 
 
 def _offline_training_set(
-    recipe: Recipe, source: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+    recipe: Recipe,
+    model: nn.Module,
+    source: nn.Module | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val: Data | None,
+    budget: dict[str, Any],
 ) -> Data:
-    """The training set of an offline recipe: the images plus the recipe's examples of `source`, as float32."""
+    """The training set of an offline recipe: the images plus the recipe's examples of `source`, as float32.
+    With no source, a copy of `model` is first trained on the images with the "standard" recipe and `budget`
+    (:func:`train`'s keyword arguments), validated on `val`."""
+    device = budget["device"]
+    if source is None:
+        budget["log"](f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
+        source = copy.deepcopy(model)
+        train(source, (images, labels), "standard", val_data=val, val_fraction=0.0, **budget)
+    source = source.to(device)
     extra = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels, device=device)
     clean = to_float(images.to(device))
     return torch.cat([clean, extra]), torch.cat([labels.to(device), labels.to(device)])
+
+
+def _epochs(
+    model: nn.Module,
+    recipe: Recipe,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    amp: bool | str,
+    compile: bool,
+    max_steps: int | None,
+    val: Data | None,
+    progress: bool | None,
+    say: Log,
+) -> tuple[DeviceLoader, torch.optim.Optimizer, Epochs]:
+    """The batches, Adam and the epoch loop of :func:`train` (its arguments of the same names)."""
+    # With compile, a last smaller batch would compile a second graph: drop it (a different one every epoch).
+    loader = DeviceLoader(
+        images,
+        labels,
+        batch_size,
+        seed=seed,
+        device=device,
+        augment=recipe.augment(device),
+        expand=recipe.expansion(),
+        drop_last=compile,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda" or None)
+    autocast, scaled = forward_autocast(device, amp)
+    runner = Epochs(
+        forward=torch.compile(model) if compile else model,
+        optimizer=optimizer,
+        recipe=recipe,
+        loader=loader,
+        autocast=autocast,
+        scaler=torch.amp.GradScaler(device.type) if scaled else None,
+        max_steps=max_steps,
+        device=device,
+        amp=amp,
+        val=val,
+        progress=progress,
+        say=say,
+    )
+    return loader, optimizer, runner
 
 
 def train(
@@ -135,41 +196,12 @@ def train(
     started = time.perf_counter()
 
     if recipe.needs_source:
-        if source_model is None:
-            say(f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
-            source_model = copy.deepcopy(model)
-            budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
-            budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
-            train(source_model, (images, labels), "standard", val_data=val, val_fraction=0.0, **budget)
-        images, labels = _offline_training_set(recipe, source_model.to(device), images, labels, device)
+        budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
+        budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
+        images, labels = _offline_training_set(recipe, model, source_model, images, labels, val, budget)
         say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
-
-    # With compile, a last smaller batch would compile a second graph: drop it (a different one every epoch).
-    loader = DeviceLoader(
-        images,
-        labels,
-        batch_size,
-        seed=seed,
-        device=device,
-        augment=recipe.augment(device),
-        expand=recipe.expansion(),
-        drop_last=compile,
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda" or None)
-    autocast, scaled = forward_autocast(device, amp)
-    epoch_runner = Epochs(
-        forward=torch.compile(model) if compile else model,
-        optimizer=optimizer,
-        recipe=recipe,
-        loader=loader,
-        autocast=autocast,
-        scaler=torch.amp.GradScaler(device.type) if scaled else None,
-        max_steps=max_steps,
-        device=device,
-        amp=amp,
-        val=val,
-        progress=progress,
-        say=say,
+    loader, optimizer, epoch_runner = _epochs(
+        model, recipe, images, labels, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     stopping = EarlyStopping(patience)
