@@ -20,7 +20,7 @@ from nemesis_fast.attacks import (
     model_guard,
     perturbation_norms,
 )
-from nemesis_fast.attacks.jacobian import LogitJacobian, predicts
+from nemesis_fast.attacks.jacobian import LogitJacobian, difference_weights, predicts
 from nemesis_fast.nn import BoundedReLU
 
 CLASSES = 5
@@ -547,6 +547,16 @@ def test_logit_gradients_of_kept_take_weight_functions_and_keep_predictions():
         _, expected = LogitJacobian(model).products(x[4:], identity[:, 4:])
     assert mask.tolist() == [False] * 4 + [True] * (len(x) - 4)
     torch.testing.assert_close(grads, expected)
+
+
+def test_difference_weights_give_the_logit_differences():
+    logits = torch.randn(5, CLASSES)
+    first = torch.tensor([0, 3, 1, 2, 2])
+    others = torch.tensor([[1, 2], [0, 1], [3, 0], [1, 0], [0, 1]])
+    weights = difference_weights(first, others, CLASSES)
+    assert weights.shape == (2, 5, CLASSES) and weights.dtype == torch.float32
+    expected = (logits.gather(1, others) - logits.gather(1, first[:, None])).T
+    torch.testing.assert_close((weights * logits).sum(2), expected)
 
 
 def test_vmap_failure_switches_to_stacked_copies():

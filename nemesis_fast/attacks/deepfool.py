@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_int, check_nonnegative
 from .base import Attack
-from .jacobian import predicts
+from .jacobian import difference_weights, predicts
 from .norms import Norm, check_norm, flat_norm
 
 # Added to each step's length, as in the paper's reference code, so that a step lands past the boundary.
@@ -68,7 +67,8 @@ class DeepFool(Attack):
         iterations = torch.zeros_like(y)
         index = active.nonzero().squeeze(1)
         if self.max_iter and index.numel():
-            logits_i, w = self.logit_gradients(x[index], self._weights(classes[index], logits.shape[1]))
+            first_weights = difference_weights(classes[index, 0], classes[index, 1:], logits.shape[1])
+            logits_i, w = self.logit_gradients(x[index], first_weights)
         for step in range(self.max_iter):
             if index.numel() == 0:
                 break
@@ -94,14 +94,7 @@ class DeepFool(Attack):
             if step == self.max_iter - 1:
                 break
             logits_i, still, w = self.logit_gradients_of_kept(
-                x_step, self._weights(classes_i, logits.shape[1]), predicts(y[index])
+                x_step, difference_weights(classes_i[:, 0], classes_i[:, 1:], logits.shape[1]), predicts(y[index])
             )
             index, logits_i = index[still], logits_i[still]
         return x_adv, iterations
-
-    @staticmethod
-    def _weights(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """(k - 1, n, C): the weights e_k - e_y whose products with the logits are f_k - f_y, for the candidates
-        `classes` (n, k), y first."""
-        one_hot = F.one_hot(classes, num_classes).float()
-        return (one_hot[:, 1:] - one_hot[:, :1]).transpose(0, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 Weights = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -86,6 +87,13 @@ class LogitJacobian:
         stacked = self.logits(leaf).view(k, b, -1)
         (grads,) = torch.autograd.grad((stacked * w.to(stacked.dtype)).sum(), leaf)
         return stacked[0].detach(), grads.view(k, *x.shape)
+
+
+def difference_weights(first: torch.Tensor, others: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(m, n, C) float32: the weights e_k - e_p whose products with the logits are f_k - f_p, for each image's
+    class p = `first` (n,) and classes k = `others` (n, m)."""
+    one_hot = F.one_hot(others, num_classes) - F.one_hot(first, num_classes)[:, None]
+    return one_hot.transpose(0, 1).float()
 
 
 def predicts(labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

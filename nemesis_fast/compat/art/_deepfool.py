@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from art.attacks import evasion
 
 from ...attacks import DeepFool as PaperDeepFool
-from ...attacks.jacobian import predicts
+from ...attacks.jacobian import difference_weights, predicts
 from .._peer import GradientEngine
 from ._classifier import (
     AlgorithmParameter,
@@ -113,10 +112,7 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         others = torch.arange(len(candidates) - 1, device=x.device)[None]
         others = others + (others >= torch.searchsorted(candidates, first)[:, None])
         targets = candidates[others]
-        weights = F.one_hot(targets, view.nb_classes).to(x.dtype) - F.one_hot(first, view.nb_classes)[:, None].to(
-            x.dtype
-        )
-        weights = weights.transpose(0, 1)  # (L - 1, n, C)
+        weights = difference_weights(first, targets, view.nb_classes)  # (L - 1, n, C)
         batch = x.clone()
         index = torch.arange(len(x), device=x.device)  # every image takes the first step
         logits, grads = engine.logit_gradients(x, weights)
