@@ -1,5 +1,6 @@
 """Attack properties on small synthetic models: norm and clip bounds, eps = 0, batch = per sample, inputs and
-model state untouched, exactness on linear models where the answer is known, seeds, and bad input."""
+model state untouched, exactness on linear models where the answer is known, seeds (bad input:
+test_attacks_input.py; the batched Jacobian products: test_jacobian.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _attack_cases import (
+    BOUNDS,
+    CLASSES,
+    NAMES,
+    SHAPE,
+    Linear,
+    attacks,
+    data,
+    linear_case,
+    nearest_boundary,
+    small_model,
+)
 from torch import nn
 
 from nemesis_fast.attacks import (
@@ -20,93 +33,7 @@ from nemesis_fast.attacks import (
     model_guard,
     perturbation_norms,
 )
-from nemesis_fast.attacks.jacobian import LogitJacobian, difference_weights, predicts
-from nemesis_fast.nn import BoundedReLU
 
-CLASSES = 5
-SHAPE = (2, 4, 4)  # C, H, W
-
-
-def small_model(dtype: torch.dtype = torch.float32, *, seed: int = 0, activation=nn.ReLU) -> nn.Module:
-    """A conv net with batch norm and dropout (so eval mode matters), 5 classes, in `dtype`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(
-            nn.Conv2d(2, 6, 3, padding=1),
-            nn.BatchNorm2d(6),
-            activation(),
-            nn.Flatten(),
-            nn.Dropout(0.3),
-            nn.Linear(6 * 16, 16),
-            activation(),
-            nn.Linear(16, CLASSES),
-        ).to(dtype)
-        model[1].running_mean.uniform_(-0.1, 0.1)
-        model[1].running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def data(n: int = 12, dtype: torch.dtype = torch.float32, *, seed: int = 1, low: float = 0.0, high: float = 1.0):
-    g = torch.Generator().manual_seed(seed)
-    x = low + (high - low) * torch.rand(n, *SHAPE, generator=g, dtype=dtype)
-    y = torch.randint(0, CLASSES, (n,), generator=g)
-    return x, y
-
-
-class Linear(nn.Module):
-    """Logits W x + b over the flattened image: DeepFool's linearisation is exact."""
-
-    def __init__(self, classes: int = CLASSES, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        features = math.prod(SHAPE)
-        self.weight = nn.Parameter(torch.randn(classes, features, generator=g, dtype=dtype))
-        self.bias = nn.Parameter(torch.randn(classes, generator=g, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.T + self.bias
-
-
-def linear_case(n: int = 16) -> tuple[Linear, torch.Tensor, torch.Tensor]:
-    """A float64 linear model, n images away from the box edges, labelled with the model's predictions."""
-    model = Linear()
-    x, _ = data(n, torch.float64, low=0.3, high=0.7)
-    with torch.no_grad():
-        return model, x, model(x).argmax(1)
-
-
-def nearest_boundary(model: Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The exact L2 distance from each x to the nearest decision boundary of its class y (no box)."""
-    logits = model(x)
-    w = model.weight
-    diffs = []
-    for k in range(w.shape[0]):
-        gap = (logits[:, k] - logits.gather(1, y[:, None]).squeeze(1)).abs()
-        dist = gap / (w[k] - w[y]).norm(dim=1)
-        diffs.append(torch.where(y == k, torch.inf, dist))
-    return torch.stack(diffs, 1).amin(1)
-
-
-def attacks(model, *, clip=(0.0, 1.0), eps=0.1):
-    """One configured instance of every attack and option, small budgets."""
-    return {
-        "fgsm": FGSM(model, eps, clip=clip),
-        "fgsm-l2": FGSM(model, 4 * eps, norm="2", clip=clip),
-        "randfgsm": RandFGSM(model, eps, eps / 2, clip=clip, seed=0),
-        "pgd": PGD(model, eps, eps / 4, 5, clip=clip, seed=0),
-        "pgd-no-start": PGD(model, eps, eps / 4, 5, random_start=False, clip=clip),
-        "pgd-l2": PGD(model, 4 * eps, eps, 5, norm="2", clip=clip, seed=0),
-        "deepfool": DeepFool(model, max_iter=20, clip=clip),
-        "deepfool-linf": DeepFool(model, max_iter=20, norm="inf", clip=clip),
-        "cw": CarliniWagnerL2(
-            model, initial_const=1.0, binary_search_steps=3, max_iter=30, learning_rate=0.1, clip=clip
-        ),
-    }
-
-
-NAMES = list(attacks(nn.Identity()))
-BOUNDS = {"fgsm": ("linf", 1), "fgsm-l2": ("l2", 4), "randfgsm": ("linf", 1), "pgd": ("linf", 1)}
-BOUNDS |= {"pgd-no-start": ("linf", 1), "pgd-l2": ("l2", 4)}
 TOL = 1e-5
 
 
@@ -489,217 +416,6 @@ def test_seeds_and_generators_make_runs_reproducible():
     unseeded = RandFGSM(model, 0.2, 0.1)(x, y)
     torch.manual_seed(0)
     assert torch.equal(RandFGSM(model, 0.2, 0.1)(x, y), unseeded)  # None: torch's global generator
-
-
-def test_batched_gradients_fall_back_to_stacked_copies():
-    model = small_model(activation=lambda: BoundedReLU(1.0))
-    x, y = data()
-    attack = DeepFool(model, max_iter=20)
-    vmapped = attack.run(x, y)
-    assert attack._jacobian.use_vmap
-    stacked = DeepFool(model, max_iter=20)
-    stacked._jacobian.use_vmap = False
-    fallback = stacked.run(x, y)
-    torch.testing.assert_close(fallback.x_adv, vmapped.x_adv, rtol=0, atol=1e-5)
-    assert torch.equal(fallback.iterations, vmapped.iterations)
-    weights = torch.randn(3, len(x), CLASSES)
-    with model_guard(model), torch.no_grad():
-        logits_a, grads_a = attack.logit_gradients(x, weights)
-        logits_b, grads_b = stacked.logit_gradients(x, lambda logits: weights)
-    torch.testing.assert_close(logits_a, logits_b)
-    torch.testing.assert_close(grads_a, grads_b)
-    assert grads_a.shape == (3, *x.shape)
-
-
-@pytest.mark.parametrize("path", ["vmap", "stacked"])
-@pytest.mark.parametrize("kept", [12, 11, 3, 0])  # all; one stopped (backward over all); most stopped; none kept
-def test_logit_gradients_of_kept_equal_those_of_the_kept_images(path, kept):
-    model = small_model()
-    x, _ = data()
-    mask = torch.zeros(len(x), dtype=torch.bool)
-    mask[torch.randperm(len(x), generator=torch.Generator().manual_seed(2))[:kept]] = True
-    weights = torch.randn(2, len(x), CLASSES, generator=torch.Generator().manual_seed(3))
-    jacobian = LogitJacobian(model)
-    jacobian.use_vmap = path == "vmap"
-    with model_guard(model), torch.no_grad():
-        all_logits, all_grads = LogitJacobian(model).products(x, weights)
-        seen = []
-
-        def keep(logits: torch.Tensor) -> torch.Tensor:
-            seen.append(logits)
-            return mask
-
-        logits, got_mask, grads = jacobian.products_of_kept(x, weights, keep)
-    assert torch.equal(got_mask, mask) and len(seen) == 1 and not seen[0].requires_grad
-    torch.testing.assert_close(logits, all_logits)
-    assert grads.shape == (2, kept, *SHAPE)
-    torch.testing.assert_close(grads, all_grads[:, mask])
-
-
-def test_logit_gradients_of_kept_take_weight_functions_and_keep_predictions():
-    model = small_model()
-    x, _ = data()
-    with model_guard(model), torch.no_grad():
-        labels = model(x).argmax(1)
-        labels[:4] = (labels[:4] + 1) % CLASSES  # these four are no longer predicted as their label
-        identity = torch.eye(CLASSES)[:, None, :].expand(-1, len(x), -1)
-        logits, mask, grads = LogitJacobian(model).products_of_kept(x, lambda out: identity, predicts(labels))
-        _, expected = LogitJacobian(model).products(x[4:], identity[:, 4:])
-    assert mask.tolist() == [False] * 4 + [True] * (len(x) - 4)
-    torch.testing.assert_close(grads, expected)
-
-
-def test_difference_weights_give_the_logit_differences():
-    logits = torch.randn(5, CLASSES)
-    first = torch.tensor([0, 3, 1, 2, 2])
-    others = torch.tensor([[1, 2], [0, 1], [3, 0], [1, 0], [0, 1]])
-    weights = difference_weights(first, others, CLASSES)
-    assert weights.shape == (2, 5, CLASSES) and weights.dtype == torch.float32
-    expected = (logits.gather(1, others) - logits.gather(1, first[:, None])).T
-    torch.testing.assert_close((weights * logits).sum(2), expected)
-
-
-def test_vmap_failure_switches_to_stacked_copies():
-    class NoVmap(torch.autograd.Function):
-        @staticmethod
-        def forward(x):
-            return x * 2
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            pass
-
-        @staticmethod
-        def backward(ctx, grad):
-            grad.tolist()  # leaves the tensor world: vmap cannot batch this
-            return grad * 2
-
-    model = small_model()
-    attack = DeepFool(lambda images: model(NoVmap.apply(images)), max_iter=5)
-    x, y = data()
-    result = attack.run(x, y)
-    assert not attack._jacobian.use_vmap and result.success_rate > 0.5
-
-
-# ------------------------------------------------------------------------------------------ bad input
-
-
-@pytest.mark.parametrize(
-    "make,error,match",
-    [
-        (lambda m: FGSM(m, -0.1), ValueError, "eps must be >= 0"),
-        (lambda m: FGSM(m, math.nan), ValueError, "eps must be finite"),
-        (lambda m: FGSM(m, math.inf), ValueError, "eps must be finite"),
-        (lambda m: FGSM(m, "0.1"), TypeError, "eps must be a real number"),
-        (lambda m: FGSM(m, 0.1, norm="1"), ValueError, "norm must be one of"),
-        (lambda m: FGSM(m, 0.1, clip=(1.0, 0.0)), ValueError, "clip must have low <= high"),
-        (lambda m: FGSM(m, 0.1, clip=(0.5, 0.5)), ValueError, "clip must have low < high"),
-        (lambda m: FGSM(m, 0.1, clip=(0.0, math.nan)), ValueError, r"clip\[1\] must be finite"),
-        (lambda m: FGSM(m, 0.1, targeted=1), TypeError, "targeted must be a bool"),
-        (lambda m: FGSM("model", 0.1), TypeError, "model must be a callable"),
-        (lambda m: RandFGSM(m, 0.1, 0.2), ValueError, "alpha must be <= 0.1"),
-        (lambda m: RandFGSM(m, 0.1, -0.01), ValueError, "alpha must be >= 0"),
-        (lambda m: RandFGSM(m, 0.1, 0.05, seed=-1), ValueError, "seed must be >= 0"),
-        (lambda m: RandFGSM(m, 0.1, 0.05, seed=1.5), TypeError, "seed must be an int"),
-        (lambda m: PGD(m, 0.1, math.nan, 3), ValueError, "alpha must be finite"),
-        (lambda m: PGD(m, 0.1, 0.01, -1), ValueError, "steps must be >= 0"),
-        (lambda m: PGD(m, 0.1, 0.01, 2.5), TypeError, "steps must be an int"),
-        (lambda m: PGD(m, 0.1, 0.01, 3, random_start=None), TypeError, "random_start must be a bool"),
-        (lambda m: DeepFool(m, max_iter=-1), ValueError, "max_iter must be >= 0"),
-        (lambda m: DeepFool(m, overshoot=-0.1), ValueError, "overshoot must be >= 0"),
-        (lambda m: DeepFool(m, candidates=1), ValueError, "candidates must be >= 2"),
-        (lambda m: DeepFool(m, norm="1"), ValueError, "norm must be one of"),
-        (lambda m: CarliniWagnerL2(m, confidence=-1.0), ValueError, "confidence must be >= 0"),
-        (lambda m: CarliniWagnerL2(m, initial_const=0.0), ValueError, "initial_const must be > 0"),
-        (lambda m: CarliniWagnerL2(m, binary_search_steps=0), ValueError, "binary_search_steps must be >= 1"),
-        (lambda m: CarliniWagnerL2(m, learning_rate=math.inf), ValueError, "learning_rate must be finite"),
-        (lambda m: CarliniWagnerL2(m, abort_early="yes"), TypeError, "abort_early must be a bool"),
-    ],
-)
-def test_bad_arguments(make, error, match):
-    with pytest.raises(error, match=match):
-        make(small_model())
-
-
-def test_deepfool_has_no_targeted_mode():
-    class Untargeted(Attack):
-        supports_targeted = False
-
-    model = small_model()
-    x, y = data()
-    with pytest.raises(ValueError, match="targeted=True: Untargeted has no targeted mode"):
-        Untargeted(model, targeted=True)
-    with pytest.raises(ValueError, match="target: DeepFool has no targeted mode"):
-        DeepFool(model)(x, y, target=(y + 1) % CLASSES)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_bad_images_and_labels(name):
-    model = small_model()
-    attack = attacks(model)[name]
-    x, y = data()
-    nan = x.clone()
-    nan[3, 0, 1, 1] = math.nan
-    inf = x.clone()
-    inf[0, 1, 0, 0] = math.inf
-    cases = [
-        ((nan, y), ValueError, "x must be finite"),
-        ((inf, y), ValueError, "x must be finite"),
-        ((x + 0.5, y), ValueError, "x must lie inside clip"),
-        ((x - 0.5, y), ValueError, "x must lie inside clip"),
-        ((x.long(), y), TypeError, "x must have dtype"),
-        ((x[0, 0, 0], y), ValueError, "x must have at least 2 dimensions"),
-        ((x.numpy(), y), TypeError, "x must be a torch.Tensor"),
-        ((x, y[:-1]), ValueError, "y must hold one label per image"),
-        ((x, y[:, None]), ValueError, "y must have 1 dimensions"),
-        ((x, y.float()), TypeError, "y must have dtype"),
-        ((x, y + CLASSES), ValueError, r"y must hold labels in \[0, 5\)"),
-        ((x, y - CLASSES), ValueError, r"y must hold labels in \[0, 5\)"),
-    ]
-    if attack.supports_targeted:
-        cases += [
-            ((x, y, y), ValueError, "target must differ from y"),
-            ((x, y, (y + 1) % CLASSES + CLASSES), ValueError, r"target must hold classes in \[0, 5\)"),
-            ((x, y, y[:-1]), ValueError, "target must hold one label per image"),
-        ]
-    for args, error, match in cases:
-        with pytest.raises(error, match=match):
-            attack.run(*args)
-    assert model.training is False and all(p.requires_grad for p in model.parameters())
-
-
-@pytest.mark.parametrize(
-    "output,match",
-    [
-        (lambda out: out[:, 0], r"model must map \(B, \.\.\.\) images to \(B, classes\) logits"),
-        (lambda out: out[:, :, None], "model must map"),
-        (lambda out: out[:1], "model must map"),
-        (lambda out: (out,), "model must map"),
-        (lambda out: out[:, :1], "at least 2 classes"),
-    ],
-)
-def test_model_with_a_wrong_output_shape(output, match):
-    model = small_model()
-    x, y = data()
-    with pytest.raises(ValueError, match=match):
-        PGD(lambda images: output(model(images)), 0.1, 0.01, 2)(x, y.clamp(max=0))
-
-
-def test_model_on_another_device_is_named():
-    model = small_model().to("meta")
-    x, y = data()
-    with pytest.raises(ValueError, match="x is on cpu but the model's parameters are on meta"):
-        FGSM(model, 0.1)(x, y)
-
-
-def test_model_whose_class_count_changes():
-    model = small_model()
-    x, y = data()
-    attack = FGSM(model, 0.1)
-    attack(x, y)
-    attack.model = nn.Sequential(model, nn.Linear(CLASSES, CLASSES + 1))
-    with pytest.raises(ValueError, match="model gave 6 logits per image, earlier 5"):
-        attack(x, y)
 
 
 @pytest.mark.cuda
