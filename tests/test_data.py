@@ -1,5 +1,5 @@
-"""Data loaders: real MNIST in every layout, CIFAR-10 batches the tests write, corrupt, truncated and foreign
-files, the restricted unpickler, and the device-resident loader with its validation split."""
+"""Data files: real MNIST in every layout, CIFAR-10 batches the tests write, corrupt, truncated and foreign files,
+and the restricted unpickler. (The device-resident loader and the validation split: test_data_loader.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from _support import TRAIN_BATCHES, cifar_batch, mnist_root, write_cifar
 
-from nemesis_fast.data import DataFormatError, DeviceLoader, load_cifar10, load_mnist, split_validation, to_float
+from nemesis_fast.data import DataFormatError, load_cifar10, load_mnist
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -314,92 +314,3 @@ def test_cifar_missing_files(tmp_path):
         load_cifar10(tmp_path, "train")
     with pytest.raises(ValueError, match="split must be one of"):
         load_cifar10(tmp_path, "val")
-
-
-# ---------------------------------------------------------------- DeviceLoader and the validation split
-
-
-def small_set(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8), torch.arange(n)
-
-
-def test_device_loader_covers_each_image_once_per_epoch_as_floats():
-    images, labels = small_set()
-    loader = DeviceLoader(images, labels, batch_size=16, seed=3, device="cpu")
-    assert len(loader) == 4 and loader.num_samples == 50
-    epochs = []
-    for _ in range(2):
-        batches = list(loader)
-        assert [len(y) for _, y in batches] == [16, 16, 16, 2]
-        x = torch.cat([b[0] for b in batches])
-        y = torch.cat([b[1] for b in batches])
-        assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
-        assert sorted(y.tolist()) == list(range(50))
-        torch.testing.assert_close(x, images[y].float() / 255, rtol=0, atol=0)
-        epochs.append(y)
-    assert not torch.equal(epochs[0], epochs[1]), "each epoch must draw a new permutation"
-    again = DeviceLoader(images, labels, batch_size=16, seed=3, device="cpu")
-    assert torch.equal(torch.cat([y for _, y in again]), epochs[0]), "the same seed gives the same batches"
-
-
-def test_device_loader_order_drop_last_augment_and_float_input():
-    images, labels = small_set()
-    loader = DeviceLoader(images, labels, batch_size=16, shuffle=False, drop_last=True, device="cpu")
-    assert len(loader) == 3
-    assert torch.equal(torch.cat([y for _, y in loader]), labels[:48])
-
-    def twice(x, y):
-        return torch.cat([x, 1 - x]), torch.cat([y, y])
-
-    augmented = DeviceLoader(images, labels, batch_size=16, augment=twice, seed=0, device="cpu", dtype=torch.float64)
-    x, y = next(iter(augmented))
-    assert x.shape == (32, 1, 4, 4) and x.dtype == torch.float64 and torch.equal(y[:16], y[16:])
-    floats = to_float(images)
-    x, y = next(iter(DeviceLoader(floats, labels, batch_size=8, shuffle=False, device="cpu")))
-    assert torch.equal(x, floats[:8])
-    empty = DeviceLoader(images[:0], labels[:0], device="cpu")
-    assert len(empty) == 0 and list(empty) == []
-
-
-def test_device_loader_bad_arguments():
-    images, labels = small_set()
-    with pytest.raises(ValueError, match="same length"):
-        DeviceLoader(images, labels[:-1])
-    with pytest.raises(TypeError, match="labels must have dtype int64"):
-        DeviceLoader(images, labels.int())
-    with pytest.raises(TypeError, match="images must have dtype"):
-        DeviceLoader(images.int(), labels)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        DeviceLoader(images, labels, batch_size=0)
-    with pytest.raises(TypeError, match="augment must be callable"):
-        DeviceLoader(images, labels, augment=0.3)
-    with pytest.raises(TypeError, match="dtype must be a float dtype"):
-        DeviceLoader(images, labels, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="device must name a device such as 'cpu' or 'cuda:0', got 'gpu'"):
-        DeviceLoader(images, labels, device="gpu")
-    with pytest.raises(ValueError, match="device is 'cuda:99', but (no CUDA GPU is|only .* GPU.* are) visible"):
-        DeviceLoader(images, labels, device="cuda:99")
-
-
-@pytest.mark.cuda
-def test_device_loader_keeps_data_on_the_gpu():
-    images, labels = small_set()
-    loader = DeviceLoader(images, labels, batch_size=16, seed=1, device="cuda")
-    assert loader.images.is_cuda and loader.images.dtype == torch.uint8
-    x, y = next(iter(loader))
-    assert x.is_cuda and y.is_cuda
-    torch.testing.assert_close(x.cpu(), images[y.cpu()].float() / 255, rtol=0, atol=0)
-
-
-def test_split_validation():
-    images, labels = small_set()
-    (train_x, train_y), (val_x, val_y) = split_validation(images, labels, 0.2, seed=1)
-    assert len(val_y) == 10 and len(train_y) == 40
-    assert sorted(torch.cat([train_y, val_y]).tolist()) == list(range(50))
-    assert torch.equal(val_x, images[val_y]) and torch.equal(train_x, images[train_y])
-    assert torch.equal(split_validation(images, labels, 0.2, seed=1)[1][1], val_y)
-    assert not torch.equal(split_validation(images, labels, 0.2, seed=2)[1][1], val_y)
-    assert len(split_validation(images, labels, 0.0)[1][1]) == 0
-    with pytest.raises(ValueError, match="fraction must be < 1.0"):
-        split_validation(images, labels, 1.0)

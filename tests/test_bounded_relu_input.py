@@ -1,0 +1,85 @@
+"""bounded_relu's bad input: bad arguments, input tensors and thresholds, a backend that cannot run on the device,
+and the direct calls of both forms' ops (and of the fake kernel torch.compile uses)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _bounded_relu_cases import masked_pair
+from _support import require_backend
+
+import nemesis_fast as nf
+from nemesis_fast._backends.bounded_relu import MASKED_BACKENDS
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"t": 0.0}, ValueError, "t must be > 0"),
+        ({"t": -1.0}, ValueError, "t must be > 0"),
+        ({"t": float("nan")}, ValueError, "t must be finite"),
+        ({"t": float("inf")}, ValueError, "t must be finite"),
+        ({"t": "1"}, TypeError, "t must be a real number"),
+        ({"backend": "cuda"}, ValueError, "backend must be one of"),
+        ({"save": "input"}, ValueError, "save must be one of 'output', 'mask'"),
+        ({"save": None}, ValueError, "save must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        nf.bounded_relu(torch.ones(3), **kwargs)
+
+
+@pytest.mark.parametrize("x", [torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.complex64), [1.0]])
+def test_bad_input_tensor(x):
+    with pytest.raises(TypeError, match="x must"):
+        nf.bounded_relu(x)
+
+
+def test_threshold_that_rounds_to_zero():
+    with pytest.raises(ValueError, match="rounds to 0"):
+        nf.bounded_relu(torch.ones(3, dtype=torch.float16), 1e-9)
+
+
+def test_backend_unavailable_for_the_device_names_the_argument():
+    with pytest.raises(ValueError, match="backend='native' cannot run bounded_relu on meta tensors"):
+        nf.bounded_relu(torch.ones(3, device="meta"), backend="native")
+
+
+def test_direct_op_calls_check_their_arguments():
+    with pytest.raises(ValueError, match="t must be a finite number > 0"):
+        torch.ops.nemesis_fast.bounded_relu(torch.ones(3), -1.0)
+    with pytest.raises(TypeError, match="x must be a float16"):
+        torch.ops.nemesis_fast.bounded_relu(torch.ones(3, dtype=torch.int32), 1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        torch.ops.nemesis_fast.bounded_relu_backward(torch.ones(3), torch.ones(4), 1.0)
+
+
+@pytest.mark.parametrize(
+    "backend", ["native", pytest.param("triton", marks=pytest.mark.triton), "torch", pytest.param("fake")]
+)
+def test_direct_masked_op_calls_check_their_arguments(backend):
+    if backend != "torch":
+        require_backend(MASKED_BACKENDS, "native" if backend == "fake" else backend, "cpu")
+    forward, backward = masked_pair("native" if backend == "fake" else backend)
+    grad, mask = torch.ones(3, 7), torch.zeros(3, dtype=torch.uint8)
+    if backend != "torch":
+        with pytest.raises(ValueError, match="t must be a finite number > 0"):
+            forward(grad, 0.0)
+        with pytest.raises(TypeError, match="x must"):
+            forward(torch.ones(3, dtype=torch.int32), 1.0)
+    cases = [
+        ((grad, mask.float()), TypeError, "mask must be a uint8 tensor"),
+        ((grad, mask[:2]), ValueError, r"mask must be 1-D with ceil\(21 / 8\) = 3 bytes"),
+        ((grad, mask.view(3, 1)), ValueError, "mask must be 1-D"),
+        ((grad[:, ::2], mask[:2]), ValueError, "grad must be dense"),
+        ((grad.long(), mask), TypeError, "grad must be a float16"),
+        ((grad, mask.to("meta")), ValueError, "mask and grad must be on the same device"),
+    ]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            if backend == "fake":  # the fake kernel checks as the real one does, for torch.compile
+                with torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True):
+                    backward(*args)
+            else:
+                backward(*args)

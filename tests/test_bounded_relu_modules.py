@@ -1,0 +1,122 @@
+"""bounded_relu's nn modules: BoundedReLU in both forms, replace_relu against a Hardtanh model, the copy with
+ReLU's gradient (BPDA), and the memory a model saves for backward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from nemesis_fast.bench.harness import saved_tensor_bytes
+from nemesis_fast.nn import BoundedReLU, replace_relu, with_relu_gradient
+
+
+def small_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Sequential(nn.ReLU(), nn.Flatten()),
+        nn.Linear(8 * 8 * 8, 10),
+    )
+
+
+def swap_relu_for_module(model: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
+    """`model` with each nn.ReLU replaced by `make()`, in place."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(model, name, make())
+        else:
+            swap_relu_for_module(child, make)
+    return model
+
+
+def test_replace_relu_matches_a_hardtanh_model():
+    torch.manual_seed(0)
+    model = small_cnn()
+    twin = swap_relu_for_module(small_cnn(), lambda: nn.Hardtanh(0.0, 0.5))
+    twin.load_state_dict(model.state_dict())
+    assert replace_relu(model, 0.5) is model
+    assert sum(isinstance(m, BoundedReLU) for m in model.modules()) == 2
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(model(x), twin(x))
+    model(x).square().sum().backward()
+    twin(x).square().sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert isinstance(replace_relu(nn.ReLU(), 2.0), BoundedReLU)
+    with pytest.raises(ValueError, match="t must be > 0"):
+        replace_relu(small_cnn(), 0.0)
+
+
+class StraightThroughBound(nn.Module):
+    """min(relu(x), t) with ReLU's gradient, written with detach: the reference for BPDA through BReLU."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu = torch.relu(x)
+        return relu - (relu - relu.clamp_max(self.t)).detach()
+
+
+def test_relu_gradient_copy_keeps_the_outputs_and_passes_relus_gradient():
+    torch.manual_seed(0)
+    model = replace_relu(small_cnn(), 0.5)
+    bpda = with_relu_gradient(model)
+    assert bpda is not model and all(m.gradient == "exact" for m in model.modules() if isinstance(m, BoundedReLU))
+    assert "gradient='relu'" in repr(bpda)
+    reference = swap_relu_for_module(small_cnn(), lambda: StraightThroughBound(0.5))
+    reference.load_state_dict(model.state_dict())
+    x = (3 * torch.randn(4, 1, 8, 8)).requires_grad_(True)  # large enough for many units to saturate
+    assert torch.equal(bpda(x), model(x))
+    probe = torch.randn(4, 10)
+    (got,) = torch.autograd.grad((bpda(x) * probe).sum(), x)
+    (expected,) = torch.autograd.grad((reference(x) * probe).sum(), x)
+    (own,) = torch.autograd.grad((model(x) * probe).sum(), x)
+    torch.testing.assert_close(got, expected)
+    assert (got - own).abs().max() > 1e-3  # the saturated units pass gradient only through BPDA
+    with pytest.raises(ValueError, match="no BoundedReLU"):
+        with_relu_gradient(small_cnn())
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        BoundedReLU(1.0, gradient="straight")
+
+
+def test_backward_saves_nothing_beyond_what_relu_saves():
+    activation_cases = {
+        "relu": nn.ReLU(),
+        "bounded": BoundedReLU(1.0),
+        "bounded mask": BoundedReLU(1.0, save="mask"),
+        "hardtanh": nn.Hardtanh(0.0, 1.0),
+    }
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    saved = {}
+    for name, activation in activation_cases.items():
+        model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), activation, nn.Conv2d(8, 8, 3, padding=1))
+        saved[name] = saved_tensor_bytes(lambda model=model: model(x))
+    assert saved["bounded"] == saved["relu"]
+    assert saved["bounded mask"] == saved["relu"] + 2 * 8 * 16 * 16 // 8  # the next conv keeps the output anyway
+    assert saved["hardtanh"] == saved["relu"] + 2 * 8 * 16 * 16 * 4  # hardtanh also keeps its whole input
+
+
+def test_bounded_relu_module():
+    module = BoundedReLU(2.0)
+    assert "t=2.0" in repr(module) and "save" not in repr(module)
+    torch.testing.assert_close(module(torch.tensor([-1.0, 1.0, 3.0])), torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="t must be > 0"):
+        BoundedReLU(-1.0)
+    masked = BoundedReLU(2.0, save="mask")
+    assert "save='mask'" in repr(masked)
+    x = torch.tensor([-1.0, 1.0, 3.0], requires_grad=True)
+    masked(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="save must be one of"):
+        BoundedReLU(1.0, save="bits")
+    model = replace_relu(small_cnn(), 0.5, save="mask")
+    assert all(m.save == "mask" for m in model.modules() if isinstance(m, BoundedReLU))
+    with pytest.raises(ValueError, match="save must be one of"):
+        replace_relu(small_cnn(), 0.5, save="outputs")

@@ -1,0 +1,206 @@
+"""The evaluation's config checking: bad configurations and settings fail before any work, naming their key; missing
+data says where it looked; the presets (paper, paper_table, paper_gpu_check, quick, paper_headline) and configs
+that start from another."""
+
+from __future__ import annotations
+
+import pytest
+from _evaluation_cases import TINY, write_config
+
+from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
+from nemesis_fast.evaluation.config import ATTACKS
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        ({"blackbox_attacks": ["fgsm", "boundary"]}, "blackbox_attacks"),
+        ({"defenses": ["standard", "distillation"]}, "defenses"),
+        ({"whitebox_eps": [0.1, -0.1]}, r"whitebox_eps\[1\]"),
+        ({"data_dir": "/no/such/folder"}, "data_dir"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"device": "cuda:99"}, "device is 'cuda:99', but"),
+        ({"colour": "blue"}, "unknown setting colour"),
+        ({"blackbox_eps": [0.1, -0.01]}, r"blackbox_eps\[1\] must be a number >= 0"),
+        ({"blackbox_eps": [0.1, 0.1]}, "blackbox_eps lists an eps twice"),
+        ({"perturbation_attacks": ["fgsm"]}, "perturbation_attacks"),
+        ({"perturbation_confidence": -1.0}, "perturbation_confidence must be >= 0"),
+        ({"whitebox_attacks": ["pgd", "bim"]}, "whitebox_attacks"),
+    ],
+)
+def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        evaluate(write_config(tmp_path), out_dir=str(tmp_path / "out"), **overrides)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "section,line,key",
+    [
+        ("[attack]", "jsma_gamma = 1.5", "attack.jsma_gamma must be in"),
+        ("[attack]", "jsma_gamma = 0.0", "attack.jsma_gamma must be in"),
+        ("[attack]", "rfgsm_eps = -0.1", "attack.rfgsm_eps"),
+        ("[attack]", 'fgsm_labels = "guessed"', "attack.fgsm_labels must be one of"),
+        ("[attack]", "pgd_restarts = 0", "attack.pgd_restarts"),
+        ("[attack]", "cw_confidence = -1.0", "attack.cw_confidence"),
+        ("[training]", 'source_architecture = "vgg"', "training.source_architecture must be one of"),
+        ("[defense]", 'vat_mode = "sometimes"', "defense.vat_mode must be one of"),
+        ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
+    ],
+)
+def test_bad_settings_of_the_authors_options_fail_before_any_work(tmp_path, section, line, key):
+    text = TINY.replace("jsma_gamma = 0.05", "")
+    text = text if section in text else text + f"\n{section}\n"
+    with pytest.raises(ConfigError, match=key):
+        evaluate(write_config(tmp_path, text.replace(section, f"{section}\n{line}")), out_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_nested_settings_name_their_key(tmp_path):
+    with pytest.raises(ConfigError, match="attack.fgsm_eps"):
+        load_config(write_config(tmp_path, TINY.replace("[attack]", "[attack]\nfgsm_eps = -0.3")))
+    with pytest.raises(ConfigError, match="training.epochs must be an integer"):
+        load_config(write_config(tmp_path, TINY.replace("epochs = 1", 'epochs = "many"')))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_missing_data_says_where_it_looked_and_how_to_provide_it(tmp_path):
+    with pytest.raises(ConfigError, match="--data-dir with cifar-10-batches-py, extracted from cifar-10-python"):
+        load_config(overrides={"dataset": "cifar10"})
+    with pytest.raises(ConfigError, match=f"data_dir: no CIFAR-10 batches found in {tmp_path}.*cifar-10-python"):
+        evaluate(write_config(tmp_path), dataset="cifar10", data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="'/no/such/folder' is not a folder; it must hold the four MNIST IDX files"):
+        load_config(overrides={"data_dir": "/no/such/folder"})
+    with pytest.raises(ConfigError, match=f"looked for train-images-idx3-ubyte.* in {tmp_path}.*Put the four MNIST"):
+        evaluate(write_config(tmp_path), data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
+
+
+AUTHORS_SETTINGS = {  # the seed's authors' scripts, as listed in issue 11
+    "training": {
+        "epochs": 20,
+        "batch_size": 128,
+        "learning_rate": 1e-3,
+        "validation_fraction": 0.1,
+        "patience": 5,
+        "train_samples": 0,
+        "source_architecture": "small_resnet",
+    },
+    "defense": {
+        "brelu_t": 1.0,
+        "gda_sigma": 0.3,
+        "gda_copies": 10,
+        "gda_clip": False,
+        "gda_fixed_set": True,
+        "label_smoothing": 0.9,
+        "fgsm_adversarial_eps": 0.3,
+        "fgsm_adversarial_mode": "offline",
+        "vat_eps": 2.1,
+        "vat_xi": 1e-6,
+        "vat_mode": "offline",
+        "squeeze_bits": 1,
+        "squeeze_training": True,
+    },
+    "attack": {
+        "fgsm_eps": 0.1,  # the table's eps: the authors' notebook of 17 July 2017 (c7a44acc8)
+        "fgsm_labels": "predicted",
+        "rfgsm_eps": 0.3,
+        "rfgsm_alpha": 0.05,
+        "rfgsm_alpha_fixed": True,
+        "rfgsm_labels": "predicted",
+        "deepfool_max_iter": 100,
+        "deepfool_overshoot": 0.0,
+        "jsma_theta": 1.0,
+        "jsma_gamma": 1.0,
+        "jsma_use_logits": False,
+        "cw_confidence": 10.0,
+        "cw_learning_rate": 5e-3,
+        "cw_binary_search_steps": 5,
+        "cw_max_iter": 1000,
+        "cw_initial_const": 1e-2,
+        "pgd_steps": 40,
+        "pgd_restarts": 5,
+    },
+}
+
+
+def test_the_paper_preset_is_the_authors_experiment():
+    paper = load_config(preset_path("paper"))
+    for section, values in AUTHORS_SETTINGS.items():
+        got = getattr(paper, section)
+        assert {k: getattr(got, k) for k in values} == values, section
+    assert paper.test_samples == 0 and len(paper.defenses) == 7 and paper.blackbox_attacks == list(ATTACKS)
+    grid = [round(0.01 * i, 2) for i in range(1, 10)] + [round(0.1 * i, 1) for i in range(1, 11)]
+    assert paper.blackbox_eps == grid and paper.whitebox_eps == grid  # both of the authors' FGSM grids
+    assert paper.whitebox_attacks == ["fgsm", "rfgsm", "pgd"]
+    assert paper.perturbation_attacks == ["deepfool", "cw", "jsma"]
+    assert paper.perturbation_confidence == 0.0 and paper.attack.cw_confidence == 10.0
+    assert all(commit in preset_path("paper").read_text() for commit in ("ace25b4e6", "c7a44acc8"))  # cited
+
+
+def test_presets_are_valid():
+    quick, headline = load_config(preset_path("quick")), load_config(preset_path("paper_headline"))
+    assert quick.whitebox_attacks == headline.whitebox_attacks == ["fgsm", "rfgsm"]  # PGD only where asked for
+    assert not quick.blackbox_eps and not quick.perturbation_attacks
+    assert headline.training.source_architecture == "resnet" and headline.attack.jsma_gamma == 0.1
+    assert headline.defenses == quick.defenses and len(quick.defenses) == 7
+    with pytest.raises(ConfigError, match="preset 'fast' does not exist"):
+        preset_path("fast")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out.update(_differences(a[key], b[key], f"{prefix}{key}."))
+        elif a.get(key) != b.get(key):
+            out[prefix + key] = (a.get(key), b.get(key))
+    return out
+
+
+def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4e6():
+    paper, table = load_config(preset_path("paper")), load_config(preset_path("paper_table"))
+    assert _differences(paper.to_dict(), table.to_dict()) == {
+        "attack.jsma_theta": (1.0, 0.1),
+        "attack.cw_confidence": (10.0, 2.3),
+        "blackbox_eps": (paper.blackbox_eps, []),  # black-box only
+        "whitebox_attacks": (["fgsm", "rfgsm", "pgd"], []),
+        "perturbation_attacks": (["deepfool", "cw", "jsma"], []),
+        "certify.images": (200, 0),
+    }
+    text = preset_path("paper_table").read_text()
+    assert all(commit in text for commit in ("ace25b4e6", "323e9545c", "397a9a093"))
+
+
+def test_the_gpu_check_preset_is_paper_on_the_first_images_in_the_paper_runs_chunks():
+    paper, check = load_config(preset_path("paper")), load_config(preset_path("paper_gpu_check"))
+    assert _differences(paper.to_dict(), check.to_dict()) == {
+        "test_samples": (0, 1000),
+        "attack.cw_test_samples": (1000, 500),
+        "blackbox_eps": (paper.blackbox_eps, []),  # the table only
+        "whitebox_attacks": (["fgsm", "rfgsm", "pgd"], []),
+        "perturbation_attacks": (["deepfool", "cw", "jsma"], []),
+        "certify.images": (200, 0),
+    }
+    # Whole chunks of the paper run: its cells on these images come from that run's cached verdicts.
+    assert check.test_samples % paper.batch_size == 0 and check.attack.cw_test_samples % paper.batch_size == 0
+
+
+def test_a_config_can_start_from_another(tmp_path):
+    (tmp_path / "mine.toml").write_text('base = "paper"\ntest_samples = 100\n[attack]\njsma_theta = 0.5\n')
+    (tmp_path / "child.toml").write_text('base = "mine.toml"\n[attack]\ncw_confidence = 1.0\n')
+    paper, child = load_config(preset_path("paper")), load_config(tmp_path / "child.toml")
+    assert _differences(paper.to_dict(), child.to_dict()) == {
+        "test_samples": (0, 100),
+        "attack.jsma_theta": (1.0, 0.5),  # sections merge key by key, through the chain
+        "attack.cw_confidence": (10.0, 1.0),
+    }
+    for text, message in (
+        ('base = "nonesuch"', "base .*'nonesuch' is neither a config file nor a preset"),
+        ("base = 3", "base .*must be a preset name or a config file path"),
+        ('base = "loop.toml"', "base .*leads back to a config already read"),
+    ):
+        (tmp_path / "loop.toml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(tmp_path / "loop.toml")

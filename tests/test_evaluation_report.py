@@ -1,0 +1,136 @@
+"""The evaluation's report, on hand-made cells: the gradient-masking checks, a BPDA defense's row, the eps at which
+a sweep meets the paper, the sweep and authors' tables and curves, the perturbation quartiles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nemesis_fast.evaluation import load_config
+from nemesis_fast.evaluation.checks import gradient_masking_checks
+from nemesis_fast.evaluation.config import MASKED
+from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, eps_meeting_paper, paper_value
+from nemesis_fast.evaluation.plots import plot_sweep
+from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
+from nemesis_fast.evaluation.runner import _either
+from nemesis_fast.evaluation.tables import authors_table, sweep_table
+
+
+def _results(cells: list, blackbox_eps: list[float]) -> Results:
+    config = load_config(overrides={"defenses": ["standard"], "blackbox_eps": blackbox_eps}).to_dict()
+    return Results(config=config, version="t", device="cpu", world_size=1, cells=cells)
+
+
+def _c(attack: str, setting: str, eps: float, accuracy: float, samples: int = 1000) -> Cell:
+    return Cell("standard", attack, setting, eps, accuracy, samples, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_gradient_masking_checks_flag_what_athalye_et_al_would():
+    honest = [_c("fgsm", "whitebox", 0.1, 40), _c("pgd", "whitebox", 0.1, 10), _c("pgd", "whitebox", 1.0, 0)]
+    honest += [_c("fgsm", "whitebox", 1.0, 5), _c("fgsm", "blackbox", 0.1, 80)]
+    (check,) = gradient_masking_checks(_results(honest, [0.1]))
+    assert (check.iterative, check.whitebox, check.chance, check.flagged) == ("pass", "pass", "pass", False)
+    masked = [_c("fgsm", "whitebox", 0.1, 40), _c("pgd", "whitebox", 0.1, 60), _c("pgd", "whitebox", 1.0, 50)]
+    masked += [_c("fgsm", "whitebox", 1.0, 5), _c("fgsm", "blackbox", 0.1, 20)]
+    (check,) = gradient_masking_checks(_results(masked, [0.1]))
+    assert check.iterative == "FAIL (PGD 50.0% > 5.0% at eps 1)"  # the worst of the two eps
+    assert check.whitebox.startswith("FAIL (white-box 40.0% > 20.0% at eps 0.1)")
+    assert check.chance.startswith("FAIL (50.0% at eps 1") and check.flagged
+    small = [_c("pgd", "whitebox", 0.3, 12, samples=100), _c("fgsm", "whitebox", 0.3, 10, samples=100)]
+    # White-box against black-box takes the strongest white-box attack at each eps, not single-step FGSM alone.
+    overshoot = honest + [_c("fgsm", "whitebox", 0.9, 25), _c("pgd", "whitebox", 0.9, 0)]
+    overshoot += [_c("fgsm", "blackbox", 0.9, 9)]
+    (check,) = gradient_masking_checks(_results(overshoot, [0.1, 0.9]))
+    assert check.whitebox == "pass"
+    (check,) = gradient_masking_checks(_results(overshoot[:-2] + overshoot[-1:], [0.1, 0.9]))
+    assert check.whitebox == "FAIL (white-box 25.0% > 9.0% at eps 0.9)"
+    (check,) = gradient_masking_checks(_results(small, []))  # within sampling error; no large eps: not run
+    assert (check.iterative, check.whitebox, check.chance) == ("pass", "not run", "not run")
+    assert check.own_gradient == "n/a"
+    # Through its own gradient the defense looks robust where BPDA breaks it: flagged, though its BPDA rows pass.
+    hiding = honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 75), _c("pgd", "whitebox-gradient-masking", 1.0, 0)]
+    (check,) = gradient_masking_checks(_results(hiding, [0.1]))
+    assert (check.iterative, check.whitebox, check.chance) == ("pass", "pass", "pass")
+    assert check.own_gradient == "FAIL (FGSM through its own gradient 75.0% > 40.0% at eps 0.1)" and check.flagged
+    (check,) = gradient_masking_checks(_results(honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 41)], [0.1]))
+    assert check.own_gradient == "pass" and not check.flagged
+
+
+def test_a_bpda_defenses_row_counts_an_image_fooled_when_either_attack_fools_it():
+    t, f = True, False
+    bpda = {"correct": torch.tensor([t, t, f, f]), "seconds": 1.0}
+    own = {"correct": torch.tensor([t, f, t, f]), "seconds": 2.0}
+    for key, values in (("l2", [1.0, 2.0, 3.0, 4.0]), ("linf", [0.1] * 4), ("l0", [5.0] * 4)):
+        bpda[key], own[key] = torch.tensor(values), 10 * torch.tensor(values)
+    row = _either("whitebox", bpda, own)
+    assert row["correct"].tolist() == [t, f, f, f] and row["seconds"] == 3.0
+    assert row["l2"].tolist() == [1.0, 20.0, 3.0, 4.0]  # the perturbation of the attack that fooled (BPDA's first)
+    fooled_b, fooled_o = torch.tensor([t, t, f, f, t]), torch.tensor([t, f, t, f, t])
+    clean = torch.tensor([t] * 5)
+    bpda = {"norm": torch.tensor([1.0, 2.0, 3.0, 4.0, 9.0]), "fooled": fooled_b, "clean_correct": clean, "seconds": 1}
+    own = {"norm": torch.tensor([2.0, 1.0, 1.5, 0.5, 5.0]), "fooled": fooled_o, "clean_correct": clean, "seconds": 1}
+    row = _either("perturbation", bpda, own)
+    assert row["fooled"].tolist() == [t, t, t, f, t]
+    assert row["norm"][row["fooled"]].tolist() == [1.0, 2.0, 1.5, 5.0]  # the smaller of those that fooled
+
+
+def test_the_eps_at_which_a_sweep_meets_the_papers_value():
+    points = [(0.1, 90.0), (0.01, 99.0), (0.05, 95.0), (0.2, 60.0)]
+    assert eps_meeting_paper(points, 94.46) == pytest.approx(0.05 + 0.05 * (95 - 94.46) / 5)
+    assert eps_meeting_paper(points, 99.5) == 0.01  # already below at the first eps
+    assert eps_meeting_paper(points, 10.0) is None
+    assert paper_value("mnist", "gda_brelu", "rfgsm") == 75.50 and paper_value("cifar10", "standard", "fgsm") is None
+
+
+def test_the_sweep_table_counts_the_cells_within_5_points_at_each_eps():
+    cells = [_c("fgsm", "blackbox", 0.05, 96.0), _c("fgsm", "blackbox", 0.3, 31.0)]  # paper: 94.46
+    header, rows = sweep_table(_results(cells, [0.05, 0.3]), "fgsm")
+    assert header == ["defense", "0.05", "0.3", "paper", "meets paper at eps"]
+    assert rows[0][0] == "CNN" and rows[0][-2:] == ["94.46", "0.056"]
+    assert rows[-1] == ["within 5 points of the paper", "1/1", "0/1", "", ""]
+
+
+def test_the_papers_fgsm_and_rfgsm_columns_are_the_authors_curves_at_eps_01_and_03():
+    """The finding the `paper` preset's table eps rest on: each paper cell within 1 point of the authors' own
+    black-box curve, except the R+FGSM cell of FGSM adversarial training (another of their models)."""
+    for defense, cells in PAPER_MNIST_BLACKBOX.items():
+        fgsm, rfgsm = (
+            authors_curve("mnist", "blackbox", "fgsm", defense),
+            authors_curve("mnist", "blackbox", "rfgsm", defense),
+        )
+        assert fgsm[0.1] == pytest.approx(cells["fgsm"], abs=1.0), defense
+        if defense != "fgsm_adversarial":
+            assert rfgsm[0.3] == pytest.approx(cells["rfgsm"], abs=1.0), defense
+    assert authors_curve("mnist", "blackbox", "rfgsm", "fgsm_adversarial")[0.3] > 49.77 + 30  # the paper: 49.77
+    assert authors_curve("cifar10", "blackbox", "fgsm", "standard") == {}
+    assert authors_curve("mnist", "blackbox", "deepfool", "standard") == {}
+    assert 0.5 not in authors_curve("mnist", "blackbox", "fgsm", "standard")  # hidden in their plot
+
+
+def test_the_authors_table_puts_their_curve_beside_the_runs(tmp_path):
+    cells = [_c("fgsm", "blackbox", 0.1, 90.0), _c("fgsm", "blackbox", 0.3, 31.5), _c("fgsm", "blackbox", 0.05, 97.0)]
+    results = _results(cells, [0.05, 0.1, 0.3])
+    assert plot_sweep(results, tmp_path / "sweep.png") and (tmp_path / "sweep.png").stat().st_size > 0
+    header, rows = authors_table(results, "blackbox", "fgsm")
+    assert header == ["defense", *(f"{i / 10:g}" for i in range(1, 11))]
+    assert rows[0][:5] == ["CNN", "94.0 / 90.0", "68.3", "31.0 / 31.5", "11.9"] and rows[0][5] == "-"
+    config = load_config(overrides={"defenses": ["standard", "gda_brelu"], "blackbox_eps": []}).to_dict()
+    white = [Cell("gda_brelu", "fgsm", "whitebox", 0.1, 80.0, 100, 0, 0, 0, 0)]
+    white += [Cell("gda_brelu", "fgsm", MASKED, 0.1, 95.0, 100, 0, 0, 0, 0)]
+    results = Results(config=config, version="t", device="cpu", world_size=1, cells=white)
+    _, rows = authors_table(results, "whitebox", "fgsm")
+    assert rows[0][:2] == ["CNN", "73.9"]  # no cell of this run: the authors' value alone
+    assert rows[1][:2] == ["GDA + BReLU (gradient masking)", "97.2 / 95.0"]  # they used its own gradient
+    results.config["dataset"] = "cifar10"
+    assert authors_table(results, "whitebox", "fgsm") == (["defense"], [])
+
+
+def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():
+    norm = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 9.0])
+    fooled = torch.tensor([True, True, True, False, False, True])
+    clean = torch.tensor([True, True, True, True, True, False])  # the last image was misclassified: left out
+    stats = perturbation_stats("standard", "deepfool", norm, fooled, clean, 0.0)
+    assert (stats.samples, stats.values) == (5, [1.0, 2.0, 3.0]) and stats.success == pytest.approx(60.0)
+    assert (stats.q25, stats.median, stats.q75) == (2.0, 3.0, math.inf)

@@ -1,0 +1,120 @@
+"""gaussian_augment's registered ops: opcheck on every backend, torch.compile with fullgraph, and bad input to the
+public function and to the ops called directly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _gaussian_augment_cases import CASES, call, expected, op_for
+from _support import fast_backend_cases, require_backend
+
+import nemesis_fast as nf
+from nemesis_fast._backends.gaussian_augment import BACKENDS
+
+OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+# Triton's interpreter runs kernels as Python, which AOTAutograd cannot trace; on a GPU all checks run.
+# With requires_grad inputs, AOTAutograd would trace the backward, which raises by design.
+OPCHECK_NO_AOT = OPCHECK_ALL[:3]
+
+
+@pytest.mark.parametrize("backend,device", [c for c in CASES if c.values[0] != "torch"])
+def test_opcheck(backend, device):
+    require_backend(BACKENDS, backend, device)
+    op = op_for(backend)
+    interpreted = (backend, device) == ("triton", "cpu")
+    for requires_grad in (False, True):
+        checks = OPCHECK_NO_AOT if interpreted or requires_grad else OPCHECK_ALL
+        x = torch.rand(3, 2, 5, device=device, requires_grad=requires_grad)
+        for args in (
+            (x, 2, 0.3, 0.0, 1.0, True, 11, 4, None),
+            (x.transpose(1, 2), 1, 0.0, None, 0.5, False, -2, 0, torch.float64),
+            (x.detach()[:0], 3, 0.3, None, None, True, 1, 0, None),
+        ):
+            torch.library.opcheck(op, args, test_utils=checks)
+        u8 = torch.randint(0, 255, (2, 6), dtype=torch.uint8, device=device)
+        torch.library.opcheck(op, (u8, 2, 0.1, 0.0, 1.0, True, 3, 0, torch.float16), test_utils=checks)
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+def test_torch_compile_fullgraph(backend, device, monkeypatch):
+    require_backend(BACKENDS, backend, device)
+    torch._dynamo.reset()
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+
+    def augment_and_normalise(x, offset):
+        return (nf.gaussian_augment(x * 0.5, 3, 0.2, seed=21, offset=offset) - 0.5) * 2.0
+
+    compiled = torch.compile(augment_and_normalise, fullgraph=True)
+    x = torch.rand(6, 3, 4, 4, device=device)
+    torch.testing.assert_close(compiled(x, 5), augment_and_normalise(x, 5))
+    torch.testing.assert_close(compiled(x, 6), (expected(x * 0.5, sigma=0.2, seed=21, offset=6) - 0.5) * 2.0)
+    # The op alone, compiled: the same bits as the reference (the launch options survive tracing).
+    augment = torch.compile(lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6), fullgraph=True)
+    assert torch.equal(augment(x).cpu(), expected(x.cpu(), sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))
+
+    with pytest.raises(Exception, match="explicit seed"):
+        torch.compile(lambda v: nf.gaussian_augment(v, 2), fullgraph=True)(x)
+
+
+BAD_CALLS = [
+    ({"copies": -1}, ValueError, "copies must be >= 0"),
+    ({"copies": 2.0}, TypeError, "copies must be an int"),
+    ({"sigma": -0.1}, ValueError, "sigma must be >= 0"),
+    ({"sigma": float("nan")}, ValueError, "sigma must be finite"),
+    ({"sigma": float("inf")}, ValueError, "sigma must be finite"),
+    ({"sigma": 1e39}, ValueError, "sigma must be finite in float32"),
+    ({"clip": (1.0, 0.0)}, ValueError, "clip must have low <= high"),
+    ({"clip": (0.0, float("nan"))}, ValueError, r"clip\[1\] must be finite"),
+    ({"clip": 1.0}, TypeError, "clip must be None or a pair"),
+    ({"out_dtype": torch.uint8}, TypeError, "out_dtype=uint8 cannot hold noisy values"),
+    ({"out_dtype": torch.int32}, TypeError, "out_dtype=int32 cannot hold"),
+    ({"out_dtype": "float32"}, TypeError, "out_dtype must be a torch.dtype"),
+    ({"out_dtype": torch.float16, "clip": (0.0, 1e6)}, ValueError, "out_dtype=float16 cannot hold clip_max"),
+    ({"offset": -1}, ValueError, "offset must be >= 0"),
+    ({"seed": 2**64}, ValueError, "seed must be <="),
+    ({"seed": 1.5}, TypeError, "seed must be an int"),
+    ({"backend": "gpu"}, ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD_CALLS)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        nf.gaussian_augment(torch.rand(2, 3), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "x,error,match",
+    [
+        (torch.ones(3, dtype=torch.int32), TypeError, "x must have dtype"),
+        (torch.ones(3, dtype=torch.bool), TypeError, "x must have dtype"),
+        (torch.ones(3, dtype=torch.complex64), TypeError, "x must have dtype"),
+        (torch.tensor(0.5), ValueError, "x must have at least 1 dimension"),
+        ([0.5], TypeError, "x must be a torch.Tensor"),
+    ],
+)
+def test_bad_input_tensor(x, error, match):
+    with pytest.raises(error, match=match):
+        nf.gaussian_augment(x)
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+def test_direct_op_calls_check_their_arguments(backend):
+    require_backend(BACKENDS, backend, "cpu")
+    x = torch.rand(2, 3)
+    good = {"copies": 1, "sigma": 0.1, "clip_min": 0.0, "clip_max": 1.0, "seed": 0}
+    for kwargs, error, name in [
+        ({"copies": -1}, ValueError, "copies"),
+        ({"sigma": -1.0}, ValueError, "sigma"),
+        ({"sigma": float("nan")}, ValueError, "sigma"),
+        ({"clip_min": 2.0}, ValueError, "clip_min"),
+        ({"clip_max": float("inf")}, ValueError, "clip_max"),
+        ({"offset": -5}, ValueError, "offset"),
+        ({"out_dtype": torch.int64}, TypeError, "out_dtype"),
+    ]:
+        with pytest.raises(error, match=name):
+            call(backend, x, **{**good, **kwargs})
+    with pytest.raises(TypeError, match="x must"):
+        call(backend, x.to(torch.int16), **good)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        call(backend, torch.tensor(1.0), **good)
