@@ -1,5 +1,6 @@
 """The training sets the seed's authors' Keras code trained and validated on, rebuilt from a `paper` run, for
-`check_paper_cells.py defense` (its ``--noisy-validation``, ``--keras-validation`` and ``--cleverhans-2017``).
+`check_paper_cells.py defense` (its ``--noisy-validation``, ``--keras-validation``, ``--cleverhans-2017`` and
+``--train-images``).
 
 Each function takes the run's Evaluation and a defense's name and returns ((training rows, labels), (validation
 rows, labels)).
@@ -28,6 +29,19 @@ def noisy_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tupl
     train_part, (x, y) = split_validation(data.train_images, data.train_labels, fraction, seed=seed)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
     return train_part, (x.float().div(255) + sigma * noise, y)
+
+
+def first_training_images(evaluation: Evaluation, count: int) -> tuple[tuple, tuple]:
+    """The first `count` training images, split as Keras' `validation_split` splits them: the last 10% (the run's
+    validation fraction) held out, unshuffled. The authors' `train.py` of 27 June 2017 (6ce5edd24, and 76f39bd7a,
+    which added label smoothing) had the debugging line `X_train, Y_train, ... = X_train[:1000], Y_train[:1000],
+    ...` active; a406287ad commented it out again the next day."""
+    data = evaluation.data
+    if not 10 <= count <= len(data.train_labels):
+        raise SystemExit(f"--train-images must be in [10, {len(data.train_labels)}], got {count}")
+    held = round(count * evaluation.config.training.validation_fraction)
+    x, y = data.train_images[:count], data.train_labels[:count]
+    return (x[: count - held], y[: count - held]), (x[count - held :], y[count - held :])
 
 
 def keras_validation(evaluation: Evaluation, name: str, seed: int, examples_of: str) -> tuple[tuple, tuple]:

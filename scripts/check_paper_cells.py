@@ -17,21 +17,24 @@ on the first N test images, judged by every defense (and by the source itself) b
 for the same images.
 
 ``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--init keras] [--noisy-validation |
---keras-validation | --cleverhans-2017] [--columns fgsm,rfgsm,...]``:
-the defense retrained with recipe settings, the early-stopping patience, the seed or the initialisation changed
-(``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or validated on
-the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is
-given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM
-adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the other
-examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the test
-images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on,
-7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
-cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
-normalisation, its KL averaged over all 60,000 images as their one call did, or over each batch of 1,000 with
-``--vat-mean-over 0``; validated on clean held-out originals as the run). Judged on the run's own cached black-box
-adversarials (all test images) beside the run's model; FGSM's and R+FGSM's are crafted again on the run's source
-with the run's seeds where the cache no longer holds them (the committed archive keeps verdicts, not images), the
-other columns' images must be in the cache (``--columns`` leaves them out).
+--keras-validation | --cleverhans-2017 | --train-images N] [--columns fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: the
+defense retrained with recipe settings, the early-stopping patience, the seed or the initialisation changed
+(``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or validated on the rows the authors'
+Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is given, unshuffled): for
+GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM adversarial training, VAT) their
+examples of the last 12,000 training images, with the originals and the other examples trained on
+(``--keras-validation``; with ``--examples-of test`` the examples are made of the test images, as the scripts from
+15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on, 7,000 validated on), or for VAT
+with its examples made as the authors' code made them (``--cleverhans-2017``: cleverhans' vatm given their Keras
+model's softmax output for logits, 5 power iterations, cleverhans' 2017 normalisation, its KL averaged over all
+60,000 images as their one call did, or over each batch of 1,000 with ``--vat-mean-over 0``; validated on clean
+held-out originals as the run), or trained on the first N training images only (``--train-images``: the authors'
+`train.py` of 27 June 2017 trained on the first 1,000, validating on the last 100 of them). Prints each model's
+accuracy on the clean test and training images. Judged on the run's own cached black-box adversarials (all test
+images) beside the run's model; FGSM's and R+FGSM's are crafted again on the run's source with the run's seeds
+where the cache no longer holds them (the committed archive keeps verdicts, not images), the other columns' images
+must be in the cache (``--columns`` leaves them out). ``--eps`` judges FGSM and R+FGSM at these eps instead of the
+table's (the authors' notebook plots them at 0.1-1.0).
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json`.
@@ -43,6 +46,8 @@ Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a re
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense label_smoothing --init keras \
         --columns fgsm,rfgsm
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation
+    python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense label_smoothing --train-images 1000 \
+        --columns fgsm,rfgsm --eps 0.1,0.2,0.3
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist defense fgsm_adversarial --keras-validation \
         --examples-of test
 """
@@ -57,9 +62,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from authors_training_sets import authors_vat_data, keras_validation, noisy_validation  # beside this script
+from authors_training_sets import (  # beside this script
+    authors_vat_data,
+    first_training_images,
+    keras_validation,
+    noisy_validation,
+)
 from torch import nn
 
+from nemesis_fast.data.loader import to_float
 from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.attack import Attacks
 from nemesis_fast.evaluation.config import ConfigError
@@ -262,6 +273,16 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     return report
 
 
+def table_columns(names: str | None, eps_list: str | None) -> list[tuple[str, float | None]]:
+    """The (attack, eps) cells to judge: the table's columns named in `names` (None: all), FGSM and R+FGSM at each
+    eps of `eps_list` (comma-separated; None: the table's eps)."""
+    chosen = [(a, eps) for a, eps in COLUMNS if names is None or a in names.split(",")]
+    if eps_list is None:
+        return chosen
+    sweep = [float(e) for e in eps_list.split(",")]
+    return [(a, e) for a, eps in chosen for e in (sweep if a in ("fgsm", "rfgsm") else [eps])]
+
+
 def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     name = args.name
     if name not in evaluation.config.defenses or name == "feature_squeezing":
@@ -290,17 +311,26 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         data, changes["val_data"] = authors_vat_data(evaluation, name, seed, args.vat_mean_over)
         changes["val_fraction"], changes["recipe"] = 0.0, "standard"
         parts.append("cleverhans2017" + (f"-mean{args.vat_mean_over}" if args.vat_mean_over else ""))
+    if args.train_images is not None:
+        data, changes["val_data"] = first_training_images(evaluation, args.train_images)
+        changes["val_fraction"] = 0.0
+        parts.append(f"first{args.train_images}")
     if args.init == "keras":
         parts.append("kerasinit")
     tag = "-".join([name, *parts])
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, init=args.init, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
-    report: dict[str, Any] = {"check": tag, "models": {n: margins(m, x, y) for n, m in judges.items()}, "cells": {}}
+    train_x, train_y = to_float(evaluation.data.train_images), evaluation.data.train_labels
+    models = {
+        n: {**margins(m, x, y), "train_accuracy": margins(m, train_x, train_y)["clean_accuracy"]}
+        for n, m in judges.items()
+    }
+    report: dict[str, Any] = {"check": tag, "models": models, "cells": {}}
     print(json.dumps(report["models"]), flush=True)
     attacks = evaluation.attacks
     source = evaluation.models.get(SOURCE)
-    columns = [(attack, eps) for attack, eps in COLUMNS if args.columns is None or attack in args.columns.split(",")]
+    columns = table_columns(args.columns, args.eps)
 
     for attack, eps in columns:
 
@@ -314,7 +344,9 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
             return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
         accuracy, images = judge(evaluation, judges, evaluation.blackbox_chunks(attack), stored)
-        report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper_value("mnist", name, attack), **accuracy}
+        table_eps = dict(COLUMNS)[attack]
+        paper = paper_value("mnist", name, attack) if eps == table_eps else None
+        report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper, **accuracy}
         print(
             f"{attack} {eps} ({images} images): run {accuracy['run']:.2f} -> variant {accuracy['variant']:.2f}",
             flush=True,
@@ -345,6 +377,7 @@ def main() -> None:
     defense.add_argument("--seed", type=int, help="another training seed (initialisation, batch order, split)")
     defense.add_argument("--init", choices=["torch", "keras"], default="torch", help="keras: Glorot-uniform, zero bias")
     defense.add_argument("--columns", help="comma-separated attacks of the table to judge (default: all five)")
+    defense.add_argument("--eps", help="comma-separated eps for FGSM and R+FGSM (default: the table's)")
     validation = defense.add_mutually_exclusive_group()
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     validation.add_argument(
@@ -354,6 +387,9 @@ def main() -> None:
         "--cleverhans-2017",
         action="store_true",
         help="vat: its examples made as the authors' code made them (softmax outputs taken for logits)",
+    )
+    validation.add_argument(
+        "--train-images", type=int, help="train on the first N training images (the last 10%% of them validate)"
     )
     defense.add_argument(
         "--vat-mean-over",

@@ -1,6 +1,7 @@
 """scripts/authors_training_sets.py: the authors' 2017 VAT examples (cleverhans' vatm given softmax outputs for
 logits, its 2017 normalisation) against hand computations on a tiny model."""
 
+import pytest
 import torch
 from _support import load_script
 from torch import nn
@@ -63,3 +64,27 @@ def test_vat_examples_shrink_with_the_mean_over_sixty_thousand_images_and_vanish
     # At 1 - 3e-9 the softmax of the probabilities no longer changes in float32 under a step of xi = 1e-6: no
     # gradient, no move, whatever the mean.
     assert _vat_step_sizes(0.05, mean_over=1).eq(0).all()
+
+
+def test_first_training_images_hold_out_the_last_tenth_unshuffled():
+    from types import SimpleNamespace
+
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1)
+    labels = torch.arange(50) % 10
+    evaluation = SimpleNamespace(
+        data=SimpleNamespace(train_images=images, train_labels=labels),
+        config=SimpleNamespace(training=SimpleNamespace(validation_fraction=0.1)),
+    )
+    (x, y), (val_x, val_y) = authors.first_training_images(evaluation, 30)
+    assert x.flatten().tolist() == list(range(27)) and y.tolist() == (labels[:27]).tolist()
+    assert val_x.flatten().tolist() == [27, 28, 29] and val_y.tolist() == [7, 8, 9]
+    for bad in (5, 51):
+        with pytest.raises(SystemExit, match="--train-images must be in"):
+            authors.first_training_images(evaluation, bad)
+
+
+def test_check_columns_sweep_fgsm_and_rfgsm_only():
+    check = load_script("check_paper_cells")
+    assert check.table_columns("fgsm,rfgsm", None) == [("fgsm", 0.1), ("rfgsm", 0.3)]
+    assert check.table_columns("fgsm,deepfool", "0.1,0.2") == [("fgsm", 0.1), ("fgsm", 0.2), ("deepfool", None)]
+    assert [c for c, _ in check.table_columns(None, None)] == ["fgsm", "rfgsm", "deepfool", "jsma", "cw"]
