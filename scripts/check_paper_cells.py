@@ -16,9 +16,9 @@ attack settings changed (keys of the config's [attack] section, e.g. ``cw_confid
 on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
 for the same images.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--seed N] [--init keras] [--noisy-validation |
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--epochs N] [--seed N] [--init keras] [--noisy-validation |
 --keras-validation | --cleverhans-2017 | --train-images N] [--columns fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: the
-defense retrained with recipe settings, the early-stopping patience, the seed or the initialisation changed
+defense retrained with recipe settings, the early-stopping patience, the epochs, the seed or the initialisation changed
 (``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or validated on the rows the authors'
 Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is given, unshuffled): for
 GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM adversarial training, VAT) their
@@ -292,6 +292,9 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     if args.patience is not None:
         changes["patience"] = None if args.patience == "none" else int(args.patience)
     parts = [f"{k}{v}" for k, v in settings.items()] + ([f"patience{args.patience}"] if args.patience else [])
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+        parts.append(f"epochs{args.epochs}")
     seed, data = evaluation.config.seed, None
     if args.seed is not None:
         seed = args.seed
@@ -374,6 +377,7 @@ def main() -> None:
     defense.add_argument("name")
     defense.add_argument("--set", action="append", help="a recipe setting, KEY=VALUE (JSON value)")
     defense.add_argument("--patience", help="early-stopping patience, or none")
+    defense.add_argument("--epochs", type=int, help="the training budget in epochs (default: the run's, 20)")
     defense.add_argument("--seed", type=int, help="another training seed (initialisation, batch order, split)")
     defense.add_argument("--init", choices=["torch", "keras"], default="torch", help="keras: Glorot-uniform, zero bias")
     defense.add_argument("--columns", help="comma-separated attacks of the table to judge (default: all five)")
