@@ -1,12 +1,13 @@
 """Checks for the `paper` preset's black-box cells that sit far from the paper's (BENCHMARKS.md, "MNIST: the
 authors' experiment"): train one model of the run again with one thing changed, and see how far the cells move.
 
-``source VARIANT``: a second copy of the black-box source (the authors' small ResNet, the preset's recipe: Adam,
-batch 128, 10% validation, up to 20 epochs, patience 5) with another initialisation; the preset's black-box
-attacks are crafted on it (same settings, same per-chunk seeds, so JSMA draws the same targets) on the first
-test images, and every defense is judged on them beside the run's own source's adversarials for the same images
-(the run's cached verdicts). Also prints both sources' clean accuracy and median logit margin (top-1 minus
-top-2 logit), which sets how far C&W's confidence 10 pushes. VARIANT:
+``source VARIANT [--images N] [--cw-images N] [--columns fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: a second copy
+of the black-box source (the authors' small ResNet, the preset's recipe: Adam, batch 128, 10% validation, up to 20
+epochs, patience 5) with another initialisation; the preset's black-box attacks (those of ``--columns``; FGSM and
+R+FGSM at the eps of ``--eps``) are crafted on it (same settings, same per-chunk seeds, so JSMA draws the same
+targets) on the first test images, and every defense is judged on them beside the run's own source's adversarials
+for the same images (the run's cached verdicts). Also prints both sources' clean accuracy and median logit margin
+(top-1 minus top-2 logit), which sets how far C&W's confidence 10 pushes. VARIANT:
 
 - ``seed:N``: torch's initialisation with seed N (the weights, the batch order and the validation split);
 - ``keras``: the initialisation of the authors' Keras 2.0 code (Glorot-uniform kernels, zero biases), seed 0.
@@ -172,7 +173,7 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     report: dict[str, Any] = {"check": tag, "sources": {n: margins(m, x, y) for n, m in sources.items()}, "cells": {}}
     print(json.dumps(report["sources"]), flush=True)
     judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses}
-    for attack, eps in COLUMNS:
+    for attack, eps in table_columns(args.columns, args.eps):
         limit = args.cw_images if attack == "cw" else args.images
         cell = crafted_on(evaluation, evaluation.attacks, sources[variant], attack, eps, limit, judges)
         report["cells"][f"{attack} {eps}"] = cell
@@ -368,6 +369,8 @@ def main() -> None:
     source.add_argument("variant", help="keras or seed:N")
     source.add_argument("--images", type=int, default=2000, help="first test images (FGSM, R+FGSM, DeepFool, JSMA)")
     source.add_argument("--cw-images", type=int, default=200, help="first test images for C&W")
+    source.add_argument("--columns", help="comma-separated attacks of the table to craft (default: all five)")
+    source.add_argument("--eps", help="comma-separated eps for FGSM and R+FGSM (default: the table's)")
     attack = kinds.add_parser("attack", help="one black-box attack with its settings changed, on the run's source")
     attack.add_argument("name")
     attack.add_argument("--set", action="append", help="an attack setting of the config, KEY=VALUE (JSON value)")
