@@ -17,25 +17,26 @@ attack settings changed (keys of the config's [attack] section, e.g. ``cw_confid
 on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
 for the same images.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--epochs N] [--seed N] [--init keras] [--noisy-validation |
---keras-validation | --cleverhans-2017 | --train-images N] [--columns fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: the
-defense retrained with recipe settings, the early-stopping patience, the epochs, the seed or the initialisation changed
-(``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or validated on the rows the authors'
-Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is given, unshuffled): for
-GDA noisy held-out images (``--noisy-validation``), for the offline recipes (FGSM adversarial training, VAT) their
-examples of the last 12,000 training images, with the originals and the other examples trained on
-(``--keras-validation``; with ``--examples-of test`` the examples are made of the test images, as the scripts from
-15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on, 7,000 validated on), or for VAT
-with its examples made as the authors' code made them (``--cleverhans-2017``: cleverhans' vatm given their Keras
-model's softmax output for logits, 5 power iterations, cleverhans' 2017 normalisation, its KL averaged over all
-60,000 images as their one call did, or over each batch of 1,000 with ``--vat-mean-over 0``; validated on clean
-held-out originals as the run), or trained on the first N training images only (``--train-images``: the authors'
-`train.py` of 27 June 2017 trained on the first 1,000, validating on the last 100 of them). Prints each model's
-accuracy on the clean test and training images. Judged on the run's own cached black-box adversarials (all test
-images) beside the run's model; FGSM's and R+FGSM's are crafted again on the run's source with the run's seeds
-where the cache no longer holds them (the committed archive keeps verdicts, not images), the other columns' images
-must be in the cache (``--columns`` leaves them out). ``--eps`` judges FGSM and R+FGSM at these eps instead of the
-table's (the authors' notebook plots them at 0.1-1.0).
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--epochs N] [--seed N] [--init keras] [--examples-from
+TAG] [--noisy-validation | --keras-validation | --cleverhans-2017 | --train-images N] [--columns fgsm,rfgsm,...]
+[--eps 0.1,0.2,...]``: the defense retrained with recipe settings, the early-stopping patience, the epochs, the
+seed or the initialisation changed (``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or
+validated on the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the
+rows it is given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes
+(FGSM adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the
+other examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the test
+images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on,
+7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
+cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
+normalisation, its KL averaged over all 60,000 images as their one call did, or over each batch of 1,000 with
+``--vat-mean-over 0``; validated on clean held-out originals as the run), or trained on the first N training images
+only (``--train-images``: the authors' `train.py` of 27 June 2017 trained on the first 1,000, validating on the
+last 100 of them); ``--examples-from TAG`` has the CNN of an earlier check (e.g. ``standard-first1000``) make an
+offline recipe's examples. Prints each model's accuracy on the clean test and training images. Judged on the run's
+own cached black-box adversarials (all test images) beside the run's model; FGSM's and R+FGSM's are crafted again
+on the run's source with the run's seeds where the cache no longer holds them (the committed archive keeps
+verdicts, not images), the other columns' images must be in the cache (``--columns`` leaves them out). ``--eps``
+judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them at 0.1-1.0).
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json`.
@@ -105,11 +106,13 @@ def train_variant(
     init: str = "torch",
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
     recipe: str | None = None,
+    source: nn.Module | None = None,
     **changes: Any,
 ) -> nn.Module:
     """Model `name` of the run trained again as `tag` with `changes` (recipe settings, other arguments of
     :func:`nemesis_fast.train`) on `data` (None: the run's training set), or loaded when trained before.
-    `recipe` replaces the run's recipe of the model (then only `changes` give its settings)."""
+    `recipe` replaces the run's recipe of the model (then only `changes` give its settings); `source` replaces
+    the run's CNN as the model an offline recipe makes its examples with."""
     models = evaluation.models
     torch.manual_seed(seed)
     model = models.build(name)
@@ -123,7 +126,8 @@ def train_variant(
     key = models.key(name)
     settings = {**(key["recipe_settings"] if recipe is None else {}), **changes.pop("settings", {})}
     budget = {**models.budget(), "seed": seed, **changes}
-    source = models.get("standard") if "source_model" in key and recipe is None else None
+    if source is None and "source_model" in key and recipe is None:
+        source = models.get("standard")
     data = data or (evaluation.data.train_images, evaluation.data.train_labels)
     recipe = recipe or key["recipe"]
     result = train(
@@ -319,6 +323,15 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         data, changes["val_data"] = first_training_images(evaluation, args.train_images)
         changes["val_fraction"] = 0.0
         parts.append(f"first{args.train_images}")
+    if args.examples_from is not None:
+        if "source_model" not in evaluation.models.key(name):
+            raise SystemExit(f"--examples-from needs an offline recipe, got {name!r}")
+        weights = folder / f"{args.examples_from}.pt"
+        if not weights.is_file():
+            raise SystemExit(f"--examples-from: no trained check {weights}")
+        changes["source"] = evaluation.models.build("standard")
+        changes["source"].load_state_dict(torch.load(weights, weights_only=True))
+        parts.append(f"examplesof-{args.examples_from}")
     if args.init == "keras":
         parts.append("kerasinit")
     tag = "-".join([name, *parts])
@@ -385,6 +398,9 @@ def main() -> None:
     defense.add_argument("--init", choices=["torch", "keras"], default="torch", help="keras: Glorot-uniform, zero bias")
     defense.add_argument("--columns", help="comma-separated attacks of the table to judge (default: all five)")
     defense.add_argument("--eps", help="comma-separated eps for FGSM and R+FGSM (default: the table's)")
+    defense.add_argument(
+        "--examples-from", help="offline recipes: the CNN of another check (its tag) makes the examples, not the run's"
+    )
     validation = defense.add_mutually_exclusive_group()
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     validation.add_argument(
