@@ -18,28 +18,29 @@ on the first N test images, judged by every defense (and by the source itself) b
 for the same images.
 
 ``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--epochs N] [--seed N] [--init keras] [--examples-from
-TAG] [--noisy-validation | --keras-validation | --cleverhans-2017 | --train-images N] [--columns fgsm,rfgsm,...]
-[--eps 0.1,0.2,...]``: the defense retrained with recipe settings, the early-stopping patience, the epochs, the
-seed or the initialisation changed (``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or
-validated on the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the
-rows it is given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline recipes
-(FGSM adversarial training, VAT) their examples of the last 12,000 training images, with the originals and the
-other examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the test
-images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained on,
-7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
+TAG] [--images N] [--noisy-validation | --keras-validation | --cleverhans-2017 | --train-images N] [--columns
+fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: the defense retrained with recipe settings, the early-stopping patience, the
+epochs, the seed or the initialisation changed (``--init keras``: the authors' Keras 2.0 defaults, as for ``source
+keras``), or validated on the rows the authors' Keras code validated on (``validation_split`` holds out the *last*
+10% of the rows it is given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline
+recipes (FGSM adversarial training, VAT) their examples of the last 12,000 training images, with the originals and
+the other examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the
+test images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained
+on, 7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
 cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
 normalisation, its KL averaged over all 60,000 images as their one call did, or over each batch of 1,000 with
 ``--vat-mean-over 0``; validated on clean held-out originals as the run), or trained on the first N training images
 only (``--train-images``: the authors' `train.py` of 27 June 2017 trained on the first 1,000, validating on the
 last 100 of them); ``--examples-from TAG`` has the CNN of an earlier check (e.g. ``standard-first1000``) make an
-offline recipe's examples. Prints each model's accuracy on the clean test and training images. Judged on the run's
-own cached black-box adversarials (all test images) beside the run's model; FGSM's and R+FGSM's are crafted again
-on the run's source with the run's seeds where the cache no longer holds them (the committed archive keeps
-verdicts, not images), the other columns' images must be in the cache (``--columns`` leaves them out). ``--eps``
-judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them at 0.1-1.0).
+offline recipe's examples. Prints each model's accuracy on the clean test and training images. Judged beside the
+run's model on the run's own cached black-box adversarials (all test images, or the first N with ``--images N``),
+crafted again on the run's source with the run's per-chunk seeds where the cache no longer holds them (the
+committed archive keeps verdicts, not images; DeepFool, JSMA and C&W then take long: ``--images`` and ``--columns``
+limit them). ``--eps`` judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them
+at 0.1-1.0).
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
-`<run>/checks/<name>.json`.
+`<run>/checks/<name>.json` (`<name>-images<N>.json` with ``--images``).
 
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist source keras --images 2000 --cw-images 200
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist attack cw --set cw_confidence=0 --images 200
@@ -343,7 +344,8 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         n: {**margins(m, x, y), "train_accuracy": margins(m, train_x, train_y)["clean_accuracy"]}
         for n, m in judges.items()
     }
-    report: dict[str, Any] = {"check": tag, "models": models, "cells": {}}
+    results = f"{tag}-images{args.images}" if args.images else tag  # the model's tag, and the images judged
+    report: dict[str, Any] = {"check": results, "models": models, "cells": {}}
     print(json.dumps(report["models"]), flush=True)
     attacks = evaluation.attacks
     source = evaluation.models.get(SOURCE)
@@ -352,15 +354,14 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     for attack, eps in columns:
 
         def stored(chunk, x, y, attack=attack, eps=eps):
+            keep = (min(chunk[1], args.images) if args.images else chunk[1]) - chunk[0]
+            x, y = x[:keep], y[:keep]
             entry = evaluation.cache.load("blackbox", attacks.blackbox_key(attack, eps, chunk))
             if entry is not None:
-                return entry["x_adv"], y
-            if attack not in ("fgsm", "rfgsm"):
-                raise SystemExit(f"the run's cache lacks the black-box images of {attack} at {eps}, chunk {chunk}")
-            # FGSM and R+FGSM (one gradient): crafted again on the run's source with the run's per-chunk seeds.
+                return entry["x_adv"][:keep], y
             return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
-        accuracy, images = judge(evaluation, judges, evaluation.blackbox_chunks(attack), stored)
+        accuracy, images = judge(evaluation, judges, first_chunks(evaluation, attack, args.images), stored)
         table_eps = dict(COLUMNS)[attack]
         paper = paper_value("mnist", name, attack) if eps == table_eps else None
         report["cells"][f"{attack} {eps}"] = {"images": images, "paper": paper, **accuracy}
@@ -368,7 +369,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
             f"{attack} {eps} ({images} images): run {accuracy['run']:.2f} -> variant {accuracy['variant']:.2f}",
             flush=True,
         )
-        (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
+        (folder / f"{results}.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -398,6 +399,7 @@ def main() -> None:
     defense.add_argument("--init", choices=["torch", "keras"], default="torch", help="keras: Glorot-uniform, zero bias")
     defense.add_argument("--columns", help="comma-separated attacks of the table to judge (default: all five)")
     defense.add_argument("--eps", help="comma-separated eps for FGSM and R+FGSM (default: the table's)")
+    defense.add_argument("--images", type=int, default=0, help="judge on the first N test images (default: all)")
     defense.add_argument(
         "--examples-from", help="offline recipes: the CNN of another check (its tag) makes the examples, not the run's"
     )
