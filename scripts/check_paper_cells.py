@@ -325,8 +325,8 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         changes["val_fraction"] = 0.0
         parts.append(f"first{args.train_images}")
     if args.examples_from is not None:
-        if "source_model" not in evaluation.models.key(name):
-            raise SystemExit(f"--examples-from needs an offline recipe, got {name!r}")
+        if "source_model" not in evaluation.models.key(name) or "recipe" in changes:
+            raise SystemExit(f"--examples-from needs an offline recipe trained as the run trains it, got {name!r}")
         weights = folder / f"{args.examples_from}.pt"
         if not weights.is_file():
             raise SystemExit(f"--examples-from: no trained check {weights}")
