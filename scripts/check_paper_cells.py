@@ -203,7 +203,7 @@ def crafted_on(
     started = time.perf_counter()
 
     def crafted(chunk, x, y):
-        keep = min(chunk[1], limit) - chunk[0]
+        keep = chunk_stop(chunk, limit) - chunk[0]
         x, y = x[:keep], y[:keep]
         return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
@@ -224,10 +224,15 @@ def cached_accuracy(evaluation: Evaluation, attack: str, eps: float | None, limi
         verdict = evaluation.cache.load("verdict", evaluation.attacks.verdict_key(attack, eps, chunk))
         if verdict is None:
             raise SystemExit(f"the run's cache lacks the verdicts of {attack} at {eps}, chunk {chunk}")
-        stop = min(chunk[1], limit) if limit else chunk[1]
+        stop = chunk_stop(chunk, limit)
         for name in kept:
             kept[name].append(verdict["correct"][name][: stop - chunk[0]].float())
     return {name: 100 * torch.cat(c).mean().item() for name, c in kept.items()}
+
+
+def chunk_stop(chunk: tuple[int, int], limit: int) -> int:
+    """Where a chunk's part among the first `limit` test images ends (0: no limit)."""
+    return min(chunk[1], limit) if limit else chunk[1]
 
 
 def first_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple[int, int]]:
@@ -354,7 +359,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     for attack, eps in columns:
 
         def stored(chunk, x, y, attack=attack, eps=eps):
-            keep = (min(chunk[1], args.images) if args.images else chunk[1]) - chunk[0]
+            keep = chunk_stop(chunk, args.images) - chunk[0]
             x, y = x[:keep], y[:keep]
             entry = evaluation.cache.load("blackbox", attacks.blackbox_key(attack, eps, chunk))
             if entry is not None:

@@ -9,10 +9,10 @@ from nemesis_fast.bench.harness import Row, ms_per_image_on, record_same_images,
 
 def row(images: int, ms_per_image: float, same: tuple[int, float] | None = None) -> Row:
     """A row over `images` images; `same`: (images, ms per image) on the first images of the batch."""
-    row = Row("case", "provider", images * ms_per_image, extra={"images": images, "ms_per_image": ms_per_image})
+    made = Row("case", "provider", images * ms_per_image, extra={"images": images, "ms_per_image": ms_per_image})
     if same:
-        record_same_images(row, same[0], same[0] * same[1])
-    return row
+        record_same_images(made, same[0], same[0] * same[1])
+    return made
 
 
 def test_speedup_is_taken_on_the_images_both_attacked():

@@ -61,14 +61,14 @@ class DeepFool(Attack):
         k = min(self.candidates, logits.shape[1])
         others = logits.scatter(1, y[:, None], -torch.inf).topk(k - 1, dim=1).indices
         classes = torch.cat([y[:, None], others], dim=1)  # (B, k): y, then the k - 1 largest other logits
+        weights = difference_weights(y, others, logits.shape[1])  # (k - 1, B, C)
         active = logits.argmax(1) == y
         r_total = torch.zeros_like(x)
         x_adv = x.clone()
         iterations = torch.zeros_like(y)
         index = active.nonzero().squeeze(1)
         if self.max_iter and index.numel():
-            first_weights = difference_weights(classes[index, 0], classes[index, 1:], logits.shape[1])
-            logits_i, w = self.logit_gradients(x[index], first_weights)
+            logits_i, w = self.logit_gradients(x[index], weights[:, index])
         for step in range(self.max_iter):
             if index.numel() == 0:
                 break
@@ -93,8 +93,6 @@ class DeepFool(Attack):
             iterations[index] += 1
             if step == self.max_iter - 1:
                 break
-            logits_i, still, w = self.logit_gradients_of_kept(
-                x_step, difference_weights(classes_i[:, 0], classes_i[:, 1:], logits.shape[1]), predicts(y[index])
-            )
+            logits_i, still, w = self.logit_gradients_of_kept(x_step, weights[:, index], predicts(y[index]))
             index, logits_i = index[still], logits_i[still]
         return x_adv, iterations
