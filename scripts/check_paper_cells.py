@@ -1,16 +1,24 @@
 """Checks for the `paper` preset's black-box cells that sit far from the paper's (BENCHMARKS.md, "MNIST: the
 authors' experiment"): train one model of the run again with one thing changed, and see how far the cells move.
 
-``source VARIANT [--images N] [--cw-images N] [--columns fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: a second copy
-of the black-box source (the authors' small ResNet, the preset's recipe: Adam, batch 128, 10% validation, up to 20
-epochs, patience 5) with another initialisation; the preset's black-box attacks (those of ``--columns``; FGSM and
-R+FGSM at the eps of ``--eps``) are crafted on it (same settings, same per-chunk seeds, so JSMA draws the same
-targets) on the first test images, and every defense is judged on them beside the run's own source's adversarials
-for the same images (the run's cached verdicts). Also prints both sources' clean accuracy and median logit margin
-(top-1 minus top-2 logit), which sets how far C&W's confidence 10 pushes. VARIANT:
+``source VARIANT [--images N] [--cw-images N] [--columns fgsm,rfgsm,...] [--eps 0.1,0.2,...] [--train-images N]
+[--epochs N] [--also TAG,...]``: another black-box source, by default a second copy of the run's (the authors' small
+ResNet, the preset's recipe: Adam, batch 128, 10% validation, up to 20 epochs, patience 5) with another
+initialisation; the preset's black-box attacks (those of ``--columns``; FGSM and R+FGSM at the eps of ``--eps``) are
+crafted on it (same settings, same per-chunk seeds, so JSMA draws the same targets) on the first test images, and
+every defense is judged on them beside the run's own source's adversarials for the same images (the run's cached
+verdicts). Also prints both sources' clean accuracy and median logit margin (top-1 minus top-2 logit), which sets
+how far C&W's confidence 10 pushes. VARIANT:
 
 - ``seed:N``: torch's initialisation with seed N (the weights, the batch order and the validation split);
-- ``keras``: the initialisation of the authors' Keras 2.0 code (Glorot-uniform kernels, zero biases), seed 0.
+- ``keras``: the initialisation of the authors' Keras 2.0 code (Glorot-uniform kernels, zero biases), seed 0;
+- ``model:NAME``: a trained model of the run as the source (``model:standard``: the CNN, as in the authors'
+  "same architecture" figure, where the CNN itself is attacked white-box);
+- ``check:TAG``: the model of an earlier defense check (e.g. ``check:standard-first1000``).
+
+``--train-images N`` trains the new source (``seed:N``, ``keras``) on the first N training images only, split as
+for ``defense --train-images``, and ``--epochs N`` for N epochs (the authors' scripts trained for 1 epoch by default
+until 27 June 2017, 6ce5edd24); ``--also TAG,...`` adds the models of earlier defense checks to the judges.
 
 ``attack NAME [--set KEY=VALUE ...] [--eps EPS] [--images N]``: the run's own source and one black-box attack with
 attack settings changed (keys of the config's [attack] section, e.g. ``cw_confidence=0``; same per-chunk seeds),
@@ -38,6 +46,10 @@ crafted again on the run's source with the run's per-chunk seeds where the cache
 committed archive keeps verdicts, not images; DeepFool, JSMA and C&W then take long: ``--images`` and ``--columns``
 limit them). ``--eps`` judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them
 at 0.1-1.0).
+
+``--preset paper_table`` (before the kind of check) crafts and judges with that preset's attack settings (JSMA theta
+0.1, C&W confidence 2.3: the scripts' until 16 August 2017) beside its verdicts in the same cache; the results file
+then ends in ``-paper_table``.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json` (`<name>-images<N>.json` with ``--images``).
@@ -165,27 +177,74 @@ def judge(evaluation: Evaluation, models: dict[str, nn.Module], chunks, adversar
 
 def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     variant = args.variant
-    if variant != "keras" and not (variant.startswith("seed:") and variant[5:].isdigit()):
-        raise SystemExit(f"the source variant must be keras or seed:N, got {variant!r}")
-    seed = int(variant[5:]) if variant.startswith("seed:") else evaluation.config.seed
     tag = f"source-{variant.replace(':', '')}"
-    init = "keras" if variant == "keras" else "torch"
-    sources = {
-        "run": evaluation.models.get(SOURCE),
-        variant: train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init),
-    }
+    if variant.startswith(("model:", "check:")):
+        if args.train_images is not None or args.epochs is not None:
+            raise SystemExit("--train-images and --epochs train a new source; model: and check: name a trained one")
+        kind, _, name = variant.partition(":")
+        models = {name: evaluation.models.get(name)} if kind == "model" else checked_models(evaluation, name, folder)
+        variant_source = models[name]
+    elif variant == "keras" or (variant.startswith("seed:") and variant[5:].isdigit()):
+        seed = int(variant[5:]) if variant.startswith("seed:") else evaluation.config.seed
+        changes: dict[str, Any] = {}
+        data = None
+        if args.train_images is not None:
+            data, changes["val_data"] = first_training_images(evaluation, args.train_images)
+            changes["val_fraction"] = 0.0
+            tag += f"-first{args.train_images}"
+        if args.epochs is not None:
+            changes["epochs"] = args.epochs
+            tag += f"-epochs{args.epochs}"
+        init = "keras" if variant == "keras" else "torch"
+        variant_source = train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init, data=data, **changes)
+    else:
+        raise SystemExit(f"the source variant must be keras, seed:N, model:NAME or check:TAG, got {variant!r}")
+    sources = {"run": evaluation.models.get(SOURCE), variant: variant_source}
+    results = results_name(tag, args)
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
-    report: dict[str, Any] = {"check": tag, "sources": {n: margins(m, x, y) for n, m in sources.items()}, "cells": {}}
+    report: dict[str, Any] = {
+        "check": results,
+        "sources": {n: margins(m, x, y) for n, m in sources.items()},
+        "cells": {},
+    }
     print(json.dumps(report["sources"]), flush=True)
-    judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses}
+    judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses} | checked_models(
+        evaluation, args.also, folder
+    )
     for attack, eps in table_columns(args.columns, args.eps):
         limit = args.cw_images if attack == "cw" else args.images
         cell = crafted_on(evaluation, evaluation.attacks, sources[variant], attack, eps, limit, judges)
         report["cells"][f"{attack} {eps}"] = cell
-        line = ", ".join(f"{d} {a['run_source']:.1f} -> {a['variant_source']:.1f}" for d, a in cell["accuracy"].items())
+        line = ", ".join(
+            f"{d} {percent(a['run_source'])} -> {percent(a['variant_source'])}" for d, a in cell["accuracy"].items()
+        )
         print(f"{attack} {eps} ({cell['images']} images): {line}", flush=True)
-        (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
+        (folder / f"{results}.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def results_name(tag: str, args: argparse.Namespace) -> str:
+    """The name of a check's results file: the trained model's tag, and the preset when it is not ``paper``."""
+    return tag if args.preset == "paper" else f"{tag}-{args.preset}"
+
+
+def percent(value: float | None) -> str:
+    """An accuracy (%) to one decimal, "-" where there is none."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def checked_models(evaluation: Evaluation, tags: str | None, folder: Path) -> dict[str, nn.Module]:
+    """The models of earlier defense checks named by their tags (comma-separated, e.g. ``label_smoothing-first1000``;
+    the defense's name is the tag's first part), loaded from `folder`."""
+    models = {}
+    for tag in tags.split(",") if tags else []:
+        weights = folder / f"{tag}.pt"
+        if not weights.is_file():
+            raise SystemExit(f"--also: no trained check {weights}")
+        model = evaluation.models.build(tag.split("-")[0])
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        models[tag] = model.eval()
+    return models
 
 
 def crafted_on(
@@ -240,9 +299,10 @@ def first_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple[
     return [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
 
 
-def paper_evaluation(run: Path, data_dir: str) -> Evaluation:
-    """The `paper` run whose output folder (and cache) is `run`, on the MNIST files of `data_dir`."""
-    config = load_config(preset_path("paper"), {"data_dir": data_dir, "out_dir": str(run)})
+def paper_evaluation(run: Path, data_dir: str, preset: str = "paper") -> Evaluation:
+    """The `paper` run whose output folder (and cache) is `run`, on the MNIST files of `data_dir`, with the
+    settings of `preset` (``paper_table``: the same models, JSMA and C&W as before 16 August 2017)."""
+    config = load_config(preset_path(preset), {"data_dir": data_dir, "out_dir": str(run)})
     return Evaluation(config, Workers(), log=print, progress=False)
 
 
@@ -277,7 +337,7 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     for name, a in cell["accuracy"].items():
         run = "" if a["run_source"] is None else f"run {a['run_source']:.2f} -> "
         print(f"{attack} {eps} {changes} ({cell['images']} images) {name}: {run}changed {a['variant_source']:.2f}")
-    tag = "-".join([f"attack-{attack}", *(f"{k}{v}" for k, v in changes.items())])
+    tag = results_name("-".join([f"attack-{attack}", *(f"{k}{v}" for k, v in changes.items())]), args)
     report = {"check": tag, "attack": attack, "eps": eps, "changes": changes, **cell}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
@@ -349,7 +409,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         n: {**margins(m, x, y), "train_accuracy": margins(m, train_x, train_y)["clean_accuracy"]}
         for n, m in judges.items()
     }
-    results = f"{tag}-images{args.images}" if args.images else tag  # the model's tag, and the images judged
+    results = results_name(f"{tag}-images{args.images}" if args.images else tag, args)  # and the images judged
     report: dict[str, Any] = {"check": results, "models": models, "cells": {}}
     print(json.dumps(report["models"]), flush=True)
     attacks = evaluation.attacks
@@ -383,13 +443,26 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--run", default="runs/paper-mnist", help="the paper run's output folder (its cache)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--preset",
+        choices=("paper", "paper_table"),
+        default="paper",
+        help="the attack settings (paper_table: JSMA theta 0.1, C&W confidence 2.3; its verdicts in the same cache)",
+    )
     kinds = parser.add_subparsers(dest="kind", required=True)
     source = kinds.add_parser("source", help="another black-box source")
-    source.add_argument("variant", help="keras or seed:N")
+    source.add_argument(
+        "variant", help="keras, seed:N, model:NAME (a model of the run) or check:TAG (an earlier check's)"
+    )
     source.add_argument("--images", type=int, default=2000, help="first test images (FGSM, R+FGSM, DeepFool, JSMA)")
     source.add_argument("--cw-images", type=int, default=200, help="first test images for C&W")
     source.add_argument("--columns", help="comma-separated attacks of the table to craft (default: all five)")
     source.add_argument("--eps", help="comma-separated eps for FGSM and R+FGSM (default: the table's)")
+    source.add_argument(
+        "--train-images", type=int, help="train it on the first N training images (the last 10%% validate)"
+    )
+    source.add_argument("--epochs", type=int, help="train it for N epochs (default: the run's budget, 20)")
+    source.add_argument("--also", help="comma-separated tags of earlier defense checks whose models judge too")
     attack = kinds.add_parser("attack", help="one black-box attack with its settings changed, on the run's source")
     attack.add_argument("name")
     attack.add_argument("--set", action="append", help="an attack setting of the config, KEY=VALUE (JSON value)")
@@ -435,7 +508,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads, torch.device("cpu"))
     run = Path(args.run)
-    evaluation = paper_evaluation(run, args.data_dir)
+    evaluation = paper_evaluation(run, args.data_dir, args.preset)
     checks = {"source": check_source, "attack": check_attack, "defense": check_defense}
     checks[args.kind](evaluation, args, run / "checks")
 

@@ -281,6 +281,34 @@ def test_the_authors_training_options_reach_the_models_keys(tmp_path):
     assert models.key("feature_squeezing") == models.key("standard")
 
 
+def test_the_sources_own_epochs_reach_its_key_and_its_training_only(tmp_path, monkeypatch):
+    from nemesis_fast.evaluation import train as train_phase
+
+    config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
+    models = Evaluation(config, Workers(), log=lambda m: None, progress=False).models
+    names = models.needed()
+    before = {name: models.key(name) for name in names}
+    assert all("source_epochs" not in key["training"] for key in before.values())  # keys written before it exist
+    config.training.source_epochs = config.training.epochs  # the same budget: the same models
+    assert {name: models.key(name) for name in names} == before
+    config.training.source_epochs = config.training.epochs + 2
+    after = {name: models.key(name) for name in names}
+    assert after[train_phase.SOURCE]["training"]["epochs"] == config.training.epochs + 2
+    assert all(after[name] == before[name] for name in names if name != train_phase.SOURCE)
+
+    budgets = {}
+
+    def record(model, data, recipe, **budget):
+        budgets[len(budgets)] = budget["epochs"]
+        raise Interrupted
+
+    monkeypatch.setattr(train_phase, "train", record)
+    for name, epochs in ((train_phase.SOURCE, config.training.epochs + 2), ("standard", config.training.epochs)):
+        with pytest.raises(Interrupted):
+            models._train(name, {})
+        assert budgets.popitem()[1] == epochs, name
+
+
 def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     text = (
         TINY.replace("epochs = 1", "epochs = 2")

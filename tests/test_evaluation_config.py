@@ -45,6 +45,7 @@ def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
         ("[attack]", "pgd_restarts = 0", "attack.pgd_restarts"),
         ("[attack]", "cw_confidence = -1.0", "attack.cw_confidence"),
         ("[training]", 'source_architecture = "vgg"', "training.source_architecture must be one of"),
+        ("[training]", "source_epochs = 0", "training.source_epochs must be >= 1"),
         ("[defense]", 'vat_mode = "sometimes"', "defense.vat_mode must be one of"),
         ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
     ],

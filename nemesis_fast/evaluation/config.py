@@ -51,6 +51,7 @@ class TrainingSettings:
     train_samples: int = 0  # 0: the whole training set
     source_architecture: str = "resnet"  # the black-box source: "resnet" (ResNet-source_depth), "small_resnet"
     source_depth: int = 20  # depth of the ResNet source
+    source_epochs: int | None = None  # the black-box source's training budget in epochs (None: epochs)
     amp: bool = False
     compile: bool = False
 

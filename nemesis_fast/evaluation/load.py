@@ -199,6 +199,7 @@ def _validate_run(config: EvalConfig) -> None:
 
 def _validate_training(t: TrainingSettings) -> None:
     _need(t.epochs >= 1, "training.epochs", "must be >= 1")
+    _need(t.source_epochs is None or t.source_epochs >= 1, "training.source_epochs", "must be >= 1")
     _need(t.batch_size >= 1, "training.batch_size", "must be >= 1")
     _need(t.learning_rate > 0, "training.learning_rate", "must be > 0")
     _need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")

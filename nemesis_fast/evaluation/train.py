@@ -92,7 +92,7 @@ class Models:
             "architecture_kwargs": kwargs,
             "recipe": recipe,
             "recipe_settings": self.recipe_settings(recipe),
-            "training": dataclasses.asdict(self.config.training),
+            "training": self._training(name),
             "data": self.data.identity,
             "seed": self.config.seed,
         }
@@ -101,6 +101,15 @@ class Models:
         if recipe in ("fgsm_adversarial", "vat") and key["recipe_settings"].get("mode") == "offline":
             key["source_model"] = self.key("standard")
         return key
+
+    def _training(self, name: str) -> dict[str, Any]:
+        """The training settings of model `name`: the run's, with the source's own epochs for the source.
+        `source_epochs` is left out of the key (so that keys written before it existed stay valid)."""
+        training = dataclasses.asdict(self.config.training)
+        source_epochs = training.pop("source_epochs")
+        if name == SOURCE and source_epochs is not None:
+            training["epochs"] = source_epochs
+        return training
 
     def build(self, name: str) -> nn.Module:
         arch, kwargs = self.architecture(name)
@@ -217,7 +226,7 @@ class Models:
             (self.data.train_images, self.data.train_labels),
             recipe,
             settings=key["recipe_settings"],
-            **self.budget(),
+            **{**self.budget(), "epochs": key["training"]["epochs"]},
             source_model=source,
             checkpoint=CachedCheckpoint(self.cache, key),
             progress=self.progress,
