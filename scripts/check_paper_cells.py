@@ -506,6 +506,8 @@ def main() -> None:
         help="--keras-validation: the offline examples made of the training images (default) or of the test images",
     )
     args = parser.parse_args()
+    if getattr(args, "epochs", None) is not None and args.epochs < 1:
+        raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
     set_threads(args.threads, torch.device("cpu"))
     run = Path(args.run)
     evaluation = paper_evaluation(run, args.data_dir, args.preset)
