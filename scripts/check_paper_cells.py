@@ -138,7 +138,7 @@ def train_variant(
     folder.mkdir(parents=True, exist_ok=True)
     key = models.key(name)
     settings = {**(key["recipe_settings"] if recipe is None else {}), **changes.pop("settings", {})}
-    budget = {**models.budget(), "seed": seed, **changes}
+    budget = {**models.budget(name), "seed": seed, **changes}
     if source is None and "source_model" in key and recipe is None:
         source = models.get("standard")
     data = data or (evaluation.data.train_images, evaluation.data.train_labels)
@@ -182,8 +182,10 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
         if args.train_images is not None or args.epochs is not None:
             raise SystemExit("--train-images and --epochs train a new source; model: and check: name a trained one")
         kind, _, name = variant.partition(":")
-        models = {name: evaluation.models.get(name)} if kind == "model" else checked_models(evaluation, name, folder)
-        variant_source = models[name]
+        if kind == "model":
+            variant_source = evaluation.models.get(name)
+        else:
+            variant_source = checked_models(evaluation, name, folder, "check:")[name]
     elif variant == "keras" or (variant.startswith("seed:") and variant[5:].isdigit()):
         seed = int(variant[5:]) if variant.startswith("seed:") else evaluation.config.seed
         changes: dict[str, Any] = {}
@@ -209,7 +211,7 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     }
     print(json.dumps(report["sources"]), flush=True)
     judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses} | checked_models(
-        evaluation, args.also, folder
+        evaluation, args.also, folder, "--also"
     )
     for attack, eps in table_columns(args.columns, args.eps):
         limit = args.cw_images if attack == "cw" else args.images
@@ -233,14 +235,14 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def checked_models(evaluation: Evaluation, tags: str | None, folder: Path) -> dict[str, nn.Module]:
+def checked_models(evaluation: Evaluation, tags: str | None, folder: Path, option: str) -> dict[str, nn.Module]:
     """The models of earlier defense checks named by their tags (comma-separated, e.g. ``label_smoothing-first1000``;
-    the defense's name is the tag's first part), loaded from `folder`."""
+    the defense's name is the tag's first part), loaded from `folder`; `option` names the argument in the error."""
     models = {}
     for tag in tags.split(",") if tags else []:
         weights = folder / f"{tag}.pt"
         if not weights.is_file():
-            raise SystemExit(f"--also: no trained check {weights}")
+            raise SystemExit(f"{option}: no trained check {weights}")
         model = evaluation.models.build(tag.split("-")[0])
         model.load_state_dict(torch.load(weights, weights_only=True))
         models[tag] = model.eval()
@@ -392,11 +394,9 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     if args.examples_from is not None:
         if "source_model" not in evaluation.models.key(name) or "recipe" in changes:
             raise SystemExit(f"--examples-from needs an offline recipe trained as the run trains it, got {name!r}")
-        weights = folder / f"{args.examples_from}.pt"
-        if not weights.is_file():
-            raise SystemExit(f"--examples-from: no trained check {weights}")
-        changes["source"] = evaluation.models.build("standard")
-        changes["source"].load_state_dict(torch.load(weights, weights_only=True))
+        changes["source"] = checked_models(evaluation, args.examples_from, folder, "--examples-from")[
+            args.examples_from
+        ]
         parts.append(f"examplesof-{args.examples_from}")
     if args.init == "keras":
         parts.append("kerasinit")

@@ -188,13 +188,13 @@ class Models:
         )
         return (["standard"] if needs_standard else []) + [n for n in names if n != "standard" or not needs_standard]
 
-    def budget(self) -> dict[str, Any]:
-        """The arguments of :func:`nemesis_fast.train` that every model of the run shares (dataset, epochs, batch,
-        learning rate, validation, patience, seed, device, mixed precision, compile)."""
+    def budget(self, name: str) -> dict[str, Any]:
+        """The arguments of :func:`nemesis_fast.train` for model `name` (dataset, epochs: the source's own where
+        the config gives them, batch, learning rate, validation, patience, seed, device, mixed precision, compile)."""
         t = self.config.training
         return {
             "dataset": self.config.dataset,
-            "epochs": t.epochs,
+            "epochs": self._training(name)["epochs"],
             "batch_size": t.batch_size,
             "lr": t.learning_rate,
             "val_fraction": t.validation_fraction,
@@ -226,7 +226,7 @@ class Models:
             (self.data.train_images, self.data.train_labels),
             recipe,
             settings=key["recipe_settings"],
-            **{**self.budget(), "epochs": key["training"]["epochs"]},
+            **self.budget(name),
             source_model=source,
             checkpoint=CachedCheckpoint(self.cache, key),
             progress=self.progress,
