@@ -52,7 +52,9 @@ at 0.1-1.0).
 then ends in ``-paper_table``.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
-`<run>/checks/<name>.json` (`<name>-images<N>.json` with ``--images``).
+`<run>/checks/<name>.json` (``defense``: `<name>-images<N>.json` with ``--images``), with the check's arguments. A
+check whose file already holds the results of a check with other arguments is refused before it starts (move the
+file away to run it).
 
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist source keras --images 2000 --cw-images 200
     python scripts/check_paper_cells.py --data-dir ../shared/data/mnist attack cw --set cw_confidence=0 --images 200
@@ -72,7 +74,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -83,129 +84,78 @@ from authors_training_sets import (  # beside this script
     keras_validation,
     noisy_validation,
 )
+from paper_cells import (  # beside this script
+    COLUMNS,
+    check_arguments,
+    checked_models,
+    chunk_stop,
+    crafted_on,
+    first_chunks,
+    judge,
+    margins,
+    paper_evaluation,
+    parse_settings,
+    percent,
+    results_file,
+    results_name,
+    table_columns,
+    train_variant,
+)
 from torch import nn
 
 from nemesis_fast.data.loader import to_float
-from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.attack import Attacks
 from nemesis_fast.evaluation.config import ConfigError
 from nemesis_fast.evaluation.load import validate
 from nemesis_fast.evaluation.paper import paper_value
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.evaluation.train import SOURCE
-from nemesis_fast.parallel import Workers, set_threads
-from nemesis_fast.training import train
-
-# The black-box table's columns, FGSM and R+FGSM at the table's eps (the authors' notebook of 17 July 2017). Checks
-# of 2026-12-02 made before it was found reported FGSM at 0.08 and 0.3 instead.
-COLUMNS = [("fgsm", 0.1), ("rfgsm", 0.3), ("deepfool", None), ("jsma", None), ("cw", None)]
+from nemesis_fast.parallel import set_threads
 
 
-def keras_init(model: nn.Module) -> None:
-    """Keras 2.0's defaults: glorot_uniform kernels, zero biases (convolutions and dense layers)."""
-    for layer in model.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-
-def train_variant(
-    evaluation: Evaluation,
-    name: str,
-    tag: str,
-    folder: Path,
-    *,
-    seed: int,
-    init: str = "torch",
-    data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    recipe: str | None = None,
-    source: nn.Module | None = None,
-    **changes: Any,
-) -> nn.Module:
-    """Model `name` of the run trained again as `tag` with `changes` (recipe settings, other arguments of
-    :func:`nemesis_fast.train`) on `data` (None: the run's training set), or loaded when trained before.
-    `recipe` replaces the run's recipe of the model (then only `changes` give its settings); `source` replaces
-    the run's CNN as the model an offline recipe makes its examples with."""
-    models = evaluation.models
-    torch.manual_seed(seed)
-    model = models.build(name)
-    if init == "keras":
-        keras_init(model)
-    path = folder / f"{tag}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    key = models.key(name)
-    settings = {**(key["recipe_settings"] if recipe is None else {}), **changes.pop("settings", {})}
-    budget = {**models.budget(name), "seed": seed, **changes}
-    if source is None and "source_model" in key and recipe is None:
-        source = models.get("standard")
-    data = data or (evaluation.data.train_images, evaluation.data.train_labels)
-    recipe = recipe or key["recipe"]
-    result = train(
-        model, data, recipe, settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
-    )
-    epochs = f"epoch {result.best_epoch} of {len(result.history)}"
-    print(f"{tag}: best validation accuracy {100 * result.val_accuracy:.2f}% ({epochs})", flush=True)
-    torch.save(model.state_dict(), path)
-    (folder / f"{tag}.ckpt").unlink(missing_ok=True)
-    return model.eval()
-
-
-def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Clean accuracy (%) and the median top-1 minus top-2 logit."""
-    with torch.no_grad():
-        logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
-    top = logits.topk(2, dim=1).values
-    accuracy = 100 * (logits.argmax(1) == y).float().mean().item()
-    return {"clean_accuracy": accuracy, "median_logit_margin": (top[:, 0] - top[:, 1]).median().item()}
-
-
-def judge(evaluation: Evaluation, models: dict[str, nn.Module], chunks, adversarial) -> tuple[dict[str, float], int]:
-    """Accuracy (%) of each of `models` on the adversarial images `adversarial(chunk, x, y)` of `chunks`."""
-    attacks = evaluation.attacks
-    correct: dict[str, list[torch.Tensor]] = {name: [] for name in models}
-    for chunk in chunks:
-        x, y = attacks.test_chunk(chunk)
-        x_adv, y = adversarial(chunk, x, y)
-        for name, model in models.items():
-            correct[name].append((attacks.predict(model, x_adv) == y).float())
-    images = sum(len(c) for c in next(iter(correct.values())))
-    return {name: 100 * torch.cat(c).mean().item() for name, c in correct.items()}, images
-
-
-def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+def source_tag(args: argparse.Namespace) -> str:
+    """The name of the ``source`` check's variant (its trained model's, when it trains one)."""
     variant = args.variant
     tag = f"source-{variant.replace(':', '')}"
     if variant.startswith(("model:", "check:")):
         if args.train_images is not None or args.epochs is not None:
             raise SystemExit("--train-images and --epochs train a new source; model: and check: name a trained one")
-        kind, _, name = variant.partition(":")
-        if kind == "model":
-            variant_source = evaluation.models.get(name)
-        else:
-            variant_source = checked_models(evaluation, name, folder, "check:")[name]
-    elif variant == "keras" or (variant.startswith("seed:") and variant[5:].isdigit()):
-        seed = int(variant[5:]) if variant.startswith("seed:") else evaluation.config.seed
-        changes: dict[str, Any] = {}
-        data = None
-        if args.train_images is not None:
-            data, changes["val_data"] = first_training_images(evaluation, args.train_images)
-            changes["val_fraction"] = 0.0
-            tag += f"-first{args.train_images}"
-        if args.epochs is not None:
-            changes["epochs"] = args.epochs
-            tag += f"-epochs{args.epochs}"
-        init = "keras" if variant == "keras" else "torch"
-        variant_source = train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init, data=data, **changes)
-    else:
+        return tag
+    if not (variant == "keras" or (variant.startswith("seed:") and variant[5:].isdigit())):
         raise SystemExit(f"the source variant must be keras, seed:N, model:NAME or check:TAG, got {variant!r}")
-    sources = {"run": evaluation.models.get(SOURCE), variant: variant_source}
+    tag += f"-first{args.train_images}" if args.train_images is not None else ""
+    return tag + (f"-epochs{args.epochs}" if args.epochs is not None else "")
+
+
+def variant_source(evaluation: Evaluation, args: argparse.Namespace, tag: str, folder: Path) -> nn.Module:
+    """The ``source`` check's source: a model of the run, of an earlier check, or one trained now as `tag`."""
+    kind, _, name = args.variant.partition(":")
+    if kind == "model":
+        return evaluation.models.get(name)
+    if kind == "check":
+        return checked_models(evaluation, name, folder, "check:")[name]
+    changes: dict[str, Any] = {}
+    data = None
+    if args.train_images is not None:
+        data, changes["val_data"] = first_training_images(evaluation, args.train_images)
+        changes["val_fraction"] = 0.0
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    seed = int(name) if kind == "seed" else evaluation.config.seed
+    init = "keras" if kind == "keras" else "torch"
+    return train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init, data=data, **changes)
+
+
+def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    tag = source_tag(args)
     results = results_name(tag, args)
+    path = results_file(folder, results, args)
+    variant = args.variant
+    sources = {"run": evaluation.models.get(SOURCE), variant: variant_source(evaluation, args, tag, folder)}
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
     report: dict[str, Any] = {
         "check": results,
+        "arguments": check_arguments(args),
         "sources": {n: margins(m, x, y) for n, m in sources.items()},
         "cells": {},
     }
@@ -221,100 +171,8 @@ def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
             f"{d} {percent(a['run_source'])} -> {percent(a['variant_source'])}" for d, a in cell["accuracy"].items()
         )
         print(f"{attack} {eps} ({cell['images']} images): {line}", flush=True)
-        (folder / f"{results}.json").write_text(json.dumps(report, indent=1))
+        path.write_text(json.dumps(report, indent=1))
     return report
-
-
-def results_name(tag: str, args: argparse.Namespace) -> str:
-    """The name of a check's results file: the trained model's tag, and the preset when it is not ``paper``."""
-    return tag if args.preset == "paper" else f"{tag}-{args.preset}"
-
-
-def percent(value: float | None) -> str:
-    """An accuracy (%) to one decimal, "-" where there is none."""
-    return "-" if value is None else f"{value:.1f}"
-
-
-def checked_models(evaluation: Evaluation, tags: str | None, folder: Path, option: str) -> dict[str, nn.Module]:
-    """The models of earlier defense checks named by their tags (comma-separated, e.g. ``label_smoothing-first1000``;
-    the defense's name is the tag's first part), loaded from `folder`; `option` names the argument in the error."""
-    models = {}
-    for tag in tags.split(",") if tags else []:
-        weights = folder / f"{tag}.pt"
-        if not weights.is_file():
-            raise SystemExit(f"{option}: no trained check {weights}")
-        model = evaluation.models.build(tag.split("-")[0])
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        models[tag] = model.eval()
-    return models
-
-
-def crafted_on(
-    evaluation: Evaluation,
-    attacks: Attacks,
-    source: nn.Module,
-    attack: str,
-    eps: float | None,
-    limit: int,
-    judges: dict[str, nn.Module],
-) -> dict[str, Any]:
-    """`attack` as `attacks` builds it, crafted on `source` for the first `limit` test images of the run's chunks
-    (the run's per-chunk seeds), judged by `judges`, beside the run's cached verdicts for the same images (for
-    the judges that are defenses of the run)."""
-    started = time.perf_counter()
-
-    def crafted(chunk, x, y):
-        keep = chunk_stop(chunk, limit) - chunk[0]
-        x, y = x[:keep], y[:keep]
-        return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
-
-    chunks = first_chunks(evaluation, attack, limit)
-    variant_accuracy, images = judge(evaluation, judges, chunks, crafted)
-    run_accuracy = cached_accuracy(evaluation, attack, eps, limit)
-    accuracy = {
-        name: {"run_source": run_accuracy.get(name), "variant_source": variant_accuracy[name]} for name in judges
-    }
-    return {"images": images, "seconds": time.perf_counter() - started, "accuracy": accuracy}
-
-
-def cached_accuracy(evaluation: Evaluation, attack: str, eps: float | None, limit: int) -> dict[str, float]:
-    """The run's accuracy (%) of each of its defenses on the black-box `attack` at `eps`, on the first `limit` test
-    images of the attack's chunks (0: all of them), from the run's cached verdicts."""
-    kept: dict[str, list[torch.Tensor]] = {name: [] for name in evaluation.config.defenses}
-    for chunk in first_chunks(evaluation, attack, limit):
-        verdict = evaluation.cache.load("verdict", evaluation.attacks.verdict_key(attack, eps, chunk))
-        if verdict is None:
-            raise SystemExit(f"the run's cache lacks the verdicts of {attack} at {eps}, chunk {chunk}")
-        stop = chunk_stop(chunk, limit)
-        for name in kept:
-            kept[name].append(verdict["correct"][name][: stop - chunk[0]].float())
-    return {name: 100 * torch.cat(c).mean().item() for name, c in kept.items()}
-
-
-def chunk_stop(chunk: tuple[int, int], limit: int) -> int:
-    """Where a chunk's part among the first `limit` test images ends (0: no limit)."""
-    return min(chunk[1], limit) if limit else chunk[1]
-
-
-def first_chunks(evaluation: Evaluation, attack: str, limit: int) -> list[tuple[int, int]]:
-    """The run's chunks of the black-box `attack` that hold any of the first `limit` test images (0: all)."""
-    return [c for c in evaluation.blackbox_chunks(attack) if not limit or c[0] < limit]
-
-
-def paper_evaluation(run: Path, data_dir: str, preset: str = "paper") -> Evaluation:
-    """The `paper` run whose output folder (and cache) is `run`, on the MNIST files of `data_dir`, with the
-    settings of `preset` (``paper_table``: the same models, JSMA and C&W as before 16 August 2017)."""
-    config = load_config(preset_path(preset), {"data_dir": data_dir, "out_dir": str(run)})
-    return Evaluation(config, Workers(), log=print, progress=False)
-
-
-def parse_settings(items: list[str] | None) -> dict[str, Any]:
-    """The --set KEY=VALUE arguments (VALUE in JSON) as a dict."""
-    settings = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        settings[key] = json.loads(value)
-    return settings
 
 
 def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -332,6 +190,8 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     except ConfigError as error:
         raise SystemExit(f"--set: {error}") from error
     eps = args.eps if args.eps is not None else evaluation.attacks.eps(attack, None)
+    tag = results_name("-".join([f"attack-{attack}", *(f"{k}{v}" for k, v in changes.items())]), args)
+    path = results_file(folder, tag, args)
     source = evaluation.models.get(SOURCE)
     judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses} | {"source": source}
     attacks = Attacks(config, evaluation.data, evaluation.models, evaluation.cache)
@@ -339,27 +199,18 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     for name, a in cell["accuracy"].items():
         run = "" if a["run_source"] is None else f"run {a['run_source']:.2f} -> "
         print(f"{attack} {eps} {changes} ({cell['images']} images) {name}: {run}changed {a['variant_source']:.2f}")
-    tag = results_name("-".join([f"attack-{attack}", *(f"{k}{v}" for k, v in changes.items())]), args)
-    report = {"check": tag, "attack": attack, "eps": eps, "changes": changes, **cell}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{tag}.json").write_text(json.dumps(report, indent=1))
+    report = {"check": tag, "arguments": check_arguments(args), "attack": attack, "eps": eps, "changes": changes}
+    report |= cell
+    path.write_text(json.dumps(report, indent=1))
     return report
 
 
-def table_columns(names: str | None, eps_list: str | None) -> list[tuple[str, float | None]]:
-    """The (attack, eps) cells to judge: the table's columns named in `names` (None: all), FGSM and R+FGSM at each
-    eps of `eps_list` (comma-separated; None: the table's eps)."""
-    chosen = [(a, eps) for a, eps in COLUMNS if names is None or a in names.split(",")]
-    if eps_list is None:
-        return chosen
-    sweep = [float(e) for e in eps_list.split(",")]
-    return [(a, e) for a, eps in chosen for e in (sweep if a in ("fgsm", "rfgsm") else [eps])]
-
-
-def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+def defense_changes(
+    evaluation: Evaluation, args: argparse.Namespace, folder: Path
+) -> tuple[str, int, tuple[torch.Tensor, torch.Tensor] | None, dict[str, Any]]:
+    """What ``defense`` changes in the training of its model: (the variant's tag, its seed, its training set or None
+    for the run's, the other arguments of :func:`paper_cells.train_variant`)."""
     name = args.name
-    if name not in evaluation.config.defenses or name == "feature_squeezing":
-        raise SystemExit(f"the defense must be one of the run's trained defenses, got {name!r}")
     settings = parse_settings(args.set)
     changes: dict[str, Any] = {"settings": settings}
     if args.patience is not None:
@@ -400,7 +251,16 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         parts.append(f"examplesof-{args.examples_from}")
     if args.init == "keras":
         parts.append("kerasinit")
-    tag = "-".join([name, *parts])
+    return "-".join([name, *parts]), seed, data, changes
+
+
+def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    name = args.name
+    if name not in evaluation.config.defenses or name == "feature_squeezing":
+        raise SystemExit(f"the defense must be one of the run's trained defenses, got {name!r}")
+    tag, seed, data, changes = defense_changes(evaluation, args, folder)
+    results = results_name(f"{tag}-images{args.images}" if args.images else tag, args)  # and the images judged
+    path = results_file(folder, results, args)
     variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, init=args.init, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
@@ -409,8 +269,7 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
         n: {**margins(m, x, y), "train_accuracy": margins(m, train_x, train_y)["clean_accuracy"]}
         for n, m in judges.items()
     }
-    results = results_name(f"{tag}-images{args.images}" if args.images else tag, args)  # and the images judged
-    report: dict[str, Any] = {"check": results, "models": models, "cells": {}}
+    report: dict[str, Any] = {"check": results, "arguments": check_arguments(args), "models": models, "cells": {}}
     print(json.dumps(report["models"]), flush=True)
     attacks = evaluation.attacks
     source = evaluation.models.get(SOURCE)
@@ -434,11 +293,12 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
             f"{attack} {eps} ({images} images): run {accuracy['run']:.2f} -> variant {accuracy['variant']:.2f}",
             flush=True,
         )
-        (folder / f"{results}.json").write_text(json.dumps(report, indent=1))
+        path.write_text(json.dumps(report, indent=1))
     return report
 
 
-def main() -> None:
+def command_line() -> argparse.ArgumentParser:
+    """The command line of the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--run", default="runs/paper-mnist", help="the paper run's output folder (its cache)")
@@ -505,7 +365,11 @@ def main() -> None:
         choices=("train", "test"),
         help="--keras-validation: the offline examples made of the training images (default) or of the test images",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = command_line().parse_args()
     if getattr(args, "epochs", None) is not None and args.epochs < 1:
         raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
     set_threads(args.threads, torch.device("cpu"))

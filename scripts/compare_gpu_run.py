@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from check_paper_cells import COLUMNS, cached_accuracy, margins, paper_evaluation  # beside this script
+from paper_cells import COLUMNS, cached_accuracy, margins, paper_evaluation  # beside this script
 
 from nemesis_fast.evaluation.config import defense_label
 

@@ -81,10 +81,3 @@ def test_first_training_images_hold_out_the_last_tenth_unshuffled():
     for bad in (5, 51):
         with pytest.raises(SystemExit, match="--train-images must be in"):
             authors.first_training_images(evaluation, bad)
-
-
-def test_check_columns_sweep_fgsm_and_rfgsm_only():
-    check = load_script("check_paper_cells")
-    assert check.table_columns("fgsm,rfgsm", None) == [("fgsm", 0.1), ("rfgsm", 0.3)]
-    assert check.table_columns("fgsm,deepfool", "0.1,0.2") == [("fgsm", 0.1), ("fgsm", 0.2), ("deepfool", None)]
-    assert [c for c, _ in check.table_columns(None, None)] == ["fgsm", "rfgsm", "deepfool", "jsma", "cw"]

@@ -1,0 +1,54 @@
+"""scripts/paper_cells.py and check_paper_cells.py's command line: the cells a check judges, the names of its
+variants, and the rule that a check never overwrites the results of another."""
+
+import argparse
+import json
+
+import pytest
+from _support import load_script
+
+cells = load_script("paper_cells")
+check = load_script("check_paper_cells")
+
+
+def test_check_columns_sweep_fgsm_and_rfgsm_only():
+    assert cells.table_columns("fgsm,rfgsm", None) == [("fgsm", 0.1), ("rfgsm", 0.3)]
+    assert cells.table_columns("fgsm,deepfool", "0.1,0.2") == [("fgsm", 0.1), ("fgsm", 0.2), ("deepfool", None)]
+    assert [c for c, _ in cells.table_columns(None, None)] == ["fgsm", "rfgsm", "deepfool", "jsma", "cw"]
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return check.command_line().parse_args(["--data-dir", "unused", *argv])
+
+
+def test_a_check_never_overwrites_the_results_of_another(tmp_path):
+    args = _args("source", "seed:1", "--images", "100", "--columns", "fgsm")
+    path = cells.results_file(tmp_path / "checks", "source-seed1", args)
+    assert path == tmp_path / "checks" / "source-seed1.json" and path.parent.is_dir()
+    path.write_text(json.dumps({"arguments": cells.check_arguments(args), "cells": {"fgsm 0.1": {}}}))
+    # The same check again (a rerun, or another --threads or --data-dir) may write it again.
+    rerun = _args("--threads", "2", "source", "seed:1", "--images", "100", "--columns", "fgsm")
+    assert cells.results_file(tmp_path / "checks", "source-seed1", rerun) == path
+    for other in (
+        _args("source", "seed:1", "--images", "200", "--columns", "fgsm"),
+        _args("source", "seed:1", "--images", "100", "--columns", "rfgsm"),
+        _args("--preset", "paper_table", "source", "seed:1", "--images", "100", "--columns", "fgsm"),
+    ):
+        with pytest.raises(SystemExit, match="holds the results of another check .* move it away"):
+            cells.results_file(tmp_path / "checks", "source-seed1", other)
+    # A file written before the checks recorded their arguments is never overwritten either.
+    path.write_text(json.dumps({"cells": {}}))
+    with pytest.raises(SystemExit, match="arguments not recorded"):
+        cells.results_file(tmp_path / "checks", "source-seed1", args)
+    assert json.loads(path.read_text()) == {"cells": {}}
+
+
+def test_source_variants_are_named_before_any_training():
+    assert check.source_tag(_args("source", "seed:3", "--epochs", "1")) == "source-seed3-epochs1"
+    assert check.source_tag(_args("source", "keras", "--train-images", "1000")) == "source-keras-first1000"
+    assert check.source_tag(_args("source", "check:standard-first1000")) == "source-checkstandard-first1000"
+    with pytest.raises(SystemExit, match="model: and check: name a trained one"):
+        check.source_tag(_args("source", "model:standard", "--epochs", "1"))
+    for bad in ("seed:x", "resnet", "seed:"):
+        with pytest.raises(SystemExit, match="must be keras, seed:N, model:NAME or check:TAG"):
+            check.source_tag(_args("source", bad))
