@@ -54,7 +54,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=("mnist", "cifar10"), help="default: mnist")
     p.add_argument("--synthetic", action="store_true", help="random data of the data set's shape (throughput runs)")
     p.add_argument("--test-samples", type=int, help="attack only the first N test images (0: all)")
-    p.add_argument("--out", help="output folder (default: nemesis-results)")
+    p.add_argument(
+        "--out", help="output folder (default: nemesis-results); one holding the results of another run is refused"
+    )
     p.add_argument(
         "--cache-dir",
         help="cache folder (default: <out>/cache); under torchrun on several machines it need not be shared",

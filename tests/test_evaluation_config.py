@@ -205,3 +205,31 @@ def test_a_config_can_start_from_another(tmp_path):
         (tmp_path / "loop.toml").write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(tmp_path / "loop.toml")
+
+
+def test_a_run_never_overwrites_the_results_of_a_run_with_other_settings(tmp_path):
+    import json
+
+    from nemesis_fast.evaluation.load import check_out_dir
+
+    out = tmp_path / "out"
+    config = load_config(write_config(tmp_path), {"out_dir": str(out)})
+    check_out_dir(config)  # no folder yet
+    out.mkdir()
+    earlier = config.to_dict()
+    earlier["training"].pop("source_epochs")  # a run written before that setting existed
+    earlier |= {"device": "cuda", "threads": 16, "data_dir": "/elsewhere", "cache_dir": "/shared/cache"}
+    (out / "results.json").write_text(json.dumps({"config": earlier, "cells": ["kept"]}))
+    check_out_dir(config)  # the same settings, from another place and device: it resumes or repeats
+    for key, text in (
+        ("test_samples: 24 -> 48", TINY.replace("test_samples = 24", "test_samples = 48")),
+        ("training.source_epochs: '\\(unset\\)' -> 1", TINY.replace("[training]", "[training]\nsource_epochs = 1")),
+    ):
+        with pytest.raises(ConfigError, match=f"out_dir: .* other settings \\({key}\\); choose another out_dir"):
+            evaluate(write_config(tmp_path, text), out_dir=str(out), log=False)
+    (out / "results.json").write_text("not json")
+    with pytest.raises(ConfigError, match="is not the results of an evaluation"):
+        evaluate(write_config(tmp_path), out_dir=str(out), log=False)
+    assert (out / "results.json").read_text() == "not json" and sorted(p.name for p in out.iterdir()) == [
+        "results.json"
+    ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, PRESETS_DIR, ConfigError, EvalConfig
-from .load import load_config
+from .load import check_out_dir, load_config
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
@@ -68,6 +68,8 @@ def evaluate(
         if config is None and not overrides.get("data_dir"):
             config = preset_path("quick")
         config = load_config(config, overrides)
+    if not cached_only:
+        check_out_dir(config)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
     workers = start(config.device, config.threads)

@@ -275,3 +275,43 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if value is not None:
             values[key] = value
     return validate(_build(EvalConfig, values, ""))
+
+
+# Where a run reads and writes and how fast it goes, not what it computes.
+_PLACE_KEYS = {"data_dir", "device", "threads", "out_dir", "cache_dir"}
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 32 else text[:29] + "..."
+
+
+def check_out_dir(config: EvalConfig) -> None:
+    """Refuses, before any work, a run whose out_dir holds the results.json of a run with other settings (or a
+    results.json that is not an evaluation's), which its outputs would overwrite. The same settings again (a
+    resumed or repeated run, from another data folder, device or cache) may write there; a setting the earlier
+    run's file predates counts as the same when it has its default value."""
+    path = Path(config.out_dir).expanduser() / "results.json"
+    if not path.is_file():
+        return
+    move = "choose another out_dir or move it away"
+    try:
+        earlier = _flat(json.loads(path.read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"out_dir: {path} is not the results of an evaluation; {move}") from error
+    now = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+    defaults = _flat(json.loads(json.dumps(EvalConfig().to_dict(), default=str)))
+    changed = [
+        key for key, value in now.items() if key not in _PLACE_KEYS and earlier.get(key, defaults.get(key)) != value
+    ]
+    if changed:
+        shown = ", ".join(f"{k}: {_short(earlier.get(k, '(unset)'))} -> {_short(now[k])}" for k in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise ConfigError(f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}")
