@@ -49,7 +49,8 @@ at 0.1-1.0).
 
 ``--preset paper_table`` (before the kind of check) crafts and judges with that preset's attack settings (JSMA theta
 0.1, C&W confidence 2.3: the scripts' until 16 August 2017) beside its verdicts in the same cache; the results file
-then ends in ``-paper_table``.
+then ends in ``-paper_table``. ``--label TEXT`` (before the kind of check) appends ``-TEXT`` to the results file's
+name, e.g. to judge more models (``--also``) beside a source check already made.
 
 Trained variants are kept in `<run>/checks/` (with an epoch checkpoint), so a rerun resumes; the results go to
 `<run>/checks/<name>.json` (``defense``: `<name>-images<N>.json` with ``--images``), with the check's arguments. A
@@ -308,6 +309,9 @@ def command_line() -> argparse.ArgumentParser:
         choices=("paper", "paper_table"),
         default="paper",
         help="the attack settings (paper_table: JSMA theta 0.1, C&W confidence 2.3; its verdicts in the same cache)",
+    )
+    parser.add_argument(
+        "--label", help="appended to the results file's name: keeps another variant of a check beside the first"
     )
     kinds = parser.add_subparsers(dest="kind", required=True)
     source = kinds.add_parser("source", help="another black-box source")

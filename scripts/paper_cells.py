@@ -190,8 +190,10 @@ def parse_settings(items: list[str] | None) -> dict[str, Any]:
 
 
 def results_name(tag: str, args: argparse.Namespace) -> str:
-    """The name of a check's results file: the trained model's tag, and the preset when it is not ``paper``."""
-    return tag if args.preset == "paper" else f"{tag}-{args.preset}"
+    """The name of a check's results file: the trained model's tag, the preset when it is not ``paper``, and the
+    ``--label`` when there is one."""
+    parts = [tag] + ([args.preset] if args.preset != "paper" else []) + ([args.label] if args.label else [])
+    return "-".join(parts)
 
 
 def percent(value: float | None) -> str:

@@ -52,3 +52,10 @@ def test_source_variants_are_named_before_any_training():
     for bad in ("seed:x", "resnet", "seed:"):
         with pytest.raises(SystemExit, match="must be keras, seed:N, model:NAME or check:TAG"):
             check.source_tag(_args("source", bad))
+
+
+def test_results_names_carry_the_preset_and_the_label():
+    assert cells.results_name("source-seed1", _args("source", "seed:1")) == "source-seed1"
+    table = _args("--preset", "paper_table", "--label", "judges", "source", "seed:1")
+    assert cells.results_name("source-seed1", table) == "source-seed1-paper_table-judges"
+    assert cells.results_name("gda-epochs1", _args("--label", "x", "defense", "gda")) == "gda-epochs1-x"
