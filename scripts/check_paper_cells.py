@@ -30,9 +30,11 @@ TAG] [--images N] [--noisy-validation | --keras-validation | --cleverhans-2017 |
 fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: the defense retrained with recipe settings, the early-stopping patience, the
 epochs, the seed or the initialisation changed (``--init keras``: the authors' Keras 2.0 defaults, as for ``source
 keras``), or validated on the rows the authors' Keras code validated on (``validation_split`` holds out the *last*
-10% of the rows it is given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), for the offline
-recipes (FGSM adversarial training, VAT) their examples of the last 12,000 training images, with the originals and
-the other examples trained on (``--keras-validation``; with ``--examples-of test`` the examples are made of the
+10% of the rows it is given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), or the authors'
+own rows (``--keras-validation``: all 60,000 originals, then 10 noisy copies of all of them, copy by copy, unclipped;
+the last 66,000 rows, noisy copies of images trained on, validate), for the offline recipes (FGSM adversarial
+training, VAT) their examples of the last 12,000 training images, with the originals and the other examples trained
+on (``--keras-validation``; with ``--examples-of test`` the examples are made of the
 test images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained
 on, 7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
 cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
@@ -348,7 +350,9 @@ def command_line() -> argparse.ArgumentParser:
     validation = defense.add_mutually_exclusive_group()
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")
     validation.add_argument(
-        "--keras-validation", action="store_true", help="offline recipes: validate on the last 10%% of the rows"
+        "--keras-validation",
+        action="store_true",
+        help="GDA, offline recipes: the authors' rows, the last 10%% of them validating",
     )
     validation.add_argument(
         "--cleverhans-2017",
