@@ -42,12 +42,13 @@ normalisation, its KL averaged over all 60,000 images as their one call did, or 
 ``--vat-mean-over 0``; validated on clean held-out originals as the run), or trained on the first N training images
 only (``--train-images``: the authors' `train.py` of 27 June 2017 trained on the first 1,000, validating on the
 last 100 of them); ``--examples-from TAG`` has the CNN of an earlier check (e.g. ``standard-first1000``) make an
-offline recipe's examples. Prints each model's accuracy on the clean test and training images. Judged beside the
-run's model on the run's own cached black-box adversarials (all test images, or the first N with ``--images N``),
-crafted again on the run's source with the run's per-chunk seeds where the cache no longer holds them (the
-committed archive keeps verdicts, not images; DeepFool, JSMA and C&W then take long: ``--images`` and ``--columns``
-limit them). ``--eps`` judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them
-at 0.1-1.0).
+offline recipe's examples; ``--unfinished`` judges the best weights so far of a check whose training is still going (or
+was stopped), from its epoch checkpoint, without training. Prints each model's accuracy on the clean test and training
+images. Judged beside the run's model on the run's own cached black-box adversarials (all test images, or the first N
+with ``--images N``), crafted again on the run's source with the run's per-chunk seeds where the cache no longer holds
+them (the committed archive keeps verdicts, not images; DeepFool, JSMA and C&W then take long: ``--images`` and
+``--columns`` limit them). ``--eps`` judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook
+plots them at 0.1-1.0).
 
 ``--preset paper_table`` (before the kind of check) crafts and judges with that preset's attack settings (JSMA theta
 0.1, C&W confidence 2.3: the scripts' until 16 August 2017) beside its verdicts in the same cache; the results file
@@ -103,6 +104,7 @@ from paper_cells import (  # beside this script
     results_name,
     table_columns,
     train_variant,
+    unfinished_variant,
 )
 from torch import nn
 
@@ -262,9 +264,14 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
     if name not in evaluation.config.defenses or name == "feature_squeezing":
         raise SystemExit(f"the defense must be one of the run's trained defenses, got {name!r}")
     tag, seed, data, changes = defense_changes(evaluation, args, folder)
-    results = results_name(f"{tag}-images{args.images}" if args.images else tag, args)  # and the images judged
+    judged = tag
+    if args.unfinished:
+        variant, judged = unfinished_variant(evaluation, name, tag, folder)
+        judged = f"{tag}-{judged}"
+    results = results_name(f"{judged}-images{args.images}" if args.images else judged, args)  # and the images judged
     path = results_file(folder, results, args)
-    variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, init=args.init, **changes)
+    if not args.unfinished:
+        variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, init=args.init, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
     train_x, train_y = to_float(evaluation.data.train_images), evaluation.data.train_labels
@@ -346,6 +353,11 @@ def command_line() -> argparse.ArgumentParser:
     defense.add_argument("--images", type=int, default=0, help="judge on the first N test images (default: all)")
     defense.add_argument(
         "--examples-from", help="offline recipes: the CNN of another check (its tag) makes the examples, not the run's"
+    )
+    defense.add_argument(
+        "--unfinished",
+        action="store_true",
+        help="judge the best weights so far of this check's training, still going or stopped, without training",
     )
     validation = defense.add_mutually_exclusive_group()
     validation.add_argument("--noisy-validation", action="store_true", help="GDA: validate on noisy held-out images")

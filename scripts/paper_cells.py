@@ -16,6 +16,7 @@ from nemesis_fast.evaluation import load_config, preset_path
 from nemesis_fast.evaluation.attack import Attacks
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.parallel import Workers
+from nemesis_fast.resume import FileCheckpoint
 from nemesis_fast.training import train
 
 # The black-box table's columns, FGSM and R+FGSM at the table's eps (the authors' notebook of 17 July 2017). Checks
@@ -80,6 +81,21 @@ def train_variant(
     torch.save(model.state_dict(), path)
     (folder / f"{tag}.ckpt").unlink(missing_ok=True)
     return model.eval()
+
+
+def unfinished_variant(evaluation: Evaluation, name: str, tag: str, folder: Path) -> tuple[nn.Module, str]:
+    """Model `name` with the best weights so far of check `tag`'s training, still going or stopped (from its epoch
+    checkpoint), and a name part saying which epoch they are, e.g. ``unfinished-epoch7of9``."""
+    path = folder / f"{tag}.ckpt"
+    if not path.is_file():
+        raise SystemExit(f"--unfinished: no epoch checkpoint {path} (a finished check keeps {tag}.pt instead)")
+    state = FileCheckpoint(path).load()
+    model = evaluation.models.build(name)
+    best = state["best_state"] is not None
+    model.load_state_dict(state["best_state"] if best else state["model"])
+    epoch = state["best_epoch"] if best else state["epoch"]
+    print(f"{tag}: unfinished, the weights of epoch {epoch} (best so far) of {state['epoch']} trained", flush=True)
+    return model.eval(), f"unfinished-epoch{epoch}of{state['epoch']}"
 
 
 def checked_models(evaluation: Evaluation, tags: str | None, folder: Path, option: str) -> dict[str, nn.Module]:

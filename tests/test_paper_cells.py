@@ -59,3 +59,26 @@ def test_results_names_carry_the_preset_and_the_label():
     table = _args("--preset", "paper_table", "--label", "judges", "source", "seed:1")
     assert cells.results_name("source-seed1", table) == "source-seed1-paper_table-judges"
     assert cells.results_name("gda-epochs1", _args("--label", "x", "defense", "gda")) == "gda-epochs1-x"
+
+
+def test_an_unfinished_check_is_judged_with_its_best_weights_so_far(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from nemesis_fast.resume import FileCheckpoint
+
+    evaluation = SimpleNamespace(models=SimpleNamespace(build=lambda name: nn.Linear(2, 2)))
+    with pytest.raises(SystemExit, match="no epoch checkpoint .*gda-x.ckpt"):
+        cells.unfinished_variant(evaluation, "gda", "gda-x", tmp_path)
+    best, latest = nn.Linear(2, 2).state_dict(), nn.Linear(2, 2).state_dict()
+    state = {"epoch": 9, "best_epoch": 7, "best_state": best, "model": latest}
+    FileCheckpoint(tmp_path / "gda-x.ckpt").save(state)
+    model, part = cells.unfinished_variant(evaluation, "gda", "gda-x", tmp_path)
+    assert part == "unfinished-epoch7of9" and not model.training
+    torch.testing.assert_close(model.weight, best["weight"])
+    FileCheckpoint(tmp_path / "gda-x.ckpt").save({**state, "best_state": None, "best_epoch": None})
+    model, part = cells.unfinished_variant(evaluation, "gda", "gda-x", tmp_path)  # no validation: the latest
+    assert part == "unfinished-epoch9of9"
+    torch.testing.assert_close(model.weight, latest["weight"])
