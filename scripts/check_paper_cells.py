@@ -140,15 +140,13 @@ def variant_source(evaluation: Evaluation, args: argparse.Namespace, tag: str, f
     if kind == "check":
         return checked_models(evaluation, name, folder, "check:")[name]
     changes: dict[str, Any] = {}
-    data = None
     if args.train_images is not None:
-        data, changes["val_data"] = first_training_images(evaluation, args.train_images)
-        changes["val_fraction"] = 0.0
+        changes["rows"] = lambda: first_training_images(evaluation, args.train_images)
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     seed = int(name) if kind == "seed" else evaluation.config.seed
     init = "keras" if kind == "keras" else "torch"
-    return train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init, data=data, **changes)
+    return train_variant(evaluation, SOURCE, tag, folder, seed=seed, init=init, **changes)
 
 
 def check_source(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -210,11 +208,9 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     return report
 
 
-def defense_changes(
-    evaluation: Evaluation, args: argparse.Namespace, folder: Path
-) -> tuple[str, int, tuple[torch.Tensor, torch.Tensor] | None, dict[str, Any]]:
-    """What ``defense`` changes in the training of its model: (the variant's tag, its seed, its training set or None
-    for the run's, the other arguments of :func:`paper_cells.train_variant`)."""
+def defense_changes(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> tuple[str, int, dict[str, Any]]:
+    """What ``defense`` changes in the training of its model: (the variant's tag, its seed, the other arguments of
+    :func:`paper_cells.train_variant`, among them `rows`, which builds another training set only when it trains)."""
     name = args.name
     settings = parse_settings(args.set)
     changes: dict[str, Any] = {"settings": settings}
@@ -224,28 +220,26 @@ def defense_changes(
     if args.epochs is not None:
         changes["epochs"] = args.epochs
         parts.append(f"epochs{args.epochs}")
-    seed, data = evaluation.config.seed, None
+    seed = evaluation.config.seed
     if args.seed is not None:
         seed = args.seed
         parts.append(f"seed{seed}")
     if args.noisy_validation:
-        data, changes["val_data"] = noisy_validation(evaluation, name, seed)
-        changes["val_fraction"] = 0.0
+        changes["rows"] = lambda: noisy_validation(evaluation, name, seed)
         parts.append("noisyval")
     if args.examples_of is not None and not args.keras_validation:
         raise SystemExit("--examples-of needs --keras-validation")
     if args.keras_validation:
         examples_of = args.examples_of or "train"
-        data, changes["val_data"] = keras_validation(evaluation, name, seed, examples_of)
-        changes["val_fraction"], changes["recipe"] = 0.0, "standard"
+        changes["rows"] = lambda: keras_validation(evaluation, name, seed, examples_of)
+        changes["recipe"] = "standard"
         parts.append("kerasval" + ("-testexamples" if examples_of == "test" else ""))
     if args.cleverhans_2017:
-        data, changes["val_data"] = authors_vat_data(evaluation, name, seed, args.vat_mean_over)
-        changes["val_fraction"], changes["recipe"] = 0.0, "standard"
+        changes["rows"] = lambda: authors_vat_data(evaluation, name, seed, args.vat_mean_over)
+        changes["recipe"] = "standard"
         parts.append("cleverhans2017" + (f"-mean{args.vat_mean_over}" if args.vat_mean_over else ""))
     if args.train_images is not None:
-        data, changes["val_data"] = first_training_images(evaluation, args.train_images)
-        changes["val_fraction"] = 0.0
+        changes["rows"] = lambda: first_training_images(evaluation, args.train_images)
         parts.append(f"first{args.train_images}")
     if args.examples_from is not None:
         if "source_model" not in evaluation.models.key(name) or "recipe" in changes:
@@ -256,22 +250,22 @@ def defense_changes(
         parts.append(f"examplesof-{args.examples_from}")
     if args.init == "keras":
         parts.append("kerasinit")
-    return "-".join([name, *parts]), seed, data, changes
+    return "-".join([name, *parts]), seed, changes
 
 
 def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     name = args.name
     if name not in evaluation.config.defenses or name == "feature_squeezing":
         raise SystemExit(f"the defense must be one of the run's trained defenses, got {name!r}")
-    tag, seed, data, changes = defense_changes(evaluation, args, folder)
+    tag, seed, changes = defense_changes(evaluation, args, folder)
     judged = tag
     if args.unfinished:
-        variant, judged = unfinished_variant(evaluation, name, tag, folder)
-        judged = f"{tag}-{judged}"
+        variant, epochs = unfinished_variant(evaluation, name, tag, folder)
+        judged = f"{tag}-{epochs}"
     results = results_name(f"{judged}-images{args.images}" if args.images else judged, args)  # and the images judged
     path = results_file(folder, results, args)
     if not args.unfinished:
-        variant = train_variant(evaluation, name, tag, folder, seed=seed, data=data, init=args.init, **changes)
+        variant = train_variant(evaluation, name, tag, folder, seed=seed, init=args.init, **changes)
     judges = {"run": evaluation.models.get(name), "variant": variant}
     x, y = evaluation.attacks.test_chunk((0, len(evaluation.data.test_labels)))
     train_x, train_y = to_float(evaluation.data.train_images), evaluation.data.train_labels

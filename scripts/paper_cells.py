@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,14 @@ def train_variant(
     *,
     seed: int,
     init: str = "torch",
-    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    rows: Callable[[], tuple[tuple, tuple]] | None = None,
     recipe: str | None = None,
     source: nn.Module | None = None,
     **changes: Any,
 ) -> nn.Module:
     """Model `name` of the run trained again as `tag` with `changes` (recipe settings, other arguments of
-    :func:`nemesis_fast.train`) on `data` (None: the run's training set), or loaded when trained before.
+    :func:`nemesis_fast.train`), or loaded when trained before. `rows` builds ((training images, labels),
+    (validation images, labels)) when the model is trained (None: the run's training set and split).
     `recipe` replaces the run's recipe of the model (then only `changes` give its settings); `source` replaces
     the run's CNN as the model an offline recipe makes its examples with."""
     models = evaluation.models
@@ -71,7 +73,10 @@ def train_variant(
     budget = {**models.budget(name), "seed": seed, **changes}
     if source is None and "source_model" in key and recipe is None:
         source = models.get("standard")
-    data = data or (evaluation.data.train_images, evaluation.data.train_labels)
+    data = (evaluation.data.train_images, evaluation.data.train_labels)
+    if rows is not None:
+        data, budget["val_data"] = rows()
+        budget["val_fraction"] = 0.0
     recipe = recipe or key["recipe"]
     result = train(
         model, data, recipe, settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"
