@@ -20,6 +20,11 @@ import torch
 from .._io import torch_save_atomic
 
 
+def as_read_back(value: Any) -> Any:
+    """`value` as JSON gives it back: tuples as lists, objects JSON cannot hold as their str."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def settings_key(kind: str, settings: dict[str, Any]) -> str:
     """A short stable hash of `kind` and `settings` (JSON-serialisable)."""
     from .._version import __version__
@@ -48,7 +53,7 @@ class ResultCache:
             warnings.warn(f"discarding unreadable cache entry {path}: {error}", RuntimeWarning, stacklevel=2)
             path.unlink(missing_ok=True)
             return None
-        if not isinstance(entry, dict) or entry.get("settings") != json.loads(json.dumps(settings, default=str)):
+        if not isinstance(entry, dict) or entry.get("settings") != as_read_back(settings):
             warnings.warn(f"discarding cache entry {path}: its settings do not match", RuntimeWarning, stacklevel=2)
             path.unlink(missing_ok=True)
             return None
@@ -57,7 +62,7 @@ class ResultCache:
     def save(self, kind: str, settings: dict[str, Any], payload: dict[str, Any]) -> Path:
         """Stores `payload` (tensors, numbers, strings, lists and dicts of them) for (`kind`, `settings`)."""
         path = self.path(kind, settings)
-        torch_save_atomic(path, {**payload, "settings": json.loads(json.dumps(settings, default=str))})
+        torch_save_atomic(path, {**payload, "settings": as_read_back(settings)})
         return path
 
     def discard(self, kind: str, settings: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._checks import check_device
 from ..data import cifar10, mnist
+from .cache import as_read_back
 from .config import (
     ATTACKS,
     DATASET_DEFAULTS,
@@ -306,8 +307,8 @@ def check_out_dir(config: EvalConfig) -> None:
         earlier = _flat(json.loads(path.read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ConfigError(f"out_dir: {path} is not the results of an evaluation; {move}") from error
-    now = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
-    defaults = _flat(json.loads(json.dumps(EvalConfig().to_dict(), default=str)))
+    now = _flat(as_read_back(config.to_dict()))
+    defaults = _flat(as_read_back(EvalConfig().to_dict()))
     changed = [
         key for key, value in now.items() if key not in _PLACE_KEYS and earlier.get(key, defaults.get(key)) != value
     ]
