@@ -47,8 +47,8 @@ was stopped), from its epoch checkpoint, without training. Prints each model's a
 images. Judged beside the run's model on the run's own cached black-box adversarials (all test images, or the first N
 with ``--images N``), crafted again on the run's source with the run's per-chunk seeds where the cache no longer holds
 them (the committed archive keeps verdicts, not images; DeepFool, JSMA and C&W then take long: ``--images`` and
-``--columns`` limit them). ``--eps`` judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook
-plots them at 0.1-1.0).
+``--columns`` limit them; whole chunks crafted so go into the run's cache, for the next check). ``--eps`` judges
+FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them at 0.1-1.0).
 
 ``--preset paper_table`` (before the kind of check) crafts and judges with that preset's attack settings (JSMA theta
 0.1, C&W confidence 2.3: the scripts' until 16 August 2017) beside its verdicts in the same cache; the results file
@@ -283,10 +283,12 @@ def check_defense(evaluation: Evaluation, args: argparse.Namespace, folder: Path
 
         def stored(chunk, x, y, attack=attack, eps=eps):
             keep = chunk_stop(chunk, args.images) - chunk[0]
+            if keep == len(y):  # a whole chunk: crafted once and cached, as the run does
+                return attacks.adversarial(attack, eps, chunk)["x_adv"].to(x.device), y
             x, y = x[:keep], y[:keep]
             entry = evaluation.cache.load("blackbox", attacks.blackbox_key(attack, eps, chunk))
             if entry is not None:
-                return entry["x_adv"][:keep], y
+                return entry["x_adv"][:keep].to(x.device), y
             return attacks.make(attack, source, attacks.seed(attack, chunk), eps).run(x, y).x_adv, y
 
         accuracy, images = judge(evaluation, judges, first_chunks(evaluation, attack, args.images), stored)

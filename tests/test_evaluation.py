@@ -151,6 +151,22 @@ def test_a_damaged_cache_entry_is_recomputed(tmp_path):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
 
 
+def test_adversarial_images_are_crafted_once_and_shared_with_the_verdicts(tmp_path, monkeypatch):
+    config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
+    attacks = Evaluation(config, Workers(), log=lambda m: None, progress=False).attacks
+    entry = attacks.adversarial("fgsm", None, (0, 8))
+    assert entry["x_adv"].shape == (8, 1, 28, 28) and entry["l2"].shape == (8,)
+
+    def craft_again(*args, **kwargs):
+        raise AssertionError("crafted again instead of read from the cache")
+
+    monkeypatch.setattr(attacks, "make", craft_again)
+    torch.testing.assert_close(attacks.adversarial("fgsm", None, (0, 8))["x_adv"], entry["x_adv"])
+    verdict = attacks.blackbox("fgsm", None, (0, 8))  # judged on the cached images, not new ones
+    torch.testing.assert_close(verdict["l2"], entry["l2"])
+    assert set(verdict["correct"]) == set(config.defenses)
+
+
 @pytest.mark.slow
 def test_sharded_run_equals_single_process(tmp_path):
     config = write_config(tmp_path)

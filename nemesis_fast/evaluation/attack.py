@@ -127,14 +127,25 @@ class Attacks:
         """Adversarial images of `chunk` crafted on the source model (cached: "blackbox"), and every defense's
         verdict on them (cached apart: "verdict", a few kB, so that the verdicts can be kept where the
         adversarial images, 4 bytes a pixel, cannot)."""
-        key = self.blackbox_key(attack, eps, chunk)
         verdict_key = self.verdict_key(attack, eps, chunk)
         verdict = self.cache.load("verdict", verdict_key)
         if verdict is not None:
             return verdict
-        x, y = self.test_chunk(chunk)
+        _, y = self.test_chunk(chunk)
+        entry = self.adversarial(attack, eps, chunk)
+        x_adv = entry["x_adv"].to(self.device)
+        correct = {d: (self.predict(self.models.get(d), x_adv) == y).cpu() for d in self.config.defenses}
+        verdict = {**{k: entry[k] for k in ("l2", "linf", "l0", "seconds")}, "correct": correct}
+        self.cache.save("verdict", verdict_key, verdict)
+        return verdict
+
+    def adversarial(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
+        """The adversarial images of `chunk` crafted on the source model, from the cache ("blackbox") or crafted
+        now and cached: x_adv (B, C, H, W) on the CPU, their l2, linf and l0 distances (B,), the seconds taken."""
+        key = self.blackbox_key(attack, eps, chunk)
         entry = self.cache.load("blackbox", key)
         if entry is None:
+            x, y = self.test_chunk(chunk)
             started = time.perf_counter()
             result = self.make(attack, self.models.get(SOURCE), self.seed(attack, chunk), eps).run(x, y)
             entry = {
@@ -145,11 +156,7 @@ class Attacks:
                 "seconds": time.perf_counter() - started,
             }
             self.cache.save("blackbox", key, entry)
-        x_adv = entry["x_adv"].to(self.device)
-        correct = {d: (self.predict(self.models.get(d), x_adv) == y).cpu() for d in self.config.defenses}
-        verdict = {**{k: entry[k] for k in ("l2", "linf", "l0", "seconds")}, "correct": correct}
-        self.cache.save("verdict", verdict_key, verdict)
-        return verdict
+        return entry
 
     def has_bpda(self, defense: str) -> bool:
         """Whether `defense` has a part whose own gradient hides the input's influence, so that white-box attacks
