@@ -16,11 +16,17 @@ from ._cli_evaluate import THREADS_HELP
 DATASETS = ("mnist", "cifar10")
 
 
+_WORDS = {"true": True, "false": False, "none": None}
+
+
 def _setting(text: str) -> tuple[str, Any]:
-    """KEY=VALUE with VALUE a Python literal (0.3, 10, (0, 1), True) or else a string (online)."""
+    """KEY=VALUE with VALUE true, false or none (any case), a Python literal (0.3, 10, (0, 1), True) or else a
+    string (online)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    if value.lower() in _WORDS:
+        return key, _WORDS[value.lower()]
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -62,6 +68,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out for validation")
+    p.add_argument(
+        "--val-rows",
+        choices=("images", "last"),
+        default="images",
+        help="images: a random --val-fraction of the images, validated clean (default); last: the last rows of the "
+        "training set as the recipe lays it out (GDA's fixed copies, offline examples), as Keras' validation_split",
+    )
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs; 0: never stop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
@@ -109,6 +122,7 @@ def _train_kwargs(args: argparse.Namespace, device: torch.device) -> dict[str, A
         batch_size=args.batch_size,
         lr=args.lr,
         val_fraction=args.val_fraction,
+        val_rows=args.val_rows,
         patience=args.patience or None,
         device=device,
         amp=args.amp or False,
@@ -172,7 +186,7 @@ def _paper(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (OSError, ValueError) as error:  # missing or malformed files, settings out of range: no traceback
+    except (OSError, ValueError, TypeError) as error:  # missing or malformed files, bad settings: no traceback
         raise SystemExit(f"nemesis-fast train: {error}") from error
 
 

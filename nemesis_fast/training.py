@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_device, check_int, check_number, check_positive
+from ._checks import check_choice, check_device, check_int, check_number, check_positive
 from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
-from .data.loader import DeviceLoader, check_images_labels, split_validation, to_float
+from .data.loader import DeviceLoader, Expansion, check_images_labels, expanded_rows, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
 from .resume import EpochCheckpoint, Resumable, restore_state, training_state
@@ -65,17 +65,17 @@ def _offline_training_set(
     source: nn.Module | None,
     images: torch.Tensor,
     labels: torch.Tensor,
-    val: Data | None,
+    source_val: dict[str, Any],
     budget: dict[str, Any],
 ) -> Data:
     """The training set of an offline recipe: the images plus the recipe's examples of `source`, as float32.
     With no source, a copy of `model` is first trained on the images with the "standard" recipe and `budget`
-    (:func:`train`'s keyword arguments), validated on `val`."""
+    (:func:`train`'s keyword arguments), validated as `source_val` (train's validation arguments) says."""
     device = budget["device"]
     if source is None:
         budget["log"](f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
         source = copy.deepcopy(model)
-        train(source, (images, labels), "standard", val_data=val, val_fraction=0.0, **budget)
+        train(source, (images, labels), "standard", **{"val_fraction": 0.0, **source_val}, **budget)
     source = source.to(device)
     extra = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels, device=device)
     clean = to_float(images.to(device))
@@ -87,6 +87,7 @@ def _epochs(
     recipe: Recipe,
     images: torch.Tensor,
     labels: torch.Tensor,
+    rows: int | None,
     batch_size: int,
     lr: float,
     seed: int,
@@ -98,7 +99,8 @@ def _epochs(
     progress: bool | None,
     say: Log,
 ) -> tuple[DeviceLoader, torch.optim.Optimizer, Epochs]:
-    """The batches, Adam and the epoch loop of :func:`train` (its arguments of the same names)."""
+    """The batches, Adam and the epoch loop of :func:`train` (its arguments of the same names; `rows`: the
+    loader's, the rows of the training set batched)."""
     # With compile, a last smaller batch would compile a second graph: drop it (a different one every epoch).
     loader = DeviceLoader(
         images,
@@ -109,6 +111,7 @@ def _epochs(
         augment=recipe.augment(device),
         expand=recipe.expansion(),
         drop_last=compile,
+        rows=rows,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda" or None)
     autocast, scaled = forward_autocast(device, amp)
@@ -141,6 +144,7 @@ def train(
     lr: float = 1e-3,
     val_data: Data | None = None,
     val_fraction: float = 0.1,
+    val_rows: str = "images",
     patience: int | None = 5,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -166,6 +170,12 @@ def train(
             (128). lr: Adam's learning rate (1e-3).
         val_data: (images, labels) to validate on after every epoch; None splits `val_fraction` of `data` off
             (with `seed`); with val_fraction=0 and no val_data there is no validation.
+        val_rows: which rows `val_fraction` holds out. "images": a random fraction of the images (with their
+            noisy copies or offline examples), validated on clean. "last": as Keras' `validation_split`, the last
+            fraction of the training set as the recipe lays it out, unshuffled, validated on as it is: the
+            images, then GDA's fixed copies copy by copy (so noisy copies of images trained on), or then the
+            offline examples of all the images (so adversarial rows). Needs no `val_data`, a `val_fraction` > 0,
+            and a recipe whose training set is fixed (not GDA with fresh copies per batch).
         patience: stop after this many epochs without a better validation accuracy; None never stops early.
             With a validation set the model ends with the weights of its best epoch.
         seed: seeds torch's global generator (dropout), the shuffling, GDA's noise and VAT's directions.
@@ -190,7 +200,9 @@ def train(
     device = check_device(device)
     dataset = dataset or infer_dataset(images)
     recipe = recipe if isinstance(recipe, Recipe) else make_recipe(recipe, settings, dataset=dataset, seed=seed)
-    (images, labels), val = _split_off_validation(images, labels, val_data, val_fraction, seed, device)
+    last_rows = _check_val_rows(val_rows, val_data, val_fraction, recipe, device)
+    split = 0.0 if last_rows else val_fraction
+    (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
     torch.manual_seed(seed)
     model.to(device)
     started = time.perf_counter()
@@ -198,17 +210,25 @@ def train(
     if recipe.needs_source:
         budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
         budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
-        images, labels = _offline_training_set(recipe, model, source_model, images, labels, val, budget)
+        source_val = dict(val_fraction=val_fraction, val_rows="last") if last_rows else dict(val_data=val)
+        images, labels = _offline_training_set(recipe, model, source_model, images, labels, source_val, budget)
         say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
+    rows = None
+    if last_rows:
+        rows, val = _hold_out_last_rows(images, labels, recipe.expansion(), val_fraction, device)
+        say(f"{recipe.name}: the last {len(val[1])} rows of the training set validate (val_rows='last')")
     loader, optimizer, epoch_runner = _epochs(
-        model, recipe, images, labels, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
+        model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     stopping = EarlyStopping(patience)
+    signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
+    if last_rows:  # (the signatures of checkpoints written before val_rows existed stay valid)
+        signature["val_rows"] = val_rows
     run = Resumable(
         checkpoint,
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
-        {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps},
+        signature,
     )
     last_epoch = _resume(run, model, optimizer, loader, recipe, result, stopping, device, say)
 
@@ -268,6 +288,42 @@ def _check_budget(
         check_positive(lr, "lr"),
         check_int(seed, "seed", low=0),
     )
+
+
+def _check_val_rows(
+    val_rows: Any, val_data: Data | None, val_fraction: float, recipe: Recipe, device: torch.device
+) -> bool:
+    """Checks :func:`train`'s `val_rows` against the other validation arguments; True for "last"."""
+    check_choice(val_rows, "val_rows", ("images", "last"))
+    if val_rows == "images":
+        return False
+    if val_data is not None:
+        raise ValueError("val_rows='last' holds out the last rows of the training set; pass no val_data with it")
+    if val_fraction == 0:
+        raise ValueError("val_rows='last' needs a val_fraction > 0")
+    if recipe.augment(device) is not None:
+        raise ValueError(
+            f"val_rows='last' needs a fixed training set; recipe {recipe.name!r} draws fresh rows every batch "
+            "(for GDA: fixed_set=True)"
+        )
+    return True
+
+
+def _hold_out_last_rows(
+    images: torch.Tensor, labels: torch.Tensor, expand: Expansion | None, fraction: float, device: torch.device
+) -> tuple[int, Data]:
+    """(the rows left to train on, the validation pairs on `device`): the last `fraction` of the N * expand.size
+    rows of the training set, numbered copy by copy as :class:`~nemesis_fast.data.DeviceLoader` numbers them."""
+    total = len(labels) * (1 if expand is None else expand.size)
+    held = round(total * fraction)
+    if not 0 < held < total:
+        raise ValueError(f"val_fraction {fraction} of {total} training rows leaves no rows to train or validate on")
+    images, labels = images.to(device), labels.to(device)
+    parts = [
+        expanded_rows(images, labels, torch.arange(start, min(start + 10_000, total), device=device), expand)
+        for start in range(total - held, total, 10_000)
+    ]
+    return total - held, (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
 
 
 def _split_off_validation(

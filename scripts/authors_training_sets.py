@@ -1,6 +1,6 @@
 """The training sets the seed's authors' Keras code trained and validated on, rebuilt from a `paper` run, for
-`check_paper_cells.py defense` (its ``--noisy-validation``, ``--keras-validation``, ``--cleverhans-2017`` and
-``--train-images``).
+`check_paper_cells.py defense` (its ``--noisy-validation``, ``--keras-validation --examples-of test``,
+``--cleverhans-2017`` and ``--train-images``).
 
 Each function takes the run's Evaluation and a defense's name and returns ((training rows, labels), (validation
 rows, labels)).
@@ -44,48 +44,24 @@ def first_training_images(evaluation: Evaluation, count: int) -> tuple[tuple, tu
     return (x[: count - held], y[: count - held]), (x[count - held :], y[count - held :])
 
 
-def keras_validation(evaluation: Evaluation, name: str, seed: int, examples_of: str) -> tuple[tuple, tuple]:
-    """The authors' Keras layout of an offline recipe's or GDA's training set, split as `validation_split` splits it
-    (the last rows held out, unshuffled): ((train rows, labels), (val rows, labels)), float32. For GDA
-    (`train_with_noise.py`): all training images, then their noisy copies, copy by copy (``np.random.normal(X_train,
-    sigma, (copies,) + X_train.shape)``, unclipped), so the held-out rows are noisy copies of images trained on.
-    For an offline recipe: all training images, then the examples of the run's CNN (the run's source of offline
-    examples) of the training images (``examples_of="train"``, the scripts until 14 August 2017) or of the test
-    images with the test labels ("test": from 15 August, 8c6162838, the script pairs the examples with the test
-    labels, so only the test set's examples fit)."""
+def keras_validation_of_test_examples(evaluation: Evaluation, name: str, seed: int) -> tuple[tuple, tuple]:
+    """The authors' rows of an offline recipe from 15 August 2017 (8c6162838): all training images, then the
+    examples of the run's CNN (the run's source of offline examples) of the *test* images with the test labels (the
+    script paired the examples with the test labels, so only the test set's examples fit), split as
+    `validation_split` splits them (the last 10% held out, unshuffled): ((train rows, labels), (val rows, labels)),
+    float32. (The rows of the scripts until 14 August, examples of the training images, and GDA's rows are
+    :func:`nemesis_fast.train`'s ``val_rows="last"``.)"""
     key = evaluation.models.key(name)
     recipe = make_recipe(key["recipe"], key["recipe_settings"], dataset=evaluation.config.dataset, seed=seed)
+    if not recipe.needs_source:
+        raise SystemExit(f"--examples-of test needs an offline recipe (fgsm_adversarial, vat), got {name!r}")
     data = evaluation.data
-    if key["recipe"] == "gda":
-        if examples_of != "train":
-            raise SystemExit("--examples-of applies to offline recipes, not to GDA")
-        rows, labels = _keras_gda_rows(data.train_images, data.train_labels, recipe.settings, seed)
-    elif recipe.needs_source:
-        source = evaluation.models.get("standard")
-        images, labels = (
-            (data.train_images, data.train_labels) if examples_of == "train" else (data.test_images, data.test_labels)
-        )
-        examples = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels)
-        rows = torch.cat([to_float(data.train_images), examples])
-        labels = torch.cat([data.train_labels, labels])
-    else:
-        raise SystemExit(f"--keras-validation needs GDA or an offline recipe (fgsm_adversarial, vat), got {name!r}")
+    source = evaluation.models.get("standard")
+    examples = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), data.test_images, data.test_labels)
+    rows = torch.cat([to_float(data.train_images), examples])
+    labels = torch.cat([data.train_labels, data.test_labels])
     held = round(evaluation.config.training.validation_fraction * len(labels))
     return (rows[:-held], labels[:-held]), (rows[-held:], labels[-held:])
-
-
-def _keras_gda_rows(images: torch.Tensor, labels: torch.Tensor, settings, seed: int) -> tuple:
-    """The originals, then `settings.copies` noisy copies of all of them, copy by copy, noise N(0, sigma) unclipped
-    (drawn with `seed`): (rows, labels), float32."""
-    if settings.clip is not None or not settings.include_original:
-        raise SystemExit("the authors' GDA set keeps the originals and leaves the noise unclipped; the run's does not")
-    clean = to_float(images)
-    generator = torch.Generator().manual_seed(seed)
-    rows = torch.empty((settings.copies + 1, *clean.shape), dtype=torch.float32)
-    rows[0] = clean
-    for copy in range(1, settings.copies + 1):
-        rows[copy] = clean + settings.sigma * torch.randn(clean.shape, generator=generator)
-    return rows.flatten(0, 1), labels.repeat(settings.copies + 1)
 
 
 def _cleverhans_2017_normalize(v: torch.Tensor, epsilon: float = 1e-12) -> torch.Tensor:

@@ -34,7 +34,9 @@ keras``), or validated on the rows the authors' Keras code validated on (``valid
 own rows (``--keras-validation``: all 60,000 originals, then 10 noisy copies of all of them, copy by copy, unclipped;
 the last 66,000 rows, noisy copies of images trained on, validate), for the offline recipes (FGSM adversarial
 training, VAT) their examples of the last 12,000 training images, with the originals and the other examples trained
-on (``--keras-validation``; with ``--examples-of test`` the examples are made of the
+on (``--keras-validation``: :func:`nemesis_fast.train`'s ``val_rows="last"``, the `paper` preset's own
+validation since 2026-12-03, where the flag then changes nothing; the checks before drew the copies' noise with
+torch.randn, not the library's counter-based noise; with ``--examples-of test`` the examples are made of the
 test images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained
 on, 7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
 cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
@@ -85,7 +87,7 @@ import torch
 from authors_training_sets import (  # beside this script
     authors_vat_data,
     first_training_images,
-    keras_validation,
+    keras_validation_of_test_examples,
     noisy_validation,
 )
 from paper_cells import (  # beside this script
@@ -229,11 +231,13 @@ def defense_changes(evaluation: Evaluation, args: argparse.Namespace, folder: Pa
         parts.append("noisyval")
     if args.examples_of is not None and not args.keras_validation:
         raise SystemExit("--examples-of needs --keras-validation")
-    if args.keras_validation:
-        examples_of = args.examples_of or "train"
-        changes["rows"] = lambda: keras_validation(evaluation, name, seed, examples_of)
+    if args.keras_validation and args.examples_of == "test":
+        changes["rows"] = lambda: keras_validation_of_test_examples(evaluation, name, seed)
         changes["recipe"] = "standard"
-        parts.append("kerasval" + ("-testexamples" if examples_of == "test" else ""))
+        parts.append("kerasval-testexamples")
+    elif args.keras_validation and "augmented_validation" not in evaluation.models.key(name)["training"]:
+        changes["val_rows"] = "last"  # (the `paper` preset's own way since 2026-12-03: there nothing changes)
+        parts.append("kerasval")
     if args.cleverhans_2017:
         changes["rows"] = lambda: authors_vat_data(evaluation, name, seed, args.vat_mean_over)
         changes["recipe"] = "standard"

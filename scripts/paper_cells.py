@@ -76,7 +76,7 @@ def train_variant(
     data = (evaluation.data.train_images, evaluation.data.train_labels)
     if rows is not None:
         data, budget["val_data"] = rows()
-        budget["val_fraction"] = 0.0
+        budget["val_fraction"], budget["val_rows"] = 0.0, "images"
     recipe = recipe or key["recipe"]
     result = train(
         model, data, recipe, settings=settings, **budget, source_model=source, checkpoint=folder / f"{tag}.ckpt"

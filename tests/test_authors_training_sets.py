@@ -81,21 +81,3 @@ def test_first_training_images_hold_out_the_last_tenth_unshuffled():
     for bad in (5, 51):
         with pytest.raises(SystemExit, match="--train-images must be in"):
             authors.first_training_images(evaluation, bad)
-
-
-def test_the_authors_gda_rows_are_the_originals_then_unclipped_copies_copy_by_copy():
-    from nemesis_fast.defenses.recipes import GDASettings
-
-    images = torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(6)
-    settings = GDASettings(sigma=0.5, copies=3, clip=None, fixed_set=True)
-    rows, row_labels = authors._keras_gda_rows(images, labels, settings, seed=2)
-    assert rows.shape == (24, 1, 2, 2) and row_labels.tolist() == list(range(6)) * 4
-    clean = images.float() / 255
-    torch.testing.assert_close(rows[:6], clean)
-    noise = (rows[6:] - clean.repeat(3, 1, 1, 1)).flatten()
-    assert 0.3 < noise.std().item() < 0.7 and (rows < 0).any() and (rows > 1).any()  # sigma 0.5, not clipped
-    again, _ = authors._keras_gda_rows(images, labels, settings, seed=2)
-    assert torch.equal(rows, again)
-    with pytest.raises(SystemExit, match="unclipped"):
-        authors._keras_gda_rows(images, labels, GDASettings(sigma=0.5, copies=3), seed=2)

@@ -52,6 +52,31 @@ def test_device_loader_order_drop_last_augment_and_float_input():
     assert len(empty) == 0 and list(empty) == []
 
 
+class _RowNumber:
+    """An expansion that writes each row's copy index into it: row c of sample b is x_b + c."""
+
+    size = 3
+
+    def __call__(self, x, copy, sample):
+        return x + copy.view(-1, 1, 1, 1).to(x.dtype)
+
+
+def test_device_loader_batches_the_first_rows_of_an_expanded_set_copy_by_copy():
+    images, labels = small_set(10)
+    floats = to_float(images)
+    loader = DeviceLoader(floats, labels, batch_size=4, seed=0, expand=_RowNumber(), rows=24, device="cpu")
+    assert loader.num_samples == 24 and len(loader) == 6
+    x, y = (torch.cat(part) for part in zip(*loader))
+    copies = (x - floats[y]).flatten(1)[:, 0].round().long()
+    # rows 0-23 of 30: the originals, copy 1 of all ten, copy 2 of samples 0-3 (Keras' last 6 rows left out)
+    assert sorted((copies * 10 + y).tolist()) == list(range(24))
+    assert DeviceLoader(floats, labels, expand=_RowNumber(), device="cpu").num_samples == 30
+    with pytest.raises(ValueError, match="rows must be <= 30"):
+        DeviceLoader(floats, labels, expand=_RowNumber(), rows=31)
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        DeviceLoader(floats, labels, rows=0)
+
+
 def test_device_loader_bad_arguments():
     images, labels = small_set()
     with pytest.raises(ValueError, match="same length"):

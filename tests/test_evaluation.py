@@ -297,6 +297,27 @@ def test_the_authors_training_options_reach_the_models_keys(tmp_path):
     assert models.key("feature_squeezing") == models.key("standard")
 
 
+def test_validation_on_last_rows_reaches_the_models_trained_on_an_enlarged_set_only(tmp_path):
+    config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
+    config.defenses = ["standard", "feature_squeezing", "vat", "gda_brelu"]
+    config.defense.vat_mode = "offline"
+    models = Evaluation(config, Workers(), log=lambda m: None, progress=False).models
+    names = models.needed()
+    before = {name: models.key(name) for name in names}
+    assert all("augmented_validation" not in key["training"] for key in before.values())  # keys written before
+    assert {models.budget(name)["val_rows"] for name in names} == {"images"}
+    config.training.augmented_validation = "last_rows"
+    enlarged = {"vat", "gda_brelu"}  # offline examples, GDA's fixed copies
+    for name in names:
+        key, val_rows = models.key(name), models.budget(name)["val_rows"]
+        if name in enlarged:
+            assert key["training"]["augmented_validation"] == "last_rows" and val_rows == "last", name
+        else:
+            assert key == before[name] and val_rows == "images", name
+    config.defense.vat_mode = "online"  # trained on the images alone
+    assert models.budget("vat")["val_rows"] == "images"
+
+
 def test_the_sources_own_epochs_reach_its_key_and_its_training_only(tmp_path, monkeypatch):
     from nemesis_fast.evaluation import train as train_phase
 

@@ -48,6 +48,8 @@ def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
         ("[training]", "source_epochs = 0", "training.source_epochs must be >= 1"),
         ("[defense]", 'vat_mode = "sometimes"', "defense.vat_mode must be one of"),
         ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
+        ("[training]", 'augmented_validation = "last"', "training.augmented_validation must be one of"),
+        ("[training]", 'augmented_validation = "last_rows"', "training.augmented_validation last_rows needs GDA.s"),
     ],
 )
 def test_bad_settings_of_the_authors_options_fail_before_any_work(tmp_path, section, line, key):
@@ -84,6 +86,7 @@ AUTHORS_SETTINGS = {  # the seed's authors' scripts, as listed in issue 11
         "batch_size": 128,
         "learning_rate": 1e-3,
         "validation_fraction": 0.1,
+        "augmented_validation": "last_rows",
         "patience": 5,
         "train_samples": 0,
         "source_architecture": "small_resnet",

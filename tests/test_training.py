@@ -15,9 +15,10 @@ from nemesis_fast._amp import amp_name
 from nemesis_fast._progress import progress_bar
 from nemesis_fast.checkpoints import load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
-from nemesis_fast.data import load_mnist
+from nemesis_fast.data import load_mnist, to_float
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.defenses import FeatureSqueezing, make_recipe
+from nemesis_fast.defenses.adversarial_training import fgsm_examples
 from nemesis_fast.defenses.recipes import StandardRecipe
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
 from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
@@ -258,8 +259,15 @@ def test_cli_train_and_checkpoint(tmp_path, capsys):
     model, info = load_checkpoint(out, recipe="fgsm_adversarial", settings={"mode": "online", "eps": 0.2})
     assert info["architecture"]["kwargs"]["activation"] == "brelu" and 0 <= info["metrics"]["test_accuracy"] <= 1
     assert json.loads(report.read_text())["settings"] == {"eps": 0.2, "mode": "online", "weight": 0.5}
+    gda = ["--recipe", "gda", "--set", "copies=2", "--val-rows", "last"]
+    assert main([*args, *gda, "--set", "fixed_set=true", "--set", "clip=none", "--out", str(out)]) == 0
+    assert load_checkpoint(out, recipe="gda")[1]["settings"]["fixed_set"] is True
+    with pytest.raises(SystemExit, match="nemesis-fast train: val_rows='last' needs a fixed training set"):
+        main([*args, *gda])
     with pytest.raises(SystemExit):
         main([*args, "--recipe", "vat", "--set", "noequals"])
+    with pytest.raises(SystemExit, match="nemesis-fast train: fixed_set must be a bool, got str"):
+        main([*args, *gda, "--set", "fixed_set=yes"])
     with pytest.raises(SystemExit, match="nemesis-fast train: recipe 'vat' has no setting sigma"):
         main([*args, "--recipe", "vat", "--set", "sigma=0.3"])
     with pytest.raises(SystemExit, match=f"nemesis-fast train: no MNIST train images file found; .* in {tmp_path}"):
@@ -296,16 +304,98 @@ class _CrashingCheckpoint:
             raise _Crash
 
 
+def _tiny_set(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 1, 6, 6), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+
+
+def _one_epoch_on_last_rows(
+    recipe: str, settings, data, monkeypatch, **kwargs
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(the rows trained on, the validation images, their labels) of one epoch with val_rows="last"."""
+    validated = []
+
+    def recording(model, x, y, **options):
+        validated.append((x, y))
+        return evaluate_accuracy(model, x, y, **options)
+
+    monkeypatch.setattr("nemesis_fast._epochs.evaluate_accuracy", recording)
+    result = train(
+        _tiny_model(),
+        data,
+        recipe,
+        settings=settings,
+        epochs=1,
+        batch_size=8,
+        val_fraction=0.25,
+        val_rows="last",
+        patience=None,
+        seed=5,
+        **quiet(**kwargs),
+    )
+    ((x, y),) = validated
+    return result.history[0]["images"], x, y
+
+
+def test_val_rows_last_validates_on_the_last_rows_of_gdas_fixed_set(monkeypatch):
+    """Keras' validation_split on the authors' GDA set: the originals, then copy 1 of every image, then copy 2;
+    the last quarter of those rows held out and validated on as they are, noisy; the rest trained on."""
+    images, labels = _tiny_set()
+    settings = {"copies": 2, "fixed_set": True, "clip": None}
+    trained, x, y = _one_epoch_on_last_rows("gda", settings, (images, labels), monkeypatch)
+    assert trained == 90  # 120 rows (40 images, 2 copies each), 30 held out: copy 2 of images 10-39
+    noise = nf.defenses.FixedNoisyCopies(0.3, 2, None, seed=5)
+    expected = noise(to_float(images[10:]), torch.full((30,), 2), torch.arange(10, 40))
+    assert torch.equal(y, labels[10:]) and torch.equal(x, expected)
+    assert (x - to_float(images[10:])).std() > 0.25 and (x.min() < 0 or x.max() > 1)  # noisy, not clipped
+
+
+def test_val_rows_last_validates_on_offline_examples_and_on_the_last_images(monkeypatch):
+    images, labels = _tiny_set()
+    torch.manual_seed(3)
+    source = nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
+    settings = {"mode": "offline", "eps": 0.3}
+    trained, x, y = _one_epoch_on_last_rows(
+        "fgsm_adversarial", settings, (images, labels), monkeypatch, source_model=source
+    )
+    assert trained == 60  # the 40 images, then their 40 examples; the last 20 examples held out
+    assert torch.equal(y, labels[20:]) and torch.equal(
+        x, fgsm_examples(source, to_float(images[20:]), labels[20:], 0.3)
+    )
+    trained, x, y = _one_epoch_on_last_rows("standard", None, (images, labels), monkeypatch)
+    assert trained == 30 and torch.equal(y, labels[30:]) and torch.equal(x, to_float(images[30:]))
+
+
+def test_val_rows_bad_arguments_are_named():
+    data = _tiny_set()
+    with pytest.raises(ValueError, match="val_rows must be one of"):
+        train(_tiny_model(), data, val_rows="first", **quiet())
+    with pytest.raises(ValueError, match="pass no val_data"):
+        train(_tiny_model(), data, val_rows="last", val_data=data, **quiet())
+    with pytest.raises(ValueError, match="val_rows='last' needs a val_fraction > 0"):
+        train(_tiny_model(), data, val_rows="last", val_fraction=0, **quiet())
+    with pytest.raises(ValueError, match="val_rows='last' needs a fixed training set.*fixed_set=True"):
+        train(_tiny_model(), data, "gda", val_rows="last", **quiet())
+    with pytest.raises(ValueError, match="leaves no rows to train or validate on"):
+        train(_tiny_model(), data, val_rows="last", val_fraction=0.001, **quiet())
+
+
 @pytest.mark.parametrize(
-    "recipe,settings",
+    "recipe,settings,val_rows",
     [
-        ("standard", None),
-        ("gda", {"copies": 2}),
-        ("vat", {"mode": "online"}),
-        ("gda", {"copies": 2, "fixed_set": True}),
+        ("standard", None, "images"),
+        ("gda", {"copies": 2}, "images"),
+        ("vat", {"mode": "online"}, "images"),
+        ("gda", {"copies": 2, "fixed_set": True}, "images"),
+        ("gda", {"copies": 2, "fixed_set": True}, "last"),
     ],
 )
-def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, settings, tmp_path):
+def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, settings, val_rows, tmp_path):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (96, 1, 6, 6), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (96,), generator=g)
@@ -314,7 +404,7 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, setting
         torch.manual_seed(4)  # with dropout, so that torch's own stream matters too
         return nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
 
-    kwargs = dict(settings=settings, epochs=3, batch_size=16, patience=None, seed=3, log=False)
+    kwargs = dict(settings=settings, epochs=3, batch_size=16, patience=None, seed=3, val_rows=val_rows, log=False)
     straight = fresh()
     nf.train(straight, (images, labels), recipe, **kwargs)
     checkpoint = _CrashingCheckpoint(after=1)

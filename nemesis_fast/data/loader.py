@@ -60,6 +60,9 @@ class DeviceLoader:
             loader then shuffles and batches N * expand.size rows (row r of sample b is expand(x_b, r, b)).
         drop_last: skip the last, smaller batch.
         dtype: the float dtype of the batches.
+        rows: batch only the first `rows` rows of the (expanded) set; None: all of them. With `expand`, rows are
+            numbered copy by copy (row r is row r // N of sample r % N), so the last rows left out are the last
+            copies, as Keras' `validation_split` leaves out the last rows of a stacked set.
 
     Iterating yields (x, y): x of shape (B, C, H, W) and `dtype` on `device`, y int64 of shape (B,).
     The data set is copied to `device` once, at construction.
@@ -78,6 +81,7 @@ class DeviceLoader:
         expand: Expansion | None = None,
         drop_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        rows: int | None = None,
     ) -> None:
         check_images_labels(images, labels)
         self.batch_size = check_int(batch_size, "batch_size", low=1)
@@ -96,6 +100,8 @@ class DeviceLoader:
                 raise TypeError(f"expand must be callable (x, row, sample) -> x, got {type(expand).__name__}")
         self.shuffle, self.augment, self.drop_last, self.dtype = shuffle, augment, drop_last, dtype
         self.expand = expand
+        full = len(labels) * (1 if expand is None else expand.size)
+        self.rows = full if rows is None else check_int(rows, "rows", low=1, high=full)
         self.generator = torch.Generator(device=self.device)
         if seed is None:
             self.generator.seed()
@@ -104,8 +110,9 @@ class DeviceLoader:
 
     @property
     def num_samples(self) -> int:
-        """Images in the data set (before augmentation; with `expand`, every row of the enlarged set)."""
-        return len(self.labels) * (1 if self.expand is None else self.expand.size)
+        """Images in the data set (before augmentation; with `expand`, every row of the enlarged set), or the
+        `rows` batched of them."""
+        return self.rows
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -118,13 +125,27 @@ class DeviceLoader:
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)
             rows = torch.arange(start, stop, device=self.device) if order is None else order[start:stop]
-            sample = rows % len(self.labels)  # row r of the (expanded) set is row r // N of sample r % N
-            x, y = to_float(self.images.index_select(0, sample), self.dtype), self.labels.index_select(0, sample)
-            if self.expand is not None:
-                x = self.expand(x, rows // len(self.labels), sample)
+            x, y = expanded_rows(self.images, self.labels, rows, self.expand, self.dtype)
             if self.augment is not None:
                 x, y = self.augment(x, y)
             yield x, y
+
+
+def expanded_rows(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    rows: torch.Tensor,
+    expand: Expansion | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows `rows` (int64 (B,) on the images' device) of a data set of N images enlarged by `expand`, copy by
+    copy: row r is row r // N of sample r % N (without `expand`, image r). Returns float (B, ...) images in
+    `dtype` and their int64 labels (B,)."""
+    sample = rows % len(labels)
+    x, y = to_float(images.index_select(0, sample), dtype), labels.index_select(0, sample)
+    if expand is not None:
+        x = expand(x, rows // len(labels), sample)
+    return x, y
 
 
 def split_validation(

@@ -32,6 +32,7 @@ PERTURBATION_ATTACKS = ("deepfool", "cw", "jsma")  # the minimal-perturbation at
 SOURCE_ARCHITECTURES = ("resnet", "small_resnet")
 LABELS = ("true", "predicted")
 MODES = ("offline", "online")
+AUGMENTED_VALIDATION = ("images", "last_rows")
 
 
 PRESETS_DIR = Path(__file__).with_name("presets")  # the shipped configs: quick, paper, ...
@@ -47,6 +48,11 @@ class TrainingSettings:
     batch_size: int = 128
     learning_rate: float = 1e-3
     validation_fraction: float = 0.1
+    # How the models trained on an enlarged set (GDA's fixed set, offline FGSM and VAT training) validate:
+    # "images": the held-out random fraction of the images, clean; "last_rows": the last fraction of their
+    # training set as it is laid out (originals, then copies or examples), as Keras' validation_split did. The
+    # models trained on the images alone validate on a random fraction of them either way.
+    augmented_validation: str = "images"
     patience: int = 3  # epochs without validation improvement before early stopping
     train_samples: int = 0  # 0: the whole training set
     source_architecture: str = "resnet"  # the black-box source: "resnet" (ResNet-source_depth), "small_resnet"

@@ -17,6 +17,7 @@ from ..data import cifar10, mnist
 from .cache import as_read_back
 from .config import (
     ATTACKS,
+    AUGMENTED_VALIDATION,
     DATASET_DEFAULTS,
     DATASETS,
     DEFENSES,
@@ -139,6 +140,13 @@ def validate(config: EvalConfig) -> EvalConfig:
     _validate_run(config)
     _validate_training(config.training)
     _validate_defense(config.defense)
+    _need(
+        config.training.augmented_validation == "images"
+        or config.defense.gda_fixed_set
+        or not {"gda", "gda_brelu"} & set(config.defenses),
+        "training.augmented_validation",
+        "last_rows needs GDA's fixed set (defense.gda_fixed_set = true): fresh copies per batch have no last rows",
+    )
     _validate_attack(config.attack)
     _validate_certify(config.certify, config.defenses)
     files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
@@ -208,6 +216,11 @@ def _validate_training(t: TrainingSettings) -> None:
     _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
     _need(
         t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
+    )
+    _need(
+        t.augmented_validation in AUGMENTED_VALIDATION,
+        "training.augmented_validation",
+        f"must be one of {', '.join(AUGMENTED_VALIDATION)}; got {t.augmented_validation!r}",
     )
     _need(
         t.source_architecture in SOURCE_ARCHITECTURES,

@@ -104,12 +104,24 @@ class Models:
 
     def _training(self, name: str) -> dict[str, Any]:
         """The training settings of model `name`: the run's, with the source's own epochs for the source.
-        `source_epochs` is left out of the key (so that keys written before it existed stay valid)."""
+        `source_epochs` is left out of the key, and `augmented_validation` too where it is "images" or model
+        `name` trains on the images alone (so that keys written before they existed stay valid)."""
         training = dataclasses.asdict(self.config.training)
         source_epochs = training.pop("source_epochs")
         if name == SOURCE and source_epochs is not None:
             training["epochs"] = source_epochs
+        if training["augmented_validation"] == "images" or not self._trains_on_enlarged_set(name):
+            del training["augmented_validation"]
         return training
+
+    def _trains_on_enlarged_set(self, name: str) -> bool:
+        """Whether model `name` trains on a fixed set larger than the images: GDA's fixed copies, or the
+        examples of offline adversarial training."""
+        if self._squeezes_standard(name):
+            return False
+        recipe = self.recipe(name)
+        settings = self.recipe_settings(recipe)
+        return bool(settings.get("fixed_set")) or settings.get("mode") == "offline"
 
     def build(self, name: str) -> nn.Module:
         arch, kwargs = self.architecture(name)
@@ -190,7 +202,8 @@ class Models:
 
     def budget(self, name: str) -> dict[str, Any]:
         """The arguments of :func:`nemesis_fast.train` for model `name` (dataset, epochs: the source's own where
-        the config gives them, batch, learning rate, validation, patience, seed, device, mixed precision, compile)."""
+        the config gives them, batch, learning rate, validation fraction and rows, patience, seed, device, mixed
+        precision, compile)."""
         t = self.config.training
         return {
             "dataset": self.config.dataset,
@@ -198,6 +211,7 @@ class Models:
             "batch_size": t.batch_size,
             "lr": t.learning_rate,
             "val_fraction": t.validation_fraction,
+            "val_rows": "last" if "augmented_validation" in self._training(name) else "images",
             "patience": t.patience,
             "seed": self.config.seed,
             "device": self.device,
