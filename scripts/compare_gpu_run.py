@@ -113,7 +113,10 @@ def main() -> None:
     x, y = evaluation.attacks.test_chunk((0, n))
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for defense in evaluation.config.defenses:
-        clean = margins(evaluation.models.get(defense), x, y)["clean_accuracy"]
+        model = evaluation.models.cached(defense)  # never trains: hours on the CPU
+        if model is None:
+            raise SystemExit(f"the CPU run's cache lacks the model {defense!r}: finish that run first ({args.run})")
+        clean = margins(model, x, y)["clean_accuracy"]
         rows[defense] = {"clean": compare_cell(clean, results["clean_accuracy"][defense], n)}
     for attack, eps in COLUMNS:
         images = {found[d, attack][1] for d in evaluation.config.defenses}
