@@ -235,7 +235,7 @@ def defense_changes(evaluation: Evaluation, args: argparse.Namespace, folder: Pa
         changes["rows"] = lambda: keras_validation_of_test_examples(evaluation, name, seed)
         changes["recipe"] = "standard"
         parts.append("kerasval-testexamples")
-    elif args.keras_validation and "augmented_validation" not in evaluation.models.key(name)["training"]:
+    elif args.keras_validation and evaluation.models.budget(name)["val_rows"] != "last":
         changes["val_rows"] = "last"  # (the `paper` preset's own way since 2026-12-03: there nothing changes)
         parts.append("kerasval")
     if args.cleverhans_2017:

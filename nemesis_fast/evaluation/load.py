@@ -14,6 +14,7 @@ from typing import Any
 
 from .._checks import check_device
 from ..data import cifar10, mnist
+from ..paper_models import PAPER_MODELS
 from .cache import as_read_back
 from .config import (
     ATTACKS,
@@ -143,7 +144,7 @@ def validate(config: EvalConfig) -> EvalConfig:
     _need(
         config.training.augmented_validation == "images"
         or config.defense.gda_fixed_set
-        or not {"gda", "gda_brelu"} & set(config.defenses),
+        or not any(m.recipe == "gda" for m in PAPER_MODELS if m.name in config.defenses),
         "training.augmented_validation",
         "last_rows needs GDA's fixed set (defense.gda_fixed_set = true): fresh copies per batch have no last rows",
     )

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..defenses import FeatureSqueezing, paper_settings
+from ..defenses.recipes import make_recipe
 from ..models import build_model
 from ..paper_models import DEFAULT_MODEL, PAPER_MODELS
 from ..parallel import Job, Trained, Workers, train_models, training_cost
@@ -119,9 +120,9 @@ class Models:
         examples of offline adversarial training."""
         if self._squeezes_standard(name):
             return False
-        recipe = self.recipe(name)
-        settings = self.recipe_settings(recipe)
-        return bool(settings.get("fixed_set")) or settings.get("mode") == "offline"
+        name = self.recipe(name)
+        recipe = make_recipe(name, self.recipe_settings(name), dataset=self.config.dataset)
+        return recipe.needs_source or recipe.expansion() is not None
 
     def build(self, name: str) -> nn.Module:
         arch, kwargs = self.architecture(name)
