@@ -200,30 +200,23 @@ def train(
     device = check_device(device)
     dataset = dataset or infer_dataset(images)
     recipe = recipe if isinstance(recipe, Recipe) else make_recipe(recipe, settings, dataset=dataset, seed=seed)
-    last_rows = _check_val_rows(val_rows, val_data, val_fraction, recipe, device)
-    split = 0.0 if last_rows else val_fraction
+    held_fraction = val_fraction if _check_val_rows(val_rows, val_data, val_fraction, recipe) else None
+    split = 0.0 if held_fraction else val_fraction
     (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
     torch.manual_seed(seed)
     model.to(device)
     started = time.perf_counter()
 
-    if recipe.needs_source:
-        budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
-        budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
-        source_val = dict(val_fraction=val_fraction, val_rows="last") if last_rows else dict(val_data=val)
-        images, labels = _offline_training_set(recipe, model, source_model, images, labels, source_val, budget)
-        say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
-    rows = None
-    if last_rows:
-        rows, val = _hold_out_last_rows(images, labels, recipe.expansion(), val_fraction, device)
-        say(f"{recipe.name}: the last {len(val[1])} rows of the training set validate (val_rows='last')")
+    budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
+    budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
+    images, labels, rows, val = _training_rows(recipe, model, source_model, images, labels, val, held_fraction, budget)
     loader, optimizer, epoch_runner = _epochs(
         model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     stopping = EarlyStopping(patience)
     signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
-    if last_rows:  # (the signatures of checkpoints written before val_rows existed stay valid)
+    if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
         signature["val_rows"] = val_rows
     run = Resumable(
         checkpoint,
@@ -231,7 +224,6 @@ def train(
         signature,
     )
     last_epoch = _resume(run, model, optimizer, loader, recipe, result, stopping, device, say)
-
     for epoch in range(last_epoch + 1, epochs + 1):
         model.train()
         record = epoch_runner.run(epoch, epochs, result)
@@ -249,6 +241,33 @@ def train(
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _training_rows(
+    recipe: Recipe,
+    model: nn.Module,
+    source_model: nn.Module | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val: Data | None,
+    held_fraction: float | None,
+    budget: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, int | None, Data | None]:
+    """(images, labels, the rows the loader batches (None: all), the validation pairs) of the training set as
+    `recipe` lays it out: the images, doubled by an offline recipe's examples of `source_model`; with a
+    `held_fraction`, its last rows (counted after GDA's fixed copies) held out to validate on (val_rows="last").
+    `budget`: :func:`train`'s keyword arguments, for training a missing source model."""
+    say, device = budget["log"], budget["device"]
+    if recipe.needs_source:
+        source_val = dict(val_fraction=held_fraction, val_rows="last") if held_fraction else dict(val_data=val)
+        images, labels = _offline_training_set(recipe, model, source_model, images, labels, source_val, budget)
+        say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
+    if not held_fraction:
+        return images, labels, None, val
+    images, labels = images.to(device), labels.to(device)  # once, for the held-out rows and the loader alike
+    rows, val = _hold_out_last_rows(images, labels, recipe.expansion(), held_fraction)
+    say(f"{recipe.name}: the last {len(val[1])} rows of the training set validate (val_rows='last')")
+    return images, labels, rows, val
 
 
 def _resume(
@@ -290,9 +309,7 @@ def _check_budget(
     )
 
 
-def _check_val_rows(
-    val_rows: Any, val_data: Data | None, val_fraction: float, recipe: Recipe, device: torch.device
-) -> bool:
+def _check_val_rows(val_rows: Any, val_data: Data | None, val_fraction: float, recipe: Recipe) -> bool:
     """Checks :func:`train`'s `val_rows` against the other validation arguments; True for "last"."""
     check_choice(val_rows, "val_rows", ("images", "last"))
     if val_rows == "images":
@@ -301,7 +318,7 @@ def _check_val_rows(
         raise ValueError("val_rows='last' holds out the last rows of the training set; pass no val_data with it")
     if val_fraction == 0:
         raise ValueError("val_rows='last' needs a val_fraction > 0")
-    if recipe.augment(device) is not None:
+    if recipe.augments_batches:
         raise ValueError(
             f"val_rows='last' needs a fixed training set; recipe {recipe.name!r} draws fresh rows every batch "
             "(for GDA: fixed_set=True)"
@@ -310,17 +327,17 @@ def _check_val_rows(
 
 
 def _hold_out_last_rows(
-    images: torch.Tensor, labels: torch.Tensor, expand: Expansion | None, fraction: float, device: torch.device
+    images: torch.Tensor, labels: torch.Tensor, expand: Expansion | None, fraction: float
 ) -> tuple[int, Data]:
-    """(the rows left to train on, the validation pairs on `device`): the last `fraction` of the N * expand.size
-    rows of the training set, numbered copy by copy as :class:`~nemesis_fast.data.DeviceLoader` numbers them."""
+    """(the rows left to train on, the validation pairs, on the images' device): the last `fraction` of the
+    N * expand.size rows of the training set, numbered copy by copy as :class:`~nemesis_fast.data.DeviceLoader`
+    numbers them."""
     total = len(labels) * (1 if expand is None else expand.size)
     held = round(total * fraction)
     if not 0 < held < total:
         raise ValueError(f"val_fraction {fraction} of {total} training rows leaves no rows to train or validate on")
-    images, labels = images.to(device), labels.to(device)
     parts = [
-        expanded_rows(images, labels, torch.arange(start, min(start + 10_000, total), device=device), expand)
+        expanded_rows(images, labels, torch.arange(start, min(start + 10_000, total), device=images.device), expand)
         for start in range(total - held, total, 10_000)
     ]
     return total - held, (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))

@@ -320,6 +320,17 @@ def test_recipe_registry_and_paper_defaults():
     assert custom.settings.sigma == 0.5 and custom.settings_dict()["sigma"] == 0.5
 
 
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_augments_batches_says_whether_the_recipe_has_a_per_batch_transform(name):
+    cpu = torch.device("cpu")
+    variants = [{}, {"fixed_set": True}] if name == "gda" else [{}]
+    for settings in variants:
+        recipe = make_recipe(name, settings)
+        assert recipe.augments_batches == (recipe.augment(cpu) is not None)
+        assert not (recipe.augments_batches and recipe.expansion() is not None), "a fixed set or fresh rows"
+    assert make_recipe(name).augments_batches == (name == "gda")
+
+
 def test_recipe_bad_arguments():
     with pytest.raises(ValueError, match="recipe must be one of"):
         make_recipe("mixup")

@@ -144,6 +144,12 @@ class Recipe:
         """True for the offline variants: training needs a model trained beforehand to make examples."""
         return False
 
+    @property
+    def augments_batches(self) -> bool:
+        """True when the loader transforms every batch afresh (:meth:`augment` returns a transform), so that the
+        training set has no fixed rows."""
+        return False
+
     def augment(self, device: torch.device) -> Augment | None:
         """The per-batch transform (x, y) -> (x, y) the loader applies on `device`, or None."""
         return None
@@ -183,11 +189,15 @@ class GDARecipe(Recipe):
     name = "gda"
     Settings = GDASettings
 
+    @property
+    def augments_batches(self) -> bool:
+        return not self.settings.fixed_set
+
     def augment(self, device: torch.device) -> Augment | None:
         from .gaussian_augmentation import GaussianAugmentation
 
         s = self.settings
-        if s.fixed_set:
+        if not self.augments_batches:
             return None
         return GaussianAugmentation(
             sigma=s.sigma, copies=s.copies, clip=s.clip, include_original=s.include_original, seed=self.seed

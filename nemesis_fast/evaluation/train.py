@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..defenses import FeatureSqueezing, paper_settings
-from ..defenses.recipes import make_recipe
+from ..defenses.recipes import Recipe, make_recipe
 from ..models import build_model
 from ..paper_models import DEFAULT_MODEL, PAPER_MODELS
 from ..parallel import Job, Trained, Workers, train_models, training_cost
@@ -99,7 +99,7 @@ class Models:
         }
         if name == "feature_squeezing":
             key["squeeze_bits_in_training"] = self.config.squeeze_bits
-        if recipe in ("fgsm_adversarial", "vat") and key["recipe_settings"].get("mode") == "offline":
+        if self._recipe(name).needs_source:
             key["source_model"] = self.key("standard")
         return key
 
@@ -120,9 +120,13 @@ class Models:
         examples of offline adversarial training."""
         if self._squeezes_standard(name):
             return False
-        name = self.recipe(name)
-        recipe = make_recipe(name, self.recipe_settings(name), dataset=self.config.dataset)
+        recipe = self._recipe(name)
         return recipe.needs_source or recipe.expansion() is not None
+
+    def _recipe(self, name: str) -> Recipe:
+        """The recipe object model `name` trains with (its settings, not its random state)."""
+        recipe = self.recipe(name)
+        return make_recipe(recipe, self.recipe_settings(recipe), dataset=self.config.dataset)
 
     def build(self, name: str) -> nn.Module:
         arch, kwargs = self.architecture(name)
