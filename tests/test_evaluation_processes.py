@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from _processes import run_processes
 from nemesis_fast.evaluation import evaluate, load_config
 from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.runner import Evaluation
+from nemesis_fast.evaluation.train import SOURCE, Models
 from nemesis_fast.parallel import Workers, plan, start, stop
 
 CONFIG = """
@@ -54,6 +56,19 @@ def _evaluate(config: str, outs: list[str], logs: str) -> None:
     with open(Path(logs) / f"rank{rank}.log", "w") as log:
         sys.stderr = log
         evaluate(config, out_dir=outs[rank], progress=False)
+
+
+def _evaluate_rank0_slow(config: str, outs: list[str], logs: str) -> None:
+    """:func:`_evaluate`, with rank 0's trainings taking 2 s more each."""
+    real_train = Models._train
+
+    def slow_train(self, name, needs):
+        if self.workers.rank == 0:
+            time.sleep(2.0)
+        return real_train(self, name, needs)
+
+    Models._train = slow_train
+    _evaluate(config, outs, logs)
 
 
 def _train(config: str, cache: str, defenses: list[str], crash_after_epoch: int = 0) -> None:
@@ -159,3 +174,25 @@ def test_an_interrupted_two_machine_run_resumes(tmp_path):
     fresh = ResultCache(tmp_path / "fresh").load("model", models.key("gda_brelu"))
     for entry in resumed:
         assert all(torch.equal(entry["state_dict"][k], v) for k, v in fresh["state_dict"].items())
+
+
+def test_the_rank_holding_the_source_crafts_the_blackbox_examples_while_the_other_trains(tmp_path):
+    text = CONFIG.replace('blackbox_attacks = ["fgsm"]', 'blackbox_attacks = ["fgsm", "rfgsm"]')
+    config = write_config(tmp_path, text)
+    outs = [tmp_path / "machine0", tmp_path / "machine1"]
+    run_processes(_evaluate_rank0_slow, 2, config, [str(o) for o in outs], str(tmp_path), local_world_size=1)
+    models, _ = models_of(config, outs[0])
+    assert plan(models.jobs(), 2).trainer[SOURCE] == 1
+    logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(2)]
+    assert "[rank 1] crafted 4 chunks of black-box examples while waiting" in logs[1]
+    assert "while waiting" not in logs[0]
+    crafted = [sorted(p.name for p in (out / "cache" / "blackbox").glob("*.pt")) for out in outs]
+    verdicts = [sorted(p.name for p in (out / "cache" / "verdict").glob("*.pt")) for out in outs]
+    assert crafted[0] == [] and len(crafted[1]) == 4  # each chunk once, on rank 1
+    assert verdicts[0] == [] and len(verdicts[1]) == 4  # and judged there, where its images are
+    assert re.search(r"rank 1: \d+ units to compute \(\d+% of the estimated work left\)", logs[0])
+
+    single = tmp_path / "single"  # the same cells from one process, crafting everything itself
+    shutil.copytree(outs[0] / "cache" / "model", single / "cache" / "model")
+    run_processes(_evaluate, 1, config, [str(single)], str(tmp_path))
+    assert cells(single / "results.json") == cells(outs[0] / "results.json")

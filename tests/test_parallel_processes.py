@@ -5,6 +5,7 @@ models already in a cache (or resumable there) not trained again from scratch.""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,51 @@ def test_a_shared_cache_folder_is_read_by_every_rank(tmp_path):
     assert sorted(calls) == ["big", "child2", "dep"]  # each once, child1 from the cache
     check_identical(results)
     assert sorted(p.name for p in shared.glob("*.pt")) == sorted(f"{name}.pt" for name in BASE)
+
+
+def _process_waiting(out: str, answer: bool) -> None:
+    """train_models with a `while_waiting` that records its calls; rank 0's trainings take 0.5 s each."""
+    workers = start("cpu")
+    events = []
+
+    def slow_train(name, needs):
+        events.append(name)
+        if workers.rank == 0:
+            time.sleep(0.5)
+        w = torch.full((3,), BASE[name]) + sum(state["w"] for state in needs.values())
+        return {"w": w, "rank": torch.tensor(workers.rank)}, {"seconds": 0.0}
+
+    def while_waiting(held):
+        events.append(("wait", sorted(held)))
+        time.sleep(0.01)
+        return answer
+
+    try:
+        trained = train_models(JOBS, workers, template=template, train=slow_train, while_waiting=while_waiting)
+        torch.save({"events": events, "trained": trained}, Path(out) / f"rank{workers.rank}.pt")
+    finally:
+        stop(workers)
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_a_rank_done_training_works_while_waiting_until_all_have_trained(tmp_path, answer):
+    run_processes(_process_waiting, 2, str(tmp_path), answer)
+    results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    check_identical(results)
+    schedule = plan(JOBS, 2)
+    waits = []
+    for rank, result in enumerate(results):
+        trainings = [e for e in result["events"] if isinstance(e, str)]
+        calls = [e[1] for e in result["events"] if not isinstance(e, str)]
+        assert trainings == schedule.to_train(rank)
+        assert result["events"][: len(trainings)] == trainings  # only once its own models are trained
+        for held in calls:  # with the models it holds: its own and those sent to it
+            assert set(schedule.to_train(rank)) <= set(held) <= set(BASE)
+        waits.append(len(calls))
+    if answer:  # rank 1 waits about a second for rank 0's two slow trainings, working all the while
+        assert waits[1] >= 10 and waits[0] < waits[1]
+    else:  # nothing to do: asked once at most
+        assert waits[0] <= 1 and waits[1] == 1
 
 
 def _train_paper(root: str, out: str) -> None:

@@ -10,6 +10,7 @@ continues where it stopped.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
 from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, SWEEP_ATTACKS, ConfigError, EvalConfig
 from .report import Cell, Perturbation, Results, perturbation_stats
-from .train import Models
+from .train import SOURCE, Models
 
 Log = Callable[[str], None]
 
@@ -113,6 +114,8 @@ class Evaluation:
         self.attacks = Attacks(config, self.data, self.models, self.cache)
         self.certification = Certification(config, self.data, self.models, self.cache)
         self.seconds: dict[str, float] = {}
+        self._to_craft: deque[Unit] | None = None  # black-box units a process waiting on the others may craft
+        self._crafted_while_waiting = 0
 
     def chunks(self, limit: int = 0) -> list[Chunk]:
         """The (start, stop) bounds of the test chunks, over the first `limit` test images (0: all)."""
@@ -181,21 +184,58 @@ class Evaluation:
             return self.certification.run(u.defense, u.chunk)
         return self.attacks.perturbation(u.defense, u.attack, u.chunk, bpda=u.bpda)
 
+    def _done(self, u: Unit) -> bool:
+        """Whether `u`'s outcome is in this process's cache."""
+        return self.cache.path(*self._entry(u)).is_file()
+
+    def _crafted(self, u: Unit) -> bool:
+        """Whether `u` is a black-box unit whose adversarial images are in this process's cache."""
+        key = self.attacks.blackbox_key(u.attack, u.eps, u.chunk) if u.kind == "blackbox" else None
+        return key is not None and self.cache.path("blackbox", key).is_file()
+
+    def _craft_while_waiting(self, model: Callable[[str], nn.Module | None]) -> bool:
+        """Crafts one chunk of black-box examples on the source, for a process that has trained its share of the
+        models while others still train: its own share of the black-box units first (as :meth:`_share` would
+        place them with nothing cached), the cheapest first, then the others'. False when this process does not
+        hold the source, or every chunk's examples or verdicts are cached."""
+        if model(SOURCE) is None:
+            return False
+        if self._to_craft is None:
+            units = [u for u in self._work() if u.kind == "blackbox"]
+            owner = share_out([self._cost(u) for u in units], self.workers.world_size)
+            order = sorted(range(len(units)), key=lambda i: (owner[i] != self.workers.rank, self._cost(units[i]), i))
+            self._to_craft = deque(units[i] for i in order)
+            if self._to_craft:
+                self.models.log("crafting the black-box examples on the source while other processes train")
+        while self._to_craft:
+            u = self._to_craft.popleft()
+            if not (self._done(u) or self._crafted(u)):
+                self.attacks.adversarial(u.attack, u.eps, u.chunk)
+                self._crafted_while_waiting += 1
+                return True
+        return False
+
     def _share(self, units: list[Unit]) -> list[Unit]:
         """This process's units: those whose outcome is in its cache and in no lower rank's, and a share of the
-        rest, placed by estimated cost (:func:`nemesis_fast.parallel.share_out`)."""
+        rest, placed by estimated cost (:func:`nemesis_fast.parallel.share_out`). A black-box unit whose
+        adversarial images alone are cached goes to the lowest rank holding them, like one whose outcome is:
+        what is left of it, the defenses' verdicts, costs little next to crafting them."""
         if not self.workers.distributed:
             return units
-        held = {i for i, unit in enumerate(units) if self.cache.path(*self._entry(unit)).is_file()}
-        held_by = self.workers.gather(held)
+        done_here = {i for i, u in enumerate(units) if self._done(u)}
+        crafted_here = {i for i, u in enumerate(units) if i not in done_here and self._crafted(u)}
+        views = self.workers.gather((done_here, crafted_here))
+        done = set().union(*(d for d, _ in views))
+        crafted = set().union(*(c for _, c in views)) - done
+        held_by = [d | (c - done) for d, c in views]  # an outcome before adversarial images alone
         costs = [self._cost(u) for u in units]
         owner = share_out(costs, self.workers.world_size, held_by)
-        cached = set().union(*held_by)
-        left = [i for i in range(len(units)) if i not in cached]
-        total = sum(costs[i] for i in left) or 1.0
+        left = [i for i in range(len(units)) if i not in done]
+        work = {i: 0.0 if i in crafted else costs[i] for i in left}
+        total = sum(work.values()) or 1.0
         for rank in range(self.workers.world_size):
             todo = [i for i in left if owner[i] == rank]
-            share = 100 * sum(costs[i] for i in todo) / total
+            share = 100 * sum(work[i] for i in todo) / total
             self.log(f"rank {rank}: {len(todo)} units to compute ({share:.0f}% of the estimated work left)")
         return [unit for unit, rank in zip(units, owner) if rank == self.workers.rank]
 
@@ -206,7 +246,10 @@ class Evaluation:
         if cached_only:
             return self.cached_results()
         started = time.perf_counter()
-        self.models.prepare()  # on every process alike: each model is trained once, by one of them
+        # On every process alike: each model is trained once, by one of them.
+        self.models.prepare(while_waiting=self._craft_while_waiting)
+        if self._crafted_while_waiting:
+            self.models.log(f"crafted {self._crafted_while_waiting} chunks of black-box examples while waiting")
         self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
         clean = self._clean_accuracy({d: self.models.get(d) for d in self.config.defenses})

@@ -178,9 +178,13 @@ class Models:
         names = [name for name in self.needed() if not self._squeezes_standard(name)]
         return [Job(n, self.cost(n), ("standard",) if "source_model" in self.key(n) else ()) for n in names]
 
-    def prepare(self) -> None:
+    def prepare(self, while_waiting: Callable[[Callable[[str], nn.Module | None]], bool] | None = None) -> None:
         """Every model the evaluation needs, on every process: read from the caches, or trained once, each by
-        one process, and shared over torch.distributed (:func:`~nemesis_fast.parallel.train_models`)."""
+        one process, and shared over torch.distributed (:func:`~nemesis_fast.parallel.train_models`).
+
+        while_waiting: work for a process that has trained its share while others still train, called over and
+        over with a function that gives the trained model of a name when this process holds it (else None);
+        each call does a short piece of work and returns False when there is nothing (left) to do."""
         jobs = self.jobs()
         store = _CacheStore(self.cache, {job.name: self.key(job.name) for job in jobs})
         trained = train_models(
@@ -190,11 +194,22 @@ class Models:
             train=self._train,
             store=store,
             log=self.log,
+            while_waiting=None if while_waiting is None else lambda held: while_waiting(self._holding(held)),
         )
         for name, (state, meta) in trained.items():
             self._install(name, self.build(name), state)
             self.seconds[f"train {name}"] = float(meta["seconds"])
         self.prepared = True
+
+    def _holding(self, held: dict[str, Trained]) -> Callable[[str], nn.Module | None]:
+        """The models of `held` (name -> (state, meta)), each built and installed when first asked for."""
+
+        def model(name: str) -> nn.Module | None:
+            if name not in self.loaded and name in held:
+                self._install(name, self.build(name), held[name][0])
+            return self.loaded.get(name)
+
+        return model
 
     def needed(self) -> list[str]:
         """Every model to train, in an order where each comes after the models it needs."""

@@ -7,7 +7,9 @@ weights: the part shared by the evaluation and `nemesis-fast train --paper`.
    it point to point as soon as it exists (isend, never waited on before the end: a rank blocks only on
    receiving a model that comes earlier in the plan's order than the one it is about to train, so no cycle of
    waits can form).
-3. Every model is broadcast from its trainer (or the lowest rank holding it) to all ranks, in the plan's order,
+3. A rank that has trained its share while others still train may do other work meanwhile (`while_waiting`,
+   piece by piece, until every rank has arrived at a barrier).
+4. Every model is broadcast from its trainer (or the lowest rank holding it) to all ranks, in the plan's order,
    with its metadata; each rank writes what its cache lacks, so an interrupted run resumes from any cache.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 
 from . import exchange
 from .schedule import Job, Plan, plan
@@ -68,6 +71,7 @@ def train_models(
     train: Callable[[str, dict[str, State]], Trained],
     store: ModelStore | None = None,
     log: Log = lambda message: None,
+    while_waiting: Callable[[dict[str, Trained]], bool] | None = None,
 ) -> dict[str, Trained]:
     """Every job's model on every process, each trained by one process (or read from a cache).
 
@@ -79,6 +83,10 @@ def train_models(
             dict on the CPU and metadata (the rank, process count and threads are added).
         store: this process's cache: models found there are not trained; every model ends up there.
         log: where process 0 says which rank trains what, and from where the others come.
+        while_waiting: called over and over on a rank that has trained its share while other ranks still train,
+            with the models this rank holds (its cache's, its own, those it received); each call does a short
+            piece of work and returns False when there is nothing (left) to do. Never called on one process.
+            Every rank must pass it alike (a function or None).
 
     Returns: name -> (state dict on the CPU, metadata), bit-identical on every process.
     """
@@ -113,8 +121,19 @@ def train_models(
     for request, _ in sending:
         request.wait()
     if workers.distributed:
+        if while_waiting is not None:
+            _work_until_all_arrive(lambda: while_waiting(dict(models)))
         _share(schedule, models, own, workers, template, store)
     return {name: models[name] for name in schedule.order}
+
+
+def _work_until_all_arrive(work: Callable[[], bool]) -> None:
+    """Calls `work` until every rank has arrived here (a barrier polled between calls) or `work` returns False,
+    then waits for the last rank."""
+    arrived = dist.barrier(async_op=True)
+    while not arrived.is_completed() and work():
+        pass
+    arrived.wait()
 
 
 def _share(
