@@ -190,8 +190,9 @@ class Evaluation:
 
     def _crafted(self, u: Unit) -> bool:
         """Whether `u` is a black-box unit whose adversarial images are in this process's cache."""
-        key = self.attacks.blackbox_key(u.attack, u.eps, u.chunk) if u.kind == "blackbox" else None
-        return key is not None and self.cache.path("blackbox", key).is_file()
+        if u.kind != "blackbox":
+            return False
+        return self.cache.path("blackbox", self.attacks.blackbox_key(u.attack, u.eps, u.chunk)).is_file()
 
     def _craft_while_waiting(self, model: Callable[[str], nn.Module | None]) -> bool:
         """Crafts one chunk of black-box examples on the source, for a process that has trained its share of the
@@ -202,8 +203,9 @@ class Evaluation:
             return False
         if self._to_craft is None:
             units = [u for u in self._work() if u.kind == "blackbox"]
-            owner = share_out([self._cost(u) for u in units], self.workers.world_size)
-            order = sorted(range(len(units)), key=lambda i: (owner[i] != self.workers.rank, self._cost(units[i]), i))
+            costs = [self._cost(u) for u in units]
+            owner = share_out(costs, self.workers.world_size)
+            order = sorted(range(len(units)), key=lambda i: (owner[i] != self.workers.rank, costs[i], i))
             self._to_craft = deque(units[i] for i in order)
             if self._to_craft:
                 self.models.log("crafting the black-box examples on the source while other processes train")
