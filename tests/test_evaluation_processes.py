@@ -196,3 +196,11 @@ def test_the_rank_holding_the_source_crafts_the_blackbox_examples_while_the_othe
     shutil.copytree(outs[0] / "cache" / "model", single / "cache" / "model")
     run_processes(_evaluate, 1, config, [str(single)], str(tmp_path))
     assert cells(single / "results.json") == cells(outs[0] / "results.json")
+
+    for out in outs:  # again, with every model in both caches: nobody trains, so nobody waits and crafts
+        for kind in ("blackbox", "verdict"):
+            shutil.rmtree(out / "cache" / kind, ignore_errors=True)
+    run_processes(_evaluate, 2, config, [str(o) for o in outs], str(tmp_path), local_world_size=1)
+    logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(2)]
+    assert "from the cache of rank 0" in logs[0] and not any("while waiting" in log for log in logs)
+    assert cells(outs[0] / "results.json") == cells(single / "results.json")

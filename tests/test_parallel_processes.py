@@ -13,7 +13,7 @@ import torch
 from _processes import run_processes
 from _support import write_cifar
 
-from nemesis_fast.parallel import Job, plan, start, stop, train_models
+from nemesis_fast.parallel import Job, Workers, plan, start, stop, train_models
 
 # "child2" waits for "dep", trained on the other rank: the schedule sends it ahead (see test_parallel_schedule).
 JOBS = [Job("big", 4.0), Job("dep", 1.0), Job("child1", 4.0, ("dep",)), Job("child2", 4.0, ("dep",))]
@@ -130,14 +130,14 @@ def test_a_shared_cache_folder_is_read_by_every_rank(tmp_path):
 
 
 def _process_waiting(out: str, answer: bool) -> None:
-    """train_models with a `while_waiting` that records its calls; rank 0's trainings take 0.5 s each."""
+    """train_models with a `while_waiting` that records its calls; rank 0's trainings take 1 s each."""
     workers = start("cpu")
     events = []
 
     def slow_train(name, needs):
         events.append(name)
         if workers.rank == 0:
-            time.sleep(0.5)
+            time.sleep(1.0)
         w = torch.full((3,), BASE[name]) + sum(state["w"] for state in needs.values())
         return {"w": w, "rank": torch.tensor(workers.rank)}, {"seconds": 0.0}
 
@@ -168,10 +168,66 @@ def test_a_rank_done_training_works_while_waiting_until_all_have_trained(tmp_pat
         for held in calls:  # with the models it holds: its own and those sent to it
             assert set(schedule.to_train(rank)) <= set(held) <= set(BASE)
         waits.append(len(calls))
-    if answer:  # rank 1 waits about a second for rank 0's two slow trainings, working all the while
-        assert waits[1] >= 10 and waits[0] < waits[1]
-    else:  # nothing to do: asked once at most
-        assert waits[0] <= 1 and waits[1] == 1
+    assert waits[0] == 0  # the last to arrive
+    if answer:  # rank 1 waits for rank 0's slow trainings, working all the while
+        assert waits[1] >= 10
+    else:  # nothing to do: asked once
+        assert waits[1] == 1
+
+
+def _process_arrivals(out: str, delays: list[float], first_piece: list[float]) -> None:
+    """_work_until_all_arrive with pieces of work of 10 ms (the first `first_piece[rank]` s), entered after
+    `delays[rank]` s; records the number of pieces each rank did."""
+    from nemesis_fast.parallel.executor import _work_until_all_arrive
+
+    workers = start("cpu")
+    pieces = []
+
+    def work():
+        time.sleep(first_piece[workers.rank] if not pieces else 0.01)
+        pieces.append(time.monotonic())
+        return True
+
+    try:
+        time.sleep(delays[workers.rank])
+        _work_until_all_arrive(work)
+        (Path(out) / f"rank{workers.rank}.json").write_text(json.dumps(len(pieces)))
+    finally:
+        stop(workers)
+
+
+def _pieces(tmp_path, delays, first_piece):
+    run_processes(_process_arrivals, 2, str(tmp_path), delays, first_piece)
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_the_last_rank_to_arrive_starts_no_work(tmp_path):
+    waiting, last = _pieces(tmp_path, [0.0, 1.0], [0.01, 0.01])
+    assert last == 0 and waiting >= 10
+
+
+def test_a_rank_arriving_while_another_finishes_a_piece_works_meanwhile(tmp_path):
+    # Rank 0 starts a 2 s piece; rank 1 arrives 0.5 s later and works in 10 ms pieces until that piece ends.
+    long, short = _pieces(tmp_path, [0.0, 0.5], [2.0, 0.01])
+    assert long == 1 and short >= 10
+
+
+def _process_claims(out: str, names: list[str]) -> None:
+    workers = start("cpu")
+    try:
+        order = names if workers.rank == 0 else names[::-1]
+        won = [name for name in order if workers.claim(name)]
+        (Path(out) / f"rank{workers.rank}.json").write_text(json.dumps(won))
+    finally:
+        stop(workers)
+
+
+def test_each_name_is_claimed_by_one_rank(tmp_path):
+    names = [f"unit{i}" for i in range(40)]
+    run_processes(_process_claims, 2, str(tmp_path), names)
+    won = [set(json.loads((tmp_path / f"rank{rank}.json").read_text())) for rank in range(2)]
+    assert won[0] | won[1] == set(names) and not won[0] & won[1]
+    assert Workers().claim("unit0") and Workers().claim("unit0")  # one process claims everything
 
 
 def _train_paper(root: str, out: str) -> None:

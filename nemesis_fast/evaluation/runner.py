@@ -196,22 +196,21 @@ class Evaluation:
 
     def _craft_while_waiting(self, model: Callable[[str], nn.Module | None]) -> bool:
         """Crafts one chunk of black-box examples on the source, for a process that has trained its share of the
-        models while others still train: its own share of the black-box units first (as :meth:`_share` would
-        place them with nothing cached), the cheapest first, then the others'. False when this process does not
-        hold the source, or every chunk's examples or verdicts are cached."""
+        models while others still train: the cheapest chunk whose examples and verdicts are not cached here and
+        that no other process has claimed. False when this process does not hold the source, or nothing is left."""
         if model(SOURCE) is None:
             return False
         if self._to_craft is None:
             units = [u for u in self._work() if u.kind == "blackbox"]
             costs = [self._cost(u) for u in units]
-            owner = share_out(costs, self.workers.world_size)
-            order = sorted(range(len(units)), key=lambda i: (owner[i] != self.workers.rank, costs[i], i))
-            self._to_craft = deque(units[i] for i in order)
+            self._to_craft = deque(units[i] for i in sorted(range(len(units)), key=lambda i: (costs[i], i)))
             if self._to_craft:
                 self.models.log("crafting the black-box examples on the source while other processes train")
         while self._to_craft:
             u = self._to_craft.popleft()
-            if not (self._done(u) or self._crafted(u)):
+            if self._done(u) or self._crafted(u):
+                continue
+            if self.workers.claim(f"blackbox/{self.attacks.blackbox_key(u.attack, u.eps, u.chunk)}"):
                 self.attacks.adversarial(u.attack, u.eps, u.chunk)
                 self._crafted_while_waiting += 1
                 return True

@@ -8,13 +8,14 @@ weights: the part shared by the evaluation and `nemesis-fast train --paper`.
    receiving a model that comes earlier in the plan's order than the one it is about to train, so no cycle of
    waits can form).
 3. A rank that has trained its share while others still train may do other work meanwhile (`while_waiting`,
-   piece by piece, until every rank has arrived at a barrier).
+   piece by piece, until every rank has arrived at a barrier and finished the piece it was doing then).
 4. Every model is broadcast from its trainer (or the lowest rank holding it) to all ranks, in the plan's order,
    with its metadata; each rank writes what its cache lacks, so an interrupted run resumes from any cache.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -83,10 +84,12 @@ def train_models(
             dict on the CPU and metadata (the rank, process count and threads are added).
         store: this process's cache: models found there are not trained; every model ends up there.
         log: where process 0 says which rank trains what, and from where the others come.
-        while_waiting: called over and over on a rank that has trained its share while other ranks still train,
-            with the models this rank holds (its cache's, its own, those it received); each call does a short
-            piece of work and returns False when there is nothing (left) to do. Never called on one process.
-            Every rank must pass it alike (a function or None).
+        while_waiting: called over and over on a rank that has trained its share while other ranks still train
+            (or finish a piece of their own such work), with the models this rank holds (its cache's, its own,
+            those it received); each call does a short piece of work and returns False when there is nothing
+            (left) to do. Several ranks may call it at once: work any of them could pick up is claimed first
+            (:meth:`Workers.claim`). Never called on one process. Every rank must pass it alike (a function or
+            None).
 
     Returns: name -> (state dict on the CPU, metadata), bit-identical on every process.
     """
@@ -127,13 +130,29 @@ def train_models(
     return {name: models[name] for name in schedule.order}
 
 
+SETTLE_SECONDS = 0.2
+
+
 def _work_until_all_arrive(work: Callable[[], bool]) -> None:
-    """Calls `work` until every rank has arrived here (a barrier polled between calls) or `work` returns False,
-    then waits for the last rank."""
-    arrived = dist.barrier(async_op=True)
-    while not arrived.is_completed() and work():
-        pass
-    arrived.wait()
+    """Calls `work` between polls of two barriers, until it returns False or the barrier completes: the first
+    completes when every rank has arrived here, the second when every rank has finished the piece of work it was
+    doing then. So the last rank to arrive starts no work, and a rank that arrives while another is in the middle
+    of a piece works until that piece ends instead of idling."""
+    more = True
+    for _ in range(2):
+        barrier = dist.barrier(async_op=True)
+        _settle(barrier)
+        while more and not barrier.is_completed():
+            more = work()
+        barrier.wait()
+
+
+def _settle(barrier: dist.Work) -> None:
+    """Gives a barrier that every other rank has joined time to complete (up to SETTLE_SECONDS): completion
+    reaches the last rank to join a moment after it joins, and without this it would start a piece of work."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not barrier.is_completed() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _share(

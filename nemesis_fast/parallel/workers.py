@@ -43,6 +43,13 @@ class Workers:
         if self.distributed:
             dist.barrier()
 
+    def claim(self, name: str) -> bool:
+        """Whether this process is the first of the run to claim `name` (always, on one process): a piece of work
+        that any process may pick up is done by the one whose claim comes first. Claims last as long as the run."""
+        if not self.distributed:
+            return True
+        return dist.distributed_c10d._get_default_store().add(f"nemesis_fast/claim/{name}", 1) == 1
+
     def gather(self, obj: Any) -> list[Any]:
         """Every process's `obj`, in rank order (on every process)."""
         if not self.distributed:
