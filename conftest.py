@@ -20,3 +20,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+def pytest_runtest_logreport(report):
+    """With NEMESIS_TEST_LOG_DIR set, every test's outcome and seconds go to durations.log, and every failure's
+    traceback to failures.log, as they happen: a run stopped at a time limit (the GPU machine's) still tells what
+    failed, why, and which tests it never reached."""
+    folder = os.environ.get("NEMESIS_TEST_LOG_DIR")
+    if not folder or os.environ.get("PYTEST_XDIST_WORKER"):  # the controller writes, once per report
+        return
+    if report.when == "call" or report.outcome != "passed":
+        with open(os.path.join(folder, "durations.log"), "a") as log:
+            log.write(f"{report.duration:8.2f} s  {report.outcome:7}  {report.nodeid} ({report.when})\n")
+    if report.failed:
+        with open(os.path.join(folder, "failures.log"), "a") as log:
+            log.write(f"== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")

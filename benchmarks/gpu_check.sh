@@ -100,9 +100,12 @@ fi
 
 if [ "$phase" = all ] || [ "$phase" = tests ]; then
   # The machine has pytest-xdist: Triton's compiles then run on several cores.
+  # Each test's outcome and seconds go to durations.log, each failure's traceback to failures.log, as they happen
+  # (conftest.py): a run stopped at its limit still names its failures and the tests it never reached.
   workers=()
-  python3 -c "import xdist" 2> /dev/null && workers=(-n 4)
-  step 150 tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=10 -p no:cacheprovider "${workers[@]}"
+  python3 -c "import xdist" 2> /dev/null && workers=(-n 12)
+  export NEMESIS_TEST_LOG_DIR="$OUT"
+  step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=15 -p no:cacheprovider "${workers[@]}"
 fi
 
 suites=()

@@ -8,5 +8,5 @@
 TORCH_LIBRARY_FRAGMENT(nemesis_fast, m) {
   m.def(
       "gaussian_augment(Tensor x, int copies, float sigma, float? clip_min, float? clip_max, bool include_original, "
-      "int seed, int offset, ScalarType? out_dtype) -> Tensor");
+      "int seed, SymInt offset, ScalarType? out_dtype) -> Tensor");
 }

@@ -69,8 +69,9 @@ def check_nonnegative(value: Any, name: str) -> float:
 
 
 def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
-    """An integer (not a bool) within the given inclusive bounds."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer (not a bool) within the given inclusive bounds; a symbolic one (torch.SymInt, which torch.compile
+    passes a custom op for an int that varies between calls) is checked as one."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from _gaussian_augment_cases import CASES, call, expected, op_for
 from _support import fast_backend_cases, require_backend
+from torch._dynamo.utils import counters
 
 import nemesis_fast as nf
 from nemesis_fast._backends.gaussian_augment import BACKENDS
@@ -40,6 +41,8 @@ def test_torch_compile_fullgraph(backend, device, monkeypatch):
     require_backend(BACKENDS, backend, device)
     torch._dynamo.reset()
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+    # A graph from the on-disk caches of an earlier run can come specialised to the offset it was compiled for.
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
 
     def augment_and_normalise(x, offset):
         return (nf.gaussian_augment(x * 0.5, 3, 0.2, seed=21, offset=offset) - 0.5) * 2.0
@@ -48,6 +51,10 @@ def test_torch_compile_fullgraph(backend, device, monkeypatch):
     x = torch.rand(6, 3, 4, 4, device=device)
     torch.testing.assert_close(compiled(x, 5), augment_and_normalise(x, 5))
     torch.testing.assert_close(compiled(x, 6), (expected(x * 0.5, sigma=0.2, seed=21, offset=6) - 0.5) * 2.0)
+    # The second offset made it a symbolic int: a third runs the same graph, not a recompiled one.
+    graphs = counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(compiled(x, 9), (expected(x * 0.5, sigma=0.2, seed=21, offset=9) - 0.5) * 2.0)
+    assert counters["stats"]["unique_graphs"] == graphs
     # The op alone, compiled: the same bits as the reference (the launch options survive tracing).
     augment = torch.compile(lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6), fullgraph=True)
     assert torch.equal(augment(x).cpu(), expected(x.cpu(), sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))

@@ -30,10 +30,13 @@ IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch
 
 
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 pixels as floats in [0, 1] (x / 255); float images cast to `dtype` unchanged in value."""
-    if images.dtype == torch.uint8:
-        return images.to(dtype).div_(255.0)
-    return images.to(dtype)
+    """uint8 pixels as floats in [0, 1] (x / 255, correctly rounded, the same bits on every device); float images
+    cast to `dtype` unchanged in value."""
+    if images.dtype != torch.uint8:
+        return images.to(dtype)
+    # A tensor divisor, not a Python number: on CUDA, torch divides by a number as a multiply by its reciprocal,
+    # one ulp off x / 255 for about a third of the bytes.
+    return images.to(dtype).div_(torch.full((), 255.0, dtype=dtype, device=images.device))
 
 
 def check_images_labels(images: torch.Tensor, labels: torch.Tensor) -> None:

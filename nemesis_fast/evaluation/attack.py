@@ -19,6 +19,7 @@ from torch import nn
 from ..attacks import FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, RandFGSM
 from ..attacks.base import Attack
 from ..attacks.norms import perturbation_norms
+from ..data.loader import to_float
 from ..defenses import FeatureSqueezing
 from ..nn import with_relu_gradient
 from .cache import ResultCache, settings_key
@@ -100,7 +101,7 @@ class Attacks:
 
     def test_chunk(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
         start, stop = chunk
-        x = self.data.test_images[start:stop].to(self.device).float().div_(255)
+        x = to_float(self.data.test_images[start:stop].to(self.device))
         return x, self.data.test_labels[start:stop].to(self.device)
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

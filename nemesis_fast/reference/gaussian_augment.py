@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .._checks import check_int, check_number
+from ..data.loader import to_float
 
 # Philox4x32 round multipliers and Weyl key increments.
 PHILOX_M0 = 0xD2511F53
@@ -256,8 +257,8 @@ def _math_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _as_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x in the math type; uint8 is scaled to [0, 1] (x / 255)."""
-    return x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
+    """x in the math type; uint8 is scaled to [0, 1] (x / 255, correctly rounded)."""
+    return to_float(x, dtype)
 
 
 def _clip(v: torch.Tensor, clip_min: float | None, clip_max: float | None) -> torch.Tensor:

@@ -259,20 +259,19 @@ def jsma_saliency_search_triton(
     # Partials (row block, sample), indexed by program.
     score = torch.empty(row_blocks, batch, dtype=torch.float32, device=device)
     key = torch.empty(row_blocks, batch, dtype=torch.int64, device=device)
-    domain = search_domain.view(torch.uint8)
     launch(
         _search_kernel,
         (row_blocks * batch,),
         target_grad,
         other_grad,
-        domain,
+        search_domain,  # bool: Triton loads it as bytes
         score,
         key,
         batch,
         n,
         *target_grad.stride(),
         *other_grad.stride(),
-        *domain.stride(),
+        *search_domain.stride(),
         INCREASE=increase,
         ROWS=ROWS,
         COLS=COLS,
