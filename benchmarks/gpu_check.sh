@@ -17,8 +17,13 @@
 # the unfinished run folder, with its cache, as $OUT/paper-run.tgz.part-*, to carry into the next call.
 #
 # What comes back (the device tool returns at most 8 files): $OUT/summary.txt (each step: exit status, seconds, or
-# why it was skipped), device.txt (GPU, build, backends), tests.log, bench.log (the tables) and bench.tgz (one JSON
-# per suite, rewritten after every measured row, so a suite stopped part way keeps its rows).
+# why it was skipped), device.txt (GPU, build, backends), tests.log, durations.log and failures.log (each test's
+# outcome and seconds, each failure's traceback, written as they happen), bench.log (the tables) and bench.tgz (one
+# JSON per suite, rewritten after every measured row, so a suite stopped part way keeps its rows).
+#
+# On an H200 (2026-12-04) the build took 58-72 s and the cuda/triton tests did not finish in 150 s (4 workers) or
+# 180 s (12): give them more when the benchmarks are already measured, e.g.
+#   run(command="BUDGET=400 TESTS_SECONDS=300 bash benchmarks/gpu_check.sh tests", carry=[".whl"], timeout_s=460)
 #
 # The peers (torchattacks, ART) travel as wheels in .whl/ (an ignored folder, named in `carry`); the machine has
 # their dependencies. Here, before the call:

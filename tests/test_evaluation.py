@@ -278,6 +278,9 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
     for title in ("against eps (the eps sweep)", "minimal perturbation", "Gradient-masking checks", "(94.46, "):
         assert title in report, title
     assert "| GDA + BReLU (gradient masking) | DeepFool | L2 |" in report
+    # JSMA follows the softmax here: every model's share of class probabilities at 0 is measured and checked.
+    assert set(first.softmax_underflow) == set(first.config["defenses"])
+    assert all(0 <= v <= 100 for v in first.softmax_underflow.values()) and "JSMA's softmax gradient" in report
 
 
 def test_the_authors_training_options_reach_the_models_keys(tmp_path):

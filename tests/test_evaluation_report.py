@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nemesis_fast.evaluation import load_config
-from nemesis_fast.evaluation.checks import gradient_masking_checks
+from nemesis_fast.evaluation.checks import gradient_masking_checks, softmax_underflow
 from nemesis_fast.evaluation.config import MASKED
 from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, eps_meeting_paper, paper_value
 from nemesis_fast.evaluation.plots import plot_sweep
@@ -56,6 +56,36 @@ def test_gradient_masking_checks_flag_what_athalye_et_al_would():
     assert check.own_gradient == "FAIL (FGSM through its own gradient 75.0% > 40.0% at eps 0.1)" and check.flagged
     (check,) = gradient_masking_checks(_results(honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 41)], [0.1]))
     assert check.own_gradient == "pass" and not check.flagged
+
+
+def test_a_softmax_that_underflows_flags_jsma_on_the_softmax():
+    honest = [_c("fgsm", "whitebox", 0.1, 40), _c("pgd", "whitebox", 0.1, 10)]
+    results = _results(honest, [])
+    (check,) = gradient_masking_checks(results)
+    assert check.softmax == "n/a" and not check.flagged  # JSMA on the logits, or no JSMA: nothing measured
+    results.softmax_underflow = {"standard": 1.0}
+    assert gradient_masking_checks(results)[0].softmax == "pass"
+    results.softmax_underflow = {"standard": 76.9}
+    (check,) = gradient_masking_checks(results)
+    assert check.softmax == "FAIL (76.9% of (image, target) pairs: probability 0, so gradient 0)" and check.flagged
+
+
+def test_softmax_underflow_counts_the_other_classes_at_probability_0():
+    # Logits (0, -50, -200) for image 0: exp(-200) is 0 in float32, exp(-50) is not. Image 1: (0, 0, 0), none.
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3]
+
+    images = torch.tensor([[0.0, -50.0, -200.0, 0.0], [0.0, 0.0, 0.0, 0.0]]).reshape(2, 1, 2, 2)
+    labels = torch.tensor([0, 2])
+    assert softmax_underflow(Fixed(), images, labels, torch.device("cpu")) == 100 * 1 / 4
+    # A label whose own probability is 0 is not one of its targets.
+    assert softmax_underflow(Fixed(), images[:1], torch.tensor([2]), torch.device("cpu"), batch_size=1) == 0.0
+    assert math.isnan(softmax_underflow(Fixed(), images[:0], labels[:0], torch.device("cpu")))
+    # The probability JSMA follows is exactly 0 there, and so is its gradient.
+    x = images[:1].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(Fixed()(x).softmax(1)[0, 2], x)
+    assert torch.count_nonzero(grad) == 0
 
 
 def test_a_bpda_defenses_row_counts_an_image_fooled_when_either_attack_fools_it():

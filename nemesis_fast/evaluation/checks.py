@@ -12,6 +12,10 @@ ICML 2018, section 3.1), run on an evaluation's cells for every defense:
   through the defense's own gradient alone leaves more accuracy than the defense's row (BPDA or its own
   gradient, whichever fools an image) at the same eps. A defense that fails it hides its gradient: robustness
   measured through that gradient is not robustness.
+* JSMA's softmax gradient (where JSMA follows the softmax's Jacobian, the paper's F): the share of (test image,
+  other class) pairs whose float32 softmax probability is exactly 0 is at most 1%. For such a pair the gradient of
+  the target's probability is exactly 0 too, and JSMA aimed at that target cannot take a step: it fails because
+  the logits are far apart (an ln-gap above about 104), not because the model is robust.
 
 Each comparison allows for sampling error: two binomial standard errors of the two accuracies, plus 0.5 points.
 A check without the cells it needs is "not run", not passed. A defense that fails any check is flagged.
@@ -22,10 +26,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from ..attacks.base import model_guard
+from ..data.loader import to_float
 from .config import MASKED
 from .report import Cell, Results
 
 LARGE_EPS = 0.5
+UNDERFLOW_LIMIT = 1.0  # percent of (image, other class) pairs
 
 
 @dataclass
@@ -35,10 +45,12 @@ class CheckResult:
     whitebox: str
     chance: str
     own_gradient: str = "n/a"  # "n/a": no rows through the defense's own gradient (no BPDA variant)
+    softmax: str = "n/a"  # "n/a": JSMA does not follow the softmax's gradient in this run
 
     @property
     def flagged(self) -> bool:
-        return any(v.startswith("FAIL") for v in (self.iterative, self.whitebox, self.chance, self.own_gradient))
+        verdicts = (self.iterative, self.whitebox, self.chance, self.own_gradient, self.softmax)
+        return any(v.startswith("FAIL") for v in verdicts)
 
 
 def _slack(a: Cell, b: Cell | None = None) -> float:
@@ -76,8 +88,36 @@ def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[Che
                 level = 100 / num_classes
                 ok = top.accuracy <= level + _slack(top)
                 chance = "pass" if ok else f"FAIL ({top.accuracy:.1f}% at eps {top.eps:g}, chance {level:.0f}%)"
-        out.append(CheckResult(defense, iterative, whitebox, chance, _own_gradient(results, defense)))
+        own = _own_gradient(results, defense)
+        out.append(CheckResult(defense, iterative, whitebox, chance, own, _softmax(results, defense)))
     return out
+
+
+def _softmax(results: Results, defense: str) -> str:
+    share = results.softmax_underflow.get(defense)
+    if share is None:
+        return "n/a"
+    if share > UNDERFLOW_LIMIT:
+        return f"FAIL ({share:.1f}% of (image, target) pairs: probability 0, so gradient 0)"
+    return "pass"
+
+
+def softmax_underflow(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int = 1000
+) -> float:
+    """Percent of the (image, class other than its label) pairs of `images` (uint8 or float, (N, C, H, W)) whose
+    softmax probability under `model` is exactly 0 in float32: the targets JSMA on the softmax cannot move
+    towards. nan for no images."""
+    if len(labels) == 0:
+        return math.nan
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    with model_guard(model), torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            x = to_float(images[start : start + batch_size].to(device))
+            y = labels[start : start + batch_size].to(device)
+            p = model(x).float().softmax(1)
+            zero += (p == 0).sum() - (p.gather(1, y[:, None]) == 0).sum()
+    return 100 * zero.item() / (len(labels) * (p.shape[1] - 1))
 
 
 def _strongest(results: Results, defense: str) -> list[Cell]:

@@ -96,6 +96,9 @@ class Results:
     seconds: dict[str, float] = field(default_factory=dict)
     perturbations: list[Perturbation] = field(default_factory=list)
     certified: list[CertifiedAccuracy] = field(default_factory=list)  # randomized smoothing, per defense
+    # Per defense, percent of (test image, other class) pairs with softmax probability 0 (checks.softmax_underflow),
+    # where JSMA follows the softmax's gradient.
+    softmax_underflow: dict[str, float] = field(default_factory=dict)
     # Units of work not computed yet: > 0 only in a report of an unfinished run (evaluate(cached_only=True)),
     # which leaves out every cell, row and model that is not complete.
     pending: int = 0

@@ -29,6 +29,7 @@ from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
 from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
+from .checks import softmax_underflow
 from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, SWEEP_ATTACKS, ConfigError, EvalConfig
 from .report import Cell, Perturbation, Results, perturbation_stats
 from .train import SOURCE, Models
@@ -253,7 +254,8 @@ class Evaluation:
             self.models.log(f"crafted {self._crafted_while_waiting} chunks of black-box examples while waiting")
         self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
-        clean = self._clean_accuracy({d: self.models.get(d) for d in self.config.defenses})
+        models = {d: self.models.get(d) for d in self.config.defenses}
+        clean, underflow = self._clean_accuracy(models), self._softmax_underflow(models)
         units = self._work()
         mine = self._share(units)
         certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
@@ -264,7 +266,7 @@ class Evaluation:
         for part in self.workers.gather(outcomes):
             gathered.update(part)
         self.seconds["attacks"] = time.perf_counter() - attack_started
-        return self._results(clean, units, gathered, started)
+        return self._results(clean, underflow, units, gathered, started)
 
     def cached_results(self) -> Results:
         """The results of what the cache holds, computing nothing (for a look at an unfinished run): the clean
@@ -273,14 +275,15 @@ class Evaluation:
         if self.workers.distributed:
             raise ConfigError("cached_only: run it in one process, not under torchrun")
         started = time.perf_counter()
-        clean = self._clean_accuracy({d: self.models.cached(d) for d in self.config.defenses})
+        models = {d: self.models.cached(d) for d in self.config.defenses}
+        clean, underflow = self._clean_accuracy(models), self._softmax_underflow(models)
         units = self._work()
         entries = {unit: self.cache.load(*self._entry(unit)) for unit in units}
         groups: dict[Unit, list[Unit]] = {}
         for unit in units:
             groups.setdefault(unit.group(), []).append(unit)
         complete = [u for members in groups.values() if all(entries[m] is not None for m in members) for u in members]
-        results = self._results(clean, complete, entries, started)
+        results = self._results(clean, underflow, complete, entries, started)
         results.pending = sum(entry is None for entry in entries.values())
         return results
 
@@ -289,8 +292,21 @@ class Evaluation:
         test = self.data.test_images, self.data.test_labels
         return {d: 100 * evaluate_accuracy(m, *test, device=self.device) for d, m in models.items() if m is not None}
 
+    def _softmax_underflow(self, models: dict[str, nn.Module | None]) -> dict[str, float]:
+        """Where the minimal-perturbation JSMA follows the softmax's gradient: per model given, the percent of
+        (test image, other class) pairs it gives probability 0 (:func:`.checks.softmax_underflow`)."""
+        if self.config.attack.jsma_use_logits or "jsma" not in self.config.perturbation_attacks:
+            return {}
+        test = self.data.test_images, self.data.test_labels
+        return {d: softmax_underflow(m, *test, self.device) for d, m in models.items() if m is not None}
+
     def _results(
-        self, clean: dict[str, float], units: list[Unit], outcomes: dict[Unit, dict[str, Any]], started: float
+        self,
+        clean: dict[str, float],
+        underflow: dict[str, float],
+        units: list[Unit],
+        outcomes: dict[Unit, dict[str, Any]],
+        started: float,
     ) -> Results:
         cells, perturbations, certified = self._cells(units, outcomes)
         if certified and "attacks" in self.seconds:  # part of the attack phase's time: the certification's own
@@ -305,6 +321,7 @@ class Evaluation:
             cells=cells,
             perturbations=perturbations,
             certified=certified,
+            softmax_underflow=underflow,
             seconds={**self.seconds, "total": time.perf_counter() - started},
         )
 

@@ -126,9 +126,11 @@ def checks_table(results: Results) -> tuple[list[str], list[list[str]]]:
     """The gradient-masking checks of every defense (:mod:`.checks`)."""
     from .checks import gradient_masking_checks
 
-    header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "own gradient <= row", "flag"]
+    header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "own gradient <= row"]
+    header += ["JSMA's softmax gradient", "flag"]
     rows = [
-        [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, r.own_gradient, "FLAGGED" if r.flagged else ""]
+        [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, r.own_gradient, r.softmax]
+        + ["FLAGGED" if r.flagged else ""]
         for r in gradient_masking_checks(results)
     ]
     return header, rows
