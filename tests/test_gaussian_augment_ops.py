@@ -42,8 +42,11 @@ def test_torch_compile_fullgraph(backend, device, monkeypatch):
     torch._dynamo.reset()
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
     # A graph from the on-disk caches of an earlier run can come specialised to the offset it was compiled for.
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        check_compiled_gaussian_augment(device)
 
+
+def check_compiled_gaussian_augment(device: str) -> None:
     def augment_and_normalise(x, offset):
         return (nf.gaussian_augment(x * 0.5, 3, 0.2, seed=21, offset=offset) - 0.5) * 2.0
 
