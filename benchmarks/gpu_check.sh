@@ -2,14 +2,16 @@
 # The GPU machine's one command: build the extension, run the tests marked cuda or triton, run the GPU benchmarks,
 # all inside one time budget, in order of what matters most; a step that fails or runs out does not stop the rest.
 #
-#   bash benchmarks/gpu_check.sh [all|tests|bench|apps|paper]
+#   bash benchmarks/gpu_check.sh [all|tests|bench|apps|paper|profile]
 #
 # A session is lent 15 device minutes in all, the machine's start (1-2 minutes) included, and one command may run
 # 10. So `all` (the default) is the whole check as one call: BUDGET seconds (default 450; give the device tool a
 # timeout_s of BUDGET + 60), each step limited to its own seconds and to what is left of the budget, the steps that
 # no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
 # gaussian_augment, jsma), certify, compat, attacks, training. `tests`, `bench` (the kernel and attack suites) and
-# `apps` (certify, compat) rerun a part on a warm machine. `paper` (not in `all`): the evaluation on full MNIST,
+# `apps` (certify, compat) rerun a part on a warm machine; `profile` (not in `all`) writes profile.log, where FGSM's
+# and DeepFool's time goes and their host-device synchronisations (scripts/profile_attacks.py, which needs the
+# peers' wheels). `paper` (not in `all`): the evaluation on full MNIST,
 # MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
 # tool's `carry`): the `paper_gpu_check` preset (every model trained as the paper preset trains it, the black-box
 # table on the first 1,000 test images), for scripts/compare_gpu_run.py to set beside the CPU run's cells. It stops
@@ -39,7 +41,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phase="${1:-all}"
-case "$phase" in all | tests | bench | apps | paper) ;; *) echo "usage: gpu_check.sh [all|tests|bench|apps|paper]" >&2; exit 2 ;; esac
+case "$phase" in all | tests | bench | apps | paper | profile) ;; *) echo "usage: gpu_check.sh [all|tests|bench|apps|paper|profile]" >&2; exit 2 ;; esac
 OUT="${OUT:-results/gpu}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 [ "$phase" = paper ] && BUDGET="${BUDGET:-530}" || BUDGET="${BUDGET:-450}"
@@ -99,6 +101,12 @@ if [ "$phase" = paper ]; then
     echo "paper: unfinished; to resume on a fresh machine, here: cat paper-run.tgz.part-* | tar xzf - -C runs," \
       "then carry runs/paper-gpu-check in the next call" >> "$OUT/summary.txt"
   fi
+  cat "$OUT/summary.txt"
+  exit $status
+fi
+
+if [ "$phase" = profile ]; then  # where FGSM's and DeepFool's time goes (scripts/profile_attacks.py), to profile.log
+  step 200 "profile attacks" "$OUT/profile.log" python3 scripts/profile_attacks.py --device "$DEVICE"
   cat "$OUT/summary.txt"
   exit $status
 fi

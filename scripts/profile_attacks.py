@@ -1,0 +1,118 @@
+"""Where an attack's time goes on a GPU, for the attack suite's CIFAR CNN and batch (`nemesis-fast bench attacks`):
+per provider (nemesis_fast, torchattacks, the bare forward and backward passes), the milliseconds per call, the
+operations that synchronise the host with the device (where each happens, from torch's sync debug mode), and
+torch.profiler's busiest operations by host time and by device time. Then DeepFool's difference from torchattacks'
+with TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
+
+    python scripts/profile_attacks.py [--attacks FGSM,DeepFool] [--batch 256] [--calls 20] [--device cpu] > profile.log
+
+(`--device cpu`: a smoke test of the script, with no synchronisations to find and no TF32.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+import traceback
+import warnings
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from nemesis_fast.bench.attacks import providers, specs, timing_model
+from nemesis_fast.bench.harness import device_name, synchronize
+from nemesis_fast.compat import torchattacks as compat
+
+
+def synchronisations(call) -> collections.Counter:
+    """The places in nemesis_fast or the peers (file:line) of the synchronising operations of one call."""
+    places: collections.Counter = collections.Counter()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+            torch.cuda.synchronize()
+        for warning in caught:
+            if "synchroniz" in str(warning.message):
+                places[f"{warning.filename}:{warning.lineno}"] += 1
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return places
+
+
+def milliseconds(call, calls: int, device: torch.device) -> float:
+    call()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(calls):
+        call()
+    synchronize(device)
+    return 1e3 * (time.perf_counter() - started) / calls
+
+
+def profile_attack(spec, model, x, y, calls: int) -> None:
+    gpu = x.device.type == "cuda"
+    for name, attack in providers(spec, model, x, 10).items():
+        if isinstance(attack, str) or name == "ART":
+            continue
+        call = lambda a=attack: a(x, y)  # noqa: E731
+        print(f"\n=== {spec.name}, {name}: {milliseconds(call, calls, x.device):.3f} ms per call (batch {len(x)})")
+        for place, count in (synchronisations(call) if gpu else collections.Counter()).most_common(10):
+            print(f"  sync x{count} at {place}")
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with profile(activities=activities) as prof:
+            for _ in range(calls):
+                call()
+            synchronize(x.device)
+        averages = prof.key_averages()
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=12))
+        if gpu:
+            print(averages.table(sort_by="self_cuda_time_total", row_limit=8))
+
+
+def deepfool_tf32(model, x, y) -> None:
+    import torchattacks
+
+    for allowed in (True, False):
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.manual_seed(0)
+        peer = torchattacks.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+        torch.manual_seed(0)
+        ours = compat.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+        print(
+            f"DeepFool, TF32 {'allowed' if allowed else 'forbidden'}: max |ours - torchattacks| "
+            f"{(ours - peer).abs().max().item():.3g} on {len(x)} images"
+        )
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # torch's defaults
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--attacks", default="FGSM,DeepFool")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    model = timing_model(device)
+    x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    print(f"{device_name(device)}, torch {torch.__version__}")
+    wanted = args.attacks.split(",")
+    for spec in specs("cifar", "cuda"):
+        if spec.name in wanted:
+            try:
+                calls = args.calls if spec.name in ("FGSM", "R+FGSM") else 3
+                images = 32 if spec.name == "DeepFool" else len(x)
+                profile_attack(spec, model, x[:images], y[:images], calls)
+            except Exception:  # one attack's failure must not hide the others' profiles
+                traceback.print_exc()
+    if device.type == "cuda":
+        deepfool_tf32(model, x[:32], y[:32])
+
+
+if __name__ == "__main__":
+    main()
