@@ -118,3 +118,12 @@ def test_split_validation():
     assert len(split_validation(images, labels, 0.0)[1][1]) == 0
     with pytest.raises(ValueError, match="fraction must be < 1.0"):
         split_validation(images, labels, 1.0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_uint8_pixels_become_x_over_255_correctly_rounded_on_every_device(device):
+    # torch on CUDA divides by a Python number as a multiply by its reciprocal, one ulp off for about half the bytes.
+    pixels = torch.arange(256, dtype=torch.uint8, device=device)
+    for dtype in (torch.float32, torch.float64):
+        exact = (torch.arange(256, dtype=torch.float64) / 255).to(dtype)
+        assert torch.equal(to_float(pixels, dtype).cpu(), exact), dtype
