@@ -35,7 +35,7 @@ def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     if images.dtype != torch.uint8:
         return images.to(dtype)
     # A tensor divisor, not a Python number: on CUDA, torch divides by a number as a multiply by its reciprocal,
-    # one ulp off x / 255 for about a third of the bytes.
+    # one ulp off x / 255 for about half of the byte values.
     return images.to(dtype).div_(torch.full((), 255.0, dtype=dtype, device=images.device))
 
 

@@ -15,7 +15,8 @@ ICML 2018, section 3.1), run on an evaluation's cells for every defense:
 * JSMA's softmax gradient (where JSMA follows the softmax's Jacobian, the paper's F): the share of (test image,
   other class) pairs whose float32 softmax probability is exactly 0 is at most 1%. For such a pair the gradient of
   the target's probability is exactly 0 too, and JSMA aimed at that target cannot take a step: it fails because
-  the logits are far apart (an ln-gap above about 104), not because the model is robust.
+  the target's logit lies more than about 103 below the top one (float32 holds nothing positive below e^-103.3),
+  not because the model is robust.
 
 Each comparison allows for sampling error: two binomial standard errors of the two accuracies, plus 0.5 points.
 A check without the cells it needs is "not run", not passed. A defense that fails any check is flagged.
