@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import model_guard
-from ..data.loader import to_float
+from ..data.loader import DeviceLoader
 from .config import MASKED
 from .report import Cell, Results
 
@@ -113,9 +113,7 @@ def softmax_underflow(
         return math.nan
     zero = torch.zeros((), dtype=torch.int64, device=device)
     with model_guard(model), torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            x = to_float(images[start : start + batch_size].to(device))
-            y = labels[start : start + batch_size].to(device)
+        for x, y in DeviceLoader(images, labels, batch_size, shuffle=False, device=device):
             p = model(x).float().softmax(1)
             zero += (p == 0).sum() - (p.gather(1, y[:, None]) == 0).sum()
     return 100 * zero.item() / (len(labels) * (p.shape[1] - 1))

@@ -256,11 +256,6 @@ def _math_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _as_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x in the math type; uint8 is scaled to [0, 1] (x / 255, correctly rounded)."""
-    return to_float(x, dtype)
-
-
 def _clip(v: torch.Tensor, clip_min: float | None, clip_max: float | None) -> torch.Tensor:
     """Clamps to the bounds rounded to v's dtype; NaN propagates."""
     if clip_min is not None:
@@ -295,7 +290,7 @@ def gaussian_augment(
     math_dtype = _math_dtype(x)
     batch = x.shape[0]
     features = math.prod(x.shape[1:])
-    values = _as_float(x.detach(), math_dtype).reshape(1, batch, features)
+    values = to_float(x.detach(), math_dtype).reshape(1, batch, features)
     parts = []
     if include_original:
         parts.append(_clip(values, clip_min, clip_max))
