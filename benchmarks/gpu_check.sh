@@ -118,7 +118,10 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
   workers=()
   python3 -c "import xdist" 2> /dev/null && workers=(-n 12)
   export NEMESIS_TEST_LOG_DIR="$OUT"
-  step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=15 -p no:cacheprovider "${workers[@]}"
+  # TESTS_ARGS (optional, split on spaces): the tests to run, e.g. the node ids that an earlier call never reached.
+  read -r -a selection <<< "${TESTS_ARGS:-}"
+  step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=15 \
+    -p no:cacheprovider "${workers[@]}" "${selection[@]}"
 fi
 
 suites=()

@@ -33,6 +33,9 @@ from triton.compiler import ASTSource
 
 from nemesis_fast.triton import bounded_relu, gaussian_augment, jsma_saliency_search
 
+sys.path.insert(0, sys.argv[2])  # tests/, for fma_probe
+import fma_probe
+
 TARGET = GPUTarget("cuda", 90, 32)
 OUT = Path(sys.argv[1])
 ALIGNED = [["tt.divisibility", 16]]
@@ -85,14 +88,18 @@ for x, out, vec, ints in (
         ints=ints,
         options=gaussian_augment.LAUNCH_OPTIONS,
     )
-# The same kernel with FP fusion left on (Triton's default): the control that shows the FMA check can fail.
-compile_kernel(
-    "control-gaussian_augment-fused",
-    gaussian_augment._augment_kernel,
-    {"x_ptr": "fp32", "out_ptr": "fp32", "params_ptr": "fp32"},
-    {"UINT8": False, "VEC": 4, "BLOCK": gaussian_augment.BLOCK},
-    options={**gaussian_augment.LAUNCH_OPTIONS, "enable_fp_fusion": True},
-)
+# FP fusion on (Triton's default, and how torch.compile launches it): the kernel rounds each operation itself.
+FUSED = {**gaussian_augment.LAUNCH_OPTIONS, "enable_fp_fusion": True}
+for x, out, math in (("fp32", "fp32", "fp32"), ("fp64", "fp64", "fp64")):
+    compile_kernel(
+        f"gaussian_augment-{x}-{out}-vec4-i32-fused",
+        gaussian_augment._augment_kernel,
+        {"x_ptr": x, "out_ptr": out, "params_ptr": math},
+        {"UINT8": False, "VEC": 4, "BLOCK": gaussian_augment.BLOCK},
+        options=FUSED,
+    )
+# The control that shows the FMA check can fail: x * x + x in plain operators, fusion on.
+compile_kernel("control-plain-fused", fma_probe.plain_kernel, {"x_ptr": "fp32", "out_ptr": "fp32"}, {}, options=FUSED)
 for dtype in ("fp32", "bf16", "fp64"):
     for increase in (True, False):
         compile_kernel(
@@ -111,7 +118,7 @@ compile_kernel(
 )
 json.dump(records, sys.stdout)
 '''
-EXPECTED_VARIANTS = 16 + 6 + 1 + 6 + 1
+EXPECTED_VARIANTS = 16 + 6 + 2 + 1 + 6 + 1
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +128,11 @@ def compiled(tmp_path_factory) -> dict[str, dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = os.environ.get("NEMESIS_FAST_TRITON_TEST_CACHE", "/tmp/nemesis_fast_triton_cache")
     run = subprocess.run(
-        [sys.executable, "-c", COMPILE_ALL, str(out)], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-c", COMPILE_ALL, str(out), os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     variants = {}
@@ -200,11 +211,11 @@ def test_float32_data_moves_in_128_bit_accesses(compiled):
 @pytest.mark.triton
 @pytest.mark.slow
 def test_gaussian_noise_has_no_fused_multiply_add(compiled):
-    """The launch options disable FP fusion: every + and * of the noise is its own correctly rounded PTX operation
-    (.rn), which ptxas never fuses, so the noise equals the reference's bit for bit. (The SASS still holds the FFMAs
-    of the correctly rounded square root's own sequence.)"""
+    """Every + and * of the noise is its own correctly rounded PTX operation (.rn), which ptxas never fuses, so the
+    noise equals the reference's bit for bit: with the ops' launch options and with FP fusion on, as torch.compile
+    launches the kernel. (The SASS still holds the FFMAs of the correctly rounded square root's own sequence.)"""
     labels = [label for label in compiled if label.startswith("gaussian_augment-")]
-    assert labels
+    assert len(labels) == 8 and sum(label.endswith("-fused") for label in labels) == 2, labels
     for label in labels:
         ptx = compiled[label]["ptx"]
         assert not PTX_FMA.findall(ptx), label
@@ -215,5 +226,5 @@ def test_gaussian_noise_has_no_fused_multiply_add(compiled):
 @pytest.mark.triton
 @pytest.mark.slow
 def test_the_fma_check_finds_the_fusions_of_the_default_options(compiled):
-    ptx = compiled["control-gaussian_augment-fused"]["ptx"]
-    assert len(PTX_FMA.findall(ptx)) > 10
+    ptx = compiled["control-plain-fused"]["ptx"]
+    assert PTX_FMA.findall(ptx)

@@ -15,6 +15,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ..reference.gaussian_augment import empty_output, seed_key
+from . import INTERPRET
 from ._common import launch
 
 BLOCK = 256  # feature groups (of 4) per program
@@ -22,6 +23,36 @@ NUM_WARPS = 4
 TARGET_PROGRAMS = 4096  # rows are split over a second grid axis until there are about this many programs
 # No FP fusion: each + and * is rounded on its own, as in the reference, so the noise is exact (no FMA contraction).
 LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+# The launch option alone is not enough: torch.compile (inductor, torch 2.11) launches the kernel with Triton's
+# default options, FP fusion on. So on a GPU every float +, - and * of the noise is one explicitly rounded PTX
+# instruction (add.rn, sub.rn, mul.rn; not libdevice's, which Triton makes flush denormals to zero), which neither
+# LLVM nor ptxas fuses into an FMA, whatever the options. The CPU interpreter runs no PTX and never fuses: there
+# they are the plain operators. Operands: float32 or float64 tensors of one dtype, or a float32 tensor and a number.
+ROUND_EACH_OPERATION: tl.constexpr = tl.constexpr(not INTERPRET)
+
+
+@triton.jit
+def _ptx(a, b, F32: tl.constexpr, F64: tl.constexpr):
+    if a.dtype == tl.float64:
+        result = tl.inline_asm_elementwise(F64, "=d,d,d", [a, b], dtype=tl.float64, is_pure=True, pack=1)
+    else:
+        result = tl.inline_asm_elementwise(F32, "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1)
+    return result
+
+
+@triton.jit
+def _mul(a, b):
+    return _ptx(a, b, "mul.rn.f32 $0, $1, $2;", "mul.rn.f64 $0, $1, $2;") if ROUND_EACH_OPERATION else a * b
+
+
+@triton.jit
+def _add(a, b):
+    return _ptx(a, b, "add.rn.f32 $0, $1, $2;", "add.rn.f64 $0, $1, $2;") if ROUND_EACH_OPERATION else a + b
+
+
+@triton.jit
+def _sub(a, b):
+    return _ptx(a, b, "sub.rn.f32 $0, $1, $2;", "sub.rn.f64 $0, $1, $2;") if ROUND_EACH_OPERATION else a - b
 
 
 @triton.jit
@@ -51,36 +82,41 @@ def _log_unit(u):
     e = (bits >> 23) - 127
     f = ((bits & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
     big = f > 1.4142135381698608
-    f = tl.where(big, f * 0.5, f)
+    f = tl.where(big, _mul(f, 0.5), f)
     e = tl.where(big, e + 1, e)
-    t = f - 1.0
-    p = t * -0.07634492963552475 + 0.12761574983596802
-    p = p * t + -0.13160182535648346
-    p = p * t + 0.14201758801937103
-    p = p * t + -0.16623356938362122
-    p = p * t + 0.20001226663589478
-    p = p * t + -0.2500081956386566
-    p = p * t + 0.3333333134651184
-    return t + t * t * (t * p - 0.5) + e.to(tl.float32) * 0.6931471824645996
+    t = _sub(f, 1.0)
+    p = _add(_mul(t, -0.07634492963552475), 0.12761574983596802)
+    p = _add(_mul(p, t), -0.13160182535648346)
+    p = _add(_mul(p, t), 0.14201758801937103)
+    p = _add(_mul(p, t), -0.16623356938362122)
+    p = _add(_mul(p, t), 0.20001226663589478)
+    p = _add(_mul(p, t), -0.2500081956386566)
+    p = _add(_mul(p, t), 0.3333333134651184)
+    # t + t * t * (t * p - 0.5) + e * ln 2, left to right
+    tail = _mul(_mul(t, t), _sub(_mul(t, p), 0.5))
+    return _add(_add(t, tail), _mul(e.to(tl.float32), 0.6931471824645996))
 
 
 @triton.jit
 def _box_muller(radius_word, angle_word):
     """(r cos theta, r sin theta) from two uint32 words, as reference.gaussian_augment.box_muller."""
-    u = ((radius_word >> 8).to(tl.int32) + 1).to(tl.float32) * 5.9604644775390625e-08
-    radius = tl.sqrt_rn(_log_unit(u) * -2.0)
+    u = _mul(((radius_word >> 8).to(tl.int32) + 1).to(tl.float32), 5.9604644775390625e-08)
+    radius = tl.sqrt_rn(_mul(_log_unit(u), -2.0))
     k = (angle_word >> 8).to(tl.int32)
     quadrant = (k + (1 << 21)) >> 22
-    x = (k - (quadrant << 22)).to(tl.float32) * 3.7450702927776729e-07
-    x2 = x * x
-    sin_x = x + x * x2 * ((-0.0001951528392964974 * x2 + 0.00833216030150652) * x2 + -0.16666655242443085)
-    cos_x = 1.0 + x2 * (x2 * ((2.44331567955669e-05 * x2 + -0.0013887316454201937) * x2 + 0.04166664555668831) - 0.5)
+    x = _mul((k - (quadrant << 22)).to(tl.float32), 3.7450702927776729e-07)
+    x2 = _mul(x, x)
+    # sin x = x + x * x2 * S(x2), cos x = 1 + x2 * (x2 * C(x2) - 0.5), S and C in Horner order
+    s = _add(_mul(_add(_mul(x2, -0.0001951528392964974), 0.00833216030150652), x2), -0.16666655242443085)
+    sin_x = _add(x, _mul(_mul(x, x2), s))
+    c = _add(_mul(_add(_mul(x2, 2.44331567955669e-05), -0.0013887316454201937), x2), 0.04166664555668831)
+    cos_x = _add(_mul(x2, _sub(_mul(x2, c), 0.5)), 1.0)
     odd = (quadrant & 1) != 0
     cos_base = tl.where(odd, sin_x, cos_x)
     sin_base = tl.where(odd, cos_x, sin_x)
     cos_t = tl.where(((quadrant + 1) & 2) != 0, -cos_base, cos_base)
     sin_t = tl.where((quadrant & 2) != 0, -sin_base, sin_base)
-    return radius * cos_t, radius * sin_t
+    return _mul(radius, cos_t), _mul(radius, sin_t)
 
 
 # Integer arguments are not specialised (on divisibility by 16, or on being 1): one compiled kernel per dtype pair.
@@ -158,7 +194,7 @@ def _augment_kernel(
                 z0[:, None],
                 tl.where(lane == 1, z1[:, None], tl.where(lane == 2, z2[:, None], z3[:, None])),
             )
-            y = v + sigma * z.to(sigma.dtype)
+            y = _add(v, _mul(sigma, z.to(sigma.dtype)))
         y = tl.where(y < low, low, y)
         y = tl.where(y > high, high, y)
         if (sigma.dtype == tl.float64) & (out_ptr.dtype.element_ty != tl.float64):
