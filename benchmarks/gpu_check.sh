@@ -23,9 +23,12 @@
 # outcome and seconds, each failure's traceback, written as they happen), bench.log (the tables) and bench.tgz (one
 # JSON per suite, rewritten after every measured row, so a suite stopped part way keeps its rows).
 #
-# On an H200 (2026-12-04) the build took 58-72 s and the cuda/triton tests did not finish in 150 s (4 workers) or
-# 180 s (12): give them more when the benchmarks are already measured, e.g.
+# On an H200 (2026-12-04) the build took 49-72 s and the cuda/triton tests did not finish in 150 s (4 workers), 180 s
+# or 300 s (12): give them more when the benchmarks are already measured, e.g.
 #   run(command="BUDGET=400 TESTS_SECONDS=300 bash benchmarks/gpu_check.sh tests", carry=[".whl"], timeout_s=460)
+# or name the tests to run in TESTS_ARGS, e.g. those that no call has reached yet:
+#   TESTS_ARGS="tests/test_attacks_mnist.py tests/test_compat_torchattacks.py tests/test_data_loader.py
+#   tests/test_triton_compile.py tests/test_gaussian_augment_ops.py"
 #
 # The peers (torchattacks, ART) travel as wheels in .whl/ (an ignored folder, named in `carry`); the machine has
 # their dependencies. Here, before the call:

@@ -8,7 +8,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,33 @@ def temp_cached(relative_path: str | os.PathLike, compute: Callable[[], Any], *,
     """compute()'s value (anything torch.save stores, tensors on the CPU), kept at `relative_path` under the temp
     folder: the first call computes and writes it atomically, later calls (other processes and sessions too) read
     it back. `refresh=True` computes it again and overwrites the stored value. The caller names the file after
-    everything the value depends on (see :func:`settings_digest`)."""
+    everything the value depends on (see :func:`settings_digest`).
+
+    Processes that ask for the same value at once (parallel test workers, say) take turns on a lock file beside it:
+    one computes, the others then read what it wrote, rather than each computing it on cores they share."""
     path = Path(tempfile.gettempdir()) / relative_path
     if path.is_file() and not refresh:
         return torch.load(path, map_location="cpu", weights_only=True)
-    value = compute()
-    torch_save_atomic(path, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.with_name(path.name + ".lock")):
+        if path.is_file() and not refresh:  # computed by another process while this one waited
+            return torch.load(path, map_location="cpu", weights_only=True)
+        value = compute()
+        torch_save_atomic(path, value)
     return value
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `lock_path` (POSIX; elsewhere, no lock: a value may then be computed twice)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -33,3 +33,15 @@ def test_steps_beyond_the_budget_are_skipped_and_named(tmp_path):
     for suite in SUITES:
         assert re.search(rf"^bench {suite}: skipped, -?\d+s of the 40s budget left$", summary, flags=re.MULTILINE)
     assert len(list(out.iterdir())) <= 8
+
+
+def test_tests_args_names_the_tests_to_run(tmp_path):
+    out = tmp_path / "out"
+    chosen = "tests/test_gaussian_augment.py::test_triton_row_count_is_64_bit"
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "SKIP_BUILD": "1", "BUDGET": "120", "OUT": str(out)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["TESTS_ARGS"] = chosen
+    done = subprocess.run(["bash", str(SCRIPT), "tests"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, (out / "summary.txt").read_text()
+    ran = {line.split()[3] for line in (out / "durations.log").read_text().splitlines()}
+    assert ran == {chosen}

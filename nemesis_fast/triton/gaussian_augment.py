@@ -114,8 +114,9 @@ def _box_muller(radius_word, angle_word):
     odd = (quadrant & 1) != 0
     cos_base = tl.where(odd, sin_x, cos_x)
     sin_base = tl.where(odd, cos_x, sin_x)
-    cos_t = tl.where(((quadrant + 1) & 2) != 0, -cos_base, cos_base)
-    sin_t = tl.where((quadrant & 2) != 0, -sin_base, sin_base)
+    # Negated as x * -1, which is -x for zeros too: Triton 3.6 compiles -x to 0 - x, +0 where -x is -0.
+    cos_t = tl.where(((quadrant + 1) & 2) != 0, _mul(cos_base, -1.0), cos_base)
+    sin_t = tl.where((quadrant & 2) != 0, _mul(sin_base, -1.0), sin_base)
     return _mul(radius, cos_t), _mul(radius, sin_t)
 
 
