@@ -37,9 +37,12 @@ def expected(x: torch.Tensor, **kwargs) -> torch.Tensor:
 
 
 def assert_matches(actual: torch.Tensor, wanted: torch.Tensor) -> None:
-    """Same shape, dtype and values, bit for bit (NaN where NaN): the noise is exact on every backend."""
+    """Same shape, dtype and values, bit for bit (NaN where NaN, and -0 where -0): the noise is exact on every
+    backend."""
     assert actual.shape == wanted.shape and actual.dtype == wanted.dtype
     torch.testing.assert_close(actual, wanted, rtol=0, atol=0, equal_nan=True)
+    negative = [torch.signbit(t) & ~torch.isnan(t) for t in (actual, wanted)]  # assert_close takes -0 for +0
+    assert torch.equal(*negative), "the same values, but a zero of the other sign"
 
 
 def available_backends(device: str) -> list[str]:

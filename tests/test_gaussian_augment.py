@@ -93,6 +93,30 @@ def test_large_seeds_and_offsets(backend, device):
         assert_matches(call(backend, x, **kwargs).cpu(), expected(x.cpu(), **kwargs))
 
 
+# (seed, global sample index, feature) where the noise is exactly zero, of either sign: on an angle that is a
+# multiple of pi / 2 (where cos or sin is 0), or a radius of 0 (both of the pair; found with the native kernel and
+# checked against the reference).
+ZERO_NOISE = ((3, 3979, 384), (3, 3979, 385), (4, 709, 764), (5, 968, 75), (12, 376, 22), (20, 418, 4))
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_zero_noise_keeps_the_sign_of_zero(backend, device):
+    """Where the noise is exactly 0, -0.0 + sigma * noise is -0.0 or +0.0 by the noise's sign: each backend gives
+    the reference's sign, so its noise is the reference's even in the sign of a zero (Triton 3.6 negated a float
+    as 0 - x, which is +0 where the reference's -x is -0)."""
+    require_backend(BACKENDS, backend, device)
+    signs = set()
+    for seed, sample, feature in ZERO_NOISE:
+        x = torch.full((1, 1024), -0.0, device=device)
+        kwargs = {"copies": 1, "sigma": 1.0, "clip_min": None, "clip_max": None, "include_original": False}
+        kwargs |= {"seed": seed, "offset": sample}
+        got, wanted = call(backend, x, **kwargs).cpu(), expected(x.cpu(), **kwargs)
+        assert wanted[0, feature] == 0, (seed, sample, feature)
+        signs.add(bool(torch.signbit(wanted[0, feature])))
+        assert_matches(got, wanted)
+    assert signs == {False, True}
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_backends_agree_for_the_same_seed(device):
     """Raw noise (sigma = 1, x = 0, no clipping) identical on every backend, and across devices."""

@@ -16,7 +16,7 @@ set is split into batches:
   the integer k1. The normals agree with float64 Box-Muller to about 1e-6.
 * Every +, -, *, / and square root is one correctly rounded IEEE operation, in the order written here, never a
   fused multiply-add: so every backend gives these values bit for bit (the C++ code is compiled without FP
-  contraction, the CUDA code uses the __f*_rn intrinsics, the Triton launch disables FP fusion).
+  contraction, the CUDA code uses the __f*_rn intrinsics, the Triton kernel uses explicitly rounded PTX instructions).
 
 This module computes the noise with int64 tensors holding uint32 values and float32 tensors: it is slow and
 meant for small inputs (tests) and as the fallback of last resort.
