@@ -28,7 +28,7 @@
 #   run(command="BUDGET=400 TESTS_SECONDS=300 bash benchmarks/gpu_check.sh tests", carry=[".whl"], timeout_s=460)
 # or name the tests to run in TESTS_ARGS, e.g. those that no call has reached yet:
 #   TESTS_ARGS="tests/test_attacks_mnist.py tests/test_compat_torchattacks.py tests/test_data_loader.py
-#   tests/test_triton_compile.py tests/test_gaussian_augment_ops.py"
+#   tests/test_triton_compile.py tests/test_gaussian_augment.py"
 #
 # The peers (torchattacks, ART) travel as wheels in .whl/ (an ignored folder, named in `carry`); the machine has
 # their dependencies. Here, before the call:
