@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _gaussian_augment_cases import CASES, call, expected, op_for
+from _gaussian_augment_cases import CASES, assert_matches, call, expected, op_for
 from _support import fast_backend_cases, require_backend
 from torch._dynamo.utils import counters
 
@@ -58,9 +58,10 @@ def check_compiled_gaussian_augment(device: str) -> None:
     graphs = counters["stats"]["unique_graphs"]
     torch.testing.assert_close(compiled(x, 9), (expected(x * 0.5, sigma=0.2, seed=21, offset=9) - 0.5) * 2.0)
     assert counters["stats"]["unique_graphs"] == graphs
-    # The op alone, compiled: the same bits as the reference (the launch options survive tracing).
+    # The op alone, compiled: the same bits as the reference, though inductor launches a Triton kernel with FP
+    # fusion on (the kernel rounds each operation itself).
     augment = torch.compile(lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6), fullgraph=True)
-    assert torch.equal(augment(x).cpu(), expected(x.cpu(), sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))
+    assert_matches(augment(x).cpu(), expected(x.cpu(), sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))
 
     with pytest.raises(Exception, match="explicit seed"):
         torch.compile(lambda v: nf.gaussian_augment(v, 2), fullgraph=True)(x)
