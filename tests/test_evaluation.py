@@ -18,6 +18,7 @@ from _support import write_cifar
 
 from nemesis_fast.evaluation import evaluate, load_config
 from nemesis_fast.evaluation.cache import ResultCache
+from nemesis_fast.evaluation.config import ConfigError
 from nemesis_fast.evaluation.runner import Evaluation, load_data
 from nemesis_fast.parallel import Workers
 
@@ -347,6 +348,57 @@ def test_the_sources_own_epochs_reach_its_key_and_its_training_only(tmp_path, mo
         with pytest.raises(Interrupted):
             models._train(name, {})
         assert budgets.popitem()[1] == epochs, name
+
+
+def test_the_sources_first_images_reach_its_key_and_its_training_only(tmp_path, monkeypatch):
+    from nemesis_fast.evaluation import train as train_phase
+
+    config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
+    evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
+    models, data = evaluation.models, evaluation.data
+    names = models.needed()
+    before = {name: models.key(name) for name in names}
+    assert all("first_images" not in key["training"] for key in before.values())  # keys written before it exist
+    config.training.source_train_images = 200
+    after = {name: models.key(name) for name in names}
+    assert after[train_phase.SOURCE]["training"]["first_images"] == 200
+    assert all(after[name] == before[name] for name in names if name != train_phase.SOURCE)
+
+    calls = []
+
+    def record(model, rows, recipe, **budget):
+        calls.append((rows, budget))
+        raise Interrupted
+
+    monkeypatch.setattr(train_phase, "train", record)
+    for name in (train_phase.SOURCE, "standard"):
+        with pytest.raises(Interrupted):
+            models._train(name, {})
+    (source_rows, source_budget), (rows, budget) = calls
+    # The first 200 images: the first 180 train, the last 20 validate (as Keras' validation_split held them out).
+    assert torch.equal(source_rows[0], data.train_images[:180]) and torch.equal(source_rows[1], data.train_labels[:180])
+    val_x, val_y = source_budget["val_data"]
+    assert torch.equal(val_x, data.train_images[180:200]) and torch.equal(val_y, data.train_labels[180:200])
+    assert source_budget["val_fraction"] == 0.0 and source_budget["val_rows"] == "images"
+    assert rows[0] is data.train_images and "val_data" not in budget and budget["val_fraction"] == 0.1
+    assert models.cost(train_phase.SOURCE) < models.cost("standard") / 2  # 180 images against 540 (600 less 10%)
+
+    config.training.validation_fraction = 0.0  # nothing held out: all 200 train, nothing validates
+    with pytest.raises(Interrupted):
+        models._train(train_phase.SOURCE, {})
+    (rows, budget) = calls[-1]
+    assert len(rows[1]) == 200 and budget["val_data"] is None and budget["val_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("images,validation", [(10_001, 0.1), (1, 0.9)])
+def test_a_source_asked_for_more_images_than_there_are_fails_before_any_work(tmp_path, images, validation):
+    # The MNIST sample's 10,000 training images (train_samples unset); 1 image less 90%: none left to train on.
+    text = AUTHORS_TINY.replace(
+        "train_samples = 600", f"source_train_images = {images}\nvalidation_fraction = {validation}"
+    )
+    with pytest.raises(ConfigError, match="training.source_train_images must be <= the"):
+        evaluate(write_config(tmp_path, text), out_dir=str(tmp_path / "o"), log=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):

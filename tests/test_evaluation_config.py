@@ -1,6 +1,6 @@
 """The evaluation's config checking: bad configurations and settings fail before any work, naming their key; missing
-data says where it looked; the presets (paper, paper_table, paper_gpu_check, quick, paper_headline) and configs
-that start from another."""
+data says where it looked; the presets (paper, paper_table, paper_weak_source, paper_gpu_check, quick,
+paper_headline) and configs that start from another."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
         ("[attack]", "cw_confidence = -1.0", "attack.cw_confidence"),
         ("[training]", 'source_architecture = "vgg"', "training.source_architecture must be one of"),
         ("[training]", "source_epochs = 0", "training.source_epochs must be >= 1"),
+        ("[training]", "source_train_images = -1", "training.source_train_images must be >= 0"),
+        ("[training]", "source_train_images = 601", "training.source_train_images must be <= training.train_samples"),
         ("[defense]", 'vat_mode = "sometimes"', "defense.vat_mode must be one of"),
         ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
         ("[training]", 'augmented_validation = "last"', "training.augmented_validation must be one of"),
@@ -175,6 +177,15 @@ def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4
     }
     text = preset_path("paper_table").read_text()
     assert all(commit in text for commit in ("ace25b4e6", "323e9545c", "397a9a093"))
+
+
+def test_the_weak_source_preset_is_paper_table_with_a_source_trained_as_little_as_the_authors():
+    table, weak = load_config(preset_path("paper_table")), load_config(preset_path("paper_weak_source"))
+    assert _differences(table.to_dict(), weak.to_dict()) == {
+        "training.source_epochs": (None, 1),
+        "training.source_train_images": (0, 20000),
+    }
+    assert all(commit in preset_path("paper_weak_source").read_text() for commit in ("c7a44acc8", "6ce5edd24"))
 
 
 def test_the_gpu_check_preset_is_paper_on_the_first_images_in_the_paper_runs_chunks():

@@ -58,6 +58,9 @@ class TrainingSettings:
     source_architecture: str = "resnet"  # the black-box source: "resnet" (ResNet-source_depth), "small_resnet"
     source_depth: int = 20  # depth of the ResNet source
     source_epochs: int | None = None  # the black-box source's training budget in epochs (None: epochs)
+    # The black-box source trains on the first N training images only, the last validation_fraction of them held
+    # out unshuffled (as Keras' validation_split did); 0: on the whole training set, split like every model.
+    source_train_images: int = 0
     amp: bool = False
     compile: bool = False
 

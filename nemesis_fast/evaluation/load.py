@@ -215,6 +215,12 @@ def _validate_training(t: TrainingSettings) -> None:
     _need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")
     _need(t.patience >= 1, "training.patience", "must be >= 1")
     _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
+    _need(t.source_train_images >= 0, "training.source_train_images", "must be >= 0 (0: every training image)")
+    _need(
+        not t.source_train_images or not t.train_samples or t.source_train_images <= t.train_samples,
+        "training.source_train_images",
+        f"must be <= training.train_samples ({t.train_samples}), the images there are to train on",
+    )
     _need(
         t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
     )

@@ -104,13 +104,16 @@ class Models:
         return key
 
     def _training(self, name: str) -> dict[str, Any]:
-        """The training settings of model `name`: the run's, with the source's own epochs for the source.
-        `source_epochs` is left out of the key, and `augmented_validation` too where it is "images" or model
-        `name` trains on the images alone (so that keys written before they existed stay valid)."""
+        """The training settings of model `name`: the run's, with the source's own epochs (as "epochs") and first
+        images (as "first_images", where set) for the source. `source_epochs` and `source_train_images` are left out
+        of the key, and `augmented_validation` too where it is "images" or model `name` trains on the images alone
+        (so that keys written before they existed stay valid)."""
         training = dataclasses.asdict(self.config.training)
-        source_epochs = training.pop("source_epochs")
+        source_epochs, source_images = training.pop("source_epochs"), training.pop("source_train_images")
         if name == SOURCE and source_epochs is not None:
             training["epochs"] = source_epochs
+        if name == SOURCE and source_images:
+            training["first_images"] = source_images
         if training["augmented_validation"] == "images" or not self._trains_on_enlarged_set(name):
             del training["augmented_validation"]
         return training
@@ -168,7 +171,8 @@ class Models:
     def cost(self, name: str) -> float:
         """The estimated cost of training model `name` (for sharing the training out among processes)."""
         key = self.key(name)
-        images = round(len(self.data.train_labels) * (1 - self.config.training.validation_fraction))
+        (_, labels), validation = self._training_data(name)
+        images = len(labels) if validation else round(len(labels) * (1 - self.config.training.validation_fraction))
         return training_cost(
             key["architecture"], key["architecture_kwargs"], key["recipe"], key["recipe_settings"], images
         )
@@ -239,6 +243,19 @@ class Models:
             "compile": t.compile,
         }
 
+    def _training_data(self, name: str) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, Any]]:
+        """((images, labels) model `name` trains on, the validation arguments of :func:`nemesis_fast.train` that
+        replace its budget's): the training set, or for a source trained on the first images only, those
+        images with the last validation fraction of them held out, unshuffled."""
+        data = (self.data.train_images, self.data.train_labels)
+        first = self._training(name).get("first_images")
+        if not first:
+            return data, {}
+        held = round(first * self.config.training.validation_fraction)
+        x, y = data[0][:first], data[1][:first]
+        val_data = (x[first - held :], y[first - held :]) if held else None
+        return (x[: first - held], y[: first - held]), {"val_fraction": 0.0, "val_rows": "images", "val_data": val_data}
+
     def _train(self, name: str, needs: dict[str, dict[str, torch.Tensor]]) -> Trained:
         """Trains model `name` on this process (resuming from its checkpoint in the cache), given the state dicts
         of the models it needs; returns its state dict on the CPU and its metadata."""
@@ -253,14 +270,16 @@ class Models:
             source = source.to(self.device).eval()
         label = "black-box source" if name == SOURCE else DEFENSE_LABELS[name]
         arch = key["architecture"]
-        self.log(f"training {label} ({arch}, recipe {recipe}) on {len(self.data.train_labels)} images")
+        data, validation = self._training_data(name)
+        budget = {**self.budget(name), **validation}
+        self.log(f"training {label} ({arch}, recipe {recipe}) on {len(data[1])} images")
         started = time.perf_counter()
         result = train(
             model,
-            (self.data.train_images, self.data.train_labels),
+            data,
             recipe,
             settings=key["recipe_settings"],
-            **self.budget(name),
+            **budget,
             source_model=source,
             checkpoint=CachedCheckpoint(self.cache, key),
             progress=self.progress,
