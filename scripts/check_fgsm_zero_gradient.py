@@ -17,15 +17,8 @@ from pathlib import Path
 import torch
 from paper_cells import paper_evaluation
 
-from nemesis_fast.attacks import FGSM
+from nemesis_fast.evaluation.checks import zero_gradient_images
 from nemesis_fast.evaluation.config import DEFENSES
-
-
-def zero_gradient(attack: FGSM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: the images whose FGSM loss gradient is exactly zero everywhere."""
-    labels = y if attack.labels == "true" else None
-    grad, _ = attack.loss_gradient(x, labels)
-    return grad.flatten(1).abs().amax(1) == 0
 
 
 def main() -> None:
@@ -42,13 +35,13 @@ def main() -> None:
     x, y = attacks.test_chunk((0, args.images))
     for name in args.models.split(","):
         model = evaluation.models.get(name)
-        row, own = attacks._target(name, True), attacks._target(name, False)  # what the run's attacks differentiate
+        row, own = attacks.target(name, True), attacks.target(name, False)  # what the run's attacks differentiate
         ways = [("BPDA", row), ("own gradient", own)] if own is not row else [("own gradient", row)]
         line = [name]
         for way, attacked in ways:
             fgsm = attacks.make("fgsm", attacked, seed=0, eps=args.eps)
             chunks = [(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(y), 1000)]
-            zero = torch.cat([zero_gradient(fgsm, xc, yc) for xc, yc in chunks])
+            zero = torch.cat([zero_gradient_images(fgsm, xc, yc) for xc, yc in chunks])
             correct = torch.cat([attacks.predict(model, fgsm.run(xc, yc).x_adv) == yc for xc, yc in chunks])
             kept = [f"{100 * correct[g].float().mean().item():.1f}%" if g.any() else "-" for g in (zero, ~zero)]
             line.append(

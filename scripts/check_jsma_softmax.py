@@ -34,7 +34,7 @@ def main() -> None:
     x, y = attacks.test_chunk(chunk)
     for name in args.models.split(","):
         model = evaluation.models.get(name)
-        attacked = attacks._target(name, True)  # the model the run's white-box JSMA attacks (BPDA where it has one)
+        attacked = attacks.target(name, True)  # the model the run's white-box JSMA attacks (BPDA where it has one)
         clean = attacks.predict(model, x) == y
         underflow = softmax_underflow(model, x, y, x.device)
         line = [f"{name}: {underflow:.1f}% of pairs at probability 0"]

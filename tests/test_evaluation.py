@@ -282,6 +282,9 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
     # JSMA follows the softmax here: every model's share of class probabilities at 0 is measured and checked.
     assert set(first.softmax_underflow) == set(first.config["defenses"])
     assert all(0 <= v <= 100 for v in first.softmax_underflow.values()) and "JSMA's softmax gradient" in report
+    # White-box FGSM runs: every model's share of test images with a zero FGSM gradient is measured and checked.
+    assert set(first.fgsm_zero_gradient) == set(first.config["defenses"])
+    assert all(0 <= v <= 100 for v in first.fgsm_zero_gradient.values()) and "FGSM's zero gradient" in report
 
 
 def test_the_authors_training_options_reach_the_models_keys(tmp_path):

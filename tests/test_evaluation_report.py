@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from nemesis_fast.attacks import FGSM
 from nemesis_fast.evaluation import load_config
-from nemesis_fast.evaluation.checks import gradient_masking_checks, softmax_underflow
+from nemesis_fast.evaluation.checks import fgsm_zero_gradient, gradient_masking_checks, softmax_underflow
 from nemesis_fast.evaluation.config import MASKED
 from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, eps_meeting_paper, paper_value
 from nemesis_fast.evaluation.plots import plot_sweep
@@ -86,6 +87,37 @@ def test_softmax_underflow_counts_the_other_classes_at_probability_0():
     x = images[:1].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(Fixed()(x).softmax(1)[0, 2], x)
     assert torch.count_nonzero(grad) == 0
+
+
+def test_a_zero_fgsm_gradient_flags_the_defense():
+    results = _results([_c("fgsm", "whitebox", 0.1, 40), _c("pgd", "whitebox", 0.1, 10)], [])
+    (check,) = gradient_masking_checks(results)
+    assert check.zero_gradient == "n/a" and not check.flagged  # no white-box FGSM: nothing measured
+    results.fgsm_zero_gradient = {"standard": 1.0}
+    assert gradient_masking_checks(results)[0].zero_gradient == "pass"
+    results.fgsm_zero_gradient = {"standard": 43.3}
+    (check,) = gradient_masking_checks(results)
+    assert check.zero_gradient == "FAIL (43.3% of test images: gradient 0, so FGSM leaves them unchanged)"
+    assert check.flagged
+
+
+@pytest.mark.parametrize("labels", ["predicted", "true"])
+def test_fgsm_zero_gradient_counts_the_images_fgsm_leaves_unchanged(labels):
+    # Logits 200 x (the first three pixels). Image 0 (1, 0, 0), label 0: its float32 softmax is one-hot, so the
+    # cross-entropy on its label, its prediction, has gradient 0. Image 1 (0.01, 0, 0): not one-hot. Image 2
+    # (0.9, 0.1, 0), label 1: one-hot on its prediction 0, whose gradient is 0, but not on its label.
+    class Scaled(torch.nn.Module):
+        def forward(self, x):
+            return 200 * x.flatten(1)[:, :3]
+
+    images = torch.tensor([[1.0, 0, 0, 0], [0.01, 0, 0, 0], [0.9, 0.1, 0, 0]]).reshape(3, 1, 2, 2)
+    y = torch.tensor([0, 0, 1])
+    attack = FGSM(Scaled(), 0.5, labels=labels)
+    zero = fgsm_zero_gradient(attack, images, y, torch.device("cpu"), batch_size=2)
+    assert zero == pytest.approx(100 * (2 if labels == "predicted" else 1) / 3)
+    unchanged = (attack.run(images, y).x_adv == images).flatten(1).all(1)
+    assert unchanged.sum().item() == round(3 * zero / 100)  # FGSM leaves exactly those images where they are
+    assert math.isnan(fgsm_zero_gradient(attack, images[:0], y[:0], torch.device("cpu")))
 
 
 def test_a_bpda_defenses_row_counts_an_image_fooled_when_either_attack_fools_it():

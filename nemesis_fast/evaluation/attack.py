@@ -171,7 +171,7 @@ class Attacks:
     def _has_brelu(self, defense: str) -> bool:
         return self.models.architecture(defense)[1].get("activation") == "brelu"
 
-    def _target(self, defense: str, bpda: bool) -> nn.Module:
+    def target(self, defense: str, bpda: bool = True) -> nn.Module:
         """The model a white-box attack differentiates; its outputs are the defense's. With bpda (and for every
         defense without a BPDA variant): feature squeezing through the straight-through gradient, a BReLU model
         through ReLU's gradient; without: the defense's own gradient."""
@@ -209,7 +209,7 @@ class Attacks:
         key = self.whitebox_key(defense, attack, chunk, bpda, eps=eps)
         entry = self.cache.load("whitebox", key)
         if entry is None:
-            model = self._target(defense, bpda)
+            model = self.target(defense, bpda)
             x, y = self.test_chunk(chunk)
             started = time.perf_counter()
             x_adv = self.make(attack, model, self.seed(attack, chunk), eps).run(x, y).x_adv
@@ -240,7 +240,7 @@ class Attacks:
             x, y = self.test_chunk(chunk)
             started = time.perf_counter()
             confidence = self.config.perturbation_confidence if attack == "cw" else None
-            attacker = self.make(attack, self._target(defense, bpda), self.seed(attack, chunk), confidence=confidence)
+            attacker = self.make(attack, self.target(defense, bpda), self.seed(attack, chunk), confidence=confidence)
             result = attacker.run(x, y)
             fooled = self.predict(model, result.x_adv) != y
             entry = {

@@ -17,6 +17,11 @@ ICML 2018, section 3.1), run on an evaluation's cells for every defense:
   the target's probability is exactly 0 too, and JSMA aimed at that target cannot take a step: it fails because
   the target's logit lies more than about 103 below the top one (float32 holds nothing positive below e^-103.3),
   not because the model is robust.
+* FGSM's zero gradient (where white-box FGSM runs): the share of test images whose FGSM loss gradient, through the
+  gradient the defense's row takes, is exactly 0 in float32 is at most 1%. FGSM leaves such an image where it is
+  at every eps: where a model's softmax is exactly one-hot, the cross-entropy's gradient is 0, and FGSM's
+  accuracy stops falling there however large eps grows, while attacks that start elsewhere (PGD's random
+  starts) fool those images.
 
 Each comparison allows for sampling error: two binomial standard errors of the two accuracies, plus 0.5 points.
 A check without the cells it needs is "not run", not passed. A defense that fails any check is flagged.
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..attacks import FGSM
 from ..attacks.base import model_guard
 from ..data.loader import DeviceLoader
 from .config import MASKED
@@ -37,6 +43,7 @@ from .report import Cell, Results
 
 LARGE_EPS = 0.5
 UNDERFLOW_LIMIT = 1.0  # percent of (image, other class) pairs
+ZERO_GRADIENT_LIMIT = 1.0  # percent of test images
 
 
 @dataclass
@@ -47,10 +54,11 @@ class CheckResult:
     chance: str
     own_gradient: str = "n/a"  # "n/a": no rows through the defense's own gradient (no BPDA variant)
     softmax: str = "n/a"  # "n/a": JSMA does not follow the softmax's gradient in this run
+    zero_gradient: str = "n/a"  # "n/a": no white-box FGSM in this run
 
     @property
     def flagged(self) -> bool:
-        verdicts = (self.iterative, self.whitebox, self.chance, self.own_gradient, self.softmax)
+        verdicts = (self.iterative, self.whitebox, self.chance, self.own_gradient, self.softmax, self.zero_gradient)
         return any(v.startswith("FAIL") for v in verdicts)
 
 
@@ -90,8 +98,42 @@ def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[Che
                 ok = top.accuracy <= level + _slack(top)
                 chance = "pass" if ok else f"FAIL ({top.accuracy:.1f}% at eps {top.eps:g}, chance {level:.0f}%)"
         own = _own_gradient(results, defense)
-        out.append(CheckResult(defense, iterative, whitebox, chance, own, _softmax(results, defense)))
+        out.append(
+            CheckResult(
+                defense, iterative, whitebox, chance, own, _softmax(results, defense), _zero_gradient(results, defense)
+            )
+        )
     return out
+
+
+def _zero_gradient(results: Results, defense: str) -> str:
+    share = results.fgsm_zero_gradient.get(defense)
+    if share is None:
+        return "n/a"
+    if share > ZERO_GRADIENT_LIMIT:
+        return f"FAIL ({share:.1f}% of test images: gradient 0, so FGSM leaves them unchanged)"
+    return "pass"
+
+
+def fgsm_zero_gradient(
+    attack: FGSM, images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int = 1000
+) -> float:
+    """Percent of `images` (uint8 or float, (N, C, H, W)) with labels `labels` whose loss gradient under the FGSM
+    `attack` (its model, loss and labels) is exactly 0 in float32: the images it leaves unchanged at any eps.
+    nan for no images."""
+    if len(labels) == 0:
+        return math.nan
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in DeviceLoader(images, labels, batch_size, shuffle=False, device=device):
+        zero += zero_gradient_images(attack, x, y).sum()
+    return 100 * zero.item() / len(labels)
+
+
+def zero_gradient_images(attack: FGSM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the images of `x` ((B, C, H, W) float in [0, 1]; labels `y`) whose loss gradient under the FGSM
+    `attack` is exactly 0 everywhere."""
+    grad, _ = attack.loss_gradient(x, y if attack.labels == "true" else None)
+    return grad.flatten(1).abs().amax(1) == 0
 
 
 def _softmax(results: Results, defense: str) -> str:

@@ -99,6 +99,9 @@ class Results:
     # Per defense, percent of (test image, other class) pairs with softmax probability 0 (checks.softmax_underflow),
     # where JSMA follows the softmax's gradient.
     softmax_underflow: dict[str, float] = field(default_factory=dict)
+    # Per defense, percent of test images whose white-box FGSM loss gradient is exactly 0 (checks.fgsm_zero_gradient),
+    # where white-box FGSM runs.
+    fgsm_zero_gradient: dict[str, float] = field(default_factory=dict)
     # Units of work not computed yet: > 0 only in a report of an unfinished run (evaluate(cached_only=True)),
     # which leaves out every cell, row and model that is not complete.
     pending: int = 0

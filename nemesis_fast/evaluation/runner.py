@@ -29,7 +29,7 @@ from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
 from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
-from .checks import softmax_underflow
+from .checks import fgsm_zero_gradient, softmax_underflow
 from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, SWEEP_ATTACKS, ConfigError, EvalConfig
 from .report import Cell, Perturbation, Results, perturbation_stats
 from .train import SOURCE, Models
@@ -261,7 +261,7 @@ class Evaluation:
         self.seconds.update(self.models.seconds)
         self.seconds["training (cached or run)"] = time.perf_counter() - started
         models = {d: self.models.get(d) for d in self.config.defenses}
-        clean, underflow = self._clean_accuracy(models), self._softmax_underflow(models)
+        clean, masking = self._clean_accuracy(models), self._masking_measures(models)
         units = self._work()
         mine = self._share(units)
         certifying = f", certifying the first {self.config.certify.images}" if self.config.certify.images else ""
@@ -272,7 +272,7 @@ class Evaluation:
         for part in self.workers.gather(outcomes):
             gathered.update(part)
         self.seconds["attacks"] = time.perf_counter() - attack_started
-        return self._results(clean, underflow, units, gathered, started)
+        return self._results(clean, masking, units, gathered, started)
 
     def cached_results(self) -> Results:
         """The results of what the cache holds, computing nothing (for a look at an unfinished run): the clean
@@ -282,14 +282,14 @@ class Evaluation:
             raise ConfigError("cached_only: run it in one process, not under torchrun")
         started = time.perf_counter()
         models = {d: self.models.cached(d) for d in self.config.defenses}
-        clean, underflow = self._clean_accuracy(models), self._softmax_underflow(models)
+        clean, masking = self._clean_accuracy(models), self._masking_measures(models)
         units = self._work()
         entries = {unit: self.cache.load(*self._entry(unit)) for unit in units}
         groups: dict[Unit, list[Unit]] = {}
         for unit in units:
             groups.setdefault(unit.group(), []).append(unit)
         complete = [u for members in groups.values() if all(entries[m] is not None for m in members) for u in members]
-        results = self._results(clean, underflow, complete, entries, started)
+        results = self._results(clean, masking, complete, entries, started)
         results.pending = sum(entry is None for entry in entries.values())
         return results
 
@@ -298,18 +298,32 @@ class Evaluation:
         test = self.data.test_images, self.data.test_labels
         return {d: 100 * evaluate_accuracy(m, *test, device=self.device) for d, m in models.items() if m is not None}
 
-    def _softmax_underflow(self, models: dict[str, nn.Module | None]) -> dict[str, float]:
-        """Where the minimal-perturbation JSMA follows the softmax's gradient: per model given, the percent of
-        (test image, other class) pairs it gives probability 0 (:func:`.checks.softmax_underflow`)."""
-        if self.config.attack.jsma_use_logits or "jsma" not in self.config.perturbation_attacks:
-            return {}
+    def _masking_measures(self, models: dict[str, nn.Module | None]) -> dict[str, dict[str, float]]:
+        """The measures of the checks that read models, not cells, per model given (None: not trained yet, left
+        out): where the minimal-perturbation JSMA follows the softmax's gradient, the percent of (test image, other
+        class) pairs at probability 0 (:func:`.checks.softmax_underflow`); where white-box FGSM runs, the percent of
+        test images whose FGSM gradient, through the gradient the defense's row takes, is 0
+        (:func:`.checks.fgsm_zero_gradient`)."""
         test = self.data.test_images, self.data.test_labels
-        return {d: softmax_underflow(m, *test, self.device) for d, m in models.items() if m is not None}
+        trained = {d: m for d, m in models.items() if m is not None}
+        measures: dict[str, dict[str, float]] = {"softmax_underflow": {}, "fgsm_zero_gradient": {}}
+        if not self.config.attack.jsma_use_logits and "jsma" in self.config.perturbation_attacks:
+            measures["softmax_underflow"] = {d: softmax_underflow(m, *test, self.device) for d, m in trained.items()}
+        if "fgsm" in self.config.whitebox_attacks and self.config.whitebox_eps:
+            measures["fgsm_zero_gradient"] = {
+                d: fgsm_zero_gradient(
+                    self.attacks.make("fgsm", self.attacks.target(d), 0, max(self.config.whitebox_eps)),
+                    *test,
+                    self.device,
+                )
+                for d in trained
+            }
+        return measures
 
     def _results(
         self,
         clean: dict[str, float],
-        underflow: dict[str, float],
+        masking: dict[str, dict[str, float]],
         units: list[Unit],
         outcomes: dict[Unit, dict[str, Any]],
         started: float,
@@ -327,7 +341,7 @@ class Evaluation:
             cells=cells,
             perturbations=perturbations,
             certified=certified,
-            softmax_underflow=underflow,
+            **masking,
             seconds={**self.seconds, "total": time.perf_counter() - started},
         )
 

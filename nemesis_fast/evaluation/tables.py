@@ -127,9 +127,9 @@ def checks_table(results: Results) -> tuple[list[str], list[list[str]]]:
     from .checks import gradient_masking_checks
 
     header = ["defense", "PGD <= FGSM", "white-box <= black-box", "falls to chance", "own gradient <= row"]
-    header += ["JSMA's softmax gradient", "flag"]
+    header += ["JSMA's softmax gradient", "FGSM's zero gradient", "flag"]
     rows = [
-        [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, r.own_gradient, r.softmax]
+        [DEFENSE_LABELS[r.defense], r.iterative, r.whitebox, r.chance, r.own_gradient, r.softmax, r.zero_gradient]
         + ["FLAGGED" if r.flagged else ""]
         for r in gradient_masking_checks(results)
     ]
