@@ -384,7 +384,10 @@ def test_the_sources_first_images_reach_its_key_and_its_training_only(tmp_path, 
     assert torch.equal(val_x, data.train_images[180:200]) and torch.equal(val_y, data.train_labels[180:200])
     assert source_budget["val_fraction"] == 0.0 and source_budget["val_rows"] == "images"
     assert rows[0] is data.train_images and "val_data" not in budget and budget["val_fraction"] == 0.1
-    assert models.cost(train_phase.SOURCE) < models.cost("standard") / 2  # 180 images against 540 (600 less 10%)
+    first_cost = models.cost(train_phase.SOURCE)
+    config.training.source_train_images = 0
+    assert first_cost == pytest.approx(models.cost(train_phase.SOURCE) * 180 / 540)  # 600 images less 10%: 540
+    config.training.source_train_images = 200
 
     config.training.validation_fraction = 0.0  # nothing held out: all 200 train, nothing validates
     with pytest.raises(Interrupted):
