@@ -106,13 +106,16 @@ def gradient_masking_checks(results: Results, num_classes: int = 10) -> list[Che
     return out
 
 
-def _zero_gradient(results: Results, defense: str) -> str:
-    share = results.fgsm_zero_gradient.get(defense)
+def _share_verdict(share: float | None, limit: float, failure: str) -> str:
+    """ "n/a" for a share not measured, "pass" at most `limit` (percent), else "FAIL (<share>% of <failure>)"."""
     if share is None:
         return "n/a"
-    if share > ZERO_GRADIENT_LIMIT:
-        return f"FAIL ({share:.1f}% of test images: gradient 0, so FGSM leaves them unchanged)"
-    return "pass"
+    return f"FAIL ({share:.1f}% of {failure})" if share > limit else "pass"
+
+
+def _zero_gradient(results: Results, defense: str) -> str:
+    share = results.fgsm_zero_gradient.get(defense)
+    return _share_verdict(share, ZERO_GRADIENT_LIMIT, "test images: gradient 0, so FGSM leaves them unchanged")
 
 
 def fgsm_zero_gradient(
@@ -138,11 +141,7 @@ def zero_gradient_images(attack: FGSM, x: torch.Tensor, y: torch.Tensor) -> torc
 
 def _softmax(results: Results, defense: str) -> str:
     share = results.softmax_underflow.get(defense)
-    if share is None:
-        return "n/a"
-    if share > UNDERFLOW_LIMIT:
-        return f"FAIL ({share:.1f}% of (image, target) pairs: probability 0, so gradient 0)"
-    return "pass"
+    return _share_verdict(share, UNDERFLOW_LIMIT, "(image, target) pairs: probability 0, so gradient 0")
 
 
 def softmax_underflow(
