@@ -48,7 +48,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         help="a shipped config: quick, paper (the authors' settings), paper_table (their Table 1's attack "
-        "settings, black-box only), paper_weak_source (that table from a source as weak as theirs) or "
+        "settings and FGSM adversarial training's examples, black-box only), paper_weak_source (that table from "
+        "a source as weak as theirs) or "
         "paper_headline",
     )
     p.add_argument("--data-dir", help="folder of the MNIST IDX files, or of cifar-10-batches-py")

@@ -397,14 +397,83 @@ def test_the_sources_first_images_reach_its_key_and_its_training_only(tmp_path, 
 
 
 @pytest.mark.parametrize("images,validation", [(10_001, 0.1), (1, 0.9)])
-def test_a_source_asked_for_more_images_than_there_are_fails_before_any_work(tmp_path, images, validation):
+@pytest.mark.parametrize(
+    "section,key", [("training", "source_train_images"), ("defense", "fgsm_adversarial_source_images")]
+)
+def test_a_model_asked_for_more_first_images_than_there_are_fails_before_any_work(
+    tmp_path, images, validation, section, key
+):
     # The MNIST sample's 10,000 training images (train_samples unset); 1 image less 90%: none left to train on.
-    text = AUTHORS_TINY.replace(
-        "train_samples = 600", f"source_train_images = {images}\nvalidation_fraction = {validation}"
-    )
-    with pytest.raises(ConfigError, match="training.source_train_images must be <= the"):
+    text = AUTHORS_TINY.replace("train_samples = 600", f"validation_fraction = {validation}")
+    text = text.replace(f"[{section}]", f"[{section}]\n{key} = {images}")
+    with pytest.raises(ConfigError, match=f"{section}.{key} must be <= the"):
         evaluate(write_config(tmp_path, text), out_dir=str(tmp_path / "o"), log=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_fgsm_examples_from_a_cnn_on_the_first_images_reach_fgsm_adversarial_training_only(tmp_path, monkeypatch):
+    from nemesis_fast.evaluation import train as train_phase
+
+    config = load_config(write_config(tmp_path, AUTHORS_TINY, out_dir=str(tmp_path / "o")))
+    config.defenses = ["standard", "feature_squeezing", "fgsm_adversarial", "vat", "gda_brelu"]
+    config.defense.vat_mode = "offline"
+    evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
+    models, data = evaluation.models, evaluation.data
+    before = {name: models.key(name) for name in models.needed()}
+    assert train_phase.EXAMPLES_CNN not in before  # unset: the standard CNN's examples, every key as before
+    assert before["fgsm_adversarial"]["source_model"] == before["standard"]
+
+    config.defense.fgsm_adversarial_source_images = 200
+    names = models.needed()
+    defenses = ["feature_squeezing", "fgsm_adversarial", "vat", "gda_brelu"]
+    assert names == ["standard", train_phase.EXAMPLES_CNN, *defenses, train_phase.SOURCE]
+    after = {name: models.key(name) for name in names}
+    examples_cnn = after[train_phase.EXAMPLES_CNN]
+    assert examples_cnn["training"]["first_images"] == 200 and "first_images" not in after["standard"]["training"]
+    assert {k: v for k, v in examples_cnn.items() if k not in ("model", "training")} == {
+        k: v for k, v in after["standard"].items() if k not in ("model", "training")
+    }
+    assert after["fgsm_adversarial"]["source_model"] == examples_cnn
+    assert all(after[name] == before[name] for name in before if name != "fgsm_adversarial")  # VAT's included
+    needs = {job.name: job.needs for job in models.jobs()}
+    assert needs["fgsm_adversarial"] == (train_phase.EXAMPLES_CNN,) and needs["vat"] == ("standard",)
+    assert needs[train_phase.EXAMPLES_CNN] == ()
+
+    calls = []
+
+    def record(model, rows, recipe, **budget):
+        calls.append((rows, recipe, budget))
+        raise Interrupted
+
+    monkeypatch.setattr(train_phase, "train", record)
+    with pytest.raises(Interrupted):
+        models._train(train_phase.EXAMPLES_CNN, {})
+    rows, recipe, budget = calls[-1]  # the first 180 images train, the last 20 of the 200 validate
+    assert recipe == "standard" and torch.equal(rows[0], data.train_images[:180])
+    assert torch.equal(budget["val_data"][1], data.train_labels[180:200]) and budget["source_model"] is None
+    state = {k: torch.full_like(v, 0.5) for k, v in models.build(train_phase.EXAMPLES_CNN).state_dict().items()}
+    with pytest.raises(Interrupted):
+        models._train("fgsm_adversarial", {train_phase.EXAMPLES_CNN: state})
+    rows, recipe, budget = calls[-1]  # every training image, its examples crafted by the CNN given
+    assert recipe == "fgsm_adversarial" and rows[0] is data.train_images
+    assert all(torch.equal(v, state[k]) for k, v in budget["source_model"].state_dict().items())
+
+
+def test_an_evaluation_trains_the_cnn_of_the_fgsm_examples_once(tmp_path, capsys):
+    text = AUTHORS_TINY.replace(
+        'defenses = ["standard", "feature_squeezing", "gda_brelu"]', 'defenses = ["fgsm_adversarial"]'
+    ).replace("[defense]", "[defense]\nfgsm_adversarial_source_images = 100")
+    config = write_config(tmp_path, text.replace('whitebox_attacks = ["fgsm", "pgd"]', 'whitebox_attacks = ["fgsm"]'))
+    first = evaluate(config, out_dir=str(tmp_path / "a"), cache_dir=str(tmp_path / "cache"))
+    assert (
+        "training CNN of the FGSM training examples (mnist_cnn, recipe standard) on 90 images"
+        in capsys.readouterr().err
+    )
+    assert {c.defense for c in first.cells} == {"fgsm_adversarial"} and "train fgsm_examples_cnn" in first.seconds
+    again = evaluate(config, out_dir=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"))
+    assert "\ntraining " not in capsys.readouterr().err  # both models from the cache
+    assert cell_values(tmp_path / "a" / "results.json") == cell_values(tmp_path / "b" / "results.json")
+    assert again.clean_accuracy == first.clean_accuracy
 
 
 def test_an_interrupted_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):

@@ -49,6 +49,13 @@ def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
         ("[training]", "source_train_images = -1", "training.source_train_images must be >= 0"),
         ("[training]", "source_train_images = 601", "training.source_train_images must be <= training.train_samples"),
         ("[defense]", 'vat_mode = "sometimes"', "defense.vat_mode must be one of"),
+        ("[defense]", "fgsm_adversarial_source_images = -1", "defense.fgsm_adversarial_source_images must be >= 0"),
+        ("[defense]", "fgsm_adversarial_source_images = 601", "defense.fgsm_adversarial_source_images must be <= tra"),
+        (
+            "[defense]",
+            'fgsm_adversarial_source_images = 100\nfgsm_adversarial_mode = "online"',
+            "defense.fgsm_adversarial_source_images needs defense.fgsm_adversarial_mode = 'offline'",
+        ),
         ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
         ("[training]", 'augmented_validation = "last"', "training.augmented_validation must be one of"),
         ("[training]", 'augmented_validation = "last_rows"', "training.augmented_validation last_rows needs GDA.s"),
@@ -174,9 +181,10 @@ def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4
         "whitebox_attacks": (["fgsm", "rfgsm", "pgd"], []),
         "perturbation_attacks": (["deepfool", "cw", "jsma"], []),
         "certify.images": (200, 0),
+        "defense.fgsm_adversarial_source_images": (0, 1000),
     }
     text = preset_path("paper_table").read_text()
-    assert all(commit in text for commit in ("ace25b4e6", "323e9545c", "397a9a093"))
+    assert all(commit in text for commit in ("ace25b4e6", "323e9545c", "397a9a093", "31160638c", "a406287ad"))
 
 
 def test_the_weak_source_preset_is_paper_table_with_a_source_trained_as_little_as_the_authors():
@@ -184,6 +192,7 @@ def test_the_weak_source_preset_is_paper_table_with_a_source_trained_as_little_a
     assert _differences(table.to_dict(), weak.to_dict()) == {
         "training.source_epochs": (None, 1),
         "training.source_train_images": (0, 20000),
+        "defense.fgsm_adversarial_source_images": (1000, 0),
     }
     assert all(commit in preset_path("paper_weak_source").read_text() for commit in ("c7a44acc8", "6ce5edd24"))
 

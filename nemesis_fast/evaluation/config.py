@@ -77,6 +77,9 @@ class DefenseSettings:
     gda_fixed_set: bool = False  # one shuffled set of fixed copies (the authors') instead of copies per batch
     fgsm_adversarial_eps: float | None = None
     fgsm_adversarial_mode: str = "offline"
+    # Offline FGSM adversarial training takes its examples from a CNN trained like the standard one on the first N
+    # training images only (the last validation_fraction of them held out unshuffled); 0: from the standard CNN.
+    fgsm_adversarial_source_images: int = 0
     vat_eps: float | None = None
     vat_xi: float | None = None
     vat_mode: str = "online"

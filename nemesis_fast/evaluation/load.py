@@ -148,6 +148,11 @@ def validate(config: EvalConfig) -> EvalConfig:
         "training.augmented_validation",
         "last_rows needs GDA's fixed set (defense.gda_fixed_set = true): fresh copies per batch have no last rows",
     )
+    _first_images_fit(
+        config.defense.fgsm_adversarial_source_images,
+        config.training.train_samples,
+        "defense.fgsm_adversarial_source_images",
+    )
     _validate_attack(config.attack)
     _validate_certify(config.certify, config.defenses)
     files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
@@ -216,11 +221,7 @@ def _validate_training(t: TrainingSettings) -> None:
     _need(t.patience >= 1, "training.patience", "must be >= 1")
     _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
     _need(t.source_train_images >= 0, "training.source_train_images", "must be >= 0 (0: every training image)")
-    _need(
-        not t.source_train_images or not t.train_samples or t.source_train_images <= t.train_samples,
-        "training.source_train_images",
-        f"must be <= training.train_samples ({t.train_samples}), the images there are to train on",
-    )
+    _first_images_fit(t.source_train_images, t.train_samples, "training.source_train_images")
     _need(
         t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
     )
@@ -236,6 +237,15 @@ def _validate_training(t: TrainingSettings) -> None:
     )
 
 
+def _first_images_fit(first: int, train_samples: int, key: str) -> None:
+    """A model trained on the `first` training images (0: not so) needs that many among the run's."""
+    _need(
+        not first or not train_samples or first <= train_samples,
+        key,
+        f"must be <= training.train_samples ({train_samples}), the images there are to train on",
+    )
+
+
 def _validate_defense(d: DefenseSettings) -> None:
     for key, value in (("defense.fgsm_adversarial_mode", d.fgsm_adversarial_mode), ("defense.vat_mode", d.vat_mode)):
         _need(value in MODES, key, f"must be one of {', '.join(MODES)}; got {value!r}")
@@ -244,6 +254,12 @@ def _validate_defense(d: DefenseSettings) -> None:
     _need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
     _need(d.label_smoothing is None or 0 < d.label_smoothing <= 1, "defense.label_smoothing", "must be in (0, 1]")
     _need(d.fgsm_adversarial_eps is None or d.fgsm_adversarial_eps >= 0, "defense.fgsm_adversarial_eps", "must be >= 0")
+    _need(d.fgsm_adversarial_source_images >= 0, "defense.fgsm_adversarial_source_images", "must be >= 0 (0: none)")
+    _need(
+        not d.fgsm_adversarial_source_images or d.fgsm_adversarial_mode == "offline",
+        "defense.fgsm_adversarial_source_images",
+        "needs defense.fgsm_adversarial_mode = 'offline' (online training crafts its examples on the model itself)",
+    )
     _need(d.vat_eps is None or d.vat_eps >= 0, "defense.vat_eps", "must be >= 0")
     _need(d.vat_xi is None or d.vat_xi > 0, "defense.vat_xi", "must be > 0")
     _need(0 <= d.squeeze_bits <= 8, "defense.squeeze_bits", "must be in 0..8 (0: the paper's)")

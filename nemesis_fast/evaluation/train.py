@@ -23,6 +23,8 @@ from .config import DEFENSE_LABELS, EvalConfig
 
 Log = Callable[[str], None]
 SOURCE = "resnet_source"
+EXAMPLES_CNN = "fgsm_examples_cnn"  # the CNN of FGSM adversarial training's examples, where not the standard one
+_LABELS = {SOURCE: "black-box source", EXAMPLES_CNN: "CNN of the FGSM training examples"}
 _SPECS = {m.name: m for m in PAPER_MODELS}
 
 
@@ -52,9 +54,17 @@ class Models:
         return name == "feature_squeezing" and not self.config.defense.squeeze_training
 
     def recipe(self, name: str) -> str:
-        if name in (SOURCE, "feature_squeezing"):
+        if name in (SOURCE, EXAMPLES_CNN, "feature_squeezing"):
             return "standard"
         return _SPECS[name].recipe
+
+    def examples_source(self, name: str) -> str:
+        """The model whose examples offline adversarial training of `name` appends: the standard CNN, or for FGSM
+        adversarial training with `defense.fgsm_adversarial_source_images` set, a CNN trained like it on the
+        first images only."""
+        if name == "fgsm_adversarial" and self.config.defense.fgsm_adversarial_source_images:
+            return EXAMPLES_CNN
+        return "standard"
 
     def architecture(self, name: str) -> tuple[str, dict[str, Any]]:
         """(builder name, its kwargs) of model `name` (for feature squeezing: of the model behind it)."""
@@ -64,7 +74,7 @@ class Models:
             if t.source_architecture == "small_resnet":
                 return "small_resnet", {"in_channels": channels, "input_size": size}
             return "resnet", {"depth": t.source_depth, "in_channels": channels}
-        activation = "relu" if name == "feature_squeezing" else _SPECS[name].activation
+        activation = "relu" if name in ("feature_squeezing", EXAMPLES_CNN) else _SPECS[name].activation
         return DEFAULT_MODEL[self.config.dataset], {"activation": activation, "t": self.config.defense.brelu_t}
 
     def recipe_settings(self, recipe: str) -> dict[str, Any]:
@@ -100,20 +110,22 @@ class Models:
         if name == "feature_squeezing":
             key["squeeze_bits_in_training"] = self.config.squeeze_bits
         if self._recipe(name).needs_source:
-            key["source_model"] = self.key("standard")
+            key["source_model"] = self.key(self.examples_source(name))
         return key
 
     def _training(self, name: str) -> dict[str, Any]:
-        """The training settings of model `name`: the run's, with the source's own epochs (as "epochs") and first
-        images (as "first_images", where set) for the source. `source_epochs` and `source_train_images` are left out
-        of the key, and `augmented_validation` too where it is "images" or model `name` trains on the images alone
-        (so that keys written before they existed stay valid)."""
+        """The training settings of model `name`: the run's, with the source's own epochs (as "epochs") for the
+        source, and the first images it trains on (as "first_images", where set) for the source and the CNN of the
+        FGSM examples. `source_epochs` and `source_train_images` are left out of the key, and
+        `augmented_validation` too where it is "images" or model `name` trains on the images alone (so that keys
+        written before they existed stay valid)."""
         training = dataclasses.asdict(self.config.training)
         source_epochs, source_images = training.pop("source_epochs"), training.pop("source_train_images")
         if name == SOURCE and source_epochs is not None:
             training["epochs"] = source_epochs
-        if name == SOURCE and source_images:
-            training["first_images"] = source_images
+        first = {SOURCE: source_images, EXAMPLES_CNN: self.config.defense.fgsm_adversarial_source_images}.get(name)
+        if first:
+            training["first_images"] = first
         if training["augmented_validation"] == "images" or not self._trains_on_enlarged_set(name):
             del training["augmented_validation"]
         return training
@@ -180,7 +192,8 @@ class Models:
     def jobs(self) -> list[Job]:
         """The models with weights of their own, their estimated costs and dependencies (for the schedule)."""
         names = [name for name in self.needed() if not self._squeezes_standard(name)]
-        return [Job(n, self.cost(n), ("standard",) if "source_model" in self.key(n) else ()) for n in names]
+        needs = {n: (self.examples_source(n),) if "source_model" in self.key(n) else () for n in names}
+        return [Job(n, self.cost(n), needs[n]) for n in names]
 
     def prepare(self, while_waiting: Callable[[Callable[[str], nn.Module | None]], bool] | None = None) -> None:
         """Every model the evaluation needs, on every process: read from the caches, or trained once, each by
@@ -219,10 +232,10 @@ class Models:
         """Every model to train, in an order where each comes after the models it needs."""
         c = self.config
         names = list(c.defenses) + ([SOURCE] if c.blackbox_attacks or c.blackbox_eps else [])
-        needs_standard = any(
-            self._squeezes_standard(n) or (n != SOURCE and "source_model" in self.key(n)) for n in names
-        )
-        return (["standard"] if needs_standard else []) + [n for n in names if n != "standard" or not needs_standard]
+        sources = {self.examples_source(n) for n in names if n != SOURCE and "source_model" in self.key(n)}
+        needs_standard = "standard" in sources or any(self._squeezes_standard(n) for n in names)
+        first = (["standard"] if needs_standard else []) + ([EXAMPLES_CNN] if EXAMPLES_CNN in sources else [])
+        return first + [n for n in names if n != "standard" or not needs_standard]
 
     def budget(self, name: str) -> dict[str, Any]:
         """The arguments of :func:`nemesis_fast.train` for model `name` (dataset, epochs: the source's own where
@@ -245,7 +258,7 @@ class Models:
 
     def _training_data(self, name: str) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, Any]]:
         """((images, labels) model `name` trains on, the validation arguments of :func:`nemesis_fast.train` that
-        replace its budget's): the training set, or for a source trained on the first images only, those
+        replace its budget's): the training set, or for a model trained on the first images only, those
         images with the last validation fraction of them held out, unshuffled."""
         data = (self.data.train_images, self.data.train_labels)
         first = self._training(name).get("first_images")
@@ -264,11 +277,11 @@ class Models:
         model = self.build(name)
         recipe = key["recipe"]
         source = None
-        if "standard" in needs:
-            source = self.build("standard")
-            source.load_state_dict(needs["standard"])
+        for need, state in needs.items():  # at most one: the model whose examples offline training appends
+            source = self.build(need)
+            source.load_state_dict(state)
             source = source.to(self.device).eval()
-        label = "black-box source" if name == SOURCE else DEFENSE_LABELS[name]
+        label = _LABELS.get(name) or DEFENSE_LABELS[name]
         arch = key["architecture"]
         data, validation = self._training_data(name)
         budget = {**self.budget(name), **validation}
