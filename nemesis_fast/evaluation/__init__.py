@@ -27,8 +27,8 @@ def preset_path(name: str) -> Path:
     """The config file of a shipped preset ("quick": a few minutes on a CPU; "paper": the authors' experiment;
     "paper_table": its black-box table with the attack settings the paper's Table 1 was made with, and FGSM
     adversarial training on the examples of a CNN trained on 1,000 images, as the table's model most likely was;
-    "paper_weak_source": that table from a source as weak as the authors'; "paper_headline": the settings read
-    from the paper's text)."""
+    "paper_weak_source": that table from a source as weak as the authors', FGSM adversarial training on the
+    standard CNN's examples; "paper_headline": the settings read from the paper's text)."""
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
