@@ -58,10 +58,12 @@ class Models:
             return "standard"
         return _SPECS[name].recipe
 
-    def examples_source(self, name: str) -> str:
-        """The model whose examples offline adversarial training of `name` appends: the standard CNN, or for FGSM
-        adversarial training with `defense.fgsm_adversarial_source_images` set, a CNN trained like it on the
-        first images only."""
+    def examples_source(self, name: str) -> str | None:
+        """The model whose examples offline adversarial training of `name` appends (None: model `name` trains
+        without one): the standard CNN, or for FGSM adversarial training with
+        `defense.fgsm_adversarial_source_images` set, a CNN trained like it on the first images only."""
+        if self._squeezes_standard(name) or not self._recipe(name).needs_source:
+            return None
         if name == "fgsm_adversarial" and self.config.defense.fgsm_adversarial_source_images:
             return EXAMPLES_CNN
         return "standard"
@@ -109,8 +111,9 @@ class Models:
         }
         if name == "feature_squeezing":
             key["squeeze_bits_in_training"] = self.config.squeeze_bits
-        if self._recipe(name).needs_source:
-            key["source_model"] = self.key(self.examples_source(name))
+        source = self.examples_source(name)
+        if source is not None:
+            key["source_model"] = self.key(source)
         return key
 
     def _training(self, name: str) -> dict[str, Any]:
@@ -192,8 +195,8 @@ class Models:
     def jobs(self) -> list[Job]:
         """The models with weights of their own, their estimated costs and dependencies (for the schedule)."""
         names = [name for name in self.needed() if not self._squeezes_standard(name)]
-        needs = {n: (self.examples_source(n),) if "source_model" in self.key(n) else () for n in names}
-        return [Job(n, self.cost(n), needs[n]) for n in names]
+        sources = {n: self.examples_source(n) for n in names}
+        return [Job(n, self.cost(n), () if sources[n] is None else (sources[n],)) for n in names]
 
     def prepare(self, while_waiting: Callable[[Callable[[str], nn.Module | None]], bool] | None = None) -> None:
         """Every model the evaluation needs, on every process: read from the caches, or trained once, each by
@@ -232,7 +235,7 @@ class Models:
         """Every model to train, in an order where each comes after the models it needs."""
         c = self.config
         names = list(c.defenses) + ([SOURCE] if c.blackbox_attacks or c.blackbox_eps else [])
-        sources = {self.examples_source(n) for n in names if n != SOURCE and "source_model" in self.key(n)}
+        sources = {self.examples_source(n) for n in names}
         needs_standard = "standard" in sources or any(self._squeezes_standard(n) for n in names)
         first = (["standard"] if needs_standard else []) + ([EXAMPLES_CNN] if EXAMPLES_CNN in sources else [])
         return first + [n for n in names if n != "standard" or not needs_standard]
