@@ -168,6 +168,14 @@ class EvalConfig:
     def squeeze_bits(self) -> int:
         return self.defense.squeeze_bits or (1 if self.dataset == "mnist" else 3)
 
+    @property
+    def first_images(self) -> dict[str, int]:
+        """The settings that train a model on the first N training images only: key -> N (0: unset)."""
+        return {
+            "training.source_train_images": self.training.source_train_images,
+            "defense.fgsm_adversarial_source_images": self.defense.fgsm_adversarial_source_images,
+        }
+
 
 # Attack budgets where the config leaves them unset: the paper's on MNIST; on CIFAR-10 the customary 8/255.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {

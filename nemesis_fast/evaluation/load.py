@@ -148,11 +148,13 @@ def validate(config: EvalConfig) -> EvalConfig:
         "training.augmented_validation",
         "last_rows needs GDA's fixed set (defense.gda_fixed_set = true): fresh copies per batch have no last rows",
     )
-    _first_images_fit(
-        config.defense.fgsm_adversarial_source_images,
-        config.training.train_samples,
-        "defense.fgsm_adversarial_source_images",
-    )
+    train_samples = config.training.train_samples
+    for key, first in config.first_images.items():  # a model on the first N images needs N among the run's
+        _need(
+            not first or not train_samples or first <= train_samples,
+            key,
+            f"must be <= training.train_samples ({train_samples}), the images there are to train on",
+        )
     _validate_attack(config.attack)
     _validate_certify(config.certify, config.defenses)
     files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
@@ -221,7 +223,6 @@ def _validate_training(t: TrainingSettings) -> None:
     _need(t.patience >= 1, "training.patience", "must be >= 1")
     _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
     _need(t.source_train_images >= 0, "training.source_train_images", "must be >= 0 (0: every training image)")
-    _first_images_fit(t.source_train_images, t.train_samples, "training.source_train_images")
     _need(
         t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
     )
@@ -234,15 +235,6 @@ def _validate_training(t: TrainingSettings) -> None:
         t.source_architecture in SOURCE_ARCHITECTURES,
         "training.source_architecture",
         f"must be one of {', '.join(SOURCE_ARCHITECTURES)}; got {t.source_architecture!r}",
-    )
-
-
-def _first_images_fit(first: int, train_samples: int, key: str) -> None:
-    """A model trained on the `first` training images (0: not so) needs that many among the run's."""
-    _need(
-        not first or not train_samples or first <= train_samples,
-        key,
-        f"must be <= training.train_samples ({train_samples}), the images there are to train on",
     )
 
 

@@ -75,10 +75,7 @@ def load_data(config: EvalConfig) -> Dataset:
         train_x, train_y = train_x[: config.training.train_samples], train_y[: config.training.train_samples]
     if config.test_samples:
         test_x, test_y = test_x[: config.test_samples], test_y[: config.test_samples]
-    for key, first in (
-        ("training.source_train_images", config.training.source_train_images),
-        ("defense.fgsm_adversarial_source_images", config.defense.fgsm_adversarial_source_images),
-    ):
+    for key, first in config.first_images.items():
         if first and (first > len(train_y) or first - round(first * config.training.validation_fraction) < 1):
             raise ConfigError(
                 f"{key} must be <= the {len(train_y)} training images of {description} and leave one to train on"
