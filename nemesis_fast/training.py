@@ -51,7 +51,40 @@ def _check_data(data: Any, name: str) -> Data:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{name} must be a pair (images, labels) of tensors, got {type(data).__name__}")
     check_images_labels(*data)
-    return data[0], data[1]
+    images, labels = data
+    if len(labels) == 0:
+        raise ValueError(f"{name} must hold at least one image, got none")
+    low, high = torch.aminmax(labels)
+    if images.is_floating_point():
+        finite = torch.isfinite(images).all()
+        low, high, finite = torch.stack([low, high, finite.long()]).tolist()  # one device synchronisation
+        if not finite:
+            raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")
+    else:
+        low, high = int(low), int(high)
+    if low < 0:
+        raise ValueError(f"{name}: the labels must be >= 0, got {low}")
+    return images, labels
+
+
+def _check_classes(model: nn.Module, data: Data, name: str, device: torch.device) -> None:
+    """Checks that the labels of `data` are classes of `model`: below its number of logits, learnt from one
+    forward pass of one image in eval mode (the model's modes are restored)."""
+    images, labels = data
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(to_float(images[:1]).to(device))
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for one image got {shape}")
+    classes, high = logits.shape[1], int(labels.max())
+    if high >= classes:
+        raise ValueError(f"{name}: the labels must be classes of the model's {classes} logits, got label {high}")
 
 
 def infer_dataset(images: torch.Tensor) -> str:
@@ -205,6 +238,9 @@ def train(
     (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
     torch.manual_seed(seed)
     model.to(device)
+    for name, given in (("data", data), ("val_data", val_data)):
+        if given is not None:
+            _check_classes(model, given, name, device)
     started = time.perf_counter()
 
     budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)

@@ -112,6 +112,14 @@ def test_model_with_a_wrong_output_shape(output, match):
         PGD(lambda images: output(model(images)), 0.1, 0.01, 2)(x, y.clamp(max=0))
 
 
+def test_model_with_non_finite_logits_is_refused():
+    model = small_model()
+    x, y = data()
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="model must give finite logits"):
+            DeepFool(lambda images, bad=bad: model(images) * bad, 5)(x, y)
+
+
 def test_model_on_another_device_is_named():
     model = small_model().to("meta")
     x, y = data()

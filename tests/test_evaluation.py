@@ -19,7 +19,8 @@ from _support import write_cifar
 from nemesis_fast.evaluation import evaluate, load_config
 from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.config import ConfigError
-from nemesis_fast.evaluation.runner import Evaluation, load_data
+from nemesis_fast.evaluation.dataset import load_data
+from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.parallel import Workers
 
 

@@ -132,6 +132,24 @@ def test_bad_arguments(sample):
         train(mnist_cnn(), data, device="cuda:99")
 
 
+def test_bad_data_is_refused_before_training(sample):
+    images, labels = small(sample, 16)
+    floats = images.float() / 255
+    cases = [
+        ((images[:0], labels[:0]), {}, "data must hold at least one image"),
+        ((floats.index_fill(0, torch.tensor([3]), float("nan")), labels), {}, "data: the images must be finite"),
+        ((images, labels.index_fill(0, torch.tensor([5]), -1)), {}, "data: the labels must be >= 0, got -1"),
+        ((images, labels.index_fill(0, torch.tensor([5]), 12)), {}, "model's 10 logits, got label 12"),
+        ((images, labels), {"val_data": (images[:4], labels[:4] + 10)}, "val_data: the labels must be classes"),
+    ]
+    for data, options, match in cases:
+        model = mnist_cnn().train()
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=match):
+            train(model, data, **options, **quiet())
+        assert model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 @pytest.mark.cuda
 def test_gpu_training_with_amp_and_compile(sample):
     torch.manual_seed(0)

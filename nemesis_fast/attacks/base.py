@@ -352,10 +352,13 @@ class Attack:
         return labels.clone() if labels.is_inference() else labels
 
     def _check_model(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
-        """Learns the number of classes (one forward pass of one image, first call only), then checks that x is
-        finite and inside clip and that the labels are in range, with a single device synchronisation."""
+        """Learns the number of classes (one forward pass of one image, first call only: its logits must be
+        finite), then checks that x is finite and inside clip and that the labels are in range, with a single
+        device synchronisation."""
+        first_logits = None
         if self.num_classes is None:
-            classes = self.logits(x[:1]).shape[1]
+            first_logits = self.logits(x[:1])
+            classes = first_logits.shape[1]
             if classes < 2:
                 raise ValueError(f"model must output logits for at least 2 classes, got {classes}")
             self.num_classes = classes
@@ -363,7 +366,11 @@ class Attack:
         values = [*torch.aminmax(x), *torch.aminmax(y)]  # NaN propagates into x's min and max
         if target is not None:
             values += [*torch.aminmax(target), (target == y).any()]
+        if first_logits is not None:
+            values.append(torch.isfinite(first_logits).all())
         values = torch.stack([v.to(torch.float64) for v in values]).tolist()
+        if first_logits is not None and not values.pop():
+            raise ValueError("model must give finite logits; it gave NaN or infinite ones for the first image of x")
         x_min, x_max, y_min, y_max = values[:4]
         if not (math.isfinite(x_min) and math.isfinite(x_max)):
             raise ValueError("x must be finite; it holds NaN or infinite values")

@@ -1,6 +1,6 @@
-"""The evaluation itself: the training phase (:mod:`.train`), the attack phase (:mod:`.attack`) cut into units
-of work shared out among the processes by their estimated cost, the gathering of the shards, and the cells of
-the report.
+"""The evaluation itself: the data (:mod:`.dataset`), the training phase (:mod:`.train`), the attack phase
+(:mod:`.attack`) cut into units of work shared out among the processes by their estimated cost, the gathering of
+the shards, and the cells of the report.
 
 Work is cut into chunks of `batch_size` test images. Every chunk's outcome is cached under a key of its settings
 and bounds, so the numbers do not depend on how many processes share the work, and a run that is interrupted
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,8 +21,6 @@ from torch import nn
 from .._progress import progress_bar
 from .._version import __version__
 from ..bench.harness import device_name
-from ..data import load_cifar10, load_mnist
-from ..data.mnist import MNIST_SAMPLE_DIR
 from ..parallel import Workers, share_out
 from ..training import evaluate_accuracy
 from .attack import Attacks, Chunk
@@ -31,58 +28,11 @@ from .cache import ResultCache
 from .certified import Certification, CertifiedAccuracy, certified_defenses, certified_stats
 from .checks import fgsm_zero_gradient, softmax_underflow
 from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, SWEEP_ATTACKS, ConfigError, EvalConfig
+from .dataset import load_data
 from .report import Cell, Perturbation, Results, perturbation_stats
 from .train import SOURCE, Models
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class Dataset:
-    train_images: torch.Tensor  # uint8 (N, C, H, W)
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    identity: dict[str, Any]  # what determines the data, for cache keys
-    description: str
-
-
-def load_data(config: EvalConfig) -> Dataset:
-    """The training and test sets the config names (the shipped MNIST sample when no data_dir is given)."""
-    if config.synthetic:
-        generator = torch.Generator().manual_seed(config.seed)
-        shape = (3, 32, 32) if config.dataset == "cifar10" else (1, 28, 28)
-        sizes = {"train": 50_000 if config.dataset == "cifar10" else 60_000, "test": 10_000}
-        train_x = torch.randint(0, 256, (sizes["train"], *shape), dtype=torch.uint8, generator=generator)
-        test_x = torch.randint(0, 256, (sizes["test"], *shape), dtype=torch.uint8, generator=generator)
-        train_y = torch.randint(0, 10, (sizes["train"],), generator=generator)
-        test_y = torch.randint(0, 10, (sizes["test"],), generator=generator)
-        description = f"synthetic {config.dataset}-shaped data (random pixels and labels: a throughput run)"
-        source = "synthetic"
-    else:
-        root = Path(config.data_dir).expanduser() if config.data_dir else MNIST_SAMPLE_DIR
-        loader = load_mnist if config.dataset == "mnist" else load_cifar10
-        try:
-            train_x, train_y = loader(root, "train")
-            test_x, test_y = loader(root, "test")
-        except FileNotFoundError as error:
-            raise ConfigError(f"data_dir: {error}") from error
-        source = str(root.resolve())
-        description = f"{config.dataset} from {root}" + (
-            " (the sample shipped with nemesis_fast)" if not config.data_dir else ""
-        )
-    if config.training.train_samples:
-        train_x, train_y = train_x[: config.training.train_samples], train_y[: config.training.train_samples]
-    if config.test_samples:
-        test_x, test_y = test_x[: config.test_samples], test_y[: config.test_samples]
-    for key, first in config.first_images.items():
-        if first and (first > len(train_y) or first - round(first * config.training.validation_fraction) < 1):
-            raise ConfigError(
-                f"{key} must be <= the {len(train_y)} training images of {description} and leave one to train on"
-                f" after training.validation_fraction, got {first}"
-            )
-    identity = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
-    return Dataset(train_x, train_y, test_x, test_y, identity, description)
 
 
 class Unit(NamedTuple):
@@ -427,4 +377,4 @@ def _cell(defense, attack, setting, eps, correct, l2, linf, l0, seconds) -> Cell
     )
 
 
-__all__ = ["ATTACK_LABELS", "Dataset", "Evaluation", "Unit", "load_data"]
+__all__ = ["ATTACK_LABELS", "Evaluation", "Unit"]

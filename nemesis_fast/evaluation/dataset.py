@@ -1,0 +1,65 @@
+"""The evaluation's data: the training and test sets its config names, cut to the config's sizes and checked
+against the settings that train on the first N images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import load_cifar10, load_mnist
+from ..data.mnist import MNIST_SAMPLE_DIR
+from .config import ConfigError, EvalConfig
+
+
+@dataclass
+class Dataset:
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    identity: dict[str, Any]  # what determines the data, for cache keys
+    description: str
+
+
+def load_data(config: EvalConfig) -> Dataset:
+    """The training and test sets the config names (the shipped MNIST sample when no data_dir is given)."""
+    if config.synthetic:
+        generator = torch.Generator().manual_seed(config.seed)
+        shape = (3, 32, 32) if config.dataset == "cifar10" else (1, 28, 28)
+        sizes = {"train": 50_000 if config.dataset == "cifar10" else 60_000, "test": 10_000}
+        train_x = torch.randint(0, 256, (sizes["train"], *shape), dtype=torch.uint8, generator=generator)
+        test_x = torch.randint(0, 256, (sizes["test"], *shape), dtype=torch.uint8, generator=generator)
+        train_y = torch.randint(0, 10, (sizes["train"],), generator=generator)
+        test_y = torch.randint(0, 10, (sizes["test"],), generator=generator)
+        description = f"synthetic {config.dataset}-shaped data (random pixels and labels: a throughput run)"
+        source = "synthetic"
+    else:
+        root = Path(config.data_dir).expanduser() if config.data_dir else MNIST_SAMPLE_DIR
+        loader = load_mnist if config.dataset == "mnist" else load_cifar10
+        try:
+            train_x, train_y = loader(root, "train")
+            test_x, test_y = loader(root, "test")
+        except FileNotFoundError as error:
+            raise ConfigError(f"data_dir: {error}") from error
+        source = str(root.resolve())
+        description = f"{config.dataset} from {root}" + (
+            " (the sample shipped with nemesis_fast)" if not config.data_dir else ""
+        )
+    if config.training.train_samples:
+        train_x, train_y = train_x[: config.training.train_samples], train_y[: config.training.train_samples]
+    if config.test_samples:
+        test_x, test_y = test_x[: config.test_samples], test_y[: config.test_samples]
+    for key, first in config.first_images.items():
+        if first and (first > len(train_y) or first - round(first * config.training.validation_fraction) < 1):
+            raise ConfigError(
+                f"{key} must be <= the {len(train_y)} training images of {description} and leave one to train on"
+                f" after training.validation_fraction, got {first}"
+            )
+    identity = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
+    return Dataset(train_x, train_y, test_x, test_y, identity, description)
+
+
+__all__ = ["Dataset", "load_data"]
