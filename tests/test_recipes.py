@@ -133,6 +133,9 @@ def test_smoothed_targets():
     assert torch.equal(smooth_labels(torch.tensor([2]), 4, 1.0), F.one_hot(torch.tensor([2]), 4).float())
     with pytest.raises(ValueError, match="confidence must be >= 0.1"):
         smooth_labels(torch.tensor([0]), 10, 0.05)
+    for bad in ([0, 10], [-1, 3]):
+        with pytest.raises(ValueError, match=r"y must hold classes in \[0, 10\)"):
+            smooth_labels(torch.tensor(bad), 10)
 
 
 def test_label_smoothing_loss_and_recipe():

@@ -19,6 +19,9 @@ def smooth_labels(
     check_tensor(y, "y", dtypes=(torch.int64,), ndim=1)
     num_classes = check_int(num_classes, "num_classes", low=2)
     confidence = check_number(confidence, "confidence", low=1.0 / num_classes, high=1.0)
+    if y.device.type == "cpu" and y.numel() and not 0 <= int(y.min()) <= int(y.max()) < num_classes:
+        # (On a GPU this check would synchronise every training step; train() checks its labels once.)
+        raise ValueError(f"y must hold classes in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
     other = (1.0 - confidence) / (num_classes - 1)
     targets = torch.full((y.shape[0], num_classes), other, dtype=dtype, device=y.device)
     return targets.scatter_(1, y[:, None], confidence)
