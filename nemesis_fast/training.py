@@ -193,7 +193,8 @@ def train(
 
     Args:
         model: maps (B, C, H, W) images in [0, 1] to logits (e.g. :func:`nemesis_fast.models.mnist_cnn`).
-        data: (images, labels): uint8 (N, C, H, W) pixels (or float images in [0, 1]) and int64 labels (N,).
+        data: (images, labels): uint8 (N, C, H, W) pixels (or finite float images in [0, 1]) and int64 labels
+            (N,), N >= 1, each a class of the model (below its number of logits); checked before training.
         recipe: "standard", "gda", "label_smoothing", "fgsm_adversarial", "vat" (see
             :mod:`nemesis_fast.defenses.recipes`), or a Recipe object.
         settings: the recipe's settings: None (the paper's defaults for `dataset`), a dict of overrides, or
