@@ -40,7 +40,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(the 'quick' preset, a few minutes on a CPU). With --data-dir: the full MNIST or CIFAR-10 files and the "
         "paper's settings. Runs under torchrun too: each model is trained once, by one process, and the test set "
         "is sharded across the processes. Results go to --out: results.json/.csv/.md, whitebox.png, examples.png, "
-        "certified.png (the [certify] section); models, attacks and certificates are cached there (or in "
+        "certified.png (the [certify] section), models/<name>.pt (every trained model, a checkpoint for `nemesis-fast "
+        "certify`; save_models = false in the config: none); models, attacks and certificates are cached there (or in "
         "--cache-dir, which may be a folder local to each machine), so an "
         "interrupted run continues where it stopped.",
     )

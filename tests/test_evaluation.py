@@ -16,12 +16,15 @@ import torch
 from _evaluation_cases import TINY, write_config
 from _support import write_cifar
 
+from nemesis_fast.checkpoints import load_checkpoint
+from nemesis_fast.defenses import FeatureSqueezing
 from nemesis_fast.evaluation import evaluate, load_config
 from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.config import ConfigError
 from nemesis_fast.evaluation.dataset import load_data
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.parallel import Workers
+from nemesis_fast.training import evaluate_accuracy
 
 
 def evaluate_command(config: Path, *extra: str) -> list[str]:
@@ -81,6 +84,20 @@ def test_cli_end_to_end_on_a_tiny_configuration(tmp_path):
     assert len(data["cells"]) == 3 * 2 + (3 + 2) * 2  # black-box cells + white-box cells (and BPDA-free rows)
     clean = {c["defense"]: c["accuracy"] for c in data["cells"] if c["setting"] == "whitebox" and c["eps"] == 0.0}
     assert clean == pytest.approx({d: data["clean_accuracy"][d] for d in clean})
+    # Every model trained, as a checkpoint (feature squeezing is the standard model behind the squeezing).
+    models = out / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["gda_brelu.pt", "resnet_source.pt", "standard.pt"]
+    model, meta = load_checkpoint(models / "gda_brelu.pt")
+    assert meta["recipe"] == "gda" and meta["noise_sigma"] == 0.3
+    assert meta["architecture"]["kwargs"]["activation"] == "brelu"
+    assert meta["metrics"]["test_accuracy"] == pytest.approx(data["clean_accuracy"]["gda_brelu"] / 100)
+    test = load_data(load_config(config))
+    accuracy = evaluate_accuracy(model, test.test_images[:24], test.test_labels[:24])
+    assert 100 * accuracy == pytest.approx(data["clean_accuracy"]["gda_brelu"])
+    certify = [sys.executable, "-m", "nemesis_fast.cli", "certify", "--checkpoint", str(models / "gda_brelu.pt")]
+    certify += ["--images", "2", "--n0", "10", "--n", "50", "--out", str(tmp_path / "c.csv"), "--no-progress"]
+    run = subprocess.run(certify, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "sigma 0.3" in run.stdout + run.stderr, run.stderr[-3000:]
 
 
 class Interrupted(Exception):
@@ -257,7 +274,14 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
         perturbation_samples=8,
     )
     first = evaluate(config, out_dir=str(tmp_path / "a"), log=False)
-    second = evaluate(config, out_dir=str(tmp_path / "b"), log=False)  # a fresh cache: everything again
+    second = evaluate(config, out_dir=str(tmp_path / "b"), log=False, save_models=False)  # a fresh cache
+    assert not (tmp_path / "b" / "models").exists()
+    # The model trained on squeezed images is saved as the network behind the squeezing, with its bit depth.
+    network, meta = load_checkpoint(tmp_path / "a" / "models" / "feature_squeezing.pt")
+    assert meta["recipe"] == "standard" and meta["metrics"]["squeeze_bits"] == 1
+    test = load_data(load_config(config))
+    accuracy = evaluate_accuracy(FeatureSqueezing(network, 1), test.test_images, test.test_labels)
+    assert 100 * accuracy == pytest.approx(first.clean_accuracy["feature_squeezing"])
     assert cell_values(tmp_path / "a" / "results.json") == cell_values(tmp_path / "b" / "results.json")
     assert [(p.defense, p.attack, p.setting, p.values) for p in first.perturbations] == [
         (p.defense, p.attack, p.setting, p.values) for p in second.perturbations

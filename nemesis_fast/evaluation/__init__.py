@@ -5,7 +5,8 @@
 
 Outputs (under out_dir): results.json (every number, the config and the package version), results.csv,
 results.md, whitebox.png (accuracy against eps), examples.png (clean and adversarial images) and, with a
-[certify] section, certified.png and certified.csv (certified accuracy by randomized smoothing).
+[certify] section, certified.png and certified.csv (certified accuracy by randomized smoothing); unless the config
+sets save_models = false, models/<name>.pt: every trained model as a checkpoint (nemesis_fast.checkpoints).
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def evaluate(
                 clean, adversarial, labels, predictions, title = evaluation.examples()
                 plot_examples(clean, adversarial, labels, predictions, out / "examples.png", title)
                 paths["examples"] = out / "examples.png"
+            if config.save_models and not cached_only:
+                saved = evaluation.save_models(out / "models", results)
+                paths |= {f"model {name}": path for name, path in saved.items()}
             if log:
                 print(summary(results), flush=True)
                 print("written: " + ", ".join(str(p) for p in paths.values()), flush=True)

@@ -146,6 +146,9 @@ class EvalConfig:
     batch_size: int = 500  # images per attack batch; also the unit of sharding and of resuming
     out_dir: str = "nemesis-results"
     cache_dir: str = ""  # empty: <out_dir>/cache
+    # Write every trained model as a checkpoint, <out_dir>/models/<name>.pt (nemesis_fast.checkpoints), for
+    # `nemesis-fast certify --checkpoint` or load_checkpoint.
+    save_models: bool = True
     defenses: list[str] = field(default_factory=lambda: list(DEFENSES))
     blackbox_attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
     whitebox_attacks: list[str] = field(default_factory=lambda: list(DEFAULT_WHITEBOX_ATTACKS))

@@ -306,8 +306,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return validate(_build(EvalConfig, values, ""))
 
 
-# Where a run reads and writes and how fast it goes, not what it computes.
-_PLACE_KEYS = {"data_dir", "device", "threads", "out_dir", "cache_dir"}
+# Where a run reads and writes (and what files it writes) and how fast it goes, not what it computes.
+_PLACE_KEYS = {"data_dir", "device", "threads", "out_dir", "cache_dir", "save_models"}
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

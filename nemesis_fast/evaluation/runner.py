@@ -224,6 +224,13 @@ class Evaluation:
         self.seconds["attacks"] = time.perf_counter() - attack_started
         return self._results(clean, masking, units, gathered, started)
 
+    def save_models(self, folder: Path, results: Results) -> dict[str, Path]:
+        """Every model the run trained as a checkpoint `<folder>/<name>.pt` (after :meth:`run`; see
+        :meth:`Models.save_checkpoints`), with the clean test accuracy the run measured for the defenses."""
+        folder.mkdir(parents=True, exist_ok=True)
+        accuracy = {d: a / 100 for d, a in results.clean_accuracy.items()}
+        return self.models.save_checkpoints(folder, accuracy)
+
     def cached_results(self) -> Results:
         """The results of what the cache holds, computing nothing (for a look at an unfinished run): the clean
         accuracy of every model already trained, and every cell, row and certificate all of whose units of work

@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..checkpoints import save_checkpoint
 from ..defenses import FeatureSqueezing, paper_settings
 from ..defenses.recipes import Recipe, make_recipe
 from ..models import build_model
@@ -46,6 +48,7 @@ class Models:
         self.device = workers.device
         self.log, self.progress = log, progress
         self.loaded: dict[str, nn.Module] = {}
+        self.meta: dict[str, dict[str, Any]] = {}  # of each trained model: its training's seconds, val_accuracy
         self.seconds: dict[str, float] = {}
         self.prepared = False
 
@@ -218,8 +221,31 @@ class Models:
         )
         for name, (state, meta) in trained.items():
             self._install(name, self.build(name), state)
+            self.meta[name] = meta
             self.seconds[f"train {name}"] = float(meta["seconds"])
         self.prepared = True
+
+    def save_checkpoints(self, folder: Path, test_accuracy: dict[str, float]) -> dict[str, Path]:
+        """Every model with weights of its own (after :meth:`prepare`) as a checkpoint `<folder>/<name>.pt`
+        (:func:`~nemesis_fast.checkpoints.save_checkpoint`: architecture, recipe and settings, and as metrics its
+        validation accuracy, its training's seconds and the test accuracy (a fraction) given for it; feature
+        squeezing in front of the standard model has no file of its own). The model trained
+        on squeezed images is saved as the network behind the squeezing, with its bit depth as metric
+        "squeeze_bits". Returns name -> path."""
+        paths = {}
+        for name in self.meta:
+            model = self.loaded[name]
+            meta = self.meta[name]
+            metrics = {"val_accuracy": meta.get("val_accuracy"), "training_seconds": meta.get("seconds")}
+            if isinstance(model, FeatureSqueezing):
+                model, metrics["squeeze_bits"] = model.model, self.config.squeeze_bits
+            if name in test_accuracy:
+                metrics["test_accuracy"] = test_accuracy[name]
+            recipe = self.recipe(name)
+            path = folder / f"{name}.pt"
+            save_checkpoint(path, model, recipe=recipe, settings=self.recipe_settings(recipe), metrics=metrics)
+            paths[name] = path
+        return paths
 
     def _holding(self, held: dict[str, Trained]) -> Callable[[str], nn.Module | None]:
         """The models of `held` (name -> (state, meta)), each built and installed when first asked for."""
