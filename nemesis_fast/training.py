@@ -54,14 +54,10 @@ def _check_data(data: Any, name: str) -> Data:
     images, labels = data
     if len(labels) == 0:
         raise ValueError(f"{name} must hold at least one image, got none")
-    low, high = torch.aminmax(labels)
-    if images.is_floating_point():
-        finite = torch.isfinite(images).all()
-        low, high, finite = torch.stack([low, high, finite.long()]).tolist()  # one device synchronisation
-        if not finite:
-            raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")
-    else:
-        low, high = int(low), int(high)
+    checks = [labels.min()] + ([torch.isfinite(images).all()] if images.is_floating_point() else [])
+    low, *finite = torch.stack([c.long() for c in checks]).tolist()  # one device synchronisation
+    if finite and not finite[0]:
+        raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")
     if low < 0:
         raise ValueError(f"{name}: the labels must be >= 0, got {low}")
     return images, labels
