@@ -71,6 +71,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--cached-only",
         action="store_true",
         help="train and attack nothing: report what the cache holds so far (models trained, cells complete) "
-        "in <out>/partial/; for a look at a run still going on, beside it",
+        "in <out>/partial/, with the models trained so far in <out>/partial/models/; for a look at a run still "
+        "going on, beside it",
     )
     p.set_defaults(handler=_run)

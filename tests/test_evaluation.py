@@ -133,6 +133,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "partial" / "results.json").is_file()
     assert not (tmp_path / "out" / "results.json").exists()
     assert "Partial report of an unfinished run" in (tmp_path / "out" / "partial" / "results.md").read_text()
+    # The models trained before the interruption, as checkpoints.
+    kept = sorted(p.name for p in (tmp_path / "out" / "partial" / "models").iterdir())
+    assert kept == ["gda_brelu.pt", "resnet_source.pt", "standard.pt"]
 
     saves.clear()
     interrupt[0] = False
@@ -156,6 +159,7 @@ def test_a_look_at_a_run_not_started_trains_nothing(tmp_path, monkeypatch):
     config = write_config(tmp_path, out_dir=str(tmp_path / "out"))
     results = evaluate(config, log=False, cached_only=True)
     assert saves == [] and results.cells == [] and results.clean_accuracy == {}
+    assert list((tmp_path / "out" / "partial" / "models").iterdir()) == []
     assert results.pending == 2 * 3 + 3 * (3 * 2 + 2 * 2)  # black-box and white-box chunks (BPDA-free rows too)
 
 

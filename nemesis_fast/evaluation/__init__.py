@@ -58,8 +58,9 @@ def evaluate(
         log: print progress lines and the final tables to stderr/stdout (process 0 only).
         progress: tqdm bars; None: when stderr is a terminal.
         cached_only: train and compute nothing: report what the run's cache holds so far (the models already
-            trained, the cells all of whose chunks are cached), in `<out_dir>/partial/`, leaving the run's own
-            outputs alone. In one process (not under torchrun); may run beside the run it reports.
+            trained, the cells all of whose chunks are cached), in `<out_dir>/partial/` (the models already
+            trained in its `models/`), leaving the run's own outputs alone. In one process (not under torchrun);
+            may run beside the run it reports.
         overrides: top-level settings (data_dir, dataset, out_dir, device, test_samples, synthetic...).
 
     Every setting is checked before any work starts (ConfigError, a ValueError, naming the key). Under
@@ -89,7 +90,7 @@ def evaluate(
                 clean, adversarial, labels, predictions, title = evaluation.examples()
                 plot_examples(clean, adversarial, labels, predictions, out / "examples.png", title)
                 paths["examples"] = out / "examples.png"
-            if config.save_models and not cached_only:
+            if config.save_models:
                 saved = evaluation.save_models(out / "models", results)
                 paths |= {f"model {name}": path for name, path in saved.items()}
             if log:

@@ -225,8 +225,9 @@ class Evaluation:
         return self._results(clean, masking, units, gathered, started)
 
     def save_models(self, folder: Path, results: Results) -> dict[str, Path]:
-        """Every model the run trained as a checkpoint `<folder>/<name>.pt` (after :meth:`run`; see
-        :meth:`Models.save_checkpoints`), with the clean test accuracy the run measured for the defenses."""
+        """Every model the run trained as a checkpoint `<folder>/<name>.pt` (after :meth:`run`, or after
+        :meth:`cached_results`: those the cache holds; see :meth:`Models.save_checkpoints`), with the clean test
+        accuracy the run measured for the defenses."""
         folder.mkdir(parents=True, exist_ok=True)
         accuracy = {d: a / 100 for d, a in results.clean_accuracy.items()}
         return self.models.save_checkpoints(folder, accuracy)

@@ -177,7 +177,10 @@ class Models:
                 return None
             return self._install(name, FeatureSqueezing(standard, self.config.squeeze_bits, bpda=True))
         stored = _CacheStore(self.cache, {name: self.key(name)}).load(name)
-        return None if stored is None else self._install(name, self.build(name), stored[0])
+        if stored is None:
+            return None
+        self.meta[name] = stored[1]
+        return self._install(name, self.build(name), stored[0])
 
     def _install(self, name: str, model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """Puts `model` (with the weights `state`, when given) in eval mode on the device as model `name`."""
@@ -226,12 +229,16 @@ class Models:
         self.prepared = True
 
     def save_checkpoints(self, folder: Path, test_accuracy: dict[str, float]) -> dict[str, Path]:
-        """Every model with weights of its own (after :meth:`prepare`) as a checkpoint `<folder>/<name>.pt`
+        """Every model with weights of its own (after :meth:`prepare`; else those the cache holds) as a checkpoint
+        `<folder>/<name>.pt`
         (:func:`~nemesis_fast.checkpoints.save_checkpoint`: architecture, recipe and settings, and as metrics its
         validation accuracy, its training's seconds and the test accuracy (a fraction) given for it; feature
         squeezing in front of the standard model has no file of its own). The model trained
         on squeezed images is saved as the network behind the squeezing, with its bit depth as metric
         "squeeze_bits". Returns name -> path."""
+        if not self.prepared:
+            for name in self.needed():
+                self.cached(name)
         paths = {}
         for name in self.meta:
             model = self.loaded[name]
