@@ -16,12 +16,30 @@ from typing import Any
 import torch
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()  # read once, at import: os.umask can only be read by setting it
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` through a temporary file in the same folder, flushed to disk, then renamed onto `path`."""
+    """Writes `data` through a temporary file in the same folder, flushed to disk, then renamed onto `path`.
+
+    The file gets the permissions of the file it replaces, or else those a plain open() would give it (0o666 less
+    the process's umask), not the owner-only ones of the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

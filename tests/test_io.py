@@ -1,14 +1,17 @@
-"""temp_cached: a value computed once, even when several processes ask for it at the same moment."""
+"""temp_cached: a value computed once, even when several processes ask for it at the same moment; atomic writes' file
+permissions."""
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from nemesis_fast._io import temp_cached
+from nemesis_fast._io import temp_cached, write_atomic
 
 ASK = """
 import sys, time
@@ -52,3 +55,16 @@ def test_refresh_computes_again(tmp_path, monkeypatch):
     assert temp_cached("value.pt", compute, refresh=True).item() == 2
     assert temp_cached("value.pt", compute).item() == 2
     assert len(calls) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file permissions")
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path, monkeypatch):
+    (tmp_path / "plain").write_bytes(b"")
+    write_atomic(tmp_path / "new", b"data")
+    assert (tmp_path / "new").stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkstemp's 0o600
+    monkeypatch.setattr("nemesis_fast._io._UMASK", 0o027)
+    write_atomic(tmp_path / "grouped", b"data")
+    assert stat.S_IMODE((tmp_path / "grouped").stat().st_mode) == 0o640
+    os.chmod(tmp_path / "new", 0o604)  # a file replaced keeps its permissions
+    write_atomic(tmp_path / "new", b"other")
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o604 and (tmp_path / "new").read_bytes() == b"other"
