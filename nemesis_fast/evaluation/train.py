@@ -230,12 +230,11 @@ class Models:
 
     def save_checkpoints(self, folder: Path, test_accuracy: dict[str, float]) -> dict[str, Path]:
         """Every model with weights of its own (after :meth:`prepare`; else those the cache holds) as a checkpoint
-        `<folder>/<name>.pt`
-        (:func:`~nemesis_fast.checkpoints.save_checkpoint`: architecture, recipe and settings, and as metrics its
-        validation accuracy, its training's seconds and the test accuracy (a fraction) given for it; feature
-        squeezing in front of the standard model has no file of its own). The model trained
-        on squeezed images is saved as the network behind the squeezing, with its bit depth as metric
-        "squeeze_bits". Returns name -> path."""
+        `<folder>/<name>.pt` (:func:`~nemesis_fast.checkpoints.save_checkpoint`: architecture, recipe and settings;
+        as metrics its validation accuracy, the seconds of the process that finished its training
+        ("training_seconds") and the test accuracy (a fraction) given for it). Feature squeezing in front of the
+        standard model has no file of its own; the model trained on squeezed images is saved as the network behind
+        the squeezing, with its bit depth as metric "squeeze_bits". Returns name -> path."""
         if not self.prepared:
             for name in self.needed():
                 self.cached(name)
