@@ -256,3 +256,16 @@ def test_a_run_never_overwrites_the_results_of_a_run_with_other_settings(tmp_pat
     assert (out / "results.json").read_text() == "not json" and sorted(p.name for p in out.iterdir()) == [
         "results.json"
     ]
+
+
+def test_an_out_or_cache_folder_that_cannot_be_made_fails_before_any_work(tmp_path, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    monkeypatch.setattr("nemesis_fast.evaluation.start", lambda *args: pytest.fail("work started"))
+    for overrides, message in (
+        ({"out_dir": str(a_file)}, "out_dir: .*a_file' is a file, not a folder"),
+        ({"out_dir": str(tmp_path / "o"), "cache_dir": str(a_file / "cache")}, "cache_dir: cannot make the folder"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            evaluate(write_config(tmp_path), log=False, **overrides)
+    assert a_file.read_text() == "user data"

@@ -344,3 +344,20 @@ def check_out_dir(config: EvalConfig) -> None:
         shown = ", ".join(f"{k}: {_short(earlier.get(k, '(unset)'))} -> {_short(now[k])}" for k in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ConfigError(f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}")
+
+
+def make_folders(config: EvalConfig) -> None:
+    """Makes out_dir and cache_dir (where set) before any work, or raises ConfigError naming the one that cannot be
+    made (a file of that name, no permission, a read-only file system)."""
+    for key in ("out_dir", "cache_dir"):
+        value = getattr(config, key)
+        if not value:
+            continue
+        folder = Path(value).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{key}: {str(folder)!r} is a file, not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise ConfigError(f"{key}: cannot make the folder {str(folder)!r} ({reason})") from error
