@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> torch.device:
     from ._checks import check_device, check_int, check_number, check_positive
+    from ._io import check_output_file
 
     if args.sigma is not None:
         check_positive(args.sigma, "--sigma")
@@ -71,6 +72,9 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     check_int(args.start, "--start", low=0)
     check_int(args.batch_size, "--batch-size", low=1)
     check_int(args.seed, "--seed", low=0)
+    for option, path in (("--out", args.out), ("--json", args.json)):
+        if path:
+            check_output_file(path, option)
     return check_device(args.device, "--device")
 
 

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ._checks import check_device
-    from ._io import write_json_atomic
+    from ._io import check_output_file, check_output_folder, write_json_atomic
     from .checkpoints import load_checkpoint, save_checkpoint
     from .models import build_model
     from .parallel import set_threads
@@ -201,6 +201,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise SystemExit(f"nemesis-fast train: --threads must be >= 0 (0: automatic), got {args.threads}")
     device = check_device(args.device, "--device")
+    for option, path in (("--out", args.out), ("--json", args.json)):  # before the training, not after it
+        if path:
+            check_output_file(path, option)
+    if args.out_dir:
+        check_output_folder(args.out_dir, "--out-dir")
     if args.paper:
         return _paper(args)
     set_threads(args.threads, device)

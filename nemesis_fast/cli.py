@@ -15,11 +15,14 @@ from ._cli_train import add_parser as add_train_parser
 def _bench(args: argparse.Namespace) -> int:
     from . import backend_info
     from ._checks import check_device
+    from ._io import check_output_file
     from .bench import SUITES, suite
     from .bench.harness import saving_reports, write_reports
 
     try:
         device = check_device(args.device, "--device")
+        if args.json:
+            check_output_file(args.json, "--json")
     except ValueError as error:
         raise SystemExit(f"nemesis-fast bench: {error}") from error
     names = args.ops or list(SUITES)

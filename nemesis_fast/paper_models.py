@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_device
+from ._io import check_output_folder
 from .checkpoints import save_checkpoint
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
@@ -135,6 +136,8 @@ def train_paper_models(
         check_choice(name, "models", [m.name for m in PAPER_MODELS])
     device = check_device(train_kwargs.pop("device", None))
     workers = workers or Workers(device=device)
+    if out_dir is not None and workers.is_main:
+        check_output_folder(out_dir, "out_dir")  # before the training, not after it
     recipes = {
         m.name: make_recipe(m.recipe, (recipe_settings or {}).get(m.recipe), dataset=dataset, seed=seed)
         for m in PAPER_MODELS

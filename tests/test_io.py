@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from nemesis_fast._io import temp_cached, write_atomic
+from nemesis_fast._io import check_output_file, check_output_folder, temp_cached, write_atomic
 
 ASK = """
 import sys, time
@@ -68,3 +68,20 @@ def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path, monkeypa
     os.chmod(tmp_path / "new", 0o604)  # a file replaced keeps its permissions
     write_atomic(tmp_path / "new", b"other")
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o604 and (tmp_path / "new").read_bytes() == b"other"
+
+
+def test_output_paths_are_checked_before_a_long_job(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    assert check_output_file(tmp_path / "new" / "deeper" / "m.pt", "--out") == tmp_path / "new" / "deeper" / "m.pt"
+    assert (tmp_path / "new" / "deeper").is_dir()  # made now, not at the end
+    assert check_output_folder(tmp_path / "out", "out_dir").is_dir()
+    for check, path, message in (
+        (check_output_file, tmp_path, "--x: .* is a folder; give the name of a file"),
+        (check_output_file, a_file / "m.pt", "--x: .*a_file' is a file, not a folder"),
+        (check_output_folder, a_file, "--x: .*a_file' is a file, not a folder"),
+        (check_output_folder, a_file / "sub", "--x: .*a_file' is a file, not a folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check(path, "--x")
+    assert a_file.read_text() == "user data"

@@ -294,6 +294,24 @@ def test_cli_train_and_checkpoint(tmp_path, capsys):
         main([*args, "--recipe", "fgsm_adversarial", "--source", str(tmp_path / "missing.pt")])
 
 
+def test_cli_outputs_that_cannot_be_written_fail_before_the_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained before checking"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    args = ["train", "--limit", "64", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    for extra, message in (
+        (["--out", str(tmp_path)], "--out: .* is a folder; give the name of a file"),
+        (["--out", str(a_file / "m.pt")], "--out: .*a_file' is a file, not a folder"),
+        (["--json", str(tmp_path)], "--json: .* is a folder"),
+        (["--paper", "--out-dir", str(a_file)], "--out-dir: .*a_file' is a file, not a folder"),
+    ):
+        with pytest.raises(SystemExit, match=f"nemesis-fast train: {message}"):
+            main([*args, *extra])
+    with pytest.raises(SystemExit, match="nemesis-fast bench: --json: .* is a folder"):
+        main(["bench", "bounded_relu", "--json", str(tmp_path)])
+    assert a_file.read_text() == "user data"
+
+
 def test_cli_paper_table(tmp_path, capsys):
     args = ["train", "--paper", "--limit", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
     assert main([*args, "--json", str(tmp_path / "paper.json"), "--out-dir", str(tmp_path)]) == 0

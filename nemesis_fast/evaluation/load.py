@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import check_device
+from .._io import check_output_folder
 from ..data import cifar10, mnist
 from ..paper_models import PAPER_MODELS
 from .cache import as_read_back
@@ -350,14 +351,8 @@ def make_folders(config: EvalConfig) -> None:
     """Makes out_dir and cache_dir (where set) before any work, or raises ConfigError naming the one that cannot be
     made (a file of that name, no permission, a read-only file system)."""
     for key in ("out_dir", "cache_dir"):
-        value = getattr(config, key)
-        if not value:
-            continue
-        folder = Path(value).expanduser()
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"{key}: {str(folder)!r} is a file, not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
-            raise ConfigError(f"{key}: cannot make the folder {str(folder)!r} ({reason})") from error
+        if getattr(config, key):
+            try:
+                check_output_folder(getattr(config, key), key)
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
