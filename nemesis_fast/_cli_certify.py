@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._io import write_atomic, write_json_atomic
+
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+# The images are certified in chunks, after each of which the certificates so far are kept in <out>.partial.json,
+# where an interrupted run resumes: a first chunk of about FIRST_CHUNK_DRAWS forward passes, then chunks sized to
+# take about CHUNK_SECONDS each (on a GPU as on a CPU).
+FIRST_CHUNK_DRAWS = 1_000_000
+CHUNK_SECONDS = 30.0
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -22,7 +31,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "a one-sided Clopper-Pearson lower bound pA on its probability from N fresh copies, and the certified L2 "
         "radius sigma * Phi^-1(pA), or an abstention where pA <= 1/2. Writes a CSV (index, label, prediction, "
         "radius, correct; prediction -1: abstained) and prints the certified accuracy at each radius. The noise is "
-        "drawn on the model's device; results depend on --seed and --start but not on --batch-size.",
+        "drawn on the model's device; results depend on --seed and --start but not on --batch-size. The "
+        "certificates so far are kept in OUT.partial.json as the run goes: run the same command again after an "
+        "interruption and it resumes there.",
     )
     p.add_argument("--checkpoint", required=True, help="a model saved by `nemesis-fast train --out` or save_checkpoint")
     p.add_argument(
@@ -122,9 +133,8 @@ def _csv(start: int, labels: torch.Tensor, prediction: torch.Tensor, radius: tor
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._io import write_atomic, write_json_atomic
     from ._progress import progress_bar
-    from .certify import Smooth, certified_accuracy
+    from .certify import Smooth
     from .checkpoints import load_checkpoint
 
     device = _check_arguments(args)
@@ -135,30 +145,101 @@ def _run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         num_classes = model(images[:1].to(device).float().div(255)).shape[1]
     smooth = Smooth(model, sigma, num_classes, amp=args.amp or False)
-    per_image = args.n0 + args.n
+    identity = {
+        "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
+        "data": where,
+        "sigma": sigma,
+        **{k: getattr(args, k) for k in ("n0", "n", "alpha", "seed", "amp")},
+    }
+    partial = Path(str(args.out) + ".partial.json")
+    done = _resumed(partial, identity)
+    if done["prediction"]:
+        print(f"resuming: {len(done['prediction'])} of {len(labels)} images already certified ({partial})")
     bar = progress_bar(args.progress, total=len(labels), desc="certify", unit="img", leave=True)
+    if bar is not None:
+        bar.update(len(done["prediction"]))
     started = time.perf_counter()
     try:
+        prediction, radius = _certify_in_chunks(smooth, images, args, partial, identity, done, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - started
+    write_atomic(Path(args.out), _csv(args.start, labels, prediction, radius))
+    fresh = len(labels) - len(done["prediction"])
+    summary = _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh)
+    print(
+        f"certified {len(labels)} {where} (recipe {meta.get('recipe')}) at sigma {sigma:g} ({sigma_source}), "
+        f"n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: {fresh} images in {seconds:.1f} s on {device} "
+        f"({summary['noisy_images_per_s'] or 0:,.0f} noisy images/s)"
+    )
+    print(
+        f"abstained {100 * summary['abstained']:.2f}%; mean radius of the correct "
+        f"{summary['mean_radius_of_correct']:.3f}; the largest radius n and alpha can certify: "
+        f"{summary['largest_certifiable_radius']:.3f}"
+    )
+    accuracy = summary["certified_accuracy"].values()
+    print("certified accuracy: " + ", ".join(f"r={r:g} {100 * a:.2f}%" for r, a in zip(RADII, accuracy)))
+    print(f"written: {args.out}" + (f", {args.json}" if args.json else ""))
+    if args.json:
+        write_json_atomic(Path(args.json), summary)
+    partial.unlink(missing_ok=True)
+    return 0
+
+
+def _resumed(partial: Path, identity: dict[str, Any]) -> dict[str, list]:
+    """The certificates an interrupted run of the same settings kept in `partial`, or none; a partial file of
+    other settings is refused (it is another run's work)."""
+    if not partial.is_file():
+        return {"prediction": [], "radius": []}
+    try:
+        kept = json.loads(partial.read_text())
+        settings, prediction, radius = kept["settings"], kept["prediction"], kept["radius"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--out: {partial} is not the record of an interrupted certify; move it away") from error
+    if settings != identity:
+        differ = ", ".join(sorted(k for k in identity if settings.get(k) != identity[k]))
+        raise ValueError(
+            f"--out: {partial} holds an interrupted run with other settings ({differ}); finish it with those "
+            "settings, or choose another --out, or move it away"
+        )
+    return {"prediction": prediction, "radius": radius}
+
+
+def _certify_in_chunks(smooth, images, args, partial, identity, done, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    """CERTIFY on the images not in `done`, in chunks (see CHUNK_SECONDS), each chunk's certificates added to
+    `partial` as it ends (the noise of an image depends on its index, not on the chunks); returns (prediction,
+    radius) of every image."""
+    per_image = args.n0 + args.n
+    chunk = max(1, FIRST_CHUNK_DRAWS // per_image)
+    prediction, radius = list(done["prediction"]), list(done["radius"])
+    while len(prediction) < len(images):
+        begin, chunk_started = len(prediction), time.perf_counter()
         result = smooth.certify(
-            images,
+            images[begin : begin + chunk],
             args.n0,
             args.n,
             args.alpha,
             args.batch_size,
             seed=args.seed,
-            offset=args.start,
+            offset=args.start + begin,
             progress=(lambda rows: bar.update(rows / per_image)) if bar is not None else None,
         )
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - started
-    write_atomic(Path(args.out), _csv(args.start, labels, result.prediction, result.radius))
-    accuracy = certified_accuracy(result.prediction, result.radius, labels, RADII)
-    correct = result.prediction == labels
+        prediction += result.prediction.tolist()
+        radius += result.radius.tolist()
+        write_json_atomic(partial, {"settings": identity, "prediction": prediction, "radius": radius})
+        seconds = max(time.perf_counter() - chunk_started, 1e-6)
+        chunk = max(1, min(4 * chunk, round(chunk * CHUNK_SECONDS / seconds)))
+    return torch.tensor(prediction, dtype=torch.int64), torch.tensor(radius, dtype=torch.float64)
+
+
+def _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh) -> dict[str, Any]:
     from scipy.stats import norm
 
-    summary = {
+    from .certify import certified_accuracy
+
+    correct = prediction == labels
+    return {
         "checkpoint": str(args.checkpoint),
         "recipe": meta.get("recipe"),
         "images": len(labels),
@@ -169,25 +250,13 @@ def _run(args: argparse.Namespace) -> int:
         "alpha": args.alpha,
         "seed": args.seed,
         "device": str(device),
-        "seconds": seconds,
-        "noisy_images_per_s": len(labels) * per_image / seconds if seconds > 0 else None,
-        "abstained": result.abstained.double().mean().item(),
-        "mean_radius_of_correct": result.radius[correct].mean().item() if correct.any() else 0.0,
+        "seconds": seconds,  # of this run: `fresh` images (the others were certified by an interrupted run)
+        "images_this_run": fresh,
+        "noisy_images_per_s": fresh * (args.n0 + args.n) / seconds if fresh and seconds > 0 else None,
+        "abstained": (prediction == -1).double().mean().item(),
+        "mean_radius_of_correct": radius[correct].mean().item() if correct.any() else 0.0,
         "largest_certifiable_radius": sigma * float(norm.ppf(args.alpha ** (1 / args.n))),
-        "certified_accuracy": {f"{r:g}": a for r, a in zip(RADII, accuracy)},
+        "certified_accuracy": {
+            f"{r:g}": a for r, a in zip(RADII, certified_accuracy(prediction, radius, labels, RADII))
+        },
     }
-    print(
-        f"certified {len(labels)} {where} (recipe {meta.get('recipe')}) at sigma {sigma:g} ({sigma_source}), "
-        f"n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: {seconds:.1f} s on {device} "
-        f"({summary['noisy_images_per_s']:,.0f} noisy images/s)"
-    )
-    print(
-        f"abstained {100 * summary['abstained']:.2f}%; mean radius of the correct "
-        f"{summary['mean_radius_of_correct']:.3f}; the largest radius n and alpha can certify: "
-        f"{summary['largest_certifiable_radius']:.3f}"
-    )
-    print("certified accuracy: " + ", ".join(f"r={r:g} {100 * a:.2f}%" for r, a in zip(RADII, accuracy)))
-    print(f"written: {args.out}" + (f", {args.json}" if args.json else ""))
-    if args.json:
-        write_json_atomic(Path(args.json), summary)
-    return 0

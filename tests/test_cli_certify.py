@@ -92,3 +92,39 @@ def test_sigma_is_required_where_the_checkpoint_records_none(tmp_path):
         main(["certify", "--checkpoint", str(tmp_path / "not-there.pt"), "--sigma", "0.3"])
     with pytest.raises(SystemExit):  # argparse: "argument --n: invalid int value: '1e4'"
         main(["certify", "--checkpoint", checkpoint, "--n", "1e4"])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_certify_resumes_where_it_stopped_with_the_same_certificates(tmp_path, capsys, monkeypatch):
+    from nemesis_fast import _cli_certify
+    from nemesis_fast.certify import Smooth
+
+    checkpoint = _checkpoint(tmp_path, "gda", sigma=0.4, clip=None)
+    base = ["certify", "--checkpoint", checkpoint, "--images", "5", "--n0", "4", "--no-progress"]
+    args = [*base, "--n", "40"]
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    assert main([*args, "--out", str(whole)]) == 0
+    monkeypatch.setattr(_cli_certify, "FIRST_CHUNK_DRAWS", 2 * 44)  # a first chunk of 2 images,
+    monkeypatch.setattr(_cli_certify, "CHUNK_SECONDS", 0.0)  # then of one image
+    real, calls = Smooth.certify, []
+
+    def dying(self, x, *rest, **kwargs):
+        calls.append(len(x))
+        if len(calls) == 3:
+            raise Interrupted  # after two chunks (3 images) were kept
+        return real(self, x, *rest, **kwargs)
+
+    monkeypatch.setattr(Smooth, "certify", dying)
+    with pytest.raises(Interrupted):
+        main([*args, "--out", str(part)])
+    partial = tmp_path / "part.csv.partial.json"
+    assert calls == [2, 1, 1] and len(json.loads(partial.read_text())["prediction"]) == 3 and not part.exists()
+    with pytest.raises(SystemExit, match="holds an interrupted run with other settings \\(n\\)"):
+        main([*base, "--n", "41", "--out", str(part)])
+    calls.clear()
+    assert main([*args, "--out", str(part)]) == 0
+    assert calls == [2] and "resuming: 3 of 5 images already certified" in capsys.readouterr().out
+    assert part.read_text() == whole.read_text() and not partial.exists()
