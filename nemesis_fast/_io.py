@@ -51,25 +51,21 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def check_output_folder(path: str | os.PathLike, name: str) -> Path:
-    """`path` as a folder to write into, made now if missing; ValueError naming `name` where it cannot be (a file
-    of that name, no permission): checked before a long job rather than when it ends."""
+    """`path` as a folder to write into, checked before a long job rather than when it ends: a folder, or one that
+    can be made (its nearest existing ancestor is a writable folder). Makes nothing. ValueError naming `name`."""
     folder = Path(path).expanduser()
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)  # it, or its nearest ancestor
-    if existing is not None and not existing.is_dir():
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))  # it, or its nearest ancestor
+    if not existing.is_dir():
         raise ValueError(f"{name}: {str(existing)!r} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ValueError(f"{name}: cannot make the folder {str(folder)!r} ({reason})") from error
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}: the folder {str(folder)!r} is not writable")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "folder" if existing == folder else f"folder {str(folder)!r} cannot be made: the folder"
+        raise ValueError(f"{name}: the {what} {str(existing)!r} is not writable")
     return folder
 
 
 def check_output_file(path: str | os.PathLike, name: str) -> Path:
-    """`path` as a file to write at the end of a long job, checked now: not a folder, in a folder that exists (or
-    is made now) and is writable. ValueError naming `name` otherwise."""
+    """`path` as a file to write at the end of a long job, checked now: not a folder, in a folder that exists and
+    is writable, or can be made. Makes nothing. ValueError naming `name` otherwise."""
     file = Path(path).expanduser()
     if file.is_dir():
         raise ValueError(f"{name}: {str(file)!r} is a folder; give the name of a file")

@@ -74,8 +74,8 @@ def test_output_paths_are_checked_before_a_long_job(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("user data")
     assert check_output_file(tmp_path / "new" / "deeper" / "m.pt", "--out") == tmp_path / "new" / "deeper" / "m.pt"
-    assert (tmp_path / "new" / "deeper").is_dir()  # made now, not at the end
-    assert check_output_folder(tmp_path / "out", "out_dir").is_dir()
+    assert check_output_folder(tmp_path / "out", "out_dir") == tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing made
     for check, path, message in (
         (check_output_file, tmp_path, "--x: .* is a folder; give the name of a file"),
         (check_output_file, a_file / "m.pt", "--x: .*a_file' is a file, not a folder"),

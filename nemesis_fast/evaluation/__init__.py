@@ -18,7 +18,7 @@ from typing import Any
 
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, PRESETS_DIR, ConfigError, EvalConfig
-from .load import check_out_dir, load_config, make_folders
+from .load import check_folders, check_out_dir, load_config
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
@@ -74,7 +74,7 @@ def evaluate(
         config = load_config(config, overrides)
     if not cached_only:
         check_out_dir(config)
-    make_folders(config)
+    check_folders(config)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
     workers = start(config.device, config.threads)

@@ -347,9 +347,9 @@ def check_out_dir(config: EvalConfig) -> None:
         raise ConfigError(f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}")
 
 
-def make_folders(config: EvalConfig) -> None:
-    """Makes out_dir and cache_dir (where set) before any work, or raises ConfigError naming the one that cannot be
-    made (a file of that name, no permission, a read-only file system)."""
+def check_folders(config: EvalConfig) -> None:
+    """Raises ConfigError, before any work, naming out_dir or cache_dir (where set) when it cannot be made or
+    written (a file of that name or above it, no permission); makes nothing."""
     for key in ("out_dir", "cache_dir"):
         if getattr(config, key):
             try:
