@@ -14,6 +14,7 @@ from torch import nn
 
 from ._amp import amp_name, autocast
 from ._checks import check_device
+from ._modes import eval_mode
 from ._progress import progress_bar
 from .data.loader import DeviceLoader, check_images_labels
 from .defenses.recipes import Recipe
@@ -66,17 +67,10 @@ def evaluate_accuracy(
         return float("nan")
     loader = DeviceLoader(images, labels, batch_size, shuffle=False, device=device)
     autocast, _ = forward_autocast(device, amp)
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    try:
-        if isinstance(model, nn.Module):
-            model.eval()
-        with torch.no_grad(), autocast():
-            for x, y in loader:
-                correct += (model(x).argmax(1) == y).sum()
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad(), autocast():
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum()
     return correct.item() / len(labels)
 
 

@@ -25,7 +25,6 @@ guarantee is Cohen et al.'s for this noise as for any pseudo-random one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from torch import nn
 from ._amp import amp_name, autocast
 from ._backends.gaussian_augment import resolve_seed
 from ._checks import FLOAT_DTYPES, check_int, check_number, check_positive, check_tensor
+from ._modes import eval_mode
 from .ops import gaussian_augment
 
 __all__ = [
@@ -233,16 +233,6 @@ class Smooth:
         if offset + x.shape[0] - 1 > MAX_IMAGE_INDEX:
             raise ValueError(f"offset + len(x) must be <= {MAX_IMAGE_INDEX + 1}, got {offset + x.shape[0]}")
 
-    @contextlib.contextmanager
-    def _eval_mode(self):
-        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
-        modes = [m.training for m in modules]
-        try:
-            yield self.model.eval() if modules else None
-        finally:
-            for module, training in zip(modules, modes):
-                module.training = training
-
     def sample_counts(
         self,
         x: torch.Tensor,
@@ -265,7 +255,7 @@ class Smooth:
         draws = [count for _, count in phases]
         total = x.shape[0] * sum(draws)
         counts = torch.zeros(x.shape[0] * len(phases) * self.num_classes, dtype=torch.int64, device=device)
-        with self._eval_mode(), torch.inference_mode(), autocast(device.type, self.amp or None):
+        with eval_mode(self.model), torch.inference_mode(), autocast(device.type, self.amp or None):
             for begin in range(0, total, batch_size):
                 end = min(begin + batch_size, total)
                 segments = _segments(begin, end, draws)

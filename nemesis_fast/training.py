@@ -18,6 +18,7 @@ from torch import nn
 
 from ._checks import check_choice, check_device, check_int, check_number, check_positive
 from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
+from ._modes import eval_mode
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
 from .data.loader import DeviceLoader, Expansion, check_images_labels, expanded_rows, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
@@ -67,14 +68,8 @@ def _check_classes(model: nn.Module, data: Data, name: str, device: torch.device
     """Checks that the labels of `data` are classes of `model`: below its number of logits, learnt from one
     forward pass of one image in eval mode (the model's modes are restored)."""
     images, labels = data
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(to_float(images[:1]).to(device))
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad():
+        logits = model(to_float(images[:1]).to(device))
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for one image got {shape}")

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_int, check_range, check_tensor
+from .._modes import eval_mode
 from .jacobian import LogitJacobian, Weights
 from .norms import perturbation_norms
 
@@ -100,18 +101,15 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
     requires_grad flag. With requires_grad off, gradients with respect to the input never reach the
     parameters' `.grad`.
     """
-    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, requires_grad in flags:
+                p.requires_grad_(requires_grad)
 
 
 def _check_seed(seed: Any) -> Seed:
