@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._io import write_atomic, write_json_atomic
+from ._io import check_output_file, write_atomic, write_json_atomic
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The images are certified in chunks, after each of which the certificates so far are kept in <out>.partial.json,
@@ -72,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> torch.device:
     from ._checks import check_device, check_int, check_number, check_positive
-    from ._io import check_output_file
 
     if args.sigma is not None:
         check_positive(args.sigma, "--sigma")
