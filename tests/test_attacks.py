@@ -33,6 +33,7 @@ from nemesis_fast.attacks import (
     model_guard,
     perturbation_norms,
 )
+from nemesis_fast.attacks.base import select_rows
 
 TOL = 1e-5
 
@@ -430,3 +431,12 @@ def test_attacks_on_cuda_match_cpu(name):
     if attacks(model)[name].deterministic:
         torch.testing.assert_close(gpu.x_adv.cpu(), cpu.x_adv, rtol=0, atol=1e-6)
         assert torch.equal(gpu.iterations.cpu(), cpu.iterations)
+
+
+def test_select_rows_keeps_the_masked_rows_of_every_tensor_in_order():
+    mask = torch.tensor([True, False, True, True, False])
+    index, images = torch.arange(5), torch.arange(10.0).view(5, 2)
+    rows, picked = select_rows(mask, index, images)
+    assert rows.tolist() == [0, 2, 3] and picked.tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
+    (none,) = select_rows(torch.zeros(5, dtype=torch.bool), images)
+    assert none.shape == (0, 2)

@@ -207,6 +207,90 @@ def test_more_than_2_31_pairs(backend, device):
         assert found.item() and (bp.item(), bq.item()) == (min(p, other), max(p, other))
 
 
+def gradient_like_case(kind: str, batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target_grad, other_grad) of one of the distributions that the CPU kernel's bounded search meets: heavy or
+    light tails, rounded values (many tied scores), correlated or anticorrelated gradients (weak bounds),
+    sparse ones, and magnitudes at and beyond the bounded search's range (tiny, huge, overflowing scores)."""
+    g = torch.Generator().manual_seed(seed)
+    t, o = torch.randn(2, batch, n, generator=g)
+    common = torch.randn(batch, n, generator=g)
+    heavy = torch.randn(2, batch, n, generator=g) / torch.rand(2, batch, n, generator=g).clamp_min(1e-3)
+    cases = {
+        "normal": (t, o),
+        "heavy tails": (heavy[0], heavy[1]),
+        "rounded": (t.mul(1.5).round(), o.mul(1.5).round()),
+        "coarse": (t.mul(0.7).round(), o.mul(0.7).round()),
+        "correlated": (common + 0.1 * t, common + 0.1 * o),
+        "anticorrelated": (common + 0.1 * t, 0.1 * o - common),
+        "sparse": (t * (torch.rand(batch, n, generator=g) < 0.05), o * (torch.rand(batch, n, generator=g) < 0.05)),
+        "tiny": (t * 1e-12, o * 1e-12),
+        "huge": (t * 1e14, o * 1e14),
+        "overflowing": (t * 1e20, o * 1e20),
+    }
+    return cases[kind]
+
+
+GRADIENT_KINDS = (
+    "normal", "heavy tails", "rounded", "coarse", "correlated", "anticorrelated", "sparse", "tiny", "huge",
+    "overflowing",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+@pytest.mark.parametrize("kind", GRADIENT_KINDS)
+def test_gradient_like_inputs_match_reference(backend, device, kind):
+    """Sizes where the CPU kernel searches by bounding (from 64 usable features), on every kind of gradient."""
+    require_backend(BACKENDS, backend, device)
+    for k, (batch, n) in enumerate(((5, 64), (4, 300), (3, 1000), (2, 3072))):
+        t, o = gradient_like_case(kind, batch, n, seed=k)
+        for keep in (1.0, 0.7):
+            d = torch.rand(batch, n, generator=torch.Generator().manual_seed(k)) < keep
+            for increase in (True, False):
+                expected = reference(t, o, d, increase)
+                assert_same(run(backend, t.to(device), o.to(device), d.to(device), increase), expected, (n, keep))
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+def test_best_pair_outside_the_strongest_features(backend, device):
+    """The best pair joins a feature that no single ranking puts on top with one of 16 tied partners: the
+    strongest features by target gradient, by other gradient and by their sum pair up into invalid or weak pairs
+    only, so the bounded search must find the best beyond its seeds, and take the smallest of the tied pairs."""
+    require_backend(BACKENDS, backend, device)
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(1, n, generator=g) * 0.2 - 0.1
+    o = torch.rand(1, n, generator=g) * 0.2 - 0.1
+    top_target, top_other, top_sum = range(10, 26), range(100, 116), range(200, 216)
+    t[0, top_target], o[0, top_target] = 6.0, 50.0  # the top t (theta > 0: t, u = -o): pairs have u < 0
+    t[0, top_other], o[0, top_other] = -50.0, -6.0  # the top u: pairs have a < 0
+    t[0, top_sum], o[0, top_sum] = 4.4, -0.1  # the top t + u: with each other a = 8.8, u = 0.2
+    t[0, 300], o[0, 300] = -1.0, -5.0  # with a top_sum feature: a = 3.4, u = 5.1, the best score
+    d = torch.ones(1, n, dtype=torch.bool)
+    expected = reference(t, o, d, True)
+    assert [x.item() for x in expected] == [200, 300, True]
+    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
+    d[0, 200:205] = False  # the smallest of the tied partners leave the domain
+    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), (torch.tensor([205]),) + expected[1:])
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+def test_a_smaller_pair_tying_the_best_of_the_strongest_features(backend, device):
+    """Pairs (3, 4) and (50, 60) share the best score exactly, and only (50, 60) is made of features that rank on
+    top (by target gradient, by other gradient or by their sum): (3, 4) must still win the tie."""
+    require_backend(BACKENDS, backend, device)
+    n = 200
+    t, o = torch.zeros(1, n), torch.zeros(1, n)
+    t[0, [3, 4]], o[0, [3, 4]] = 2.0, -2.0  # a = 4, u = 4 (theta > 0: u = -o)
+    t[0, 50], o[0, 50] = 10.0, 6.0  # with 60: a = 4, u = 4
+    t[0, 60], o[0, 60] = -6.0, -10.0
+    t[0, 100:116], o[0, 100:116] = 4.5, 0.4  # above (3, 4) by t and by t + u; their pairs are invalid or weak
+    t[0, 120:136], o[0, 120:136] = -3.0, -2.5  # above (3, 4) by u
+    d = torch.ones(1, n, dtype=torch.bool)
+    expected = reference(t, o, d, True)
+    assert [x.item() for x in expected] == [3, 4, True]
+    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_triton_index_arithmetic_near_2_31(device):

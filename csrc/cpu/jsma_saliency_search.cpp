@@ -3,25 +3,32 @@
 // 1. Each sample's usable features (in the domain, no NaN) are packed, in order, into float32 arrays (t, u) and
 //    their positions, padded with (-inf, -inf) so that the scan reads whole vectors past the end. Packing keeps
 //    the order, so the smallest packed (i, j) is the smallest (p, q).
-// 2. The pairs i < j of each sample are split into row ranges of similar pair counts, grouped into tasks of at
-//    least kMinPairsPerTask pairs that run in parallel (at::parallel_for). A row is scanned with 16-lane
-//    vectors; each lane keeps its running best score and j (strictly greater wins, so a lane keeps its first,
-//    smallest j), then the lanes are reduced.
+// 2. Each sample is first searched by bounding (pruned_search): a good pair from a few seed features gives a
+//    score s0, and a bound that no pair scoring s0 or more can fail leaves, on gradients, a few dozen candidate
+//    pairs of the n^2 / 2. Where the bound keeps more than 1/kMaxCandidateShare of the pairs (flat or strongly
+//    anticorrelated gradients) or cannot be used (magnitudes out of its range), the sample goes to step 3.
+// 3. The pairs i < j of the remaining samples are split into row ranges of similar pair counts, grouped into
+//    tasks of at least kMinPairsPerTask pairs that run in parallel (at::parallel_for). A row is scanned with
+//    16-lane vectors; each lane keeps its running best score and j (strictly greater wins, so a lane keeps its
+//    first, smallest j), then the lanes are reduced.
 //    Rows whose score bound (suffix maxima of t and u) is below the best score found so far in the same range
 //    are skipped: the bound is exact under float32 rounding (rounding is monotone), so no pair that could win
 //    or tie is ever skipped.
-// 3. The row ranges of a sample are combined in order, a later one winning only with a strictly higher score.
+// 4. The row ranges of a sample are combined in order, a later one winning only with a strictly higher score.
 //
 // Extra memory: four float32 arrays (t, u and their suffix maxima) and one int32 array (positions) of about n
-// entries per sample: O(B * n).
+// entries per sample, and the bounding's scratch of about n entries per thread: O(B * n).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
+#include <utility>
 #include <vector>
 
 #include "jsma_saliency_search.h"
@@ -41,6 +48,17 @@ constexpr int64_t kPad = kLanes;  // (-inf, -inf) entries after each packed samp
 // loaded machine a parallel region can wait a whole scheduler time slice for its last thread.
 constexpr int64_t kMinPairsPerTask = 1 << 24;  // a few milliseconds of one core
 constexpr int64_t kMinFeaturesPerPackTask = 1 << 20;
+constexpr int64_t kMinFeaturesPerPruneTask = 1 << 16;
+// pruned_search: samples of fewer usable features go straight to the full scan; the seeds are the top
+// kSeedsPerKey features by t, by u and by t + u; the full scan takes over when more than 1/kMaxCandidateShare of
+// the pairs stay candidates.
+constexpr int64_t kMinPrunedFeatures = 64;
+constexpr int64_t kSeedsPerKey = 16;
+constexpr int64_t kMaxCandidateShare = 8;
+// The bound's rounding analysis (see pruned_search) holds for |t|, |u| <= kLargestPruned and s0 >= kSmallestSeed:
+// every sum and product of a pair that could score s0 or more is then a normal float32.
+constexpr float kLargestPruned = 1e15f;
+constexpr float kSmallestSeed = 1e-20f;
 
 struct Best {
   float score = kNoPair;
@@ -92,6 +110,129 @@ NEMESIS_FAST_CPU_CLONES Best scan_rows(const float* __restrict t, const float* _
     if (row_best > best.score) best = {row_best, i, row_j};  // earlier rows win ties
   }
   return best;
+}
+
+// Scores pair (i, j), i < j, into `best` exactly as scan_rows does: valid iff a > 0 and u > 0, score a * u, ties
+// to the smaller (i, j).
+inline void consider(const float* t, const float* u, int64_t i, int64_t j, Best& best) {
+  const float a = t[i] + t[j];
+  const float s = u[i] + u[j];
+  if (a > 0.0f && s > 0.0f && ranks_before(a * s, i, j, best.score, best.i, best.j)) best = {a * s, i, j};
+}
+
+// The kSeedsPerKey features of largest key seen so far (ties to the earlier feature), in no particular order.
+class TopFeatures {
+ public:
+  void offer(float key, int32_t feature) {
+    if (size_ < kSeedsPerKey) {
+      keys_[size_] = key;
+      features_[size_++] = feature;
+      if (size_ == kSeedsPerKey) find_smallest();
+    } else if (key > keys_[smallest_]) {
+      keys_[smallest_] = key;
+      features_[smallest_] = feature;
+      find_smallest();
+    }
+  }
+  const int32_t* begin() const { return features_; }
+  const int32_t* end() const { return features_ + size_; }
+
+ private:
+  void find_smallest() {
+    smallest_ = 0;
+    for (int64_t k = 1; k < size_; ++k) {
+      if (keys_[k] < keys_[smallest_]) smallest_ = k;
+    }
+  }
+  float keys_[kSeedsPerKey];
+  int32_t features_[kSeedsPerKey];
+  int64_t size_ = 0;
+  int64_t smallest_ = 0;
+};
+
+// The best pair of one packed sample of m features by bounding, into `out`; false where the bound does not pay
+// (the caller then scans every pair).
+//
+// A seed pair with score s0 = a0 * u0 (the best among the top features by t, by u and by t + u) sets
+// lambda = sqrt(u0 / a0) and c_k = lambda * t_k + u_k / lambda. For a valid pair with exact sums A = t_i + t_j > 0
+// and U = u_i + u_j > 0, A * U <= ((lambda * A + U / lambda) / 2)^2 = ((c_i + c_j) / 2)^2 (AM-GM, any lambda > 0;
+// equality at the seed). Its float32 score fl(fl(A) * fl(U)) is at most A * U * (1 + 2^-24)^3 when the sums and
+// the product are normal floats, which the guards (|t|, |u| <= kLargestPruned, s0 >= kSmallestSeed) ensure for
+// any pair scoring s0 or more. So a pair that scores s0 or more, the best and every pair tying with it, has
+// c_i + c_j >= 2 sqrt(s0) (1 + 2^-24)^-1.5, which the threshold below undercuts by a relative 1e-6 (against
+// 9e-8) and by 1e-12 of the largest |lambda t_k| + |u_k / lambda| (against the rounding of c and of 1 / lambda in
+// double, about 1e-15 of it).
+// Every pair passing the threshold is scored as the full scan scores it, so the result is the scan's, ties
+// included.
+bool pruned_search(const float* t, const float* u, int64_t m, std::vector<double>& c,
+                   std::vector<std::pair<double, int32_t>>& kept, Best& out) {
+  if (m < kMinPrunedFeatures) return false;
+  TopFeatures by_t, by_u, by_sum;
+  for (int64_t k = 0; k < m; ++k) {
+    if (!(std::abs(t[k]) <= kLargestPruned && std::abs(u[k]) <= kLargestPruned)) return false;
+    const auto feature = static_cast<int32_t>(k);
+    by_t.offer(t[k], feature);
+    by_u.offer(u[k], feature);
+    by_sum.offer(t[k] + u[k], feature);
+  }
+  std::vector<int32_t> seeds(by_t.begin(), by_t.end());
+  seeds.insert(seeds.end(), by_u.begin(), by_u.end());
+  seeds.insert(seeds.end(), by_sum.begin(), by_sum.end());
+  std::sort(seeds.begin(), seeds.end());
+  seeds.erase(std::unique(seeds.begin(), seeds.end()), seeds.end());
+  Best seed;
+  for (size_t x = 0; x < seeds.size(); ++x) {
+    for (size_t y = x + 1; y < seeds.size(); ++y) consider(t, u, seeds[x], seeds[y], seed);
+  }
+  if (!(seed.score >= kSmallestSeed)) return false;
+
+  const double lambda = std::sqrt(static_cast<double>(u[seed.i] + u[seed.j]) / (t[seed.i] + t[seed.j]));
+  const double inverse = 1.0 / lambda;
+  c.resize(m);
+  double c_max = -std::numeric_limits<double>::infinity();
+  double spread = 0.0;
+  for (int64_t k = 0; k < m; ++k) {
+    c[k] = lambda * t[k] + inverse * u[k];
+    c_max = std::max(c_max, c[k]);
+    spread = std::max(spread, lambda * std::abs(t[k]) + inverse * std::abs(u[k]));
+  }
+  const double threshold = 2.0 * std::sqrt(static_cast<double>(seed.score)) * (1.0 - 1e-6) - 1e-12 * spread;
+  kept.clear();
+  for (int64_t k = 0; k < m; ++k) {
+    if (c[k] + c_max >= threshold) kept.emplace_back(c[k], static_cast<int32_t>(k));
+  }
+  const auto descending = [](const auto& x, const auto& y) { return x.first > y.first; };
+  // Flat gradients: when the `sure`-th largest c passes half the threshold, the `sure` largest pair up into more
+  // candidates than the budget. Found in O(m), before the sort.
+  const int64_t budget = m * (m - 1) / 2 / kMaxCandidateShare;
+  const auto sure = static_cast<int64_t>(std::ceil(std::sqrt(2.0 * static_cast<double>(budget)))) + 1;
+  if (static_cast<int64_t>(kept.size()) >= sure) {
+    std::nth_element(kept.begin(), kept.begin() + (sure - 1), kept.end(), descending);
+    if (2.0 * kept[sure - 1].first >= threshold) return false;
+  }
+  std::sort(kept.begin(), kept.end(), descending);
+
+  // The partners of kept[r] among kept[0..r) are a prefix, shorter as c falls: count them, then score them.
+  const auto count = static_cast<int64_t>(kept.size());
+  int64_t partners = count;
+  int64_t candidates = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    while (partners > 0 && kept[partners - 1].first + kept[r].first < threshold) --partners;
+    candidates += std::min(partners, r);
+  }
+  if (candidates > budget) return false;
+  Best best = seed;
+  partners = count;
+  for (int64_t r = 0; r < count; ++r) {
+    while (partners > 0 && kept[partners - 1].first + kept[r].first < threshold) --partners;
+    for (int64_t s = 0; s < std::min(partners, r); ++s) {
+      const int64_t i = kept[s].second;
+      const int64_t j = kept[r].second;
+      consider(t, u, std::min(i, j), std::max(i, j), best);
+    }
+  }
+  out = best;
+  return true;
 }
 
 // A range of rows of one sample.
@@ -193,11 +334,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::Tensor& targ
                                                    u_max, pos, counts.data());
                                   });
 
+  std::vector<Best> best(batch);
+  std::vector<int64_t> scan_counts(counts);  // the features each sample leaves to the full scan (0: none)
+  const int64_t prune_grain = std::max<int64_t>(1, kMinFeaturesPerPruneTask / std::max<int64_t>(n, 1));
+  at::parallel_for(0, batch, prune_grain, [&](int64_t begin, int64_t end) {
+    std::vector<double> c;
+    std::vector<std::pair<double, int32_t>> kept;
+    for (int64_t b = begin; b < end; ++b) {
+      if (pruned_search(t + b * stride, u + b * stride, counts[b], c, kept, best[b])) scan_counts[b] = 0;
+    }
+  });
+
   int64_t total_pairs = 0;
-  for (const int64_t m : counts) total_pairs += m * (m - 1) / 2;
+  for (const int64_t m : scan_counts) total_pairs += m * (m - 1) / 2;
   const int64_t per_task = std::max(kMinPairsPerTask, total_pairs / (4 * at::get_num_threads()));
   std::vector<int64_t> task_starts;
-  const std::vector<Segment> segments = make_segments(counts, per_task, task_starts);
+  const std::vector<Segment> segments = make_segments(scan_counts, per_task, task_starts);
   std::vector<Best> partial(segments.size());
   const auto tasks = static_cast<int64_t>(task_starts.size()) - 1;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
@@ -209,7 +361,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_cpu(const at::Tensor& targ
     }
   });
 
-  std::vector<Best> best(batch);
   for (size_t k = 0; k < segments.size(); ++k) {
     Best& b = best[segments[k].sample];
     if (partial[k].score > b.score) b = partial[k];  // the segments of a sample come in row order

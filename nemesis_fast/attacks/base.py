@@ -112,6 +112,13 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(requires_grad)
 
 
+def select_rows(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows of each of `tensors` where `mask` (N,) bool is True, in order, with one host synchronisation for
+    all of them (indexing each one with the mask synchronises once per tensor on a GPU)."""
+    rows = mask.nonzero().squeeze(1)
+    return tuple(tensor[rows] for tensor in tensors)
+
+
 def _check_seed(seed: Any) -> Seed:
     if seed is None or isinstance(seed, torch.Generator):
         return seed

@@ -152,8 +152,9 @@ class CarliniWagnerL2(Attack):
                 if not bool(keep.all()):
                     run.write_back(found, best_l2, best_adv, iterations, t - written)
                     written = t
-                    run.keep(keep)
-                    m, v, prev = m[keep], v[keep], prev[keep]
+                    rows = keep.nonzero().squeeze(1)  # one synchronisation for all the state below
+                    run.keep(rows)
+                    m, v, prev = m[rows], v[rows], prev[rows]
                     if run.index.numel() == 0:
                         return found
         run.write_back(found, best_l2, best_adv, iterations, self.max_iter - written)
@@ -170,11 +171,12 @@ class _Run:
         self.best_l2, self.best_adv, self.w = best_l2[index], best_adv[index], w_start[index]
         self.found = torch.zeros_like(self.y, dtype=torch.bool)
 
-    def keep(self, keep: torch.Tensor) -> None:
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keeps the images at positions `rows` (int64) of the running ones."""
         for name in ("index", "x", "labels", "y", "const", "target", "best_l2", "best_adv", "w", "found"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, value[keep])
+                setattr(self, name, value[rows])
 
     def write_back(self, found, best_l2, best_adv, iterations, steps: int) -> None:
         found[self.index] = self.found

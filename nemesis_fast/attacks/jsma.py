@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import ops
 from .._checks import check_choice, check_number
 from .._dispatch import BACKENDS
-from .base import Attack, Seed
+from .base import Attack, Seed, select_rows
 
 
 class JSMA(Attack):
@@ -108,7 +108,7 @@ class JSMA(Attack):
             logits, alpha, beta = self._gradients(flat[index].view(-1, *x.shape[1:]), one_hot[index])
             p, q, found = ops.jsma_saliency_search(alpha, beta, domain[index], increase, backend=self.backend)
             running = found & (logits.argmax(1) != target[index])
-            index, p, q = index[running], p[running], q[running]
+            index, p, q = select_rows(running, index, p, q)
             for column, chosen in ((0, p), (1, q)):
                 flat[index, chosen] = (flat[index, chosen] + self.theta).clamp(low, high)
                 domain[index, chosen] = False

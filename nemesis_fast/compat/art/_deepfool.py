@@ -12,6 +12,7 @@ import torch
 from art.attacks import evasion
 
 from ...attacks import DeepFool as PaperDeepFool
+from ...attacks.base import select_rows
 from ...attacks.jacobian import difference_weights, predicts
 from .._peer import GradientEngine
 from ._classifier import (
@@ -136,7 +137,7 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
             logits, keep, grads = engine.logit_gradients_of_kept(
                 batch[index], weights[:, index], predicts(first[index])
             )
-            index, logits = index[keep], logits[keep]
+            index, logits = select_rows(keep, index, logits)
         return batch
 
     @staticmethod

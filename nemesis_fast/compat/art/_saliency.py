@@ -12,6 +12,7 @@ from art.attacks import evasion
 from art.utils import check_and_transform_label_format, random_targets
 
 from ...attacks import JSMA as PaperJSMA
+from ...attacks.base import select_rows
 from .._peer import GradientEngine
 from ._classifier import (
     AlgorithmParameter,
@@ -126,7 +127,7 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
             if not first:  # ART's stopping rule after each step, read from the next gradient pass's outputs
                 budget = changed[index].sum(1) / n <= self.gamma
                 keep = (logits.argmax(1) != targets[index]) & budget & space[index].any(1)
-                index, grads = index[keep], grads[keep]
+                index, grads = select_rows(keep, index, grads)
                 if index.numel() == 0:
                     break
             first = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torchattacks
 
+from ...attacks.base import select_rows
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
 
@@ -63,9 +64,8 @@ class DeepFool(torchattacks.DeepFool):
         y = labels[index]
         logits, keep, grads = engine.logit_gradients_of_kept(x, identity, predicts(y))
         predicted = logits.argmax(1)
-        fooled = ~keep
-        target_labels[index[fooled]] = predicted[fooled]
-        index, x, logits, y = index[keep], x[keep], logits[keep], y[keep]
+        target_labels[index] = torch.where(keep, target_labels[index], predicted)
+        index, x, logits, y = select_rows(keep, index, x, logits, y)
         grads = grads.transpose(0, 1)  # (n, C, ...): the gradients of the images still on their label
         classes = logits.shape[1]
         rows = torch.arange(len(index), device=x.device)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchattacks
 
 from ... import ops
+from ...attacks.base import select_rows
 from .._peer import GradientEngine, frozen_parameters
 from ._common import prepare
 
@@ -52,7 +53,7 @@ class JSMA(torchattacks.JSMA):
                 engine, flat[index].view(-1, *images.shape[1:]), target[index]
             )
             running = (logits.argmax(1) != target[index]) & domain[index].any(1)
-            index, target_grad, other_grad = index[running], target_grad[running], other_grad[running]
+            index, target_grad, other_grad = select_rows(running, index, target_grad, other_grad)
             if index.numel() == 0:
                 break
             p, q, found = ops.jsma_saliency_search(target_grad, other_grad, domain[index], increasing)
