@@ -106,7 +106,8 @@ def extension_modules():
     # (GCC fuses by default where the target has FMA), so that every float operation rounds as the torch
     # reference's does and the Gaussian noise is bit-exact across backends. -fno-trapping-math: the code never
     # traps on floating-point exceptions, so GCC may compute both sides of a select of float operations, which it
-    # must do to vectorise the Box-Muller loop (without it: "control flow in loop", scalar code in every clone).
+    # must do to vectorise the Box-Muller loop for AVX2 (without it: "control flow in loop", scalar code in the
+    # AVX2 and default clones; only AVX-512 vectorised it, with masked operations).
     # It changes no value: results stay IEEE-rounded as written.
     cxx_flags = [
         "-O3",
