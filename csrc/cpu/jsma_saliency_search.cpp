@@ -4,8 +4,8 @@
 //    their positions, padded with (-inf, -inf) so that the scan reads whole vectors past the end. Packing keeps
 //    the order, so the smallest packed (i, j) is the smallest (p, q).
 // 2. Each sample is first searched by bounding (pruned_search): a good pair from a few seed features gives a
-//    score s0, and a bound that no pair scoring s0 or more can fail leaves, on gradients, a few dozen candidate
-//    pairs of the n^2 / 2. Where the bound keeps more than 1/kMaxCandidateShare of the pairs (flat or strongly
+//    score s0, and a bound that no pair scoring s0 or more can fail leaves, on a CNN's gradients, at most a few
+//    hundred candidate pairs of the n^2 / 2. Where the bound keeps more than 1/kMaxCandidateShare of the pairs (flat or strongly
 //    anticorrelated gradients) or cannot be used (magnitudes out of its range), the sample goes to step 3.
 // 3. The pairs i < j of the remaining samples are split into row ranges of similar pair counts, grouped into
 //    tasks of at least kMinPairsPerTask pairs that run in parallel (at::parallel_for). A row is scanned with
@@ -27,7 +27,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <utility>
 #include <vector>
 
