@@ -4,6 +4,7 @@ where the smoothed classifier is known in closed form, abstention, the noise, re
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -273,3 +274,21 @@ def test_on_a_gpu_the_votes_are_the_cpus(backend):
     # The same noise to ~1e-6 on every backend: a vote may flip only for a draw within that of the boundary.
     assert (on_gpu.counts - on_cpu.counts).abs().sum() <= 2
     assert (on_gpu.prediction == on_cpu.prediction).all()
+
+
+def test_amp_on_a_cpu_without_native_arithmetic_warns_once(monkeypatch):
+    from nemesis_fast import _amp
+
+    x = torch.rand(2, 1, 2, 2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    monkeypatch.setattr(_amp, "_warned", set())
+    monkeypatch.setattr(_amp, "cpu_lacks_native", lambda name: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Smooth(model, 0.1, 3, amp="bf16").predict(x, 10, 0.1, seed=0)
+    monkeypatch.setattr(_amp, "cpu_lacks_native", lambda name: True)
+    with pytest.warns(RuntimeWarning, match="no native bf16 arithmetic") as caught:
+        Smooth(model, 0.1, 3, amp="bf16").predict(x, 10, 0.1, seed=0)
+        Smooth(model, 0.1, 3, amp="bf16").predict(x, 10, 0.1, seed=0)
+    assert len([w for w in caught if "native" in str(w.message)]) == 1
+    assert isinstance(_amp.cpu_lacks_native("fp16"), bool)
