@@ -1,5 +1,6 @@
 """The batched vector-Jacobian products of the logits (nemesis_fast.attacks.jacobian) that DeepFool and JSMA
-use: against per-class autograd, on both paths (vmap, stacked copies), for the images an attack keeps."""
+use: against per-class autograd, on every path (vmap, one backward pass per product on a CPU, stacked copies), for
+the images an attack keeps."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from _attack_cases import CLASSES, SHAPE, data, small_model
 
 from nemesis_fast.attacks import DeepFool, model_guard
+from nemesis_fast.attacks import jacobian as jacobian_module
 from nemesis_fast.attacks.jacobian import LogitJacobian, difference_weights, predicts
 from nemesis_fast.nn import BoundedReLU
 
@@ -100,3 +102,21 @@ def test_vmap_failure_switches_to_stacked_copies():
     x, y = data()
     result = attack.run(x, y)
     assert not attack._jacobian.use_vmap and result.success_rate > 0.5
+
+
+@pytest.mark.parametrize("images", [8, 32])  # K * B = 40: one batched pass; 160: one backward pass per product
+def test_the_cpu_paths_give_the_per_class_gradients(images):
+    """Below PER_PRODUCT_BACKWARD_MIN products a CPU takes one batched backward pass, from it one pass per
+    product; both give what autograd gives for each product on its own."""
+    model = small_model()
+    x, _ = data(images)
+    weights = torch.randn(5, images, CLASSES, generator=torch.Generator().manual_seed(4))
+    assert (5 * images >= jacobian_module.PER_PRODUCT_BACKWARD_MIN) == (images == 32)
+    with model_guard(model), torch.no_grad():
+        logits, grads = LogitJacobian(model).products(x, weights)
+        with torch.enable_grad():
+            leaf = x.clone().requires_grad_(True)
+            out = model(leaf)
+            expected = [torch.autograd.grad((out * w).sum(), leaf, retain_graph=True)[0] for w in weights]
+    torch.testing.assert_close(logits, out.detach())
+    torch.testing.assert_close(grads, torch.stack(expected), rtol=1e-5, atol=1e-6)
