@@ -205,6 +205,7 @@ def test_results_do_not_depend_on_batch_size_or_on_splitting_the_images():
     assert not torch.equal(smooth.certify(x, 20, 300, 0.01, 64, seed=6).counts, results[0].counts)
 
 
+@pytest.mark.filterwarnings("ignore:amp='bf16' on this CPU:RuntimeWarning")  # CPUs without native bf16: emulated
 def test_the_smoothed_mnist_cnn_is_certified_the_same_for_any_batch_size(mnist_model, mnist_test_data):
     images, labels = mnist_test_data
     x, y = images[:6], labels[:6]

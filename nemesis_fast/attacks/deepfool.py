@@ -26,8 +26,8 @@ class DeepFool(Attack):
     misclassifies are returned unchanged after 0 iterations.
 
     The candidates are y and the `candidates` - 1 other classes with the largest logits on x. The gradients
-    of all candidates come from one forward and one batched backward pass per iteration, over the images
-    still running only.
+    of all candidates come from one forward pass per iteration and its batched vector-Jacobian products
+    (:mod:`nemesis_fast.attacks.jacobian`), over the images still running only.
 
     Args:
         model: maps (B, ...) images to (B, classes) logits.

@@ -19,8 +19,8 @@ class JSMA(Attack):
     lowering the others, until the model predicts the target.
 
     Each step, for every image still running: the gradients of the target class (`alpha`) and of the sum of the
-    other classes (`beta`) with respect to every input feature, from one forward pass and one batched backward
-    pass (two vector-Jacobian products, not one per class; one with probabilities, where beta = -alpha); then
+    other classes (`beta`) with respect to every input feature, from one forward pass and its batched
+    vector-Jacobian products (two, not one per class; one with probabilities, where beta = -alpha); then
     the pair p < q of the search domain that maximises (alpha_p + alpha_q) * -(beta_p + beta_q) among the pairs
     with alpha_p + alpha_q > 0 and beta_p + beta_q < 0 (for theta > 0; the signs flip for theta < 0), found by
     :func:`nemesis_fast.jsma_saliency_search` without materialising the n x n pairs. Both features move by
@@ -75,7 +75,7 @@ class JSMA(Attack):
     def _gradients(self, x: torch.Tensor, one_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, alpha, beta): the gradients (B, n) of the target class and of the sum of the other classes.
 
-        Logits: two vector-Jacobian products from one forward and one batched backward pass. Probabilities: one
+        Logits: two vector-Jacobian products from one forward pass, batched (attacks.jacobian). Probabilities: one
         product through the softmax Jacobian, for the target, and beta = -alpha. The probabilities sum to 1, so
         that is the exact gradient of the others; carried through the softmax on its own, it would cancel
         catastrophically (its weights on the logits, p_j (1 - sum of the other p), round 1 - p_t to 1).

@@ -1,7 +1,7 @@
 """ART's DeepFool, batched in torch: every image of a chunk still on its first prediction steps at once, with the
-gradients of output_k - output_p for the other candidate classes k from one forward and one batched backward
-pass (ART takes one backward pass per class, through numpy, for every image of the chunk at every step, and
-subtracts)."""
+gradients of output_k - output_p for the other candidate classes k from one forward pass and its batched
+vector-Jacobian products (ART takes one backward pass per class, through numpy, for every image of the chunk at
+every step, and subtracts)."""
 
 from __future__ import annotations
 

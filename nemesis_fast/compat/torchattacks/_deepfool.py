@@ -1,6 +1,6 @@
 """torchattacks' DeepFool, batched: every image still on its label steps at once, with the gradients of all classes
-from one forward and one batched backward pass per step (torchattacks runs one image at a time, with one
-backward pass per class)."""
+from one forward pass per step and its batched vector-Jacobian products (torchattacks runs one image at a time,
+with one forward pass and one backward pass per class)."""
 
 from __future__ import annotations
 

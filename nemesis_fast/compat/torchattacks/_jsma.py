@@ -1,6 +1,7 @@
 """torchattacks' JSMA, batched: every image still running takes its step at once, with the gradients from one
-forward and one batched backward pass and the pair search of :func:`nemesis_fast.jsma_saliency_search` (O(B n)
-memory; torchattacks builds n x n score matrices, one image at a time)."""
+forward pass and its batched vector-Jacobian products, and the pair search of
+:func:`nemesis_fast.jsma_saliency_search` (O(B n) memory; torchattacks builds n x n score matrices, one image at a
+time)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class JSMA(torchattacks.JSMA):
         engine: GradientEngine, x: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, gradient of the target logit, gradient of the sum of the other logits), each (n, features), in
-        float32 as torchattacks' Jacobian holds them: two vector-Jacobian products from one batched backward pass."""
+        float32 as torchattacks' Jacobian holds them: two vector-Jacobian products from one forward pass."""
 
         def weights(logits: torch.Tensor) -> torch.Tensor:
             one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
