@@ -9,7 +9,8 @@ from _support import backend_device_cases, dtypes_for, fast_backend_cases, requi
 
 import nemesis_fast as nf
 from nemesis_fast import triton as nf_triton
-from nemesis_fast._backends.jsma_saliency_search import BACKENDS
+from nemesis_fast._backends import jsma_saliency_search as jsma_backends
+from nemesis_fast._backends.jsma_saliency_search import BACKENDS, bounded
 from nemesis_fast.reference import jsma_saliency_search as reference
 
 if nf_triton.AVAILABLE:
@@ -289,6 +290,62 @@ def test_a_smaller_pair_tying_the_best_of_the_strongest_features(backend, device
     expected = reference(t, o, d, True)
     assert [x.item() for x in expected] == [3, 4, True]
     assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
+
+
+@pytest.mark.parametrize("kind", GRADIENT_KINDS)
+def test_the_bound_in_front_of_the_gpu_kernels_keeps_the_answer(kind):
+    """On CUDA, from BOUNDED_MIN_FEATURES features, the op first keeps the features that can form the best pair
+    (`bounded`, plain torch) and searches those only. The same code here on the CPU, around the native kernel and
+    the reference: the answer is the reference's on all features, and on N(0, 1) gradients far fewer features
+    reach the search."""
+    seen = []
+
+    def searched(search):
+        def run_search(t, o, d, increase):
+            seen.append(t.shape[1])
+            return search(t, o, d, increase)
+
+        return run_search
+
+    for k, (batch, n) in enumerate(((3, 1000), (2, 3072))):
+        t, o = gradient_like_case(kind, batch, n, seed=k)
+        for keep in (1.0, 0.7):
+            d = torch.rand(batch, n, generator=torch.Generator().manual_seed(k)) < keep
+            for increase in (True, False):
+                expected = reference(t, o, d, increase)
+                for search in (BACKENDS.native, reference):
+                    assert_same(bounded(searched(search), t, o, d, increase), expected, (n, keep, increase))
+    if kind == "normal":
+        assert max(seen) < 100, seen
+    assert jsma_backends.BOUNDED_MIN_FEATURES > 3072  # CIFAR-sized searches go straight to the kernels
+
+
+def test_the_bound_in_front_of_the_gpu_kernels_on_planted_pairs():
+    """The two planted cases above (a best pair beyond the seeds; a smaller pair tying the seeds' best) through
+    `bounded` around the reference. In the first the bound keeps every feature (the strongest features by one
+    gradient stretch it), so the search runs on all of them; in the second it keeps 20 of the 400."""
+    seen = []
+
+    def search(t, o, d, increase):
+        seen.append(t.shape[1])
+        return reference(t, o, d, increase)
+
+    n = 400
+    t = torch.zeros(1, n)
+    o = torch.zeros(1, n)
+    t[0, range(10, 26)], o[0, range(10, 26)] = 6.0, 50.0
+    t[0, range(100, 116)], o[0, range(100, 116)] = -50.0, -6.0
+    t[0, range(200, 216)], o[0, range(200, 216)] = 4.4, -0.1
+    t[0, 300], o[0, 300] = -1.0, -5.0
+    d = torch.ones(1, n, dtype=torch.bool)
+    assert [x.item() for x in bounded(search, t, o, d, True)] == [200, 300, True]
+    t, o = torch.zeros(1, n), torch.zeros(1, n)
+    t[0, [3, 4]], o[0, [3, 4]] = 2.0, -2.0
+    t[0, 50], o[0, 50], t[0, 60], o[0, 60] = 10.0, 6.0, -6.0, -10.0
+    t[0, 100:116], o[0, 100:116] = 4.5, 0.4
+    t[0, 120:136], o[0, 120:136] = -3.0, -2.5
+    assert [x.item() for x in bounded(search, t, o, d, True)] == [3, 4, True]
+    assert seen == [400, 20]
 
 
 @pytest.mark.triton
