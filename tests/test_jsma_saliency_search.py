@@ -251,12 +251,10 @@ def test_gradient_like_inputs_match_reference(backend, device, kind):
                 assert_same(run(backend, t.to(device), o.to(device), d.to(device), increase), expected, (n, keep))
 
 
-@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
-def test_best_pair_outside_the_strongest_features(backend, device):
-    """The best pair joins a feature that no single ranking puts on top with one of 16 tied partners: the
-    strongest features by target gradient, by other gradient and by their sum pair up into invalid or weak pairs
-    only, so the bounded search must find the best beyond its seeds, and take the smallest of the tied pairs."""
-    require_backend(BACKENDS, backend, device)
+def beyond_the_seeds_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, o, domain), n = 400, theta > 0: the best pair joins a feature that no single ranking puts on top with one
+    of 16 tied partners; the strongest features by target gradient, by other gradient and by their sum pair up
+    into invalid or weak pairs only. The reference's answer: (200, 300)."""
     n = 400
     g = torch.Generator().manual_seed(0)
     t = torch.rand(1, n, generator=g) * 0.2 - 0.1
@@ -266,7 +264,28 @@ def test_best_pair_outside_the_strongest_features(backend, device):
     t[0, top_other], o[0, top_other] = -50.0, -6.0  # the top u: pairs have a < 0
     t[0, top_sum], o[0, top_sum] = 4.4, -0.1  # the top t + u: with each other a = 8.8, u = 0.2
     t[0, 300], o[0, 300] = -1.0, -5.0  # with a top_sum feature: a = 3.4, u = 5.1, the best score
-    d = torch.ones(1, n, dtype=torch.bool)
+    return t, o, torch.ones(1, n, dtype=torch.bool)
+
+
+def tying_the_seeds_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, o, domain), n = 200, theta > 0: pairs (3, 4) and (50, 60) share the best score exactly, and only (50, 60)
+    is made of features that rank on top (by target gradient, by other gradient or by their sum). The reference's
+    answer: (3, 4)."""
+    n = 200
+    t, o = torch.zeros(1, n), torch.zeros(1, n)
+    t[0, [3, 4]], o[0, [3, 4]] = 2.0, -2.0  # a = 4, u = 4 (theta > 0: u = -o)
+    t[0, 50], o[0, 50] = 10.0, 6.0  # with 60: a = 4, u = 4
+    t[0, 60], o[0, 60] = -6.0, -10.0
+    t[0, 100:116], o[0, 100:116] = 4.5, 0.4  # above (3, 4) by t and by t + u; their pairs are invalid or weak
+    t[0, 120:136], o[0, 120:136] = -3.0, -2.5  # above (3, 4) by u
+    return t, o, torch.ones(1, n, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+def test_best_pair_beyond_the_strongest_features(backend, device):
+    """The bounded search must find the best pair beyond its seeds, and take the smallest of the tied pairs."""
+    require_backend(BACKENDS, backend, device)
+    t, o, d = beyond_the_seeds_case()
     expected = reference(t, o, d, True)
     assert [x.item() for x in expected] == [200, 300, True]
     assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
@@ -276,17 +295,9 @@ def test_best_pair_outside_the_strongest_features(backend, device):
 
 @pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
 def test_a_smaller_pair_tying_the_best_of_the_strongest_features(backend, device):
-    """Pairs (3, 4) and (50, 60) share the best score exactly, and only (50, 60) is made of features that rank on
-    top (by target gradient, by other gradient or by their sum): (3, 4) must still win the tie."""
+    """(3, 4) must win the tie with the seeds' best pair (50, 60)."""
     require_backend(BACKENDS, backend, device)
-    n = 200
-    t, o = torch.zeros(1, n), torch.zeros(1, n)
-    t[0, [3, 4]], o[0, [3, 4]] = 2.0, -2.0  # a = 4, u = 4 (theta > 0: u = -o)
-    t[0, 50], o[0, 50] = 10.0, 6.0  # with 60: a = 4, u = 4
-    t[0, 60], o[0, 60] = -6.0, -10.0
-    t[0, 100:116], o[0, 100:116] = 4.5, 0.4  # above (3, 4) by t and by t + u; their pairs are invalid or weak
-    t[0, 120:136], o[0, 120:136] = -3.0, -2.5  # above (3, 4) by u
-    d = torch.ones(1, n, dtype=torch.bool)
+    t, o, d = tying_the_seeds_case()
     expected = reference(t, o, d, True)
     assert [x.item() for x in expected] == [3, 4, True]
     assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
@@ -321,30 +332,17 @@ def test_the_bound_in_front_of_the_gpu_kernels_keeps_the_answer(kind):
 
 
 def test_the_bound_in_front_of_the_gpu_kernels_on_planted_pairs():
-    """The two planted cases above (a best pair beyond the seeds; a smaller pair tying the seeds' best) through
-    `bounded` around the reference. In the first the bound keeps every feature (the strongest features by one
-    gradient stretch it), so the search runs on all of them; in the second it keeps 20 of the 400."""
+    """The two planted cases through `bounded` around the reference. In the first the bound keeps every feature
+    (the strongest features by one gradient stretch it), so the search runs on all 400; in the second it keeps 20
+    of the 200."""
     seen = []
 
     def search(t, o, d, increase):
         seen.append(t.shape[1])
         return reference(t, o, d, increase)
 
-    n = 400
-    t = torch.zeros(1, n)
-    o = torch.zeros(1, n)
-    t[0, range(10, 26)], o[0, range(10, 26)] = 6.0, 50.0
-    t[0, range(100, 116)], o[0, range(100, 116)] = -50.0, -6.0
-    t[0, range(200, 216)], o[0, range(200, 216)] = 4.4, -0.1
-    t[0, 300], o[0, 300] = -1.0, -5.0
-    d = torch.ones(1, n, dtype=torch.bool)
-    assert [x.item() for x in bounded(search, t, o, d, True)] == [200, 300, True]
-    t, o = torch.zeros(1, n), torch.zeros(1, n)
-    t[0, [3, 4]], o[0, [3, 4]] = 2.0, -2.0
-    t[0, 50], o[0, 50], t[0, 60], o[0, 60] = 10.0, 6.0, -6.0, -10.0
-    t[0, 100:116], o[0, 100:116] = 4.5, 0.4
-    t[0, 120:136], o[0, 120:136] = -3.0, -2.5
-    assert [x.item() for x in bounded(search, t, o, d, True)] == [3, 4, True]
+    assert [x.item() for x in bounded(search, *beyond_the_seeds_case(), True)] == [200, 300, True]
+    assert [x.item() for x in bounded(search, *tying_the_seeds_case(), True)] == [3, 4, True]
     assert seen == [400, 20]
 
 
