@@ -282,25 +282,19 @@ def tying_the_seeds_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
-def test_best_pair_beyond_the_strongest_features(backend, device):
-    """The bounded search must find the best pair beyond its seeds, and take the smallest of the tied pairs."""
+def test_planted_pairs_beyond_or_tying_the_seeds(backend, device):
+    """The bounded search must find the best pair beyond its seeds and take the smallest of the tied pairs
+    (beyond_the_seeds_case, also with the smallest partners out of the domain), and let a smaller pair win the
+    tie with the seeds' best (tying_the_seeds_case)."""
     require_backend(BACKENDS, backend, device)
-    t, o, d = beyond_the_seeds_case()
-    expected = reference(t, o, d, True)
-    assert [x.item() for x in expected] == [200, 300, True]
-    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
-    d[0, 200:205] = False  # the smallest of the tied partners leave the domain
-    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), (torch.tensor([205]),) + expected[1:])
-
-
-@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
-def test_a_smaller_pair_tying_the_best_of_the_strongest_features(backend, device):
-    """(3, 4) must win the tie with the seeds' best pair (50, 60)."""
-    require_backend(BACKENDS, backend, device)
-    t, o, d = tying_the_seeds_case()
-    expected = reference(t, o, d, True)
-    assert [x.item() for x in expected] == [3, 4, True]
-    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
+    beyond, tying = beyond_the_seeds_case(), tying_the_seeds_case()
+    narrowed = beyond[2].clone()
+    narrowed[0, 200:205] = False
+    cases = ((beyond, [200, 300]), ((*beyond[:2], narrowed), [205, 300]), (tying, [3, 4]))
+    for (t, o, d), answer in cases:
+        expected = reference(t, o, d, True)
+        assert [x.item() for x in expected] == [*answer, True]
+        assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected, answer)
 
 
 @pytest.mark.parametrize("kind", GRADIENT_KINDS)
