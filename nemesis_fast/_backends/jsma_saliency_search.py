@@ -51,8 +51,7 @@ def bounded(
     t, u = target_grad.float(), other_grad.float()
     t, u = (t, -u) if increase else (-t, u)
     usable = search_domain & ~t.isnan() & ~u.isnan()
-    minus_inf = torch.tensor(float("-inf"), device=t.device)
-    t_usable, u_usable = torch.where(usable, t, minus_inf), torch.where(usable, u, minus_inf)
+    t_usable, u_usable = t.masked_fill(~usable, float("-inf")), u.masked_fill(~usable, float("-inf"))
     k = min(SEEDS_PER_KEY, n)
     keys = (t_usable, u_usable, t_usable + u_usable)
     seeds = torch.cat([key.topk(k, 1).indices for key in keys], 1)  # (B, 3k)
@@ -60,7 +59,7 @@ def bounded(
     a = t_seed[:, :, None] + t_seed[:, None, :]
     s = u_seed[:, :, None] + u_seed[:, None, :]
     distinct = seeds[:, :, None] != seeds[:, None, :]
-    score = torch.where((a > 0) & (s > 0) & distinct, a * s, torch.tensor(-1.0, device=t.device)).flatten(1)
+    score = (a * s).masked_fill(~((a > 0) & (s > 0) & distinct), -1.0).flatten(1)
     s0, best = score.max(1)
     a0, u0 = a.flatten(1).gather(1, best[:, None]).squeeze(1), s.flatten(1).gather(1, best[:, None]).squeeze(1)
     in_range = ((t.abs() <= LARGEST_BOUNDED) & (u.abs() <= LARGEST_BOUNDED)) | ~usable

@@ -35,7 +35,7 @@ class LogitJacobian:
             if self.use_vmap:
                 leaf = x.detach().requires_grad_(True)
                 logits = self.logits(leaf)
-                grads = self._batched_backward(logits, leaf, _resolve(weights, logits))
+                grads = self._backward_products(logits, leaf, _resolve(weights, logits))
                 if grads is not None:
                     return logits.detach(), grads
             return self._stacked(x, weights)
@@ -62,13 +62,15 @@ class LogitJacobian:
                 return logits.detach(), mask, x.new_empty((w.shape[0], 0, *x.shape[1:]))
             if self.use_vmap and w.shape[0] * stopped < kept:
                 # Few stopped images: their products cost less than a second forward pass of the others.
-                grads = self._batched_backward(logits, leaf, w)
+                grads = self._backward_products(logits, leaf, w)
                 if grads is not None:
                     return logits.detach(), mask, grads[:, index] if stopped else grads
             _, grads = self.products(x[index], w[:, index])
             return logits.detach(), mask, grads
 
-    def _batched_backward(self, logits: torch.Tensor, leaf: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+    def _backward_products(
+        self, logits: torch.Tensor, leaf: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor | None:
         """The K products through the graph of `logits` (on a CPU from PER_PRODUCT_BACKWARD_MIN products of images,
         K backward passes), or None (and vmap off) where an op has no batching rule."""
         k, b = weights.shape[:2]
