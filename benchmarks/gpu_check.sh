@@ -9,10 +9,10 @@
 # timeout_s of BUDGET + 60), each step limited to its own seconds and to what is left of the budget, the steps that
 # no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
 # gaussian_augment, jsma), certify, compat, attacks, training. `tests`, `bench` (the kernel and attack suites) and
-# `apps` (certify, compat) rerun a part on a warm machine; `profile` (not in `all`) writes profile.log, where FGSM's
-# and DeepFool's time goes and their host-device synchronisations (scripts/profile_attacks.py, which needs the
-# peers' wheels). `paper` (not in `all`): the evaluation on full MNIST,
-# MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
+# `apps` (certify, compat) rerun a part on a warm machine; `profile` (not in `all`) writes profile.log, where
+# FGSM's, DeepFool's and JSMA's time goes, their host-device synchronisations, and the Jacobian products' three
+# paths timed (scripts/profile_attacks.py, which needs the peers' wheels). `paper` (not in `all`): the evaluation
+# on full MNIST, MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
 # tool's `carry`): the `paper_gpu_check` preset (every model trained as the paper preset trains it, the black-box
 # table on the first 1,000 test images), for scripts/compare_gpu_run.py to set beside the CPU run's cells. It stops
 # itself at the budget (default 530 s); the report comes back as $OUT/paper-results.tgz once the run is complete, or
@@ -129,7 +129,7 @@ if [ "$phase" = certify_full ]; then
   exit $status
 fi
 
-if [ "$phase" = profile ]; then  # where FGSM's and DeepFool's time goes (scripts/profile_attacks.py), to profile.log
+if [ "$phase" = profile ]; then  # where FGSM's, DeepFool's and JSMA's time goes (scripts/profile_attacks.py), to profile.log
   step 200 "profile attacks" "$OUT/profile.log" python3 scripts/profile_attacks.py --device "$DEVICE"
   cat "$OUT/summary.txt"
   exit $status
@@ -142,6 +142,10 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
   workers=()
   python3 -c "import xdist" 2> /dev/null && workers=(-n 12)
   export NEMESIS_TEST_LOG_DIR="$OUT"
+  # With MNIST carried (runs/mnist-data), the tests' MNIST model trains on the full set, as on the CPU machines,
+  # and the tests that need it run instead of skipping.
+  mnist="${MNIST_DIR:-runs/mnist-data}"
+  [ -f "$mnist/train-images-idx3-ubyte.gz" ] && export NEMESIS_FAST_MNIST="$PWD/$mnist"
   # TESTS_ARGS (optional, split on spaces): the tests to run, e.g. the node ids that an earlier call never reached.
   read -r -a selection <<< "${TESTS_ARGS:-}"
   step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=15 \

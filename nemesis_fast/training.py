@@ -242,7 +242,6 @@ def train(
         model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
-    stopping = EarlyStopping(patience)
     signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
     if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
         signature["val_rows"] = val_rows
@@ -251,20 +250,9 @@ def train(
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
         signature,
     )
-    last_epoch = _resume(run, model, optimizer, loader, recipe, result, stopping, device, say)
-    for epoch in range(last_epoch + 1, epochs + 1):
-        model.train()
-        record = epoch_runner.run(epoch, epochs, result)
-        if stopping.update(record["val_accuracy"], epoch, model, result):
-            say(f"{recipe.name}: no better validation accuracy for {patience} epochs; stopping")
-            break
-        if epoch_runner.spent(result):
-            break
-        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device))
-
-    if stopping.best_state is not None:
-        model.load_state_dict(stopping.best_state)
-        result.val_accuracy = stopping.best_accuracy
+    _run_epochs(
+        run, epochs, epoch_runner, model, optimizer, loader, recipe, result, EarlyStopping(patience), device, say
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
@@ -296,6 +284,36 @@ def _training_rows(
     rows, val = _hold_out_last_rows(images, labels, recipe.expansion(), held_fraction)
     say(f"{recipe.name}: the last {len(val[1])} rows of the training set validate (val_rows='last')")
     return images, labels, rows, val
+
+
+def _run_epochs(
+    run: Resumable,
+    epochs: int,
+    epoch_runner: Epochs,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DeviceLoader,
+    recipe: Recipe,
+    result: TrainResult,
+    stopping: EarlyStopping,
+    device: torch.device,
+    say: Log,
+) -> None:
+    """The epochs after those `run`'s checkpoint holds, up to `epochs`, each followed by a checkpoint, until the
+    budget is spent or early stopping; the model ends with the weights of its best validated epoch."""
+    last_epoch = _resume(run, model, optimizer, loader, recipe, result, stopping, device, say)
+    for epoch in range(last_epoch + 1, epochs + 1):
+        model.train()
+        record = epoch_runner.run(epoch, epochs, result)
+        if stopping.update(record["val_accuracy"], epoch, model, result):
+            say(f"{recipe.name}: no better validation accuracy for {stopping.patience} epochs; stopping")
+            break
+        if epoch_runner.spent(result):
+            break
+        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device))
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+        result.val_accuracy = stopping.best_accuracy
 
 
 def _resume(

@@ -1,10 +1,14 @@
 """Where an attack's time goes on a GPU, for the attack suite's CIFAR CNN and batch (`nemesis-fast bench attacks`):
 per provider (nemesis_fast, torchattacks, the bare forward and backward passes), the milliseconds per call, the
 operations that synchronise the host with the device (where each happens, from torch's sync debug mode), and
-torch.profiler's busiest operations by host time and by device time. Then DeepFool's difference from torchattacks'
-with TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
+torch.profiler's busiest operations by host time and by device time. Then the same for torchattacks' JSMA through the
+drop-in on 2 images (the compat suite's case, 26x the peer on an H200 against a 50x target); the K vector-Jacobian
+products of DeepFool and JSMA taken three ways (one vmap'd backward pass, K backward passes, one pass over K stacked
+copies) at several batch sizes, to set where each path is taken; and DeepFool's difference from torchattacks' with
+TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
 
-    python scripts/profile_attacks.py [--attacks FGSM,DeepFool] [--batch 256] [--calls 20] [--device cpu] > profile.log
+    python scripts/profile_attacks.py [--attacks FGSM,DeepFool,JSMA] [--batch 256] [--calls 20] [--device cpu] \
+        > profile.log
 
 (`--device cpu`: a smoke test of the script, with no synchronisations to find and no TF32.)
 """
@@ -16,10 +20,12 @@ import collections
 import time
 import traceback
 import warnings
+from functools import partial
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from nemesis_fast.attacks.jacobian import LogitJacobian
 from nemesis_fast.bench.attacks import providers, specs, timing_model
 from nemesis_fast.bench.harness import device_name, synchronize
 from nemesis_fast.compat import torchattacks as compat
@@ -53,23 +59,63 @@ def milliseconds(call, calls: int, device: torch.device) -> float:
 
 
 def profile_attack(spec, model, x, y, calls: int) -> None:
-    gpu = x.device.type == "cuda"
     for name, attack in providers(spec, model, x, 10).items():
         if isinstance(attack, str) or name == "ART":
             continue
-        call = lambda a=attack: a(x, y)  # noqa: E731
-        print(f"\n=== {spec.name}, {name}: {milliseconds(call, calls, x.device):.3f} ms per call (batch {len(x)})")
-        for place, count in (synchronisations(call) if gpu else collections.Counter()).most_common(10):
-            print(f"  sync x{count} at {place}")
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-        with profile(activities=activities) as prof:
-            for _ in range(calls):
-                call()
-            synchronize(x.device)
-        averages = prof.key_averages()
-        print(averages.table(sort_by="self_cpu_time_total", row_limit=12))
-        if gpu:
-            print(averages.table(sort_by="self_cuda_time_total", row_limit=8))
+        profile_call(f"{spec.name}, {name}", lambda a=attack: a(x, y), x.device, calls, len(x))
+
+
+def profile_call(label: str, call, device: torch.device, calls: int, batch: int) -> None:
+    """Milliseconds per call, synchronisations and busiest operations of `call`."""
+    gpu = device.type == "cuda"
+    print(f"\n=== {label}: {milliseconds(call, calls, device):.3f} ms per call (batch {batch})")
+    for place, count in (synchronisations(call) if gpu else collections.Counter()).most_common(10):
+        print(f"  sync x{count} at {place}")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            call()
+        synchronize(device)
+    averages = prof.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=12))
+    if gpu:
+        print(averages.table(sort_by="self_cuda_time_total", row_limit=8))
+
+
+def profile_jsma(model, x, y) -> None:
+    """torchattacks' JSMA through the drop-in on `x`: per call and per step (one model call a step)."""
+    attack = compat.JSMA(model, theta=1.0, gamma=0.1)
+    steps = []
+    hook = model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        attack(x, y)
+    finally:
+        hook.remove()
+    print(f"\nJSMA (drop-in): {len(steps)} steps a call on {len(x)} images")
+    profile_call("JSMA, nemesis_fast.compat.torchattacks", lambda: attack(x, y), x.device, 3, len(x))
+
+
+def jacobian_paths(model, x) -> None:
+    """Milliseconds per call of the K products of the logits, each of LogitJacobian's three paths."""
+    engine = LogitJacobian(model)
+
+    def vmapped(w):
+        leaf = x[: w.shape[1]].detach().requires_grad_(True)
+        return torch.autograd.grad(model(leaf), leaf, w, is_grads_batched=True)
+
+    def per_product(w):
+        leaf = x[: w.shape[1]].detach().requires_grad_(True)
+        logits = model(leaf)
+        return [torch.autograd.grad(logits, leaf, w[i], retain_graph=i < len(w) - 1) for i in range(len(w))]
+
+    print("\nK products of the logits, ms per call: one vmap'd pass / K passes / K stacked copies")
+    for images, k in ((2, 2), (8, 2), (2, 10), (32, 10), (256, 2), (256, 10)):
+        if images > len(x):
+            continue
+        w = torch.randn(k, images, 10, device=x.device)
+        paths = (partial(vmapped, w), partial(per_product, w), partial(engine._stacked, x[:images], w))
+        times = " / ".join(f"{milliseconds(path, 10, x.device):.3f}" for path in paths)
+        print(f"  B = {images}, K = {k}: {times}")
 
 
 def deepfool_tf32(model, x, y) -> None:
@@ -90,7 +136,7 @@ def deepfool_tf32(model, x, y) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--attacks", default="FGSM,DeepFool")
+    parser.add_argument("--attacks", default="FGSM,DeepFool,JSMA")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--device", default="cuda")
@@ -110,6 +156,12 @@ def main() -> None:
                 profile_attack(spec, model, x[:images], y[:images], calls)
             except Exception:  # one attack's failure must not hide the others' profiles
                 traceback.print_exc()
+    try:
+        if "JSMA" in wanted:
+            profile_jsma(model, x[:2], y[:2])
+        jacobian_paths(model, x)
+    except Exception:
+        traceback.print_exc()
     if device.type == "cuda":
         deepfool_tf32(model, x[:32], y[:32])
 
