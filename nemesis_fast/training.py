@@ -299,9 +299,17 @@ def _run_epochs(
     device: torch.device,
     say: Log,
 ) -> None:
-    """The epochs after those `run`'s checkpoint holds, up to `epochs`, each followed by a checkpoint, until the
-    budget is spent or early stopping; the model ends with the weights of its best validated epoch."""
-    last_epoch = _resume(run, model, optimizer, loader, recipe, result, stopping, device, say)
+    """The epochs after those `run`'s checkpoint holds (its training state restored first), up to `epochs`, each
+    followed by a checkpoint, until the budget is spent or early stopping; the model ends with the weights of its
+    best validated epoch."""
+    last_epoch = 0
+    resumed = run.load()
+    if resumed is not None:
+        stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
+            resumed, model, optimizer, loader, recipe, result, device
+        )
+        last_epoch = resumed["epoch"]
+        say(f"{recipe.name}: resuming after epoch {last_epoch} from the checkpoint")
     for epoch in range(last_epoch + 1, epochs + 1):
         model.train()
         record = epoch_runner.run(epoch, epochs, result)
@@ -314,28 +322,6 @@ def _run_epochs(
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         result.val_accuracy = stopping.best_accuracy
-
-
-def _resume(
-    run: Resumable,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DeviceLoader,
-    recipe: Recipe,
-    result: TrainResult,
-    stopping: EarlyStopping,
-    device: torch.device,
-    say: Log,
-) -> int:
-    """Restores the training state `run`'s checkpoint holds, if any; returns the last epoch it had finished (0)."""
-    resumed = run.load()
-    if resumed is None:
-        return 0
-    stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
-        resumed, model, optimizer, loader, recipe, result, device
-    )
-    say(f"{recipe.name}: resuming after epoch {resumed['epoch']} from the checkpoint")
-    return resumed["epoch"]
 
 
 def _check_budget(
