@@ -6,13 +6,13 @@ time)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 import torchattacks
 
 from ... import ops
-from ...attacks.base import select_rows
 from .._peer import GradientEngine, frozen_parameters
 from ._common import prepare
 
@@ -41,43 +41,37 @@ class JSMA(torchattacks.JSMA):
         return torch.clamp(adv, min=0, max=1)
 
     def _perturb_batch(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        flat = images.flatten(1).clone()
-        n = flat.shape[1]
+        out = images.flatten(1).clone()
         increasing = self.theta > 0
-        domain = flat < _DOMAIN_HIGH if increasing else flat > _DOMAIN_LOW
+        domain = out < _DOMAIN_HIGH if increasing else out > _DOMAIN_LOW
         engine = GradientEngine(self.get_logits)
-        index = torch.arange(len(flat), device=flat.device)  # the images still running
-        for _ in range(math.ceil(n * self.gamma / 2.0)):
-            if index.numel() == 0:
-                break
-            logits, target_grad, other_grad = self._gradients(
-                engine, flat[index].view(-1, *images.shape[1:]), target[index]
-            )
-            running = (logits.argmax(1) != target[index]) & domain[index].any(1)
-            index, target_grad, other_grad = select_rows(running, index, target_grad, other_grad)
-            if index.numel() == 0:
-                break
-            p, q, found = ops.jsma_saliency_search(target_grad, other_grad, domain[index], increasing)
-            p, q = torch.where(found, p, 0), torch.where(found, q, 0)
-            rows = flat[index]
-            rows[torch.arange(len(index), device=flat.device), p] += self.theta
-            rows[torch.arange(len(index), device=flat.device), q] += self.theta
-            flat[index] = rows.clamp_(0.0, 1.0)
-            domain[index, p] = False
-            domain[index, q] = False
-        return flat.view_as(images)
+        # The images still running, compacted: their rows of the output, images, domains, targets and gradient
+        # weights. Rows are dropped (and written back to `out`) only on the steps where some image stops.
+        index = torch.arange(len(out), device=out.device)
+        x, weights = out.clone(), None
+        for _ in range(math.ceil(out.shape[1] * self.gamma / 2.0) if len(out) else 0):
+            given = weights if weights is not None else partial(_weights, target)
+            logits, grads = engine.logit_gradients(x.view(-1, *images.shape[1:]), given)
+            weights = _weights(target, logits) if weights is None else weights
+            grads = grads.flatten(2).float()
+            running = (logits.argmax(1) != target) & domain.any(1)
+            rows = running.nonzero().squeeze(1)  # the step's one host synchronisation
+            if rows.numel() < len(index):
+                out.index_copy_(0, index, x)
+                index, x, domain, target = index[rows], x[rows], domain[rows], target[rows]
+                weights, grads = weights[:, rows], grads[:, rows]
+                if rows.numel() == 0:
+                    return out.view_as(images)
+            p, q, _ = ops.jsma_saliency_search(grads[0], grads[1], domain, increasing)
+            pair = torch.stack((p, q), 1).clamp_(min=0)  # no valid pair: p = q = -1, and feature 0 takes both steps
+            x.scatter_add_(1, pair, torch.full(pair.shape, self.theta, dtype=x.dtype, device=x.device)).clamp_(0, 1)
+            domain.scatter_(1, pair, False)
+        out.index_copy_(0, index, x)
+        return out.view_as(images)
 
-    @staticmethod
-    def _gradients(
-        engine: GradientEngine, x: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, gradient of the target logit, gradient of the sum of the other logits), each (n, features), in
-        float32 as torchattacks' Jacobian holds them: two vector-Jacobian products from one forward pass."""
 
-        def weights(logits: torch.Tensor) -> torch.Tensor:
-            one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
-            return torch.stack([one_hot, 1 - one_hot])
-
-        logits, grads = engine.logit_gradients(x, weights)
-        grads = grads.flatten(2).float()
-        return logits, grads[0], grads[1]
+def _weights(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(2, B, classes): the weights whose products with the logits (B, classes) are the target logit and the sum of
+    the others: the gradients of torchattacks' two Jacobian rows."""
+    one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return torch.stack([one_hot, 1 - one_hot])
