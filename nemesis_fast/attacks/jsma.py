@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import ops
 from .._checks import check_choice, check_number
 from .._dispatch import BACKENDS
-from .base import Attack, Seed, select_rows
+from .base import Attack, Seed
 
 
 class JSMA(Attack):
@@ -92,27 +92,42 @@ class JSMA(Attack):
         return logits, alpha, -alpha
 
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.flatten(1).clone()
-        batch, n = flat.shape
+        out = x.flatten(1).clone()
+        batch, n = out.shape
         low, high = self.clip
         increase = self.theta > 0
-        domain = flat < high if increase else flat > low
         steps = self.max_steps(n)
         iterations = torch.zeros_like(y)
         pairs = torch.full((batch, steps, 2), -1, dtype=torch.int64, device=x.device)
+        # The images still running, compacted: their rows of the output, images, domains, targets and pairs. Rows
+        # are dropped (written back first) only on the steps where some image stops.
+        index = torch.arange(batch, device=x.device)
+        flat, run_pairs = out.clone(), pairs.clone()
+        domain = flat < high if increase else flat > low
         one_hot = F.one_hot(target, self.num_classes).to(x.dtype)
-        index = torch.arange(batch, device=x.device)  # the images still running
         for step in range(steps):
-            if index.numel() == 0:
-                break
-            logits, alpha, beta = self._gradients(flat[index].view(-1, *x.shape[1:]), one_hot[index])
-            p, q, found = ops.jsma_saliency_search(alpha, beta, domain[index], increase, backend=self.backend)
-            running = found & (logits.argmax(1) != target[index])
-            index, p, q = select_rows(running, index, p, q)
-            for column, chosen in ((0, p), (1, q)):
-                flat[index, chosen] = (flat[index, chosen] + self.theta).clamp(low, high)
-                domain[index, chosen] = False
-                pairs[index, step, column] = chosen
-            iterations[index] += 1
+            logits, alpha, beta = self._gradients(flat.view(-1, *x.shape[1:]), one_hot)
+            p, q, found = ops.jsma_saliency_search(alpha, beta, domain, increase, backend=self.backend)
+            rows = (found & (logits.argmax(1) != target)).nonzero().squeeze(1)  # the step's one synchronisation
+            if rows.numel() < len(index):
+                _write_back(out, pairs, iterations, index, flat, run_pairs, step)
+                index, flat, domain, one_hot, target, run_pairs, p, q = (
+                    t[rows] for t in (index, flat, domain, one_hot, target, run_pairs, p, q)
+                )
+                if rows.numel() == 0:
+                    break
+            pair = torch.stack((p, q), 1)
+            flat.scatter_(1, pair, flat.gather(1, pair).add_(self.theta).clamp_(low, high))
+            domain.scatter_(1, pair, False)
+            run_pairs[:, step] = pair
+        else:
+            _write_back(out, pairs, iterations, index, flat, run_pairs, steps)
         self.last_pairs = pairs
-        return flat.view_as(x), iterations
+        return out.view_as(x), iterations
+
+
+def _write_back(out, pairs, iterations, index, flat, run_pairs, steps: int) -> None:
+    """The running images' rows `index` of the results: their images, their pairs, `steps` steps taken."""
+    out.index_copy_(0, index, flat)
+    pairs.index_copy_(0, index, run_pairs)
+    iterations.index_fill_(0, index, steps)
