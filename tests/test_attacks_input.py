@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from _attack_cases import CLASSES, NAMES, attacks, data, small_model
 from torch import nn
 
@@ -38,6 +39,7 @@ from nemesis_fast.attacks import FGSM, PGD, Attack, CarliniWagnerL2, DeepFool, R
         (lambda m: DeepFool(m, norm="1"), ValueError, "norm must be one of"),
         (lambda m: CarliniWagnerL2(m, confidence=-1.0), ValueError, "confidence must be >= 0"),
         (lambda m: CarliniWagnerL2(m, initial_const=0.0), ValueError, "initial_const must be > 0"),
+        (lambda m: CarliniWagnerL2(m, initial_const=1e308), ValueError, "initial_const must be < 1e"),
         (lambda m: CarliniWagnerL2(m, binary_search_steps=0), ValueError, "binary_search_steps must be >= 1"),
         (lambda m: CarliniWagnerL2(m, learning_rate=math.inf), ValueError, "learning_rate must be finite"),
         (lambda m: CarliniWagnerL2(m, abort_early="yes"), TypeError, "abort_early must be a bool"),
@@ -118,6 +120,28 @@ def test_model_with_non_finite_logits_is_refused():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="model must give finite logits"):
             DeepFool(lambda images, bad=bad: model(images) * bad, 5)(x, y)
+
+
+def test_a_nan_prediction_on_an_adversarial_image_is_refused_not_counted_as_a_success():
+    model = small_model()
+    x, y = data()
+
+    def nan_for_image_3(images):
+        logits = model(images)
+        return torch.where(images.flatten(1)[:, :1] == x[3].flatten()[0], math.nan, logits)
+
+    x_adv = FGSM(nan_for_image_3, 0.0)(x, y)  # calling returns the images
+    assert torch.equal(x_adv, x)
+    with pytest.raises(ValueError, match=r"NaN logits for 1 of the 12 adversarial images \(indices \[3\]\)"):
+        FGSM(nan_for_image_3, 0.0).run(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_clip_beyond_the_range_of_the_images_dtype_is_named(dtype):
+    model = small_model(dtype)
+    x, y = data(dtype=dtype)
+    with pytest.raises(ValueError, match=r"clip=\(0.0, 1e\+300\) holds a bound beyond the range"):
+        PGD(model, 0.1, 0.01, 2, clip=(0.0, 1e300))(x, y)
 
 
 def test_model_on_another_device_is_named():

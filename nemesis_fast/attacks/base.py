@@ -179,11 +179,20 @@ class Attack:
 
     def run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> AttackResult:
         """Like calling the attack, but returns an :class:`AttackResult`: the images, the per-sample success
-        mask and predictions, the L0, L2 and Linf norms of the perturbation and the iterations used."""
+        mask and predictions, the L0, L2 and Linf norms of the perturbation and the iterations used. Raises
+        ValueError where the model's logits for an adversarial image hold a NaN (no prediction)."""
         x_adv, iterations, x, y, target = self._execute(x, y, target)
         if x.shape[0]:
             with self._guard(), torch.no_grad():
-                predictions = self.logits(x_adv).argmax(1)
+                logits = self.logits(x_adv)
+            predictions = logits.argmax(1)
+            undefined = logits.isnan().any(1).nonzero().squeeze(1).tolist()
+            if undefined:
+                raise ValueError(
+                    f"model gave NaN logits for {len(undefined)} of the {x.shape[0]} adversarial images "
+                    f"(indices {undefined[:10]}{', ...' if len(undefined) > 10 else ''}): their predictions, and so "
+                    "the attack's success, are undefined"
+                )
         else:
             predictions = y.clone()
         success = predictions != y if target is None else predictions == target
@@ -335,6 +344,9 @@ class Attack:
     def _check_inputs(self, x: Any, y: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Types, shapes and devices (no device sync); the values are checked by _check_model."""
         check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=2)
+        largest = torch.finfo(x.dtype).max
+        if max(abs(self.clip[0]), abs(self.clip[1])) > largest:
+            raise ValueError(f"clip={self.clip} holds a bound beyond the range of {x.dtype} images (+-{largest:g})")
         if x.is_inference():
             x = x.clone()
         x = x.detach()

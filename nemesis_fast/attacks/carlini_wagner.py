@@ -35,7 +35,7 @@ class CarliniWagnerL2(Attack):
     Args:
         model: maps (B, ...) images to (B, classes) logits.
         confidence: the margin kappa >= 0 in logits.
-        initial_const: the first c, > 0.
+        initial_const: the first c, > 0 and below 1e9 (the search's bound on c is 1e10).
         binary_search_steps: the number of runs with different c, >= 1.
         max_iter: the most Adam steps per run, >= 0.
         learning_rate: Adam's step size, > 0.
@@ -60,12 +60,15 @@ class CarliniWagnerL2(Attack):
         super().__init__(model, clip=clip, targeted=targeted, seed=seed)
         self.confidence = check_nonnegative(confidence, "confidence")
         self.initial_const = check_positive(initial_const, "initial_const")
+        if self.initial_const >= _UNBOUNDED / 10:
+            raise ValueError(f"initial_const must be < {_UNBOUNDED / 10:g}, got {self.initial_const:g}")
         self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps", low=1)
         self.max_iter = check_int(max_iter, "max_iter", low=0)
         self.learning_rate = check_positive(learning_rate, "learning_rate")
         if not isinstance(abort_early, bool):
             raise TypeError(f"abort_early must be a bool, got {type(abort_early).__name__}")
         self.abort_early = abort_early
+        self._model_dtype = torch.float32  # the dtype of the images the model takes: x's, set by each call
 
     def _perturb(
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
@@ -73,6 +76,11 @@ class CarliniWagnerL2(Attack):
         batch = x.shape[0]
         low, high = self.clip
         half_range = (high - low) / 2
+        # Images adversarial at x already have the smallest perturbation there is: they take no step.
+        todo = ~self.is_adversarial(self.logits(x), y, target, self.confidence)
+        # The optimisation runs in float32 at least (the model sees its images in x's dtype): in float16 the tanh
+        # change of variable would put the pixels on the clip bounds at infinity, and c's bound overflows.
+        self._model_dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         w_start = torch.atanh(((x - low) / half_range - 1) * _TANH_SCALE)
         labels = y if target is None else target
         best_l2 = torch.full((batch,), math.inf, dtype=x.dtype, device=x.device)
@@ -81,8 +89,6 @@ class CarliniWagnerL2(Attack):
         const = torch.full((batch,), self.initial_const, dtype=x.dtype, device=x.device)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, _UNBOUNDED)
-        # Images adversarial at x already have the smallest perturbation there is: they take no step.
-        todo = ~self.is_adversarial(self.logits(x), y, target, self.confidence)
         best_l2[~todo] = 0
         index = todo.nonzero().squeeze(1)
         if index.numel() == 0:
@@ -126,7 +132,7 @@ class CarliniWagnerL2(Attack):
 
         def loss_fn(w_leaf: torch.Tensor) -> tuple[torch.Tensor, ...]:
             image = torch.tanh(w_leaf) * half_range + (low + half_range)
-            logits = self.logits(image)
+            logits = self.logits(image.to(self._model_dtype))
             l2_sq = (image - run.x).flatten(1).square().sum(1)
             wanted = logits.gather(1, run.labels[:, None]).squeeze(1)
             other = logits.scatter(1, run.labels[:, None], -math.inf).amax(1)
