@@ -58,7 +58,9 @@ def evaluate_accuracy(
     amp: bool | str = False,
 ) -> float:
     """The fraction of `images` (uint8 or float, (N, C, H, W)) that `model` classifies as `labels`, in eval
-    mode (restored afterwards); nan for an empty set. `device` defaults to the model's."""
+    mode (restored afterwards); nan for an empty set. `device` defaults to the model's. ValueError where a label is
+    not a class of the model's logits, or where the model gives NaN logits (no prediction), checked with the one
+    host synchronisation that reads the count."""
     check_images_labels(images, labels)
     if device is None and isinstance(model, nn.Module):
         device = next((p.device for p in model.parameters()), None)
@@ -67,11 +69,18 @@ def evaluate_accuracy(
         return float("nan")
     loader = DeviceLoader(images, labels, batch_size, shuffle=False, device=device)
     autocast, _ = forward_autocast(device, amp)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    counts = torch.zeros(3, dtype=torch.int64, device=device)  # correct, labels out of range, NaN predictions
     with eval_mode(model), torch.no_grad(), autocast():
         for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum()
-    return correct.item() / len(labels)
+            logits = model(x)
+            wrong_label = (y < 0) | (y >= logits.shape[1])
+            counts += torch.stack([(logits.argmax(1) == y).sum(), wrong_label.sum(), logits.isnan().any(1).sum()])
+    correct, wrong_labels, undefined = counts.tolist()
+    if wrong_labels:
+        raise ValueError(f"labels: {wrong_labels} are not classes of the model's {logits.shape[1]} logits")
+    if undefined:
+        raise ValueError(f"model gave NaN logits for {undefined} of the {len(labels)} images: no prediction")
+    return correct / len(labels)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,20 +32,43 @@ def save_checkpoint(
     other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
     from . import __version__
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(recipe, str):
         raise TypeError(f"recipe must be a str, got {type(recipe).__name__}")
     path = Path(path)
+    entries = {"settings": settings, "architecture": architecture, "metrics": metrics}
+    for name, entry in entries.items():
+        if entry is not None and not isinstance(entry, dict):
+            raise TypeError(f"{name} must be a dict or None, got {type(entry).__name__}")
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "recipe": recipe,
-        "settings": dict(settings or {}),
-        "architecture": architecture if architecture is not None else architecture_of(model),
-        "metrics": dict(metrics or {}),
+        "settings": _loadable(dict(settings or {}), "settings"),
+        "architecture": _loadable(architecture if architecture is not None else architecture_of(model), "architecture"),
+        "metrics": _loadable(dict(metrics or {}), "metrics"),
         "noise_sigma": training_noise_sigma(recipe, settings),
         "nemesis_fast_version": __version__,
     }
     torch_save_atomic(path, payload)
     return path
+
+
+def _loadable(value: Any, name: str) -> Any:
+    """`value` as what `torch.load(weights_only=True)` reads back: None, bool, int, float, str, tensors, and lists,
+    tuples and str-keyed dicts of them; numpy scalars and arrays become Python numbers and lists. TypeError naming
+    the entry otherwise (checked before the file is written, so an existing checkpoint is kept)."""
+    if isinstance(value, (np.generic, np.ndarray)):  # (numpy's float64 is also a Python float)
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_loadable(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _loadable(v, f"{name}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"{name} must hold numbers, strings, tensors and lists or str-keyed dicts of them, got {type(value).__name__}"
+    )
 
 
 def training_noise_sigma(recipe: str, settings: dict[str, Any] | None) -> float | None:
@@ -90,6 +114,11 @@ def load_checkpoint(
     records its architecture, whose architecture differs from the model's. Without `model` the model is rebuilt
     from the recorded architecture. Returns (model with the weights loaded, the checkpoint's other entries).
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    for name, entry in (("settings", settings), ("architecture_kwargs", architecture_kwargs)):
+        if entry is not None and not isinstance(entry, dict):
+            raise TypeError(f"{name} must be a dict or None, got {type(entry).__name__}")
     path = Path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -100,13 +129,20 @@ def load_checkpoint(
     required = ("state_dict", "recipe", "settings", "architecture", "nemesis_fast_version")
     if not isinstance(payload, dict) or any(key not in payload for key in required):
         raise ValueError(f"{path}: not a nemesis_fast checkpoint (needs the entries {', '.join(required)})")
+    arch = payload["architecture"]
+    if not (
+        isinstance(payload["state_dict"], dict)
+        and isinstance(payload["settings"], dict)
+        and (arch is None or (isinstance(arch, dict) and isinstance(arch.get("name"), str)))
+        and (arch is None or isinstance(arch.get("kwargs"), dict))
+    ):
+        raise ValueError(f"{path}: not a nemesis_fast checkpoint (its entries have the wrong types)")
     if recipe is not None and payload["recipe"] != recipe:
         raise ValueError(f"{path}: trained with recipe {payload['recipe']!r}, not the {recipe!r} asked for")
     if settings:
         differ = _differences(payload["settings"], settings)
         if differ:
             raise ValueError(f"{path}: recipe settings differ from those asked: {'; '.join(differ)}")
-    arch = payload["architecture"]
     if model_name is not None and (arch is None or arch["name"] != model_name):
         found = arch["name"] if arch else "an unrecorded architecture"
         raise ValueError(f"{path}: holds a {found!r} model, not the {model_name!r} asked for")
@@ -117,7 +153,10 @@ def load_checkpoint(
     if model is None:
         if arch is None:
             raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
-        model = build_model(arch["name"], **arch["kwargs"])
+        try:
+            model = build_model(arch["name"], **arch["kwargs"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: its recorded architecture cannot be built: {error}") from error
     else:
         mine = architecture_of(model)
         if mine is not None and arch is not None and mine != arch:

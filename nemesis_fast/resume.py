@@ -3,13 +3,16 @@ it is kept (:class:`FileCheckpoint`, or any object with load() and save(state)),
 
 from __future__ import annotations
 
+import hashlib
 import os
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from ._io import torch_save_atomic
+from ._io import check_output_file, torch_save_atomic
+
+# Signature keys that checkpoints written before they existed lack: such a checkpoint is not refused for them.
+_ADDED_KEYS = ("data",)
 
 
 class EpochCheckpoint(Protocol):
@@ -24,10 +27,21 @@ class FileCheckpoint:
     """The training state in one file, replaced atomically after every epoch."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = check_output_file(path, "checkpoint")
 
     def load(self) -> dict[str, Any] | None:
-        return torch.load(self.path, map_location="cpu", weights_only=True) if self.path.is_file() else None
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises pickle's, zipfile's and its own errors for a file it cannot read
+            raise ValueError(
+                f"checkpoint: {str(self.path)!r} is not a training checkpoint ({type(error).__name__}); remove it or "
+                "pass another path"
+            ) from error
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise ValueError(f"checkpoint: {str(self.path)!r} is not a training checkpoint of nemesis_fast.train")
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         torch_save_atomic(self.path, state)
@@ -46,7 +60,13 @@ class Resumable:
 
     def load(self) -> dict[str, Any] | None:
         state = self.checkpoint.load() if self.checkpoint is not None else None
-        if state is not None and state.get("signature") != self.signature:
+        if state is None:
+            return None
+        stored = state.get("signature")
+        mine = self.signature
+        if isinstance(stored, dict):
+            mine = {k: v for k, v in mine.items() if k in stored or k not in _ADDED_KEYS}
+        if stored != mine:
             raise ValueError(
                 f"checkpoint: its state belongs to another training run ({state.get('signature')}), not this one "
                 f"({self.signature}); remove it or pass another checkpoint"
@@ -56,6 +76,16 @@ class Resumable:
     def save(self, state: dict[str, Any]) -> None:
         if self.checkpoint is not None:
             self.checkpoint.save({**state, "signature": self.signature})
+
+
+def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, samples: int = 16) -> str:
+    """A digest of a training set that tells two sets of the same size apart: every label, and the bytes of
+    `samples` images spread evenly over it (exact on any device and thread count)."""
+    digest = hashlib.sha256(str((tuple(images.shape), str(images.dtype))).encode())
+    picked = torch.linspace(0, len(images) - 1, min(samples, len(images))).long().to(images.device)
+    for values in (labels, images[picked]):
+        digest.update(values.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def _cpu(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
@@ -86,7 +116,10 @@ def training_state(epoch, model, optimizer, loader, recipe, result, best_accurac
 
 def restore_state(state, model, optimizer, loader, recipe, result, device) -> tuple[float, dict | None, int]:
     """Puts a saved state back; returns (best_accuracy, best_state, waited)."""
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint: its weights do not fit the model being trained: {error}") from error
     optimizer.load_state_dict(state["optimizer"])
     loader.generator.set_state(state["loader_rng"])
     torch.set_rng_state(state["torch_rng"])

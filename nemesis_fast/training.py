@@ -8,6 +8,7 @@ per batch on the device; the loop synchronises with the GPU once per epoch (vali
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoin
 from .data.loader import DeviceLoader, Expansion, check_images_labels, expanded_rows, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
-from .resume import EpochCheckpoint, Resumable, restore_state, training_state
+from .resume import EpochCheckpoint, FileCheckpoint, Resumable, data_fingerprint, restore_state, training_state
 
 # The checkpoint functions moved to nemesis_fast.checkpoints; importable from here as before.
 __all__ = [
@@ -55,10 +56,17 @@ def _check_data(data: Any, name: str) -> Data:
     images, labels = data
     if len(labels) == 0:
         raise ValueError(f"{name} must hold at least one image, got none")
-    checks = [labels.min()] + ([torch.isfinite(images).all()] if images.is_floating_point() else [])
-    low, *finite = torch.stack([c.long() for c in checks]).tolist()  # one device synchronisation
-    if finite and not finite[0]:
+    checks = [labels.min().double()]
+    if images.is_floating_point():
+        checks += [*torch.aminmax(images)]  # NaN propagates into both
+    low, *span = torch.stack([c.double() for c in checks]).tolist()  # one device synchronisation
+    if span and not (math.isfinite(span[0]) and math.isfinite(span[1])):
         raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")
+    if span and (span[0] < 0 or span[1] > 1):
+        raise ValueError(
+            f"{name}: float images must lie in [0, 1] (uint8 pixels are read as x / 255); they span "
+            f"[{span[0]:g}, {span[1]:g}]"
+        )
     if low < 0:
         raise ValueError(f"{name}: the labels must be >= 0, got {low}")
     return images, labels
@@ -213,13 +221,16 @@ def train(
         checkpoint: a file path (or an object with load() and save(state)) where the whole training state is
             written after every epoch; when it holds a state, training resumes after its epoch and ends with
             the weights an uninterrupted run would have. A state of another run (recipe, settings, budget,
-            seed, data size) raises ValueError.
+            seed, data: its size, labels and a sample of its images) raises ValueError.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
     images, labels = _check_data(data, "data")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    for name, module in (("model", model), ("source_model", source_model)):
+        if not isinstance(module, nn.Module) and (name == "model" or module is not None):
+            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = FileCheckpoint(checkpoint)  # the path checked before any work
     epochs, batch_size, lr, seed = _check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
     say = _logger(log)
     device = check_device(device)
@@ -228,6 +239,7 @@ def train(
     held_fraction = val_fraction if _check_val_rows(val_rows, val_data, val_fraction, recipe) else None
     split = 0.0 if held_fraction else val_fraction
     (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
+    fingerprint = data_fingerprint(images, labels)
     torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
@@ -243,6 +255,7 @@ def train(
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
+    signature["data"] = fingerprint
     if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
         signature["val_rows"] = val_rows
     run = Resumable(
@@ -337,7 +350,7 @@ def _check_budget(
         check_int(epochs, "epochs", low=1),
         check_int(batch_size, "batch_size", low=1),
         check_positive(lr, "lr"),
-        check_int(seed, "seed", low=0),
+        check_int(seed, "seed", low=0, high=2**63 - 1),
     )
 
 

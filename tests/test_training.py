@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,10 @@ def test_bad_arguments(sample):
         train(lambda x: x, data)
     with pytest.raises(ValueError, match="device is 'cuda:99', but"):
         train(mnist_cnn(), data, device="cuda:99")
+    with pytest.raises(ValueError, match=r"seed must be <= 9223372036854775807"):
+        train(mnist_cnn(), data, seed=2**70)
+    with pytest.raises(TypeError, match="source_model must be an nn.Module, got int"):
+        train(mnist_cnn(), data, "fgsm_adversarial", source_model=3)
 
 
 def test_bad_data_is_refused_before_training(sample):
@@ -139,6 +144,8 @@ def test_bad_data_is_refused_before_training(sample):
         ((images[:0], labels[:0]), {}, "data must hold at least one image"),
         ((floats.index_fill(0, torch.tensor([3]), float("nan")), labels), {}, "data: the images must be finite"),
         ((images, labels.index_fill(0, torch.tensor([5]), -1)), {}, "data: the labels must be >= 0, got -1"),
+        ((images.float(), labels), {}, r"data: float images must lie in \[0, 1\] .* span \[0, 255\]"),
+        ((floats - 0.5, labels), {}, r"data: float images must lie in \[0, 1\]"),
         ((images, labels.index_fill(0, torch.tensor([5]), 12)), {}, "model's 10 logits, got label 12"),
         ((images, labels), {"val_data": (images[:4], labels[:4] + 10)}, "val_data: the labels must be classes"),
     ]
@@ -168,6 +175,19 @@ def trained(sample, **kwargs) -> nn.Module:
     model = mnist_cnn(**kwargs)
     train(model, small(sample, 32), epochs=1, batch_size=16, **quiet())
     return model
+
+
+def test_evaluate_accuracy_refuses_labels_outside_the_classes_and_nan_predictions():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.arange(10) % 3
+    x[3, 0, 0, 0] = 0.9
+    assert 0 <= evaluate_accuracy(model, x, y, batch_size=4) <= 1
+    for labels in (y + 7, y - 1):
+        with pytest.raises(ValueError, match="labels: .* are not classes of the model's 3 logits"):
+            evaluate_accuracy(model, x, labels, batch_size=4)
+    nan_for_some = lambda t: torch.where(t.flatten(1)[:, :1] > 0.5, torch.nan, model(t))  # noqa: E731
+    with pytest.raises(ValueError, match="model gave NaN logits for [1-9] of the 10 images"):
+        evaluate_accuracy(nan_for_some, x, y, batch_size=4, device="cpu")
 
 
 def test_checkpoint_round_trip(sample, tmp_path):
@@ -221,6 +241,41 @@ def test_checkpoint_of_an_unrecorded_model_and_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+    good = save_checkpoint(tmp_path / "good.pt", mnist_cnn(), recipe="standard")
+    payload = torch.load(good, weights_only=True)
+    tampered = [
+        ({"architecture": "mnist_cnn"}, "its entries have the wrong types"),
+        ({"architecture": {"name": "mnist_cnn"}}, "its entries have the wrong types"),
+        ({"settings": None}, "its entries have the wrong types"),
+        ({"state_dict": [1, 2]}, "its entries have the wrong types"),
+        ({"architecture": {"name": "mnist_cnn", "kwargs": {"width": 3}}}, "recorded architecture cannot be built"),
+    ]
+    for change, match in tampered:
+        torch.save({**payload, **change}, tmp_path / "tampered.pt")
+        with pytest.raises(ValueError, match=match):
+            load_checkpoint(tmp_path / "tampered.pt")
+
+
+def test_checkpoint_entries_are_checked_before_the_file_is_written(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard", metrics={"accuracy": 0.9})
+    kept = path.read_bytes()
+    for bad, error, match in [
+        ({"metrics": {"accuracy": object()}}, TypeError, r"metrics\['accuracy'\] must hold numbers"),
+        ({"metrics": {1: 0.9}}, TypeError, "metrics must hold numbers"),
+        ({"settings": [("sigma", 0.3)]}, TypeError, "settings must be a dict or None, got list"),
+    ]:
+        with pytest.raises(error, match=match):
+            save_checkpoint(path, mnist_cnn(), recipe="standard", **bad)
+        assert path.read_bytes() == kept
+    with pytest.raises(TypeError, match="model must be an nn.Module, got NoneType"):
+        save_checkpoint(path, None, recipe="standard")
+    with pytest.raises(TypeError, match="model must be an nn.Module or None, got int"):
+        load_checkpoint(path, model=3)
+    with pytest.raises(TypeError, match="settings must be a dict or None, got list"):
+        load_checkpoint(path, settings=["sigma"])
+    metrics = {"accuracy": np.mean(np.array([1, 0, 1]) == 1), "counts": np.arange(3), "pair": (np.int64(2), 0.5)}
+    save_checkpoint(path, mnist_cnn(), recipe="standard", metrics=metrics)  # numpy values read back as Python's
+    assert load_checkpoint(path)[1]["metrics"] == {"accuracy": 2 / 3, "counts": [0, 1, 2], "pair": (2, 0.5)}
 
 
 class _Payload:
@@ -457,6 +512,34 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, setting
     nf.train(fresh(), (images, labels), recipe, checkpoint=path, **{**kwargs, "epochs": 1})
     with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
         nf.train(fresh(), (images, labels), recipe, checkpoint=path, **{**kwargs, "seed": 4})
+    for other in ((255 - images, labels), (images, (labels + 1) % 10)):  # other data of the same size
+        with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
+            nf.train(fresh(), other, recipe, checkpoint=path, **{**kwargs, "epochs": 1})
+    with pytest.raises(ValueError, match="checkpoint: its weights do not fit the model"):
+        wider = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 10))
+        nf.train(wider, (images, labels), recipe, checkpoint=path, **{**kwargs, "epochs": 1})
+
+
+def test_a_checkpoint_path_that_cannot_serve_is_refused_before_any_epoch(tmp_path):
+    data = (torch.randint(0, 256, (32, 1, 6, 6), dtype=torch.uint8), torch.randint(0, 10, (32,)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    user_model = tmp_path / "model.pt"
+    save_checkpoint(user_model, model, recipe="standard")
+    kept = user_model.read_bytes()
+    cases = [
+        (tmp_path, "checkpoint: .* is a folder"),
+        (garbage / "state.pt", "checkpoint: .*garbage.pt"),
+        (garbage, "checkpoint: .*garbage.pt' is not a training checkpoint"),
+        (user_model, "checkpoint: .*model.pt' is not a training checkpoint of nemesis_fast.train"),
+    ]
+    for path, match in cases:
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=match):
+            nf.train(model, data, epochs=1, log=False, checkpoint=path)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert user_model.read_bytes() == kept
 
 
 def test_amp_argument_names_a_dtype_or_none():
