@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,16 @@ from torch import nn
 
 from ._amp import amp_name, autocast
 from ._backends.gaussian_augment import resolve_seed
-from ._checks import FLOAT_DTYPES, check_int, check_number, check_positive, check_tensor
+from ._checks import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_device,
+    check_int,
+    check_number,
+    check_positive,
+    check_tensor,
+)
+from ._dispatch import BACKENDS
 from ._modes import eval_mode
 from .ops import gaussian_augment
 
@@ -52,6 +61,9 @@ __all__ = [
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
+MAX_CLASSES = 2**20  # the vote counts take 8 bytes per class, image and phase on the device: 8 MiB per image and phase
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+SHOWN_IMAGES = 10
 Progress = Callable[[int], object]
 
 
@@ -98,26 +110,84 @@ def binomial_p_value(top, runner_up) -> np.ndarray:
     return np.minimum(1.0, 2.0 * binom.sf(high - 1.0, total, 0.5))
 
 
+def _probabilities(p: object, name: str) -> np.ndarray:
+    """`p` (a number, array or tensor of any shape) as a float64 array of probabilities in [0, 1]."""
+    if isinstance(p, torch.Tensor):
+        p = p.detach().cpu().numpy()
+    array = np.asarray(p)
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must be a probability or an array of them, got {type(p).__name__} of {array.dtype}")
+    array = array.astype(np.float64)
+    outside = ~((array >= 0.0) & (array <= 1.0))  # NaN included
+    if outside.any():
+        raise ValueError(f"{name} must be in [0, 1], got {array[outside].flat[0]}")
+    return array
+
+
 def certified_radius(p_lower, sigma: float) -> np.ndarray:
     """sigma * Phi^-1(p_lower) where p_lower > 1/2, else 0 (no certificate): the L2 radius, in the units of the
-    inputs, within which the smoothed classifier's answer is certified."""
+    inputs, within which the smoothed classifier's answer is certified.
+
+    Args:
+        p_lower: lower confidence bounds pA in [0, 1] (a number or an array of any shape); pA = 1 (which no
+            Clopper-Pearson bound from finitely many draws reaches) gives an infinite radius.
+        sigma: the noise's standard deviation, > 0.
+
+    Returns:
+        float64 array of p_lower's shape: the radii, >= 0.
+    """
     from scipy.stats import norm
 
     sigma = check_positive(sigma, "sigma")
-    p = np.asarray(p_lower, dtype=np.float64)
+    p = _probabilities(p_lower, "p_lower")
     return np.where(p > 0.5, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), 0.0)
+
+
+def _check_radii(radii: object) -> list[float]:
+    """`radii` (a sequence, array or 1-D tensor of L2 radii >= 0) as a list of floats."""
+    if isinstance(radii, (torch.Tensor, np.ndarray)):
+        radii = radii.tolist()
+    if isinstance(radii, (str, bytes)) or not isinstance(radii, Iterable):
+        raise TypeError(f"radii must be a sequence of numbers, got {type(radii).__name__}")
+    return [check_number(r, f"radii[{i}]", low=0.0) for i, r in enumerate(radii)]
 
 
 def certified_accuracy(
     prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor, radii: list[float] | tuple[float, ...]
 ) -> list[float]:
     """The fraction of images certified correct at each L2 radius r of `radii`: prediction == label (not an
-    abstention) and radius >= r. Inputs: (N,) tensors; returns one fraction per radius (nan for N = 0)."""
+    abstention) and radius >= r.
+
+    Args:
+        prediction: (N,) integer tensor of classes, -1 where abstaining.
+        radius: (N,) floating tensor of certified L2 radii, in the units of the inputs.
+        labels: (N,) integer tensor of the true classes.
+        radii: the L2 radii >= 0 to report, in the same units.
+
+    Returns:
+        One fraction in [0, 1] per radius (nan for N = 0).
+    """
+    prediction = check_tensor(prediction, "prediction", dtypes=INTEGER_DTYPES, ndim=1)
+    radius = check_tensor(radius, "radius", ndim=1)
+    labels = check_tensor(labels, "labels", dtypes=INTEGER_DTYPES, ndim=1)
+    for name, tensor in (("radius", radius), ("labels", labels)):
+        if len(tensor) != len(prediction):
+            raise ValueError(f"{name} must have the length of prediction ({len(prediction)}), got {len(tensor)}")
+    radii = _check_radii(radii)
     correct = prediction.cpu() == labels.cpu()
     radius = radius.cpu().double()
     if len(correct) == 0:
         return [math.nan for _ in radii]
     return [(correct & (radius >= r)).double().mean().item() for r in radii]
+
+
+def _images(indices: list[int]) -> str:
+    """Names the images x[i] of `indices`, the first SHOWN_IMAGES of them."""
+    shown = ", ".join(f"x[{i}]" for i in indices[:SHOWN_IMAGES])
+    more = len(indices) - SHOWN_IMAGES
+    return f"image(s) {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -196,10 +266,13 @@ class Smooth:
         model: maps a batch (R, *x.shape[1:]) to logits (R, num_classes); an nn.Module is put in eval mode for the
             call (its modes are restored afterwards). Its device is where the noise is drawn and counted.
         sigma: standard deviation of the noise, > 0, in the units of x (of x / 255 for uint8 images).
-        num_classes: the number of classes K >= 2 (checked against the model's output).
+        num_classes: the number of classes K, 2 <= K <= MAX_CLASSES = 2**20 (checked against the model's output).
         amp: False, True ("bf16") or "fp16": run the model under torch.autocast. The noise is drawn in float32.
-        device: where to run when the model has no parameters (default: x's device).
-        backend: the gaussian_augment backend (None: automatic).
+        device: where to run when the model has no parameters (default: x's device); one this machine has.
+        backend: the gaussian_augment backend, "native", "triton" or "torch" (None: automatic).
+
+    A model that gives a NaN or infinite logit for a noisy copy casts no vote for it, and the call raises a
+    ValueError at its end naming the images concerned.
     """
 
     def __init__(
@@ -216,10 +289,10 @@ class Smooth:
             raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
         self.model = model
         self.sigma = check_positive(sigma, "sigma")
-        self.num_classes = check_int(num_classes, "num_classes", low=2)
+        self.num_classes = check_int(num_classes, "num_classes", low=2, high=MAX_CLASSES)
         self.amp = amp_name(amp) or False
-        self.device = None if device is None else torch.device(device)
-        self.backend = backend
+        self.device = None if device is None else check_device(device)
+        self.backend = None if backend is None else check_choice(backend, "backend", BACKENDS)
 
     def _device(self, x: torch.Tensor) -> torch.device:
         if isinstance(self.model, nn.Module):
@@ -232,6 +305,20 @@ class Smooth:
         check_int(offset, "offset", low=0, high=MAX_IMAGE_INDEX)
         if offset + x.shape[0] - 1 > MAX_IMAGE_INDEX:
             raise ValueError(f"offset + len(x) must be <= {MAX_IMAGE_INDEX + 1}, got {offset + x.shape[0]}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[:, 0].tolist()
+            raise ValueError(f"x must be finite; NaN or inf in {_images(bad)}")
+
+    def _raise_on_non_finite(self, rejected: torch.Tensor) -> None:
+        """Raises if any count of `rejected` (B, P) int64, the noisy copies of each image and phase with a NaN or
+        infinite logit, is not 0."""
+        per_image = rejected.sum(1)
+        if per_image.any():
+            bad = per_image.nonzero()[:, 0].tolist()
+            raise ValueError(
+                f"the model gave non-finite logits (NaN or inf) for {int(per_image.sum())} noisy copies of "
+                f"{_images(bad)}; they were not counted as votes"
+            )
 
     def sample_counts(
         self,
@@ -244,9 +331,14 @@ class Smooth:
     ) -> torch.Tensor:
         """Votes of the model on noisy copies of every image: (B, P, K) int64 on the CPU, one row of K class
         counts per image and phase, for phases given as (noise key, number of draws). `progress(rows)` is called
-        after every forward pass with the number of noisy copies it classified."""
+        after every forward pass with the number of noisy copies it classified. Noisy copies with a NaN or
+        infinite logit are counted apart, on the device, and raise a ValueError once all are classified."""
         self._check_x(x, offset)
         batch_size = check_int(batch_size, "batch_size", low=1)
+        if progress is not None and not callable(progress):
+            raise TypeError(
+                f"progress must be a callable taking a number of noisy copies, or None, got {type(progress).__name__}"
+            )
         for key, count in phases or [(0, 0)]:  # none: "a phase's draws must be >= 1"
             check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1)
             check_int(count, "a phase's draws", low=1, high=MAX_DRAWS)
@@ -254,7 +346,8 @@ class Smooth:
         x = x.detach().to(device)
         draws = [count for _, count in phases]
         total = x.shape[0] * sum(draws)
-        counts = torch.zeros(x.shape[0] * len(phases) * self.num_classes, dtype=torch.int64, device=device)
+        slots = self.num_classes + 1  # the last: copies with non-finite logits
+        counts = torch.zeros(x.shape[0] * len(phases) * slots, dtype=torch.int64, device=device)
         with eval_mode(self.model), torch.inference_mode(), autocast(device.type, self.amp or None):
             for begin in range(0, total, batch_size):
                 end = min(begin + batch_size, total)
@@ -276,17 +369,20 @@ class Smooth:
                 predicted = self._classify(batch, device)
                 # Each row's slot (image, phase) in `counts`, made on the device: no copy from the host, no sync.
                 base = [
-                    torch.full((stop - start,), (i * len(phases) + p) * self.num_classes, device=device)
+                    torch.full((stop - start,), (i * len(phases) + p) * slots, device=device)
                     for i, p, start, stop in segments
                 ]
-                slots = base[0] if len(base) == 1 else torch.cat(base)
-                counts.scatter_add_(0, slots + predicted, torch.ones_like(predicted))
+                rows = base[0] if len(base) == 1 else torch.cat(base)
+                counts.scatter_add_(0, rows + predicted, torch.ones_like(predicted))
                 if progress is not None:
                     progress(end - begin)
-        return counts.view(x.shape[0], len(phases), self.num_classes).cpu()
+        counts = counts.view(x.shape[0], len(phases), slots).cpu()
+        self._raise_on_non_finite(counts[:, :, -1])
+        return counts[:, :, :-1].contiguous()
 
     def _classify(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The model's class for every row of the batch, int64 on the device."""
+        """The model's class for every row of the batch, int64 on the device; num_classes where a logit is NaN or
+        infinite."""
         if device.type == "cpu" and batch.dim() == 4 and batch.shape[1] == 1:
             # One channel: the same memory read as channels-last, which the CPU convolutions run faster.
             batch = batch.as_strided(batch.shape, (batch.stride(0), 1, batch.stride(2), batch.stride(3)))
@@ -296,7 +392,7 @@ class Smooth:
             raise ValueError(
                 f"the model must return logits of shape ({len(batch)}, num_classes={self.num_classes}), got {shape}"
             )
-        return logits.argmax(1)
+        return torch.where(logits.isfinite().all(1), logits.argmax(1), self.num_classes)
 
     def certify(
         self,
@@ -322,10 +418,14 @@ class Smooth:
                 change the result.
             seed: the noise's seed (an int; None: drawn from torch's default generator).
             offset: the global index of x's first image (see the module's docstring).
-            progress: called with the number of noisy copies classified after every forward pass.
+            progress: None, or a callable called with the number of noisy copies classified after every forward
+                pass.
 
         Returns:
             A :class:`Certificate`: per image the class (-1: abstain), pA and the radius.
+
+        Raises:
+            ValueError: for NaN or inf in x, and (after all draws) for a model that gives non-finite logits.
         """
         n0 = check_int(n0, "n0", low=1, high=MAX_DRAWS)
         n = check_int(n, "n", low=1, high=MAX_DRAWS)

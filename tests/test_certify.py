@@ -258,6 +258,18 @@ X = torch.rand(2, 1, 2, 2)
         (lambda: clopper_pearson_lower(3, 2, 0.1), ValueError, "successes <= trials"),
         (lambda: clopper_pearson_lower(1.5, 2, 0.1), TypeError, "integer counts"),
         (lambda: certified_radius(0.9, 0), ValueError, "sigma must be > 0"),
+        (lambda: certified_radius(1.5, 0.25), ValueError, "p_lower must be in"),
+        (lambda: certified_radius([0.7, float("nan")], 0.25), ValueError, "p_lower must be in"),
+        (lambda: certified_radius(-1.0, 0.25), ValueError, "p_lower must be in"),
+        (lambda: certified_radius("a", 0.25), TypeError, "p_lower must be"),
+        (lambda: Smooth(_linear(), 0.5, 3, device="gpu"), ValueError, "device must name a device"),
+        (lambda: Smooth(_linear(), 0.5, 3, backend="cuda"), ValueError, "backend must be one of"),
+        (lambda: Smooth(_linear(), 0.5, 10**12), ValueError, "num_classes must be <= 1048576"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 1, 10, 0.1, progress=3), TypeError, "progress must be"),
+        (lambda: Smooth(_linear(), 0.5, 3).predict(X, 10, 0.1, progress=True), TypeError, "progress must be"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, True, 10, 0.1), TypeError, "n0 must be an int"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 1, 10, 0.1, batch_size=True), TypeError, "batch_size must"),
+        (lambda: Smooth(_linear(), 0.5, 3).certify(X, 1, 10, 0.1, seed=2**64), ValueError, "seed must be <="),
     ],
 )
 def test_bad_input_is_rejected_naming_the_argument(call, error, match):
@@ -293,3 +305,81 @@ def test_amp_on_a_cpu_without_native_arithmetic_warns_once(monkeypatch):
         Smooth(model, 0.1, 3, amp="bf16").predict(x, 10, 0.1, seed=0)
     assert len([w for w in caught if "native" in str(w.message)]) == 1
     assert isinstance(_amp.cpu_lacks_native("fp16"), bool)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_cuda_device_without_a_gpu_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="device is 'cuda', but no CUDA GPU is visible"):
+        Smooth(lambda z: z.flatten(1)[:, :3], 0.5, 3, device="cuda")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_images_are_rejected_not_certified(value):
+    x = torch.rand(3, 1, 2, 2)
+    x[1, 0, 1, 0] = value
+    smooth = Smooth(_linear(), 0.25, 3)
+    with pytest.raises(ValueError, match="x must be finite"):
+        smooth.certify(x, 10, 100, 0.01, seed=0)
+    with pytest.raises(ValueError, match="x must be finite"):
+        smooth.predict(x, 100, 0.01, seed=0)
+
+
+class NanForLargeInputs(nn.Module):
+    """A linear model whose logits are NaN (or +inf in one class) on the noisy copies of images far from 0."""
+
+    def __init__(self, poison: float) -> None:
+        super().__init__()
+        self.linear, self.poison = _linear(), poison
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(z)
+        far = z.flatten(1).mean(1) > 50
+        return torch.where(far[:, None] & (torch.arange(3) == 0), self.poison, logits)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_non_finite_logits_are_no_votes_and_raise_once_naming_the_images(poison):
+    x = torch.rand(4, 1, 2, 2)
+    x[1] += 100
+    x[3] += 100
+    smooth = Smooth(NanForLargeInputs(poison), 0.25, 3)
+    with pytest.raises(ValueError, match=r"model gave non-finite logits.* x\[1\], x\[3\]"):
+        smooth.certify(x, 10, 100, 0.01, 7, seed=0)
+    with pytest.raises(ValueError, match=r"model gave non-finite logits.* x\[1\], x\[3\]"):
+        smooth.predict(x, 100, 0.01, seed=0)
+    clean = smooth.certify(x[[0, 2]], 10, 100, 0.01, seed=0)
+    assert (clean.counts.sum(1) == 100).all()
+
+
+def test_certified_radius_of_a_certain_class_is_infinite():
+    assert certified_radius([1.0, 1], 0.25).tolist() == [math.inf, math.inf]
+    assert certified_radius(torch.tensor([0.0, 0.5]), 0.25).tolist() == [0.0, 0.0]
+
+
+P, R = torch.tensor([0, 1]), torch.tensor([1.0, 1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((P, R, torch.tensor([[0], [1]]), [0.0]), ValueError, "labels must have 1 dimensions"),
+        ((P, R, torch.tensor([0, 1, 2]), [0.0]), ValueError, "labels must have the length of prediction"),
+        ((P, R[:1], torch.tensor([0, 1]), [0.0]), ValueError, "radius must have the length of prediction"),
+        ((P.numpy(), R, P, [0.0]), TypeError, "prediction must be a torch.Tensor"),
+        ((P, R, P.double(), [0.0]), TypeError, "labels must have dtype"),
+        ((P, P, P, [0.0]), TypeError, "radius must have dtype"),
+        ((P, R, P, 0.5), TypeError, "radii must be"),
+        ((P, R, P, "0.5"), TypeError, "radii must be"),
+        ((P, R, P, [0.0, math.nan]), ValueError, r"radii\[1\] must be finite"),
+        ((P, R, P, [-0.5]), ValueError, r"radii\[0\] must be >= 0"),
+    ],
+)
+def test_certified_accuracy_rejects_bad_input_naming_the_argument(args, error, match):
+    with pytest.raises(error, match=match):
+        certified_accuracy(*args)
+
+
+def test_certified_accuracy_takes_any_integer_labels_and_a_radius_array():
+    labels = torch.tensor([0, 1], dtype=torch.uint8)
+    assert certified_accuracy(P, R.float(), labels, (0.0, 1.0, 1.5)) == [1.0, 1.0, 0.0]
+    assert math.isnan(certified_accuracy(P[:0], R[:0], labels[:0], [0.0])[0])
