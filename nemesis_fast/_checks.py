@@ -68,6 +68,13 @@ def check_nonnegative(value: Any, name: str) -> float:
     return check_number(value, name, low=0.0)
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """Checks that `value` is a bool (not a number or string that would read as one); returns it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
     """An integer (not a bool) within the given inclusive bounds; a symbolic one (torch.SymInt, which torch.compile
     passes a custom op for an int that varies between calls) is checked as one."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_positive
+from ._dispatch import BACKENDS
 from .ops import SAVES, bounded_relu
 
 GRADIENTS = ("exact", "relu")
@@ -50,7 +51,7 @@ class BoundedReLU(nn.Module):
         super().__init__()
         self.t = check_positive(t, "t")
         self.save = check_choice(save, "save", SAVES)
-        self.backend = backend
+        self.backend = None if backend is None else check_choice(backend, "backend", BACKENDS)
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +94,12 @@ def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", back
     Functional calls such as `F.relu` inside a `forward` are not modules and are left alone. When `model`
     is itself an `nn.ReLU`, a new `BoundedReLU` is returned.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     t = check_positive(t, "t")
     check_choice(save, "save", SAVES)
+    if backend is not None:
+        check_choice(backend, "backend", BACKENDS)
     if isinstance(model, nn.ReLU):
         return BoundedReLU(t, save=save, backend=backend)
     for name, child in model.named_children():

@@ -7,7 +7,7 @@ import torch
 from ._backends import bounded_relu as _bounded_relu
 from ._backends import gaussian_augment as _gaussian_augment
 from ._backends import jsma_saliency_search as _jsma_saliency_search
-from ._checks import FLOAT_DTYPES, check_choice, check_positive, check_tensor
+from ._checks import FLOAT_DTYPES, check_bool, check_choice, check_positive, check_tensor
 from .reference import rounded_threshold
 from .reference.jsma_saliency_search import check_inputs as _check_jsma_inputs
 
@@ -83,8 +83,9 @@ def gaussian_augment(
         Computed in float32 (float64 for float64 input). The op has no gradient: backward through it raises.
     """
     clip_min, clip_max, seed = _gaussian_augment.public_arguments(x, copies, sigma, clip, seed, offset, out_dtype)
+    check_bool(include_original, "include_original")
     implementation = _gaussian_augment.BACKENDS.select(x.device, backend)
-    return implementation(x, copies, float(sigma), clip_min, clip_max, bool(include_original), seed, offset, out_dtype)
+    return implementation(x, copies, float(sigma), clip_min, clip_max, include_original, seed, offset, out_dtype)
 
 
 def jsma_saliency_search(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_device, check_int, check_number, check_positive
+from ._checks import check_bool, check_choice, check_device, check_int, check_number, check_positive
 from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
 from ._modes import eval_mode
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
@@ -229,6 +229,9 @@ def train(
     for name, module in (("model", model), ("source_model", source_model)):
         if not isinstance(module, nn.Module) and (name == "model" or module is not None):
             raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+    check_bool(compile, "compile")
+    if progress is not None:
+        check_bool(progress, "progress")
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = FileCheckpoint(checkpoint)  # the path checked before any work
     epochs, batch_size, lr, seed = _check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)

@@ -50,6 +50,12 @@ def test_replace_relu_matches_a_hardtanh_model():
     assert isinstance(replace_relu(nn.ReLU(), 2.0), BoundedReLU)
     with pytest.raises(ValueError, match="t must be > 0"):
         replace_relu(small_cnn(), 0.0)
+    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+        replace_relu("model")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        replace_relu(small_cnn(), backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        BoundedReLU(backend="gpu")
 
 
 class StraightThroughBound(nn.Module):

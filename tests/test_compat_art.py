@@ -271,6 +271,8 @@ def test_gaussian_augmentation_sizes_labels_and_clipping():
     clipped, _ = nfa.GaussianAugmentation(sigma=1.0, clip_values=(0.2, 0.8)).forward(x_big - 0.4)
     assert clipped.shape == (8000, 50) and clipped.min() >= 0.2 and clipped.max() <= 0.8
     assert (clipped[:4000] == 0.2).all()  # originals clipped too, as in ART
+    empty, no_labels = nfa.GaussianAugmentation(sigma=0.1)(x.numpy()[:0], y.numpy()[:0])  # as ART: empty arrays
+    assert empty.shape == (0, 2) and empty.dtype == np.float32 and no_labels.shape == (0,)
 
 
 def test_gaussian_augmentation_in_a_classifier_fit(model, batch):

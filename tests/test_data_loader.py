@@ -95,6 +95,10 @@ def test_device_loader_bad_arguments():
         DeviceLoader(images, labels, device="gpu")
     with pytest.raises(ValueError, match="device is 'cuda:99', but (no CUDA GPU is|only .* GPU.* are) visible"):
         DeviceLoader(images, labels, device="cuda:99")
+    with pytest.raises(ValueError, match="seed must be <= 18446744073709551615"):
+        DeviceLoader(images, labels, seed=2**70)
+    with pytest.raises(ValueError, match="seed must be <= 18446744073709551615"):
+        split_validation(images, labels, seed=2**64)
 
 
 @pytest.mark.cuda

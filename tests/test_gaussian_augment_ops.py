@@ -81,6 +81,7 @@ BAD_CALLS = [
     ({"out_dtype": torch.int32}, TypeError, "out_dtype=int32 cannot hold"),
     ({"out_dtype": "float32"}, TypeError, "out_dtype must be a torch.dtype"),
     ({"out_dtype": torch.float16, "clip": (0.0, 1e6)}, ValueError, "out_dtype=float16 cannot hold clip_max"),
+    ({"include_original": "no"}, TypeError, "include_original must be a bool, got str"),
     ({"offset": -1}, ValueError, "offset must be >= 0"),
     ({"seed": 2**64}, ValueError, "seed must be <="),
     ({"seed": 1.5}, TypeError, "seed must be an int"),
@@ -92,6 +93,12 @@ BAD_CALLS = [
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         nf.gaussian_augment(torch.rand(2, 3), **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_a_clip_bound_the_default_output_dtype_cannot_hold_is_refused_on_every_backend(backend):
+    with pytest.raises(ValueError, match=r"the output dtype float16 \(out_dtype=None: x's\) cannot hold clip_max"):
+        nf.gaussian_augment(torch.rand(2, 3).half(), clip=(0.0, 1e10), backend=backend)
 
 
 @pytest.mark.parametrize(

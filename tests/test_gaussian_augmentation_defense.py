@@ -133,6 +133,7 @@ def test_same_sizes_and_noise_level_as_art():
         ({"clip_values": (1.0, 0.0)}, ValueError, "clip_values must have low <= high"),
         ({"clip_values": (0.0, 2.0), "clip": (0.0, 3.0)}, ValueError, "either clip or clip_values"),
         ({"augmentation": "yes"}, TypeError, "augmentation must be a bool"),
+        ({"include_original": 1}, TypeError, "include_original must be a bool, got int"),
         ({"seed": 0.5}, TypeError, "seed must be an int"),
     ],
 )

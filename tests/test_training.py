@@ -135,6 +135,10 @@ def test_bad_arguments(sample):
         train(mnist_cnn(), data, seed=2**70)
     with pytest.raises(TypeError, match="source_model must be an nn.Module, got int"):
         train(mnist_cnn(), data, "fgsm_adversarial", source_model=3)
+    with pytest.raises(TypeError, match="progress must be a bool, got str"):
+        train(mnist_cnn(), data, progress="yes")
+    with pytest.raises(TypeError, match="compile must be a bool, got int"):
+        train(mnist_cnn(), data, compile=1)
 
 
 def test_bad_data_is_refused_before_training(sample):

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_int, check_range, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor
 from .._modes import eval_mode
 from .jacobian import LogitJacobian, Weights
 from .norms import perturbation_norms
@@ -157,8 +157,7 @@ class Attack:
         if not low < high:
             raise ValueError(f"clip must have low < high, got {clip!r}")
         self.clip = (low, high)
-        if not isinstance(targeted, bool):
-            raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+        check_bool(targeted, "targeted")
         if targeted and not self.supports_targeted:
             raise ValueError(f"targeted=True: {type(self).__name__} has no targeted mode")
         self.targeted = targeted

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_int, check_nonnegative, check_positive
+from .._checks import check_bool, check_int, check_nonnegative, check_positive
 from .base import Attack, Seed
 
 _UNBOUNDED = 1e10  # the upper bound of c before the first success
@@ -65,8 +65,7 @@ class CarliniWagnerL2(Attack):
         self.binary_search_steps = check_int(binary_search_steps, "binary_search_steps", low=1)
         self.max_iter = check_int(max_iter, "max_iter", low=0)
         self.learning_rate = check_positive(learning_rate, "learning_rate")
-        if not isinstance(abort_early, bool):
-            raise TypeError(f"abort_early must be a bool, got {type(abort_early).__name__}")
+        check_bool(abort_early, "abort_early")
         self.abort_early = abort_early
         self._model_dtype = torch.float32  # the dtype of the images the model takes: x's, set by each call
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .._checks import check_choice, check_number
+from .._checks import check_bool, check_choice, check_number
 from .._dispatch import BACKENDS
 from .base import Attack, Seed
 
@@ -62,8 +62,7 @@ class JSMA(Attack):
         if self.theta == 0:
             raise ValueError("theta must be nonzero (the change of each chosen feature), got 0")
         self.gamma = check_number(gamma, "gamma", low=0.0, low_inclusive=False, high=1.0)
-        if not isinstance(use_logits, bool):
-            raise TypeError(f"use_logits must be a bool, got {type(use_logits).__name__}")
+        check_bool(use_logits, "use_logits")
         self.use_logits = use_logits
         self.backend = None if backend is None else check_choice(backend, "backend", BACKENDS)
         self.last_pairs: torch.Tensor | None = None

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_int, check_nonnegative
+from .._checks import check_bool, check_int, check_nonnegative
 from .base import Attack, Seed
 from .fgsm import gradient_step
 from .norms import Norm, check_norm, flat_norm
@@ -52,8 +52,7 @@ class PGD(Attack):
         self.eps = check_nonnegative(eps, "eps")
         self.alpha = check_nonnegative(alpha, "alpha")
         self.steps = check_int(steps, "steps", low=0)
-        if not isinstance(random_start, bool):
-            raise TypeError(f"random_start must be a bool, got {type(random_start).__name__}")
+        check_bool(random_start, "random_start")
         self.random_start = random_start
         self.norm = check_norm(norm)
         self.restarts = check_int(restarts, "restarts", low=1)

@@ -89,7 +89,7 @@ class DeviceLoader:
         check_images_labels(images, labels)
         self.batch_size = check_int(batch_size, "batch_size", low=1)
         if seed is not None:
-            check_int(seed, "seed", low=0)
+            check_int(seed, "seed", low=0, high=2**64 - 1)
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable (x, y) -> (x, y), got {type(augment).__name__}")
         if dtype not in IMAGE_DTYPES[1:]:
@@ -161,7 +161,7 @@ def split_validation(
     """
     check_images_labels(images, labels)
     fraction = check_number(fraction, "fraction", low=0.0, high=1.0, high_inclusive=False)
-    check_int(seed, "seed", low=0)
+    check_int(seed, "seed", low=0, high=2**64 - 1)
     n_val = round(len(labels) * fraction)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(labels.device)
     val, train = order[:n_val], order[n_val:]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_int, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_int, check_tensor
 
 PAPER_BIT_DEPTH = {"mnist": 1, "cifar10": 3}
 
@@ -88,8 +88,7 @@ class FeatureSqueezing(nn.Module):
         self.model = model
         self.bit_depth = None if bit_depth is None else check_int(bit_depth, "bit_depth", low=1, high=16)
         self.median_size = None if median_size is None else check_int(median_size, "median_size", low=1)
-        if not isinstance(bpda, bool):
-            raise TypeError(f"bpda must be a bool, got {type(bpda).__name__}")
+        check_bool(bpda, "bpda")
         self.bpda = bpda
 
     def squeeze(self, x: torch.Tensor) -> torch.Tensor:

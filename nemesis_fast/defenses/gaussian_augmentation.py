@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._backends.gaussian_augment import clip_bounds, resolve_seed
-from .._checks import check_device, check_int, check_number
+from .._checks import check_bool, check_device, check_int, check_number
 from ..ops import gaussian_augment
 from ..reference.gaussian_augment import pair_noise
 
@@ -79,18 +79,15 @@ class GaussianAugmentation:
                 raise ValueError("pass either copies or ratio (ART's name), not both")
             ratio = check_number(ratio, "ratio", low=0.0, low_inclusive=False)
             copies, extra = int(math.floor(ratio)), ratio - math.floor(ratio)
-        if augmentation is not None:
-            if not isinstance(augmentation, bool):
-                raise TypeError(f"augmentation must be a bool, got {type(augmentation).__name__}")
-            if not augmentation:
-                copies, extra, include_original = 1, 0.0, False
+        if augmentation is not None and not check_bool(augmentation, "augmentation"):
+            copies, extra, include_original = 1, 0.0, False
         if clip_values is not None:
             if clip != (0.0, 1.0):
                 raise ValueError("pass either clip or clip_values (ART's name), not both")
             clip = clip_values
         self.clip = clip_bounds(clip, "clip_values" if clip_values is not None else "clip")
         self.copies, self.extra_fraction = copies, extra
-        self.include_original = bool(include_original)
+        self.include_original = check_bool(include_original, "include_original")
         self.seed = None if seed is None else resolve_seed(seed)
         self.out_dtype, self.backend = out_dtype, backend
         self.offset = 0

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_int, check_nonnegative, check_number, check_positive, check_range
+from .._checks import check_bool, check_choice, check_int, check_nonnegative, check_number, check_positive, check_range
 from ..data.loader import Expansion
 from .adversarial_training import fgsm_adversarial_loss, fgsm_examples
 from .label_smoothing import label_smoothing_loss
@@ -74,8 +74,8 @@ class GDASettings:
         check_int(self.copies, "copies", low=1)
         if self.clip is not None:
             object.__setattr__(self, "clip", check_range(self.clip, "clip"))
-        if not isinstance(self.fixed_set, bool):
-            raise TypeError(f"fixed_set must be a bool, got {type(self.fixed_set).__name__}")
+        check_bool(self.fixed_set, "fixed_set")
+        check_bool(self.include_original, "include_original")
         if self.fixed_set and not self.include_original:
             raise ValueError("fixed_set=True always includes the originals; leave include_original=True")
 

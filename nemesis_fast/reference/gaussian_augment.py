@@ -109,17 +109,19 @@ def check_arguments(
         raise ValueError(f"clip_min must be <= clip_max, got clip_min={clip_min} > clip_max={clip_max}")
     check_int(offset, "offset", low=0, high=INT64_MAX - x.shape[0])
     if out_dtype is None:
-        return torch.float32 if x.dtype == torch.uint8 else x.dtype
-    if not isinstance(out_dtype, torch.dtype):
-        raise TypeError(f"out_dtype must be a torch.dtype or None, got {type(out_dtype).__name__}")
-    if out_dtype not in OUTPUT_DTYPES:
-        raise TypeError(
-            f"out_dtype={_name(out_dtype)} cannot hold noisy values; use one of {', '.join(map(_name, OUTPUT_DTYPES))}"
-        )
+        out_dtype = torch.float32 if x.dtype == torch.uint8 else x.dtype
+        described = f"the output dtype {_name(out_dtype)} (out_dtype=None: x's)"
+    else:
+        if not isinstance(out_dtype, torch.dtype):
+            raise TypeError(f"out_dtype must be a torch.dtype or None, got {type(out_dtype).__name__}")
+        if out_dtype not in OUTPUT_DTYPES:
+            choices = ", ".join(map(_name, OUTPUT_DTYPES))
+            raise TypeError(f"out_dtype={_name(out_dtype)} cannot hold noisy values; use one of {choices}")
+        described = f"out_dtype={_name(out_dtype)}"
     biggest = torch.finfo(out_dtype).max
     for value, name in ((clip_min, "clip_min"), (clip_max, "clip_max")):
         if value is not None and abs(value) > biggest:
-            raise ValueError(f"out_dtype={_name(out_dtype)} cannot hold {name}={value}")
+            raise ValueError(f"{described} cannot hold {name}={value}")
     return out_dtype
 
 

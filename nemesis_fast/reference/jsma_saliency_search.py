@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_bool, check_tensor
 
 # Largest block of pair scores the reference materialises at once (elements); the blocks only bound memory.
 BLOCK_ELEMENTS = 1 << 24
@@ -29,8 +29,7 @@ def check_inputs(
             )
         if tensor.device != target_grad.device:
             raise ValueError(f"{name} must be on {target_grad.device}, got {tensor.device}")
-    if not isinstance(increase, bool):
-        raise TypeError(f"increase must be a bool, got {type(increase).__name__}")
+    check_bool(increase, "increase")
     if target_grad.shape[1] > 2**31 - 1:
         raise ValueError(f"target_grad has {target_grad.shape[1]} features; at most 2**31 - 1 are supported")
 

@@ -16,7 +16,7 @@ from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 from art.estimators.classification import PyTorchClassifier
 from art.utils import check_and_transform_label_format
 
-from ..._checks import check_choice
+from ..._checks import check_bool, check_choice
 from ...attacks.base import model_guard
 from .._peer import PeerFallbackWarning
 
@@ -36,8 +36,8 @@ class AlgorithmParameter:
         super()._check_params()
         if hasattr(self, "algorithm"):  # ART checks once before the subclass has set it
             self.algorithm = check_algorithm(self.algorithm)
-        if hasattr(self, "abort_early") and not isinstance(self.abort_early, bool):
-            raise TypeError(f"abort_early must be a bool, got {type(self.abort_early).__name__}")
+        if hasattr(self, "abort_early"):
+            check_bool(self.abort_early, "abort_early")
 
 
 def unserved(estimator: Any, *, cross_entropy: bool = False, postprocessing: bool = False) -> str | None:

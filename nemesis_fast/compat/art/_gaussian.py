@@ -41,7 +41,7 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         clip = None if self.clip_values is None else (float(self.clip_values[0]), float(self.clip_values[1]))
         if self.augmentation:
             size = int(x.shape[0] * self.ratio)
-            indices = torch.randint(0, x.shape[0], (size,), device=x.device)
+            indices = torch.randint(0, max(x.shape[0], 1), (size,), device=x.device)  # (size is 0 for no images)
             noisy = self._noise(data.index_select(0, indices), clip)
             originals = data if clip is None else data.clamp(*clip)
             x_aug = torch.cat([originals.to(dtype), noisy.to(dtype)])
