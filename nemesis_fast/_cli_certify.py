@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._io import check_output_file, write_atomic, write_json_atomic
+from ._io import check_distinct_files, check_output_file, write_atomic, write_json_atomic
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The images are certified in chunks, after each of which the certificates so far are kept in <out>.partial.json,
@@ -85,7 +85,37 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     for option, path in (("--out", args.out), ("--json", args.json)):
         if path:
             check_output_file(path, option)
+    check_distinct_files(
+        {
+            "--checkpoint": args.checkpoint,
+            "--out": args.out,
+            "--json": args.json,
+            "the resume file of --out": _partial_path(args.out),
+        }
+    )
     return check_device(args.device, "--device")
+
+
+def _partial_path(out: str) -> Path:
+    """Where the certificates of a run writing `out` are kept as it goes (see FIRST_CHUNK_DRAWS)."""
+    return Path(str(out) + ".partial.json")
+
+
+def first_output(model: torch.nn.Module, images: torch.Tensor, option: str) -> torch.Tensor:
+    """`model`'s output on the first of `images` (uint8), in eval mode (batch norm's statistics untouched); a
+    ValueError naming `option` where the model does not take images of their shape."""
+    device = next(model.parameters(), torch.empty(0)).device
+    training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(images[:1].to(device).float().div(255))
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        shape = "x".join(str(n) for n in images.shape[1:])
+        raise ValueError(f"{option}: its model does not take the data's {shape} images ({error})") from error
+    finally:
+        model.train(training)
 
 
 def _test_set(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -141,8 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     images, labels, where = _test_set(args, meta)
     sigma, sigma_source = _sigma(args, meta)
     model = model.to(device).eval()
-    with torch.no_grad():
-        num_classes = model(images[:1].to(device).float().div(255)).shape[1]
+    num_classes = first_output(model, images, "--checkpoint").shape[1]
     smooth = Smooth(model, sigma, num_classes, amp=args.amp or False)
     identity = {
         "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
@@ -150,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
         "sigma": sigma,
         **{k: getattr(args, k) for k in ("n0", "n", "alpha", "seed", "amp")},
     }
-    partial = Path(str(args.out) + ".partial.json")
+    partial = _partial_path(args.out)
     done = _resumed(partial, identity)
     if done["prediction"]:
         print(f"resuming: {len(done['prediction'])} of {len(labels)} images already certified ({partial})")

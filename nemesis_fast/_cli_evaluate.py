@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 THREADS_HELP = (
     "CPU threads per process (default 0: torch's default, or under torchrun usable cores / processes on the "
     "machine unless OMP_NUM_THREADS is set to more than 1; torchrun's own OMP_NUM_THREADS=1 counts as unset)"
 )
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in low..high (high None: no upper bound); argparse names the option."""
+    bounds = f">= {low}" if high is None else f"in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {value}")
+        return value
+
+    return parse
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -56,16 +73,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder of the MNIST IDX files, or of cifar-10-batches-py")
     p.add_argument("--dataset", choices=("mnist", "cifar10"), help="default: mnist")
     p.add_argument("--synthetic", action="store_true", help="random data of the data set's shape (throughput runs)")
-    p.add_argument("--test-samples", type=int, help="attack only the first N test images (0: all)")
+    p.add_argument("--test-samples", type=int_in(0), help="attack only the first N test images (0: all)")
     p.add_argument(
-        "--out", help="output folder (default: nemesis-results); one holding the results of another run is refused"
+        "--out",
+        help="output folder (default: nemesis-results); one holding the results of a run with other settings, or "
+        "with no results.json files the run writes (results.csv, models/...), is refused",
     )
     p.add_argument(
         "--cache-dir",
         help="cache folder (default: <out>/cache); under torchrun on several machines it need not be shared",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--threads", type=int_in(0), help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     p.add_argument(
         "--cached-only",

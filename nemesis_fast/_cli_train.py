@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 import torch
 
-from ._cli_evaluate import THREADS_HELP
+from ._cli_certify import first_output
+from ._cli_evaluate import THREADS_HELP, int_in
 
 DATASETS = ("mnist", "cifar10")
 
@@ -64,8 +66,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="override a recipe setting, e.g. --set mode=online --set eps=0.2 (repeatable)",
     )
     p.add_argument("--source", help="checkpoint of the source model of offline recipes (default: train one)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int_in(1), default=20)
+    p.add_argument("--batch-size", type=int_in(1), default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out for validation")
     p.add_argument(
@@ -75,12 +77,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="images: a random --val-fraction of the images, validated clean (default); last: the last rows of the "
         "training set as the recipe lays it out (GDA's fixed copies, offline examples), as Keras' validation_split",
     )
-    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs; 0: never stop")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int_in(0), default=5, help="early-stopping patience in epochs; 0: never stop")
+    p.add_argument("--seed", type=int_in(0), default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
     p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), help="mixed precision")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
-    p.add_argument("--limit", type=int, help="train on the first N training images only")
+    p.add_argument("--limit", type=int_in(1), help="train on the first N training images only")
     p.add_argument("--out", help="save the trained model to this checkpoint")
     p.add_argument(
         "--paper",
@@ -90,7 +92,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out-dir", help="with --paper: save each model as OUT_DIR/<name>.pt")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    p.add_argument("--threads", type=int_in(0), default=0, help=THREADS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     p.set_defaults(handler=run)
 
@@ -110,7 +112,7 @@ def _load(
         if not args.root and not quiet:
             print(f"using the MNIST sample shipped with the package ({root}); pass --root for the full set")
     train_data, test_data = load(root, "train"), load(root, "test")
-    if args.limit:
+    if args.limit is not None:
         train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
     return train_data, test_data
 
@@ -147,18 +149,20 @@ def _paper(args: argparse.Namespace) -> int:
     from .paper_models import train_paper_models
     from .parallel import start, stop
 
-    if args.settings or args.recipe != "standard" or args.activation != "relu":
-        raise SystemExit("nemesis-fast train --paper: --recipe, --activation and --set do not apply")
+    if args.settings or args.recipe != "standard" or args.activation != "relu" or args.source:
+        raise SystemExit("nemesis-fast train --paper: --recipe, --activation, --set and --source do not apply")
     started = time.perf_counter()
     workers = start(args.device or "auto", args.threads)
     try:
         train_data, test_data = _load(args, quiet=not workers.is_main)
+        model_name = _model_name(args)
+        _check_paper_shape(model_name, train_data[0])
         say = _rank_log(workers.rank) if workers.distributed else True
         rows = train_paper_models(
             train_data,
             test_data,
             dataset=args.data,
-            model_name=args.model or {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}[args.data],
+            model_name=model_name,
             t=args.t,
             out_dir=args.out_dir,
             seed=args.seed,
@@ -190,36 +194,100 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"nemesis-fast train: {error}") from error
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    from .paper_models import DEFAULT_MODEL
+
+    return args.model or DEFAULT_MODEL[args.data]
+
+
+def _paper_files(out_dir: str | None) -> dict[str, Path]:
+    """The checkpoints --paper writes under `out_dir`, by the name an error gives them."""
+    from .paper_models import PAPER_MODELS
+
+    if not out_dir:
+        return {}
+    return {f"--out-dir's {m.name}.pt": Path(out_dir) / f"{m.name}.pt" for m in PAPER_MODELS}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The options that write files, checked before the training rather than after it."""
+    from ._io import check_distinct_files, check_output_file, check_output_folder
+
+    if args.paper and args.out:
+        raise ValueError("--out saves one model; with --paper give --out-dir")
+    if args.out_dir and not args.paper:
+        raise ValueError("--out-dir applies with --paper only; save one model with --out")
+    for option, path in (("--out", args.out), ("--json", args.json)):
+        if path:
+            check_output_file(path, option)
+    if args.out_dir:
+        check_output_folder(args.out_dir, "--out-dir")
+    check_distinct_files(
+        {"--source": args.source, "--out": args.out, "--json": args.json, **_paper_files(args.out_dir)}
+    )
+
+
+def _input_shape(model_name: str) -> tuple[int, int | None]:
+    """(channels, image size; None: any) of the images `model_name` takes when built without them."""
+    from .models import MODELS
+
+    parameters = inspect.signature(MODELS[model_name]).parameters
+    size = parameters["input_size"].default if "input_size" in parameters else None
+    return parameters["in_channels"].default, size
+
+
+def _shape_kwargs(model_name: str, images: torch.Tensor) -> dict[str, int]:
+    """The builder's in_channels (and input_size, where it takes one) for `images`: any --model takes the data."""
+    _, channels, height, width = images.shape
+    kwargs = {"in_channels": channels}
+    if _input_shape(model_name)[1] is not None:
+        if height != width:
+            raise ValueError(f"--model {model_name} takes square images; the data are {channels}x{height}x{width}")
+        kwargs["input_size"] = height
+    return kwargs
+
+
+def _check_paper_shape(model_name: str, images: torch.Tensor) -> None:
+    """--paper builds `model_name` for its default input: refused where the data have another shape."""
+    channels, size = _input_shape(model_name)
+    _, *shape = images.shape
+    if shape[0] != channels or (size is not None and shape[1:] != [size, size]):
+        takes = f"{channels}x{size}x{size}" if size is not None else f"{channels}-channel"
+        raise ValueError(
+            f"--model {model_name} with --paper takes {takes} images, but the data are {'x'.join(map(str, shape))}; "
+            "choose another --model"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._checks import check_device
-    from ._io import check_output_file, check_output_folder, write_json_atomic
+    from ._io import write_json_atomic
     from .checkpoints import load_checkpoint, save_checkpoint
     from .models import build_model
     from .parallel import set_threads
     from .training import evaluate_accuracy, train
 
-    if args.threads < 0:
-        raise SystemExit(f"nemesis-fast train: --threads must be >= 0 (0: automatic), got {args.threads}")
     device = check_device(args.device, "--device")
-    for option, path in (("--out", args.out), ("--json", args.json)):  # before the training, not after it
-        if path:
-            check_output_file(path, option)
-    if args.out_dir:
-        check_output_folder(args.out_dir, "--out-dir")
+    _check_outputs(args)
     if args.paper:
         return _paper(args)
     set_threads(args.threads, device)
     train_data, test_data = _load(args)
-    model_name = args.model or {"mnist": "mnist_cnn", "cifar10": "cifar_cnn"}[args.data]
-    model_kwargs: dict[str, Any] = {"activation": args.activation, "t": args.t}
+    model_name = _model_name(args)
+    model_kwargs: dict[str, Any] = {
+        "activation": args.activation,
+        "t": args.t,
+        **_shape_kwargs(model_name, train_data[0]),
+    }
     if model_name == "resnet":
-        model_kwargs.update(depth=args.depth, in_channels=train_data[0].shape[1])
+        model_kwargs["depth"] = args.depth
     common = _train_kwargs(args, device)
     torch.manual_seed(args.seed)
     model = build_model(model_name, **model_kwargs)
     source = None
     if args.source:
         source, _ = load_checkpoint(args.source)
+        first_output(source, train_data[0], "--source")
     result = train(
         model,
         train_data,

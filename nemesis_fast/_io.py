@@ -8,7 +8,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,26 @@ def check_output_file(path: str | os.PathLike, name: str) -> Path:
         raise ValueError(f"{name}: {str(file)!r} is a folder; give the name of a file")
     check_output_folder(file.parent, name)
     return file
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_distinct_files(paths: Mapping[str, str | os.PathLike | None]) -> None:
+    """`paths` (option -> path; None or "": not given) checked to name different files, so that no output
+    overwrites an input or another output: the same path once resolved (links followed), or two names of one
+    existing file, raise ValueError naming both options."""
+    given = [(name, Path(path).expanduser()) for name, path in paths.items() if path]
+    for i, (name, path) in enumerate(given):
+        for earlier, earlier_path in given[:i]:
+            if _same_file(earlier_path, path):
+                raise ValueError(f"{earlier} and {name} name the same file {str(path)!r}; give them different files")
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from ._cli_certify import add_parser as add_certify_parser
 from ._cli_evaluate import add_parser as add_evaluate_parser
+from ._cli_evaluate import int_in
 from ._cli_train import add_parser as add_train_parser
+
+if TYPE_CHECKING:
+    import torch
+
+    from .bench.harness import Report
+
+MAX_BENCH_SIZE = 2**31  # 8 GiB of float32 elements; above it a run only ends in the allocator's error
+
+
+def _run_suite(run: Callable[..., Report], name: str, device: torch.device, size: int | None) -> Report:
+    """The report of the suite `run`, at `size` (None: its default); out of GPU memory, one line naming --size."""
+    import torch
+
+    try:
+        return run(device, **({"numel": size} if size is not None else {}))
+    except torch.OutOfMemoryError as error:
+        at = f"--size {size}" if size is not None else "its default size"
+        raise SystemExit(
+            f"nemesis-fast bench: {name} ran out of {device} memory at {at}; give a smaller --size"
+        ) from error
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -34,8 +56,7 @@ def _bench(args: argparse.Namespace) -> int:
     # With --json the file is rewritten after every measured row, so a run stopped part way keeps what it measured.
     with saving_reports(args.json) if args.json else nullcontext([]) as reports:
         for name in names:
-            kwargs = {"numel": args.size} if args.size else {}
-            report = suite(name)(device, **kwargs)
+            report = _run_suite(suite(name), name, device, args.size)
             print(report.table(), end="\n\n", flush=True)
     if args.json:
         write_reports(args.json, reports)
@@ -48,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run the benchmark suite on this machine and print the tables")
     bench.add_argument("ops", nargs="*", help="benchmarks to run (default: all)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
-    bench.add_argument("--size", type=int, help="problem size (elements for elementwise ops)")
+    bench.add_argument(
+        "--size",
+        type=int_in(1, MAX_BENCH_SIZE),
+        help=f"problem size: elements for elementwise ops, images for the others (1..{MAX_BENCH_SIZE})",
+    )
     bench.add_argument("--json", help="also write the reports to this JSON file")
     bench.set_defaults(handler=_bench)
     add_train_parser(commands)

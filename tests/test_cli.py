@@ -1,12 +1,20 @@
-"""`nemesis-fast bench`: the benchmark suite from the command line (train and evaluate have their own files)."""
+"""`nemesis-fast bench`: the benchmark suite from the command line (train and evaluate have their own files); the
+bad arguments of every command, refused before any work: numbers out of range, outputs that would overwrite an input
+or another output, data a model does not take."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
+from _evaluation_cases import write_config
 
+from nemesis_fast.checkpoints import load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
+from nemesis_fast.models import cifar_cnn
+
+TRAIN = ["train", "--limit", "64", "--epochs", "1", "--device", "cpu", "--no-progress"]
 
 
 def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
@@ -46,3 +54,101 @@ def test_bench_bad_arguments_end_in_one_line():
         main(["bench", "bounded_relu", "--device", "gpu"])
     with pytest.raises(SystemExit, match="--device is 'cuda:99', but"):
         main(["bench", "bounded_relu", "--device", "cuda:99"])
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """argparse's message for `argv`, which it refuses."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["-1", "0", "1000000000000", "1e3"])
+def test_bench_sizes_below_one_or_beyond_memory_are_refused(size, capsys, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.bench.suite", lambda name: pytest.fail("benchmarked"))
+    err = _refused(["bench", "bounded_relu", "--device", "cpu", "--size", size], capsys)
+    assert f"argument --size: must be an integer in 1..2147483648, got {size}" in err.replace("'", "")
+
+
+@pytest.mark.parametrize(
+    "option,value,bound",
+    [
+        ("--limit", "-5", ">= 1"),
+        ("--limit", "0", ">= 1"),
+        ("--epochs", "0", ">= 1"),
+        ("--batch-size", "-3", ">= 1"),
+        ("--patience", "-1", ">= 0"),
+        ("--seed", "-1", ">= 0"),
+        ("--threads", "-2", ">= 0"),
+    ],
+)
+def test_train_counts_out_of_range_are_refused_naming_the_option(option, value, bound, capsys, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained"))
+    err = _refused([*TRAIN, option, value], capsys)
+    assert f"argument {option}: must be an integer {bound}, got {value}" in err
+
+
+def test_train_outputs_that_would_overwrite_an_input_or_each_other_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained before checking"))
+    monkeypatch.setattr("nemesis_fast.paper_models.train_paper_models", lambda *a, **k: pytest.fail("trained"))
+    source = tmp_path / "source.pt"
+    source.write_bytes(b"a source checkpoint")
+    model, out_dir = str(tmp_path / "m.pt"), tmp_path / "models"
+    for extra, message in (
+        (["--out", model, "--json", model], "--out and --json name the same file"),
+        (["--recipe", "fgsm_adversarial", "--source", str(source), "--out", str(source)], "--source and --out name"),
+        (["--recipe", "fgsm_adversarial", "--source", str(source), "--json", str(source)], "--source and --json"),
+        (["--paper", "--out-dir", str(out_dir), "--json", str(out_dir / "vat.pt")], "--json and --out-dir's vat.pt"),
+        (["--paper", "--out", model], "--out saves one model; with --paper give --out-dir"),
+        (["--out-dir", str(out_dir)], "--out-dir applies with --paper only"),
+    ):
+        with pytest.raises(SystemExit, match=f"nemesis-fast train: {message}"):
+            main([*TRAIN, *extra])
+    assert source.read_bytes() == b"a source checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source.pt"]
+
+
+def test_train_builds_any_model_for_the_datas_images(tmp_path, monkeypatch):
+    out = tmp_path / "cifar_cnn.pt"
+    assert main([*TRAIN, "--model", "cifar_cnn", "--val-fraction", "0", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert meta["architecture"]["kwargs"] | {"in_channels": 1, "input_size": 28} == meta["architecture"]["kwargs"]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    monkeypatch.setattr("nemesis_fast.paper_models.train_paper_models", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(
+        SystemExit, match="--model cifar_cnn with --paper takes 3x32x32 images, but the data are 1x28x28"
+    ):
+        main([*TRAIN, "--paper", "--model", "cifar_cnn"])
+
+
+def test_train_refuses_a_source_that_does_not_take_the_datas_images(tmp_path, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained before checking"))
+    source = tmp_path / "cifar.pt"
+    save_checkpoint(source, cifar_cnn(), recipe="standard")
+    with pytest.raises(SystemExit, match="nemesis-fast train: --source: its model does not take the data's 1x28x28"):
+        main([*TRAIN, "--recipe", "fgsm_adversarial", "--source", str(source)])
+
+
+def test_evaluate_refuses_an_out_folder_holding_files_it_would_overwrite(tmp_path, monkeypatch):
+    from nemesis_fast.evaluation import load_config
+    from nemesis_fast.evaluation.load import check_out_dir
+
+    monkeypatch.setattr("nemesis_fast.evaluation.start", lambda *args: pytest.fail("work started"))
+    config = str(write_config(tmp_path))
+    for name in ("results.csv", "results.md", "whitebox.png", "models/standard.pt"):
+        out = tmp_path / name.replace("/", "_")
+        (out / name).parent.mkdir(parents=True)
+        (out / name).write_text("user data")
+        first = name.split("/")[0]
+        with pytest.raises(SystemExit, match=f"out_dir: .* holds {first}, which the run would overwrite"):
+            main(["evaluate", "--config", config, "--out", str(out), "--no-progress"])
+        assert (out / name).read_text() == "user data"
+    interrupted = tmp_path / "interrupted"  # the cache of a run stopped before its outputs, and a look at it
+    (interrupted / "cache" / "model").mkdir(parents=True)
+    (interrupted / "cache" / "model" / "0123.pt").write_bytes(b"")
+    (interrupted / "partial").mkdir()
+    (interrupted / "partial" / "results.json").write_text("{}")
+    (interrupted / "models").mkdir()  # empty
+    check_out_dir(load_config(config, {"out_dir": str(interrupted)}))
+    check_out_dir(load_config(config, {"out_dir": str(tmp_path / "not-there")}))

@@ -128,3 +128,34 @@ def test_an_interrupted_certify_resumes_where_it_stopped_with_the_same_certifica
     assert main([*args, "--out", str(part)]) == 0
     assert calls == [2] and "resuming: 3 of 5 images already certified" in capsys.readouterr().out
     assert part.read_text() == whole.read_text() and not partial.exists()
+
+
+def test_an_output_that_would_overwrite_an_input_or_another_output_is_refused_before_any_work(tmp_path, monkeypatch):
+    from nemesis_fast.certify import Smooth
+
+    monkeypatch.setattr(Smooth, "certify", lambda *args, **kwargs: pytest.fail("certified before checking"))
+    checkpoint = _checkpoint(tmp_path, "gda", sigma=0.3)
+    kept = (tmp_path / "gda.pt").read_bytes()
+    (tmp_path / "link.pt").symlink_to(tmp_path / "gda.pt")
+    out, csv_partial = str(tmp_path / "c.csv"), str(tmp_path / "c.csv.partial.json")
+    for extra, message in (
+        (["--out", checkpoint], "--checkpoint and --out"),
+        (["--out", str(tmp_path / "link.pt")], "--checkpoint and --out"),
+        (["--out", out, "--json", checkpoint], "--checkpoint and --json"),
+        (["--out", out, "--json", out], "--out and --json"),
+        (["--out", out, "--json", csv_partial], "--json and the resume file of --out"),
+    ):
+        with pytest.raises(SystemExit, match=f"nemesis-fast certify: {message} name the same file .*; give them"):
+            main(["certify", "--checkpoint", checkpoint, "--images", "1", "--n", "5", *extra])
+    assert (tmp_path / "gda.pt").read_bytes() == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gda.pt", "link.pt"]
+
+
+def test_a_checkpoint_that_does_not_take_the_data_sets_images_is_refused_in_one_line(tmp_path):
+    from _support import write_cifar
+
+    checkpoint = _checkpoint(tmp_path, "gda", sigma=0.3)  # an MNIST network: 1x28x28 images
+    cifar = write_cifar(tmp_path / "cifar")
+    args = ["certify", "--checkpoint", checkpoint, "--dataset", "cifar10", "--data-dir", str(cifar), "--n", "5"]
+    with pytest.raises(SystemExit, match="nemesis-fast certify: --checkpoint: its model does not take the data's 3x32"):
+        main([*args, "--out", str(tmp_path / "c.csv")])

@@ -1,5 +1,5 @@
 """temp_cached: a value computed once, even when several processes ask for it at the same moment; atomic writes' file
-permissions."""
+permissions; the checks of output paths."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import sys
 import pytest
 import torch
 
-from nemesis_fast._io import check_output_file, check_output_folder, temp_cached, write_atomic
+from nemesis_fast._io import (
+    check_distinct_files,
+    check_output_file,
+    check_output_folder,
+    temp_cached,
+    write_atomic,
+)
 
 ASK = """
 import sys, time
@@ -85,3 +91,18 @@ def test_output_paths_are_checked_before_a_long_job(tmp_path):
         with pytest.raises(ValueError, match=message):
             check(path, "--x")
     assert a_file.read_text() == "user data"
+
+
+def test_paths_that_name_one_file_are_refused_naming_both_options(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "model.pt")
+    os.link(tmp_path / "model.pt", tmp_path / "hard.pt")
+    check_distinct_files({"--in": "model.pt", "--out": "other.pt", "--json": None, "--csv": ""})
+    for other in ("model.pt", str(tmp_path / "model.pt"), "sub/../model.pt", "link.pt", "hard.pt"):
+        with pytest.raises(ValueError, match="--in and --out name the same file .*; give them different files"):
+            check_distinct_files({"--in": "model.pt", "--json": None, "--out": other})
+    with pytest.raises(ValueError, match="--out and --json name the same file 'new.csv'"):
+        check_distinct_files({"--in": "model.pt", "--out": "new.csv", "--json": "./new.csv"})  # not there yet
+    assert (tmp_path / "model.pt").read_bytes() == b"weights" and not (tmp_path / "new.csv").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..parallel import start, stop
-from .config import DATASET_DEFAULTS, PRESETS_DIR, ConfigError, EvalConfig
+from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
 from .load import check_folders, check_out_dir, load_config
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
@@ -89,8 +89,8 @@ def evaluate(
             paths = write_outputs(results, out)
             if config.blackbox_attacks and not cached_only:
                 clean, adversarial, labels, predictions, title = evaluation.examples()
-                plot_examples(clean, adversarial, labels, predictions, out / "examples.png", title)
-                paths["examples"] = out / "examples.png"
+                paths["examples"] = out / OUTPUT_FILES["examples"]
+                plot_examples(clean, adversarial, labels, predictions, paths["examples"], title)
             if config.save_models:
                 saved = evaluation.save_models(out / "models", results)
                 paths |= {f"model {name}": path for name, path in saved.items()}

@@ -23,6 +23,18 @@ DEFENSE_LABELS = {
     "gda_brelu": "GDA + BReLU",
 }
 ATTACKS = ("fgsm", "rfgsm", "deepfool", "jsma", "cw")
+# The files a run writes under out_dir, by the key write_outputs returns them under (and models/<name>.pt).
+OUTPUT_FILES = {
+    "json": "results.json",
+    "csv": "results.csv",
+    "markdown": "results.md",
+    "whitebox": "whitebox.png",
+    "blackbox_eps": "blackbox_eps.png",
+    "perturbation": "perturbation.png",
+    "certified": "certified.png",
+    "certified_csv": "certified.csv",
+    "examples": "examples.png",
+}
 ATTACK_LABELS = {"fgsm": "FGSM", "rfgsm": "R+FGSM", "deepfool": "DeepFool", "jsma": "JSMA", "cw": "C&W", "pgd": "PGD"}
 MASKED = "whitebox-gradient-masking"  # the setting of a defense attacked through its own gradient (no BPDA)
 WHITEBOX_ATTACKS = ("fgsm", "rfgsm", "pgd")

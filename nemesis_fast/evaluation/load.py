@@ -25,6 +25,7 @@ from .config import (
     DEFENSES,
     LABELS,
     MODES,
+    OUTPUT_FILES,
     PERTURBATION_ATTACKS,
     PRESETS_DIR,
     SOURCE_ARCHITECTURES,
@@ -323,13 +324,34 @@ def _short(value: Any) -> str:
     return text if len(text) <= 32 else text[:29] + "..."
 
 
+def _holds(path: Path) -> bool:
+    """Whether `path` is there, the models folder only with something in it (an empty one has nothing to lose)."""
+    if path.name == "models" and path.is_dir():
+        return any(path.iterdir())
+    return path.exists()
+
+
+def _check_no_outputs(config: EvalConfig, out: Path) -> None:
+    """Refuses an out_dir with no evaluation's results.json that holds files the run would write."""
+    names = [*OUTPUT_FILES.values(), *(["models"] if config.save_models else [])]
+    held = [name for name in names if _holds(out / name)]
+    if held:
+        raise ConfigError(
+            f"out_dir: {out} holds {', '.join(held)}, which the run would overwrite, and no results.json of an "
+            "evaluation; choose another out_dir or move them away"
+        )
+
+
 def check_out_dir(config: EvalConfig) -> None:
     """Refuses, before any work, a run whose out_dir holds the results.json of a run with other settings (or a
-    results.json that is not an evaluation's), which its outputs would overwrite. The same settings again (a
-    resumed or repeated run, from another data folder, device or cache) may write there; a setting the earlier
-    run's file predates counts as the same when it has its default value."""
-    path = Path(config.out_dir).expanduser() / "results.json"
+    results.json that is not an evaluation's), or with no results.json holds other files the run writes (a user's
+    own), which its outputs would overwrite. The same settings again (a resumed or repeated run, from another data
+    folder, device or cache) may write there; a setting the earlier run's file predates counts as the same when it
+    has its default value. An interrupted run's cache (and a look at it, partial/) are no outputs: it resumes."""
+    out = Path(config.out_dir).expanduser()
+    path = out / "results.json"
     if not path.is_file():
+        _check_no_outputs(config, out)
         return
     move = "choose another out_dir or move it away"
     try:

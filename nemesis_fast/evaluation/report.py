@@ -15,7 +15,7 @@ import torch
 
 from .._io import write_atomic
 from .certified import CertifiedAccuracy, certified_csv, plot_certified
-from .config import ATTACK_LABELS
+from .config import ATTACK_LABELS, OUTPUT_FILES
 from .tables import blackbox_table, norms_table, sections
 
 QUARTILES = (0.25, 0.5, 0.75)
@@ -217,19 +217,15 @@ def write_outputs(results: Results, out_dir: Path) -> dict[str, Path]:
     from .plots import plot_perturbations, plot_sweep, plot_whitebox
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "results.json",
-        "csv": out_dir / "results.csv",
-        "markdown": out_dir / "results.md",
-    }
+    files = {key: out_dir / name for key, name in OUTPUT_FILES.items()}
+    paths = {key: files[key] for key in ("json", "csv", "markdown")}
     write_atomic(paths["json"], json.dumps(results.to_dict(), indent=2).encode())
     write_atomic(paths["csv"], to_csv(results).encode())
     write_atomic(paths["markdown"], markdown(results).encode())
     for name, plot in (("whitebox", plot_whitebox), ("blackbox_eps", plot_sweep), ("perturbation", plot_perturbations)):
-        if plot(results, out_dir / f"{name}.png"):
-            paths[name] = out_dir / f"{name}.png"
-    if plot_certified(results.certified, out_dir / "certified.png"):
-        paths["certified"] = out_dir / "certified.png"
-        paths["certified_csv"] = out_dir / "certified.csv"
+        if plot(results, files[name]):
+            paths[name] = files[name]
+    if plot_certified(results.certified, files["certified"]):
+        paths["certified"], paths["certified_csv"] = files["certified"], files["certified_csv"]
         write_atomic(paths["certified_csv"], certified_csv(results.certified).encode())
     return paths
