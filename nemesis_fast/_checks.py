@@ -12,6 +12,9 @@ import torch
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+MAX_THREADS = 1024  # CPU threads per process: more only exhausts memory (OpenMP allocates per thread)
+
+
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 

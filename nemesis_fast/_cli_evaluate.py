@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ._checks import MAX_THREADS
+
 THREADS_HELP = (
     "CPU threads per process (default 0: torch's default, or under torchrun usable cores / processes on the "
     "machine unless OMP_NUM_THREADS is set to more than 1; torchrun's own OMP_NUM_THREADS=1 counts as unset)"
@@ -84,7 +86,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="cache folder (default: <out>/cache); under torchrun on several machines it need not be shared",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--threads", type=int_in(0), help=THREADS_HELP)
+    p.add_argument("--threads", type=int_in(0, MAX_THREADS), help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     p.add_argument(
         "--cached-only",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ._checks import MAX_THREADS
 from ._cli_certify import first_output
 from ._cli_evaluate import THREADS_HELP, int_in
 
@@ -92,7 +93,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out-dir", help="with --paper: save each model as OUT_DIR/<name>.pt")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--threads", type=int_in(0), default=0, help=THREADS_HELP)
+    p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, help=THREADS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     p.set_defaults(handler=run)
 

@@ -405,6 +405,11 @@ def _split_off_validation(
         val_images, val_labels = _check_data(val_data, "val_data")
     elif val_fraction > 0:
         (images, labels), (val_images, val_labels) = split_validation(images, labels, val_fraction, seed=seed)
+        if len(labels) == 0 or len(val_labels) == 0:
+            raise ValueError(
+                f"val_fraction={val_fraction} of {len(labels) + len(val_labels)} images leaves "
+                f"{len(labels)} to train on and {len(val_labels)} to validate on; give more data or another fraction"
+            )
     else:
         return (images, labels), None
     return (images, labels), (val_images.to(device), val_labels.to(device))  # moved once, not every epoch

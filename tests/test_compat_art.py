@@ -206,6 +206,21 @@ def test_algorithm_paper_refuses_what_it_cannot_serve(model, batch):
         nfa.SaliencyMapMethod(classifier(model, clip_values=None), algorithm="paper").generate(batch[0][:2])
 
 
+def test_deepfool_with_a_candidate_subset_gives_arts_images():
+    """With nb_grads below the number of classes ART 1.20 reads output_p at p's position among the candidates; the
+    adapter does the same (here the images predict 5 and 7, which sit at positions 2 and 3 of {0, 4, 5, 7})."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        model[3].bias.copy_(torch.tensor([0.0, 0, 0, 0, 0, 0.3, 0, 0.25, 0, 0]))
+    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), 10, clip_values=(0.0, 1.0))
+    x = np.random.default_rng(0).random((3, 1, 4, 4)).astype(np.float32)
+    for nb_grads in (2, 3):
+        ours = nfa.DeepFool(clf, nb_grads=nb_grads, verbose=False, batch_size=16).generate(x)
+        theirs = evasion.DeepFool(clf, nb_grads=nb_grads, verbose=False, batch_size=16).generate(x)
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+
 def test_argument_checks(model, batch):
     clf = classifier(model)
     for make in (nfa.DeepFool, nfa.SaliencyMapMethod, nfa.CarliniL2Method):
@@ -232,6 +247,24 @@ def test_argument_checks(model, batch):
         nfa.SaliencyMapMethod(clf, gamma=2.0)
     with pytest.raises(ValueError, match="Target labels `y` need to be provided"):
         nfa.FastGradientMethod(clf, targeted=True).generate(batch[0][:2])
+    # Where ART's checks let NaN through (NaN images) or theta = 0 (its JSMA then never ends): refused.
+    nan, inf = float("nan"), float("inf")
+    refused = [
+        (lambda: nfa.FastGradientMethod(clf, eps=nan), "eps must be finite"),
+        (lambda: nfa.FastGradientMethod(clf).set_params(eps=inf), "eps must be finite"),
+        (lambda: nfa.ProjectedGradientDescent(clf, eps=nan), "eps must be finite"),
+        (lambda: nfa.ProjectedGradientDescent(clf).set_params(eps_step=nan), "eps_step must be finite"),
+        (lambda: nfa.SaliencyMapMethod(clf, theta=0.0), "theta must be non-zero"),
+        (lambda: nfa.SaliencyMapMethod(clf, theta=nan), "theta must be finite"),
+        (lambda: nfa.DeepFool(clf, epsilon=nan), "epsilon must be finite"),
+        (lambda: nfa.CarliniL2Method(clf, learning_rate=inf), "learning_rate must be finite"),
+    ]
+    for make, match in refused:
+        with pytest.raises(ValueError, match=match):
+            make()
+    narrow = PyTorchClassifier(nn.Sequential(model, nn.Linear(10, 5)), nn.CrossEntropyLoss(), (1, 28, 28), 10)
+    with pytest.raises(ValueError, match=r"outputs of shape \(\d+, 5\); its nb_classes is 10"):
+        nfa.SaliencyMapMethod(narrow, verbose=False).generate(batch[0][:2], np.array([1, 2]))
     # set_params reaches the fast path.
     x, y = batch[0][:8], batch[1][:8]
     attack = nfa.FastGradientMethod(clf, eps=0.3)

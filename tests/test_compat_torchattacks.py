@@ -149,6 +149,15 @@ def test_multiattack_and_isinstance(model, batch):
     assert nft.BIM is torchattacks.BIM  # the other names are torchattacks' own
 
 
+def test_labels_held_as_whole_floats_are_class_indices(model, batch):
+    x, y = batch[0][:4], batch[1][:4]
+    for name in ("FGSM", "DeepFool", "JSMA"):
+        attack = getattr(nft, name)(model)
+        torch.testing.assert_close(attack(x, y.float()), attack(x, y), rtol=0, atol=0)
+        with pytest.raises(TypeError, match="labels must hold class indices"):
+            attack(x, y.float() + 0.5)
+
+
 def test_deepfool_refuses_targeted_modes_as_torchattacks(model):
     with pytest.raises(ValueError, match="Targeted mode is not supported"):
         nft.DeepFool(model).set_mode_targeted_random(quiet=True)

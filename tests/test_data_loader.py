@@ -99,6 +99,13 @@ def test_device_loader_bad_arguments():
         DeviceLoader(images, labels, seed=2**70)
     with pytest.raises(ValueError, match="seed must be <= 18446744073709551615"):
         split_validation(images, labels, seed=2**64)
+    with pytest.raises(TypeError, match="augment must return a pair"):
+        next(iter(DeviceLoader(images, labels, augment=lambda x, y: x, device="cpu")))
+    for bad in (images.to(torch.int8), images.bool()):
+        with pytest.raises(TypeError, match="images must have dtype"):
+            to_float(bad)
+    with pytest.raises(TypeError, match="dtype must be a float dtype"):
+        to_float(images, torch.uint8)
 
 
 @pytest.mark.cuda

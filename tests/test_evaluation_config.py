@@ -57,6 +57,12 @@ def test_bad_configurations_fail_before_any_work(tmp_path, overrides, key):
             "defense.fgsm_adversarial_source_images needs defense.fgsm_adversarial_mode = 'offline'",
         ),
         ("[defense]", "gda_fixed_set = 1", "defense.gda_fixed_set must be true or false"),
+        ("[training]", "learning_rate = inf", "training.learning_rate must be finite, got inf"),
+        ("[defense]", "gda_sigma = inf", "defense.gda_sigma must be finite"),
+        ("[defense]", "vat_xi = nan", "defense.vat_xi must be finite"),
+        ("[attack]", "jsma_theta = nan", "attack.jsma_theta must be finite"),
+        ("[attack]", "deepfool_overshoot = inf", "attack.deepfool_overshoot must be finite"),
+        ("[attack]", "pgd_step_ratio = inf", "attack.pgd_step_ratio must be finite"),
         ("[training]", 'augmented_validation = "last"', "training.augmented_validation must be one of"),
         ("[training]", 'augmented_validation = "last_rows"', "training.augmented_validation last_rows needs GDA.s"),
     ],
@@ -67,6 +73,26 @@ def test_bad_settings_of_the_authors_options_fail_before_any_work(tmp_path, sect
     with pytest.raises(ConfigError, match=key):
         evaluate(write_config(tmp_path, text.replace(section, f"{section}\n{line}")), out_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "top,key",
+    [
+        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"seed": 10**20}, "seed must fit in 64 bits"),
+        ({"threads": 10**9}, r"threads must be in \[0, 1024\]"),
+    ],
+)
+def test_bad_run_settings_fail_before_any_work(tmp_path, top, key):
+    with pytest.raises(ConfigError, match=key):
+        evaluate(write_config(tmp_path, **top), out_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_gda_copies_beyond_memory_fail_before_any_work(tmp_path):
+    text = TINY.replace("gda_copies = 2", "gda_copies = 1000000000")
+    with pytest.raises(ConfigError, match=r"defense.gda_copies must be in \[1, 1000\]"):
+        evaluate(write_config(tmp_path, text), out_dir=str(tmp_path / "o"))
 
 
 def test_bad_nested_settings_name_their_key(tmp_path):

@@ -194,8 +194,9 @@ def test_threads_under_torchrun_share_the_cores():
         assert set_threads(1, cpu) == 1 and Workers().threads == 1
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(ValueError, match="threads must be an integer >= 0"):
-        set_threads(-1, cpu)
+    for bad in (-1, 10**9):
+        with pytest.raises(ValueError, match=r"threads must be an integer in \[0, 1024\]"):
+            set_threads(bad, cpu)
 
 
 def test_weights_travel_as_bytes_bit_for_bit():

@@ -341,6 +341,10 @@ def test_recipe_bad_arguments():
         make_recipe("vat", {"sigma": 0.3})
     with pytest.raises(ValueError, match="sigma must be >= 0"):
         make_recipe("gda", {"sigma": -1.0})
+    with pytest.raises(ValueError, match="copies must be <= 1000"):
+        make_recipe("gda", {"copies": 10**9})
+    with pytest.raises(TypeError, match="include_original must be a bool"):
+        make_recipe("gda", {"include_original": "no"})
     with pytest.raises(ValueError, match="mode must be one of 'offline', 'online'"):
         make_recipe("fgsm_adversarial", {"mode": "both"})
     with pytest.raises(TypeError, match="must be VATSettings, got GDASettings"):

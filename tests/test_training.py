@@ -139,6 +139,9 @@ def test_bad_arguments(sample):
         train(mnist_cnn(), data, progress="yes")
     with pytest.raises(TypeError, match="compile must be a bool, got int"):
         train(mnist_cnn(), data, compile=1)
+    for fraction, match in ((0.97, "leaves 0 to train on"), (0.02, "leaves 16 to train on and 0 to validate on")):
+        with pytest.raises(ValueError, match=f"val_fraction={fraction} of 16 images {match}"):
+            train(mnist_cnn(), data, val_fraction=fraction)
 
 
 def test_bad_data_is_refused_before_training(sample):

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from .._checks import check_device, check_int, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_device, check_int, check_number, check_tensor
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,6 +32,9 @@ IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 pixels as floats in [0, 1] (x / 255, correctly rounded, the same bits on every device); float images
     cast to `dtype` unchanged in value."""
+    check_tensor(images, "images", dtypes=IMAGE_DTYPES)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be a float dtype, got {dtype}")
     if images.dtype != torch.uint8:
         return images.to(dtype)
     # A tensor divisor, not a Python number: on CUDA, torch divides by a number as a multiply by its reciprocal,
@@ -130,8 +133,14 @@ class DeviceLoader:
             rows = torch.arange(start, stop, device=self.device) if order is None else order[start:stop]
             x, y = expanded_rows(self.images, self.labels, rows, self.expand, self.dtype)
             if self.augment is not None:
-                x, y = self.augment(x, y)
+                x, y = _augmented(self.augment(x, y))
             yield x, y
+
+
+def _augmented(out: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise TypeError(f"augment must return a pair (x, y) of tensors, got {type(out).__name__}")
+    return out
 
 
 def expanded_rows(

@@ -52,6 +52,11 @@ class StandardSettings:
     """Plain cross-entropy: nothing to set."""
 
 
+# Noisy copies per image in training: a batch of 128 images then holds 128,128 rows, and a fixed set of 60,000
+# images 60 million (the paper: 10). More only ends in the allocator's error.
+MAX_GDA_COPIES = 1000
+
+
 @dataclass(frozen=True)
 class GDASettings:
     """Gaussian data augmentation: `copies` noisy copies N(x, sigma^2 I) of each image, clipped to `clip` (None:
@@ -71,7 +76,7 @@ class GDASettings:
 
     def __post_init__(self) -> None:
         check_nonnegative(self.sigma, "sigma")
-        check_int(self.copies, "copies", low=1)
+        check_int(self.copies, "copies", low=1, high=MAX_GDA_COPIES)
         if self.clip is not None:
             object.__setattr__(self, "clip", check_range(self.clip, "clip"))
         check_bool(self.fixed_set, "fixed_set")

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._checks import check_device
+from .._checks import MAX_THREADS, check_device
 from .._io import check_output_folder
 from ..data import cifar10, mnist
+from ..defenses.recipes import MAX_GDA_COPIES
 from ..paper_models import PAPER_MODELS
 from .cache import as_read_back
 from .config import (
@@ -140,6 +141,7 @@ def validate(config: EvalConfig) -> EvalConfig:
         for key in ("fgsm_eps", "rfgsm_eps", "rfgsm_alpha"):
             if getattr(config.attack, key) is None:
                 setattr(config.attack, key, defaults[key])
+    _validate_numbers(config)
     _validate_run(config)
     _validate_training(config.training)
     _validate_defense(config.defense)
@@ -171,6 +173,21 @@ def validate(config: EvalConfig) -> EvalConfig:
 def _need(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {message}")
+
+
+def _validate_numbers(config: EvalConfig) -> None:
+    """Every number of the config (its sections' and lists' too) finite and inside int64, the seed >= 0: the
+    checks below compare with bounds that NaN and infinity would pass."""
+    for where, settings in (("", config), *((f"{name}.", getattr(config, name)) for name in _SECTIONS)):
+        for field in dataclasses.fields(settings):
+            value = getattr(settings, field.name)
+            for i, number in enumerate(value if isinstance(value, list) else [value]):
+                key = f"{where}{field.name}" + (f"[{i}]" if isinstance(value, list) else "")
+                if isinstance(number, float):
+                    _need(math.isfinite(number), key, f"must be finite, got {number}")
+                elif isinstance(number, int) and not isinstance(number, bool):
+                    _need(abs(number) < 2**63, key, f"must fit in 64 bits, got {number}")
+    _need(config.seed >= 0, "seed", f"must be >= 0, got {config.seed}")
 
 
 def _validate_run(config: EvalConfig) -> None:
@@ -211,7 +228,7 @@ def _validate_run(config: EvalConfig) -> None:
             check_device(config.device, "device")
         except ValueError as error:
             raise ConfigError(str(error)) from error
-    _need(config.threads >= 0, "threads", "must be >= 0 (0: automatic)")
+    _need(0 <= config.threads <= MAX_THREADS, "threads", f"must be in [0, {MAX_THREADS}] (0: automatic)")
     _need(config.test_samples >= 0, "test_samples", "must be >= 0")
     _need(config.batch_size > 0, "batch_size", "must be > 0")
 
@@ -244,7 +261,11 @@ def _validate_defense(d: DefenseSettings) -> None:
     for key, value in (("defense.fgsm_adversarial_mode", d.fgsm_adversarial_mode), ("defense.vat_mode", d.vat_mode)):
         _need(value in MODES, key, f"must be one of {', '.join(MODES)}; got {value!r}")
     _need(d.gda_sigma is None or d.gda_sigma >= 0, "defense.gda_sigma", "must be >= 0")
-    _need(d.gda_copies is None or d.gda_copies >= 1, "defense.gda_copies", "must be >= 1")
+    _need(
+        d.gda_copies is None or 1 <= d.gda_copies <= MAX_GDA_COPIES,
+        "defense.gda_copies",
+        f"must be in [1, {MAX_GDA_COPIES}]",
+    )
     _need(d.brelu_t > 0, "defense.brelu_t", "must be > 0")
     _need(d.label_smoothing is None or 0 < d.label_smoothing <= 1, "defense.label_smoothing", "must be in (0, 1]")
     _need(d.fgsm_adversarial_eps is None or d.fgsm_adversarial_eps >= 0, "defense.fgsm_adversarial_eps", "must be >= 0")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._checks import MAX_THREADS
+
 
 @dataclass(frozen=True)
 class Workers:
@@ -115,8 +117,8 @@ def wait_timeout(environ: Mapping[str, str] = os.environ) -> timedelta:
 
 def set_threads(threads: int, device: torch.device) -> int:
     """Sets torch's intra-op threads: `threads` when > 0, else :func:`auto_threads`; returns the count in use."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be an integer >= 0 (0: automatic), got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}] (0: automatic), got {threads!r}")
     chosen = threads or auto_threads(device)
     if chosen:
         torch.set_num_threads(chosen)

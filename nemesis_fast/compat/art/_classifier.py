@@ -28,7 +28,35 @@ def check_algorithm(algorithm: Any) -> str:
     return check_choice(algorithm, "algorithm", ALGORITHMS)
 
 
-class AlgorithmParameter:
+# The real-valued parameters of the adapted attacks, which ART's checks let through as NaN or infinite.
+_REAL_PARAMETERS = ("eps", "eps_step", "theta", "gamma", "epsilon", "learning_rate", "initial_const", "confidence")
+
+
+class CheckedParameters:
+    """Mixin for the adapted ART attacks: ART's own checks (at construction and in ``set_params``), then every
+    real-valued parameter finite and theta non-zero, where ART lets NaN run into NaN images and theta = 0 (its JSMA)
+    into a loop that never ends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_real_parameters()  # (some of ART's constructors call their own class's check, not this one)
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self._check_real_parameters()
+
+    def _check_real_parameters(self) -> None:
+        for name in _REAL_PARAMETERS:
+            value = getattr(self, name, None)
+            if value is None or isinstance(value, (bool, str)):
+                continue
+            if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if getattr(self, "theta", None) == 0:
+            raise ValueError("theta must be non-zero (the change of each chosen feature), got 0")
+
+
+class AlgorithmParameter(CheckedParameters):
     """Mixin for the ART classes that add ``algorithm=`` (and more keywords): ``set_params`` accepts them (the
     class lists them in ``attack_params``) and checks them, with ART's own checks."""
 
@@ -111,7 +139,14 @@ class TorchClassifier:
         """The model's output for images `x` (before any preprocessing), as ART's class gradients see it."""
         for step in self.preprocessing:
             x, _ = step.forward(x, None)
-        return self.model(x)
+        out = self.model(x)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != self.nb_classes:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"the classifier's model gives outputs of shape {shape}; its nb_classes is {self.nb_classes}, so "
+                f"(N, {self.nb_classes}) was expected"
+            )
+        return out
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:

@@ -38,7 +38,10 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
     r = |f_l| / (||w_l||^2 + 1e-7) * w_l, scaled by the clip range and clipped (f_k = output_k - output_p, w_k its
     gradient, l the candidate of smallest |f_k| / (||w_k|| + 1e-7)); every image takes at least one step and stops
     when its prediction leaves p, or after max_iter steps, or when a step leaves it where it was (clipped back: ART
-    repeats that step until max_iter, to the same image); at the end x + (1 + epsilon) * (x_i - x), clipped.
+    repeats that step until max_iter, to the same image); at the end x + (1 + epsilon) * (x_i - x), clipped. As
+    ART 1.20 does, output_p in f_k is read at p's position among the candidates, which is class p only when every
+    class is a candidate: with nb_grads below the number of classes, f_k compares with another class's output, and
+    the adapter reproduces that (algorithm="paper" is the paper's DeepFool).
 
     algorithm="paper": :class:`nemesis_fast.attacks.DeepFool` (the paper's: per-image candidates, the overshoot on
     the accumulated perturbation) with max_iter, overshoot = epsilon and candidates = nb_grads, away from the first
@@ -111,7 +114,8 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         # Each image's candidates other than its first prediction p (p is always a candidate: it is its top-1),
         # in the candidates' order, and the weights e_k - e_p whose gradients are ART's w_k (n, L - 1, C).
         others = torch.arange(len(candidates) - 1, device=x.device)[None]
-        others = others + (others >= torch.searchsorted(candidates, first)[:, None])
+        position = torch.searchsorted(candidates, first)  # p's place among the candidates
+        others = others + (others >= position[:, None])
         targets = candidates[others]
         weights = difference_weights(first, targets, view.nb_classes)  # (L - 1, n, C)
         batch = x.clone()
@@ -120,7 +124,7 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         for step in range(self.max_iter):
             if index.numel() == 0:
                 break
-            r = self._step(logits, grads.transpose(0, 1), targets[index], first[index])
+            r = self._step(logits, grads.transpose(0, 1), targets[index], position[index])
             before = batch[index]
             if view.clip is None:
                 after = before + r
@@ -141,11 +145,13 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         return batch
 
     @staticmethod
-    def _step(logits: torch.Tensor, grads: torch.Tensor, targets: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        """ART's step r for images with outputs `logits` (n, C), other candidates `targets` (n, L - 1), first
-        predictions `first` (n,) and `grads` (n, L - 1, ...): the gradients of output_k - output_p."""
+    def _step(logits: torch.Tensor, grads: torch.Tensor, targets: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """ART's step r for images with outputs `logits` (n, C), other candidates `targets` (n, L - 1), their first
+        predictions p at `position` (n,) among the candidates, and `grads` (n, L - 1, ...): the gradients of
+        output_k - output_p. As ART 1.20 computes f_k, output_p is read at class `position`: class p itself when
+        every class is a candidate, another class's output when nb_grads leaves some out."""
         rows = torch.arange(len(logits), device=logits.device)
-        f_diff = logits.gather(1, targets) - logits[rows, first][:, None]
+        f_diff = logits.gather(1, targets) - logits[rows, position][:, None]
         norm = torch.linalg.vector_norm(grads.flatten(2), 2, dim=2) + _TOL
         nearest = (torch.abs(f_diff) / norm).argmin(1)
         chosen = grads[rows, nearest]

@@ -13,7 +13,7 @@ from art.attacks import evasion
 from art.config import ART_NUMPY_DTYPE
 from art.utils import random_sphere
 
-from ._classifier import TorchClassifier, batches, fall_back, option_unserved, unserved
+from ._classifier import CheckedParameters, TorchClassifier, batches, fall_back, option_unserved, unserved
 
 _INF = (np.inf, "inf")
 _NORMS = (*_INF, 1, 2)
@@ -82,7 +82,7 @@ def _ascent_gradient(view: TorchClassifier, x: torch.Tensor, labels: torch.Tenso
     return torch.where(torch.isnan(grad), 0.0, grad)
 
 
-class FastGradientMethod(evasion.FastGradientMethod):
+class FastGradientMethod(CheckedParameters, evasion.FastGradientMethod):
     """art.attacks.evasion.FastGradientMethod with ART's signature, defaults and checks, computed in torch.
 
     One step of size eps along ART's direction for `norm` (inf, 1 or 2) of the cross-entropy gradient (against it
@@ -113,7 +113,7 @@ class FastGradientMethod(evasion.FastGradientMethod):
             return view.numpy(adv)
 
 
-class ProjectedGradientDescent(evasion.ProjectedGradientDescent):
+class ProjectedGradientDescent(CheckedParameters, evasion.ProjectedGradientDescent):
     """art.attacks.evasion.ProjectedGradientDescent with ART's signature, defaults and checks, computed in torch as
     ART's PyTorch implementation computes it.
 

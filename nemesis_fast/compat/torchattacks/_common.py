@@ -12,9 +12,19 @@ def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     targeted mode (drawn first, as torchattacks draws them, so random modes consume the generator alike) or the
     labels."""
     images = images.clone().detach().to(attack.device)
-    labels = labels.clone().detach().to(attack.device)
+    labels = class_indices(labels.clone().detach().to(attack.device))
     wanted = attack.get_target_label(images, labels) if attack.targeted else labels
     return images, labels, wanted
+
+
+def class_indices(labels: torch.Tensor) -> torch.Tensor:
+    """`labels` as int64 class indices: floats holding whole numbers are taken (some of torchattacks' classes take
+    them); other floats raise TypeError."""
+    if not labels.is_floating_point():
+        return labels
+    if not bool((labels == labels.round()).all()):
+        raise TypeError(f"labels must hold class indices; got {labels.dtype} values that are not whole numbers")
+    return labels.long()
 
 
 def ascent_sign(attack, x: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torchattacks
 from ...attacks.base import select_rows
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
+from ._common import class_indices
 
 
 class DeepFool(torchattacks.DeepFool):
@@ -34,7 +35,7 @@ class DeepFool(torchattacks.DeepFool):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adversarial images, the class each image was last stepped towards, or its prediction once fooled)."""
         images = images.clone().detach().to(self.device)
-        labels = labels.clone().detach().to(self.device)
+        labels = class_indices(labels.clone().detach().to(self.device))
         target_labels = labels.clone()
         adv = images.clone()
         engine = GradientEngine(self.get_logits)
