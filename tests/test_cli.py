@@ -80,7 +80,7 @@ def test_bench_sizes_below_one_or_beyond_memory_are_refused(size, capsys, monkey
         ("--batch-size", "-3", ">= 1"),
         ("--patience", "-1", ">= 0"),
         ("--seed", "-1", ">= 0"),
-        ("--threads", "-2", ">= 0"),
+        ("--threads", "-2", "in 0..1024"),
     ],
 )
 def test_train_counts_out_of_range_are_refused_naming_the_option(option, value, bound, capsys, monkeypatch):
