@@ -74,7 +74,9 @@ def check_nonnegative(value: Any, name: str) -> float:
 def check_bool(value: Any, name: str) -> bool:
     """Checks that `value` is a bool (not a number or string that would read as one); returns it."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        kind = type(value)
+        named = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        raise TypeError(f"{name} must be a bool, got {named}")
     return value
 
 

@@ -131,9 +131,16 @@ def train_paper_models(
     check_choice(dataset, "dataset", tuple(DEFAULT_MODEL))
     images, _ = _check_data(train_data, "train_data")
     test_images, test_labels = _check_data(test_data, "test_data")
+    if isinstance(models, str):
+        raise TypeError(f"models must be a list of model names, got the string {models!r}")
     wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
     for name in wanted:
         check_choice(name, "models", [m.name for m in PAPER_MODELS])
+    if recipe_settings is not None and not isinstance(recipe_settings, dict):
+        kind = type(recipe_settings).__name__
+        raise TypeError(f"recipe_settings must be a dict of recipe name -> settings, got {kind}")
+    for name in recipe_settings or {}:
+        check_choice(name, "recipe_settings' keys (recipe names)", sorted({m.recipe for m in PAPER_MODELS if m.recipe}))
     device = check_device(train_kwargs.pop("device", None))
     workers = workers or Workers(device=device)
     if out_dir is not None and workers.is_main:

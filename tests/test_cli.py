@@ -152,3 +152,9 @@ def test_evaluate_refuses_an_out_folder_holding_files_it_would_overwrite(tmp_pat
     (interrupted / "models").mkdir()  # empty
     check_out_dir(load_config(config, {"out_dir": str(interrupted)}))
     check_out_dir(load_config(config, {"out_dir": str(tmp_path / "not-there")}))
+    look = tmp_path / "look"  # a look at the cache writes under <out>/partial, guarded the same way
+    (look / "partial").mkdir(parents=True)
+    (look / "partial" / "results.md").write_text("user data")
+    with pytest.raises(SystemExit, match=r"out_dir: .*partial holds results.md"):
+        main(["evaluate", "--config", config, "--out", str(look), "--cached-only", "--no-progress"])
+    assert (look / "partial" / "results.md").read_text() == "user data"

@@ -295,3 +295,19 @@ def test_an_out_or_cache_folder_that_cannot_be_made_fails_before_any_work(tmp_pa
         with pytest.raises(ConfigError, match=message):
             evaluate(write_config(tmp_path), log=False, **overrides)
     assert a_file.read_text() == "user data"
+
+
+def test_an_evalconfig_is_checked_with_its_overrides_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.evaluation.start", lambda *args: pytest.fail("work started"))
+    config = load_config(write_config(tmp_path), {"out_dir": str(tmp_path / "o")})
+    with pytest.raises(ConfigError, match="test_samples must be >= 0"):
+        evaluate(config, test_samples=-3)
+    with pytest.raises(ConfigError, match="unknown setting.s. bogus_key"):
+        evaluate(config, bogus_key=1)
+    config.test_samples = -5  # set on the object itself
+    with pytest.raises(ConfigError, match="test_samples must be >= 0"):
+        evaluate(config)
+    with pytest.raises(TypeError, match="config must be an EvalConfig, a config file's path or None, got int"):
+        evaluate(123)
+    with pytest.raises(TypeError, match="cached_only must be a bool, got str"):
+        evaluate(write_config(tmp_path), cached_only="no")

@@ -320,6 +320,10 @@ def test_paper_models_tiny(sample, tmp_path):
     assert [r["name"] for r in only] == ["gda_brelu"]
     with pytest.raises(ValueError, match="models must be one of"):
         train_paper_models(data, test, models=["dropout"])
+    with pytest.raises(TypeError, match="models must be a list of model names, got the string 'standard'"):
+        train_paper_models(data, test, models="standard")
+    with pytest.raises(ValueError, match=r"recipe_settings' keys \(recipe names\) must be one of .*got 'gda_brelu'"):
+        train_paper_models(data, test, recipe_settings={"gda_brelu": {"sigma": 0.5}})
 
 
 def test_feature_squeezing_of_a_trained_model_keeps_most_predictions(sample):

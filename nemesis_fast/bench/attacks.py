@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import attacks as nf_attacks
 from ..attacks import perturbation_norms
-from .harness import Report, Row, record_same_images, same_images_speedup, time_ms
+from .harness import Report, Row, problem_size, record_same_images, same_images_speedup, time_ms
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PROVIDERS = ("nemesis_fast", "torchattacks", "ART", "bare fwd+bwd")
@@ -304,7 +304,7 @@ def run(
         attacks: the attack names to run (FGSM, R+FGSM, PGD, DeepFool, CW-L2); default all.
     """
     device = torch.device(device)
-    batch = numel or (256 if device.type == "cuda" else 8)
+    batch = problem_size(numel, 256 if device.type == "cuda" else 8)
     slow_limit = 32 if device.type == "cuda" else 4
     report = Report("attacks", device, settings={"batch": batch, "slow_provider_images": slow_limit})
     model = timing_model(device)

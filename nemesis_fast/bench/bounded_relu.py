@@ -19,7 +19,7 @@ from torch import nn
 from .. import ops
 from .._backends.bounded_relu import BACKENDS, MASKED_BACKENDS
 from ..nn import BoundedReLU
-from .harness import Case, Report, Row, saved_tensor_bytes
+from .harness import Case, Report, Row, problem_size, saved_tensor_bytes
 
 T = 1.0
 MASK = " save=mask"
@@ -190,7 +190,7 @@ def memory_rows(device: torch.device, batch: int, channels: int = 64, size: int 
 
 def run(device: torch.device | str, *, numel: int | None = None, dtype: torch.dtype = torch.float32) -> Report:
     device = torch.device(device)
-    numel = numel or (1 << 28 if device.type == "cuda" else 1 << 24)
+    numel = problem_size(numel, 1 << 28 if device.type == "cuda" else 1 << 24)
     report = Report("bounded_relu", device, settings={"numel": numel, "dtype": str(dtype), "t": T})
     x = torch.randn(numel, device=device, dtype=dtype)
     # A CPU call takes tens of milliseconds: time more rounds there, so that the ratios of nearby providers (save=

@@ -32,7 +32,7 @@ from ..data import load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
 from ..models import mnist_cnn
 from ..ops import gaussian_augment
-from .harness import Report, Row, time_interleaved
+from .harness import Report, Row, problem_size, time_interleaved
 
 SIGMA, N0, ALPHA, CLASSES = 0.5, 100, 0.001, 10  # sigma 0.5: radii below the ceiling of n = 1,000, some abstentions
 # (images vs ART, n, images at ART's default batch, forward batch) per device type
@@ -191,7 +191,7 @@ def run(device: torch.device | str, *, numel: int | None = None, n: int | None =
     on a CPU, 20 on a GPU), `n` the estimation draws per image (default 1,000 on a CPU, 10,000 on a GPU)."""
     device = torch.device(device)
     images, default_n, art_default_images, batch = SIZES["cuda" if device.type == "cuda" else "cpu"]
-    images, n = numel or images, n or default_n
+    images, n = problem_size(numel, images), problem_size(n, default_n)
     art_default_images = min(art_default_images, images)
     settings = {"sigma": SIGMA, "n0": N0, "n": n, "alpha": ALPHA, "images": images, "batch": batch}
     settings["model"] = {"architecture": "mnist_cnn", "data": "the package's MNIST sample", **TRAINING}

@@ -36,6 +36,7 @@ from .harness import (
     Case,
     Report,
     Row,
+    problem_size,
     record_same_images,
     same_images_speedup,
     synchronize,
@@ -298,7 +299,7 @@ def run(device: torch.device | str, *, numel: int | None = None) -> Report:
     """Every case on `numel` CIFAR-shaped images (default 256 on a GPU, 8 on a CPU; some peers on fewer)."""
     device = torch.device(device)
     gpu = device.type == "cuda"
-    batch = numel or (256 if gpu else 8)
+    batch = problem_size(numel, 256 if gpu else 8)
     report = Report("compat", device, settings={"batch": batch})
     model = timing_model(device)
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)

@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from .._backends.gaussian_augment import BACKENDS
-from .harness import Case, Report, Row
+from .harness import Case, Report, Row, problem_size
 
 COPIES = 10
 SIGMA = 0.3
@@ -95,7 +95,7 @@ def _split_rows(full: list[Row], bytes_only: list[Row]) -> list[Row]:
 def run(device: torch.device | str, *, numel: int | None = None) -> Report:
     """Runs the cases; `numel` is the number of input images (default 10,000 on a GPU, 128 on a CPU)."""
     device = torch.device(device)
-    images = numel or (10_000 if device.type == "cuda" else 128)
+    images = problem_size(numel, 10_000 if device.type == "cuda" else 128)
     settings = {"images": images, "image_shape": IMAGE_SHAPE, "copies": COPIES, "sigma": SIGMA, "clip": CLIP}
     report = Report("gaussian_augment", device, settings=settings)
     generator = torch.Generator().manual_seed(0)

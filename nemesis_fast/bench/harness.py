@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int
 from .._io import write_json_atomic
 
 Provider = Callable[[], object]
@@ -51,6 +52,11 @@ class Row:
     items_per_s: float | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def problem_size(numel: Any, default: int) -> int:
+    """A suite's `numel` argument: `default` for None, else an int >= 1 (ValueError or TypeError naming numel)."""
+    return default if numel is None else check_int(numel, "numel", low=1)
 
 
 def record_same_images(row: Row, images: int, ms: float) -> None:

@@ -31,7 +31,7 @@ from .._backends.jsma_saliency_search import BACKENDS
 from ..attacks import JSMA
 from ..reference.jsma_saliency_search import jsma_saliency_search as reference_search
 from .attacks import art_classifier, mnist_model_and_data, timing_model
-from .harness import Case, Report, Row, record_same_images, same_images_speedup, synchronize, time_ms
+from .harness import Case, Report, Row, problem_size, record_same_images, same_images_speedup, synchronize, time_ms
 
 SEARCH_PROVIDERS = ("native", "triton", "torch materialised")
 ATTACK_PROVIDERS = ("nemesis_fast", "torchattacks", "ART")
@@ -270,7 +270,7 @@ def run(
     gpu = device.type == "cuda"
     report = Report("jsma", device, settings={"theta": THETA, "gamma": GAMMA, "sizes": list(sizes)})
     for n in sizes:
-        batch = numel or (128 if gpu else 16 if n <= 784 else 4)
+        batch = problem_size(numel, 128 if gpu else 16 if n <= 784 else 4)
         for gradients in GRADIENTS:
             search_rows(report, batch, n, gradients)
     model = timing_model(device)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..data import DeviceLoader, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
 from ..models import mnist_cnn
-from .harness import Case, Report
+from .harness import Case, Report, problem_size
 
 BATCH = 128
 PROVIDERS = ("DeviceLoader", "torch DataLoader", "torch DataLoader (4 workers, pinned)")
@@ -108,7 +108,7 @@ def make_provider(
 def run(device: torch.device | str, *, numel: int | None = None, mnist_root: str | None = None) -> Report:
     """One epoch over `numel` MNIST images (default: 60,000 on a GPU, 2,048 on a CPU) with each provider."""
     device = torch.device(device)
-    numel = numel or (60_000 if device.type == "cuda" else 2_048)
+    numel = problem_size(numel, 60_000 if device.type == "cuda" else 2_048)
     images, labels = mnist_images(numel, mnist_root)
     report = Report("training epoch (MNIST, mnist_cnn)", device, settings={"images": numel, "batch_size": BATCH})
     for case in CASES:

@@ -11,14 +11,17 @@ sets save_models = false, models/<name>.pt: every trained model as a checkpoint 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_bool
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
-from .load import check_folders, check_out_dir, load_config
+from .load import check_folders, check_out_dir, load_config, validate
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
@@ -40,6 +43,16 @@ def preset_path(name: str) -> Path:
 def _stderr(message: str) -> None:
     sys.stderr.write(f"{message}\n")  # one write: lines of several processes do not interleave
     sys.stderr.flush()
+
+
+def _known(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that are given (not None), each a top-level setting of EvalConfig (ConfigError otherwise)."""
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the top-level settings: {known}")
+    return {key: value for key, value in overrides.items() if value is not None}
 
 
 def evaluate(
@@ -68,12 +81,21 @@ def evaluate(
     broadcast to all), the test set is sharded across the processes and the results are gathered on all of them;
     only process 0 writes files.
     """
-    if not isinstance(config, EvalConfig):
+    if isinstance(config, EvalConfig):  # checked as a file's settings are, with the overrides on a copy
+        config = validate(dataclasses.replace(copy.deepcopy(config), **_known(overrides)))
+    elif config is None or isinstance(config, (str, os.PathLike)):
         if config is None and not overrides.get("data_dir"):
             config = preset_path("quick")
         config = load_config(config, overrides)
-    if not cached_only:
-        check_out_dir(config)
+    else:
+        raise TypeError(f"config must be an EvalConfig, a config file's path or None, got {type(config).__name__}")
+    check_bool(cached_only, "cached_only")
+    check_bool(log, "log")
+    if progress is not None:
+        check_bool(progress, "progress")
+    # A look at the cache (cached_only) writes its report under <out>/partial, guarded as out_dir is.
+    partial = dataclasses.replace(config, out_dir=str(Path(config.out_dir).expanduser() / "partial"))
+    check_out_dir(partial if cached_only else config)
     check_folders(config)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
