@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from ._backends import bounded_relu as _bounded_relu
 from ._backends import gaussian_augment as _gaussian_augment
@@ -15,6 +16,12 @@ _SMALLEST_NORMAL = {d: torch.finfo(d).smallest_normal for d in FLOAT_DTYPES}
 
 
 SAVES = ("output", "mask")
+
+
+def _has_tangent(x: torch.Tensor) -> bool:
+    """Whether `x` carries a forward-mode AD tangent (torch.func.jvp, torch.autograd.forward_ad): the compiled
+    kernels' registrations have reverse-mode rules only, and would drop it."""
+    return not torch.compiler.is_compiling() and forward_ad.unpack_dual(x).tangent is not None
 
 
 def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> torch.Tensor:
@@ -34,13 +41,16 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backe
     Returns:
         A tensor of x's shape and dtype, and x's layout (contiguous for a non-dense x with save="mask"). NaN
         propagates. The gradient is 1 where 0 < x < t and 0 elsewhere (also at 0, t and NaN), the same for both
-        values of `save`.
+        values of `save`. Forward-mode AD (torch.func.jvp) runs the torch backend, the one with a forward rule:
+        the same values, the tangent times that gradient.
     """
     check_tensor(x, "x")
     t = check_positive(t, "t")
     check_choice(save, "save", SAVES)
     if t < _SMALLEST_NORMAL[x.dtype] and rounded_threshold(t, x.dtype) == 0:
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
+    if _has_tangent(x):
+        return _bounded_relu.BACKENDS.torch(x, t)
     if save == "mask" and x.requires_grad and torch.is_grad_enabled():
         return _bounded_relu.MASKED_BACKENDS.select(x.device, backend)(x, t)
     return _bounded_relu.BACKENDS.select(x.device, backend)(x, t)
@@ -80,10 +90,13 @@ def gaussian_augment(
         ((copies + include_original) * B, *x.shape[1:]), contiguous: the originals, then copy 0 of every sample,
         then copy 1, and so on. Noisy row c * B + b is clip(x[b] + sigma * n), n standard normal noise drawn with
         Philox4x32-10 and Box-Muller (see nemesis_fast.reference.gaussian_augment for the exact definition).
-        Computed in float32 (float64 for float64 input). The op has no gradient: backward through it raises.
+        Computed in float32 (float64 for float64 input). The op has no gradient: backward through it raises, and
+        so does a call with a forward-mode AD tangent.
     """
     clip_min, clip_max, seed = _gaussian_augment.public_arguments(x, copies, sigma, clip, seed, offset, out_dtype)
     check_bool(include_original, "include_original")
+    if _has_tangent(x):
+        raise RuntimeError(_gaussian_augment.NO_GRADIENT)
     implementation = _gaussian_augment.BACKENDS.select(x.device, backend)
     return implementation(x, copies, float(sigma), clip_min, clip_max, include_original, seed, offset, out_dtype)
 

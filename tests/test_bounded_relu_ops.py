@@ -74,6 +74,23 @@ def test_torch_compile_fullgraph(backend, device, save, monkeypatch):
     torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.parametrize("backend", [None, "native", "torch"])
+@pytest.mark.parametrize("save", SAVES)
+def test_forward_mode_ad_gives_clamps_tangent(backend, save):
+    """The kernels' registrations have reverse-mode rules only; a tangent sends the call to the torch backend
+    instead of being dropped (torch.func.jvp gave a zero tangent, with no error)."""
+    x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, float("nan"), 0.25], dtype=torch.float64)
+    tangent = torch.arange(1.0, 8.0, dtype=torch.float64)
+    expected = torch.func.jvp(lambda v: v.clamp(0, 1), (x,), (tangent,))
+    got = torch.func.jvp(lambda v: nf.bounded_relu(v, save=save, backend=backend), (x,), (tangent,))
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(got[1], torch.tensor([0, 0, 3, 0, 0, 0, 7], dtype=torch.float64), rtol=0, atol=0)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, tangent)
+        out = torch.autograd.forward_ad.unpack_dual(nf.bounded_relu(dual, save=save, backend=backend)).tangent
+    torch.testing.assert_close(out, got[1], rtol=0, atol=0)
+
+
 def test_default_backend_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", "torch")
     assert BACKENDS.select(torch.device("cpu"), None) is reference.bounded_relu

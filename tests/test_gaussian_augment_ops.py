@@ -96,6 +96,13 @@ def test_bad_arguments(kwargs, error, match):
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
+def test_a_forward_mode_tangent_raises_as_backward_does(backend):
+    x, tangent = torch.rand(2, 3), torch.ones(2, 3)
+    with pytest.raises(RuntimeError, match="has no gradient; pass x.detach"):
+        torch.func.jvp(lambda v: nf.gaussian_augment(v, 1, 0.1, seed=0, backend=backend), (x,), (tangent,))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
 def test_a_clip_bound_the_default_output_dtype_cannot_hold_is_refused_on_every_backend(backend):
     with pytest.raises(ValueError, match=r"the output dtype float16 \(out_dtype=None: x's\) cannot hold clip_max"):
         nf.gaussian_augment(torch.rand(2, 3).half(), clip=(0.0, 1e10), backend=backend)
