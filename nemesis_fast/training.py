@@ -242,7 +242,7 @@ def train(
     held_fraction = val_fraction if _check_val_rows(val_rows, val_data, val_fraction, recipe) else None
     split = 0.0 if held_fraction else val_fraction
     (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
-    fingerprint = data_fingerprint(images, labels)
+    fingerprint = data_fingerprint(images, labels) if checkpoint is not None else None  # only a checkpoint reads it
     torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
@@ -258,7 +258,8 @@ def train(
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
-    signature["data"] = fingerprint
+    if fingerprint is not None:
+        signature["data"] = fingerprint
     if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
         signature["val_rows"] = val_rows
     run = Resumable(

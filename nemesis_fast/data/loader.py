@@ -8,7 +8,7 @@ copy of a torch DataLoader; the conversion to float happens per batch, on the de
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -29,12 +29,16 @@ class Expansion(Protocol):
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _check_float_dtype(dtype: Any) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be a float dtype, got {dtype}")
+
+
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 pixels as floats in [0, 1] (x / 255, correctly rounded, the same bits on every device); float images
     cast to `dtype` unchanged in value."""
     check_tensor(images, "images", dtypes=IMAGE_DTYPES)
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be a float dtype, got {dtype}")
+    _check_float_dtype(dtype)
     if images.dtype != torch.uint8:
         return images.to(dtype)
     # A tensor divisor, not a Python number: on CUDA, torch divides by a number as a multiply by its reciprocal,
@@ -95,8 +99,7 @@ class DeviceLoader:
             check_int(seed, "seed", low=0, high=2**64 - 1)
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable (x, y) -> (x, y), got {type(augment).__name__}")
-        if dtype not in IMAGE_DTYPES[1:]:
-            raise TypeError(f"dtype must be a float dtype, got {dtype}")
+        _check_float_dtype(dtype)
         self.device = check_device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)

@@ -94,8 +94,10 @@ def evaluate(
     if progress is not None:
         check_bool(progress, "progress")
     # A look at the cache (cached_only) writes its report under <out>/partial, guarded as out_dir is.
-    partial = dataclasses.replace(config, out_dir=str(Path(config.out_dir).expanduser() / "partial"))
-    check_out_dir(partial if cached_only else config)
+    if cached_only:
+        check_out_dir(dataclasses.replace(config, out_dir=str(Path(config.out_dir).expanduser() / "partial")))
+    else:
+        check_out_dir(config)
     check_folders(config)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
