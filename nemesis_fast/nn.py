@@ -18,6 +18,8 @@ GRADIENTS = ("exact", "relu")
 class _ReluGradient(torch.autograd.Function):
     """BReLU's output, ReLU's gradient (1 where x > 0): the upper bound is passed through in backward."""
 
+    generate_vmap_rule = True  # (torch.func.vmap, and grad under it)
+
     @staticmethod
     def forward(x: torch.Tensor, t: float, backend: str | None) -> torch.Tensor:
         return bounded_relu(x, t, backend=backend)

@@ -19,9 +19,16 @@ SAVES = ("output", "mask")
 
 
 def _has_tangent(x: torch.Tensor) -> bool:
-    """Whether `x` carries a forward-mode AD tangent (torch.func.jvp, torch.autograd.forward_ad): the compiled
-    kernels' registrations have reverse-mode rules only, and would drop it."""
+    """Whether `x` carries a forward-mode AD tangent (torch.func.jvp, torch.autograd.forward_ad)."""
     return not torch.compiler.is_compiling() and forward_ad.unpack_dual(x).tangent is not None
+
+
+def _needs_torch_ops(x: torch.Tensor) -> bool:
+    """Whether the call runs under a torch.func transform (grad, vmap, jacrev, jvp, ...) or `x` carries a tangent.
+    The compiled kernels' registrations have reverse-mode rules only, in a form those transforms refuse (or, for a
+    tangent, silently drop)."""
+    functorch = not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    return functorch or _has_tangent(x)
 
 
 def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> torch.Tensor:
@@ -41,15 +48,15 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backe
     Returns:
         A tensor of x's shape and dtype, and x's layout (contiguous for a non-dense x with save="mask"). NaN
         propagates. The gradient is 1 where 0 < x < t and 0 elsewhere (also at 0, t and NaN), the same for both
-        values of `save`. Forward-mode AD (torch.func.jvp) runs the torch backend, the one with a forward rule:
-        the same values, the tangent times that gradient.
+        values of `save`. Under torch.func's transforms (grad, vmap, jacrev, jvp) and forward-mode AD it runs the
+        torch backend, whose rules they take: the same values and gradient.
     """
     check_tensor(x, "x")
     t = check_positive(t, "t")
     check_choice(save, "save", SAVES)
     if t < _SMALLEST_NORMAL[x.dtype] and rounded_threshold(t, x.dtype) == 0:
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
-    if _has_tangent(x):
+    if _needs_torch_ops(x):
         return _bounded_relu.BACKENDS.torch(x, t)
     if save == "mask" and x.requires_grad and torch.is_grad_enabled():
         return _bounded_relu.MASKED_BACKENDS.select(x.device, backend)(x, t)
@@ -97,7 +104,10 @@ def gaussian_augment(
     check_bool(include_original, "include_original")
     if _has_tangent(x):
         raise RuntimeError(_gaussian_augment.NO_GRADIENT)
-    implementation = _gaussian_augment.BACKENDS.select(x.device, backend)
+    if _needs_torch_ops(x):  # (its torch backend takes the transforms, and refuses a gradient as the kernels do)
+        implementation = _gaussian_augment.BACKENDS.torch
+    else:
+        implementation = _gaussian_augment.BACKENDS.select(x.device, backend)
     return implementation(x, copies, float(sigma), clip_min, clip_max, include_original, seed, offset, out_dtype)
 
 

@@ -15,12 +15,13 @@ from torch import nn
 
 from ._checks import check_choice, check_device
 from ._io import check_output_folder
+from ._training_checks import check_classes, check_data
 from .checkpoints import save_checkpoint
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
 from .models import build_model
 from .parallel import Job, Trained, Workers, train_models, training_cost
-from .training import Data, Log, _check_data, _logger, evaluate_accuracy, train
+from .training import Data, Log, _logger, evaluate_accuracy, train
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,13 @@ def train_paper_models(
     examples included), epochs, val_accuracy, trained_by (the rank; None for feature squeezing), checkpoint.
     """
     check_choice(dataset, "dataset", tuple(DEFAULT_MODEL))
-    images, _ = _check_data(train_data, "train_data")
-    test_images, test_labels = _check_data(test_data, "test_data")
+    images, _ = check_data(train_data, "train_data")
+    test_images, test_labels = check_data(test_data, "test_data")
+    if test_images.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"test_data's images are {tuple(test_images.shape[1:])}, train_data's {tuple(images.shape[1:])}: "
+            "the models are tested on images of the shape they train on"
+        )
     if isinstance(models, str):
         raise TypeError(f"models must be a list of model names, got the string {models!r}")
     wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
@@ -153,6 +159,7 @@ def train_paper_models(
     need_standard = "feature_squeezing" in wanted or any(n in wanted and r.needs_source for n, r in recipes.items())
     say = _logger(log)
     trainer = _Trainer(model_name or DEFAULT_MODEL[dataset], t, recipes, train_data, seed, device, say, train_kwargs)
+    check_classes(trainer.build("standard"), test_data, "test_data", torch.device("cpu"))  # before any training
     per_epoch = round(len(images) * (1 - train_kwargs.get("val_fraction", 0.1)))
     jobs = [trainer.job(n, per_epoch) for n in recipes if n in wanted or (n == "standard" and need_standard)]
     trained = train_models(jobs, workers, template=trainer.template, train=trainer.train, log=say)

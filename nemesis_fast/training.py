@@ -8,7 +8,6 @@ per batch on the device; the loop synchronises with the GPU once per epoch (vali
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 import time
@@ -17,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_choice, check_device, check_int, check_number, check_positive
+from ._checks import check_bool, check_device
 from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
-from ._modes import eval_mode
+from ._training_checks import check_budget, check_classes, check_data, check_val_rows
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
-from .data.loader import DeviceLoader, Expansion, check_images_labels, expanded_rows, split_validation, to_float
+from .data.loader import DeviceLoader, Expansion, expanded_rows, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
 from .resume import EpochCheckpoint, FileCheckpoint, Resumable, data_fingerprint, restore_state, training_state
@@ -47,43 +46,6 @@ def _logger(log: Log | bool) -> Log:
     if callable(log):
         return log
     return _stderr if log else (lambda message: None)
-
-
-def _check_data(data: Any, name: str) -> Data:
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a pair (images, labels) of tensors, got {type(data).__name__}")
-    check_images_labels(*data)
-    images, labels = data
-    if len(labels) == 0:
-        raise ValueError(f"{name} must hold at least one image, got none")
-    checks = [labels.min().double()]
-    if images.is_floating_point():
-        checks += [*torch.aminmax(images)]  # NaN propagates into both
-    low, *span = torch.stack([c.double() for c in checks]).tolist()  # one device synchronisation
-    if span and not (math.isfinite(span[0]) and math.isfinite(span[1])):
-        raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")
-    if span and (span[0] < 0 or span[1] > 1):
-        raise ValueError(
-            f"{name}: float images must lie in [0, 1] (uint8 pixels are read as x / 255); they span "
-            f"[{span[0]:g}, {span[1]:g}]"
-        )
-    if low < 0:
-        raise ValueError(f"{name}: the labels must be >= 0, got {low}")
-    return images, labels
-
-
-def _check_classes(model: nn.Module, data: Data, name: str, device: torch.device) -> None:
-    """Checks that the labels of `data` are classes of `model`: below its number of logits, learnt from one
-    forward pass of one image in eval mode (the model's modes are restored)."""
-    images, labels = data
-    with eval_mode(model), torch.no_grad():
-        logits = model(to_float(images[:1]).to(device))
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for one image got {shape}")
-    classes, high = logits.shape[1], int(labels.max())
-    if high >= classes:
-        raise ValueError(f"{name}: the labels must be classes of the model's {classes} logits, got label {high}")
 
 
 def infer_dataset(images: torch.Tensor) -> str:
@@ -225,7 +187,7 @@ def train(
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
-    images, labels = _check_data(data, "data")
+    images, labels = check_data(data, "data")
     for name, module in (("model", model), ("source_model", source_model)):
         if not isinstance(module, nn.Module) and (name == "model" or module is not None):
             raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
@@ -234,12 +196,12 @@ def train(
         check_bool(progress, "progress")
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = FileCheckpoint(checkpoint)  # the path checked before any work
-    epochs, batch_size, lr, seed = _check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
+    epochs, batch_size, lr, seed = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
     say = _logger(log)
     device = check_device(device)
     dataset = dataset or infer_dataset(images)
     recipe = recipe if isinstance(recipe, Recipe) else make_recipe(recipe, settings, dataset=dataset, seed=seed)
-    held_fraction = val_fraction if _check_val_rows(val_rows, val_data, val_fraction, recipe) else None
+    held_fraction = val_fraction if check_val_rows(val_rows, val_data, val_fraction, recipe) else None
     split = 0.0 if held_fraction else val_fraction
     (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
     fingerprint = data_fingerprint(images, labels) if checkpoint is not None else None  # only a checkpoint reads it
@@ -247,7 +209,7 @@ def train(
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
         if given is not None:
-            _check_classes(model, given, name, device)
+            check_classes(model, given, name, device)
     started = time.perf_counter()
 
     budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
@@ -341,40 +303,6 @@ def _run_epochs(
         result.val_accuracy = stopping.best_accuracy
 
 
-def _check_budget(
-    epochs: Any, batch_size: Any, lr: Any, seed: Any, patience: Any, max_steps: Any, val_fraction: Any
-) -> tuple[int, int, float, int]:
-    """Checks :func:`train`'s budget arguments (naming the bad one); returns (epochs, batch_size, lr, seed)."""
-    if patience is not None:
-        check_int(patience, "patience", low=1)
-    if max_steps is not None:
-        check_int(max_steps, "max_steps", low=1)
-    check_number(val_fraction, "val_fraction", low=0.0, high=1.0, high_inclusive=False)
-    return (
-        check_int(epochs, "epochs", low=1),
-        check_int(batch_size, "batch_size", low=1),
-        check_positive(lr, "lr"),
-        check_int(seed, "seed", low=0, high=2**63 - 1),
-    )
-
-
-def _check_val_rows(val_rows: Any, val_data: Data | None, val_fraction: float, recipe: Recipe) -> bool:
-    """Checks :func:`train`'s `val_rows` against the other validation arguments; True for "last"."""
-    check_choice(val_rows, "val_rows", ("images", "last"))
-    if val_rows == "images":
-        return False
-    if val_data is not None:
-        raise ValueError("val_rows='last' holds out the last rows of the training set; pass no val_data with it")
-    if val_fraction == 0:
-        raise ValueError("val_rows='last' needs a val_fraction > 0")
-    if recipe.augments_batches:
-        raise ValueError(
-            f"val_rows='last' needs a fixed training set; recipe {recipe.name!r} draws fresh rows every batch "
-            "(for GDA: fixed_set=True)"
-        )
-    return True
-
-
 def _hold_out_last_rows(
     images: torch.Tensor, labels: torch.Tensor, expand: Expansion | None, fraction: float
 ) -> tuple[int, Data]:
@@ -403,7 +331,7 @@ def _split_off_validation(
     """(the training pairs, the validation pairs on `device` or None): `val_data` when given, else
     `val_fraction` of the training pairs split off with `seed`, else none."""
     if val_data is not None:
-        val_images, val_labels = _check_data(val_data, "val_data")
+        val_images, val_labels = check_data(val_data, "val_data")
     elif val_fraction > 0:
         (images, labels), (val_images, val_labels) = split_validation(images, labels, val_fraction, seed=seed)
         if len(labels) == 0 or len(val_labels) == 0:

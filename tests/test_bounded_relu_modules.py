@@ -92,6 +92,34 @@ def test_relu_gradient_copy_keeps_the_outputs_and_passes_relus_gradient():
         BoundedReLU(1.0, gradient="straight")
 
 
+@pytest.mark.parametrize("wrap", ["brelu", "relu_gradient", "feature_squeezing", "feature_squeezing_masked"])
+def test_torch_func_per_sample_gradients_equal_autograds(wrap):
+    """Per-sample input gradients by torch.func (vmap over grad, and grad over vmap) through a BReLU model, its
+    BPDA copy and feature squeezing: these raised torch's "setup_context" or "does not have vmap support" errors;
+    grad over vmap through BPDA squeezing gave zeros."""
+    from nemesis_fast.defenses import FeatureSqueezing
+
+    torch.manual_seed(0)
+    model = replace_relu(small_cnn(), 0.5).eval()
+    model = {
+        "brelu": model,
+        "relu_gradient": with_relu_gradient(model),
+        "feature_squeezing": FeatureSqueezing(model, 3),
+        "feature_squeezing_masked": FeatureSqueezing(model, 3, bpda=False),
+    }[wrap]
+    x, probe = 3 * torch.rand(4, 1, 8, 8), torch.randn(4, 10)
+
+    def loss(image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return (model(image[None])[0] * weights).sum()
+
+    tracked = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((model(tracked) * probe).sum(), tracked)
+    assert (expected.abs().sum() > 0) == (wrap != "feature_squeezing_masked")  # rounding's own gradient: 0
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(x, probe), expected)
+    over_batch = torch.func.grad(lambda images: torch.func.vmap(loss)(images, probe).sum())(x)
+    torch.testing.assert_close(over_batch, expected)
+
+
 def test_backward_saves_nothing_beyond_what_relu_saves():
     activation_cases = {
         "relu": nn.ReLU(),

@@ -91,6 +91,27 @@ def test_forward_mode_ad_gives_clamps_tangent(backend, save):
     torch.testing.assert_close(out, got[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("save", SAVES)
+@pytest.mark.parametrize("backend,device", [pytest.param(None, "cpu"), *fast_backend_cases()])
+def test_torch_func_transforms_give_clamps_derivatives(backend, device, save):
+    """torch.func.grad, jacrev and vmap over them: the kernels' registrations are in a form those transforms
+    refuse (torch's "must override the setup_context" error), so the call runs the torch backend under them."""
+    if backend is not None:
+        require_backend(TABLES[save], backend, device)
+    x = torch.tensor([[-1.0, 0.0, 0.5, 1.0], [2.0, 0.25, 0.75, -0.5]], dtype=torch.float64, device=device)
+    mask = torch.tensor([[0, 0, 1, 0], [0, 1, 1, 0]], dtype=torch.float64, device=device)
+
+    def total(v):
+        return nf.bounded_relu(v, save=save, backend=backend).sum()
+
+    torch.testing.assert_close(torch.func.grad(total)(x), mask, rtol=0, atol=0)
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(total))(x), mask, rtol=0, atol=0)
+    jacobian = torch.func.jacrev(lambda v: nf.bounded_relu(v, save=save, backend=backend))(x[1])
+    torch.testing.assert_close(jacobian, torch.diag(mask[1]), rtol=0, atol=0)
+    batched = torch.func.vmap(lambda v: nf.bounded_relu(v, 0.5, save=save, backend=backend))(x)
+    torch.testing.assert_close(batched, x.clamp(0, 0.5), rtol=0, atol=0)
+
+
 def test_default_backend_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", "torch")
     assert BACKENDS.select(torch.device("cpu"), None) is reference.bounded_relu

@@ -102,6 +102,27 @@ def test_a_forward_mode_tangent_raises_as_backward_does(backend):
         torch.func.jvp(lambda v: nf.gaussian_augment(v, 1, 0.1, seed=0, backend=backend), (x,), (tangent,))
 
 
+@pytest.mark.parametrize("backend,device", fast_backend_cases())
+def test_torch_func_transforms_refuse_a_gradient_and_keep_the_noise(backend, device):
+    """Under torch.func.grad the op's gradient raises its own error (it gave torch's "must override the
+    setup_context" one). Data that needs no gradient keeps working: a constant under grad, and vmap, which
+    augments each slice as a call on that slice alone does."""
+    require_backend(BACKENDS, backend, device)
+    x = torch.rand(3, 1, 2, 2, device=device)
+
+    def augment(v):
+        return nf.gaussian_augment(v, 2, 0.1, seed=5, backend=backend)
+
+    for transform in (torch.func.grad, torch.func.jacrev):
+        with pytest.raises(RuntimeError, match="has no gradient; pass x.detach"):
+            transform(lambda v: augment(v).sum())(x)
+    scale = torch.func.grad(lambda w: (w * augment(x)).sum())(torch.tensor(2.0, device=device))
+    torch.testing.assert_close(scale, augment(x).sum())
+    batched = torch.func.vmap(lambda v: augment(v[None]))(x)
+    assert torch.equal(batched, torch.stack([augment(v[None]) for v in x]))
+    assert not torch.equal(batched[0], batched[1])
+
+
 @pytest.mark.parametrize("backend", ["native", "torch"])
 def test_a_clip_bound_the_default_output_dtype_cannot_hold_is_refused_on_every_backend(backend):
     with pytest.raises(ValueError, match=r"the output dtype float16 \(out_dtype=None: x's\) cannot hold clip_max"):

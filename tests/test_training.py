@@ -326,6 +326,17 @@ def test_paper_models_tiny(sample, tmp_path):
         train_paper_models(data, test, recipe_settings={"gda_brelu": {"sigma": 0.5}})
 
 
+def test_paper_models_refuse_test_data_that_does_not_fit_before_training(sample, monkeypatch):
+    """The test images' shape and labels were checked only after all seven models had trained."""
+    monkeypatch.setattr("nemesis_fast.paper_models.train_models", lambda *a, **k: pytest.fail("trained"))
+    data = small(sample, 48)
+    images, labels = sample[1][0][:20], sample[1][1][:20]
+    with pytest.raises(ValueError, match=r"test_data's images are \(1, 27, 28\), train_data's \(1, 28, 28\)"):
+        train_paper_models(data, (images[:, :, 1:], labels), **quiet())
+    with pytest.raises(ValueError, match="test_data: the labels must be classes of the model.s 10 logits, got label"):
+        train_paper_models(data, (images, labels.clone().fill_(10)), **quiet())
+
+
 def test_feature_squeezing_of_a_trained_model_keeps_most_predictions(sample):
     model = trained(sample)
     images = sample[1][0][:200].float() / 255

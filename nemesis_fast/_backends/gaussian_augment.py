@@ -31,11 +31,18 @@ def _register_autograd(op) -> None:
 
 
 class _ReferenceRefusingGradient(torch.autograd.Function):
-    """The reference, whose backward raises NO_GRADIENT like the kernels' registrations."""
+    """The reference, whose backward raises NO_GRADIENT like the kernels' registrations. In the form torch.func's
+    transforms take (a setup_context, a generated vmap rule), so that it also serves under them."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, *arguments) -> torch.Tensor:
+    def forward(x: torch.Tensor, *arguments) -> torch.Tensor:
         return _reference(x, *arguments)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, *grads):
@@ -44,7 +51,7 @@ class _ReferenceRefusingGradient(torch.autograd.Function):
 
 def reference(x: torch.Tensor, *arguments) -> torch.Tensor:
     """The reference as a backend (same arguments as the op), refusing gradients as the kernels do."""
-    if x.requires_grad and torch.is_grad_enabled():
+    if torch._C._are_functorch_transforms_active() or (x.requires_grad and torch.is_grad_enabled()):
         return _ReferenceRefusingGradient.apply(x, *arguments)
     return _reference(x, *arguments)
 

@@ -44,11 +44,18 @@ def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the squeezed input; backward: the incoming gradient unchanged (BPDA with the identity)."""
+    """Forward: the squeezed input; backward: the incoming gradient unchanged (BPDA with the identity). In the form
+    torch.func's transforms take."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
         return squeezed
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -96,7 +103,8 @@ class FeatureSqueezing(nn.Module):
         if self.bpda:
             with torch.no_grad():
                 squeezed = self._squeeze(x)
-            return _StraightThrough.apply(x, squeezed) if x.requires_grad else squeezed
+            tracked = x.requires_grad or torch._C._are_functorch_transforms_active()  # (under grad(vmap(...)) too)
+            return _StraightThrough.apply(x, squeezed) if tracked else squeezed
         return self._squeeze(x)
 
     def _squeeze(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,186 +1,28 @@
-"""Certified L2 robustness by randomized smoothing (Cohen, Rosenfeld, Kolter, ICML 2019), with the noise drawn by
-the fused :func:`nemesis_fast.gaussian_augment` op on the model's device.
-
-The smoothed classifier g(x) = argmax_c P(f(x + d) = c), d ~ N(0, sigma^2 I), keeps its answer within the L2 radius
-sigma * Phi^-1(pA) of x, where pA is a lower confidence bound on the probability of its top class. :class:`Smooth`
-estimates g from integer counts of the base model's predictions on noisy copies:
-
-* ``certify`` (Cohen et al.'s CERTIFY): the class with most votes among n0 draws, then a one-sided (1 - alpha)
-  Clopper-Pearson lower bound pA on its probability from n fresh draws; the radius sigma * Phi^-1(pA), or an
-  abstention (-1) where pA <= 1/2. With probability >= 1 - alpha over the draws, a class it returns is g(x) and
-  g is constant within the radius.
-* ``predict`` (PREDICT): the top class of n draws, unless a two-sided binomial test (p = 1/2) of its count against
-  the runner-up's gives a p-value above alpha (then -1); it returns a class other than g(x) with probability at
-  most alpha.
-
-Noise. Draw j of image i in phase p is x_i + sigma * z with z = gaussian_augment's noise under the key of
-(seed, p) at sample index (offset + i) * 2**32 + j: a pure function of the seed, the image's global index and the
-draw's index, so results do not depend on batch_size, on the device, or on how a data set is split into calls
-(pass each call the global index of its first image as `offset`), and the selection, estimation and prediction
-draws are independent. The noisy copies are never clipped and never all held at once: each forward pass takes
-`batch_size` of them, images and draws batched together. The noise is Philox4x32-10 with Box-Muller on 24-bit
-words (see :mod:`nemesis_fast.reference.gaussian_augment`): a discretised normal, cut at |z| <= 5.77; the
-guarantee is Cohen et al.'s for this noise as for any pseudo-random one.
-"""
+"""The smoothed classifier: :class:`Smooth` counts the base model's votes on noisy copies drawn on its device, and
+turns them into certificates and predictions (the noise's definition: :mod:`nemesis_fast.certify`)."""
 
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from ._amp import amp_name, autocast
-from ._backends.gaussian_augment import resolve_seed
-from ._checks import (
-    FLOAT_DTYPES,
-    check_choice,
-    check_device,
-    check_int,
-    check_number,
-    check_positive,
-    check_tensor,
-)
-from ._dispatch import BACKENDS
-from ._modes import eval_mode
-from .ops import gaussian_augment
-
-__all__ = [
-    "Certificate",
-    "Prediction",
-    "Smooth",
-    "binomial_p_value",
-    "certified_accuracy",
-    "certified_radius",
-    "clopper_pearson_lower",
-]
+from .._amp import amp_name, autocast
+from .._backends.gaussian_augment import resolve_seed
+from .._checks import FLOAT_DTYPES, check_choice, check_device, check_int, check_number, check_positive, check_tensor
+from .._dispatch import BACKENDS
+from .._modes import eval_mode
+from ..ops import gaussian_augment
+from .statistics import binomial_p_value, certified_accuracy, certified_radius, clopper_pearson_lower
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
 MAX_CLASSES = 2**20  # the vote counts take 8 bytes per class, image and phase on the device: 8 MiB per image and phase
-INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 SHOWN_IMAGES = 10
 Progress = Callable[[int], object]
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-
-
-def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
-    """The one-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial proportion.
-
-    Args:
-        successes: counts k (an int or an integer array), 0 <= k <= trials.
-        trials: the number of trials n >= 1 (an int or an integer array broadcasting with `successes`).
-        alpha: the bound's failure probability, in (0, 1).
-
-    Returns:
-        float64 array: the p with P(Binomial(n, p) >= k) = alpha, i.e. the alpha quantile of Beta(k, n - k + 1);
-        0 where k = 0. (The lower end of statsmodels' proportion_confint(k, n, 2 * alpha, method="beta").)
-    """
-    from scipy.stats import beta
-
-    alpha = check_number(alpha, "alpha", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-    k, n = np.broadcast_arrays(np.asarray(successes), np.asarray(trials))
-    if not (np.issubdtype(k.dtype, np.integer) and np.issubdtype(n.dtype, np.integer)):
-        raise TypeError("successes and trials must be integer counts")
-    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("counts must satisfy 0 <= successes <= trials and trials >= 1")
-    k, n = k.astype(np.float64), n.astype(np.float64)
-    bound = beta.ppf(alpha, np.maximum(k, 1.0), n - k + 1.0)
-    return np.where(k == 0, 0.0, bound)
-
-
-def binomial_p_value(top, runner_up) -> np.ndarray:
-    """The two-sided binomial test's p-value of `top` successes in `top + runner_up` trials against p = 1/2 (as
-    scipy.stats.binomtest(top, top + runner_up, 0.5).pvalue), vectorised; 1 where there are no trials."""
-    from scipy.stats import binom
-
-    a, b = np.broadcast_arrays(np.asarray(top), np.asarray(runner_up))
-    if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
-        raise TypeError("top and runner_up must be integer counts")
-    if np.any(a < 0) or np.any(b < 0):
-        raise ValueError("counts must be >= 0")
-    high, total = np.maximum(a, b).astype(np.float64), (a + b).astype(np.float64)
-    # The null is symmetric: outcomes as unlikely as `high` are >= high and <= total - high.
-    return np.minimum(1.0, 2.0 * binom.sf(high - 1.0, total, 0.5))
-
-
-def _probabilities(p: object, name: str) -> np.ndarray:
-    """`p` (a number, array or tensor of any shape) as a float64 array of probabilities in [0, 1]."""
-    if isinstance(p, torch.Tensor):
-        p = p.detach().cpu().numpy()
-    array = np.asarray(p)
-    if array.dtype == np.bool_ or not (
-        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-    ):
-        raise TypeError(f"{name} must be a probability or an array of them, got {type(p).__name__} of {array.dtype}")
-    array = array.astype(np.float64)
-    outside = ~((array >= 0.0) & (array <= 1.0))  # NaN included
-    if outside.any():
-        raise ValueError(f"{name} must be in [0, 1], got {array[outside].flat[0]}")
-    return array
-
-
-def certified_radius(p_lower, sigma: float) -> np.ndarray:
-    """sigma * Phi^-1(p_lower) where p_lower > 1/2, else 0 (no certificate): the L2 radius, in the units of the
-    inputs, within which the smoothed classifier's answer is certified.
-
-    Args:
-        p_lower: lower confidence bounds pA in [0, 1] (a number or an array of any shape); pA = 1 (which no
-            Clopper-Pearson bound from finitely many draws reaches) gives an infinite radius.
-        sigma: the noise's standard deviation, > 0.
-
-    Returns:
-        float64 array of p_lower's shape: the radii, >= 0.
-    """
-    from scipy.stats import norm
-
-    sigma = check_positive(sigma, "sigma")
-    p = _probabilities(p_lower, "p_lower")
-    return np.where(p > 0.5, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), 0.0)
-
-
-def _check_radii(radii: object) -> list[float]:
-    """`radii` (a sequence, array or 1-D tensor of L2 radii >= 0) as a list of floats."""
-    if isinstance(radii, (torch.Tensor, np.ndarray)):
-        radii = radii.tolist()
-    if isinstance(radii, (str, bytes)) or not isinstance(radii, Iterable):
-        raise TypeError(f"radii must be a sequence of numbers, got {type(radii).__name__}")
-    return [check_number(r, f"radii[{i}]", low=0.0) for i, r in enumerate(radii)]
-
-
-def certified_accuracy(
-    prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor, radii: list[float] | tuple[float, ...]
-) -> list[float]:
-    """The fraction of images certified correct at each L2 radius r of `radii`: prediction == label (not an
-    abstention) and radius >= r.
-
-    Args:
-        prediction: (N,) integer tensor of classes, -1 where abstaining.
-        radius: (N,) floating tensor of certified L2 radii, in the units of the inputs.
-        labels: (N,) integer tensor of the true classes.
-        radii: the L2 radii >= 0 to report, in the same units.
-
-    Returns:
-        One fraction in [0, 1] per radius (nan for N = 0).
-    """
-    prediction = check_tensor(prediction, "prediction", dtypes=INTEGER_DTYPES, ndim=1)
-    radius = check_tensor(radius, "radius", ndim=1)
-    labels = check_tensor(labels, "labels", dtypes=INTEGER_DTYPES, ndim=1)
-    for name, tensor in (("radius", radius), ("labels", labels)):
-        if len(tensor) != len(prediction):
-            raise ValueError(f"{name} must have the length of prediction ({len(prediction)}), got {len(tensor)}")
-    radii = _check_radii(radii)
-    correct = prediction.cpu() == labels.cpu()
-    radius = radius.cpu().double()
-    if len(correct) == 0:
-        return [math.nan for _ in radii]
-    return [(correct & (radius >= r)).double().mean().item() for r in radii]
 
 
 def _images(indices: list[int]) -> str:
@@ -188,9 +30,6 @@ def _images(indices: list[int]) -> str:
     shown = ", ".join(f"x[{i}]" for i in indices[:SHOWN_IMAGES])
     more = len(indices) - SHOWN_IMAGES
     return f"image(s) {shown}" + (f" and {more} more" if more > 0 else "")
-
-
-# ------------------------------------------------------------------------------------------------ results
 
 
 @dataclass
