@@ -112,6 +112,31 @@ def test_torch_func_transforms_give_clamps_derivatives(backend, device, save):
     torch.testing.assert_close(batched, x.clamp(0, 0.5), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("save", SAVES)
+@pytest.mark.parametrize("backend,device", fast_backend_cases())
+def test_batched_gradients_through_the_kernels(backend, device, save):
+    """autograd's is_grads_batched (the attacks' Jacobians) vmaps the backward op: the output pair has batching
+    rules (one call per batch, where torch's fallback called the op per slice), and the masked backward works for
+    a channels_last output (its gradient was brought to the output's strides with an in-place copy, which vmap
+    refuses)."""
+    require_backend(TABLES[save], backend, device)
+    x = torch.randn(4, 3, 5, 6, device=device).to(memory_format=torch.channels_last).requires_grad_(True)
+    weights = torch.randn(3, 4, 3, 5, 6, device=device)
+    y = nf.bounded_relu(x * 2, 0.75, save=save, backend=backend)
+    (grads,) = torch.autograd.grad(y, x, weights, is_grads_batched=True)
+    expected = torch.where((x * 2 > 0) & (x * 2 < 0.75), weights * 2, 0.0)
+    torch.testing.assert_close(grads, expected, rtol=0, atol=0)
+    if save == "output":
+        op = BACKENDS.native if backend == "native" else BACKENDS.triton
+        rows = torch.randn(5, 7, device=device)
+        torch.testing.assert_close(torch.func.vmap(lambda r: op(r, 0.5), in_dims=1)(rows), rows.T.clamp(0, 0.5))
+
+
+def test_the_output_pair_has_batching_rules():
+    for name in ("bounded_relu", "bounded_relu_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"nemesis_fast::{name}", "FuncTorchBatched"), name
+
+
 def test_default_backend_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", "torch")
     assert BACKENDS.select(torch.device("cpu"), None) is reference.bounded_relu

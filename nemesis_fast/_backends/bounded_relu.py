@@ -43,14 +43,16 @@ def _register_autograd(forward, backward) -> None:
 
 
 def _with_strides(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
-    """grad itself when it has these (dense) strides, else a copy of it that has them.
+    """grad itself when it has these (dense) strides, else a copy of it in their memory order.
 
     The masked backward reads grad in the memory order of the forward's output, which autograd does not keep:
     the incoming gradient may be contiguous for a channels_last output, or expanded (out.sum().backward()).
     """
     if grad.stride() == stride:
         return grad
-    return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+    order = sorted(range(grad.dim()), key=lambda d: stride[d], reverse=True)  # outermost first
+    # Out of place (no copy_ into a new tensor), so that it also works under vmap (is_grads_batched).
+    return grad.permute(order).contiguous().permute([order.index(d) for d in range(grad.dim())])
 
 
 def _register_masked_autograd(forward, backward) -> None:
@@ -82,6 +84,28 @@ def _register_masked_autograd(forward, backward) -> None:
 
     torch.library.register_autograd(forward, backward_of_forward, setup_context=setup_forward)
     torch.library.register_autograd(backward, backward_of_backward, setup_context=setup_backward)
+
+
+def _register_vmap(forward, backward) -> None:
+    """Batching rules of a (forward, backward) op pair, for torch.func.vmap and autograd's is_grads_batched (the
+    attacks' Jacobians), where torch's fallback calls the op once per slice. The forward is elementwise on any
+    strides: one call covers the batch. The backward of batched gradients and one saved output: on CUDA one call
+    with the output broadcast (expanded, not copied); on a CPU one call per slice, which measured faster there
+    (the broadcast takes the kernel's strided loop, a copy of the output the allocator's fresh pages)."""
+
+    def forward_rule(info, in_dims, x, t):
+        return forward(x, t), in_dims[0]
+
+    def backward_rule(info, in_dims, grad, out, t):
+        grad_dim, out_dim = in_dims[:2]  # (t, a float, has none)
+        if grad_dim is not None and out_dim is None and grad.device.type == "cuda":
+            return backward(grad, out.unsqueeze(grad_dim).expand_as(grad), t), grad_dim
+        grads = grad.unbind(grad_dim) if grad_dim is not None else [grad] * info.batch_size
+        outs = out.unbind(out_dim) if out_dim is not None else [out] * info.batch_size
+        return torch.stack([backward(g, o, t) for g, o in zip(grads, outs)]), 0
+
+    torch.library.register_vmap(forward, forward_rule)
+    torch.library.register_vmap(backward, backward_rule)
 
 
 def _output_of(masked_forward):
@@ -137,6 +161,7 @@ if _extension.LOADED:
 
     native = torch.ops.nemesis_fast.bounded_relu.default
     _register_autograd(native, torch.ops.nemesis_fast.bounded_relu_backward.default)
+    _register_vmap(native, torch.ops.nemesis_fast.bounded_relu_backward.default)
     masked_native = _output_of(torch.ops.nemesis_fast.bounded_relu_masked.default)
     _register_masked_autograd(masked_native.op, torch.ops.nemesis_fast.bounded_relu_masked_backward.default)
 
@@ -150,6 +175,7 @@ if _triton.AVAILABLE:
 
     triton = bounded_relu_triton
     _register_autograd(bounded_relu_triton, bounded_relu_backward_triton)
+    _register_vmap(bounded_relu_triton, bounded_relu_backward_triton)
     masked_triton = _output_of(bounded_relu_masked_triton)
     _register_masked_autograd(bounded_relu_masked_triton, bounded_relu_masked_backward_triton)
 
