@@ -4,7 +4,8 @@ operations that synchronise the host with the device (where each happens, from t
 torch.profiler's busiest operations by host time and by device time. Then the same for torchattacks' JSMA through the
 drop-in on 2 images (the compat suite's case, 26x the peer on an H200 against a 50x target); the K vector-Jacobian
 products of DeepFool and JSMA taken three ways (one vmap'd backward pass, K backward passes, one pass over K stacked
-copies) at several batch sizes, to set where each path is taken; and DeepFool's difference from torchattacks' with
+copies) at several batch sizes, to set where each path is taken, for the CNN and for it with BReLU (whose op
+pair's batching rules should make its vmap'd pass cost ReLU's); and DeepFool's difference from torchattacks' with
 TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
 
     python scripts/profile_attacks.py [--attacks FGSM,DeepFool,JSMA] [--batch 256] [--calls 20] [--device cpu] \
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import time
 import traceback
 import warnings
@@ -29,6 +31,7 @@ from nemesis_fast.attacks.jacobian import LogitJacobian
 from nemesis_fast.bench.attacks import providers, specs, timing_model
 from nemesis_fast.bench.harness import device_name, synchronize
 from nemesis_fast.compat import torchattacks as compat
+from nemesis_fast.nn import replace_relu
 
 
 def synchronisations(call) -> collections.Counter:
@@ -95,7 +98,7 @@ def profile_jsma(model, x, y) -> None:
     profile_call("JSMA, nemesis_fast.compat.torchattacks", lambda: attack(x, y), x.device, 3, len(x))
 
 
-def jacobian_paths(model, x) -> None:
+def jacobian_paths(model, x, label: str) -> None:
     """Milliseconds per call of the K products of the logits, each of LogitJacobian's three paths."""
     engine = LogitJacobian(model)
 
@@ -108,7 +111,7 @@ def jacobian_paths(model, x) -> None:
         logits = model(leaf)
         return [torch.autograd.grad(logits, leaf, w[i], retain_graph=i < len(w) - 1) for i in range(len(w))]
 
-    print("\nK products of the logits, ms per call: one vmap'd pass / K passes / K stacked copies")
+    print(f"\nK products of the logits ({label}), ms per call: one vmap'd pass / K passes / K stacked copies")
     for images, k in ((2, 2), (8, 2), (2, 10), (32, 10), (256, 2), (256, 10)):
         if images > len(x):
             continue
@@ -159,7 +162,9 @@ def main() -> None:
     try:
         if "JSMA" in wanted:
             profile_jsma(model, x[:2], y[:2])
-        jacobian_paths(model, x)
+        jacobian_paths(model, x, "ReLU")
+        # BReLU's op pair has batching rules: its vmap'd pass should cost what ReLU's does.
+        jacobian_paths(replace_relu(copy.deepcopy(model), 1.0), x, "the same weights, BReLU t = 1")
     except Exception:
         traceback.print_exc()
     if device.type == "cuda":
