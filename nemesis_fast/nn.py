@@ -89,6 +89,35 @@ def with_relu_gradient(model: nn.Module) -> nn.Module:
     return copied
 
 
+def to_hardtanh(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every :class:`BoundedReLU` replaced by ``nn.Hardtanh(0, t)``: plain torch, for
+    exporters (ONNX, TorchScript) and for running the model where nemesis_fast is not installed. `model` is not
+    changed; the copy has its parameters and buffers, so their state dicts are interchangeable.
+
+    The outputs are `model`'s, and so are the gradients (1 where 0 < x < t), with one exception in float16 and
+    bfloat16: BoundedReLU rounds t to the input's dtype, Hardtanh compares in float32, so where t is not a 16-bit
+    number an input equal to the rounded t passes gradient through Hardtanh only. Raises ValueError for a BPDA
+    copy (:func:`with_relu_gradient`), whose ReLU gradient Hardtanh does not have.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if any(isinstance(m, BoundedReLU) and m.gradient == "relu" for m in model.modules()):
+        raise ValueError("model passes ReLU's gradient through its BoundedReLU layers (BPDA); Hardtanh cannot")
+    if isinstance(model, BoundedReLU):
+        return nn.Hardtanh(0.0, model.t)
+    copied = copy.deepcopy(model)
+    _swap_bounded_relu(copied)
+    return copied
+
+
+def _swap_bounded_relu(model: nn.Module) -> None:
+    for name, child in model.named_children():
+        if isinstance(child, BoundedReLU):
+            setattr(model, name, nn.Hardtanh(0.0, child.t))
+        else:
+            _swap_bounded_relu(child)
+
+
 def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> nn.Module:
     """Replaces every `nn.ReLU` submodule of `model` with a `BoundedReLU(t, save=save, backend=backend)`, in place,
     and returns `model`.

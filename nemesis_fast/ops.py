@@ -28,7 +28,7 @@ def _needs_torch_ops(x: torch.Tensor) -> bool:
     The compiled kernels' registrations have reverse-mode rules only, in a form those transforms refuse (or, for a
     tangent, silently drop)."""
     functorch = not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
-    return functorch or _has_tangent(x)
+    return functorch or _has_tangent(x) or torch.onnx.is_in_onnx_export()
 
 
 def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> torch.Tensor:

@@ -74,6 +74,50 @@ def test_threshold_keeps_the_precision_of_the_dtype(backend, device, save):
             assert grad.tolist() == [1.0, 0.0, 0.0], (dtype, t)
 
 
+def test_rounded_threshold_is_the_dtype_conversion():
+    """rounded_threshold rounds in plain Python (so tracers see a constant); it must be torch's conversion through
+    float32 (float64 for float64): to nearest, ties to even, overflow to inf, underflow through subnormals."""
+    generator = torch.Generator().manual_seed(0)
+    logs = torch.empty(4000, dtype=torch.float64).uniform_(-48.0, 39.0, generator=generator)
+    values = [10.0**v for v in logs.tolist()]
+    values += [1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-24, 1 + 3 * 2**-24, 0.1, 1 / 3]  # ties
+    values += [65504.0, 65519.99, 65520.0, 2.0**-24, 2.0**-25, 2.0**-149, 2.0**-150, 3.4028235677973366e38, 1e300]
+    for t in values + [-v for v in values]:
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            wide = torch.float64 if dtype == torch.float64 else torch.float32
+            assert reference.rounded_threshold(t, dtype) == torch.tensor(t, dtype=wide).to(dtype).item(), (t, dtype)
+
+
+def test_an_onnx_export_runs_the_torch_backend(monkeypatch):
+    """The exporters cannot take the kernels' ops: under torch.onnx's export the op runs its torch backend."""
+    x = torch.randn(3, 5, requires_grad=True)
+    assert "Where" not in nf.bounded_relu(x, 0.5, backend="native").grad_fn.name()
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    out = nf.bounded_relu(x, 0.5, backend="native")
+    assert "Where" in out.grad_fn.name() and torch.equal(out, x.clamp(0, 0.5))
+
+
+def test_a_brelu_model_exports_to_onnx_with_the_same_outputs():
+    pytest.importorskip("onnxscript")
+    import onnx.reference
+
+    from nemesis_fast.models import mnist_cnn
+    from nemesis_fast.nn import to_hardtanh
+
+    torch.manual_seed(0)
+    model = mnist_cnn(activation="brelu", t=0.5).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    for exported_model, clip_only in ((model, False), (to_hardtanh(model), True)):
+        program = torch.onnx.export(exported_model, (x,), dynamo=True, verbose=False)
+        operators = {node.op_type for node in program.model_proto.graph.node}
+        assert "Clip" in operators and ("Where" not in operators) == clip_only, operators
+        session = onnx.reference.ReferenceEvaluator(program.model_proto)
+        (got,) = session.run(None, {session.input_names[0]: x.numpy()})
+        assert abs(got - expected).max() < 1e-5
+
+
 @pytest.mark.parametrize("save", SAVES)
 @pytest.mark.parametrize("backend,device", CASES)
 def test_output_keeps_the_input_layout(backend, device, save):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nemesis_fast.bench.harness import saved_tensor_bytes
-from nemesis_fast.nn import BoundedReLU, replace_relu, with_relu_gradient
+from nemesis_fast.nn import BoundedReLU, replace_relu, to_hardtanh, with_relu_gradient
 
 
 def small_cnn() -> nn.Sequential:
@@ -118,6 +118,30 @@ def test_torch_func_per_sample_gradients_equal_autograds(wrap):
     torch.testing.assert_close(torch.func.vmap(torch.func.grad(loss))(x, probe), expected)
     over_batch = torch.func.grad(lambda images: torch.func.vmap(loss)(images, probe).sum())(x)
     torch.testing.assert_close(over_batch, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hardtanh_copy_is_plain_torch_with_the_same_outputs_and_gradients(dtype):
+    torch.manual_seed(0)
+    model = replace_relu(small_cnn(), 0.5).to(dtype)
+    plain = to_hardtanh(model)
+    assert sum(isinstance(m, BoundedReLU) for m in model.modules()) == 2  # the model itself is unchanged
+    assert not any(isinstance(m, BoundedReLU) for m in plain.modules())
+    assert plain.state_dict().keys() == model.state_dict().keys()
+    x = (3 * torch.randn(4, 1, 8, 8, dtype=dtype)).requires_grad_(True)  # many units saturate
+    probe = torch.randn(4, 10, dtype=dtype)
+    assert torch.equal(plain(x), model(x))
+    (got,) = torch.autograd.grad((plain(x) * probe).sum(), x)
+    (expected,) = torch.autograd.grad((model(x) * probe).sum(), x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert torch.equal(torch.jit.script(plain)(x), model(x))
+    exported = torch.export.export(plain, (x.detach(),))
+    assert not any("nemesis_fast" in str(node.target) for node in exported.graph.nodes)
+    assert isinstance(to_hardtanh(BoundedReLU(2.0)), nn.Hardtanh)
+    with pytest.raises(ValueError, match="BPDA"):
+        to_hardtanh(with_relu_gradient(model))
+    with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+        to_hardtanh("model")
 
 
 def test_backward_saves_nothing_beyond_what_relu_saves():

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 import torch
 
 
 def rounded_threshold(t: float, dtype: torch.dtype) -> float:
     """The threshold that the op uses for tensors of `dtype`: t rounded to that dtype (through float32 for
-    the 16-bit types, as a C++ cast does)."""
-    wide = torch.float64 if dtype == torch.float64 else torch.float32
-    return torch.tensor(t, dtype=wide).to(dtype).item()
+    the 16-bit types, as a C++ cast does), to nearest, ties to even.
+
+    In plain Python, with no tensor: so that tracers (torch.export, the ONNX exporter) see a constant.
+    """
+    if dtype == torch.float64:
+        return float(t)
+    try:
+        (bits,) = struct.unpack("<I", struct.pack("<f", t))  # float32, rounded to nearest even
+    except OverflowError:  # beyond float32's largest finite value once rounded
+        bits = 0x7F800000 if t > 0 else 0xFF800000
+    if dtype == torch.bfloat16:
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    (value,) = struct.unpack("<f", struct.pack("<I", bits))
+    if dtype == torch.float16:
+        try:
+            (value,) = struct.unpack("<e", struct.pack("<e", value))
+        except OverflowError:  # beyond float16's largest finite value once rounded
+            value = math.copysign(math.inf, value)
+    return value
 
 
 def bounded_relu(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -19,7 +38,7 @@ def bounded_relu(x: torch.Tensor, t: float) -> torch.Tensor:
     """
     top = rounded_threshold(t, x.dtype)
     passes_gradient = (x > 0) & (x < top)
-    return torch.where(passes_gradient, x, x.detach().clamp(0, top))
+    return torch.where(passes_gradient, x, x.detach().clamp(0.0, top))
 
 
 # The masked variant. Its mask holds 1 bit per element, ceil(n / 8) uint8 bytes: bit j of byte k is 1 where element
