@@ -20,15 +20,26 @@ SAVES = ("output", "mask")
 
 def _has_tangent(x: torch.Tensor) -> bool:
     """Whether `x` carries a forward-mode AD tangent (torch.func.jvp, torch.autograd.forward_ad)."""
-    return not torch.compiler.is_compiling() and forward_ad.unpack_dual(x).tangent is not None
+    dual_level = forward_ad._current_level >= 0  # (unpack_dual alone costs a microsecond a call)
+    return dual_level and not torch.compiler.is_compiling() and forward_ad.unpack_dual(x).tangent is not None
+
+
+def _exporting_to_onnx() -> bool:
+    """Whether torch.onnx.export is tracing the call (its two exporters trace with torch.jit and torch.export; asked
+    first, as is_in_onnx_export costs microseconds a call)."""
+    return (torch.jit.is_tracing() or torch.compiler.is_exporting()) and torch.onnx.is_in_onnx_export()
 
 
 def _needs_torch_ops(x: torch.Tensor) -> bool:
-    """Whether the call runs under a torch.func transform (grad, vmap, jacrev, jvp, ...) or `x` carries a tangent.
-    The compiled kernels' registrations have reverse-mode rules only, in a form those transforms refuse (or, for a
+    """Whether the call must run plain torch operations: under torch.onnx.export (which has no translation of the
+    kernels' ops), under a torch.func transform (grad, vmap, jacrev, jvp, ...), or for an `x` with a tangent. The
+    kernels' autograd registrations have reverse-mode rules only, in a form those transforms refuse (or, for a
     tangent, silently drop)."""
-    functorch = not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
-    return functorch or _has_tangent(x) or torch.onnx.is_in_onnx_export()
+    if _exporting_to_onnx():
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or _has_tangent(x)
 
 
 def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> torch.Tensor:
