@@ -32,14 +32,16 @@ def _exporting_to_onnx() -> bool:
 
 def _needs_torch_ops(x: torch.Tensor) -> bool:
     """Whether the call must run plain torch operations: under torch.onnx.export (which has no translation of the
-    kernels' ops), under a torch.func transform (grad, vmap, jacrev, jvp, ...), or for an `x` with a tangent. The
-    kernels' autograd registrations have reverse-mode rules only, in a form those transforms refuse (or, for a
-    tangent, silently drop)."""
+    kernels' ops), for an `x` that a torch.func transform (grad, vmap, jacrev, jvp, ...) tracks or batches, or for
+    an `x` with a tangent. The kernels' autograd registrations have reverse-mode rules only, in a form those
+    transforms refuse (or, for a tangent, silently drop). An `x` the transforms do not see (a constant under grad)
+    keeps the kernels."""
     if _exporting_to_onnx():
         return True
     if torch.compiler.is_compiling():
         return False
-    return torch._C._are_functorch_transforms_active() or _has_tangent(x)
+    functorch = torch._C._are_functorch_transforms_active() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return functorch or _has_tangent(x)
 
 
 def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> torch.Tensor:
@@ -59,8 +61,9 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backe
     Returns:
         A tensor of x's shape and dtype, and x's layout (contiguous for a non-dense x with save="mask"). NaN
         propagates. The gradient is 1 where 0 < x < t and 0 elsewhere (also at 0, t and NaN), the same for both
-        values of `save`. Under torch.func's transforms (grad, vmap, jacrev, jvp) and forward-mode AD it runs the
-        torch backend, whose rules they take: the same values and gradient.
+        values of `save`. For an x that torch.func's transforms (grad, vmap, jacrev, jvp) track or batch, for
+        forward-mode AD and under torch.onnx.export it runs the torch backend, whose rules they take: the same
+        values and gradient.
     """
     check_tensor(x, "x")
     t = check_positive(t, "t")

@@ -116,7 +116,10 @@ def test_torch_func_transforms_refuse_a_gradient_and_keep_the_noise(backend, dev
     for transform in (torch.func.grad, torch.func.jacrev):
         with pytest.raises(RuntimeError, match="has no gradient; pass x.detach"):
             transform(lambda v: augment(v).sum())(x)
-    scale = torch.func.grad(lambda w: (w * augment(x)).sum())(torch.tensor(2.0, device=device))
+    with torch.profiler.profile() as profile:  # a constant under grad keeps the kernel
+        scale = torch.func.grad(lambda w: (w * augment(x)).sum())(torch.tensor(2.0, device=device))
+    kernel_ran = any(event.name.startswith("nemesis_fast::gaussian_augment") for event in profile.events())
+    assert kernel_ran == (backend != "torch")
     torch.testing.assert_close(scale, augment(x).sum())
     batched = torch.func.vmap(lambda v: augment(v[None]))(x)
     assert torch.equal(batched, torch.stack([augment(v[None]) for v in x]))
