@@ -95,7 +95,8 @@ def test_forward_mode_ad_gives_clamps_tangent(backend, save):
 @pytest.mark.parametrize("backend,device", [pytest.param(None, "cpu"), *fast_backend_cases()])
 def test_torch_func_transforms_give_clamps_derivatives(backend, device, save):
     """torch.func.grad, jacrev and vmap over them: the kernels' registrations are in a form those transforms
-    refuse (torch's "must override the setup_context" error), so the call runs the torch backend under them."""
+    refuse (torch's "must override the setup_context" error), so for inputs they track or batch the call runs the
+    torch backend."""
     if backend is not None:
         require_backend(TABLES[save], backend, device)
     x = torch.tensor([[-1.0, 0.0, 0.5, 1.0], [2.0, 0.25, 0.75, -0.5]], dtype=torch.float64, device=device)
