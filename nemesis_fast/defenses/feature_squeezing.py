@@ -103,7 +103,7 @@ class FeatureSqueezing(nn.Module):
         if self.bpda:
             with torch.no_grad():
                 squeezed = self._squeeze(x)
-            tracked = x.requires_grad or torch._C._are_functorch_transforms_active()  # (under grad(vmap(...)) too)
+            tracked = x.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(x)  # (grad(vmap(...)))
             return _StraightThrough.apply(x, squeezed) if tracked else squeezed
         return self._squeeze(x)
 
