@@ -1,9 +1,10 @@
-"""Modules: the bounded ReLU as a layer, a helper that puts it in place of every ReLU of a model, and one that
-readies a BReLU model for BPDA attacks (ReLU's gradient through the upper bound)."""
+"""Modules: the bounded ReLU as a layer, a helper that puts it in place of every ReLU of a model, one that readies a
+BReLU model for BPDA attacks (ReLU's gradient through the upper bound), and one that copies it into plain torch."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -106,16 +107,17 @@ def to_hardtanh(model: nn.Module) -> nn.Module:
     if isinstance(model, BoundedReLU):
         return nn.Hardtanh(0.0, model.t)
     copied = copy.deepcopy(model)
-    _swap_bounded_relu(copied)
+    _replace_modules(copied, BoundedReLU, lambda layer: nn.Hardtanh(0.0, layer.t))
     return copied
 
 
-def _swap_bounded_relu(model: nn.Module) -> None:
+def _replace_modules(model: nn.Module, kind: type[nn.Module], make: Callable[[nn.Module], nn.Module]) -> None:
+    """Replaces, in place, every submodule of `model` that is a `kind` with `make(that submodule)`."""
     for name, child in model.named_children():
-        if isinstance(child, BoundedReLU):
-            setattr(model, name, nn.Hardtanh(0.0, child.t))
+        if isinstance(child, kind):
+            setattr(model, name, make(child))
         else:
-            _swap_bounded_relu(child)
+            _replace_modules(child, kind, make)
 
 
 def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> nn.Module:
@@ -133,9 +135,5 @@ def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", back
         check_choice(backend, "backend", BACKENDS)
     if isinstance(model, nn.ReLU):
         return BoundedReLU(t, save=save, backend=backend)
-    for name, child in model.named_children():
-        if isinstance(child, nn.ReLU):
-            setattr(model, name, BoundedReLU(t, save=save, backend=backend))
-        else:
-            replace_relu(child, t, save=save, backend=backend)
+    _replace_modules(model, nn.ReLU, lambda _: BoundedReLU(t, save=save, backend=backend))
     return model
