@@ -315,6 +315,19 @@ def test_deepfool_candidates_limit_the_classes_searched():
     assert result.success.all()
 
 
+def test_deepfool_steps_of_half_precision_images_add_up():
+    """Near a tie a step is about the 1e-4 margin, below float16's spacing at pixels in [0.5, 1): DeepFool adds its
+    steps up in float32, so such an image still moves on and crosses, as the same model does in float32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).half()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2)).half()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = DeepFool(model, max_iter=50).run(x, y)
+    assert result.x_adv.dtype == torch.float16
+    assert result.success.all(), result.iterations
+
+
 def test_deepfool_linf_on_a_linear_model():
     model, x, y = linear_case()
     result = DeepFool(model, norm="inf", overshoot=0.0, clip=(-100.0, 100.0)).run(x, y)

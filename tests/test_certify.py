@@ -205,6 +205,19 @@ def test_results_do_not_depend_on_batch_size_or_on_splitting_the_images():
     assert not torch.equal(smooth.certify(x, 20, 300, 0.01, 64, seed=6).counts, results[0].counts)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_uint8_images_reach_the_model_in_its_own_dtype(dtype):
+    """uint8 images are read as x / 255 in the dtype of the model's parameters: a float64 model votes on them as on
+    the same images given in float64."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).to(dtype)
+    x = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    smooth = Smooth(model, 0.25, 3)
+    counts = smooth.sample_counts(x, [(1, 300)], 64)
+    assert counts.sum().item() == 4 * 300
+    if dtype == torch.float64:
+        assert torch.equal(counts, smooth.sample_counts(x.double() / 255, [(1, 300)], 64))
+
+
 @pytest.mark.filterwarnings("ignore:amp='bf16' on this CPU:RuntimeWarning")  # CPUs without native bf16: emulated
 def test_the_smoothed_mnist_cnn_is_certified_the_same_for_any_batch_size(mnist_model, mnist_test_data):
     images, labels = mnist_test_data

@@ -135,6 +135,22 @@ def test_batch_result_equals_per_sample_result():
         assert single.success.item() == batch.success[i].item()
 
 
+def test_last_pairs_belong_to_the_last_call():
+    """An empty batch leaves (0, steps, 2) pairs, a call that raises none: never the pairs of an earlier call."""
+    model = tiny_model(torch.float32)
+    x, _ = images(3, torch.float32, seed=2)
+    target = other_targets(model, x)
+    attack = JSMA(model, 1.0, 0.25)
+    attack.run(x, (target + 1) % CLASSES, target)
+    assert attack.last_pairs.shape == (3, attack.max_steps(36), 2)
+    attack.run(x[:0], target[:0], target[:0])
+    assert attack.last_pairs.shape == (0, attack.max_steps(36), 2)
+    attack.run(x, (target + 1) % CLASSES, target)
+    with pytest.raises(ValueError, match="target"):
+        attack.run(x, target, torch.full_like(target, CLASSES))
+    assert attack.last_pairs is None
+
+
 def test_changes_stay_within_the_budget_and_the_chosen_features():
     model = tiny_model(torch.float32)
     x, _ = images(10, torch.float32, seed=2)

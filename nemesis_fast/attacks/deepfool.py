@@ -63,7 +63,11 @@ class DeepFool(Attack):
         classes = torch.cat([y[:, None], others], dim=1)  # (B, k): y, then the k - 1 largest other logits
         weights = difference_weights(y, others, logits.shape[1])  # (k - 1, B, C)
         active = logits.argmax(1) == y
-        r_total = torch.zeros_like(x)
+        # The steps add up in float32 at least (the model sees its images in x's dtype): in float16 a step near a
+        # tie (its length about the 1e-4 margin) is below the pixels' spacing and would be lost to rounding at
+        # every iteration, leaving the image where it was until max_iter.
+        precise = torch.promote_types(x.dtype, torch.float32)
+        r_total = torch.zeros_like(x, dtype=precise)
         x_adv = x.clone()
         iterations = torch.zeros_like(y)
         index = active.nonzero().squeeze(1)
@@ -79,16 +83,16 @@ class DeepFool(Attack):
             distance = torch.where(w_norm > 0, f.abs() / w_norm, torch.inf)
             nearest = distance.argmin(0)  # (n,)
             rows = torch.arange(index.numel(), device=x.device)
-            w_l, d_l = w[nearest, rows], distance[nearest, rows]
+            w_l, d_l = w[nearest, rows].to(precise), distance[nearest, rows].to(precise)
             movable = torch.isfinite(d_l).view(-1, *([1] * (x.dim() - 1)))
             if self.norm == "2":
-                direction = w_l / flat_norm(w_l, "2").clamp_min(torch.finfo(x.dtype).tiny)
+                direction = w_l / flat_norm(w_l, "2").clamp_min(torch.finfo(precise).tiny)
             else:
                 direction = w_l.sign()
             length = (d_l + _STEP_MARGIN).view_as(movable)
             r = torch.where(movable, length * direction, 0.0)
             r_total[index] += r
-            x_step = self.project(x[index] + (1 + self.overshoot) * r_total[index])
+            x_step = self.project(x[index] + (1 + self.overshoot) * r_total[index]).to(x.dtype)
             x_adv[index] = x_step
             iterations[index] += 1
             if step == self.max_iter - 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,16 @@ class JSMA(Attack):
     def max_steps(self, features: int) -> int:
         """The step budget of an image of `features` features: floor(gamma * features / 2)."""
         return math.floor(self.gamma * features / 2)
+
+    def _execute(
+        self, x: Any, y: Any, target: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        self.last_pairs = None  # a call that raises leaves none
+        x_adv, iterations, x, y, target = super()._execute(x, y, target)
+        if self.last_pairs is None:  # an empty batch, which _perturb does not see
+            steps = self.max_steps(math.prod(x.shape[1:]))
+            self.last_pairs = torch.full((0, steps, 2), -1, dtype=torch.int64, device=x.device)
+        return x_adv, iterations, x, y, target
 
     def _gradients(self, x: torch.Tensor, one_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, alpha, beta): the gradients (B, n) of the target class and of the sum of the other classes.

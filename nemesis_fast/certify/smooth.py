@@ -139,6 +139,13 @@ class Smooth:
                 return tensor.device
         return self.device or x.device
 
+    def _noise_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype of the noisy copies of uint8 images: the model's (its first floating parameter's), float32
+        for a model without one or under autocast; None (x's own) for float images."""
+        if x.is_floating_point() or self.amp or not isinstance(self.model, nn.Module):
+            return None
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+
     def _check_x(self, x: torch.Tensor, offset: int) -> None:
         check_tensor(x, "x", dtypes=(*FLOAT_DTYPES, torch.uint8), min_ndim=2)
         check_int(offset, "offset", low=0, high=MAX_IMAGE_INDEX)
@@ -182,6 +189,7 @@ class Smooth:
             check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1)
             check_int(count, "a phase's draws", low=1, high=MAX_DRAWS)
         device = self._device(x)
+        out_dtype = self._noise_dtype(x)
         x = x.detach().to(device)
         draws = [count for _, count in phases]
         total = x.shape[0] * sum(draws)
@@ -200,6 +208,7 @@ class Smooth:
                         include_original=False,
                         seed=phases[p][0],
                         offset=((offset + i) << 32) + start,
+                        out_dtype=out_dtype,
                         backend=self.backend,
                     )
                     for i, p, start, stop in segments
@@ -248,7 +257,8 @@ class Smooth:
         """Cohen et al.'s CERTIFY for every image of x.
 
         Args:
-            x: images (B, ...) of float values, or uint8 read as x / 255; moved to the model's device.
+            x: images (B, ...) of float values, or uint8 read as x / 255 in the dtype of the model's parameters;
+                moved to the model's device.
             n0: selection draws per image, >= 1 (Cohen et al.: 100).
             n: estimation draws per image, >= 1 (Cohen et al.: 100,000). The largest radius it can certify is
                 sigma * Phi^-1(alpha ** (1 / n)).
