@@ -158,6 +158,53 @@ def test_labels_held_as_whole_floats_are_class_indices(model, batch):
             attack(x, y.float() + 0.5)
 
 
+def test_integer_labels_of_any_dtype_are_class_indices(model, batch):
+    x, y = batch[0][:4], batch[1][:4]
+    for name in ("FGSM", "CW", "DeepFool", "JSMA"):
+        attack = getattr(nft, name)(model)
+        torch.testing.assert_close(attack(x, y.int()), attack(x, y), rtol=0, atol=0)
+    _, targets = nft.DeepFool(model).forward_return_target_labels(x, y.int())
+    assert targets.dtype == torch.int32  # torchattacks returns a copy of the labels, changed in place
+
+
+def test_batchnorm_in_training_mode_hands_deepfool_and_jsma_to_torchattacks():
+    """With batchnorm_training=True each image's result depends on the batch it is in, and torchattacks attacks
+    one image at a time: the drop-ins run torchattacks' own loop, after a PeerFallbackWarning."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10))
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = net.eval()(x).argmax(1)
+    for name in ("DeepFool", "JSMA"):
+        results = []
+        for library in (torchattacks, nft):
+            attack = getattr(library, name)(net)
+            attack.set_model_training_mode(model_training=True, batchnorm_training=True)
+            if library is nft:
+                with pytest.warns(nft.PeerFallbackWarning, match=f"torchattacks' {name} attacks one image at a time"):
+                    results.append(attack(x, y))
+            else:
+                results.append(attack(x, y))
+        torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_jsma_with_a_negative_theta_moves_feature_0_only_as_torchattacks(model, batch):
+    """torchattacks' saliency map for theta <= 0 scores every valid pair below the 0 of its masked pairs, so it
+    always takes the pair (0, 0); the drop-in does the same, and warns."""
+    x, y = batch[0][:3].clone(), batch[1][:3]
+    x[:, 0, 0, 0] = 0.7  # MNIST's corner is 0, where the step would change nothing
+    results = []
+    for library in (torchattacks, nft):
+        attack = library.JSMA(model, theta=-0.2, gamma=0.05)
+        if library is nft:
+            with pytest.warns(UserWarning, match="changes feature 0 only"):
+                results.append(attack(x, y))
+        else:
+            results.append(attack(x, y))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+    changed = (results[1] != x).flatten(1)
+    assert changed[:, 0].any() and not changed[:, 1:].any()
+
+
 def test_deepfool_refuses_targeted_modes_as_torchattacks(model):
     with pytest.raises(ValueError, match="Targeted mode is not supported"):
         nft.DeepFool(model).set_mode_targeted_random(quiet=True)

@@ -8,7 +8,9 @@ constructor, arguments and defaults: the mode setters (``set_mode_targeted_by_fu
 (its RFGSM is iterative, its CW has a fixed c, its DeepFool applies the overshoot at every step, its JSMA has its
 own step budget, search domain and default target), so the adversarial images equal torchattacks' up to
 floating-point rounding; DeepFool and JSMA run batched (all classes' gradients from one batched backward pass, the
-JSMA pair search fused, in O(B n) memory), the others as torchattacks runs them.
+JSMA pair search fused, in O(B n) memory), the others as torchattacks runs them. Where batching would change the
+result (a BatchNorm layer in training mode), DeepFool and JSMA run torchattacks' own per-image loop after a
+:class:`PeerFallbackWarning`.
 
 Other torchattacks names (``MultiAttack``, the attacks not listed here) are re-exported unchanged, so
 that ``from nemesis_fast.compat import torchattacks`` can replace ``import torchattacks`` whole.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._peer import import_peer
+from .._peer import PeerFallbackWarning, import_peer
 
 _torchattacks = import_peer("torchattacks", "torchattacks", "3.5", "nemesis_fast.compat.torchattacks")
 
@@ -30,7 +32,7 @@ from ._jsma import JSMA  # noqa: E402
 MultiAttack = _torchattacks.MultiAttack
 __version__ = _torchattacks.__version__
 
-__all__ = ["CW", "FGSM", "JSMA", "PGD", "RFGSM", "DeepFool", "MultiAttack"]
+__all__ = ["CW", "FGSM", "JSMA", "PGD", "RFGSM", "DeepFool", "MultiAttack", "PeerFallbackWarning"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,8 +3,12 @@ sign-gradient step of FGSM, PGD and RFGSM."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+from .._peer import PeerFallbackWarning
 
 
 def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -18,13 +22,32 @@ def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 
 def class_indices(labels: torch.Tensor) -> torch.Tensor:
-    """`labels` as int64 class indices: floats holding whole numbers are taken (some of torchattacks' classes take
-    them); other floats raise TypeError."""
+    """`labels` as int64 class indices: any integer dtype, and floats holding whole numbers (some of torchattacks'
+    classes take them); other floats raise TypeError."""
     if not labels.is_floating_point():
-        return labels
+        return labels.long()
     if not bool((labels == labels.round()).all()):
         raise TypeError(f"labels must hold class indices; got {labels.dtype} values that are not whole numbers")
     return labels.long()
+
+
+def batch_statistics_in_training(model: object) -> bool:
+    """Whether a BatchNorm layer of `model` (a module whose class name holds "BatchNorm", torchattacks' own test) is
+    in training mode, as torchattacks' `set_model_training_mode(batchnorm_training=True)` leaves it: its output then
+    depends on the other images of the forward pass, so a batched drop-in cannot give a per-image peer's result."""
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    return any(m.training and "BatchNorm" in type(m).__name__ for m in modules)
+
+
+def warn_per_image_fallback(name: str, calls_below_forward: int = 0) -> None:
+    """The PeerFallbackWarning of a drop-in that hands a call to torchattacks' own per-image `name`, pointing at the
+    user's call of the attack when it comes from `forward` or from `calls_below_forward` methods below it."""
+    warnings.warn(
+        f"a BatchNorm layer of the model is in training mode, so each image's result depends on the batch it is "
+        f"in; torchattacks' {name} attacks one image at a time, and runs itself here: its result, at its speed",
+        PeerFallbackWarning,
+        stacklevel=4 + calls_below_forward,  # this function, the drop-in's forward, torchattacks' __call__, the user
+    )
 
 
 def ascent_sign(attack, x: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:

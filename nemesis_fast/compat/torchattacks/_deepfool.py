@@ -10,7 +10,7 @@ import torchattacks
 from ...attacks.base import select_rows
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
-from ._common import class_indices
+from ._common import batch_statistics_in_training, class_indices, warn_per_image_fallback
 
 
 class DeepFool(torchattacks.DeepFool):
@@ -33,8 +33,14 @@ class DeepFool(torchattacks.DeepFool):
     def forward_return_target_labels(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(adversarial images, the class each image was last stepped towards, or its prediction once fooled)."""
+        """(adversarial images, the class each image was last stepped towards, or its prediction once fooled).
+        With a BatchNorm layer in training mode, torchattacks' own per-image loop runs, after a
+        PeerFallbackWarning."""
+        if batch_statistics_in_training(self.model):
+            warn_per_image_fallback("DeepFool", calls_below_forward=1)
+            return super().forward_return_target_labels(images, labels)
         images = images.clone().detach().to(self.device)
+        given_dtype = labels.dtype
         labels = class_indices(labels.clone().detach().to(self.device))
         target_labels = labels.clone()
         adv = images.clone()
@@ -45,7 +51,7 @@ class DeepFool(torchattacks.DeepFool):
                 if index.numel() == 0:
                     break
                 index = self._step(engine, adv, labels, target_labels, index)
-        return adv, target_labels
+        return adv, target_labels.to(given_dtype)  # torchattacks' are a copy of the labels
 
     def _step(
         self,

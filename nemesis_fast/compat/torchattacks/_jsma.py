@@ -6,6 +6,7 @@ time)."""
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import torch
@@ -14,7 +15,7 @@ import torchattacks
 
 from ... import ops
 from .._peer import GradientEngine, frozen_parameters
-from ._common import prepare
+from ._common import batch_statistics_in_training, prepare, warn_per_image_fallback
 
 # torchattacks' search domain: the features below 0.99 (theta > 0) or above 0.01 (theta < 0).
 _DOMAIN_HIGH, _DOMAIN_LOW = 0.99, 0.01
@@ -25,17 +26,34 @@ class JSMA(torchattacks.JSMA):
 
     The target is the mode's target, or (label + 1) % 10 in the default mode, as in torchattacks. Each step adds
     theta to the pair p < q of the search domain with the largest (a_p + a_q) * |b_p + b_q| among the pairs with
-    a_p + a_q > 0 and b_p + b_q < 0 (signs flipped for theta < 0), where a is the gradient of the target logit and
-    b the sum of the other logits' gradients, then clamps the image into [0, 1] and removes p and q from the
-    domain; where no pair is valid, feature 0 takes both steps, as in torchattacks. The domain starts as the features
-    below 0.99 (above 0.01 for theta < 0). An image stops when the model predicts its target, when its domain is
-    empty, or after ceil(gamma * n / 2) steps (n features, channels included).
+    a_p + a_q > 0 and b_p + b_q < 0, where a is the gradient of the target logit and b the sum of the other logits'
+    gradients, then clamps the image into [0, 1] and removes p and q from the domain; where no pair is valid,
+    feature 0 takes both steps, as in torchattacks. The domain starts as the features below 0.99 (above 0.01 for
+    theta <= 0). An image stops when the model predicts its target, when its domain is empty, or after
+    ceil(gamma * n / 2) steps (n features, channels included).
+
+    With theta <= 0 torchattacks' saliency map scores every valid pair alpha * |beta| < 0, below the 0 of the pairs
+    it masks out, so its argmax is always the pair (0, 0): feature 0 alone takes every step. This class does the
+    same, without the gradients, and warns; :class:`nemesis_fast.attacks.JSMA` with theta < 0 runs the paper's
+    decreasing search.
     """
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,)."""
+        """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,). With a BatchNorm
+        layer in training mode, torchattacks' own per-image loop runs, after a PeerFallbackWarning."""
+        if batch_statistics_in_training(self.model):
+            warn_per_image_fallback("JSMA")
+            return super().forward(images, labels)
         images, labels, wanted = prepare(self, images, labels)
         target = wanted if self.targeted else (labels + 1) % 10
+        if self.theta <= 0:
+            warnings.warn(
+                f"torchattacks' JSMA with theta={self.theta} <= 0 changes feature 0 only (its saliency map's argmax "
+                "falls on a masked-out pair); this drop-in does the same. nemesis_fast.attacks.JSMA with theta < 0 "
+                "runs the paper's decreasing search",
+                UserWarning,
+                stacklevel=3,  # the user's call of the attack (torchattacks' __call__ runs forward)
+            )
         with frozen_parameters(self.model):
             adv = self._perturb_batch(images, target)
         return torch.clamp(adv, min=0, max=1)
@@ -50,20 +68,29 @@ class JSMA(torchattacks.JSMA):
         index = torch.arange(len(out), device=out.device)
         x, weights = out.clone(), None
         for _ in range(math.ceil(out.shape[1] * self.gamma / 2.0) if len(out) else 0):
-            given = weights if weights is not None else partial(_weights, target)
-            logits, grads = engine.logit_gradients(x.view(-1, *images.shape[1:]), given)
-            weights = _weights(target, logits) if weights is None else weights
-            grads = grads.flatten(2).float()
+            batch = x.view(-1, *images.shape[1:])
+            if increasing:
+                given = weights if weights is not None else partial(_weights, target)
+                logits, grads = engine.logit_gradients(batch, given)
+                weights = _weights(target, logits) if weights is None else weights
+                grads = grads.flatten(2).float()
+            else:  # the pair is (0, 0) whatever the gradients
+                with torch.no_grad():
+                    logits, grads = self.get_logits(batch), None
             running = (logits.argmax(1) != target) & domain.any(1)
             rows = running.nonzero().squeeze(1)  # the step's one host synchronisation
             if rows.numel() < len(index):
                 out.index_copy_(0, index, x)
                 index, x, domain, target = index[rows], x[rows], domain[rows], target[rows]
-                weights, grads = weights[:, rows], grads[:, rows]
+                if increasing:
+                    weights, grads = weights[:, rows], grads[:, rows]
                 if rows.numel() == 0:
                     return out.view_as(images)
-            p, q, _ = ops.jsma_saliency_search(grads[0], grads[1], domain, increasing)
-            pair = torch.stack((p, q), 1).clamp_(min=0)  # no valid pair: p = q = -1, and feature 0 takes both steps
+            if increasing:
+                p, q, _ = ops.jsma_saliency_search(grads[0], grads[1], domain, increasing)
+                pair = torch.stack((p, q), 1).clamp_(min=0)  # no valid pair: p = q = -1: feature 0 takes both steps
+            else:
+                pair = torch.zeros((len(index), 2), dtype=torch.int64, device=x.device)
             x.scatter_add_(1, pair, torch.full(pair.shape, self.theta, dtype=x.dtype, device=x.device)).clamp_(0, 1)
             domain.scatter_(1, pair, False)
         out.index_copy_(0, index, x)
