@@ -87,6 +87,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
             check_output_file(path, option)
     check_distinct_files(
         {
+            **_test_files(args),
             "--checkpoint": args.checkpoint,
             "--out": args.out,
             "--json": args.json,
@@ -94,6 +95,17 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
         }
     )
     return check_device(args.device, "--device")
+
+
+def _test_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The test files the run may read (of --dataset, or of either data set before the checkpoint tells), by the
+    name an error gives them."""
+    from .data import data_files
+    from .data.mnist import MNIST_SAMPLE_DIR
+
+    option, root = ("--data-dir", args.data_dir) if args.data_dir else ("the MNIST sample", MNIST_SAMPLE_DIR)
+    datasets = (args.dataset,) if args.dataset else ("mnist", "cifar10")
+    return data_files(root, option, datasets, ("test",))
 
 
 def _partial_path(out: str) -> Path:

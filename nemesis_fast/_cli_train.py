@@ -98,20 +98,34 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _data_root(args: argparse.Namespace) -> str | Path | None:
+    """The folder the data are read from: --root, or for MNIST the sample shipped with the package."""
+    from .data.mnist import MNIST_SAMPLE_DIR
+
+    if args.root:
+        return args.root
+    return MNIST_SAMPLE_DIR if args.data == "mnist" else None
+
+
+def _data_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The data files the training reads, by the name an error gives them."""
+    from .data import data_files
+
+    root = _data_root(args)
+    return {} if root is None else data_files(root, "--root" if args.root else "the MNIST sample", (args.data,))
+
+
 def _load(
     args: argparse.Namespace, quiet: bool = False
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     from .data import load_cifar10, load_mnist
-    from .data.mnist import MNIST_SAMPLE_DIR
 
-    if args.data == "cifar10":
-        if not args.root:
-            raise SystemExit("nemesis-fast train: --root is required for cifar10")
-        load, root = load_cifar10, args.root
-    else:
-        load, root = load_mnist, args.root or MNIST_SAMPLE_DIR
-        if not args.root and not quiet:
-            print(f"using the MNIST sample shipped with the package ({root}); pass --root for the full set")
+    root = _data_root(args)
+    if root is None:
+        raise SystemExit("nemesis-fast train: --root is required for cifar10")
+    if not args.root and not quiet:
+        print(f"using the MNIST sample shipped with the package ({root}); pass --root for the full set")
+    load = load_cifar10 if args.data == "cifar10" else load_mnist
     train_data, test_data = load(root, "train"), load(root, "test")
     if args.limit is not None:
         train_data = (train_data[0][: args.limit], train_data[1][: args.limit])
@@ -223,9 +237,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
             check_output_file(path, option)
     if args.out_dir:
         check_output_folder(args.out_dir, "--out-dir")
-    check_distinct_files(
-        {"--source": args.source, "--out": args.out, "--json": args.json, **_paper_files(args.out_dir)}
-    )
+    inputs = {**_data_files(args), "--source": args.source}
+    check_distinct_files({**inputs, "--out": args.out, "--json": args.json, **_paper_files(args.out_dir)})
 
 
 def _input_shape(model_name: str) -> tuple[int, int | None]:

@@ -8,11 +8,14 @@ import os
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from ._io import check_output_file, torch_save_atomic
+from .models import architecture_of
+from .nn import BoundedReLU
 
 # Signature keys that checkpoints written before they existed lack: such a checkpoint is not refused for them.
-_ADDED_KEYS = ("data",)
+_ADDED_KEYS = ("data", "architecture")
 
 
 class EpochCheckpoint(Protocol):
@@ -68,14 +71,41 @@ class Resumable:
             mine = {k: v for k, v in mine.items() if k in stored or k not in _ADDED_KEYS}
         if stored != mine:
             raise ValueError(
-                f"checkpoint: its state belongs to another training run ({state.get('signature')}), not this one "
-                f"({self.signature}); remove it or pass another checkpoint"
+                f"checkpoint: its state belongs to another training run ({_differences(stored, mine)}); remove it "
+                "or pass another checkpoint"
             )
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         if self.checkpoint is not None:
             self.checkpoint.save({**state, "signature": self.signature})
+
+
+def _differences(stored: Any, mine: dict[str, Any]) -> str:
+    """What tells a stored signature from this run's: the keys whose values differ, or that it is none."""
+    if not isinstance(stored, dict):
+        return f"its signature is {stored!r}"
+    differ = sorted(k for k in {*stored, *mine} if stored.get(k, "<absent>") != mine.get(k, "<absent>"))
+    return "; ".join(
+        f"{k} {_short(stored.get(k, '<absent>'))} there, {_short(mine.get(k, '<absent>'))} here" for k in differ
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def architecture_signature(model: nn.Module) -> dict[str, Any]:
+    """The architecture a state's weights belong to: the one the builders of :mod:`nemesis_fast.models` record
+    (as checkpoints do), else the names and shapes of the model's parameters and buffers and the thresholds of its
+    bounded ReLUs."""
+    recorded = architecture_of(model)
+    if recorded is not None:
+        return recorded
+    shapes = {name: list(value.shape) for name, value in model.state_dict().items()}
+    thresholds = {name: module.t for name, module in model.named_modules() if isinstance(module, BoundedReLU)}
+    return {"shapes": shapes, "brelu_t": thresholds}
 
 
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, samples: int = 16) -> str:

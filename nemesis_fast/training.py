@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._amp import amp_name
 from ._checks import check_bool, check_device
 from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
 from ._training_checks import check_budget, check_classes, check_data, check_val_rows
@@ -23,7 +24,15 @@ from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoin
 from .data.loader import DeviceLoader, Expansion, expanded_rows, split_validation, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
-from .resume import EpochCheckpoint, FileCheckpoint, Resumable, data_fingerprint, restore_state, training_state
+from .resume import (
+    EpochCheckpoint,
+    FileCheckpoint,
+    Resumable,
+    architecture_signature,
+    data_fingerprint,
+    restore_state,
+    training_state,
+)
 
 # The checkpoint functions moved to nemesis_fast.checkpoints; importable from here as before.
 __all__ = [
@@ -183,7 +192,8 @@ def train(
         checkpoint: a file path (or an object with load() and save(state)) where the whole training state is
             written after every epoch; when it holds a state, training resumes after its epoch and ends with
             the weights an uninterrupted run would have. A state of another run (recipe, settings, budget,
-            seed, data: its size, labels and a sample of its images) raises ValueError.
+            seed, data: its size, labels and a sample of its images, the model's architecture, amp, compile)
+            raises ValueError.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
@@ -224,6 +234,7 @@ def train(
         signature["data"] = fingerprint
     if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
         signature["val_rows"] = val_rows
+    signature |= _model_signature(model, amp, compile)
     run = Resumable(
         checkpoint,
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
@@ -236,6 +247,18 @@ def train(
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _model_signature(model: nn.Module, amp: bool | str, compile: bool) -> dict[str, Any]:
+    """The signature entries of the network trained and of how its forward passes run. amp and compile are
+    entered only where set, so that the checkpoints written before they were recorded stay valid for a float32 run
+    without compile (and those before the architecture was recorded, for any model: see resume._ADDED_KEYS)."""
+    entries: dict[str, Any] = {"architecture": architecture_signature(model)}
+    if amp_name(amp):
+        entries["amp"] = amp_name(amp)
+    if compile:
+        entries["compile"] = True  # which drops each epoch's last, smaller batch
+    return entries
 
 
 def _training_rows(

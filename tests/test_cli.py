@@ -109,6 +109,30 @@ def test_train_outputs_that_would_overwrite_an_input_or_each_other_are_refused(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.pt"]
 
 
+def test_train_outputs_that_would_overwrite_its_data_files_are_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from _support import write_cifar
+
+    from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained before checking"))
+    mnist = tmp_path / "mnist"
+    shutil.copytree(MNIST_SAMPLE_DIR, mnist / "MNIST" / "raw")  # torchvision's layout
+    raw, cifar = mnist / "MNIST" / "raw", write_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
+    kept = {path: path.read_bytes() for path in [*raw.iterdir(), *cifar.iterdir()]}
+    for extra, message in (
+        (["--root", str(mnist), "--out", str(raw / "t10k-images-idx3-ubyte.gz")], "--root's MNIST/raw/t10k-images"),
+        (["--root", str(mnist), "--json", str(raw / "train-labels-idx1-ubyte.gz")], "--root's MNIST/raw/train-lab"),
+        (["--out", str(MNIST_SAMPLE_DIR / "train-images-idx3-ubyte.gz")], "the MNIST sample's train-images"),
+        (["--data", "cifar10", "--root", str(cifar.parent), "--out", str(cifar / "test_batch")], "--root's cifar-10"),
+        (["--data", "cifar10", "--root", str(cifar), "--json", str(cifar / "batches.meta")], "--root's batches.meta"),
+    ):
+        with pytest.raises(SystemExit, match=f"nemesis-fast train: {message}.* and --(out|json) name the same file"):
+            main([*TRAIN, *extra])
+    assert all(path.read_bytes() == data for path, data in kept.items())
+
+
 def test_train_builds_any_model_for_the_datas_images(tmp_path, monkeypatch):
     out = tmp_path / "cifar_cnn.pt"
     assert main([*TRAIN, "--model", "cifar_cnn", "--val-fraction", "0", "--out", str(out)]) == 0

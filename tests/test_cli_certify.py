@@ -151,6 +151,30 @@ def test_an_output_that_would_overwrite_an_input_or_another_output_is_refused_be
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gda.pt", "link.pt"]
 
 
+def test_an_output_that_would_overwrite_a_test_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    import shutil
+
+    from _support import write_cifar
+
+    from nemesis_fast.certify import Smooth
+    from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+
+    monkeypatch.setattr(Smooth, "certify", lambda *args, **kwargs: pytest.fail("certified before checking"))
+    checkpoint, mnist = _checkpoint(tmp_path, "gda", sigma=0.3), tmp_path / "mnist"
+    shutil.copytree(MNIST_SAMPLE_DIR, mnist)
+    cifar = write_cifar(tmp_path / "cifar")
+    kept = {path: path.read_bytes() for path in [*mnist.iterdir(), *cifar.iterdir()]}
+    for extra, message in (
+        (["--data-dir", str(mnist), "--out", str(mnist / "t10k-labels-idx1-ubyte.gz")], "--data-dir's t10k-labels"),
+        (["--data-dir", str(mnist), "--json", str(mnist / "t10k-images-idx3-ubyte.gz")], "--data-dir's t10k-images"),
+        (["--out", str(MNIST_SAMPLE_DIR / "t10k-images-idx3-ubyte.gz")], "the MNIST sample's t10k-images"),
+        (["--data-dir", str(cifar), "--json", str(cifar / "test_batch")], "--data-dir's test_batch"),
+    ):
+        with pytest.raises(SystemExit, match=f"nemesis-fast certify: {message}.* and --(out|json) name the same"):
+            main(["certify", "--checkpoint", checkpoint, "--images", "1", "--n", "5", *extra])
+    assert all(path.read_bytes() == data for path, data in kept.items())
+
+
 def test_a_checkpoint_that_does_not_take_the_data_sets_images_is_refused_in_one_line(tmp_path):
     from _support import write_cifar
 

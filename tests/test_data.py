@@ -15,7 +15,7 @@ import pytest
 import torch
 from _support import TRAIN_BATCHES, cifar_batch, mnist_root, write_cifar
 
-from nemesis_fast.data import DataFormatError, load_cifar10, load_mnist
+from nemesis_fast.data import DataFormatError, data_files, load_cifar10, load_mnist
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -161,6 +161,19 @@ def test_missing_files_and_bad_arguments(tmp_path):
 
 
 # ---------------------------------------------------------------- CIFAR-10
+
+
+def test_data_files_names_the_files_the_loaders_read(tmp_path):
+    raw = write_mnist(tmp_path / "MNIST" / "raw", gz=False)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")  # read first: in the root itself
+    cifar = write_cifar(tmp_path / "cifar-10-batches-py")
+    assert data_files(tmp_path, "--root", ("mnist",), ("test",)) == {
+        f"--root's MNIST/raw/{name}": raw / name for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    }
+    assert data_files(tmp_path, "--root", ("mnist",), ("train",))["--root's train-images-idx3-ubyte.gz"].is_file()
+    read = [cifar / name for name in (*TRAIN_BATCHES, "test_batch", "batches.meta")]
+    assert sorted(data_files(tmp_path, "--root", ("cifar10",)).values()) == sorted(read)  # batches.meta once
+    assert data_files(tmp_path / "absent", "--root") == {}
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])

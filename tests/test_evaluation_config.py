@@ -25,6 +25,7 @@ from nemesis_fast.evaluation.config import ATTACKS
         ({"blackbox_eps": [0.1, -0.01]}, r"blackbox_eps\[1\] must be a number >= 0"),
         ({"blackbox_eps": [0.1, 0.1]}, "blackbox_eps lists an eps twice"),
         ({"perturbation_attacks": ["fgsm"]}, "perturbation_attacks"),
+        ({"perturbation_attacks": ["deepfool", "deepfool"]}, "perturbation_attacks lists an entry twice"),
         ({"perturbation_confidence": -1.0}, "perturbation_confidence must be >= 0"),
         ({"whitebox_attacks": ["pgd", "bim"]}, "whitebox_attacks"),
     ],
@@ -87,6 +88,31 @@ def test_bad_run_settings_fail_before_any_work(tmp_path, top, key):
     with pytest.raises(ConfigError, match=key):
         evaluate(write_config(tmp_path, **top), out_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            TINY.replace("train_samples = 600", "train_samples = 4"),
+            "training.train_samples 4 with training.validation_fraction 0.1 leaves 0 images to validate on",
+        ),
+        (
+            TINY.replace("[defense]", "[defense]\ngda_sigma = 0.0") + "[certify]\nimages = 4\n",
+            "defense.gda_sigma is 0, and with certify.sigma unset it is the smoothing noise of \\[certify\\]",
+        ),
+    ],
+)
+def test_settings_that_would_fail_in_training_or_certification_fail_before_any_work(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        evaluate(write_config(tmp_path, text), out_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_zero_gda_sigma_is_no_smoothing_noise_where_certify_sets_its_own_or_certifies_nothing(tmp_path):
+    text = TINY.replace("[defense]", "[defense]\ngda_sigma = 0.0") + "[certify]\nimages = 4\n"
+    assert load_config(write_config(tmp_path, text + "sigma = 0.25\n")).certify.sigma == 0.25
+    assert load_config(write_config(tmp_path, text.replace("images = 4", "images = 0"))).defense.gda_sigma == 0.0
 
 
 def test_gda_copies_beyond_memory_fail_before_any_work(tmp_path):
@@ -284,6 +310,26 @@ def test_a_run_never_overwrites_the_results_of_a_run_with_other_settings(tmp_pat
     ]
 
 
+def test_a_run_saving_models_never_overwrites_files_an_earlier_run_there_did_not_save(tmp_path, monkeypatch):
+    import json
+
+    from nemesis_fast.evaluation.load import check_out_dir
+
+    monkeypatch.setattr("nemesis_fast.evaluation.start", lambda *args: pytest.fail("work started"))
+    out = tmp_path / "out"
+    (out / "models").mkdir(parents=True)
+    (out / "models" / "standard.pt").write_text("my own model")
+    config = load_config(write_config(tmp_path), {"out_dir": str(out)})
+    earlier = {**config.to_dict(), "save_models": False}
+    (out / "results.json").write_text(json.dumps({"config": earlier}))
+    with pytest.raises(ConfigError, match="out_dir: .*models holds files the run would overwrite, which the run that"):
+        evaluate(config)
+    assert (out / "models" / "standard.pt").read_text() == "my own model"
+    check_out_dir(load_config(write_config(tmp_path, save_models=False), {"out_dir": str(out)}))  # writes none
+    (out / "results.json").write_text(json.dumps({"config": {**earlier, "save_models": True}}))
+    check_out_dir(config)  # models the earlier run saved: this one writes them again
+
+
 def test_an_out_or_cache_folder_that_cannot_be_made_fails_before_any_work(tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("user data")
@@ -309,5 +355,29 @@ def test_an_evalconfig_is_checked_with_its_overrides_before_any_work(tmp_path, m
         evaluate(config)
     with pytest.raises(TypeError, match="config must be an EvalConfig, a config file's path or None, got int"):
         evaluate(123)
+    _values_of_another_type_are_refused_as_in_a_file(load_config(write_config(tmp_path)))
     with pytest.raises(TypeError, match="cached_only must be a bool, got str"):
         evaluate(write_config(tmp_path), cached_only="no")
+
+
+def _values_of_another_type_are_refused_as_in_a_file(config) -> None:
+    """`config`, an EvalConfig, with one value of another type at a time: refused, naming the key."""
+    import copy
+    import dataclasses
+
+    from nemesis_fast.evaluation.load import validate
+
+    for key, value, message in (
+        ("seed", 1.5, "seed must be an integer, got 1.5"),
+        ("batch_size", True, "batch_size must be an integer, got True"),
+        ("test_samples", "5", "test_samples must be an integer, got '5'"),
+        ("training.epochs", 1.5, "training.epochs must be an integer, got 1.5"),
+        ("certify.images", 2.5, "certify.images must be an integer, got 2.5"),
+    ):
+        bad = copy.deepcopy(config)
+        section, _, name = key.rpartition(".")
+        setattr(getattr(bad, section) if section else bad, name, value)
+        for check in (evaluate, validate):
+            with pytest.raises(ConfigError, match=message):
+                check(bad)
+    assert validate(dataclasses.replace(config)) == config  # a checked config passes unchanged

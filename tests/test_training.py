@@ -537,9 +537,36 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, setting
     for other in ((255 - images, labels), (images, (labels + 1) % 10)):  # other data of the same size
         with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
             nf.train(fresh(), other, recipe, checkpoint=path, **{**kwargs, "epochs": 1})
-    with pytest.raises(ValueError, match="checkpoint: its weights do not fit the model"):
+    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run \\(architecture "):
         wider = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 10))
         nf.train(wider, (images, labels), recipe, checkpoint=path, **{**kwargs, "epochs": 1})
+
+
+def test_a_state_of_another_architecture_amp_or_compile_is_refused(sample):
+    from nemesis_fast.nn import BoundedReLU
+
+    data, kwargs = small(sample, 40), quiet(epochs=2, batch_size=20, patience=None)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(mnist_cnn(), data, checkpoint=checkpoint, **kwargs)
+    for model, other, differs in (
+        (mnist_cnn(activation="brelu", t=0.5), {}, "architecture"),
+        (mnist_cnn(), {"amp": "bf16"}, "amp"),
+        (mnist_cnn(), {"compile": True}, "compile"),
+    ):
+        with pytest.raises(ValueError, match=f"checkpoint: its state belongs to another training run \\({differs} "):
+            train(model, data, checkpoint=checkpoint, **kwargs, **other)
+    checkpoint.state["signature"].pop("architecture")  # a state written before the architecture was recorded
+    checkpoint.after = None
+    assert [r["epoch"] for r in train(mnist_cnn(), data, checkpoint=checkpoint, **kwargs).history] == [1, 2]
+
+    def unrecorded(t: float) -> nn.Module:  # a model of no builder: its shapes and BReLU thresholds tell
+        return nn.Sequential(nn.Flatten(), nn.Linear(36, 10), BoundedReLU(t))
+
+    checkpoint = _CrashingCheckpoint(after=None)
+    train(unrecorded(1.0), _tiny_set(), checkpoint=checkpoint, **{**kwargs, "epochs": 1})
+    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run \\(architecture "):
+        train(unrecorded(0.5), _tiny_set(), checkpoint=checkpoint, **kwargs)
 
 
 def test_a_checkpoint_path_that_cannot_serve_is_refused_before_any_epoch(tmp_path):

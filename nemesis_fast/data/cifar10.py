@@ -142,14 +142,32 @@ def _check_batch(batch: dict[str, Any], path: Path, cases: int, num_vis: int) ->
 FILES_HINT = f"{FOLDER}, extracted from cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html)"
 
 
+def _batches_folder(root: Path) -> Path | None:
+    """`root/cifar-10-batches-py` or `root`, the first that holds a first batch; None: neither."""
+    for folder in (root / FOLDER, root):
+        if (folder / BATCHES["test"][0]).is_file() or (folder / BATCHES["train"][0]).is_file():
+            return folder
+    return None
+
+
 def find_folder(root: str | os.PathLike) -> Path:
     """The folder holding the batches: `root/cifar-10-batches-py` (the archive's and torchvision's layout) or
     `root` itself."""
     root = Path(root)
-    for folder in (root / FOLDER, root):
-        if (folder / BATCHES["test"][0]).is_file() or (folder / BATCHES["train"][0]).is_file():
-            return folder
+    folder = _batches_folder(root)
+    if folder is not None:
+        return folder
     raise FileNotFoundError(f"no CIFAR-10 batches found in {root / FOLDER} or {root}; {root} must hold {FILES_HINT}")
+
+
+def cifar10_files(root: str | os.PathLike, split: str) -> list[Path]:
+    """The files that :func:`load_cifar10` reads for `split` under `root` (its batches and batches.meta), those
+    there."""
+    check_choice(split, "split", tuple(BATCHES))
+    folder = _batches_folder(Path(root))
+    if folder is None:
+        return []
+    return [path for path in (folder / name for name in (*BATCHES[split], META)) if path.is_file()]
 
 
 def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:

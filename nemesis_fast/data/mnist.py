@@ -34,11 +34,16 @@ def _candidates(root: Path, split: str, kind: str) -> list[Path]:
     return [folder / (stem + ext) for folder in folders for stem in stems for ext in ("", ".gz")]
 
 
+def _found(root: Path, split: str, kind: str) -> Path | None:
+    """The IDX file of `kind` that :func:`load_mnist` reads: the first of the candidates there, or None."""
+    return next((path for path in _candidates(root, split, kind) if path.is_file()), None)
+
+
 def _find(root: Path, split: str, kind: str) -> Path:
+    found = _found(root, split, kind)
+    if found is not None:
+        return found
     paths = _candidates(root, split, kind)
-    for path in paths:
-        if path.is_file():
-            return path
     folders = sorted({str(p.parent) for p in paths})
     raise FileNotFoundError(
         f"no MNIST {split} {kind} file found; looked for {paths[0].name}[.gz] in {', '.join(folders)}. "
@@ -56,6 +61,13 @@ def _read_bytes(path: Path) -> bytes:
         raise DataFormatError(
             f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'raw'} data ({error})"
         ) from error
+
+
+def mnist_files(root: str | os.PathLike, split: str) -> list[Path]:
+    """The IDX files (images, labels) that :func:`load_mnist` reads for `split` under `root`, those there."""
+    check_choice(split, "split", tuple(_PREFIX))
+    found = (_found(Path(root), split, kind) for kind in ("images", "labels"))
+    return [path for path in found if path is not None]
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int) -> np.ndarray:

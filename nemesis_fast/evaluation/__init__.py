@@ -11,7 +11,6 @@ sets save_models = false, models/<name>.pt: every trained model as a checkpoint 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import sys
@@ -81,8 +80,8 @@ def evaluate(
     broadcast to all), the test set is sharded across the processes and the results are gathered on all of them;
     only process 0 writes files.
     """
-    if isinstance(config, EvalConfig):  # checked as a file's settings are, with the overrides on a copy
-        config = validate(dataclasses.replace(copy.deepcopy(config), **_known(overrides)))
+    if isinstance(config, EvalConfig):  # checked as a file's settings are (validate checks a copy), with the overrides
+        config = validate(dataclasses.replace(config, **_known(overrides)))
     elif config is None or isinstance(config, (str, os.PathLike)):
         if config is None and not overrides.get("data_dir"):
             config = preset_path("quick")

@@ -18,6 +18,7 @@ from ..data import cifar10, mnist
 from ..defenses.recipes import MAX_GDA_COPIES
 from ..paper_models import PAPER_MODELS
 from .cache import as_read_back
+from .certified import certified_defenses, smoothing_sigma
 from .config import (
     ATTACKS,
     AUGMENTED_VALIDATION,
@@ -70,6 +71,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
     default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    if default is None and value is None:  # unset: the data set's or recipe's default
+        return None
     if default is None:  # optional settings: a number or a list of numbers
         kind = list if "list" in str(spec.type) else (int if "int" in str(spec.type) else float)
         if kind is list:
@@ -132,8 +135,10 @@ def _read_values(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def validate(config: EvalConfig) -> EvalConfig:
-    """Fills the data set's defaults into unset budgets, then checks every setting; raises ConfigError naming
-    the first bad one."""
+    """A copy of `config` with the type of every value checked as a config file's are (an EvalConfig made in
+    Python too), the data set's defaults filled into unset budgets, and every setting checked; raises ConfigError
+    naming the first bad one."""
+    config = _build(EvalConfig, config.to_dict(), "")
     if config.dataset in DATASET_DEFAULTS:
         defaults = DATASET_DEFAULTS[config.dataset]
         if config.whitebox_eps is None:
@@ -161,6 +166,7 @@ def validate(config: EvalConfig) -> EvalConfig:
         )
     _validate_attack(config.attack)
     _validate_certify(config.certify, config.defenses)
+    _validate_smoothing_sigma(config)
     files = cifar10.FILES_HINT if config.dataset == "cifar10" else mnist.FILES_HINT
     if config.data_dir:
         folder = Path(config.data_dir).expanduser()
@@ -197,16 +203,12 @@ def _validate_run(config: EvalConfig) -> None:
         ("defenses", config.defenses, DEFENSES),
         ("blackbox_attacks", config.blackbox_attacks, ATTACKS),
         ("whitebox_attacks", config.whitebox_attacks, WHITEBOX_ATTACKS),
+        ("perturbation_attacks", config.perturbation_attacks, PERTURBATION_ATTACKS),
     ):
         for name in names:
             _need(name in allowed, key, f"has unknown entry {name!r}; choose from {', '.join(allowed)}")
         _need(len(set(names)) == len(names), key, "lists an entry twice")
     _need(bool(config.defenses), "defenses", "must name at least one defense")
-    _need(
-        all(name in PERTURBATION_ATTACKS for name in config.perturbation_attacks),
-        "perturbation_attacks",
-        f"entries must be among {', '.join(PERTURBATION_ATTACKS)}; got {config.perturbation_attacks}",
-    )
     _need(config.perturbation_samples >= 0, "perturbation_samples", "must be >= 0")
     confidence = config.perturbation_confidence
     _need(math.isfinite(confidence) and confidence >= 0, "perturbation_confidence", f"must be >= 0, got {confidence}")
@@ -241,6 +243,13 @@ def _validate_training(t: TrainingSettings) -> None:
     _need(0 <= t.validation_fraction < 1, "training.validation_fraction", "must be in [0, 1)")
     _need(t.patience >= 1, "training.patience", "must be >= 1")
     _need(t.train_samples >= 0, "training.train_samples", "must be >= 0")
+    held = round(t.train_samples * t.validation_fraction)  # as the split rounds
+    _need(
+        not t.train_samples or not t.validation_fraction or 0 < held < t.train_samples,
+        "training.train_samples",
+        f"{t.train_samples} with training.validation_fraction {t.validation_fraction} leaves {held} images to "
+        f"validate on and {t.train_samples - held} to train on; give more images or another fraction",
+    )
     _need(t.source_train_images >= 0, "training.source_train_images", "must be >= 0 (0: every training image)")
     _need(
         t.source_depth >= 8 and (t.source_depth - 2) % 6 == 0, "training.source_depth", "must be 6n+2 (20, 32, 44...)"
@@ -316,6 +325,18 @@ def _validate_certify(c: CertifySettings, defenses: list[str]) -> None:
     _need(bool(c.radii) and len(set(c.radii)) == len(c.radii), "certify.radii", "must list distinct radii")
 
 
+def _validate_smoothing_sigma(config: EvalConfig) -> None:
+    """Where [certify] certifies, its noise > 0: certify.sigma, or where unset the GDA models' defense.gda_sigma."""
+    if not config.certify.images or not certified_defenses(config):
+        return
+    _need(
+        smoothing_sigma(config) > 0,
+        "defense.gda_sigma",
+        "is 0, and with certify.sigma unset it is the smoothing noise of [certify], which must be > 0; set "
+        "certify.sigma",
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
     """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys), validates.
 
@@ -388,6 +409,17 @@ def check_out_dir(config: EvalConfig) -> None:
         shown = ", ".join(f"{k}: {_short(earlier.get(k, '(unset)'))} -> {_short(now[k])}" for k in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ConfigError(f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}")
+    _check_models_folder(config, out, earlier)
+
+
+def _check_models_folder(config: EvalConfig, out: Path, earlier: dict[str, Any]) -> None:
+    """Refuses a run that saves its models into an out_dir whose models folder holds files the run there before,
+    which saved none (save_models = false), did not write."""
+    if config.save_models and not earlier.get("save_models", True) and _holds(out / "models"):
+        raise ConfigError(
+            f"out_dir: {out / 'models'} holds files the run would overwrite, which the run that wrote "
+            f"{out / 'results.json'} with save_models = false did not write; choose another out_dir or move them away"
+        )
 
 
 def check_folders(config: EvalConfig) -> None:
