@@ -30,12 +30,14 @@ def check_algorithm(algorithm: Any) -> str:
 
 # The real-valued parameters of the adapted attacks, which ART's checks let through as NaN or infinite.
 _REAL_PARAMETERS = ("eps", "eps_step", "theta", "gamma", "epsilon", "learning_rate", "initial_const", "confidence")
+# Those of them that ART runs with when infinite (FGM and PGD: no projection, or a step to the clip values).
+_MAY_BE_INFINITE = ("eps", "eps_step")
 
 
 class CheckedParameters:
     """Mixin for the adapted ART attacks: ART's own checks (at construction and in ``set_params``), then every
-    real-valued parameter finite and theta non-zero, where ART lets NaN run into NaN images and theta = 0 (its JSMA)
-    into a loop that never ends."""
+    real-valued parameter not NaN, finite but for eps and eps_step (which ART runs with when infinite), and theta
+    non-zero, where ART lets NaN run into NaN images and theta = 0 (its JSMA) into a loop that never ends."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,7 +52,10 @@ class CheckedParameters:
             value = getattr(self, name, None)
             if value is None or isinstance(value, (bool, str)):
                 continue
-            if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            values = np.asarray(value, dtype=np.float64)
+            if name in _MAY_BE_INFINITE and np.isnan(values).any():
+                raise ValueError(f"{name} must not be NaN, got {value!r}")
+            if name not in _MAY_BE_INFINITE and not np.isfinite(values).all():
                 raise ValueError(f"{name} must be finite, got {value!r}")
         if getattr(self, "theta", None) == 0:
             raise ValueError("theta must be non-zero (the change of each chosen feature), got 0")

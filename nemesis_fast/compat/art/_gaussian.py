@@ -20,10 +20,11 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
 
     augmentation=True: x followed by noisy copies of int(ratio * N) samples drawn uniformly with replacement
     (torch's generator on x's device), each plus N(0, sigma^2) noise; y (when given) followed by their labels.
-    augmentation=False: x plus noise, same size. With clip_values every output value, originals included, is clipped,
-    as in ART. The noise comes from torch's generator (ART's from numpy's), so the images are not ART's: the same
-    distribution, drawn on the device. Its gradient, where it runs at prediction time, is the identity (BPDA), as
-    ART's.
+    augmentation=False: x plus noise, same size. With clip_values (scalars, or arrays broadcast against the images)
+    every output value, originals included, is clipped, as in ART; the output dtype is ART's (:meth:`output_dtype`).
+    The noise comes from torch's generator (ART's from numpy's), so the images are not ART's: the same distribution,
+    drawn on the device. Its gradient, where it runs at prediction time (forward() on an x that requires a gradient,
+    as ART's loss and class gradients call it), is the identity (BPDA), as ART's.
     """
 
     def __call__(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -35,27 +36,68 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         return x_aug.cpu().numpy(), None if y_aug is None else y_aug.cpu().numpy()
 
     def forward(self, x: torch.Tensor, y: Any = None) -> tuple[torch.Tensor, Any]:
-        """(x_augmented, y_augmented) for a batch `x` (N, ...) on any device and labels `y` (N, ...) or None."""
-        data = x if x.is_floating_point() else x.float()  # integer images: noise on the raw values, as ART adds it
-        dtype = torch.promote_types(data.dtype, torch.float32)
-        clip = None if self.clip_values is None else (float(self.clip_values[0]), float(self.clip_values[1]))
+        """(x_augmented, y_augmented) for a batch `x` (N, ...) on any device and labels `y` (N, ...) or None.
+
+        The dtype is ART's (see :meth:`output_dtype`). Where `x` requires a gradient, the first N rows carry the
+        identity's gradient (ART's estimate for this defence), the noise itself none."""
+        dtype = self.output_dtype(x.dtype)
+        data = x.detach() if x.is_floating_point() else x.detach().to(dtype)  # integers: noise on the raw values
+        fused = self._fused_clip(dtype)
         if self.augmentation:
             size = int(x.shape[0] * self.ratio)
             indices = torch.randint(0, max(x.shape[0], 1), (size,), device=x.device)  # (size is 0 for no images)
-            noisy = self._noise(data.index_select(0, indices), clip)
-            originals = data if clip is None else data.clamp(*clip)
-            x_aug = torch.cat([originals.to(dtype), noisy.to(dtype)])
+            noisy = self._noise(data.index_select(0, indices), fused).to(dtype)
+            originals = data.to(dtype) if fused is None else data.clamp(*fused).to(dtype)
+            x_aug = torch.cat([originals, noisy])
             if y is not None:
                 y = torch.cat([y, y.index_select(0, indices.to(y.device))])
-            return x_aug, y
-        return self._noise(data, clip).to(dtype), y
+        else:
+            x_aug = self._noise(data, fused).to(dtype)
+        if fused is None and self.clip_values is not None:
+            x_aug = self._clamp(x_aug)
+        return _with_identity_gradient(x_aug, x), y
 
-    def estimate_forward(self, x: torch.Tensor, y: Any = None) -> torch.Tensor:
-        """The noisy images with the identity's gradient (ART's estimate for this defence)."""
-        noisy = self.forward(x, y)[0]
-        return x + (noisy - x).detach() if noisy.shape == x.shape else noisy.detach()
+    def output_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        """ART's output dtype for images of `x_dtype`: the float32 noise stacked under x with numpy's promotion
+        (augmentation=True) or float32 alone (augmentation=False), then promoted by np.clip with the clip values
+        (an array or numpy scalar bound keeps its dtype; a Python number does not)."""
+        dtype = np.dtype(np.float32)
+        if self.augmentation:
+            dtype = np.result_type(_numpy_dtype(x_dtype), dtype)
+        if self.clip_values is not None:
+            dtype = np.result_type(
+                dtype, *(np.asarray(v) if isinstance(v, (list, tuple)) else v for v in self.clip_values)
+            )
+        return torch.from_numpy(np.empty(0, dtype)).dtype
+
+    def _fused_clip(self, dtype: torch.dtype) -> tuple[float, float] | None:
+        """The clip values as the fused op's float bounds, where it clips exactly as ART (scalar bounds, float32
+        output), else None."""
+        if self.clip_values is None or dtype != torch.float32 or any(np.ndim(v) for v in self.clip_values):
+            return None
+        return float(self.clip_values[0]), float(self.clip_values[1])
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` clipped into clip_values (scalars or arrays broadcast against x), in x's dtype, as np.clip."""
+        low, high = (torch.as_tensor(np.asarray(v), dtype=x.dtype, device=x.device) for v in self.clip_values)
+        return torch.clamp(x, low, high)
 
     def _noise(self, x: torch.Tensor, clip: tuple[float, float] | None) -> torch.Tensor:
+        """float32 x + N(0, sigma^2) noise for `x` (N, ...) detached, clipped into `clip` when given."""
         if x.shape[0] == 0:
             return x.to(torch.float32)
         return gaussian_augment(x, 1, float(self.sigma), clip, include_original=False, out_dtype=torch.float32)
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """numpy's dtype for torch's `dtype` (float32 for bfloat16, which numpy lacks: both promote to float32)."""
+    return np.dtype(np.float32) if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _with_identity_gradient(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`out` whose first len(x) rows get the gradient of the identity with respect to `x` when x requires one
+    (adding x - x.detach(), which is 0, leaves the values as they are)."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return out
+    zero = (x - x.detach()).to(out.dtype)
+    return torch.cat([out[: len(x)] + zero, out[len(x) :]])

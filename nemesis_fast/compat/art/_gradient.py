@@ -19,9 +19,13 @@ _INF = (np.inf, "inf")
 _NORMS = (*_INF, 1, 2)
 
 
-def _unserved(attack: Any, x: np.ndarray, kwargs: dict[str, Any], **options: bool) -> str | None:
-    """The reasons FGM and PGD share for running ART's own implementation."""
-    return unserved(attack.estimator, cross_entropy=True) or option_unserved(
+def _unserved(
+    attack: Any, x: np.ndarray, kwargs: dict[str, Any], *, reads_predictions: bool, **options: bool
+) -> str | None:
+    """The reasons FGM and PGD share for running ART's own implementation. `reads_predictions`: ART's algorithm
+    reads the classifier's predict() for this call (its labels when y is None, PGD's judging of restarts), which
+    the classifier's postprocessing defences change."""
+    return unserved(attack.estimator, cross_entropy=True, postprocessing=reads_predictions) or option_unserved(
         x,
         kwargs,
         **options,
@@ -89,12 +93,14 @@ class FastGradientMethod(CheckedParameters, evasion.FastGradientMethod):
     when targeted), from x or, with num_random_init=1, from ART's random start, clipped, then projected onto the
     eps-ball around x; y=None takes the model's predictions. Served: a PyTorchClassifier with a cross-entropy loss,
     PyTorch preprocessing and scalar clip values. Anything else (minimal=True, num_random_init > 1, a mask, array
-    eps, another norm, a summary writer) runs ART's own implementation after a PeerFallbackWarning.
+    eps, another norm, a summary writer, postprocessing defences with y=None, which change the predictions ART
+    takes as labels) runs ART's own implementation after a PeerFallbackWarning. eps may be infinite, as in ART.
     """
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """Adversarial examples of `x` (numpy, float32 out) with labels or targets `y` (indices or one-hot)."""
-        reason = _unserved(self, x, kwargs, minimal=self.minimal, **{"num_random_init > 1": self.num_random_init > 1})
+        restarts = {"num_random_init > 1": self.num_random_init > 1}
+        reason = _unserved(self, x, kwargs, reads_predictions=y is None, minimal=self.minimal, **restarts)
         if reason is not None:
             return fall_back(self, reason, lambda: super(FastGradientMethod, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)
@@ -121,13 +127,16 @@ class ProjectedGradientDescent(CheckedParameters, evasion.ProjectedGradientDesce
     at the first iteration), max_iter steps of size eps_step along ART's direction for `norm` (inf, 1 or 2) of the
     cross-entropy gradient (with momentum when decay is set), each clipped, then projected onto the eps-ball; a
     later initialisation replaces the images it fools. Served: as for :class:`FastGradientMethod`; random_eps,
-    a mask, array eps, another norm or a summary writer run ART's own implementation after a PeerFallbackWarning.
+    a mask, array eps, another norm, a summary writer, or postprocessing defences where ART reads the predictions
+    (y=None, or num_random_init > 1, whose restarts ART judges by them) run ART's own implementation after a
+    PeerFallbackWarning. eps and eps_step may be infinite, as in ART.
     """
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """Adversarial examples of `x` (numpy, float32 out) with labels or targets `y` (indices or one-hot)."""
         inner = self._attack  # ART keeps the parameters it runs with on its implementation object
-        reason = _unserved(inner, x, kwargs, random_eps=inner.random_eps)
+        reads_predictions = y is None or inner.num_random_init > 1
+        reason = _unserved(inner, x, kwargs, reads_predictions=reads_predictions, random_eps=inner.random_eps)
         if reason is not None:
             return fall_back(self, reason, lambda: super(ProjectedGradientDescent, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)

@@ -132,7 +132,7 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
                     break
             first = False
             grads = torch.where(space[index], grads, -torch.inf if increase else torch.inf)
-            features = grads.topk(2, dim=1, largest=increase).indices  # (a, 2)
+            features = _art_top2(grads, space[index], increase)  # (a, 2)
             picked = rows[: len(index), None].expand(-1, 2)
             changed[index[:, None], features] = 1
             values = batch[index]
@@ -161,3 +161,17 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
 
         grad, (_, logits) = engine.input_gradient(x, target_output)
         return logits, grad.flatten(1).float()
+
+
+def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool) -> torch.Tensor:
+    """ART's two features (a, 2) for gradients `grads` (a, n), set to -inf (increase) or +inf outside the search
+    space `searchable` (a, n) bool: the two largest (smallest when not `increase`). Where a row has fewer than 2
+    searchable features, which of its infinite entries ART takes depends on np.argpartition's selection, so those
+    rows are partitioned on the host as ART partitions them."""
+    features = grads.topk(2, dim=1, largest=increase).indices
+    short = (searchable.sum(1) < 2).nonzero().squeeze(1)
+    if short.numel():
+        values = grads[short].cpu().numpy()
+        picked = np.argpartition(values if increase else -values, -2, axis=1)[:, -2:]
+        features[short] = torch.from_numpy(picked).to(features)
+    return features
