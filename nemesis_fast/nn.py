@@ -32,7 +32,7 @@ class _ReluGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        return grad * (x > 0), None, None
+        return torch.where(x <= 0, 0.0, grad), None, None  # torch's ReLU's: 0 where x <= 0, whatever grad holds
 
 
 class BoundedReLU(nn.Module):
@@ -95,9 +95,10 @@ def to_hardtanh(model: nn.Module) -> nn.Module:
     exporters (ONNX, TorchScript) and for running the model where nemesis_fast is not installed. `model` is not
     changed; the copy has its parameters and buffers, so their state dicts are interchangeable.
 
-    The outputs are `model`'s, and so are the gradients (1 where 0 < x < t), with one exception in float16 and
-    bfloat16: BoundedReLU rounds t to the input's dtype, Hardtanh compares in float32, so where t is not a 16-bit
-    number an input equal to the rounded t passes gradient through Hardtanh only. Raises ValueError for a BPDA
+    The outputs are `model`'s, and so are the gradients (1 where 0 < x < t), with two exceptions. At x = NaN
+    Hardtanh passes the gradient, BoundedReLU does not. In float16 and bfloat16, BoundedReLU rounds t to the
+    input's dtype, Hardtanh compares in float32, so where t is not a 16-bit number an input equal to the rounded t
+    passes gradient through Hardtanh only. Raises ValueError for a BPDA
     copy (:func:`with_relu_gradient`), whose ReLU gradient Hardtanh does not have.
     """
     if not isinstance(model, nn.Module):
@@ -111,13 +112,26 @@ def to_hardtanh(model: nn.Module) -> nn.Module:
     return copied
 
 
-def _replace_modules(model: nn.Module, kind: type[nn.Module], make: Callable[[nn.Module], nn.Module]) -> None:
-    """Replaces, in place, every submodule of `model` that is a `kind` with `make(that submodule)`."""
-    for name, child in model.named_children():
+def _replace_modules(
+    model: nn.Module,
+    kind: type[nn.Module],
+    make: Callable[[nn.Module], nn.Module],
+    made: dict[int, nn.Module] | None = None,
+) -> None:
+    """Replaces, in place, every submodule of `model` that is a `kind` with `make(that submodule)`. A module held
+    under several names (one ReLU used twice, a block shared by two parents) is replaced under each of them, by
+    one replacement, so what was shared stays shared."""
+    made = {} if made is None else made
+    for name, child in list(model._modules.items()):  # named_children() gives a module held twice only once
+        if child is None:
+            continue
         if isinstance(child, kind):
-            setattr(model, name, make(child))
-        else:
-            _replace_modules(child, kind, make)
+            if id(child) not in made:
+                made[id(child)] = make(child)
+            setattr(model, name, made[id(child)])
+        elif id(child) not in made:
+            made[id(child)] = child
+            _replace_modules(child, kind, make, made)
 
 
 def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", backend: str | None = None) -> nn.Module:

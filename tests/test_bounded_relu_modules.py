@@ -92,6 +92,26 @@ def test_relu_gradient_copy_keeps_the_outputs_and_passes_relus_gradient():
         BoundedReLU(1.0, gradient="straight")
 
 
+def test_the_relu_gradient_is_zero_where_relus_is_whatever_the_incoming_gradient():
+    bpda = with_relu_gradient(nn.Sequential(BoundedReLU(1.0)))
+    x = torch.tensor([-1.0, 0.0, float("nan"), 0.5, 2.0], requires_grad=True)
+    (got,) = torch.autograd.grad(bpda(x), x, torch.full((5,), float("nan")))
+    (relus,) = torch.autograd.grad(torch.relu(x), x, torch.full((5,), float("nan")))
+    assert torch.equal(got.isnan(), relus.isnan()) and (got[:2] == 0).all()
+
+
+def test_a_module_held_under_two_names_is_replaced_under_both_and_stays_shared():
+    relu, block = nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    model = nn.Sequential(nn.Linear(3, 3), relu, block, relu, block)
+    replace_relu(model, 0.5)
+    assert [type(m).__name__ for m in model] == ["Linear", "BoundedReLU", "Sequential", "BoundedReLU", "Sequential"]
+    assert model[1] is model[3] and model[2] is model[4] and isinstance(block[1], BoundedReLU)
+    assert (model(torch.full((1, 3), 10.0)) <= 0.5).all()
+    plain = to_hardtanh(model)
+    assert not any(isinstance(m, BoundedReLU) for m in plain.modules())
+    assert plain[1] is plain[3] and plain[2] is plain[4]
+
+
 @pytest.mark.parametrize("wrap", ["brelu", "relu_gradient", "feature_squeezing", "feature_squeezing_masked"])
 def test_torch_func_per_sample_gradients_equal_autograds(wrap):
     """Per-sample input gradients by torch.func (vmap over grad, and grad over vmap) through a BReLU model, its

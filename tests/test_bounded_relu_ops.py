@@ -74,6 +74,16 @@ def test_torch_compile_fullgraph(backend, device, save, monkeypatch):
     torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.triton
+def test_torch_compile_of_the_interpreted_triton_backend_raises():
+    """Under TRITON_INTERPRET=1 a traced graph would hold no kernel, and its outputs uninitialised memory."""
+    require_backend(TABLES["output"], "triton", "cpu")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: nf.bounded_relu(x, 1.0, backend="triton"), fullgraph=True)
+    with pytest.raises(Exception, match="cannot trace the Triton backend under TRITON_INTERPRET=1"):
+        compiled(torch.full((2, 3), 0.25))
+
+
 @pytest.mark.parametrize("backend", [None, "native", "torch"])
 @pytest.mark.parametrize("save", SAVES)
 def test_forward_mode_ad_gives_clamps_tangent(backend, save):

@@ -117,6 +117,20 @@ def test_zero_noise_keeps_the_sign_of_zero(backend, device):
     assert signs == {False, True}
 
 
+@pytest.mark.parametrize("backend,device", CASES)
+def test_zero_sigma_draws_no_noise(backend, device):
+    """With sigma = 0 the copies are the clipped originals, on every backend: -0.0 stays -0.0 (adding 0 * noise
+    would make it +0.0 where the noise is positive)."""
+    require_backend(BACKENDS, backend, device)
+    x = torch.tensor([[-0.0, 0.0, -0.0, 0.25, -0.5, 2.0]], device=device)
+    for clip in ((None, None), (-0.25, 1.0)):
+        kwargs = {"copies": 3, "sigma": 0.0, "clip_min": clip[0], "clip_max": clip[1], "seed": 4}
+        got, wanted = call(backend, x, **kwargs).cpu(), expected(x.cpu(), **kwargs)
+        assert_matches(got, wanted)
+        clipped = x.cpu() if clip == (None, None) else x.cpu().clamp(*clip)
+        assert torch.equal(torch.signbit(wanted), torch.signbit(clipped.repeat(4, 1)))
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_backends_agree_for_the_same_seed(device):
     """Raw noise (sigma = 1, x = 0, no clipping) identical on every backend, and across devices."""

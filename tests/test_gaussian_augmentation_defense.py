@@ -226,6 +226,23 @@ def test_fixed_noisy_copies_are_the_reference_noise_the_same_every_epoch():
     assert sets[0][0].min() < 0 or sets[0][0].max() > 1  # not clipped
 
 
+@pytest.mark.parametrize("sigma", [0.0, 0.3])
+def test_fixed_noisy_copies_of_float_images_are_the_ops_copies_bit_for_bit(sigma):
+    """x + sigma * noise rounded twice, as the op computes it (a fused multiply-add would round once), and clipped,
+    for any sigma: at sigma = 0 the copies are the clipped originals, never x itself."""
+    from nemesis_fast.defenses import FixedNoisyCopies
+
+    x = torch.rand(6, 1, 4, 5, generator=torch.Generator().manual_seed(3)) * 1.4 - 0.2
+    copy = torch.tensor([0, 1, 2, 1, 2, 0])
+    sample = torch.tensor([0, 1, 2, 3, 4, 5]) + 100
+    rows = FixedNoisyCopies(sigma=sigma, copies=2, clip=(0.0, 1.0), seed=9)(x, copy, sample)
+    ops = nf.gaussian_augment(x, 2, sigma, (0.0, 1.0), include_original=False, seed=9, offset=100).view(2, 6, 1, 4, 5)
+    for i in range(6):
+        wanted = x[i] if copy[i] == 0 else ops[copy[i] - 1, i]
+        assert torch.equal(rows[i], wanted), i
+    assert rows.data_ptr() != x.data_ptr()
+
+
 def test_gda_fixed_set_trains_on_every_row_once_per_epoch():
     from nemesis_fast.training import train
 

@@ -74,11 +74,21 @@ def test_one_bit_is_a_threshold_at_one_half():
     assert PAPER_BIT_DEPTH == {"mnist": 1, "cifar10": 3}
 
 
-@pytest.mark.parametrize("size", [2, 3, 5])
+def test_bit_depth_reduction_of_16_bit_images_is_the_float32_grid_rounded():
+    x = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    x[:2] = torch.tensor([0.0, 1.0])
+    for dtype in (torch.float16, torch.bfloat16):
+        for bits in (1, 8, 11, 16):  # 1.0 * 65535 overflows float16
+            expected = reduce_bit_depth(x.to(dtype).float(), bits).to(dtype)
+            assert torch.equal(reduce_bit_depth(x.to(dtype), bits), expected), (dtype, bits)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 8])
 def test_median_smoothing_matches_scipy(size):
+    """scipy's default border mode, "reflect" (the edge pixel repeated), as Xu et al.'s code and ART use."""
     ndimage = pytest.importorskip("scipy.ndimage")
     x = torch.rand(2, 3, 9, 7, dtype=torch.float64)
-    expected = ndimage.median_filter(x.numpy(), size=(1, 1, size, size), mode="mirror")
+    expected = ndimage.median_filter(x.numpy(), size=(1, 1, size, size))
     np.testing.assert_array_equal(median_smooth(x, size).numpy(), expected)
     assert torch.equal(median_smooth(x, 1), x)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_bool, check_int, check_tensor
@@ -21,15 +20,18 @@ def reduce_bit_depth(x: torch.Tensor, bit_depth: int) -> torch.Tensor:
     values outside are rounded onto the same grid). Halves round to even, as torch.round does."""
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
     levels = 2 ** check_int(bit_depth, "bit_depth", low=1, high=16) - 1
+    if x.dtype in (torch.float16, torch.bfloat16):  # x * 65535 overflows float16, and 16-bit grids are coarse
+        return (torch.round(x.float() * levels) / levels).to(x.dtype)
     return torch.round(x * levels) / levels
 
 
 def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The median of every size x size window of each channel of (B, C, H, W) images, reflect-padded.
+    """The median of every size x size window of each channel of (B, C, H, W) images, the borders padded by
+    reflection about the edge, the edge pixel repeated (d c b a | a b c d | d c b a).
 
     The window covers rows i - size // 2 .. i + (size - 1) // 2 (and likewise columns), and the median is the
-    element of rank size * size // 2 in increasing order: the conventions of scipy.ndimage.median_filter, whose
-    mode "mirror" is torch's "reflect". size must be below H and W.
+    element of rank size * size // 2 in increasing order: scipy.ndimage.median_filter with its default mode
+    "reflect", which Xu et al.'s feature squeezing and ART's SpatialSmoothing use. size // 2 must be below H and W.
     """
     check_tensor(x, "x", dtypes=FLOAT_DTYPES, ndim=4)
     size = check_int(size, "size", low=1)
@@ -38,7 +40,7 @@ def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
     if size // 2 >= min(x.shape[2], x.shape[3]):
         raise ValueError(f"size={size} is too large for images of {x.shape[2]}x{x.shape[3]} pixels")
     before, after = size // 2, (size - 1) // 2
-    padded = F.pad(x, (before, after, before, after), mode="reflect")
+    padded = _pad_symmetric(_pad_symmetric(x, 2, before, after), 3, before, after)
     windows = padded.unfold(2, size, 1).unfold(3, size, 1).reshape(*x.shape, size * size)
     return windows.kthvalue(size * size // 2 + 1, dim=-1).values
 
@@ -119,3 +121,11 @@ class FeatureSqueezing(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bit_depth={self.bit_depth}, median_size={self.median_size}, bpda={self.bpda}"
+
+
+def _pad_symmetric(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
+    """`x` padded along `dim` with its first `before` and last `after` slices, mirrored (the edge repeated)."""
+    length = x.shape[dim]
+    head = x.narrow(dim, 0, before).flip(dim)
+    tail = x.narrow(dim, length - after, after).flip(dim)
+    return torch.cat([head, x, tail], dim)

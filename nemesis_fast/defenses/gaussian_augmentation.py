@@ -214,16 +214,18 @@ class FixedNoisyCopies:
     def __call__(self, x: torch.Tensor, copy: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Rows `copy` (0: the original) of samples `sample` (int64 (B,)), given the originals x (B, ...) float."""
         noisy = (copy > 0).nonzero().squeeze(1)
-        if noisy.numel() == 0 or self.sigma == 0:
+        if noisy.numel() == 0:
             return x
-        features = x[0].numel()
-        z = pair_noise(self.seed, copy[noisy] - 1, sample[noisy], features).to(x.device, x.dtype)
-        out = x.clone()
-        rows = out[noisy].flatten(1).add_(z, alpha=self.sigma)
+        math_dtype = torch.promote_types(x.dtype, torch.float32)  # the op's: float32, float64 for float64 images
+        rows = x[noisy].flatten(1).to(math_dtype)
+        if self.sigma:
+            z = pair_noise(self.seed, copy[noisy] - 1, sample[noisy], rows.shape[1]).to(x.device, math_dtype)
+            rows = rows + torch.tensor(self.sigma, dtype=math_dtype, device=x.device) * z  # two roundings, as the op
         low, high = self.clip
         if low is not None or high is not None:
-            rows.clamp_(low, high)
-        out[noisy] = rows.view(-1, *x.shape[1:])
+            rows = rows.clamp(low, high)
+        out = x.clone()
+        out[noisy] = rows.to(x.dtype).view(-1, *x.shape[1:])
         return out
 
     def __repr__(self) -> str:

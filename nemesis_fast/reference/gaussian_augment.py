@@ -283,7 +283,8 @@ def gaussian_augment(
     """Originals (if `include_original`) then `copies` noisy copies of the batch x (B, ...), clipped.
 
     Row c * B + b of the noisy part holds clip(x[b] + sigma * noise(seed, c, offset + b)); the originals are
-    clip(x[b]). Values are computed in float32 (float64 for float64 input; uint8 input is x / 255) and rounded to
+    clip(x[b]); with sigma = 0 the copies are clip(x[b]) too, no noise drawn (so -0.0 stays -0.0, as the kernels
+    keep it). Values are computed in float32 (float64 for float64 input; uint8 input is x / 255) and rounded to
     the output dtype (default: x's, float32 for uint8). Shape ((copies + include_original) * B, *x.shape[1:]).
     """
     out = empty_output(x, copies, sigma, clip_min, clip_max, include_original, offset, out_dtype)
@@ -296,7 +297,9 @@ def gaussian_augment(
     parts = []
     if include_original:
         parts.append(_clip(values, clip_min, clip_max))
-    if copies > 0:
+    if copies > 0 and sigma == 0:
+        parts.append(_clip(values, clip_min, clip_max).expand(copies, -1, -1))
+    elif copies > 0:
         z = noise(seed, copies, batch, features, offset, x.device).to(math_dtype)
         scale = torch.tensor(sigma, dtype=math_dtype, device=x.device)
         parts.append(_clip(values + scale * z, clip_min, clip_max))

@@ -32,10 +32,17 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     """Launches a Triton kernel so that torch.compile can trace it (wrap_triton).
 
     Under TRITON_INTERPRET=1 the kernel is a plain Python function that would read the data of fake
-    tensors, so it is not run while shapes are being traced (opcheck, torch.compile).
+    tensors, so it is not run while shapes are being traced (opcheck's fake-tensor checks). torch.compile cannot
+    trace it there at all (its graph would hold no kernel, and its outputs uninitialised memory), so compiling
+    raises.
     """
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if INTERPRET and any(is_fake(a) for a in tensors):
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "nemesis_fast: torch.compile cannot trace the Triton backend under TRITON_INTERPRET=1 (the "
+                "interpreter runs kernels on real data only); compile with backend='native' or 'torch', or on a GPU"
+            )
         return
     cuda = next((a.device for a in tensors if a.device.type == "cuda"), None)
     if cuda is None:
