@@ -126,3 +126,9 @@ def check_device(device: Any, name: str = "device") -> torch.device:
         if resolved.index is not None and resolved.index >= count:
             raise ValueError(f"{name} is {str(resolved)!r}, but only {count} CUDA GPU(s) are visible")
     return resolved
+
+
+def shortened(value: Any, width: int) -> str:
+    """repr(value) for an error message, cut to `width` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from ._checks import shortened
 from ._io import check_output_file, torch_save_atomic
 from .models import architecture_of
 from .nn import BoundedReLU
 
 # Signature keys that checkpoints written before they existed lack: such a checkpoint is not refused for them.
-_ADDED_KEYS = ("data", "architecture")
+_ADDED_KEYS = ("data", "architecture", "amp", "compile")
 
 
 class EpochCheckpoint(Protocol):
@@ -82,30 +84,32 @@ class Resumable:
 
 
 def _differences(stored: Any, mine: dict[str, Any]) -> str:
-    """What tells a stored signature from this run's: the keys whose values differ, or that it is none."""
+    """What tells a stored signature from this run's: the entries whose values differ (a nested entry by its
+    path, such as architecture.brelu_t.1), or that it is none."""
     if not isinstance(stored, dict):
-        return f"its signature is {stored!r}"
-    differ = sorted(k for k in {*stored, *mine} if stored.get(k, "<absent>") != mine.get(k, "<absent>"))
-    return "; ".join(
-        f"{k} {_short(stored.get(k, '<absent>'))} there, {_short(mine.get(k, '<absent>'))} here" for k in differ
-    )
+        return f"its signature is {shortened(stored, 160)}"
+    differ = list(_differing(stored, mine, ""))
+    shown = "; ".join(f"{path} {shortened(a, 60)} there, {shortened(b, 60)} here" for path, a, b in differ[:4])
+    return shown + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 160 else text[:157] + "..."
+def _differing(stored: Any, mine: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(stored, dict) and isinstance(mine, dict):
+        for key in sorted({*stored, *mine}, key=str):
+            inner = f"{path}.{key}" if path else str(key)
+            yield from _differing(stored.get(key, "<absent>"), mine.get(key, "<absent>"), inner)
+    elif stored != mine:
+        yield path, stored, mine
 
 
 def architecture_signature(model: nn.Module) -> dict[str, Any]:
     """The architecture a state's weights belong to: the one the builders of :mod:`nemesis_fast.models` record
-    (as checkpoints do), else the names and shapes of the model's parameters and buffers and the thresholds of its
-    bounded ReLUs."""
-    recorded = architecture_of(model)
-    if recorded is not None:
-        return recorded
+    (as checkpoints do; None for another model), the names and shapes of the model's parameters and buffers, and
+    the thresholds of its bounded ReLUs (which a model changed in place after it was built, by replace_relu say,
+    no longer has as recorded)."""
     shapes = {name: list(value.shape) for name, value in model.state_dict().items()}
     thresholds = {name: module.t for name, module in model.named_modules() if isinstance(module, BoundedReLU)}
-    return {"shapes": shapes, "brelu_t": thresholds}
+    return {"built": architecture_of(model), "shapes": shapes, "brelu_t": thresholds}
 
 
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, samples: int = 16) -> str:

@@ -250,15 +250,10 @@ def train(
 
 
 def _model_signature(model: nn.Module, amp: bool | str, compile: bool) -> dict[str, Any]:
-    """The signature entries of the network trained and of how its forward passes run. amp and compile are
-    entered only where set, so that the checkpoints written before they were recorded stay valid for a float32 run
-    without compile (and those before the architecture was recorded, for any model: see resume._ADDED_KEYS)."""
-    entries: dict[str, Any] = {"architecture": architecture_signature(model)}
-    if amp_name(amp):
-        entries["amp"] = amp_name(amp)
-    if compile:
-        entries["compile"] = True  # which drops each epoch's last, smaller batch
-    return entries
+    """The signature entries of the network trained and of how its forward passes run (compile drops each epoch's
+    last, smaller batch). A checkpoint written before they were recorded lacks them and is not refused for them
+    (resume._ADDED_KEYS)."""
+    return {"architecture": architecture_signature(model), "amp": amp_name(amp) or None, "compile": compile}
 
 
 def _training_rows(

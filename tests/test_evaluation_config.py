@@ -4,6 +4,8 @@ paper_headline) and configs that start from another."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from _evaluation_cases import TINY, write_config
 
@@ -381,3 +383,16 @@ def _values_of_another_type_are_refused_as_in_a_file(config) -> None:
             with pytest.raises(ConfigError, match=message):
                 check(bad)
     assert validate(dataclasses.replace(config)) == config  # a checked config passes unchanged
+    # What Python code naturally holds is read as a file's value: a path, a tuple, numpy's numbers.
+    import numpy as np
+
+    pythonic = copy.deepcopy(config)
+    pythonic.out_dir, pythonic.whitebox_eps, pythonic.seed = (
+        Path(config.out_dir),
+        tuple(config.whitebox_eps),
+        np.int64(3),
+    )
+    pythonic.training.learning_rate = np.float32(0.5)
+    checked = validate(pythonic)
+    assert (checked.out_dir, checked.whitebox_eps, checked.seed) == (config.out_dir, config.whitebox_eps, 3)
+    assert type(checked.seed) is int and checked.training.learning_rate == 0.5

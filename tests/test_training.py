@@ -22,6 +22,7 @@ from nemesis_fast.defenses import FeatureSqueezing, make_recipe
 from nemesis_fast.defenses.adversarial_training import fgsm_examples
 from nemesis_fast.defenses.recipes import StandardRecipe
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
+from nemesis_fast.nn import replace_relu
 from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
 from nemesis_fast.training import evaluate_accuracy, train
 
@@ -537,7 +538,7 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(recipe, setting
     for other in ((255 - images, labels), (images, (labels + 1) % 10)):  # other data of the same size
         with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
             nf.train(fresh(), other, recipe, checkpoint=path, **{**kwargs, "epochs": 1})
-    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run \\(architecture "):
+    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run \\(architecture\\."):
         wider = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 10))
         nf.train(wider, (images, labels), recipe, checkpoint=path, **{**kwargs, "epochs": 1})
 
@@ -550,23 +551,27 @@ def test_a_state_of_another_architecture_amp_or_compile_is_refused(sample):
     with pytest.raises(_Crash):
         train(mnist_cnn(), data, checkpoint=checkpoint, **kwargs)
     for model, other, differs in (
-        (mnist_cnn(activation="brelu", t=0.5), {}, "architecture"),
+        (mnist_cnn(activation="brelu", t=0.5), {}, "architecture.brelu_t"),
+        (replace_relu(mnist_cnn(), 0.5), {}, "architecture.brelu_t"),  # changed after it was built
         (mnist_cnn(), {"amp": "bf16"}, "amp"),
         (mnist_cnn(), {"compile": True}, "compile"),
     ):
-        with pytest.raises(ValueError, match=f"checkpoint: its state belongs to another training run \\({differs} "):
+        with pytest.raises(ValueError, match=f"checkpoint: its state belongs to another training run \\({differs}"):
             train(model, data, checkpoint=checkpoint, **kwargs, **other)
-    checkpoint.state["signature"].pop("architecture")  # a state written before the architecture was recorded
+    for key in ("architecture", "amp", "compile"):  # a state written before these were recorded
+        checkpoint.state["signature"].pop(key)
     checkpoint.after = None
-    assert [r["epoch"] for r in train(mnist_cnn(), data, checkpoint=checkpoint, **kwargs).history] == [1, 2]
+    resumed = train(mnist_cnn(), data, checkpoint=checkpoint, **kwargs, amp="bf16")
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
 
     def unrecorded(t: float) -> nn.Module:  # a model of no builder: its shapes and BReLU thresholds tell
         return nn.Sequential(nn.Flatten(), nn.Linear(36, 10), BoundedReLU(t))
 
     checkpoint = _CrashingCheckpoint(after=None)
     train(unrecorded(1.0), _tiny_set(), checkpoint=checkpoint, **{**kwargs, "epochs": 1})
-    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run \\(architecture "):
-        train(unrecorded(0.5), _tiny_set(), checkpoint=checkpoint, **kwargs)
+    message = "checkpoint: its state belongs to another training run \\(architecture.brelu_t.2 1.0 there, 0.5 here\\)"
+    with pytest.raises(ValueError, match=message):
+        train(unrecorded(0.5), _tiny_set(), checkpoint=checkpoint, **{**kwargs, "epochs": 1})
 
 
 def test_a_checkpoint_path_that_cannot_serve_is_refused_before_any_epoch(tmp_path):

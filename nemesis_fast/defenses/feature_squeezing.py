@@ -17,7 +17,9 @@ PAPER_BIT_DEPTH = {"mnist": 1, "cifar10": 3}
 
 def reduce_bit_depth(x: torch.Tensor, bit_depth: int) -> torch.Tensor:
     """x -> round(x * (2^b - 1)) / (2^b - 1): 2^b levels evenly spaced in [0, 1] (x is expected in [0, 1];
-    values outside are rounded onto the same grid). Halves round to even, as torch.round does."""
+    values outside are rounded onto the same grid). Halves round to even, as torch.round does. float16 and
+    bfloat16 images are squeezed in float32 and the grid's values rounded to their dtype (x * 65535 overflows
+    float16, and the products rounded in 16 bits can land next to the grid)."""
     check_tensor(x, "x", dtypes=FLOAT_DTYPES)
     levels = 2 ** check_int(bit_depth, "bit_depth", low=1, high=16) - 1
     if x.dtype in (torch.float16, torch.bfloat16):  # x * 65535 overflows float16, and 16-bit grids are coarse

@@ -220,7 +220,7 @@ class FixedNoisyCopies:
         rows = x[noisy].flatten(1).to(math_dtype)
         if self.sigma:
             z = pair_noise(self.seed, copy[noisy] - 1, sample[noisy], rows.shape[1]).to(x.device, math_dtype)
-            rows = rows + torch.tensor(self.sigma, dtype=math_dtype, device=x.device) * z  # two roundings, as the op
+            rows = rows + z * self.sigma  # two roundings, as the op (a fused multiply-add would round once)
         low, high = self.clip
         if low is not None or high is not None:
             rows = rows.clamp(low, high)

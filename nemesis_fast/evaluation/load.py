@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .._checks import MAX_THREADS, check_device
+from .._checks import MAX_THREADS, check_device, shortened
 from .._io import check_output_folder
 from ..data import cifar10, mnist
 from ..defenses.recipes import MAX_GDA_COPIES
@@ -73,6 +75,7 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
     default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
     if default is None and value is None:  # unset: the data set's or recipe's default
         return None
+    value = _python_value(value)
     if default is None:  # optional settings: a number or a list of numbers
         kind = list if "list" in str(spec.type) else (int if "int" in str(spec.type) else float)
         if kind is list:
@@ -101,6 +104,22 @@ def _coerce(value: Any, spec: dataclasses.Field, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
     elif isinstance(default, list) and not isinstance(value, list):
         raise ConfigError(f"{key} must be a list, got {value!r}")
+    return value
+
+
+def _python_value(value: Any) -> Any:
+    """What a config made in Python may hold, as a config file would: a path as its string, a tuple as a list,
+    numpy's integers and floats as Python's."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return [_python_value(v) for v in value]
+    if isinstance(value, list):
+        return [_python_value(v) for v in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return float(value)
     return value
 
 
@@ -361,11 +380,6 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 32 else text[:29] + "..."
-
-
 def _holds(path: Path) -> bool:
     """Whether `path` is there, the models folder only with something in it (an empty one has nothing to lose)."""
     if path.name == "models" and path.is_dir():
@@ -406,7 +420,9 @@ def check_out_dir(config: EvalConfig) -> None:
         key for key, value in now.items() if key not in _PLACE_KEYS and earlier.get(key, defaults.get(key)) != value
     ]
     if changed:
-        shown = ", ".join(f"{k}: {_short(earlier.get(k, '(unset)'))} -> {_short(now[k])}" for k in changed[:5])
+        shown = ", ".join(
+            f"{k}: {shortened(earlier.get(k, '(unset)'), 32)} -> {shortened(now[k], 32)}" for k in changed[:5]
+        )
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ConfigError(f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}")
     _check_models_folder(config, out, earlier)

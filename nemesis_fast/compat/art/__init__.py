@@ -17,9 +17,9 @@ asks for nemesis_fast's batched Carlini-Wagner (Adam, per-image binary search), 
 ``PyTorchClassifier`` using it keeps ART's all-PyTorch path.
 
 A call the adapters cannot serve (another estimator than ``PyTorchClassifier``, a non-PyTorch preprocessing step,
-per-feature clip values, a loss other than cross-entropy for FGM/PGD, postprocessing defences, an option such as
-``mask`` or ``minimal``) runs ART's own implementation after a :class:`PeerFallbackWarning`: ART's result at ART's
-speed, never a different answer.
+per-feature clip values, a loss other than cross-entropy for FGM/PGD, postprocessing defences where the attack
+reads the classifier's predictions, an option such as ``mask`` or ``minimal``) runs ART's own implementation after
+a :class:`PeerFallbackWarning`: ART's result at ART's speed, never a different answer.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ART's DeepFool, batched in torch: every image of a chunk still on its first prediction steps at once, with the
-gradients of the candidate classes' outputs from one forward pass and its batched vector-Jacobian products, then
-subtracted as ART subtracts them (ART takes one backward pass per class, through numpy, for every image of the
-chunk at every step)."""
+gradients of output_k - output_p for the other candidate classes k from one forward pass and its batched
+vector-Jacobian products (ART takes one backward pass per class, through numpy, for every image of the chunk at
+every step, and subtracts)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from art.attacks import evasion
 
 from ...attacks import DeepFool as PaperDeepFool
 from ...attacks.base import select_rows
-from ...attacks.jacobian import predicts
+from ...attacks.jacobian import difference_weights, predicts
 from .._peer import GradientEngine
 from ._classifier import (
     AlgorithmParameter,
@@ -42,13 +41,13 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
     repeats that step until max_iter, to the same image); at the end x + (1 + epsilon) * (x_i - x), clipped. As
     ART 1.20 does, output_p in f_k is read at p's position among the candidates, which is class p only when every
     class is a candidate: with nb_grads below the number of classes, f_k compares with another class's output, and
-    the adapter reproduces that (algorithm="paper" is the paper's DeepFool). The arithmetic is ART's: w_k is the
-    difference of the class gradients, each taken on its own, and on the CPU the norms are numpy's. Two roundings
-    can still differ: the model's own, which can depend on the batch (ART runs the whole chunk at every step, the
-    adapter only its images still running; a single image, for one, can take another matrix kernel), and on
-    another device the norms (torch's). Near a point where the chosen f_l is about 0 (an image that ART keeps
-    stepping towards a tie, most often with nb_grads below the number of classes) ART's steps amplify such a
-    difference step after step, and the image can end far from ART's.
+    the adapter reproduces that (algorithm="paper" is the paper's DeepFool). The roundings differ from ART's: the
+    adapter differentiates output_k - output_p where ART subtracts the two class gradients, its norms are torch's,
+    and the model's own rounding can depend on the batch (ART runs the whole chunk at every step, the adapter only
+    its images still running). Where ART keeps stepping an image at a tie (the chosen f_l about 0, most often with
+    nb_grads below the number of classes), its steps amplify such a difference step after step, and that image
+    can end far from ART's. Taking ART's arithmetic (its class gradients, numpy's norms) made the suite's
+    benchmark 1.3-2x slower and still left the batch's rounding, so the adapter keeps its own.
 
     algorithm="paper": :class:`nemesis_fast.attacks.DeepFool` (the paper's: per-image candidates, the overshoot on
     the accumulated perturbation) with max_iter, overshoot = epsilon and candidates = nb_grads, away from the first
@@ -119,19 +118,19 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
             return x.clone()
         first = outputs.argmax(1)
         # Each image's candidates other than its first prediction p (p is always a candidate: it is its top-1),
-        # as places among the candidates, in their order (n, L - 1), and the weights e_k of the candidates'
-        # outputs, whose gradients ART reads one class at a time (L, n, C).
+        # in the candidates' order, and the weights e_k - e_p whose gradients are ART's w_k (n, L - 1, C).
         others = torch.arange(len(candidates) - 1, device=x.device)[None]
         position = torch.searchsorted(candidates, first)  # p's place among the candidates
         others = others + (others >= position[:, None])
-        weights = F.one_hot(candidates, view.nb_classes).float()[:, None].expand(-1, len(x), -1)
+        targets = candidates[others]
+        weights = difference_weights(first, targets, view.nb_classes)  # (L - 1, n, C)
         batch = x.clone()
         index = torch.arange(len(x), device=x.device)  # every image takes the first step
         logits, grads = engine.logit_gradients(x, weights)
         for step in range(self.max_iter):
             if index.numel() == 0:
                 break
-            r = self._step(logits, grads.transpose(0, 1), candidates, others[index], position[index])
+            r = self._step(logits, grads.transpose(0, 1), targets[index], position[index])
             before = batch[index]
             if view.clip is None:
                 after = before + r
@@ -152,34 +151,16 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
         return batch
 
     @staticmethod
-    def _step(
-        logits: torch.Tensor,
-        grads: torch.Tensor,
-        candidates: torch.Tensor,
-        others: torch.Tensor,
-        position: torch.Tensor,
-    ) -> torch.Tensor:
-        """ART's step r for images with outputs `logits` (n, C), the gradients `grads` (n, L, ...) of the
-        `candidates`' (L,) outputs, each image's other candidates at places `others` (n, L - 1) and its first
-        prediction p at place `position` (n,) among the candidates. As ART, w_k is the difference of the class
-        gradients (grad_k - grad_p, subtracted) and f_k = output_k - output_p reads output_p at class `position`
-        (ART 1.20): class p itself when every class is a candidate, another class's output when nb_grads leaves
-        some out."""
+    def _step(logits: torch.Tensor, grads: torch.Tensor, targets: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """ART's step r for images with outputs `logits` (n, C), other candidates `targets` (n, L - 1), their first
+        predictions p at `position` (n,) among the candidates, and `grads` (n, L - 1, ...): the gradients of
+        output_k - output_p. As ART 1.20 computes f_k, output_p is read at class `position`: class p itself when
+        every class is a candidate, another class's output when nb_grads leaves some out."""
         rows = torch.arange(len(logits), device=logits.device)
-        w = grads[rows[:, None], others] - grads[rows, position][:, None]  # (n, L - 1, ...)
-        f_diff = logits.gather(1, candidates[others]) - logits[rows, position][:, None]
-        norm = _norms(w.flatten(2)) + _TOL
+        f_diff = logits.gather(1, targets) - logits[rows, position][:, None]
+        norm = torch.linalg.vector_norm(grads.flatten(2), 2, dim=2) + _TOL
         nearest = (torch.abs(f_diff) / norm).argmin(1)
-        chosen = w[rows, nearest]
-        length = _norms(chosen.flatten(1)) ** 2 + _TOL
+        chosen = grads[rows, nearest]
+        length = torch.linalg.vector_norm(chosen.flatten(1), 2, dim=1) ** 2 + _TOL
         scale = torch.abs(f_diff[rows, nearest]) / length
         return scale.view(-1, *([1] * (chosen.dim() - 1))) * chosen
-
-
-def _norms(vectors: torch.Tensor) -> torch.Tensor:
-    """The 2-norms of `vectors` (..., F) over the last dimension, (...). On the CPU numpy's (np.linalg.norm, as
-    ART computes them, on the same memory): its summation order gives other roundings than torch's, which ART's
-    steps can amplify near a fixed point; elsewhere torch's, on the device."""
-    if vectors.device.type == "cpu":
-        return torch.from_numpy(np.linalg.norm(vectors.detach().numpy(), axis=-1))
-    return torch.linalg.vector_norm(vectors, 2, dim=-1)

@@ -119,7 +119,10 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
         changed = torch.zeros_like(batch)
         index = (predictions != targets).nonzero().squeeze(1)
         rows = torch.arange(len(batch), device=batch.device)
-        first = True
+        # A step takes at most 2 features out of an image's search space: until the fewest an image starts with
+        # could have fallen under 2, no image needs ART's partitioning of its used features (no host sync).
+        fewest = int(space.sum(1).min()) if len(batch) else 0
+        first, step = True, 0
         while index.numel():
             logits, grads = self._target_gradient(
                 engine, batch[index].view(-1, *shape), targets[index], view.nb_classes
@@ -132,7 +135,8 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
                     break
             first = False
             grads = torch.where(space[index], grads, -torch.inf if increase else torch.inf)
-            features = _art_top2(grads, space[index], increase)  # (a, 2)
+            features = _art_top2(grads, space[index], increase, may_run_short=fewest - 2 * step < 2)  # (a, 2)
+            step += 1
             picked = rows[: len(index), None].expand(-1, 2)
             changed[index[:, None], features] = 1
             values = batch[index]
@@ -163,12 +167,14 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
         return logits, grad.flatten(1).float()
 
 
-def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool) -> torch.Tensor:
+def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool, may_run_short: bool) -> torch.Tensor:
     """ART's two features (a, 2) for gradients `grads` (a, n), set to -inf (increase) or +inf outside the search
     space `searchable` (a, n) bool: the two largest (smallest when not `increase`). Where a row has fewer than 2
-    searchable features, which of its infinite entries ART takes depends on np.argpartition's selection, so those
-    rows are partitioned on the host as ART partitions them."""
+    searchable features (looked for when `may_run_short`), which of its infinite entries ART takes depends on
+    np.argpartition's selection, so those rows are partitioned on the host as ART partitions them."""
     features = grads.topk(2, dim=1, largest=increase).indices
+    if not may_run_short:
+        return features
     short = (searchable.sum(1) < 2).nonzero().squeeze(1)
     if short.numel():
         values = grads[short].cpu().numpy()
