@@ -81,7 +81,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     check_int(args.images, "--images", low=0)
     check_int(args.start, "--start", low=0)
     check_int(args.batch_size, "--batch-size", low=1)
-    check_int(args.seed, "--seed", low=0)
+    check_int(args.seed, "--seed", low=0, high=2**64 - 1)  # the noise's 64-bit key
     for option, path in (("--out", args.out), ("--json", args.json)):
         if path:
             check_output_file(path, option)

@@ -54,7 +54,13 @@ def check_output_folder(path: str | os.PathLike, name: str) -> Path:
     """`path` as a folder to write into, checked before a long job rather than when it ends: a folder, or one that
     can be made (its nearest existing ancestor is a writable folder). Makes nothing. ValueError naming `name`."""
     folder = Path(path).expanduser()
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))  # it, or its nearest ancestor
+    chain = (folder, *folder.parents)
+    existing = next((p for p in chain if p.exists()), Path("."))  # it, or its nearest ancestor
+    for missing in chain[: chain.index(existing)] if existing in chain else chain:
+        if missing.is_symlink():
+            raise ValueError(f"{name}: {str(missing)!r} is a link to a path that does not exist")
+        if missing.name == "..":  # the system cannot go up out of a folder that is not there
+            raise ValueError(f"{name}: {str(folder)!r} goes up ('..') out of a folder that does not exist")
     if not existing.is_dir():
         raise ValueError(f"{name}: {str(existing)!r} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -87,10 +87,17 @@ def test_output_paths_are_checked_before_a_long_job(tmp_path):
         (check_output_file, a_file / "m.pt", "--x: .*a_file' is a file, not a folder"),
         (check_output_folder, a_file, "--x: .*a_file' is a file, not a folder"),
         (check_output_folder, a_file / "sub", "--x: .*a_file' is a file, not a folder"),
+        (check_output_file, tmp_path / "dangling" / "m.pt", "--x: .*dangling' is a link to a path that does not"),
+        (check_output_file, tmp_path / "missing" / ".." / "a_folder", "--x: .* goes up .* a folder that does not"),
+        (check_output_folder, tmp_path / "gone" / ".." / "a_folder", "--x: .* goes up .* a folder that does not"),
     ):
+        (tmp_path / "a_folder").mkdir(exist_ok=True)
+        if not (tmp_path / "dangling").is_symlink():
+            (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
         with pytest.raises(ValueError, match=message):
             check(path, "--x")
     assert a_file.read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "dangling"]  # nothing made
 
 
 def test_paths_that_name_one_file_are_refused_naming_both_options(tmp_path, monkeypatch):

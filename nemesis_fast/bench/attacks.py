@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import attacks as nf_attacks
 from ..attacks import perturbation_norms
-from .harness import Report, Row, problem_size, record_same_images, same_images_speedup, time_ms
+from .harness import Report, Row, problem_size, record_same_images, same_images_speedup, time_interleaved
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PROVIDERS = ("nemesis_fast", "torchattacks", "ART", "bare fwd+bwd")
@@ -206,9 +206,12 @@ def measure(
     slow_limit: int,
     reps: int = 3,
 ) -> list[Row]:
-    """One row per provider of `spec`: time per image, success rate and median norms on (x, y)."""
+    """One row per provider of `spec`: time per image, success rate and median norms on (x, y). The providers take
+    turns (one call each per round), so that load from elsewhere falls on all of them alike."""
     device = x.device
-    rows = []
+    rows, calls, outs, sizes, same_images = [], {}, {}, {}, {}
+    current: dict[str, dict[str, Any]] = {}  # the counters of the provider being called
+
     for provider, fn in providers(spec, model, x, classes).items():
         if isinstance(fn, str):
             rows.append(Row(case, provider, None, note=fn))
@@ -219,44 +222,74 @@ def measure(
         out: dict[str, Any] = {"calls": 0, "forwards": 0}
 
         def call(fn=fn, images=images, labels=labels, out=out) -> None:
+            current["out"] = out
             out["x_adv"] = fn(images, labels)
             out["calls"] += 1
 
-        def count(*_: Any, out=out) -> None:
-            out["forwards"] += 1
-
-        # On the last layer: ART's wrapper calls the layers of an nn.Sequential one by one, not the model.
-        last = [m for m in model.modules() if not list(m.children())][-1]
-        hook = last.register_forward_hook(count)
-        slow = provider in ("ART", "torchattacks") and spec.name in ("DeepFool", "CW-L2")
-        try:
-            ms = time_ms(call, device, warmup=0, min_reps=1 if slow else reps, min_seconds=0.0)
-        finally:
-            hook.remove()
-        row = Row(case, provider, ms, items_per_s=n / (ms * 1e-3))
-        # Model calls per attack call (a batched call counts once): the iterations a provider really ran.
-        row.extra = {"images": n, "ms_per_image": ms / n, "model_calls": out["forwards"] / out["calls"]}
+        calls[provider], outs[provider], sizes[provider] = call, out, n
         if spec.slow_providers and provider not in spec.slow_providers and n > slow_limit:
-            few = slow_limit  # the slow providers' images, for speed-ups on the same images
-            call_few = partial(fn, x[:few], y[:few])
-            same_ms = time_ms(call_few, device, warmup=0, min_reps=1 if slow else reps, min_seconds=0.0)
-            record_same_images(row, few, same_ms)
-        if provider != "bare fwd+bwd":
-            x_adv = out["x_adv"].to(images.dtype)
-            with torch.no_grad():
-                success = model(x_adv).argmax(1) != labels
-            _, l2, linf = perturbation_norms(x_adv, images)
-            row.extra |= {
-                "success": success.float().mean().item(),
-                "median_l2": l2[success].median().item() if success.any() else None,
-                "median_linf": linf[success].median().item() if success.any() else None,
-            }
-        rows.append(row)
+            # The slow providers' images, for speed-ups on the same images.
+            same_images[provider] = partial(_uncounted, current, fn, x[:slow_limit], y[:slow_limit])
+
+    def count(*_: Any) -> None:
+        if current.get("out") is not None:
+            current["out"]["forwards"] += 1
+
+    # On the last layer: ART's wrapper calls the layers of an nn.Sequential one by one, not the model.
+    last = [m for m in model.modules() if not list(m.children())][-1]
+    hook = last.register_forward_hook(count)
+    slow = spec.name in ("DeepFool", "CW-L2") and any(p in ("ART", "torchattacks") for p in calls)
+    rounds = 1 if slow else reps
+    try:
+        ms = time_interleaved(calls, device, warmup=0, min_reps=rounds, max_reps=rounds, min_seconds=0.0)
+        same_ms = time_interleaved(same_images, device, warmup=0, min_reps=rounds, max_reps=rounds, min_seconds=0.0)
+    finally:
+        hook.remove()
+    for provider, out in outs.items():
+        same = (slow_limit, same_ms[provider]) if provider in same_ms else None
+        rows.append(_row(case, provider, ms[provider], sizes[provider], out, model, x, y, same))
     base = next((r for r in rows if r.provider == spec.baseline and r.ms), None)
     for row in rows:
         if base is not None and row.ms:
             row.speedup = same_images_speedup(base, row)
     return rows
+
+
+def _uncounted(current: dict[str, Any], fn: Callable, images: torch.Tensor, labels: torch.Tensor) -> None:
+    current["out"] = None  # the model calls of the same-image timing count for no row
+    fn(images, labels)
+
+
+def _row(
+    case: str,
+    provider: str,
+    ms: float,
+    n: int,
+    out: dict[str, Any],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    same: tuple[int, float] | None,
+) -> Row:
+    """A provider's row: its time on its n images, its model calls per attack call (a batched call counts once:
+    the iterations it really ran), its time on the slow providers' images (`same`: their count and the time), and
+    its success and norms."""
+    row = Row(case, provider, ms, items_per_s=n / (ms * 1e-3))
+    row.extra = {"images": n, "ms_per_image": ms / n, "model_calls": out["forwards"] / out["calls"]}
+    if same is not None:
+        record_same_images(row, *same)
+    if provider != "bare fwd+bwd":
+        images, labels = x[:n], y[:n]
+        x_adv = out["x_adv"].to(images.dtype)
+        with torch.no_grad():
+            success = model(x_adv).argmax(1) != labels
+        _, l2, linf = perturbation_norms(x_adv, images)
+        row.extra |= {
+            "success": success.float().mean().item(),
+            "median_l2": l2[success].median().item() if success.any() else None,
+            "median_linf": linf[success].median().item() if success.any() else None,
+        }
+    return row
 
 
 def timing_model(device: torch.device) -> nn.Module:

@@ -96,6 +96,7 @@ def auto_threads(device: torch.device, environ: Mapping[str, str] = os.environ) 
 
 WAIT_HOURS_VARIABLE = "NEMESIS_FAST_WAIT_HOURS"
 DEFAULT_WAIT_HOURS = 24.0
+MAX_WAIT_HOURS = 1e6  # about 114 years: timedelta's range, and the collectives', stay far away
 
 
 def wait_timeout(environ: Mapping[str, str] = os.environ) -> timedelta:
@@ -110,8 +111,8 @@ def wait_timeout(environ: Mapping[str, str] = os.environ) -> timedelta:
         hours = float(text)
     except ValueError:
         hours = math.nan
-    if not math.isfinite(hours) or hours <= 0:
-        raise ValueError(f"{WAIT_HOURS_VARIABLE} must be a number of hours > 0, got {text!r}")
+    if not math.isfinite(hours) or not 0 < hours <= MAX_WAIT_HOURS:
+        raise ValueError(f"{WAIT_HOURS_VARIABLE} must be a number of hours > 0 and <= {MAX_WAIT_HOURS:g}, got {text!r}")
     return timedelta(hours=hours)
 
 
