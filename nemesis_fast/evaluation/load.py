@@ -112,9 +112,7 @@ def _python_value(value: Any) -> Any:
     numpy's integers and floats as Python's."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, tuple):
-        return [_python_value(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, (tuple, list)):
         return [_python_value(v) for v in value]
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from .._checks import check_tensor
-from ..reference.bounded_relu import check_mask, is_dense, mask_bytes
+from ..reference.bounded_relu import check_mask, is_dense, mask_bytes, rounded_threshold
 from ._common import as_dense, launch
 
 BLOCK = 4096  # elements per program of the plain pair
@@ -26,23 +26,17 @@ BYTES = 512  # mask bytes per program of the masked pair (8 * BYTES elements)
 NUM_WARPS = 8
 
 
+_BIT_FORMATS = {torch.float64: ("<d", "<q"), torch.float32: ("<f", "<I"), torch.float16: ("<e", "<H")}
+
+
 def threshold_bits(t: float, dtype: torch.dtype) -> int:
-    """The bit pattern of t rounded to `dtype` (through float32 for the 16-bit types, as a C++ cast does), as a
-    non-negative integer, for a finite t > 0. Pure Python, so that it also runs while torch.compile traces."""
-    if dtype == torch.float64:
-        return struct.unpack("<q", struct.pack("<d", t))[0]
-    try:
-        single = struct.unpack("<I", struct.pack("<f", t))[0]
-    except OverflowError:  # t rounds past float32's largest value: to infinity, as the C++ cast does
-        single = 0x7F800000
-    if dtype == torch.float32:
-        return single
-    if dtype == torch.bfloat16:  # c10's conversion: round to nearest, ties to even, on the upper 16 bits
-        return (single + 0x7FFF + ((single >> 16) & 1)) >> 16
-    try:
-        return struct.unpack("<H", struct.pack("<e", struct.unpack("<f", struct.pack("<I", single))[0]))[0]
-    except OverflowError:  # beyond float16's range: infinity
-        return 0x7C00
+    """The bit pattern of t rounded to `dtype` (the reference's :func:`rounded_threshold`), as a non-negative
+    integer, for a finite t > 0. Pure Python, so that it also runs while torch.compile traces."""
+    value = rounded_threshold(t, dtype)
+    if dtype == torch.bfloat16:  # a bfloat16 value: the upper half of its float32 bits
+        return struct.unpack("<I", struct.pack("<f", value))[0] >> 16
+    pack, unpack = _BIT_FORMATS[dtype]
+    return struct.unpack(unpack, struct.pack(pack, value))[0]
 
 
 @triton.jit

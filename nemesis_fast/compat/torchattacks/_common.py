@@ -24,9 +24,7 @@ def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 def class_indices(labels: torch.Tensor) -> torch.Tensor:
     """`labels` as int64 class indices: any integer dtype, and floats holding whole numbers (some of torchattacks'
     classes take them); other floats raise TypeError."""
-    if not labels.is_floating_point():
-        return labels.long()
-    if not bool((labels == labels.round()).all()):
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
         raise TypeError(f"labels must hold class indices; got {labels.dtype} values that are not whole numbers")
     return labels.long()
 
