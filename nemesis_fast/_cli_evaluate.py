@@ -56,12 +56,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "evaluate",
         help="train the paper's seven models and report their accuracy under white-box and black-box attacks",
         description="With no arguments: a small but real evaluation on the MNIST sample shipped with the package "
-        "(the 'quick' preset, a few minutes on a CPU). With --data-dir: the full MNIST or CIFAR-10 files and the "
-        "paper's settings. Runs under torchrun too: each model is trained once, by one process, and the test set "
+        "(the 'quick' preset, a few minutes on a CPU). With --data-dir: the full MNIST or CIFAR-10 files, with the "
+        "'paper_headline' settings unless --preset or --config says otherwise (--preset paper: the authors' own "
+        "experiment). Runs under torchrun too: each model is trained once, by one process, and the test set "
         "is sharded across the processes. Results go to --out: results.json/.csv/.md, whitebox.png, examples.png, "
-        "certified.png (the [certify] section), models/<name>.pt (every trained model, a checkpoint for `nemesis-fast "
-        "certify`; save_models = false in the config: none); models, attacks and certificates are cached there (or in "
-        "--cache-dir, which may be a folder local to each machine), so an "
+        "blackbox_eps.png (the black-box eps sweep), perturbation.png (the minimal perturbations), certified.png and "
+        "certified.csv (the [certify] section), models/<name>.pt (every trained model, a checkpoint for "
+        "`nemesis-fast certify`; save_models = false in the config: none); models, attacks and certificates are "
+        "cached there (or in --cache-dir, which may be a folder local to each machine), so an "
         "interrupted run continues where it stopped.",
     )
     p.add_argument("--config", help="a TOML or JSON config file (see nemesis_fast/evaluation/presets/paper.toml)")
@@ -69,8 +71,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--preset",
         help="a shipped config: quick, paper (the authors' settings), paper_table (their Table 1's attack "
         "settings and FGSM adversarial training's examples, black-box only), paper_weak_source (that table from "
-        "a source as weak as theirs) or "
-        "paper_headline",
+        "a source as weak as theirs), paper_gpu_check (paper's models and black-box table on the first 1,000 test "
+        "images, for one call of a GPU machine) or paper_headline (this package's first reading of the paper's "
+        "text; the settings with --data-dir alone)",
     )
     p.add_argument("--data-dir", help="folder of the MNIST IDX files, or of cifar-10-batches-py")
     p.add_argument("--dataset", choices=("mnist", "cifar10"), help="default: mnist")
@@ -78,8 +81,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--test-samples", type=int_in(0), help="attack only the first N test images (0: all)")
     p.add_argument(
         "--out",
-        help="output folder (default: nemesis-results); one holding the results of a run with other settings, or "
-        "with no results.json files the run writes (results.csv, models/...), is refused",
+        help="output folder (default: nemesis-results); refused when it holds the results of a run with other "
+        "settings, or files the run would write (results.csv, models/...) without a results.json of an evaluation",
     )
     p.add_argument(
         "--cache-dir",

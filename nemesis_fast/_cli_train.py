@@ -53,10 +53,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "default is the 10k/2k sample shipped with the package",
     )
     p.add_argument("--model", choices=tuple(MODELS), help="network (default: mnist_cnn / cifar_cnn)")
-    p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="relu, or brelu (bounded ReLU)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="relu (default), or brelu (bounded ReLU)")
     p.add_argument("--t", type=float, default=1.0, help="BReLU threshold (default 1)")
     p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (default 20)")
-    p.add_argument("--recipe", choices=tuple(RECIPES), default="standard", help="defense recipe")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="standard", help="defense recipe (default: standard)")
     p.add_argument(
         "--set",
         dest="settings",
@@ -67,10 +67,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="override a recipe setting, e.g. --set mode=online --set eps=0.2 (repeatable)",
     )
     p.add_argument("--source", help="checkpoint of the source model of offline recipes (default: train one)")
-    p.add_argument("--epochs", type=int_in(1), default=20)
-    p.add_argument("--batch-size", type=int_in(1), default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out for validation")
+    p.add_argument("--epochs", type=int_in(1), default=20, help="passes over the training set (default 20)")
+    p.add_argument(
+        "--batch-size", type=int_in(1), default=128, help="images per step, before augmentation (default 128)"
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="training images held out for validation (default 0.1)"
+    )
     p.add_argument(
         "--val-rows",
         choices=("images", "last"),
@@ -78,13 +82,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="images: a random --val-fraction of the images, validated clean (default); last: the last rows of the "
         "training set as the recipe lays it out (GDA's fixed copies, offline examples), as Keras' validation_split",
     )
-    p.add_argument("--patience", type=int_in(0), default=5, help="early-stopping patience in epochs; 0: never stop")
-    p.add_argument("--seed", type=int_in(0), default=0)
+    p.add_argument(
+        "--patience", type=int_in(0), default=5, help="early-stopping patience in epochs (default 5); 0: never stop"
+    )
+    p.add_argument("--seed", type=int_in(0), default=0, help="seeds the weights, shuffling and noise (default 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
-    p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), help="mixed precision")
+    p.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        choices=("bf16", "fp16"),
+        help="mixed precision: bf16 (also a bare --amp) or fp16 (with gradient scaling); default: none",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
     p.add_argument("--limit", type=int_in(1), help="train on the first N training images only")
     p.add_argument("--out", help="save the trained model to this checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="FILE",
+        help="keep the whole training state in FILE after every epoch; the same command run again after an "
+        "interruption continues from it, to the weights an uninterrupted run would have (a state of another run "
+        "is refused)",
+    )
     p.add_argument(
         "--paper",
         action="store_true",
@@ -167,7 +186,10 @@ def _paper(args: argparse.Namespace) -> int:
     if args.settings or args.recipe != "standard" or args.activation != "relu" or args.source:
         raise SystemExit("nemesis-fast train --paper: --recipe, --activation, --set and --source do not apply")
     started = time.perf_counter()
-    workers = start(args.device or "auto", args.threads)
+    try:
+        workers = start(args.device or "auto", args.threads)
+    except ValueError as error:  # NEMESIS_FAST_WAIT_HOURS under torchrun, or a device this process cannot use
+        raise SystemExit(f"nemesis-fast train: {error}") from error
     try:
         train_data, test_data = _load(args, quiet=not workers.is_main)
         model_name = _model_name(args)
@@ -232,13 +254,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ValueError("--out saves one model; with --paper give --out-dir")
     if args.out_dir and not args.paper:
         raise ValueError("--out-dir applies with --paper only; save one model with --out")
-    for option, path in (("--out", args.out), ("--json", args.json)):
+    if args.paper and args.resume:
+        raise ValueError("--resume keeps one model's training state; it does not apply with --paper")
+    for option, path in (("--out", args.out), ("--json", args.json), ("--resume", args.resume)):
         if path:
             check_output_file(path, option)
     if args.out_dir:
         check_output_folder(args.out_dir, "--out-dir")
     inputs = {**_data_files(args), "--source": args.source}
-    check_distinct_files({**inputs, "--out": args.out, "--json": args.json, **_paper_files(args.out_dir)})
+    outputs = {"--out": args.out, "--json": args.json, "--resume": args.resume, **_paper_files(args.out_dir)}
+    check_distinct_files({**inputs, **outputs})
 
 
 def _input_shape(model_name: str) -> tuple[int, int | None]:
@@ -310,6 +335,7 @@ def _run(args: argparse.Namespace) -> int:
         dataset=args.data,
         seed=args.seed,
         source_model=source,
+        checkpoint=args.resume,
         **common,
     )
     accuracy = evaluate_accuracy(model, *test_data)

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemesis-fast", description="nemesis_fast: fast adversarial robustness")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="run the benchmark suite on this machine and print the tables")
-    bench.add_argument("ops", nargs="*", help="benchmarks to run (default: all)")
+    from .bench import SUITES
+
+    bench.add_argument("ops", nargs="*", help=f"benchmarks to run, of {', '.join(SUITES)} (default: all)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
     bench.add_argument(
         "--size",

@@ -109,10 +109,10 @@ def gaussian_augment(
 
     Returns:
         ((copies + include_original) * B, *x.shape[1:]), contiguous: the originals, then copy 0 of every sample,
-        then copy 1, and so on. Noisy row c * B + b is clip(x[b] + sigma * n), n standard normal noise drawn with
-        Philox4x32-10 and Box-Muller (see nemesis_fast.reference.gaussian_augment for the exact definition).
-        Computed in float32 (float64 for float64 input). The op has no gradient: backward through it raises, and
-        so does a call with a forward-mode AD tangent.
+        then copy 1, and so on. Row (include_original + c) * B + b is clip(x[b] + sigma * n), n standard normal
+        noise drawn with Philox4x32-10 and Box-Muller (see nemesis_fast.reference.gaussian_augment for the exact
+        definition). Computed in float32 (float64 for float64 input). The op has no gradient: backward through it
+        raises, and so does a call with a forward-mode AD tangent.
     """
     clip_min, clip_max, seed = _gaussian_augment.public_arguments(x, copies, sigma, clip, seed, offset, out_dtype)
     check_bool(include_original, "include_original")

@@ -182,3 +182,48 @@ def test_evaluate_refuses_an_out_folder_holding_files_it_would_overwrite(tmp_pat
     with pytest.raises(SystemExit, match=r"out_dir: .*partial holds results.md"):
         main(["evaluate", "--config", config, "--out", str(look), "--cached-only", "--no-progress"])
     assert (look / "partial" / "results.md").read_text() == "user data"
+
+
+def test_a_bad_wait_under_torchrun_ends_in_one_line_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: the process would join a group
+    monkeypatch.setenv("NEMESIS_FAST_WAIT_HOURS", "abc")
+    monkeypatch.setattr("torch.distributed.init_process_group", lambda *a, **k: pytest.fail("joined a group"))
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained"))
+    config = str(write_config(tmp_path))
+    message = "NEMESIS_FAST_WAIT_HOURS must be a number of hours > 0 and <= 1e\\+06, got 'abc'"
+    with pytest.raises(SystemExit, match=f"nemesis-fast evaluate: {message}"):
+        main(["evaluate", "--config", config, "--out", str(tmp_path / "out"), "--no-progress"])
+    with pytest.raises(SystemExit, match=f"nemesis-fast train: {message}"):
+        main([*TRAIN, "--paper", "--out-dir", str(tmp_path / "models")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_train_resume_continues_an_interrupted_run_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    from nemesis_fast.resume import FileCheckpoint
+
+    argv = ["train", "--limit", "96", "--epochs", "3", "--batch-size", "32", "--patience", "0", "--device", "cpu"]
+    argv += ["--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "whole.pt")]) == 0
+    state = tmp_path / "state.pt"
+    real_save = FileCheckpoint.save
+
+    def save_then_die(self, training_state):
+        real_save(self, training_state)
+        raise _Interrupted  # the process dies after its first epoch is written
+
+    monkeypatch.setattr(FileCheckpoint, "save", save_then_die)
+    with pytest.raises(_Interrupted):
+        main([*argv, "--resume", str(state), "--out", str(tmp_path / "resumed.pt")])
+    assert state.is_file() and not (tmp_path / "resumed.pt").exists()
+    monkeypatch.setattr(FileCheckpoint, "save", real_save)
+    assert main([*argv, "--resume", str(state), "--out", str(tmp_path / "resumed.pt")]) == 0
+    whole, resumed = (load_checkpoint(tmp_path / f"{name}.pt")[0].state_dict() for name in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(SystemExit, match="--resume keeps one model's training state; it does not apply with --paper"):
+        main([*argv, "--paper", "--resume", str(state)])
+    with pytest.raises(SystemExit, match="--out and --resume name the same file"):
+        main([*argv, "--resume", str(state), "--out", str(state)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from _evaluation_cases import TINY, write_config
 from _support import write_cifar
 
 from nemesis_fast.checkpoints import load_checkpoint
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.defenses import FeatureSqueezing
 from nemesis_fast.evaluation import evaluate, load_config
 from nemesis_fast.evaluation.cache import ResultCache
@@ -151,6 +153,74 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     complete = evaluate(config, log=False, cached_only=True)
     assert complete.pending == 0
     assert cell_values(tmp_path / "out" / "partial" / "results.json") == resumed
+
+
+def _cache_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_more_test_images_moved_files_and_older_keys_reuse_the_cache(tmp_path, monkeypatch):
+    """The keys hold the data's content: a run on more test images, or on a copy of the files elsewhere, trains no
+    model again and attacks only its new chunks; a cache written under the older keys (the data's path and both
+    sets' sizes) is read, and moved to the current keys."""
+    for folder in ("a", "b"):
+        shutil.copytree(MNIST_SAMPLE_DIR, tmp_path / folder)
+    cache = tmp_path / "cache"
+    text = TINY.replace("test_samples = 24", "test_samples = 16")
+    first = write_config(
+        tmp_path, text, out_dir=str(tmp_path / "o1"), data_dir=str(tmp_path / "a"), cache_dir=str(cache)
+    )
+    evaluate(first, log=False)
+    written, cells = _cache_files(cache), cell_values(tmp_path / "o1" / "results.json")
+
+    # The same cache as the keys were before they held the data's content.
+    data = load_data(load_config(first))
+    for path in cache.rglob("*.pt"):
+        entry = torch.load(path, weights_only=True)
+        settings = entry.pop("settings")
+        older = data.legacy_settings(settings)
+        assert older != settings  # every entry's key names the data
+        ResultCache(cache).save(path.parent.name, older, entry)
+        path.unlink()
+    assert not set(_cache_files(cache)) & set(written)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model was trained again")
+
+    monkeypatch.setattr("nemesis_fast.evaluation.train.train", no_training)
+    evaluate(first, log=False)
+    # Every entry read is moved to its current key (of the adversarial images, only those the report shows are read:
+    # their verdicts are cached).
+    now = _cache_files(cache)
+    assert [f for f in now if not f.startswith("blackbox/")] == [f for f in written if not f.startswith("blackbox/")]
+    assert len(now) == len(written)
+    assert cell_values(tmp_path / "o1" / "results.json") == cells
+
+    saves: list[tuple[str, list]] = []
+    real_save = ResultCache.save
+    monkeypatch.setattr(
+        ResultCache, "save", lambda self, k, s, p: saves.append((k, s["chunk"])) or real_save(self, k, s, p)
+    )
+    second = write_config(tmp_path, out_dir=str(tmp_path / "o2"), data_dir=str(tmp_path / "b"), cache_dir=str(cache))
+    evaluate(second, log=False)
+    assert saves and {tuple(chunk) for _, chunk in saves} == {(16, 24)}  # the new chunk only
+
+
+def test_an_entry_under_its_older_key_is_read_once_and_moved(tmp_path):
+    plain = ResultCache(tmp_path)
+    cache = ResultCache(tmp_path, legacy=lambda settings: {k: v for k, v in settings.items() if k != "new"})
+    current, older = {"a": 1, "new": 2}, {"a": 1}
+    plain.save("x", older, {"value": torch.arange(3)})
+    assert cache.has("x", current) and not plain.has("x", current)
+    entry = cache.load("x", current)
+    assert torch.equal(entry["value"], torch.arange(3)) and entry["settings"] == current
+    assert not plain.path("x", older).exists() and plain.load("x", current)["settings"] == current
+    plain.save("x", older, {"value": 0})  # both forms: the current one wins, discard removes both
+    assert cache.load("x", current)["value"].tolist() == [0, 1, 2]
+    cache.discard("x", current)
+    assert not cache.has("x", current) and list(tmp_path.rglob("*.pt")) == []
+    assert cache.load("x", {"a": 5, "new": 6}) is None
 
 
 def test_a_look_at_a_run_not_started_trains_nothing(tmp_path, monkeypatch):

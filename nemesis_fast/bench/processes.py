@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=2, help="processes of the torchrun run (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (default 1)")
     parser.add_argument("--json", help="also write the report to this JSON file")
-    parser.add_argument("evaluate_args", nargs=argparse.REMAINDER, help="-- then arguments of nemesis-fast evaluate")
+    parser.add_argument(
+        "evaluate_args", nargs=argparse.REMAINDER, help="'--', then the arguments of nemesis-fast evaluate"
+    )
     args = parser.parse_args(argv)
     extra = args.evaluate_args[1:] if args.evaluate_args[:1] == ["--"] else args.evaluate_args
     try:

@@ -38,7 +38,9 @@ class Certificate:
 
     prediction: torch.Tensor  # int64 (B,): the certified class, -1 where it abstains
     p_lower: torch.Tensor  # float64 (B,): the lower confidence bound pA on the selected class's probability
-    radius: torch.Tensor  # float64 (B,): certified L2 radius in x's units (sigma * Phi^-1(pA)); 0 when abstaining
+    # float64 (B,): certified L2 radius sigma * Phi^-1(pA), in sigma's units (x's; x / 255 for uint8 x); 0 when
+    # abstaining
+    radius: torch.Tensor
     counts: torch.Tensor  # int64 (B, K): votes of the n estimation draws
     selection_counts: torch.Tensor  # int64 (B, K): votes of the n0 selection draws
     sigma: float

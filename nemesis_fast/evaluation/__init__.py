@@ -4,9 +4,11 @@
     results = nemesis_fast.evaluate("my.toml", data_dir=...)  # a config file, with top-level overrides
 
 Outputs (under out_dir): results.json (every number, the config and the package version), results.csv,
-results.md, whitebox.png (accuracy against eps), examples.png (clean and adversarial images) and, with a
-[certify] section, certified.png and certified.csv (certified accuracy by randomized smoothing); unless the config
-sets save_models = false, models/<name>.pt: every trained model as a checkpoint (nemesis_fast.checkpoints).
+results.md, whitebox.png (accuracy against eps), examples.png (clean and adversarial images), blackbox_eps.png
+(the black-box eps sweep, where the config has one), perturbation.png (the minimal perturbations, where the config
+asks for them) and, with a [certify] section, certified.png and certified.csv (certified accuracy by randomized
+smoothing); unless the config sets save_models = false, models/<name>.pt: every trained model as a checkpoint
+(nemesis_fast.checkpoints).
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def evaluate(
     """Trains or loads the models, runs the white-box and black-box attacks, writes and returns the results.
 
     Args:
-        config: an EvalConfig, a TOML/JSON config file, or None for the "quick" preset when no data_dir is
-            given (the MNIST sample shipped with the package) and the paper's defaults otherwise.
+        config: an EvalConfig, a TOML/JSON config file, or None: the "quick" preset when no data_dir is
+            given (the MNIST sample shipped with the package), else EvalConfig's defaults (the
+            "paper_headline" preset's settings; the authors' own experiment is the "paper" preset).
         log: print progress lines and the final tables to stderr/stdout (process 0 only).
         progress: tqdm bars; None: when stderr is a terminal.
         cached_only: train and compute nothing: report what the run's cache holds so far (the models already
@@ -100,7 +103,10 @@ def evaluate(
     check_folders(config)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
-    workers = start(config.device, config.threads)
+    try:
+        workers = start(config.device, config.threads)
+    except ValueError as error:  # NEMESIS_FAST_WAIT_HOURS under torchrun, or a device this process cannot use
+        raise ConfigError(str(error)) from error
     try:
         evaluation = Evaluation(config, workers, log=say, progress=progress)
         if workers.is_main:

@@ -1,6 +1,6 @@
 """The evaluation's attack phase: the attacks as the config sets them, and the work on one chunk of test images
 (black-box transfer, white-box accuracy, white-box minimal perturbation), each cached under a key of its
-settings and the chunk's bounds.
+settings, the chunk's bounds and a digest of its images and labels.
 
 A chunk's random draws (R+FGSM's noise, JSMA's targets, PGD's starts) are seeded by the chunk's bounds, the
 attack and the run's seed, as the cache key is: the numbers do not depend on how many processes share the work,
@@ -115,6 +115,7 @@ class Attacks:
             "settings": self.settings(attack),
             "source": self.models.key(SOURCE),
             "chunk": list(chunk),
+            "test_images": self.data.test_digest(*chunk),
             "seed": self.config.seed,
         }
 
@@ -200,6 +201,7 @@ class Attacks:
             **extra,
             "settings": self.settings(attack),
             "chunk": list(chunk),
+            "test_images": self.data.test_digest(*chunk),
             "seed": self.config.seed,
         }
 

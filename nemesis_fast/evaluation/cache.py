@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +35,36 @@ def settings_key(kind: str, settings: dict[str, Any]) -> str:
 
 
 class ResultCache:
-    """Tensors and small metadata stored under `root`/<kind>/<key>.pt."""
+    """Tensors and small metadata stored under `root`/<kind>/<key>.pt.
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    `legacy`, when given, maps a key's settings to the settings the same entry had under an older form of the
+    keys: an entry found only under its older key is moved to its current one when it is first read.
+    """
+
+    def __init__(self, root: str | os.PathLike, legacy: Callable[[Any], Any] | None = None) -> None:
         self.root = Path(root)
+        self.legacy = legacy
 
     def path(self, kind: str, settings: dict[str, Any]) -> Path:
         return self.root / kind / f"{settings_key(kind, settings)}.pt"
 
+    def has(self, kind: str, settings: dict[str, Any]) -> bool:
+        """Whether there is an entry for (`kind`, `settings`), under its current key or its older one."""
+        return any(self.path(kind, s).is_file() for s in self._forms(settings))
+
     def load(self, kind: str, settings: dict[str, Any]) -> dict[str, Any] | None:
         """The entry for (`kind`, `settings`), or None when there is none or it cannot be read."""
-        path = self.path(kind, settings)
-        if not path.is_file():
-            return None
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged entry is recomputed, never trusted
-            warnings.warn(f"discarding unreadable cache entry {path}: {error}", RuntimeWarning, stacklevel=2)
-            path.unlink(missing_ok=True)
-            return None
-        if not isinstance(entry, dict) or entry.get("settings") != as_read_back(settings):
-            warnings.warn(f"discarding cache entry {path}: its settings do not match", RuntimeWarning, stacklevel=2)
-            path.unlink(missing_ok=True)
-            return None
-        return entry
+        entry, forms = self._read(kind, settings), self._forms(settings)
+        if entry is not None or len(forms) == 1:
+            return entry
+        older = forms[1]
+        entry = self._read(kind, older)
+        if entry is None:  # another process may have moved it meanwhile
+            return self._read(kind, settings)
+        entry.pop("settings")
+        self.save(kind, settings, entry)
+        self.path(kind, older).unlink(missing_ok=True)
+        return {**entry, "settings": as_read_back(settings)}
 
     def save(self, kind: str, settings: dict[str, Any], payload: dict[str, Any]) -> Path:
         """Stores `payload` (tensors, numbers, strings, lists and dicts of them) for (`kind`, `settings`)."""
@@ -66,8 +73,32 @@ class ResultCache:
         return path
 
     def discard(self, kind: str, settings: dict[str, Any]) -> None:
-        """Removes the entry for (`kind`, `settings`), if there is one."""
-        self.path(kind, settings).unlink(missing_ok=True)
+        """Removes the entry for (`kind`, `settings`), under its current key and its older one."""
+        for form in self._forms(settings):
+            self.path(kind, form).unlink(missing_ok=True)
+
+    def _forms(self, settings: dict[str, Any]) -> list[dict[str, Any]]:
+        """`settings`, then their older form where there is one that differs."""
+        older = self.legacy(settings) if self.legacy is not None else settings
+        return [settings] if older == settings else [settings, older]
+
+    def _read(self, kind: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.path(kind, settings)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:  # moved by another process since
+            return None
+        except Exception as error:  # a damaged entry is recomputed, never trusted
+            warnings.warn(f"discarding unreadable cache entry {path}: {error}", RuntimeWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+            return None
+        if not isinstance(entry, dict) or entry.get("settings") != as_read_back(settings):
+            warnings.warn(f"discarding cache entry {path}: its settings do not match", RuntimeWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+            return None
+        return entry
 
 
 class CachedCheckpoint:

@@ -2,10 +2,10 @@
 al. 2019) and certified on the first test images; certified accuracy at L2 radii, a table and a figure.
 
 Each chunk of test images is certified once per defense and cached under a key of the defense's weights, the
-smoothing settings (sigma, n0, n, alpha), the chunk's bounds and the run's seed, and of nothing else: the keys of
-the models and of the attacks do not see the certify settings. The noise of test image i is keyed by i itself, so
-the numbers do not depend on the chunking, on certify.batch_size or on how many processes share the work; every
-defense sees the same noise.
+smoothing settings (sigma, n0, n, alpha), the chunk's bounds and images and the run's seed, and of nothing else:
+the keys of the models and of the attacks do not see the certify settings. The noise of test image i is keyed by
+i itself, so the numbers do not depend on the chunking, on certify.batch_size or on how many processes share the
+work; every defense sees the same noise.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class Certification:
             "squeeze_bits": self.config.squeeze_bits,
             "certify": self.settings(),
             "chunk": list(chunk),
+            "test_images": self.data.test_digest(*chunk),
             "seed": self.config.seed,
         }
 

@@ -3,7 +3,8 @@ against the settings that train on the first N images."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,40 @@ class Dataset:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    identity: dict[str, Any]  # what determines the data, for cache keys
+    identity: dict[str, Any]  # what determines the training data, for the models' cache keys
     description: str
+    # The data's identity in the keys of caches written before the keys held its content: its path, both sizes.
+    legacy_identity: dict[str, Any] = field(default_factory=dict)
+    _test_digests: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+
+    def test_digest(self, start: int, stop: int) -> str:
+        """What determines the test images `start:stop` and their labels, for the cache keys of the units that
+        attack them: a hash of their content, so that a unit's key does not depend on how many test images the
+        run takes or where the files lie."""
+        if (start, stop) not in self._test_digests:
+            self._test_digests[start, stop] = content_digest(self.test_images[start:stop], self.test_labels[start:stop])
+        return self._test_digests[start, stop]
+
+    def legacy_settings(self, settings: Any) -> Any:
+        """The cache key `settings` as it was before the keys held the data's content: the data's path and both
+        sets' sizes in place of the training set's digest, no digest of the test images (for reading older
+        caches)."""
+        if isinstance(settings, dict):
+            if settings == self.identity:
+                return self.legacy_identity
+            return {k: self.legacy_settings(v) for k, v in settings.items() if k != "test_images"}
+        if isinstance(settings, list):
+            return [self.legacy_settings(v) for v in settings]
+        return settings
+
+
+def content_digest(*tensors: torch.Tensor) -> str:
+    """A hash of the tensors' dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(f"{tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy())
+    return "sha256:" + digest.hexdigest()[:32]
 
 
 def load_data(config: EvalConfig) -> Dataset:
@@ -58,8 +91,9 @@ def load_data(config: EvalConfig) -> Dataset:
                 f"{key} must be <= the {len(train_y)} training images of {description} and leave one to train on"
                 f" after training.validation_fraction, got {first}"
             )
-    identity = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
-    return Dataset(train_x, train_y, test_x, test_y, identity, description)
+    identity = {"dataset": config.dataset, "train": len(train_y), "train_images": content_digest(train_x, train_y)}
+    legacy = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
+    return Dataset(train_x, train_y, test_x, test_y, identity, description, legacy)
 
 
 __all__ = ["Dataset", "load_data"]

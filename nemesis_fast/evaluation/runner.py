@@ -2,8 +2,8 @@
 (:mod:`.attack`) cut into units of work shared out among the processes by their estimated cost, the gathering of
 the shards, and the cells of the report.
 
-Work is cut into chunks of `batch_size` test images. Every chunk's outcome is cached under a key of its settings
-and bounds, so the numbers do not depend on how many processes share the work, and a run that is interrupted
+Work is cut into chunks of `batch_size` test images. Every chunk's outcome is cached under a key of its settings,
+bounds and images, so the numbers do not depend on how many processes share the work, and a run that is interrupted
 continues where it stopped.
 """
 
@@ -63,8 +63,9 @@ class Evaluation:
         self.log = log if workers.is_main else (lambda message: None)
         self.progress = progress and workers.is_main
         out = Path(config.out_dir).expanduser()
-        self.cache = ResultCache(Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache")
         self.data = load_data(config)
+        cache = Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache"
+        self.cache = ResultCache(cache, legacy=self.data.legacy_settings)
         # Each process trains its own share of the models: their lines come from every process, marked with its rank.
         train_log = (lambda message: log(f"[rank {workers.rank}] {message}")) if workers.distributed else log
         self.models = Models(config, self.data, self.cache, workers, log=train_log, progress=self.progress)
@@ -143,13 +144,13 @@ class Evaluation:
 
     def _done(self, u: Unit) -> bool:
         """Whether `u`'s outcome is in this process's cache."""
-        return self.cache.path(*self._entry(u)).is_file()
+        return self.cache.has(*self._entry(u))
 
     def _crafted(self, u: Unit) -> bool:
         """Whether `u` is a black-box unit whose adversarial images are in this process's cache."""
         if u.kind != "blackbox":
             return False
-        return self.cache.path("blackbox", self.attacks.blackbox_key(u.attack, u.eps, u.chunk)).is_file()
+        return self.cache.has("blackbox", self.attacks.blackbox_key(u.attack, u.eps, u.chunk))
 
     def _craft_while_waiting(self, model: Callable[[str], nn.Module | None]) -> bool:
         """Crafts one chunk of black-box examples on the source, for a process that has trained its share of the

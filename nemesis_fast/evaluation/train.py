@@ -356,7 +356,7 @@ class _CacheStore:
         CachedCheckpoint(self.cache, self.keys[name]).discard()
 
     def exists(self, name: str) -> bool:
-        return self.cache.path("model", self.keys[name]).is_file()
+        return self.cache.has("model", self.keys[name])
 
     def resumable(self, name: str) -> bool:
-        return self.cache.path("training", self.keys[name]).is_file()
+        return self.cache.has("training", self.keys[name])
