@@ -156,7 +156,7 @@ def test_train_refuses_a_source_that_does_not_take_the_datas_images(tmp_path, mo
 
 def test_evaluate_refuses_an_out_folder_holding_files_it_would_overwrite(tmp_path, monkeypatch):
     from nemesis_fast.evaluation import load_config
-    from nemesis_fast.evaluation.load import check_out_dir
+    from nemesis_fast.evaluation.folders import check_out_dir
 
     monkeypatch.setattr("nemesis_fast.evaluation.start", lambda *args: pytest.fail("work started"))
     config = str(write_config(tmp_path))

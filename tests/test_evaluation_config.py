@@ -287,7 +287,7 @@ def test_a_config_can_start_from_another(tmp_path):
 def test_a_run_never_overwrites_the_results_of_a_run_with_other_settings(tmp_path):
     import json
 
-    from nemesis_fast.evaluation.load import check_out_dir
+    from nemesis_fast.evaluation.folders import check_out_dir
 
     out = tmp_path / "out"
     config = load_config(write_config(tmp_path), {"out_dir": str(out)})
@@ -315,7 +315,7 @@ def test_a_run_never_overwrites_the_results_of_a_run_with_other_settings(tmp_pat
 def test_a_run_saving_models_never_overwrites_files_an_earlier_run_there_did_not_save(tmp_path, monkeypatch):
     import json
 
-    from nemesis_fast.evaluation.load import check_out_dir
+    from nemesis_fast.evaluation.folders import check_out_dir
 
     monkeypatch.setattr("nemesis_fast.evaluation.start", lambda *args: pytest.fail("work started"))
     out = tmp_path / "out"

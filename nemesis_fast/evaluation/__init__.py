@@ -22,7 +22,8 @@ from typing import Any
 from .._checks import check_bool
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
-from .load import check_folders, check_out_dir, load_config, validate
+from .folders import check_folders, check_out_dir
+from .load import load_config, validate
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
