@@ -100,9 +100,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         metavar="FILE",
-        help="keep the whole training state in FILE after every epoch; the same command run again after an "
-        "interruption continues from it, to the weights an uninterrupted run would have (a state of another run "
-        "is refused)",
+        help="keep the whole training state in FILE after every epoch (with --paper: a folder, one "
+        "FILE/<name>.state.pt per model); the same command run again after an interruption continues from it, to "
+        "the weights an uninterrupted run would have (a state of another run is refused)",
     )
     p.add_argument(
         "--paper",
@@ -205,6 +205,7 @@ def _paper(args: argparse.Namespace) -> int:
             seed=args.seed,
             workers=workers,
             log=say,
+            checkpoint=args.resume,
             **_train_kwargs(args, workers.device),
         )
     finally:
@@ -254,15 +255,15 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ValueError("--out saves one model; with --paper give --out-dir")
     if args.out_dir and not args.paper:
         raise ValueError("--out-dir applies with --paper only; save one model with --out")
-    if args.paper and args.resume:
-        raise ValueError("--resume keeps one model's training state; it does not apply with --paper")
-    for option, path in (("--out", args.out), ("--json", args.json), ("--resume", args.resume)):
+    resume_file = None if args.paper else args.resume
+    for option, path in (("--out", args.out), ("--json", args.json), ("--resume", resume_file)):
         if path:
             check_output_file(path, option)
-    if args.out_dir:
-        check_output_folder(args.out_dir, "--out-dir")
+    for option, folder in (("--out-dir", args.out_dir), ("--resume", args.resume if args.paper else None)):
+        if folder:
+            check_output_folder(folder, option)
     inputs = {**_data_files(args), "--source": args.source}
-    outputs = {"--out": args.out, "--json": args.json, "--resume": args.resume, **_paper_files(args.out_dir)}
+    outputs = {"--out": args.out, "--json": args.json, "--resume": resume_file, **_paper_files(args.out_dir)}
     check_distinct_files({**inputs, **outputs})
 
 
@@ -304,6 +305,7 @@ def _run(args: argparse.Namespace) -> int:
     from .checkpoints import load_checkpoint, save_checkpoint
     from .models import build_model
     from .parallel import set_threads
+    from .resume import FileCheckpoint
     from .training import evaluate_accuracy, train
 
     device = check_device(args.device, "--device")
@@ -335,7 +337,7 @@ def _run(args: argparse.Namespace) -> int:
         dataset=args.data,
         seed=args.seed,
         source_model=source,
-        checkpoint=args.resume,
+        checkpoint=FileCheckpoint(args.resume, "--resume") if args.resume else None,
         **common,
     )
     accuracy = evaluate_accuracy(model, *test_data)

@@ -16,10 +16,10 @@ from ._amp import amp_name, autocast
 from ._checks import check_device
 from ._modes import eval_mode
 from ._progress import progress_bar
+from ._training_checks import Data, check_values
 from .data.loader import DeviceLoader, check_images_labels
 from .defenses.recipes import Recipe
 
-Data = tuple[torch.Tensor, torch.Tensor]
 Log = Callable[[str], None]
 
 
@@ -48,6 +48,10 @@ def forward_autocast(
     return (lambda: autocast(device.type, name)), name == "fp16"
 
 
+class NaNLogitsError(ValueError):
+    """The model gave NaN logits, so no prediction: raised by :func:`evaluate_accuracy`."""
+
+
 def evaluate_accuracy(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -57,11 +61,28 @@ def evaluate_accuracy(
     device: torch.device | str | None = None,
     amp: bool | str = False,
 ) -> float:
-    """The fraction of `images` (uint8 or float, (N, C, H, W)) that `model` classifies as `labels`, in eval
-    mode (restored afterwards); nan for an empty set. `device` defaults to the model's. ValueError where a label is
-    not a class of the model's logits, or where the model gives NaN logits (no prediction), checked with the one
-    host synchronisation that reads the count."""
+    """The fraction of `images` (uint8 pixels, or finite float images in [0, 1], (N, C, H, W)) that `model`
+    classifies as `labels`, in eval mode (restored afterwards); nan for an empty set. `device` defaults to the
+    model's. ValueError naming `images` for float images outside [0, 1] or not finite (as :func:`train` refuses
+    them: 0..255 floats, say); ValueError where a label is not a class of the model's logits, or where the model
+    gives NaN logits (no prediction; :class:`NaNLogitsError`), checked with the one host synchronisation that reads
+    the count."""
     check_images_labels(images, labels)
+    check_values(images, None, "images")
+    return accuracy(model, images, labels, batch_size=batch_size, device=device, amp=amp)
+
+
+def accuracy(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+    amp: bool | str = False,
+) -> float:
+    """:func:`evaluate_accuracy` without its check of the images' values: for rows a training run validates on as
+    they are (val_rows="last": GDA's noisy copies, unclipped where clip=None), checked once by train()."""
     if device is None and isinstance(model, nn.Module):
         device = next((p.device for p in model.parameters()), None)
     device = check_device(device)
@@ -79,7 +100,7 @@ def evaluate_accuracy(
     if wrong_labels:
         raise ValueError(f"labels: {wrong_labels} are not classes of the model's {logits.shape[1]} logits")
     if undefined:
-        raise ValueError(f"model gave NaN logits for {undefined} of the {len(labels)} images: no prediction")
+        raise NaNLogitsError(f"model gave NaN logits for {undefined} of the {len(labels)} images: no prediction")
     return correct / len(labels)
 
 
@@ -114,9 +135,7 @@ class Epochs:
         record = {"epoch": epoch, **self._steps(bar or self.loader, result)}
         val = self.val
         has_val = val is not None and len(val[1])
-        record["val_accuracy"] = (
-            evaluate_accuracy(self.forward, *val, device=self.device, amp=self.amp) if has_val else None
-        )
+        record["val_accuracy"] = accuracy(self.forward, *val, device=self.device, amp=self.amp) if has_val else None
         record["seconds"] = time.perf_counter() - started
         result.history.append(record)
         val_text = f" val_acc {record['val_accuracy']:.4f}" if has_val else ""
@@ -124,8 +143,8 @@ class Epochs:
         return record
 
     def _steps(self, batches: Iterable, result: TrainResult) -> dict[str, Any]:
-        """One pass over `batches`: {"loss": the mean training loss, "images": the training images seen,
-        augmentation included}."""
+        """One pass over `batches`: {"loss": the mean training loss (nan when no step ran), "images": the training
+        images seen, augmentation included}."""
         total_loss = torch.zeros((), device=self.device)
         steps = seen = 0
         for x, y in batches:
@@ -147,7 +166,8 @@ class Epochs:
                 batches.set_postfix(loss=f"{total_loss.item() / steps:.4f}")
             if self.spent(result):
                 break
-        return {"loss": total_loss.item() / max(steps, 1), "images": seen}
+        loss = total_loss.item() / steps if steps else float("nan")  # no step, no loss (not 0.0)
+        return {"loss": loss, "images": seen}
 
 
 @dataclass

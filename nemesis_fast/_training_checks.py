@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_int, check_number, check_positive
-from ._epochs import Data
 from ._modes import eval_mode
 from .data.loader import check_images_labels, to_float
 from .defenses.recipes import Recipe
+
+Data = tuple[torch.Tensor, torch.Tensor]  # (images (N, C, H, W), labels (N,) int64)
 
 
 def check_data(data: Any, name: str) -> Data:
@@ -22,13 +23,25 @@ def check_data(data: Any, name: str) -> Data:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{name} must be a pair (images, labels) of tensors, got {type(data).__name__}")
     check_images_labels(*data)
-    images, labels = data
-    if len(labels) == 0:
+    if len(data[1]) == 0:
         raise ValueError(f"{name} must hold at least one image, got none")
-    checks = [labels.min().double()]
+    check_values(*data, name)
+    return data[0], data[1]
+
+
+def check_values(images: torch.Tensor, labels: torch.Tensor | None, name: str) -> None:
+    """Checks (as :func:`check_data` does, less the pair and the count) that float `images` (N, ...) are finite and
+    in [0, 1] (uint8 pixels pass) and that `labels` (N,) are >= 0 (None: not checked), with one device
+    synchronisation; nothing to check in an empty set. ValueError naming `name`."""
+    if len(images) == 0:
+        return
+    checks = [] if labels is None else [labels.min().double()]
     if images.is_floating_point():
         checks += [*torch.aminmax(images)]  # NaN propagates into both
-    low, *span = torch.stack([c.double() for c in checks]).tolist()  # one device synchronisation
+    if not checks:
+        return
+    values = torch.stack([c.double() for c in checks]).tolist()  # one device synchronisation
+    low, span = (None, values) if labels is None else (values[0], values[1:])
     if span and not (math.isfinite(span[0]) and math.isfinite(span[1])):
         raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")
     if span and (span[0] < 0 or span[1] > 1):
@@ -36,9 +49,27 @@ def check_data(data: Any, name: str) -> Data:
             f"{name}: float images must lie in [0, 1] (uint8 pixels are read as x / 255); they span "
             f"[{span[0]:g}, {span[1]:g}]"
         )
-    if low < 0:
+    if low is not None and low < 0:
         raise ValueError(f"{name}: the labels must be >= 0, got {low}")
-    return images, labels
+
+
+def check_image_shapes(images: torch.Tensor, other: torch.Tensor, name: str, reference: str, why: str) -> None:
+    """ValueError naming `name` when the images `other` are not of the shape (C, H, W) of `reference`'s `images`
+    (`why`: what needs them alike)."""
+    if other.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"{name}'s images are {tuple(other.shape[1:])}, {reference}'s {tuple(images.shape[1:])}: {why}"
+        )
+
+
+def check_compiled_batches(compile: bool, batch_size: int, rows: int) -> None:
+    """ValueError naming `batch_size` and `compile` when compile=True (which drops each epoch's last, smaller
+    batch) would leave no batch of the `rows` training rows an epoch holds."""
+    if compile and rows < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is more than the {rows} training rows of an epoch: with compile=True the "
+            "last, smaller batch is dropped, so no step would run; pass a batch_size <= the rows or compile=False"
+        )
 
 
 def check_classes(model: nn.Module, data: Data, name: str, device: torch.device) -> None:

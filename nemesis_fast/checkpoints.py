@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import torch_save_atomic
-from .models import architecture_of, build_model
+from ._checks import check_device
+from ._io import check_output_file, torch_save_atomic
+from .models import build_model, live_architecture
 
 
 def save_checkpoint(
@@ -26,8 +27,12 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics", "noise_sigma",
-    "nemesis_fast_version"} to `path` (atomically; tensors moved to the CPU). `architecture` defaults to the
-    one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models). "noise_sigma" is
+    "nemesis_fast_version"} to `path` (a file, not a folder; atomically; tensors moved to the CPU). `architecture`
+    defaults to the one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models), with
+    the activation and threshold t the model has now (a builder's ReLU model made a BReLU one by
+    :func:`nemesis_fast.nn.replace_relu` is saved as the builder's BReLU model). ValueError where the activation
+    layers cannot be described so (mixed kinds or thresholds), or where a given `architecture` names another
+    activation or t than the model has. "noise_sigma" is
     the standard deviation of the Gaussian noise the model was trained on (the gda recipe's sigma; None for the
     other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
     from . import __version__
@@ -36,7 +41,7 @@ def save_checkpoint(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(recipe, str):
         raise TypeError(f"recipe must be a str, got {type(recipe).__name__}")
-    path = Path(path)
+    path = check_output_file(path, "path")
     entries = {"settings": settings, "architecture": architecture, "metrics": metrics}
     for name, entry in entries.items():
         if entry is not None and not isinstance(entry, dict):
@@ -45,13 +50,30 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "recipe": recipe,
         "settings": _loadable(dict(settings or {}), "settings"),
-        "architecture": _loadable(architecture if architecture is not None else architecture_of(model), "architecture"),
+        "architecture": _loadable(_saved_architecture(model, architecture), "architecture"),
         "metrics": _loadable(dict(metrics or {}), "metrics"),
         "noise_sigma": training_noise_sigma(recipe, settings),
         "nemesis_fast_version": __version__,
     }
     torch_save_atomic(path, payload)
     return path
+
+
+def _saved_architecture(model: nn.Module, given: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The architecture save_checkpoint records: `given`, or the builder's record, as the model's activation layers
+    now are (:func:`~nemesis_fast.models.live_architecture`); ValueError where a `given` one names another
+    activation or t than the model has."""
+    live = live_architecture(model, given)
+    if given is None or live is given:  # (no activation recorded in a given one: nothing to check)
+        return live
+    keys = ("activation", "t") if live["kwargs"]["activation"] == "brelu" else ("activation",)
+    found = {k: given["kwargs"].get(k, "<absent>") for k in keys}
+    differ = [
+        f"{k}={v!r} (the model's layers: {live['kwargs'][k]!r})" for k, v in found.items() if v != live["kwargs"][k]
+    ]
+    if differ:
+        raise ValueError(f"architecture differs from the model's activation layers: {'; '.join(differ)}")
+    return given
 
 
 def _loadable(value: Any, name: str) -> Any:
@@ -111,17 +133,20 @@ def load_checkpoint(
     Refuses (ValueError naming what differs) a checkpoint whose recipe differs from `recipe`, whose settings
     differ from the entries of `settings`, whose architecture name differs from `model_name`, whose
     architecture kwargs differ from the entries of `architecture_kwargs`, or, when `model` is given and
-    records its architecture, whose architecture differs from the model's. Without `model` the model is rebuilt
-    from the recorded architecture. Returns (model with the weights loaded, the checkpoint's other entries).
+    records its architecture, whose architecture (with the activation and t its layers have now) differs from the
+    model's. Without `model` the model is rebuilt from the recorded architecture, on `map_location` (a device
+    this machine has: ValueError naming map_location otherwise); a given `model` keeps its device. Returns (model
+    with the weights loaded, the checkpoint's other entries).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
     for name, entry in (("settings", settings), ("architecture_kwargs", architecture_kwargs)):
         if entry is not None and not isinstance(entry, dict):
             raise TypeError(f"{name} must be a dict or None, got {type(entry).__name__}")
+    device = check_device("cpu" if map_location is None else map_location, "map_location")
     path = Path(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # a foreign or damaged file: whatever torch.load raises
@@ -154,11 +179,11 @@ def load_checkpoint(
         if arch is None:
             raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
         try:
-            model = build_model(arch["name"], **arch["kwargs"])
+            model = build_model(arch["name"], **arch["kwargs"]).to(device)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: its recorded architecture cannot be built: {error}") from error
     else:
-        mine = architecture_of(model)
+        mine = live_architecture(model)
         if mine is not None and arch is not None and mine != arch:
             if mine["name"] != arch["name"]:
                 raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")

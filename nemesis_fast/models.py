@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import check_choice, check_int, check_number, check_positive
 from .nn import BoundedReLU
 
 ACTIVATIONS = ("relu", "brelu")
@@ -100,9 +100,9 @@ def cifar_cnn(
     The issue leaves the first convolution's padding open; "same" is used (32 -> 32 -> 16 -> 14 -> 7).
     """
     kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
-    kwargs["dropout"] = dropout
     act = activation_factory(activation, t)
     _check_image_io(in_channels, input_size, num_classes)
+    kwargs["dropout"] = dropout = check_number(dropout, "dropout")  # a real number (TypeError naming it), finite
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     size = _conv_out(input_size // 2, 3) // 2
@@ -266,6 +266,36 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def architecture_of(model: nn.Module) -> dict[str, Any] | None:
-    """{"name": ..., "kwargs": ...} for a model made by this module, else None."""
+    """{"name": ..., "kwargs": ...} for a model made by this module, else None: as it was built (a model changed in
+    place since, by :func:`nemesis_fast.nn.replace_relu` say, still has the record of its builder; see
+    :func:`live_architecture`)."""
     arch = getattr(model, "architecture", None)
     return arch if isinstance(arch, dict) and arch.get("name") in MODELS else None
+
+
+def live_architecture(model: nn.Module, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The architecture that describes `model` as it is now: `recorded` (default :func:`architecture_of`; None: no
+    record, returned as it is) with the kwargs `activation` and `t` read from the model's activation layers, so
+    that a builder's model whose ReLUs were replaced by BoundedReLU(t) since (nn.replace_relu, or thresholds set by
+    hand) is recorded as the builder makes it with activation="brelu" and that t. A record whose kwargs have no
+    `activation` is returned as it is. ValueError where the layers are of mixed kinds or thresholds, which no
+    builder makes."""
+    recorded = architecture_of(model) if recorded is None else recorded
+    kwargs = recorded.get("kwargs") if isinstance(recorded, dict) else None
+    if not isinstance(kwargs, dict) or "activation" not in kwargs:
+        return recorded
+    relus = sorted(name for name, m in model.named_modules() if isinstance(m, nn.ReLU))
+    thresholds = {name: m.t for name, m in model.named_modules() if isinstance(m, BoundedReLU)}
+    if (relus and thresholds) or len(set(thresholds.values())) > 1:
+        raise ValueError(
+            f"model: its activations are of mixed kinds or thresholds (ReLU at {relus}, BoundedReLU t by layer "
+            f"{thresholds}), which the {recorded.get('name')!r} builder's kwargs cannot describe; give every layer "
+            "one activation, or save the model with no architecture recorded (delete model.architecture)"
+        )
+    if thresholds:
+        live = {"activation": "brelu", "t": next(iter(thresholds.values()))}
+    elif relus:
+        live = {"activation": "relu", "t": kwargs.get("t", 1.0)}
+    else:  # neither kind (a copy made by nn.to_hardtanh, say): as recorded
+        return recorded
+    return {**recorded, "kwargs": {**kwargs, **live}}

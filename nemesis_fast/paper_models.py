@@ -15,7 +15,7 @@ from torch import nn
 
 from ._checks import check_choice, check_device
 from ._io import check_output_folder
-from ._training_checks import check_classes, check_data
+from ._training_checks import check_classes, check_data, check_image_shapes
 from .checkpoints import save_checkpoint
 from .defenses.feature_squeezing import PAPER_BIT_DEPTH, FeatureSqueezing
 from .defenses.recipes import Recipe, make_recipe
@@ -58,6 +58,7 @@ class _Trainer:
     device: torch.device
     say: Log
     kwargs: dict[str, Any]  # for train()
+    checkpoints: Path | None  # the folder of the training states, one file per model
     specs: dict[str, PaperModel] = field(default_factory=lambda: {m.name: m for m in PAPER_MODELS})
 
     def build(self, name: str) -> nn.Module:
@@ -87,6 +88,7 @@ class _Trainer:
             source_model=source,
             device=self.device,
             log=self.say,
+            checkpoint=None if self.checkpoints is None else self.checkpoints / f"{name}.state.pt",
             **self.kwargs,
         )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -119,7 +121,9 @@ def train_paper_models(
     The standard model is trained where others need it: feature squeezing wraps it (PAPER_BIT_DEPTH bits, BPDA
     gradients) and the offline recipes use it as their source model. Every model starts from the same seed.
     `recipe_settings` maps a recipe name to overrides of its settings (e.g. {"vat": {"mode": "offline"}}). With
-    `out_dir`, each trained model is saved as `<out_dir>/<name>.pt`. `train_kwargs` go to :func:`train`.
+    `out_dir`, each trained model is saved as `<out_dir>/<name>.pt`. `train_kwargs` go to :func:`train`, but for
+    `checkpoint`, here a folder: each model's training state is kept in `<checkpoint>/<name>.state.pt`, so that a
+    run stopped part way resumes every model where it was (a path or folder, not a checkpoint object).
 
     Under torchrun pass `workers` (:func:`nemesis_fast.parallel.start`): each model is trained once, by the
     process the schedule names, its weights are broadcast to all, and each model's test accuracy is measured by
@@ -132,11 +136,9 @@ def train_paper_models(
     check_choice(dataset, "dataset", tuple(DEFAULT_MODEL))
     images, _ = check_data(train_data, "train_data")
     test_images, test_labels = check_data(test_data, "test_data")
-    if test_images.shape[1:] != images.shape[1:]:
-        raise ValueError(
-            f"test_data's images are {tuple(test_images.shape[1:])}, train_data's {tuple(images.shape[1:])}: "
-            "the models are tested on images of the shape they train on"
-        )
+    check_image_shapes(
+        images, test_images, "test_data", "train_data", "the models are tested on images of the shape they train on"
+    )
     if isinstance(models, str):
         raise TypeError(f"models must be a list of model names, got the string {models!r}")
     wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
@@ -151,6 +153,7 @@ def train_paper_models(
     workers = workers or Workers(device=device)
     if out_dir is not None and workers.is_main:
         check_output_folder(out_dir, "out_dir")  # before the training, not after it
+    checkpoints = _checkpoint_folder(train_kwargs.pop("checkpoint", None))
     recipes = {
         m.name: make_recipe(m.recipe, (recipe_settings or {}).get(m.recipe), dataset=dataset, seed=seed)
         for m in PAPER_MODELS
@@ -158,7 +161,8 @@ def train_paper_models(
     }
     need_standard = "feature_squeezing" in wanted or any(n in wanted and r.needs_source for n, r in recipes.items())
     say = _logger(log)
-    trainer = _Trainer(model_name or DEFAULT_MODEL[dataset], t, recipes, train_data, seed, device, say, train_kwargs)
+    name = model_name or DEFAULT_MODEL[dataset]
+    trainer = _Trainer(name, t, recipes, train_data, seed, device, say, train_kwargs, checkpoints)
     check_classes(trainer.build("standard"), test_data, "test_data", torch.device("cpu"))  # before any training
     per_epoch = round(len(images) * (1 - train_kwargs.get("val_fraction", 0.1)))
     jobs = [trainer.job(n, per_epoch) for n in recipes if n in wanted or (n == "standard" and need_standard)]
@@ -181,6 +185,19 @@ def train_paper_models(
         if workers.is_main:
             say(f"{row['name']}: clean test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)")
     return rows
+
+
+def _checkpoint_folder(checkpoint: Any) -> Path | None:
+    """train_paper_models' `checkpoint`: the folder of one training state per model, checked before any training
+    (None: none)."""
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be a folder path (each model's training state is kept in <checkpoint>/<name>.state.pt), "
+            f"got {type(checkpoint).__name__}"
+        )
+    return check_output_folder(checkpoint, "checkpoint")
 
 
 def _row(

@@ -11,13 +11,39 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ._amp import amp_name
 from ._checks import shortened
 from ._io import check_output_file, torch_save_atomic
 from .models import architecture_of
 from .nn import BoundedReLU
 
 # Signature keys that checkpoints written before they existed lack: such a checkpoint is not refused for them.
-_ADDED_KEYS = ("data", "architecture", "amp", "compile")
+_ADDED_KEYS = ("data", "architecture", "amp", "compile", "val_data", "source_model")
+
+
+def inputs_signature(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    source_model: nn.Module | None,
+) -> dict[str, str]:
+    """The signature entries of what a run trains on: the training set's fingerprint, and those of the validation
+    set `val` (where given as val_data; None otherwise) and of the weights of the source model an offline recipe
+    makes its examples with (None where the recipe takes none). Entries absent from a checkpoint written before they
+    were recorded do not refuse it (_ADDED_KEYS)."""
+    entries = {"data": data_fingerprint(images, labels)}
+    if val is not None:
+        entries["val_data"] = data_fingerprint(*val)
+    if source_model is not None:
+        entries["source_model"] = weights_fingerprint(source_model)
+    return entries
+
+
+def model_signature(model: nn.Module, amp: bool | str, compile: bool) -> dict[str, Any]:
+    """The signature entries of the network trained and of how its forward passes run (compile drops each epoch's
+    last, smaller batch). A checkpoint written before they were recorded lacks them and is not refused for them
+    (_ADDED_KEYS)."""
+    return {"architecture": architecture_signature(model), "amp": amp_name(amp) or None, "compile": compile}
 
 
 class EpochCheckpoint(Protocol):
@@ -29,10 +55,12 @@ class EpochCheckpoint(Protocol):
 
 
 class FileCheckpoint:
-    """The training state in one file, replaced atomically after every epoch."""
+    """The training state in one file, replaced atomically after every epoch; `name` is what errors call it (the
+    argument or option that gave the path)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = check_output_file(path, "checkpoint")
+    def __init__(self, path: str | os.PathLike, name: str = "checkpoint") -> None:
+        self.name = name
+        self.path = check_output_file(path, name)
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.is_file():
@@ -41,11 +69,11 @@ class FileCheckpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises pickle's, zipfile's and its own errors for a file it cannot read
             raise ValueError(
-                f"checkpoint: {str(self.path)!r} is not a training checkpoint ({type(error).__name__}); remove it or "
+                f"{self.name}: {str(self.path)!r} is not a training checkpoint ({type(error).__name__}); remove it or "
                 "pass another path"
             ) from error
         if not isinstance(state, dict) or "epoch" not in state:
-            raise ValueError(f"checkpoint: {str(self.path)!r} is not a training checkpoint of nemesis_fast.train")
+            raise ValueError(f"{self.name}: {str(self.path)!r} is not a training checkpoint of nemesis_fast.train")
         return state
 
     def save(self, state: dict[str, Any]) -> None:
@@ -61,6 +89,7 @@ class Resumable:
         elif checkpoint is not None and not all(callable(getattr(checkpoint, m, None)) for m in ("load", "save")):
             raise TypeError(f"checkpoint must be a path or have load() and save(state), got {checkpoint!r}")
         self.checkpoint = checkpoint
+        self.name = getattr(checkpoint, "name", "checkpoint")  # what errors call it
         self.signature = {k: v for part in parts for k, v in part.items()}
 
     def load(self) -> dict[str, Any] | None:
@@ -73,7 +102,7 @@ class Resumable:
             mine = {k: v for k, v in mine.items() if k in stored or k not in _ADDED_KEYS}
         if stored != mine:
             raise ValueError(
-                f"checkpoint: its state belongs to another training run ({_differences(stored, mine)}); remove it "
+                f"{self.name}: its state belongs to another training run ({_differences(stored, mine)}); remove it "
                 "or pass another checkpoint"
             )
         return state
@@ -122,13 +151,26 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, samples: int = 
     return digest.hexdigest()[:32]
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A digest of a model's parameters and buffers: their names, shapes, dtypes and every byte (exact on any
+    device)."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(str((name, tuple(value.shape), str(value.dtype))).encode())
+        digest.update(value.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
 def _cpu(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
     return None if state is None else {k: v.detach().cpu() for k, v in state.items()}
 
 
-def training_state(epoch, model, optimizer, loader, recipe, result, best_accuracy, best_state, waited, device) -> dict:
+def training_state(
+    epoch, model, optimizer, loader, recipe, result, best_accuracy, best_state, waited, device, scaler=None
+) -> dict:
     """Everything an epoch leaves behind that the next one reads: weights, Adam's moments, the random streams
-    (shuffling, dropout, per-batch noise offsets, the recipe's own generators), early stopping's bookkeeping."""
+    (shuffling, dropout, per-batch noise offsets, the recipe's own generators), early stopping's bookkeeping, and
+    amp="fp16"'s gradient scale (`scaler`, a torch.amp.GradScaler; None without)."""
     augment = loader.augment
     return {
         "epoch": epoch,
@@ -145,15 +187,21 @@ def training_state(epoch, model, optimizer, loader, recipe, result, best_accurac
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "augment_offset": getattr(augment, "offset", None),
         "recipe_rng": recipe.rng_state(),
+        "scaler": None if scaler is None else scaler.state_dict(),
     }
 
 
-def restore_state(state, model, optimizer, loader, recipe, result, device) -> tuple[float, dict | None, int]:
-    """Puts a saved state back; returns (best_accuracy, best_state, waited)."""
+def restore_state(
+    state, model, optimizer, loader, recipe, result, device, scaler=None, name="checkpoint"
+) -> tuple[float, dict | None, int]:
+    """Puts a saved state back (the gradient scale into `scaler` where both have one: a state written before it was
+    saved leaves `scaler` as made); returns (best_accuracy, best_state, waited). ValueError, naming the checkpoint
+    `name`, for a state written on another kind of device, whose random streams this one cannot continue."""
+    _check_device_kind(state, device, name)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"checkpoint: its weights do not fit the model being trained: {error}") from error
+        raise ValueError(f"{name}: its weights do not fit the model being trained: {error}") from error
     optimizer.load_state_dict(state["optimizer"])
     loader.generator.set_state(state["loader_rng"])
     torch.set_rng_state(state["torch_rng"])
@@ -162,7 +210,22 @@ def restore_state(state, model, optimizer, loader, recipe, result, device) -> tu
     if state["augment_offset"] is not None:
         loader.augment.offset = state["augment_offset"]
     recipe.set_rng_state(state["recipe_rng"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
     result.history, result.steps, result.best_epoch = list(state["history"]), state["steps"], state["best_epoch"]
     best_state = state["best_state"]
     best_state = None if best_state is None else {k: v.to(device) for k, v in best_state.items()}
     return state["best_accuracy"], best_state, state["waited"]
+
+
+def _check_device_kind(state: dict[str, Any], device: torch.device, name: str) -> None:
+    """ValueError where `state` was written on a CUDA device and `device` is not one, or the reverse (told apart by
+    its CUDA generator state, which training_state saves on CUDA only): the shuffling generator lives on the
+    device, and a CPU generator's state does not fit a CUDA one's (nor would the run go on as it would have)."""
+    names = {"cuda": "a CUDA device", "cpu": "the CPU"}
+    written = "cuda" if state["cuda_rng"] is not None else "cpu"
+    if written != ("cuda" if device.type == "cuda" else "cpu"):
+        raise ValueError(
+            f"{name}: its state was written by a run on {names[written]}; this one is on {device}, whose random "
+            f"streams differ: resume it on {names[written]} (device=...), or remove the checkpoint"
+        )

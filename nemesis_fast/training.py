@@ -16,20 +16,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._amp import amp_name
 from ._checks import check_bool, check_device
-from ._epochs import Data, EarlyStopping, Epochs, Log, TrainResult, evaluate_accuracy, forward_autocast
-from ._training_checks import check_budget, check_classes, check_data, check_val_rows
+from ._epochs import (
+    Data,
+    EarlyStopping,
+    Epochs,
+    Log,
+    NaNLogitsError,
+    TrainResult,
+    evaluate_accuracy,
+    forward_autocast,
+)
+from ._training_checks import (
+    check_budget,
+    check_classes,
+    check_compiled_batches,
+    check_data,
+    check_val_rows,
+)
+from ._validation_rows import held_out_rows, hold_out_last_rows, split_off_validation
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
-from .data.loader import DeviceLoader, Expansion, expanded_rows, split_validation, to_float
+from .data.loader import DeviceLoader, to_float
 from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
 from .resume import (
     EpochCheckpoint,
     FileCheckpoint,
     Resumable,
-    architecture_signature,
-    data_fingerprint,
+    inputs_signature,
+    model_signature,
     restore_state,
     training_state,
 )
@@ -166,34 +181,43 @@ def train(
         data: (images, labels): uint8 (N, C, H, W) pixels (or finite float images in [0, 1]) and int64 labels
             (N,), N >= 1, each a class of the model (below its number of logits); checked before training.
         recipe: "standard", "gda", "label_smoothing", "fgsm_adversarial", "vat" (see
-            :mod:`nemesis_fast.defenses.recipes`), or a Recipe object.
+            :mod:`nemesis_fast.defenses.recipes`), or a Recipe object (which has its settings: then pass no
+            `settings` or `dataset`, ValueError otherwise; its random streams are reseeded from `seed`, so that
+            the object and its name train to the same weights, however often the object is reused).
         settings: the recipe's settings: None (the paper's defaults for `dataset`), a dict of overrides, or
-            the settings dataclass.
+            the settings dataclass. Only with a recipe named by a string.
         dataset: "mnist" or "cifar10", for the recipe defaults; None infers it from the channels (3: CIFAR-10).
+            Only with a recipe named by a string.
         epochs: passes over the training set (the paper: 20). batch_size: images per step before augmentation
             (128). lr: Adam's learning rate (1e-3).
-        val_data: (images, labels) to validate on after every epoch; None splits `val_fraction` of `data` off
-            (with `seed`); with val_fraction=0 and no val_data there is no validation.
+        val_data: (images, labels) to validate on after every epoch, images of `data`'s shape (C, H, W); None
+            splits `val_fraction` of `data` off (with `seed`); with val_fraction=0 and no val_data there is no
+            validation.
         val_rows: which rows `val_fraction` holds out. "images": a random fraction of the images (with their
             noisy copies or offline examples), validated on clean. "last": as Keras' `validation_split`, the last
-            fraction of the training set as the recipe lays it out, unshuffled, validated on as it is: the
-            images, then GDA's fixed copies copy by copy (so noisy copies of images trained on), or then the
-            offline examples of all the images (so adversarial rows). Needs no `val_data`, a `val_fraction` > 0,
-            and a recipe whose training set is fixed (not GDA with fresh copies per batch).
+            total - int(total * (1 - val_fraction)) of the training set's total rows as the recipe lays it out,
+            unshuffled, validated on as they are: the images, then GDA's fixed copies copy by copy (so noisy
+            copies of images trained on), or then the offline examples of all the images (so adversarial rows).
+            Needs no `val_data`, a `val_fraction` > 0, and a recipe whose training set is fixed (not GDA with
+            fresh copies per batch).
         patience: stop after this many epochs without a better validation accuracy; None never stops early.
-            With a validation set the model ends with the weights of its best epoch.
+            With a validation set the model ends with the weights of its best epoch. Where the model's
+            validation logits become NaN (training diverged), ValueError naming the epoch, raised after the model
+            is given back the weights of its best epoch (the checkpoint keeps the epoch before).
         seed: seeds torch's global generator (dropout), the shuffling, GDA's noise and VAT's directions.
         device: default: the GPU when one is visible. The model is moved there.
         amp: False, True ("bf16") or "fp16" (with gradient scaling): autocast for the forward passes.
-        compile: run the forward passes through torch.compile (each epoch then drops its last, smaller batch).
+        compile: run the forward passes through torch.compile (each epoch then drops its last, smaller batch;
+            ValueError when an epoch holds fewer training rows than `batch_size`, so no batch at all).
         source_model: the model trained beforehand that offline recipes make their examples with; None trains
             one with the "standard" recipe and these arguments first.
         max_steps: stop after this many optimizer steps (for quick checks).
         checkpoint: a file path (or an object with load() and save(state)) where the whole training state is
             written after every epoch; when it holds a state, training resumes after its epoch and ends with
-            the weights an uninterrupted run would have. A state of another run (recipe, settings, budget,
-            seed, data: its size, labels and a sample of its images, the model's architecture, amp, compile)
-            raises ValueError.
+            the weights an uninterrupted run would have (fp16's gradient scale included). A state of another run
+            (recipe, settings, budget, seed, data: its size, labels and a sample of its images, the same of
+            `val_data` and the weights of `source_model` where given, the model's architecture, amp, compile),
+            or one written on another kind of device (CPU, CUDA), raises ValueError.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
@@ -209,12 +233,14 @@ def train(
     epochs, batch_size, lr, seed = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
     say = _logger(log)
     device = check_device(device)
-    dataset = dataset or infer_dataset(images)
-    recipe = recipe if isinstance(recipe, Recipe) else make_recipe(recipe, settings, dataset=dataset, seed=seed)
+    recipe = _recipe(recipe, settings, dataset, images, seed)
     held_fraction = val_fraction if check_val_rows(val_rows, val_data, val_fraction, recipe) else None
     split = 0.0 if held_fraction else val_fraction
-    (images, labels), val = _split_off_validation(images, labels, val_data, split, seed, device)
-    fingerprint = data_fingerprint(images, labels) if checkpoint is not None else None  # only a checkpoint reads it
+    (images, labels), val = split_off_validation(images, labels, val_data, split, seed, device)
+    check_compiled_batches(compile, batch_size, _rows_per_epoch(recipe, len(labels), held_fraction))
+    given_val = val if val_data is not None else None
+    source = source_model if recipe.needs_source else None
+    inputs = {} if checkpoint is None else inputs_signature(images, labels, given_val, source)
     torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
@@ -230,11 +256,10 @@ def train(
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
-    if fingerprint is not None:
-        signature["data"] = fingerprint
+    signature |= inputs
     if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
         signature["val_rows"] = val_rows
-    signature |= _model_signature(model, amp, compile)
+    signature |= model_signature(model, amp, compile)
     run = Resumable(
         checkpoint,
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
@@ -249,11 +274,28 @@ def train(
     return result
 
 
-def _model_signature(model: nn.Module, amp: bool | str, compile: bool) -> dict[str, Any]:
-    """The signature entries of the network trained and of how its forward passes run (compile drops each epoch's
-    last, smaller batch). A checkpoint written before they were recorded lacks them and is not refused for them
-    (resume._ADDED_KEYS)."""
-    return {"architecture": architecture_signature(model), "amp": amp_name(amp) or None, "compile": compile}
+def _recipe(recipe: str | Recipe, settings: Any, dataset: str | None, images: torch.Tensor, seed: int) -> Recipe:
+    """:func:`train`'s recipe: made from its name with `settings` for `dataset` (None: inferred from `images`), or
+    the Recipe object given (ValueError when `settings` or `dataset` come with it, which it would ignore) with its
+    random streams reseeded from `seed`."""
+    if not isinstance(recipe, Recipe):
+        return make_recipe(recipe, settings, dataset=dataset or infer_dataset(images), seed=seed)
+    given = [name for name, value in (("settings", settings), ("dataset", dataset)) if value is not None]
+    if given:
+        raise ValueError(
+            f"{' and '.join(given)} apply to a recipe named by a string; recipe is a {type(recipe).__name__} "
+            f"object with its own settings ({recipe.settings}): pass {' and '.join(given)}=None, or the recipe's name"
+        )
+    recipe.reseed(seed)
+    return recipe
+
+
+def _rows_per_epoch(recipe: Recipe, images: int, held_fraction: float | None) -> int:
+    """The training rows an epoch batches, of `images` training images: doubled by an offline recipe's examples,
+    times a fixed expansion's size (GDA's fixed set), less the rows val_rows="last" holds out (`held_fraction`)."""
+    expansion = recipe.expansion()
+    total = images * (2 if recipe.needs_source else 1) * (1 if expansion is None else expansion.size)
+    return total - held_out_rows(total, held_fraction) if held_fraction else total
 
 
 def _training_rows(
@@ -278,7 +320,7 @@ def _training_rows(
     if not held_fraction:
         return images, labels, None, val
     images, labels = images.to(device), labels.to(device)  # once, for the held-out rows and the loader alike
-    rows, val = _hold_out_last_rows(images, labels, recipe.expansion(), held_fraction)
+    rows, val = hold_out_last_rows(images, labels, recipe.expansion(), held_fraction)
     say(f"{recipe.name}: the last {len(val[1])} rows of the training set validate (val_rows='last')")
     return images, labels, rows, val
 
@@ -301,62 +343,51 @@ def _run_epochs(
     best validated epoch."""
     last_epoch = 0
     resumed = run.load()
+    scaler = epoch_runner.scaler
     if resumed is not None:
         stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
-            resumed, model, optimizer, loader, recipe, result, device
+            resumed, model, optimizer, loader, recipe, result, device, scaler, run.name
         )
         last_epoch = resumed["epoch"]
         say(f"{recipe.name}: resuming after epoch {last_epoch} from the checkpoint")
     for epoch in range(last_epoch + 1, epochs + 1):
         model.train()
-        record = epoch_runner.run(epoch, epochs, result)
+        try:
+            record = epoch_runner.run(epoch, epochs, result)
+        except NaNLogitsError as error:
+            raise _diverged(error, epoch, model, stopping, result, recipe, run.checkpoint is not None) from error
         if stopping.update(record["val_accuracy"], epoch, model, result):
             say(f"{recipe.name}: no better validation accuracy for {stopping.patience} epochs; stopping")
             break
         if epoch_runner.spent(result):
             break
-        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device))
+        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device, scaler))
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         result.val_accuracy = stopping.best_accuracy
 
 
-def _hold_out_last_rows(
-    images: torch.Tensor, labels: torch.Tensor, expand: Expansion | None, fraction: float
-) -> tuple[int, Data]:
-    """(the rows left to train on, the validation pairs, on the images' device): the last `fraction` of the
-    N * expand.size rows of the training set, numbered copy by copy as :class:`~nemesis_fast.data.DeviceLoader`
-    numbers them."""
-    total = len(labels) * (1 if expand is None else expand.size)
-    held = round(total * fraction)
-    if not 0 < held < total:
-        raise ValueError(f"val_fraction {fraction} of {total} training rows leaves no rows to train or validate on")
-    parts = [
-        expanded_rows(images, labels, torch.arange(start, min(start + 10_000, total), device=images.device), expand)
-        for start in range(total - held, total, 10_000)
-    ]
-    return total - held, (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
-
-
-def _split_off_validation(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    val_data: Data | None,
-    val_fraction: float,
-    seed: int,
-    device: torch.device,
-) -> tuple[Data, Data | None]:
-    """(the training pairs, the validation pairs on `device` or None): `val_data` when given, else
-    `val_fraction` of the training pairs split off with `seed`, else none."""
-    if val_data is not None:
-        val_images, val_labels = check_data(val_data, "val_data")
-    elif val_fraction > 0:
-        (images, labels), (val_images, val_labels) = split_validation(images, labels, val_fraction, seed=seed)
-        if len(labels) == 0 or len(val_labels) == 0:
-            raise ValueError(
-                f"val_fraction={val_fraction} of {len(labels) + len(val_labels)} images leaves "
-                f"{len(labels)} to train on and {len(val_labels)} to validate on; give more data or another fraction"
-            )
+def _diverged(
+    error: NaNLogitsError,
+    epoch: int,
+    model: nn.Module,
+    stopping: EarlyStopping,
+    result: TrainResult,
+    recipe: Recipe,
+    checkpointed: bool,
+) -> NaNLogitsError:
+    """The error to raise where validation after `epoch` met NaN logits: the model is first given back the weights
+    of its best epoch (where one validated), which the message names, as it names what the checkpoint (where
+    `checkpointed`) keeps: the epoch before, not saved over."""
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+        result.val_accuracy = stopping.best_accuracy
+        kept = f"the model is given back the weights of epoch {result.best_epoch}, its best"
     else:
-        return (images, labels), None
-    return (images, labels), (val_images.to(device), val_labels.to(device))  # moved once, not every epoch
+        kept = "no epoch validated before it, so the model keeps the diverged weights"
+    if checkpointed and epoch > 1:
+        kept += f"; the checkpoint keeps epoch {epoch - 1}"
+    return NaNLogitsError(
+        f"{recipe.name}: training diverged in epoch {epoch}: the model's validation logits became NaN ({error}); "
+        f"{kept}. Try a lower lr, or amp='bf16' rather than 'fp16'"
+    )

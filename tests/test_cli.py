@@ -223,7 +223,20 @@ def test_train_resume_continues_an_interrupted_run_to_the_weights_of_an_uninterr
     assert main([*argv, "--resume", str(state), "--out", str(tmp_path / "resumed.pt")]) == 0
     whole, resumed = (load_checkpoint(tmp_path / f"{name}.pt")[0].state_dict() for name in ("whole", "resumed"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
-    with pytest.raises(SystemExit, match="--resume keeps one model's training state; it does not apply with --paper"):
-        main([*argv, "--paper", "--resume", str(state)])
+    with pytest.raises(SystemExit, match="--resume: .*state.pt' is a file, not a folder"):
+        main([*argv, "--paper", "--resume", str(state)])  # with --paper, a folder of one state per model
+    given = {}
+    monkeypatch.setattr(
+        "nemesis_fast.paper_models.train_paper_models", lambda *a, **k: given.update(k) or pytest.fail("stop")
+    )
+    with pytest.raises(pytest.fail.Exception, match="stop"):
+        main([*argv, "--paper", "--resume", str(tmp_path / "states")])
+    assert given["checkpoint"] == str(tmp_path / "states")
     with pytest.raises(SystemExit, match="--out and --resume name the same file"):
         main([*argv, "--resume", str(state), "--out", str(state)])
+    with pytest.raises(SystemExit, match="nemesis-fast train: --resume: its state belongs to another training run"):
+        main([*argv, "--lr", "0.01", "--resume", str(state)])
+    (tmp_path / "notes.txt").write_text("a user's notes")
+    with pytest.raises(SystemExit, match="nemesis-fast train: --resume: .*notes.txt' is not a training checkpoint"):
+        main([*argv, "--resume", str(tmp_path / "notes.txt")])
+    assert (tmp_path / "notes.txt").read_text() == "a user's notes"

@@ -162,5 +162,7 @@ def test_bad_arguments():
         mnist_cnn(input_size=8)
     with pytest.raises(ValueError, match="dropout must be in"):
         cifar_cnn(dropout=1.0)
+    with pytest.raises(TypeError, match="dropout must be a real number, got str"):
+        cifar_cnn(dropout="0.5")  # was the comparison's TypeError, naming no argument
     with pytest.raises(ValueError, match="name must be one of"):
         build_model("vgg")

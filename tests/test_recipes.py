@@ -306,6 +306,20 @@ def test_vat_recipe_online_and_offline():
     assert ((x_adv - x).flatten(1).norm(dim=1) <= 2.1 + 1e-4).all() and not torch.equal(x_adv, x)
 
 
+def test_reseed_starts_the_recipes_random_streams_afresh():
+    """train() reseeds a Recipe object with its seed: a reused VAT recipe went on from its last generator state."""
+    model, (x, y) = tiny_net(), tiny_batch()
+    used = make_recipe("vat", seed=1)
+    used.loss(model, x, y)
+    used.reseed(3)
+    assert used.seed == 3 and torch.equal(used.loss(model, x, y), make_recipe("vat", seed=3).loss(model, x, y))
+    gda, cpu = make_recipe("gda", seed=1), torch.device("cpu")
+    gda.reseed(3)
+    assert gda.augment(cpu).seed == make_recipe("gda", seed=3).augment(cpu).seed
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        used.reseed(-1)
+
+
 def test_vat_perturbation_under_autocast_stays_float32():
     model = tiny_net()
     x, _ = tiny_batch()

@@ -13,6 +13,7 @@ from torch import nn
 
 import nemesis_fast as nf
 from nemesis_fast._amp import amp_name
+from nemesis_fast._epochs import Epochs, accuracy
 from nemesis_fast._progress import progress_bar
 from nemesis_fast.checkpoints import load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
@@ -24,6 +25,7 @@ from nemesis_fast.defenses.recipes import StandardRecipe
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
 from nemesis_fast.nn import replace_relu
 from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
+from nemesis_fast.resume import weights_fingerprint
 from nemesis_fast.training import evaluate_accuracy, train
 
 
@@ -436,9 +438,9 @@ def _one_epoch_on_last_rows(
 
     def recording(model, x, y, **options):
         validated.append((x, y))
-        return evaluate_accuracy(model, x, y, **options)
+        return accuracy(model, x, y, **options)
 
-    monkeypatch.setattr("nemesis_fast._epochs.evaluate_accuracy", recording)
+    monkeypatch.setattr("nemesis_fast._epochs.accuracy", recording)
     result = train(
         _tiny_model(),
         data,
@@ -496,7 +498,7 @@ def test_val_rows_bad_arguments_are_named():
     with pytest.raises(ValueError, match="val_rows='last' needs a fixed training set.*fixed_set=True"):
         train(_tiny_model(), data, "gda", val_rows="last", **quiet())
     with pytest.raises(ValueError, match="leaves no rows to train or validate on"):
-        train(_tiny_model(), data, val_rows="last", val_fraction=0.001, **quiet())
+        train(_tiny_model(), data, val_rows="last", val_fraction=0.99, **quiet())  # 40 - int(40 * 0.01) rows held
 
 
 @pytest.mark.parametrize(
@@ -603,3 +605,236 @@ def test_amp_argument_names_a_dtype_or_none():
         with pytest.raises(ValueError, match="amp must be one of"):
             amp_name(bad)
     assert progress_bar(False, total=3) is None
+
+
+# ---------------------------------------------------------------- resuming, divergence, recipe objects, clear errors
+
+
+class _Times300(nn.Module):
+    """Scales the pixels up, so that fp16's gradients overflow at the first loss scale and the GradScaler backs off."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 300.0
+
+
+def _fp16_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), _Times300(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+@pytest.mark.filterwarnings("ignore:amp='fp16' on this CPU")
+def test_an_fp16_run_resumes_with_its_gradient_scale():
+    """The GradScaler's scale was not saved: a resumed fp16 run started again at 65536 and trained otherwise."""
+    data, kwargs = _tiny_set(96), quiet(epochs=3, batch_size=16, amp="fp16", patience=None, val_fraction=0.0)
+    straight = _fp16_model()
+    train(straight, data, **kwargs)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_fp16_model(), data, checkpoint=checkpoint, **kwargs)
+    assert checkpoint.state["scaler"]["scale"] < 65536.0, "the scale backed off in epoch 1"
+    older = {k: v for k, v in checkpoint.state.items() if k != "scaler"}  # a state written before it was saved
+    checkpoint.after = None
+    resumed = _fp16_model()
+    train(resumed, data, checkpoint=checkpoint, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    checkpoint.state = older
+    assert [r["epoch"] for r in train(_fp16_model(), data, checkpoint=checkpoint, **kwargs).history] == [1, 2, 3]
+
+
+def test_a_model_made_brelu_after_it_was_built_is_saved_as_one(tmp_path):
+    """save_checkpoint recorded the builder's ReLU architecture of a model replace_relu had changed: it reloaded
+    as a ReLU model (other logits), and the BReLU model it was refused."""
+    torch.manual_seed(0)
+    model = replace_relu(mnist_cnn(), t=0.05)
+    path = save_checkpoint(tmp_path / "m.pt", model, recipe="gda")
+    loaded, info = load_checkpoint(path)
+    assert info["architecture"]["kwargs"]["activation"] == "brelu" and info["architecture"]["kwargs"]["t"] == 0.05
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    load_checkpoint(path, model=mnist_cnn(activation="brelu", t=0.05))
+    load_checkpoint(path, model=replace_relu(mnist_cnn(), t=0.05))
+    for other, differs in (
+        (mnist_cnn(), r"activation='brelu' \(asked 'relu'\)"),
+        (replace_relu(mnist_cnn()), "t=0.05"),
+    ):
+        with pytest.raises(ValueError, match=f"architecture differs from the model given: .*{differs}"):
+            load_checkpoint(path, model=other)
+    kept = path.read_bytes()
+    mixed = mnist_cnn(activation="brelu")
+    mixed[1].t = 0.5
+    with pytest.raises(ValueError, match="model: its activations are of mixed kinds or thresholds"):
+        save_checkpoint(path, mixed, recipe="gda")
+    claimed = {"name": "mnist_cnn", "kwargs": {"activation": "brelu", "t": 1.0}}
+    with pytest.raises(ValueError, match=r"architecture differs from the model's .*activation='brelu' \(the model"):
+        save_checkpoint(path, mnist_cnn(), recipe="gda", architecture=claimed)
+    assert path.read_bytes() == kept
+
+
+def test_compile_with_fewer_training_rows_than_a_batch_is_refused_before_any_work(monkeypatch):
+    """compile=True drops each epoch's last, smaller batch: with fewer rows than a batch, no step ran, the loss was
+    logged as 0.0 and the model came back untrained."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled"))
+    for recipe, settings, rows in (("standard", None, 30), ("gda", {"copies": 2, "fixed_set": True}, 90)):
+        match = f"batch_size={rows + 1} is more than the {rows} training rows of an epoch: with compile=True"
+        with pytest.raises(ValueError, match=match):
+            options = quiet(settings=settings, batch_size=rows + 1, compile=True, val_fraction=0.25)
+            train(_tiny_model(), _tiny_set(), recipe, **options)
+    lines: list[str] = []
+    recipe = StandardRecipe(StandardRecipe.Settings())
+    parts = dict(optimizer=None, recipe=recipe, loader=[], autocast=None, scaler=None, max_steps=None, amp=False)
+    none = Epochs(_tiny_model(), **parts, device=torch.device("cpu"), val=None, progress=False, say=lines.append)
+    result = nf.training.TrainResult(none.forward, "standard", {})
+    assert np.isnan(none.run(1, 1, result)["loss"]) and "loss nan" in lines[0], "no step: no loss, not 0.0"
+
+
+class _Diverge(nn.Module):
+    """Passes its input, but for the `at`-th forward pass in training, which it makes infinite: training diverges."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        return x * float("inf") if self.training and self.calls == self.at else x
+
+
+def test_a_run_that_diverges_names_the_epoch_and_gives_back_the_best_weights():
+    """NaN weights in a later epoch raised from the validation, leaving the model NaN and the best epoch lost."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), _Diverge(at=10), nn.ReLU(), nn.Linear(16, 10))
+    checkpoint = _CrashingCheckpoint(after=None)
+    match = r"diverged in epoch 3: the model's validation logits became NaN .*weights of epoch \d, its best; the "
+    with pytest.raises(ValueError, match=match + "checkpoint keeps epoch 2"):  # 30 images in batches of 8: 4 steps
+        train(
+            model, _tiny_set(), **quiet(epochs=5, batch_size=8, val_fraction=0.25, patience=None, checkpoint=checkpoint)
+        )
+    assert checkpoint.state["epoch"] == 2
+    best = checkpoint.state["best_state"]
+    assert all(torch.equal(value, best[name]) for name, value in model.state_dict().items())
+
+
+def test_a_recipe_object_trains_as_its_name_however_often_it_is_reused():
+    """VAT's generator went on from where the last train() left it, and train's seed did not seed it."""
+    data, kwargs = _tiny_set(), quiet(epochs=1, batch_size=8, val_fraction=0.0)
+
+    def weights(recipe, seed: int) -> list[torch.Tensor]:
+        model = _tiny_model()
+        train(model, data, recipe, seed=seed, **kwargs)
+        return list(model.state_dict().values())
+
+    reused = make_recipe("vat", seed=0)
+    first, second, named = weights(reused, 0), weights(reused, 0), weights("vat", 0)
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(first, second, named))
+    seven = weights(make_recipe("vat", seed=0), 7)
+    assert all(torch.equal(a, b) for a, b in zip(seven, weights("vat", 7)))
+    assert not torch.equal(seven[0], first[0])
+
+
+def test_settings_or_dataset_with_a_recipe_object_are_refused():
+    recipe = make_recipe("gda", {"copies": 1})
+    for options, named in (({"settings": {"sigma": 0.9}}, "settings"), ({"dataset": "cifar10"}, "dataset")):
+        with pytest.raises(ValueError, match=f"{named} apply to a recipe named by a string; recipe is a GDARecipe"):
+            train(_tiny_model(), _tiny_set(), recipe, **options, **quiet())
+
+
+def test_a_state_of_another_validation_set_or_source_model_is_refused():
+    images, labels = _tiny_set(60)
+    data, val = (images[:40], labels[:40]), (images[40:], labels[40:])
+    kwargs = quiet(epochs=2, batch_size=8, patience=None)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), data, val_data=val, checkpoint=checkpoint, **kwargs)
+    other_val = (val[0], (val[1] + 1) % 10)
+    with pytest.raises(ValueError, match=r"checkpoint: its state belongs to another training run \(val_data "):
+        train(_tiny_model(), data, val_data=other_val, checkpoint=checkpoint, **kwargs)
+    checkpoint.state["signature"].pop("val_data")  # a state written before val_data was recorded resumes
+    checkpoint.after = None
+    assert [r["epoch"] for r in train(_tiny_model(), data, val_data=val, checkpoint=checkpoint, **kwargs).history] == [
+        1,
+        2,
+    ]
+    offline = dict(source_model=_tiny_model(), val_fraction=0.0, **kwargs)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), data, "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    with torch.no_grad():
+        offline["source_model"][1].weight.add_(0.1)
+    with pytest.raises(ValueError, match=r"checkpoint: its state belongs to another training run \(source_model "):
+        train(_tiny_model(), data, "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    norm = nn.BatchNorm1d(3)  # a 0-dimensional buffer (num_batches_tracked) too
+    before = weights_fingerprint(norm)
+    norm(torch.rand(4, 3))  # in training mode: the running statistics and num_batches_tracked move
+    assert weights_fingerprint(norm) != before
+
+
+def test_a_state_written_on_another_kind_of_device_is_refused(tmp_path):
+    """A CPU run's state resumed on a GPU gave the GPU's shuffling generator the CPU's state (and the reverse)."""
+    kwargs = quiet(epochs=2, batch_size=8, patience=None, val_fraction=0.0)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), _tiny_set(), checkpoint=checkpoint, **kwargs)
+    checkpoint.state["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # as a run on a CUDA device writes it
+    checkpoint.after = None
+    with pytest.raises(ValueError, match="checkpoint: its state was written by a run on a CUDA device; this one is on"):
+        train(_tiny_model(), _tiny_set(), checkpoint=checkpoint, **kwargs)
+    path = save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard")
+    rebuilt, _ = load_checkpoint(path, map_location="meta")  # rebuilt on map_location's device, not the CPU
+    assert all(p.is_meta for p in rebuilt.parameters())
+
+
+@pytest.mark.cuda
+def test_a_checkpoint_loads_onto_the_gpu_and_a_cpu_state_does_not_resume_there(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard")
+    rebuilt, _ = load_checkpoint(path, map_location="cuda")
+    assert all(p.is_cuda for p in rebuilt.parameters())
+    checkpoint = _CrashingCheckpoint(after=1)
+    kwargs = dict(epochs=2, batch_size=8, patience=None, val_fraction=0.0, log=False)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), _tiny_set(), device="cpu", checkpoint=checkpoint, **kwargs)
+    checkpoint.after = None
+    with pytest.raises(ValueError, match="checkpoint: its state was written by a run on the CPU; this one is on cuda"):
+        train(_tiny_model(), _tiny_set(), device="cuda", checkpoint=checkpoint, **kwargs)
+
+
+def test_val_rows_last_holds_out_as_keras_validation_split(monkeypatch):
+    """Keras holds out total - int(total * (1 - fraction)) rows; round(total * fraction) rounded 2.5 down to 2."""
+    from nemesis_fast._validation_rows import held_out_rows
+
+    paper = {660_000: 66_000, 120_000: 12_000, 66_000: 6_600, 60_000: 6_000, 726_000: 72_600, 132_000: 13_200}
+    assert {total: held_out_rows(total, 0.1) for total in paper} == paper
+    assert held_out_rows(10, 0.25) == 3
+    images, labels = _tiny_set(10)
+    trained, x, y = _one_epoch_on_last_rows("standard", None, (images, labels), monkeypatch)
+    assert trained == 7 and torch.equal(y, labels[7:])
+
+
+def test_unclear_errors_name_the_argument(tmp_path):
+    images, labels = _tiny_set()
+    with pytest.raises(ValueError, match=r"val_data's images are \(1, 5, 5\), data's \(1, 6, 6\)"):
+        train(_tiny_model(), (images, labels), val_data=(images[:, :, :5, :5], labels), **quiet())
+    with pytest.raises(ValueError, match="path: .* is a folder; give the name of a file"):
+        save_checkpoint(tmp_path, _tiny_model(), recipe="standard")
+    path = save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard")
+    with pytest.raises(ValueError, match="map_location must name a device such as 'cpu'"):
+        load_checkpoint(path, map_location="tpu")
+    with pytest.raises(ValueError, match=r"images: float images must lie in \[0, 1\] .* span \[0, 255\]"):
+        evaluate_accuracy(_tiny_model(), images.float(), labels)  # 0..255 floats, which train refuses too
+
+
+def test_paper_models_keep_one_training_state_per_model_in_the_checkpoint_folder(sample, tmp_path):
+    """One checkpoint path given to the seven trainings: the second refused the first's state, losing the work."""
+    data, test = small(sample, 32), (sample[1][0][:20], sample[1][1][:20])
+    options = quiet(models=["standard", "label_smoothing"], epochs=1, batch_size=16)
+    folder = tmp_path / "states"
+    first = train_paper_models(data, test, checkpoint=folder, **options)
+    assert sorted(p.name for p in folder.iterdir()) == ["label_smoothing.state.pt", "standard.state.pt"]
+    lines: list[str] = []
+    again = train_paper_models(data, test, checkpoint=folder, **{**options, "log": lines.append})
+    assert sum("resuming after epoch 1" in line for line in lines) == 2
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]
+    with pytest.raises(TypeError, match="checkpoint must be a folder path"):
+        train_paper_models(data, test, checkpoint=_CrashingCheckpoint(None), **options)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="checkpoint: .* is a file, not a folder"):
+        train_paper_models(data, test, checkpoint=tmp_path / "file", **options)

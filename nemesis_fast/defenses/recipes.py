@@ -174,6 +174,12 @@ class Recipe:
     def settings_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.settings)
 
+    def reseed(self, seed: int) -> None:
+        """Starts the recipe's random streams (GDA's noise, VAT's directions) afresh from `seed`, as a recipe made
+        with that seed has them: :func:`~nemesis_fast.train` calls it with its `seed`, so that a reused Recipe
+        object trains as the first time, and as the recipe of its name."""
+        self.seed = check_int(seed, "seed", low=0)
+
     def rng_state(self) -> dict[str, torch.Tensor]:
         """The states of the recipe's own random generators, by device (for resuming a training run)."""
         return {}
@@ -251,6 +257,10 @@ class VATRecipe(Recipe):
     @property
     def needs_source(self) -> bool:
         return self.settings.mode == "offline"
+
+    def reseed(self, seed: int) -> None:
+        super().reseed(seed)
+        self._generators = {}  # made again, from the new seed, where next used
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
