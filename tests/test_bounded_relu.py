@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from _bounded_relu_cases import BITS, CASES, TABLES, assert_same, assert_same_bits, layouts, special_values
 from _support import dtypes_for, require_backend
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import nemesis_fast as nf
 from nemesis_fast import reference
@@ -23,8 +22,11 @@ from nemesis_fast.ops import SAVES
 @pytest.mark.parametrize("backend,device", CASES)
 def test_forward_and_gradient_match_reference(backend, device, save):
     require_backend(TABLES[save], backend, device)
+    if (backend, save) == ("torch", "output"):  # the reference itself: nothing else to compare
+        assert TABLES[save].torch is reference.bounded_relu
+        return
     for dtype in dtypes_for(backend, device):
-        for name, x in [*layouts(device).items(), ("special", special_values(device))]:
+        for x in [*layouts(device).values(), special_values(device)]:
             for t in (1.0, 0.3, 6.0):
                 x = x.to(dtype).detach().requires_grad_(True)
                 out = nf.bounded_relu(x, t, save=save, backend=backend)
@@ -33,7 +35,7 @@ def test_forward_and_gradient_match_reference(backend, device, save):
                 grad_out = torch.randn_like(out)
                 (grad,) = torch.autograd.grad(out, x, grad_out)
                 (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
-                assert_same(grad, expected_grad), (name, dtype, t)
+                assert_same(grad, expected_grad)
                 if save == "mask":  # the same gradient as save="output", bit for bit
                     (output_grad,) = torch.autograd.grad(nf.bounded_relu(x, t, backend=backend), x, grad_out)
                     assert_same_bits(grad, output_grad)
@@ -126,34 +128,31 @@ def test_output_keeps_the_input_layout(backend, device, save):
     require_backend(TABLES[save], backend, device)
     for name, x in layouts(device).items():
         out = nf.bounded_relu(x.requires_grad_(True), save=save, backend=backend)
-        if name in ("transposed", "channels_last", "contiguous"):
+        assert out.shape == x.shape and out.dtype == x.dtype, name
+        if name in ("sliced", "expanded"):  # not dense: the layout torch.empty_like gives such an x, contiguous
+            assert out.is_contiguous() and out.stride() == torch.empty_like(x).stride(), name
+        else:
             assert out.stride() == x.stride(), name
-        elif save == "mask" and name in ("sliced", "expanded"):
-            assert out.is_contiguous(), name  # the masked kernels make a non-dense x contiguous
 
 
-class CopyCounter(TorchDispatchMode):
-    """Counts the ATen copies made under it."""
-
-    def __init__(self):
-        super().__init__()
-        self.copies = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone, torch.ops.aten._to_copy):
-            self.copies += 1
-        return func(*args, **(kwargs or {}))
+def copies_made(run) -> int:
+    """The ATen copies `run()` makes, counted by the profiler: those inside a C++ kernel or a Triton op's body too,
+    which a dispatch mode around the op's call does not see."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return sum(event.name == "aten::copy_" for event in profile.events())
 
 
 @pytest.mark.parametrize("save", SAVES)
 @pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
-def test_non_contiguous_input_is_copied_at_most_once(backend, save):
+def test_non_contiguous_input_is_copied_at_most_once(backend, save, monkeypatch):
     require_backend(TABLES[save], backend, "cpu")
+    if backend == "triton":  # the op's own copies: Triton's CPU interpreter copies every argument to run a kernel
+        monkeypatch.setattr("nemesis_fast.triton.bounded_relu.launch", lambda *args, **kwargs: None)
     x = torch.randn(8, 9, requires_grad=True)
+    assert copies_made(lambda: x.t().contiguous()) == 1  # the count sees a copy
     for view, most in ((x.t(), 0), (x[:, ::2], 0 if (backend, save) == ("native", "output") else 1)):
-        with CopyCounter() as counter:
-            nf.bounded_relu(view, save=save, backend=backend)
-        assert counter.copies <= most
+        assert copies_made(lambda v=view: nf.bounded_relu(v, save=save, backend=backend)) <= most
 
 
 def away_from_kinks(device: str, t: float) -> torch.Tensor:

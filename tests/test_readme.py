@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 
@@ -65,16 +66,21 @@ def test_the_api_and_certify_examples_run():
     api, certify = python_blocks()[:2]
     namespace: dict = {}
     exec(compile(small(api), "README.md (API)", "exec"), namespace)
-    assert namespace["x_adv"].shape == (4, 1, 28, 28)
+    x, x_adv = namespace["x"], namespace["x_adv"]
+    assert x_adv.shape == x.shape == (4, 1, 28, 28) and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x)  # the attack moved the images
     exec(compile(small(certify), "README.md (certified robustness)", "exec"), namespace)
-    assert namespace["result"].radius.shape == (4,)
+    result = namespace["result"]
+    assert result.radius.shape == (4,) and (result.radius >= 0).all()
+    assert ((result.prediction == -1) == (result.radius == 0)).all()
 
 
 def test_the_torchattacks_example_runs():
     pytest.importorskip("torchattacks")
     namespace: dict = {}
     exec(compile(CIFAR_MODEL + small(python_blocks()[2]), "README.md (torchattacks)", "exec"), namespace)
-    assert namespace["adv_images"].shape == (2, 3, 32, 32)
+    adv_images = namespace["adv_images"]
+    assert adv_images.shape == (2, 3, 32, 32) and not torch.equal(adv_images, namespace["images"])
 
 
 def test_the_art_example_runs():
