@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: the (backend, device) cases and the dtypes each op is tested with, the MNIST and
-CIFAR-10 files, the scripts under scripts/ as modules."""
+"""Helpers shared by the tests: the (backend, device) cases and the dtypes each op is tested with, the ops that a
+compiled call's graphs hold, a function's calls recorded, the MNIST and CIFAR-10 files, the scripts under scripts/ as
+modules."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from torch._ops import OpOverload
 
 from nemesis_fast import triton as nf_triton
 from nemesis_fast._checks import FLOAT_DTYPES
@@ -33,6 +35,12 @@ def backend_device_cases() -> list:
                 marks.append(pytest.mark.triton)
             cases.append(pytest.param(backend, device, marks=marks, id=f"{backend}-{device}"))
     return cases
+
+
+def reference_comparison_cases() -> list:
+    """backend_device_cases() less torch on the CPU, for tests whose expected value is the reference's answer on the
+    CPU, which that case would compare with itself (torch on CUDA stays: the reference on another device)."""
+    return [case for case in backend_device_cases() if case.values != ("torch", "cpu")]
 
 
 def fast_backend_cases(*, reference: bool = True) -> list:
@@ -58,6 +66,47 @@ def require_backend(table: OpBackends, backend: str, device: str) -> None:
     if backend == "triton" and device == "cpu" and not nf_triton.INTERPRET:
         pytest.skip("Triton runs CPU tensors only under TRITON_INTERPRET=1 (set when no GPU is visible)")
     pytest.fail(f"backend {backend!r} unavailable on {device}: {reason}")
+
+
+def compile_recording_graphs(fn, backend: str = "inductor") -> tuple:
+    """(compiled, graphs): fn under torch.compile(fullgraph=True) with `backend` (a torch.compile backend), and the
+    list into which each compilation puts the FX graph that Dynamo traced (read with :func:`assert_graphs_call`)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    recorder = CompileCounterWithBackend(backend)
+    return torch.compile(fn, fullgraph=True, backend=recorder), recorder.graphs
+
+
+def assert_graphs_call(graphs: list, backend: str, op: str) -> None:
+    """Each traced graph calls the kernel of `backend` (the op `op`, or `op`_triton) and no other nemesis_fast op;
+    for "torch" (the reference, plain torch operations) none: a compiled call that quietly fell back to the
+    reference fails here."""
+    suffix = "_triton" if backend == "triton" else ""
+    wanted = set() if backend == "torch" else {f"nemesis_fast::{op}{suffix}"}
+    called = [
+        {
+            n.target.name()
+            for n in g.graph.nodes
+            if isinstance(n.target, OpOverload) and n.target.namespace == "nemesis_fast"
+        }
+        for g in graphs
+    ]
+    assert graphs and called == [wanted] * len(graphs), (backend, called)
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list[tuple]:
+    """The function `name` of `module` (a module's dotted name) wrapped, for the test, into one that records the
+    positional arguments of each call: the list it records them in."""
+    target = importlib.import_module(module)
+    original = getattr(target, name)
+    calls: list[tuple] = []
+
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, recorded)
+    return calls
 
 
 def dtypes_for(backend: str, device: str) -> list[torch.dtype]:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from _bounded_relu_cases import BITS, CASES, TABLES, masked_pair
-from _support import fast_backend_cases, require_backend
+from _support import assert_graphs_call, compile_recording_graphs, fast_backend_cases, require_backend
 
 import nemesis_fast as nf
 from nemesis_fast import reference
@@ -64,7 +64,7 @@ def test_torch_compile_fullgraph(backend, device, save, monkeypatch):
     require_backend(TABLES[save], backend, device)
     torch._dynamo.reset()
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)  # also covers the default backend under tracing
-    compiled = torch.compile(lambda x: nf.bounded_relu(x * 2.0, 0.9, save=save) + 1.0, fullgraph=True)
+    compiled, graphs = compile_recording_graphs(lambda x: nf.bounded_relu(x * 2.0, 0.9, save=save) + 1.0)
     x = torch.randn(33, 17, device=device, requires_grad=True)
     expected = reference.bounded_relu(x * 2.0, 0.9) + 1.0
     actual = compiled(x)
@@ -72,6 +72,7 @@ def test_torch_compile_fullgraph(backend, device, save, monkeypatch):
     (grad,) = torch.autograd.grad(actual.sum(), x)
     (expected_grad,) = torch.autograd.grad(expected.sum(), x)
     torch.testing.assert_close(grad, expected_grad)
+    assert_graphs_call(graphs, backend, {"output": "bounded_relu", "mask": "bounded_relu_masked"}[save])
 
 
 @pytest.mark.triton

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _gaussian_augment_cases import CASES, assert_matches, call, expected, op_for
-from _support import fast_backend_cases, require_backend
+from _support import assert_graphs_call, compile_recording_graphs, fast_backend_cases, require_backend
 from torch._dynamo.utils import counters
 
 import nemesis_fast as nf
@@ -43,14 +43,14 @@ def test_torch_compile_fullgraph(backend, device, monkeypatch):
     monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
     # A graph from the on-disk caches of an earlier run can come specialised to the offset it was compiled for.
     with torch._inductor.config.patch(force_disable_caches=True):
-        check_compiled_gaussian_augment(device)
+        check_compiled_gaussian_augment(backend, device)
 
 
-def check_compiled_gaussian_augment(device: str) -> None:
+def check_compiled_gaussian_augment(backend: str, device: str) -> None:
     def augment_and_normalise(x, offset):
         return (nf.gaussian_augment(x * 0.5, 3, 0.2, seed=21, offset=offset) - 0.5) * 2.0
 
-    compiled = torch.compile(augment_and_normalise, fullgraph=True)
+    compiled, traced = compile_recording_graphs(augment_and_normalise)
     x = torch.rand(6, 3, 4, 4, device=device)
     torch.testing.assert_close(compiled(x, 5), augment_and_normalise(x, 5))
     torch.testing.assert_close(compiled(x, 6), (expected(x * 0.5, sigma=0.2, seed=21, offset=6) - 0.5) * 2.0)
@@ -60,11 +60,26 @@ def check_compiled_gaussian_augment(device: str) -> None:
     assert counters["stats"]["unique_graphs"] == graphs
     # The op alone, compiled: the same bits as the reference, though inductor launches a Triton kernel with FP
     # fusion on (the kernel rounds each operation itself).
-    augment = torch.compile(lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6), fullgraph=True)
+    augment, augment_traced = compile_recording_graphs(
+        lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6)
+    )
     assert_matches(augment(x).cpu(), expected(x.cpu(), sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))
+    assert_graphs_call(traced + augment_traced, backend, "gaussian_augment")
 
     with pytest.raises(Exception, match="explicit seed"):
         torch.compile(lambda v: nf.gaussian_augment(v, 2), fullgraph=True)(x)
+
+
+def test_torch_compile_of_the_torch_backend_holds_no_kernel():
+    """The graph check of test_torch_compile_fullgraph can fail: the torch backend's graph calls none of the
+    package's ops. Traced by Dynamo alone (inductor takes many minutes over the reference's Philox rounds)."""
+    torch._dynamo.reset()
+    compiled, traced = compile_recording_graphs(
+        lambda v: nf.gaussian_augment(v, 3, 0.2, None, seed=21, offset=6, backend="torch"), backend="eager"
+    )
+    x = torch.rand(2, 3)
+    assert_matches(compiled(x), expected(x, sigma=0.2, clip_min=None, clip_max=None, seed=21, offset=6))
+    assert_graphs_call(traced, "torch", "gaussian_augment")
 
 
 BAD_CALLS = [

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _support import backend_device_cases, dtypes_for, fast_backend_cases, require_backend
+from _support import (
+    assert_graphs_call,
+    backend_device_cases,
+    compile_recording_graphs,
+    dtypes_for,
+    fast_backend_cases,
+    record_calls,
+    reference_comparison_cases,
+    require_backend,
+)
 
 import nemesis_fast as nf
 from nemesis_fast import triton as nf_triton
@@ -40,6 +49,7 @@ if nf_triton.AVAILABLE:
 
 
 CASES = backend_device_cases()
+VERSUS_REFERENCE = reference_comparison_cases()  # (torch on the CPU would compare the reference with itself)
 NAN = float("nan")
 INF = float("inf")
 
@@ -72,7 +82,7 @@ def run(backend, t, o, d, increase):
     return nf.jsma_saliency_search(t, o, d, increase, backend=backend)
 
 
-@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("backend,device", VERSUS_REFERENCE)
 @pytest.mark.parametrize("increase", [True, False])
 def test_random_inputs_match_reference(backend, device, increase):
     require_backend(BACKENDS, backend, device)
@@ -85,7 +95,19 @@ def test_random_inputs_match_reference(backend, device, increase):
                 assert_same(run(backend, t, o, d, increase), expected, (batch, n, ties, nans))
 
 
-@pytest.mark.parametrize("backend,device", CASES)
+def test_the_torch_backend_runs_the_reference(monkeypatch):
+    """What the comparisons with the reference leave out for backend "torch" on the CPU: that it is the reference.
+    The public op computes the reference's pair scores for it, and not for the native kernel."""
+    require_backend(BACKENDS, "native", "cpu")
+    scored = record_calls(monkeypatch, "nemesis_fast.reference.jsma_saliency_search", "saliency_scores")
+    t, o, d = random_case(3, 37, seed=0)
+    run("native", t, o, d, True)
+    assert not scored
+    run("torch", t, o, d, True)
+    assert scored and scored[0][0].shape == (3, 37)
+
+
+@pytest.mark.parametrize("backend,device", VERSUS_REFERENCE)
 def test_every_dtype_is_searched_in_float32(backend, device):
     require_backend(BACKENDS, backend, device)
     t, o, d = random_case(3, 45, seed=7, ties=True, device=device)
@@ -97,7 +119,7 @@ def test_every_dtype_is_searched_in_float32(backend, device):
             assert_same(run(backend, tc, oc, d, increase), expected, dtype)
 
 
-@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("backend,device", VERSUS_REFERENCE)
 def test_non_contiguous_inputs(backend, device):
     require_backend(BACKENDS, backend, device)
     t, o, d = random_case(6, 50, seed=3, ties=True, device=device)
@@ -128,7 +150,7 @@ def test_ties_go_to_the_smallest_p_then_the_smallest_q(backend, device):
     assert (p.item(), q.item(), found.item()) == (3, 4, True)
 
 
-@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("backend,device", VERSUS_REFERENCE)
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the interpreter
 def test_edge_values(backend, device):
     """NaN, infinities (inf - inf is NaN: invalid) and underflow (a valid pair can score 0)."""
@@ -448,9 +470,10 @@ def test_torch_compile_fullgraph(backend, device, monkeypatch):
         return torch.where(found, p + q, -1)
 
     t, o, d = random_case(4, 33, seed=9, ties=True, device=device)
-    compiled = torch.compile(step, fullgraph=True)
+    compiled, graphs = compile_recording_graphs(step)
     p, q, found = reference(t * 2.0, o, d, True)
     torch.testing.assert_close(compiled(t, o, d), torch.where(found, p + q, -1))
+    assert_graphs_call(graphs, backend, "jsma_saliency_search")
 
 
 def test_no_gradient_flows():
