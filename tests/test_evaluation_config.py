@@ -304,6 +304,10 @@ def test_a_run_never_overwrites_the_results_of_a_run_with_other_settings(tmp_pat
     ):
         with pytest.raises(ConfigError, match=f"out_dir: .* other settings \\({key}\\); choose another out_dir"):
             evaluate(write_config(tmp_path, text), out_dir=str(out), log=False)
+    (out / "cache").mkdir()  # the earlier run's cache: the message says how to reuse it
+    with pytest.raises(ConfigError, match="choose another out_dir or move it away \\(with cache_dir = .*cache"):
+        check_out_dir(load_config(write_config(tmp_path, TINY.replace("= 24", "= 48")), {"out_dir": str(out)}))
+    (out / "cache").rmdir()
     (out / "results.json").write_text("not json")
     with pytest.raises(ConfigError, match="is not the results of an evaluation"):
         evaluate(write_config(tmp_path), out_dir=str(out), log=False)

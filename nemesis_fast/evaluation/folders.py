@@ -67,7 +67,15 @@ def check_out_dir(config: EvalConfig) -> None:
             f"{k}: {shortened(earlier.get(k, '(unset)'), 32)} -> {shortened(now[k], 32)}" for k in changed[:5]
         )
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        raise ConfigError(f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}")
+        cache = out / "cache"
+        reuse = (
+            f" (with cache_dir = {str(cache)!r}, --cache-dir, the run reuses the models and attacks cached there)"
+            if cache.is_dir() and not config.cache_dir
+            else ""
+        )
+        raise ConfigError(
+            f"out_dir: {path} holds the results of a run with other settings ({shown}{more}); {move}{reuse}"
+        )
     _check_models_folder(config, out, earlier)
 
 
