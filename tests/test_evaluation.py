@@ -304,6 +304,29 @@ def test_random_draws_are_keyed_by_the_chunks_bounds_not_its_index(tmp_path):
     assert attacks.blackbox_key("rfgsm", None, (8, 12)) != attacks.blackbox_key("rfgsm", None, (8, 16))
 
 
+def test_how_many_images_an_attack_takes_stays_out_of_its_units_keys(tmp_path):
+    """cw_test_samples and pgd_test_samples choose the chunks, not what a chunk computes: a run attacking more
+    images reuses the chunks it shares with the earlier run; the keys' older form (read from caches written before)
+    holds them as it did."""
+    keys = []
+    for samples in (8, 16):
+        config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
+        config.attack.cw_test_samples = config.attack.pgd_test_samples = samples
+        evaluation = Evaluation(config, Workers(), log=lambda m: None, progress=False)
+        attacks = evaluation.attacks
+        unit = {
+            "blackbox": attacks.verdict_key("cw", None, (0, 8)),
+            "whitebox": attacks.whitebox_key("standard", "pgd", (0, 8), eps=0.2),
+            "perturbation": attacks.perturbation_key("standard", "cw", (0, 8)),
+        }
+        keys.append(unit)
+        for key in unit.values():
+            older = evaluation._legacy_settings(key)["settings"]
+            assert older[f"{key['attack']}_test_samples"] == samples and older.items() > key["settings"].items()
+    assert keys[0] == keys[1]
+    assert "pgd_steps" in keys[0]["whitebox"]["settings"]  # the settings that change a chunk's outcome stay
+
+
 @pytest.mark.slow
 def test_cifar10_files_end_to_end(tmp_path):
     write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=40)

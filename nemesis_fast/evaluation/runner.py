@@ -65,7 +65,7 @@ class Evaluation:
         out = Path(config.out_dir).expanduser()
         self.data = load_data(config)
         cache = Path(config.cache_dir).expanduser() if config.cache_dir else out / "cache"
-        self.cache = ResultCache(cache, legacy=self.data.legacy_settings)
+        self.cache = ResultCache(cache, legacy=self._legacy_settings)
         # Each process trains its own share of the models: their lines come from every process, marked with its rank.
         train_log = (lambda message: log(f"[rank {workers.rank}] {message}")) if workers.distributed else log
         self.models = Models(config, self.data, self.cache, workers, log=train_log, progress=self.progress)
@@ -74,6 +74,11 @@ class Evaluation:
         self.seconds: dict[str, float] = {}
         self._to_craft: deque[Unit] | None = None  # black-box units a process waiting on the others may craft
         self._crafted_while_waiting = 0
+
+    def _legacy_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """A cache key `settings` in its older form: the data's path and sizes in place of its content, and the
+        attacks' `<attack>_test_samples` (for reading caches written before the keys held neither)."""
+        return self.attacks.legacy_settings(self.data.legacy_settings(settings))
 
     def chunks(self, limit: int = 0) -> list[Chunk]:
         """The (start, stop) bounds of the test chunks, over the first `limit` test images (0: all)."""
