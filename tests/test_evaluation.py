@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from nemesis_fast.evaluation.cache import ResultCache
 from nemesis_fast.evaluation.config import ConfigError
 from nemesis_fast.evaluation.dataset import load_data
 from nemesis_fast.evaluation.runner import Evaluation
+from nemesis_fast.evaluation.train import SOURCE
 from nemesis_fast.parallel import Workers
 from nemesis_fast.training import evaluate_accuracy
 
@@ -175,11 +177,11 @@ def test_more_test_images_moved_files_and_older_keys_reuse_the_cache(tmp_path, m
     written, cells = _cache_files(cache), cell_values(tmp_path / "o1" / "results.json")
 
     # The same cache as the keys were before they held the data's content.
-    data = load_data(load_config(first))
+    older_form = Evaluation(load_config(first), Workers(), log=lambda m: None, progress=False)._legacy_settings
     for path in cache.rglob("*.pt"):
         entry = torch.load(path, weights_only=True)
         settings = entry.pop("settings")
-        older = data.legacy_settings(settings)
+        older = older_form(settings)
         assert older != settings  # every entry's key names the data
         ResultCache(cache).save(path.parent.name, older, entry)
         path.unlink()
@@ -325,6 +327,37 @@ def test_how_many_images_an_attack_takes_stays_out_of_its_units_keys(tmp_path):
             assert older[f"{key['attack']}_test_samples"] == samples and older.items() > key["settings"].items()
     assert keys[0] == keys[1]
     assert "pgd_steps" in keys[0]["whitebox"]["settings"]  # the settings that change a chunk's outcome stay
+
+
+def test_settings_a_model_or_unit_does_not_depend_on_stay_out_of_its_key(tmp_path):
+    """BReLU's t is not in the keys of the ReLU models, the source's architecture not in those of the other models,
+    the squeeze bits not in those of the other defenses' units; their keys' older form holds them as it did."""
+    evaluations = []
+    for t, depth, bits in ((1.0, 8, 1), (0.5, 14, 3)):
+        config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
+        config.defense.brelu_t, config.training.source_depth, config.defense.squeeze_bits = t, depth, bits
+        evaluations.append(Evaluation(config, Workers(), log=lambda m: None, progress=False))
+
+    def keys(evaluation: Evaluation, kind: str) -> dict[str, Any]:
+        attacks, chunk = evaluation.attacks, (0, 8)
+        if kind == "model":
+            return {d: evaluation.models.key(d) for d in ("standard", "gda_brelu", SOURCE)}
+        return {d: attacks.whitebox_key(d, "fgsm", chunk, eps=0.2) for d in ("standard", "feature_squeezing")}
+
+    first, second = (keys(e, "model") for e in evaluations)
+    assert first["standard"] == second["standard"]  # t, depth: a ReLU model of its own recipe
+    assert (
+        first["gda_brelu"]["architecture_kwargs"]["t"] == 1.0 and second["gda_brelu"]["architecture_kwargs"]["t"] == 0.5
+    )
+    assert first[SOURCE] != second[SOURCE]
+    first, second = (keys(e, "whitebox") for e in evaluations)
+    assert first["standard"] == second["standard"] and first["feature_squeezing"] != second["feature_squeezing"]
+    older = evaluations[1]._legacy_settings(second["standard"])
+    assert older["squeeze_bits"] == 3 and older["defense"]["architecture_kwargs"]["t"] == 0.5
+    assert older["defense"]["training"]["source_depth"] == 14
+    verdicts = evaluations[1].attacks.verdict_key("fgsm", None, (0, 8))["defenses"]
+    assert "squeeze_bits" not in verdicts["standard"] and verdicts["feature_squeezing"]["squeeze_bits"] == 3
+    assert evaluations[1]._legacy_settings(verdicts)["standard"]["squeeze_bits"] == 3
 
 
 @pytest.mark.slow

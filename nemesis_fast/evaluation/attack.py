@@ -22,7 +22,7 @@ from ..attacks.norms import perturbation_norms
 from ..data.loader import to_float
 from ..defenses import FeatureSqueezing
 from ..nn import with_relu_gradient
-from .cache import ResultCache, as_read_back, settings_key
+from .cache import ResultCache, settings_key
 from .config import EvalConfig
 from .train import SOURCE, Models
 
@@ -30,7 +30,16 @@ Chunk = tuple[int, int]
 PERTURBATION_NORM = {"deepfool": "l2", "cw": "l2", "jsma": "l0"}
 
 
-_HOW_MANY = "_test_samples"  # the suffix of the settings that limit how many test images an attack takes
+def attack_settings(config: EvalConfig, attack: str) -> dict[str, Any]:
+    """The config's `<attack>_*` settings that determine the attack's outcome on a chunk, for its units' keys:
+    not `<attack>_test_samples`, which says only how many test images it attacks."""
+    return {k: v for k, v in all_attack_settings(config, attack).items() if not k.endswith("_test_samples")}
+
+
+def all_attack_settings(config: EvalConfig, attack: str) -> dict[str, Any]:
+    """The config's `<attack>_*` settings."""
+    prefix = f"{attack}_"
+    return {k: v for k, v in dataclasses.asdict(config.attack).items() if k.startswith(prefix)}
 
 
 class Attacks:
@@ -95,27 +104,7 @@ class Attacks:
         return 1.0
 
     def settings(self, attack: str) -> dict[str, Any]:
-        """The config's `<attack>_*` settings that determine the attack's outcome on a chunk, for its units' keys:
-        not `<attack>_test_samples`, which says only how many test images it attacks."""
-        return {k: v for k, v in self._prefixed(attack).items() if not k.endswith(_HOW_MANY)}
-
-    def _prefixed(self, attack: str) -> dict[str, Any]:
-        prefix = f"{attack}_"
-        return {k: v for k, v in dataclasses.asdict(self.config.attack).items() if k.startswith(prefix)}
-
-    def legacy_settings(self, settings: Any) -> Any:
-        """The cache key `settings` as it was when the attack's settings in it held `<attack>_test_samples` too (for
-        reading older caches): every dict with an "attack" and that attack's :meth:`settings` gets them back."""
-        if isinstance(settings, dict):
-            attack = settings.get("attack")
-            older = {k: self.legacy_settings(v) for k, v in settings.items()}
-            current = as_read_back(self.settings(attack)) if isinstance(attack, str) else None
-            if current is not None and as_read_back(settings.get("settings")) == current:
-                older["settings"] = self._prefixed(attack)
-            return older
-        if isinstance(settings, list):
-            return [self.legacy_settings(v) for v in settings]
-        return settings
+        return attack_settings(self.config, attack)
 
     def seed(self, attack: str, chunk: Chunk) -> int:
         key = {"seed": self.config.seed, "attack": attack, "chunk": list(chunk)}
@@ -143,8 +132,7 @@ class Attacks:
 
     def verdict_key(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
         """The key of a black-box unit's verdicts: its adversarial images' key and the judging defenses."""
-        bits = self.config.squeeze_bits
-        judges = {d: {**self.models.key(d), "name": d, "squeeze_bits": bits} for d in self.config.defenses}
+        judges = {d: {**self.models.key(d), "name": d, **self.models.squeeze_key(d)} for d in self.config.defenses}
         return {**self.blackbox_key(attack, eps, chunk), "defenses": judges}
 
     def blackbox(self, attack: str, eps: float | None, chunk: Chunk) -> dict[str, Any]:
@@ -217,7 +205,7 @@ class Attacks:
             "defense": self.models.key(defense),
             "defense_name": defense,
             "bpda": bpda or brelu,
-            "squeeze_bits": self.config.squeeze_bits,
+            **self.models.squeeze_key(defense),
             "attack": attack,
             **({"brelu_gradient": "relu"} if brelu and bpda else {}),
             **extra,

@@ -84,7 +84,7 @@ class Certification:
         return {
             "defense": self.models.key(defense),
             "defense_name": defense,
-            "squeeze_bits": self.config.squeeze_bits,
+            **self.models.squeeze_key(defense),
             "certify": self.settings(),
             "chunk": list(chunk),
             "test_images": self.data.test_digest(*chunk),

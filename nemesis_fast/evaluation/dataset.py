@@ -35,18 +35,6 @@ class Dataset:
             self._test_digests[start, stop] = content_digest(self.test_images[start:stop], self.test_labels[start:stop])
         return self._test_digests[start, stop]
 
-    def legacy_settings(self, settings: Any) -> Any:
-        """The cache key `settings` as it was before the keys held the data's content: the data's path and both
-        sets' sizes in place of the training set's digest, no digest of the test images (for reading older
-        caches)."""
-        if isinstance(settings, dict):
-            if settings == self.identity:
-                return self.legacy_identity
-            return {k: self.legacy_settings(v) for k, v in settings.items() if k != "test_images"}
-        if isinstance(settings, list):
-            return [self.legacy_settings(v) for v in settings]
-        return settings
-
 
 def content_digest(*tensors: torch.Tensor) -> str:
     """A hash of the tensors' dtypes, shapes and values."""

@@ -29,6 +29,7 @@ from .certified import Certification, CertifiedAccuracy, certified_defenses, cer
 from .checks import fgsm_zero_gradient, softmax_underflow
 from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, SWEEP_ATTACKS, ConfigError, EvalConfig
 from .dataset import load_data
+from .older_keys import older_form
 from .report import Cell, Perturbation, Results, perturbation_stats
 from .train import SOURCE, Models
 
@@ -76,9 +77,8 @@ class Evaluation:
         self._crafted_while_waiting = 0
 
     def _legacy_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """A cache key `settings` in its older form: the data's path and sizes in place of its content, and the
-        attacks' `<attack>_test_samples` (for reading caches written before the keys held neither)."""
-        return self.attacks.legacy_settings(self.data.legacy_settings(settings))
+        """A cache key `settings` in its older form (:mod:`.older_keys`), for reading caches written before."""
+        return older_form(settings, self.config, self.data)
 
     def chunks(self, limit: int = 0) -> list[Chunk]:
         """The (start, stop) bounds of the test chunks, over the first `limit` test images (0: all)."""

@@ -56,6 +56,11 @@ class Models:
         """Feature squeezing in front of the standard model at prediction only (nothing trained of its own)."""
         return name == "feature_squeezing" and not self.config.defense.squeeze_training
 
+    def squeeze_key(self, defense: str) -> dict[str, int]:
+        """The squeeze bits, for the keys of the units of `defense` where it is feature squeezing (none for the
+        others, whose outcomes do not depend on them)."""
+        return {"squeeze_bits": self.config.squeeze_bits} if defense == "feature_squeezing" else {}
+
     def recipe(self, name: str) -> str:
         if name in (SOURCE, EXAMPLES_CNN, "feature_squeezing"):
             return "standard"
@@ -80,7 +85,8 @@ class Models:
                 return "small_resnet", {"in_channels": channels, "input_size": size}
             return "resnet", {"depth": t.source_depth, "in_channels": channels}
         activation = "relu" if name in ("feature_squeezing", EXAMPLES_CNN) else _SPECS[name].activation
-        return DEFAULT_MODEL[self.config.dataset], {"activation": activation, "t": self.config.defense.brelu_t}
+        t = self.config.defense.brelu_t if activation == "brelu" else 1.0  # (a ReLU model's t is unused: the default)
+        return DEFAULT_MODEL[self.config.dataset], {"activation": activation, "t": t}
 
     def recipe_settings(self, recipe: str) -> dict[str, Any]:
         d = self.config.defense
@@ -127,6 +133,8 @@ class Models:
         written before they existed stay valid)."""
         training = dataclasses.asdict(self.config.training)
         source_epochs, source_images = training.pop("source_epochs"), training.pop("source_train_images")
+        if name != SOURCE:  # the source's architecture, in its own key's architecture
+            del training["source_architecture"], training["source_depth"]
         if name == SOURCE and source_epochs is not None:
             training["epochs"] = source_epochs
         first = {SOURCE: source_images, EXAMPLES_CNN: self.config.defense.fgsm_adversarial_source_images}.get(name)
