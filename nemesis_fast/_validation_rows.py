@@ -9,6 +9,14 @@ import torch
 from ._epochs import Data
 from ._training_checks import check_data, check_image_shapes
 from .data.loader import Expansion, expanded_rows, split_validation
+from .defenses.recipes import Recipe
+
+
+def training_rows(recipe: Recipe, images: int) -> int:
+    """The rows of the training set `recipe` lays out from `images` training images: doubled by an offline recipe's
+    examples, times a fixed expansion's size (GDA's fixed set)."""
+    expansion = recipe.expansion()
+    return images * (2 if recipe.needs_source else 1) * (1 if expansion is None else expansion.size)
 
 
 def held_out_rows(total: int, fraction: float) -> int:

@@ -34,7 +34,7 @@ from ._training_checks import (
     check_data,
     check_val_rows,
 )
-from ._validation_rows import held_out_rows, hold_out_last_rows, split_off_validation
+from ._validation_rows import held_out_rows, hold_out_last_rows, split_off_validation, training_rows
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
 from .data.loader import DeviceLoader, to_float
 from .defenses.adversarial_training import offline_examples
@@ -291,10 +291,9 @@ def _recipe(recipe: str | Recipe, settings: Any, dataset: str | None, images: to
 
 
 def _rows_per_epoch(recipe: Recipe, images: int, held_fraction: float | None) -> int:
-    """The training rows an epoch batches, of `images` training images: doubled by an offline recipe's examples,
-    times a fixed expansion's size (GDA's fixed set), less the rows val_rows="last" holds out (`held_fraction`)."""
-    expansion = recipe.expansion()
-    total = images * (2 if recipe.needs_source else 1) * (1 if expansion is None else expansion.size)
+    """The training rows an epoch batches, of `images` training images (:func:`training_rows`), less the rows
+    val_rows="last" holds out (`held_fraction`)."""
+    total = training_rows(recipe, images)
     return total - held_out_rows(total, held_fraction) if held_fraction else total
 
 

@@ -209,7 +209,7 @@ def test_more_test_images_moved_files_and_older_keys_reuse_the_cache(tmp_path, m
     assert saves and {tuple(chunk) for _, chunk in saves} == {(16, 24)}  # the new chunk only
 
 
-def test_an_entry_under_its_older_key_is_read_once_and_moved(tmp_path):
+def test_an_entry_under_its_older_key_is_read_once_and_moved(tmp_path, monkeypatch):
     plain = ResultCache(tmp_path)
     cache = ResultCache(tmp_path, legacy=lambda settings: {k: v for k, v in settings.items() if k != "new"})
     current, older = {"a": 1, "new": 2}, {"a": 1}
@@ -223,6 +223,13 @@ def test_an_entry_under_its_older_key_is_read_once_and_moved(tmp_path):
     cache.discard("x", current)
     assert not cache.has("x", current) and list(tmp_path.rglob("*.pt")) == []
     assert cache.load("x", {"a": 5, "new": 6}) is None
+    plain.save("x", older, {"value": 1})  # a cache this process cannot write to: the entry is read, not moved
+
+    def refused(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(ResultCache, "save", refused)
+    assert cache.load("x", current)["value"] == 1 and plain.path("x", older).is_file()
 
 
 def test_a_look_at_a_run_not_started_trains_nothing(tmp_path, monkeypatch):
@@ -358,6 +365,30 @@ def test_settings_a_model_or_unit_does_not_depend_on_stay_out_of_its_key(tmp_pat
     verdicts = evaluations[1].attacks.verdict_key("fgsm", None, (0, 8))["defenses"]
     assert "squeeze_bits" not in verdicts["standard"] and verdicts["feature_squeezing"]["squeeze_bits"] == 3
     assert evaluations[1]._legacy_settings(verdicts)["standard"]["squeeze_bits"] == 3
+
+
+def test_a_model_validated_on_a_keras_count_of_last_rows_other_than_rounding_has_a_key_of_its_own(tmp_path):
+    """Models validated on their last rows held out round(total * fraction) rows before they held out Keras' count;
+    where the two differ, the key holds the count, so that no model trained the older way is read for it."""
+    text = TINY.replace("gda_copies = 2", "gda_copies = 10\ngda_fixed_set = true\ngda_clip = false")
+    text = text.replace("[training]", '[training]\naugmented_validation = "last_rows"')
+    held = {}
+    for samples in (55, 60):  # 605 rows: 61 held out, 60 by rounding; 660 rows: 66 either way
+        config = load_config(write_config(tmp_path, text.replace("train_samples = 600", f"train_samples = {samples}")))
+        models = Evaluation(config, Workers(), log=lambda m: None, progress=False).models
+        held[samples] = models.key("gda_brelu")["training"].get("held_out_rows")
+        assert "held_out_rows" not in models.key("standard")["training"]  # validated on images: no last rows
+    assert held == {55: 61, 60: None}
+
+
+def test_compile_with_fewer_training_images_than_a_batch_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.evaluation.train.train", lambda *a, **k: pytest.fail("trained"))
+    text = TINY.replace("train_samples = 600", "train_samples = 100").replace(
+        "[training]", "[training]\ncompile = true"
+    )
+    with pytest.raises(ConfigError, match="training.batch_size 128 is more than the 90 images .* training.compile"):
+        evaluate(write_config(tmp_path, text), out_dir=str(tmp_path / "o"), log=False)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -62,8 +62,11 @@ class ResultCache:
         if entry is None:  # another process may have moved it meanwhile
             return self._read(kind, settings)
         entry.pop("settings")
-        self.save(kind, settings, entry)
-        self.path(kind, older).unlink(missing_ok=True)
+        try:
+            self.save(kind, settings, entry)
+            self.path(kind, older).unlink(missing_ok=True)
+        except OSError:  # a cache this process cannot write (a shared copy, read only): read, not moved
+            pass
         return {**entry, "settings": as_read_back(settings)}
 
     def save(self, kind: str, settings: dict[str, Any], payload: dict[str, Any]) -> Path:

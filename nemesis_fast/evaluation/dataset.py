@@ -36,6 +36,22 @@ class Dataset:
         return self._test_digests[start, stop]
 
 
+def _check_compiled_batches(config: EvalConfig, images: int, description: str) -> None:
+    """With training.compile (which drops each epoch's last, smaller batch), ConfigError where a model would train on
+    fewer images than training.batch_size, so take no step: the models of all the training images, and those of the
+    first N (after the validation fraction)."""
+    t = config.training
+    if not t.compile:
+        return
+    for key, count in {"the training set": images, **config.first_images}.items():
+        rows = count - round(count * t.validation_fraction)
+        if count and rows < t.batch_size:
+            raise ConfigError(
+                f"training.batch_size {t.batch_size} is more than the {rows} images a model trains on ({key} of "
+                f"{description}, less training.validation_fraction): with training.compile = true no step would run"
+            )
+
+
 def content_digest(*tensors: torch.Tensor) -> str:
     """A hash of the tensors' dtypes, shapes and values."""
     digest = hashlib.sha256()
@@ -79,6 +95,7 @@ def load_data(config: EvalConfig) -> Dataset:
                 f"{key} must be <= the {len(train_y)} training images of {description} and leave one to train on"
                 f" after training.validation_fraction, got {first}"
             )
+    _check_compiled_batches(config, len(train_y), description)
     identity = {"dataset": config.dataset, "train": len(train_y), "train_images": content_digest(train_x, train_y)}
     legacy = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
     return Dataset(train_x, train_y, test_x, test_y, identity, description, legacy)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation_rows import held_out_rows, training_rows
 from ..checkpoints import save_checkpoint
 from ..defenses import FeatureSqueezing, paper_settings
 from ..defenses.recipes import Recipe, make_recipe
@@ -131,7 +132,8 @@ class Models:
         FGSM examples. `source_epochs` and `source_train_images` are left out of the key, and
         `augmented_validation` too where it is "images" or model `name` trains on the images alone (so that keys
         written before they existed stay valid)."""
-        training = dataclasses.asdict(self.config.training)
+        t = self.config.training
+        training = dataclasses.asdict(t)
         source_epochs, source_images = training.pop("source_epochs"), training.pop("source_train_images")
         if name != SOURCE:  # the source's architecture, in its own key's architecture
             del training["source_architecture"], training["source_depth"]
@@ -142,6 +144,11 @@ class Models:
             training["first_images"] = first
         if training["augmented_validation"] == "images" or not self._trains_on_enlarged_set(name):
             del training["augmented_validation"]
+        else:  # the last rows validate: where Keras' count of them differs from round(), which models trained
+            # before held out, the key says so (and so is not the key of those models)
+            total, fraction = training_rows(self._recipe(name), len(self.data.train_labels)), t.validation_fraction
+            if held_out_rows(total, fraction) != round(total * fraction):
+                training["held_out_rows"] = held_out_rows(total, fraction)
         return training
 
     def _trains_on_enlarged_set(self, name: str) -> bool:
