@@ -147,8 +147,14 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, samples: int = 
     digest = hashlib.sha256(str((tuple(images.shape), str(images.dtype))).encode())
     picked = torch.linspace(0, len(images) - 1, min(samples, len(images))).long().to(images.device)
     for values in (labels, images[picked]):
-        digest.update(values.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
+        digest.update(tensor_bytes(values))
     return digest.hexdigest()[:32]
+
+
+def tensor_bytes(tensor: torch.Tensor):
+    """`tensor`'s values as host bytes (a uint8 numpy array), in the memory order of its contiguous form: for
+    hashing, any dtype (bfloat16 too) on any device."""
+    return tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -157,7 +163,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, value in model.state_dict().items():
         digest.update(str((name, tuple(value.shape), str(value.dtype))).encode())
-        digest.update(value.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+        digest.update(tensor_bytes(value))
     return digest.hexdigest()[:32]
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..data import load_cifar10, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
+from ..resume import tensor_bytes
 from .config import ConfigError, EvalConfig
 
 
@@ -36,16 +37,20 @@ class Dataset:
         return self._test_digests[start, stop]
 
 
-def _check_compiled_batches(config: EvalConfig, images: int, description: str) -> None:
-    """With training.compile (which drops each epoch's last, smaller batch), ConfigError where a model would train on
-    fewer images than training.batch_size, so take no step: the models of all the training images, and those of the
-    first N (after the validation fraction)."""
+def _check_training_sizes(config: EvalConfig, images: int, description: str) -> None:
+    """ConfigError, before any work, where a model would train on too few images (after the validation fraction):
+    none left of the first N (N above the training set's size, say), or with training.compile (which drops each
+    epoch's last, smaller batch) fewer than training.batch_size, so no step; for the models of all the `images`
+    training images and for those of the first N."""
     t = config.training
-    if not t.compile:
-        return
     for key, count in {"the training set": images, **config.first_images}.items():
         rows = count - round(count * t.validation_fraction)
-        if count and rows < t.batch_size:
+        if key in config.first_images and count and (count > images or rows < 1):
+            raise ConfigError(
+                f"{key} must be <= the {images} training images of {description} and leave one to train on"
+                f" after training.validation_fraction, got {count}"
+            )
+        if t.compile and count and rows < t.batch_size:
             raise ConfigError(
                 f"training.batch_size {t.batch_size} is more than the {rows} images a model trains on ({key} of "
                 f"{description}, less training.validation_fraction): with training.compile = true no step would run"
@@ -57,7 +62,7 @@ def content_digest(*tensors: torch.Tensor) -> str:
     digest = hashlib.sha256()
     for tensor in tensors:
         digest.update(f"{tensor.dtype} {tuple(tensor.shape)};".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy())
+        digest.update(tensor_bytes(tensor))
     return "sha256:" + digest.hexdigest()[:32]
 
 
@@ -89,13 +94,7 @@ def load_data(config: EvalConfig) -> Dataset:
         train_x, train_y = train_x[: config.training.train_samples], train_y[: config.training.train_samples]
     if config.test_samples:
         test_x, test_y = test_x[: config.test_samples], test_y[: config.test_samples]
-    for key, first in config.first_images.items():
-        if first and (first > len(train_y) or first - round(first * config.training.validation_fraction) < 1):
-            raise ConfigError(
-                f"{key} must be <= the {len(train_y)} training images of {description} and leave one to train on"
-                f" after training.validation_fraction, got {first}"
-            )
-    _check_compiled_batches(config, len(train_y), description)
+    _check_training_sizes(config, len(train_y), description)
     identity = {"dataset": config.dataset, "train": len(train_y), "train_images": content_digest(train_x, train_y)}
     legacy = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
     return Dataset(train_x, train_y, test_x, test_y, identity, description, legacy)

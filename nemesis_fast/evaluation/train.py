@@ -147,8 +147,9 @@ class Models:
         else:  # the last rows validate: where Keras' count of them differs from round(), which models trained
             # before held out, the key says so (and so is not the key of those models)
             total, fraction = training_rows(self._recipe(name), len(self.data.train_labels)), t.validation_fraction
-            if held_out_rows(total, fraction) != round(total * fraction):
-                training["held_out_rows"] = held_out_rows(total, fraction)
+            held = held_out_rows(total, fraction)
+            if held != round(total * fraction):
+                training["held_out_rows"] = held
         return training
 
     def _trains_on_enlarged_set(self, name: str) -> bool:
