@@ -80,17 +80,24 @@ class FileCheckpoint:
         torch_save_atomic(self.path, state)
 
 
+def as_checkpoint(checkpoint: Any) -> EpochCheckpoint | None:
+    """:func:`train`'s `checkpoint`: a path as a :class:`FileCheckpoint` (checked before any work), None, or an
+    object with load() and save(state) (TypeError otherwise)."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return FileCheckpoint(checkpoint)
+    if checkpoint is not None and not all(callable(getattr(checkpoint, m, None)) for m in ("load", "save")):
+        raise TypeError(f"checkpoint must be a path or have load() and save(state), got {checkpoint!r}")
+    return checkpoint
+
+
 class Resumable:
     """A checkpoint (or none) with the signature of the run it belongs to."""
 
     def __init__(self, checkpoint: Any, *parts: dict[str, Any]) -> None:
-        if isinstance(checkpoint, (str, os.PathLike)):
-            checkpoint = FileCheckpoint(checkpoint)
-        elif checkpoint is not None and not all(callable(getattr(checkpoint, m, None)) for m in ("load", "save")):
-            raise TypeError(f"checkpoint must be a path or have load() and save(state), got {checkpoint!r}")
-        self.checkpoint = checkpoint
+        self.checkpoint = as_checkpoint(checkpoint)
         self.name = getattr(checkpoint, "name", "checkpoint")  # what errors call it
         self.signature = {k: v for part in parts for k, v in part.items()}
+        self.kept: dict[str, Any] = {}  # entries saved with every state, beside the signature
 
     def load(self) -> dict[str, Any] | None:
         state = self.checkpoint.load() if self.checkpoint is not None else None
@@ -109,7 +116,7 @@ class Resumable:
 
     def save(self, state: dict[str, Any]) -> None:
         if self.checkpoint is not None:
-            self.checkpoint.save({**state, "signature": self.signature})
+            self.checkpoint.save({**state, **self.kept, "signature": self.signature})
 
 
 def _differences(stored: Any, mine: dict[str, Any]) -> str:

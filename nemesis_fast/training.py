@@ -41,8 +41,8 @@ from .defenses.adversarial_training import offline_examples
 from .defenses.recipes import Recipe, make_recipe
 from .resume import (
     EpochCheckpoint,
-    FileCheckpoint,
     Resumable,
+    as_checkpoint,
     inputs_signature,
     model_signature,
     restore_state,
@@ -85,10 +85,10 @@ def _offline_training_set(
     labels: torch.Tensor,
     source_val: dict[str, Any],
     budget: dict[str, Any],
-) -> Data:
-    """The training set of an offline recipe: the images plus the recipe's examples of `source`, as float32.
-    With no source, a copy of `model` is first trained on the images with the "standard" recipe and `budget`
-    (:func:`train`'s keyword arguments), validated as `source_val` (train's validation arguments) says."""
+) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """The training set of an offline recipe: the images plus the recipe's examples of `source`, as float32, and
+    the source. With no source, a copy of `model` is first trained on the images with the "standard" recipe and
+    `budget` (:func:`train`'s keyword arguments), validated as `source_val` (train's validation arguments) says."""
     device = budget["device"]
     if source is None:
         budget["log"](f"{recipe.name} ({recipe.settings.mode}): training a standard source model first")
@@ -97,7 +97,7 @@ def _offline_training_set(
     source = source.to(device)
     extra = offline_examples(lambda x, y: recipe.offline_examples(source, x, y), images, labels, device=device)
     clean = to_float(images.to(device))
-    return torch.cat([clean, extra]), torch.cat([labels.to(device), labels.to(device)])
+    return torch.cat([clean, extra]), torch.cat([labels.to(device), labels.to(device)]), source
 
 
 def _epochs(
@@ -217,7 +217,8 @@ def train(
             the weights an uninterrupted run would have (fp16's gradient scale included). A state of another run
             (recipe, settings, budget, seed, data: its size, labels and a sample of its images, the same of
             `val_data` and the weights of `source_model` where given, the model's architecture, amp, compile),
-            or one written on another kind of device (CPU, CUDA), raises ValueError.
+            or one written on another kind of device (CPU, CUDA), raises ValueError. An offline recipe's source
+            trained here (`source_model` None) is kept in the checkpoint: a resumed run reuses it, not trains another.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
@@ -228,8 +229,7 @@ def train(
     check_bool(compile, "compile")
     if progress is not None:
         check_bool(progress, "progress")
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = FileCheckpoint(checkpoint)  # the path checked before any work
+    checkpoint = as_checkpoint(checkpoint)  # a path checked before any work
     epochs, batch_size, lr, seed = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
     say = _logger(log)
     device = check_device(device)
@@ -241,6 +241,10 @@ def train(
     given_val = val if val_data is not None else None
     source = source_model if recipe.needs_source else None
     inputs = {} if checkpoint is None else inputs_signature(images, labels, given_val, source)
+    trains_source = recipe.needs_source and source_model is None
+    if trains_source and checkpoint is not None:
+        inputs["source_model"] = "trained first"  # and kept in the checkpoint, so that a resumed run reuses it
+        source_model = _trained_source(checkpoint, model)
     torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
@@ -250,7 +254,9 @@ def train(
 
     budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
     budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
-    images, labels, rows, val = _training_rows(recipe, model, source_model, images, labels, val, held_fraction, budget)
+    images, labels, rows, val, source_model = _training_rows(
+        recipe, model, source_model, images, labels, val, held_fraction, budget
+    )
     loader, optimizer, epoch_runner = _epochs(
         model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
@@ -265,6 +271,8 @@ def train(
         {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
         signature,
     )
+    if trains_source:
+        run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
     _run_epochs(
         run, epochs, epoch_runner, model, optimizer, loader, recipe, result, EarlyStopping(patience), device, say
     )
@@ -306,22 +314,36 @@ def _training_rows(
     val: Data | None,
     held_fraction: float | None,
     budget: dict[str, Any],
-) -> tuple[torch.Tensor, torch.Tensor, int | None, Data | None]:
-    """(images, labels, the rows the loader batches (None: all), the validation pairs) of the training set as
-    `recipe` lays it out: the images, doubled by an offline recipe's examples of `source_model`; with a
+) -> tuple[torch.Tensor, torch.Tensor, int | None, Data | None, nn.Module | None]:
+    """(images, labels, the rows the loader batches (None: all), the validation pairs, the source model: None but
+    for an offline recipe) of the training set as `recipe` lays it out: the images, doubled by an offline recipe's
+    examples of `source_model` (trained first where None); with a
     `held_fraction`, its last rows (counted after GDA's fixed copies) held out to validate on (val_rows="last").
     `budget`: :func:`train`'s keyword arguments, for training a missing source model."""
     say, device = budget["log"], budget["device"]
     if recipe.needs_source:
         source_val = dict(val_fraction=held_fraction, val_rows="last") if held_fraction else dict(val_data=val)
-        images, labels = _offline_training_set(recipe, model, source_model, images, labels, source_val, budget)
+        images, labels, source_model = _offline_training_set(
+            recipe, model, source_model, images, labels, source_val, budget
+        )
         say(f"{recipe.name} ({recipe.settings.mode}): training set doubled to {len(labels)} images")
     if not held_fraction:
-        return images, labels, None, val
+        return images, labels, None, val, source_model
     images, labels = images.to(device), labels.to(device)  # once, for the held-out rows and the loader alike
     rows, val = hold_out_last_rows(images, labels, recipe.expansion(), held_fraction)
     say(f"{recipe.name}: the last {len(val[1])} rows of the training set validate (val_rows='last')")
-    return images, labels, rows, val
+    return images, labels, rows, val, source_model
+
+
+def _trained_source(checkpoint: EpochCheckpoint, model: nn.Module) -> nn.Module | None:
+    """The source model an offline run that trained its own kept in `checkpoint` (a copy of `model` with its
+    weights), or None where the checkpoint holds no state, or one written before sources were kept."""
+    state = checkpoint.load()
+    if state is None or "trained_source" not in state:
+        return None
+    source = copy.deepcopy(model)
+    source.load_state_dict(state["trained_source"])
+    return source
 
 
 def _run_epochs(

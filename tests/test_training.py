@@ -22,6 +22,7 @@ from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.defenses import FeatureSqueezing, make_recipe
 from nemesis_fast.defenses.adversarial_training import fgsm_examples
 from nemesis_fast.defenses.recipes import StandardRecipe
+from nemesis_fast.evaluation.cache import CachedCheckpoint, ResultCache
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
 from nemesis_fast.nn import replace_relu
 from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
@@ -768,6 +769,23 @@ def test_a_state_of_another_validation_set_or_source_model_is_refused():
     assert weights_fingerprint(norm) != before
 
 
+def test_an_offline_run_that_trained_its_source_resumes_with_that_source():
+    """A resumed offline run with no source_model trained another source (hours, and on a GPU other weights), so
+    its examples, and the model, differed from an uninterrupted run's. The trained source is now kept."""
+    offline = dict(settings={"mode": "offline", "eps": 0.3}, **quiet(epochs=3, batch_size=8, patience=None))
+    whole = _tiny_model()
+    train(whole, _tiny_set(), "fgsm_adversarial", **offline)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    checkpoint.after, lines, resumed = None, [], _tiny_model()
+    train(resumed, _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **{**offline, "log": lines.append})
+    assert lines[0] == "fgsm_adversarial (offline): training set doubled to 72 images", lines
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    with pytest.raises(ValueError, match=r"another training run \(source_model 'trained first' there, '[0-9a-f]+"):
+        train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, source_model=whole, **offline)
+
+
 def test_a_state_written_on_another_kind_of_device_is_refused(tmp_path):
     """A CPU run's state resumed on a GPU gave the GPU's shuffling generator the CPU's state (and the reverse)."""
     kwargs = quiet(epochs=2, batch_size=8, patience=None, val_fraction=0.0)
@@ -781,6 +799,10 @@ def test_a_state_written_on_another_kind_of_device_is_refused(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard")
     rebuilt, _ = load_checkpoint(path, map_location="meta")  # rebuilt on map_location's device, not the CPU
     assert all(p.is_meta for p in rebuilt.parameters())
+    cached = CachedCheckpoint(ResultCache(tmp_path / "cache"), {"model": "standard"})
+    cached.save(checkpoint.state)  # in the evaluation, the error names the cache file to remove
+    with pytest.raises(ValueError, match=rf"training state '{tmp_path}/cache/training/[0-9a-f]+\.pt': its state was"):
+        train(_tiny_model(), _tiny_set(), checkpoint=cached, **kwargs)
 
 
 @pytest.mark.cuda

@@ -111,6 +111,11 @@ class CachedCheckpoint:
     def __init__(self, cache: ResultCache, key: dict[str, Any]) -> None:
         self.cache, self.key = cache, key
 
+    @property
+    def name(self) -> str:
+        """What the training's errors call this checkpoint: the cache file, for a user to remove."""
+        return f"the evaluation's training state {str(self.cache.path('training', self.key))!r}"
+
     def load(self) -> dict[str, Any] | None:
         entry = self.cache.load("training", self.key)
         return None if entry is None else entry["state"]
