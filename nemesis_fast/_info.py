@@ -15,7 +15,10 @@ def backend_info(tables: dict[str, OpBackends]) -> dict[str, Any]:
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ops = {
         name: {
-            backend: {device: table.unavailable_reason(backend, device) is None for device in ("cpu", "cuda")}
+            backend: {
+                device: device in device_types and table.unavailable_reason(backend, device) is None
+                for device in ("cpu", "cuda")
+            }
             for backend in BACKENDS
         }
         for name, table in tables.items()

@@ -72,9 +72,9 @@ def check_compiled_batches(compile: bool, batch_size: int, rows: int) -> None:
         )
 
 
-def check_classes(model: nn.Module, data: Data, name: str, device: torch.device) -> None:
+def check_classes(model: nn.Module, data: Data, name: str, device: torch.device) -> int:
     """Checks that the labels of `data` are classes of `model`: below its number of logits, learnt from one
-    forward pass of one image in eval mode (the model's modes are restored)."""
+    forward pass of one image in eval mode (the model's modes are restored); returns that number."""
     images, labels = data
     with eval_mode(model), torch.no_grad():
         logits = model(to_float(images[:1]).to(device))
@@ -84,6 +84,7 @@ def check_classes(model: nn.Module, data: Data, name: str, device: torch.device)
     classes, high = logits.shape[1], int(labels.max())
     if high >= classes:
         raise ValueError(f"{name}: the labels must be classes of the model's {classes} logits, got label {high}")
+    return classes
 
 
 def check_budget(

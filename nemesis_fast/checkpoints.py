@@ -16,6 +16,8 @@ from ._checks import check_device
 from ._io import check_output_file, torch_save_atomic
 from .models import build_model, live_architecture
 
+__all__ = ["checkpoint_noise_sigma", "load_checkpoint", "save_checkpoint", "training_noise_sigma"]
+
 
 def save_checkpoint(
     path: str | os.PathLike,
@@ -126,7 +128,7 @@ def load_checkpoint(
     architecture_kwargs: dict[str, Any] | None = None,
     recipe: str | None = None,
     settings: dict[str, Any] | None = None,
-    map_location: torch.device | str = "cpu",
+    map_location: torch.device | str | None = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Loads a checkpoint of :func:`save_checkpoint` with `torch.load(weights_only=True)` (no code runs).
 
@@ -135,8 +137,8 @@ def load_checkpoint(
     architecture kwargs differ from the entries of `architecture_kwargs`, or, when `model` is given and
     records its architecture, whose architecture (with the activation and t its layers have now) differs from the
     model's. Without `model` the model is rebuilt from the recorded architecture, on `map_location` (a device
-    this machine has: ValueError naming map_location otherwise); a given `model` keeps its device. Returns (model
-    with the weights loaded, the checkpoint's other entries).
+    this machine has: ValueError naming map_location otherwise; None: the CPU); a given `model` keeps its device.
+    Returns (model with the weights loaded, the checkpoint's other entries).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")

@@ -17,6 +17,22 @@ from torch import nn
 from ._checks import check_choice, check_int, check_number, check_positive
 from .nn import BoundedReLU
 
+__all__ = [
+    "ACTIVATIONS",
+    "MODELS",
+    "BasicBlock",
+    "BottleneckIdentityBlock",
+    "ResNet",
+    "activation_factory",
+    "architecture_of",
+    "build_model",
+    "cifar_cnn",
+    "live_architecture",
+    "mnist_cnn",
+    "resnet",
+    "small_resnet",
+]
+
 ACTIVATIONS = ("relu", "brelu")
 
 

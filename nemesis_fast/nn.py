@@ -13,6 +13,8 @@ from ._checks import check_choice, check_positive
 from ._dispatch import BACKENDS
 from .ops import SAVES, bounded_relu
 
+__all__ = ["GRADIENTS", "BoundedReLU", "replace_relu", "to_hardtanh", "with_relu_gradient"]
+
 GRADIENTS = ("exact", "relu")
 
 

@@ -12,6 +12,8 @@ from ._checks import FLOAT_DTYPES, check_bool, check_choice, check_positive, che
 from .reference import rounded_threshold
 from .reference.jsma_saliency_search import check_inputs as _check_jsma_inputs
 
+__all__ = ["SAVES", "bounded_relu", "gaussian_augment", "jsma_saliency_search"]
+
 _SMALLEST_NORMAL = {d: torch.finfo(d).smallest_normal for d in FLOAT_DTYPES}
 
 

@@ -249,7 +249,7 @@ def train(
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
         if given is not None:
-            check_classes(model, given, name, device)
+            recipe.check_classes(check_classes(model, given, name, device))
     started = time.perf_counter()
 
     budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)

@@ -120,6 +120,9 @@ def test_model_with_non_finite_logits_is_refused():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="model must give finite logits"):
             DeepFool(lambda images, bad=bad: model(images) * bad, 5)(x, y)
+    x[0, 0, 0, 0] = float("nan")  # NaN in the first image, on a first call: x is to blame, not the model
+    with pytest.raises(ValueError, match="x must be finite"):
+        DeepFool(model, 5)(x, y)
 
 
 def test_a_nan_prediction_on_an_adversarial_image_is_refused_not_counted_as_a_success():

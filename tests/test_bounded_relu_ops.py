@@ -228,3 +228,14 @@ print(nf.bounded_relu(torch.tensor([-1.0, 0.5, 3.0])).tolist())
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[0.0, 0.5, 1.0]"
+
+
+def test_backend_info_per_op_agrees_with_the_backends_devices():
+    """Without a GPU the per-op map said every op ran on CUDA while the backends said no GPU was visible."""
+    info = nf.backend_info()
+    for op, backends in info["ops"].items():
+        for backend, devices in backends.items():
+            for device, runs in devices.items():
+                assert not runs or device in info[backend]["devices"], (op, backend, device, info[backend])
+    if not torch.cuda.is_available():
+        assert not any(d["cuda"] for backends in info["ops"].values() for d in backends.values())

@@ -88,6 +88,16 @@ def test_art_ratio(ratio, copies, extra):
     assert len(subset.unique()) == extra  # drawn without replacement
 
 
+def test_art_ratio_draws_another_subset_every_call():
+    """A seeded augmentation drew the same subset positions at every call, every epoch."""
+    x, y = torch.rand(16, 5, generator=torch.Generator().manual_seed(0)), torch.arange(16)
+    gda = GaussianAugmentation(sigma=0.01, ratio=1.25, clip=None, seed=5)
+    subsets = [gda(x, y)[1][32:].tolist() for _ in range(4)]
+    assert len({tuple(s) for s in subsets}) == 4, subsets
+    gda.reset()
+    assert gda(x, y)[1][32:].tolist() == subsets[0]  # reproducible
+
+
 def test_art_augmentation_false_keeps_only_noisy_versions():
     x, y = labelled_batch()
     gda = GaussianAugmentation(sigma=0.01, augmentation=False, ratio=3.0, seed=1)
@@ -129,6 +139,7 @@ def test_same_sizes_and_noise_level_as_art():
         ({"copies": -2}, ValueError, "copies must be >= 0"),
         ({"ratio": 0.0}, ValueError, "ratio must be > 0"),
         ({"ratio": 2.0, "copies": 3}, ValueError, "either copies or ratio"),
+        ({"ratio": 2.0, "copies": 10}, ValueError, "either copies or ratio"),  # 10, the default, too
         ({"clip": (1.0, 0.0)}, ValueError, "clip must have low <= high"),
         ({"clip_values": (1.0, 0.0)}, ValueError, "clip_values must have low <= high"),
         ({"clip_values": (0.0, 2.0), "clip": (0.0, 3.0)}, ValueError, "either clip or clip_values"),

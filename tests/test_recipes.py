@@ -148,6 +148,17 @@ def test_smoothed_targets():
             smooth_labels(torch.tensor(bad), 10)
 
 
+def test_a_confidence_below_one_over_the_classes_is_refused_before_training():
+    """The settings took it, and training failed only inside its first loss."""
+    steps = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 10))
+    model.register_forward_hook(lambda *_: steps.append(1))
+    data = (torch.zeros(8, 1, 2, 2, dtype=torch.uint8), torch.arange(8))
+    with pytest.raises(ValueError, match=r"settings: label_smoothing's confidence must be >= 1/10 .* got 0.05"):
+        nf.train(model, data, "label_smoothing", settings={"confidence": 0.05}, device="cpu", log=False)
+    assert len(steps) == 1  # the one forward pass that learns the number of classes
+
+
 def test_label_smoothing_loss_and_recipe():
     logits, y = torch.randn(5, 10), torch.tensor([1, 2, 3, 4, 5])
     # 0.9 on the true class and 0.1/9 elsewhere is torch's label_smoothing = 0.1 * 10 / 9

@@ -129,9 +129,10 @@ class Attack:
     """Base class of every attack. Subclasses implement :meth:`_perturb`; see the module docstring.
 
     Args:
-        model: an `nn.Module` (or callable) mapping (B, ...) images to (B, classes) logits. Its train/eval
-            mode and its parameters' requires_grad flags are restored after each call; its parameters never
-            receive gradients.
+        model: an `nn.Module` (or callable) mapping (B, ...) images to (B, classes) logits. An `nn.Module` is
+            attacked in eval mode, and its train/eval mode and its parameters' requires_grad flags are restored
+            after each call; its parameters never receive gradients. A plain callable is run as it is: put the
+            modules it calls in eval mode first (else dropout stays on and batch norm updates its statistics).
         clip: (low, high), low < high: the range of valid pixel values; inputs must lie in it, outputs do.
         targeted: when True and no `target` is given to a call, targets are drawn uniformly among the wrong
             classes (with `seed`). Passing `target=` to a call makes that call targeted either way.
@@ -385,13 +386,14 @@ class Attack:
         if first_logits is not None:
             values.append(torch.isfinite(first_logits).all())
         values = torch.stack([v.to(torch.float64) for v in values]).tolist()
-        if first_logits is not None and not values.pop():
-            raise ValueError("model must give finite logits; it gave NaN or infinite ones for the first image of x")
+        finite_logits = values.pop() if first_logits is not None else True
         x_min, x_max, y_min, y_max = values[:4]
         if not (math.isfinite(x_min) and math.isfinite(x_max)):
             raise ValueError("x must be finite; it holds NaN or infinite values")
         if x_min < self.clip[0] or x_max > self.clip[1]:
             raise ValueError(f"x must lie inside clip={self.clip}; it spans [{x_min}, {x_max}]")
+        if not finite_logits:  # x's first image is valid: the model is to blame
+            raise ValueError("model must give finite logits; it gave NaN or infinite ones for the first image of x")
         if y_min < 0 or y_max >= c:
             raise ValueError(f"y must hold labels in [0, {c}); got values in [{int(y_min)}, {int(y_max)}]")
         if target is not None:

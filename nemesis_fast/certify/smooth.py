@@ -4,7 +4,7 @@ turns them into certificates and predictions (the noise's definition: :mod:`neme
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,9 +50,12 @@ class Certificate:
 
     @property
     def abstained(self) -> torch.Tensor:
+        """bool (B,): where CERTIFY abstained (prediction -1)."""
         return self.prediction < 0
 
-    def certified_accuracy(self, labels: torch.Tensor, radii=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[float]:
+    def certified_accuracy(
+        self, labels: torch.Tensor, radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    ) -> list[float]:
         """Fraction of the images certified correct at each radius (see :func:`certified_accuracy`)."""
         return certified_accuracy(self.prediction, self.radius, labels, radii)
 
@@ -69,6 +72,7 @@ class Prediction:
 
     @property
     def abstained(self) -> torch.Tensor:
+        """bool (B,): where PREDICT abstained (prediction -1)."""
         return self.prediction < 0
 
 

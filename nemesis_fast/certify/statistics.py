@@ -8,13 +8,14 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .._checks import check_number, check_positive, check_tensor
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
+def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> np.ndarray:
     """The one-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial proportion.
 
     Args:
@@ -39,7 +40,7 @@ def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
     return np.where(k == 0, 0.0, bound)
 
 
-def binomial_p_value(top, runner_up) -> np.ndarray:
+def binomial_p_value(top: ArrayLike, runner_up: ArrayLike) -> np.ndarray:
     """The two-sided binomial test's p-value of `top` successes in `top + runner_up` trials against p = 1/2 (as
     scipy.stats.binomtest(top, top + runner_up, 0.5).pvalue), vectorised; 1 where there are no trials."""
     from scipy.stats import binom
@@ -70,7 +71,7 @@ def _probabilities(p: object, name: str) -> np.ndarray:
     return array
 
 
-def certified_radius(p_lower, sigma: float) -> np.ndarray:
+def certified_radius(p_lower: ArrayLike | torch.Tensor, sigma: float) -> np.ndarray:
     """sigma * Phi^-1(p_lower) where p_lower > 1/2, else 0 (no certificate): the L2 radius, in the units of the
     inputs, within which the smoothed classifier's answer is certified.
 

@@ -34,7 +34,7 @@ class GaussianAugmentation:
 
     Args:
         sigma: standard deviation of the noise (in the units of the float images; of x / 255 for uint8 images).
-        copies: noisy copies of every sample.
+        copies: noisy copies of every sample (None: 10).
         clip: (low, high) bounds of every output value, or None; default (0, 1).
         include_original: keep the originals, first.
         seed: None: every call draws a fresh seed from torch's default generator (torch.manual_seed governs it).
@@ -43,8 +43,9 @@ class GaussianAugmentation:
             as augmenting it at once, and later epochs get fresh noise. :meth:`reset` rewinds.
         ratio: ART's name: noisy samples per input sample, > 0. Its integer part is the number of noisy copies of
             every sample; a fractional part adds one more noisy copy of a random subset of round(frac * B)
-            samples (ART draws all int(ratio * B) samples at random, with replacement; the sizes agree).
-            Replaces `copies` (leave copies at its default).
+            samples of each call (ART draws all int(ratio * B) samples at random, with replacement; the sizes
+            agree), another subset every call (with an int seed, reproducibly; batch by batch, the subsets are
+            drawn per batch, not as over the whole set). Replaces `copies` (pass no copies: ValueError).
         augmentation: ART's name: False keeps only one noisy copy of every sample (ratio is then ignored, as in
             ART); True is the default behaviour.
         clip_values: ART's name for `clip` (leave clip at its default). Unlike ART, whose default is no clipping,
@@ -60,7 +61,7 @@ class GaussianAugmentation:
     def __init__(
         self,
         sigma: float = 0.3,
-        copies: int = 10,
+        copies: int | None = None,
         clip: tuple[float | None, float | None] | None = (0.0, 1.0),
         include_original: bool = True,
         seed: int | None = None,
@@ -72,11 +73,11 @@ class GaussianAugmentation:
         backend: str | None = None,
     ) -> None:
         self.sigma = check_number(sigma, "sigma", low=0.0)
-        copies = check_int(copies, "copies", low=0)
+        if copies is not None and ratio is not None:
+            raise ValueError("pass either copies or ratio (ART's name), not both")
+        copies = 10 if copies is None else check_int(copies, "copies", low=0)
         extra = 0.0
         if ratio is not None:
-            if copies != 10:
-                raise ValueError("pass either copies or ratio (ART's name), not both")
             ratio = check_number(ratio, "ratio", low=0.0, low_inclusive=False)
             copies, extra = int(math.floor(ratio)), ratio - math.floor(ratio)
         if augmentation is not None and not check_bool(augmentation, "augmentation"):
@@ -97,6 +98,8 @@ class GaussianAugmentation:
         self.offset = 0
 
     def __call__(self, x: _ArrayLike, y: _ArrayLike | None = None) -> tuple[Any, Any]:
+        """(x_aug, y_aug) of images x (B, ...) and labels y (B, ...) or None, laid out as the class says; numpy
+        arrays in give numpy arrays out."""
         as_numpy = isinstance(x, np.ndarray)
         x_t = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x
         y_t = torch.from_numpy(np.asarray(y)) if isinstance(y, np.ndarray) else y
@@ -127,9 +130,9 @@ class GaussianAugmentation:
         extra = round(self.extra_fraction * batch)
         if extra > 0:
             # One more noisy copy of a random subset, under a seed of its own (the subset is a gather, not a
-            # contiguous run of global indices, so it cannot share the main counter space).
+            # contiguous run of global indices, so it cannot share the main counter space); drawn anew each call.
             subset_seed = _mix_seed(seed)
-            generator = torch.Generator().manual_seed(subset_seed)
+            generator = torch.Generator().manual_seed(_mix_seed(subset_seed + offset))
             index = torch.randperm(batch, generator=generator)[:extra].sort().values.to(x.device)
             kwargs.update(seed=subset_seed, offset=offset)
             noisy = gaussian_augment(

@@ -172,7 +172,11 @@ class Recipe:
         raise NotImplementedError(f"recipe {self.name!r} has no offline examples")
 
     def settings_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for checkpoints, signatures and cache keys)."""
         return dataclasses.asdict(self.settings)
+
+    def check_classes(self, classes: int) -> None:
+        """ValueError, before any training, where the settings do not fit a model of `classes` logits."""
 
     def reseed(self, seed: int) -> None:
         """Starts the recipe's random streams (GDA's noise, VAT's directions) afresh from `seed`, as a recipe made
@@ -227,6 +231,13 @@ class LabelSmoothingRecipe(Recipe):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return label_smoothing_loss(model(x), y, self.settings.confidence)
+
+    def check_classes(self, classes: int) -> None:
+        if self.settings.confidence < 1 / classes:  # the true class would get less than each other class
+            raise ValueError(
+                f"settings: label_smoothing's confidence must be >= 1/{classes} for a model of {classes} classes, "
+                f"got {self.settings.confidence}"
+            )
 
 
 class FGSMAdversarialRecipe(Recipe):
