@@ -327,3 +327,13 @@ def test_cifar_missing_files(tmp_path):
         load_cifar10(tmp_path, "train")
     with pytest.raises(ValueError, match="split must be one of"):
         load_cifar10(tmp_path, "val")
+
+
+def test_a_folder_of_the_other_data_set_says_so(tmp_path):
+    """CIFAR-10 given as MNIST (or the reverse) was told only that MNIST's files were missing."""
+    write_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
+    with pytest.raises(FileNotFoundError, match="no MNIST train images .* It holds CIFAR-10's batches: choose the"):
+        load_mnist(tmp_path / "cifar", "train")
+    write_mnist(tmp_path / "mnist")
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 batches .* It holds MNIST's IDX files: choose the"):
+        load_cifar10(tmp_path / "mnist", "train")

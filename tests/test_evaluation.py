@@ -394,7 +394,8 @@ def test_compile_with_fewer_training_images_than_a_batch_fails_before_any_work(t
 @pytest.mark.slow
 def test_cifar10_files_end_to_end(tmp_path):
     write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=40)
-    config = write_config(tmp_path, TINY.replace("whitebox_eps = [0.0, 0.2]", "whitebox_eps = [0.0, 0.03]"))
+    text = TINY.replace("whitebox_eps = [0.0, 0.2]", "whitebox_eps = [0.0, 0.03]").replace('dataset = "mnist"\n', "")
+    config = write_config(tmp_path, text)  # budgets written for no data set in particular: --dataset may choose
     results = evaluate(
         config, dataset="cifar10", data_dir=str(tmp_path / "cifar"), out_dir=str(tmp_path / "out"), log=False
     )

@@ -4,11 +4,13 @@ paper_headline) and configs that start from another."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from _evaluation_cases import TINY, write_config
 
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
 from nemesis_fast.evaluation.config import ATTACKS
 
@@ -136,11 +138,19 @@ def test_missing_data_says_where_it_looked_and_how_to_provide_it(tmp_path):
     with pytest.raises(ConfigError, match="--data-dir with cifar-10-batches-py, extracted from cifar-10-python"):
         load_config(overrides={"dataset": "cifar10"})
     with pytest.raises(ConfigError, match=f"data_dir: no CIFAR-10 batches found in {tmp_path}.*cifar-10-python"):
-        evaluate(write_config(tmp_path), dataset="cifar10", data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
+        evaluate(
+            write_config(tmp_path, TINY.replace('"mnist"', '"cifar10"')),
+            data_dir=str(tmp_path),
+            out_dir=str(tmp_path / "o"),
+        )
     with pytest.raises(ConfigError, match="'/no/such/folder' is not a folder; it must hold the four MNIST IDX files"):
         load_config(overrides={"data_dir": "/no/such/folder"})
     with pytest.raises(ConfigError, match=f"looked for train-images-idx3-ubyte.* in {tmp_path}.*Put the four MNIST"):
         evaluate(write_config(tmp_path), data_dir=str(tmp_path), out_dir=str(tmp_path / "o"))
+    data = Path(shutil.copytree(MNIST_SAMPLE_DIR, tmp_path / "data"))
+    (data / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b truncated")  # one line, not a traceback
+    with pytest.raises(ConfigError, match=f"data_dir: {data}/train-images-idx3-ubyte.gz: "):
+        evaluate(write_config(tmp_path), data_dir=str(data), out_dir=str(tmp_path / "o"))
 
 
 AUTHORS_SETTINGS = {  # the seed's authors' scripts, as listed in issue 11
@@ -400,3 +410,24 @@ def _values_of_another_type_are_refused_as_in_a_file(config) -> None:
     checked = validate(pythonic)
     assert (checked.out_dir, checked.whitebox_eps, checked.seed) == (config.out_dir, config.whitebox_eps, 3)
     assert type(checked.seed) is int and checked.training.learning_rate == 0.5
+
+
+def test_a_config_written_for_mnist_budgets_is_refused_on_cifar10(tmp_path):
+    """--preset paper --dataset cifar10 attacked CIFAR-10 at MNIST's eps 0.1 and 0.3 and squeezed it to 1 bit."""
+    for preset in ("paper", "paper_table", "paper_weak_source", "paper_gpu_check"):
+        with pytest.raises(ConfigError, match=r"dataset: cifar10, but paper.toml sets budgets for mnist \(white"):
+            load_config(preset_path(preset), {"dataset": "cifar10"})
+    synthetic = {"dataset": "cifar10", "synthetic": True}
+    assert load_config(preset_path("paper_headline"), synthetic).attack.fgsm_eps == pytest.approx(8 / 255)
+    own = tmp_path / "cifar.toml"
+    own.write_text(
+        'base = "paper"\ndataset = "cifar10"\nsynthetic = true\nwhitebox_eps = [0.0, 0.03]\nblackbox_eps = []\n'
+        "[defense]\nfgsm_adversarial_eps = 0.03\nsqueeze_bits = 3\n"
+        "[attack]\nfgsm_eps = 0.03\nrfgsm_eps = 0.03\n"
+    )
+    with pytest.raises(ConfigError, match=r"but paper.toml sets budgets for mnist \(attack.rfgsm_alpha\)"):
+        load_config(own)
+    own.write_text(own.read_text() + "rfgsm_alpha = 0.01\n")
+    config = load_config(own)  # every budget set for CIFAR-10: the rest of the authors' settings apply
+    assert (config.dataset, config.attack.fgsm_eps, config.squeeze_bits) == ("cifar10", 0.03, 3)
+    assert config.attack.deepfool_overshoot == 0.0

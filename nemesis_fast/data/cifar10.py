@@ -157,7 +157,12 @@ def find_folder(root: str | os.PathLike) -> Path:
     folder = _batches_folder(root)
     if folder is not None:
         return folder
-    raise FileNotFoundError(f"no CIFAR-10 batches found in {root / FOLDER} or {root}; {root} must hold {FILES_HINT}")
+    from .mnist import _found  # (here: mnist reads CIFAR-10's folders for its own hint)
+
+    other = " It holds MNIST's IDX files: choose the dataset mnist." if _found(root, "train", "images") else ""
+    raise FileNotFoundError(
+        f"no CIFAR-10 batches found in {root / FOLDER} or {root}; {root} must hold {FILES_HINT}.{other}"
+    )
 
 
 def cifar10_files(root: str | os.PathLike, split: str) -> list[Path]:

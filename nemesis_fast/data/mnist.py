@@ -45,9 +45,12 @@ def _find(root: Path, split: str, kind: str) -> Path:
         return found
     paths = _candidates(root, split, kind)
     folders = sorted({str(p.parent) for p in paths})
+    from .cifar10 import _batches_folder  # (here: cifar10 reads MNIST's folders for its own hint)
+
+    other = " It holds CIFAR-10's batches: choose the dataset cifar10." if _batches_folder(root) else ""
     raise FileNotFoundError(
         f"no MNIST {split} {kind} file found; looked for {paths[0].name}[.gz] in {', '.join(folders)}. "
-        f"Put {FILES_HINT} into one of these folders."
+        f"Put {FILES_HINT} into one of these folders.{other}"
     )
 
 

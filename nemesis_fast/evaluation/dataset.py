@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..data import load_cifar10, load_mnist
+from ..data import DataFormatError, load_cifar10, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
 from ..resume import tensor_bytes
 from .config import ConfigError, EvalConfig
@@ -84,7 +84,7 @@ def load_data(config: EvalConfig) -> Dataset:
         try:
             train_x, train_y = loader(root, "train")
             test_x, test_y = loader(root, "test")
-        except FileNotFoundError as error:
+        except (FileNotFoundError, DataFormatError) as error:
             raise ConfigError(f"data_dir: {error}") from error
         source = str(root.resolve())
         description = f"{config.dataset} from {root}" + (

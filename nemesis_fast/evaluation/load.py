@@ -6,11 +6,9 @@ ConfigError naming the key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from .config import (
     LABELS,
     MODES,
     PERTURBATION_ATTACKS,
-    PRESETS_DIR,
     SOURCE_ARCHITECTURES,
     WHITEBOX_ATTACKS,
     AttackSettings,
@@ -38,11 +35,7 @@ from .config import (
     EvalConfig,
     TrainingSettings,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from .config_files import check_budgets_fit, read_config_file
 
 _SECTIONS = {
     "training": TrainingSettings,
@@ -116,36 +109,6 @@ def _python_value(value: Any) -> Any:
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return float(value)
     return value
-
-
-def _read_values(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    """The keys of the config file `path`, with its `base`'s under them (`chain`: the files that led here)."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as error:
-        kind = "JSON" if path.suffix == ".json" else "TOML"
-        raise ConfigError(f"config file {path} is not valid {kind}: {error}") from error
-    if "base" not in values:
-        return values
-    base = values.pop("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"base (in {path}) must be a preset name or a config file path, got {base!r}")
-    base_path = path.parent / base if Path(base).suffix in (".toml", ".json") else PRESETS_DIR / f"{base}.toml"
-    if not base_path.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
-        raise ConfigError(f"base (in {path}): {base!r} is neither a config file nor a preset ({known})")
-    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
-        raise ConfigError(f"base (in {path}): {base!r} leads back to a config already read (a cycle)")
-    merged = _read_values(base_path, (*chain, path))
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
 
 
 def validate(config: EvalConfig) -> EvalConfig:
@@ -357,8 +320,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     A config may start from another with a top-level ``base``: the name of a shipped preset (e.g. "paper") or
     the path of a config file (relative to this one); its own keys then override the base's, section by
     section."""
-    values = _read_values(Path(path), ()) if path is not None else {}
+    values, budgets = read_config_file(Path(path)) if path is not None else ({}, {})
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
+    check_budgets_fit(budgets, values.get("dataset", EvalConfig.dataset))
     return validate(_build(EvalConfig, values, ""))
