@@ -177,9 +177,12 @@ def _run(args: argparse.Namespace) -> int:
     from ._progress import progress_bar
     from .certify import Smooth
     from .checkpoints import load_checkpoint
+    from .defenses import FeatureSqueezing
 
     device = _check_arguments(args)
     model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    squeezing = isinstance(model, FeatureSqueezing)  # a checkpoint of feature squeezing: certified behind it
+    meta["squeezer"] = {"bit_depth": model.bit_depth, "median_size": model.median_size} if squeezing else None
     images, labels, where = _test_set(args, meta)
     sigma, sigma_source = _sigma(args, meta)
     model = model.to(device).eval()
@@ -208,8 +211,9 @@ def _run(args: argparse.Namespace) -> int:
     write_atomic(Path(args.out), _csv(args.start, labels, prediction, radius))
     fresh = len(labels) - len(done["prediction"])
     summary = _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh)
+    model_said = f"recipe {meta.get('recipe')}{_behind(meta['squeezer'])}"
     print(
-        f"certified {len(labels)} {where} (recipe {meta.get('recipe')}) at sigma {sigma:g} ({sigma_source}), "
+        f"certified {len(labels)} {where} ({model_said}) at sigma {sigma:g} ({sigma_source}), "
         f"n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: {fresh} images in {seconds:.1f} s on {device} "
         f"({summary['noisy_images_per_s'] or 0:,.0f} noisy images/s)"
     )
@@ -273,6 +277,16 @@ def _certify_in_chunks(smooth, images, args, partial, identity, done, bar) -> tu
     return torch.tensor(prediction, dtype=torch.int64), torch.tensor(radius, dtype=torch.float64)
 
 
+def _behind(squeezer: dict[str, Any] | None) -> str:
+    """How the output names the squeezer a model was certified behind ("" for none)."""
+    if squeezer is None:
+        return ""
+    bits = squeezer["bit_depth"]
+    parts = [f"{bits} bit{'s' * (bits != 1)}"] if bits else []
+    parts += [f"median {squeezer['median_size']}"] if squeezer["median_size"] else []
+    return f", behind feature squeezing: {', '.join(parts)}"
+
+
 def _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh) -> dict[str, Any]:
     from scipy.stats import norm
 
@@ -282,6 +296,7 @@ def _summary(args, meta, where, sigma, device, labels, prediction, radius, secon
     return {
         "checkpoint": str(args.checkpoint),
         "recipe": meta.get("recipe"),
+        "squeezer": meta["squeezer"],  # the feature squeezing the model was certified behind, or None
         "images": len(labels),
         "data": where,
         "sigma": sigma,

@@ -14,6 +14,7 @@ from torch import nn
 
 from ._checks import check_device
 from ._io import check_output_file, torch_save_atomic
+from .defenses.feature_squeezing import FeatureSqueezing
 from .models import build_model, live_architecture
 
 __all__ = ["checkpoint_noise_sigma", "load_checkpoint", "save_checkpoint", "training_noise_sigma"]
@@ -29,7 +30,10 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics", "noise_sigma",
-    "nemesis_fast_version"} to `path` (a file, not a folder; atomically; tensors moved to the CPU). `architecture`
+    "squeezer", "nemesis_fast_version"} to `path` (a file, not a folder; atomically; tensors moved to the CPU). A
+    model behind feature squeezing (:class:`~nemesis_fast.defenses.FeatureSqueezing`) is saved as its network, with
+    the squeezer's bit_depth and median_size as "squeezer" (None for other models), and loads back behind the same
+    squeezer. `architecture`
     defaults to the one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models), with
     the activation and threshold t the model has now (a builder's ReLU model made a BReLU one by
     :func:`nemesis_fast.nn.replace_relu` is saved as the builder's BReLU model). ValueError where the activation
@@ -39,6 +43,10 @@ def save_checkpoint(
     other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
     from . import __version__
 
+    squeezer = None
+    if isinstance(model, FeatureSqueezing):
+        squeezer = {"bit_depth": model.bit_depth, "median_size": model.median_size}
+        model = model.model
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(recipe, str):
@@ -55,6 +63,7 @@ def save_checkpoint(
         "architecture": _loadable(_saved_architecture(model, architecture), "architecture"),
         "metrics": _loadable(dict(metrics or {}), "metrics"),
         "noise_sigma": training_noise_sigma(recipe, settings),
+        "squeezer": squeezer,
         "nemesis_fast_version": __version__,
     }
     torch_save_atomic(path, payload)
@@ -138,7 +147,10 @@ def load_checkpoint(
     records its architecture, whose architecture (with the activation and t its layers have now) differs from the
     model's. Without `model` the model is rebuilt from the recorded architecture, on `map_location` (a device
     this machine has: ValueError naming map_location otherwise; None: the CPU); a given `model` keeps its device.
-    Returns (model with the weights loaded, the checkpoint's other entries).
+    A checkpoint of a model behind feature squeezing (its "squeezer"; in the evaluation's checkpoints written before
+    it was recorded, metrics["squeeze_bits"]) comes back behind a :class:`~nemesis_fast.defenses.FeatureSqueezing`
+    of the same settings, around the rebuilt network or around `model` (a given FeatureSqueezing must squeeze so:
+    ValueError otherwise). Returns (model with the weights loaded, the checkpoint's other entries).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
@@ -177,6 +189,12 @@ def load_checkpoint(
         differ = _differences(arch["kwargs"] if arch else {}, architecture_kwargs)
         if differ:
             raise ValueError(f"{path}: architecture differs from the one asked: {'; '.join(differ)}")
+    squeezer = _squeezer(payload, path)
+    if isinstance(model, FeatureSqueezing):
+        given = {"bit_depth": model.bit_depth, "median_size": model.median_size}
+        if squeezer != given:
+            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({given})")
+        model = model.model
     if model is None:
         if arch is None:
             raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
@@ -195,4 +213,25 @@ def load_checkpoint(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
+    if squeezer is not None:
+        model = FeatureSqueezing(model, squeezer["bit_depth"], median_size=squeezer["median_size"])
     return model, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def _squeezer(payload: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """A checkpoint's squeezer settings {"bit_depth", "median_size"}, or None; ValueError naming `path` for
+    malformed ones."""
+    squeezer = payload.get("squeezer")
+    metrics = payload.get("metrics")
+    if squeezer is None and isinstance(metrics, dict) and metrics.get("squeeze_bits") is not None:
+        squeezer = {"bit_depth": metrics["squeeze_bits"], "median_size": None}  # the evaluation's, before
+    if squeezer is None:
+        return None
+    fields = ("bit_depth", "median_size")
+    if not (
+        isinstance(squeezer, dict)
+        and set(squeezer) == set(fields)
+        and all(squeezer[k] is None or type(squeezer[k]) is int for k in fields)
+    ):
+        raise ValueError(f"{path}: not a nemesis_fast checkpoint (its squeezer is {squeezer!r})")
+    return squeezer

@@ -10,6 +10,7 @@ import torch
 
 from nemesis_fast.checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
+from nemesis_fast.defenses import FeatureSqueezing
 from nemesis_fast.models import mnist_cnn
 
 
@@ -27,6 +28,30 @@ def test_checkpoints_remember_the_training_noise_sigma(tmp_path):
     assert checkpoint_noise_sigma(gda) == 0.5 and checkpoint_noise_sigma(standard) is None
     older = {k: v for k, v in gda.items() if k != "noise_sigma"}  # written before the entry existed
     assert checkpoint_noise_sigma(older) == 0.5
+
+
+def test_a_model_behind_feature_squeezing_is_certified_behind_it(tmp_path, capsys):
+    """The evaluation's feature_squeezing.pt loaded as its bare network: certify certified the network alone."""
+    torch.manual_seed(0)
+    squeezed = FeatureSqueezing(mnist_cnn(), 1)
+    path = save_checkpoint(tmp_path / "fs.pt", squeezed, recipe="standard")
+    model, meta = load_checkpoint(path)
+    assert isinstance(model, FeatureSqueezing) and (model.bit_depth, model.median_size) == (1, None)
+    assert meta["squeezer"] == {"bit_depth": 1, "median_size": None}
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model(x), squeezed(x)) and not torch.equal(model(x), squeezed.model(x))
+    payload = torch.load(path, weights_only=True)  # as the evaluation wrote it before: bits among the metrics
+    payload["squeezer"], payload["metrics"] = None, {"squeeze_bits": 1}
+    torch.save(payload, tmp_path / "older.pt")
+    assert load_checkpoint(tmp_path / "older.pt")[0].bit_depth == 1
+    with pytest.raises(ValueError, match=r"its squeezer \{'bit_depth': 1, 'median_size': None\} differs from the"):
+        load_checkpoint(path, model=FeatureSqueezing(mnist_cnn(), 3))
+    assert isinstance(load_checkpoint(path, model=mnist_cnn())[0], FeatureSqueezing)
+    out, summary = tmp_path / "c.csv", tmp_path / "c.json"
+    args = ["certify", "--checkpoint", str(path), "--sigma", "0.3", "--images", "2", "--n", "20", "--n0", "4"]
+    assert main([*args, "--out", str(out), "--json", str(summary), "--no-progress"]) == 0
+    assert "(recipe standard, behind feature squeezing: 1 bit) at sigma 0.3" in capsys.readouterr().out
+    assert json.loads(summary.read_text())["squeezer"] == {"bit_depth": 1, "median_size": None}
 
 
 def test_train_for_smoothing_unclipped_noise_at_any_sigma(tmp_path, capsys):

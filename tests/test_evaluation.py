@@ -438,11 +438,12 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
     first = evaluate(config, out_dir=str(tmp_path / "a"), log=False)
     second = evaluate(config, out_dir=str(tmp_path / "b"), log=False, save_models=False)  # a fresh cache
     assert not (tmp_path / "b" / "models").exists()
-    # The model trained on squeezed images is saved as the network behind the squeezing, with its bit depth.
-    network, meta = load_checkpoint(tmp_path / "a" / "models" / "feature_squeezing.pt")
-    assert meta["recipe"] == "standard" and meta["metrics"]["squeeze_bits"] == 1
+    # The model trained on squeezed images is saved behind its squeezer, and loads back so.
+    squeezed, meta = load_checkpoint(tmp_path / "a" / "models" / "feature_squeezing.pt")
+    assert meta["recipe"] == "standard" and meta["squeezer"] == {"bit_depth": 1, "median_size": None}
+    assert isinstance(squeezed, FeatureSqueezing) and squeezed.bit_depth == 1
     test = load_data(load_config(config))
-    accuracy = evaluate_accuracy(FeatureSqueezing(network, 1), test.test_images, test.test_labels)
+    accuracy = evaluate_accuracy(squeezed, test.test_images, test.test_labels)
     assert 100 * accuracy == pytest.approx(first.clean_accuracy["feature_squeezing"])
     assert cell_values(tmp_path / "a" / "results.json") == cell_values(tmp_path / "b" / "results.json")
     assert [(p.defense, p.attack, p.setting, p.values) for p in first.perturbations] == [

@@ -249,8 +249,8 @@ class Models:
         `<folder>/<name>.pt` (:func:`~nemesis_fast.checkpoints.save_checkpoint`: architecture, recipe and settings;
         as metrics its validation accuracy, the seconds of the process that finished its training
         ("training_seconds") and the test accuracy (a fraction) given for it). Feature squeezing in front of the
-        standard model has no file of its own; the model trained on squeezed images is saved as the network behind
-        the squeezing, with its bit depth as metric "squeeze_bits". Returns name -> path."""
+        standard model has no file of its own; the model trained on squeezed images is saved behind its squeezer
+        (which load_checkpoint and `nemesis-fast certify` put back). Returns name -> path."""
         if not self.prepared:
             for name in self.needed():
                 self.cached(name)
@@ -259,8 +259,6 @@ class Models:
             model = self.loaded[name]
             meta = self.meta[name]
             metrics = {"val_accuracy": meta.get("val_accuracy"), "training_seconds": meta.get("seconds")}
-            if isinstance(model, FeatureSqueezing):
-                model, metrics["squeeze_bits"] = model.model, self.config.squeeze_bits
             if name in test_accuracy:
                 metrics["test_accuracy"] = test_accuracy[name]
             recipe = self.recipe(name)
