@@ -16,7 +16,7 @@ from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, e
 from nemesis_fast.evaluation.plots import plot_sweep
 from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
 from nemesis_fast.evaluation.runner import _either
-from nemesis_fast.evaluation.tables import authors_table, sweep_table
+from nemesis_fast.evaluation.tables import authors_table, blackbox_table, sections, sweep_table
 
 
 def _results(cells: list, blackbox_eps: list[float]) -> Results:
@@ -48,7 +48,8 @@ def test_gradient_masking_checks_flag_what_athalye_et_al_would():
     (check,) = gradient_masking_checks(_results(overshoot[:-2] + overshoot[-1:], [0.1, 0.9]))
     assert check.whitebox == "FAIL (white-box 25.0% > 9.0% at eps 0.9)"
     (check,) = gradient_masking_checks(_results(small, []))  # within sampling error; no large eps: not run
-    assert (check.iterative, check.whitebox, check.chance) == ("pass", "not run", "not run")
+    assert (check.iterative, check.whitebox) == ("pass", "not run")
+    assert check.chance == "not run (whitebox_eps has no eps >= 0.5)"
     assert check.own_gradient == "n/a"
     # Through its own gradient the defense looks robust where BPDA breaks it: flagged, though its BPDA rows pass.
     hiding = honest + [_c("fgsm", "whitebox-gradient-masking", 0.1, 75), _c("pgd", "whitebox-gradient-masking", 1.0, 0)]
@@ -196,3 +197,17 @@ def test_perturbation_quartiles_count_unfooled_images_as_infinitely_far():
     stats = perturbation_stats("standard", "deepfool", norm, fooled, clean, 0.0)
     assert (stats.samples, stats.values) == (5, [1.0, 2.0, 3.0]) and stats.success == pytest.approx(60.0)
     assert (stats.q25, stats.median, stats.q75) == (2.0, 3.0, math.inf)
+
+
+def test_columns_on_fewer_test_images_say_so():
+    """C&W and PGD on the first N test images sat beside FGSM on all of them, with nothing in the tables to say."""
+    fgsm_eps = load_config().attack.fgsm_eps
+    cells = [_c("fgsm", "blackbox", fgsm_eps, 90, samples=20), _c("cw", "blackbox", None, 40, samples=10)]
+    cells += [_c("pgd", "whitebox", 0.1, 30, samples=10), _c("fgsm", "whitebox", 0.1, 20, samples=20)]
+    results = _results(cells, [])
+    results.config["whitebox_attacks"], results.config["whitebox_eps"] = ["fgsm", "pgd"], [0.1]
+    header, _ = blackbox_table(results)
+    assert header[header.index("FGSM") + 1 :] == ["R+FGSM", "DeepFool", "JSMA", "C&W (first 10 images)"]
+    titles = [title for title, *_ in sections(results)]
+    assert "White-box PGD accuracy (%) against eps (first 10 images)" in titles
+    assert "White-box FGSM accuracy (%) against eps" in titles

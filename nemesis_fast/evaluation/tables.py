@@ -11,17 +11,20 @@ from .config import ATTACK_LABELS, DEFENSE_LABELS, MASKED, defense_label
 from .paper import AUTHORS_EPS, TOLERANCE, authors_curve, comparison, eps_meeting_paper, paper_value
 
 if TYPE_CHECKING:
-    from .report import Results
+    from .report import Cell, Results
 
 
 def blackbox_table(results: Results) -> tuple[list[str], list[list[str]]]:
-    """Rows: defenses; columns: clean accuracy and one per black-box attack (accuracy in percent). On MNIST each
-    cell also shows the paper's value and the difference, with "!" where it is more than 5 points."""
+    """Rows: defenses; columns: clean accuracy and one per black-box attack (accuracy in percent; the header says
+    where an attack ran on the first N test images only). On MNIST each cell also shows the paper's value and the
+    difference, with "!" where it is more than 5 points."""
     attacks = results.config["blackbox_attacks"]
-    header = ["defense", "clean", *(ATTACK_LABELS[a] for a in attacks)]
+    every = results.blackbox()
+    header = ["defense", "clean"]
+    header += [ATTACK_LABELS[a] + _fewer_images([c for c in every if c.attack == a], results) for a in attacks]
     rows = []
     for defense in results.config["defenses"]:
-        cells = {c.attack: c for c in results.blackbox() if c.defense == defense}
+        cells = {c.attack: c for c in every if c.defense == defense}
         row = [DEFENSE_LABELS[defense], _pct(results.clean_accuracy.get(defense))]
         for attack in attacks:
             text = _pct(cells[attack].accuracy) if attack in cells else ""
@@ -158,6 +161,16 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def _fewer_images(cells: list[Cell], results: Results) -> str:
+    """ " (first N images)" where `cells` were all computed on the first N test images, fewer than the run's others
+    (C&W and PGD may be limited so), else ""."""
+    counts = {c.samples for c in cells}
+    everything = max((c.samples for c in results.cells), default=0)
+    if len(counts) == 1 and 0 < min(counts) < everything:
+        return f" (first {min(counts):,} images)"
+    return ""
+
+
 def sections(results: Results) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table after the black-box one that has rows."""
     out = []
@@ -177,7 +190,8 @@ def sections(results: Results) -> list[tuple[str, list[str], list[list[str]]]]:
     for attack in results.config["whitebox_attacks"]:
         header, rows = whitebox_table(results, attack)
         if rows:
-            out.append((f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps", header, rows))
+            fewer = _fewer_images([c for c in results.cells if c.attack == attack and c.setting != "blackbox"], results)
+            out.append((f"White-box {ATTACK_LABELS[attack]} accuracy (%) against eps{fewer}", header, rows))
             add_authors("whitebox", attack)
     if results.perturbations:
         title = "White-box minimal perturbation (over correctly classified images; inf: not fooled)"
