@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._io import check_distinct_files, check_output_file, write_atomic, write_json_atomic
+from ._io import check_distinct_files, check_output_file, refuse_existing, write_atomic, write_json_atomic
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The images are certified in chunks, after each of which the certificates so far are kept in <out>.partial.json,
@@ -59,8 +59,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), help="mixed precision")
     p.add_argument("--out", default="certify.csv", help="the CSV to write (default certify.csv)")
     p.add_argument("--json", help="also write the summary to this JSON file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out and --json where they exist (default: refused)"
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, interrupted=_interrupted)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +86,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     check_int(args.batch_size, "--batch-size", low=1)
     check_int(args.seed, "--seed", low=0, high=2**64 - 1)  # the noise's 64-bit key
     for option, path in (("--out", args.out), ("--json", args.json)):
-        if path:
+        if path is not None:
             check_output_file(path, option)
     check_distinct_files(
         {
@@ -94,6 +97,8 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
             "the resume file of --out": _partial_path(args.out),
         }
     )
+    if not args.overwrite:
+        refuse_existing({"--out": args.out, "--json": args.json})
     return check_device(args.device, "--device")
 
 
@@ -106,6 +111,12 @@ def _test_files(args: argparse.Namespace) -> dict[str, Path]:
     option, root = ("--data-dir", args.data_dir) if args.data_dir else ("the MNIST sample", MNIST_SAMPLE_DIR)
     datasets = (args.dataset,) if args.dataset else ("mnist", "cifar10")
     return data_files(root, option, datasets, ("test",))
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted run kept, for the line Ctrl-C ends it with."""
+    partial = _partial_path(args.out)
+    return f"the same command resumes from {partial}" if partial.is_file() else "no chunk was finished"
 
 
 def _partial_path(out: str) -> Path:

@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         config = args.config or (preset_path(args.preset) if args.preset else None)
         progress = None if not args.no_progress else False
         evaluate(config, progress=progress, cached_only=args.cached_only, **overrides)
-    except ConfigError as error:
+    except (ConfigError, OSError) as error:  # OSError: a full disk, a folder that went away, ...
         raise SystemExit(f"nemesis-fast evaluate: {error}") from error
     return 0
 
@@ -100,4 +100,4 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "in <out>/partial/, with the models trained so far in <out>/partial/models/; for a look at a run still "
         "going on, beside it",
     )
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=_run, interrupted=lambda args: "the same command resumes from the units its cache holds")

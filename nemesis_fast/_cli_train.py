@@ -98,6 +98,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int_in(1), help="train on the first N training images only")
     p.add_argument("--out", help="save the trained model to this checkpoint")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out, --json and --out-dir's checkpoints where they exist (default: refused before training)",
+    )
+    p.add_argument(
         "--resume",
         metavar="FILE",
         help="keep the whole training state in FILE after every epoch (with --paper: a folder, one "
@@ -114,7 +119,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, help=THREADS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, interrupted=_interrupted)
 
 
 def _data_root(args: argparse.Namespace) -> str | Path | None:
@@ -225,6 +230,13 @@ def _paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted run kept, for the line Ctrl-C ends it with."""
+    if args.resume:
+        return f"the same command resumes from --resume {args.resume}, after the last epoch saved there"
+    return "nothing was kept (--resume FILE keeps the training state after every epoch)"
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -249,7 +261,7 @@ def _paper_files(out_dir: str | None) -> dict[str, Path]:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """The options that write files, checked before the training rather than after it."""
-    from ._io import check_distinct_files, check_output_file, check_output_folder
+    from ._io import check_distinct_files, check_output_file, check_output_folder, refuse_existing
 
     if args.paper and args.out:
         raise ValueError("--out saves one model; with --paper give --out-dir")
@@ -257,14 +269,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ValueError("--out-dir applies with --paper only; save one model with --out")
     resume_file = None if args.paper else args.resume
     for option, path in (("--out", args.out), ("--json", args.json), ("--resume", resume_file)):
-        if path:
+        if path is not None:
             check_output_file(path, option)
     for option, folder in (("--out-dir", args.out_dir), ("--resume", args.resume if args.paper else None)):
-        if folder:
+        if folder is not None:
             check_output_folder(folder, option)
     inputs = {**_data_files(args), "--source": args.source}
-    outputs = {"--out": args.out, "--json": args.json, "--resume": resume_file, **_paper_files(args.out_dir)}
-    check_distinct_files({**inputs, **outputs})
+    written = {"--out": args.out, "--json": args.json, **_paper_files(args.out_dir)}
+    check_distinct_files({**inputs, **written, "--resume": resume_file})
+    if not args.overwrite:
+        refuse_existing(written)
 
 
 def _input_shape(model_name: str) -> tuple[int, int | None]:

@@ -45,6 +45,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, f"{error.strerror} (writing {path})") from error  # a full disk names no file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,6 +58,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 def check_output_folder(path: str | os.PathLike, name: str) -> Path:
     """`path` as a folder to write into, checked before a long job rather than when it ends: a folder, or one that
     can be made (its nearest existing ancestor is a writable folder). Makes nothing. ValueError naming `name`."""
+    if not os.fspath(path):
+        raise ValueError(f"{name} is empty; give a folder")
     folder = Path(path).expanduser()
     chain = (folder, *folder.parents)
     existing = next((p for p in chain if p.exists()), Path("."))  # it, or its nearest ancestor
@@ -70,13 +77,26 @@ def check_output_folder(path: str | os.PathLike, name: str) -> Path:
 
 
 def check_output_file(path: str | os.PathLike, name: str) -> Path:
-    """`path` as a file to write at the end of a long job, checked now: not a folder, in a folder that exists and
-    is writable, or can be made. Makes nothing. ValueError naming `name` otherwise."""
+    """`path` as a file to write at the end of a long job, checked now: not empty, not a folder, not a
+    write-protected file, in a folder that exists and is writable, or can be made. Makes nothing. ValueError naming
+    `name` otherwise."""
+    if not os.fspath(path):
+        raise ValueError(f"{name} is empty; give the name of a file")
     file = Path(path).expanduser()
     if file.is_dir():
         raise ValueError(f"{name}: {str(file)!r} is a folder; give the name of a file")
+    if file.exists() and not os.access(file, os.W_OK):
+        raise ValueError(f"{name}: {str(file)!r} is write-protected; give another path, or make it writable")
     check_output_folder(file.parent, name)
     return file
+
+
+def refuse_existing(paths: Mapping[str, str | os.PathLike | None], flag: str = "--overwrite") -> None:
+    """ValueError naming the option where a file of `paths` (option -> path; None or "": not given) exists: a
+    command replaces a user's file only when told to by `flag`."""
+    for name, path in paths.items():
+        if path and Path(path).expanduser().exists():
+            raise ValueError(f"{name}: {str(path)!r} exists; pass {flag} to replace it, or give another path")
 
 
 def _same_file(a: Path, b: Path) -> bool:

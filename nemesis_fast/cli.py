@@ -37,14 +37,16 @@ def _run_suite(run: Callable[..., Report], name: str, device: torch.device, size
 def _bench(args: argparse.Namespace) -> int:
     from . import backend_info
     from ._checks import check_device
-    from ._io import check_output_file
+    from ._io import check_output_file, refuse_existing
     from .bench import SUITES, suite
     from .bench.harness import saving_reports, write_reports
 
     try:
         device = check_device(args.device, "--device")
-        if args.json:
+        if args.json is not None:
             check_output_file(args.json, "--json")
+            if not args.overwrite:
+                refuse_existing({"--json": args.json})
     except ValueError as error:
         raise SystemExit(f"nemesis-fast bench: {error}") from error
     names = args.ops or list(SUITES)
@@ -76,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_in(1, MAX_BENCH_SIZE),
         help=f"problem size: elements for elementwise ops, images for the others (1..{MAX_BENCH_SIZE})",
     )
-    bench.add_argument("--json", help="also write the reports to this JSON file")
-    bench.set_defaults(handler=_bench)
+    bench.add_argument(
+        "--json", help="also write the reports to this JSON file (rewritten after every row, marked complete or not)"
+    )
+    bench.add_argument("--overwrite", action="store_true", help="replace --json where it exists (default: refused)")
+    bench.set_defaults(
+        handler=_bench, interrupted=lambda args: f"the rows measured are in {args.json}" if args.json else ""
+    )
     add_train_parser(commands)
     add_evaluate_parser(commands)
     add_certify_parser(commands)
@@ -86,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying what was kept, not a traceback
+        kept = args.interrupted(args)
+        print(f"nemesis-fast {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ class FileCheckpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises pickle's, zipfile's and its own errors for a file it cannot read
             raise ValueError(
-                f"{self.name}: {str(self.path)!r} is not a training checkpoint ({type(error).__name__}); remove it or "
-                "pass another path"
+                f"{self.name}: {str(self.path)!r} is not a training checkpoint ({type(error).__name__}); pass another "
+                "path (this file is left as it is)"
             ) from error
         if not isinstance(state, dict) or "epoch" not in state:
             raise ValueError(f"{self.name}: {str(self.path)!r} is not a training checkpoint of nemesis_fast.train")

@@ -238,22 +238,23 @@ def train(
     split = 0.0 if held_fraction else val_fraction
     (images, labels), val = split_off_validation(images, labels, val_data, split, seed, device)
     check_compiled_batches(compile, batch_size, _rows_per_epoch(recipe, len(labels), held_fraction))
-    given_val = val if val_data is not None else None
-    source = source_model if recipe.needs_source else None
-    inputs = {} if checkpoint is None else inputs_signature(images, labels, given_val, source)
     trains_source = recipe.needs_source and source_model is None
-    if trains_source and checkpoint is not None:
-        inputs["source_model"] = "trained first"  # and kept in the checkpoint, so that a resumed run reuses it
-        source_model = _trained_source(checkpoint, model)
+    budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
+    budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
+    given_val = val if val_data is not None else None
+    run = _resumable(
+        checkpoint, recipe, model, (images, labels), given_val, source_model, budget, held_fraction and val_rows
+    )
+    resumed = run.load()  # another run's state refused now, before any work
+    if trains_source and resumed is not None and "trained_source" in resumed:
+        source_model = copy.deepcopy(model)  # the source that run trained, not another
+        source_model.load_state_dict(resumed["trained_source"])
     torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
         if given is not None:
             recipe.check_classes(check_classes(model, given, name, device))
     started = time.perf_counter()
-
-    budget = dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, amp=amp)
-    budget.update(compile=compile, max_steps=max_steps, progress=progress, log=say, device=device)
     images, labels, rows, val, source_model = _training_rows(
         recipe, model, source_model, images, labels, val, held_fraction, budget
     )
@@ -261,21 +262,10 @@ def train(
         model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
-    signature = {"lr": lr, "seed": seed, "patience": patience, "samples": len(labels), "max_steps": max_steps}
-    signature |= inputs
-    if held_fraction:  # (the signatures of checkpoints written before val_rows existed stay valid)
-        signature["val_rows"] = val_rows
-    signature |= model_signature(model, amp, compile)
-    run = Resumable(
-        checkpoint,
-        {"recipe": recipe.name, "settings": recipe.settings_dict(), "epochs": epochs, "batch_size": batch_size},
-        signature,
-    )
-    if trains_source:
+    if trains_source:  # kept with every state, so that a resumed run makes its examples with the same source
         run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
-    _run_epochs(
-        run, epochs, epoch_runner, model, optimizer, loader, recipe, result, EarlyStopping(patience), device, say
-    )
+    stopping = EarlyStopping(patience)
+    _run_epochs(run, resumed, epochs, epoch_runner, model, optimizer, loader, recipe, result, stopping, device, say)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
@@ -335,19 +325,37 @@ def _training_rows(
     return images, labels, rows, val, source_model
 
 
-def _trained_source(checkpoint: EpochCheckpoint, model: nn.Module) -> nn.Module | None:
-    """The source model an offline run that trained its own kept in `checkpoint` (a copy of `model` with its
-    weights), or None where the checkpoint holds no state, or one written before sources were kept."""
-    state = checkpoint.load()
-    if state is None or "trained_source" not in state:
-        return None
-    source = copy.deepcopy(model)
-    source.load_state_dict(state["trained_source"])
-    return source
+def _resumable(
+    checkpoint: EpochCheckpoint | None,
+    recipe: Recipe,
+    model: nn.Module,
+    data: Data,
+    val: Data | None,
+    source_model: nn.Module | None,
+    budget: dict[str, Any],
+    val_rows: str | None,
+) -> Resumable:
+    """`checkpoint` with the signature of the run :func:`train` is about to make (its arguments of the same names;
+    `data`: the training pairs, `val`: the validation pairs given as val_data, `val_rows`: where not "images" and
+    holding rows out), made before any work so that another run's state is refused at once."""
+    images, labels = data
+    samples = len(labels) * (2 if recipe.needs_source else 1)  # the images, then an offline recipe's examples
+    keys = ("lr", "seed", "patience")
+    signature = {**{k: budget[k] for k in keys}, "samples": samples, "max_steps": budget["max_steps"]}
+    if checkpoint is not None:
+        signature |= inputs_signature(images, labels, val, source_model if recipe.needs_source else None)
+        if recipe.needs_source and source_model is None:
+            signature["source_model"] = "trained first"
+    if val_rows:  # (the signatures of checkpoints written before val_rows existed stay valid)
+        signature["val_rows"] = val_rows
+    signature |= model_signature(model, budget["amp"], budget["compile"])
+    run = {"recipe": recipe.name, "settings": recipe.settings_dict()}
+    return Resumable(checkpoint, {**run, "epochs": budget["epochs"], "batch_size": budget["batch_size"]}, signature)
 
 
 def _run_epochs(
     run: Resumable,
+    resumed: dict[str, Any] | None,
     epochs: int,
     epoch_runner: Epochs,
     model: nn.Module,
@@ -359,11 +367,10 @@ def _run_epochs(
     device: torch.device,
     say: Log,
 ) -> None:
-    """The epochs after those `run`'s checkpoint holds (its training state restored first), up to `epochs`, each
-    followed by a checkpoint, until the budget is spent or early stopping; the model ends with the weights of its
-    best validated epoch."""
+    """The epochs after those of `resumed` (the state `run`'s checkpoint held, restored first; None: none), up to
+    `epochs`, each followed by a checkpoint, until the budget is spent or early stopping; the model ends with the
+    weights of its best validated epoch."""
     last_epoch = 0
-    resumed = run.load()
     scaler = epoch_runner.scaler
     if resumed is not None:
         stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(

@@ -27,7 +27,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     assert only["device"] and only["rows"]
 
 
-def test_bench_json_keeps_the_rows_of_a_suite_stopped_part_way(tmp_path, monkeypatch):
+def test_bench_json_keeps_the_rows_of_a_suite_stopped_part_way(tmp_path, monkeypatch, capsys):
     # On a lent GPU each suite runs under a time limit: the rows measured before the stop must stay in the file.
     from nemesis_fast import bench
     from nemesis_fast.bench.harness import Case, Report
@@ -39,12 +39,15 @@ def test_bench_json_keeps_the_rows_of_a_suite_stopped_part_way(tmp_path, monkeyp
 
     monkeypatch.setattr(bench, "suite", lambda name: stopped_suite)
     report = tmp_path / "bench.json"
-    with pytest.raises(KeyboardInterrupt):
-        main(["bench", "bounded_relu", "--device", "cpu", "--json", str(report)])
+    assert main(["bench", "bounded_relu", "--device", "cpu", "--json", str(report)]) == 130  # Ctrl-C: no traceback
+    assert capsys.readouterr().err == f"nemesis-fast bench: interrupted; the rows measured are in {report}\n"
     written = json.loads(report.read_text())
     assert written["complete"] is False
     (only,) = written["reports"]
     assert only["title"] == "stopped" and [row["case"] for row in only["rows"]] == ["first"]
+    with pytest.raises(SystemExit, match=f"nemesis-fast bench: --json: '{report}' exists; pass --overwrite"):
+        main(["bench", "bounded_relu", "--device", "cpu", "--json", str(report)])
+    assert main(["bench", "bounded_relu", "--device", "cpu", "--json", str(report), "--overwrite"]) == 130
 
 
 def test_bench_bad_arguments_end_in_one_line():
@@ -240,3 +243,53 @@ def test_train_resume_continues_an_interrupted_run_to_the_weights_of_an_uninterr
     with pytest.raises(SystemExit, match="nemesis-fast train: --resume: .*notes.txt' is not a training checkpoint"):
         main([*argv, "--resume", str(tmp_path / "notes.txt")])
     assert (tmp_path / "notes.txt").read_text() == "a user's notes"
+
+
+def test_empty_outputs_are_refused_before_any_work(tmp_path, monkeypatch):
+    """--out "$OUT" with OUT unset: certify failed after all its work, train saved nothing, evaluate wrote into ."""
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained before checking"))
+    for argv, message in (
+        ([*TRAIN, "--out", ""], "nemesis-fast train: --out is empty"),
+        ([*TRAIN, "--resume", ""], "nemesis-fast train: --resume is empty"),
+        ([*TRAIN, "--paper", "--out-dir", ""], "nemesis-fast train: --out-dir is empty"),
+        (["certify", "--checkpoint", str(tmp_path / "m.pt"), "--out", ""], "nemesis-fast certify: --out is empty"),
+        (["bench", "bounded_relu", "--json", ""], "nemesis-fast bench: --json is empty"),
+        (["evaluate", "--out", ""], "nemesis-fast evaluate: out_dir is empty"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            main(argv)
+
+
+def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nemesis_fast.training.train", interrupted)
+    assert main(TRAIN) == 130
+    assert capsys.readouterr().err == (
+        "nemesis-fast train: interrupted; nothing was kept (--resume FILE keeps the training state after every epoch)\n"
+    )
+    assert main([*TRAIN, "--resume", str(tmp_path / "s.pt")]) == 130
+    assert f"resumes from --resume {tmp_path / 's.pt'}, after the last epoch" in capsys.readouterr().err
+    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", interrupted)
+    assert main(["evaluate", "--out", str(tmp_path / "e")]) == 130
+    assert (
+        capsys.readouterr().err
+        == "nemesis-fast evaluate: interrupted; the same command resumes from the units its cache holds\n"
+    )
+
+
+def test_evaluate_refuses_an_out_folder_of_the_same_settings_on_other_data(tmp_path):
+    """--data-dir is no setting: the same config on other data replaced the earlier run's results and models."""
+    from nemesis_fast.evaluation import ConfigError, load_config
+    from nemesis_fast.evaluation.folders import check_same_data
+
+    config = load_config(write_config(tmp_path), {"out_dir": str(tmp_path / "out")})
+    (tmp_path / "out").mkdir()
+    results = tmp_path / "out" / "results.json"
+    results.write_text(json.dumps({"config": config.to_dict(), "data": {"train": "a", "test": "b"}}))
+    check_same_data(config, {"train": "a", "test": "b"})  # the same data: a repeated or resumed run
+    with pytest.raises(ConfigError, match=r"out_dir: .*results.json holds the results of a run on other data \(its te"):
+        check_same_data(config, {"train": "a", "test": "c"})
+    results.write_text(json.dumps({"config": config.to_dict()}))  # written before the data were recorded
+    check_same_data(config, {"train": "a", "test": "c"})

@@ -83,7 +83,9 @@ def test_certify_writes_the_csv_and_summary_at_the_checkpoints_sigma(tmp_path, c
         and data["n"] == 40
         and set(data["certified_accuracy"]) == {"0", "0.25", "0.5", "0.75", "1"}
     )
-    assert main([*args, "--sigma", "0.25", "--out", str(out), "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match=f"nemesis-fast certify: --out: '{out}' exists; pass --overwrite"):
+        main([*args, "--sigma", "0.25", "--out", str(out), "--no-progress"])
+    assert main([*args, "--sigma", "0.25", "--out", str(out), "--no-progress", "--overwrite"]) == 0
     assert "at sigma 0.25 (given; the checkpoint was trained at sigma 0.4)" in capsys.readouterr().out
 
 

@@ -400,6 +400,7 @@ def test_cifar10_files_end_to_end(tmp_path):
         config, dataset="cifar10", data_dir=str(tmp_path / "cifar"), out_dir=str(tmp_path / "out"), log=False
     )
     assert results.config["dataset"] == "cifar10" and results.config["attack"]["fgsm_eps"] == pytest.approx(8 / 255)
+    assert set(results.data) == {"train", "test"} and results.data["test"].startswith("sha256:")
     assert {c.defense for c in results.cells} == {"standard", "feature_squeezing", "gda_brelu"}
     assert all(c.samples == 24 for c in results.cells)
     assert (tmp_path / "out" / "examples.png").stat().st_size > 0

@@ -15,6 +15,7 @@ from nemesis_fast._io import (
     check_distinct_files,
     check_output_file,
     check_output_folder,
+    refuse_existing,
     temp_cached,
     write_atomic,
 )
@@ -113,3 +114,40 @@ def test_paths_that_name_one_file_are_refused_naming_both_options(tmp_path, monk
     with pytest.raises(ValueError, match="--out and --json name the same file 'new.csv'"):
         check_distinct_files({"--in": "model.pt", "--out": "new.csv", "--json": "./new.csv"})  # not there yet
     assert (tmp_path / "model.pt").read_bytes() == b"weights" and not (tmp_path / "new.csv").exists()
+
+
+def test_empty_outputs_are_refused_and_existing_files_replaced_only_on_request(tmp_path):
+    """--out "" (an unset shell variable) passed every check and failed at the end, or saved nothing silently."""
+    for check in (check_output_file, check_output_folder):
+        with pytest.raises(ValueError, match="--x is empty; give"):
+            check("", "--x")
+    kept = tmp_path / "kept.csv"
+    kept.write_text("a user's results")
+    refuse_existing({"--json": None, "--y": tmp_path / "new.csv"})
+    with pytest.raises(ValueError, match=f"--x: '{kept}' exists; pass --overwrite to replace it, or give another"):
+        refuse_existing({"--x": str(kept)})
+
+
+def test_a_write_protected_output_is_refused(tmp_path):
+    """The rename that replaces a file needs only the folder's permission: a chmod 444 file was replaced."""
+    kept = tmp_path / "kept.csv"
+    kept.write_text("a user's results")
+    kept.chmod(0o444)
+    if os.access(kept, os.W_OK):  # as root, who may write it anyway
+        pytest.skip("this user may write a write-protected file")
+    with pytest.raises(ValueError, match=f"--x: '{kept}' is write-protected"):
+        check_output_file(kept, "--x")
+
+
+def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    """A full disk said only "[Errno 28] No space left on device"."""
+    path = tmp_path / "results.json"
+    path.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=f"No space left on device \\(writing {path}\\)"):
+        write_atomic(path, b"new")
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

@@ -359,7 +359,10 @@ def test_cli_train_and_checkpoint(tmp_path, capsys):
     assert info["architecture"]["kwargs"]["activation"] == "brelu" and 0 <= info["metrics"]["test_accuracy"] <= 1
     assert json.loads(report.read_text())["settings"] == {"eps": 0.2, "mode": "online", "weight": 0.5}
     gda = ["--recipe", "gda", "--set", "copies=2", "--val-rows", "last"]
-    assert main([*args, *gda, "--set", "fixed_set=true", "--set", "clip=none", "--out", str(out)]) == 0
+    fixed = [*args, *gda, "--set", "fixed_set=true", "--set", "clip=none", "--out", str(out)]
+    with pytest.raises(SystemExit, match=f"nemesis-fast train: --out: '{out}' exists; pass --overwrite to replace"):
+        main(fixed)  # before any training
+    assert main([*fixed, "--overwrite"]) == 0
     assert load_checkpoint(out, recipe="gda")[1]["settings"]["fixed_set"] is True
     with pytest.raises(SystemExit, match="nemesis-fast train: val_rows='last' needs a fixed training set"):
         main([*args, *gda])
@@ -784,6 +787,28 @@ def test_an_offline_run_that_trained_its_source_resumes_with_that_source():
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(ValueError, match=r"another training run \(source_model 'trained first' there, '[0-9a-f]+"):
         train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, source_model=whole, **offline)
+
+
+def test_another_runs_state_is_refused_before_an_offline_run_trains_its_source():
+    """An offline run given a standard run's state trained its whole source first, and only then refused it; given
+    an offline state of another network, it failed in load_state_dict with a traceback."""
+    kwargs = quiet(epochs=2, batch_size=8, patience=None, val_fraction=0.0)
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), _tiny_set(), checkpoint=checkpoint, **kwargs)
+    checkpoint.after, lines = None, []
+    offline = {**kwargs, "settings": {"mode": "offline"}, "log": lines.append}
+    with pytest.raises(ValueError, match=r"checkpoint: its state belongs to another training run \(.*recipe"):
+        train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    assert lines == []  # refused before any work
+    checkpoint = _CrashingCheckpoint(after=1)
+    with pytest.raises(_Crash):
+        train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **{**offline, "log": False})
+    checkpoint.after = None
+    wider = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 10))
+    with pytest.raises(ValueError, match=r"another training run \(architecture.shapes"):
+        train(wider, _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    assert lines == []
 
 
 def test_a_state_written_on_another_kind_of_device_is_refused(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 from .._checks import check_bool
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
-from .folders import check_folders, check_out_dir
+from .folders import check_folders, check_out_dir, check_same_data
 from .load import load_config, validate
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
@@ -97,11 +97,10 @@ def evaluate(
     if progress is not None:
         check_bool(progress, "progress")
     # A look at the cache (cached_only) writes its report under <out>/partial, guarded as out_dir is.
-    if cached_only:
-        check_out_dir(dataclasses.replace(config, out_dir=str(Path(config.out_dir).expanduser() / "partial")))
-    else:
-        check_out_dir(config)
+    writes = dataclasses.replace(config, out_dir=str(Path(config.out_dir).expanduser() / "partial"))
+    writes = writes if cached_only else config
     check_folders(config)
+    check_out_dir(writes)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
     try:
@@ -110,6 +109,7 @@ def evaluate(
         raise ConfigError(str(error)) from error
     try:
         evaluation = Evaluation(config, workers, log=say, progress=progress)
+        check_same_data(writes, evaluation.data.fingerprint())
         if workers.is_main:
             say(f"nemesis_fast evaluate: {evaluation.data.description}")
             say(f"{workers.world_size} process(es), {workers.threads} thread(s) each, device {workers.device}")

@@ -28,6 +28,10 @@ class Dataset:
     legacy_identity: dict[str, Any] = field(default_factory=dict)
     _test_digests: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
 
+    def fingerprint(self) -> dict[str, str]:
+        """Digests of the training set and of the test images attacked, with their labels (results.json's "data")."""
+        return {"train": self.identity["train_images"], "test": self.test_digest(0, len(self.test_labels))}
+
     def test_digest(self, start: int, stop: int) -> str:
         """What determines the test images `start:stop` and their labels, for the cache keys of the units that
         attack them: a hash of their content, so that a unit's key does not depend on how many test images the

@@ -89,9 +89,28 @@ def _check_models_folder(config: EvalConfig, out: Path, earlier: dict[str, Any])
         )
 
 
+def check_same_data(config: EvalConfig, fingerprint: dict[str, str]) -> None:
+    """Refuses, once the data are loaded and before any work, a run whose out_dir holds the results of a run with
+    the same settings on other data (data_dir and the files in it are no settings): its outputs would replace those
+    results. Results written before they recorded their data are not refused."""
+    path = Path(config.out_dir).expanduser() / "results.json"
+    try:
+        earlier = json.loads(path.read_text()).get("data") or {}
+    except (OSError, ValueError, AttributeError):  # none, or not an evaluation's: check_out_dir has judged it
+        return
+    differ = [f"{key} images" for key, digest in fingerprint.items() if earlier.get(key, digest) != digest]
+    if differ:
+        raise ConfigError(
+            f"out_dir: {path} holds the results of a run on other data (its {' and '.join(differ)} differ); choose "
+            "another out_dir or move it away (--cache-dir can still share that run's cache)"
+        )
+
+
 def check_folders(config: EvalConfig) -> None:
     """Raises ConfigError, before any work, naming out_dir or cache_dir (where set) when it cannot be made or
-    written (a file of that name or above it, no permission); makes nothing."""
+    written (a file of that name or above it, no permission), or out_dir when it is empty; makes nothing."""
+    if not config.out_dir:  # (an empty cache_dir is <out_dir>/cache)
+        raise ConfigError("out_dir is empty; give a folder (--out; default nemesis-results)")
     for key in ("out_dir", "cache_dir"):
         if getattr(config, key):
             try:

@@ -105,6 +105,8 @@ class Results:
     # Units of work not computed yet: > 0 only in a report of an unfinished run (evaluate(cached_only=True)),
     # which leaves out every cell, row and model that is not complete.
     pending: int = 0
+    # Digests of the training and test sets (Dataset.fingerprint): an out_dir holding results of other data is refused.
+    data: dict[str, str] = field(default_factory=dict)
 
     def blackbox(self) -> list[Cell]:
         """The cells of the black-box table: each attack at its configured budget."""

@@ -307,6 +307,7 @@ class Evaluation:
             certified=certified,
             **masking,
             seconds={**self.seconds, "total": time.perf_counter() - started},
+            data=self.data.fingerprint(),
         )
 
     def _cells(
