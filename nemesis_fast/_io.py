@@ -3,11 +3,13 @@ value computed once and kept under the temp folder."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,15 +25,30 @@ def _process_umask() -> int:
 
 
 _UMASK = _process_umask()  # read once, at import: os.umask can only be read by setting it
+STALE_SECONDS = 600  # a temporary file unchanged this long belongs to a writer that died (SIGKILL, power loss)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Removes the temporary files of earlier writes of `path` that their writer left when it was killed (the
+    files of a live writer change as it writes: they are younger)."""
+    now = time.time()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - stale.stat().st_mtime > STALE_SECONDS:
+                stale.unlink()
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` through a temporary file in the same folder, flushed to disk, then renamed onto `path`.
 
     The file gets the permissions of the file it replaces, or else those a plain open() would give it (0o666 less
-    the process's umask), not the owner-only ones of the temporary file."""
+    the process's umask), not the owner-only ones of the temporary file. Temporary files of `path` that a killed
+    writer left (unchanged for STALE_SECONDS) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     try:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:

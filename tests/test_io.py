@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -151,3 +152,16 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path, monkeypa
     with pytest.raises(OSError, match=f"No space left on device \\(writing {path}\\)"):
         write_atomic(path, b"new")
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL during a write left a hidden temporary file as large as the checkpoint, never removed."""
+    path = tmp_path / "model.pt"
+    dead, live, other = (tmp_path / name for name in (".model.pt.a1.tmp", ".model.pt.b2.tmp", ".other.pt.c3.tmp"))
+    for left in (dead, live, other):
+        left.write_bytes(b"half a checkpoint")
+    old = time.time() - 3600
+    for left in (dead, other):
+        os.utime(left, (old, old))
+    write_atomic(path, b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.pt.b2.tmp", ".other.pt.c3.tmp", "model.pt"]
