@@ -232,9 +232,12 @@ def _paper(args: argparse.Namespace) -> int:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted run kept, for the line Ctrl-C ends it with."""
-    if args.resume:
+    if not args.resume:
+        return "nothing was kept (--resume FILE keeps the training state after every epoch)"
+    saved = Path(args.resume)
+    if (saved.is_dir() and any(saved.glob("*.state.pt"))) or saved.is_file():
         return f"the same command resumes from --resume {args.resume}, after the last epoch saved there"
-    return "nothing was kept (--resume FILE keeps the training state after every epoch)"
+    return f"no epoch had ended, so --resume {args.resume} holds nothing yet: the same command starts again"
 
 
 def run(args: argparse.Namespace) -> int:

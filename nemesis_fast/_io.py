@@ -3,13 +3,12 @@ value computed once and kept under the temp folder."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,36 +24,41 @@ def _process_umask() -> int:
 
 
 _UMASK = _process_umask()  # read once, at import: os.umask can only be read by setting it
-STALE_SECONDS = 600  # a temporary file unchanged this long belongs to a writer that died (SIGKILL, power loss)
+STALE_SECONDS = 86_400  # a temporary file unchanged for a day belongs to a writer that died (SIGKILL, power loss)
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # write_atomic's: .<name>.<mkstemp's 8 characters>.tmp
+_swept: set[Path] = set()  # the folders this process has swept
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Removes the temporary files of earlier writes of `path` that their writer left when it was killed (the
-    files of a live writer change as it writes: they are younger)."""
-    now = time.time()
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        try:
-            if now - stale.stat().st_mtime > STALE_SECONDS:
-                stale.unlink()
-        except OSError:  # removed meanwhile, or not ours to remove
-            pass
+def _remove_stale_temporaries(folder: Path, now: float) -> None:
+    """Removes, once per process and folder, the temporary files of write_atomic that a killed writer left there:
+    unchanged for STALE_SECONDS, by the folder's own clock `now` (a file system's, which may be another machine's)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if _TEMPORARY.fullmatch(entry.name) and now - entry.stat().st_mtime > STALE_SECONDS:
+                    Path(entry.path).unlink(missing_ok=True)
+    except OSError:  # not ours to remove, or a folder that cannot be listed: the write goes on
+        pass
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` through a temporary file in the same folder, flushed to disk, then renamed onto `path`.
 
     The file gets the permissions of the file it replaces, or else those a plain open() would give it (0o666 less
-    the process's umask), not the owner-only ones of the temporary file. Temporary files of `path` that a killed
-    writer left (unchanged for STALE_SECONDS) are removed first."""
+    the process's umask), not the owner-only ones of the temporary file. The first write of a process into a folder
+    removes the temporary files there that a killed writer left (unchanged for STALE_SECONDS)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
     try:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o666 & ~_UMASK
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _remove_stale_temporaries(path.parent, os.fstat(fd).st_mtime)
         if hasattr(os, "fchmod"):
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:

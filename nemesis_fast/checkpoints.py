@@ -32,8 +32,8 @@ def save_checkpoint(
     """Writes {"state_dict", "recipe", "settings", "architecture": {"name", "kwargs"}, "metrics", "noise_sigma",
     "squeezer", "nemesis_fast_version"} to `path` (a file, not a folder; atomically; tensors moved to the CPU). A
     model behind feature squeezing (:class:`~nemesis_fast.defenses.FeatureSqueezing`) is saved as its network, with
-    the squeezer's bit_depth and median_size as "squeezer" (None for other models), and loads back behind the same
-    squeezer. `architecture`
+    the squeezer's bit_depth, median_size and bpda as "squeezer" (None for other models), and loads back behind the
+    same squeezer. `architecture`
     defaults to the one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models), with
     the activation and threshold t the model has now (a builder's ReLU model made a BReLU one by
     :func:`nemesis_fast.nn.replace_relu` is saved as the builder's BReLU model). ValueError where the activation
@@ -45,7 +45,7 @@ def save_checkpoint(
 
     squeezer = None
     if isinstance(model, FeatureSqueezing):
-        squeezer = {"bit_depth": model.bit_depth, "median_size": model.median_size}
+        squeezer = _squeezer_of(model)
         model = model.model
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -190,10 +190,13 @@ def load_checkpoint(
         if differ:
             raise ValueError(f"{path}: architecture differs from the one asked: {'; '.join(differ)}")
     squeezer = _squeezer(payload, path)
-    if isinstance(model, FeatureSqueezing):
-        given = {"bit_depth": model.bit_depth, "median_size": model.median_size}
-        if squeezer != given:
-            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({given})")
+    wrapper = model if isinstance(model, FeatureSqueezing) else None  # given: returned, its network loaded
+    if wrapper is not None:
+        if squeezer is None and all(key.startswith("model.") for key in payload["state_dict"]):
+            squeezer = _squeezer_of(model)  # the wrapper saved whole, before squeezers were recorded: its own
+            payload["state_dict"] = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
+        if squeezer != _squeezer_of(model):
+            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({_squeezer_of(model)})")
         model = model.model
     if model is None:
         if arch is None:
@@ -213,25 +216,34 @@ def load_checkpoint(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
-    if squeezer is not None:
-        model = FeatureSqueezing(model, squeezer["bit_depth"], median_size=squeezer["median_size"])
+    if wrapper is not None:
+        model = wrapper
+    elif squeezer is not None:
+        model = FeatureSqueezing(
+            model, squeezer["bit_depth"], median_size=squeezer["median_size"], bpda=squeezer["bpda"]
+        )
     return model, {k: v for k, v in payload.items() if k != "state_dict"}
 
 
+def _squeezer_of(model: FeatureSqueezing) -> dict[str, Any]:
+    return {"bit_depth": model.bit_depth, "median_size": model.median_size, "bpda": model.bpda}
+
+
 def _squeezer(payload: dict[str, Any], path: Path) -> dict[str, Any] | None:
-    """A checkpoint's squeezer settings {"bit_depth", "median_size"}, or None; ValueError naming `path` for
-    malformed ones."""
+    """A checkpoint's squeezer settings {"bit_depth", "median_size", "bpda"} (bpda True where not recorded), or
+    None; ValueError naming `path` for malformed ones."""
     squeezer = payload.get("squeezer")
     metrics = payload.get("metrics")
     if squeezer is None and isinstance(metrics, dict) and metrics.get("squeeze_bits") is not None:
         squeezer = {"bit_depth": metrics["squeeze_bits"], "median_size": None}  # the evaluation's, before
     if squeezer is None:
         return None
-    fields = ("bit_depth", "median_size")
+    sizes = ("bit_depth", "median_size")
     if not (
         isinstance(squeezer, dict)
-        and set(squeezer) == set(fields)
-        and all(squeezer[k] is None or type(squeezer[k]) is int for k in fields)
+        and set(squeezer) - {"bpda"} == set(sizes)
+        and all(squeezer[k] is None or type(squeezer[k]) is int for k in sizes)
+        and type(squeezer.get("bpda", True)) is bool
     ):
         raise ValueError(f"{path}: not a nemesis_fast checkpoint (its squeezer is {squeezer!r})")
-    return squeezer
+    return {**squeezer, "bpda": squeezer.get("bpda", True)}

@@ -210,7 +210,7 @@ def restore_state(
     """Puts a saved state back (the gradient scale into `scaler` where both have one: a state written before it was
     saved leaves `scaler` as made); returns (best_accuracy, best_state, waited). ValueError, naming the checkpoint
     `name`, for a state written on another kind of device, whose random streams this one cannot continue."""
-    _check_device_kind(state, device, name)
+    check_device_kind(state, device, name)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -231,7 +231,7 @@ def restore_state(
     return state["best_accuracy"], best_state, state["waited"]
 
 
-def _check_device_kind(state: dict[str, Any], device: torch.device, name: str) -> None:
+def check_device_kind(state: dict[str, Any], device: torch.device, name: str) -> None:
     """ValueError where `state` was written on a CUDA device and `device` is not one, or the reverse (told apart by
     its CUDA generator state, which training_state saves on CUDA only): the shuffling generator lives on the
     device, and a CPU generator's state does not fit a CUDA one's (nor would the run go on as it would have)."""

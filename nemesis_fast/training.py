@@ -43,6 +43,7 @@ from .resume import (
     EpochCheckpoint,
     Resumable,
     as_checkpoint,
+    check_device_kind,
     inputs_signature,
     model_signature,
     restore_state,
@@ -246,6 +247,8 @@ def train(
         checkpoint, recipe, model, (images, labels), given_val, source_model, budget, held_fraction and val_rows
     )
     resumed = run.load()  # another run's state refused now, before any work
+    if resumed is not None:
+        check_device_kind(resumed, device, run.name)
     if trains_source and resumed is not None and "trained_source" in resumed:
         source_model = copy.deepcopy(model)  # the source that run trained, not another
         source_model.load_state_dict(resumed["trained_source"])

@@ -270,6 +270,9 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, cap
         "nemesis-fast train: interrupted; nothing was kept (--resume FILE keeps the training state after every epoch)\n"
     )
     assert main([*TRAIN, "--resume", str(tmp_path / "s.pt")]) == 130
+    assert f"no epoch had ended, so --resume {tmp_path / 's.pt'} holds nothing yet" in capsys.readouterr().err
+    (tmp_path / "s.pt").write_bytes(b"a state")
+    assert main([*TRAIN, "--resume", str(tmp_path / "s.pt")]) == 130
     assert f"resumes from --resume {tmp_path / 's.pt'}, after the last epoch" in capsys.readouterr().err
     monkeypatch.setattr("nemesis_fast.evaluation.evaluate", interrupted)
     assert main(["evaluate", "--out", str(tmp_path / "e")]) == 130

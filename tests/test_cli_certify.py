@@ -37,16 +37,26 @@ def test_a_model_behind_feature_squeezing_is_certified_behind_it(tmp_path, capsy
     path = save_checkpoint(tmp_path / "fs.pt", squeezed, recipe="standard")
     model, meta = load_checkpoint(path)
     assert isinstance(model, FeatureSqueezing) and (model.bit_depth, model.median_size) == (1, None)
-    assert meta["squeezer"] == {"bit_depth": 1, "median_size": None}
+    assert meta["squeezer"] == {"bit_depth": 1, "median_size": None, "bpda": True}
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(model(x), squeezed(x)) and not torch.equal(model(x), squeezed.model(x))
     payload = torch.load(path, weights_only=True)  # as the evaluation wrote it before: bits among the metrics
     payload["squeezer"], payload["metrics"] = None, {"squeeze_bits": 1}
     torch.save(payload, tmp_path / "older.pt")
     assert load_checkpoint(tmp_path / "older.pt")[0].bit_depth == 1
-    with pytest.raises(ValueError, match=r"its squeezer \{'bit_depth': 1, 'median_size': None\} differs from the"):
+    with pytest.raises(ValueError, match=r"its squeezer \{'bit_depth': 1, 'median_size': None, 'bpda': True\} differs"):
         load_checkpoint(path, model=FeatureSqueezing(mnist_cnn(), 3))
     assert isinstance(load_checkpoint(path, model=mnist_cnn())[0], FeatureSqueezing)
+    masked = save_checkpoint(tmp_path / "masked.pt", FeatureSqueezing(mnist_cnn(), 1, bpda=False), recipe="standard")
+    assert load_checkpoint(masked)[0].bpda is False  # the true gradient, as saved, not BPDA's
+    given = FeatureSqueezing(mnist_cnn(), 1, bpda=False)
+    assert load_checkpoint(masked, model=given)[0] is given
+    whole = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "squeezer"}
+    whole["state_dict"] = {f"model.{k}": v for k, v in whole["state_dict"].items()}
+    whole["architecture"] = None  # as save_checkpoint wrote a FeatureSqueezing before squeezers were recorded
+    torch.save(whole, tmp_path / "whole.pt")
+    given = FeatureSqueezing(mnist_cnn(), 1)
+    assert load_checkpoint(tmp_path / "whole.pt", model=given)[0] is given and torch.equal(given(x), squeezed(x))
     out, summary = tmp_path / "c.csv", tmp_path / "c.json"
     args = ["certify", "--checkpoint", str(path), "--sigma", "0.3", "--images", "2", "--n", "20", "--n0", "4"]
     assert main([*args, "--out", str(out), "--json", str(summary), "--no-progress"]) == 0

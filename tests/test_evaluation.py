@@ -441,7 +441,7 @@ def test_eps_sweep_perturbations_and_checks_are_reported_and_reproducible(tmp_pa
     assert not (tmp_path / "b" / "models").exists()
     # The model trained on squeezed images is saved behind its squeezer, and loads back so.
     squeezed, meta = load_checkpoint(tmp_path / "a" / "models" / "feature_squeezing.pt")
-    assert meta["recipe"] == "standard" and meta["squeezer"] == {"bit_depth": 1, "median_size": None}
+    assert meta["recipe"] == "standard" and meta["squeezer"] == {"bit_depth": 1, "median_size": None, "bpda": True}
     assert isinstance(squeezed, FeatureSqueezing) and squeezed.bit_depth == 1
     test = load_data(load_config(config))
     accuracy = evaluate_accuracy(squeezed, test.test_images, test.test_labels)

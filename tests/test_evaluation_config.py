@@ -4,6 +4,7 @@ paper_headline) and configs that start from another."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -431,3 +432,17 @@ def test_a_config_written_for_mnist_budgets_is_refused_on_cifar10(tmp_path):
     config = load_config(own)  # every budget set for CIFAR-10: the rest of the authors' settings apply
     assert (config.dataset, config.attack.fgsm_eps, config.squeeze_bits) == ("cifar10", 0.03, 3)
     assert config.attack.deepfool_overshoot == 0.0
+
+
+def test_budgets_a_config_leaves_to_the_data_set_are_not_refused(tmp_path):
+    """A JSON null (the data set's default) kept the base's MNIST budget, and a config that names no data set had
+    its own budgets taken for its base's."""
+    own = tmp_path / "cifar.json"
+    nulls = {"whitebox_eps": None, "blackbox_eps": [], "defense": {"fgsm_adversarial_eps": None, "squeeze_bits": 0}}
+    nulls["attack"] = {"fgsm_eps": None, "rfgsm_eps": None, "rfgsm_alpha": None}
+    own.write_text(json.dumps({"base": "paper", "dataset": "cifar10", "synthetic": True, **nulls}))
+    config = load_config(own)
+    assert config.attack.fgsm_eps == pytest.approx(8 / 255) and config.squeeze_bits == 3
+    on_quick = tmp_path / "quick.toml"
+    on_quick.write_text('base = "quick"\nwhitebox_eps = [0.0, 0.03]\n')
+    assert load_config(on_quick, {"dataset": "cifar10", "synthetic": True}).whitebox_eps == [0.0, 0.03]

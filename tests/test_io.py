@@ -157,11 +157,11 @@ def test_a_failed_write_names_the_file_and_leaves_the_old_one(tmp_path, monkeypa
 def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
     """SIGKILL during a write left a hidden temporary file as large as the checkpoint, never removed."""
     path = tmp_path / "model.pt"
-    dead, live, other = (tmp_path / name for name in (".model.pt.a1.tmp", ".model.pt.b2.tmp", ".other.pt.c3.tmp"))
-    for left in (dead, live, other):
-        left.write_bytes(b"half a checkpoint")
-    old = time.time() - 3600
-    for left in (dead, other):
-        os.utime(left, (old, old))
+    names = (".model.pt.a1b2c3d4.tmp", ".model.pt.e5f6g7h8.tmp", ".other.pt.i9j0k1l2.tmp", ".notes.tmp", "keep.tmp")
+    for name in names:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+        if name != ".model.pt.e5f6g7h8.tmp":  # a live writer's: changed a moment ago
+            os.utime(tmp_path / name, (time.time() - 2 * 86_400,) * 2)
     write_atomic(path, b"whole")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.pt.b2.tmp", ".other.pt.c3.tmp", "model.pt"]
+    kept = [".model.pt.e5f6g7h8.tmp", ".notes.tmp", "keep.tmp", "model.pt"]  # and the others' files
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept

@@ -808,6 +808,9 @@ def test_another_runs_state_is_refused_before_an_offline_run_trains_its_source()
     wider = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 10))
     with pytest.raises(ValueError, match=r"another training run \(architecture.shapes"):
         train(wider, _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    checkpoint.state["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # as a run on a CUDA device writes it
+    with pytest.raises(ValueError, match="checkpoint: its state was written by a run on a CUDA device"):
+        train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **offline)
     assert lines == []
 
 

@@ -27,7 +27,7 @@ DATASET_BUDGET_KEYS = (
     "defense.squeeze_bits",
 )
 
-# key -> (the data set the file that set it was written for, or None where it names none; that file)
+# key -> (the data set that the file which set it names, or None where it names none; that file)
 Budgets = dict[str, tuple[str | None, Path]]
 
 
@@ -38,12 +38,12 @@ def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str
     merged, budgets = {}, {}
     if "base" in values:
         merged, budgets = read_config_file(_base_path(values.pop("base"), path, chain), (*chain, path))
-    written_for = values.get("dataset", merged.get("dataset"))
+    written_for = values.get("dataset")  # the data set this file names, not its base's: its budgets are for it
     for key in DATASET_BUDGET_KEYS:
-        value = _lookup(values, key)
-        if value == []:  # no budgets: fits any data set
+        present, value = _lookup(values, key)
+        if present and value in (None, []):  # the data set's default, or no budgets: fits any data set
             budgets.pop(key, None)
-        elif value is not None:
+        elif present:
             budgets[key] = (written_for, path)
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -92,10 +92,10 @@ def _base_path(base: Any, path: Path, chain: tuple[Path, ...]) -> Path:
     return base_path
 
 
-def _lookup(values: dict[str, Any], dotted: str) -> Any:
-    """values["a"]["b"] for "a.b"; None where it is not set."""
+def _lookup(values: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    """(whether values["a"]["b"] is there for "a.b", its value)."""
     for part in dotted.split("."):
-        if not isinstance(values, dict):
-            return None
-        values = values.get(part)
-    return values
+        if not isinstance(values, dict) or part not in values:
+            return False, None
+        values = values[part]
+    return True, values
