@@ -265,9 +265,12 @@ def train(
         model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
+    stopping = EarlyStopping(patience)
     if trains_source:  # kept with every state, so that a resumed run makes its examples with the same source
         run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
-    stopping = EarlyStopping(patience)
+        if resumed is None:  # and saved at once, as the state before epoch 1: an interruption keeps the source
+            scaler = epoch_runner.scaler
+            run.save(training_state(0, model, optimizer, loader, recipe, result, *stopping.state(), device, scaler))
     _run_epochs(run, resumed, epochs, epoch_runner, model, optimizer, loader, recipe, result, stopping, device, say)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -787,6 +787,13 @@ def test_an_offline_run_that_trained_its_source_resumes_with_that_source():
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(ValueError, match=r"another training run \(source_model 'trained first' there, '[0-9a-f]+"):
         train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, source_model=whole, **offline)
+    checkpoint = _CrashingCheckpoint(after=0)  # interrupted in epoch 1: the source is kept already
+    with pytest.raises(_Crash):
+        train(_tiny_model(), _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **offline)
+    checkpoint.after, lines, resumed = None, [], _tiny_model()
+    train(resumed, _tiny_set(), "fgsm_adversarial", checkpoint=checkpoint, **{**offline, "log": lines.append})
+    assert not any("source model first" in line for line in lines), lines
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
 def test_another_runs_state_is_refused_before_an_offline_run_trains_its_source():
