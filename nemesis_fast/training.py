@@ -218,8 +218,9 @@ def train(
             the weights an uninterrupted run would have (fp16's gradient scale included). A state of another run
             (recipe, settings, budget, seed, data: its size, labels and a sample of its images, the same of
             `val_data` and the weights of `source_model` where given, the model's architecture, amp, compile),
-            or one written on another kind of device (CPU, CUDA), raises ValueError. An offline recipe's source
-            trained here (`source_model` None) is kept in the checkpoint: a resumed run reuses it, not trains another.
+            or one written on another kind of device (CPU, CUDA), raises ValueError before any work. An offline
+            recipe's source trained here (`source_model` None) is saved in the checkpoint once trained, before
+            epoch 1: a resumed run reuses it, and trains no other.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
@@ -313,9 +314,9 @@ def _training_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, int | None, Data | None, nn.Module | None]:
     """(images, labels, the rows the loader batches (None: all), the validation pairs, the source model: None but
     for an offline recipe) of the training set as `recipe` lays it out: the images, doubled by an offline recipe's
-    examples of `source_model` (trained first where None); with a
-    `held_fraction`, its last rows (counted after GDA's fixed copies) held out to validate on (val_rows="last").
-    `budget`: :func:`train`'s keyword arguments, for training a missing source model."""
+    examples of `source_model` (trained first where None); with a `held_fraction`, its last rows (counted after
+    GDA's fixed copies) held out to validate on (val_rows="last"). `budget`: :func:`train`'s keyword arguments, for
+    training a missing source model."""
     say, device = budget["log"], budget["device"]
     if recipe.needs_source:
         source_val = dict(val_fraction=held_fraction, val_rows="last") if held_fraction else dict(val_data=val)
