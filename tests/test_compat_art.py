@@ -294,6 +294,22 @@ def test_postprocessing_defences_fall_back_where_art_reads_predictions(name, set
     np.testing.assert_array_equal(result, expected)
 
 
+def test_pgd_restarts_on_a_chunk_of_one_image_give_arts_images():
+    """ART judges the restarts of a one-image chunk by a one-element torch bool, which numpy takes for an index: a
+    failed restart replaces the kept image. The drop-in kept it, and so differed from ART's images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(25, 4))
+    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 5, 5), 4, clip_values=(0.0, 1.0))
+    x = np.random.RandomState(0).rand(3, 1, 5, 5).astype(np.float32)
+    targets = (clf.predict(x).argmax(1) + 1) % 4
+    settings = {"eps": 0.01, "eps_step": 0.0025, "max_iter": 3, "targeted": True, "num_random_init": 2, **QUIET}
+    for batch_size in (1, 2):  # chunks of 1 image each, and a last chunk of one
+        expected = seeded(evasion.ProjectedGradientDescent(clf, batch_size=batch_size, **settings), x, targets)
+        with pytest.warns(nfa.PeerFallbackWarning, match="a chunk of one image"):
+            ours = seeded(nfa.ProjectedGradientDescent(clf, batch_size=batch_size, **settings), x, targets)
+        np.testing.assert_array_equal(ours, expected)
+
+
 def test_argument_checks(model, batch):
     clf = classifier(model)
     for make in (nfa.DeepFool, nfa.SaliencyMapMethod, nfa.CarliniL2Method):

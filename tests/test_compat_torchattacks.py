@@ -205,6 +205,20 @@ def test_jsma_with_a_negative_theta_moves_feature_0_only_as_torchattacks(model, 
     assert changed[:, 0].any() and not changed[:, 1:].any()
 
 
+def test_jsma_refuses_a_target_the_model_lacks_as_torchattacks_fails():
+    """The default target (label + 1) % 10 of a 4-class model: torchattacks raises an IndexError; with theta <= 0
+    the drop-in returned an image moved towards class 4, which does not exist."""
+    torch.manual_seed(0)
+    four = nn.Sequential(nn.Flatten(), nn.Linear(8, 4))
+    x, y = torch.rand(2, 1, 2, 4) * 0.5, torch.tensor([3, 1])
+    with pytest.raises(IndexError):
+        torchattacks.JSMA(four, theta=-0.5)(x, y)
+    for theta in (-0.5, 1.0):
+        with pytest.raises(ValueError, match=r"targets must be classes of the model's 4 logits, got 4 \(the default"):
+            nft.JSMA(four, theta=theta)(x, y)
+    assert nft.JSMA(four, theta=1.0, gamma=0.5)(x, torch.tensor([2, 1])).shape == x.shape
+
+
 def test_deepfool_refuses_targeted_modes_as_torchattacks(model):
     with pytest.raises(ValueError, match="Targeted mode is not supported"):
         nft.DeepFool(model).set_mode_targeted_random(quiet=True)

@@ -128,8 +128,9 @@ class ProjectedGradientDescent(CheckedParameters, evasion.ProjectedGradientDesce
     cross-entropy gradient (with momentum when decay is set), each clipped, then projected onto the eps-ball; a
     later initialisation replaces the images it fools. Served: as for :class:`FastGradientMethod`; random_eps,
     a mask, array eps, another norm, a summary writer, or postprocessing defences where ART reads the predictions
-    (y=None, or num_random_init > 1, whose restarts ART judges by them) run ART's own implementation after a
-    PeerFallbackWarning. eps and eps_step may be infinite, as in ART.
+    (y=None, or num_random_init > 1, whose restarts ART judges by them), and restarts on a chunk of one image
+    (which ART's indexing judges wrongly) run ART's own implementation after a PeerFallbackWarning. eps and eps_step
+    may be infinite, as in ART.
     """
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
@@ -137,6 +138,10 @@ class ProjectedGradientDescent(CheckedParameters, evasion.ProjectedGradientDesce
         inner = self._attack  # ART keeps the parameters it runs with on its implementation object
         reads_predictions = y is None or inner.num_random_init > 1
         reason = _unserved(inner, x, kwargs, reads_predictions=reads_predictions, random_eps=inner.random_eps)
+        if reason is None and inner.num_random_init > 1 and 1 in (len(x) % inner.batch_size, inner.batch_size):
+            # ART judges the restarts of a one-image chunk by a one-element torch bool, which numpy takes for the
+            # index 0 or 1: a failed restart replaces the kept image, a successful one raises IndexError.
+            reason = "num_random_init > 1 with a chunk of one image (ART's own indexing of its restarts there)"
         if reason is not None:
             return fall_back(self, reason, lambda: super(ProjectedGradientDescent, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)
