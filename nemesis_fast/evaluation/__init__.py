@@ -97,8 +97,8 @@ def evaluate(
     if progress is not None:
         check_bool(progress, "progress")
     # A look at the cache (cached_only) writes its report under <out>/partial, guarded as out_dir is.
-    writes = dataclasses.replace(config, out_dir=str(Path(config.out_dir).expanduser() / "partial"))
-    writes = writes if cached_only else config
+    partial = str(Path(config.out_dir).expanduser() / "partial")
+    writes = dataclasses.replace(config, out_dir=partial) if cached_only else config
     check_folders(config)
     check_out_dir(writes)
     progress = sys.stderr.isatty() if progress is None else progress

@@ -46,7 +46,8 @@ class JSMA(torchattacks.JSMA):
             return super().forward(images, labels)
         images, labels, wanted = prepare(self, images, labels)
         target = wanted if self.targeted else (labels + 1) % 10
-        _check_targets(target, self.get_logits(images[:1]).shape[1], self.targeted)
+        if len(target):
+            _check_targets(target, self.get_logits(images[:1]).shape[1], self.targeted)
         if self.theta <= 0:
             warnings.warn(
                 f"torchattacks' JSMA with theta={self.theta} <= 0 changes feature 0 only (its saliency map's argmax "
@@ -101,7 +102,7 @@ class JSMA(torchattacks.JSMA):
 def _check_targets(target: torch.Tensor, classes: int, targeted: bool) -> None:
     """ValueError where a target is no class of the model (torchattacks raises an IndexError there, or, with
     theta <= 0, which takes no gradient, would change feature 0 towards a class that does not exist)."""
-    if len(target) and int(target.max()) >= classes:
+    if int(target.max()) >= classes:
         default = "" if targeted else " (the default mode's target is (label + 1) % 10: set a target mode)"
         raise ValueError(
             f"JSMA's targets must be classes of the model's {classes} logits, got {int(target.max())}{default}"
