@@ -12,11 +12,17 @@ from .data.loader import Expansion, expanded_rows, split_validation
 from .defenses.recipes import Recipe
 
 
+def training_set_size(recipe: Recipe, images: int) -> int:
+    """The images of the training set `recipe` makes of `images` training images: doubled by an offline recipe's
+    examples."""
+    return images * (2 if recipe.needs_source else 1)
+
+
 def training_rows(recipe: Recipe, images: int) -> int:
-    """The rows of the training set `recipe` lays out from `images` training images: doubled by an offline recipe's
-    examples, times a fixed expansion's size (GDA's fixed set)."""
+    """The rows of the training set `recipe` lays out from `images` training images: :func:`training_set_size`'s
+    images, times a fixed expansion's size (GDA's fixed set)."""
     expansion = recipe.expansion()
-    return images * (2 if recipe.needs_source else 1) * (1 if expansion is None else expansion.size)
+    return training_set_size(recipe, images) * (1 if expansion is None else expansion.size)
 
 
 def held_out_rows(total: int, fraction: float) -> int:

@@ -192,12 +192,13 @@ def load_checkpoint(
     squeezer = _squeezer(payload, path)
     wrapper = model if isinstance(model, FeatureSqueezing) else None  # given: returned, its network loaded
     if wrapper is not None:
+        given = _squeezer_of(wrapper)
         if squeezer is None and all(key.startswith("model.") for key in payload["state_dict"]):
-            squeezer = _squeezer_of(model)  # the wrapper saved whole, before squeezers were recorded: its own
+            squeezer = given  # the wrapper saved whole, before squeezers were recorded: its own
             payload["state_dict"] = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
-        if squeezer != _squeezer_of(model):
-            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({_squeezer_of(model)})")
-        model = model.model
+        if squeezer != given:
+            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({given})")
+        model = wrapper.model
     if model is None:
         if arch is None:
             raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")

@@ -208,9 +208,9 @@ def restore_state(
     state, model, optimizer, loader, recipe, result, device, scaler=None, name="checkpoint"
 ) -> tuple[float, dict | None, int]:
     """Puts a saved state back (the gradient scale into `scaler` where both have one: a state written before it was
-    saved leaves `scaler` as made); returns (best_accuracy, best_state, waited). ValueError, naming the checkpoint
-    `name`, for a state written on another kind of device, whose random streams this one cannot continue."""
-    check_device_kind(state, device, name)
+    saved leaves `scaler` as made); returns (best_accuracy, best_state, waited). The state's kind of device is
+    checked when it is loaded (:func:`check_device_kind`); ValueError, naming the checkpoint `name`, for weights
+    that do not fit the model."""
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

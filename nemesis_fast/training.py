@@ -34,7 +34,13 @@ from ._training_checks import (
     check_data,
     check_val_rows,
 )
-from ._validation_rows import held_out_rows, hold_out_last_rows, split_off_validation, training_rows
+from ._validation_rows import (
+    held_out_rows,
+    hold_out_last_rows,
+    split_off_validation,
+    training_rows,
+    training_set_size,
+)
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
 from .data.loader import DeviceLoader, to_float
 from .defenses.adversarial_training import offline_examples
@@ -346,7 +352,7 @@ def _resumable(
     `data`: the training pairs, `val`: the validation pairs given as val_data, `val_rows`: where not "images" and
     holding rows out), made before any work so that another run's state is refused at once."""
     images, labels = data
-    samples = len(labels) * (2 if recipe.needs_source else 1)  # the images, then an offline recipe's examples
+    samples = training_set_size(recipe, len(labels))
     keys = ("lr", "seed", "patience")
     signature = {**{k: budget[k] for k in keys}, "samples": samples, "max_steps": budget["max_steps"]}
     if checkpoint is not None:
