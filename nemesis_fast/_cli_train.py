@@ -37,15 +37,30 @@ def _setting(text: str) -> tuple[str, Any]:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    from .defenses.recipes import RECIPES
-    from .models import ACTIVATIONS, MODELS
-
     p = commands.add_parser(
         "train",
         help="train a model with a defense recipe (or the paper's seven models with --paper)",
         description="Train with Adam (the paper: batch 128, 20 epochs) on a data set kept on the device. "
         "Prints one line per epoch (a progress bar on a terminal) and the clean test accuracy.",
     )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="train the paper's seven models and print their table (under torchrun: each model trained once, by "
+        "one process)",
+    )
+    _add_model_arguments(p.add_argument_group("data, model and recipe"))
+    _add_budget_arguments(p.add_argument_group("training budget"))
+    _add_output_arguments(p.add_argument_group("output and resuming"))
+    p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, help=THREADS_HELP)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.set_defaults(handler=run, interrupted=_interrupted)
+
+
+def _add_model_arguments(p: argparse._ArgumentGroup) -> None:
+    from .defenses.recipes import RECIPES
+    from .models import ACTIVATIONS, MODELS
+
     p.add_argument("--data", choices=DATASETS, default="mnist", help="data set (default: mnist)")
     p.add_argument(
         "--root",
@@ -67,6 +82,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="override a recipe setting, e.g. --set mode=online --set eps=0.2 (repeatable)",
     )
     p.add_argument("--source", help="checkpoint of the source model of offline recipes (default: train one)")
+    p.add_argument("--limit", type=int_in(1), help="train on the first N training images only")
+
+
+def _add_budget_arguments(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--epochs", type=int_in(1), default=20, help="passes over the training set (default 20)")
     p.add_argument(
         "--batch-size", type=int_in(1), default=128, help="images per step, before augmentation (default 128)"
@@ -95,7 +114,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="mixed precision: bf16 (also a bare --amp) or fp16 (with gradient scaling); default: none",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the forward passes")
-    p.add_argument("--limit", type=int_in(1), help="train on the first N training images only")
+
+
+def _add_output_arguments(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--out", help="save the trained model to this checkpoint")
     p.add_argument(
         "--overwrite",
@@ -109,17 +130,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "FILE/<name>.state.pt per model); the same command run again after an interruption continues from it, to "
         "the weights an uninterrupted run would have (a state of another run is refused)",
     )
-    p.add_argument(
-        "--paper",
-        action="store_true",
-        help="train the paper's seven models and print their table (under torchrun: each model trained once, by "
-        "one process)",
-    )
     p.add_argument("--out-dir", help="with --paper: save each model as OUT_DIR/<name>.pt")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, help=THREADS_HELP)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
-    p.set_defaults(handler=run, interrupted=_interrupted)
 
 
 def _data_root(args: argparse.Namespace) -> str | Path | None:

@@ -19,6 +19,7 @@ from ._progress import progress_bar
 from ._training_checks import Data, check_values
 from .data.loader import DeviceLoader, check_images_labels
 from .defenses.recipes import Recipe
+from .resume import Resumable, restore_state, training_state
 
 Log = Callable[[str], None]
 
@@ -196,3 +197,71 @@ class EarlyStopping:
                 result.stopped_early = True
                 return True
         return False
+
+
+def run_epochs(
+    run: Resumable,
+    resumed: dict[str, Any] | None,
+    epochs: int,
+    epoch_runner: Epochs,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DeviceLoader,
+    recipe: Recipe,
+    result: TrainResult,
+    stopping: EarlyStopping,
+    device: torch.device,
+    say: Log,
+) -> None:
+    """The epochs after those of `resumed` (the state `run`'s checkpoint held, restored first; None: none), up to
+    `epochs`, each followed by a checkpoint, until the budget is spent or early stopping; the model ends with the
+    weights of its best validated epoch."""
+    last_epoch = 0
+    scaler = epoch_runner.scaler
+    if resumed is not None:
+        stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
+            resumed, model, optimizer, loader, recipe, result, device, scaler, run.name
+        )
+        last_epoch = resumed["epoch"]
+        say(f"{recipe.name}: resuming after epoch {last_epoch} from the checkpoint")
+    for epoch in range(last_epoch + 1, epochs + 1):
+        model.train()
+        try:
+            record = epoch_runner.run(epoch, epochs, result)
+        except NaNLogitsError as error:
+            raise _diverged(error, epoch, model, stopping, result, recipe, run.checkpoint is not None) from error
+        if stopping.update(record["val_accuracy"], epoch, model, result):
+            say(f"{recipe.name}: no better validation accuracy for {stopping.patience} epochs; stopping")
+            break
+        if epoch_runner.spent(result):
+            break
+        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device, scaler))
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+        result.val_accuracy = stopping.best_accuracy
+
+
+def _diverged(
+    error: NaNLogitsError,
+    epoch: int,
+    model: nn.Module,
+    stopping: EarlyStopping,
+    result: TrainResult,
+    recipe: Recipe,
+    checkpointed: bool,
+) -> NaNLogitsError:
+    """The error to raise where validation after `epoch` met NaN logits: the model is first given back the weights
+    of its best epoch (where one validated), which the message names, as it names what the checkpoint (where
+    `checkpointed`) keeps: the epoch before, not saved over."""
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
+        result.val_accuracy = stopping.best_accuracy
+        kept = f"the model is given back the weights of epoch {result.best_epoch}, its best"
+    else:
+        kept = "no epoch validated before it, so the model keeps the diverged weights"
+    if checkpointed and epoch > 1:
+        kept += f"; the checkpoint keeps epoch {epoch - 1}"
+    return NaNLogitsError(
+        f"{recipe.name}: training diverged in epoch {epoch}: the model's validation logits became NaN ({error}); "
+        f"{kept}. Try a lower lr, or amp='bf16' rather than 'fp16'"
+    )

@@ -159,6 +159,35 @@ def load_checkpoint(
             raise TypeError(f"{name} must be a dict or None, got {type(entry).__name__}")
     device = check_device("cpu" if map_location is None else map_location, "map_location")
     path = Path(path)
+    payload = _read_payload(path, device)
+    _check_asked(payload, path, recipe, settings, model_name, architecture_kwargs)
+    squeezer = _squeezer(payload, path)
+    wrapper = model if isinstance(model, FeatureSqueezing) else None  # given: returned, its network loaded
+    if wrapper is not None:
+        given = _squeezer_of(wrapper)
+        if squeezer is None and all(key.startswith("model.") for key in payload["state_dict"]):
+            squeezer = given  # the wrapper saved whole, before squeezers were recorded: its own
+            payload["state_dict"] = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
+        if squeezer != given:
+            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({given})")
+        model = wrapper.model
+    model = _network_for(payload["architecture"], path, model, device)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
+    if wrapper is not None:
+        model = wrapper
+    elif squeezer is not None:
+        model = FeatureSqueezing(
+            model, squeezer["bit_depth"], median_size=squeezer["median_size"], bpda=squeezer["bpda"]
+        )
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def _read_payload(path: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint at `path`, loaded onto `device` with weights_only=True; ValueError naming `path` where it is
+    no nemesis_fast checkpoint (FileNotFoundError where it is missing)."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -176,6 +205,20 @@ def load_checkpoint(
         and (arch is None or isinstance(arch.get("kwargs"), dict))
     ):
         raise ValueError(f"{path}: not a nemesis_fast checkpoint (its entries have the wrong types)")
+    return payload
+
+
+def _check_asked(
+    payload: dict[str, Any],
+    path: Path,
+    recipe: str | None,
+    settings: dict[str, Any] | None,
+    model_name: str | None,
+    architecture_kwargs: dict[str, Any] | None,
+) -> None:
+    """ValueError naming `path` and what differs where the checkpoint is not what :func:`load_checkpoint`'s
+    arguments of the same names ask for."""
+    arch = payload["architecture"]
     if recipe is not None and payload["recipe"] != recipe:
         raise ValueError(f"{path}: trained with recipe {payload['recipe']!r}, not the {recipe!r} asked for")
     if settings:
@@ -189,41 +232,25 @@ def load_checkpoint(
         differ = _differences(arch["kwargs"] if arch else {}, architecture_kwargs)
         if differ:
             raise ValueError(f"{path}: architecture differs from the one asked: {'; '.join(differ)}")
-    squeezer = _squeezer(payload, path)
-    wrapper = model if isinstance(model, FeatureSqueezing) else None  # given: returned, its network loaded
-    if wrapper is not None:
-        given = _squeezer_of(wrapper)
-        if squeezer is None and all(key.startswith("model.") for key in payload["state_dict"]):
-            squeezer = given  # the wrapper saved whole, before squeezers were recorded: its own
-            payload["state_dict"] = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
-        if squeezer != given:
-            raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({given})")
-        model = wrapper.model
+
+
+def _network_for(arch: dict[str, Any] | None, path: Path, model: nn.Module | None, device: torch.device) -> nn.Module:
+    """The network the weights load into: `model` where given (ValueError where its architecture, where known,
+    differs from `arch`, the recorded one), else one built from `arch` on `device`."""
     if model is None:
         if arch is None:
             raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
         try:
-            model = build_model(arch["name"], **arch["kwargs"]).to(device)
+            return build_model(arch["name"], **arch["kwargs"]).to(device)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: its recorded architecture cannot be built: {error}") from error
-    else:
-        mine = live_architecture(model)
-        if mine is not None and arch is not None and mine != arch:
-            if mine["name"] != arch["name"]:
-                raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")
-            differ = _differences(arch["kwargs"], mine["kwargs"])
-            raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not fit the model: {error}") from error
-    if wrapper is not None:
-        model = wrapper
-    elif squeezer is not None:
-        model = FeatureSqueezing(
-            model, squeezer["bit_depth"], median_size=squeezer["median_size"], bpda=squeezer["bpda"]
-        )
-    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+    mine = live_architecture(model)
+    if mine is not None and arch is not None and mine != arch:
+        if mine["name"] != arch["name"]:
+            raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")
+        differ = _differences(arch["kwargs"], mine["kwargs"])
+        raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
+    return model
 
 
 def _squeezer_of(model: FeatureSqueezing) -> dict[str, Any]:

@@ -133,22 +133,9 @@ def train_paper_models(
     Returns one dict per model: name, recipe, activation, test_accuracy, seconds (training, the offline
     examples included), epochs, val_accuracy, trained_by (the rank; None for feature squeezing), checkpoint.
     """
-    check_choice(dataset, "dataset", tuple(DEFAULT_MODEL))
-    images, _ = check_data(train_data, "train_data")
-    test_images, test_labels = check_data(test_data, "test_data")
-    check_image_shapes(
-        images, test_images, "test_data", "train_data", "the models are tested on images of the shape they train on"
+    images, test_images, test_labels, wanted = _checked_arguments(
+        dataset, train_data, test_data, models, recipe_settings
     )
-    if isinstance(models, str):
-        raise TypeError(f"models must be a list of model names, got the string {models!r}")
-    wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
-    for name in wanted:
-        check_choice(name, "models", [m.name for m in PAPER_MODELS])
-    if recipe_settings is not None and not isinstance(recipe_settings, dict):
-        kind = type(recipe_settings).__name__
-        raise TypeError(f"recipe_settings must be a dict of recipe name -> settings, got {kind}")
-    for name in recipe_settings or {}:
-        check_choice(name, "recipe_settings' keys (recipe names)", sorted({m.recipe for m in PAPER_MODELS if m.recipe}))
     device = check_device(train_kwargs.pop("device", None))
     workers = workers or Workers(device=device)
     if out_dir is not None and workers.is_main:
@@ -171,10 +158,10 @@ def train_paper_models(
     if need_standard:
         loaded["feature_squeezing"] = FeatureSqueezing(loaded["standard"], PAPER_BIT_DEPTH[dataset])
     owner = {name: trained["standard" if name == "feature_squeezing" else name][1]["trained_by"] for name in loaded}
-    accuracy: dict[str, float] = {}
     mine = [name for name in wanted if owner[name] == workers.rank]
+    accuracy: dict[str, float] = {}
     for part in workers.gather({name: evaluate_accuracy(loaded[name], test_images, test_labels) for name in mine}):
-        accuracy.update(part)
+        accuracy.update(part)  # each model's, measured by the process that trained it
     rows = [
         _row(spec, loaded[spec.name], trained.get(spec.name), dataset, out_dir if workers.is_main else None)
         for spec in PAPER_MODELS
@@ -185,6 +172,34 @@ def train_paper_models(
         if workers.is_main:
             say(f"{row['name']}: clean test accuracy {row['test_accuracy']:.4f} ({row['seconds']:.1f}s)")
     return rows
+
+
+def _checked_arguments(
+    dataset: str,
+    train_data: Data,
+    test_data: Data,
+    models: Iterable[str] | None,
+    recipe_settings: dict[str, dict[str, Any]] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """(the training images, the test images, the test labels, the names of the models wanted) of
+    :func:`train_paper_models`'s arguments of the same names, checked."""
+    check_choice(dataset, "dataset", tuple(DEFAULT_MODEL))
+    images, _ = check_data(train_data, "train_data")
+    test_images, test_labels = check_data(test_data, "test_data")
+    check_image_shapes(
+        images, test_images, "test_data", "train_data", "the models are tested on images of the shape they train on"
+    )
+    if isinstance(models, str):
+        raise TypeError(f"models must be a list of model names, got the string {models!r}")
+    wanted = [m.name for m in PAPER_MODELS] if models is None else list(models)
+    for name in wanted:
+        check_choice(name, "models", [m.name for m in PAPER_MODELS])
+    if recipe_settings is not None and not isinstance(recipe_settings, dict):
+        kind = type(recipe_settings).__name__
+        raise TypeError(f"recipe_settings must be a dict of recipe name -> settings, got {kind}")
+    for name in recipe_settings or {}:
+        check_choice(name, "recipe_settings' keys (recipe names)", sorted({m.recipe for m in PAPER_MODELS if m.recipe}))
+    return images, test_images, test_labels, wanted
 
 
 def _checkpoint_folder(checkpoint: Any) -> Path | None:

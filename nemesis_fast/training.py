@@ -22,10 +22,10 @@ from ._epochs import (
     EarlyStopping,
     Epochs,
     Log,
-    NaNLogitsError,
     TrainResult,
     evaluate_accuracy,
     forward_autocast,
+    run_epochs,
 )
 from ._training_checks import (
     check_budget,
@@ -52,7 +52,6 @@ from .resume import (
     check_device_kind,
     inputs_signature,
     model_signature,
-    restore_state,
     training_state,
 )
 
@@ -231,9 +230,7 @@ def train(
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
     """
     images, labels = check_data(data, "data")
-    for name, module in (("model", model), ("source_model", source_model)):
-        if not isinstance(module, nn.Module) and (name == "model" or module is not None):
-            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+    _check_modules(model, source_model)
     check_bool(compile, "compile")
     if progress is not None:
         check_bool(progress, "progress")
@@ -256,9 +253,9 @@ def train(
     resumed = run.load()  # another run's state refused now, before any work
     if resumed is not None:
         check_device_kind(resumed, device, run.name)
-    if trains_source and resumed is not None and "trained_source" in resumed:
-        source_model = copy.deepcopy(model)  # the source that run trained, not another
-        source_model.load_state_dict(resumed["trained_source"])
+        if trains_source and "trained_source" in resumed:
+            source_model = copy.deepcopy(model)  # the source that run trained, not another
+            source_model.load_state_dict(resumed["trained_source"])
     torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
@@ -273,16 +270,48 @@ def train(
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     stopping = EarlyStopping(patience)
-    if trains_source:  # kept with every state, so that a resumed run makes its examples with the same source
-        run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
-        if resumed is None:  # and saved at once, as the state before epoch 1: an interruption keeps the source
-            scaler = epoch_runner.scaler
-            run.save(training_state(0, model, optimizer, loader, recipe, result, *stopping.state(), device, scaler))
-    _run_epochs(run, resumed, epochs, epoch_runner, model, optimizer, loader, recipe, result, stopping, device, say)
+    if trains_source:
+        _keep_trained_source(run, source_model, resumed is None, epoch_runner, result, stopping)
+    run_epochs(run, resumed, epochs, epoch_runner, model, optimizer, loader, recipe, result, stopping, device, say)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_modules(model: Any, source_model: Any) -> None:
+    """TypeError unless `model` is an nn.Module and `source_model` one or None."""
+    for name, module in (("model", model), ("source_model", source_model)):
+        if not isinstance(module, nn.Module) and (name == "model" or module is not None):
+            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+
+
+def _keep_trained_source(
+    run: Resumable,
+    source_model: nn.Module,
+    first: bool,
+    epoch_runner: Epochs,
+    result: TrainResult,
+    stopping: EarlyStopping,
+) -> None:
+    """Keeps the source model :func:`train` trained with every state `run` saves, so that a resumed run makes its
+    examples with the same source; where the run is `first` (not resumed), saves at once the state before epoch 1,
+    so that an interruption in epoch 1 keeps the source too."""
+    run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
+    if first:
+        runner = epoch_runner
+        state = training_state(
+            0,
+            result.model,
+            runner.optimizer,
+            runner.loader,
+            runner.recipe,
+            result,
+            *stopping.state(),
+            runner.device,
+            runner.scaler,
+        )
+        run.save(state)
 
 
 def _recipe(recipe: str | Recipe, settings: Any, dataset: str | None, images: torch.Tensor, seed: int) -> Recipe:
@@ -364,71 +393,3 @@ def _resumable(
     signature |= model_signature(model, budget["amp"], budget["compile"])
     run = {"recipe": recipe.name, "settings": recipe.settings_dict()}
     return Resumable(checkpoint, {**run, "epochs": budget["epochs"], "batch_size": budget["batch_size"]}, signature)
-
-
-def _run_epochs(
-    run: Resumable,
-    resumed: dict[str, Any] | None,
-    epochs: int,
-    epoch_runner: Epochs,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DeviceLoader,
-    recipe: Recipe,
-    result: TrainResult,
-    stopping: EarlyStopping,
-    device: torch.device,
-    say: Log,
-) -> None:
-    """The epochs after those of `resumed` (the state `run`'s checkpoint held, restored first; None: none), up to
-    `epochs`, each followed by a checkpoint, until the budget is spent or early stopping; the model ends with the
-    weights of its best validated epoch."""
-    last_epoch = 0
-    scaler = epoch_runner.scaler
-    if resumed is not None:
-        stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
-            resumed, model, optimizer, loader, recipe, result, device, scaler, run.name
-        )
-        last_epoch = resumed["epoch"]
-        say(f"{recipe.name}: resuming after epoch {last_epoch} from the checkpoint")
-    for epoch in range(last_epoch + 1, epochs + 1):
-        model.train()
-        try:
-            record = epoch_runner.run(epoch, epochs, result)
-        except NaNLogitsError as error:
-            raise _diverged(error, epoch, model, stopping, result, recipe, run.checkpoint is not None) from error
-        if stopping.update(record["val_accuracy"], epoch, model, result):
-            say(f"{recipe.name}: no better validation accuracy for {stopping.patience} epochs; stopping")
-            break
-        if epoch_runner.spent(result):
-            break
-        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device, scaler))
-    if stopping.best_state is not None:
-        model.load_state_dict(stopping.best_state)
-        result.val_accuracy = stopping.best_accuracy
-
-
-def _diverged(
-    error: NaNLogitsError,
-    epoch: int,
-    model: nn.Module,
-    stopping: EarlyStopping,
-    result: TrainResult,
-    recipe: Recipe,
-    checkpointed: bool,
-) -> NaNLogitsError:
-    """The error to raise where validation after `epoch` met NaN logits: the model is first given back the weights
-    of its best epoch (where one validated), which the message names, as it names what the checkpoint (where
-    `checkpointed`) keeps: the epoch before, not saved over."""
-    if stopping.best_state is not None:
-        model.load_state_dict(stopping.best_state)
-        result.val_accuracy = stopping.best_accuracy
-        kept = f"the model is given back the weights of epoch {result.best_epoch}, its best"
-    else:
-        kept = "no epoch validated before it, so the model keeps the diverged weights"
-    if checkpointed and epoch > 1:
-        kept += f"; the checkpoint keeps epoch {epoch - 1}"
-    return NaNLogitsError(
-        f"{recipe.name}: training diverged in epoch {epoch}: the model's validation logits became NaN ({error}); "
-        f"{kept}. Try a lower lr, or amp='bf16' rather than 'fp16'"
-    )
