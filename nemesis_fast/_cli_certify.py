@@ -193,7 +193,8 @@ def _run(args: argparse.Namespace) -> int:
     device = _check_arguments(args)
     model, meta = load_checkpoint(args.checkpoint, map_location=device)
     squeezing = isinstance(model, FeatureSqueezing)  # a checkpoint of feature squeezing: certified behind it
-    meta["squeezer"] = {"bit_depth": model.bit_depth, "median_size": model.median_size} if squeezing else None
+    # (bpda, a rule for gradients, does not bear on certificates)
+    meta["squeezer"] = {k: v for k, v in model.settings().items() if k != "bpda"} if squeezing else None
     images, labels, where = _test_set(args, meta)
     sigma, sigma_source = _sigma(args, meta)
     model = model.to(device).eval()

@@ -45,7 +45,7 @@ def save_checkpoint(
 
     squeezer = None
     if isinstance(model, FeatureSqueezing):
-        squeezer = _squeezer_of(model)
+        squeezer = model.settings()
         model = model.model
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -164,7 +164,7 @@ def load_checkpoint(
     squeezer = _squeezer(payload, path)
     wrapper = model if isinstance(model, FeatureSqueezing) else None  # given: returned, its network loaded
     if wrapper is not None:
-        given = _squeezer_of(wrapper)
+        given = wrapper.settings()
         if squeezer is None and all(key.startswith("model.") for key in payload["state_dict"]):
             squeezer = given  # the wrapper saved whole, before squeezers were recorded: its own
             payload["state_dict"] = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
@@ -251,10 +251,6 @@ def _network_for(arch: dict[str, Any] | None, path: Path, model: nn.Module | Non
         differ = _differences(arch["kwargs"], mine["kwargs"])
         raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
     return model
-
-
-def _squeezer_of(model: FeatureSqueezing) -> dict[str, Any]:
-    return {"bit_depth": model.bit_depth, "median_size": model.median_size, "bpda": model.bpda}
 
 
 def _squeezer(payload: dict[str, Any], path: Path) -> dict[str, Any] | None:

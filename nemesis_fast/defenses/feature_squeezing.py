@@ -6,6 +6,7 @@ applied in front of a model at prediction time. The paper compared against it wi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -121,8 +122,12 @@ class FeatureSqueezing(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.squeeze(x))
 
+    def settings(self) -> dict[str, Any]:
+        """{"bit_depth", "median_size", "bpda"}: the squeezer's settings, as checkpoints record them."""
+        return {"bit_depth": self.bit_depth, "median_size": self.median_size, "bpda": self.bpda}
+
     def extra_repr(self) -> str:
-        return f"bit_depth={self.bit_depth}, median_size={self.median_size}, bpda={self.bpda}"
+        return ", ".join(f"{key}={value}" for key, value in self.settings().items())
 
 
 def _pad_symmetric(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
