@@ -171,7 +171,7 @@ def load_checkpoint(
         if squeezer != given:
             raise ValueError(f"{path}: its squeezer {squeezer} differs from the model given ({given})")
         model = wrapper.model
-    model = _network_for(payload["architecture"], path, model, device)
+    model = _network_for(payload["architecture"], payload["state_dict"], path, model, device)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
@@ -229,28 +229,62 @@ def _check_asked(
         found = arch["name"] if arch else "an unrecorded architecture"
         raise ValueError(f"{path}: holds a {found!r} model, not the {model_name!r} asked for")
     if architecture_kwargs:
-        differ = _differences(arch["kwargs"] if arch else {}, architecture_kwargs)
+        differ = _differences(_comparable(arch["kwargs"] if arch else {}), _comparable(architecture_kwargs, arch))
         if differ:
             raise ValueError(f"{path}: architecture differs from the one asked: {'; '.join(differ)}")
 
 
-def _network_for(arch: dict[str, Any] | None, path: Path, model: nn.Module | None, device: torch.device) -> nn.Module:
+def _network_for(
+    arch: dict[str, Any] | None,
+    state_dict: dict[str, Any],
+    path: Path,
+    model: nn.Module | None,
+    device: torch.device,
+) -> nn.Module:
     """The network the weights load into: `model` where given (ValueError where its architecture, where known,
     differs from `arch`, the recorded one), else one built from `arch` on `device`."""
     if model is None:
         if arch is None:
             raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
-        try:
-            return build_model(arch["name"], **arch["kwargs"]).to(device)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: its recorded architecture cannot be built: {error}") from error
+        return _built(arch, state_dict, path, device)
     mine = live_architecture(model)
-    if mine is not None and arch is not None and mine != arch:
+    if mine is not None and arch is not None:
         if mine["name"] != arch["name"]:
             raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")
-        differ = _differences(arch["kwargs"], mine["kwargs"])
-        raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
+        found, given = _comparable(arch["kwargs"]), _comparable(mine["kwargs"])
+        if found != given:
+            differ = _differences(found, given) or [f"{k}={found[k]!r} (the model given: <absent>)" for k in found]
+            raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
     return model
+
+
+def _built(arch: dict[str, Any], state_dict: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
+    """The network `arch` records, built first without memory (on the meta device) and made real on `device` only
+    once its parameters' names and shapes are those of `state_dict`: a file's recorded sizes, which may come from
+    anyone, allocate nothing that its weights do not fill. ValueError naming `path` where it cannot be built."""
+    try:
+        with torch.device("meta"):
+            network = build_model(arch["name"], **arch["kwargs"])
+    except (TypeError, ValueError, RuntimeError, RecursionError) as error:
+        raise ValueError(f"{path}: its recorded architecture cannot be built: {error}") from error
+    shapes = {name: tuple(value.shape) for name, value in network.state_dict().items()}
+    stored = {name: tuple(value.shape) for name, value in state_dict.items() if isinstance(value, torch.Tensor)}
+    if shapes != stored:
+        names = sorted(set(shapes) ^ set(stored)) or sorted(n for n in shapes if shapes[n] != stored[n])
+        raise ValueError(
+            f"{path}: the weights do not fit its recorded architecture {arch['name']!r} ({len(stored)} tensors "
+            f"stored, {len(shapes)} built; first differing: {', '.join(names[:3])})"
+        )
+    return network.to_empty(device=device)
+
+
+def _comparable(kwargs: dict[str, Any], arch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A builder's `kwargs` as compared: without `t` where the layers they describe (`arch`'s, default theirs) are
+    ReLUs, which have no threshold, so that a ReLU model built with another t still loads into one built with the
+    default."""
+    described = arch["kwargs"] if arch else kwargs
+    relu = described.get("activation") == "relu"
+    return {key: value for key, value in kwargs.items() if not (relu and key == "t")}
 
 
 def _squeezer(payload: dict[str, Any], path: Path) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ BReLU model for BPDA attacks (ReLU's gradient through the upper bound), and one 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -30,11 +31,17 @@ class _ReluGradient(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
         return torch.where(x <= 0, 0.0, grad), None, None  # torch's ReLU's: 0 where x <= 0, whatever grad holds
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, t_tangent: None, backend_tangent: None) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.where(x <= 0, 0.0, x_tangent)  # forward mode: the same rule
 
 
 class BoundedReLU(nn.Module):
@@ -140,8 +147,11 @@ def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", back
     """Replaces every `nn.ReLU` submodule of `model` with a `BoundedReLU(t, save=save, backend=backend)`, in place,
     and returns `model`.
 
-    Functional calls such as `F.relu` inside a `forward` are not modules and are left alone. When `model`
-    is itself an `nn.ReLU`, a new `BoundedReLU` is returned.
+    Functional calls such as `F.relu` inside a `forward` are not modules and are left alone, as are other
+    activations (`nn.ReLU6`) and BoundedReLU layers already there (their t stays): a model with no `nn.ReLU`
+    submodule is returned unchanged, with a warning. An `nn.ReLU(inplace=True)` becomes an out-of-place BoundedReLU,
+    so a forward that calls it for its side effect only, ignoring what it returns, loses the activation. When
+    `model` is itself an `nn.ReLU`, a new `BoundedReLU` is returned.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -151,5 +161,13 @@ def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", back
         check_choice(backend, "backend", BACKENDS)
     if isinstance(model, nn.ReLU):
         return BoundedReLU(t, save=save, backend=backend)
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        kept = sorted({m.t for m in model.modules() if isinstance(m, BoundedReLU)})
+        found = f"; its BoundedReLU layers keep t = {', '.join(map(str, kept))}" if kept else ""
+        warnings.warn(
+            f"replace_relu: model has no nn.ReLU submodule, so nothing was replaced (F.relu calls inside forward are "
+            f"not modules){found}",
+            stacklevel=2,
+        )
     _replace_modules(model, nn.ReLU, lambda _: BoundedReLU(t, save=save, backend=backend))
     return model

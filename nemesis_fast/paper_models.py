@@ -121,9 +121,11 @@ def train_paper_models(
     The standard model is trained where others need it: feature squeezing wraps it (PAPER_BIT_DEPTH bits, BPDA
     gradients) and the offline recipes use it as their source model. Every model starts from the same seed.
     `recipe_settings` maps a recipe name to overrides of its settings (e.g. {"vat": {"mode": "offline"}}). With
-    `out_dir`, each trained model is saved as `<out_dir>/<name>.pt`. `train_kwargs` go to :func:`train`, but for
-    `checkpoint`, here a folder: each model's training state is kept in `<checkpoint>/<name>.state.pt`, so that a
-    run stopped part way resumes every model where it was (a path or folder, not a checkpoint object).
+    `out_dir`, each model is saved as `<out_dir>/<name>.pt` (feature squeezing: the standard model behind its
+    squeezer, which :func:`~nemesis_fast.checkpoints.load_checkpoint` puts back). `train_kwargs` go to
+    :func:`train`, but for `checkpoint`, here a folder: each model's training state is kept in
+    `<checkpoint>/<name>.state.pt`, so that a run stopped part way resumes every model where it was (a path or
+    folder, not a checkpoint object).
 
     Under torchrun pass `workers` (:func:`nemesis_fast.parallel.start`): each model is trained once, by the
     process the schedule names, its weights are broadcast to all, and each model's test accuracy is measured by
@@ -163,7 +165,13 @@ def train_paper_models(
     for part in workers.gather({name: evaluate_accuracy(loaded[name], test_images, test_labels) for name in mine}):
         accuracy.update(part)  # each model's, measured by the process that trained it
     rows = [
-        _row(spec, loaded[spec.name], trained.get(spec.name), dataset, out_dir if workers.is_main else None)
+        _row(
+            spec,
+            loaded[spec.name],
+            trained.get(spec.name, trained.get("standard")),
+            dataset,
+            out_dir if workers.is_main else None,
+        )
         for spec in PAPER_MODELS
         if spec.name in wanted
     ]
@@ -218,19 +226,22 @@ def _checkpoint_folder(checkpoint: Any) -> Path | None:
 def _row(
     spec: PaperModel, model: nn.Module, trained: Trained | None, dataset: str, out_dir: str | os.PathLike | None
 ) -> dict[str, Any]:
-    """The table row of one model, but its test accuracy (and its checkpoint under `out_dir`, when given)."""
+    """The table row of one model, but its test accuracy (and its checkpoint under `out_dir`, when given).
+    `trained`: the model's (state, meta); for feature squeezing, the standard model's, which it is saved as, behind
+    its squeezer."""
     row: dict[str, Any] = {"name": spec.name, "recipe": spec.recipe, "activation": spec.activation}
-    if trained is None:  # feature squeezing in front of the standard model
+    meta = trained[1]
+    if spec.recipe is None:  # feature squeezing in front of the standard model: nothing trained of its own
         bits = PAPER_BIT_DEPTH[dataset]
         row.update(recipe=f"standard + feature squeezing ({bits} bit)", seconds=0.0, epochs=0, val_accuracy=None)
         row["trained_by"] = None
-        return row
-    meta = trained[1]
-    row.update(seconds=meta["seconds"], epochs=len(meta["history"]), val_accuracy=meta["val_accuracy"])
-    row["trained_by"] = meta["trained_by"]
+    else:
+        row.update(seconds=meta["seconds"], epochs=len(meta["history"]), val_accuracy=meta["val_accuracy"])
+        row["trained_by"] = meta["trained_by"]
     if out_dir is not None:
         path = Path(out_dir) / f"{spec.name}.pt"
         metrics = {"val_accuracy": meta["val_accuracy"], "history": meta["history"]}
-        save_checkpoint(path, model, recipe=spec.recipe, settings=meta["settings"], metrics=metrics)
+        recipe = spec.recipe or "standard"
+        save_checkpoint(path, model, recipe=recipe, settings=meta["settings"], metrics=metrics)
         row["checkpoint"] = str(path)
     return row

@@ -280,10 +280,21 @@ def train(
 
 
 def _check_modules(model: Any, source_model: Any) -> None:
-    """TypeError unless `model` is an nn.Module and `source_model` one or None."""
+    """TypeError unless `model` is an nn.Module and `source_model` one or None; ValueError where either has
+    parameters of another floating dtype than float32, which the batches are."""
     for name, module in (("model", model), ("source_model", source_model)):
         if not isinstance(module, nn.Module) and (name == "model" or module is not None):
             raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+        if module is None:
+            continue
+        other = sorted(
+            {str(p.dtype) for p in module.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+        )
+        if other:
+            raise ValueError(
+                f"{name}: its parameters are {', '.join(other)}; train() trains float32 models on float32 batches "
+                "(amp= for mixed precision): call .float() on it first"
+            )
 
 
 def _keep_trained_source(

@@ -48,6 +48,11 @@ def test_replace_relu_matches_a_hardtanh_model():
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
     assert isinstance(replace_relu(nn.ReLU(), 2.0), BoundedReLU)
+    with pytest.warns(UserWarning, match="no nn.ReLU submodule, so nothing was replaced .*keep t = 0.5"):
+        assert replace_relu(model, 0.25) is model  # already bounded: said, not silently kept at 0.5
+    assert {m.t for m in model.modules() if isinstance(m, BoundedReLU)} == {0.5}
+    with pytest.warns(UserWarning, match=r"nothing was replaced \(F.relu calls inside forward are not modules\)$"):
+        replace_relu(nn.Sequential(nn.Linear(2, 2), nn.ReLU6()))
     with pytest.raises(ValueError, match="t must be > 0"):
         replace_relu(small_cnn(), 0.0)
     with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
@@ -98,6 +103,12 @@ def test_the_relu_gradient_is_zero_where_relus_is_whatever_the_incoming_gradient
     (got,) = torch.autograd.grad(bpda(x), x, torch.full((5,), float("nan")))
     (relus,) = torch.autograd.grad(torch.relu(x), x, torch.full((5,), float("nan")))
     assert torch.equal(got.isnan(), relus.isnan()) and (got[:2] == 0).all()
+
+
+def test_the_relu_gradient_holds_in_forward_mode_too():
+    bpda = with_relu_gradient(nn.Sequential(BoundedReLU(1.0)))
+    x, v = torch.tensor([-1.0, 0.0, 0.5, 2.0]), torch.tensor([3.0, 5.0, 7.0, 11.0])
+    assert torch.equal(torch.func.jvp(bpda, (x,), (v,))[1], torch.tensor([0.0, 0.0, 7.0, 11.0]))
 
 
 def test_a_module_held_under_two_names_is_replaced_under_both_and_stays_shared():

@@ -88,6 +88,14 @@ def test_art_ratio(ratio, copies, extra):
     assert len(subset.unique()) == extra  # drawn without replacement
 
 
+def test_art_ratio_gives_arts_number_of_noisy_samples_for_every_batch_size():
+    """int(B * ratio) noisy samples, as ART adds: the extra subset was round(frac * B), one more for B = 1, 0.7."""
+    for ratio in (0.3, 0.5, 0.7, 1.5, 3.3):
+        gda = GaussianAugmentation(sigma=0.01, ratio=ratio, clip=None, seed=5)
+        for batch in range(1, 13):
+            assert gda(torch.rand(batch, 3))[0].shape[0] == batch + int(batch * ratio), (ratio, batch)
+
+
 def test_art_ratio_draws_another_subset_every_call():
     """A seeded augmentation drew the same subset positions at every call, every epoch."""
     x, y = torch.rand(16, 5, generator=torch.Generator().manual_seed(0)), torch.arange(16)
@@ -252,6 +260,10 @@ def test_fixed_noisy_copies_of_float_images_are_the_ops_copies_bit_for_bit(sigma
         wanted = x[i] if copy[i] == 0 else ops[copy[i] - 1, i]
         assert torch.equal(rows[i], wanted), i
     assert rows.data_ptr() != x.data_ptr()
+    with pytest.raises(
+        TypeError, match=r"x must be float images \(uint8 pixels divided by 255 first\), got torch.uint8"
+    ):
+        FixedNoisyCopies(sigma=sigma, copies=2)((x * 255).to(torch.uint8), copy, sample)  # noise in units of 1/255 else
 
 
 def test_gda_fixed_set_trains_on_every_row_once_per_epoch():

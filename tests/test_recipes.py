@@ -117,6 +117,19 @@ def test_feature_squeezing_wrapper_forward_and_gradients():
     assert "bpda=True" in repr(fs)
 
 
+def test_feature_squeezings_bpda_passes_forward_mode_tangents_too():
+    """Forward-mode AD (torch.func.jvp, forward_ad's dual tensors) sees the same identity rule as backward: the
+    tangent used to be dropped (0), or refused."""
+    from torch.autograd import forward_ad
+
+    model, (x, _) = tiny_net(), tiny_batch(2)
+    fs, v = FeatureSqueezing(model, 1), torch.randn_like(x)
+    expected = torch.func.jvp(model, (reduce_bit_depth(x, 1),), (v,))[1]
+    torch.testing.assert_close(torch.func.jvp(fs, (x,), (v,))[1], expected)
+    with forward_ad.dual_level():
+        torch.testing.assert_close(forward_ad.unpack_dual(fs(forward_ad.make_dual(x, v))).tangent, expected)
+
+
 def test_feature_squeezing_bad_arguments():
     with pytest.raises(ValueError, match="bit_depth must be >= 1"):
         FeatureSqueezing(tiny_net(), 0)
@@ -146,6 +159,9 @@ def test_smoothed_targets():
     for bad in ([0, 10], [-1, 3]):
         with pytest.raises(ValueError, match=r"y must hold classes in \[0, 10\)"):
             smooth_labels(torch.tensor(bad), 10)
+    for dtype in (torch.int64, torch.bool):  # targets of 0.9 and 0.011 would be all 0, or all True
+        with pytest.raises(ValueError, match=f"dtype must be one of .*; got {dtype}"):
+            smooth_labels(torch.tensor([0, 3]), 10, dtype=dtype)
 
 
 def test_a_confidence_below_one_over_the_classes_is_refused_before_training():
@@ -337,6 +353,41 @@ def test_vat_perturbation_under_autocast_stays_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         r = vat_perturbation(model, x, generator=torch.Generator().manual_seed(0))
     assert r.dtype == torch.float32 and torch.isfinite(r).all() and r.abs().sum() > 0
+
+
+def test_vat_runs_in_a_float64_models_precision_and_refuses_half_precision():
+    model, (x, y) = tiny_net().double(), tiny_batch()
+    x = x.double()
+    r = vat_perturbation(model, x, generator=torch.Generator().manual_seed(0))
+    assert r.dtype == torch.float64 and torch.allclose(r.flatten(1).norm(dim=1), torch.full((6,), 2.1, dtype=r.dtype))
+    assert (
+        torch.isfinite(vat_loss(model, x, y))
+        and make_recipe("vat", {"mode": "offline"}).offline_examples(model, x, y).dtype == torch.float64
+    )
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(ValueError, match=f"model: its parameters are {dtype}; VAT's power iteration"):
+            vat_perturbation(tiny_net().to(dtype), x.to(dtype))
+
+
+def test_online_losses_keep_the_perturbed_half_out_of_batch_norm():
+    """A model whose batch norms train: the clean half is normalised by clean statistics only, and the perturbed
+    images never reach the running averages (as in Miyato et al.'s VAT code)."""
+
+    def bn_net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+
+    x, y = tiny_batch()
+    reference = bn_net().train()
+    clean = F.cross_entropy(reference(x), y)
+    for loss in (
+        lambda m: fgsm_adversarial_loss(m, x, y, 0.3, weight=1.0),
+        lambda m: vat_loss(m, x, y, alpha=0.0, generator=torch.Generator().manual_seed(0)),
+    ):
+        model = bn_net().train()
+        torch.testing.assert_close(loss(model), clean)
+        assert torch.equal(model[1].running_mean, reference[1].running_mean)
+        assert model[1].track_running_stats and int(model[1].num_batches_tracked) == 1
 
 
 # ---------------------------------------------------------------- the registry

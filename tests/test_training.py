@@ -19,7 +19,7 @@ from nemesis_fast.checkpoints import load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
 from nemesis_fast.data import load_mnist, to_float
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
-from nemesis_fast.defenses import FeatureSqueezing, make_recipe
+from nemesis_fast.defenses import FeatureSqueezing, make_recipe, reduce_bit_depth
 from nemesis_fast.defenses.adversarial_training import fgsm_examples
 from nemesis_fast.defenses.recipes import StandardRecipe
 from nemesis_fast.evaluation.cache import CachedCheckpoint, ResultCache
@@ -143,6 +143,10 @@ def test_bad_arguments(sample):
         train(mnist_cnn(), data, progress="yes")
     with pytest.raises(TypeError, match="compile must be a bool, got int"):
         train(mnist_cnn(), data, compile=1)
+    for name, models in (("model", (mnist_cnn().double(), None)), ("source_model", (mnist_cnn(), mnist_cnn().half()))):
+        dtype = "torch.float64" if name == "model" else "torch.float16"
+        with pytest.raises(ValueError, match=f"{name}: its parameters are {dtype}; train\\(\\) trains float32"):
+            train(models[0], data, "fgsm_adversarial", source_model=models[1])
     for fraction, match in ((0.97, "leaves 0 to train on"), (0.02, "leaves 16 to train on and 0 to validate on")):
         with pytest.raises(ValueError, match=f"val_fraction={fraction} of 16 images {match}"):
             train(mnist_cnn(), data, val_fraction=fraction)
@@ -267,6 +271,32 @@ def test_checkpoint_of_an_unrecorded_model_and_foreign_files(tmp_path):
             load_checkpoint(tmp_path / "tampered.pt")
 
 
+def test_a_checkpoints_recorded_sizes_allocate_nothing_its_weights_do_not_fill(tmp_path):
+    """The recorded architecture comes from the file: built without memory first, and refused (naming the file) when
+    its parameters are not the stored weights, before any allocation of the sizes it claims."""
+    payload = torch.load(save_checkpoint(tmp_path / "good.pt", mnist_cnn(), recipe="standard"), weights_only=True)
+    for kwargs in ({"num_classes": 10**10}, {"num_classes": 11}):
+        torch.save({**payload, "architecture": {"name": "mnist_cnn", "kwargs": kwargs}}, tmp_path / "claims.pt")
+        with pytest.raises(ValueError, match="claims.pt: the weights do not fit its recorded architecture 'mnist_cnn'"):
+            load_checkpoint(tmp_path / "claims.pt")
+    loaded, _ = load_checkpoint(tmp_path / "good.pt")  # and a true record is built on the device asked, filled
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    torch.testing.assert_close(loaded.state_dict(), payload["state_dict"])
+
+
+def test_a_relu_models_threshold_is_no_part_of_its_architecture(tmp_path):
+    """ReLU layers have no threshold: a ReLU model built with another t loads into one built with the default."""
+    model = mnist_cnn(activation="relu", t=0.5)
+    path = save_checkpoint(tmp_path / "relu.pt", model, recipe="standard")
+    x = torch.rand(2, 1, 28, 28)
+    for into in (mnist_cnn(), None):
+        loaded, _ = load_checkpoint(path, model=into, architecture_kwargs={"activation": "relu", "t": 1.0})
+        torch.testing.assert_close(loaded(x), model(x))
+    brelu = save_checkpoint(tmp_path / "brelu.pt", mnist_cnn(activation="brelu", t=0.5), recipe="standard")
+    with pytest.raises(ValueError, match=r"differs from the model given: t=0.5 \(asked 1.0\)"):
+        load_checkpoint(brelu, model=mnist_cnn(activation="brelu"))
+
+
 def test_checkpoint_entries_are_checked_before_the_file_is_written(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard", metrics={"accuracy": 0.9})
     kept = path.read_bytes()
@@ -319,7 +349,11 @@ def test_paper_models_tiny(sample, tmp_path):
     for name in ("standard", "gda", "gda_brelu", "vat", "fgsm_adversarial", "label_smoothing"):
         model, info = load_checkpoint(by_name[name]["checkpoint"], recipe=by_name[name]["recipe"])
         assert info["architecture"]["kwargs"]["activation"] == by_name[name]["activation"]
-    assert not (tmp_path / "feature_squeezing.pt").exists()
+    squeezing, info = load_checkpoint(by_name["feature_squeezing"]["checkpoint"], recipe="standard")
+    assert isinstance(squeezing, FeatureSqueezing) and squeezing.settings()["bit_depth"] == 1  # behind its squeezer
+    standard, _ = load_checkpoint(by_name["standard"]["checkpoint"])
+    x = test[0][:8].float() / 255
+    torch.testing.assert_close(squeezing(x), standard(reduce_bit_depth(x, 1)))
     only = train_paper_models(data, test, models=["gda_brelu"], epochs=1, batch_size=16, max_steps=1, **quiet())
     assert [r["name"] for r in only] == ["gda_brelu"]
     with pytest.raises(ValueError, match="models must be one of"):

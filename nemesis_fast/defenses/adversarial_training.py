@@ -18,6 +18,7 @@ from torch import nn
 from .._checks import check_device, check_int, check_number
 from ..attacks import FGSM
 from ..data.loader import check_images_labels, to_float
+from ._halves import clean_and_perturbed_logits
 
 
 def fgsm_examples(
@@ -39,11 +40,12 @@ def fgsm_adversarial_loss(
     """weight * CE(model(x), y) + (1 - weight) * CE(model(x_adv), y), x_adv = FGSM from `model` itself.
 
     The attack runs with the model in eval mode and without touching its gradients; the two losses come from
-    one forward pass over the clean and adversarial halves.
+    one forward pass over the clean and adversarial halves, or, for a model whose batch norms train, from two, the
+    adversarial one without updating their running statistics.
     """
     weight = check_number(weight, "weight", low=0.0, high=1.0)
     x_adv = fgsm_examples(model, x, y, eps, clip=clip)
-    logits = model(torch.cat([x, x_adv]))
+    logits = torch.cat(clean_and_perturbed_logits(model, x, x_adv))
     clean, adversarial = F.cross_entropy(logits, torch.cat([y, y]), reduction="none").float().chunk(2)
     return weight * clean.mean() + (1.0 - weight) * adversarial.mean()
 

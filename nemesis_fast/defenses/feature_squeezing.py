@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from .._checks import FLOAT_DTYPES, check_bool, check_int, check_tensor
 
@@ -49,14 +50,14 @@ def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the squeezed input; backward: the incoming gradient unchanged (BPDA with the identity). In the form
-    torch.func's transforms take."""
+    """Forward: the squeezed input; backward: the incoming gradient unchanged, and forward mode: x's tangent
+    unchanged (BPDA with the identity). In the form torch.func's transforms take."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, squeezed: torch.Tensor) -> torch.Tensor:
-        return squeezed
+        return squeezed.clone()  # (an input given back as it is would need a view as its tangent in forward mode)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -65,6 +66,10 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor | None, squeezed_tangent: torch.Tensor | None) -> torch.Tensor | None:
+        return x_tangent
 
 
 class FeatureSqueezing(nn.Module):
@@ -108,7 +113,11 @@ class FeatureSqueezing(nn.Module):
         if self.bpda:
             with torch.no_grad():
                 squeezed = self._squeeze(x)
-            tracked = x.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(x)  # (grad(vmap(...)))
+            tracked = (
+                x.requires_grad
+                or torch._C._functorch.is_functorch_wrapped_tensor(x)  # (grad(vmap(...)), jvp)
+                or forward_ad.unpack_dual(x).tangent is not None  # (a dual tensor of torch.autograd.forward_ad)
+            )
             return _StraightThrough.apply(x, squeezed) if tracked else squeezed
         return self._squeeze(x)
 

@@ -42,9 +42,9 @@ class GaussianAugmentation:
             is the number of samples seen so far), so augmenting a data set batch by batch gives the same noise
             as augmenting it at once, and later epochs get fresh noise. :meth:`reset` rewinds.
         ratio: ART's name: noisy samples per input sample, > 0. Its integer part is the number of noisy copies of
-            every sample; a fractional part adds one more noisy copy of a random subset of round(frac * B)
-            samples of each call (ART draws all int(ratio * B) samples at random, with replacement; the sizes
-            agree), another subset every call (with an int seed, reproducibly; batch by batch, the subsets are
+            every sample; a fractional part adds one more noisy copy of a random subset of each call, so that a
+            batch of B gets int(ratio * B) noisy samples in all, as in ART (which draws them all at random, with
+            replacement), another subset every call (with an int seed, reproducibly; batch by batch, the subsets are
             drawn per batch, not as over the whole set). Replaces `copies` (pass no copies: ValueError).
         augmentation: ART's name: False keeps only one noisy copy of every sample (ratio is then ignored, as in
             ART); True is the default behaviour.
@@ -76,18 +76,17 @@ class GaussianAugmentation:
         if copies is not None and ratio is not None:
             raise ValueError("pass either copies or ratio (ART's name), not both")
         copies = 10 if copies is None else check_int(copies, "copies", low=0)
-        extra = 0.0
         if ratio is not None:
             ratio = check_number(ratio, "ratio", low=0.0, low_inclusive=False)
-            copies, extra = int(math.floor(ratio)), ratio - math.floor(ratio)
+            copies = int(math.floor(ratio))
         if augmentation is not None and not check_bool(augmentation, "augmentation"):
-            copies, extra, include_original = 1, 0.0, False
+            copies, ratio, include_original = 1, None, False
         if clip_values is not None:
             if clip != (0.0, 1.0):
                 raise ValueError("pass either clip or clip_values (ART's name), not both")
             clip = clip_values
         self.clip = clip_bounds(clip, "clip_values" if clip_values is not None else "clip")
-        self.copies, self.extra_fraction = copies, extra
+        self.copies, self.ratio = copies, ratio
         self.include_original = check_bool(include_original, "include_original")
         self.seed = None if seed is None else resolve_seed(seed)
         self.out_dtype, self.backend = out_dtype, backend
@@ -127,7 +126,7 @@ class GaussianAugmentation:
             x, self.copies, self.sigma, (low, high), include_original=self.include_original, **kwargs
         )
         parts_y = [y] * (self.copies + int(self.include_original)) if y is not None else []
-        extra = round(self.extra_fraction * batch)
+        extra = 0 if self.ratio is None else max(0, int(batch * self.ratio) - self.copies * batch)  # ART's count
         if extra > 0:
             # One more noisy copy of a random subset, under a seed of its own (the subset is a gather, not a
             # contiguous run of global indices, so it cannot share the main counter space); drawn anew each call.
@@ -147,7 +146,7 @@ class GaussianAugmentation:
         return x_aug, y_aug
 
     def __repr__(self) -> str:
-        ratio = f", extra_fraction={self.extra_fraction}" if self.extra_fraction else ""
+        ratio = f", ratio={self.ratio}" if self.ratio is not None and self.ratio != self.copies else ""
         return (
             f"GaussianAugmentation(sigma={self.sigma}, copies={self.copies}{ratio}, clip={self.clip}, "
             f"include_original={self.include_original}, seed={self.seed})"
@@ -215,7 +214,11 @@ class FixedNoisyCopies:
         return self.copies + 1
 
     def __call__(self, x: torch.Tensor, copy: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """Rows `copy` (0: the original) of samples `sample` (int64 (B,)), given the originals x (B, ...) float."""
+        """Rows `copy` (0: the original) of samples `sample` (int64 (B,)), given the originals x (B, ...) float
+        (TypeError naming x otherwise: uint8 pixels are first read as x / 255, as the loader does)."""
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"x must be float images (uint8 pixels divided by 255 first), got {kind}")
         noisy = (copy > 0).nonzero().squeeze(1)
         if noisy.numel() == 0:
             return x

@@ -6,10 +6,12 @@ For images x and the model's predictive distribution p(. | x):
     r_adv = eps * g / ||g||_2                                                 (per sample, over all features)
     LDS(x) = KL(p(x) || p(x + r_adv)),   loss = CE(model(x), y) + alpha * LDS(x),   p(x) detached.
 
-The power iteration runs in float32 with autocast off (xi = 1e-6 vanishes in half precision) and with the
-model in eval mode (dropout would swamp a 1e-6 perturbation); the two forwards of the loss run in the model's
-own mode. The paper's offline variant adds x + r_adv, computed once from a model trained beforehand without
-defense and clipped to [0, 1], to the training set with the true labels.
+The power iteration runs in float32 (float64 for a float64 model) with autocast off (xi = 1e-6 vanishes in half
+precision; a model whose parameters are half precision is refused) and with the model in eval mode (dropout would
+swamp a 1e-6 perturbation); the two forwards of the loss run in the model's own mode, and where its batch norms
+train, the perturbed one without updating their running statistics. The paper's offline variant adds x + r_adv,
+computed once from a model trained beforehand without defense and clipped to [0, 1], to the training set with the
+true labels.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from .._checks import check_int, check_nonnegative, check_positive
 from ..attacks import model_guard
+from ._halves import clean_and_perturbed_logits
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -33,8 +36,21 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 def _kl(log_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per sample from log p (B, K) and the logits of q."""
-    return F.kl_div(F.log_softmax(logits_q.float(), dim=1), log_p, log_target=True, reduction="none").sum(1)
+    """KL(p || q) per sample from log p (B, K) and the logits of q, in log p's dtype (float32 or float64)."""
+    return F.kl_div(F.log_softmax(logits_q.to(log_p.dtype), dim=1), log_p, log_target=True, reduction="none").sum(1)
+
+
+def _working_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """float64 for a float64 model (or, with no parameters, float64 images), else float32; ValueError naming
+    `model` where its parameters are half precision, in which xi vanishes."""
+    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    dtype = floating[0] if floating else x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"model: its parameters are {dtype}; VAT's power iteration (xi = 1e-6) needs float32 or float64: train "
+            "a float32 model, with amp for mixed precision"
+        )
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def vat_perturbation(
@@ -47,7 +63,8 @@ def vat_perturbation(
     logits: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The virtual adversarial perturbation r_adv of images x (B, ...): float32, L2 norm `eps` per sample.
+    """The virtual adversarial perturbation r_adv of images x (B, ...): float32 (float64 for a float64 model), L2
+    norm `eps` per sample.
 
     Args:
         model: maps images to logits; put in eval mode (and its parameters' requires_grad off) meanwhile.
@@ -60,11 +77,11 @@ def vat_perturbation(
     eps = check_nonnegative(eps, "eps")
     xi = check_positive(xi, "xi")
     power_iterations = check_int(power_iterations, "power_iterations", low=1)
-    x = x.detach().float()
+    x = x.detach().to(_working_dtype(model, x))
     with model_guard(model), torch.autocast(x.device.type, enabled=False):
         with torch.no_grad():
-            log_p = F.log_softmax((model(x) if logits is None else logits).float(), dim=1)
-        d = _unit(torch.randn(x.shape, generator=generator, device=x.device))
+            log_p = F.log_softmax((model(x) if logits is None else logits).to(x.dtype), dim=1)
+        d = _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
         for _ in range(power_iterations):
             with torch.enable_grad():
                 r = (xi * d).requires_grad_(True)
@@ -85,9 +102,11 @@ def vat_loss(
     power_iterations: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """CE(model(x), y) + alpha * LDS(x): the supervised VAT loss (one forward over x and x + r_adv)."""
+    """CE(model(x), y) + alpha * LDS(x): the supervised VAT loss (one forward over x and x + r_adv; two where the
+    model's batch norms train, see the module's docstring)."""
     alpha = check_nonnegative(alpha, "alpha")
     r_adv = vat_perturbation(model, x, eps=eps, xi=xi, power_iterations=power_iterations, generator=generator)
-    logits_clean, logits_adv = model(torch.cat([x, x + r_adv.to(x.dtype)])).chunk(2)
-    kl = _kl(F.log_softmax(logits_clean.detach().float(), dim=1), logits_adv).mean()
-    return F.cross_entropy(logits_clean.float(), y) + alpha * kl
+    logits_clean, logits_adv = clean_and_perturbed_logits(model, x, x + r_adv.to(x.dtype))
+    work = r_adv.dtype
+    kl = _kl(F.log_softmax(logits_clean.detach().to(work), dim=1), logits_adv).mean()
+    return F.cross_entropy(logits_clean.to(work), y) + alpha * kl
