@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from numbers import Real
 from typing import Any
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -81,8 +82,11 @@ def check_bool(value: Any, name: str) -> bool:
 
 
 def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
-    """An integer (not a bool) within the given inclusive bounds; a symbolic one (torch.SymInt, which torch.compile
-    passes a custom op for an int that varies between calls) is checked as one."""
+    """An integer (not a bool) within the given inclusive bounds, returned as a Python int where it is a numpy
+    integer; a symbolic one (torch.SymInt, which torch.compile passes a custom op for an int that varies between
+    calls) is checked as one."""
+    if isinstance(value, np.integer):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if low is not None and value < low:

@@ -156,7 +156,7 @@ def _test_set(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[torch.Ten
     if args.start >= len(labels):
         raise ValueError(f"--start must be < {len(labels)} (the test images), got {args.start}")
     stop = len(labels) if not args.images else min(len(labels), args.start + args.images)
-    where = f"{dataset} test images {args.start}..{stop - 1} of {root}"
+    where = f"{dataset} test images {args.start}..{stop - 1} of {root.resolve()}"  # (resumes however it is spelt)
     return images[args.start : stop], labels[args.start : stop], where
 
 
@@ -210,9 +210,12 @@ def _run(args: argparse.Namespace) -> int:
     done = _resumed(partial, identity)
     if done["prediction"]:
         print(f"resuming: {len(done['prediction'])} of {len(labels)} images already certified ({partial})")
-    bar = progress_bar(args.progress, total=len(labels), desc="certify", unit="img", leave=True)
+    per_image = args.n0 + args.n  # (the bar counts noisy copies: an image of n = 100,000 takes a while)
+    bar = progress_bar(
+        args.progress, total=len(labels) * per_image, desc="certify", unit="copies", unit_scale=True, leave=True
+    )
     if bar is not None:
-        bar.update(len(done["prediction"]))
+        bar.update(len(done["prediction"]) * per_image)
     started = time.perf_counter()
     try:
         prediction, radius = _certify_in_chunks(smooth, images, args, partial, identity, done, bar)
@@ -279,7 +282,7 @@ def _certify_in_chunks(smooth, images, args, partial, identity, done, bar) -> tu
             args.batch_size,
             seed=args.seed,
             offset=args.start + begin,
-            progress=(lambda rows: bar.update(rows / per_image)) if bar is not None else None,
+            progress=bar.update if bar is not None else None,
         )
         prediction += result.prediction.tolist()
         radius += result.radius.tolist()
@@ -300,9 +303,7 @@ def _behind(squeezer: dict[str, Any] | None) -> str:
 
 
 def _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh) -> dict[str, Any]:
-    from scipy.stats import norm
-
-    from .certify import certified_accuracy
+    from .certify import certified_accuracy, largest_certifiable_radius
 
     correct = prediction == labels
     return {
@@ -322,7 +323,7 @@ def _summary(args, meta, where, sigma, device, labels, prediction, radius, secon
         "noisy_images_per_s": fresh * (args.n0 + args.n) / seconds if fresh and seconds > 0 else None,
         "abstained": (prediction == -1).double().mean().item(),
         "mean_radius_of_correct": radius[correct].mean().item() if correct.any() else 0.0,
-        "largest_certifiable_radius": sigma * float(norm.ppf(args.alpha ** (1 / args.n))),
+        "largest_certifiable_radius": largest_certifiable_radius(args.n, args.alpha, sigma),
         "certified_accuracy": {
             f"{r:g}": a for r, a in zip(RADII, certified_accuracy(prediction, radius, labels, RADII))
         },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -18,9 +19,12 @@ from nemesis_fast.certify import (
     certified_accuracy,
     certified_radius,
     clopper_pearson_lower,
+    largest_certifiable_radius,
     phase_key,
 )
+from nemesis_fast.certify.statistics import radius_of_counts
 
+FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COUNTS = [(0, 10), (1, 10), (5, 10), (9, 10), (10, 10), (500, 1000), (990, 1000), (99_990, 100_000), (100, 100)]
 
 
@@ -45,6 +49,24 @@ def test_binomial_p_value_is_scipys_two_sided_test():
     for top, runner_up in [(0, 0), (1, 0), (5, 5), (6, 4), (60, 40), (30, 70), (1000, 0), (512, 488), (9000, 8800)]:
         expected = 1.0 if top + runner_up == 0 else stats.binomtest(top, top + runner_up, 0.5).pvalue
         assert binomial_p_value(top, runner_up) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_binomial_p_value_of_small_integer_dtypes_does_not_wrap():
+    """(200 + 100) in uint8 wrapped to 44, and p came out 0: a false 'significant' answer."""
+    assert binomial_p_value(np.uint8(200), np.uint8(100)) == pytest.approx(stats.binomtest(200, 300).pvalue)
+    top, runner_up = np.int32(2**30 + 9), np.int32(2**30 - 1)  # (a sum past int32's range: it gave NaN)
+    assert binomial_p_value(top, runner_up) == binomial_p_value(2**30 + 9, 2**30 - 1) == pytest.approx(0.99984504)
+
+
+def test_the_radius_stays_finite_where_pa_rounds_to_one_and_is_never_negative():
+    """1 - pA from Beta's upper tail: pA itself rounds to 1 in float64 for alpha near 1, which gave inf."""
+    exact = 0.25 * stats.norm.isf(stats.beta.isf(1 - 1e-16, 1, 100))
+    assert radius_of_counts(np.int64(100), 100, 1 - 1e-16, 0.25) == pytest.approx(exact) and math.isfinite(exact)
+    assert radius_of_counts([990, 500], 1000, 0.001, 0.5).tolist() == pytest.approx(
+        [0.5 * stats.norm.ppf(clopper_pearson_lower(990, 1000, 0.001)), 0.0]
+    )
+    assert largest_certifiable_radius(100_000, 0.001, 1.0) == pytest.approx(stats.norm.ppf(0.001**1e-5))
+    assert largest_certifiable_radius(5, 0.001, 0.3) == 0.0  # too few draws to certify anything: not -0.17
 
 
 def test_radius_is_sigma_times_the_normal_quantile_and_zero_without_a_certificate():
@@ -216,6 +238,23 @@ def test_uint8_images_reach_the_model_in_its_own_dtype(dtype):
     assert counts.sum().item() == 4 * 300
     if dtype == torch.float64:
         assert torch.equal(counts, smooth.sample_counts(x.double() / 255, [(1, 300)], 64))
+
+
+def test_float_images_of_another_dtype_than_the_models_are_made_its_dtype():
+    """float64 images (from numpy, say) and a float32 model, or the reverse, ended in a dtype error in the model."""
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.float64):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).to(dtype)
+        counts = [Smooth(model, 0.25, 3).certify(x.to(d), 5, 50, 0.01, seed=1).counts for d in FLOAT_TYPES]
+        assert all(c.sum().item() == 3 * 50 for c in counts)
+
+
+def test_numpy_integers_are_counts_and_seeds():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    smooth = Smooth(model, 0.25, np.int64(3))
+    given = smooth.certify(x, np.int64(5), np.int32(50), 0.01, np.int64(16), seed=np.int64(1))
+    assert torch.equal(given.counts, smooth.certify(x, 5, 50, 0.01, 16, seed=1).counts) and given.n == 50
 
 
 @pytest.mark.filterwarnings("ignore:amp='bf16' on this CPU:RuntimeWarning")  # CPUs without native bf16: emulated

@@ -10,6 +10,7 @@ import torch
 
 from nemesis_fast.checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint
 from nemesis_fast.cli import main
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.defenses import FeatureSqueezing
 from nemesis_fast.models import mnist_cnn
 
@@ -157,13 +158,14 @@ def test_an_interrupted_certify_resumes_where_it_stopped_with_the_same_certifica
 
     monkeypatch.setattr(Smooth, "certify", dying)
     with pytest.raises(Interrupted):
-        main([*args, "--out", str(part)])
+        main([*args, "--data-dir", str(MNIST_SAMPLE_DIR), "--out", str(part)])
     partial = tmp_path / "part.csv.partial.json"
     assert calls == [2, 1, 1] and len(json.loads(partial.read_text())["prediction"]) == 3 and not part.exists()
     with pytest.raises(SystemExit, match="holds an interrupted run with other settings \\(n\\)"):
         main([*base, "--n", "41", "--out", str(part)])
     calls.clear()
-    assert main([*args, "--out", str(part)]) == 0
+    monkeypatch.chdir(MNIST_SAMPLE_DIR.parent)  # the same folder spelt another way
+    assert main([*args, "--data-dir", MNIST_SAMPLE_DIR.name, "--out", str(part)]) == 0
     assert calls == [2] and "resuming: 3 of 5 images already certified" in capsys.readouterr().out
     assert part.read_text() == whole.read_text() and not partial.exists()
 

@@ -16,7 +16,7 @@ from .._checks import FLOAT_DTYPES, check_choice, check_device, check_int, check
 from .._dispatch import BACKENDS
 from .._modes import eval_mode
 from ..ops import gaussian_augment
-from .statistics import binomial_p_value, certified_accuracy, certified_radius, clopper_pearson_lower
+from .statistics import binomial_p_value, certified_accuracy, clopper_pearson_lower, radius_of_counts
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
@@ -146,9 +146,9 @@ class Smooth:
         return self.device or x.device
 
     def _noise_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """The dtype of the noisy copies of uint8 images: the model's (its first floating parameter's), float32
-        for a model without one or under autocast; None (x's own) for float images."""
-        if x.is_floating_point() or self.amp or not isinstance(self.model, nn.Module):
+        """The dtype of the noisy copies: the model's (its first floating parameter's); None (x's own, float32 for
+        uint8 images) under autocast or for a model without one."""
+        if self.amp or not isinstance(self.model, nn.Module):
             return None
         return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
 
@@ -263,11 +263,11 @@ class Smooth:
         """Cohen et al.'s CERTIFY for every image of x.
 
         Args:
-            x: images (B, ...) of float values, or uint8 read as x / 255 in the dtype of the model's parameters;
-                moved to the model's device.
+            x: images (B, ...) of float values, or uint8 read as x / 255; the noisy copies are made in the dtype
+                of the model's parameters, on its device.
             n0: selection draws per image, >= 1 (Cohen et al.: 100).
             n: estimation draws per image, >= 1 (Cohen et al.: 100,000). The largest radius it can certify is
-                sigma * Phi^-1(alpha ** (1 / n)).
+                sigma * Phi^-1(alpha ** (1 / n)) (:func:`largest_certifiable_radius`; none where that is < 0).
             alpha: failure probability of each certificate, in (0, 1) (Cohen et al.: 0.001).
             batch_size: noisy copies per forward pass (memory: batch_size inputs and activations); it does not
                 change the result.
@@ -296,7 +296,7 @@ class Smooth:
         return Certificate(
             prediction=torch.where(certified, chosen, torch.full_like(chosen, -1)),
             p_lower=torch.from_numpy(p_lower),
-            radius=torch.from_numpy(certified_radius(p_lower, self.sigma)),
+            radius=torch.from_numpy(radius_of_counts(top.numpy(), n, alpha, self.sigma)),
             counts=estimation.clone(),
             selection_counts=selection.clone(),
             sigma=self.sigma,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..certify import Smooth, certified_accuracy
+from ..certify import Smooth, certified_accuracy, largest_certifiable_radius
 from ..defenses import paper_settings
 from .cache import ResultCache, settings_key
 from .config import DEFENSE_LABELS, EvalConfig
@@ -118,8 +118,6 @@ def certified_stats(
     defense: str, settings: dict[str, Any], radii: list[float], labels: torch.Tensor, parts: list[dict[str, Any]]
 ) -> CertifiedAccuracy:
     """The row of one defense from its chunks' entries (in chunk order)."""
-    from scipy.stats import norm
-
     prediction = torch.cat([p["prediction"] for p in parts])
     radius = torch.cat([p["radius"] for p in parts]).double()
     labels = labels[: len(prediction)]
@@ -136,7 +134,7 @@ def certified_stats(
         accuracy=[100 * a for a in certified_accuracy(prediction, radius, labels, radii)],
         abstained=100 * (prediction < 0).double().mean().item() if len(prediction) else math.nan,
         mean_radius=radius[correct].mean().item() if correct.any() else math.nan,
-        largest_radius=sigma * float(norm.ppf(alpha ** (1 / n))),
+        largest_radius=largest_certifiable_radius(n, alpha, sigma),
         seconds=sum(float(p["seconds"]) for p in parts),
         labels=labels.tolist(),
         prediction=prediction.tolist(),
