@@ -25,6 +25,7 @@ from torch import nn
 
 from nemesis_fast.attacks import (
     FGSM,
+    JSMA,
     PGD,
     Attack,
     CarliniWagnerL2,
@@ -34,6 +35,7 @@ from nemesis_fast.attacks import (
     perturbation_norms,
 )
 from nemesis_fast.attacks.base import select_rows
+from nemesis_fast.attacks.deepfool import step_margin
 
 TOL = 1e-5
 
@@ -182,6 +184,21 @@ def test_a_plain_function_model_and_an_empty_batch():
         assert math.isnan(result.success_rate)
 
 
+def test_an_empty_targeted_run_has_an_empty_target_tensor():
+    model = small_model()
+    x, y = data()
+    for attack in (JSMA(model, seed=0), FGSM(model, 0.1, targeted=True, seed=0), PGD(model, 0.1, 0.02, 2, seed=0)):
+        result = attack.run(x[:0], y[:0])
+        if attack.targeted:
+            assert isinstance(result.target, torch.Tensor), type(attack).__name__
+            assert result.target.shape == (0,) and result.target.dtype == torch.int64
+            assert result.target.device == x.device and result.success.shape == (0,)
+        else:
+            assert result.target is None
+    given = FGSM(model, 0.1).run(x[:0], y[:0], target=y[:0].int())  # a call's own (empty) targets
+    assert given.target.shape == (0,) and given.target.dtype == torch.int64
+
+
 def test_inference_mode_input():
     model = small_model()
     x, y = data()
@@ -298,7 +315,8 @@ def test_deepfool_is_exact_on_a_linear_model():
     model, x, y = linear_case()
     overshoot = 0.02
     result = DeepFool(model, overshoot=overshoot, clip=(-100.0, 100.0)).run(x, y)
-    expected = (1 + overshoot) * (nearest_boundary(model, x, y) + 1e-4)
+    margin = 1e-4 * 200  # 1e-4 of the clip range
+    expected = (1 + overshoot) * (nearest_boundary(model, x, y) + margin)
     torch.testing.assert_close(result.l2, expected, rtol=1e-9, atol=1e-12)
     assert result.success.all() and (result.iterations == 1).all()
 
@@ -316,8 +334,8 @@ def test_deepfool_candidates_limit_the_classes_searched():
 
 
 def test_deepfool_steps_of_half_precision_images_add_up():
-    """Near a tie a step is about the 1e-4 margin, below float16's spacing at pixels in [0.5, 1): DeepFool adds its
-    steps up in float32, so such an image still moves on and crosses, as the same model does in float32."""
+    """Near a tie a step is about the margin, near float16's spacing at pixels in [0.5, 1): DeepFool adds its steps
+    up in float32, so such an image still moves on and crosses, as the same model does in float32."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).half()
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2)).half()
@@ -328,12 +346,60 @@ def test_deepfool_steps_of_half_precision_images_add_up():
     assert result.success.all(), result.iterations
 
 
+class _OnATie(nn.Module):
+    """Two logits, 0 and sum(x - 3/4): an image of pixels 3/4 +- 1/64, as many of each, sits on an exact tie (in
+    any dtype: every sum is exact), which class 0 wins. Its DeepFool step is the margin alone, spread evenly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = (x - 0.75).flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(f), f], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_deepfool_steps_off_an_exact_tie_in_half_precision(dtype):
+    """The margin is at least the spacing of x's dtype: a 1e-4 one spread over 64 pixels moves none of them in
+    bfloat16 before ~150 steps (in float16 ~20), and the image stays on the tie."""
+    signs = torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(i)) % 2 for i in range(8)])
+    x = (0.75 + (2 * signs - 1) / 64).view(8, 1, 8, 8).to(dtype)
+    y = torch.zeros(8, dtype=torch.int64)
+    model = _OnATie()
+    assert torch.equal(model(x).argmax(1), y) and (model(x)[:, 1] == 0).all()
+    result = DeepFool(model, max_iter=50).run(x, y)
+    assert result.success.all() and (result.iterations <= 3).all(), result.iterations
+
+
+def test_deepfool_margin_scales_with_the_clip_range():
+    """The same network on [0, 256] images (a power of 2: every number scales exactly) takes the same steps, 256
+    times larger: the margin is 1e-4 of the clip range."""
+    model = small_model(seed=3)
+    x, y = data(64, seed=4)
+
+    def scaled(images: torch.Tensor) -> torch.Tensor:
+        return model(images / 256)
+
+    for norm in ("2", "inf"):
+        unit = DeepFool(model, max_iter=30, norm=norm).run(x, y)
+        wide = DeepFool(scaled, max_iter=30, norm=norm, clip=(0.0, 256.0)).run(x * 256, y)
+        assert torch.equal(wide.iterations, unit.iterations) and torch.equal(wide.success, unit.success)
+        assert torch.equal(wide.x_adv, unit.x_adv * 256)
+
+
+def test_deepfool_margin_values():
+    """1e-4 of the clip range (the paper's 1e-4 on [0, 1], exactly: float32 results there are unchanged), at least
+    the spacing of x's dtype at the bounds."""
+    assert step_margin((0.0, 1.0), torch.float32) == 1e-4 and step_margin((0.0, 1.0), torch.float64) == 1e-4
+    assert step_margin((0.0, 255.0), torch.float32) == 1e-4 * 255
+    assert step_margin((-100.0, 100.0), torch.float64) == 1e-4 * 200
+    assert step_margin((0.0, 1.0), torch.float16) == 2**-10 and step_margin((0.0, 1.0), torch.bfloat16) == 2**-7
+    assert step_margin((-1.0, 1.0), torch.bfloat16) == 2**-7 and step_margin((0.0, 255.0), torch.bfloat16) == 1.0
+
+
 def test_deepfool_linf_on_a_linear_model():
     model, x, y = linear_case()
     result = DeepFool(model, norm="inf", overshoot=0.0, clip=(-100.0, 100.0)).run(x, y)
     logits, w = model(x).detach(), model.weight.detach()
     gaps = (logits - logits.gather(1, y[:, None])).abs() / (w[None] - w[y][:, None]).abs().sum(2)
-    expected = gaps.scatter(1, y[:, None], torch.inf).amin(1) + 1e-4
+    expected = gaps.scatter(1, y[:, None], torch.inf).amin(1) + 1e-4 * 200  # the margin: 1e-4 of the clip range
     torch.testing.assert_close(result.linf, expected, rtol=1e-9, atol=1e-12)
     assert result.success.all()
 

@@ -9,7 +9,7 @@ import torch
 from _attack_cases import CLASSES, NAMES, attacks, data, small_model
 from torch import nn
 
-from nemesis_fast.attacks import FGSM, PGD, Attack, CarliniWagnerL2, DeepFool, RandFGSM
+from nemesis_fast.attacks import FGSM, JSMA, PGD, Attack, CarliniWagnerL2, DeepFool, RandFGSM
 
 
 @pytest.mark.parametrize(
@@ -162,3 +162,127 @@ def test_model_whose_class_count_changes():
     attack.model = nn.Sequential(model, nn.Linear(CLASSES, CLASSES + 1))
     with pytest.raises(ValueError, match="model gave 6 logits per image, earlier 5"):
         attack(x, y)
+
+
+# ------------------------------------------------------------------------------ numerics of the inputs and settings
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_images_a_rounding_outside_clip_are_accepted_and_run_clamped(dtype):
+    """Normalised images (x - mean) / std in their dtype, against bounds computed the same way in Python floats, and
+    x.clamp(*clip), whose bounds are rounded to x's dtype, lie a rounding outside clip: they are accepted, and the
+    attack runs on them clamped into clip."""
+    model = small_model(dtype)
+    x, y = data(dtype=dtype)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = 0.0, 1.0
+    normalised = (x - MNIST_MEAN) / MNIST_STD
+    clip = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
+    if dtype == torch.float32:  # the case the tolerance is for: both bounds exceeded by a rounding
+        assert normalised.min().item() < clip[0] and normalised.max().item() > clip[1]
+    for name, attack in attacks(model, clip=clip, eps=0.1 / MNIST_STD).items():
+        result = attack.run(normalised, y)
+        assert result.x_adv.min() >= clip[0] - 1e-2 and result.x_adv.max() <= clip[1] + 1e-2, name
+        assert torch.equal(result.x_adv, attack(normalised.clamp(*clip), y)), name  # run on x clamped into clip
+        attack.run(result.x_adv, y)  # the attack's own output is accepted
+
+
+@pytest.mark.parametrize("clip", [(-1.0, 1.1), (0.0, 0.7), (0.1, 0.9), (-0.3, 255.0)])
+def test_an_attacks_own_output_is_accepted_back(clip):
+    """The output is clamped into clip in x's dtype, which rounds the bounds (1.1 up to 1.10000002 in float32)."""
+    model = small_model()
+    x, y = data(low=clip[0], high=clip[1])
+    for attack in (FGSM(model, 0.2 * (clip[1] - clip[0]), clip=clip), DeepFool(model, 5, clip=clip)):
+        x_adv = attack(x, y)
+        assert torch.equal(x_adv, x_adv.clamp(*clip))
+        attack(x_adv, y)
+        attack(x.clamp(*clip), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_images_beyond_a_few_roundings_of_clip_are_refused(dtype):
+    model = small_model(dtype)
+    x, y = data(dtype=dtype)
+    above, below = x.clone(), x.clone()
+    ulp = torch.finfo(dtype).eps  # the spacing of the dtype at the bound 1
+    above[2, 0, 0, 0] = 1 + 8 * ulp
+    below[2, 0, 0, 0] = -8 * ulp
+    for bad in (above, below):
+        with pytest.raises(ValueError, match=r"x must lie inside clip=\(0.0, 1.0\) \(up to"):
+            FGSM(model, 0.1)(bad, y)
+
+
+@pytest.mark.parametrize(
+    "make,dtype,match",
+    [
+        (lambda m: FGSM(m, 1e39), torch.float32, r"eps=1e\+39 is beyond the range of float32"),
+        (lambda m: FGSM(m, 1e39, norm="2"), torch.float32, r"eps=1e\+39 is beyond the range of float32"),
+        (lambda m: FGSM(m, 1e5, clip=(0.0, 255.0)), torch.float16, r"eps=100000 is beyond the range of float16"),
+        (lambda m: RandFGSM(m, 1e39, 0.05, seed=0), torch.float32, r"eps=1e\+39 is beyond the range of float32"),
+        (lambda m: RandFGSM(m, 1e39, 1e39, seed=0), torch.bfloat16, r"eps=1e\+39 is beyond the range of bfloat16"),
+        (lambda m: PGD(m, 0.3, 1e39, 2, seed=0), torch.float32, r"alpha=1e\+39 is beyond the range of float32"),
+        (lambda m: PGD(m, 1.0, 1e39, 2, norm="2"), torch.float32, r"alpha=1e\+39 is beyond the range of float32"),
+        (lambda m: PGD(m, 1e39, 0.1, 2, seed=0), torch.float32, r"eps=1e\+39 is beyond the range of float32"),
+        (lambda m: PGD(m, 0.3, 7e4, 2, seed=0), torch.float16, r"alpha=70000 is beyond the range of float16"),
+        (lambda m: DeepFool(m, 3, overshoot=1e39), torch.float32, r"overshoot=1e\+39 is beyond the range of float32"),
+        (
+            lambda m: CarliniWagnerL2(m, max_iter=2, learning_rate=1e38),
+            torch.float16,
+            r"learning_rate=1e\+38 is beyond the range of float32 .* \(10 times it\)",
+        ),
+    ],
+)
+def test_step_sizes_beyond_the_range_of_the_images_dtype_are_named(make, dtype, match):
+    """A step size that overflows x's dtype (the dtype of the steps) would make the steps inf, and inf * 0 (a zero
+    gradient) NaN pixels, or an error from torch that names no argument: each is refused with the argument's name."""
+    torch.manual_seed(0)
+    # stride 3 > kernel 2: the model ignores some pixels, whose gradient is exactly 0
+    model = nn.Sequential(nn.Conv2d(2, 3, 2, stride=3), nn.ReLU(), nn.Flatten(), nn.Linear(3, CLASSES)).to(dtype)
+    x, _ = data(dtype=dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image on its label: DeepFool steps
+    with pytest.raises(ValueError, match=match):
+        make(model)(x, y)
+
+
+def test_the_largest_step_sizes_of_the_images_dtype_give_finite_images():
+    model = small_model()
+    x, y = data()
+    largest = torch.finfo(torch.float32).max
+    for attack in (FGSM(model, largest), FGSM(model, largest, norm="2"), PGD(model, largest, largest, 2, seed=0)):
+        assert torch.isfinite(attack(x, y)).all()
+    x16, y16 = data(dtype=torch.float16)
+    assert torch.isfinite(FGSM(small_model(torch.float16), 65504.0)(x16, y16)).all()
+    assert torch.isfinite(DeepFool(small_model(torch.float16), 3, overshoot=1e5)(x16, y16)).all()  # float32 steps
+
+
+class _Detaching(nn.Module):
+    """A model whose output has no autograd path to its input (a non-differentiable preprocessing step)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x.detach() * 255).round() / 255)
+
+
+def _attack(name: str, model) -> Attack:
+    return JSMA(model, gamma=0.2, seed=0) if name == "jsma" else attacks(model)[name]
+
+
+@pytest.mark.parametrize("name", [*NAMES, "jsma"])
+def test_a_model_without_a_gradient_path_to_x_is_named(name):
+    """Where the attack takes its gradient with respect to x (torch's own error names no cause); C&W, whose loss
+    has an L2 term of its own, refuses a model whose logits need no gradient at all."""
+    model = small_model()
+    detaching = _Detaching(model).eval()
+    x, y = data()
+    with pytest.raises(ValueError, match="model: its output does not depend on x through autograd"):
+        _attack(name, detaching)(x, y)
+    assert all(p.requires_grad for p in model.parameters())
+    if name != "cw":
+        # A plain function is run as it is: its logits need gradients (for the parameters), but none reaches x.
+        with pytest.raises(ValueError, match="model: its output does not depend on x through autograd"):
+            _attack(name, lambda images: detaching(images))(x, y)

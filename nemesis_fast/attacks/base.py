@@ -12,6 +12,7 @@ Writing an attack (this is all a subclass does; the base class does the rest)::
     class MyAttack(Attack):
         supports_targeted = True      # False: `target=` and `targeted=True` raise ValueError
         deterministic = True          # False when it draws random numbers (random starts, noise)
+        step_sizes = {"eps": 1.0}     # checked at each call to be finite in x's dtype (no inf steps, no NaN)
 
         def __init__(self, model, eps, *, clip=(0.0, 1.0), targeted=False, seed=None):
             super().__init__(model, clip=clip, targeted=targeted, seed=seed)
@@ -27,10 +28,11 @@ Writing an attack (this is all a subclass does; the base class does the rest)::
             x_adv = x + step if target is None else x - step
             return x_adv, 1   # the images (the base class clips them), the iterations (an int or (B,) tensor)
 
-The base class validates `x`, `y` and `target` (ValueError/TypeError naming the argument), draws targets
-among the wrong classes when `targeted=True` and none is given (with the attack's seed or generator), runs
-`_perturb` inside :func:`model_guard`, clips the result into `clip`, and for :meth:`Attack.run` computes the
-success mask and the per-sample L0, L2 and Linf norms of the perturbation.
+The base class validates `x`, `y` and `target` (ValueError/TypeError naming the argument; x may lie outside
+`clip` by a few roundings of its dtype, and `_perturb` then sees it clamped into `clip`) and the `step_sizes`
+against x's dtype, draws targets among the wrong classes when `targeted=True` and none is given (with the attack's
+seed or generator), runs `_perturb` inside :func:`model_guard`, clips the result into `clip`, and for
+:meth:`Attack.run` computes the success mask and the per-sample L0, L2 and Linf norms of the perturbation.
 
 Helpers for subclasses: :meth:`Attack.logits` (forward with the output shape checked),
 :meth:`Attack.input_gradient` (gradient of any per-sample loss with respect to the input only),
@@ -47,7 +49,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +57,30 @@ from torch import nn
 
 from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor
 from .._modes import eval_mode
-from .jacobian import LogitJacobian, Weights
+from .jacobian import LogitJacobian, Weights, input_grad
 from .norms import perturbation_norms
 
 Seed = int | torch.Generator | None
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+# How far x may stray outside clip, in units in the last place of x's dtype at the clip bounds' magnitude: the
+# rounding of bounds computed in float64 (normalised images, (x - mean) / std, against bounds computed the same way
+# in Python) and of x.clamp(*clip) in x's dtype, which rounds the bounds to it.
+CLIP_TOLERANCE_ULPS = 4
+
+
+def spacing(magnitude: float, dtype: torch.dtype) -> float:
+    """The gap between consecutive numbers of `dtype` at `magnitude` >= 0 (pixel units): its unit in the last place
+    there, eps * 2^e for a magnitude in [2^e, 2^(e+1)) (torch.finfo(dtype).eps at 1; 2^-7 for bfloat16)."""
+    info = torch.finfo(dtype)
+    _, exponent = math.frexp(max(magnitude, info.tiny))
+    return math.ldexp(info.eps, exponent - 1)
+
+
+def clip_tolerance(clip: tuple[float, float], dtype: torch.dtype) -> float:
+    """How far, in pixel units, images of `dtype` may lie outside `clip` and still count as inside it:
+    CLIP_TOLERANCE_ULPS units in the last place of `dtype` at the larger magnitude of the bounds."""
+    return CLIP_TOLERANCE_ULPS * spacing(max(abs(clip[0]), abs(clip[1])), dtype)
 
 
 @dataclass
@@ -75,7 +95,7 @@ class AttackResult:
         l2: (B,) float32 (float64 for float64 images): the Euclidean norm of x_adv - x.
         linf: (B,) same dtype as l2: the largest absolute change of any element.
         iterations: (B,) int64: the iterations (gradient steps) the attack spent on each image.
-        target: (B,) int64 target classes of a targeted run, else None.
+        target: (B,) int64 target classes of a targeted run (empty for an empty batch), else None.
     """
 
     x_adv: torch.Tensor
@@ -133,7 +153,9 @@ class Attack:
             attacked in eval mode, and its train/eval mode and its parameters' requires_grad flags are restored
             after each call; its parameters never receive gradients. A plain callable is run as it is: put the
             modules it calls in eval mode first (else dropout stays on and batch norm updates its statistics).
-        clip: (low, high), low < high: the range of valid pixel values; inputs must lie in it, outputs do.
+        clip: (low, high), low < high: the range of valid pixel values; outputs lie in it, and so must inputs, up
+            to a few units in the last place of their dtype at the bounds' magnitude (:func:`clip_tolerance`:
+            the rounding of bounds computed in another precision, or of x.clamp(*clip) in x's dtype).
         targeted: when True and no `target` is given to a call, targets are drawn uniformly among the wrong
             classes (with `seed`). Passing `target=` to a call makes that call targeted either way.
         seed: an int (every call starts from the same random state: reproducible), a torch.Generator (its
@@ -142,6 +164,10 @@ class Attack:
 
     supports_targeted: bool = True
     deterministic: bool = True
+    # The attributes holding step sizes (or factors on steps) that scale tensors of the dtype of :meth:`step_dtype`,
+    # each with the largest factor the attack puts on it: each such product must be a finite number of that dtype,
+    # else a step overflows to inf, and inf * 0 (where the gradient is 0) to NaN. Checked at each call.
+    step_sizes: ClassVar[dict[str, float]] = {}
 
     def __init__(
         self,
@@ -231,7 +257,7 @@ class Attack:
             leaf = x.detach().requires_grad_(True)
             value = loss_fn(leaf)
             loss = value[0] if isinstance(value, tuple) else value
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+            grad = input_grad(loss.sum(), leaf)  # ValueError naming the model where the loss has no path to x
         if isinstance(value, tuple):
             return grad, tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in value)
         return grad, value.detach()
@@ -265,6 +291,10 @@ class Attack:
         logits `keep` keeps (a function of the detached logits returning a (B,) bool mask) only: the forward pass
         that decides which images an iterative attack stops also serves the others' gradients."""
         return self._jacobian.products_of_kept(x, weights, keep)
+
+    def step_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype in which the attack scales its steps (see `step_sizes`) for images of `dtype`: theirs."""
+        return dtype
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """`x` clamped into `clip`."""
@@ -326,12 +356,15 @@ class Attack:
             try:
                 with self._guard(), torch.no_grad():
                     if x.shape[0]:
-                        self._check_model(x, y, target)
+                        # x within clip's tolerance but outside clip runs clamped into it (the _perturb contract)
+                        outside = self._check_model(x, y, target)
                         if target is None and self.targeted:
                             target = (y + 1 + self.randint(self.num_classes - 1, y.shape, y.device)) % self.num_classes
-                        x_adv, iterations = self._perturb(x, y, target)
+                        x_adv, iterations = self._perturb(self.project(x) if outside else x, y, target)
                     else:
                         x_adv, iterations = x.clone(), 0
+                        if target is None and self.targeted:
+                            target = y.new_empty(0)  # a targeted run's targets: none for no images
             finally:
                 self._generator = None
             if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
@@ -347,6 +380,7 @@ class Attack:
         largest = torch.finfo(x.dtype).max
         if max(abs(self.clip[0]), abs(self.clip[1])) > largest:
             raise ValueError(f"clip={self.clip} holds a bound beyond the range of {x.dtype} images (+-{largest:g})")
+        self._check_step_sizes(self.step_dtype(x.dtype))
         if x.is_inference():
             x = x.clone()
         x = x.detach()
@@ -361,6 +395,20 @@ class Attack:
                 raise ValueError(f"x is on {x.device} but the model's parameters are on {param.device}")
         return x, y, target
 
+    def _check_step_sizes(self, dtype: torch.dtype) -> None:
+        """ValueError naming the first of `step_sizes` beyond the range of `dtype`, the dtype of the steps (a step of
+        that size is inf in it, and inf times a zero gradient is NaN)."""
+        largest, dtype_name = torch.finfo(dtype).max, str(dtype).replace("torch.", "")
+        for name, factor in self.step_sizes.items():
+            value = getattr(self, name)
+            if abs(value) * factor > largest:
+                times = "" if factor == 1 else f" ({factor:g} times it)"
+                raise ValueError(
+                    f"{name}={value:g} is beyond the range of {dtype_name} (largest {largest:g}), the dtype of "
+                    f"{type(self).__name__}'s steps{times} on these images: they would overflow to inf, and to NaN "
+                    "where the gradient is 0"
+                )
+
     def _check_labels(self, labels: Any, name: str, x: torch.Tensor) -> torch.Tensor:
         check_tensor(labels, name, dtypes=_INT_DTYPES, ndim=1)
         if labels.shape[0] != x.shape[0]:
@@ -368,10 +416,11 @@ class Attack:
         labels = labels.detach().to(device=x.device, dtype=torch.int64)
         return labels.clone() if labels.is_inference() else labels
 
-    def _check_model(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
+    def _check_model(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> bool:
         """Learns the number of classes (one forward pass of one image, first call only: its logits must be
-        finite), then checks that x is finite and inside clip and that the labels are in range, with a single
-        device synchronisation."""
+        finite), then checks that x is finite and inside clip (up to :func:`clip_tolerance`) and that the labels
+        are in range, with a single device synchronisation. Returns whether x strays outside clip (within the
+        tolerance)."""
         first_logits = None
         if self.num_classes is None:
             first_logits = self.logits(x[:1])
@@ -390,8 +439,12 @@ class Attack:
         x_min, x_max, y_min, y_max = values[:4]
         if not (math.isfinite(x_min) and math.isfinite(x_max)):
             raise ValueError("x must be finite; it holds NaN or infinite values")
-        if x_min < self.clip[0] or x_max > self.clip[1]:
-            raise ValueError(f"x must lie inside clip={self.clip}; it spans [{x_min}, {x_max}]")
+        tolerance = clip_tolerance(self.clip, x.dtype)
+        if x_min < self.clip[0] - tolerance or x_max > self.clip[1] + tolerance:
+            raise ValueError(
+                f"x must lie inside clip={self.clip} (up to {tolerance:.3g}, a few units in the last place of "
+                f"{str(x.dtype).replace('torch.', '')}); it spans [{x_min}, {x_max}]"
+            )
         if not finite_logits:  # x's first image is valid: the model is to blame
             raise ValueError("model must give finite logits; it gave NaN or infinite ones for the first image of x")
         if y_min < 0 or y_max >= c:
@@ -402,3 +455,4 @@ class Attack:
                 raise ValueError(f"target must hold classes in [0, {c}); got values in [{int(t_min)}, {int(t_max)}]")
             if same:
                 raise ValueError("target must differ from y for every image")
+        return x_min < self.clip[0] or x_max > self.clip[1]

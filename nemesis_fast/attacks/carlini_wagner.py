@@ -10,6 +10,7 @@ import torch
 
 from .._checks import check_bool, check_int, check_nonnegative, check_positive
 from .base import Attack, Seed
+from .jacobian import NO_GRADIENT_PATH
 
 _UNBOUNDED = 1e10  # the upper bound of c before the first success
 _TANH_SCALE = 1 - 1e-6  # keeps atanh finite for pixels on the clip bounds
@@ -38,10 +39,13 @@ class CarliniWagnerL2(Attack):
         initial_const: the first c, > 0 and below 1e9 (the search's bound on c is 1e10).
         binary_search_steps: the number of runs with different c, >= 1.
         max_iter: the most Adam steps per run, >= 0.
-        learning_rate: Adam's step size, > 0.
+        learning_rate: Adam's step size, > 0; Adam's first step puts 1 / (1 - beta1) = 10 times it on w, which must
+            be a number of float32 (float64 for float64 images): a ValueError at the call otherwise.
         abort_early: stop an image's run when its loss stalls.
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack` (the seed only draws targets).
     """
+
+    step_sizes = {"learning_rate": 1 / (1 - _ADAM_BETAS[0])}  # Adam's bias correction at its first step
 
     def __init__(
         self,
@@ -69,6 +73,10 @@ class CarliniWagnerL2(Attack):
         self.abort_early = abort_early
         self._model_dtype = torch.float32  # the dtype of the images the model takes: x's, set by each call
 
+    def step_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The optimisation runs in float32 at least (float64 for float64 images)."""
+        return torch.promote_types(dtype, torch.float32)
+
     def _perturb(
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +87,7 @@ class CarliniWagnerL2(Attack):
         todo = ~self.is_adversarial(self.logits(x), y, target, self.confidence)
         # The optimisation runs in float32 at least (the model sees its images in x's dtype): in float16 the tanh
         # change of variable would put the pixels on the clip bounds at infinity, and c's bound overflows.
-        self._model_dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
+        self._model_dtype, x = x.dtype, x.to(self.step_dtype(x.dtype))
         w_start = torch.atanh(((x - low) / half_range - 1) * _TANH_SCALE)
         labels = y if target is None else target
         best_l2 = torch.full((batch,), math.inf, dtype=x.dtype, device=x.device)
@@ -132,6 +140,8 @@ class CarliniWagnerL2(Attack):
         def loss_fn(w_leaf: torch.Tensor) -> tuple[torch.Tensor, ...]:
             image = torch.tanh(w_leaf) * half_range + (low + half_range)
             logits = self.logits(image.to(self._model_dtype))
+            if not logits.requires_grad:  # the loss would still have a gradient, through its L2 term alone
+                raise ValueError(NO_GRADIENT_PATH)
             l2_sq = (image - run.x).flatten(1).square().sum(1)
             wanted = logits.gather(1, run.labels[:, None]).squeeze(1)
             other = logits.scatter(1, run.labels[:, None], -math.inf).amax(1)

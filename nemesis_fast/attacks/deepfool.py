@@ -7,12 +7,22 @@ from collections.abc import Callable
 import torch
 
 from .._checks import check_int, check_nonnegative
-from .base import Attack
+from .base import Attack, spacing
 from .jacobian import difference_weights, predicts
 from .norms import Norm, check_norm, flat_norm
 
-# Added to each step's length, as in the paper's reference code, so that a step lands past the boundary.
+# Added to each step's length, as a fraction of the clip range, so that a step lands past the boundary: the paper's
+# reference code adds 1e-4 to steps on [0, 1] images.
 _STEP_MARGIN = 1e-4
+
+
+def step_margin(clip: tuple[float, float], dtype: torch.dtype) -> float:
+    """The length (pixel units, in the attack's norm) added to each DeepFool step on images of `dtype` inside
+    `clip`: _STEP_MARGIN times the clip range (1e-4 on [0, 1], 0.0255 on [0, 255]: the same step relative to the
+    images' scale), and at least the spacing of `dtype`'s numbers at the bounds' magnitude (float16's, bfloat16's
+    ~1e-3 and ~1e-2 on [0, 1]), so that a step off an exact logit tie is not lost to the images' rounding."""
+    low, high = clip
+    return max(_STEP_MARGIN * (high - low), spacing(max(abs(low), abs(high)), dtype))
 
 
 class DeepFool(Attack):
@@ -20,10 +30,12 @@ class DeepFool(Attack):
 
     At the iterate x_i of an image with label y, each candidate class k != y gives the linearised boundary
     f_k - f_y = 0, with w_k = grad(f_k - f_y) and the distance |f_k - f_y| / ||w_k|| (the dual norm: L2 for
-    "2", L1 for "inf"). The nearest boundary l gives the step r_i = (d_l + 1e-4) * w_l / ||w_l||_2 (L2) or
-    (d_l + 1e-4) * sign(w_l) (Linf), summed into r; the next iterate is clip(x + (1 + overshoot) * r). An
-    image stops as soon as its prediction leaves y, or after max_iter steps. Images the model already
-    misclassifies are returned unchanged after 0 iterations.
+    "2", L1 for "inf"). The nearest boundary l gives the step r_i = (d_l + m) * w_l / ||w_l||_2 (L2) or
+    (d_l + m) * sign(w_l) (Linf), summed into r; the next iterate is clip(x + (1 + overshoot) * r). The margin
+    m is 1e-4 of the clip range (the paper's 1e-4 on [0, 1] images; 0.0255 on [0, 255]), and at least the spacing
+    of x's dtype at the clip bounds (:func:`step_margin`: in float16 and bfloat16 a smaller one is lost to
+    rounding, and an image on an exact tie never crosses). An image stops as soon as its prediction leaves y, or
+    after max_iter steps. Images the model already misclassifies are returned unchanged after 0 iterations.
 
     The candidates are y and the `candidates` - 1 other classes with the largest logits on x. The gradients
     of all candidates come from one forward pass per iteration and its batched vector-Jacobian products
@@ -32,13 +44,15 @@ class DeepFool(Attack):
     Args:
         model: maps (B, ...) images to (B, classes) logits.
         max_iter: the most steps per image, >= 0.
-        overshoot: >= 0; the final perturbation is (1 + overshoot) times the accumulated one.
+        overshoot: >= 0; the final perturbation is (1 + overshoot) times the accumulated one (1 + overshoot at
+            most the largest float32, the dtype of the steps; float64 for float64 images).
         candidates: the number of classes considered, >= 2 (capped at the model's class count).
         norm: "2" or "inf".
         clip: as for :class:`~nemesis_fast.attacks.Attack`. DeepFool is untargeted only.
     """
 
     supports_targeted = False
+    step_sizes = {"overshoot": 1.0}  # the factor 1 + overshoot
 
     def __init__(
         self,
@@ -56,6 +70,10 @@ class DeepFool(Attack):
         self.candidates = check_int(candidates, "candidates", low=2)
         self.norm = check_norm(norm)
 
+    def step_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The steps add up in float32 at least (float64 for float64 images)."""
+        return torch.promote_types(dtype, torch.float32)
+
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(x)
         k = min(self.candidates, logits.shape[1])
@@ -64,9 +82,10 @@ class DeepFool(Attack):
         weights = difference_weights(y, others, logits.shape[1])  # (k - 1, B, C)
         active = logits.argmax(1) == y
         # The steps add up in float32 at least (the model sees its images in x's dtype): in float16 a step near a
-        # tie (its length about the 1e-4 margin) is below the pixels' spacing and would be lost to rounding at
-        # every iteration, leaving the image where it was until max_iter.
-        precise = torch.promote_types(x.dtype, torch.float32)
+        # tie (its length about the margin) would be lost to rounding at every iteration, leaving the image where it
+        # was until max_iter; the margin itself is at least x's dtype's spacing, so that the sum moves the image.
+        precise = self.step_dtype(x.dtype)
+        margin = step_margin(self.clip, x.dtype)
         r_total = torch.zeros_like(x, dtype=precise)
         x_adv = x.clone()
         iterations = torch.zeros_like(y)
@@ -89,7 +108,7 @@ class DeepFool(Attack):
                 direction = w_l / flat_norm(w_l, "2").clamp_min(torch.finfo(precise).tiny)
             else:
                 direction = w_l.sign()
-            length = (d_l + _STEP_MARGIN).view_as(movable)
+            length = (d_l + margin).view_as(movable)
             r = torch.where(movable, length * direction, 0.0)
             r_total[index] += r
             x_step = self.project(x[index] + (1 + self.overshoot) * r_total[index]).to(x.dtype)

@@ -26,15 +26,22 @@ class FGSM(Attack):
     """One step of size `eps` along the sign of the cross-entropy gradient (norm "inf"), or along the
     gradient scaled to L2 length `eps` (norm "2"); away from the label, or towards the target.
 
+    The step is taken in x's dtype, so the Linf norm of x_adv - x is within eps up to one rounding in x's dtype
+    (x + eps rounds to the nearest image value: 0.10000002 at eps 0.1 on float32 pixels in [0, 1]), as in
+    torchattacks and ART.
+
     Args:
         model: maps (B, ...) images to (B, classes) logits.
-        eps: the perturbation budget, >= 0, in pixel units (Linf or L2 after clipping to `clip`).
+        eps: the perturbation budget, >= 0, in pixel units (Linf or L2 after clipping to `clip`); at most the
+            largest number of x's dtype (a ValueError at the call otherwise: the step would be inf).
         norm: "inf" (the sign step) or "2".
         labels: the label an untargeted step moves away from: "true" (the y given) or "predicted" (the model's
             own prediction at x, as cleverhans' fgm does without labels, avoiding label leaking; the setting of
             the seed paper's authors).
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack` (the seed only draws targets).
     """
+
+    step_sizes = {"eps": 1.0}
 
     def __init__(
         self,
@@ -62,11 +69,13 @@ class RandFGSM(Attack):
     """R+FGSM (Tramer et al., "Ensemble Adversarial Training", 2018): a random sign step, then FGSM.
 
     x' = clip(x + alpha * sign(N(0, I))), then x_adv = clip(x' + (eps - alpha) * sign(grad_x' J(x', y)))
-    (minus the step towards the target in targeted mode). The Linf norm of x_adv - x is at most eps.
+    (minus the step towards the target in targeted mode). The Linf norm of x_adv - x is at most eps, up to the
+    rounding of the steps in x's dtype (each image value rounds to the nearest of its dtype: 0.10000002 at eps 0.1
+    on float32 pixels in [0, 1]), as in torchattacks and ART.
 
     Args:
         model: maps (B, ...) images to (B, classes) logits.
-        eps: the total Linf budget, >= 0.
+        eps: the total Linf budget, >= 0, at most the largest number of x's dtype (checked at the call).
         alpha: the size of the random step, 0 <= alpha <= eps (Tramer et al. use eps / 2; the seed paper's
             authors 0.05 at every eps).
         labels: "true" (y) or "predicted" (the model's prediction at x', as the seed paper's authors ran it).
@@ -74,6 +83,7 @@ class RandFGSM(Attack):
     """
 
     deterministic = False
+    step_sizes = {"eps": 1.0, "alpha": 1.0}
 
     def __init__(
         self,

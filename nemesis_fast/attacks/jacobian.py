@@ -13,12 +13,32 @@ copies of x.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 Weights = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 PER_PRODUCT_BACKWARD_MIN = 128  # K * B from which a CPU takes K backward passes instead of one batched pass
+
+NO_GRADIENT_PATH = (
+    "model: its output does not depend on x through autograd (it detaches its input, or computes outside torch's "
+    "autograd), so the attack's gradient with respect to x does not exist; give a model differentiable in its "
+    "input (for a non-differentiable step, a straight-through one: x + (step(x) - x).detach())"
+)
+
+
+def input_grad(
+    outputs: torch.Tensor, leaf: torch.Tensor, grad_outputs: torch.Tensor | None = None, **kwargs: Any
+) -> torch.Tensor:
+    """torch.autograd.grad(outputs, leaf, grad_outputs, **kwargs)[0], with a ValueError naming the model where
+    `outputs` has no gradient path to `leaf` (torch's own error does not say why)."""
+    if not outputs.requires_grad:
+        raise ValueError(NO_GRADIENT_PATH)
+    (grad,) = torch.autograd.grad(outputs, leaf, grad_outputs, allow_unused=True, **kwargs)
+    if grad is None:
+        raise ValueError(NO_GRADIENT_PATH)
+    return grad
 
 
 class LogitJacobian:
@@ -76,10 +96,9 @@ class LogitJacobian:
         k, b = weights.shape[:2]
         if leaf.device.type == "cpu" and k * b >= PER_PRODUCT_BACKWARD_MIN:
             w = weights.to(logits.dtype)
-            return torch.stack([torch.autograd.grad(logits, leaf, w[i], retain_graph=i < k - 1)[0] for i in range(k)])
-        try:
-            (grads,) = torch.autograd.grad(logits, leaf, weights.to(logits.dtype), is_grads_batched=True)
-            return grads
+            return torch.stack([input_grad(logits, leaf, w[i], retain_graph=i < k - 1) for i in range(k)])
+        try:  # input_grad's ValueError (no gradient path to x) is no missing batching rule: it propagates
+            return input_grad(logits, leaf, weights.to(logits.dtype), is_grads_batched=True)
         except torch.cuda.OutOfMemoryError:
             raise
         except (RuntimeError, NotImplementedError):
@@ -96,7 +115,7 @@ class LogitJacobian:
         k, b = w.shape[0], x.shape[0]
         leaf = x.detach().unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:]).requires_grad_(True)
         stacked = self.logits(leaf).view(k, b, -1)
-        (grads,) = torch.autograd.grad((stacked * w.to(stacked.dtype)).sum(), leaf)
+        grads = input_grad((stacked * w.to(stacked.dtype)).sum(), leaf)
         return stacked[0].detach(), grads.view(k, *x.shape)
 
 

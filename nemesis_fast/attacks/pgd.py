@@ -16,7 +16,9 @@ class PGD(Attack):
     """`steps` gradient steps of size `alpha` on the cross-entropy, each followed by the projection onto the
     eps-ball around x (Linf or L2) intersected with `clip`; away from the label, or towards the target.
 
-    Linf steps move along the sign of the gradient; L2 steps along the gradient scaled to L2 length alpha.
+    Linf steps move along the sign of the gradient; L2 steps along the gradient scaled to L2 length alpha. The
+    steps and the ball's bounds x +- eps are computed in x's dtype, so the Linf norm of x_adv - x is within eps up
+    to one rounding in x's dtype (0.10000002 at eps 0.1 on float32 pixels in [0, 1]), as in torchattacks and ART.
     The random start is uniform in the eps-ball (the Linf cube, or the L2 ball: a Gaussian direction and a
     radius eps * U ** (1 / d)), then clipped.
 
@@ -25,14 +27,17 @@ class PGD(Attack):
 
     Args:
         model: maps (B, ...) images to (B, classes) logits.
-        eps: the radius of the ball, >= 0, in pixel units.
-        alpha: the step size, >= 0.
+        eps: the radius of the ball, >= 0, in pixel units, at most the largest number of x's dtype (a ValueError
+            at the call otherwise: the step would be inf).
+        alpha: the step size, >= 0, in pixel units, at most the largest number of x's dtype (likewise).
         steps: the number of steps, >= 0.
         random_start: start from a random point of the ball rather than from x.
         norm: "inf" or "2".
         restarts: the most runs per image, >= 1 (> 1 needs random_start).
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack`.
     """
+
+    step_sizes = {"eps": 1.0, "alpha": 1.0}
 
     def __init__(
         self,
