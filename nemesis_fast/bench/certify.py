@@ -15,12 +15,14 @@ package (cached under the temp folder); the images are the sample's first test i
   the noise under 5%).
 
 Every provider is timed once per case, after a warm-up call on one image with a few draws: these are calls of
-seconds to minutes.
+seconds to minutes. A provider that raises gets a row with no time and the note "failed: <Type>: <message>". A figure
+that does not exist (the standard error over one image, a z-score with no error to divide by) is None (JSON's null).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,7 +34,7 @@ from ..data import load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
 from ..models import mnist_cnn
 from ..ops import gaussian_augment
-from .harness import Report, Row, problem_size, time_interleaved
+from .harness import Report, Row, attempt, problem_size, time_interleaved
 
 SIGMA, N0, ALPHA, CLASSES = 0.5, 100, 0.001, 10  # sigma 0.5: radii below the ceiling of n = 1,000, some abstentions
 # (images vs ART, n, images at ART's default batch, forward batch) per device type
@@ -82,10 +84,14 @@ def art_smoother(model: nn.Module, device: torch.device, n0: int) -> Any:
     return art
 
 
-def _summary(prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def _standard_error(values: torch.Tensor) -> float | None:
+    """The standard error of the mean of `values`; None (JSON's null, not NaN) for a single value, which has none."""
+    return values.std().item() / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def _summary(prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
     """Abstention rate, mean radius (0 where abstaining) and certified accuracy at 0, each with its standard error
-    over the images."""
-    count = len(prediction)
+    over the images (None for one image)."""
     out = {}
     for name, values in (
         ("abstain", (prediction < 0).double()),
@@ -93,32 +99,52 @@ def _summary(prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tenso
         ("accuracy", (prediction == labels).double()),
     ):
         out[name] = values.mean().item()
-        out[f"{name}_se"] = values.std().item() / math.sqrt(count) if count > 1 else math.nan
+        out[f"{name}_se"] = _standard_error(values)
     return out
 
 
-def _paired(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean and standard error of the per-image differences (nemesis_fast - ART), and their z-scores."""
-    out = {}
+def _paired(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """Mean and standard error of the per-image differences (nemesis_fast - ART), and their z-scores: 0 where every
+    difference is 0, None where there is no sampling error to divide by (one image, or every image differing by
+    the same nonzero amount)."""
+    out: dict[str, float | None] = {}
     for name, a, b in (
         ("abstain", ours["prediction"] < 0, theirs["prediction"] < 0),
         ("mean_radius", ours["radius"], theirs["radius"]),
     ):
         diff = a.double() - b.double()
-        se = diff.std().item() / math.sqrt(len(diff))
-        out[f"{name}_diff"], out[f"{name}_diff_se"] = diff.mean().item(), se
-        out[f"{name}_z"] = diff.mean().item() / se if se > 0 else 0.0
+        mean, se = diff.mean().item(), _standard_error(diff)
+        out[f"{name}_diff"], out[f"{name}_diff_se"] = mean, se
+        out[f"{name}_z"] = _z(mean, se)
     return out
 
 
+def _z(mean: float, se: float | None) -> float | None:
+    """mean / se; 0 where both are 0; None where there is no standard error, or it is 0 under a nonzero mean."""
+    if se is None or (se == 0 and mean != 0):
+        return None
+    return mean / se if se > 0 else 0.0
+
+
+def _agreement(paired: dict[str, float | None]) -> str:
+    """The note of the paired-difference row: whether nemesis_fast and ART agree within sampling error."""
+    zs = (paired["abstain_z"], paired["mean_radius_z"])
+    if any(z is None for z in zs):
+        return "no sampling error to judge by (one image, or every image differing alike)"
+    return "agree within sampling error (|z| < 3)" if all(abs(z) < 3 for z in zs) else "DIFFER beyond sampling error"
+
+
 def _time(case: str, providers: dict[str, Any], device: torch.device, images: int, baseline: str) -> list[Row]:
-    """Times each runnable provider once (after a warm-up call on one image); rows with images/s and speedups."""
-    runnable = {k: v for k, v in providers.items() if not isinstance(v, str)}
-    for fn in runnable.values():
-        fn(warmup=True)
-    timings = time_interleaved(runnable, device, warmup=0, min_reps=1, min_seconds=0.0)
+    """Times each runnable provider once (after a warm-up call on one image); rows with images/s and speedups. A
+    provider that raises gets a row with no time and the note "failed: <Type>: <message>"."""
+    notes = {k: v for k, v in providers.items() if isinstance(v, str)}  # why a provider has no time
+    for name, fn in providers.items():
+        if name not in notes:
+            attempt(name, partial(fn, warmup=True), notes)
+    runnable = {k: v for k, v in providers.items() if k not in notes}
+    timings = time_interleaved(runnable, device, warmup=0, min_reps=1, min_seconds=0.0, failures=notes)
     rows = [
-        Row(case, k, None, note=v) if isinstance(v, str) else Row(case, k, timings[k]) for k, v in providers.items()
+        Row(case, k, timings.get(k), note=notes.get(k, ""), item_name="image", baseline=baseline) for k in providers
     ]
     base = timings.get(baseline)
     for row in rows:
@@ -176,14 +202,18 @@ def _time_split(model: nn.Module, x: torch.Tensor, n: int, batch: int, certify_m
     def overhead() -> None:
         Smooth(lambda z: null(z.flatten(1)[:, :1]), SIGMA, CLASSES).certify(x, N0, n, ALPHA, batch, seed=0)
 
-    timings = time_interleaved({"noise": noise, "overhead": overhead}, x.device, warmup=1, min_reps=1, min_seconds=0)
+    failures: dict[str, str] = {}
+    parts = {"noise": noise, "overhead": overhead}
+    timings = time_interleaved(parts, x.device, warmup=1, min_reps=1, min_seconds=0, failures=failures)
+    noise_ms, overhead_ms = timings.get("noise"), timings.get("overhead")
     extra = {
-        "noise_ms": timings["noise"],
-        "noise_share": timings["noise"] / certify_ms,
-        "all_but_model_ms": timings["overhead"],
-        "all_but_model_share": timings["overhead"] / certify_ms,
+        "noise_ms": noise_ms,
+        "noise_share": noise_ms / certify_ms if noise_ms is not None else None,
+        "all_but_model_ms": overhead_ms,
+        "all_but_model_share": overhead_ms / certify_ms if overhead_ms is not None else None,
     }
-    return Row(f"time split ({rows} noisy copies)", "nemesis_fast", certify_ms, extra=extra)
+    note = "; ".join(f"{part}: {why}" for part, why in failures.items())
+    return Row(f"time split ({rows} noisy copies)", "nemesis_fast", certify_ms, note=note, extra=extra)
 
 
 def run(device: torch.device | str, *, numel: int | None = None, n: int | None = None) -> Report:
@@ -204,28 +234,31 @@ def run(device: torch.device | str, *, numel: int | None = None, n: int | None =
     case = f"vs ART: {images} MNIST images, n={n}"
     providers = _providers(model, x, n, batch, (batch,), outputs, notes)
     rows = _time(case, providers, device, images, f"ART (batch {batch})")
+    timed = {row.provider for row in rows if row.ms is not None}  # the others' outputs are their warm-ups' or none
     for row in rows:
-        if row.provider in outputs:
+        if row.provider in timed:
             row.extra = _summary(outputs[row.provider]["prediction"], outputs[row.provider]["radius"], y)
-        row.note = notes.get(row.provider, row.note)
+            row.note = notes.get(row.provider, row.note)
         report.add(row)
-    art = outputs.get(f"ART (batch {batch})")
-    if art is not None:
-        extra = _paired(outputs["nemesis_fast"], art)
-        agree = abs(extra["abstain_z"]) < 3 and abs(extra["mean_radius_z"]) < 3
-        note = "agree within sampling error (|z| < 3)" if agree else "DIFFER beyond sampling error"
-        report.add(Row(f"{case}: nemesis_fast - ART, per image", "paired difference", None, note=note, extra=extra))
+    if {"nemesis_fast", f"ART (batch {batch})"} <= timed:
+        extra = _paired(outputs["nemesis_fast"], outputs[f"ART (batch {batch})"])
+        case_name = f"{case}: nemesis_fast - ART, per image"
+        report.add(Row(case_name, "paired difference", None, note=_agreement(extra), extra=extra))
     small = x[:art_default_images]
     case = f"ART's default batch: {len(small)} images, n={n}"
     default = _providers(model, small, n, batch, (32,), {}, notes)
     del default["nemesis_fast bf16"]
     for row in _time(case, default, device, len(small), "ART (batch 32)"):
-        row.note = notes.get(row.provider, row.note)
+        if row.ms is not None:
+            row.note = notes.get(row.provider, row.note)
         report.add(row)
     if device.type == "cuda":
         x, n, rows = _gpu_target(report, model, test_x, device, batch)
-    certify_ms = next(r.ms for r in rows if r.provider == "nemesis_fast")
-    report.add(_time_split(model, x, n, batch, certify_ms))
+    certify_ms = next((r.ms for r in rows if r.provider == "nemesis_fast"), None)
+    if certify_ms is None:
+        report.add(Row("time split", "nemesis_fast", None, note="skipped: nemesis_fast's certify has no time"))
+    else:
+        report.add(_time_split(model, x, n, batch, certify_ms))
     return report
 
 
@@ -240,7 +273,8 @@ def _gpu_target(
     providers = _providers(model, x, n, batch, (), {}, {})
     rows = _time(case, providers, device, len(x), "nemesis_fast")
     for row in rows:
-        projected = row.ms * 1e-3 * images / len(x)
-        row.extra = {"projected_s": projected, "target_s": seconds, "met": projected < seconds}
+        if row.ms is not None:
+            projected = row.ms * 1e-3 * images / len(x)
+            row.extra = {"projected_s": projected, "target_s": seconds, "met": projected < seconds}
         report.add(row)
     return x, n, rows

@@ -10,7 +10,9 @@ to image (the steps until it succeeds), so per-image times on different images d
 peers attack the first few images of the batch only (`images` says how many); the drop-in then attacks those
 images too (`same_images_ms_per_image`), besides the whole batch (`ms_per_image`, what batching gives).
 ART's C&W is compared at equal iterations with ``algorithm="paper"`` (Adam, no early abort): another algorithm,
-so no `max_diff`. GaussianAugmentation is timed through ART's numpy call and through the PyTorch preprocessor path.
+so no `max_diff`. Both sides are warmed up alike before they are timed (a warm-up round; in the slow cases, one
+call of each on one image), and a side that raises gets a row with no time and the note "failed: <Type>:
+<message>". GaussianAugmentation is timed through ART's numpy call and through the PyTorch preprocessor path.
 
 The last case is torchattacks' JSMA on one 3 x 224 x 224 image (n = 150,528 features) with a ResNet-18 of random
 weights: torchattacks holds n x n score matrices, whose peak is measured at small n and extrapolated (the bytes
@@ -36,6 +38,7 @@ from .harness import (
     Case,
     Report,
     Row,
+    attempt,
     problem_size,
     record_same_images,
     same_images_speedup,
@@ -58,7 +61,8 @@ class Pair:
     ours: Callable[[], Attack] | str
     peer_images: int | None = None  # the peer attacks only this many images (None: the whole batch)
     compare: bool = True  # the same algorithm: report the largest difference
-    rounds: int | None = None  # a slow case: this many calls of each side in turns (the median), no warm-up rounds
+    rounds: int | None = None  # a slow case: this many calls of each side in turns (the median), after one warm-up
+    # call of each side on one image (rather than warm-up rounds on the whole batch)
 
 
 def _slow_rounds(gpu: bool) -> int:
@@ -170,37 +174,60 @@ def _seeded(fn: Attack, images: torch.Tensor, labels: torch.Tensor, out: list) -
 
 def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -> None:
     """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results. Fast cases
-    are timed in turns (median of several rounds); slow ones in `pair.rounds` turns."""
+    are timed in turns (median of several rounds, after a warm-up round); slow ones in `pair.rounds` turns, after
+    one warm-up call of each side on one image. A side that raises (when built, warmed up or timed) gets a row
+    with no time and the note "failed: <Type>: <message>"."""
     if isinstance(pair.peer, str) or isinstance(pair.ours, str):
         report.add(Row(pair.name, "peer", None, note=pair.peer if isinstance(pair.peer, str) else pair.ours))
         return
     count = min(pair.peer_images or len(x), len(x))
-    outputs: dict[str, list] = {"peer": [], "ours": [], "same": []}
+    # Each side: (its attack's builder, its images); "same": the drop-in on the peer's images, where those are fewer.
+    sides = {"peer": (pair.peer, count), "ours": (pair.ours, len(x))}
+    if count < len(x):
+        sides["same"] = (pair.ours, count)
+    notes: dict[str, str] = {}  # why a side has no time
+    attacks = {side: attempt(side, make, notes) for side, (make, _) in sides.items()}
+    if pair.rounds is not None:
+        for side, attack in attacks.items():
+            if side not in notes:  # warm-up, the same for both sides: lazy imports, kernels
+                attempt(side, partial(attack, x[:1], y[:1]), notes)
+    outputs: dict[str, list] = {side: [] for side in sides}
     calls = {
-        "peer": _seeded(pair.peer(), x[:count], y[:count], outputs["peer"]),
-        "ours": _seeded(pair.ours(), x, y, outputs["ours"]),
+        side: _seeded(attacks[side], x[:images], y[:images], outputs[side])
+        for side, (_, images) in sides.items()
+        if side not in notes
     }
-    if count < len(x):
-        calls["same"] = _seeded(pair.ours(), x[:count], y[:count], outputs["same"])
     if pair.rounds is None:
-        ms = time_interleaved(calls, report.device, warmup=1, min_reps=5, min_seconds=1.0)
+        turns: dict[str, Any] = {"warmup": 1, "min_reps": 5, "min_seconds": 1.0}
     else:
-        pair.ours()(x[:2], y[:2])  # warm-up: lazy imports, kernels
-        rounds = {"warmup": 0, "min_reps": pair.rounds, "max_reps": pair.rounds, "min_seconds": 0.0}
-        ms = time_interleaved(calls, report.device, **rounds)
-    peer_row = Row(pair.name, "peer", ms["peer"], items_per_s=count / (ms["peer"] * 1e-3))
-    peer_row.extra = {"images": count, "ms_per_image": ms["peer"] / count}
-    ours_row = Row(pair.name, "nemesis_fast.compat", ms["ours"], items_per_s=len(x) / (ms["ours"] * 1e-3))
-    ours_row.extra = {"images": len(x), "ms_per_image": ms["ours"] / len(x)}
-    if count < len(x):
+        turns = {"warmup": 0, "min_reps": pair.rounds, "max_reps": pair.rounds, "min_seconds": 0.0}
+    ms = time_interleaved(calls, report.device, **turns, failures=notes)
+    peer_row, ours_row = (
+        _side_row(pair.name, side, ms, notes, images) for side, images in (("peer", count), ("ours", len(x)))
+    )
+    if "same" in ms:
         record_same_images(ours_row, count, ms["same"])
-    ours_row.speedup = same_images_speedup(peer_row, ours_row)
-    same = outputs["same"] or outputs["ours"]
-    if pair.compare:
-        difference = same[-1].float() - outputs["peer"][-1].float()
+    elif "same" in notes and ours_row.ms is not None:
+        ours_row.note = f"on the peer's {count} images: {notes['same']}"
+    if peer_row.ms is not None and ours_row.ms is not None:
+        ours_row.speedup = same_images_speedup(peer_row, ours_row)
+    mine = "same" if count < len(x) else "ours"  # the drop-in on the peer's images
+    if pair.compare and mine in ms and "peer" in ms:  # both timed: their last results, from the same seed
+        difference = outputs[mine][-1].float() - outputs["peer"][-1].float()
         ours_row.extra["max_diff"] = difference.abs().max().item()
     report.add(peer_row)
     report.add(ours_row)
+
+
+def _side_row(case: str, side: str, ms: dict[str, float], notes: dict[str, str], images: int) -> Row:
+    """The row of one side of a pair ("peer" or "ours") on its `images` images: its time from `ms`, or, where it
+    has none, why (`notes`)."""
+    provider = "peer" if side == "peer" else "nemesis_fast.compat"
+    if side not in ms:
+        return Row(case, provider, None, note=notes.get(side, ""), item_name="image", baseline="peer")
+    row = Row(case, provider, ms[side], items_per_s=images / (ms[side] * 1e-3), item_name="image", baseline="peer")
+    row.extra = {"images": images, "ms_per_image": ms[side] / images}
+    return row
 
 
 def gaussian_case(report: Report, images: int) -> None:
@@ -285,7 +312,12 @@ def imagenet_jsma_rows(report: Report, steps: int = 3) -> None:
     gamma = 2 * steps / IMAGENET_FEATURES * 0.999  # ceil(n * gamma / 2) = steps
     attack = _quiet(compat.JSMA(model, theta=1.0, gamma=gamma))
     synchronize(device)
-    ms = time_ms(lambda: attack(x, y), device, warmup=0, min_reps=1, min_seconds=0.0, max_reps=1)
+    failures: dict[str, str] = {}
+    once = {"warmup": 0, "min_reps": 1, "min_seconds": 0.0, "max_reps": 1}
+    ms = attempt("ours", partial(time_ms, lambda: attack(x, y), device, **once), failures)
+    if ms is None:
+        report.add(Row(case, "nemesis_fast.compat", None, note=failures["ours"]))
+        return
     row = Row(case, "nemesis_fast.compat", ms)
     row.extra = {
         "steps": steps,

@@ -3,20 +3,24 @@
 A benchmark builds Cases: each names the providers it compares (a zero-argument callable, or the reason it
 cannot run here), the provider the ratios are taken against, and the bytes one call must move. The Report
 times the providers side by side in one run, next to the device's measured copy bandwidth, and prints a
-table or writes JSON.
+table or writes JSON. A provider that raises becomes a row with no time and the note "failed: <Type>: <message>",
+and the others go on.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -24,6 +28,7 @@ from .._checks import check_int
 from .._io import write_json_atomic
 
 Provider = Callable[[], object]
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,7 +42,7 @@ class Case:
     # where their designs move different amounts (a provider missing from the dict gets no bandwidth figure).
     bytes_moved: int | dict[str, int] | None = None
     items: int | None = None  # work items per call (images, pairs...), for throughput figures
-    item_name: str = "item"
+    item_name: str = "item"  # what one of those items is, singular: "image", "pair" (the table shows "pairs/s")
     min_seconds: float = 0.5  # time the providers, in turns, for at least this long (more rounds: steadier medians)
 
 
@@ -49,9 +54,11 @@ class Row:
     gbps: float | None = None
     fraction_of_copy: float | None = None
     speedup: float | None = None  # baseline time / this time
-    items_per_s: float | None = None
+    items_per_s: float | None = None  # throughput in `item_name`s per second (the key kept for older readers)
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    item_name: str = "item"  # what items_per_s counts, singular: "image", "pair"
+    baseline: str | None = None  # the provider that `speedup` is taken against
 
 
 def problem_size(numel: Any, default: int) -> int:
@@ -90,6 +97,38 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def on_device(device: torch.device) -> AbstractContextManager:
+    """Makes a CUDA `device` the current one (where CUDA events record, and where Triton launches), so that
+    `cuda:1` is not timed on `cuda:0`'s stream; nothing for any other device."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+def error_text(error: BaseException) -> str:
+    """`error` in one line for a table: "<Type>: <the first line of its message>" (cut to 300 characters)."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    message = message if len(message) <= 300 else message[:297] + "..."
+    return type(error).__name__ + (f": {message}" if message else "")
+
+
+def failure_note(error: BaseException) -> str:
+    """The note of a provider that raised `error`: "failed: <Type>: <the first line of its message>"."""
+    return f"failed: {error_text(error)}"
+
+
+def attempt(name: str, call: Callable[[], T], failures: dict[str, str] | None) -> T | None:
+    """call()'s value; where it raises an Exception (not Ctrl-C) and `failures` is a dict, None, with the
+    :func:`failure_note` under `name` in `failures` (the exception itself is dropped, so that its traceback does
+    not keep the provider's tensors alive). With `failures` None, the exception propagates."""
+    try:
+        return call()
+    except Exception as error:
+        if failures is None:
+            raise
+        failures[name] = failure_note(error)
+        return None
+
+
 def _time_once(fn: Provider, device: torch.device) -> float:
     if device.type == "cuda":
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -111,24 +150,41 @@ def time_interleaved(
     min_reps: int = 5,
     min_seconds: float = 0.5,
     max_reps: int = 1000,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Median wall time of one call of each provider, in milliseconds (CUDA events on a GPU).
+    """Median wall time of one call of each provider, in milliseconds (CUDA events on a GPU, on `device`).
 
     The providers take turns, one call each per round, so that load from elsewhere on the machine falls on
-    all of them alike and the ratios stay meaningful.
+    all of them alike and the ratios stay meaningful. With `failures` (a dict), a provider that raises is left out
+    of the rounds after and of the result, its note ("failed: <Type>: <message>") put in `failures` under its
+    name, and the others go on; without, the exception propagates.
     """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    synchronize(device)
+    live = dict(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < max_reps and (rounds < min_reps or time.perf_counter() - started < min_seconds):
+
+    def call(name: str, timed: Callable[[], T]) -> T | None:
+        failed: dict[str, str] = {}
+        value = attempt(name, timed, None if failures is None else failed)
+        if failed and failures is not None:
+            failures.update(failed)
+            del live[name]
+        return value
+
+    with on_device(device):
         for name, fn in fns.items():
-            times[name].append(_time_once(fn, device))
-        rounds += 1
-    return {name: statistics.median(t) for name, t in times.items()}
+            for _ in range(warmup):
+                if name in live:
+                    call(name, fn)
+        synchronize(device)
+        started = time.perf_counter()
+        rounds = 0
+        while live and rounds < max_reps and (rounds < min_reps or time.perf_counter() - started < min_seconds):
+            for name, fn in list(live.items()):
+                ms = call(name, partial(_time_once, fn, device))
+                if ms is not None:
+                    times[name].append(ms)
+            rounds += 1
+    return {name: statistics.median(times[name]) for name in live if times[name]}
 
 
 def time_ms(fn: Provider, device: torch.device, **kwargs: Any) -> float:
@@ -201,7 +257,33 @@ def saving_reports(path: str | os.PathLike) -> Iterator[list[Report]]:
 
 def write_reports(path: str | os.PathLike, reports: list[Report], *, complete: bool = True) -> None:
     """Writes `reports` to the JSON file `path` (atomically), with whether the run that made them ended."""
-    write_json_atomic(Path(path), {"complete": complete, "reports": [r.to_dict() for r in reports]})
+    write_bench_json(path, {"complete": complete, "reports": [r.to_dict() for r in reports]})
+
+
+def write_bench_json(path: str | os.PathLike, data: Any) -> None:
+    """Writes `data` to the JSON file `path` (atomically) as strict JSON: a figure that is NaN or infinite (which
+    JSON cannot hold) is written as null, with a warning naming where it is, so that no measured row is lost."""
+    places: list[str] = []
+    data = _finite_or_none(data, "", places)
+    if places:
+        shown = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
+        warnings.warn(f"bench JSON {os.fspath(path)!r}: {shown} not a finite number, written as null", stacklevel=2)
+    write_json_atomic(Path(path), data, allow_nan=False)
+
+
+def _finite_or_none(data: Any, where: str, places: list[str]) -> Any:
+    """`data` (dicts and lists of JSON values) with every NaN or infinite float replaced by None, each noted in
+    `places` by where it is (e.g. `reports[0].rows[2].ms = nan`)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        places.append(f"{where or 'the value'} = {data}")
+        return None
+    if isinstance(data, dict):
+        return {
+            key: _finite_or_none(value, f"{where}.{key}" if where else str(key), places) for key, value in data.items()
+        }
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_none(value, f"{where}[{i}]", places) for i, value in enumerate(data)]
+    return data
 
 
 class Report:
@@ -216,23 +298,17 @@ class Report:
         self._changed()
 
     def run(self, case: Case) -> list[Row]:
-        """Times every provider of `case` and appends their rows, with ratios against the baseline."""
+        """Times every provider of `case` and appends their rows, with ratios against the baseline; a provider
+        that raises gets a row with no time and the note "failed: <Type>: <message>"."""
         runnable = {name: fn for name, fn in case.providers.items() if not isinstance(fn, str)}
-        timings = time_interleaved(runnable, self.device, min_seconds=case.min_seconds) if runnable else {}
+        failures: dict[str, str] = {}
+        timings = (
+            time_interleaved(runnable, self.device, min_seconds=case.min_seconds, failures=failures) if runnable else {}
+        )
         rows = []
         for provider, fn in case.providers.items():
-            if isinstance(fn, str):
-                rows.append(Row(case.name, provider, None, note=fn))
-                continue
-            ms = timings[provider]
-            row = Row(case.name, provider, ms)
-            moved = case.bytes_moved.get(provider) if isinstance(case.bytes_moved, dict) else case.bytes_moved
-            if moved:
-                row.gbps = moved / (ms * 1e-3) / 1e9
-                row.fraction_of_copy = row.gbps / self.copy_gbps
-            if case.items:
-                row.items_per_s = case.items / (ms * 1e-3)
-            rows.append(row)
+            note = fn if isinstance(fn, str) else failures.get(provider, "")
+            rows.append(self._row(case, provider, timings.get(provider), note))
         base = next((r.ms for r in rows if r.provider == case.baseline and r.ms), None)
         for row in rows:
             if base and row.ms:
@@ -240,6 +316,20 @@ class Report:
         self.rows.extend(rows)
         self._changed()
         return rows
+
+    def _row(self, case: Case, provider: str, ms: float | None, note: str) -> Row:
+        """The row of `provider` in `case`: its time `ms` (None: it did not run, `note` says why) and the figures
+        drawn from it."""
+        row = Row(case.name, provider, ms, note=note, item_name=case.item_name, baseline=case.baseline)
+        if ms is None:
+            return row
+        moved = case.bytes_moved.get(provider) if isinstance(case.bytes_moved, dict) else case.bytes_moved
+        if moved:
+            row.gbps = moved / (ms * 1e-3) / 1e9
+            row.fraction_of_copy = row.gbps / self.copy_gbps
+        if case.items:
+            row.items_per_s = case.items / (ms * 1e-3)
+        return row
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -261,11 +351,11 @@ class Report:
         }
 
     def write_json(self, path: str | os.PathLike) -> None:
-        write_json_atomic(Path(path), self.to_dict())
+        write_bench_json(path, self.to_dict())
 
     def table(self) -> str:
         head = f"{self.title} on {device_name(self.device)} (torch {torch.__version__}; copy {self.copy_gbps:.1f} GB/s)"
-        columns = ["case", "provider", "ms", "GB/s", "% copy", "speedup", "items/s", "note"]
+        columns = ["case", "provider", "ms", "GB/s", "% copy", "speedup", "throughput", "note"]
         lines = [[c for c in columns]]
         for r in self.rows:
             extra = ", ".join(f"{k}={_fmt(v)}" for k, v in r.extra.items())
@@ -277,7 +367,7 @@ class Report:
                     _fmt(r.gbps),
                     f"{100 * r.fraction_of_copy:.0f}%" if r.fraction_of_copy is not None else "",
                     f"{r.speedup:.2f}x" if r.speedup is not None else "",
-                    _fmt(r.items_per_s),
+                    f"{_fmt(r.items_per_s)} {_plural(r.item_name)}/s" if r.items_per_s is not None else "",
                     "; ".join(x for x in (r.note, extra) if x),
                 ]
             )
@@ -285,6 +375,11 @@ class Report:
         rendered = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
         rendered.insert(1, "-+-".join("-" * w for w in widths))
         return "\n".join([head, *rendered])
+
+
+def _plural(noun: str) -> str:
+    """The plural of a Case's item_name, for the throughput column: "image" -> "images", "pass" -> "passes"."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def _fmt(value: Any) -> str:

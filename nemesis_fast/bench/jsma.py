@@ -11,9 +11,12 @@ Attack: nemesis_fast's JSMA (batched) against torchattacks' JSMA (one image at a
 and ART's SaliencyMapMethod (no pair search: one feature per step), all with theta = 1, gamma = 0.1, logit
 gradients and the same targets ((label + 1) % 10), on the paper's CIFAR-10 CNN with random weights (images
 labelled with its own predictions), and with `mnist_root` on the paper's MNIST CNN trained for one epoch. A
-row gives the time per image, the targeted success rate and the mean L0 of the successful images; speedups
-are per image against torchattacks, on the images torchattacks attacked (the others are timed on those too). On
-a GPU, JSMA also runs on a batch of 3 x 224 x 224 images (n = 150,528) with a ResNet-8 (gamma = 0.01).
+row gives the time per image (one timed call, after one warm-up call of every provider on the first image), the
+targeted success rate and the mean L0 of the successful images; speedups are per image against torchattacks, on
+the images torchattacks attacked (the others are timed on those too). On a GPU, JSMA also runs on a batch of
+3 x 224 x 224 images (n = 150,528) with a ResNet-8 (gamma = 0.01); its peak_total_MB is the device's whole peak.
+A provider that raises gets a row with no time and the note "failed: <Type>: <message>"; an MNIST folder that
+cannot be read, a note row.
 """
 
 from __future__ import annotations
@@ -30,8 +33,18 @@ from torch import nn
 from .._backends.jsma_saliency_search import BACKENDS
 from ..attacks import JSMA
 from ..reference.jsma_saliency_search import jsma_saliency_search as reference_search
-from .attacks import art_classifier, mnist_model_and_data, timing_model
-from .harness import Case, Report, Row, problem_size, record_same_images, same_images_speedup, synchronize, time_ms
+from .attacks import art_classifier, mnist_model_and_data, mnist_sets, timing_model
+from .harness import (
+    Case,
+    Report,
+    Row,
+    attempt,
+    problem_size,
+    record_same_images,
+    same_images_speedup,
+    synchronize,
+    time_ms,
+)
 
 SEARCH_PROVIDERS = ("native", "triton", "torch materialised")
 ATTACK_PROVIDERS = ("nemesis_fast", "torchattacks", "ART")
@@ -133,13 +146,13 @@ def search_rows(report: Report, batch: int, n: int, gradients: str) -> None:
         item_name="pair",
     )
     rows = report.run(case)
-    expected = materialised_search(t, o, d)
+    expected = attempt("reference", partial(materialised_search, t, o, d), {})  # None where it failed (memory)
     for row in rows:
         fn = providers[row.provider]
-        if isinstance(fn, str):
+        if isinstance(fn, str) or row.ms is None:  # unavailable, or failed (its row says why)
             continue
         row.extra["peak_MB"] = peak_extra_mb(fn, device)
-        if row.provider != "torch materialised":
+        if row.provider != "torch materialised" and expected is not None:
             row.extra["same_as_reference"] = all(torch.equal(a, b) for a, b in zip(fn(), expected))
 
 
@@ -185,7 +198,9 @@ def attack_rows(
     report: Report, case: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, limits: dict[str, int]
 ) -> None:
     """One row per provider: time per image, targeted success and mean L0 of the successful images; the rows of
-    the peers, which run on the first few images only, also give nemesis_fast's figures on those images."""
+    the peers, which run on the first few images only, also give nemesis_fast's figures on those images. Every
+    provider makes one warm-up call on the first image before it is timed (kernels, lazy imports, cuDNN); one that
+    raises gets a row with no time and the note "failed: <Type>: <message>"."""
     target = (y + 1) % 10
     rows = []
     outcomes = {}  # provider -> (success, L0) per image
@@ -193,21 +208,12 @@ def attack_rows(
     for provider in ATTACK_PROVIDERS:
         fn = attack_provider(provider, model, x, target, 10)
         if isinstance(fn, str):
-            rows.append(Row(case, provider, None, note=fn))
+            rows.append(Row(case, provider, None, note=fn, item_name="image", baseline="torchattacks"))
             continue
         count = min(len(x), limits.get(provider, len(x)))
-        images, labels, targets = x[:count], y[:count], target[:count]
-        ms, x_adv = timed_once(partial(fn, images, labels, targets), report.device)
-        x_adv = x_adv.to(images.dtype)
-        with torch.no_grad():
-            success = model(x_adv).argmax(1) == targets
-        l0 = (x_adv != images).flatten(1).sum(1).float()
-        outcomes[provider] = (success, l0)
-        row = Row(case, provider, ms, items_per_s=count / (ms * 1e-3))
-        row.extra = {"images": count, "ms_per_image": ms / count, **_success_and_l0(success, l0)}
-        if count > few:
-            same_ms, _ = timed_once(partial(fn, x[:few], y[:few], target[:few]), report.device)
-            record_same_images(row, few, same_ms)
+        row, outcome = _attack_row(case, provider, fn, model, (x, y, target), count, few, report.device)
+        if outcome is not None:
+            outcomes[provider] = outcome
         rows.append(row)
     base = next((r for r in rows if r.provider == "torchattacks" and r.ms), None)
     for row in rows:
@@ -217,6 +223,46 @@ def attack_rows(
             success, l0 = (v[: row.extra["images"]] for v in outcomes["nemesis_fast"])
             row.extra |= {f"nemesis_fast_{k}": v for k, v in _success_and_l0(success, l0).items()}
         report.add(row)
+
+
+def _attack_row(
+    case: str,
+    provider: str,
+    fn: Callable[..., torch.Tensor],
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    count: int,
+    few: int,
+    device: torch.device,
+) -> tuple[Row, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The row of `provider` (`fn`: images, labels, targets -> adversarial images) on the first `count` images of
+    `data` (x, y, targets), after a warm-up call on the first image, and on the first `few` where `count` is more;
+    with its success and L0 per image (None where it failed: then a row with no time, saying why)."""
+    x, y, target = data
+    images, targets = x[:count], target[:count]
+    failures: dict[str, str] = {}
+
+    def timed_on(n: int) -> Callable[[], tuple[float, object]]:
+        return partial(timed_once, partial(fn, x[:n], y[:n], target[:n]), device)
+
+    attempt(provider, partial(fn, x[:1], y[:1], target[:1]), failures)  # warm-up, for every provider alike
+    timed = None if failures else attempt(provider, timed_on(count), failures)
+    if timed is None:
+        return Row(case, provider, None, note=failures[provider], item_name="image", baseline="torchattacks"), None
+    ms, x_adv = timed
+    x_adv = x_adv.to(images.dtype)
+    with torch.no_grad():
+        success = model(x_adv).argmax(1) == targets
+    l0 = (x_adv != images).flatten(1).sum(1).float()
+    row = Row(case, provider, ms, items_per_s=count / (ms * 1e-3), item_name="image", baseline="torchattacks")
+    row.extra = {"images": count, "ms_per_image": ms / count, **_success_and_l0(success, l0)}
+    if count > few:
+        same = attempt(provider, timed_on(few), failures)
+        if same is None:
+            row.note = f"on the first {few} images: {failures[provider]}"
+        else:
+            record_same_images(row, few, same[0])
+    return row, (success, l0)
 
 
 def _success_and_l0(success: torch.Tensor, l0: torch.Tensor) -> dict[str, float | None]:
@@ -243,14 +289,21 @@ def imagenet_row(report: Report, batch: int = 8, gamma: float = 0.01) -> None:
         y = model(x).argmax(1)
     attack = JSMA(model, THETA, gamma)
     torch.cuda.reset_peak_memory_stats(device)
-    ms, result = timed_once(lambda: attack.run(x, y, (y + 1) % 10), device)
-    row = Row(case, "nemesis_fast", ms, items_per_s=batch / (ms * 1e-3))
+    failures: dict[str, str] = {}
+    timed = attempt("nemesis_fast", partial(timed_once, lambda: attack.run(x, y, (y + 1) % 10), device), failures)
+    if timed is None:
+        report.add(Row(case, "nemesis_fast", None, note=failures["nemesis_fast"], item_name="image"))
+        return
+    ms, result = timed
+    row = Row(case, "nemesis_fast", ms, items_per_s=batch / (ms * 1e-3), item_name="image")
     row.extra = {
         "ms_per_image": ms / batch,
         "success": result.success_rate,
         "mean_L0": result.l0[result.success].float().mean().item() if result.success.any() else None,
         "steps": result.iterations.max().item(),
-        "peak_MB": torch.cuda.max_memory_allocated(device) / 2**20,
+        # All the device's memory at the peak (the model and the images included), not the extra of one call as
+        # the pair search's peak_MB.
+        "peak_total_MB": torch.cuda.max_memory_allocated(device) / 2**20,
     }
     report.add(row)
 
@@ -281,8 +334,11 @@ def run(
     limits = {"torchattacks": 2 if gpu else 1, "ART": 8 if gpu else 2}
     attack_rows(report, f"JSMA CIFAR CNN (random weights), {count} images", model, x, y, limits)
     mnist_root = mnist_root or os.environ.get("NEMESIS_FAST_MNIST")
-    if mnist_root:
-        model, x, y = mnist_model_and_data(mnist_root, device, images=200 if gpu else 50)
+    sets = mnist_sets(mnist_root) if mnist_root else None
+    if isinstance(sets, str):  # a folder that cannot be read: a note row, and the suite goes on
+        report.add(Row("JSMA MNIST CNN (trained)", "every provider", None, note=sets))
+    elif sets is not None:
+        model, x, y = mnist_model_and_data(sets, device, images=200 if gpu else 50)
         attack_rows(report, f"JSMA MNIST CNN (trained), {len(x)} test images", model, x, y, limits)
     imagenet_row(report)
     return report
