@@ -146,9 +146,54 @@ def test_broken_gzip_stream(tmp_path):
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte.gz: cannot be read as gzip"):
         load_mnist(tmp_path, "train")
-    path.write_bytes(b"not gzip at all")
-    with pytest.raises(DataFormatError, match="cannot be read as gzip"):
+    path.write_bytes(b"not gzip at all")  # (read as the raw file it is, whatever its name says)
+    with pytest.raises(DataFormatError, match="train-images-idx3-ubyte.gz: not an unsigned-byte IDX file"):
         load_mnist(tmp_path, "train")
+
+
+def test_gzip_is_told_by_its_bytes_not_by_the_files_name(tmp_path):
+    """A browser that unpacks the download but keeps the .gz name, or a gzip file named without .gz: both read."""
+    expected = load_mnist(write_mnist(tmp_path / "plain", gz=False), "test")
+    for folder, rename in (("unpacked", lambda p: p.with_name(p.name + ".gz")), ("packed", None)):
+        write_mnist(tmp_path / folder, gz=rename is None)
+        for path in (tmp_path / folder).iterdir():
+            path.rename(rename(path) if rename else path.with_suffix(""))
+        got = load_mnist(tmp_path / folder, "test")
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_images_and_labels_come_from_one_folder(tmp_path):
+    """A stray images file in root beside a full copy in MNIST/raw paired root's images with the copy's labels."""
+    full = write_mnist(tmp_path / "MNIST" / "raw", seed=1)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((12, 28, 28))))  # a stray file, 12 too
+    images, labels = load_mnist(tmp_path, "train")
+    assert torch.equal(images, load_mnist(full, "train")[0]) and torch.equal(labels, load_mnist(full, "train")[1])
+    (full / "train-images-idx3-ubyte.gz").unlink()  # the images now in root alone, the labels in MNIST/raw alone
+    with pytest.raises(FileNotFoundError, match="no folder holds both MNIST train files: .* lie in two folders"):
+        load_mnist(tmp_path, "train")
+
+
+def test_what_cannot_be_read_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    write_mnist(tmp_path)
+    write_cifar(tmp_path / "cifar")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(PermissionError, match="train-images-idx3-ubyte.gz"):
+        load_mnist(tmp_path, "train")
+    with pytest.raises(PermissionError, match="batches.meta"):
+        load_cifar10(tmp_path / "cifar", "test")
+
+
+def test_a_home_folder_and_a_file_given_for_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_mnist(tmp_path / "mnist")
+    write_cifar(tmp_path / "cifar")
+    assert len(load_mnist("~/mnist", "test")[1]) == 6 and len(load_cifar10("~/cifar", "test")[1]) == 7
+    with pytest.raises(FileNotFoundError, match="is a file; pass the folder that holds the IDX files"):
+        load_mnist(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", "test")
 
 
 def test_missing_files_and_bad_arguments(tmp_path):
@@ -165,12 +210,19 @@ def test_missing_files_and_bad_arguments(tmp_path):
 
 def test_data_files_names_the_files_the_loaders_read(tmp_path):
     raw = write_mnist(tmp_path / "MNIST" / "raw", gz=False)
-    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")  # read first: in the root itself
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")  # not read: its labels are not beside it
     cifar = write_cifar(tmp_path / "cifar-10-batches-py")
     assert data_files(tmp_path, "--root", ("mnist",), ("test",)) == {
         f"--root's MNIST/raw/{name}": raw / name for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     }
-    assert data_files(tmp_path, "--root", ("mnist",), ("train",))["--root's train-images-idx3-ubyte.gz"].is_file()
+    assert data_files(tmp_path, "--root", ("mnist",), ("train",)) == {
+        f"--root's MNIST/raw/{name}": raw / name for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+    }
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"")  # now the root holds both: read first
+    assert set(data_files(tmp_path, "--root", ("mnist",), ("train",))) == {
+        "--root's train-images-idx3-ubyte.gz",
+        "--root's train-labels-idx1-ubyte",
+    }
     read = [cifar / name for name in (*TRAIN_BATCHES, "test_batch", "batches.meta")]
     assert sorted(data_files(tmp_path, "--root", ("cifar10",)).values()) == sorted(read)  # batches.meta once
     assert data_files(tmp_path / "absent", "--root") == {}
@@ -288,6 +340,30 @@ def test_corrupt_cifar_names_file_and_fault(tmp_path, case):
     with pytest.raises(DataFormatError, match=message) as info:
         load_cifar10(tmp_path, "test")
     assert str(tmp_path / "test_batch") in str(info.value)
+
+
+def test_bytes_after_a_cifar_pickle_are_refused(tmp_path):
+    """MNIST's reader refuses bytes after the data; the pickle's reader stopped at the pickle's end."""
+    write_cifar(tmp_path)
+    path = tmp_path / "test_batch"
+    path.write_bytes(path.read_bytes() + pickle.dumps(cifar_batch(7, 9)))
+    with pytest.raises(DataFormatError, match=r"test_batch: \d+ unexpected bytes after the pickle"):
+        load_cifar10(tmp_path, "test")
+
+
+def test_a_cifar_pickle_cannot_hand_back_memory_it_did_not_write(tmp_path):
+    """numpy.ndarray(shape, dtype) called by a pickle, or _reconstruct of a non-empty shape, gives an array of
+    uninitialised memory: only numpy's own way (an empty array, then its state) builds arrays."""
+    uninitialised = (
+        b"\x80\x02}(C\x04datacnumpy\nndarray\nK\x02M\x00\x0c\x86cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R"
+        b"\x86RC\x06labels](K\x00K\x01eu."
+    )
+    reconstruct = pickle.dumps(cifar_batch(2, 0), protocol=2).replace(b"K\x00\x85", b"K\x02\x85", 1)
+    write_cifar(tmp_path, n=2)
+    for data, match in ((uninitialised, "not callable"), (reconstruct, "refuses an array not built as numpy")):
+        (tmp_path / "test_batch").write_bytes(data)
+        with pytest.raises(DataFormatError, match=f"test_batch: not a CIFAR-10 batch pickle: .*{match}"):
+            load_cifar10(tmp_path, "test")
 
 
 @pytest.mark.parametrize("cut", [1, 100, 3000])

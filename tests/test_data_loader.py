@@ -3,6 +3,7 @@ float input, bad arguments, data kept on the GPU; and the validation split."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,15 @@ def test_device_loader_bad_arguments():
         split_validation(images, labels, seed=2**64)
     with pytest.raises(TypeError, match="augment must return a pair"):
         next(iter(DeviceLoader(images, labels, augment=lambda x, y: x, device="cpu")))
+    with pytest.raises(
+        ValueError, match=r"augment must return x and y of one length, got shapes \(24, 1, 4, 4\) and \(16,\)"
+    ):
+        next(iter(DeviceLoader(images, labels, 16, augment=lambda x, y: (torch.cat([x, x[:8]]), y), device="cpu")))
+    for name in ("shuffle", "drop_last"):  # shuffle="False" shuffled
+        with pytest.raises(TypeError, match=f"{name} must be a bool, got str"):
+            DeviceLoader(images, labels, **{name: "False"})
+    with pytest.raises(ValueError, match="device must be one that holds data .*, got meta"):
+        DeviceLoader(images, labels, device="meta")
     for bad in (images.to(torch.int8), images.bool()):
         with pytest.raises(TypeError, match="images must have dtype"):
             to_float(bad)
@@ -129,6 +139,9 @@ def test_split_validation():
     assert len(split_validation(images, labels, 0.0)[1][1]) == 0
     with pytest.raises(ValueError, match="fraction must be < 1.0"):
         split_validation(images, labels, 1.0)
+    assert torch.equal(split_validation(images, labels, 0.2, seed=np.int64(1))[1][1], val_y)  # numpy seeds too
+    loaders = [DeviceLoader(images, labels, 16, seed=seed, device="cpu") for seed in (np.int64(3), 3)]
+    assert torch.equal(next(iter(loaders[0]))[1], next(iter(loaders[1]))[1])
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

@@ -32,6 +32,14 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+class _ArrayToken:
+    """What a pickle gets for the global numpy.ndarray: usable only as the first argument of numpy's
+    _reconstruct."""
+
+
+_ARRAY_TOKEN = _ArrayToken()
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     """The only globals a CIFAR-10 pickle may name: how numpy rebuilds arrays, dtypes and scalars, under the
     module names of numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`)."""
@@ -39,13 +47,22 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy < 2
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+
+    def reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+        """numpy's _reconstruct as numpy's pickles call it: an empty array (of the class the pickle names as
+        numpy.ndarray, the token), which the pickle's state then fills; any other call could hand back memory no
+        pickle wrote, so it is refused."""
+        if cls is not _ARRAY_TOKEN or tuple(shape) != (0,):
+            raise pickle.UnpicklingError("refuses an array not built as numpy pickles one (empty, then filled)")
+        return multiarray._reconstruct(np.ndarray, (0,), dtype_code)
+
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _ARRAY_TOKEN,  # not the class: calling it would give an array of uninitialised memory
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _latin1_encode,  # how Python 3 writes bytes at pickle protocol 2
     }
     for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
         if hasattr(numeric, "_frombuffer"):
             allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
@@ -70,16 +87,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def read_batch(path: str | os.PathLike) -> dict[str, Any]:
     """A pickled CIFAR batch as a dict with str keys, unpickled without running code (latin-1, as the Python 2
-    pickles of the original archive need). Raises DataFormatError naming the file when it is not one."""
+    pickles of the original archive need). Raises DataFormatError naming the file when it is not one (bytes after
+    the pickle included), and OSError naming it when it cannot be read."""
     path = Path(path)
+    stream = io.BytesIO(path.read_bytes())
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataFormatError(f"{path}: cannot be read ({error})") from error
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        obj = _RestrictedUnpickler(stream, encoding="latin1").load()
     except Exception as error:  # whatever a malformed pickle raises, it is a format error
         raise DataFormatError(f"{path}: not a CIFAR-10 batch pickle: {type(error).__name__}: {error}") from error
+    extra = len(stream.getbuffer()) - stream.tell()
+    if extra:
+        raise DataFormatError(f"{path}: {extra} unexpected bytes after the pickle")
     if not isinstance(obj, dict):
         raise DataFormatError(f"{path}: unpickles to a {type(obj).__name__}, expected a dict")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
@@ -153,7 +171,7 @@ def _batches_folder(root: Path) -> Path | None:
 def find_folder(root: str | os.PathLike) -> Path:
     """The folder holding the batches: `root/cifar-10-batches-py` (the archive's and torchvision's layout) or
     `root` itself."""
-    root = Path(root)
+    root = Path(root).expanduser()
     folder = _batches_folder(root)
     if folder is not None:
         return folder
@@ -181,8 +199,9 @@ def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[torch.T
     `root` may be the `cifar-10-batches-py` folder or the folder above it (torchvision's `root`). The
     images per batch and values per image come from `batches.meta` when it is present (10,000 and 3,072
     otherwise) and every batch is checked against them. Returns uint8 images of shape (N, 3, 32, 32) and int64
-    labels of shape (N,). Raises FileNotFoundError naming what is missing and DataFormatError (a ValueError)
-    naming the file when its content is not a CIFAR-10 batch; never runs code from the pickles.
+    labels of shape (N,). Raises FileNotFoundError naming what is missing, DataFormatError (a ValueError)
+    naming the file when its content is not a CIFAR-10 batch, and OSError (PermissionError, say) naming what
+    cannot be read; never runs code from the pickles.
     """
     check_choice(split, "split", tuple(BATCHES))
     folder = find_folder(root)

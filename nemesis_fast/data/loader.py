@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_device, check_int, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_device, check_int, check_number, check_tensor
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -36,7 +36,7 @@ def _check_float_dtype(dtype: Any) -> None:
 
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 pixels as floats in [0, 1] (x / 255, correctly rounded, the same bits on every device); float images
-    cast to `dtype` unchanged in value."""
+    cast to `dtype` (rounded to it where it is the narrower)."""
     check_tensor(images, "images", dtypes=IMAGE_DTYPES)
     _check_float_dtype(dtype)
     if images.dtype != torch.uint8:
@@ -62,10 +62,12 @@ class DeviceLoader:
         labels: (N,) int64 labels.
         batch_size: images per batch before augmentation.
         shuffle: a new permutation every epoch (every `iter()`); else the stored order.
-        seed: seeds the permutations, so that two loaders with one seed yield the same batches; None draws one.
+        seed: seeds the permutations, so that two loaders with one seed on one kind of device yield the same
+            batches (CPU and CUDA permute differently); None draws one.
         device: where the data set is kept and batches are made; default the GPU when one is visible.
         augment: a callable (x, y) -> (x, y) applied to every float batch on the device, such as
-            `nemesis_fast.defenses.GaussianAugmentation` (a batch of B then holds B * (copies + 1) images).
+            `nemesis_fast.defenses.GaussianAugmentation` (a batch of B then holds B * (copies + 1) images); the
+            x and y it returns must have the same length.
         expand: a fixed enlargement of the data set, such as `nemesis_fast.defenses.FixedNoisyCopies`: the
             loader then shuffles and batches N * expand.size rows (row r of sample b is expand(x_b, r, b)).
         drop_last: skip the last, smaller batch.
@@ -75,7 +77,7 @@ class DeviceLoader:
             copies, as Keras' `validation_split` leaves out the last rows of a stacked set.
 
     Iterating yields (x, y): x of shape (B, C, H, W) and `dtype` on `device`, y int64 of shape (B,).
-    The data set is copied to `device` once, at construction.
+    The data set is moved to `device` once, at construction (on its own device already, it is shared, not copied).
     """
 
     def __init__(
@@ -96,13 +98,18 @@ class DeviceLoader:
         check_images_labels(images, labels)
         self.batch_size = check_int(batch_size, "batch_size", low=1)
         if seed is not None:
-            check_int(seed, "seed", low=0, high=2**64 - 1)
+            seed = check_int(seed, "seed", low=0, high=2**64 - 1)
+        check_bool(shuffle, "shuffle")
+        check_bool(drop_last, "drop_last")
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable (x, y) -> (x, y), got {type(augment).__name__}")
         _check_float_dtype(dtype)
-        self.device = check_device(device)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
+        device = check_device(device)
+        if device.type == "meta":
+            raise ValueError("device must be one that holds data (cpu, cuda, ...), got meta")
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.device = self.images.device  # (cuda as cuda:N, the GPU current now: batches are made there)
         if expand is not None:
             check_int(getattr(expand, "size", None), "expand.size", low=1)
             if not callable(expand):
@@ -143,6 +150,9 @@ class DeviceLoader:
 def _augmented(out: object) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
         raise TypeError(f"augment must return a pair (x, y) of tensors, got {type(out).__name__}")
+    x, y = out
+    if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+        raise ValueError(f"augment must return x and y of one length, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     return out
 
 
@@ -173,7 +183,7 @@ def split_validation(
     """
     check_images_labels(images, labels)
     fraction = check_number(fraction, "fraction", low=0.0, high=1.0, high_inclusive=False)
-    check_int(seed, "seed", low=0, high=2**64 - 1)
+    seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     n_val = round(len(labels) * fraction)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(labels.device)
     val, train = order[:n_val], order[n_val:]

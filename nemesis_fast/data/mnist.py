@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
@@ -21,56 +22,84 @@ IMAGE_SIZE = 28
 NUM_CLASSES = 10
 _PREFIX = {"train": "train", "test": "t10k"}
 _UBYTE = 0x08
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 FILES_HINT = "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...; http://yann.lecun.com/exdb/mnist/)"
 
 
-def _candidates(root: Path, split: str, kind: str) -> list[Path]:
-    """Where the IDX file of `kind` ("images" or "labels") may lie: torchvision's names and layouts."""
+KINDS = ("images", "labels")
+
+
+def _folders(root: Path) -> list[Path]:
+    """Where MNIST's files may lie under `root`: itself, and torchvision's layouts."""
+    return [root, root / "MNIST" / "raw", root / "raw"]
+
+
+def _in_folder(folder: Path, split: str, kind: str) -> Path | None:
+    """The IDX file of `kind` ("images" or "labels") of `split` in `folder` (torchvision's names, raw or .gz), the
+    first there, or None."""
     ndim = 3 if kind == "images" else 1
     stems = [f"{_PREFIX[split]}-{kind}-idx{ndim}-ubyte", f"{_PREFIX[split]}-{kind}.idx{ndim}-ubyte"]
-    folders = [root, root / "MNIST" / "raw", root / "raw"]
-    return [folder / (stem + ext) for folder in folders for stem in stems for ext in ("", ".gz")]
+    return next((path for stem in stems for ext in ("", ".gz") if (path := folder / (stem + ext)).is_file()), None)
+
+
+def _split_files(root: Path, split: str) -> tuple[Path | None, Path | None]:
+    """(images, labels) of `split` from the first folder under `root` that holds both, so that the two always come
+    from one copy of the data; where none holds both, each file as found on its own (or None)."""
+    for folder in _folders(root):
+        images, labels = _in_folder(folder, split, "images"), _in_folder(folder, split, "labels")
+        if images is not None and labels is not None:
+            return images, labels
+    found = [next((p for f in _folders(root) if (p := _in_folder(f, split, kind))), None) for kind in KINDS]
+    return found[0], found[1]
 
 
 def _found(root: Path, split: str, kind: str) -> Path | None:
-    """The IDX file of `kind` that :func:`load_mnist` reads: the first of the candidates there, or None."""
-    return next((path for path in _candidates(root, split, kind) if path.is_file()), None)
+    """The IDX file of `kind` that :func:`load_mnist` reads (or would name), or None."""
+    return _split_files(root, split)[KINDS.index(kind)]
 
 
-def _find(root: Path, split: str, kind: str) -> Path:
-    found = _found(root, split, kind)
-    if found is not None:
-        return found
-    paths = _candidates(root, split, kind)
-    folders = sorted({str(p.parent) for p in paths})
+def _find(root: Path, split: str) -> tuple[Path, Path]:
+    """The images and labels files of `split` under `root`, from one folder; FileNotFoundError saying where it
+    looked, or that the two lie in two folders."""
+    images, labels = _split_files(root, split)
+    if images is not None and labels is not None:
+        if images.parent != labels.parent:
+            raise FileNotFoundError(
+                f"no folder holds both MNIST {split} files: {images} and {labels} lie in two folders, which may hold "
+                "two different copies; put both files of a split into one folder"
+            )
+        return images, labels
+    kind = "images" if images is None else "labels"
+    folders = ", ".join(str(f) for f in _folders(root))
     from .cifar10 import _batches_folder  # (here: cifar10 reads MNIST's folders for its own hint)
 
     other = " It holds CIFAR-10's batches: choose the dataset cifar10." if _batches_folder(root) else ""
+    stem = f"{_PREFIX[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
     raise FileNotFoundError(
-        f"no MNIST {split} {kind} file found; looked for {paths[0].name}[.gz] in {', '.join(folders)}. "
+        f"no MNIST {split} {kind} file found; looked for {stem}[.gz] in {folders}. "
         f"Put {FILES_HINT} into one of these folders.{other}"
     )
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed where they are gzip's (by their first two bytes, whatever the name says).
+    OSError (naming the path) where it cannot be read; DataFormatError where its gzip data are damaged."""
+    raw = path.read_bytes()
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            return f.read()
     except (OSError, EOFError, zlib.error) as error:
-        raise DataFormatError(
-            f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'raw'} data ({error})"
-        ) from error
+        raise DataFormatError(f"{path}: cannot be read as gzip data ({error})") from error
 
 
 def mnist_files(root: str | os.PathLike, split: str) -> list[Path]:
     """The IDX files (images, labels) that :func:`load_mnist` reads for `split` under `root`, those there."""
     check_choice(split, "split", tuple(_PREFIX))
-    found = (_found(Path(root), split, kind) for kind in ("images", "labels"))
-    return [path for path in found if path is not None]
+    return [path for path in _split_files(Path(root).expanduser(), split) if path is not None]
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int) -> np.ndarray:
@@ -102,16 +131,18 @@ def read_idx(path: str | os.PathLike, expected_ndim: int) -> np.ndarray:
 def load_mnist(root: str | os.PathLike, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Loads MNIST's `split` ("train": 60,000 images, "test": 10,000) from the IDX files under `root`.
 
-    `root` may hold the files itself or in torchvision's `MNIST/raw` layout; each file may be raw or
-    gzip-compressed. Returns uint8 images of shape (N, 1, 28, 28) and int64 labels of shape (N,).
-    Raises FileNotFoundError naming where it looked, and DataFormatError (a ValueError) naming the file
-    when a header, size, count or label is wrong.
+    `root` may hold the files itself or in torchvision's `MNIST/raw` layout (images and labels from one folder);
+    each file may be raw or gzip-compressed. Returns uint8 images of shape (N, 1, 28, 28) and int64 labels of
+    shape (N,). Raises FileNotFoundError naming where it looked, DataFormatError (a ValueError) naming the file
+    when a header, size, count or label is wrong, and OSError (PermissionError, say) naming what cannot be read.
     """
     check_choice(split, "split", tuple(_PREFIX))
-    root = Path(root)
+    root = Path(root).expanduser()
+    if root.is_file():
+        raise FileNotFoundError(f"MNIST folder {root} is a file; pass the folder that holds the IDX files")
     if not root.is_dir():
         raise FileNotFoundError(f"MNIST folder {root} does not exist")
-    images_path, labels_path = _find(root, split, "images"), _find(root, split, "labels")
+    images_path, labels_path = _find(root, split)
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):

@@ -88,7 +88,7 @@ def load_data(config: EvalConfig) -> Dataset:
         try:
             train_x, train_y = loader(root, "train")
             test_x, test_y = loader(root, "test")
-        except (FileNotFoundError, DataFormatError) as error:
+        except (OSError, DataFormatError) as error:  # (missing, unreadable or malformed files)
             raise ConfigError(f"data_dir: {error}") from error
         source = str(root.resolve())
         description = f"{config.dataset} from {root}" + (
