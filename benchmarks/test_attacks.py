@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nemesis_fast.bench import attacks as bench
+from nemesis_fast.bench.attack_providers import PROVIDERS, bare_provider, nemesis_provider
 
 SPECS = {spec.name: spec for spec in bench.specs("cifar")}
 
@@ -18,7 +19,7 @@ CASES += [(name, "bare fwd+bwd") for name in ("FGSM", "PGD")]
 def test_attack_cpu(benchmark, cifar_batch, name, provider):
     model, x, y = cifar_batch
     spec = SPECS[name]
-    fn = bench.nemesis_provider(spec, model) if provider == "nemesis_fast" else bench.bare_provider(spec, model)
+    fn = nemesis_provider(spec, model) if provider == "nemesis_fast" else bare_provider(spec, model)
     assert not isinstance(fn, str), fn
     benchmark.group = f"attack {name}"
     out = benchmark(fn, x, y)
@@ -29,7 +30,7 @@ def test_attack_cpu(benchmark, cifar_batch, name, provider):
 def test_side_by_side_report_is_complete():
     report = bench.run("cpu", numel=2, attacks=("FGSM", "DeepFool"))
     rows = {(row.case.split(" ")[0], row.provider): row for row in report.rows}
-    assert set(rows) == {(a, p) for a in ("FGSM", "DeepFool") for p in bench.PROVIDERS}
+    assert set(rows) == {(a, p) for a in ("FGSM", "DeepFool") for p in PROVIDERS}
     ours = rows["FGSM", "nemesis_fast"]
     assert ours.ms > 0 and ours.extra["images"] == 2 and 0 <= ours.extra["success"] <= 1
     assert ours.extra["median_linf"] == pytest.approx(8 / 255, abs=1e-6)

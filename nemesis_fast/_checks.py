@@ -16,8 +16,26 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.fl
 MAX_THREADS = 1024  # CPU threads per process: more only exhausts memory (OpenMP allocates per thread)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """ "float32" for torch.float32: a dtype as messages name it."""
+    return str(dtype).replace("torch.", "")
+
+
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+    return ", ".join(dtype_name(d) for d in dtypes)
+
+
+def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """One of FLOAT_DTYPES (TypeError naming `name` otherwise)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float dtype ({_dtype_names(FLOAT_DTYPES)}), got {dtype}")
+    return dtype
+
+
+def parameter_dtype(model: object) -> torch.dtype | None:
+    """The dtype of `model`'s first floating parameter (an nn.Module's), or None where it has none."""
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else ()
+    return next((p.dtype for p in parameters if p.is_floating_point()), None)
 
 
 def check_tensor(
@@ -32,7 +50,7 @@ def check_tensor(
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype {_dtype_names(dtypes)}; got {str(x.dtype).replace('torch.', '')}")
+        raise TypeError(f"{name} must have dtype {_dtype_names(dtypes)}; got {dtype_name(x.dtype)}")
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if min_ndim is not None and x.dim() < min_ndim:

@@ -199,28 +199,37 @@ class EarlyStopping:
         return False
 
 
+def epoch_state(epoch: int, runner: Epochs, result: TrainResult, stopping: EarlyStopping) -> dict[str, Any]:
+    """The whole training state after `epoch` (0: before the first), for a checkpoint to keep."""
+    return training_state(
+        epoch,
+        result.model,
+        runner.optimizer,
+        runner.loader,
+        runner.recipe,
+        result,
+        *stopping.state(),
+        runner.device,
+        runner.scaler,
+    )
+
+
 def run_epochs(
     run: Resumable,
     resumed: dict[str, Any] | None,
     epochs: int,
     epoch_runner: Epochs,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DeviceLoader,
-    recipe: Recipe,
     result: TrainResult,
     stopping: EarlyStopping,
-    device: torch.device,
-    say: Log,
 ) -> None:
     """The epochs after those of `resumed` (the state `run`'s checkpoint held, restored first; None: none), up to
-    `epochs`, each followed by a checkpoint, until the budget is spent or early stopping; the model ends with the
-    weights of its best validated epoch."""
-    last_epoch = 0
-    scaler = epoch_runner.scaler
+    `epochs`, each followed by a checkpoint, until the budget is spent or early stopping; the model (`result`'s)
+    ends with the weights of its best validated epoch."""
+    last_epoch, model, recipe, say = 0, result.model, epoch_runner.recipe, epoch_runner.say
     if resumed is not None:
+        r = epoch_runner
         stopping.best_accuracy, stopping.best_state, stopping.waited = restore_state(
-            resumed, model, optimizer, loader, recipe, result, device, scaler, run.name
+            resumed, model, r.optimizer, r.loader, recipe, result, r.device, r.scaler, run.name
         )
         last_epoch = resumed["epoch"]
         say(f"{recipe.name}: resuming after epoch {last_epoch} from the checkpoint")
@@ -235,7 +244,7 @@ def run_epochs(
             break
         if epoch_runner.spent(result):
             break
-        run.save(training_state(epoch, model, optimizer, loader, recipe, result, *stopping.state(), device, scaler))
+        run.save(epoch_state(epoch, epoch_runner, result, stopping))
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         result.val_accuracy = stopping.best_accuracy

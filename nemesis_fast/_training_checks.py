@@ -89,18 +89,21 @@ def check_classes(model: nn.Module, data: Data, name: str, device: torch.device)
 
 def check_budget(
     epochs: Any, batch_size: Any, lr: Any, seed: Any, patience: Any, max_steps: Any, val_fraction: Any
-) -> tuple[int, int, float, int]:
-    """Checks :func:`train`'s budget arguments (naming the bad one); returns (epochs, batch_size, lr, seed)."""
+) -> tuple[int, int, float, int, int | None, int | None]:
+    """Checks :func:`train`'s budget arguments (naming the bad one); returns (epochs, batch_size, lr, seed,
+    patience, max_steps), numpy integers among them as Python ints."""
     if patience is not None:
-        check_int(patience, "patience", low=1)
+        patience = check_int(patience, "patience", low=1)
     if max_steps is not None:
-        check_int(max_steps, "max_steps", low=1)
+        max_steps = check_int(max_steps, "max_steps", low=1)
     check_number(val_fraction, "val_fraction", low=0.0, high=1.0, high_inclusive=False)
     return (
         check_int(epochs, "epochs", low=1),
         check_int(batch_size, "batch_size", low=1),
         check_positive(lr, "lr"),
         check_int(seed, "seed", low=0, high=2**63 - 1),
+        patience,
+        max_steps,
     )
 
 

@@ -253,7 +253,9 @@ def _network_for(
             raise ValueError(f"{path}: holds a {arch['name']!r} model, but the model given is {mine['name']!r}")
         found, given = _comparable(arch["kwargs"]), _comparable(mine["kwargs"])
         if found != given:
-            differ = _differences(found, given) or [f"{k}={found[k]!r} (the model given: <absent>)" for k in found]
+            differ = _differences(found, given) or [
+                f"{k}={found[k]!r} (the model given: <absent>)" for k in found if k not in given
+            ]
             raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
     return model
 

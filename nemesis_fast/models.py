@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,7 +47,12 @@ def activation_factory(activation: str, t: float = 1.0) -> Callable[[], nn.Modul
 
 
 def _record(model: nn.Module, name: str, kwargs: dict[str, Any]) -> nn.Module:
-    model.architecture = {"name": name, "kwargs": dict(kwargs)}
+    """`model` with the record of its builder, numpy numbers among the kwargs as Python's (so that checkpoints,
+    which load only plain types, and JSON take them)."""
+    model.architecture = {
+        "name": name,
+        "kwargs": {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()},
+    }
     return model
 
 

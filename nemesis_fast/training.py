@@ -23,6 +23,7 @@ from ._epochs import (
     Epochs,
     Log,
     TrainResult,
+    epoch_state,
     evaluate_accuracy,
     forward_autocast,
     run_epochs,
@@ -52,7 +53,6 @@ from .resume import (
     check_device_kind,
     inputs_signature,
     model_signature,
-    training_state,
 )
 
 # The checkpoint functions moved to nemesis_fast.checkpoints; importable from here as before.
@@ -122,7 +122,7 @@ def _epochs(
     val: Data | None,
     progress: bool | None,
     say: Log,
-) -> tuple[DeviceLoader, torch.optim.Optimizer, Epochs]:
+) -> Epochs:
     """The batches, Adam and the epoch loop of :func:`train` (its arguments of the same names; `rows`: the
     loader's, the rows of the training set batched)."""
     # With compile, a last smaller batch would compile a second graph: drop it (a different one every epoch).
@@ -153,7 +153,7 @@ def _epochs(
         progress=progress,
         say=say,
     )
-    return loader, optimizer, runner
+    return runner
 
 
 def train(
@@ -235,7 +235,8 @@ def train(
     if progress is not None:
         check_bool(progress, "progress")
     checkpoint = as_checkpoint(checkpoint)  # a path checked before any work
-    epochs, batch_size, lr, seed = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
+    budget = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
+    epochs, batch_size, lr, seed, patience, max_steps = budget
     say = _logger(log)
     device = check_device(device)
     recipe = _recipe(recipe, settings, dataset, images, seed)
@@ -265,14 +266,14 @@ def train(
     images, labels, rows, val, source_model = _training_rows(
         recipe, model, source_model, images, labels, val, held_fraction, budget
     )
-    loader, optimizer, epoch_runner = _epochs(
+    epoch_runner = _epochs(
         model, recipe, images, labels, rows, batch_size, lr, seed, device, amp, compile, max_steps, val, progress, say
     )
     result = TrainResult(model, recipe.name, recipe.settings_dict())
     stopping = EarlyStopping(patience)
     if trains_source:
         _keep_trained_source(run, source_model, resumed is None, epoch_runner, result, stopping)
-    run_epochs(run, resumed, epochs, epoch_runner, model, optimizer, loader, recipe, result, stopping, device, say)
+    run_epochs(run, resumed, epochs, epoch_runner, result, stopping)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
@@ -310,19 +311,7 @@ def _keep_trained_source(
     so that an interruption in epoch 1 keeps the source too."""
     run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
     if first:
-        runner = epoch_runner
-        state = training_state(
-            0,
-            result.model,
-            runner.optimizer,
-            runner.loader,
-            runner.recipe,
-            result,
-            *stopping.state(),
-            runner.device,
-            runner.scaler,
-        )
-        run.save(state)
+        run.save(epoch_state(0, epoch_runner, result, stopping))
 
 
 def _recipe(recipe: str | Recipe, settings: Any, dataset: str | None, images: torch.Tensor, seed: int) -> Recipe:

@@ -186,6 +186,9 @@ def test_images_a_rounding_outside_clip_are_accepted_and_run_clamped(dtype):
         assert result.x_adv.min() >= clip[0] - 1e-2 and result.x_adv.max() <= clip[1] + 1e-2, name
         assert torch.equal(result.x_adv, attack(normalised.clamp(*clip), y)), name  # run on x clamped into clip
         attack.run(result.x_adv, y)  # the attack's own output is accepted
+    untouched = FGSM(model, 0.0, clip=clip).run(normalised, y)  # measured from the clamped images: no change
+    assert (untouched.l0 == 0).all() and (untouched.linf == 0).all()
+    assert torch.equal(untouched.x_adv, normalised.clamp(*clip))
 
 
 @pytest.mark.parametrize("clip", [(-1.0, 1.1), (0.0, 0.7), (0.1, 0.9), (-0.3, 255.0)])

@@ -304,7 +304,7 @@ def test_attacks_measure_turns_a_failing_provider_into_a_row(monkeypatch):
 
 
 def test_attacks_fast_cases_are_timed_for_the_harness_rounds_and_seconds(monkeypatch):
-    from nemesis_fast.bench import attacks
+    from nemesis_fast.bench import attack_providers, attacks
 
     seen: list[dict] = []
 
@@ -317,7 +317,7 @@ def test_attacks_fast_cases_are_timed_for_the_harness_rounds_and_seconds(monkeyp
     monkeypatch.setattr(attacks, "time_interleaved", recording)
     x, y = _toy_batch()
     calls: list = []
-    toys = {name: _recording_attack(calls, name) for name in attacks.PROVIDERS}
+    toys = {name: _recording_attack(calls, name) for name in attack_providers.PROVIDERS}
     monkeypatch.setattr(attacks, "providers", lambda *args: toys)
     fgsm = attacks.Spec("FGSM", {"eps": 0.1}, "bare fwd+bwd")
     attacks.measure(fgsm, _toy_model(), x, y, 10, "FGSM", slow_limit=2)

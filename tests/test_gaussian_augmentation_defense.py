@@ -261,7 +261,7 @@ def test_fixed_noisy_copies_of_float_images_are_the_ops_copies_bit_for_bit(sigma
         assert torch.equal(rows[i], wanted), i
     assert rows.data_ptr() != x.data_ptr()
     with pytest.raises(
-        TypeError, match=r"x must be float images \(uint8 pixels divided by 255 first\), got torch.uint8"
+        TypeError, match=r"x \(float images: uint8 pixels divided by 255 first\) must have dtype .*; got uint8"
     ):
         FixedNoisyCopies(sigma=sigma, copies=2)((x * 255).to(torch.uint8), copy, sample)  # noise in units of 1/255 else
 

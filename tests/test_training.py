@@ -284,6 +284,21 @@ def test_a_checkpoints_recorded_sizes_allocate_nothing_its_weights_do_not_fill(t
     torch.testing.assert_close(loaded.state_dict(), payload["state_dict"])
 
 
+def test_numpy_integers_are_recorded_as_python_ints(tmp_path):
+    """Checkpoints load only plain types: a numpy size recorded as it was given made the next load fail."""
+    model = mnist_cnn(input_size=np.int64(28), num_classes=np.int32(10))
+    assert all(type(v) in (int, float, str) for v in model.architecture["kwargs"].values())
+    settings = make_recipe("gda", {"copies": np.int64(3)}).settings_dict()
+    assert type(settings["copies"]) is int
+    path = save_checkpoint(tmp_path / "m.pt", model, recipe="gda", settings=settings)
+    assert load_checkpoint(path)[1]["settings"]["copies"] == 3
+    payload = torch.load(path, weights_only=True)
+    payload["architecture"]["kwargs"]["width"] = 16  # a kwarg the model given lacks: only it is named
+    torch.save(payload, tmp_path / "extra.pt")
+    with pytest.raises(ValueError, match=r"differs from the model given: width=16 \(the model given: <absent>\)$"):
+        load_checkpoint(tmp_path / "extra.pt", model=mnist_cnn())
+
+
 def test_a_relu_models_threshold_is_no_part_of_its_architecture(tmp_path):
     """ReLU layers have no threshold: a ReLU model built with another t loads into one built with the default."""
     model = mnist_cnn(activation="relu", t=0.5)

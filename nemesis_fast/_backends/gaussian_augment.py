@@ -94,7 +94,7 @@ def resolve_seed(seed: int | None) -> int:
         if torch.compiler.is_compiling():
             raise ValueError("seed=None draws a seed eagerly; under torch.compile pass an explicit seed=")
         return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64).item())
-    check_int(seed, "seed", low=-(2**63), high=2**64 - 1)
+    seed = check_int(seed, "seed", low=-(2**63), high=2**64 - 1)
     return seed - 2**64 if seed >= 2**63 else seed
 
 

@@ -48,69 +48,22 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor
+from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor, dtype_name
 from .._modes import eval_mode
 from .jacobian import LogitJacobian, Weights, input_grad
 from .norms import perturbation_norms
+from .precision import clip_tolerance
+from .result import AttackResult
 
 Seed = int | torch.Generator | None
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-# How far x may stray outside clip, in units in the last place of x's dtype at the clip bounds' magnitude: the
-# rounding of bounds computed in float64 (normalised images, (x - mean) / std, against bounds computed the same way
-# in Python) and of x.clamp(*clip) in x's dtype, which rounds the bounds to it.
-CLIP_TOLERANCE_ULPS = 4
-
-
-def spacing(magnitude: float, dtype: torch.dtype) -> float:
-    """The gap between consecutive numbers of `dtype` at `magnitude` >= 0 (pixel units): its unit in the last place
-    there, eps * 2^e for a magnitude in [2^e, 2^(e+1)) (torch.finfo(dtype).eps at 1; 2^-7 for bfloat16)."""
-    info = torch.finfo(dtype)
-    _, exponent = math.frexp(max(magnitude, info.tiny))
-    return math.ldexp(info.eps, exponent - 1)
-
-
-def clip_tolerance(clip: tuple[float, float], dtype: torch.dtype) -> float:
-    """How far, in pixel units, images of `dtype` may lie outside `clip` and still count as inside it:
-    CLIP_TOLERANCE_ULPS units in the last place of `dtype` at the larger magnitude of the bounds."""
-    return CLIP_TOLERANCE_ULPS * spacing(max(abs(clip[0]), abs(clip[1])), dtype)
-
-
-@dataclass
-class AttackResult:
-    """What :meth:`Attack.run` returns; every tensor is on the device of the input, one entry per image.
-
-    Attributes:
-        x_adv: (B, ...) adversarial images, x's shape and dtype, inside the attack's `clip`.
-        success: (B,) bool: the model's prediction on x_adv differs from y (untargeted) or equals the target.
-        predictions: (B,) int64: the model's predicted class on x_adv.
-        l0: (B,) int64: the number of elements (pixels times channels) that differ between x_adv and x.
-        l2: (B,) float32 (float64 for float64 images): the Euclidean norm of x_adv - x.
-        linf: (B,) same dtype as l2: the largest absolute change of any element.
-        iterations: (B,) int64: the iterations (gradient steps) the attack spent on each image.
-        target: (B,) int64 target classes of a targeted run (empty for an empty batch), else None.
-    """
-
-    x_adv: torch.Tensor
-    success: torch.Tensor
-    predictions: torch.Tensor
-    l0: torch.Tensor
-    l2: torch.Tensor
-    linf: torch.Tensor
-    iterations: torch.Tensor
-    target: torch.Tensor | None = None
-
-    @property
-    def success_rate(self) -> float:
-        """The fraction of images on which the attack succeeded (nan for an empty batch)."""
-        return self.success.float().mean().item() if self.success.numel() else math.nan
 
 
 @contextlib.contextmanager
@@ -155,7 +108,8 @@ class Attack:
             modules it calls in eval mode first (else dropout stays on and batch norm updates its statistics).
         clip: (low, high), low < high: the range of valid pixel values; outputs lie in it, and so must inputs, up
             to a few units in the last place of their dtype at the bounds' magnitude (:func:`clip_tolerance`:
-            the rounding of bounds computed in another precision, or of x.clamp(*clip) in x's dtype).
+            the rounding of bounds computed in another precision, or of x.clamp(*clip) in x's dtype); such an input
+            is clamped into clip first, and the result's norms are measured from the clamped images.
         targeted: when True and no `target` is given to a call, targets are drawn uniformly among the wrong
             classes (with `seed`). Passing `target=` to a call makes that call targeted either way.
         seed: an int (every call starts from the same random state: reproducible), a torch.Generator (its
@@ -356,11 +310,13 @@ class Attack:
             try:
                 with self._guard(), torch.no_grad():
                     if x.shape[0]:
-                        # x within clip's tolerance but outside clip runs clamped into it (the _perturb contract)
-                        outside = self._check_model(x, y, target)
+                        # x within clip's tolerance but outside clip is clamped into it first: the _perturb
+                        # contract, and the original the norms and an untouched image are measured against
+                        if self._check_model(x, y, target):
+                            x = self.project(x)
                         if target is None and self.targeted:
                             target = (y + 1 + self.randint(self.num_classes - 1, y.shape, y.device)) % self.num_classes
-                        x_adv, iterations = self._perturb(self.project(x) if outside else x, y, target)
+                        x_adv, iterations = self._perturb(x, y, target)
                     else:
                         x_adv, iterations = x.clone(), 0
                         if target is None and self.targeted:
@@ -398,13 +354,13 @@ class Attack:
     def _check_step_sizes(self, dtype: torch.dtype) -> None:
         """ValueError naming the first of `step_sizes` beyond the range of `dtype`, the dtype of the steps (a step of
         that size is inf in it, and inf times a zero gradient is NaN)."""
-        largest, dtype_name = torch.finfo(dtype).max, str(dtype).replace("torch.", "")
+        largest, name_of_dtype = torch.finfo(dtype).max, dtype_name(dtype)
         for name, factor in self.step_sizes.items():
             value = getattr(self, name)
             if abs(value) * factor > largest:
                 times = "" if factor == 1 else f" ({factor:g} times it)"
                 raise ValueError(
-                    f"{name}={value:g} is beyond the range of {dtype_name} (largest {largest:g}), the dtype of "
+                    f"{name}={value:g} is beyond the range of {name_of_dtype} (largest {largest:g}), the dtype of "
                     f"{type(self).__name__}'s steps{times} on these images: they would overflow to inf, and to NaN "
                     "where the gradient is 0"
                 )
@@ -443,7 +399,7 @@ class Attack:
         if x_min < self.clip[0] - tolerance or x_max > self.clip[1] + tolerance:
             raise ValueError(
                 f"x must lie inside clip={self.clip} (up to {tolerance:.3g}, a few units in the last place of "
-                f"{str(x.dtype).replace('torch.', '')}); it spans [{x_min}, {x_max}]"
+                f"{dtype_name(x.dtype)}); it spans [{x_min}, {x_max}]"
             )
         if not finite_logits:  # x's first image is valid: the model is to blame
             raise ValueError("model must give finite logits; it gave NaN or infinite ones for the first image of x")

@@ -7,9 +7,10 @@ from collections.abc import Callable
 import torch
 
 from .._checks import check_int, check_nonnegative
-from .base import Attack, spacing
+from .base import Attack
 from .jacobian import difference_weights, predicts
 from .norms import Norm, check_norm, flat_norm
+from .precision import spacing
 
 # Added to each step's length, as a fraction of the clip range, so that a step lands past the boundary: the paper's
 # reference code adds 1e-4 to steps on [0, 1] images.

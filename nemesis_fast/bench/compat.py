@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attacks import art_classifier, timing_model
+from .attack_providers import art_classifier
+from .attacks import timing_model
 from .harness import (
     Case,
     Report,

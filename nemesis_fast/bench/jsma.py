@@ -33,7 +33,8 @@ from torch import nn
 from .._backends.jsma_saliency_search import BACKENDS
 from ..attacks import JSMA
 from ..reference.jsma_saliency_search import jsma_saliency_search as reference_search
-from .attacks import art_classifier, mnist_model_and_data, mnist_sets, timing_model
+from .attack_providers import art_classifier
+from .attacks import mnist_model_and_data, mnist_sets, timing_model
 from .harness import (
     Case,
     Report,

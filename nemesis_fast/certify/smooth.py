@@ -12,7 +12,16 @@ from torch import nn
 
 from .._amp import amp_name, autocast
 from .._backends.gaussian_augment import resolve_seed
-from .._checks import FLOAT_DTYPES, check_choice, check_device, check_int, check_number, check_positive, check_tensor
+from .._checks import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_device,
+    check_int,
+    check_number,
+    check_positive,
+    check_tensor,
+    parameter_dtype,
+)
 from .._dispatch import BACKENDS
 from .._modes import eval_mode
 from ..ops import gaussian_augment
@@ -148,18 +157,18 @@ class Smooth:
     def _noise_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype of the noisy copies: the model's (its first floating parameter's); None (x's own, float32 for
         uint8 images) under autocast or for a model without one."""
-        if self.amp or not isinstance(self.model, nn.Module):
-            return None
-        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        return None if self.amp else parameter_dtype(self.model)
 
-    def _check_x(self, x: torch.Tensor, offset: int) -> None:
+    def _check_x(self, x: torch.Tensor, offset: int) -> int:
+        """`offset`, checked with x (returned as a Python int)."""
         check_tensor(x, "x", dtypes=(*FLOAT_DTYPES, torch.uint8), min_ndim=2)
-        check_int(offset, "offset", low=0, high=MAX_IMAGE_INDEX)
+        offset = check_int(offset, "offset", low=0, high=MAX_IMAGE_INDEX)
         if offset + x.shape[0] - 1 > MAX_IMAGE_INDEX:
             raise ValueError(f"offset + len(x) must be <= {MAX_IMAGE_INDEX + 1}, got {offset + x.shape[0]}")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[:, 0].tolist()
             raise ValueError(f"x must be finite; NaN or inf in {_images(bad)}")
+        return offset
 
     def _raise_on_non_finite(self, rejected: torch.Tensor) -> None:
         """Raises if any count of `rejected` (B, P) int64, the noisy copies of each image and phase with a NaN or
@@ -185,15 +194,19 @@ class Smooth:
         counts per image and phase, for phases given as (noise key, number of draws). `progress(rows)` is called
         after every forward pass with the number of noisy copies it classified. Noisy copies with a NaN or
         infinite logit are counted apart, on the device, and raise a ValueError once all are classified."""
-        self._check_x(x, offset)
+        offset = self._check_x(x, offset)
         batch_size = check_int(batch_size, "batch_size", low=1)
         if progress is not None and not callable(progress):
             raise TypeError(
                 f"progress must be a callable taking a number of noisy copies, or None, got {type(progress).__name__}"
             )
-        for key, count in phases or [(0, 0)]:  # none: "a phase's draws must be >= 1"
-            check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1)
-            check_int(count, "a phase's draws", low=1, high=MAX_DRAWS)
+        phases = [
+            (
+                check_int(key, "a phase's noise key", low=-(2**63), high=2**63 - 1),
+                check_int(count, "a phase's draws", low=1, high=MAX_DRAWS),
+            )
+            for key, count in phases or [(0, 0)]  # none: "a phase's draws must be >= 1"
+        ]
         device = self._device(x)
         out_dtype = self._noise_dtype(x)
         x = x.detach().to(device)

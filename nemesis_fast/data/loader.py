@@ -8,11 +8,11 @@ copy of a torch DataLoader; the conversion to float happens per batch, on the de
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_bool, check_device, check_int, check_number, check_tensor
+from .._checks import check_bool, check_device, check_float_dtype, check_int, check_number, check_tensor
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -29,16 +29,11 @@ class Expansion(Protocol):
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_float_dtype(dtype: Any) -> None:
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be a float dtype, got {dtype}")
-
-
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 pixels as floats in [0, 1] (x / 255, correctly rounded, the same bits on every device); float images
     cast to `dtype` (rounded to it where it is the narrower)."""
     check_tensor(images, "images", dtypes=IMAGE_DTYPES)
-    _check_float_dtype(dtype)
+    check_float_dtype(dtype)
     if images.dtype != torch.uint8:
         return images.to(dtype)
     # A tensor divisor, not a Python number: on CUDA, torch divides by a number as a multiply by its reciprocal,
@@ -103,7 +98,7 @@ class DeviceLoader:
         check_bool(drop_last, "drop_last")
         if augment is not None and not callable(augment):
             raise TypeError(f"augment must be callable (x, y) -> (x, y), got {type(augment).__name__}")
-        _check_float_dtype(dtype)
+        check_float_dtype(dtype)
         device = check_device(device)
         if device.type == "meta":
             raise ValueError("device must be one that holds data (cpu, cuda, ...), got meta")

@@ -64,7 +64,7 @@ def offline_examples(
     perturbed batch, e.g. `lambda x, y: fgsm_examples(source, x, y, 0.3)`.
     """
     check_images_labels(images, labels)
-    check_int(batch_size, "batch_size", low=1)
+    batch_size = check_int(batch_size, "batch_size", low=1)
     device = check_device(device) if device is not None else images.device
     out = torch.empty(images.shape, dtype=torch.float32, device=device)
     for start in range(0, len(labels), batch_size):

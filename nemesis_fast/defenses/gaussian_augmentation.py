@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .._backends.gaussian_augment import clip_bounds, resolve_seed
-from .._checks import check_bool, check_device, check_int, check_number
+from .._checks import FLOAT_DTYPES, check_bool, check_device, check_int, check_number, check_tensor
 from ..ops import gaussian_augment
 from ..reference.gaussian_augment import pair_noise
 
@@ -216,9 +216,7 @@ class FixedNoisyCopies:
     def __call__(self, x: torch.Tensor, copy: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Rows `copy` (0: the original) of samples `sample` (int64 (B,)), given the originals x (B, ...) float
         (TypeError naming x otherwise: uint8 pixels are first read as x / 255, as the loader does)."""
-        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-            kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"x must be float images (uint8 pixels divided by 255 first), got {kind}")
+        check_tensor(x, "x (float images: uint8 pixels divided by 255 first)", dtypes=FLOAT_DTYPES)
         noisy = (copy > 0).nonzero().squeeze(1)
         if noisy.numel() == 0:
             return x

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._checks import FLOAT_DTYPES, check_choice, check_int, check_number, check_tensor
+from .._checks import FLOAT_DTYPES, check_float_dtype, check_int, check_number, check_tensor
 
 
 def smooth_labels(
@@ -17,7 +17,7 @@ def smooth_labels(
     confidence = 1 gives one-hot targets; 1 / num_classes gives the uniform distribution.
     """
     check_tensor(y, "y", dtypes=(torch.int64,), ndim=1)
-    check_choice(dtype, "dtype", FLOAT_DTYPES)
+    check_float_dtype(dtype)
     num_classes = check_int(num_classes, "num_classes", low=2)
     confidence = check_number(confidence, "confidence", low=1.0 / num_classes, high=1.0)
     if y.device.type == "cpu" and y.numel() and not 0 <= int(y.min()) <= int(y.max()) < num_classes:

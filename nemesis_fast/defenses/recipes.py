@@ -76,7 +76,7 @@ class GDASettings:
 
     def __post_init__(self) -> None:
         check_nonnegative(self.sigma, "sigma")
-        check_int(self.copies, "copies", low=1, high=MAX_GDA_COPIES)
+        object.__setattr__(self, "copies", check_int(self.copies, "copies", low=1, high=MAX_GDA_COPIES))
         if self.clip is not None:
             object.__setattr__(self, "clip", check_range(self.clip, "clip"))
         check_bool(self.fixed_set, "fixed_set")
@@ -126,7 +126,7 @@ class VATSettings:
     def __post_init__(self) -> None:
         check_nonnegative(self.eps, "eps")
         check_positive(self.xi, "xi")
-        check_int(self.power_iterations, "power_iterations", low=1)
+        object.__setattr__(self, "power_iterations", check_int(self.power_iterations, "power_iterations", low=1))
         check_nonnegative(self.alpha, "alpha")
         check_choice(self.mode, "mode", MODES)
 

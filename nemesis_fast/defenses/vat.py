@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_int, check_nonnegative, check_positive
+from .._checks import check_int, check_nonnegative, check_positive, parameter_dtype
 from ..attacks import model_guard
 from ._halves import clean_and_perturbed_logits
 
@@ -43,8 +43,9 @@ def _kl(log_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
 def _working_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     """float64 for a float64 model (or, with no parameters, float64 images), else float32; ValueError naming
     `model` where its parameters are half precision, in which xi vanishes."""
-    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
-    dtype = floating[0] if floating else x.dtype
+    dtype = parameter_dtype(model)
+    if dtype is None:
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
     if dtype in (torch.float16, torch.bfloat16):
         raise ValueError(
             f"model: its parameters are {dtype}; VAT's power iteration (xi = 1e-6) needs float32 or float64: train "

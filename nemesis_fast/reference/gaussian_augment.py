@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_int, check_number
+from .._checks import check_int, check_number, dtype_name
 from ..data.loader import to_float
 
 # Philox4x32 round multipliers and Weyl key increments.
@@ -73,10 +73,6 @@ FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # the smallest number that rounds to inf
 INT64_MAX = 2**63 - 1
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def check_arguments(
     x: Any,
     copies: Any,
@@ -94,11 +90,11 @@ def check_arguments(
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_INPUT_DTYPES:
-        names = ", ".join(_name(d) for d in SUPPORTED_INPUT_DTYPES)
-        raise TypeError(f"x must have dtype {names}; got {_name(x.dtype)}")
+        names = ", ".join(dtype_name(d) for d in SUPPORTED_INPUT_DTYPES)
+        raise TypeError(f"x must have dtype {names}; got {dtype_name(x.dtype)}")
     if x.dim() < 1:
         raise ValueError("x must have at least 1 dimension (the batch), got a 0-dimensional tensor")
-    check_int(copies, "copies", low=0, high=MAX_COPIES)
+    copies = check_int(copies, "copies", low=0, high=MAX_COPIES)
     sigma = check_number(sigma, "sigma", low=0.0)
     if sigma >= FLOAT32_OVERFLOW:
         raise ValueError(f"sigma must be finite in float32, got {sigma}")
@@ -107,17 +103,17 @@ def check_arguments(
             check_number(value, name)
     if clip_min is not None and clip_max is not None and clip_min > clip_max:
         raise ValueError(f"clip_min must be <= clip_max, got clip_min={clip_min} > clip_max={clip_max}")
-    check_int(offset, "offset", low=0, high=INT64_MAX - x.shape[0])
+    offset = check_int(offset, "offset", low=0, high=INT64_MAX - x.shape[0])
     if out_dtype is None:
         out_dtype = torch.float32 if x.dtype == torch.uint8 else x.dtype
-        described = f"the output dtype {_name(out_dtype)} (out_dtype=None: x's)"
+        described = f"the output dtype {dtype_name(out_dtype)} (out_dtype=None: x's)"
     else:
         if not isinstance(out_dtype, torch.dtype):
             raise TypeError(f"out_dtype must be a torch.dtype or None, got {type(out_dtype).__name__}")
         if out_dtype not in OUTPUT_DTYPES:
-            choices = ", ".join(map(_name, OUTPUT_DTYPES))
-            raise TypeError(f"out_dtype={_name(out_dtype)} cannot hold noisy values; use one of {choices}")
-        described = f"out_dtype={_name(out_dtype)}"
+            choices = ", ".join(map(dtype_name, OUTPUT_DTYPES))
+            raise TypeError(f"out_dtype={dtype_name(out_dtype)} cannot hold noisy values; use one of {choices}")
+        described = f"out_dtype={dtype_name(out_dtype)}"
     biggest = torch.finfo(out_dtype).max
     for value, name in ((clip_min, "clip_min"), (clip_max, "clip_max")):
         if value is not None and abs(value) > biggest:
