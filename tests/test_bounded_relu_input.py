@@ -9,7 +9,7 @@ from _bounded_relu_cases import masked_pair
 from _support import require_backend
 
 import nemesis_fast as nf
-from nemesis_fast._backends.bounded_relu import MASKED_BACKENDS
+from nemesis_fast._backends.bounded_relu import BACKENDS, MASKED_BACKENDS
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,27 @@ def test_direct_op_calls_check_their_arguments():
         torch.ops.nemesis_fast.bounded_relu(torch.ones(3, dtype=torch.int32), 1.0)
     with pytest.raises(ValueError, match="same shape"):
         torch.ops.nemesis_fast.bounded_relu_backward(torch.ones(3), torch.ones(4), 1.0)
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+def test_direct_calls_of_each_backends_op_pair_check_their_arguments(backend):
+    """The Triton pair checked nothing: t = -1 gave wrong values, and a smaller grad was read past its end."""
+    require_backend(BACKENDS, backend, "cpu")
+    suffix = "_triton" if backend == "triton" else ""
+    forward = getattr(torch.ops.nemesis_fast, f"bounded_relu{suffix}")
+    backward = getattr(torch.ops.nemesis_fast, f"bounded_relu_backward{suffix}")
+    with pytest.raises(ValueError, match="t must be a finite number > 0"):
+        forward(torch.ones(4), -1.0)
+    with pytest.raises(TypeError, match="x must (be a float16|have dtype float16)"):
+        forward(torch.ones(4, dtype=torch.int32), 1.0)
+    out = torch.ones(4)
+    for args, error, match in [
+        ((torch.ones(1), out, 1.0), ValueError, "grad and out must have the same shape"),
+        ((torch.ones(4, dtype=torch.float64), out, 1.0), TypeError, "grad and out must have the same dtype"),
+        ((torch.ones(4), out, 0.0), ValueError, "t must be a finite number > 0"),
+    ]:
+        with pytest.raises(error, match=match):
+            backward(*args)
 
 
 @pytest.mark.parametrize(

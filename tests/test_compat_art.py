@@ -398,6 +398,34 @@ def test_gaussian_augmentation_sizes_labels_and_clipping():
     assert empty.shape == (0, 2) and empty.dtype == np.float32 and no_labels.shape == (0,)
 
 
+def test_gaussian_augmentation_takes_labels_of_any_dtype_and_a_sigma_per_feature():
+    """ART stacks the labels in numpy (strings too) and draws numpy's noise at any broadcastable scale."""
+    x, y = np.full((10, 3), 0.5, dtype=np.float32), np.array(list("abcdefghij"))
+    for library in (ArtGaussianAugmentation, nfa.GaussianAugmentation):
+        x_aug, y_aug = library(sigma=0.1, ratio=0.5)(x, y)
+        assert x_aug.shape == (15, 3) and y_aug.dtype == y.dtype and set(y_aug[10:]) <= set(y)
+    sigma = np.array([0.0, 1.0, 0.0], dtype=np.float32)
+    noisy, _ = nfa.GaussianAugmentation(sigma=sigma, augmentation=False)(np.zeros((2000, 3), np.float32))
+    assert (noisy[:, [0, 2]] == 0).all() and abs(float(noisy[:, 1].std()) - 1.0) < 0.05
+
+
+def test_the_model_is_left_in_eval_mode_as_art_leaves_it(model, batch):
+    """ART's classifier calls model.train(False) and never undoes it: code run after generate saw an eval-mode
+    model, and a drop-in that restored train mode changed what it computes."""
+    x, y = batch[0][:2], batch[1][:2]
+    for library in (evasion, nfa):
+        net = copy.deepcopy(model).train()
+        library.FastGradientMethod(classifier(net), eps=0.1).generate(x, y)
+        assert not any(m.training for m in net.modules())
+
+
+def test_the_drop_ins_show_arts_signatures():
+    import inspect
+
+    for name in ("FastGradientMethod", "ProjectedGradientDescent"):
+        assert inspect.signature(getattr(nfa, name)) == inspect.signature(getattr(evasion, name)), name
+
+
 def test_gaussian_augmentation_in_a_classifier_fit(model, batch):
     x, y = batch[0][:32], batch[1][:32]
     clf = classifier(model, preprocessing_defences=nfa.GaussianAugmentation(sigma=0.1, ratio=1.0, clip_values=(0, 1)))

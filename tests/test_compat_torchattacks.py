@@ -187,6 +187,39 @@ def test_batchnorm_in_training_mode_hands_deepfool_and_jsma_to_torchattacks():
         torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
 
 
+def test_a_batch_norm_that_drawing_targets_puts_back_in_training_hands_jsma_to_torchattacks():
+    """set_model_training_mode(model_training=True) leaves batch norm in eval mode, but torchattacks' drawing of
+    the targets ends in model.train(): its per-image loop then runs with batch norm training. The drop-in checked
+    before drawing, and ran batched: other images, and no warning."""
+
+    def run(library):
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10)
+        )
+        x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+        y = net.eval()(x).argmax(1)
+        attack = library.JSMA(net, theta=1.0, gamma=0.5)
+        attack.set_model_training_mode(model_training=True)
+        attack.set_mode_targeted_least_likely(quiet=True)
+        return attack(x, y), net[1].running_mean.clone()
+
+    (peer_images, peer_mean) = run(torchattacks)
+    with pytest.warns(nft.PeerFallbackWarning, match="torchattacks' JSMA attacks one image at a time"):
+        ours, mean = run(nft)
+    assert torch.equal(ours, peer_images) and torch.equal(mean, peer_mean)
+
+
+def test_labels_of_shape_n_by_1_as_torchattacks_takes_them(model, batch):
+    """Loaders such as MedMNIST's give (N, 1) labels: torchattacks' DeepFool and JSMA take them."""
+    x, y = batch[0][:3], batch[1][:3]
+    for name in ("DeepFool", "JSMA"):
+        attack = getattr(nft, name)(model)
+        torch.testing.assert_close(attack(x, y[:, None]), attack(x, y), rtol=0, atol=0)
+    _, targets = nft.DeepFool(model).forward_return_target_labels(x, y[:, None])
+    assert targets.shape == (3, 1)  # as torchattacks returns them
+
+
 def test_jsma_with_a_negative_theta_moves_feature_0_only_as_torchattacks(model, batch):
     """torchattacks' saliency map for theta <= 0 scores every valid pair below the 0 of its masked pairs, so it
     always takes the pair (0, 0); the drop-in does the same, and warns."""

@@ -92,6 +92,31 @@ def unpack_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     return ((mask.view(-1, 1) >> shifts) & 1).view(-1)[:n].bool()
 
 
+def check_threshold(t: float) -> None:
+    """ValueError unless t is a finite number > 0, with the compiled kernels' message."""
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
+
+
+def check_backward(grad: torch.Tensor, out: torch.Tensor, t: float) -> None:
+    """The checks of the backward's arguments (grad and the forward's output), with the compiled kernels'
+    messages."""
+    for name, tensor in (("grad", grad), ("out", out)):
+        if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(
+                f"nemesis_fast: {name} must be a float16, bfloat16, float32 or float64 tensor, got {tensor.dtype}"
+            )
+    if grad.dtype != out.dtype:
+        raise TypeError(f"nemesis_fast: grad and out must have the same dtype, got {grad.dtype} and {out.dtype}")
+    if grad.device != out.device:
+        raise ValueError(f"nemesis_fast: grad and out must be on the same device, got {grad.device} and {out.device}")
+    if grad.shape != out.shape:
+        raise ValueError(
+            f"nemesis_fast: grad and out must have the same shape, got {tuple(grad.shape)} and {tuple(out.shape)}"
+        )
+    check_threshold(t)
+
+
 def check_mask(grad: torch.Tensor, mask: torch.Tensor) -> None:
     """The checks of the masked backward's arguments, with the messages of the compiled kernels."""
     if grad.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

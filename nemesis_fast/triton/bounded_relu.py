@@ -9,7 +9,6 @@ floats), which rounds a float64 threshold, and a tensor holding it would cost a 
 
 from __future__ import annotations
 
-import math
 import struct
 
 import torch
@@ -18,7 +17,14 @@ import triton.language as tl
 from torch.library import triton_op
 
 from .._checks import check_tensor
-from ..reference.bounded_relu import check_mask, is_dense, mask_bytes, rounded_threshold
+from ..reference.bounded_relu import (
+    check_backward,
+    check_mask,
+    check_threshold,
+    is_dense,
+    mask_bytes,
+    rounded_threshold,
+)
 from ._common import as_dense, launch
 
 BLOCK = 4096  # elements per program of the plain pair
@@ -107,6 +113,8 @@ def _grid(n: int):
 
 @triton_op("nemesis_fast::bounded_relu_triton", mutates_args=())
 def bounded_relu_triton(x: torch.Tensor, t: float) -> torch.Tensor:
+    check_tensor(x, "x")
+    check_threshold(t)
     x = as_dense(x)
     out = torch.empty_like(x)
     n = x.numel()
@@ -117,6 +125,7 @@ def bounded_relu_triton(x: torch.Tensor, t: float) -> torch.Tensor:
 
 @triton_op("nemesis_fast::bounded_relu_backward_triton", mutates_args=())
 def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float) -> torch.Tensor:
+    check_backward(grad, out, t)
     out = as_dense(out)
     # The kernel walks both tensors in memory order, so grad must share out's layout.
     grad = grad if grad.stride() == out.stride() else torch.empty_like(out).copy_(grad)
@@ -140,8 +149,7 @@ def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float
 @triton_op("nemesis_fast::bounded_relu_masked_triton", mutates_args=())
 def bounded_relu_masked_triton(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
     check_tensor(x, "x")
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
+    check_threshold(t)
     x = x if is_dense(x) else x.contiguous()  # the layout rule of the native op
     out = torch.empty_like(x)
     n = x.numel()

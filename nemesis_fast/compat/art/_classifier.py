@@ -5,6 +5,7 @@ ART's own implementation."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,6 +43,15 @@ class CheckedParameters:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._check_real_parameters()  # (some of ART's constructors call their own class's check, not this one)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass keeping ART's constructor shows ART's signature (inspect.signature, IDEs), not (*args,
+        **kwargs)."""
+        super().__init_subclass__(**kwargs)
+        peer = next((base for base in cls.__mro__ if base.__module__.startswith("art.")), None)
+        ours = cls.__mro__[: cls.__mro__.index(peer)] if peer is not None else ()
+        if peer is not None and not any("__init__" in k.__dict__ for k in ours if k is not CheckedParameters):
+            cls.__signature__ = inspect.signature(peer)
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -155,9 +165,15 @@ class TorchClassifier:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """The model in eval mode with its parameters frozen (both restored on exit), outside inference mode."""
-        with torch.inference_mode(False), model_guard(self.model):
-            yield
+        """The model in eval mode with its parameters frozen (their requires_grad restored on exit), outside
+        inference mode. The model is left in eval mode, as ART's PyTorchClassifier leaves it (its predict and
+        gradients call model.train(False) and never undo it), so that code run after generate sees what it saw
+        with ART; unlike ART, no gradient is left in the parameters' .grad."""
+        try:
+            with torch.inference_mode(False), model_guard(self.model):
+                yield
+        finally:
+            self.model.eval()
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         """`array` as float32 (ART's dtype) on the classifier's device."""

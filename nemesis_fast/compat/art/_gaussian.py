@@ -24,38 +24,48 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
     every output value, originals included, is clipped, as in ART; the output dtype is ART's (:meth:`output_dtype`).
     The noise comes from torch's generator (ART's from numpy's), so the images are not ART's: the same distribution,
     drawn on the device. Its gradient, where it runs at prediction time (forward() on an x that requires a gradient,
-    as ART's loss and class gradients call it), is the identity (BPDA), as ART's.
+    as ART's loss and class gradients call it), is the identity (BPDA), as ART's. `sigma` may be an array broadcast
+    against the images, as numpy's scale; labels of any numpy dtype (strings too) are stacked in numpy. A 1-D `x` (N
+    values) gives 2N values, where ART's np.vstack gives an array of shape (2, N).
     """
 
     def __call__(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """ART's numpy call: (x_augmented, y_augmented) as numpy arrays, computed by forward() on the device."""
+        """ART's numpy call: (x_augmented, y_augmented) as numpy arrays, the images computed on the device (the
+        labels, of any numpy dtype, strings included, stacked in numpy as ART stacks them)."""
         x_t = torch.as_tensor(x, device=self.device)  # no copy on the CPU (ART's PyTorch preprocessors copy)
-        y_t = None if y is None else torch.as_tensor(y, device=self.device)
         with torch.no_grad():
-            x_aug, y_aug = self.forward(x_t, y_t)
-        return x_aug.cpu().numpy(), None if y_aug is None else y_aug.cpu().numpy()
+            x_aug, indices = self._augmented(x_t)
+        if y is not None and indices is not None:
+            y = np.concatenate((y, np.asarray(y)[indices.cpu().numpy()]))
+        return x_aug.cpu().numpy(), y
 
     def forward(self, x: torch.Tensor, y: Any = None) -> tuple[torch.Tensor, Any]:
         """(x_augmented, y_augmented) for a batch `x` (N, ...) on any device and labels `y` (N, ...) or None.
 
         The dtype is ART's (see :meth:`output_dtype`). Where `x` requires a gradient, the first N rows carry the
         identity's gradient (ART's estimate for this defence), the noise itself none."""
+        x_aug, indices = self._augmented(x)
+        if y is not None and indices is not None:
+            y = torch.cat([y, y.index_select(0, indices.to(y.device))])
+        return _with_identity_gradient(x_aug, x), y
+
+    def _augmented(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_augmented, the indices of the samples the noisy rows copy: None with augmentation=False)."""
         dtype = self.output_dtype(x.dtype)
         data = x.detach() if x.is_floating_point() else x.detach().to(dtype)  # integers: noise on the raw values
         fused = self._fused_clip(dtype)
+        indices = None
         if self.augmentation:
             size = int(x.shape[0] * self.ratio)
             indices = torch.randint(0, max(x.shape[0], 1), (size,), device=x.device)  # (size is 0 for no images)
             noisy = self._noise(data.index_select(0, indices), fused).to(dtype)
             originals = data.to(dtype) if fused is None else data.clamp(*fused).to(dtype)
             x_aug = torch.cat([originals, noisy])
-            if y is not None:
-                y = torch.cat([y, y.index_select(0, indices.to(y.device))])
         else:
             x_aug = self._noise(data, fused).to(dtype)
         if fused is None and self.clip_values is not None:
             x_aug = self._clamp(x_aug)
-        return _with_identity_gradient(x_aug, x), y
+        return x_aug, indices
 
     def output_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
         """ART's output dtype for images of `x_dtype`: the float32 noise stacked under x with numpy's promotion
@@ -75,6 +85,8 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         output), else None."""
         if self.clip_values is None or dtype != torch.float32 or any(np.ndim(v) for v in self.clip_values):
             return None
+        if np.ndim(self.sigma):  # (noise scaled per feature after the op: the clip comes after it)
+            return None
         return float(self.clip_values[0]), float(self.clip_values[1])
 
     def _clamp(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +98,10 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         """float32 x + N(0, sigma^2) noise for `x` (N, ...) detached, clipped into `clip` when given."""
         if x.shape[0] == 0:
             return x.to(torch.float32)
+        if np.ndim(self.sigma):  # a sigma per feature (an array broadcast against the images, as numpy's scale)
+            unit = gaussian_augment(torch.zeros_like(x, dtype=torch.float32), 1, 1.0, None, include_original=False)
+            sigma = torch.as_tensor(np.asarray(self.sigma), dtype=torch.float32, device=x.device)
+            return x.to(torch.float32) + sigma * unit
         return gaussian_augment(x, 1, float(self.sigma), clip, include_original=False, out_dtype=torch.float32)
 
 

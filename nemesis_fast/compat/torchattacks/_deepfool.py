@@ -40,8 +40,8 @@ class DeepFool(torchattacks.DeepFool):
             warn_per_image_fallback("DeepFool", calls_below_forward=1)
             return super().forward_return_target_labels(images, labels)
         images = images.clone().detach().to(self.device)
-        given_dtype = labels.dtype
-        labels = class_indices(labels.clone().detach().to(self.device))
+        given_dtype, given_shape = labels.dtype, labels.shape  # (N,) or, as torchattacks takes them too, (N, 1)
+        labels = class_indices(labels.clone().detach().to(self.device)).reshape(-1)
         target_labels = labels.clone()
         adv = images.clone()
         engine = GradientEngine(self.get_logits)
@@ -51,7 +51,7 @@ class DeepFool(torchattacks.DeepFool):
                 if index.numel() == 0:
                     break
                 index = self._step(engine, adv, labels, target_labels, index)
-        return adv, target_labels.to(given_dtype)  # torchattacks' are a copy of the labels
+        return adv, target_labels.to(given_dtype).reshape(given_shape)  # torchattacks' are a copy of the labels
 
     def _step(
         self,

@@ -39,15 +39,16 @@ class JSMA(torchattacks.JSMA):
     """
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,). With a BatchNorm
-        layer in training mode, torchattacks' own per-image loop runs, after a PeerFallbackWarning."""
+        """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,) or (N, 1). With a
+        BatchNorm layer in training mode, torchattacks' own per-image loop runs, after a PeerFallbackWarning."""
+        images, labels, wanted = prepare(self, images, labels.reshape(-1))  # the targets drawn first, as torchattacks
+        target = wanted if self.targeted else (labels + 1) % 10
+        # (checked after drawing them: torchattacks' drawing ends in model.train(), which puts a batch norm that
+        # set_model_training_mode left in eval mode back in training)
         if batch_statistics_in_training(self.model):
             warn_per_image_fallback("JSMA")
-            return super().forward(images, labels)
-        images, labels, wanted = prepare(self, images, labels)
-        target = wanted if self.targeted else (labels + 1) % 10
-        if len(target):
-            _check_targets(target, self.get_logits(images[:1]).shape[1], self.targeted)
+            singles = [self.perturbation_single(image[None], wanted[None]) for image, wanted in zip(images, target)]
+            return torch.clamp(torch.cat(singles), min=0, max=1) if singles else images
         if self.theta <= 0:
             warnings.warn(
                 f"torchattacks' JSMA with theta={self.theta} <= 0 changes feature 0 only (its saliency map's argmax "
@@ -69,16 +70,18 @@ class JSMA(torchattacks.JSMA):
         # weights. Rows are dropped (and written back to `out`) only on the steps where some image stops.
         index = torch.arange(len(out), device=out.device)
         x, weights = out.clone(), None
-        for _ in range(math.ceil(out.shape[1] * self.gamma / 2.0) if len(out) else 0):
+        for step in range(math.ceil(out.shape[1] * self.gamma / 2.0) if len(out) else 0):
             batch = x.view(-1, *images.shape[1:])
-            if increasing:
-                given = weights if weights is not None else partial(_weights, target)
+            if increasing:  # (the targets are checked against the first logits: no forward pass of its own)
+                given = weights if weights is not None else partial(_checked_weights, target, self.targeted)
                 logits, grads = engine.logit_gradients(batch, given)
                 weights = _weights(target, logits) if weights is None else weights
                 grads = grads.flatten(2).float()
             else:  # the pair is (0, 0) whatever the gradients
                 with torch.no_grad():
                     logits, grads = self.get_logits(batch), None
+                if step == 0:
+                    _check_targets(target, logits.shape[1], self.targeted)
             running = (logits.argmax(1) != target) & domain.any(1)
             rows = running.nonzero().squeeze(1)  # the step's one host synchronisation
             if rows.numel() < len(index):
@@ -107,6 +110,12 @@ def _check_targets(target: torch.Tensor, classes: int, targeted: bool) -> None:
         raise ValueError(
             f"JSMA's targets must be classes of the model's {classes} logits, got {int(target.max())}{default}"
         )
+
+
+def _checked_weights(target: torch.Tensor, targeted: bool, logits: torch.Tensor) -> torch.Tensor:
+    """:func:`_weights`, after :func:`_check_targets` on the first logits."""
+    _check_targets(target, logits.shape[1], targeted)
+    return _weights(target, logits)
 
 
 def _weights(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
