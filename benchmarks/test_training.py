@@ -13,7 +13,7 @@ from nemesis_fast.bench import training as bench
 @pytest.mark.parametrize("case", bench.CASES)
 @pytest.mark.parametrize("provider", ["DeviceLoader", "torch DataLoader"])
 def test_training_epoch_cpu(benchmark, case, provider):
-    images, labels = bench.mnist_images(512)
+    images, labels, _ = bench.mnist_images(512)
     fn = bench.make_provider(provider, case, images, labels, torch.device("cpu"))
     assert not isinstance(fn, str), fn
     benchmark.group = f"training {case}"

@@ -28,7 +28,7 @@ def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
 def check_float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
     """One of FLOAT_DTYPES (TypeError naming `name` otherwise)."""
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float dtype ({_dtype_names(FLOAT_DTYPES)}), got {dtype}")
+        raise TypeError(f"{name} must be a float dtype ({_dtype_names(FLOAT_DTYPES)}), got {dtype!r}")
     return dtype
 
 

@@ -254,7 +254,8 @@ def _network_for(
         found, given = _comparable(arch["kwargs"]), _comparable(mine["kwargs"])
         if found != given:
             differ = _differences(found, given) or [
-                f"{k}={found[k]!r} (the model given: <absent>)" for k in found if k not in given
+                f"{k}={found.get(k, '<absent>')!r} (the model given: {given.get(k, '<absent>')!r})"
+                for k in sorted(set(found) ^ set(given))
             ]
             raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
     return model

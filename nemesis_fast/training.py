@@ -235,8 +235,8 @@ def train(
     if progress is not None:
         check_bool(progress, "progress")
     checkpoint = as_checkpoint(checkpoint)  # a path checked before any work
-    budget = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
-    epochs, batch_size, lr, seed, patience, max_steps = budget
+    checked = check_budget(epochs, batch_size, lr, seed, patience, max_steps, val_fraction)
+    epochs, batch_size, lr, seed, patience, max_steps = checked
     say = _logger(log)
     device = check_device(device)
     recipe = _recipe(recipe, settings, dataset, images, seed)

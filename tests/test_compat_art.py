@@ -407,6 +407,12 @@ def test_gaussian_augmentation_takes_labels_of_any_dtype_and_a_sigma_per_feature
     sigma = np.array([0.0, 1.0, 0.0], dtype=np.float32)
     noisy, _ = nfa.GaussianAugmentation(sigma=sigma, augmentation=False)(np.zeros((2000, 3), np.float32))
     assert (noisy[:, [0, 2]] == 0).all() and abs(float(noisy[:, 1].std()) - 1.0) < 0.05
+    for bad, match in ((np.array([0.1, -1.0, 0.1]), "scale < 0"), (np.ones((1, 1, 3)), "does not broadcast")):
+        for library in (ArtGaussianAugmentation, nfa.GaussianAugmentation):  # refused by both, as numpy refuses
+            with pytest.raises(ValueError, match="scale < 0|shape mismatch|broadcast"):
+                library(sigma=bad, augmentation=False)(np.zeros((6, 3), np.float32))
+        with pytest.raises(ValueError, match=match):
+            nfa.GaussianAugmentation(sigma=bad, augmentation=False)(np.zeros((6, 3), np.float32))
 
 
 def test_the_model_is_left_in_eval_mode_as_art_leaves_it(model, batch):
@@ -417,6 +423,10 @@ def test_the_model_is_left_in_eval_mode_as_art_leaves_it(model, batch):
         net = copy.deepcopy(model).train()
         library.FastGradientMethod(classifier(net), eps=0.1).generate(x, y)
         assert not any(m.training for m in net.modules())
+        net.train()  # a call that fails before it runs leaves the model as it was, as ART's does
+        with pytest.raises(ValueError):
+            library.FastGradientMethod(classifier(net), eps=0.1, targeted=True).generate(x)
+        assert all(m.training for m in net.modules())
 
 
 def test_the_drop_ins_show_arts_signatures():
@@ -424,6 +434,12 @@ def test_the_drop_ins_show_arts_signatures():
 
     for name in ("FastGradientMethod", "ProjectedGradientDescent"):
         assert inspect.signature(getattr(nfa, name)) == inspect.signature(getattr(evasion, name)), name
+
+    class Mine(nfa.FastGradientMethod):  # a user's subclass with a constructor of its own shows its own
+        def __init__(self, estimator, extra: int = 1) -> None:
+            super().__init__(estimator)
+
+    assert list(inspect.signature(Mine).parameters) == ["estimator", "extra"]
 
 
 def test_gaussian_augmentation_in_a_classifier_fit(model, batch):

@@ -216,8 +216,10 @@ def test_labels_of_shape_n_by_1_as_torchattacks_takes_them(model, batch):
     for name in ("DeepFool", "JSMA"):
         attack = getattr(nft, name)(model)
         torch.testing.assert_close(attack(x, y[:, None]), attack(x, y), rtol=0, atol=0)
-    _, targets = nft.DeepFool(model).forward_return_target_labels(x, y[:, None])
-    assert targets.shape == (3, 1)  # as torchattacks returns them
+    ours = nft.DeepFool(model, steps=3).forward_return_target_labels(x, y[:, None])
+    theirs = torchattacks.DeepFool(model, steps=3).forward_return_target_labels(x, y[:, None])
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=1e-5)
+    assert ours[1].shape == theirs[1].shape == (3, 1) and torch.equal(ours[1], theirs[1])
 
 
 def test_jsma_with_a_negative_theta_moves_feature_0_only_as_torchattacks(model, batch):

@@ -12,7 +12,7 @@ from .. import _extension
 from .. import reference as _reference
 from .. import triton as _triton
 from .._dispatch import OpBackends
-from ..reference.bounded_relu import check_mask, dense_like, mask_bytes
+from ..reference.bounded_relu import check_backward, check_mask, dense_like, mask_bytes
 
 
 def _register_autograd(forward, backward) -> None:
@@ -148,6 +148,7 @@ if _extension.LOADED:
 
     @torch.library.register_fake("nemesis_fast::bounded_relu_backward")
     def _(grad: torch.Tensor, out: torch.Tensor, t: float) -> torch.Tensor:
+        check_backward(grad, out)  # as the kernel checks them (t, maybe symbolic under torch.compile, is not read)
         return torch.empty_like(out)
 
     @torch.library.register_fake("nemesis_fast::bounded_relu_masked")

@@ -33,15 +33,18 @@ PROVIDERS = ("DeviceLoader", "torch DataLoader", "torch DataLoader (4 workers, p
 CASES = ("loader only", "train epoch")
 
 
-def mnist_images(numel: int, mnist_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`numel` MNIST training images (uint8) and labels: the full set when found, else the sample, repeated."""
+def mnist_images(numel: int, mnist_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """`numel` MNIST training images (uint8) and labels, repeated, and which they are: the full set of `mnist_root`
+    (or $NEMESIS_FAST_MNIST) where it loads, else the shipped sample, with the reason."""
     root = mnist_root or os.environ.get("NEMESIS_FAST_MNIST")
+    source = f"MNIST from {root}" if root else "the shipped MNIST sample"
     try:
         images, labels = load_mnist(root, "train") if root else load_mnist(MNIST_SAMPLE_DIR, "train")
-    except FileNotFoundError:
+    except (OSError, ValueError) as error:  # (a timing of the loaders: any MNIST-shaped images serve)
         images, labels = load_mnist(MNIST_SAMPLE_DIR, "train")
+        source = f"the shipped MNIST sample ({root} could not be read: {error})"
     repeats = -(-numel // len(labels))
-    return images.repeat(repeats, 1, 1, 1)[:numel], labels.repeat(repeats)[:numel]
+    return images.repeat(repeats, 1, 1, 1)[:numel], labels.repeat(repeats)[:numel], source
 
 
 def batches(
@@ -109,8 +112,9 @@ def run(device: torch.device | str, *, numel: int | None = None, mnist_root: str
     """One epoch over `numel` MNIST images (default: 60,000 on a GPU, 2,048 on a CPU) with each provider."""
     device = torch.device(device)
     numel = problem_size(numel, 60_000 if device.type == "cuda" else 2_048)
-    images, labels = mnist_images(numel, mnist_root)
-    report = Report("training epoch (MNIST, mnist_cnn)", device, settings={"images": numel, "batch_size": BATCH})
+    images, labels, source = mnist_images(numel, mnist_root)
+    settings = {"images": numel, "batch_size": BATCH, "data": source}
+    report = Report("training epoch (MNIST, mnist_cnn)", device, settings=settings)
     for case in CASES:
         providers = {p: make_provider(p, case, images, labels, device) for p in PROVIDERS}
         report.run(Case(case, providers, baseline="torch DataLoader", items=numel, item_name="image"))

@@ -7,6 +7,8 @@ import struct
 
 import torch
 
+from .._checks import FLOAT_DTYPES
+
 
 def rounded_threshold(t: float, dtype: torch.dtype) -> float:
     """The threshold that the op uses for tensors of `dtype`: t rounded to that dtype (through float32 for
@@ -98,11 +100,10 @@ def check_threshold(t: float) -> None:
         raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
 
 
-def check_backward(grad: torch.Tensor, out: torch.Tensor, t: float) -> None:
-    """The checks of the backward's arguments (grad and the forward's output), with the compiled kernels'
-    messages."""
+def check_backward(grad: torch.Tensor, out: torch.Tensor) -> None:
+    """The checks of the backward's tensors (grad and the forward's output), with the compiled kernels' messages."""
     for name, tensor in (("grad", grad), ("out", out)):
-        if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        if tensor.dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"nemesis_fast: {name} must be a float16, bfloat16, float32 or float64 tensor, got {tensor.dtype}"
             )
@@ -114,12 +115,11 @@ def check_backward(grad: torch.Tensor, out: torch.Tensor, t: float) -> None:
         raise ValueError(
             f"nemesis_fast: grad and out must have the same shape, got {tuple(grad.shape)} and {tuple(out.shape)}"
         )
-    check_threshold(t)
 
 
 def check_mask(grad: torch.Tensor, mask: torch.Tensor) -> None:
     """The checks of the masked backward's arguments, with the messages of the compiled kernels."""
-    if grad.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if grad.dtype not in FLOAT_DTYPES:
         raise TypeError(f"nemesis_fast: grad must be a float16, bfloat16, float32 or float64 tensor, got {grad.dtype}")
     if not is_dense(grad):
         raise ValueError(

@@ -125,7 +125,8 @@ def bounded_relu_triton(x: torch.Tensor, t: float) -> torch.Tensor:
 
 @triton_op("nemesis_fast::bounded_relu_backward_triton", mutates_args=())
 def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float) -> torch.Tensor:
-    check_backward(grad, out, t)
+    check_backward(grad, out)
+    check_threshold(t)
     out = as_dense(out)
     # The kernel walks both tensors in memory order, so grad must share out's layout.
     grad = grad if grad.stride() == out.stride() else torch.empty_like(out).copy_(grad)

@@ -50,8 +50,8 @@ class CheckedParameters:
         super().__init_subclass__(**kwargs)
         peer = next((base for base in cls.__mro__ if base.__module__.startswith("art.")), None)
         ours = cls.__mro__[: cls.__mro__.index(peer)] if peer is not None else ()
-        if peer is not None and not any("__init__" in k.__dict__ for k in ours if k is not CheckedParameters):
-            cls.__signature__ = inspect.signature(peer)
+        keeps = peer is not None and not any("__init__" in k.__dict__ for k in ours if k is not CheckedParameters)
+        cls.__signature__ = inspect.signature(peer) if keeps else None  # (None: a subclass's own __init__ shows)
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -169,11 +169,9 @@ class TorchClassifier:
         inference mode. The model is left in eval mode, as ART's PyTorchClassifier leaves it (its predict and
         gradients call model.train(False) and never undo it), so that code run after generate sees what it saw
         with ART; unlike ART, no gradient is left in the parameters' .grad."""
-        try:
-            with torch.inference_mode(False), model_guard(self.model):
-                yield
-        finally:
-            self.model.eval()
+        with torch.inference_mode(False), model_guard(self.model):
+            yield
+        self.model.eval()  # (after a call that ran: one that raised leaves the model as it was)
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         """`array` as float32 (ART's dtype) on the classifier's device."""

@@ -99,8 +99,13 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         if x.shape[0] == 0:
             return x.to(torch.float32)
         if np.ndim(self.sigma):  # a sigma per feature (an array broadcast against the images, as numpy's scale)
+            scale = np.asarray(self.sigma)
+            if (scale < 0).any():
+                raise ValueError("scale < 0")  # numpy's normal, as ART meets it
+            if np.broadcast_shapes(scale.shape, tuple(x.shape)) != tuple(x.shape):
+                raise ValueError(f"sigma of shape {scale.shape} does not broadcast against the images {tuple(x.shape)}")
             unit = gaussian_augment(torch.zeros_like(x, dtype=torch.float32), 1, 1.0, None, include_original=False)
-            sigma = torch.as_tensor(np.asarray(self.sigma), dtype=torch.float32, device=x.device)
+            sigma = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
             return x.to(torch.float32) + sigma * unit
         return gaussian_augment(x, 1, float(self.sigma), clip, include_original=False, out_dtype=torch.float32)
 

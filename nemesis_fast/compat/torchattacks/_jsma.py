@@ -104,7 +104,8 @@ class JSMA(torchattacks.JSMA):
 
 def _check_targets(target: torch.Tensor, classes: int, targeted: bool) -> None:
     """ValueError where a target is no class of the model (torchattacks raises an IndexError there, or, with
-    theta <= 0, which takes no gradient, would change feature 0 towards a class that does not exist)."""
+    theta <= 0, which takes no gradient, would change feature 0 towards a class that does not exist). Called on the
+    first step's logits: a call that takes no step (gamma too small) returns the images, as torchattacks does."""
     if int(target.max()) >= classes:
         default = "" if targeted else " (the default mode's target is (label + 1) % 10: set a target mode)"
         raise ValueError(
