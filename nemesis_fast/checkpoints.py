@@ -254,11 +254,15 @@ def _network_for(
         found, given = _comparable(arch["kwargs"]), _comparable(mine["kwargs"])
         if found != given:
             differ = _differences(found, given) or [
-                f"{k}={found.get(k, '<absent>')!r} (the model given: {given.get(k, '<absent>')!r})"
-                for k in sorted(set(found) ^ set(given))
+                f"{k}={_shown(found, k)} (the model given: {_shown(given, k)})" for k in sorted(set(found) ^ set(given))
             ]
             raise ValueError(f"{path}: architecture differs from the model given: {'; '.join(differ)}")
     return model
+
+
+def _shown(kwargs: dict[str, Any], key: str) -> str:
+    """`kwargs[key]` as a message shows it, or <absent>."""
+    return repr(kwargs[key]) if key in kwargs else "<absent>"
 
 
 def _built(arch: dict[str, Any], state_dict: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
