@@ -47,7 +47,7 @@ class JSMA(torchattacks.JSMA):
         # set_model_training_mode left in eval mode back in training)
         if batch_statistics_in_training(self.model):
             warn_per_image_fallback("JSMA")
-            singles = [self.perturbation_single(image[None], wanted[None]) for image, wanted in zip(images, target)]
+            singles = [self.perturbation_single(image[None], goal[None]) for image, goal in zip(images, target)]
             return torch.clamp(torch.cat(singles), min=0, max=1) if singles else images
         if self.theta <= 0:
             warnings.warn(
