@@ -25,7 +25,7 @@ from .._checks import (
 from .._dispatch import BACKENDS
 from .._modes import eval_mode
 from ..ops import gaussian_augment
-from .statistics import binomial_p_value, certified_accuracy, clopper_pearson_lower, radius_of_counts
+from .statistics import binomial_p_value, certificate_bounds, certified_accuracy
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
@@ -304,12 +304,12 @@ class Smooth:
         selection, estimation = counts[:, 0], counts[:, 1]
         chosen = selection.argmax(1)  # the first of tied classes
         top = estimation.gather(1, chosen[:, None])[:, 0]
-        p_lower = clopper_pearson_lower(top.numpy(), n, alpha)
+        p_lower, radius = certificate_bounds(top.numpy(), n, alpha, self.sigma)
         certified = torch.from_numpy(p_lower > 0.5)
         return Certificate(
             prediction=torch.where(certified, chosen, torch.full_like(chosen, -1)),
             p_lower=torch.from_numpy(p_lower),
-            radius=torch.from_numpy(radius_of_counts(top.numpy(), n, alpha, self.sigma)),
+            radius=torch.from_numpy(radius),
             counts=estimation.clone(),
             selection_counts=selection.clone(),
             sigma=self.sigma,

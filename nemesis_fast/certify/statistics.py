@@ -56,9 +56,9 @@ def binomial_p_value(top: ArrayLike, runner_up: ArrayLike) -> np.ndarray:
     return np.minimum(1.0, 2.0 * binom.sf(high - 1.0, total, 0.5))
 
 
-def radius_of_counts(successes: ArrayLike, trials: int, alpha: float, sigma: float) -> np.ndarray:
-    """The certified radius of `successes` votes (an integer array) of the selected class in `trials` draws:
-    :func:`certified_radius` of their :func:`clopper_pearson_lower` bound, computed from 1 - pA (Beta's upper
+def certificate_bounds(successes: ArrayLike, trials: int, alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(pA, radius) of `successes` votes (an integer array) of the selected class in `trials` draws: their
+    :func:`clopper_pearson_lower` bound, and :func:`certified_radius` of it computed from 1 - pA (Beta's upper
     tail), which float64 keeps where pA itself rounds to 1, so that the radius stays finite (elsewhere the two
     agree to about 1e-12 relative, not bit for bit)."""
     from scipy.stats import beta, norm
@@ -66,13 +66,13 @@ def radius_of_counts(successes: ArrayLike, trials: int, alpha: float, sigma: flo
     k = np.asarray(successes).astype(np.float64)
     p_lower = clopper_pearson_lower(successes, trials, alpha)
     complement = beta.isf(alpha, trials - k + 1.0, np.maximum(k, 1.0))  # 1 - pA
-    return np.where(p_lower > 0.5, check_positive(sigma, "sigma") * norm.isf(complement), 0.0)
+    return p_lower, np.where(p_lower > 0.5, check_positive(sigma, "sigma") * norm.isf(complement), 0.0)
 
 
 def largest_certifiable_radius(trials: int, alpha: float, sigma: float) -> float:
     """The largest radius `trials` draws can certify at `alpha` (every draw a vote for the class):
     sigma * Phi^-1(alpha ** (1 / trials)), and 0 where that is below 1/2 (too few draws to certify anything)."""
-    return float(radius_of_counts(np.int64(trials), trials, alpha, sigma))
+    return float(certificate_bounds(np.int64(trials), trials, alpha, sigma)[1])
 
 
 def _probabilities(p: object, name: str) -> np.ndarray:
