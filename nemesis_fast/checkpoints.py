@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._checks import check_device
-from ._io import check_output_file, torch_save_atomic
+from ._io import DamagedFileError, check_output_file, torch_load_checked, torch_save_atomic
 from .defenses.feature_squeezing import FeatureSqueezing
 from .models import build_model, live_architecture
 
@@ -189,9 +189,11 @@ def _read_payload(path: Path, device: torch.device) -> dict[str, Any]:
     """The checkpoint at `path`, loaded onto `device` with weights_only=True; ValueError naming `path` where it is
     no nemesis_fast checkpoint (FileNotFoundError where it is missing)."""
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch_load_checked(path, map_location=device)
     except FileNotFoundError:
         raise
+    except DamagedFileError as error:
+        raise ValueError(f"{error}: not loaded") from error
     except Exception as error:  # a foreign or damaged file: whatever torch.load raises
         raise ValueError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {error})") from error
     required = ("state_dict", "recipe", "settings", "architecture", "nemesis_fast_version")

@@ -13,7 +13,7 @@ from torch import nn
 
 from ._amp import amp_name
 from ._checks import shortened
-from ._io import check_output_file, torch_save_atomic
+from ._io import DamagedFileError, check_output_file, torch_load_checked, torch_save_atomic
 from .models import architecture_of
 from .nn import BoundedReLU
 
@@ -66,7 +66,9 @@ class FileCheckpoint:
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch_load_checked(self.path)
+        except DamagedFileError as error:
+            raise ValueError(f"{self.name}: {error}; pass another path (this file is left as it is)") from error
         except Exception as error:  # torch raises pickle's, zipfile's and its own errors for a file it cannot read
             raise ValueError(
                 f"{self.name}: {str(self.path)!r} is not a training checkpoint ({type(error).__name__}); pass another "

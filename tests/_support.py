@@ -170,3 +170,14 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def damage_tensor_bytes(path: Path, tensor: torch.Tensor) -> None:
+    """Overwrites, in the torch file at `path`, the first bytes of `tensor`'s data (found by content) with their
+    complement: the file stays a readable archive, with other numbers in it."""
+    raw = bytearray(path.read_bytes())
+    data = tensor.detach().contiguous().cpu().numpy().tobytes()
+    at = raw.find(data)
+    assert at >= 0 and len(data) >= 4, "the tensor's bytes are not in the file"
+    raw[at : at + 4] = bytes(255 - b for b in raw[at : at + 4])
+    path.write_bytes(bytes(raw))

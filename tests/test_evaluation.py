@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from _evaluation_cases import TINY, write_config
-from _support import write_cifar
+from _support import damage_tensor_bytes, write_cifar
 
 from nemesis_fast.checkpoints import load_checkpoint
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
@@ -251,6 +251,11 @@ def test_a_damaged_cache_entry_is_recomputed(tmp_path):
         assert cache.load("x", {"a": 1}) is None
     assert not cache.path("x", {"a": 1}).exists()
     assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+    correct = torch.tensor([True, False] * 32)  # bytes changed inside a tensor: readable, other numbers
+    cache.save("x", {"a": 1}, {"correct": correct})
+    damage_tensor_bytes(cache.path("x", {"a": 1}), correct)
+    with pytest.warns(RuntimeWarning, match=r"unreadable cache entry .* \(its record '.*/data/0' fails its CRC-32\)"):
+        assert cache.load("x", {"a": 1}) is None
 
 
 def test_adversarial_images_are_crafted_once_and_shared_with_the_verdicts(tmp_path, monkeypatch):

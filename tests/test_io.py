@@ -11,13 +11,18 @@ import time
 
 import pytest
 import torch
+from _support import damage_tensor_bytes
 
 from nemesis_fast._io import (
+    DamagedFileError,
+    check_archive,
     check_distinct_files,
     check_output_file,
     check_output_folder,
     refuse_existing,
     temp_cached,
+    torch_load_checked,
+    torch_save_atomic,
     write_atomic,
 )
 
@@ -165,3 +170,28 @@ def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_
     write_atomic(path, b"whole")
     kept = [".model.pt.e5f6g7h8.tmp", ".notes.tmp", "keep.tmp", "model.pt"]  # and the others' files
     assert sorted(p.name for p in tmp_path.iterdir()) == kept
+
+
+def test_a_torch_file_damaged_inside_a_tensor_is_refused_not_read(tmp_path):
+    """torch.load checks no CRC: it reads changed bytes as other numbers. torch_load_checked refuses them."""
+    weights = torch.arange(64.0)
+    torch_save_atomic(tmp_path / "w.pt", {"weights": weights})
+    assert torch.equal(torch_load_checked(tmp_path / "w.pt")["weights"], weights)
+    damage_tensor_bytes(tmp_path / "w.pt", weights)
+    assert not torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["weights"], weights)
+    with pytest.raises(DamagedFileError, match=r"w.pt' is damaged: its record 'archive/data/0' fails its CRC-32") as error:
+        torch_load_checked(tmp_path / "w.pt")
+    assert isinstance(error.value, ValueError) and error.value.record == "archive/data/0"
+
+
+def test_files_written_without_crcs_or_in_the_legacy_format_are_left_to_torch_load(tmp_path):
+    weights = torch.arange(64.0)
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"weights": weights}, tmp_path / "no_crc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    torch.save({"weights": weights}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("no_crc.pt", "legacy.pt"):
+        check_archive(tmp_path / name)
+        assert torch.equal(torch_load_checked(tmp_path / name)["weights"], weights)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _support import damage_tensor_bytes
 from torch import nn
 
 import nemesis_fast as nf
@@ -26,7 +27,7 @@ from nemesis_fast.evaluation.cache import CachedCheckpoint, ResultCache
 from nemesis_fast.models import cifar_cnn, mnist_cnn, resnet
 from nemesis_fast.nn import replace_relu
 from nemesis_fast.paper_models import PAPER_MODELS, train_paper_models
-from nemesis_fast.resume import weights_fingerprint
+from nemesis_fast.resume import FileCheckpoint, weights_fingerprint
 from nemesis_fast.training import evaluate_accuracy, train
 
 
@@ -269,6 +270,25 @@ def test_checkpoint_of_an_unrecorded_model_and_foreign_files(tmp_path):
         torch.save({**payload, **change}, tmp_path / "tampered.pt")
         with pytest.raises(ValueError, match=match):
             load_checkpoint(tmp_path / "tampered.pt")
+
+
+def test_a_checkpoint_damaged_inside_its_weights_is_refused(tmp_path):
+    """Bytes changed inside a tensor leave a readable archive; the CRC-32 torch.save stored refuses it."""
+    model = mnist_cnn()
+    path = save_checkpoint(tmp_path / "m.pt", model, recipe="standard")
+    damage_tensor_bytes(path, model[0].weight)
+    assert not torch.equal(torch.load(path, weights_only=True)["state_dict"]["0.weight"], model[0].weight)
+    with pytest.raises(ValueError, match=r"m.pt' is damaged: its record 'archive/data/\d+' fails its CRC-32: not loaded"):
+        load_checkpoint(path)
+
+
+def test_a_training_state_damaged_inside_a_tensor_is_refused(tmp_path):
+    state = {"epoch": 1, "weights": torch.arange(64.0)}
+    checkpoint = FileCheckpoint(tmp_path / "state.pt", "--resume")
+    checkpoint.save(state)
+    damage_tensor_bytes(checkpoint.path, state["weights"])
+    with pytest.raises(ValueError, match=r"--resume: '.*state.pt' is damaged: .*; pass another path"):
+        checkpoint.load()
 
 
 def test_a_checkpoints_recorded_sizes_allocate_nothing_its_weights_do_not_fill(tmp_path):

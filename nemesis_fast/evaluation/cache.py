@@ -3,7 +3,8 @@
 Each entry is named by a hash of everything that determines it (its kind, its settings, the package
 version), so a changed setting never picks up a stale entry, and an interrupted run resumes from the entries
 already written. Files appear under their final name only once complete (write to a temporary file, fsync,
-rename); an entry that cannot be read is discarded and recomputed.
+rename); an entry that cannot be read, or whose bytes fail the CRC-32s torch.save stored in it, is discarded and
+recomputed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .._io import torch_save_atomic
+from .._io import DamagedFileError, torch_load_checked, torch_save_atomic
 
 
 def as_read_back(value: Any) -> Any:
@@ -90,11 +89,13 @@ class ResultCache:
         if not path.is_file():
             return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+            entry = torch_load_checked(path)
         except FileNotFoundError:  # moved by another process since
             return None
         except Exception as error:  # a damaged entry is recomputed, never trusted
-            warnings.warn(f"discarding unreadable cache entry {path}: {error}", RuntimeWarning, stacklevel=3)
+            damaged = isinstance(error, DamagedFileError)
+            reason = f"its record {error.record!r} fails its CRC-32" if damaged else type(error).__name__
+            warnings.warn(f"discarding unreadable cache entry {path} ({reason})", RuntimeWarning, stacklevel=3)
             path.unlink(missing_ok=True)
             return None
         if not isinstance(entry, dict) or entry.get("settings") != as_read_back(settings):
