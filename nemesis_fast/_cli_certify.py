@@ -115,8 +115,12 @@ def _test_files(args: argparse.Namespace) -> dict[str, Path]:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted run kept, for the line Ctrl-C ends it with."""
+    from ._io import same_command_again
+
     partial = _partial_path(args.out)
-    return f"the same command resumes from {partial}" if partial.is_file() else "no chunk was finished"
+    if not partial.is_file():
+        return "no chunk was finished"
+    return f"{same_command_again({'--out': args.out, '--json': args.json}, args.overwrite)} resumes from {partial}"
 
 
 def _partial_path(out: str) -> Path:
@@ -207,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         **{k: getattr(args, k) for k in ("n0", "n", "alpha", "seed", "amp")},
     }
     partial = _partial_path(args.out)
-    done = _resumed(partial, identity)
+    done = _resumed(partial, identity, len(labels), num_classes)
     if done["prediction"]:
         print(f"resuming: {len(done['prediction'])} of {len(labels)} images already certified ({partial})")
     per_image = args.n0 + args.n  # (the bar counts noisy copies: an image of n = 100,000 takes a while)
@@ -246,9 +250,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed(partial: Path, identity: dict[str, Any]) -> dict[str, list]:
+def _resumed(partial: Path, identity: dict[str, Any], images: int, num_classes: int) -> dict[str, list]:
     """The certificates an interrupted run of the same settings kept in `partial`, or none; a partial file of
-    other settings is refused (it is another run's work)."""
+    other settings is refused (it is another run's work), and so is one whose certificates are not those of at most
+    `images` images (a prediction in -1..num_classes - 1 and a radius, >= 0, for each)."""
     if not partial.is_file():
         return {"prediction": [], "radius": []}
     try:
@@ -261,6 +266,17 @@ def _resumed(partial: Path, identity: dict[str, Any]) -> dict[str, list]:
         raise ValueError(
             f"--out: {partial} holds an interrupted run with other settings ({differ}); finish it with those "
             "settings, or choose another --out, or move it away"
+        )
+    if not (
+        isinstance(prediction, list)
+        and isinstance(radius, list)
+        and len(prediction) == len(radius) <= images
+        and all(type(p) is int and -1 <= p < num_classes for p in prediction)
+        and all(type(r) in (int, float) and r >= 0 for r in radius)
+    ):
+        raise ValueError(
+            f"--out: {partial} does not hold the certificates of at most {images} images (a prediction and a "
+            "radius each); it was not written by this command: move it away"
         )
     return {"prediction": prediction, "radius": radius}
 

@@ -244,12 +244,15 @@ def _paper(args: argparse.Namespace) -> int:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted run kept, for the line Ctrl-C ends it with."""
+    from ._io import same_command_again
+
     if not args.resume:
         return "nothing was kept (--resume FILE keeps the training state after every epoch)"
     saved = Path(args.resume)
+    again = same_command_again({"--out": args.out, "--json": args.json, **_paper_files(args.out_dir)}, args.overwrite)
     if (saved.is_dir() and any(saved.glob("*.state.pt"))) or saved.is_file():
-        return f"the same command resumes from --resume {args.resume}, after the last epoch saved there"
-    return f"no epoch had ended, so --resume {args.resume} holds nothing yet: the same command starts again"
+        return f"{again} resumes from --resume {args.resume}, after the last epoch saved there"
+    return f"no epoch had ended, so --resume {args.resume} holds nothing yet: {again} starts again"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -121,6 +121,17 @@ def refuse_existing(paths: Mapping[str, str | os.PathLike | None], flag: str = "
             raise ValueError(f"{name}: {str(path)!r} exists; pass {flag} to replace it, or give another path")
 
 
+def same_command_again(paths: Mapping[str, str | os.PathLike | None], overwrite: bool) -> str:
+    """How an interrupted command that refuses existing outputs (see :func:`refuse_existing`) is run again: "the same
+    command", or, where it had written some of `paths` (option -> path) already, the same with --overwrite (the
+    rerun would refuse them otherwise)."""
+    written = [name for name, path in paths.items() if path and Path(path).expanduser().exists()]
+    if overwrite or not written:
+        return "the same command"
+    which = " and ".join(written) if len(written) <= 2 else f"{len(written)} of its outputs"
+    return f"the same command with --overwrite (it had written {which})"
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.resolve() == b.resolve():
         return True

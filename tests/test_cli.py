@@ -274,6 +274,14 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, cap
     (tmp_path / "s.pt").write_bytes(b"a state")
     assert main([*TRAIN, "--resume", str(tmp_path / "s.pt")]) == 130
     assert f"resumes from --resume {tmp_path / 's.pt'}, after the last epoch" in capsys.readouterr().err
+
+    def interrupted_after_out(*args, **kwargs):  # --out written, then Ctrl-C before --json
+        (tmp_path / "m.pt").write_bytes(b"written by the run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nemesis_fast.training.train", interrupted_after_out)
+    assert main([*TRAIN, "--resume", str(tmp_path / "s.pt"), "--out", str(tmp_path / "m.pt")]) == 130
+    assert "the same command with --overwrite (it had written --out) resumes from" in capsys.readouterr().err
     monkeypatch.setattr("nemesis_fast.evaluation.evaluate", interrupted)
     assert main(["evaluate", "--out", str(tmp_path / "e")]) == 130
     assert (

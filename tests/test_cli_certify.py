@@ -170,6 +170,57 @@ def test_an_interrupted_certify_resumes_where_it_stopped_with_the_same_certifica
     assert part.read_text() == whole.read_text() and not partial.exists()
 
 
+def test_a_resume_file_of_the_right_settings_but_not_this_runs_certificates_is_refused_up_front(tmp_path):
+    """A resume file edited (or written by another tool) with certificates that do not fit the run crashed after
+    writing a CSV of the wrong rows; it is refused before any work, naming it."""
+    out = tmp_path / "c.csv"
+    argv = ["certify", "--checkpoint", _checkpoint(tmp_path, "gda", sigma=0.4, clip=None), "--images", "3"]
+    argv += ["--n0", "4", "--n", "20", "--no-progress", "--out", str(out)]
+    from nemesis_fast import _cli_certify
+
+    kept = []
+    real = _cli_certify.write_json_atomic
+    with pytest.MonkeyPatch.context() as patch:  # keep the resume file of a finished run
+        patch.setattr(_cli_certify, "write_json_atomic", lambda path, data: (kept.append(data), real(path, data)))
+        assert main(argv) == 0
+    settings = kept[-1]["settings"]
+    partial = tmp_path / "c.csv.partial.json"
+    for prediction, radius in (([0, 1], [0.1]), ([0, 1, 2, 3], [0.1] * 4), ([0, 10], [0.1, 0.2]), ([0], [-1.0])):
+        out.unlink(missing_ok=True)
+        partial.write_text(json.dumps({"settings": settings, "prediction": prediction, "radius": radius}))
+        with pytest.raises(SystemExit, match="c.csv.partial.json does not hold the certificates of at most 3 images"):
+            main(argv)
+        assert not out.exists()
+
+
+def test_ctrl_c_after_out_is_written_says_the_rerun_needs_overwrite_and_that_rerun_finishes(
+    tmp_path, capsys, monkeypatch
+):
+    """Between --out and --json the same command would be refused (--out exists): the line says --overwrite."""
+    from nemesis_fast import _cli_certify
+
+    out, summary = tmp_path / "c.csv", tmp_path / "c.json"
+    argv = ["certify", "--checkpoint", _checkpoint(tmp_path, "gda", sigma=0.4, clip=None), "--images", "2"]
+    argv += ["--n0", "4", "--n", "20", "--no-progress", "--out", str(out), "--json", str(summary)]
+    real = _cli_certify.write_json_atomic
+
+    def interrupted_at_the_summary(path, data):
+        if path == summary:
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(_cli_certify, "write_json_atomic", interrupted_at_the_summary)
+    assert main(argv) == 130
+    line = f"the same command with --overwrite (it had written --out) resumes from {out}.partial.json\n"
+    assert capsys.readouterr().err.endswith(line) and out.is_file() and not summary.exists()
+    monkeypatch.setattr(_cli_certify, "write_json_atomic", real)
+    with pytest.raises(SystemExit, match="--out: .* exists; pass --overwrite"):
+        main(argv)
+    csv = out.read_text()
+    assert main([*argv, "--overwrite"]) == 0
+    assert "resuming: 2 of 2 images" in capsys.readouterr().out and out.read_text() == csv and summary.is_file()
+
+
 def test_an_output_that_would_overwrite_an_input_or_another_output_is_refused_before_any_work(tmp_path, monkeypatch):
     from nemesis_fast.certify import Smooth
 

@@ -20,6 +20,7 @@ from nemesis_fast._io import (
     check_output_file,
     check_output_folder,
     refuse_existing,
+    same_command_again,
     temp_cached,
     torch_load_checked,
     torch_save_atomic,
@@ -172,6 +173,17 @@ def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == kept
 
 
+def test_the_rerun_of_an_interrupted_command_names_overwrite_where_it_wrote_outputs(tmp_path):
+    files = {f"--{name}": tmp_path / name for name in ("a", "b", "c")}
+    assert same_command_again(files, overwrite=False) == "the same command"
+    files["--a"].write_text("1")
+    assert same_command_again(files, overwrite=False) == "the same command with --overwrite (it had written --a)"
+    assert same_command_again(files, overwrite=True) == "the same command"
+    files["--b"].write_text("1")
+    files["--c"].write_text("1")
+    assert same_command_again(files, overwrite=False).endswith("(it had written 3 of its outputs)")
+
+
 def test_a_torch_file_damaged_inside_a_tensor_is_refused_not_read(tmp_path):
     """torch.load checks no CRC: it reads changed bytes as other numbers. torch_load_checked refuses them."""
     weights = torch.arange(64.0)
@@ -179,7 +191,9 @@ def test_a_torch_file_damaged_inside_a_tensor_is_refused_not_read(tmp_path):
     assert torch.equal(torch_load_checked(tmp_path / "w.pt")["weights"], weights)
     damage_tensor_bytes(tmp_path / "w.pt", weights)
     assert not torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["weights"], weights)
-    with pytest.raises(DamagedFileError, match=r"w.pt' is damaged: its record 'archive/data/0' fails its CRC-32") as error:
+    with pytest.raises(
+        DamagedFileError, match=r"w.pt' is damaged: its record 'archive/data/0' fails its CRC-32"
+    ) as error:
         torch_load_checked(tmp_path / "w.pt")
     assert isinstance(error.value, ValueError) and error.value.record == "archive/data/0"
 

@@ -278,7 +278,9 @@ def test_a_checkpoint_damaged_inside_its_weights_is_refused(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", model, recipe="standard")
     damage_tensor_bytes(path, model[0].weight)
     assert not torch.equal(torch.load(path, weights_only=True)["state_dict"]["0.weight"], model[0].weight)
-    with pytest.raises(ValueError, match=r"m.pt' is damaged: its record 'archive/data/\d+' fails its CRC-32: not loaded"):
+    with pytest.raises(
+        ValueError, match=r"m.pt' is damaged: its record 'archive/data/\d+' fails its CRC-32: not loaded"
+    ):
         load_checkpoint(path)
 
 
