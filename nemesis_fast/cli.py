@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("nemesis-fast: interrupted while starting; nothing was done", file=sys.stderr)
+        return 130
     try:
         return args.handler(args)
     except KeyboardInterrupt:  # Ctrl-C: one line saying what was kept, not a traceback

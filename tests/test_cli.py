@@ -4,7 +4,10 @@ or another output, data a model does not take."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,6 +291,33 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, cap
         capsys.readouterr().err
         == "nemesis-fast evaluate: interrupted; the same command resumes from the units its cache holds\n"
     )
+
+
+def test_ctrl_c_while_the_command_imports_torch_ends_in_one_line(monkeypatch, capsys):
+    """The command's entry point lies outside the package, so that Ctrl-C while the package (and torch) is imported
+    ends in one line too; so does Ctrl-C while the arguments are parsed."""
+    import _nemesis_fast_command
+
+    project = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '\n[project.scripts]\nnemesis-fast = "_nemesis_fast_command:main"\n' in project
+
+    class InterruptedImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "nemesis_fast.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "nemesis_fast.cli")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    assert _nemesis_fast_command.main() == 130
+    assert capsys.readouterr().err == "nemesis-fast: interrupted while starting; nothing was done\n"
+    monkeypatch.undo()
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    assert main(["bench", "--help"]) == 130
+    assert capsys.readouterr().err == "nemesis-fast: interrupted while starting; nothing was done\n"
 
 
 def test_evaluate_refuses_an_out_folder_of_the_same_settings_on_other_data(tmp_path):
