@@ -154,6 +154,34 @@ def test_model_on_another_device_is_named():
         FGSM(model, 0.1)(x, y)
 
 
+def test_model_of_another_dtype_than_x_is_named():
+    """torch's error named a layer's input and bias; the attacks name x and both dtypes."""
+    x, y = data()
+    for name in NAMES:
+        with pytest.raises(ValueError, match="x is float32 and the model's parameters are float64.*pass x in float64"):
+            attacks(small_model(torch.float64))[name](x, y)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda m: FGSM(m, 1.0, norm="2"), lambda m: PGD(m, 1.0, 0.2, 3, norm="2", random_start=False)]
+)
+def test_an_l2_step_on_a_non_finite_gradient_is_no_step(make):
+    """A model NaN on one image (not the first) gave that image as NaN pixels under norm "2"; under "inf" sign(NaN)
+    is 0. Both now leave it where it was, inside clip; the others are attacked as before."""
+    model = small_model()
+    x, y = data()
+    x[3] = 0  # a black image, where the model below divides 0 by 0
+
+    def nan_on_black_images(images):
+        scale = images.flatten(1).amax(1, keepdim=True)
+        return model(images) * scale / scale
+
+    out = make(nan_on_black_images)(x, y)
+    assert torch.equal(out[3], x[3]) and not torch.isnan(out).any()
+    alone = make(model)(x, y)
+    torch.testing.assert_close(out[[0, 1, 2, 4]], alone[[0, 1, 2, 4]])  # x * s / s: a rounding off
+
+
 def test_model_whose_class_count_changes():
     model = small_model()
     x, y = data()

@@ -67,6 +67,17 @@ def test_deepfool_succeeds_on_99_percent(deepfool_result):
     assert (deepfool_result.iterations <= 50).all()
 
 
+def test_deepfool_under_autocast_sizes_its_margin_for_what_the_model_sees(mnist_model, mnist_test_data):
+    """Under torch.autocast the model sees float32 images in bfloat16: a margin sized for float32 was rounded away,
+    and images crept towards the boundary for tens of iterations (half of them still on their label at 50)."""
+    x, y = mnist_test_data[0][:32], mnist_test_data[1][:32]
+    plain = DeepFool(mnist_model).run(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = DeepFool(mnist_model).run(x, y)
+    assert mixed.success_rate >= plain.success_rate >= 0.95
+    assert mixed.iterations.max() <= plain.iterations.max() + 2
+
+
 def test_carlini_wagner_succeeds_on_99_percent_below_deepfools_median_l2(mnist_model, mnist_test_data, deepfool_result):
     result = CarliniWagnerL2(mnist_model, **CW_CPU).run(*mnist_test_data)
     assert result.success_rate >= 0.99

@@ -240,6 +240,18 @@ def test_uint8_images_reach_the_model_in_its_own_dtype(dtype):
         assert torch.equal(counts, smooth.sample_counts(x.double() / 255, [(1, 300)], 64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_amp_with_a_model_not_in_float32_is_refused_naming_amp(dtype):
+    """autocast lowers float32 inputs and leaves float64 (or float16) parameters: the model failed on the mix."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).to(dtype)
+    x = torch.rand(2, 1, 6, 6)
+    with pytest.raises(
+        ValueError,
+        match=f"amp='bf16' runs the model under torch.autocast, which takes float32 models;.*{str(dtype)[6:]}",
+    ):
+        Smooth(model, 0.25, 3, amp=True).certify(x, 4, 20, 0.01, 16)
+
+
 def test_float_images_of_another_dtype_than_the_models_are_made_its_dtype():
     """float64 images (from numpy, say) and a float32 model, or the reverse, ended in a dtype error in the model."""
     x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(0))

@@ -119,6 +119,21 @@ def test_probability_gradients_of_the_others():
     assert torch.equal(beta, -alpha)
 
 
+@pytest.mark.parametrize("use_logits", [True, False])
+def test_under_autocast_either_gradient_runs(use_logits):
+    """Under torch.autocast the softmax is float32 and the logits bfloat16: use_logits=False ended in "expected
+    scalar type Float but found BFloat16". Both modes now run, and reach their targets as in float32 mostly."""
+    model = tiny_model(torch.float32)
+    x, _ = images(6, torch.float32, seed=4)
+    target = other_targets(model, x)
+    y = (target - 1) % CLASSES  # the predictions
+    plain = JSMA(model, use_logits=use_logits).run(x, y, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = JSMA(model, use_logits=use_logits).run(x, y, target)
+    assert mixed.x_adv.dtype == torch.float32 and not torch.isnan(mixed.x_adv).any()
+    assert abs(mixed.success_rate - plain.success_rate) <= 2 / 6
+
+
 def test_batch_result_equals_per_sample_result():
     model = tiny_model()
     x, _ = images(8, seed=4)

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor, dtype_name
+from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor, dtype_name, parameter_dtype
 from .._modes import eval_mode
 from .jacobian import LogitJacobian, Weights, input_grad
 from .norms import perturbation_norms
@@ -192,8 +192,20 @@ class Attack:
     # Helpers for subclasses (call them from _perturb).
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits for `x`, checked to be (B, num_classes)."""
-        out = self.model(x)
+        """The model's logits for `x`, checked to be (B, num_classes). Where the model fails on x of another dtype
+        than its parameters', ValueError naming x (torch's error names a layer's input and bias)."""
+        try:
+            out = self.model(x)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            model_dtype = parameter_dtype(self.model)
+            if model_dtype is None or model_dtype == x.dtype:
+                raise
+            raise ValueError(
+                f"x is {dtype_name(x.dtype)} and the model's parameters are {dtype_name(model_dtype)}, and the model "
+                f"failed on it ({error}); pass x in {dtype_name(model_dtype)}"
+            ) from error
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for B={x.shape[0]} got {shape}")

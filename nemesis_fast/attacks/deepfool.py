@@ -10,7 +10,7 @@ from .._checks import check_int, check_nonnegative
 from .base import Attack
 from .jacobian import difference_weights, predicts
 from .norms import Norm, check_norm, flat_norm
-from .precision import spacing
+from .precision import model_input_dtype, spacing
 
 # Added to each step's length, as a fraction of the clip range, so that a step lands past the boundary: the paper's
 # reference code adds 1e-4 to steps on [0, 1] images.
@@ -34,9 +34,10 @@ class DeepFool(Attack):
     "2", L1 for "inf"). The nearest boundary l gives the step r_i = (d_l + m) * w_l / ||w_l||_2 (L2) or
     (d_l + m) * sign(w_l) (Linf), summed into r; the next iterate is clip(x + (1 + overshoot) * r). The margin
     m is 1e-4 of the clip range (the paper's 1e-4 on [0, 1] images; 0.0255 on [0, 255]), and at least the spacing
-    of x's dtype at the clip bounds (:func:`step_margin`: in float16 and bfloat16 a smaller one is lost to
-    rounding, and an image on an exact tie never crosses). An image stops as soon as its prediction leaves y, or
-    after max_iter steps. Images the model already misclassifies are returned unchanged after 0 iterations.
+    at the clip bounds of the dtype the model sees x in, x's or under torch.autocast autocast's (:func:`step_margin`:
+    in float16 and bfloat16 a smaller one is lost to rounding, and an image on an exact tie never crosses). An image
+    stops as soon as its prediction leaves y, or after max_iter steps. Images the model already misclassifies are
+    returned unchanged after 0 iterations.
 
     The candidates are y and the `candidates` - 1 other classes with the largest logits on x. The gradients
     of all candidates come from one forward pass per iteration and its batched vector-Jacobian products
@@ -84,9 +85,10 @@ class DeepFool(Attack):
         active = logits.argmax(1) == y
         # The steps add up in float32 at least (the model sees its images in x's dtype): in float16 a step near a
         # tie (its length about the margin) would be lost to rounding at every iteration, leaving the image where it
-        # was until max_iter; the margin itself is at least x's dtype's spacing, so that the sum moves the image.
+        # was until max_iter; the margin itself is at least the spacing of the dtype the model sees x in (x's, or
+        # autocast's), so that the sum moves the image the model sees.
         precise = self.step_dtype(x.dtype)
-        margin = step_margin(self.clip, x.dtype)
+        margin = step_margin(self.clip, model_input_dtype(x))
         r_total = torch.zeros_like(x, dtype=precise)
         x_adv = x.clone()
         iterations = torch.zeros_like(y)

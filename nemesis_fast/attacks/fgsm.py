@@ -14,12 +14,14 @@ LABELS = ("true", "predicted")
 
 
 def gradient_step(grad: torch.Tensor, size: float, norm: Norm) -> torch.Tensor:
-    """A step of `size` along `grad`: size * sign(grad) (norm "inf"), or size * grad / ||grad||_2 per sample
-    (norm "2"; no step where the gradient is 0)."""
+    """A step of `size` along `grad`: size * sign(grad) (norm "inf"; sign(NaN) is 0), or size * grad / ||grad||_2
+    per sample (norm "2"; no step where the gradient is 0, or not finite: a model's NaN or inf there)."""
     if norm == "inf":
         return size * grad.sign()
     length = flat_norm(grad, "2")
-    return size * grad / torch.where(length > 0, length, torch.ones_like(length))
+    usable = torch.isfinite(length) & (length > 0)
+    step = size * grad / torch.where(usable, length, torch.ones_like(length))
+    return torch.where(usable, step, torch.zeros_like(step))
 
 
 class FGSM(Attack):

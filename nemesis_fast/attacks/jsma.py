@@ -95,7 +95,9 @@ class JSMA(Attack):
             return logits, grads[0].flatten(1), grads[1].flatten(1)
 
         def through_softmax(logits: torch.Tensor) -> torch.Tensor:
-            return torch.ops.aten._softmax_backward_data(one_hot, logits.softmax(1), 1, logits.dtype)[None]
+            probabilities = logits.softmax(1)  # float32 under torch.autocast, whatever the logits' dtype
+            dtype = probabilities.dtype
+            return torch.ops.aten._softmax_backward_data(one_hot.to(dtype), probabilities, 1, dtype).to(logits)[None]
 
         logits, grads = self.logit_gradients(x, through_softmax)
         alpha = grads[0].flatten(1)

@@ -20,6 +20,15 @@ def spacing(magnitude: float, dtype: torch.dtype) -> float:
     return math.ldexp(info.eps, exponent - 1)
 
 
+def model_input_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype in which a model sees `x`: x's own, or under torch.autocast for x's device the autocast dtype, to
+    which autocast rounds float32 inputs of its matrix products and convolutions."""
+    device = x.device.type
+    if x.dtype == torch.float32 and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def clip_tolerance(clip: tuple[float, float], dtype: torch.dtype) -> float:
     """How far, in pixel units, images of `dtype` may lie outside `clip` and still count as inside it:
     CLIP_TOLERANCE_ULPS units in the last place of `dtype` at the larger magnitude of the bounds."""

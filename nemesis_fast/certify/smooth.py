@@ -20,6 +20,7 @@ from .._checks import (
     check_number,
     check_positive,
     check_tensor,
+    dtype_name,
     parameter_dtype,
 )
 from .._dispatch import BACKENDS
@@ -121,7 +122,8 @@ class Smooth:
             call (its modes are restored afterwards). Its device is where the noise is drawn and counted.
         sigma: standard deviation of the noise, > 0, in the units of x (of x / 255 for uint8 images).
         num_classes: the number of classes K, 2 <= K <= MAX_CLASSES = 2**20 (checked against the model's output).
-        amp: False, True ("bf16") or "fp16": run the model under torch.autocast. The noise is drawn in float32.
+        amp: False, True ("bf16") or "fp16": run the model under torch.autocast (a float32 model: ValueError
+            otherwise). The noisy copies are then float32.
         device: where to run when the model has no parameters (default: x's device); one this machine has.
         backend: the gaussian_augment backend, "native", "triton" or "torch" (None: automatic).
 
@@ -155,9 +157,18 @@ class Smooth:
         return self.device or x.device
 
     def _noise_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """The dtype of the noisy copies: the model's (its first floating parameter's); None (x's own, float32 for
-        uint8 images) under autocast or for a model without one."""
-        return None if self.amp else parameter_dtype(self.model)
+        """The dtype of the noisy copies: float32 under autocast (which needs a float32 model: ValueError naming
+        amp otherwise), else the model's (its first floating parameter's); None (x's own, float32 for uint8
+        images) for a model without one."""
+        model_dtype = parameter_dtype(self.model)
+        if not self.amp:
+            return model_dtype
+        if model_dtype not in (None, torch.float32):
+            raise ValueError(
+                f"amp={self.amp!r} runs the model under torch.autocast, which takes float32 models; this one's "
+                f"parameters are {dtype_name(model_dtype)}: pass amp=False, or the model in float32"
+            )
+        return torch.float32
 
     def _check_x(self, x: torch.Tensor, offset: int) -> int:
         """`offset`, checked with x (returned as a Python int)."""
