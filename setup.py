@@ -94,8 +94,21 @@ def decide_cuda(torch) -> tuple[bool, str]:
     return True, f"torch {torch.__version__} is a CUDA {torch.version.cuda} build and nvcc was found in {home}"
 
 
+def import_torch():
+    """torch, the one the extension will load into; SystemExit saying what to do where there is none (pip's isolated
+    build environment has none: an extension built there would be built against another torch than the user's)."""
+    try:
+        import torch
+    except ImportError as error:
+        raise SystemExit(
+            "nemesis_fast build: torch is not importable here. Install torch first, then build against it without "
+            "build isolation: pip install --no-build-isolation <this folder, or -e . in a checkout>"
+        ) from error
+    return torch
+
+
 def extension_modules():
-    import torch
+    torch = import_torch()
 
     with_cuda, why = decide_cuda(torch)
     from torch.utils import cpp_extension  # after decide_cuda: it reads CUDA_HOME when imported
@@ -138,7 +151,6 @@ def extension_modules():
         say(f"building C++ CPU kernels only: {why}")
         extension_class = cpp_extension.CppExtension
         extra = {"cxx": cxx_flags}
-    write_build_info(torch, with_cuda)
     return [
         extension_class(
             "nemesis_fast._C",
@@ -147,24 +159,62 @@ def extension_modules():
             define_macros=define_macros,
             extra_compile_args=extra,
         )
-    ], cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
+    ], recording_build(cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False), torch, with_cuda)
 
 
-def write_build_info(torch, with_cuda: bool) -> None:
-    """Record what _C is built against, so that a mismatched torch is reported rather than crashing."""
-    info = {
+def build_info(torch, with_cuda: bool) -> dict:
+    """What _C is built against, so that a mismatched torch is reported rather than crashing."""
+    return {
         "torch_version": torch.__version__,
         "cuda": with_cuda,
         "cuda_version": torch.version.cuda if with_cuda else None,
         "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
     }
-    with open(os.path.join(ROOT, "nemesis_fast", "_build_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+
+
+def recording_build(base: type, torch, with_cuda: bool) -> type:
+    """`base` (torch's build_ext) that writes the build record, _build_info.json, beside _C when it compiles _C,
+    and only then (an sdist or a metadata query leaves it alone); a _C whose record names another build (another
+    torch, CUDA choice or architecture list), or has none, is compiled again, not kept as up to date. An in-place
+    build (an editable install) compiles into the build folder and copies _C into the checkout: the record with it."""
+
+    def record_beside(command, ext) -> str:
+        return os.path.join(os.path.dirname(command.get_ext_fullpath(ext.name)), "_build_info.json")
+
+    class RecordingBuild(base):
+        def run(self) -> None:
+            inplace = self.inplace
+            super().run()
+            if not inplace:
+                return
+            for ext in self.extensions:
+                self.inplace = 0
+                built = record_beside(self, ext)
+                self.inplace = 1
+                shutil.copyfile(built, record_beside(self, ext))
+
+        def build_extension(self, ext) -> None:
+            record = record_beside(self, ext)
+            wanted = build_info(torch, with_cuda)
+            try:
+                with open(record) as f:
+                    recorded = json.load(f)
+            except (OSError, ValueError):
+                recorded = None
+            if recorded != wanted:
+                self.force = True
+            super().build_extension(ext)
+            if recorded != wanted:
+                os.makedirs(os.path.dirname(record), exist_ok=True)
+                with open(record, "w") as f:
+                    json.dump(wanted, f, indent=2)
+
+    return RecordingBuild
 
 
 ext_modules, build_ext = extension_modules()
 setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
-    package_data={"nemesis_fast": ["_build_info.json", "data/mnist_sample/*", "evaluation/presets/*.toml"]},
+    package_data={"nemesis_fast": ["data/mnist_sample/*", "evaluation/presets/*.toml"]},
 )

@@ -10,7 +10,10 @@ from pathlib import Path
 import torch
 
 BUILD_INFO_PATH = Path(__file__).with_name("_build_info.json")
-REBUILD_HINT = "rebuild with `pip install --no-build-isolation -e .`"
+REBUILD_HINT = (
+    "build it against the torch loaded: `pip install --no-build-isolation -e .` in a checkout, else install "
+    "nemesis_fast again with --no-build-isolation"
+)
 
 
 def _load() -> tuple[bool, str | None, dict]:
