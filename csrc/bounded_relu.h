@@ -1,6 +1,7 @@
 // Scalar math and argument checks of bounded_relu, shared by the CPU and CUDA kernels.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/TensorIterator.h>
 #include <c10/macros/Macros.h>
@@ -13,6 +14,16 @@ namespace nemesis_fast::bounded_relu {
 template <typename scalar_t>
 inline at::opmath_type<scalar_t> rounded_threshold(double t) {
   return static_cast<at::opmath_type<scalar_t>>(static_cast<scalar_t>(t));
+}
+
+// t a finite number > 0 that stays > 0 once rounded to `type` (1e-30 is 0 in float16): with a threshold of 0 the
+// 16-bit gradient tests would wrap around and pass every nonzero element.
+inline void check_threshold(double t, at::ScalarType type) {
+  check_positive_finite(t, "t");
+  bool positive = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "bounded_relu_check_threshold",
+                                  [&] { positive = rounded_threshold<scalar_t>(t) > 0; });
+  TORCH_CHECK_VALUE(positive, "nemesis_fast: t=", t, " rounds to 0 in ", type, "; use a larger t");
 }
 
 // NaN fails both comparisons and propagates.
@@ -30,7 +41,7 @@ C10_HOST_DEVICE inline bool passes_gradient(T out, T t) {
 
 inline at::TensorIterator forward_iterator(const at::Tensor& x, double t, at::Tensor& out) {
   check_float_tensor(x, "x");
-  check_positive_finite(t, "t");
+  check_threshold(t, x.scalar_type());
   out = at::empty_like(x);
   return at::TensorIteratorConfig().add_output(out).add_const_input(x).build();
 }
@@ -40,7 +51,7 @@ inline at::TensorIterator backward_iterator(const at::Tensor& grad, const at::Te
   check_float_tensor(out, "out");
   check_same_dtype_device(grad, "grad", out, "out");
   check_same_shape(grad, "grad", out, "out");
-  check_positive_finite(t, "t");
+  check_threshold(t, out.scalar_type());
   grad_in = at::empty_like(out);
   return at::TensorIteratorConfig().add_output(grad_in).add_const_input(grad).add_const_input(out).build();
 }
@@ -55,7 +66,7 @@ inline int64_t mask_bytes(int64_t n) {
 // else a contiguous copy of it.
 inline at::Tensor masked_forward_input(const at::Tensor& x, double t) {
   check_float_tensor(x, "x");
-  check_positive_finite(t, "t");
+  check_threshold(t, x.scalar_type());
   return x.is_non_overlapping_and_dense() ? x : x.contiguous();
 }
 

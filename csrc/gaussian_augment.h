@@ -90,6 +90,9 @@ inline Plan make_plan(const at::Tensor& x, int64_t copies, double sigma, std::op
   plan.copies = copies;
   plan.include_original = include_original;
   plan.rows = copies + (include_original ? 1 : 0);
+  TORCH_CHECK_VALUE(plan.batch == 0 || plan.rows <= std::numeric_limits<int64_t>::max() / plan.batch,
+                    "nemesis_fast: the output's (copies + include_original) * B = ", plan.rows, " * ", plan.batch,
+                    " rows do not fit in int64");
   plan.sigma = sigma;
   const uint64_t key = static_cast<uint64_t>(seed);
   plan.key_lo = static_cast<uint32_t>(key);

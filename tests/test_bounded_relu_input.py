@@ -71,9 +71,23 @@ def test_direct_calls_of_each_backends_op_pair_check_their_arguments(backend):
         ((torch.ones(1), out, 1.0), ValueError, "grad and out must have the same shape"),
         ((torch.ones(4, dtype=torch.float64), out, 1.0), TypeError, "grad and out must have the same dtype"),
         ((torch.ones(4), out, 0.0), ValueError, "t must be a finite number > 0"),
+        ((out.half(), out.half(), 1e-30), ValueError, r"t=1e-30 rounds to 0 in (torch.float16|Half)"),
     ]:
         with pytest.raises(error, match=match):
             backward(*args)
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("dtype,t", [(torch.float16, 1e-30), (torch.bfloat16, 1e-50), (torch.float32, 1e-50)])
+def test_direct_calls_with_a_threshold_that_rounds_to_zero_are_refused(backend, dtype, t):
+    """A t > 0 that is 0 in x's dtype: the 16-bit mask test wrapped around and passed the gradient of every nonzero
+    element (NaN and negatives too) while the output was all zeros."""
+    require_backend(BACKENDS, backend, "cpu")
+    suffix = "_triton" if backend == "triton" else ""
+    x = torch.tensor([-2.0, 0.5, 2.0, float("nan")], dtype=dtype)
+    for op in (f"bounded_relu{suffix}", f"bounded_relu_masked{suffix}"):
+        with pytest.raises(ValueError, match="rounds to 0 in"):
+            getattr(torch.ops.nemesis_fast, op)(x, t)
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,15 @@ def test_a_clip_bound_the_default_output_dtype_cannot_hold_is_refused_on_every_b
         nf.gaussian_augment(torch.rand(2, 3).half(), clip=(0.0, 1e10), backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton), "torch"])
+def test_an_output_of_more_rows_than_int64_holds_is_refused(backend):
+    """(copies + 1) * B rows wrapped to 0 in the kernels' int64: an empty output instead of an error."""
+    require_backend(BACKENDS, backend, "cpu")
+    x = torch.zeros(1, 1).expand(2**33, 1)  # B = 2**33 images of one value, in 4 bytes
+    with pytest.raises(ValueError, match=r"\(copies \+ include_original\) \* B = 2147483648 \* 8589934592 rows do not"):
+        nf.gaussian_augment(x, 2**31 - 1, 0.3, seed=0, backend=backend)
+
+
 @pytest.mark.parametrize(
     "x,error,match",
     [

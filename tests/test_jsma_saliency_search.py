@@ -523,3 +523,10 @@ def test_direct_op_calls_check_their_arguments():
         op(ones.int(), ones.int(), ones > 0, True)
     with pytest.raises(TypeError, match="same dtype"):
         op(ones, ones.double(), ones > 0, True)
+    meta = torch.ones(2, 3, device="meta")
+    with pytest.raises(ValueError, match="search_domain must be on cpu, got meta"):  # the fake kernel runs: it checks
+        op(ones, -ones, meta > 0, True)
+    with pytest.raises(ValueError, match="other_grad must be on cpu, got meta"):
+        op(ones, -meta, ones > 0, True)
+    with pytest.raises(ValueError, match="same shape"):
+        op(meta, torch.ones(7, 5, device="meta"), meta > 0, True)

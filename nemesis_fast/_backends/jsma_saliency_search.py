@@ -8,6 +8,7 @@ import torch
 from .. import _extension
 from .. import triton as _triton
 from .._dispatch import OpBackends
+from ..reference.jsma_saliency_search import check_inputs
 from ..reference.jsma_saliency_search import jsma_saliency_search as _reference
 
 native = triton = None
@@ -17,6 +18,7 @@ if _extension.LOADED:
     def _(
         target_grad: torch.Tensor, other_grad: torch.Tensor, search_domain: torch.Tensor, increase: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_inputs(target_grad, other_grad, search_domain, increase)  # also a mix of meta and other devices
         batch = target_grad.shape[0]
         index = target_grad.new_empty((batch,), dtype=torch.int64)
         return index, torch.empty_like(index), target_grad.new_empty((batch,), dtype=torch.bool)

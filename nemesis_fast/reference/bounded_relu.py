@@ -94,10 +94,13 @@ def unpack_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     return ((mask.view(-1, 1) >> shifts) & 1).view(-1)[:n].bool()
 
 
-def check_threshold(t: float) -> None:
-    """ValueError unless t is a finite number > 0, with the compiled kernels' message."""
+def check_threshold(t: float, dtype: torch.dtype) -> None:
+    """ValueError unless t is a finite number > 0 that stays > 0 rounded to `dtype`, with the compiled kernels'
+    messages (a t traced symbolically is checked where it is known)."""
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
+    if isinstance(t, float) and rounded_threshold(t, dtype) == 0:
+        raise ValueError(f"nemesis_fast: t={t} rounds to 0 in {dtype}; use a larger t")
 
 
 def check_backward(grad: torch.Tensor, out: torch.Tensor) -> None:

@@ -122,8 +122,14 @@ def check_arguments(
 
 
 def output_shape(x: torch.Tensor, copies: int, include_original: bool) -> tuple[int, ...]:
-    """((copies + include_original) * B, *x.shape[1:])."""
-    return ((copies + int(include_original)) * x.shape[0], *x.shape[1:])
+    """((copies + include_original) * B, *x.shape[1:]); ValueError where that count of rows does not fit in int64
+    (the kernels' index type)."""
+    rows, batch = copies + int(include_original), x.shape[0]
+    if isinstance(batch, int) and isinstance(rows, int) and rows * batch > 2**63 - 1:
+        raise ValueError(
+            f"nemesis_fast: the output's (copies + include_original) * B = {rows} * {batch} rows do not fit in int64"
+        )
+    return (rows * batch, *x.shape[1:])
 
 
 def empty_output(

@@ -114,7 +114,7 @@ def _grid(n: int):
 @triton_op("nemesis_fast::bounded_relu_triton", mutates_args=())
 def bounded_relu_triton(x: torch.Tensor, t: float) -> torch.Tensor:
     check_tensor(x, "x")
-    check_threshold(t)
+    check_threshold(t, x.dtype)
     x = as_dense(x)
     out = torch.empty_like(x)
     n = x.numel()
@@ -126,7 +126,7 @@ def bounded_relu_triton(x: torch.Tensor, t: float) -> torch.Tensor:
 @triton_op("nemesis_fast::bounded_relu_backward_triton", mutates_args=())
 def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float) -> torch.Tensor:
     check_backward(grad, out)
-    check_threshold(t)
+    check_threshold(t, out.dtype)
     out = as_dense(out)
     # The kernel walks both tensors in memory order, so grad must share out's layout.
     grad = grad if grad.stride() == out.stride() else torch.empty_like(out).copy_(grad)
@@ -150,7 +150,7 @@ def bounded_relu_backward_triton(grad: torch.Tensor, out: torch.Tensor, t: float
 @triton_op("nemesis_fast::bounded_relu_masked_triton", mutates_args=())
 def bounded_relu_masked_triton(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
     check_tensor(x, "x")
-    check_threshold(t)
+    check_threshold(t, x.dtype)
     x = x if is_dense(x) else x.contiguous()  # the layout rule of the native op
     out = torch.empty_like(x)
     n = x.numel()
