@@ -242,6 +242,29 @@ def test_a_look_at_a_run_not_started_trains_nothing(tmp_path, monkeypatch):
     assert results.pending == 2 * 3 + 3 * (3 * 2 + 2 * 2)  # black-box and white-box chunks (BPDA-free rows too)
 
 
+def test_a_look_at_a_cache_this_process_cannot_write_reads_it(tmp_path, monkeypatch):
+    """A shared, read-only cache: a run refuses it before any work, a look at it (cached_only) reads it; a damaged
+    entry there is skipped, not removed (the removal's error is no crash)."""
+    cache = tmp_path / "shared"
+    (cache / "x").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != cache and real_access(path, mode))
+    config = write_config(tmp_path, out_dir=str(tmp_path / "out"), cache_dir=str(cache))
+    with pytest.raises(ConfigError, match="cache_dir: the folder .*shared' is not writable"):
+        evaluate(config, log=False)
+    assert evaluate(config, log=False, cached_only=True).pending > 0
+    (cache / "x" / "damaged.pt").write_bytes(b"half a file")
+    store = ResultCache(cache)
+    monkeypatch.setattr(store, "path", lambda kind, settings: cache / "x" / "damaged.pt")
+
+    def refused(self, missing_ok=False):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        assert store.load("x", {"a": 1}) is None
+
+
 def test_a_damaged_cache_entry_is_recomputed(tmp_path):
     cache = ResultCache(tmp_path)
     cache.save("x", {"a": 1}, {"value": 3})

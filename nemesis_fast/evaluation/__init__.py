@@ -99,7 +99,7 @@ def evaluate(
     # A look at the cache (cached_only) writes its report under <out>/partial, guarded as out_dir is.
     partial = str(Path(config.out_dir).expanduser() / "partial")
     writes = dataclasses.replace(config, out_dir=partial) if cached_only else config
-    check_folders(config)
+    check_folders(config, cached_only)
     check_out_dir(writes)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)

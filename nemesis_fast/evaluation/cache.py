@@ -9,6 +9,7 @@ recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -96,13 +97,19 @@ class ResultCache:
             damaged = isinstance(error, DamagedFileError)
             reason = f"its record {error.record!r} fails its CRC-32" if damaged else type(error).__name__
             warnings.warn(f"discarding unreadable cache entry {path} ({reason})", RuntimeWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
+            _remove(path)
             return None
         if not isinstance(entry, dict) or entry.get("settings") != as_read_back(settings):
             warnings.warn(f"discarding cache entry {path}: its settings do not match", RuntimeWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
+            _remove(path)
             return None
         return entry
+
+
+def _remove(path: Path) -> None:
+    """Removes a discarded entry, where this process may (a cache it cannot write is read, not mended)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 class CachedCheckpoint:

@@ -106,12 +106,17 @@ def check_same_data(config: EvalConfig, fingerprint: dict[str, str]) -> None:
         )
 
 
-def check_folders(config: EvalConfig) -> None:
+def check_folders(config: EvalConfig, cached_only: bool = False) -> None:
     """Raises ConfigError, before any work, naming out_dir or cache_dir (where set) when it cannot be made or
-    written (a file of that name or above it, no permission), or out_dir when it is empty; makes nothing."""
+    written (a file of that name or above it, no permission), or out_dir when it is empty; makes nothing. A look at
+    the cache (`cached_only`) only reads cache_dir: a folder it cannot write (a shared copy) is taken."""
     if not config.out_dir:  # (an empty cache_dir is <out_dir>/cache)
         raise ConfigError("out_dir is empty; give a folder (--out; default nemesis-results)")
-    for key in ("out_dir", "cache_dir"):
+    if cached_only and config.cache_dir and Path(config.cache_dir).expanduser().is_dir():
+        keys = ("out_dir",)
+    else:
+        keys = ("out_dir", "cache_dir")
+    for key in keys:
         if getattr(config, key):
             try:
                 check_output_folder(getattr(config, key), key)
