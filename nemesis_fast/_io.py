@@ -172,13 +172,13 @@ class DamagedFileError(ValueError):
         self.path, self.record = os.fspath(path), record
 
 
-def check_archive(path: str | os.PathLike) -> None:
-    """DamagedFileError where a record of the zip archive torch.save wrote at `path` fails its CRC-32 (bit rot, a bad
-    copy, a partial overwrite inside a tensor's bytes: torch.load checks none and would read them as numbers).
-    Records stored without a CRC (torch.serialization.set_crc32_options(False) writes 0) and files that are no zip
-    archive (torch's legacy format) are left to torch.load."""
+def check_archive(path: str | os.PathLike, data: bytes | None = None) -> None:
+    """DamagedFileError where a record of the zip archive torch.save wrote at `path` (its bytes `data`, where read
+    already) fails its CRC-32 (bit rot, a bad copy, a partial overwrite inside a tensor's bytes: torch.load checks
+    none and would read them as numbers). Records stored without a CRC (torch.serialization.set_crc32_options(False)
+    writes 0) and files that are no zip archive (torch's legacy format) are left to torch.load."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(path if data is None else io.BytesIO(data))
     except zipfile.BadZipFile:
         return
     with archive:
@@ -195,9 +195,10 @@ def check_archive(path: str | os.PathLike) -> None:
 
 def torch_load_checked(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """torch.load(weights_only=True) of `path` after :func:`check_archive`: a damaged file raises DamagedFileError
-    rather than loading changed numbers."""
-    check_archive(path)
-    return torch.load(path, map_location=map_location, weights_only=True)
+    rather than loading changed numbers. The file is read once, for both."""
+    data = Path(path).read_bytes()
+    check_archive(path, data)
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
 def settings_digest(settings: Any) -> str:

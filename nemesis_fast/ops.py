@@ -8,13 +8,11 @@ import torch.autograd.forward_ad as forward_ad
 from ._backends import bounded_relu as _bounded_relu
 from ._backends import gaussian_augment as _gaussian_augment
 from ._backends import jsma_saliency_search as _jsma_saliency_search
-from ._checks import FLOAT_DTYPES, check_bool, check_choice, check_positive, check_tensor
-from .reference import rounded_threshold
+from ._checks import check_bool, check_choice, check_positive, check_tensor
+from .reference.bounded_relu import rounds_to_zero
 from .reference.jsma_saliency_search import check_inputs as _check_jsma_inputs
 
 __all__ = ["SAVES", "bounded_relu", "gaussian_augment", "jsma_saliency_search"]
-
-_SMALLEST_NORMAL = {d: torch.finfo(d).smallest_normal for d in FLOAT_DTYPES}
 
 
 SAVES = ("output", "mask")
@@ -70,7 +68,7 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backe
     check_tensor(x, "x")
     t = check_positive(t, "t")
     check_choice(save, "save", SAVES)
-    if t < _SMALLEST_NORMAL[x.dtype] and rounded_threshold(t, x.dtype) == 0:
+    if rounds_to_zero(t, x.dtype):
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
     if _needs_torch_ops(x):
         return _bounded_relu.BACKENDS.torch(x, t)

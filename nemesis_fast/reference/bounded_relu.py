@@ -94,12 +94,21 @@ def unpack_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     return ((mask.view(-1, 1) >> shifts) & 1).view(-1)[:n].bool()
 
 
+_SMALLEST_NORMAL = {d: torch.finfo(d).smallest_normal for d in FLOAT_DTYPES}
+
+
+def rounds_to_zero(t: float, dtype: torch.dtype) -> bool:
+    """Whether a threshold t > 0 is 0 once rounded to `dtype` (only a t below its smallest normal can be: the
+    rounding itself is then computed, so that calls with an ordinary t cost a comparison)."""
+    return t < _SMALLEST_NORMAL[dtype] and rounded_threshold(t, dtype) == 0
+
+
 def check_threshold(t: float, dtype: torch.dtype) -> None:
     """ValueError unless t is a finite number > 0 that stays > 0 rounded to `dtype`, with the compiled kernels'
     messages (a t traced symbolically is checked where it is known)."""
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"nemesis_fast: t must be a finite number > 0, got {t}")
-    if isinstance(t, float) and rounded_threshold(t, dtype) == 0:
+    if isinstance(t, float) and rounds_to_zero(t, dtype):
         raise ValueError(f"nemesis_fast: t={t} rounds to 0 in {dtype}; use a larger t")
 
 
