@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _bounded_relu_cases import masked_pair
-from _support import require_backend
+from _support import backend_device_cases, require_backend
 
 import nemesis_fast as nf
 from nemesis_fast._backends.bounded_relu import BACKENDS, MASKED_BACKENDS
@@ -77,14 +77,14 @@ def test_direct_calls_of_each_backends_op_pair_check_their_arguments(backend):
             backward(*args)
 
 
-@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("backend,device", [case for case in backend_device_cases() if case.values[0] != "torch"])
 @pytest.mark.parametrize("dtype,t", [(torch.float16, 1e-30), (torch.bfloat16, 1e-50), (torch.float32, 1e-50)])
-def test_direct_calls_with_a_threshold_that_rounds_to_zero_are_refused(backend, dtype, t):
+def test_direct_calls_with_a_threshold_that_rounds_to_zero_are_refused(backend, device, dtype, t):
     """A t > 0 that is 0 in x's dtype: the 16-bit mask test wrapped around and passed the gradient of every nonzero
     element (NaN and negatives too) while the output was all zeros."""
-    require_backend(BACKENDS, backend, "cpu")
+    require_backend(BACKENDS, backend, device)
     suffix = "_triton" if backend == "triton" else ""
-    x = torch.tensor([-2.0, 0.5, 2.0, float("nan")], dtype=dtype)
+    x = torch.tensor([-2.0, 0.5, 2.0, float("nan")], dtype=dtype, device=device)
     for op in (f"bounded_relu{suffix}", f"bounded_relu_masked{suffix}"):
         with pytest.raises(ValueError, match="rounds to 0 in"):
             getattr(torch.ops.nemesis_fast, op)(x, t)

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from _gaussian_augment_cases import CASES, assert_matches, call, expected, op_for
-from _support import assert_graphs_call, compile_recording_graphs, fast_backend_cases, require_backend
+from _support import (
+    assert_graphs_call,
+    backend_device_cases,
+    compile_recording_graphs,
+    fast_backend_cases,
+    require_backend,
+)
 from torch._dynamo.utils import counters
 
 import nemesis_fast as nf
@@ -147,11 +153,11 @@ def test_a_clip_bound_the_default_output_dtype_cannot_hold_is_refused_on_every_b
         nf.gaussian_augment(torch.rand(2, 3).half(), clip=(0.0, 1e10), backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton), "torch"])
-def test_an_output_of_more_rows_than_int64_holds_is_refused(backend):
+@pytest.mark.parametrize("backend,device", backend_device_cases())
+def test_an_output_of_more_rows_than_int64_holds_is_refused(backend, device):
     """(copies + 1) * B rows wrapped to 0 in the kernels' int64: an empty output instead of an error."""
-    require_backend(BACKENDS, backend, "cpu")
-    x = torch.zeros(1, 1).expand(2**33, 1)  # B = 2**33 images of one value, in 4 bytes
+    require_backend(BACKENDS, backend, device)
+    x = torch.zeros(1, 1, device=device).expand(2**33, 1)  # B = 2**33 images of one value, in 4 bytes
     with pytest.raises(ValueError, match=r"\(copies \+ include_original\) \* B = 2147483648 \* 8589934592 rows do not"):
         nf.gaussian_augment(x, 2**31 - 1, 0.3, seed=0, backend=backend)
 
