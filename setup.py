@@ -15,10 +15,12 @@ import os
 import shutil
 import sys
 
+import setuptools
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+LICENSE = "Apache-2.0"
 
 
 def say(message: str) -> None:
@@ -212,8 +214,16 @@ def recording_build(base: type, torch, with_cuda: bool) -> type:
     return RecordingBuild
 
 
+def license_metadata() -> dict[str, str]:
+    """The license in the form this setuptools takes: an SPDX expression from 77 on (which deprecates the old
+    table form), the plain `license` field before (which knows no expression)."""
+    major = int(setuptools.__version__.split(".")[0])
+    return {"license_expression": LICENSE} if major >= 77 else {"license": LICENSE}
+
+
 ext_modules, build_ext = extension_modules()
 setup(
+    **license_metadata(),
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     package_data={"nemesis_fast": ["data/mnist_sample/*", "evaluation/presets/*.toml"]},
