@@ -1,4 +1,5 @@
-"""The attack API shared by every attack: construction, validation, the model-state guard and results.
+"""The attack API shared by every attack: construction, the model-state guard, the call (its checks in
+:mod:`.inputs`) and results.
 
 Using an attack::
 
@@ -54,16 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_bool, check_int, check_range, check_tensor, dtype_name, parameter_dtype
+from .._checks import check_bool, check_range, dtype_name, parameter_dtype
 from .._modes import eval_mode
+from .inputs import check_call, check_seed, check_values
 from .jacobian import LogitJacobian, Weights, input_grad
 from .norms import perturbation_norms
-from .precision import clip_tolerance
 from .result import AttackResult
 
 Seed = int | torch.Generator | None
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 @contextlib.contextmanager
@@ -90,12 +89,6 @@ def select_rows(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tenso
     all of them (indexing each one with the mask synchronises once per tensor on a GPU)."""
     rows = mask.nonzero().squeeze(1)
     return tuple(tensor[rows] for tensor in tensors)
-
-
-def _check_seed(seed: Any) -> Seed:
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    return check_int(seed, "seed", low=0, high=2**63 - 1)
 
 
 class Attack:
@@ -142,7 +135,7 @@ class Attack:
         if targeted and not self.supports_targeted:
             raise ValueError(f"targeted=True: {type(self).__name__} has no targeted mode")
         self.targeted = targeted
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
         self.num_classes: int | None = None  # learnt from the model's output on the first call
         self._generator: torch.Generator | None = None
         self._jacobian = LogitJacobian(self.logits)
@@ -317,14 +310,14 @@ class Attack:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Validates, runs _perturb in the guard, clips: (x_adv, iterations, x, y, target)."""
         with torch.inference_mode(False):
-            x, y, target = self._check_inputs(x, y, target)
+            x, y, target = check_call(self, x, y, target)
             self._start_generator(x.device)
             try:
                 with self._guard(), torch.no_grad():
                     if x.shape[0]:
                         # x within clip's tolerance but outside clip is clamped into it first: the _perturb
                         # contract, and the original the norms and an untouched image are measured against
-                        if self._check_model(x, y, target):
+                        if check_values(self, x, y, target):
                             x = self.project(x)
                         if target is None and self.targeted:
                             target = (y + 1 + self.randint(self.num_classes - 1, y.shape, y.device)) % self.num_classes
@@ -341,86 +334,3 @@ class Attack:
             if isinstance(iterations, int):
                 iterations = torch.full((x.shape[0],), iterations, dtype=torch.int64, device=x.device)
             return x_adv, iterations.to(torch.int64), x, y, target
-
-    def _check_inputs(self, x: Any, y: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Types, shapes and devices (no device sync); the values are checked by _check_model."""
-        check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=2)
-        largest = torch.finfo(x.dtype).max
-        if max(abs(self.clip[0]), abs(self.clip[1])) > largest:
-            raise ValueError(f"clip={self.clip} holds a bound beyond the range of {x.dtype} images (+-{largest:g})")
-        self._check_step_sizes(self.step_dtype(x.dtype))
-        if x.is_inference():
-            x = x.clone()
-        x = x.detach()
-        y = self._check_labels(y, "y", x)
-        if target is not None:
-            if not self.supports_targeted:
-                raise ValueError(f"target: {type(self).__name__} has no targeted mode")
-            target = self._check_labels(target, "target", x)
-        if isinstance(self.model, nn.Module):
-            param = next(iter(self.model.parameters()), None)
-            if param is not None and param.device != x.device:
-                raise ValueError(f"x is on {x.device} but the model's parameters are on {param.device}")
-        return x, y, target
-
-    def _check_step_sizes(self, dtype: torch.dtype) -> None:
-        """ValueError naming the first of `step_sizes` beyond the range of `dtype`, the dtype of the steps (a step of
-        that size is inf in it, and inf times a zero gradient is NaN)."""
-        largest, name_of_dtype = torch.finfo(dtype).max, dtype_name(dtype)
-        for name, factor in self.step_sizes.items():
-            value = getattr(self, name)
-            if abs(value) * factor > largest:
-                times = "" if factor == 1 else f" ({factor:g} times it)"
-                raise ValueError(
-                    f"{name}={value:g} is beyond the range of {name_of_dtype} (largest {largest:g}), the dtype of "
-                    f"{type(self).__name__}'s steps{times} on these images: they would overflow to inf, and to NaN "
-                    "where the gradient is 0"
-                )
-
-    def _check_labels(self, labels: Any, name: str, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(labels, name, dtypes=_INT_DTYPES, ndim=1)
-        if labels.shape[0] != x.shape[0]:
-            raise ValueError(f"{name} must hold one label per image: {x.shape[0]} images, {labels.shape[0]} labels")
-        labels = labels.detach().to(device=x.device, dtype=torch.int64)
-        return labels.clone() if labels.is_inference() else labels
-
-    def _check_model(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> bool:
-        """Learns the number of classes (one forward pass of one image, first call only: its logits must be
-        finite), then checks that x is finite and inside clip (up to :func:`clip_tolerance`) and that the labels
-        are in range, with a single device synchronisation. Returns whether x strays outside clip (within the
-        tolerance)."""
-        first_logits = None
-        if self.num_classes is None:
-            first_logits = self.logits(x[:1])
-            classes = first_logits.shape[1]
-            if classes < 2:
-                raise ValueError(f"model must output logits for at least 2 classes, got {classes}")
-            self.num_classes = classes
-        c = self.num_classes
-        values = [*torch.aminmax(x), *torch.aminmax(y)]  # NaN propagates into x's min and max
-        if target is not None:
-            values += [*torch.aminmax(target), (target == y).any()]
-        if first_logits is not None:
-            values.append(torch.isfinite(first_logits).all())
-        values = torch.stack([v.to(torch.float64) for v in values]).tolist()
-        finite_logits = values.pop() if first_logits is not None else True
-        x_min, x_max, y_min, y_max = values[:4]
-        if not (math.isfinite(x_min) and math.isfinite(x_max)):
-            raise ValueError("x must be finite; it holds NaN or infinite values")
-        tolerance = clip_tolerance(self.clip, x.dtype)
-        if x_min < self.clip[0] - tolerance or x_max > self.clip[1] + tolerance:
-            raise ValueError(
-                f"x must lie inside clip={self.clip} (up to {tolerance:.3g}, a few units in the last place of "
-                f"{dtype_name(x.dtype)}); it spans [{x_min}, {x_max}]"
-            )
-        if not finite_logits:  # x's first image is valid: the model is to blame
-            raise ValueError("model must give finite logits; it gave NaN or infinite ones for the first image of x")
-        if y_min < 0 or y_max >= c:
-            raise ValueError(f"y must hold labels in [0, {c}); got values in [{int(y_min)}, {int(y_max)}]")
-        if target is not None:
-            t_min, t_max, same = values[4:]
-            if t_min < 0 or t_max >= c:
-                raise ValueError(f"target must hold classes in [0, {c}); got values in [{int(t_min)}, {int(t_max)}]")
-            if same:
-                raise ValueError("target must differ from y for every image")
-        return x_min < self.clip[0] or x_max > self.clip[1]
