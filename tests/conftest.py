@@ -1,4 +1,5 @@
-"""Session fixtures shared by the test files: the paper's MNIST CNN trained on real MNIST, and MNIST test images.
+"""Session fixtures shared by the test files: the paper's MNIST CNN trained on real MNIST, MNIST test images and the
+package's MNIST sample.
 
 The data are the full MNIST beside the checkout (../shared/data/mnist, or $NEMESIS_FAST_MNIST); where it is
 missing, the 10k/2k sample shipped with the package, trained for more epochs, so the attack tests never skip.
@@ -73,6 +74,13 @@ def mnist_source() -> tuple[Path, dict]:
         stacklevel=1,
     )
     return MNIST_SAMPLE_DIR, SAMPLE_MNIST_TRAINING
+
+
+@pytest.fixture(scope="session")
+def mnist_sample() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The MNIST sample shipped with the package: ((10k training images, labels), (2k test images, labels)), uint8
+    (N, 1, 28, 28) and int64 (N,)."""
+    return load_mnist(MNIST_SAMPLE_DIR, "train"), load_mnist(MNIST_SAMPLE_DIR, "test")
 
 
 @pytest.fixture(scope="session")
