@@ -17,7 +17,6 @@ import torch
 from torch._ops import OpOverload
 
 from nemesis_fast import triton as nf_triton
-from nemesis_fast._checks import FLOAT_DTYPES
 from nemesis_fast._dispatch import OpBackends
 
 HAS_CUDA = torch.cuda.is_available()
@@ -107,13 +106,6 @@ def record_calls(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> lis
 
     monkeypatch.setattr(target, name, recorded)
     return calls
-
-
-def dtypes_for(backend: str, device: str) -> list[torch.dtype]:
-    """The float dtypes a backend is tested with: Triton's CPU interpreter has no bfloat16 arithmetic."""
-    if backend == "triton" and device == "cpu":
-        return [d for d in FLOAT_DTYPES if d != torch.bfloat16]
-    return list(FLOAT_DTYPES)
 
 
 def full_mnist_root() -> Path | None:

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _bounded_relu_cases import BITS, CASES, TABLES, assert_same, assert_same_bits, layouts, special_values
-from _support import dtypes_for, require_backend
+from _support import require_backend
 
 import nemesis_fast as nf
 from nemesis_fast import reference
+from nemesis_fast._checks import FLOAT_DTYPES
 from nemesis_fast.ops import SAVES
 
 
@@ -25,7 +26,7 @@ def test_forward_and_gradient_match_reference(backend, device, save):
     if (backend, save) == ("torch", "output"):  # the reference itself: nothing else to compare
         assert TABLES[save].torch is reference.bounded_relu
         return
-    for dtype in dtypes_for(backend, device):
+    for dtype in FLOAT_DTYPES:
         for x in [*layouts(device).values(), special_values(device)]:
             for t in (1.0, 0.3, 6.0):
                 x = x.to(dtype).detach().requires_grad_(True)
@@ -64,7 +65,7 @@ def neighbours(top: float, dtype: torch.dtype, device: str) -> torch.Tensor:
 def test_threshold_keeps_the_precision_of_the_dtype(backend, device, save):
     """t is rounded to x's dtype and no further: float64 thresholds that float32 cannot hold stay exact."""
     require_backend(TABLES[save], backend, device)
-    for dtype in dtypes_for(backend, device):
+    for dtype in FLOAT_DTYPES:
         for t in (0.1, 1 / 3, 1 + 2**-40, 6.0, 1e-300, 3e38):
             top = reference.rounded_threshold(t, dtype)
             if top == 0 or math.isinf(top):

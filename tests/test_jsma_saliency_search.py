@@ -9,7 +9,6 @@ from _support import (
     assert_graphs_call,
     backend_device_cases,
     compile_recording_graphs,
-    dtypes_for,
     fast_backend_cases,
     record_calls,
     reference_comparison_cases,
@@ -20,6 +19,7 @@ import nemesis_fast as nf
 from nemesis_fast import triton as nf_triton
 from nemesis_fast._backends import jsma_saliency_search as jsma_backends
 from nemesis_fast._backends.jsma_saliency_search import BACKENDS, bounded
+from nemesis_fast._checks import FLOAT_DTYPES
 from nemesis_fast.reference import jsma_saliency_search as reference
 
 if nf_triton.AVAILABLE:
@@ -112,7 +112,7 @@ def test_every_dtype_is_searched_in_float32(backend, device):
     require_backend(BACKENDS, backend, device)
     t, o, d = random_case(3, 45, seed=7, ties=True, device=device)
     t = t + torch.rand_like(t) * 0.01  # values that float16 and bfloat16 round differently
-    for dtype in dtypes_for(backend, device):
+    for dtype in FLOAT_DTYPES:
         tc, oc = t.to(dtype), o.to(dtype)
         for increase in (True, False):
             expected = reference(tc.cpu(), oc.cpu(), d.cpu(), increase)

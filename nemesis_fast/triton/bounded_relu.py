@@ -25,11 +25,15 @@ from ..reference.bounded_relu import (
     mask_bytes,
     rounded_threshold,
 )
+from . import INTERPRET
 from ._common import as_dense, launch
 
 BLOCK = 4096  # elements per program of the plain pair
 BYTES = 512  # mask bytes per program of the masked pair (8 * BYTES elements)
 NUM_WARPS = 8
+# The CPU interpreter holds bfloat16 values as their 16-bit patterns and compares those as unsigned integers (-0.0
+# and NaN above 1.0); there the kernels compare bfloat16 values in float32 (exact), which the GPU does anyway.
+COMPARE_BFLOAT16_IN_FLOAT32: tl.constexpr = tl.constexpr(INTERPRET)
 
 
 _BIT_FORMATS = {torch.float64: ("<d", "<q"), torch.float32: ("<f", "<I"), torch.float16: ("<e", "<H")}
@@ -57,13 +61,22 @@ def _threshold(top_bits, dtype: tl.constexpr):
 
 
 @triton.jit
+def _comparable(v):
+    """`v` as the kernels compare it: itself, or in float32 for bfloat16 under the interpreter."""
+    if COMPARE_BFLOAT16_IN_FLOAT32 and (v.dtype == tl.bfloat16):
+        return v.to(tl.float32)
+    return v
+
+
+@triton.jit
 def _forward_kernel(x_ptr, out_ptr, top_bits, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     x = tl.load(x_ptr + offsets, mask=mask)
     top = _threshold(top_bits, x_ptr.dtype.element_ty)
+    x_, top_ = _comparable(x), _comparable(top)
     # NaN fails both comparisons and passes through.
-    y = tl.where(x < 0, tl.zeros_like(x), tl.where(x > top, top, x))
+    y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
     tl.store(out_ptr + offsets, y, mask=mask)
 
 
@@ -73,7 +86,8 @@ def _backward_kernel(grad_ptr, out_ptr, grad_in_ptr, top_bits, n, BLOCK: tl.cons
     mask = offsets < n
     grad = tl.load(grad_ptr + offsets, mask=mask)
     out = tl.load(out_ptr + offsets, mask=mask)
-    top = _threshold(top_bits, out_ptr.dtype.element_ty)
+    top = _comparable(_threshold(top_bits, out_ptr.dtype.element_ty))
+    out = _comparable(out)
     y = tl.where((out > 0) & (out < top), grad, tl.zeros_like(grad))
     tl.store(grad_in_ptr + offsets, y, mask=mask)
 
@@ -87,10 +101,11 @@ def _masked_forward_kernel(x_ptr, out_ptr, mask_ptr, top_bits, n, BYTES: tl.cons
     inside = offsets < n
     x = tl.load(x_ptr + offsets, mask=inside, other=0)
     top = _threshold(top_bits, x_ptr.dtype.element_ty)
-    y = tl.where(x < 0, tl.zeros_like(x), tl.where(x > top, top, x))
+    x_, top_ = _comparable(x), _comparable(top)
+    y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
     tl.store(out_ptr + offsets, y, mask=inside)
     # NaN and the padding (0) fail the test, so the bits past the last element are 0.
-    passes = (x > 0) & (x < top)
+    passes = (x_ > 0) & (x_ < top_)
     packed = tl.sum(passes.to(tl.int32) << bit[None, :], axis=1)
     tl.store(mask_ptr + byte, packed.to(tl.uint8), mask=byte * 8 < n)
 

@@ -29,6 +29,17 @@ LAUNCH_OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 # LLVM nor ptxas fuses into an FMA, whatever the options. The CPU interpreter runs no PTX and never fuses: there
 # they are the plain operators. Operands: float32 or float64 tensors of one dtype, or a float32 tensor and a number.
 ROUND_EACH_OPERATION: tl.constexpr = tl.constexpr(not INTERPRET)
+# The interpreter's float32 -> bfloat16 cast truncates; the GPU's, torch's and the C++ kernels' round to nearest even.
+BFLOAT16_BY_BITS: tl.constexpr = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _to_bfloat16(y):
+    """float32 y rounded to the nearest bfloat16, ties to even, through its bits (NaN stays NaN)."""
+    bits = y.to(tl.uint32, bitcast=True)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+    upper = tl.where(y != y, bits | 0x400000, rounded) >> 16
+    return upper.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -200,7 +211,11 @@ def _augment_kernel(
         y = tl.where(y > high, high, y)
         if (sigma.dtype == tl.float64) & (out_ptr.dtype.element_ty != tl.float64):
             y = y.to(tl.float32)  # round through float32, as torch and the C++ kernels do
-        tl.store(out_ptr + r * row_stride + base, y.to(out_ptr.dtype.element_ty), mask=mask)
+        if BFLOAT16_BY_BITS and (out_ptr.dtype.element_ty == tl.bfloat16):
+            out = _to_bfloat16(y.to(tl.float32))
+        else:
+            out = y.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + r * row_stride + base, out, mask=mask)
         r += tl.num_programs(1)
 
 
