@@ -34,6 +34,18 @@ def test_device_loader_covers_each_image_once_per_epoch_as_floats():
     assert torch.equal(torch.cat([y for _, y in again]), epochs[0]), "the same seed gives the same batches"
 
 
+def test_device_loader_without_a_seed_follows_torch_manual_seed():
+    """seed=None took a seed from the operating system: torch.manual_seed did not make the batches reproducible."""
+    images, labels = small_set()
+    orders = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        orders.append(torch.cat([y for _, y in DeviceLoader(images, labels, batch_size=16, device="cpu")]))
+    assert torch.equal(orders[0], orders[1])
+    other = torch.cat([y for _, y in DeviceLoader(images, labels, batch_size=16, device="cpu")])
+    assert not torch.equal(other, orders[0]), "the next loader draws another seed"
+
+
 def test_device_loader_order_drop_last_augment_and_float_input():
     images, labels = small_set()
     loader = DeviceLoader(images, labels, batch_size=16, shuffle=False, drop_last=True, device="cpu")

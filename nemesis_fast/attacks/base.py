@@ -106,7 +106,10 @@ class Attack:
         targeted: when True and no `target` is given to a call, targets are drawn uniformly among the wrong
             classes (with `seed`). Passing `target=` to a call makes that call targeted either way.
         seed: an int (every call starts from the same random state: reproducible), a torch.Generator (its
-            state advances from call to call), or None (torch's global generator).
+            state advances from call to call), or None (torch's global generator). The draws (random starts,
+            noise, targets) are made for the call's batch as a whole: an image's draws depend on the batch it is
+            in (its size and the image's place), so an attack that draws gives an image other (equally likely)
+            results in another batch; one that draws nothing gives each image its own result in any batch.
     """
 
     supports_targeted: bool = True

@@ -58,7 +58,8 @@ class DeviceLoader:
         batch_size: images per batch before augmentation.
         shuffle: a new permutation every epoch (every `iter()`); else the stored order.
         seed: seeds the permutations, so that two loaders with one seed on one kind of device yield the same
-            batches (CPU and CUDA permute differently); None draws one.
+            batches (CPU and CUDA permute differently); None draws one from torch's default generator (so
+            torch.manual_seed governs it).
         device: where the data set is kept and batches are made; default the GPU when one is visible.
         augment: a callable (x, y) -> (x, y) applied to every float batch on the device, such as
             `nemesis_fast.defenses.GaussianAugmentation` (a batch of B then holds B * (copies + 1) images); the
@@ -115,9 +116,8 @@ class DeviceLoader:
         self.rows = full if rows is None else check_int(rows, "rows", low=1, high=full)
         self.generator = torch.Generator(device=self.device)
         if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+            seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+        self.generator.manual_seed(seed)
 
     @property
     def num_samples(self) -> int:

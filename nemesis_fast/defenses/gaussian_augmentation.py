@@ -159,6 +159,7 @@ def augment_batches(
     device: torch.device | str | None = None,
     *,
     shuffle: bool = False,
+    seed: int | None = None,
     non_blocking: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Augments every (x, y) batch of `loader` on `device`.
@@ -168,13 +169,22 @@ def augment_batches(
         gda: the augmentation.
         device: where the batches are moved before augmenting (default: where they are).
         shuffle: permute each augmented batch, so that a batch's noisy copies are not grouped together.
+        seed: the permutations' seed: an int makes them the same on every pass over `loader` (on one kind of
+            device; the noise follows `gda`'s own seed), None draws one from torch's default generator per pass
+            (so torch.manual_seed governs it).
         non_blocking: asynchronous host-to-device copies (effective from pinned memory).
 
     Yields (x_aug, y_aug) on `device`: B * (copies + include_original) (+ the ratio's subset) samples each.
     """
     if not isinstance(gda, GaussianAugmentation):
         raise TypeError(f"gda must be a GaussianAugmentation, got {type(gda).__name__}")
+    check_bool(shuffle, "shuffle")
+    if seed is not None:
+        check_int(seed, "seed", low=0, high=2**64 - 1)
     target = None if device is None else check_device(device)
+    if shuffle and seed is None:
+        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())
+    generators: dict[torch.device, torch.Generator] = {}  # one stream per device the batches lie on
     for batch in loader:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError("loader must yield (x, y) pairs")
@@ -183,7 +193,9 @@ def augment_batches(
             x, y = x.to(target, non_blocking=non_blocking), y.to(target, non_blocking=non_blocking)
         x_aug, y_aug = gda(x, y)
         if shuffle:
-            order = torch.randperm(x_aug.shape[0], device=x_aug.device)
+            if x_aug.device not in generators:
+                generators[x_aug.device] = torch.Generator(device=x_aug.device).manual_seed(seed)
+            order = torch.randperm(x_aug.shape[0], device=x_aug.device, generator=generators[x_aug.device])
             x_aug, y_aug = x_aug[order], y_aug[order.to(y_aug.device)]
         yield x_aug, y_aug
 

@@ -4,7 +4,9 @@ settings, the chunk's bounds and a digest of its images and labels.
 
 A chunk's random draws (R+FGSM's noise, JSMA's targets, PGD's starts) are seeded by the chunk's bounds, the
 attack and the run's seed, as the cache key is: the numbers do not depend on how many processes share the work,
-and an entry is never reused under another seed.
+and an entry is never reused under another seed. They do depend on the chunks' bounds, so on `batch_size`: another
+batch size draws other noise, targets and starts for an image (the same distribution: a cell moves within its
+sampling error).
 """
 
 from __future__ import annotations

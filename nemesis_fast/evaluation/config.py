@@ -155,7 +155,9 @@ class EvalConfig:
     threads: int = 0  # CPU threads per process; 0: torch's default, or under torchrun cores / local processes
     seed: int = 0
     test_samples: int = 0  # 0: the whole test set
-    batch_size: int = 500  # images per attack batch; also the unit of sharding and of resuming
+    # images per attack batch; also the unit of sharding and of resuming, and of the random draws (R+FGSM's noise,
+    # JSMA's targets, PGD's starts are seeded per chunk): those cells vary with it within their sampling error
+    batch_size: int = 500
     out_dir: str = "nemesis-results"
     cache_dir: str = ""  # empty: <out_dir>/cache
     # Write every trained model as a checkpoint, <out_dir>/models/<name>.pt (nemesis_fast.checkpoints), for
