@@ -1,9 +1,10 @@
-"""The tiny evaluation config shared by the evaluation tests (test_evaluation.py, test_evaluation_config.py), and
-its writer."""
+"""The tiny evaluation configs shared by the evaluation tests (test_evaluation*.py) and their writer, the command
+line of a run, the cells of its results, and the exception a test raises to interrupt a run."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 TINY = """
@@ -33,3 +34,32 @@ def write_config(tmp_path: Path, text: str = TINY, **top: object) -> Path:
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n" + text)
     return path
+
+
+def evaluate_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nemesis_fast.cli", "evaluate", "--config", str(config), "--no-progress", *extra]
+
+
+def cell_values(results_json: Path) -> list[tuple]:
+    data = json.loads(results_json.read_text())
+    return [
+        (c["defense"], c["attack"], c["setting"], c["eps"], c["accuracy"], round(c["mean_l2"], 5))
+        for c in data["cells"]
+    ]
+
+
+class Interrupted(Exception):
+    pass
+
+
+AUTHORS_TINY = (
+    TINY.replace('whitebox_attacks = ["fgsm"]', 'whitebox_attacks = ["fgsm", "pgd"]')
+    .replace("whitebox_eps = [0.0, 0.2]", "whitebox_eps = [0.1, 0.6]")
+    .replace("source_depth = 8", 'source_architecture = "small_resnet"')
+    .replace("gda_copies = 2", "gda_copies = 2\ngda_clip = false\ngda_fixed_set = true\nsqueeze_training = true")
+    .replace(
+        "jsma_gamma = 0.05",
+        'jsma_gamma = 0.05\njsma_use_logits = false\nfgsm_labels = "predicted"\nrfgsm_labels = "predicted"\n'
+        "rfgsm_alpha_fixed = true\npgd_steps = 3\npgd_restarts = 2\npgd_test_samples = 16",
+    )
+)
