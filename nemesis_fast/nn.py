@@ -115,10 +115,33 @@ def to_hardtanh(model: nn.Module) -> nn.Module:
     if any(isinstance(m, BoundedReLU) and m.gradient == "relu" for m in model.modules()):
         raise ValueError("model passes ReLU's gradient through its BoundedReLU layers (BPDA); Hardtanh cannot")
     if isinstance(model, BoundedReLU):
-        return nn.Hardtanh(0.0, model.t)
+        return nn.Hardtanh(0.0, model.t).train(model.training)
     copied = copy.deepcopy(model)
     _replace_modules(copied, BoundedReLU, lambda layer: nn.Hardtanh(0.0, layer.t))
     return copied
+
+
+# The hooks a module holds (nn.Module's own dictionaries): a replacement takes them over, so they keep firing and
+# their handles keep removing them.
+_HOOK_ATTRIBUTES = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_is_full_backward_hook",
+)
+
+
+def _in_place_of(new: nn.Module, old: nn.Module) -> nn.Module:
+    """`new` with `old`'s train/eval mode and hooks."""
+    new.train(old.training)
+    for attribute in _HOOK_ATTRIBUTES:
+        if hasattr(old, attribute):
+            setattr(new, attribute, getattr(old, attribute))
+    return new
 
 
 def _replace_modules(
@@ -127,16 +150,16 @@ def _replace_modules(
     make: Callable[[nn.Module], nn.Module],
     made: dict[int, nn.Module] | None = None,
 ) -> None:
-    """Replaces, in place, every submodule of `model` that is a `kind` with `make(that submodule)`. A module held
-    under several names (one ReLU used twice, a block shared by two parents) is replaced under each of them, by
-    one replacement, so what was shared stays shared."""
+    """Replaces, in place, every submodule of `model` that is a `kind` with `make(that submodule)`, which takes
+    over its mode and hooks. A module held under several names (one ReLU used twice, a block shared by two
+    parents) is replaced under each of them, by one replacement, so what was shared stays shared."""
     made = {} if made is None else made
     for name, child in list(model._modules.items()):  # named_children() gives a module held twice only once
         if child is None:
             continue
         if isinstance(child, kind):
             if id(child) not in made:
-                made[id(child)] = make(child)
+                made[id(child)] = _in_place_of(make(child), child)
             setattr(model, name, made[id(child)])
         elif id(child) not in made:
             made[id(child)] = child
@@ -160,7 +183,7 @@ def replace_relu(model: nn.Module, t: float = 1.0, *, save: str = "output", back
     if backend is not None:
         check_choice(backend, "backend", BACKENDS)
     if isinstance(model, nn.ReLU):
-        return BoundedReLU(t, save=save, backend=backend)
+        return _in_place_of(BoundedReLU(t, save=save, backend=backend), model)
     if not any(isinstance(m, nn.ReLU) for m in model.modules()):
         kept = sorted({m.t for m in model.modules() if isinstance(m, BoundedReLU)})
         found = f"; its BoundedReLU layers keep t = {', '.join(map(str, kept))}" if kept else ""

@@ -28,6 +28,7 @@ from ._epochs import (
     forward_autocast,
     run_epochs,
 )
+from ._modes import kept_modes
 from ._training_checks import (
     check_budget,
     check_classes,
@@ -228,6 +229,9 @@ def train(
             epoch 1: a resumed run reuses it, and trains no other.
         progress: a tqdm bar per epoch; None: when stderr is a terminal and tqdm is installed.
         log: True prints one line per epoch to stderr, False nothing, or a callable taking each line.
+
+    The model comes back with each submodule's train/eval mode as it was given (whatever the outcome; each epoch
+    trains with the whole model in train mode), and with no gradient left in its trainable parameters' `.grad`.
     """
     images, labels = check_data(data, "data")
     _check_modules(model, source_model)
@@ -257,11 +261,11 @@ def train(
         if trains_source and "trained_source" in resumed:
             source_model = copy.deepcopy(model)  # the source that run trained, not another
             source_model.load_state_dict(resumed["trained_source"])
-    torch.manual_seed(seed)
     model.to(device)
     for name, given in (("data", data), ("val_data", val_data)):
         if given is not None:
             recipe.check_classes(check_classes(model, given, name, device))
+    torch.manual_seed(seed)  # after the last check: a refused call leaves torch's generator alone
     started = time.perf_counter()
     images, labels, rows, val, source_model = _training_rows(
         recipe, model, source_model, images, labels, val, held_fraction, budget
@@ -273,7 +277,13 @@ def train(
     stopping = EarlyStopping(patience)
     if trains_source:
         _keep_trained_source(run, source_model, resumed is None, epoch_runner, result, stopping)
-    run_epochs(run, resumed, epochs, epoch_runner, result, stopping)
+    with kept_modes(model):  # each epoch trains in train mode; the user's modes come back, as after a failure
+        try:
+            run_epochs(run, resumed, epochs, epoch_runner, result, stopping)
+        finally:
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    parameter.grad = None  # the last step's gradients: no use to the caller, and memory
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started

@@ -199,6 +199,15 @@ def test_an_empty_targeted_run_has_an_empty_target_tensor():
     assert given.target.shape == (0,) and given.target.dtype == torch.int64
 
 
+def test_a_results_target_is_not_the_callers_tensor():
+    """An int64 target on the model's device came back as the caller's own tensor: writing to it wrote to theirs."""
+    model = small_model()
+    x, y = data()
+    target = (y + 1) % 5
+    result = FGSM(model, 0.1).run(x, y, target=target)
+    assert torch.equal(result.target, target) and result.target.data_ptr() != target.data_ptr()
+
+
 def test_inference_mode_input():
     model = small_model()
     x, y = data()

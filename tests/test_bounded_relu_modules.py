@@ -123,6 +123,25 @@ def test_a_module_held_under_two_names_is_replaced_under_both_and_stays_shared()
     assert plain[1] is plain[3] and plain[2] is plain[4]
 
 
+def test_a_replacement_keeps_the_mode_and_the_hooks_of_the_module_it_replaces():
+    """The new BoundedReLU (or Hardtanh) was in train mode inside an eval model, and hooks on the ReLU no longer
+    fired."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    calls: list[str] = []
+    handle = model[1].register_forward_hook(lambda module, inputs, output: calls.append("forward"))
+    model[1].register_full_backward_hook(lambda module, grad_in, grad_out: calls.append("backward"))
+    replace_relu(model, 1.0)
+    assert isinstance(model[1], BoundedReLU) and not any(m.training for m in model.modules())
+    model(torch.randn(2, 3, requires_grad=True)).sum().backward()
+    assert calls == ["forward", "backward"]
+    handle.remove()
+    model(torch.randn(2, 3))
+    assert calls == ["forward", "backward"], "the hook's handle still removes it"
+    copied = to_hardtanh(model)
+    assert isinstance(copied[1], nn.Hardtanh) and not any(m.training for m in copied.modules())
+    assert not replace_relu(nn.ReLU().eval()).training and not to_hardtanh(BoundedReLU().eval()).training
+
+
 @pytest.mark.parametrize("wrap", ["brelu", "relu_gradient", "feature_squeezing", "feature_squeezing_masked"])
 def test_torch_func_per_sample_gradients_equal_autograds(wrap):
     """Per-sample input gradients by torch.func (vmap over grad, and grad over vmap) through a BReLU model, its

@@ -138,6 +138,25 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_run_gives_back_torchs_threads_and_random_generator(tmp_path, monkeypatch):
+    """evaluate() left torch at its `threads` and its generator at the last model's seed, after an interrupt too."""
+    config = write_config(tmp_path, out_dir=str(tmp_path / "out"), threads=1)
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    evaluate(config, log=False, cached_only=True)
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), state)
+
+    def interrupted(self, cached_only=False):
+        torch.manual_seed(0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Evaluation, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config, log=False, cached_only=True)
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), state)
+
+
 def test_sharded_run_equals_single_process(tmp_path):
     config = write_config(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

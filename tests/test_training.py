@@ -150,6 +150,41 @@ def test_bad_data_is_refused_before_training(mnist_sample):
         with pytest.raises(ValueError, match=match):
             train(model, data, **options, **quiet())
         assert model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        state = torch.get_rng_state()
+        with pytest.raises(ValueError, match=match):
+            train(model, data, **options, **quiet())
+        assert torch.equal(torch.get_rng_state(), state), "a refused call leaves torch's generator alone"
+
+
+class _FailsOnCall(nn.Module):
+    """A model with a dropout layer the user put in eval mode, failing on its `fail_at`-th forward pass."""
+
+    def __init__(self, fail_at: int | None, error: type[BaseException] = RuntimeError) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(36, 10), nn.Dropout(0.5).eval())
+        self.fail_at, self.error, self.calls = fail_at, error, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error("the model failed")
+        return self.body(x)
+
+
+@pytest.mark.parametrize("fail_at,error", [(None, None), (4, RuntimeError), (6, KeyboardInterrupt)])
+def test_training_gives_back_the_models_modes_and_no_gradients(fail_at, error):
+    """train() put every submodule in train mode for good (a dropout layer the user had in eval came back in train)
+    and left the last step's gradients in .grad."""
+    model = _FailsOnCall(fail_at, error or RuntimeError)
+    modes = [m.training for m in model.modules()]
+    kwargs = quiet(epochs=2, batch_size=8, patience=None)
+    if fail_at is None:
+        train(model, tiny_set(), **kwargs)
+    else:
+        with pytest.raises(error):
+            train(model, tiny_set(), **kwargs)
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.cuda

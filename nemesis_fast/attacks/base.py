@@ -173,6 +173,7 @@ class Attack:
             predictions = y.clone()
         success = predictions != y if target is None else predictions == target
         l0, l2, linf = perturbation_norms(x_adv, x)
+        target = None if target is None else target.clone()  # the caller's own tensor where it was int64 already
         return AttackResult(x_adv, success, predictions, l0, l2, linf, iterations, target)
 
     # ----------------------------------------------------------------------------------------------------

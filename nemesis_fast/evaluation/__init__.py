@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._checks import check_bool
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
@@ -82,7 +84,8 @@ def evaluate(
     Every setting is checked before any work starts (ConfigError, a ValueError, naming the key). Under
     torchrun the models to train are shared out among the processes (each trained once, by one process, and
     broadcast to all), the test set is sharded across the processes and the results are gathered on all of them;
-    only process 0 writes files.
+    only process 0 writes files. The CPU threads the run sets (`threads`) and the seeds it sets are the run's
+    own: torch's thread count and random generators (the CPU's and the run's GPU's) are given back as they were.
     """
     if isinstance(config, EvalConfig):  # checked as a file's settings are (validate checks a copy), with the overrides
         config = validate(dataclasses.replace(config, **_known(overrides)))
@@ -103,10 +106,14 @@ def evaluate(
     check_out_dir(writes)
     progress = sys.stderr.isatty() if progress is None else progress
     say = _stderr if log else (lambda message: None)
+    threads, cpu_rng = torch.get_num_threads(), torch.get_rng_state()  # the caller's, given back at the end
     try:
         workers = start(config.device, config.threads)
     except ValueError as error:  # NEMESIS_FAST_WAIT_HOURS under torchrun, or a device this process cannot use
+        torch.set_num_threads(threads)
         raise ConfigError(str(error)) from error
+    device = workers.device
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     try:
         evaluation = Evaluation(config, workers, log=say, progress=progress)
         check_same_data(writes, evaluation.data.fingerprint())
@@ -129,6 +136,10 @@ def evaluate(
                 print("written: " + ", ".join(str(p) for p in paths.values()), flush=True)
     finally:
         stop(workers)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
     return results
 
 
