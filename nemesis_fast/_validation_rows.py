@@ -11,6 +11,8 @@ from ._training_checks import check_data, check_image_shapes
 from .data.loader import Expansion, expanded_rows, split_validation
 from .defenses.recipes import Recipe
 
+BLOCK_ROWS = 1024  # rows of the held-out set made at a time
+
 
 def training_set_size(recipe: Recipe, images: int) -> int:
     """The images of the training set `recipe` makes of `images` training images: doubled by an offline recipe's
@@ -41,11 +43,17 @@ def hold_out_last_rows(
     held = held_out_rows(total, fraction)
     if not 0 < held < total:
         raise ValueError(f"val_fraction {fraction} of {total} training rows leaves no rows to train or validate on")
-    parts = [
-        expanded_rows(images, labels, torch.arange(start, min(start + 10_000, total), device=images.device), expand)
-        for start in range(total - held, total, 10_000)
-    ]
-    return total - held, (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
+    first = total - held
+    x_out = y_out = None
+    for start in range(first, total, BLOCK_ROWS):  # blocks whose noise temporaries stay small, written in place
+        x, y = expanded_rows(
+            images, labels, torch.arange(start, min(start + BLOCK_ROWS, total), device=images.device), expand
+        )
+        if x_out is None:
+            x_out, y_out = x.new_empty((held, *x.shape[1:])), y.new_empty((held, *y.shape[1:]))
+        x_out[start - first : start - first + len(x)] = x
+        y_out[start - first : start - first + len(y)] = y
+    return first, (x_out, y_out)
 
 
 def split_off_validation(
