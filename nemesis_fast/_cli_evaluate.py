@@ -30,6 +30,8 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from .evaluation import ConfigError, evaluate, preset_path
 
     overrides = {
@@ -48,6 +50,13 @@ def _run(args: argparse.Namespace) -> int:
         evaluate(config, progress=progress, cached_only=args.cached_only, **overrides)
     except (ConfigError, OSError) as error:  # OSError: a full disk, a folder that went away, ...
         raise SystemExit(f"nemesis-fast evaluate: {error}") from error
+    except torch.OutOfMemoryError as error:
+        raise SystemExit(
+            f"nemesis-fast evaluate: out of GPU memory ({str(error).splitlines()[0]}). A smaller batch_size in the "
+            "config (the test images of an attack batch), [certify] batch_size or [training] batch_size needs less; "
+            "what is cached is kept, so the command then continues (the attack units of the old batch_size are "
+            "computed again)"
+        ) from error
     return 0
 
 

@@ -204,6 +204,22 @@ def test_a_bad_wait_under_torchrun_ends_in_one_line_naming_the_variable(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 
 
+def test_evaluate_out_of_gpu_memory_ends_in_one_line_naming_the_batch_sizes(tmp_path, monkeypatch):
+    """A CUDA out-of-memory error ended evaluate in a traceback."""
+
+    def out_of_memory(self, cached_only=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore of torch's advice")
+
+    monkeypatch.setattr("nemesis_fast.evaluation.runner.Evaluation.run", out_of_memory)
+    config = str(write_config(tmp_path))
+    with pytest.raises(
+        SystemExit,
+        match=r"evaluate: out of GPU memory \(CUDA out of memory. Tried to allocate 2.00 "
+        r"GiB\)\. A smaller batch_size in the config .*the command then continues",
+    ):
+        main(["evaluate", "--config", config, "--out", str(tmp_path / "out"), "--no-progress"])
+
+
 class _Interrupted(Exception):
     pass
 
