@@ -119,8 +119,9 @@ def test_mode_setters_draw_and_aim_as_torchattacks(mode, model, batch):
 
 
 def test_training_mode_setting_and_model_state(model, batch):
-    """set_model_training_mode: dropout in training mode draws the same masks; the model is left in the mode
-    torchattacks leaves it in, and its parameters' requires_grad flags come back."""
+    """set_model_training_mode: dropout in training mode draws the same masks; the model comes back in the modes it
+    was given (torchattacks leaves a model given in eval mode in train mode), and its parameters' requires_grad
+    flags come back."""
     net = nn.Sequential(model, nn.Dropout(0.5))
     x, y = batch[0][:16], batch[1][:16]
     results, modes = [], []
@@ -132,8 +133,42 @@ def test_training_mode_setting_and_model_state(model, batch):
         modes.append([m.training for m in net.modules()])
         assert all(p.requires_grad for p in net.parameters())
     net.eval()
-    assert modes[1] == modes[0]
+    assert all(modes[0]) and not any(modes[1])
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+class _FailingOnce(nn.Module):
+    """`model` with a dropout layer in eval mode inside a model in train mode; its first forward pass raises."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.dropout, self.failed = model, nn.Dropout(0.5).eval(), False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
+            self.failed = True
+            raise KeyboardInterrupt
+        return self.dropout(self.model(x))
+
+
+def test_a_call_that_raises_gives_back_the_modes_and_the_normalisation(model, batch):
+    """torchattacks' call restores nothing when the attack raises: the model stayed in eval mode, and after a call
+    with set_normalization_used every later call took normalised images for raw ones."""
+    x, y = batch[0][:8], batch[1][:8]
+    net = _FailingOnce(copy.deepcopy(model)).train()
+    net.dropout.eval()
+    modes = [m.training for m in net.modules()]
+    attack = nft.FGSM(net, eps=0.1)
+    attack.set_normalization_used(mean=[MEAN], std=[STD])
+    normalised = (x - MEAN) / STD
+    with pytest.raises(KeyboardInterrupt):
+        attack(normalised, y)
+    assert [m.training for m in net.modules()] == modes
+    fresh = nft.FGSM(net, eps=0.1)
+    fresh.set_normalization_used(mean=[MEAN], std=[STD])
+    net.failed = True
+    torch.testing.assert_close(attack(normalised, y), fresh(normalised, y), rtol=0, atol=0)
+    assert [m.training for m in net.modules()] == modes, "on success too, each submodule's own mode"
 
 
 def test_multiattack_and_isinstance(model, batch):

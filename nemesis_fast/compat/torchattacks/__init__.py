@@ -10,7 +10,8 @@ own step budget, search domain and default target), so the adversarial images eq
 floating-point rounding; DeepFool and JSMA run batched (all classes' gradients from one batched backward pass, the
 JSMA pair search fused, in O(B n) memory), the others as torchattacks runs them. Where batching would change the
 result (a BatchNorm layer in training mode), DeepFool and JSMA run torchattacks' own per-image loop after a
-:class:`PeerFallbackWarning`.
+:class:`PeerFallbackWarning`. Unlike torchattacks, a call gives the model back each submodule's own train/eval mode,
+and the attack its record of normalisation, however it ends (:class:`~._common.GivesBackState`).
 
 Other torchattacks names (``MultiAttack``, the attacks not listed here) are re-exported unchanged, so
 that ``from nemesis_fast.compat import torchattacks`` can replace ``import torchattacks`` whole.

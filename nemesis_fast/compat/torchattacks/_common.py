@@ -1,5 +1,5 @@
-"""What the torchattacks adapters share: the inputs as torchattacks' forward methods prepare them, and the
-sign-gradient step of FGSM, PGD and RFGSM."""
+"""What the torchattacks adapters share: a call that gives back what it changes, the inputs as torchattacks'
+forward methods prepare them, and the sign-gradient step of FGSM, PGD and RFGSM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,24 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..._modes import kept_modes
 from .._peer import PeerFallbackWarning
+
+
+class GivesBackState:
+    """torchattacks' `Attack.__call__`, with the model's modes (each submodule's) and the attack's record of
+    normalisation given back however the call ends. torchattacks' own call restores neither when the attack
+    raises (a KeyboardInterrupt too): the model stays in eval mode, and after a call with set_normalization_used
+    every later call would take normalised images for raw ones. On success it puts a model given in train mode
+    back with model.train(), whatever its submodules' modes were; this gives each its own back."""
+
+    def __call__(self, inputs, labels=None, *args, **kwargs):
+        normalization_applied = self._normalization_applied
+        with kept_modes(self.model):
+            try:
+                return super().__call__(inputs, labels, *args, **kwargs)
+            finally:
+                self._set_normalization_applied(normalization_applied)
 
 
 def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 import torchattacks
 
 from .._peer import frozen_parameters
-from ._common import prepare
+from ._common import GivesBackState, prepare
 
 
-class CW(torchattacks.CW):
+class CW(GivesBackState, torchattacks.CW):
     """torchattacks.CW(model, c=1, kappa=0, steps=50, lr=0.01).
 
     Minimises sum ||x' - x||^2 + c * sum f(x') over the batch with torch.optim.Adam, where f is torchattacks' margin:

@@ -10,10 +10,10 @@ import torchattacks
 from ...attacks.base import select_rows
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
-from ._common import batch_statistics_in_training, class_indices, warn_per_image_fallback
+from ._common import GivesBackState, batch_statistics_in_training, class_indices, warn_per_image_fallback
 
 
-class DeepFool(torchattacks.DeepFool):
+class DeepFool(GivesBackState, torchattacks.DeepFool):
     """torchattacks.DeepFool(model, steps=50, overshoot=0.02), torchattacks' variant of DeepFool (L2).
 
     At each step, an image still predicted as its label y moves from its current point x_i to

@@ -8,10 +8,10 @@ import torch
 import torchattacks
 
 from .._peer import frozen_parameters
-from ._common import ascent_sign, prepare, projected_steps
+from ._common import GivesBackState, ascent_sign, prepare, projected_steps
 
 
-class FGSM(torchattacks.FGSM):
+class FGSM(GivesBackState, torchattacks.FGSM):
     """torchattacks.FGSM(model, eps=8/255): clamp(x + eps * sign(grad of the mean cross-entropy), 0, 1); targeted
     modes step down the cross-entropy of the target."""
 
@@ -23,7 +23,7 @@ class FGSM(torchattacks.FGSM):
         return torch.clamp(torch.add(images, step, alpha=self.eps), min=0, max=1)
 
 
-class PGD(torchattacks.PGD):
+class PGD(GivesBackState, torchattacks.PGD):
     """torchattacks.PGD(model, eps=8/255, alpha=2/255, steps=10, random_start=True): a uniform start in the eps
     cube (``uniform_`` on torch's global generator), then `steps` sign steps of size alpha, each projected onto the
     eps cube around x and [0, 1]."""
@@ -38,7 +38,7 @@ class PGD(torchattacks.PGD):
             return projected_steps(self, images, start, wanted, self.alpha, self.eps, self.steps).detach()
 
 
-class RFGSM(torchattacks.RFGSM):
+class RFGSM(GivesBackState, torchattacks.RFGSM):
     """torchattacks.RFGSM(model, eps=8/255, alpha=2/255, steps=10), torchattacks' iterative R+FGSM: a random sign
     step of size alpha (``randn_like`` on torch's global generator), then `steps` sign steps of size alpha, each
     projected onto the eps cube around x and [0, 1] (not Tramer et al.'s single step: for that, use

@@ -15,13 +15,13 @@ import torchattacks
 
 from ... import ops
 from .._peer import GradientEngine, frozen_parameters
-from ._common import batch_statistics_in_training, prepare, warn_per_image_fallback
+from ._common import GivesBackState, batch_statistics_in_training, prepare, warn_per_image_fallback
 
 # torchattacks' search domain: the features below 0.99 (theta > 0) or above 0.01 (theta < 0).
 _DOMAIN_HIGH, _DOMAIN_LOW = 0.99, 0.01
 
 
-class JSMA(torchattacks.JSMA):
+class JSMA(GivesBackState, torchattacks.JSMA):
     """torchattacks.JSMA(model, theta=1.0, gamma=0.1), torchattacks' variant of JSMA (logits, pairs).
 
     The target is the mode's target, or (label + 1) % 10 in the default mode, as in torchattacks. Each step adds
