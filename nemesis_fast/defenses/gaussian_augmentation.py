@@ -180,7 +180,7 @@ def augment_batches(
         raise TypeError(f"gda must be a GaussianAugmentation, got {type(gda).__name__}")
     check_bool(shuffle, "shuffle")
     if seed is not None:
-        check_int(seed, "seed", low=0, high=2**64 - 1)
+        seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     target = None if device is None else check_device(device)
     if shuffle and seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64).item())

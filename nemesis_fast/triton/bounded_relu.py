@@ -32,7 +32,8 @@ BLOCK = 4096  # elements per program of the plain pair
 BYTES = 512  # mask bytes per program of the masked pair (8 * BYTES elements)
 NUM_WARPS = 8
 # The CPU interpreter holds bfloat16 values as their 16-bit patterns and compares those as unsigned integers (-0.0
-# and NaN above 1.0); there the kernels compare bfloat16 values in float32 (exact), which the GPU does anyway.
+# and NaN above 1.0); there the kernels compare bfloat16 values in float32 (exact: each is a float32). On a GPU the
+# flag is off and the kernels are as before.
 COMPARE_BFLOAT16_IN_FLOAT32: tl.constexpr = tl.constexpr(INTERPRET)
 
 
