@@ -11,6 +11,7 @@ from nemesis_fast.attacks import FGSM, PGD, CarliniWagnerL2, DeepFool, RandFGSM
 
 CLASSES = 5
 SHAPE = (2, 4, 4)  # C, H, W
+TOL = 1e-5  # the norms' float32 rounding, in the bounds tests
 
 
 def small_model(dtype: torch.dtype = torch.float32, *, seed: int = 0, activation=nn.ReLU) -> nn.Module:
