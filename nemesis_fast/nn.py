@@ -115,7 +115,7 @@ def to_hardtanh(model: nn.Module) -> nn.Module:
     if any(isinstance(m, BoundedReLU) and m.gradient == "relu" for m in model.modules()):
         raise ValueError("model passes ReLU's gradient through its BoundedReLU layers (BPDA); Hardtanh cannot")
     if isinstance(model, BoundedReLU):
-        return nn.Hardtanh(0.0, model.t).train(model.training)
+        return _in_place_of(nn.Hardtanh(0.0, model.t), copy.deepcopy(model))  # its hooks, copied
     copied = copy.deepcopy(model)
     _replace_modules(copied, BoundedReLU, lambda layer: nn.Hardtanh(0.0, layer.t))
     return copied

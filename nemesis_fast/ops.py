@@ -9,6 +9,7 @@ from ._backends import bounded_relu as _bounded_relu
 from ._backends import gaussian_augment as _gaussian_augment
 from ._backends import jsma_saliency_search as _jsma_saliency_search
 from ._checks import check_bool, check_choice, check_positive, check_tensor
+from ._dispatch import BACKENDS
 from .reference.bounded_relu import rounds_to_zero
 from .reference.jsma_saliency_search import check_inputs as _check_jsma_inputs
 
@@ -28,6 +29,13 @@ def _exporting_to_onnx() -> bool:
     """Whether torch.onnx.export is tracing the call (its two exporters trace with torch.jit and torch.export; asked
     first, as is_in_onnx_export costs microseconds a call)."""
     return (torch.jit.is_tracing() or torch.compiler.is_exporting()) and torch.onnx.is_in_onnx_export()
+
+
+def _check_backend(backend: str | None) -> None:
+    """ValueError naming `backend` unless it is None or a backend's name: checked before the paths that take the
+    torch backend whatever `backend` asks (torch.func's transforms, forward-mode AD, ONNX export)."""
+    if backend is not None:
+        check_choice(backend, "backend", BACKENDS)
 
 
 def _needs_torch_ops(x: torch.Tensor) -> bool:
@@ -68,6 +76,7 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backe
     check_tensor(x, "x")
     t = check_positive(t, "t")
     check_choice(save, "save", SAVES)
+    _check_backend(backend)
     if rounds_to_zero(t, x.dtype):
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
     if _needs_torch_ops(x):
@@ -116,6 +125,7 @@ def gaussian_augment(
     """
     clip_min, clip_max, seed = _gaussian_augment.public_arguments(x, copies, sigma, clip, seed, offset, out_dtype)
     check_bool(include_original, "include_original")
+    _check_backend(backend)
     if _has_tangent(x):
         raise RuntimeError(_gaussian_augment.NO_GRADIENT)
     if _needs_torch_ops(x):  # (its torch backend takes the transforms, and refuses a gradient as the kernels do)

@@ -46,6 +46,19 @@ def test_backend_unavailable_for_the_device_names_the_argument():
         nf.bounded_relu(torch.ones(3, device="meta"), backend="native")
 
 
+def test_a_backend_that_is_no_backend_is_refused_under_transforms_too():
+    """Under vmap (and the other paths that take the torch backend) a misspelt backend was accepted silently."""
+    x = torch.rand(2, 3)
+    for call in (
+        lambda r: nf.bounded_relu(r, 1.0, backend="bogus"),
+        lambda r: nf.gaussian_augment(r, copies=1, seed=0, backend="bogus"),
+    ):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            call(x)
+        with pytest.raises(ValueError, match="backend must be one of"):
+            torch.func.vmap(call)(x)
+
+
 def test_direct_op_calls_check_their_arguments():
     with pytest.raises(ValueError, match="t must be a finite number > 0"):
         torch.ops.nemesis_fast.bounded_relu(torch.ones(3), -1.0)

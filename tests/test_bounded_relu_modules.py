@@ -140,6 +140,10 @@ def test_a_replacement_keeps_the_mode_and_the_hooks_of_the_module_it_replaces():
     copied = to_hardtanh(model)
     assert isinstance(copied[1], nn.Hardtanh) and not any(m.training for m in copied.modules())
     assert not replace_relu(nn.ReLU().eval()).training and not to_hardtanh(BoundedReLU().eval()).training
+    root = BoundedReLU()
+    root.register_forward_hook(lambda module, inputs, output: calls.append("root"))
+    to_hardtanh(root)(torch.randn(3))
+    assert calls[-1] == "root" and len(root._forward_hooks) == 1, "a copy of the root's hook, the root's own kept"
 
 
 @pytest.mark.parametrize("wrap", ["brelu", "relu_gradient", "feature_squeezing", "feature_squeezing_masked"])

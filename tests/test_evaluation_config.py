@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from _evaluation_cases import TINY, write_config
 
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
@@ -446,3 +447,15 @@ def test_budgets_a_config_leaves_to_the_data_set_are_not_refused(tmp_path):
     on_quick = tmp_path / "quick.toml"
     on_quick.write_text('base = "quick"\nwhitebox_eps = [0.0, 0.03]\n')
     assert load_config(on_quick, {"dataset": "cifar10", "synthetic": True}).whitebox_eps == [0.0, 0.03]
+
+
+def test_pgd_without_an_eps_is_refused_by_name():
+    """Attacks.eps looked up a pgd_eps the config does not have, and PGD then failed multiplying by None."""
+    from types import SimpleNamespace
+
+    from nemesis_fast.evaluation.attack import Attacks
+
+    attacks = Attacks(load_config(None), None, SimpleNamespace(device=torch.device("cpu")), None)
+    assert attacks.eps("pgd", None) is None and attacks.eps("fgsm", None) == load_config(None).attack.fgsm_eps
+    with pytest.raises(ValueError, match="pgd: an eps must be given"):
+        attacks.make("pgd", torch.nn.Linear(4, 3), 0)

@@ -266,8 +266,9 @@ class Attack:
     def is_adversarial(
         self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, confidence: float = 0.0
     ) -> torch.Tensor:
-        """(B,) bool: the logits are misclassified (target None) or classified as target, by a margin of at
-        least `confidence` over every other class (the true class for untargeted attacks)."""
+        """(B,) bool: the logits are misclassified (target None) or classified as target, by a margin of more
+        than `confidence` > 0 over every other class (the true class for untargeted attacks); with confidence 0, by
+        the argmax."""
         if target is None:
             true = logits.gather(1, y[:, None]).squeeze(1)
             others = logits.scatter(1, y[:, None], -math.inf).amax(1)

@@ -79,7 +79,9 @@ def run(nproc: int = 2, repeats: int = 1, extra: Sequence[str] = ()) -> Report:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nemesis_fast.bench.processes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m nemesis_fast.bench.processes", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--nproc", type=int, default=2, help="processes of the torchrun run (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (default 1)")
     parser.add_argument("--json", help="also write the report to this JSON file")

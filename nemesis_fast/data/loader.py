@@ -174,7 +174,8 @@ def split_validation(
     """Splits off a random `fraction` of the images (rounded to a whole count) as a validation set.
 
     Returns ((train_images, train_labels), (val_images, val_labels)); the same seed gives the same split.
-    fraction = 0 gives an empty validation set.
+    fraction = 0 gives an empty validation set, and a fraction near 1 may leave no training images (which
+    :func:`nemesis_fast.train` refuses).
     """
     check_images_labels(images, labels)
     fraction = check_number(fraction, "fraction", low=0.0, high=1.0, high_inclusive=False)

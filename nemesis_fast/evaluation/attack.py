@@ -53,9 +53,10 @@ class Attacks:
         self._relu_gradient: dict[str, nn.Module] = {}  # BReLU defenses with ReLU's gradient (BPDA)
 
     def eps(self, attack: str, eps: float | None) -> float | None:
-        """The budget of `attack`: `eps`, or the config's for FGSM and R+FGSM when None; None for the others."""
-        if attack in ("fgsm", "rfgsm", "pgd") and eps is None:
-            return getattr(self.config.attack, f"{attack}_eps", None)
+        """The budget of `attack`: `eps`, or the config's for FGSM and R+FGSM when None; None for the others (PGD,
+        white-box only, is always given its eps)."""
+        if attack in ("fgsm", "rfgsm") and eps is None:
+            return getattr(self.config.attack, f"{attack}_eps")
         return eps
 
     def make(
@@ -74,6 +75,8 @@ class Attacks:
                 alpha = a.rfgsm_alpha * (eps / a.rfgsm_eps) if a.rfgsm_eps > 0 else 0.0
             return RandFGSM(model, eps, min(alpha, eps), labels=a.rfgsm_labels, seed=seed)
         if attack == "pgd":
+            if eps is None:
+                raise ValueError("pgd: an eps must be given (the config has none for it: it runs over whitebox_eps)")
             step = a.pgd_step_ratio * eps / a.pgd_steps
             return PGD(model, eps, step, a.pgd_steps, restarts=a.pgd_restarts, seed=seed)
         if attack == "deepfool":

@@ -52,7 +52,8 @@ def receive(template: State, src: int, device: torch.device) -> State:
 
 
 def broadcast(state: State | None, template: State, src: int, device: torch.device) -> State:
-    """`state` of rank `src` on every rank (pass None elsewhere), shaped like `template`, on the CPU."""
+    """`state` of rank `src` on every rank (pass None elsewhere), shaped like `template`: rank `src` gets its own
+    `state` back as given, the others a copy on the CPU."""
     if dist.get_rank() == src:
         if state is None:
             raise ValueError(f"broadcast: rank {src} is the source but has no state")
