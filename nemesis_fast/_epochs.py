@@ -109,7 +109,7 @@ def accuracy(
 class Epochs:
     """One epoch of :func:`train`: its optimizer steps, then validation and the epoch's log line."""
 
-    forward: Callable[[torch.Tensor], torch.Tensor]
+    forward: nn.Module  # the model, or its torch.compile'd module
     optimizer: torch.optim.Optimizer
     recipe: Recipe
     loader: DeviceLoader

@@ -77,9 +77,10 @@ class RandFGSM(Attack):
 
     Args:
         model: maps (B, ...) images to (B, classes) logits.
-        eps: the total Linf budget, >= 0, at most the largest number of x's dtype (checked at the call).
-        alpha: the size of the random step, 0 <= alpha <= eps (Tramer et al. use eps / 2; the seed paper's
-            authors 0.05 at every eps).
+        eps: the total Linf budget, in x's units (pixels in [0, 1]: 0.3 moves a pixel by at most 0.3), >= 0, at
+            most the largest number of x's dtype (checked at the call).
+        alpha: the size of the random step, in x's units, 0 <= alpha <= eps (Tramer et al. use eps / 2; the seed
+            paper's authors 0.05 at every eps).
         labels: "true" (y) or "predicted" (the model's prediction at x', as the seed paper's authors ran it).
         clip, targeted, seed: as for :class:`~nemesis_fast.attacks.Attack`.
     """

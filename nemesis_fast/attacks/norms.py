@@ -13,9 +13,10 @@ Norm = str  # "inf" or "2"
 
 
 def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample (L0, L2, Linf) norms of x_adv - x over all dimensions but the first.
+    """Per-sample (L0, L2, Linf) norms of x_adv - x, both (B, ...) of one shape, over all dimensions but the first.
 
-    L0 counts the elements that differ (int64); L2 and Linf are float32, or float64 for float64 inputs.
+    Returns three (B,) tensors: L0 counts the elements that differ (int64); L2 and Linf, in x's units (pixels in
+    [0, 1]), are float32, or float64 for float64 inputs.
     """
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     delta = (x_adv.to(dtype) - x.to(dtype)).flatten(1)

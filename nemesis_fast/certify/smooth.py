@@ -287,8 +287,9 @@ class Smooth:
         """Cohen et al.'s CERTIFY for every image of x.
 
         Args:
-            x: images (B, ...) of float values, or uint8 read as x / 255; the noisy copies are made in the dtype
-                of the model's parameters, on its device.
+            x: images (B, ...) of float values on sigma's scale (the model's inputs: pixels in [0, 1] for the
+                paper's models), or uint8 read as x / 255; the noisy copies are made in the dtype of the model's
+                parameters, on its device.
             n0: selection draws per image, >= 1 (Cohen et al.: 100).
             n: estimation draws per image, >= 1 (Cohen et al.: 100,000). The largest radius it can certify is
                 sigma * Phi^-1(alpha ** (1 / n)) (:func:`largest_certifiable_radius`; none where that is < 0).

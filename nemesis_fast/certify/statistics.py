@@ -120,7 +120,10 @@ def _check_radii(radii: object) -> list[float]:
 
 
 def certified_accuracy(
-    prediction: torch.Tensor, radius: torch.Tensor, labels: torch.Tensor, radii: list[float] | tuple[float, ...]
+    prediction: torch.Tensor,
+    radius: torch.Tensor,
+    labels: torch.Tensor,
+    radii: Iterable[float] | np.ndarray | torch.Tensor,
 ) -> list[float]:
     """The fraction of images certified correct at each L2 radius r of `radii`: prediction == label (not an
     abstention) and radius >= r.

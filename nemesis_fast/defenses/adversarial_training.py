@@ -24,7 +24,9 @@ from ._halves import clean_and_perturbed_logits
 def fgsm_examples(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, clip: tuple[float, float] = (0.0, 1.0)
 ) -> torch.Tensor:
-    """FGSM images x + eps * sign(grad_x CE(model(x), y)), clipped to `clip` (nemesis_fast.attacks.FGSM)."""
+    """FGSM images x + eps * sign(grad_x CE(model(x), y)), clipped to `clip` (nemesis_fast.attacks.FGSM): (B, ...)
+    of x's shape and dtype, for images x (B, ...) in `clip` and labels y (B,); eps is the Linf step in x's units
+    (pixels in [0, 1]: the paper's 0.3 on MNIST)."""
     return FGSM(model, eps, clip=clip)(x, y)
 
 
@@ -37,7 +39,8 @@ def fgsm_adversarial_loss(
     weight: float = 0.5,
     clip: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """weight * CE(model(x), y) + (1 - weight) * CE(model(x_adv), y), x_adv = FGSM from `model` itself.
+    """weight * CE(model(x), y) + (1 - weight) * CE(model(x_adv), y), x_adv = FGSM from `model` itself: a scalar,
+    each term the batch's mean, for images x (B, ...) in `clip`, labels y (B,) and eps the Linf step in x's units.
 
     The attack runs with the model in eval mode and without touching its gradients; the two losses come from
     one forward pass over the clean and adversarial halves, or, for a model whose batch norms train, from two, the

@@ -79,7 +79,8 @@ class FeatureSqueezing(nn.Module):
         model: maps (B, C, H, W) images in [0, 1] to logits.
         bit_depth: bits per value, 1..16 (the paper's settings: 1 on MNIST, 3 on CIFAR-10; PAPER_BIT_DEPTH);
             None skips the bit-depth reduction.
-        median_size: the window of median smoothing (e.g. 2 or 3), or None for none.
+        median_size: the side of median smoothing's square window, in pixels (e.g. 2 or 3; size // 2 must be
+            below the images' H and W), or None for none.
         bpda: how gradients cross the squeezer. True (the default): BPDA (Athalye et al., 2018) with the
             identity; forward is squeezed, backward passes the gradient straight through, so white-box attacks
             see the model's gradient at the squeezed point. False: the true gradient, which is zero almost

@@ -206,8 +206,13 @@ class FixedNoisyCopies:
 
     Copy c (1..copies) of sample b is x_b + sigma * noise(seed, c - 1, b), with the counter-based noise of
     :func:`nemesis_fast.gaussian_augment` (a pure function of seed, copy and sample index), so any shuffled batch
-    of (copy, sample) pairs is drawn on the fly; copy 0 is the original. `clip`: (low, high) bounds of the noisy
-    copies, or None (the authors' setting: noise not clipped).
+    of (copy, sample) pairs is drawn on the fly; copy 0 is the original.
+
+    Args:
+        sigma: the noise's standard deviation, in the images' units (pixels in [0, 1]; the paper: 0.3), >= 0.
+        copies: noisy copies of every image, >= 0 (the paper: 10).
+        clip: (low, high) bounds of the noisy copies, or None (the authors' setting: noise not clipped).
+        seed: the noise's seed: an int, or None for one drawn from torch's generator (torch.manual_seed governs it).
 
     Used by :class:`nemesis_fast.data.DeviceLoader` as `expand=`; `size` is copies + 1 rows per sample.
     """

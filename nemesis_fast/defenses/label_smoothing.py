@@ -29,7 +29,8 @@ def smooth_labels(
 
 
 def label_smoothing_loss(logits: torch.Tensor, y: torch.Tensor, confidence: float = 0.9) -> torch.Tensor:
-    """The mean cross-entropy between softmax(logits) (B, K) and the smoothed targets of y (B,)."""
+    """The mean cross-entropy (a scalar) between softmax(logits) (B, K) and the smoothed targets of y (B,): the
+    probability `confidence` in [1/K, 1] on y's class, (1 - confidence) / (K - 1) on each other (the paper: 0.9)."""
     check_tensor(logits, "logits", dtypes=FLOAT_DTYPES, ndim=2)
     targets = smooth_labels(y, logits.shape[1], confidence, dtype=torch.float32)
     return F.cross_entropy(logits.float(), targets)

@@ -164,7 +164,8 @@ class Recipe:
         return None
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The scalar training loss of batch (x, y)."""
+        """The scalar training loss of batch (x, y): x (B, C, H, W) float images in [0, 1], y (B,) int64 labels;
+        `model` is the model, or its torch.compile'd module."""
         return F.cross_entropy(model(x).float(), y)
 
     def offline_examples(self, source: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

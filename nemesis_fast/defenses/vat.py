@@ -69,8 +69,9 @@ def vat_perturbation(
 
     Args:
         model: maps images to logits; put in eval mode (and its parameters' requires_grad off) meanwhile.
-        eps: the L2 norm of r_adv (the paper: 2.1 on MNIST).
-        xi: the finite-difference step of the power iteration (1e-6).
+        x: (B, ...) float images in the model's input units (pixels in [0, 1] for the paper's models).
+        eps: the L2 norm of r_adv, in x's units (the paper: 2.1 on MNIST's 784 pixels in [0, 1]).
+        xi: the L2 length of the power iteration's finite-difference step, in x's units (1e-6).
         power_iterations: refinements of the direction (1).
         logits: model(x) in eval mode if already at hand, else computed.
         generator: draws the random start d.
@@ -104,7 +105,13 @@ def vat_loss(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """CE(model(x), y) + alpha * LDS(x): the supervised VAT loss (one forward over x and x + r_adv; two where the
-    model's batch norms train, see the module's docstring)."""
+    model's batch norms train, see the module's docstring), a scalar: the batch's mean.
+
+    Args:
+        model, x, eps, xi, power_iterations, generator: as for :func:`vat_perturbation` (x: (B, ...) images).
+        y: (B,) int64 class labels.
+        alpha: the weight of the LDS term, >= 0 (1).
+    """
     alpha = check_nonnegative(alpha, "alpha")
     r_adv = vat_perturbation(model, x, eps=eps, xi=xi, power_iterations=power_iterations, generator=generator)
     logits_clean, logits_adv = clean_and_perturbed_logits(model, x, x + r_adv.to(x.dtype))

@@ -121,9 +121,11 @@ class Results:
         return [c for c in self.cells if c.setting == "blackbox" and c.attack == attack]
 
     def whitebox(self, attack: str, setting: str = "whitebox") -> list[Cell]:
+        """The cells of `attack` in `setting` ("whitebox", or MASKED: through the defense's own gradient)."""
         return [c for c in self.cells if c.setting == setting and c.attack == attack]
 
     def to_dict(self) -> dict[str, Any]:
+        """The results as plain nested dicts and lists (results.json)."""
         return asdict(self)
 
 
