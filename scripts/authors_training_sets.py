@@ -33,9 +33,11 @@ def noisy_validation(evaluation: Evaluation, name: str, seed: int) -> tuple[tupl
 
 def first_training_images(evaluation: Evaluation, count: int) -> tuple[tuple, tuple]:
     """The first `count` training images, split as Keras' `validation_split` splits them: the last 10% (the run's
-    validation fraction) held out, unshuffled. The authors' `train.py` of 27 June 2017 (6ce5edd24, and 76f39bd7a,
-    which added label smoothing) had the debugging line `X_train, Y_train, ... = X_train[:1000], Y_train[:1000],
-    ...` active; a406287ad commented it out again the next day."""
+    validation fraction; round(count * fraction) images, as the run's first-images models hold out, which is Keras'
+    count - int(count * 0.9) for the counts used, 1,000, 3,000 and 20,000) held out, unshuffled. The authors'
+    `train.py` of 27 June 2017 (6ce5edd24, and 76f39bd7a, which added label smoothing) had the debugging line
+    `X_train, Y_train, ... = X_train[:1000], Y_train[:1000], ...` active; a406287ad commented it out again the next
+    day."""
     data = evaluation.data
     if not 10 <= count <= len(data.train_labels):
         raise SystemExit(f"--train-images must be in [10, {len(data.train_labels)}], got {count}")

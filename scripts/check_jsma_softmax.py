@@ -30,8 +30,11 @@ def main() -> None:
     torch.set_num_threads(1)
     evaluation = paper_evaluation(args.run, args.data_dir)
     attacks, settings = evaluation.attacks, evaluation.config.attack
-    chunk = (0, args.images)
-    x, y = attacks.test_chunk(chunk)
+    if not 1 <= args.images <= evaluation.config.batch_size:
+        # the run draws JSMA's targets per chunk of batch_size images: the first chunk's are the run's targets
+        raise SystemExit(f"--images must be in [1, {evaluation.config.batch_size}] (the run's first chunk)")
+    chunk = (0, evaluation.config.batch_size)
+    x, y = (v[: args.images] for v in attacks.test_chunk(chunk))
     for name in args.models.split(","):
         model = evaluation.models.get(name)
         attacked = attacks.target(name, True)  # the model the run's white-box JSMA attacks (BPDA where it has one)

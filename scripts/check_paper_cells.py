@@ -16,41 +16,41 @@ how far C&W's confidence 10 pushes. VARIANT:
   "same architecture" figure, where the CNN itself is attacked white-box);
 - ``check:TAG``: the model of an earlier defense check (e.g. ``check:standard-first1000``).
 
-``--train-images N`` trains the new source (``seed:N``, ``keras``) on the first N training images only, split as
-for ``defense --train-images``, and ``--epochs N`` for N epochs (the authors' scripts trained for 1 epoch by default
-until 27 June 2017, 6ce5edd24); ``--also TAG,...`` adds the models of earlier defense checks to the judges.
+``--train-images N`` trains the new source (``seed:N``, ``keras``) on the first N training images only, split as for
+``defense --train-images``, and ``--epochs N`` for N epochs (the authors' scripts trained for 1 epoch by default until
+27 June 2017, 6ce5edd24); ``--also TAG,...`` adds the models of earlier defense checks to the judges.
 
 ``attack NAME [--set KEY=VALUE ...] [--eps EPS] [--images N]``: the run's own source and one black-box attack with
 attack settings changed (keys of the config's [attack] section, e.g. ``cw_confidence=0``; same per-chunk seeds),
 on the first N test images, judged by every defense (and by the source itself) beside the run's cached verdicts
 for the same images.
 
-``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--epochs N] [--seed N] [--init keras] [--examples-from
-TAG] [--images N] [--noisy-validation | --keras-validation | --cleverhans-2017 | --train-images N] [--columns
-fgsm,rfgsm,...] [--eps 0.1,0.2,...]``: the defense retrained with recipe settings, the early-stopping patience, the
-epochs, the seed or the initialisation changed (``--init keras``: the authors' Keras 2.0 defaults, as for ``source
-keras``), or validated on the rows the authors' Keras code validated on (``validation_split`` holds out the *last*
-10% of the rows it is given, unshuffled): for GDA noisy held-out images (``--noisy-validation``), or the authors'
-own rows (``--keras-validation``: all 60,000 originals, then 10 noisy copies of all of them, copy by copy, unclipped;
-the last 66,000 rows, noisy copies of images trained on, validate), for the offline recipes (FGSM adversarial
-training, VAT) their examples of the last 12,000 training images, with the originals and the other examples trained
-on (``--keras-validation``: :func:`nemesis_fast.train`'s ``val_rows="last"``, the `paper` preset's own
-validation since 2026-12-03, where the flag then changes nothing; the checks before drew the copies' noise with
-torch.randn, not the library's counter-based noise; with ``--examples-of test`` the examples are made of the
-test images, as the scripts from 15 August 2017 could only use them: 60,000 originals and 3,000 examples trained
-on, 7,000 validated on), or for VAT with its examples made as the authors' code made them (``--cleverhans-2017``:
-cleverhans' vatm given their Keras model's softmax output for logits, 5 power iterations, cleverhans' 2017
-normalisation, its KL averaged over all 60,000 images as their one call did, or over each batch of 1,000 with
-``--vat-mean-over 0``; validated on clean held-out originals as the run), or trained on the first N training images
-only (``--train-images``: the authors' `train.py` of 27 June 2017 trained on the first 1,000, validating on the
-last 100 of them); ``--examples-from TAG`` has the CNN of an earlier check (e.g. ``standard-first1000``) make an
-offline recipe's examples; ``--unfinished`` judges the best weights so far of a check whose training is still going (or
-was stopped), from its epoch checkpoint, without training. Prints each model's accuracy on the clean test and training
-images. Judged beside the run's model on the run's own cached black-box adversarials (all test images, or the first N
-with ``--images N``), crafted again on the run's source with the run's per-chunk seeds where the cache no longer holds
-them (the committed archive keeps verdicts, not images; DeepFool, JSMA and C&W then take long: ``--images`` and
-``--columns`` limit them; whole chunks crafted so go into the run's cache, for the next check). ``--eps`` judges
-FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them at 0.1-1.0).
+``defense NAME [--set KEY=VALUE ...] [--patience N|none] [--epochs N] [--seed N] [--init keras] [--examples-from TAG]
+[--images N] [--noisy-validation | --keras-validation | --cleverhans-2017 | --train-images N] [--columns fgsm,rfgsm,...]
+[--eps 0.1,0.2,...]``: the defense retrained with recipe settings, the early-stopping patience, the epochs, the seed or
+the initialisation changed (``--init keras``: the authors' Keras 2.0 defaults, as for ``source keras``), or validated on
+the rows the authors' Keras code validated on (``validation_split`` holds out the *last* 10% of the rows it is given,
+unshuffled): for GDA noisy held-out images (``--noisy-validation``), or the authors' own rows (``--keras-validation``:
+all 60,000 originals, then 10 noisy copies of all of them, copy by copy, unclipped; the last 66,000 rows, noisy copies
+of images trained on, validate), for the offline recipes (FGSM adversarial training, VAT) their examples of the last
+12,000 training images, with the originals and the other examples trained on (``--keras-validation``:
+:func:`nemesis_fast.train`'s ``val_rows="last"``, the `paper` preset's own validation since 2026-12-03, where the flag
+then changes nothing; the checks before drew the copies' noise with torch.randn, not the library's counter-based noise;
+with ``--examples-of test`` the examples are made of the test images, as the scripts from 15 August 2017 could only use
+them: 60,000 originals and 3,000 examples trained on, 7,000 validated on), or for VAT with its examples made as the
+authors' code made them (``--cleverhans-2017``: cleverhans' vatm given their Keras model's softmax output for logits, 5
+power iterations, cleverhans' 2017 normalisation, its KL averaged over all 60,000 images as their one call did, or over
+each batch of 1,000 with ``--vat-mean-over 0``; validated as the run validates VAT, on the last rows since 2026-12-03),
+or trained on the first N training images only (``--train-images``: the authors' `train.py` of 27 June 2017 trained on
+the first 1,000, validating on the last 100 of them); ``--examples-from TAG`` has the CNN of an earlier check (e.g.
+``standard-first1000``) make an offline recipe's examples; ``--unfinished`` judges the best weights so far of a check
+whose training is still going (or was stopped), from its epoch checkpoint, without training. Prints each model's
+accuracy on the clean test and training images. Judged beside the run's model on the run's own cached black-box
+adversarials (all test images, or the first N with ``--images N``), crafted again on the run's source with the run's
+per-chunk seeds where the cache no longer holds them (the committed archive keeps verdicts, not images; DeepFool, JSMA
+and C&W then take long: ``--images`` and ``--columns`` limit them; whole chunks crafted so go into the run's cache, for
+the next check). ``--eps`` judges FGSM and R+FGSM at these eps instead of the table's (the authors' notebook plots them
+at 0.1-1.0).
 
 ``--preset paper_table`` (before the kind of check) crafts and judges with that preset's attack settings (JSMA theta
 0.1, C&W confidence 2.3: the scripts' until 16 August 2017) beside its verdicts in the same cache; the results file
@@ -189,17 +189,20 @@ def check_attack(evaluation: Evaluation, args: argparse.Namespace, folder: Path)
     for key, value in changes.items():
         if not hasattr(config.attack, key):
             raise SystemExit(f"--set: unknown attack setting {key!r}")
+        # only the attack's own settings change what it crafts (the image counts change the chunks judged, not it)
+        if not key.startswith(f"{attack}_") or key.endswith("_test_samples"):
+            raise SystemExit(f"--set: {key!r} does not change how {attack} crafts its images")
         setattr(config.attack, key, value)
     try:
         validate(config)
     except ConfigError as error:
         raise SystemExit(f"--set: {error}") from error
-    eps = args.eps if args.eps is not None else evaluation.attacks.eps(attack, None)
+    attacks = Attacks(config, evaluation.data, evaluation.models, evaluation.cache)
+    eps = args.eps if args.eps is not None else attacks.eps(attack, None)  # the changed config's eps, where set
     tag = results_name("-".join([f"attack-{attack}", *(f"{k}{v}" for k, v in changes.items())]), args)
     path = results_file(folder, tag, args)
     source = evaluation.models.get(SOURCE)
     judges = {d: evaluation.models.get(d) for d in evaluation.config.defenses} | {"source": source}
-    attacks = Attacks(config, evaluation.data, evaluation.models, evaluation.cache)
     cell = crafted_on(evaluation, attacks, source, attack, eps, args.images, judges)
     for name, a in cell["accuracy"].items():
         run = "" if a["run_source"] is None else f"run {a['run_source']:.2f} -> "

@@ -63,17 +63,28 @@ def train_variant(
     model = models.build(name)
     if init == "keras":
         keras_init(model)
-    path = folder / f"{tag}.pt"
+    path, record = folder / f"{tag}.pt", folder / f"{tag}.settings.json"
+    key = models.key(name)
+    # what the weights were trained from: the run's model key (preset, data, training) and what the check changed
+    settings_of_weights = json.dumps(
+        {"key": key, "seed": seed, "init": init, "rows": rows is not None, "recipe": recipe, "changes": changes},
+        sort_keys=True,
+        default=str,
+    )
     if path.is_file():
+        if record.is_file() and record.read_text() != settings_of_weights:
+            raise SystemExit(f"{path} was trained with other settings than this check's ({record}); remove both")
+        if not record.is_file():
+            print(f"{tag}: loading {path}, trained before its settings were recorded", flush=True)
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
     folder.mkdir(parents=True, exist_ok=True)
-    key = models.key(name)
     settings = {**(key["recipe_settings"] if recipe is None else {}), **changes.pop("settings", {})}
     budget = {**models.budget(name), "seed": seed, **changes}
     if source is None and "source_model" in key and recipe is None:
-        source = models.get("standard")
-    data = (evaluation.data.train_images, evaluation.data.train_labels)
+        source = models.get(models.examples_source(name))  # the run's: the standard CNN, or the first images' CNN
+    data, validation = models._training_data(name)  # the run's: all the training images, or the first ones
+    budget |= validation
     if rows is not None:
         data, budget["val_data"] = rows()
         budget["val_fraction"], budget["val_rows"] = 0.0, "images"
@@ -84,6 +95,7 @@ def train_variant(
     epochs = f"epoch {result.best_epoch} of {len(result.history)}"
     print(f"{tag}: best validation accuracy {100 * result.val_accuracy:.2f}% ({epochs})", flush=True)
     torch.save(model.state_dict(), path)
+    record.write_text(settings_of_weights)
     (folder / f"{tag}.ckpt").unlink(missing_ok=True)
     return model.eval()
 
@@ -194,9 +206,16 @@ def chunk_stop(chunk: tuple[int, int], limit: int) -> int:
 def table_columns(names: str | None, eps_list: str | None) -> list[tuple[str, float | None]]:
     """The (attack, eps) cells to judge: the table's columns named in `names` (None: all), FGSM and R+FGSM at each
     eps of `eps_list` (comma-separated; None: the table's eps)."""
-    chosen = [(a, eps) for a, eps in COLUMNS if names is None or a in names.split(",")]
+    known = [a for a, _ in COLUMNS]
+    asked = known if names is None else names.split(",")
+    unknown = [a for a in asked if a not in known]
+    if unknown:
+        raise SystemExit(f"--columns: {', '.join(unknown)} is no column of the table ({', '.join(known)})")
+    chosen = [(a, eps) for a, eps in COLUMNS if a in asked]
     if eps_list is None:
         return chosen
+    if not any(a in ("fgsm", "rfgsm") for a, _ in chosen):
+        raise SystemExit("--eps sets FGSM's and R+FGSM's eps, and neither is among the columns")
     sweep = [float(e) for e in eps_list.split(",")]
     return [(a, e) for a, eps in chosen for e in (sweep if a in ("fgsm", "rfgsm") else [eps])]
 
