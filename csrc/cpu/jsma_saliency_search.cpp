@@ -30,13 +30,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/simd.h"
 #include "jsma_saliency_search.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define NEMESIS_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NEMESIS_FAST_CPU_CLONES
-#endif
 
 namespace nemesis_fast::jsma_saliency_search {
 namespace {
