@@ -136,12 +136,27 @@ class Epochs:
         record = {"epoch": epoch, **self._steps(bar or self.loader, result)}
         val = self.val
         has_val = val is not None and len(val[1])
-        record["val_accuracy"] = accuracy(self.forward, *val, device=self.device, amp=self.amp) if has_val else None
+        if has_val:
+            try:
+                record["val_accuracy"] = accuracy(self.forward, *val, device=self.device, amp=self.amp)
+            except NaNLogitsError as error:
+                raise NaNLogitsError(f"the model's validation logits became NaN ({error})") from error
+        else:
+            record["val_accuracy"] = None
+            if record["images"]:  # a step ran
+                self._check_weights_finite()
         record["seconds"] = time.perf_counter() - started
         result.history.append(record)
         val_text = f" val_acc {record['val_accuracy']:.4f}" if has_val else ""
         self.say(f"{name} epoch {epoch}/{epochs} loss {record['loss']:.4f}{val_text} {record['seconds']:.1f}s")
         return record
+
+    def _check_weights_finite(self) -> None:
+        """NaNLogitsError where a weight became NaN or infinite: without a validation set, whose NaN logits tell,
+        the one sign that training diverged (one host synchronisation per epoch)."""
+        weights = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if weights and not torch.stack([torch.isfinite(p).all() for p in weights]).all():
+            raise NaNLogitsError("the model's weights became NaN or infinite (no validation set to check its logits)")
 
     def _steps(self, batches: Iterable, result: TrainResult) -> dict[str, Any]:
         """One pass over `batches`: {"loss": the mean training loss (nan when no step ran), "images": the training
@@ -244,7 +259,8 @@ def run_epochs(
             break
         if epoch_runner.spent(result):
             break
-        run.save(epoch_state(epoch, epoch_runner, result, stopping))
+        if run.checkpoint is not None:  # the state copies every weight to the host: only for a checkpoint
+            run.save(epoch_state(epoch, epoch_runner, result, stopping))
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         result.val_accuracy = stopping.best_accuracy
@@ -259,9 +275,9 @@ def _diverged(
     recipe: Recipe,
     checkpointed: bool,
 ) -> NaNLogitsError:
-    """The error to raise where validation after `epoch` met NaN logits: the model is first given back the weights
-    of its best epoch (where one validated), which the message names, as it names what the checkpoint (where
-    `checkpointed`) keeps: the epoch before, not saved over."""
+    """The error to raise where `epoch` diverged (NaN validation logits; without validation, NaN or infinite
+    weights): the model is first given back the weights of its best epoch (where one validated), which the message
+    names, as it names what the checkpoint (where `checkpointed`) keeps: the epoch before, not saved over."""
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
         result.val_accuracy = stopping.best_accuracy
@@ -271,6 +287,6 @@ def _diverged(
     if checkpointed and epoch > 1:
         kept += f"; the checkpoint keeps epoch {epoch - 1}"
     return NaNLogitsError(
-        f"{recipe.name}: training diverged in epoch {epoch}: the model's validation logits became NaN ({error}); "
-        f"{kept}. Try a lower lr, or amp='bf16' rather than 'fp16'"
+        f"{recipe.name}: training diverged in epoch {epoch}: {error}; {kept}. Try a lower lr, or amp='bf16' "
+        "rather than 'fp16'"
     )

@@ -210,7 +210,8 @@ def train(
         patience: stop after this many epochs without a better validation accuracy; None never stops early.
             With a validation set the model ends with the weights of its best epoch. Where the model's
             validation logits become NaN (training diverged), ValueError naming the epoch, raised after the model
-            is given back the weights of its best epoch (the checkpoint keeps the epoch before).
+            is given back the weights of its best epoch (the checkpoint keeps the epoch before); without
+            validation, the same where its weights become NaN or infinite.
         seed: seeds torch's global generator (dropout), the shuffling, GDA's noise and VAT's directions.
         device: default: the GPU when one is visible. The model is moved there.
         amp: False, True ("bf16") or "fp16" (with gradient scaling): autocast for the forward passes.
@@ -319,6 +320,8 @@ def _keep_trained_source(
     """Keeps the source model :func:`train` trained with every state `run` saves, so that a resumed run makes its
     examples with the same source; where the run is `first` (not resumed), saves at once the state before epoch 1,
     so that an interruption in epoch 1 keeps the source too."""
+    if run.checkpoint is None:
+        return
     run.kept = {"trained_source": {k: v.detach().cpu() for k, v in source_model.state_dict().items()}}
     if first:
         run.save(epoch_state(0, epoch_runner, result, stopping))

@@ -202,6 +202,34 @@ def test_deepfool_margin_scales_with_the_clip_range():
         assert torch.equal(wide.x_adv, unit.x_adv * 256)
 
 
+def test_carlini_wagner_weighs_the_distance_in_units_of_the_clip_range():
+    """The same linear model on [0, 256] images takes the same steps, 256 times larger: the loss's distance is taken
+    in units of the clip range (in pixel units, initial_const weighed it 65,536 times more on [0, 256]: on a CNN
+    trained on MNIST, 7 of 16 images fooled on [0, 255] against 15 on [0, 1])."""
+    model, x, y = linear_case()
+
+    def scaled(images: torch.Tensor) -> torch.Tensor:
+        return model(images / 256)
+
+    options = dict(initial_const=1.0, binary_search_steps=3, max_iter=50, learning_rate=0.05)
+    unit = CarliniWagnerL2(model, **options).run(x, y)
+    wide = CarliniWagnerL2(scaled, clip=(0.0, 256.0), **options).run(x * 256, y)
+    assert unit.success.all() and torch.equal(wide.success, unit.success)
+    assert torch.equal(wide.x_adv, unit.x_adv * 256) and torch.equal(wide.iterations, unit.iterations)
+
+
+def test_without_a_clip_deepfool_reaches_the_nearest_boundary_with_the_papers_margin():
+    """Data far outside any clip that would suit it (a wide clip was the only way, and its margin grew with it)."""
+    model, x, _ = linear_case()
+    x = (x - 0.5) * 40
+    y = model(x).argmax(1)
+    minimal = nearest_boundary(model, x, y)
+    result = DeepFool(model, overshoot=0.0, clip=None).run(x, y)
+    assert result.success.all() and (result.iterations == 1).all()
+    assert (result.l2 >= minimal).all() and (result.l2 <= minimal + 1.01e-4).all()
+    assert step_margin(None, torch.float32) == 1e-4 and step_margin(None, torch.bfloat16) == 2**-7
+
+
 def test_deepfool_margin_values():
     """1e-4 of the clip range (the paper's 1e-4 on [0, 1], exactly: float32 results there are unchanged), at least
     the spacing of x's dtype at the bounds."""
@@ -225,7 +253,8 @@ def test_deepfool_linf_on_a_linear_model():
 def test_carlini_wagner_nearly_reaches_the_minimal_l2_on_a_linear_model():
     model, x, y = linear_case()
     minimal = nearest_boundary(model, x, y)
-    cw = CarliniWagnerL2(model, initial_const=1.0, binary_search_steps=6, max_iter=200, clip=(-3.0, 4.0))
+    # c = 1 / 49: the distance is weighed in units of the clip range, 7
+    cw = CarliniWagnerL2(model, initial_const=1 / 49, binary_search_steps=6, max_iter=200, clip=(-3.0, 4.0))
     result = cw.run(x, y)
     assert result.success.all()
     assert (result.l2 >= minimal * (1 - 1e-6)).all()  # nothing closer than the boundary is adversarial

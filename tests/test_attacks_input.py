@@ -182,6 +182,57 @@ def test_an_l2_step_on_a_non_finite_gradient_is_no_step(make):
     torch.testing.assert_close(out[[0, 1, 2, 4]], alone[[0, 1, 2, 4]])  # x * s / s: a rounding off
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_that_changes_its_input_in_place_is_refused_and_x_left_alone(name):
+    """A model normalising in place (images.sub_(0.5)) rewrote the caller's x, which the attack then blamed."""
+    model = small_model()
+    x, y = data()
+    given = x.clone()
+
+    def normalises_in_place(images):
+        return model(images.sub_(0.5).div_(0.5))
+
+    with pytest.raises(ValueError, match="model changed its input in place"):
+        attacks(normalises_in_place)[name](x, y)
+    assert torch.equal(x, given)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_with_integer_logits_is_named(name):
+    """torch's errors from inside the attacks ("log_softmax_lastdim_kernel_impl" not implemented for 'Long')."""
+    model = small_model()
+    x, y = data()
+    with pytest.raises(ValueError, match="model must give floating-point logits, got int64 ones"):
+        attacks(lambda images: (model(images) * 100).long())[name](x, y)
+
+
+@pytest.mark.parametrize("scale", [1e-36, 1e24])
+def test_l2_attacks_step_where_the_gradients_squares_under_or_overflow(scale):
+    """A gradient of entries below about 1e-19 (a saturated softmax) has a float32 L2 norm of 0 (its squares
+    underflow), one above 1e19 of inf: FGSM and PGD with norm "2" took no step and DeepFool with norm "2" none
+    either, reporting such images robust."""
+    from nemesis_fast.attacks.norms import flat_norm, l2_norm
+
+    model = small_model()
+    x, _ = data()
+    y = model(x).argmax(1)  # every image classified as its label: each one is attacked
+    tiny = torch.full((2, 64), scale)
+    assert torch.allclose(flat_norm(tiny, "2").flatten(), torch.full((2,), 8 * scale), rtol=1e-6)
+    plain = torch.randn(3, 5, 7)
+    assert torch.equal(l2_norm(plain, 1), plain.flatten(1).norm(dim=1)), "the plain norm, bit for bit, elsewhere"
+
+    def scaled(images: torch.Tensor) -> torch.Tensor:  # the same decision boundaries
+        return model(images) * scale
+
+    makes = [lambda m: DeepFool(m, max_iter=20)]
+    if scale < 1:  # at 1e24 the softmax saturates: the cross-entropy's gradient is exactly 0
+        makes += [lambda m: FGSM(m, 1.0, norm="2"), lambda m: PGD(m, 1.0, 0.25, 8, norm="2", random_start=False)]
+    for make in makes:
+        ours, reference = make(scaled).run(x, y), make(model).run(x, y)
+        assert ours.success.sum() >= reference.success.sum() > 0
+        assert (ours.l2 > 0).all()
+
+
 def test_model_whose_class_count_changes():
     model = small_model()
     x, y = data()

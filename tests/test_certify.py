@@ -319,6 +319,17 @@ X = torch.rand(2, 1, 2, 2)
         (lambda: Smooth(_linear(), 0.5, 3).certify(X[0, 0, 0], 1, 10, 0.1), ValueError, "x must have at least 2"),
         (lambda: Smooth(_linear(), 0.5, 3).certify(X, 1, 10, 0.1, offset=-1), ValueError, "offset must be >= 0"),
         (lambda: Smooth(_linear(), 0.5, 4).certify(X, 1, 10, 0.1), ValueError, "num_classes=4"),
+        (
+            lambda: certified_accuracy(-torch.ones(2, dtype=int), torch.zeros(2), -torch.ones(2, dtype=int), [0.0]),
+            ValueError,
+            "labels must be classes",
+        ),  # counted abstentions on label -1 as certified correct
+        (
+            lambda: Smooth(_linear(), 0.5, 3).certify(X, 1, 10, 0.1).certified_accuracy(torch.tensor([0, 7])),
+            ValueError,
+            "labels must be classes below 3, got 7",
+        ),
+        (lambda: Smooth(lambda x: _linear()(x) > 0, 0.5, 3).certify(X, 1, 10, 0.1), ValueError, "real-valued logits"),
         (lambda: clopper_pearson_lower(3, 2, 0.1), ValueError, "successes <= trials"),
         (lambda: clopper_pearson_lower(1.5, 2, 0.1), TypeError, "integer counts"),
         (lambda: certified_radius(0.9, 0), ValueError, "sigma must be > 0"),

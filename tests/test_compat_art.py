@@ -532,3 +532,19 @@ def test_deepfool_stops_an_image_its_step_leaves_unchanged():
     got = nfa.DeepFool(classifier(model), **settings).generate(x.numpy())
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert peer_calls >= 50 and calls[0] <= 6
+
+
+def test_saliency_map_method_takes_arts_features_where_the_gradient_ties():
+    """A flat gradient (1-bit feature squeezing attacked through its own gradient) ties most features: topk took
+    other tied features than ART's np.argpartition (the drop-in changed features 38-45 where ART changed 56-63)."""
+    from nemesis_fast.defenses import FeatureSqueezing as Squeezing
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    squeezed = Squeezing(net, 1, bpda=False).eval()
+    clf = PyTorchClassifier(squeezed, nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 1.0))
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)).numpy()
+    targets = np.array([1, 2, 3, 5])
+    ours = nfa.SaliencyMapMethod(clf, theta=1.0, gamma=0.1, verbose=False).generate(x, targets)
+    peers = evasion.SaliencyMapMethod(clf, theta=1.0, gamma=0.1, verbose=False).generate(x, targets)
+    assert (ours != x).any() and np.array_equal(ours, peers)

@@ -349,3 +349,18 @@ def test_deepfool_stops_an_image_its_step_leaves_unchanged():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-7)
     assert torch.equal(targets, expected_targets)
     assert (got[:2] == 0).all() and peer_calls >= 50 * len(x) and calls[0] <= 6
+
+
+def test_deepfool_leaves_an_image_whose_step_is_zero_over_zero():
+    """Where the model's gradient is 0 (1-bit feature squeezing attacked through its own gradient), torchattacks'
+    step is 0 / 0 and the drop-in returned NaN images, as torchattacks does; it now leaves them where they are."""
+    from nemesis_fast.defenses import FeatureSqueezing
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    model = FeatureSqueezing(net, 1, bpda=False).eval()
+    x = torch.rand(6, 1, 4, 4)
+    y = model(x).argmax(1)
+    assert torchattacks.DeepFool(model, steps=5)(x, y).isnan().all(), "torchattacks' own NaN images"
+    got = nft.DeepFool(model, steps=5)(x, y)
+    assert torch.equal(got, x)

@@ -52,8 +52,9 @@ def test_logit_gradients_of_kept_equal_those_of_the_kept_images(path, kept):
             seen.append(logits)
             return mask
 
-        logits, got_mask, grads = jacobian.products_of_kept(x, weights, keep)
+        logits, got_mask, rows, grads = jacobian.products_of_kept(x, weights, keep)
     assert torch.equal(got_mask, mask) and len(seen) == 1 and not seen[0].requires_grad
+    assert torch.equal(rows, mask.nonzero().squeeze(1))
     torch.testing.assert_close(logits, all_logits)
     assert grads.shape == (2, kept, *SHAPE)
     torch.testing.assert_close(grads, all_grads[:, mask])
@@ -66,7 +67,7 @@ def test_logit_gradients_of_kept_take_weight_functions_and_keep_predictions():
         labels = model(x).argmax(1)
         labels[:4] = (labels[:4] + 1) % CLASSES  # these four are no longer predicted as their label
         identity = torch.eye(CLASSES)[:, None, :].expand(-1, len(x), -1)
-        logits, mask, grads = LogitJacobian(model).products_of_kept(x, lambda out: identity, predicts(labels))
+        logits, mask, _, grads = LogitJacobian(model).products_of_kept(x, lambda out: identity, predicts(labels))
         _, expected = LogitJacobian(model).products(x[4:], identity[:, 4:])
     assert mask.tolist() == [False] * 4 + [True] * (len(x) - 4)
     torch.testing.assert_close(grads, expected)

@@ -291,3 +291,15 @@ def test_bad_targets_and_images():
         attack(x + 2, y, (y + 1) % CLASSES)
     result = attack.run(x[:0], y[:0], y[:0])
     assert result.x_adv.shape == (0, *SHAPE)
+
+
+def test_a_gamma_that_allows_no_step_is_told():
+    """On 8 features gamma 0.1 gives a budget of floor(0.4) = 0 steps: every image came back unchanged, reported as
+    a failure, without a word."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, CLASSES)).double()
+    x = torch.rand(3, 8, dtype=torch.float64)
+    y = model(x).argmax(1)
+    target = (y + 1) % CLASSES
+    with pytest.warns(UserWarning, match=r"gamma=0.1 allows no step on images of 8 features .* >= 2 / n = 0.25"):
+        assert torch.equal(JSMA(model)(x, y, target), x)
+    assert JSMA(model, gamma=0.25).run(x, y, target).iterations.max() == 1

@@ -341,6 +341,34 @@ def test_a_run_that_diverges_names_the_epoch_and_gives_back_the_best_weights():
     assert all(torch.equal(value, best[name]) for name, value in model.state_dict().items())
 
 
+def test_a_run_without_validation_that_diverges_names_the_epoch():
+    """Without validation a diverged run returned normally, every weight NaN and the epoch's loss logged as nan."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), _Diverge(at=10), nn.ReLU(), nn.Linear(16, 10))
+    match = r"diverged in epoch 2: the model's weights became NaN or infinite .*keeps the diverged weights"
+    with pytest.raises(ValueError, match=match):  # 40 images in batches of 8: 5 steps an epoch
+        train(model, tiny_set(), **quiet(epochs=5, batch_size=8, val_fraction=0.0, patience=None))
+
+
+def test_a_model_with_one_output_or_integer_logits_is_refused():
+    """One logit trained to loss 0 and validation accuracy 1.0, learning nothing; integer logits failed in
+    autograd ("element 0 of tensors does not require grad")."""
+    one = nn.Sequential(nn.Flatten(), nn.Linear(36, 1))
+    with pytest.raises(ValueError, match="model must output logits for at least 2 classes, got 1"):
+        train(one, (tiny_set()[0], torch.zeros(40, dtype=torch.int64)), **quiet())
+
+    class Rounded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x).long()
+
+    with pytest.raises(ValueError, match="model must give floating-point logits, got int64 ones"):
+        train(Rounded(), tiny_set(), **quiet())
+
+
 def test_a_recipe_object_trains_as_its_name_however_often_it_is_reused():
     """VAT's generator went on from where the last train() left it, and train's seed did not seed it."""
     data, kwargs = tiny_set(), quiet(epochs=1, batch_size=8, val_fraction=0.0)

@@ -102,7 +102,8 @@ class Attack:
         clip: (low, high), low < high: the range of valid pixel values; outputs lie in it, and so must inputs, up
             to a few units in the last place of their dtype at the bounds' magnitude (:func:`clip_tolerance`:
             the rounding of bounds computed in another precision, or of x.clamp(*clip) in x's dtype); such an input
-            is clamped into clip first, and the result's norms are measured from the clamped images.
+            is clamped into clip first, and the result's norms are measured from the clamped images. None: no bounds
+            (tabular or standardised data): inputs are not checked against any, and outputs are not clipped.
         targeted: when True and no `target` is given to a call, targets are drawn uniformly among the wrong
             classes (with `seed`). Passing `target=` to a call makes that call targeted either way.
         seed: an int (every call starts from the same random state: reproducible), a torch.Generator (its
@@ -123,17 +124,19 @@ class Attack:
         self,
         model: Callable[[torch.Tensor], torch.Tensor],
         *,
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be a callable mapping images to logits, got {type(model).__name__}")
         self.model = model
-        low, high = check_range(clip, "clip")
-        if not low < high:
-            raise ValueError(f"clip must have low < high, got {clip!r}")
-        self.clip = (low, high)
+        self.clip: tuple[float, float] | None = None
+        if clip is not None:
+            low, high = check_range(clip, "clip")
+            if not low < high:
+                raise ValueError(f"clip must have low < high, got {clip!r}")
+            self.clip = (low, high)
         check_bool(targeted, "targeted")
         if targeted and not self.supports_targeted:
             raise ValueError(f"targeted=True: {type(self).__name__} has no targeted mode")
@@ -190,7 +193,9 @@ class Attack:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's logits for `x`, checked to be (B, num_classes). Where the model fails on x of another dtype
-        than its parameters', ValueError naming x (torch's error names a layer's input and bias)."""
+        than its parameters', ValueError naming x (torch's error names a layer's input and bias); ValueError where
+        the model changes its input in place (the attack's images would no longer be those it attacks)."""
+        version = None if x.is_inference() else x._version  # inference tensors keep no version
         try:
             out = self.model(x)
         except torch.OutOfMemoryError:
@@ -203,9 +208,16 @@ class Attack:
                 f"x is {dtype_name(x.dtype)} and the model's parameters are {dtype_name(model_dtype)}, and the model "
                 f"failed on it ({error}); pass x in {dtype_name(model_dtype)}"
             ) from error
+        if version is not None and x._version != version:
+            raise ValueError(
+                "model changed its input in place (an in-place op such as x.sub_() or clamp_() on the images it is "
+                "given); an attack needs a model that leaves its input as it is: use the out-of-place op (x = x - m)"
+            )
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for B={x.shape[0]} got {shape}")
+        if not out.is_floating_point():
+            raise ValueError(f"model must give floating-point logits, got {dtype_name(out.dtype)} ones")
         if self.num_classes is not None and out.shape[1] != self.num_classes:
             raise ValueError(f"model gave {out.shape[1]} logits per image, earlier {self.num_classes}")
         return out
@@ -249,9 +261,10 @@ class Attack:
 
     def logit_gradients_of_kept(
         self, x: torch.Tensor, weights: Weights, keep: Callable[[torch.Tensor], torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits (B, C), mask (B,), grads (K, kept, ...)): as :meth:`logit_gradients`, for the images whose
-        logits `keep` keeps (a function of the detached logits returning a (B,) bool mask) only: the forward pass
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B, C), mask (B,), rows (kept,), grads (K, kept, ...)): as :meth:`logit_gradients`, for the images
+        whose logits `keep` keeps (a function of the detached logits returning a (B,) bool mask) only, with their
+        row indices (int64; index with them: a mask index synchronises with the host on a GPU): the forward pass
         that decides which images an iterative attack stops also serves the others' gradients."""
         return self._jacobian.products_of_kept(x, weights, keep)
 
@@ -260,8 +273,8 @@ class Attack:
         return dtype
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` clamped into `clip`."""
-        return x.clamp(*self.clip)
+        """`x` clamped into `clip` (x itself without one)."""
+        return x if self.clip is None else x.clamp(*self.clip)
 
     def is_adversarial(
         self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, confidence: float = 0.0

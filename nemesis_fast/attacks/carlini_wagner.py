@@ -19,10 +19,13 @@ _ADAM_EPS = 1e-8
 
 
 class CarliniWagnerL2(Attack):
-    """Carlini-Wagner L2: minimise ||x' - x||_2^2 + c * f(x') over w, with x' = low + (high - low) *
+    """Carlini-Wagner L2: minimise ||x' - x||_2^2 / (high - low)^2 + c * f(x') over w, with x' = low + (high - low) *
     (tanh(w) + 1) / 2 inside `clip`, by Adam; f(x') = max(Z_y - max_{i != y} Z_i + confidence, 0) untargeted,
     max(max_{i != t} Z_i - Z_t + confidence, 0) targeted, on the logits Z (never negative, so that the loss
-    test of `abort_early` can fire whatever the confidence).
+    test of `abort_early` can fire whatever the confidence). The distance is taken in units of the clip range, so
+    that c weighs it alike on [0, 1] and [0, 255] images (on [0, 1], the paper's objective); the L2 norms reported
+    are in pixel units. Without a clip (None), Adam optimises the images themselves (x' = w, from w = x), and the
+    distance is in their units.
 
     Each image has its own c: it starts at `initial_const`; after each of the `binary_search_steps` runs of
     at most `max_iter` Adam steps (from w = atanh of x, with fresh Adam state), an image that found an
@@ -81,14 +84,12 @@ class CarliniWagnerL2(Attack):
         self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        low, high = self.clip
-        half_range = (high - low) / 2
         # Images adversarial at x already have the smallest perturbation there is: they take no step.
         todo = ~self.is_adversarial(self.logits(x), y, target, self.confidence)
         # The optimisation runs in float32 at least (the model sees its images in x's dtype): in float16 the tanh
         # change of variable would put the pixels on the clip bounds at infinity, and c's bound overflows.
         self._model_dtype, x = x.dtype, x.to(self.step_dtype(x.dtype))
-        w_start = torch.atanh(((x - low) / half_range - 1) * _TANH_SCALE)
+        w_start = self._variable_of(x)
         labels = y if target is None else target
         best_l2 = torch.full((batch,), math.inf, dtype=x.dtype, device=x.device)
         best_adv = x.clone()
@@ -96,7 +97,7 @@ class CarliniWagnerL2(Attack):
         const = torch.full((batch,), self.initial_const, dtype=x.dtype, device=x.device)
         lower = torch.zeros_like(const)
         upper = torch.full_like(const, _UNBOUNDED)
-        best_l2[~todo] = 0
+        best_l2.masked_fill_(~todo, 0)  # not best_l2[~todo] = 0: a mask index synchronises with the host on a GPU
         index = todo.nonzero().squeeze(1)
         if index.numel() == 0:
             return best_adv, iterations
@@ -109,6 +110,22 @@ class CarliniWagnerL2(Attack):
             upper = torch.where(found, torch.minimum(upper, const), upper)
             const = torch.where(upper < _UNBOUNDED / 10, (lower + upper) / 2, const * 10)
         return best_adv, iterations
+
+    def _variable_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The variable w that Adam optimises, at images x: atanh of x scaled to [-1, 1] in `clip`; without a clip,
+        the images themselves."""
+        if self.clip is None:
+            return x.clone()
+        low, high = self.clip
+        return torch.atanh(((x - low) / ((high - low) / 2) - 1) * _TANH_SCALE)
+
+    def _image_of(self, w: torch.Tensor) -> torch.Tensor:
+        """The images of variables w: low + (high - low) * (tanh(w) + 1) / 2, inside `clip`; w without one."""
+        if self.clip is None:
+            return w
+        low, high = self.clip
+        half_range = (high - low) / 2
+        return torch.tanh(w) * half_range + (low + half_range)
 
     def _optimise(
         self,
@@ -125,8 +142,7 @@ class CarliniWagnerL2(Attack):
     ) -> torch.Tensor:
         """One run of Adam at fixed c for the images `index`; updates best_l2, best_adv and iterations in
         place and returns a (B,) mask of the images that found an adversarial in this run."""
-        low, high = self.clip
-        half_range = (high - low) / 2
+        span = 1.0 if self.clip is None else self.clip[1] - self.clip[0]
         found = torch.zeros_like(y, dtype=torch.bool)
         # The state of the images still running, compacted; written back when images leave and at the end.
         run = _Run(index, x, labels, y, target, const, best_l2, best_adv, w_start)
@@ -138,15 +154,17 @@ class CarliniWagnerL2(Attack):
         written = 0  # the iterations already added to `iterations` for the running images
 
         def loss_fn(w_leaf: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            image = torch.tanh(w_leaf) * half_range + (low + half_range)
+            image = self._image_of(w_leaf)
             logits = self.logits(image.to(self._model_dtype))
             if not logits.requires_grad:  # the loss would still have a gradient, through its L2 term alone
                 raise ValueError(NO_GRADIENT_PATH)
-            l2_sq = (image - run.x).flatten(1).square().sum(1)
+            delta = (image - run.x).flatten(1)
+            l2_sq = delta.square().sum(1)
+            distance = l2_sq if span == 1 else (delta / span).square().sum(1)
             wanted = logits.gather(1, run.labels[:, None]).squeeze(1)
             other = logits.scatter(1, run.labels[:, None], -math.inf).amax(1)
             margin = wanted - other if target is None else other - wanted
-            return l2_sq + run.const * (margin + self.confidence).clamp_min(0), image, logits, l2_sq
+            return distance + run.const * (margin + self.confidence).clamp_min(0), image, logits, l2_sq
 
         for it in range(self.max_iter):
             grad, (loss, image, logits, l2_sq) = self.input_gradient(run.w, loss_fn)

@@ -9,7 +9,7 @@ import torch
 from .._checks import check_int, check_nonnegative
 from .base import Attack
 from .jacobian import difference_weights, predicts
-from .norms import Norm, check_norm, flat_norm
+from .norms import Norm, check_norm, flat_norm, l2_norm
 from .precision import model_input_dtype, spacing
 
 # Added to each step's length, as a fraction of the clip range, so that a step lands past the boundary: the paper's
@@ -17,12 +17,13 @@ from .precision import model_input_dtype, spacing
 _STEP_MARGIN = 1e-4
 
 
-def step_margin(clip: tuple[float, float], dtype: torch.dtype) -> float:
+def step_margin(clip: tuple[float, float] | None, dtype: torch.dtype) -> float:
     """The length (pixel units, in the attack's norm) added to each DeepFool step on images of `dtype` inside
     `clip`: _STEP_MARGIN times the clip range (1e-4 on [0, 1], 0.0255 on [0, 255]: the same step relative to the
     images' scale), and at least the spacing of `dtype`'s numbers at the bounds' magnitude (float16's, bfloat16's
-    ~1e-3 and ~1e-2 on [0, 1]), so that a step off an exact logit tie is not lost to the images' rounding."""
-    low, high = clip
+    ~1e-3 and ~1e-2 on [0, 1]), so that a step off an exact logit tie is not lost to the images' rounding. Without
+    a clip, as on [0, 1]: the paper's 1e-4, at least the spacing at 1."""
+    low, high = clip if clip is not None else (0.0, 1.0)
     return max(_STEP_MARGIN * (high - low), spacing(max(abs(low), abs(high)), dtype))
 
 
@@ -101,7 +102,7 @@ class DeepFool(Attack):
             classes_i = classes[index]
             # w: the K-1 gradients of f_k - f_y, for the candidates k after y, at the images still running.
             f = (logits_i.gather(1, classes_i[:, 1:]) - logits_i.gather(1, classes_i[:, :1])).T  # (k - 1, n)
-            w_norm = w.flatten(2).norm(p=2 if self.norm == "2" else 1, dim=2)  # (k - 1, n)
+            w_norm = l2_norm(w, 2) if self.norm == "2" else w.flatten(2).norm(p=1, dim=2)  # (k - 1, n)
             distance = torch.where(w_norm > 0, f.abs() / w_norm, torch.inf)
             nearest = distance.argmin(0)  # (n,)
             rows = torch.arange(index.numel(), device=x.device)
@@ -119,6 +120,6 @@ class DeepFool(Attack):
             iterations[index] += 1
             if step == self.max_iter - 1:
                 break
-            logits_i, still, w = self.logit_gradients_of_kept(x_step, weights[:, index], predicts(y[index]))
+            logits_i, _, still, w = self.logit_gradients_of_kept(x_step, weights[:, index], predicts(y[index]))
             index, logits_i = index[still], logits_i[still]
         return x_adv, iterations

@@ -28,7 +28,7 @@ def check_call(attack: Attack, x: Any, y: Any, target: Any) -> tuple[torch.Tenso
     """Types, shapes and devices (no device sync); the values are checked by :func:`check_values`."""
     check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=2)
     largest = torch.finfo(x.dtype).max
-    if max(abs(attack.clip[0]), abs(attack.clip[1])) > largest:
+    if attack.clip is not None and max(abs(attack.clip[0]), abs(attack.clip[1])) > largest:
         raise ValueError(f"clip={attack.clip} holds a bound beyond the range of {x.dtype} images (+-{largest:g})")
     check_step_sizes(attack, attack.step_dtype(x.dtype))
     if x.is_inference():
@@ -76,7 +76,7 @@ def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch
     tolerance)."""
     first_logits = None
     if attack.num_classes is None:
-        first_logits = attack.logits(x[:1])
+        first_logits = attack.logits(x[:1].clone())  # a copy: a model that changes its input is refused on it
         classes = first_logits.shape[1]
         if classes < 2:
             raise ValueError(f"model must output logits for at least 2 classes, got {classes}")
@@ -92,8 +92,9 @@ def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch
     x_min, x_max, y_min, y_max = values[:4]
     if not (math.isfinite(x_min) and math.isfinite(x_max)):
         raise ValueError("x must be finite; it holds NaN or infinite values")
-    tolerance = clip_tolerance(attack.clip, x.dtype)
-    if x_min < attack.clip[0] - tolerance or x_max > attack.clip[1] + tolerance:
+    clip = attack.clip or (-math.inf, math.inf)
+    tolerance = clip_tolerance(clip, x.dtype) if attack.clip is not None else 0.0
+    if x_min < clip[0] - tolerance or x_max > clip[1] + tolerance:
         raise ValueError(
             f"x must lie inside clip={attack.clip} (up to {tolerance:.3g}, a few units in the last place of "
             f"{dtype_name(x.dtype)}); it spans [{x_min}, {x_max}]"
@@ -108,4 +109,4 @@ def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch
             raise ValueError(f"target must hold classes in [0, {c}); got values in [{int(t_min)}, {int(t_max)}]")
         if same:
             raise ValueError("target must differ from y for every image")
-    return x_min < attack.clip[0] or x_max > attack.clip[1]
+    return x_min < clip[0] or x_max > clip[1]

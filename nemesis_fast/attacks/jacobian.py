@@ -62,10 +62,11 @@ class LogitJacobian:
 
     def products_of_kept(
         self, x: torch.Tensor, weights: Weights, keep: Callable[[torch.Tensor], torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits (B, C), mask (B,), grads (K, kept, ...)): the products of the images that `keep` (a function of
-        the detached logits (B, C), returning a (B,) bool mask) keeps, in order; `weights` as for :meth:`products`,
-        over all B images.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B, C), mask (B,), rows (kept,), grads (K, kept, ...)): the products of the images that `keep` (a
+        function of the detached logits (B, C), returning a (B,) bool mask) keeps, in order, and their row indices
+        (int64: indexing with them, unlike with the mask, needs no host synchronisation); `weights` as for
+        :meth:`products`, over all B images.
 
         For iterative attacks that stop an image once the logits at its new point say so: the forward pass that
         tells which images stop is the one whose graph the others' products use. The K products of the stopped
@@ -79,14 +80,14 @@ class LogitJacobian:
             index = mask.nonzero().squeeze(1)
             kept, stopped = index.numel(), x.shape[0] - index.numel()
             if kept == 0:
-                return logits.detach(), mask, x.new_empty((w.shape[0], 0, *x.shape[1:]))
+                return logits.detach(), mask, index, x.new_empty((w.shape[0], 0, *x.shape[1:]))
             if self.use_vmap and w.shape[0] * stopped < kept:
                 # Few stopped images: their products cost less than a second forward pass of the others.
                 grads = self._backward_products(logits, leaf, w)
                 if grads is not None:
-                    return logits.detach(), mask, grads[:, index] if stopped else grads
+                    return logits.detach(), mask, index, grads[:, index] if stopped else grads
             _, grads = self.products(x[index], w[:, index])
-            return logits.detach(), mask, grads
+            return logits.detach(), mask, index, grads
 
     def _backward_products(
         self, logits: torch.Tensor, leaf: torch.Tensor, weights: torch.Tensor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ class JSMA(Attack):
     with alpha_p + alpha_q > 0 and beta_p + beta_q < 0 (for theta > 0; the signs flip for theta < 0), found by
     :func:`nemesis_fast.jsma_saliency_search` without materialising the n x n pairs. Both features move by
     theta and are clipped into `clip`, and leave the search domain. The domain starts as the features not yet at the
-    bound they move towards (`clip[1]` for theta > 0, `clip[0]` for theta < 0).
+    bound they move towards (`clip[1]` for theta > 0, `clip[0]` for theta < 0; every feature without a clip).
 
     An image stops when the model predicts its target (checked before each step), when it has spent its budget
     of floor(gamma * n / 2) steps (gamma * n features; n = features per image, channels included), or when no
@@ -35,7 +36,8 @@ class JSMA(Attack):
     Args:
         model: maps (B, ...) images to (B, classes) logits.
         theta: the change of each chosen feature, nonzero, in pixel units (the paper: +1, features to the top).
-        gamma: the largest fraction of the features that may change, in (0, 1].
+        gamma: the largest fraction of the features that may change, in (0, 1]; below 2 / n no image takes a step
+            (a warning says so at the call).
         clip: as for :class:`~nemesis_fast.attacks.Attack`.
         use_logits: take the gradients of the logits (True) or of the softmax probabilities (False: the paper's
             F, through the softmax Jacobian). With probabilities beta = -alpha, so the search picks the pair with
@@ -106,16 +108,25 @@ class JSMA(Attack):
     def _perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = x.flatten(1).clone()
         batch, n = out.shape
-        low, high = self.clip
+        low, high = self.clip or (-math.inf, math.inf)
         increase = self.theta > 0
         steps = self.max_steps(n)
+        if steps == 0:
+            warnings.warn(
+                f"JSMA: gamma={self.gamma} allows no step on images of {n} features (floor(gamma * n / 2) = 0), so "
+                f"every image comes back unchanged; a step needs gamma >= 2 / n = {2 / n:.3g}",
+                stacklevel=5,  # the caller of the attack
+            )
         iterations = torch.zeros_like(y)
         pairs = torch.full((batch, steps, 2), -1, dtype=torch.int64, device=x.device)
         # The images still running, compacted: their rows of the output, images, domains, targets and pairs. Rows
         # are dropped (written back first) only on the steps where some image stops.
         index = torch.arange(batch, device=x.device)
         flat, run_pairs = out.clone(), pairs.clone()
-        domain = flat < high if increase else flat > low
+        if self.clip is None:
+            domain = torch.ones_like(flat, dtype=torch.bool)
+        else:
+            domain = flat < high if increase else flat > low
         one_hot = F.one_hot(target, self.num_classes).to(x.dtype)
         for step in range(steps):
             logits, alpha, beta = self._gradients(flat.view(-1, *x.shape[1:]), one_hot)
@@ -129,7 +140,7 @@ class JSMA(Attack):
                 if rows.numel() == 0:
                     break
             pair = torch.stack((p, q), 1)
-            flat.scatter_(1, pair, flat.gather(1, pair).add_(self.theta).clamp_(low, high))
+            flat.scatter_(1, pair, self.project(flat.gather(1, pair).add_(self.theta)))
             domain.scatter_(1, pair, False)
             run_pairs[:, step] = pair
         else:

@@ -26,11 +26,26 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tens
     return (delta != 0).sum(1), delta.norm(dim=1), delta.abs().amax(1)
 
 
+def l2_norm(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """The L2 norm of `v` over its dimensions from `dim` on, without the under- and overflow of the squares: where
+    the plain norm rounds to 0 for nonzero entries (all below about 1e-19 in float32: a saturated softmax's
+    gradient) or to inf for finite ones (above about 1e19), it is taken of the entries scaled by their largest
+    magnitude. Elsewhere it is the plain norm, bit for bit."""
+    flat = v.flatten(dim)
+    plain = flat.norm(dim=-1)
+    if flat.shape[-1] == 0:
+        return plain
+    peak = flat.abs().amax(-1)
+    lost = ((plain == 0) & (peak > 0)) | (torch.isinf(plain) & torch.isfinite(peak))
+    scale = torch.where(lost, peak, torch.ones_like(peak))
+    return torch.where(lost, (flat / scale.unsqueeze(-1)).norm(dim=-1) * scale, plain)
+
+
 def flat_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
     """Per-sample norm ("2", "1" or "inf") of a (B, ...) tensor, shaped (B, 1, ..., 1) to broadcast against it."""
     flat = v.flatten(1)
     if norm == "2":
-        out = flat.norm(dim=1)
+        out = l2_norm(flat, 1)
     elif norm == "1":
         out = flat.abs().sum(1)
     else:

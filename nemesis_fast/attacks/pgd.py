@@ -85,8 +85,9 @@ class PGD(Attack):
         labels = y if target is None else target
         if self.norm == "inf":
             # The eps-cube intersected with clip, as per-element bounds: one clamp projects onto both.
-            low = (x - self.eps).clamp_(min=self.clip[0])
-            high = (x + self.eps).clamp_(max=self.clip[1])
+            low, high = x - self.eps, x + self.eps
+            if self.clip is not None:
+                low, high = low.clamp_(min=self.clip[0]), high.clamp_(max=self.clip[1])
         alpha = self.alpha if target is None else -self.alpha
         x_adv = self._start(x)
         for _ in range(self.steps):

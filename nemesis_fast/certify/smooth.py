@@ -26,7 +26,7 @@ from .._checks import (
 from .._dispatch import BACKENDS
 from .._modes import eval_mode
 from ..ops import gaussian_augment
-from .statistics import binomial_p_value, certificate_bounds, certified_accuracy
+from .statistics import INTEGER_DTYPES, binomial_p_value, certificate_bounds, certified_accuracy
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
@@ -66,7 +66,11 @@ class Certificate:
     def certified_accuracy(
         self, labels: torch.Tensor, radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
     ) -> list[float]:
-        """Fraction of the images certified correct at each radius (see :func:`certified_accuracy`)."""
+        """Fraction of the images certified correct at each radius (see :func:`certified_accuracy`); ValueError
+        for labels that are not classes of the counts."""
+        check_tensor(labels, "labels", dtypes=INTEGER_DTYPES, ndim=1)
+        if len(labels) and int(labels.max()) >= self.counts.shape[1]:
+            raise ValueError(f"labels must be classes below {self.counts.shape[1]}, got {int(labels.max())}")
         return certified_accuracy(self.prediction, self.radius, labels, radii)
 
 
@@ -270,6 +274,8 @@ class Smooth:
             raise ValueError(
                 f"the model must return logits of shape ({len(batch)}, num_classes={self.num_classes}), got {shape}"
             )
+        if logits.dtype == torch.bool or logits.is_complex():
+            raise ValueError(f"the model must return real-valued logits, got {dtype_name(logits.dtype)} ones")
         return torch.where(logits.isfinite().all(1), logits.argmax(1), self.num_classes)
 
     def certify(

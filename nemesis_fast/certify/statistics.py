@@ -131,7 +131,7 @@ def certified_accuracy(
     Args:
         prediction: (N,) integer tensor of classes, -1 where abstaining.
         radius: (N,) floating tensor of certified L2 radii, in the units of the inputs.
-        labels: (N,) integer tensor of the true classes.
+        labels: (N,) integer tensor of the true classes (>= 0; ValueError otherwise).
         radii: the L2 radii >= 0 to report, in the same units.
 
     Returns:
@@ -144,7 +144,10 @@ def certified_accuracy(
         if len(tensor) != len(prediction):
             raise ValueError(f"{name} must have the length of prediction ({len(prediction)}), got {len(tensor)}")
     radii = _check_radii(radii)
-    correct = prediction.cpu() == labels.cpu()
+    labels = labels.cpu()
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"labels must be classes (>= 0), got {int(labels.min())}: -1 is an abstention, not a label")
+    correct = (prediction.cpu() == labels) & (labels >= 0)
     radius = radius.cpu().double()
     if len(correct) == 0:
         return [math.nan for _ in radii]

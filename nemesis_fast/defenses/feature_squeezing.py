@@ -76,7 +76,8 @@ class FeatureSqueezing(nn.Module):
     """`model` behind a squeezer: bit-depth reduction to `bit_depth` bits, then (optionally) median smoothing.
 
     Args:
-        model: maps (B, C, H, W) images in [0, 1] to logits.
+        model: maps (B, C, H, W) images in [0, 1] to logits (the bit-depth grid spans [0, 1]: [0, 255] images
+            would pass through it unchanged, so rescale other data to [0, 1] first).
         bit_depth: bits per value, 1..16 (the paper's settings: 1 on MNIST, 3 on CIFAR-10; PAPER_BIT_DEPTH);
             None skips the bit-depth reduction.
         median_size: the side of median smoothing's square window, in pixels (e.g. 2 or 3; size // 2 must be

@@ -35,7 +35,8 @@ class GaussianAugmentation:
     Args:
         sigma: standard deviation of the noise (in the units of the float images; of x / 255 for uint8 images).
         copies: noisy copies of every sample (None: 10).
-        clip: (low, high) bounds of every output value, or None; default (0, 1).
+        clip: (low, high) bounds of every output value, the originals' included (values outside come back clamped:
+            for data on another scale pass its range, or None), or None; default (0, 1).
         include_original: keep the originals, first.
         seed: None: every call draws a fresh seed from torch's default generator (torch.manual_seed governs it).
             An int: calls are reproducible; the n-th call continues where the previous one stopped (its offset

@@ -12,7 +12,6 @@ import torch
 from art.attacks import evasion
 
 from ...attacks import DeepFool as PaperDeepFool
-from ...attacks.base import select_rows
 from ...attacks.jacobian import difference_weights, predicts
 from .._peer import GradientEngine
 from ._classifier import (
@@ -144,10 +143,10 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
             index = index[(after != before).flatten(1).any(1)]
             if step == self.max_iter - 1 or index.numel() == 0:
                 break
-            logits, keep, grads = engine.logit_gradients_of_kept(
+            logits, _, rows, grads = engine.logit_gradients_of_kept(
                 batch[index], weights[:, index], predicts(first[index])
             )
-            index, logits = select_rows(keep, index, logits)
+            index, logits = index[rows], logits[rows]
         return batch
 
     @staticmethod

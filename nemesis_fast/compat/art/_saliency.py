@@ -120,7 +120,7 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
         index = (predictions != targets).nonzero().squeeze(1)
         rows = torch.arange(len(batch), device=batch.device)
         # A step takes at most 2 features out of an image's search space: until the fewest an image starts with
-        # could have fallen under 2, no image needs ART's partitioning of its used features (no host sync).
+        # could have fallen under 2, no image can run short of searchable features.
         fewest = int(space.sum(1).min()) if len(batch) else 0
         first, step = True, 0
         while index.numel():
@@ -169,12 +169,21 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
 
 def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool, may_run_short: bool) -> torch.Tensor:
     """ART's two features (a, 2) for gradients `grads` (a, n), set to -inf (increase) or +inf outside the search
-    space `searchable` (a, n) bool: the two largest (smallest when not `increase`). Where a row has fewer than 2
-    searchable features (looked for when `may_run_short`), which of its infinite entries ART takes depends on
-    np.argpartition's selection, so those rows are partitioned on the host as ART partitions them."""
-    features = grads.topk(2, dim=1, largest=increase).indices
-    if not may_run_short:
-        return features
+    space `searchable` (a, n) bool: the two largest (smallest when not `increase`). Where the two are not unique (the
+    second value ties with the third: a flat gradient, or a row with fewer than 2 searchable features, looked for
+    when `may_run_short`), which of the tied entries ART takes depends on np.argpartition's selection, so those rows
+    are partitioned on the host as ART partitions them (one host synchronisation)."""
+    top = grads.topk(min(3, grads.shape[1]), dim=1, largest=increase)
+    features = top.indices[:, :2]
+    on_host = top.values[:, 1] == top.values[:, 2] if grads.shape[1] > 2 else torch.zeros_like(features[:, 0], bool)
+    if may_run_short:
+        on_host |= searchable.sum(1) < 2
+    rows = on_host.nonzero().squeeze(1)
+    if rows.numel():
+        values = grads[rows].cpu().numpy()
+        picked = np.argpartition(values if increase else -values, -2, axis=1)[:, -2:]
+        features[rows] = torch.from_numpy(picked).to(features)
+    return features
     short = (searchable.sum(1) < 2).nonzero().squeeze(1)
     if short.numel():
         values = grads[short].cpu().numpy()
