@@ -298,17 +298,28 @@ def architecture_of(model: nn.Module) -> dict[str, Any] | None:
 def live_architecture(model: nn.Module, recorded: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The architecture that describes `model` as it is now: `recorded` (default :func:`architecture_of`; None: no
     record, returned as it is) with the kwargs `activation` and `t` read from the model's activation layers, so
-    that a builder's model whose ReLUs were replaced by BoundedReLU(t) since (nn.replace_relu, or thresholds set by
-    hand) is recorded as the builder makes it with activation="brelu" and that t. A record whose kwargs have no
-    `activation` is returned as it is. ValueError where the layers are of mixed kinds or thresholds, which no
-    builder makes."""
+    that a builder's model whose ReLUs were replaced by BoundedReLU(t) since (nn.replace_relu, thresholds set by
+    hand, or nn.to_hardtanh's Hardtanh(0, t) copy) is recorded as the builder makes it with activation="brelu" and
+    that t. A record whose kwargs have no `activation` is returned as it is. ValueError where the layers are of
+    mixed kinds or thresholds, which no builder makes."""
     recorded = architecture_of(model) if recorded is None else recorded
     kwargs = recorded.get("kwargs") if isinstance(recorded, dict) else None
     if not isinstance(kwargs, dict) or "activation" not in kwargs:
         return recorded
     relus = sorted(name for name, m in model.named_modules() if isinstance(m, nn.ReLU))
     thresholds = {name: m.t for name, m in model.named_modules() if isinstance(m, BoundedReLU)}
-    if (relus and thresholds) or len(set(thresholds.values())) > 1:
+    # nn.Hardtanh(0, t) computes BoundedReLU(t) (nn.to_hardtanh's copies; nn.ReLU6 is Hardtanh(0, 6)); other bounds
+    # are a kind no builder makes.
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Hardtanh) and not isinstance(m, BoundedReLU):
+            thresholds[name] = (
+                float(m.max_val) if m.min_val == 0 and m.max_val > 0 else f"Hardtanh({m.min_val}, {m.max_val})"
+            )
+    if (
+        (relus and thresholds)
+        or len(set(thresholds.values())) > 1
+        or any(isinstance(t, str) for t in thresholds.values())
+    ):
         raise ValueError(
             f"model: its activations are of mixed kinds or thresholds (ReLU at {relus}, BoundedReLU t by layer "
             f"{thresholds}), which the {recorded.get('name')!r} builder's kwargs cannot describe; give every layer "
@@ -318,6 +329,6 @@ def live_architecture(model: nn.Module, recorded: dict[str, Any] | None = None) 
         live = {"activation": "brelu", "t": next(iter(thresholds.values()))}
     elif relus:
         live = {"activation": "relu", "t": kwargs.get("t", 1.0)}
-    else:  # neither kind (a copy made by nn.to_hardtanh, say): as recorded
+    else:  # neither kind: as recorded
         return recorded
     return {**recorded, "kwargs": {**kwargs, **live}}

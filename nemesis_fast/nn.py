@@ -68,8 +68,24 @@ class BoundedReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gradient == "relu":
+            if torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export():
+                warnings.warn(
+                    "torch.export keeps BoundedReLU's values but not its gradient='relu' (the exported program's "
+                    "gradient is BReLU's own, which masks gradients): attack the eager model, and export "
+                    "to_hardtanh(model) for inference",
+                    stacklevel=2,
+                )
             return _ReluGradient.apply(x, self.t, self.backend)
         return bounded_relu(x, self.t, save=self.save, backend=self.backend)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script cannot compile the op's Python call; its own error names no way out. (Returning a
+        Hardtanh here would work, but torch.jit.script writes what this returns into the user's model.)"""
+        raise TypeError(
+            "torch.jit.script cannot compile BoundedReLU (a custom op called from Python): script "
+            "nemesis_fast.nn.to_hardtanh(model), a plain-torch copy with the same values and gradient, or use "
+            "torch.jit.trace or torch.export"
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -81,7 +81,8 @@ def bounded_relu(x: torch.Tensor, t: float = 1.0, *, save: str = "output", backe
         raise ValueError(f"t={t} rounds to 0 in {x.dtype}; use a larger t")
     if _needs_torch_ops(x):
         return _bounded_relu.BACKENDS.torch(x, t)
-    if save == "mask" and x.requires_grad and torch.is_grad_enabled():
+    # torch.jit.trace checks its graph by tracing again without grad: under tracing, `save` alone picks the op
+    if save == "mask" and (torch.jit.is_tracing() or (x.requires_grad and torch.is_grad_enabled())):
         return _bounded_relu.MASKED_BACKENDS.select(x.device, backend)(x, t)
     return _bounded_relu.BACKENDS.select(x.device, backend)(x, t)
 

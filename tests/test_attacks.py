@@ -298,3 +298,24 @@ def test_select_rows_keeps_the_masked_rows_of_every_tensor_in_order():
     assert rows.tolist() == [0, 2, 3] and picked.tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
     (none,) = select_rows(torch.zeros(5, dtype=torch.bool), images)
     assert none.shape == (0, 2)
+
+
+def test_calls_from_threads_on_one_model_give_it_back_and_keep_their_seeds():
+    """Overlapping calls on one model each restored the flags they found, which another call had changed: the model
+    was left frozen and in eval mode; one seeded attack shared by threads drew from another call's generator, or
+    from torch's global one once another call had ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = small_model().train()
+    x, y = data()
+    expected = PGD(model, 0.1, 0.02, 10, seed=1)(x, y)
+    shared = PGD(model, 0.1, 0.02, 10, seed=1)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        return shared(x, y), PGD(model, 0.1, 0.02, 10, seed=1)(x, y)
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            for future in [pool.submit(both) for _ in range(4)]:
+                assert all(torch.equal(out, expected) for out in future.result())
+            assert model.training and all(p.requires_grad for p in model.parameters())

@@ -230,6 +230,20 @@ def test_without_a_clip_deepfool_reaches_the_nearest_boundary_with_the_papers_ma
     assert step_margin(None, torch.float32) == 1e-4 and step_margin(None, torch.bfloat16) == 2**-7
 
 
+def test_deepfool_stops_an_image_whose_step_is_zero():
+    """A model flat around x (rounding inside: its gradient is 0, no boundary to step towards) ran every image to
+    max_iter, each step 0."""
+    model = small_model()
+    x, _ = data()
+
+    def rounded(images: torch.Tensor) -> torch.Tensor:
+        return model((images * 16).round() / 16)
+
+    y = rounded(x).argmax(1)
+    result = DeepFool(rounded, max_iter=50).run(x, y)
+    assert (result.iterations == 1).all() and torch.equal(result.x_adv, x) and not result.success.any()
+
+
 def test_deepfool_margin_values():
     """1e-4 of the clip range (the paper's 1e-4 on [0, 1], exactly: float32 results there are unchanged), at least
     the spacing of x's dtype at the bounds."""

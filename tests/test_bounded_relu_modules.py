@@ -232,3 +232,39 @@ def test_bounded_relu_module():
     assert all(m.save == "mask" for m in model.modules() if isinstance(m, BoundedReLU))
     with pytest.raises(ValueError, match="save must be one of"):
         replace_relu(small_cnn(), 0.5, save="outputs")
+
+
+@pytest.mark.parametrize("save", ["output", "mask"])
+def test_jit_trace_of_a_brelu_model_checks_and_equals_eager(save):
+    """torch.jit.trace's check (a second trace without grad) failed on save="mask" ("Graphs differed across
+    invocations"): the masked op was picked by x.requires_grad and grad mode, which that second trace lacks."""
+    torch.manual_seed(0)
+    model = replace_relu(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), save=save)
+    x = torch.rand(4, 1, 4, 4, requires_grad=True)
+    traced = torch.jit.trace(model, x)
+    assert torch.equal(traced(x), model(x))
+    (grad,) = torch.autograd.grad(traced(x).sum(), x)
+    (expected,) = torch.autograd.grad(model(x).sum(), x)
+    assert torch.equal(grad, expected)
+
+
+def test_torch_export_of_a_relu_gradient_model_says_it_keeps_the_values_only():
+    """The exported program kept BReLU's values and dropped the ReLU gradient of with_relu_gradient, silently: an
+    attack through it was back to BReLU's masked gradient."""
+    torch.manual_seed(0)
+    model = with_relu_gradient(replace_relu(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))))
+    x = torch.rand(4, 1, 4, 4)
+    with pytest.warns(UserWarning, match="torch.export keeps BoundedReLU's values but not its gradient='relu'"):
+        exported = torch.export.export(model, (x,))
+    assert torch.equal(exported.module()(x), model(x))
+
+
+def test_torch_jit_script_of_a_brelu_model_says_what_to_script():
+    """torch.jit.script's own error named BoundedReLU's internals, not to_hardtanh."""
+    torch.manual_seed(0)
+    model = replace_relu(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), t=0.5)
+    with pytest.raises(TypeError, match=r"script nemesis_fast.nn.to_hardtanh\(model\)"):
+        torch.jit.script(model)
+    assert isinstance(model[2], BoundedReLU)
+    x = torch.randn(4, 1, 4, 4)
+    assert torch.equal(torch.jit.script(to_hardtanh(model))(x), model(x))

@@ -211,3 +211,21 @@ def test_a_model_made_brelu_after_it_was_built_is_saved_as_one(tmp_path):
     with pytest.raises(ValueError, match=r"architecture differs from the model's .*activation='brelu' \(the model"):
         save_checkpoint(path, mnist_cnn(), recipe="gda", architecture=claimed)
     assert path.read_bytes() == kept
+
+
+def test_a_hardtanh_copy_is_saved_as_the_brelu_model_it_computes(tmp_path):
+    """to_hardtanh's copy (Hardtanh(0, t) layers) was recorded with the builder's ReLU architecture and reloaded as
+    a ReLU network, silently (other logits); a Hardtanh of other bounds, which no builder makes, is refused."""
+    from nemesis_fast.nn import to_hardtanh
+
+    torch.manual_seed(0)
+    model = to_hardtanh(replace_relu(mnist_cnn(), t=0.5))
+    path = save_checkpoint(tmp_path / "m.pt", model, recipe="gda")
+    loaded, info = load_checkpoint(path)
+    assert info["architecture"]["kwargs"]["activation"] == "brelu" and info["architecture"]["kwargs"]["t"] == 0.5
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    other = to_hardtanh(replace_relu(mnist_cnn(), t=0.5))
+    other[1] = nn.Hardtanh(-1.0, 1.0)
+    with pytest.raises(ValueError, match=r"mixed kinds or thresholds .*Hardtanh\(-1.0, 1.0\)"):
+        save_checkpoint(tmp_path / "other.pt", other, recipe="gda")

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -70,18 +71,12 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
     """Puts `model` in eval mode with every parameter's requires_grad off; restores both on exit.
 
     Each submodule's own training flag is restored (not just the root's), and so is every parameter's
-    requires_grad flag. With requires_grad off, gradients with respect to the input never reach the
-    parameters' `.grad`.
+    requires_grad flag; where guards overlap on one model (calls from several threads), when the last one ends
+    (:func:`~nemesis_fast._modes.eval_mode`). With requires_grad off, gradients with respect to the input never
+    reach the parameters' `.grad`.
     """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    with eval_mode(model):
-        try:
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield model
-        finally:
-            for p, requires_grad in flags:
-                p.requires_grad_(requires_grad)
+    with eval_mode(model, freeze=True):
+        yield model
 
 
 def select_rows(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -143,7 +138,7 @@ class Attack:
         self.targeted = targeted
         self.seed = check_seed(seed)
         self.num_classes: int | None = None  # learnt from the model's output on the first call
-        self._generator: torch.Generator | None = None
+        self._generators: dict[int, torch.Generator | None] = {}  # the running calls' own, by thread
         self._jacobian = LogitJacobian(self.logits)
 
     # ----------------------------------------------------------------------------------------------------
@@ -307,6 +302,12 @@ class Attack:
     # ----------------------------------------------------------------------------------------------------
     # Internals.
 
+    @property
+    def _generator(self) -> torch.Generator | None:
+        """The generator of this thread's running call (None: torch's global one): calls of one attack from
+        several threads each draw from their own."""
+        return self._generators.get(threading.get_ident())
+
     def _draw(self, fn: Callable[..., torch.Tensor], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         gen = self._generator
         device = gen.device if gen is not None else like.device
@@ -318,10 +319,9 @@ class Attack:
         return contextlib.nullcontext()
 
     def _start_generator(self, device: torch.device) -> None:
-        if isinstance(self.seed, int):
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        else:
-            self._generator = self.seed
+        seeded = isinstance(self.seed, int)
+        generator = torch.Generator(device=device).manual_seed(self.seed) if seeded else self.seed
+        self._generators[threading.get_ident()] = generator
 
     def _execute(
         self, x: Any, y: Any, target: Any
@@ -345,7 +345,7 @@ class Attack:
                         if target is None and self.targeted:
                             target = y.new_empty(0)  # a targeted run's targets: none for no images
             finally:
-                self._generator = None
+                self._generators.pop(threading.get_ident(), None)
             if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
                 raise RuntimeError(f"{type(self).__name__}._perturb returned images of the wrong shape")
             x_adv = self.project(x_adv.detach().to(x.dtype))

@@ -37,8 +37,9 @@ class DeepFool(Attack):
     m is 1e-4 of the clip range (the paper's 1e-4 on [0, 1] images; 0.0255 on [0, 255]), and at least the spacing
     at the clip bounds of the dtype the model sees x in, x's or under torch.autocast autocast's (:func:`step_margin`:
     in float16 and bfloat16 a smaller one is lost to rounding, and an image on an exact tie never crosses). An image
-    stops as soon as its prediction leaves y, or after max_iter steps. Images the model already misclassifies are
-    returned unchanged after 0 iterations.
+    stops as soon as its prediction leaves y, after max_iter steps, or after a step of 0 (no gradient towards any
+    boundary: every later step would be 0). Images the model already misclassifies are returned unchanged after 0
+    iterations.
 
     The candidates are y and the `candidates` - 1 other classes with the largest logits on x. The gradients
     of all candidates come from one forward pass per iteration and its batched vector-Jacobian products
@@ -116,10 +117,17 @@ class DeepFool(Attack):
             r = torch.where(movable, length * direction, 0.0)
             r_total[index] += r
             x_step = self.project(x[index] + (1 + self.overshoot) * r_total[index]).to(x.dtype)
+            # An image whose step is 0 (no gradient towards any boundary) is at a fixed point: every later step
+            # would be 0 too. It stops. (One whose image did not change may still move: r_total adds up steps
+            # below the spacing of x's dtype.)
+            moved = (r != 0).flatten(1).any(1)
             x_adv[index] = x_step
             iterations[index] += 1
             if step == self.max_iter - 1:
                 break
-            logits_i, _, still, w = self.logit_gradients_of_kept(x_step, weights[:, index], predicts(y[index]))
+            running = predicts(y[index])
+            logits_i, _, still, w = self.logit_gradients_of_kept(
+                x_step, weights[:, index], lambda logits, running=running, moved=moved: running(logits) & moved
+            )
             index, logits_i = index[still], logits_i[still]
         return x_adv, iterations
