@@ -35,10 +35,12 @@ def l2_norm(v: torch.Tensor, dim: int) -> torch.Tensor:
     plain = flat.norm(dim=-1)
     if flat.shape[-1] == 0:
         return plain
+    suspect = (plain == 0) | torch.isinf(plain)
+    if flat.device.type == "cpu" and not suspect.any():  # a CPU reads the flag at no cost; a GPU would wait for it
+        return plain
     peak = flat.abs().amax(-1)
-    lost = ((plain == 0) & (peak > 0)) | (torch.isinf(plain) & torch.isfinite(peak))
-    scale = torch.where(lost, peak, torch.ones_like(peak))
-    return torch.where(lost, (flat / scale.unsqueeze(-1)).norm(dim=-1) * scale, plain)
+    scale = torch.where(suspect & (peak > 0) & torch.isfinite(peak), peak, torch.ones_like(peak))
+    return torch.where(suspect, (flat / scale.unsqueeze(-1)).norm(dim=-1) * scale, plain)
 
 
 def flat_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
