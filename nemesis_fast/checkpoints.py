@@ -36,7 +36,8 @@ def save_checkpoint(
     same squeezer. `architecture`
     defaults to the one recorded by the model builders of :mod:`nemesis_fast.models` (None for other models), with
     the activation and threshold t the model has now (a builder's ReLU model made a BReLU one by
-    :func:`nemesis_fast.nn.replace_relu` is saved as the builder's BReLU model). ValueError where the activation
+    :func:`nemesis_fast.nn.replace_relu`, or its :func:`~nemesis_fast.nn.to_hardtanh` copy, is saved as the builder's
+    BReLU model). ValueError where the activation
     layers cannot be described so (mixed kinds or thresholds), or where a given `architecture` names another
     activation or t than the model has. "noise_sigma" is
     the standard deviation of the Gaussian noise the model was trained on (the gda recipe's sigma; None for the

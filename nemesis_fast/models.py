@@ -311,7 +311,7 @@ def live_architecture(model: nn.Module, recorded: dict[str, Any] | None = None) 
     # nn.Hardtanh(0, t) computes BoundedReLU(t) (nn.to_hardtanh's copies; nn.ReLU6 is Hardtanh(0, 6)); other bounds
     # are a kind no builder makes.
     for name, m in model.named_modules():
-        if isinstance(m, nn.Hardtanh) and not isinstance(m, BoundedReLU):
+        if isinstance(m, nn.Hardtanh):
             thresholds[name] = (
                 float(m.max_val) if m.min_val == 0 and m.max_val > 0 else f"Hardtanh({m.min_val}, {m.max_val})"
             )

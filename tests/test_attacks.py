@@ -319,3 +319,42 @@ def test_calls_from_threads_on_one_model_give_it_back_and_keep_their_seeds():
             for future in [pool.submit(both) for _ in range(4)]:
                 assert all(torch.equal(out, expected) for out in future.result())
             assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_the_guard_gives_the_model_back_after_an_interrupted_start_and_when_guards_overlap():
+    """A Ctrl-C inside model.eval() left a counted guard open: the model stayed frozen and in eval mode for the rest
+    of the process. Guards overlapping on a model and a wrapper of it (not one inside the other) each restored what
+    they found, which the other had changed."""
+    from nemesis_fast.attacks import model_guard
+
+    class InterruptsOnce(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.armed = True
+
+        def train(self, mode: bool = True) -> nn.Module:
+            if self.armed and not mode:
+                self.armed = False
+                raise KeyboardInterrupt
+            return super().train(mode)
+
+        def forward(self, logits: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, CLASSES), InterruptsOnce()).train()
+    x, y = data()
+    with pytest.raises(KeyboardInterrupt):
+        FGSM(model, 0.1)(x, y)
+    FGSM(model, 0.1)(x, y)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+    def as_given() -> bool:
+        return model.training and all(p.requires_grad for p in model.parameters())
+
+    outer, inner = model_guard(nn.Sequential(nn.Identity(), model)), model_guard(model)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    assert not model.training and not any(p.requires_grad for p in model.parameters()), "the inner guard holds it"
+    inner.__exit__(None, None, None)
+    assert as_given()

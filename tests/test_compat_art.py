@@ -200,12 +200,22 @@ def test_unserved_calls_warn_and_return_arts_own_result(name, settings, options,
     np.testing.assert_array_equal(result, expected)
 
 
-def test_algorithm_paper_refuses_what_it_cannot_serve(model, batch):
+def test_algorithm_paper_refuses_what_it_cannot_serve_and_runs_unbounded_without_clip_values(model, batch):
     squeezed = classifier(model, preprocessing_defences=FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=4))
     with pytest.raises(ValueError, match="algorithm='paper' cannot run here"):
         nfa.DeepFool(squeezed, algorithm="paper").generate(batch[0][:2])
-    with pytest.raises(ValueError, match="needs the classifier's clip_values"):
-        nfa.SaliencyMapMethod(classifier(model, clip_values=None), algorithm="paper").generate(batch[0][:2])
+    unbounded = classifier(model, clip_values=None)  # refused until the attacks took clip=None
+    x, targets = batch[0][:4], (np.asarray(batch[1][:4]) + 1) % 10
+    images = torch.from_numpy(x)
+    with torch.no_grad():
+        predictions = model(images).argmax(1)
+    got = nfa.SaliencyMapMethod(unbounded, theta=1.0, algorithm="paper").generate(x, targets)
+    expected = JSMA(model, 1.0, 0.1, clip=None)(images, predictions, torch.from_numpy(targets).long())
+    np.testing.assert_array_equal(got, expected.numpy())
+    assert got.max() > 1.0  # not clipped: theta moves features past 1
+    deepfool = nfa.DeepFool(unbounded, algorithm="paper").generate(x)
+    expected = PaperDeepFool(model, 100, 1e-6, 10, clip=None)(images, predictions)  # ART's defaults
+    np.testing.assert_allclose(deepfool, expected.numpy(), rtol=0, atol=1e-6)
 
 
 def test_deepfool_with_a_candidate_subset_gives_arts_images():

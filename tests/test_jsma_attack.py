@@ -303,3 +303,16 @@ def test_a_gamma_that_allows_no_step_is_told():
     with pytest.warns(UserWarning, match=r"gamma=0.1 allows no step on images of 8 features .* >= 2 / n = 0.25"):
         assert torch.equal(JSMA(model)(x, y, target), x)
     assert JSMA(model, gamma=0.25).run(x, y, target).iterations.max() == 1
+
+
+def test_without_a_clip_every_feature_may_move_and_nothing_is_clipped():
+    """clip=None was refused; without bounds the domain is every feature and a step adds theta as it is."""
+    model = tiny_model()
+    x, _ = images(4)
+    target = other_targets(model, x)
+    y = model(x).argmax(1)
+    result = JSMA(model, 0.7, 0.5, clip=None).run(x, y, target)
+    delta = (result.x_adv - x).flatten(1)
+    assert result.iterations.min() > 0 and result.x_adv.max() > 1.0  # features at 1 moved past it
+    assert ((delta == 0) | (delta == 0.7) | ((delta - 0.7).abs() < 1e-12)).all()
+    assert torch.equal(result.l0, 2 * result.iterations)  # each step changes two features, once each

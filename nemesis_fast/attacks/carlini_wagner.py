@@ -27,8 +27,8 @@ class CarliniWagnerL2(Attack):
     are in pixel units. Without a clip (None), Adam optimises the images themselves (x' = w, from w = x), and the
     distance is in their units.
 
-    Each image has its own c: it starts at `initial_const`; after each of the `binary_search_steps` runs of
-    at most `max_iter` Adam steps (from w = atanh of x, with fresh Adam state), an image that found an
+    Each image has its own c: it starts at `initial_const`; after each of the `binary_search_steps` runs of at most
+    `max_iter` Adam steps (from w = atanh of x, or x without a clip, with fresh Adam state), an image that found an
     adversarial (by the `confidence` margin) lowers its upper bound to c, the others raise their lower
     bound to c; c becomes the midpoint of the bounds, or 10 c while no upper bound has been found. With
     ten or more binary steps, the last one runs at the upper bound. With `abort_early`, an image's run stops
@@ -60,7 +60,7 @@ class CarliniWagnerL2(Attack):
         learning_rate: float = 0.01,
         abort_early: bool = True,
         *,
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
     ) -> None:

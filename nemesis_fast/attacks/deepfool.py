@@ -66,7 +66,7 @@ class DeepFool(Attack):
         candidates: int = 10,
         *,
         norm: Norm = "2",
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__(model, clip=clip)
         self.max_iter = check_int(max_iter, "max_iter", low=0)

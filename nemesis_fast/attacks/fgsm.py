@@ -52,7 +52,7 @@ class FGSM(Attack):
         *,
         norm: Norm = "inf",
         labels: str = "true",
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
     ) -> None:
@@ -95,7 +95,7 @@ class RandFGSM(Attack):
         alpha: float,
         *,
         labels: str = "true",
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
     ) -> None:

@@ -55,7 +55,7 @@ class JSMA(Attack):
         theta: float = 1.0,
         gamma: float = 0.1,
         *,
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
         use_logits: bool = True,
         seed: Seed = None,
         backend: str | None = None,
@@ -123,10 +123,7 @@ class JSMA(Attack):
         # are dropped (written back first) only on the steps where some image stops.
         index = torch.arange(batch, device=x.device)
         flat, run_pairs = out.clone(), pairs.clone()
-        if self.clip is None:
-            domain = torch.ones_like(flat, dtype=torch.bool)
-        else:
-            domain = flat < high if increase else flat > low
+        domain = flat < high if increase else flat > low  # every (finite) feature without a clip
         one_hot = F.one_hot(target, self.num_classes).to(x.dtype)
         for step in range(steps):
             logits, alpha, beta = self._gradients(flat.view(-1, *x.shape[1:]), one_hot)

@@ -49,7 +49,7 @@ class PGD(Attack):
         norm: Norm = "inf",
         *,
         restarts: int = 1,
-        clip: tuple[float, float] = (0.0, 1.0),
+        clip: tuple[float, float] | None = (0.0, 1.0),
         targeted: bool = False,
         seed: Seed = None,
     ) -> None:

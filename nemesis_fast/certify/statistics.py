@@ -147,7 +147,7 @@ def certified_accuracy(
     labels = labels.cpu()
     if len(labels) and int(labels.min()) < 0:
         raise ValueError(f"labels must be classes (>= 0), got {int(labels.min())}: -1 is an abstention, not a label")
-    correct = (prediction.cpu() == labels) & (labels >= 0)
+    correct = prediction.cpu() == labels  # an abstention, -1, is no label
     radius = radius.cpu().double()
     if len(correct) == 0:
         return [math.nan for _ in radii]

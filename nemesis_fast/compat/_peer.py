@@ -12,6 +12,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from .._modes import frozen
 from ..attacks.base import Attack
 
 
@@ -54,14 +55,8 @@ def frozen_parameters(model: object) -> Iterator[None]:
     """Turns off requires_grad on the parameters of `model` (when it is an nn.Module) and restores the flags on
     exit: gradients with respect to the input then build no graph for the weights. The train/eval mode is left
     alone."""
-    flags = [(p, p.requires_grad) for p in model.parameters()] if isinstance(model, nn.Module) else []
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
+    with frozen(model.parameters() if isinstance(model, nn.Module) else ()):
         yield
-    finally:
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
 
 
 class PeerFallbackWarning(UserWarning):

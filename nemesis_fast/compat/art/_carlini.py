@@ -27,7 +27,9 @@ class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
     algorithm="paper": :class:`nemesis_fast.attacks.CarliniWagnerL2`, batched on the classifier's device: per
     image, binary_search_steps runs of max_iter Adam steps at learning_rate from c = initial_const, with the loss
     max(margin + confidence, 0) on the classifier's outputs, inside clip_values (without them, inside [min(x),
-    max(x)], as ART does); with abort_early (the paper's default, True) a run stops once its loss stalls.
+    max(x)], as ART does), the distance taken in units of that range (so initial_const weighs it as on [0, 1]
+    images; ART's own takes pixel units); with abort_early (the paper's default, True) a run stops once its loss
+    stalls.
     max_halving and max_doubling do not apply. Other images than ART's.
     """
 

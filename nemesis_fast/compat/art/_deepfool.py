@@ -50,7 +50,7 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
 
     algorithm="paper": :class:`nemesis_fast.attacks.DeepFool` (the paper's: per-image candidates, the overshoot on
     the accumulated perturbation) with max_iter, overshoot = epsilon and candidates = nb_grads, away from the first
-    prediction; other images than ART's. Needs clip_values.
+    prediction; other images than ART's. Without clip_values, unbounded (clip=None), as ART's own.
 
     Calls that cannot be served (see :mod:`nemesis_fast.compat.art`) run ART's own implementation after a warning.
     """
@@ -98,8 +98,6 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
             return view.numpy(adv)
 
     def _paper(self, view: TorchClassifier, x: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
-        if view.clip is None:
-            raise ValueError("algorithm='paper' needs the classifier's clip_values")
         attack = PaperDeepFool(view.logits, self.max_iter, self.epsilon, max(self.nb_grads, 2), clip=view.clip)
         labels = predictions.argmax(1)
         return torch.cat([attack(x[chunk], labels[chunk]) for chunk in batches(len(x), self.batch_size)])

@@ -39,7 +39,7 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
 
     algorithm="paper": :class:`nemesis_fast.attacks.JSMA` (the paper's pair-wise saliency map on the logits,
     each feature changed once, budget floor(gamma * n / 2) steps) with theta and gamma, towards the same targets;
-    other images than ART's. Needs clip_values.
+    other images than ART's. Without clip_values, unbounded (clip=None), as ART's own.
 
     Calls that cannot be served (see :mod:`nemesis_fast.compat.art`) run ART's own implementation after a warning.
     """
@@ -89,8 +89,6 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
     def _paper(
         self, view: TorchClassifier, x: torch.Tensor, predictions: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        if view.clip is None:
-            raise ValueError("algorithm='paper' needs the classifier's clip_values")
         attack = PaperJSMA(view.logits, self.theta, self.gamma, clip=view.clip)
         adv = x.clone()
         for chunk in batches(len(x), self.batch_size):
@@ -183,10 +181,4 @@ def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool, may
         values = grads[rows].cpu().numpy()
         picked = np.argpartition(values if increase else -values, -2, axis=1)[:, -2:]
         features[rows] = torch.from_numpy(picked).to(features)
-    return features
-    short = (searchable.sum(1) < 2).nonzero().squeeze(1)
-    if short.numel():
-        values = grads[short].cpu().numpy()
-        picked = np.argpartition(values if increase else -values, -2, axis=1)[:, -2:]
-        features[short] = torch.from_numpy(picked).to(features)
     return features

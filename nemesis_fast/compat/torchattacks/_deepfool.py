@@ -21,9 +21,9 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
     step, from the current point, as torchattacks does it (the paper scales the accumulated perturbation once). An
     image stops when its prediction leaves y (checked before each step), or after `steps` steps, or as soon as a
     step leaves it unchanged (clamped back where it was), where torchattacks repeats that same step until `steps`:
-    the same image, without the idle steps. Where the step is not finite (the gradient of f_l is 0: a flat model,
-    such as feature squeezing attacked through its own gradient), torchattacks returns NaN pixels; the image is
-    left where it is and stops.
+    the same image, without the idle steps. Where the step is 0 / 0 (the gradient of f_l is 0: a flat model, such
+    as feature squeezing attacked through its own gradient), torchattacks returns NaN pixels; the image is left
+    where it is and stops.
     """
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -70,10 +70,10 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
             return eye[:, None, :].expand(-1, logits.shape[0], -1)
 
         y = labels[index]
-        logits, keep, rows, grads = engine.logit_gradients_of_kept(x, identity, predicts(y))
+        logits, keep, kept, grads = engine.logit_gradients_of_kept(x, identity, predicts(y))
         predicted = logits.argmax(1)
         target_labels[index] = torch.where(keep, target_labels[index], predicted)
-        index, x, logits, y = index[rows], x[rows], logits[rows], y[rows]
+        index, x, logits, y = index[kept], x[kept], logits[kept], y[kept]
         grads = grads.transpose(0, 1)  # (n, C, ...): the gradients of the images still on their label
         classes = logits.shape[1]
         rows = torch.arange(len(index), device=x.device)
@@ -91,8 +91,9 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
         moved = torch.clamp(x + (1 + self.overshoot) * delta, min=0, max=1)
         # Where the gradients of the nearest class's f_l are all 0 (a flat model: a squeezing step, a saturated
         # softmax), torchattacks' step is 0 / 0 and its image NaN; the image stays where it is here, and so stops.
-        finite = torch.isfinite(delta.flatten(1)).all(1).view(unit)
-        moved = torch.where(finite, moved, x)
+        # (An infinite step, of gradients whose squares underflow, is torchattacks' too: the clamp makes it finite.)
+        defined = ~torch.isnan(delta.flatten(1)).any(1).view(unit)
+        moved = torch.where(defined, moved, x)
         adv[index] = moved
         target_labels[index] = wrong[rows, nearest]
         # An image that its step leaves where it was (the step points out of [0, 1]) is at a fixed point: every
