@@ -558,3 +558,16 @@ def test_saliency_map_method_takes_arts_features_where_the_gradient_ties():
     ours = nfa.SaliencyMapMethod(clf, theta=1.0, gamma=0.1, verbose=False).generate(x, targets)
     peers = evasion.SaliencyMapMethod(clf, theta=1.0, gamma=0.1, verbose=False).generate(x, targets)
     assert (ours != x).any() and np.array_equal(ours, peers)
+
+
+def test_saliency_map_method_on_images_of_two_features():
+    """The tie test (second value against third) has no third value there."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    clf = PyTorchClassifier(net, nn.CrossEntropyLoss(), (1, 1, 2), 3, clip_values=(0.0, 1.0))
+    x = np.random.RandomState(0).rand(6, 1, 1, 2).astype(np.float32) * 0.5
+    with torch.no_grad():
+        targets = (net(torch.from_numpy(x)).argmax(1).numpy() + 1) % 3
+    ours = nfa.SaliencyMapMethod(clf, theta=0.3, gamma=1.0, verbose=False).generate(x, targets)
+    peers = evasion.SaliencyMapMethod(clf, theta=0.3, gamma=1.0, verbose=False).generate(x, targets)
+    assert (ours != x).any() and np.array_equal(ours, peers)

@@ -173,7 +173,11 @@ def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool, may
     are partitioned on the host as ART partitions them (one host synchronisation)."""
     top = grads.topk(min(3, grads.shape[1]), dim=1, largest=increase)
     features = top.indices[:, :2]
-    on_host = top.values[:, 1] == top.values[:, 2] if grads.shape[1] > 2 else torch.zeros_like(features[:, 0], bool)
+    on_host = (
+        top.values[:, 1] == top.values[:, 2]
+        if grads.shape[1] > 2
+        else torch.zeros_like(features[:, 0], dtype=torch.bool)
+    )
     if may_run_short:
         on_host |= searchable.sum(1) < 2
     rows = on_host.nonzero().squeeze(1)
