@@ -38,6 +38,21 @@ def parameter_dtype(model: object) -> torch.dtype | None:
     return next((p.dtype for p in parameters if p.is_floating_point()), None)
 
 
+def check_float_logits(logits: torch.Tensor) -> None:
+    """ValueError naming the model where its logits are not floating point (torch's errors would come from inside
+    a loss or a gradient)."""
+    if not logits.is_floating_point():
+        raise ValueError(f"model must give floating-point logits, got {dtype_name(logits.dtype)} ones")
+
+
+def check_class_logits(logits: torch.Tensor) -> None:
+    """:func:`check_float_logits`, and ValueError naming the model where its (B, classes) logits hold fewer than 2
+    classes (no attack has a wrong class to aim at, and training would learn nothing)."""
+    check_float_logits(logits)
+    if logits.shape[1] < 2:
+        raise ValueError(f"model must output logits for at least 2 classes, got {logits.shape[1]}")
+
+
 def check_tensor(
     x: Any,
     name: str,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int, check_number, check_positive, dtype_name
+from ._checks import check_choice, check_class_logits, check_int, check_number, check_positive
 from ._modes import eval_mode
 from .data.loader import check_images_labels, to_float
 from .defenses.recipes import Recipe
@@ -81,11 +81,8 @@ def check_classes(model: nn.Module, data: Data, name: str, device: torch.device)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for one image got {shape}")
-    if not logits.is_floating_point():
-        raise ValueError(f"model must give floating-point logits, got {dtype_name(logits.dtype)} ones")
+    check_class_logits(logits)
     classes, high = logits.shape[1], int(labels.max())
-    if classes < 2:
-        raise ValueError(f"model must output logits for at least 2 classes, got {classes}")
     if high >= classes:
         raise ValueError(f"{name}: the labels must be classes of the model's {classes} logits, got label {high}")
     return classes

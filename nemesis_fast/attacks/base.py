@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_bool, check_range, dtype_name, parameter_dtype
+from .._checks import check_bool, check_float_logits, check_range, dtype_name, parameter_dtype
 from .._modes import eval_mode
 from .inputs import check_call, check_seed, check_values
 from .jacobian import LogitJacobian, Weights, input_grad
@@ -211,8 +211,7 @@ class Attack:
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"model must map (B, ...) images to (B, classes) logits; for B={x.shape[0]} got {shape}")
-        if not out.is_floating_point():
-            raise ValueError(f"model must give floating-point logits, got {dtype_name(out.dtype)} ones")
+        check_float_logits(out)
         if self.num_classes is not None and out.shape[1] != self.num_classes:
             raise ValueError(f"model gave {out.shape[1]} logits per image, earlier {self.num_classes}")
         return out

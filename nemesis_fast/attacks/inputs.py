@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_int, check_tensor, dtype_name
+from .._checks import FLOAT_DTYPES, check_class_logits, check_int, check_tensor, dtype_name
 from .precision import clip_tolerance
 
 if TYPE_CHECKING:
@@ -77,10 +77,8 @@ def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch
     first_logits = None
     if attack.num_classes is None:
         first_logits = attack.logits(x[:1].clone())  # a copy: a model that changes its input is refused on it
-        classes = first_logits.shape[1]
-        if classes < 2:
-            raise ValueError(f"model must output logits for at least 2 classes, got {classes}")
-        attack.num_classes = classes
+        check_class_logits(first_logits)
+        attack.num_classes = first_logits.shape[1]
     c = attack.num_classes
     values = [*torch.aminmax(x), *torch.aminmax(y)]  # NaN propagates into x's min and max
     if target is not None:
