@@ -191,11 +191,18 @@ def _csv(start: int, labels: torch.Tensor, prediction: torch.Tensor, radius: tor
 def _run(args: argparse.Namespace) -> int:
     from ._progress import progress_bar
     from .certify import Smooth
-    from .checkpoints import load_checkpoint
+    from .checkpoints import NoArchitectureError, load_checkpoint
     from .defenses import FeatureSqueezing
 
     device = _check_arguments(args)
-    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    try:
+        model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    except NoArchitectureError as error:
+        raise SystemExit(
+            f"nemesis-fast certify: {args.checkpoint} records no architecture (a model built outside "
+            "nemesis_fast.models): the command certifies the package's own networks; certify this one in Python, "
+            "with the model loaded and nemesis_fast.certify.Smooth"
+        ) from error
     squeezing = isinstance(model, FeatureSqueezing)  # a checkpoint of feature squeezing: certified behind it
     # (bpda, a rule for gradients, does not bear on certificates)
     meta["squeezer"] = {k: v for k, v in model.settings().items() if k != "bpda"} if squeezing else None

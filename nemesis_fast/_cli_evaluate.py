@@ -44,6 +44,11 @@ def _run(args: argparse.Namespace) -> int:
         "cache_dir": args.cache_dir,
         "threads": args.threads,
     }
+    if args.config and args.preset:
+        raise SystemExit(
+            "nemesis-fast evaluate: give --config or --preset, not both (a config file starts from a preset with "
+            'a top-level base = "<preset>")'
+        )
     try:
         config = args.config or (preset_path(args.preset) if args.preset else None)
         progress = None if not args.no_progress else False

@@ -69,8 +69,8 @@ def _add_model_arguments(p: argparse._ArgumentGroup) -> None:
     )
     p.add_argument("--model", choices=tuple(MODELS), help="network (default: mnist_cnn / cifar_cnn)")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="relu (default), or brelu (bounded ReLU)")
-    p.add_argument("--t", type=float, default=1.0, help="BReLU threshold (default 1)")
-    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (default 20)")
+    p.add_argument("--t", type=float, help="BReLU threshold (default 1; with --activation brelu or --paper)")
+    p.add_argument("--depth", type=int, help="ResNet depth, 6n+2 (default 20; with --model resnet)")
     p.add_argument("--recipe", choices=tuple(RECIPES), default="standard", help="defense recipe (default: standard)")
     p.add_argument(
         "--set",
@@ -200,8 +200,9 @@ def _paper(args: argparse.Namespace) -> int:
     from .paper_models import train_paper_models
     from .parallel import start, stop
 
-    if args.settings or args.recipe != "standard" or args.activation != "relu" or args.source:
-        raise SystemExit("nemesis-fast train --paper: --recipe, --activation, --set and --source do not apply")
+    given = args.settings or args.recipe != "standard" or args.activation != "relu" or args.source
+    if given or args.depth is not None:
+        raise SystemExit("nemesis-fast train --paper: --recipe, --activation, --set, --source and --depth do not apply")
     started = time.perf_counter()
     try:
         workers = start(args.device or "auto", args.threads)
@@ -217,7 +218,7 @@ def _paper(args: argparse.Namespace) -> int:
             test_data,
             dataset=args.data,
             model_name=model_name,
-            t=args.t,
+            t=1.0 if args.t is None else args.t,
             out_dir=args.out_dir,
             seed=args.seed,
             workers=workers,
@@ -260,6 +261,14 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
     except (OSError, ValueError, TypeError) as error:  # missing or malformed files, bad settings: no traceback
         raise SystemExit(f"nemesis-fast train: {error}") from error
+
+
+def _check_model_arguments(args: argparse.Namespace) -> None:
+    """--t and --depth only where they shape the model: refused, not ignored, elsewhere."""
+    if args.t is not None and args.activation != "brelu" and not args.paper:
+        raise SystemExit("nemesis-fast train: --t is BReLU's threshold; it needs --activation brelu (or --paper)")
+    if args.depth is not None and _model_name(args) != "resnet" and not args.paper:
+        raise SystemExit(f"nemesis-fast train: --depth is the ResNet's; --model is {_model_name(args)}")
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -341,6 +350,7 @@ def _run(args: argparse.Namespace) -> int:
     from .training import evaluate_accuracy, train
 
     device = check_device(args.device, "--device")
+    _check_model_arguments(args)
     _check_outputs(args)
     if args.paper:
         return _paper(args)
@@ -349,11 +359,11 @@ def _run(args: argparse.Namespace) -> int:
     model_name = _model_name(args)
     model_kwargs: dict[str, Any] = {
         "activation": args.activation,
-        "t": args.t,
+        "t": 1.0 if args.t is None else args.t,
         **_shape_kwargs(model_name, train_data[0]),
     }
     if model_name == "resnet":
-        model_kwargs["depth"] = args.depth
+        model_kwargs["depth"] = 20 if args.depth is None else args.depth
     common = _train_kwargs(args, device)
     torch.manual_seed(args.seed)
     model = build_model(model_name, **model_kwargs)

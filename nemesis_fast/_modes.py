@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -24,32 +25,54 @@ def kept_modes(model: Any) -> Iterator[None]:
 
 
 # The modules that open eval_mode blocks hold in eval mode and the parameters they hold frozen, by kind and id:
-# [the object, its flag before the first block that holds it, the number of blocks holding it]. Blocks that overlap
-# (calls on one model from several threads, or on a model and a wrapper of it) each give an object back only when the
-# last of them ends, as it was before the first: each restoring what it found would leave it as another block made it.
+# [a weak reference to the object, its flag before the first block that holds it, the blocks holding it (a WeakSet of
+# their tokens)]. Blocks that overlap (calls on one model from several threads, or on a model and a wrapper of it)
+# each give an object back only when the last of them ends, as it was before the first: each restoring what it found
+# would leave it as another block made it. Every step of the bookkeeping can be repeated, and a release that Ctrl-C
+# interrupts is finished before the interrupt goes on. Where an interrupt still escapes a block (one that lands as
+# the release begins), its token dies with it: the entry, held by no live block, is stale, and the next block reads
+# the object's flags afresh, so no later call puts the model back in eval mode or freezes it again.
 _LOCK = threading.Lock()
 _HELD: dict[tuple[str, int], list] = {}
 
 
-def _hold(kind: str, objects: Iterable[Any], read: Callable[[Any], bool], held: list) -> None:
+class _Block:
+    """The token of one eval_mode or frozen block (weakly referenced by the entries it holds)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _hold(kind: str, objects: Iterable[Any], read: Callable[[Any], bool], token: _Block, held: list) -> None:
     with _LOCK:
         for obj in objects:
-            entry = _HELD.setdefault((kind, id(obj)), [obj, read(obj), 0])
-            entry[2] += 1
-            held.append((kind, obj))
+            held.append((kind, obj))  # first: the release then covers it, whether or not the token went in
+            entry = _HELD.get((kind, id(obj)))
+            if entry is None or entry[0]() is not obj or not entry[2]:  # none, or stale: held by no live block
+                entry = _HELD[(kind, id(obj))] = [weakref.ref(obj), read(obj), weakref.WeakSet()]
+            entry[2].add(token)
 
 
-def _release(held: list) -> None:
+def _release_once(token: _Block, held: list) -> None:
     with _LOCK:
         for kind, obj in reversed(held):
-            entry = _HELD[(kind, id(obj))]
-            entry[2] -= 1
-            if entry[2] == 0:
-                del _HELD[(kind, id(obj))]
+            entry = _HELD.get((kind, id(obj)))
+            if entry is None or entry[0]() is not obj:  # released already
+                continue
+            entry[2].discard(token)
+            if not entry[2]:  # the last holder: the flag back first, then the entry (both safe to repeat)
                 if kind == "mode":
                     obj.training = entry[1]
                 else:
                     obj.requires_grad_(entry[1])
+                _HELD.pop((kind, id(obj)), None)
+
+
+def _release(token: _Block, held: list) -> None:
+    try:
+        _release_once(token, held)
+    except KeyboardInterrupt:  # Ctrl-C inside the bookkeeping: finish it, then let it go on
+        _release_once(token, held)
+        raise
 
 
 @contextlib.contextmanager
@@ -62,24 +85,24 @@ def eval_mode(model: Any, *, freeze: bool = False) -> Iterator[None]:
         yield
         return
     with frozen(model.parameters() if freeze else ()):
-        held: list = []
+        token, held = _Block(), []
         try:
-            _hold("mode", model.modules(), lambda m: m.training, held)
+            _hold("mode", model.modules(), lambda m: m.training, token, held)
             model.eval()
             yield
         finally:
-            _release(held)
+            _release(token, held)
 
 
 @contextlib.contextmanager
 def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
     """`parameters` with requires_grad off inside the block, each given its flag back afterwards (when the last of
     the overlapping blocks holding it ends, as :func:`eval_mode`)."""
-    held: list = []
+    token, held = _Block(), []
     try:
-        _hold("flag", parameters, lambda p: p.requires_grad, held)
+        _hold("flag", parameters, lambda p: p.requires_grad, token, held)
         for _, p in held:
             p.requires_grad_(False)
         yield
     finally:
-        _release(held)
+        _release(token, held)

@@ -17,7 +17,17 @@ from ._io import DamagedFileError, check_output_file, torch_load_checked, torch_
 from .defenses.feature_squeezing import FeatureSqueezing
 from .models import build_model, live_architecture
 
-__all__ = ["checkpoint_noise_sigma", "load_checkpoint", "save_checkpoint", "training_noise_sigma"]
+__all__ = [
+    "NoArchitectureError",
+    "checkpoint_noise_sigma",
+    "load_checkpoint",
+    "save_checkpoint",
+    "training_noise_sigma",
+]
+
+
+class NoArchitectureError(ValueError):
+    """A checkpoint of a model the package did not build (no architecture recorded), loaded without the model."""
 
 
 def save_checkpoint(
@@ -248,7 +258,7 @@ def _network_for(
     differs from `arch`, the recorded one), else one built from `arch` on `device`."""
     if model is None:
         if arch is None:
-            raise ValueError(f"{path}: records no architecture; pass the model to load the weights into")
+            raise NoArchitectureError(f"{path}: records no architecture; pass the model to load the weights into")
         return _built(arch, state_dict, path, device)
     mine = live_architecture(model)
     if mine is not None and arch is not None:

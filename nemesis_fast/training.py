@@ -46,7 +46,7 @@ from ._validation_rows import (
 from .checkpoints import checkpoint_noise_sigma, load_checkpoint, save_checkpoint, training_noise_sigma
 from .data.loader import DeviceLoader, to_float
 from .defenses.adversarial_training import offline_examples
-from .defenses.recipes import Recipe, make_recipe
+from .defenses.recipes import RECIPES, Recipe, make_recipe
 from .resume import (
     EpochCheckpoint,
     Resumable,
@@ -212,7 +212,9 @@ def train(
             validation logits become NaN (training diverged), ValueError naming the epoch, raised after the model
             is given back the weights of its best epoch (the checkpoint keeps the epoch before); without
             validation, the same where its weights become NaN or infinite.
-        seed: seeds torch's global generator (dropout), the shuffling, GDA's noise and VAT's directions.
+        seed: seeds torch's global generator (dropout), the shuffling, GDA's noise and VAT's directions. torch's
+            generator is the process's: seeded runs that overlap in threads of one process draw each other's dropout
+            masks (run a sweep of them in processes).
         device: default: the GPU when one is visible. The model is moved there.
         amp: False, True ("bf16") or "fp16" (with gradient scaling): autocast for the forward passes.
         compile: run the forward passes through torch.compile (each epoch then drops its last, smaller batch;
@@ -405,4 +407,6 @@ def _resumable(
         signature["val_rows"] = val_rows
     signature |= model_signature(model, budget["amp"], budget["compile"])
     run = {"recipe": recipe.name, "settings": recipe.settings_dict()}
+    if type(recipe) is not RECIPES.get(recipe.name):  # a recipe class of one's own: its code, not its name, trains
+        run["recipe_class"] = f"{type(recipe).__module__}.{type(recipe).__qualname__}"
     return Resumable(checkpoint, {**run, "epochs": budget["epochs"], "batch_size": budget["batch_size"]}, signature)

@@ -358,3 +358,94 @@ def test_the_guard_gives_the_model_back_after_an_interrupted_start_and_when_guar
     assert not model.training and not any(p.requires_grad for p in model.parameters()), "the inner guard holds it"
     inner.__exit__(None, None, None)
     assert as_given()
+
+
+def test_a_dropped_attack_and_model_are_freed_without_the_cyclic_collector():
+    """No attack is a reference cycle (it used to be one through its Jacobian helper, which held its bound logits
+    method): deleting an attack and its model frees the model at once, as deleting the model alone would."""
+    import gc
+    import weakref
+
+    x, y = data(4)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # only reference counting frees anything below
+    try:
+        for name in NAMES:
+            model = small_model()
+            attack = attacks(model)[name]
+            attack(x, y)
+            alive = weakref.ref(model)
+            del attack, model
+            assert alive() is None, name
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _call_interrupted_at(call, code: set, skipped: set[int], line: int) -> tuple[int, list]:
+    """Runs `call()` with a KeyboardInterrupt raised at the `line`-th line event of the functions of `code` (not
+    counting lines of `skipped`): (the line events counted, [(code, line number)] where it was raised)."""
+    import sys
+
+    seen, landed = 0, []
+
+    def tracer(frame, event, arg):
+        nonlocal seen
+        if event == "line" and frame.f_lineno not in skipped:
+            seen += 1
+            if seen == line:
+                landed.append((frame.f_code, frame.f_lineno))
+                raise KeyboardInterrupt
+        return tracer
+
+    sys.settrace(lambda frame, event, arg: tracer if frame.f_code in code else None)
+    try:
+        call()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return seen, landed
+
+
+def test_a_ctrl_c_at_any_line_of_the_guards_bookkeeping_leaves_nothing_held():
+    """A KeyboardInterrupt landing between two statements of the holders' bookkeeping left entries counted for
+    good: every later call then put the model back in eval mode and froze it again, even after the user had set it
+    back by hand. Raised here at each line of it in turn (one per call), the call gives the model its flags back,
+    except where the interrupt lands as the release begins (at its call, before its `try`), and there no later
+    call holds the model any more: set back by hand, it stays so. (Not at a `with` or `for` line: a trace function
+    can raise there after a block's last statement, before the lock's __exit__, where a real Ctrl-C, checked for
+    at calls and backward jumps, does not land.)"""
+    import inspect
+
+    from nemesis_fast import _modes
+
+    model = small_model().train()
+    x, y = data(2)
+    attack = FGSM(model, 0.1)
+    code = {getattr(_modes, name).__code__ for name in ("_hold", "_release_once", "_release") if hasattr(_modes, name)}
+    code |= {f.__wrapped__.__code__ for f in (_modes.eval_mode, _modes.frozen)}
+    source = inspect.getsource(_modes).splitlines()  # line n is source[n - 1]
+    headers = {n for n, text in enumerate(source, 1) if text.strip().startswith(("with ", "for "))}
+    release, release_first = inspect.getsourcelines(_modes._release)
+    before_try = {release_first + i for i, text in enumerate(release) if "try:" not in "".join(release[:i])}
+
+    def given_back() -> bool:
+        return all(m.training for m in model.modules()) and all(p.requires_grad for p in model.parameters())
+
+    line = 0
+    while True:
+        seen, landed = _call_interrupted_at(lambda: attack(x, y), code, headers, line)
+        at_release_start = bool(landed) and (
+            (landed[0][0] is _modes._release.__code__ and landed[0][1] in before_try)
+            or "_release(token, held)" in source[landed[0][1] - 1]  # the call of it, in a `finally`
+        )
+        assert given_back() or at_release_start, (line, landed)
+        model.train().requires_grad_(True)  # set back by hand: the next call gives the model back so
+        attack(x, y)
+        assert given_back() and not any(entry[2] for entry in _modes._HELD.values()), (line, landed)
+        if line > seen:  # every line of a whole call interrupted once
+            break
+        line += 1
+    assert line > 20

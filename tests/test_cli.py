@@ -350,3 +350,26 @@ def test_evaluate_refuses_an_out_folder_of_the_same_settings_on_other_data(tmp_p
         check_same_data(config, {"train": "a", "test": "c"})
     results.write_text(json.dumps({"config": config.to_dict()}))  # written before the data were recorded
     check_same_data(config, {"train": "a", "test": "c"})
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--t", "0.5"], "--t is BReLU's threshold; it needs --activation brelu"),
+        (["--depth", "32"], "--depth is the ResNet's; --model is mnist_cnn"),
+        (["--paper", "--depth", "32"], "--paper: .*--depth do not apply"),
+    ],
+)
+def test_train_options_that_would_change_nothing_are_refused(extra, message, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.training.train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr("nemesis_fast.paper_models.train_paper_models", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(SystemExit, match=f"nemesis-fast train.*{message}"):
+        main([*TRAIN, *extra])
+
+
+def test_evaluate_refuses_a_preset_beside_a_config(tmp_path, monkeypatch):
+    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    for preset in ("quick", "no_such_preset"):
+        with pytest.raises(SystemExit, match="give --config or --preset, not both"):
+            config = str(write_config(tmp_path))
+            main(["evaluate", "--config", config, "--preset", preset, "--out", str(tmp_path / "o")])

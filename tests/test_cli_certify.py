@@ -274,3 +274,12 @@ def test_a_checkpoint_that_does_not_take_the_data_sets_images_is_refused_in_one_
     args = ["certify", "--checkpoint", checkpoint, "--dataset", "cifar10", "--data-dir", str(cifar), "--n", "5"]
     with pytest.raises(SystemExit, match="nemesis-fast certify: --checkpoint: its model does not take the data's 3x32"):
         main([*args, "--out", str(tmp_path / "c.csv")])
+
+
+def test_a_checkpoint_of_a_model_of_ones_own_is_refused_saying_what_certifies_it(tmp_path):
+    from torch import nn
+
+    path = tmp_path / "own.pt"
+    save_checkpoint(path, nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), recipe="gda", settings={"sigma": 0.3})
+    with pytest.raises(SystemExit, match="records no architecture .*nemesis_fast.certify.Smooth"):
+        main(["certify", "--checkpoint", str(path), "--n", "5", "--out", str(tmp_path / "c.csv")])

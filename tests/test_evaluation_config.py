@@ -459,3 +459,36 @@ def test_pgd_without_an_eps_is_refused_by_name():
     assert attacks.eps("pgd", None) is None and attacks.eps("fgsm", None) == load_config(None).attack.fgsm_eps
     with pytest.raises(ValueError, match="pgd: an eps must be given"):
         attacks.make("pgd", torch.nn.Linear(4, 3), 0)
+
+
+def test_a_section_given_as_an_override_updates_that_section_key_by_key(tmp_path):
+    """`evaluate(path, training={...})` and `evaluate(config, training={...})` change the keys given and keep the
+    section's others (the file's, or the object's), as a config's `base` merges; a section object replaces it."""
+    from nemesis_fast.evaluation.config import TrainingSettings
+    from nemesis_fast.evaluation.load import config_with_overrides
+
+    path = write_config(tmp_path)
+    for config in (
+        load_config(path, {"training": {"epochs": 2}, "certify": {"n": 128}}),
+        config_with_overrides(load_config(path), {"training": {"epochs": 2}, "certify": {"n": 128}}),
+    ):
+        assert (config.training.epochs, config.training.train_samples, config.training.source_depth) == (2, 600, 8)
+        assert config.certify.n == 128 and config.certify.n0 == load_config(path).certify.n0
+        assert config.defense.gda_copies == 2
+    whole = config_with_overrides(load_config(path), {"training": TrainingSettings(epochs=3)})
+    assert (whole.training.epochs, whole.training.train_samples) == (3, TrainingSettings().train_samples)
+    with pytest.raises(ConfigError, match="unknown setting training.epoch;"):
+        load_config(path, {"training": {"epoch": 2}})
+
+
+def test_the_attack_phase_refuses_an_attack_it_does_not_have():
+    """An attack name outside the config's checks (a caller's own) raises, not C&W's results under its name."""
+    from nemesis_fast.evaluation.attack import Attacks
+
+    attacks = Attacks.__new__(Attacks)
+    attacks.config = load_config(preset_path("quick"))
+    for method in (lambda name: attacks.make(name, torch.nn.Identity(), 0), attacks.cost):
+        with pytest.raises(ValueError, match="the evaluation has no attack 'mifgsm'"):
+            method("mifgsm")
+    assert attacks.cost("fgsm") == 1.0
+    assert type(attacks.make("cw", torch.nn.Identity(), 0)).__name__ == "CarliniWagnerL2"

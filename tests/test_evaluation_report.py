@@ -211,3 +211,35 @@ def test_columns_on_fewer_test_images_say_so():
     titles = [title for title, *_ in sections(results)]
     assert "White-box PGD accuracy (%) against eps (first 10 images)" in titles
     assert "White-box FGSM accuracy (%) against eps" in titles
+
+
+def test_only_mnists_own_test_images_are_set_beside_the_papers_numbers(tmp_path):
+    """The paper's table and the authors' curves are MNIST's: a run on other images in MNIST's format (here the
+    sample's pixels inverted, as a Fashion-MNIST stands for) or on synthetic data shows its cells alone."""
+    import dataclasses
+    import gzip
+
+    from nemesis_fast.data import load_mnist
+    from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+    from nemesis_fast.evaluation.dataset import load_data
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = load_mnist(MNIST_SAMPLE_DIR, split)
+        pixels = (255 - images[:, 0]).numpy()
+        header = (0x803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in pixels.shape)
+        (other / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + pixels.tobytes()))
+        header = (0x801).to_bytes(4, "big") + len(labels).to_bytes(4, "big")
+        (other / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header + labels.byte().numpy().tobytes()))
+    config = load_config(overrides={"test_samples": 8})
+    assert load_data(config).paper_data  # the shipped sample, cut to 8 test images
+    for not_mnist in ({"data_dir": str(other)}, {"synthetic": True}):
+        assert not load_data(load_config(overrides={"test_samples": 8, **not_mnist})).paper_data
+    config = load_config(overrides={"defenses": ["standard"], "blackbox_eps": [0.1], "attack": {"fgsm_eps": 0.1}})
+    results = Results(config=config.to_dict(), version="t", device="cpu", world_size=1)
+    results.cells = [_c("fgsm", "blackbox", 0.1, 96.0)]
+    assert "(94.46" in blackbox_table(results)[1][0][2]
+    elsewhere = dataclasses.replace(results, paper_data=False)
+    assert blackbox_table(elsewhere)[1][0][2] == "96.00" and sweep_table(elsewhere, "fgsm")[0] == ["defense", "0.1"]
+    assert authors_table(elsewhere, "blackbox", "fgsm") == (["defense"], [])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _attack_cases import CLASSES, SHAPE, data, small_model
 
-from nemesis_fast.attacks import DeepFool, model_guard
+from nemesis_fast.attacks import JSMA, DeepFool, model_guard
 from nemesis_fast.attacks import jacobian as jacobian_module
 from nemesis_fast.attacks.jacobian import LogitJacobian, difference_weights, predicts
 from nemesis_fast.nn import BoundedReLU
@@ -121,3 +121,23 @@ def test_the_cpu_paths_give_the_per_class_gradients(images):
             expected = [torch.autograd.grad((out * w).sum(), leaf, retain_graph=True)[0] for w in weights]
     torch.testing.assert_close(logits, out.detach())
     torch.testing.assert_close(grads, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attack", ["deepfool", "jsma"])
+def test_a_compiled_model_runs_past_the_per_product_path(attack):
+    """A model under torch.compile has a backward that runs once per forward pass (AOTAutograd donates its
+    buffers: retain_graph refused). With K * B >= PER_PRODUCT_BACKWARD_MIN on a CPU the attacks took K backward
+    passes through one graph and failed; they now take one batched pass there, with the same images as eager."""
+    model = small_model()
+    x, _ = data(64)  # K * B >= 2 * 64 = PER_PRODUCT_BACKWARD_MIN: the per-product path
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)  # every image classified as labelled: all 64 attacked
+    compiled = torch.compile(model, backend="aot_eager")
+    make = {
+        "deepfool": lambda m: DeepFool(m, max_iter=5),
+        "jsma": lambda m: JSMA(m, theta=1.0, gamma=0.1, seed=0),
+    }[attack]
+    run = make(compiled)
+    result = run.run(x, y)
+    assert not run._jacobian.per_product and run._jacobian.use_vmap
+    torch.testing.assert_close(result.x_adv, make(model).run(x, y).x_adv, rtol=0, atol=1e-5)

@@ -255,3 +255,21 @@ def test_a_checkpoint_loads_onto_the_gpu_and_a_cpu_state_does_not_resume_there(t
     checkpoint.after = None
     with pytest.raises(ValueError, match="checkpoint: its state was written by a run on the CPU; this one is on cuda"):
         train(tiny_model(), tiny_set(), device="cuda", checkpoint=checkpoint, **kwargs)
+
+
+def test_a_state_of_a_builtin_recipe_is_refused_to_a_recipe_class_of_ones_own_of_the_same_name(tmp_path):
+    """A subclass of a built-in recipe that keeps its name trains otherwise: the built-in's state is not its own."""
+    from nemesis_fast.defenses.recipes import StandardRecipe
+
+    class Halved(StandardRecipe):
+        def loss(self, model, x, y):
+            return super().loss(model, x, y) / 2
+
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randint(0, 256, (48, 1, 6, 6), dtype=torch.uint8, generator=g), torch.randint(0, 10, (48,)))
+    kwargs = dict(epochs=1, batch_size=16, patience=None, log=False, checkpoint=tmp_path / "state.pt")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+    nf.train(model, data, "standard", **kwargs)
+    with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
+        nf.train(model, data, Halved(StandardRecipe.Settings()), **kwargs)
+    nf.train(model, data, StandardRecipe(StandardRecipe.Settings()), **kwargs)  # the same run

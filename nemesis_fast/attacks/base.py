@@ -139,7 +139,7 @@ class Attack:
         self.seed = check_seed(seed)
         self.num_classes: int | None = None  # learnt from the model's output on the first call
         self._generators: dict[int, torch.Generator | None] = {}  # the running calls' own, by thread
-        self._jacobian = LogitJacobian(self.logits)
+        self._jacobian = LogitJacobian()  # given self.logits per call: no reference cycle through the attack
 
     # ----------------------------------------------------------------------------------------------------
     # The public calls.
@@ -251,7 +251,7 @@ class Attack:
         `weights` is a (K, B, C) tensor, or a function of the (detached) logits returning one. One forward
         pass and one batched backward pass (:class:`~nemesis_fast.attacks.jacobian.LogitJacobian`).
         """
-        return self._jacobian.products(x, weights)
+        return self._jacobian.products(x, weights, self.logits)
 
     def logit_gradients_of_kept(
         self, x: torch.Tensor, weights: Weights, keep: Callable[[torch.Tensor], torch.Tensor]
@@ -260,7 +260,7 @@ class Attack:
         whose logits `keep` keeps (a function of the detached logits returning a (B,) bool mask) only, with their
         row indices (int64; index with them: a mask index synchronises with the host on a GPU): the forward pass
         that decides which images an iterative attack stops also serves the others' gradients."""
-        return self._jacobian.products_of_kept(x, weights, keep)
+        return self._jacobian.products_of_kept(x, weights, keep, self.logits)
 
     def step_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype in which the attack scales its steps (see `step_sizes`) for images of `dtype`: theirs."""

@@ -42,39 +42,50 @@ def input_grad(
 
 
 class LogitJacobian:
-    """The vector-Jacobian products of `logits` (a function mapping (B, ...) images to (B, C) logits)."""
+    """The vector-Jacobian products of `logits` (a function mapping (B, ...) images to (B, C) logits), or of the
+    `logits` given to each call (an attack passes its own bound method per call: held here, it would make every
+    attack a reference cycle, and keep its model alive until the cyclic garbage collector runs)."""
 
-    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.logits = logits
         self.use_vmap = True  # turned off for good at the first op without a batching rule
+        self.per_product = True  # turned off for good by a backward that runs once per forward (torch.compile's)
 
-    def products(self, x: torch.Tensor, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+    def products(
+        self, x: torch.Tensor, weights: Weights, logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, C), grads (K, B, ...)). `weights` is a (K, B, C) tensor, or a function of the detached
-        logits returning one."""
+        logits returning one; `logits_of`: the logits' function (default: the one given at construction)."""
+        logits_of = self._function(logits_of)
         with torch.enable_grad():
             if self.use_vmap:
                 leaf = x.detach().requires_grad_(True)
-                logits = self.logits(leaf)
+                logits = logits_of(leaf)
                 grads = self._backward_products(logits, leaf, _resolve(weights, logits))
                 if grads is not None:
                     return logits.detach(), grads
-            return self._stacked(x, weights)
+            return self._stacked(logits_of, x, weights)
 
     def products_of_kept(
-        self, x: torch.Tensor, weights: Weights, keep: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        x: torch.Tensor,
+        weights: Weights,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+        logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits (B, C), mask (B,), rows (kept,), grads (K, kept, ...)): the products of the images that `keep` (a
         function of the detached logits (B, C), returning a (B,) bool mask) keeps, in order, and their row indices
-        (int64: indexing with them, unlike with the mask, needs no host synchronisation); `weights` as for
-        :meth:`products`, over all B images.
+        (int64: indexing with them, unlike with the mask, needs no host synchronisation); `weights` and `logits_of`
+        as for :meth:`products`, over all B images.
 
         For iterative attacks that stop an image once the logits at its new point say so: the forward pass that
         tells which images stop is the one whose graph the others' products use. The K products of the stopped
         images are skipped whenever they would cost more than a second forward pass of the kept ones.
         """
+        logits_of = self._function(logits_of)
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(self.use_vmap)
-            logits = self.logits(leaf)
+            logits = logits_of(leaf)
             mask = keep(logits.detach())
             w = _resolve(weights, logits)
             index = mask.nonzero().squeeze(1)
@@ -86,18 +97,33 @@ class LogitJacobian:
                 grads = self._backward_products(logits, leaf, w)
                 if grads is not None:
                     return logits.detach(), mask, index, grads[:, index] if stopped else grads
-            _, grads = self.products(x[index], w[:, index])
+            _, grads = self.products(x[index], w[:, index], logits_of)
             return logits.detach(), mask, index, grads
+
+    def _function(self, logits_of: Callable[[torch.Tensor], torch.Tensor] | None) -> Callable:
+        if logits_of is not None:
+            return logits_of
+        if self.logits is None:
+            raise TypeError("LogitJacobian: give the logits' function at construction or to each call")
+        return self.logits
 
     def _backward_products(
         self, logits: torch.Tensor, leaf: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor | None:
         """The K products through the graph of `logits` (on a CPU from PER_PRODUCT_BACKWARD_MIN products of images,
-        K backward passes), or None (and vmap off) where an op has no batching rule."""
+        K backward passes), or None where an op has no batching rule (vmap off) or the backward runs only once."""
         k, b = weights.shape[:2]
-        if leaf.device.type == "cpu" and k * b >= PER_PRODUCT_BACKWARD_MIN:
+        if leaf.device.type == "cpu" and k * b >= PER_PRODUCT_BACKWARD_MIN and self.per_product:
             w = weights.to(logits.dtype)
-            return torch.stack([input_grad(logits, leaf, w[i], retain_graph=i < k - 1) for i in range(k)])
+            try:
+                return torch.stack([input_grad(logits, leaf, w[i], retain_graph=i < k - 1) for i in range(k)])
+            except RuntimeError as error:
+                if "retain_graph" not in str(error):
+                    raise
+                # A compiled model's backward (AOTAutograd's donated buffers) refuses retain_graph: from now on one
+                # batched pass; this time the caller's fallback, after a fresh forward pass.
+                self.per_product = False
+                return None
         try:  # input_grad's ValueError (no gradient path to x) is no missing batching rule: it propagates
             return input_grad(logits, leaf, weights.to(logits.dtype), is_grads_batched=True)
         except torch.cuda.OutOfMemoryError:
@@ -106,16 +132,17 @@ class LogitJacobian:
             self.use_vmap = False
             return None
 
-    def _stacked(self, x: torch.Tensor, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _stacked(logits_of: Callable, x: torch.Tensor, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
         """The K products from one forward and one backward pass over K stacked copies of x."""
         if isinstance(weights, torch.Tensor):
             w = weights
         else:
             with torch.no_grad():
-                w = weights(self.logits(x))
+                w = weights(logits_of(x))
         k, b = w.shape[0], x.shape[0]
         leaf = x.detach().unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:]).requires_grad_(True)
-        stacked = self.logits(leaf).view(k, b, -1)
+        stacked = logits_of(leaf).view(k, b, -1)
         grads = input_grad((stacked * w.to(stacked.dtype)).sum(), leaf)
         return stacked[0].detach(), grads.view(k, *x.shape)
 

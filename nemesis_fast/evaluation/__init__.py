@@ -25,7 +25,7 @@ from .._checks import check_bool
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
 from .folders import check_folders, check_out_dir, check_same_data
-from .load import load_config, validate
+from .load import config_with_overrides, load_config
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
@@ -79,7 +79,9 @@ def evaluate(
             trained, the cells all of whose chunks are cached), in `<out_dir>/partial/` (the models already
             trained in its `models/`), leaving the run's own outputs alone. In one process (not under torchrun);
             may run beside the run it reports.
-        overrides: top-level settings (data_dir, dataset, out_dir, device, test_samples, synthetic...).
+        overrides: top-level settings (data_dir, dataset, out_dir, device, test_samples, synthetic...); a
+            section given as a dict (e.g. ``certify={"n": 1000}``) updates that section's settings, keeping its
+            others.
 
     Every setting is checked before any work starts (ConfigError, a ValueError, naming the key). Under
     torchrun the models to train are shared out among the processes (each trained once, by one process, and
@@ -87,8 +89,8 @@ def evaluate(
     only process 0 writes files. The CPU threads the run sets (`threads`) and the seeds it sets are the run's
     own: torch's thread count and random generators (the CPU's and the run's GPU's) are given back as they were.
     """
-    if isinstance(config, EvalConfig):  # checked as a file's settings are (validate checks a copy), with the overrides
-        config = validate(dataclasses.replace(config, **_known(overrides)))
+    if isinstance(config, EvalConfig):  # checked as a file's settings are, with the overrides
+        config = config_with_overrides(config, _known(overrides))
     elif config is None or isinstance(config, (str, os.PathLike)):
         if config is None and not overrides.get("data_dir"):
             config = preset_path("quick")

@@ -83,6 +83,8 @@ class Attacks:
             return DeepFool(model, a.deepfool_max_iter, a.deepfool_overshoot, a.deepfool_candidates)
         if attack == "jsma":
             return JSMA(model, a.jsma_theta, a.jsma_gamma, use_logits=a.jsma_use_logits, seed=seed)
+        if attack != "cw":
+            raise ValueError(f"the evaluation has no attack {attack!r}")
         return CarliniWagnerL2(
             model,
             confidence=a.cw_confidence if confidence is None else confidence,
@@ -106,7 +108,9 @@ class Attacks:
             return 17.0 * a.jsma_gamma
         if attack == "cw":
             return 0.8 * a.cw_binary_search_steps * a.cw_max_iter
-        return 1.0
+        if attack in ("fgsm", "rfgsm"):
+            return 1.0
+        raise ValueError(f"the evaluation has no attack {attack!r}")
 
     def settings(self, attack: str) -> dict[str, Any]:
         return attack_settings(self.config, attack)

@@ -14,6 +14,7 @@ from ..data import DataFormatError, load_cifar10, load_mnist
 from ..data.mnist import MNIST_SAMPLE_DIR
 from ..resume import tensor_bytes
 from .config import ConfigError, EvalConfig
+from .paper import MNIST_TEST_HEADS, PAPER_HEAD_IMAGES
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Dataset:
     description: str
     # The data's identity in the keys of caches written before the keys held its content: its path, both sizes.
     legacy_identity: dict[str, Any] = field(default_factory=dict)
+    paper_data: bool = False  # MNIST's test images (the files or the shipped sample): the paper's table applies
     _test_digests: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
 
     def fingerprint(self) -> dict[str, str]:
@@ -94,6 +96,8 @@ def load_data(config: EvalConfig) -> Dataset:
         description = f"{config.dataset} from {root}" + (
             " (the sample shipped with nemesis_fast)" if not config.data_dir else ""
         )
+    head = content_digest(test_x[:PAPER_HEAD_IMAGES], test_y[:PAPER_HEAD_IMAGES])
+    paper_data = config.dataset == "mnist" and not config.synthetic and head in MNIST_TEST_HEADS
     if config.training.train_samples:
         train_x, train_y = train_x[: config.training.train_samples], train_y[: config.training.train_samples]
     if config.test_samples:
@@ -101,7 +105,7 @@ def load_data(config: EvalConfig) -> Dataset:
     _check_training_sizes(config, len(train_y), description)
     identity = {"dataset": config.dataset, "train": len(train_y), "train_images": content_digest(train_x, train_y)}
     legacy = {"dataset": config.dataset, "source": source, "train": len(train_y), "test": len(test_y)}
-    return Dataset(train_x, train_y, test_x, test_y, identity, description, legacy)
+    return Dataset(train_x, train_y, test_x, test_y, identity, description, legacy, paper_data)
 
 
 __all__ = ["Dataset", "load_data"]

@@ -315,14 +315,34 @@ def _validate_smoothing_sigma(config: EvalConfig) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys), validates.
+    """Reads a TOML or JSON config (None: the defaults), applies `overrides` (top-level keys; a section as a dict
+    updates the section key by key: :func:`with_overrides`), validates.
 
     A config may start from another with a top-level ``base``: the name of a shipped preset (e.g. "paper") or
     the path of a config file (relative to this one); its own keys then override the base's, section by
     section."""
     values, budgets = read_config_file(Path(path)) if path is not None else ({}, {})
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = value
+    values = with_overrides(values, overrides)
     check_budgets_fit(budgets, values.get("dataset", EvalConfig.dataset))
     return validate(_build(EvalConfig, values, ""))
+
+
+def with_overrides(values: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`values` (settings by key, sections as tables) with each override given (not None) in place of its key's
+    value; a section given as a table (e.g. ``{"certify": {"n": 128}}``) updates that section key by key, as a
+    config's ``base`` does, and keeps the section's other settings."""
+    values = dict(values)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in _SECTIONS and isinstance(value, _SECTIONS[key]):
+            value = dataclasses.asdict(value)  # a whole section object replaces the section
+        elif key in _SECTIONS and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
+    return values
+
+
+def config_with_overrides(config: EvalConfig, overrides: dict[str, Any]) -> EvalConfig:
+    """`config` with `overrides` applied as :func:`load_config` applies them to a file's settings, validated."""
+    return validate(_build(EvalConfig, with_overrides(config.to_dict(), overrides), ""))

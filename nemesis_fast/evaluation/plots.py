@@ -54,11 +54,11 @@ def _accuracy_panels(
                 continue
             (line,) = ax.plot([c.eps for c in cells], [c.accuracy for c in cells], marker="o", ms=3)
             line.set_label(DEFENSE_LABELS[defense])
-            paper = paper_value(results.config["dataset"], defense, attack) if paper_lines else None
+            paper = paper_value(results.paper_dataset, defense, attack) if paper_lines else None
             if paper is not None:
                 ax.axhline(paper, color=line.get_color(), linestyle="--", linewidth=0.8)
                 notes["dashed: the paper"] = None
-            theirs = authors_curve(results.config["dataset"], authors, attack, defense) if authors else {}
+            theirs = authors_curve(results.paper_dataset, authors, attack, defense) if authors else {}
             if theirs:
                 ax.plot(list(theirs), list(theirs.values()), color=line.get_color(), linestyle=":", marker="x", ms=4)
                 notes["dotted: the authors" + (", own gradient" if authors == "whitebox" else "")] = None

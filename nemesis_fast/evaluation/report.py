@@ -107,6 +107,14 @@ class Results:
     pending: int = 0
     # Digests of the training and test sets (Dataset.fingerprint): an out_dir holding results of other data is refused.
     data: dict[str, str] = field(default_factory=dict)
+    # False where the run's test images are not MNIST's (other data in its format, synthetic data): the tables and
+    # plots then set neither the paper's values nor the authors' curves beside its cells.
+    paper_data: bool = True
+
+    @property
+    def paper_dataset(self) -> str:
+        """The data set whose published numbers apply to this run's cells ("mnist"), or "" where none do."""
+        return self.config["dataset"] if self.paper_data else ""
 
     def blackbox(self) -> list[Cell]:
         """The cells of the black-box table: each attack at its configured budget."""

@@ -308,6 +308,7 @@ class Evaluation:
             **masking,
             seconds={**self.seconds, "total": time.perf_counter() - started},
             data=self.data.fingerprint(),
+            paper_data=self.data.paper_data,
         )
 
     def _cells(

@@ -28,7 +28,7 @@ def blackbox_table(results: Results) -> tuple[list[str], list[list[str]]]:
         row = [DEFENSE_LABELS[defense], _pct(results.clean_accuracy.get(defense))]
         for attack in attacks:
             text = _pct(cells[attack].accuracy) if attack in cells else ""
-            versus = comparison(results.config["dataset"], defense, attack, cells[attack].accuracy) if text else None
+            versus = comparison(results.paper_dataset, defense, attack, cells[attack].accuracy) if text else None
             if versus is not None:
                 mark = "" if versus["within"] else " !"
                 text += f" ({versus['paper']:.2f}, {versus['difference']:+.1f}{mark})"
@@ -43,7 +43,7 @@ def sweep_table(results: Results, attack: str) -> tuple[list[str], list[list[str
     each eps (no single eps need fit a whole column)."""
     cells = results.blackbox_sweep(attack)
     eps_values = sorted({c.eps for c in cells})
-    dataset = results.config["dataset"]
+    dataset = results.paper_dataset
     header = ["defense", *(f"{e:g}" for e in eps_values)]
     if dataset == "mnist":
         header += ["paper", "meets paper at eps"]
@@ -78,7 +78,7 @@ def authors_table(results: Results, setting: str, attack: str) -> tuple[list[str
     has no cell at that eps, "-" where their plot hides the point). White-box, the authors attacked every model
     through its own gradient: a defense's row of this run is its gradient-masking row where it has one (its
     own gradient), except feature squeezing's, which they applied outside the network (so through BPDA)."""
-    dataset = results.config["dataset"]
+    dataset = results.paper_dataset
     cells = results.blackbox_sweep(attack) if setting == "blackbox" else results.whitebox(attack, setting)
     masked = results.whitebox(attack, MASKED) if setting == "whitebox" else []
     rows = []
