@@ -335,6 +335,8 @@ def test_attacks_fast_cases_are_timed_for_the_harness_rounds_and_seconds(monkeyp
 def test_attacks_names_are_checked_and_a_plain_string_is_one_name(monkeypatch):
     from nemesis_fast.bench import attacks
 
+    monkeypatch.delenv("NEMESIS_FAST_MNIST", raising=False)  # which would add its MNIST rows
+
     for wrong in (("fgsm",), ("CW",), ("FGSM", "nope"), ()):
         with pytest.raises(ValueError, match="choose from FGSM, R\\+FGSM, PGD, DeepFool, CW-L2|attacks is empty"):
             attacks.run("cpu", numel=1, attacks=wrong)

@@ -14,6 +14,8 @@ from .. import triton as _triton
 from .._dispatch import OpBackends
 from ..reference.bounded_relu import check_backward, check_mask, dense_like, mask_bytes
 
+_OUTPUT_WRITTEN_IN_PLACE_LOSES_GRADIENT = tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 13)
+
 
 def _register_autograd(forward, backward) -> None:
     """Autograd of a (forward, backward) op pair: backward reads the saved output, never the input.
@@ -126,7 +128,9 @@ class _ReferenceMasked(torch.autograd.Function):
         out, mask = _reference.bounded_relu_masked(x, t)
         ctx.stride = out.stride()
         ctx.save_for_backward(mask)
-        return out
+        # torch 2.11 (pytorch#180642, fixed in 2.12) compiles a zero gradient for a Function whose output was written
+        # in place (out.copy_): a copy of it is given back there
+        return out.clone(memory_format=torch.preserve_format) if _OUTPUT_WRITTEN_IN_PLACE_LOSES_GRADIENT else out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

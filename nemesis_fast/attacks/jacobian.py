@@ -46,6 +46,8 @@ class LogitJacobian:
     `logits` given to each call (an attack passes its own bound method per call: held here, it would make every
     attack a reference cycle, and keep its model alive until the cyclic garbage collector runs)."""
 
+    per_product = True  # a class default as well: an attack pickled before this flag existed loads with it
+
     def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.logits = logits
         self.use_vmap = True  # turned off for good at the first op without a batching rule

@@ -38,11 +38,15 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     """
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if INTERPRET and any(is_fake(a) for a in tensors):
-        if torch.compiler.is_compiling():
+        # torch before 2.14 runs dynamo's fake pass with is_compiling() False, but inside a TracingContext
+        if torch.compiler.is_compiling() or torch._guards.TracingContext.try_get() is not None:
             raise RuntimeError(
                 "nemesis_fast: torch.compile cannot trace the Triton backend under TRITON_INTERPRET=1 (the "
                 "interpreter runs kernels on real data only); compile with backend='native' or 'torch', or on a GPU"
             )
+        return
+    if INTERPRET:  # the kernel is a plain Python function there (torch before 2.13's wrap_triton refuses it)
+        kernel[grid](*args, **kwargs)
         return
     cuda = next((a.device for a in tensors if a.device.type == "cuda"), None)
     if cuda is None:
