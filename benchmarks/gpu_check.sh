@@ -42,6 +42,8 @@
 # run's own temporary folder (removed when it ends); the machine has their dependencies. Here, before the call:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #     torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
+# In a fresh checkout, `bash scripts/prepare_gpu_carry.sh` puts the three carried folders in place (.whl/,
+# runs/mnist-data/, runs/certify-models/gda.pt from the `paper` run's cache).
 # A dry run of this script's logic on a CPU machine: GPU_CHECK_DEVICE=cpu SKIP_BUILD=1 BUDGET=60 OUT=/tmp/x bash ...
 #
 # The calls, with the device tool (the working tree must stay under its 64 MiB: runs/ is ignored, and a long run's

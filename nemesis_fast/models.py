@@ -8,6 +8,10 @@ Every builder takes `activation="relu"|"brelu"` and the BReLU threshold `t`, exp
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import marshal
 from collections.abc import Callable
 from typing import Any
 
@@ -279,6 +283,32 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
     "small_resnet": small_resnet,
 }
+
+
+_PACKAGE_BUILDERS = dict(MODELS)
+
+
+def builder_digest(name: str) -> str | None:
+    """None where ``MODELS[name]`` is this package's own builder; else "module.qualname:sha256 of its code" of the
+    builder put in its place (a model of one's own under a built-in's name), so that caches keyed by the name do
+    not hand it the built-in's weights. The code is the builder's own source (or its bytecode where the source is
+    not at hand; a callable object's class), not that of the functions it calls."""
+    builder = MODELS[name]
+    if builder is _PACKAGE_BUILDERS.get(name):
+        return None
+    parts: list[Any] = []
+    while isinstance(builder, functools.partial):
+        parts.append((builder.args, sorted(builder.keywords.items())))
+        builder = builder.func
+    builder = inspect.unwrap(builder)
+    code_of = builder if inspect.isroutine(builder) or inspect.isclass(builder) else type(builder)  # an instance's
+    try:
+        code = inspect.getsource(code_of).encode()
+    except (OSError, TypeError):
+        code_object = getattr(code_of, "__code__", None)
+        code = marshal.dumps(code_object) if code_object is not None else code_of.__qualname__.encode()
+    digest = hashlib.sha256(code + repr(parts).encode()).hexdigest()
+    return f"{code_of.__module__}.{code_of.__qualname__}:{digest}"
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -248,3 +248,37 @@ def test_a_model_validated_on_a_keras_count_of_last_rows_other_than_rounding_has
         held[samples] = models.key("gda_brelu")["training"].get("held_out_rows")
         assert "held_out_rows" not in models.key("standard")["training"]  # validated on images: no last rows
     assert held == {55: 61, 60: None}
+
+
+def test_a_builder_put_in_place_of_a_built_in_one_has_a_key_of_its_own(tmp_path, monkeypatch):
+    """A model of one's own under a built-in's name (`MODELS["mnist_cnn"] = ...`) is not handed the cached weights
+    of the built-in model of the same shapes: its key holds its code's digest; the package's own builders' keys are
+    as they were (no digest), so the caches written before stay valid."""
+    from nemesis_fast import models as models_module
+
+    config = load_config(write_config(tmp_path, out_dir=str(tmp_path / "o")))
+
+    def keys() -> dict[str, Any]:
+        models = Evaluation(config, Workers(), log=lambda m: None, progress=False).models
+        return {d: models.key(d) for d in ("standard", "gda_brelu", SOURCE)}
+
+    built_in = keys()
+    assert all("builder" not in key for key in built_in.values())
+    original = models_module.MODELS["mnist_cnn"]
+
+    def same_shapes(**kwargs: Any) -> torch.nn.Module:
+        return original(**kwargs)
+
+    def other_code(**kwargs: Any) -> torch.nn.Module:
+        return original(**{**kwargs, "activation": "brelu"})
+
+    digests = []
+    for builder in (same_shapes, other_code):
+        monkeypatch.setitem(models_module.MODELS, "mnist_cnn", builder)
+        replaced = keys()
+        assert replaced["standard"] != built_in["standard"] and replaced[SOURCE] == built_in[SOURCE]
+        digests.append(replaced["standard"]["builder"])
+        assert digests[-1].startswith(f"{__name__}.{builder.__qualname__}:")
+    assert digests[0].split(":")[1] != digests[1].split(":")[1]
+    monkeypatch.setitem(models_module.MODELS, "mnist_cnn", original)
+    assert keys() == built_in

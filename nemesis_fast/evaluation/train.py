@@ -17,7 +17,7 @@ from .._validation_rows import held_out_rows, training_rows
 from ..checkpoints import save_checkpoint
 from ..defenses import FeatureSqueezing, paper_settings
 from ..defenses.recipes import Recipe, make_recipe
-from ..models import build_model
+from ..models import build_model, builder_digest
 from ..paper_models import DEFAULT_MODEL, PAPER_MODELS
 from ..parallel import Job, Trained, Workers, train_models, training_cost
 from ..training import train
@@ -119,6 +119,9 @@ class Models:
             "data": self.data.identity,
             "seed": self.config.seed,
         }
+        builder = builder_digest(arch)
+        if builder is not None:  # (absent for the package's own builders: the keys written before stay valid)
+            key["builder"] = builder
         if name == "feature_squeezing":
             key["squeeze_bits_in_training"] = self.config.squeeze_bits
         source = self.examples_source(name)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Puts in place, in a fresh checkout, the ignored files that benchmarks/gpu_check.sh's calls carry to a lent GPU
+# machine (see its header), so that a session with a machine spends its device minutes on the checks:
+#   runs/mnist-data/                the four MNIST .gz files (from ../shared/data/mnist, or MNIST_SOURCE)
+#   runs/certify-models/gda.pt      the `paper` run's GDA + ReLU model, read from that run's cache (a --cached-only
+#                                   look: trains nothing; it reads the data from MNIST_SOURCE, the folder the run
+#                                   read, which its entries' older keys name)
+#   .whl/                           the peers' wheels for the GPU machine's Python 3.12 (needs PyPI)
+#
+#   bash scripts/prepare_gpu_carry.sh          # in the project's root, with the package installed
+# Each part already in place is kept. Takes a few minutes on two cores (the look reads the run's 16,000 entries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mnist_source="${MNIST_SOURCE:-../shared/data/mnist}"
+files=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
+mkdir -p runs/mnist-data
+for f in "${files[@]}"; do
+  [ -f "runs/mnist-data/$f" ] || cp "$mnist_source/$f" runs/mnist-data/
+done
+echo "runs/mnist-data: ${#files[@]} files"
+
+if [ ! -f runs/certify-models/gda.pt ]; then
+  [ -d runs/paper-mnist/cache ] || bash scripts/run_cache.sh unpack runs/paper-mnist
+  look="$(mktemp -d)"
+  trap 'rm -rf "$look"' EXIT
+  nemesis-fast evaluate --preset paper --data-dir "$mnist_source" --out "$look/out" \
+    --cache-dir runs/paper-mnist/cache --cached-only --no-progress > "$look/log.txt" 2>&1 \
+    || { cat "$look/log.txt" >&2; exit 1; }
+  [ -f "$look/out/partial/models/gda.pt" ] || { echo "the paper run's cache holds no GDA model" >&2; exit 1; }
+  mkdir -p runs/certify-models
+  cp "$look/out/partial/models/gda.pt" runs/certify-models/gda.pt
+fi
+echo "runs/certify-models/gda.pt: $(du -h runs/certify-models/gda.pt | cut -f1)"
+
+if ! compgen -G ".whl/torchattacks-*.whl" > /dev/null || ! compgen -G ".whl/adversarial_robustness_toolbox-*.whl" > /dev/null; then
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+    torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
+fi
+echo ".whl: $(ls .whl)"
