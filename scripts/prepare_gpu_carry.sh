@@ -5,7 +5,8 @@
 #   runs/certify-models/gda.pt      the `paper` run's GDA + ReLU model, read from that run's cache (a --cached-only
 #                                   look: trains nothing; it reads the data from MNIST_SOURCE, the folder the run
 #                                   read, which its entries' older keys name)
-#   .whl/                           the peers' wheels for the GPU machine's Python 3.12 (needs PyPI)
+#   .whl/                           the peers' wheels and pytest-timeout's (the tests' own timeout) for the GPU
+#                                   machine's Python 3.12 (needs PyPI)
 #
 #   bash scripts/prepare_gpu_carry.sh          # in the project's root, with the package installed
 # Each part already in place is kept. Takes a few minutes on two cores (the look reads the run's 16,000 entries).
@@ -33,8 +34,9 @@ if [ ! -f runs/certify-models/gda.pt ]; then
 fi
 echo "runs/certify-models/gda.pt: $(du -h runs/certify-models/gda.pt | cut -f1)"
 
-if ! compgen -G ".whl/torchattacks-*.whl" > /dev/null || ! compgen -G ".whl/adversarial_robustness_toolbox-*.whl" > /dev/null; then
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-    torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
-fi
+wheels=(torchattacks-3.5.1 adversarial_robustness_toolbox-1.20.1 pytest_timeout-2.4.0)
+for wheel in "${wheels[@]}"; do
+  compgen -G ".whl/$wheel-*.whl" > /dev/null || python3 -m pip download -q --no-deps --only-binary=:all: \
+    --python-version 3.12 -d .whl "${wheel%-*}==${wheel##*-}"
+done
 echo ".whl: $(ls .whl)"
