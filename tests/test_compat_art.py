@@ -209,7 +209,7 @@ def test_algorithm_paper_refuses_what_it_cannot_serve_and_runs_unbounded_without
     images = torch.from_numpy(x)
     with torch.no_grad():
         predictions = model(images).argmax(1)
-    got = nfa.SaliencyMapMethod(unbounded, theta=1.0, algorithm="paper").generate(x, targets)
+    got = nfa.SaliencyMapMethod(unbounded, theta=1.0, gamma=0.1, algorithm="paper").generate(x, targets)
     expected = JSMA(model, 1.0, 0.1, clip=None)(images, predictions, torch.from_numpy(targets).long())
     np.testing.assert_array_equal(got, expected.numpy())
     assert got.max() > 1.0  # not clipped: theta moves features past 1
