@@ -14,6 +14,7 @@ from torch import nn
 
 from ._checks import check_device
 from ._io import DamagedFileError, check_output_file, torch_load_checked, torch_save_atomic
+from ._version import __version__
 from .defenses.feature_squeezing import FeatureSqueezing
 from .models import build_model, live_architecture
 
@@ -52,8 +53,6 @@ def save_checkpoint(
     activation or t than the model has. "noise_sigma" is
     the standard deviation of the Gaussian noise the model was trained on (the gda recipe's sigma; None for the
     other recipes): the sigma to certify it at by randomized smoothing (:mod:`nemesis_fast.certify`)."""
-    from . import __version__
-
     squeezer = None
     if isinstance(model, FeatureSqueezing):
         squeezer = model.settings()
