@@ -86,7 +86,10 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    # Comparisons rather than math.isfinite (False for NaN and the infinities alike): torch.compile traces them on a
+    # float it makes symbolic (an argument of the compiled function, or one that changed between calls), where
+    # math.isfinite broke the graph ("torch.* op returned non-Tensor").
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (value == low and not low_inclusive)):
         raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")

@@ -67,13 +67,14 @@ def require_backend(table: OpBackends, backend: str, device: str) -> None:
     pytest.fail(f"backend {backend!r} unavailable on {device}: {reason}")
 
 
-def compile_recording_graphs(fn, backend: str = "inductor") -> tuple:
-    """(compiled, graphs): fn under torch.compile(fullgraph=True) with `backend` (a torch.compile backend), and the
-    list into which each compilation puts the FX graph that Dynamo traced (read with :func:`assert_graphs_call`)."""
+def compile_recording_graphs(fn, backend: str = "inductor", *, dynamic: bool | None = None) -> tuple:
+    """(compiled, graphs): fn under torch.compile(fullgraph=True, dynamic=dynamic) with `backend` (a torch.compile
+    backend), and the list into which each compilation puts the FX graph that Dynamo traced (read with
+    :func:`assert_graphs_call`)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     recorder = CompileCounterWithBackend(backend)
-    return torch.compile(fn, fullgraph=True, backend=recorder), recorder.graphs
+    return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=recorder), recorder.graphs
 
 
 def assert_graphs_call(graphs: list, backend: str, op: str) -> None:
