@@ -99,6 +99,9 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     )
     if not args.overwrite:
         refuse_existing({"--out": args.out, "--json": args.json})
+    if not Path(args.checkpoint).expanduser().is_file():
+        what = "Is a folder, not a checkpoint file" if Path(args.checkpoint).expanduser().is_dir() else "No such file"
+        raise ValueError(f"--checkpoint: {what}: {args.checkpoint!r}")
     return check_device(args.device, "--device")
 
 

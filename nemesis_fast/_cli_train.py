@@ -61,9 +61,11 @@ def _add_model_arguments(p: argparse._ArgumentGroup) -> None:
     from .defenses.recipes import RECIPES
     from .models import ACTIVATIONS, MODELS
 
-    p.add_argument("--data", choices=DATASETS, default="mnist", help="data set (default: mnist)")
+    # --dataset and --data-dir: the names evaluate and certify give these options
+    p.add_argument("--data", "--dataset", choices=DATASETS, default="mnist", help="data set (default: mnist)")
     p.add_argument(
         "--root",
+        "--data-dir",
         help="folder of the data files (MNIST IDX files, or cifar-10-batches-py or its parent); for MNIST the "
         "default is the 10k/2k sample shipped with the package",
     )
@@ -256,11 +258,27 @@ def _interrupted(args: argparse.Namespace) -> str:
     return f"no epoch had ended, so --resume {args.resume} holds nothing yet: {again} starts again"
 
 
+# train()'s arguments that an option sets, by the name train()'s errors give them
+_OPTIONS = {"lr": "--lr", "val_fraction": "--val-fraction", "batch_size": "--batch-size", "epochs": "--epochs"}
+
+
+def _named_as_typed(message: str, args: argparse.Namespace) -> str:
+    """`message` (an error of train() or of a recipe's settings) naming the option the user typed: "--lr must be
+    > 0", "--set sigma=abc: sigma must be a real number"."""
+    name = message.split(" ", 1)[0]
+    if name in _OPTIONS:
+        return _OPTIONS[name] + message[len(name) :]
+    given = dict(args.settings)
+    if name in given:
+        return f"{message} (from --set {name}={given[name]})"
+    return message
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (OSError, ValueError, TypeError) as error:  # missing or malformed files, bad settings: no traceback
-        raise SystemExit(f"nemesis-fast train: {error}") from error
+        raise SystemExit(f"nemesis-fast train: {_named_as_typed(str(error), args)}") from error
 
 
 def _check_model_arguments(args: argparse.Namespace) -> None:
@@ -301,6 +319,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for option, folder in (("--out-dir", args.out_dir), ("--resume", args.resume if args.paper else None)):
         if folder is not None:
             check_output_folder(folder, option)
+    if args.source is not None and not Path(args.source).expanduser().is_file():
+        what = "Is a folder, not a checkpoint file" if Path(args.source).expanduser().is_dir() else "No such file"
+        raise ValueError(f"--source: {what}: {args.source!r}")
     inputs = {**_data_files(args), "--source": args.source}
     written = {"--out": args.out, "--json": args.json, **_paper_files(args.out_dir)}
     check_distinct_files({**inputs, **written, "--resume": resume_file})
@@ -355,6 +376,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.paper:
         return _paper(args)
     set_threads(args.threads, device)
+    if not args.out:
+        print("no --out: the trained model will not be saved (pass --out FILE to keep it)")
     train_data, test_data = _load(args)
     model_name = _model_name(args)
     model_kwargs: dict[str, Any] = {

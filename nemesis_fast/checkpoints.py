@@ -195,6 +195,19 @@ def load_checkpoint(
     return model, {k: v for k, v in payload.items() if k != "state_dict"}
 
 
+def _load_failure(error: Exception) -> str:
+    """torch.load's error in a line: for weights_only's refusal only its reason, not torch's advice to load with
+    weights_only=False (which would run the file's code, and loads no checkpoint of this package either)."""
+    text = str(error)
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    if found:
+        reason = " ".join(reason.split("Check the documentation of torch.load")[0].split())
+        reason = reason.split(". Please use")[0].rstrip(".")  # the advice to allowlist the file's classes
+        return f"torch.load(weights_only=True) cannot read it: {reason or type(error).__name__}"
+    text = " ".join(text.split())
+    return f"{type(error).__name__}: {text}" if text else f"{type(error).__name__}: the file is empty or cut short"
+
+
 def _read_payload(path: Path, device: torch.device) -> dict[str, Any]:
     """The checkpoint at `path`, loaded onto `device` with weights_only=True; ValueError naming `path` where it is
     no nemesis_fast checkpoint (FileNotFoundError where it is missing)."""
@@ -205,10 +218,20 @@ def _read_payload(path: Path, device: torch.device) -> dict[str, Any]:
     except DamagedFileError as error:
         raise ValueError(f"{error}: not loaded") from error
     except Exception as error:  # a foreign or damaged file: whatever torch.load raises
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {error})") from error
+        raise ValueError(
+            f"{path}: not a loadable checkpoint ({_load_failure(error)}); a checkpoint is a file written by "
+            "`nemesis-fast train --out`, save_checkpoint or `nemesis-fast evaluate` (its models/<name>.pt)"
+        ) from error
     required = ("state_dict", "recipe", "settings", "architecture", "nemesis_fast_version")
     if not isinstance(payload, dict) or any(key not in payload for key in required):
-        raise ValueError(f"{path}: not a nemesis_fast checkpoint (needs the entries {', '.join(required)})")
+        bare = isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values())
+        hint = (
+            "; it holds a bare state_dict: load it into its model and write that with "
+            "nemesis_fast.checkpoints.save_checkpoint(path, model, recipe=...)"
+            if bare
+            else ""
+        )
+        raise ValueError(f"{path}: not a nemesis_fast checkpoint (needs the entries {', '.join(required)}){hint}")
     arch = payload["architecture"]
     if not (
         isinstance(payload["state_dict"], dict)

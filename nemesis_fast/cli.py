@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._cli_certify import add_parser as add_certify_parser
 from ._cli_evaluate import add_parser as add_evaluate_parser
@@ -88,7 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nemesis-fast", description="nemesis_fast: fast adversarial robustness")
+    parser = _Parser(prog="nemesis-fast", description="nemesis_fast: fast adversarial robustness")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="run the benchmark suite on this machine and print the tables")
     from .bench import SUITES
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=int_in(1, MAX_BENCH_SIZE),
         help="problem size: elements for bounded_relu, the pair search's batch for jsma (its attack rows use a fixed"
-        f" 8 images, 256 on a GPU), images for the others (1..{MAX_BENCH_SIZE})",
+        f" 8 images, 256 on a GPU), images for the others (1..{MAX_BENCH_SIZE}; default: each suite's own, smaller"
+        " on a CPU, e.g. 2^24 elements for bounded_relu, 2^28 on a GPU; the JSON records it)",
     )
     bench.add_argument(
         "--json", help="also write the reports to this JSON file (rewritten after every row, marked complete or not)"
@@ -112,6 +114,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(commands)
     add_certify_parser(commands)
     return parser
+
+
+# What one command calls an option another names otherwise (train: --root and --data; evaluate, certify: these)
+_OTHER_NAMES = {"--root": "--data-dir", "--data": "--dataset"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An option the command does not know is reported by that command's parser (its usage, not the top level's),
+    with the command's option spelt most like it."""
+
+    _parsed: tuple[argparse.Namespace, list[str]] | None = None
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._parsed = super().parse_known_args(args, namespace)
+        return self._parsed
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        args, extra = self._parsed or (None, [])
+        command = getattr(args, "command", None)
+        if extra and message.startswith("unrecognized arguments") and command is not None:
+            _unknown_options(self, command, extra)
+        super().error(message)
+
+
+def _unknown_options(parser: argparse.ArgumentParser, name: str, extra: list[str]) -> None:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = commands.choices[name]
+    known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in (w.split("=")[0] for w in extra if w.startswith("--")):
+        close = [_OTHER_NAMES[word]] if _OTHER_NAMES.get(word) in known else []
+        close = close or difflib.get_close_matches(word, known, n=1)
+        hints += [f"{close[0]} (for {word})"] if close else []
+    command.error(
+        f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {', '.join(hints)}?" if hints else "")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,22 @@ def check_labels(labels: Any, name: str, x: torch.Tensor) -> torch.Tensor:
     return labels.clone() if labels.is_inference() else labels
 
 
+def _first_logits(attack: Attack, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits for x's first image (a copy: a model that changes its input is refused on it). Where the
+    model fails on it with torch's plain RuntimeError (a layer's shapes: images of another data set, or without
+    their channel or batch dimension), the same error type, naming x's shape as well as the layer's complaint."""
+    try:
+        return attack.logits(x[:1].clone())
+    except RuntimeError as error:
+        if type(error) is not RuntimeError:
+            raise
+        raise RuntimeError(
+            f"{type(attack).__name__}: the model failed on the images of x, of shape {tuple(x.shape[1:])} (x: "
+            f"{tuple(x.shape)}): {error}. x must be a batch (B, ...) of the inputs the model takes, e.g. "
+            "(B, channels, height, width) images of the data set it was trained on"
+        ) from error
+
+
 def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> bool:
     """Learns the number of classes (one forward pass of one image, first call only: its logits must be
     finite), then checks that x is finite and inside clip (up to :func:`clip_tolerance`) and that the labels
@@ -76,7 +92,7 @@ def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch
     tolerance)."""
     first_logits = None
     if attack.num_classes is None:
-        first_logits = attack.logits(x[:1].clone())  # a copy: a model that changes its input is refused on it
+        first_logits = _first_logits(attack, x)
         check_class_logits(first_logits)
         attack.num_classes = first_logits.shape[1]
     c = attack.num_classes

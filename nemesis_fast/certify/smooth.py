@@ -268,7 +268,16 @@ class Smooth:
         if device.type == "cpu" and batch.dim() == 4 and batch.shape[1] == 1:
             # One channel: the same memory read as channels-last, which the CPU convolutions run faster.
             batch = batch.as_strided(batch.shape, (batch.stride(0), 1, batch.stride(2), batch.stride(3)))
-        logits = self.model(batch)
+        try:
+            logits = self.model(batch)
+        except RuntimeError as error:
+            if type(error) is not RuntimeError:  # out of memory and the like: as raised
+                raise
+            raise RuntimeError(
+                f"the model failed on noisy images of shape {tuple(batch.shape[1:])}, x's images: {error}. x must be a "
+                "batch (B, ...) of the inputs the model takes, e.g. (B, channels, height, width) images of the data "
+                "set it was trained on"
+            ) from error
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape != (len(batch), self.num_classes):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(

@@ -25,7 +25,7 @@ from .._checks import check_bool
 from ..parallel import start, stop
 from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
 from .folders import check_folders, check_out_dir, check_same_data
-from .load import config_with_overrides, load_config
+from .load import config_with_overrides, load_config, setting_hint
 from .plots import plot_examples
 from .report import Results, summary, write_outputs
 from .runner import Evaluation
@@ -55,7 +55,8 @@ def _known(overrides: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(overrides) - names)
     if unknown:
         known = ", ".join(sorted(names))
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the top-level settings: {known}")
+        hint = setting_hint(unknown[0], names, top_level=True)
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the top-level settings: {known}{hint}")
     return {key: value for key, value in overrides.items() if value is not None}
 
 

@@ -70,7 +70,9 @@ def check_budgets_fit(budgets: Budgets, dataset: str) -> None:
 
 def _parse(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        preset = (PRESETS_DIR / f"{path}.toml").is_file() and path.suffix == ""
+        hint = f"; for the preset {path} pass nemesis_fast.evaluation.preset_path({str(path)!r})" if preset else ""
+        raise ConfigError(f"config file {path} does not exist{hint}")
     text = path.read_text()
     try:
         return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)

@@ -6,6 +6,7 @@ ConfigError naming the key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 import os
@@ -45,11 +46,24 @@ _SECTIONS = {
 }
 
 
+def setting_hint(key: str, known: Any, top_level: bool) -> str:
+    """The hint "; did you mean ...": the section a top-level key belongs to (`epochs` is [training]'s), or the known
+    setting spelt most like it; "" where none is close."""
+    if top_level:
+        sections = [name for name, cls in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+        if sections:
+            where = " or ".join(f"[{name}]" for name in sections)
+            return f"; {key} is a setting of {where}: put it there (an override: {sections[0]}={{{key!r}: ...}})"
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown setting {where}{unknown[0]}; known: {', '.join(sorted(known))}")
+        hint = setting_hint(unknown[0], known, cls is EvalConfig)
+        raise ConfigError(f"unknown setting {where}{unknown[0]}; known: {', '.join(sorted(known))}{hint}")
     kwargs = {}
     for name, value in values.items():
         if name in _SECTIONS and cls is EvalConfig:
