@@ -29,6 +29,7 @@ from .config import EvalConfig
 from .train import SOURCE, Models
 
 Chunk = tuple[int, int]
+GradientKey = tuple[str, bool, Chunk]  # (the model's name: a defense or the source, bpda, chunk)
 PERTURBATION_NORM = {"deepfool": "l2", "cw": "l2", "jsma": "l0"}
 
 
@@ -44,6 +45,20 @@ def all_attack_settings(config: EvalConfig, attack: str) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config.attack).items() if k.startswith(prefix)}
 
 
+class SweptFGSM(FGSM):
+    """FGSM whose loss gradient at a chunk's images is taken once and kept in `gradients` under `key`: the gradient
+    does not depend on eps, so the units of an eps sweep on one model and chunk step along the same one."""
+
+    def __init__(self, model: nn.Module, eps: float, *, labels: str, gradients: dict, key: GradientKey) -> None:
+        super().__init__(model, eps, labels=labels)
+        self.gradients, self.key = gradients, key
+
+    def loss_gradient(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.key not in self.gradients:
+            self.gradients[self.key] = super().loss_gradient(x, labels)
+        return self.gradients[self.key]
+
+
 class Attacks:
     """Builds the attacks of `config` and runs them chunk by chunk against the models of `models`."""
 
@@ -51,6 +66,7 @@ class Attacks:
         self.config, self.data, self.models, self.cache = config, data, models, cache
         self.device = models.device
         self._relu_gradient: dict[str, nn.Module] = {}  # BReLU defenses with ReLU's gradient (BPDA)
+        self._fgsm_gradients: dict[GradientKey, tuple[torch.Tensor, torch.Tensor]] = {}  # see SweptFGSM
 
     def eps(self, attack: str, eps: float | None) -> float | None:
         """The budget of `attack`: `eps`, or the config's for FGSM and R+FGSM when None; None for the others (PGD,
@@ -93,6 +109,18 @@ class Attacks:
             max_iter=a.cw_max_iter,
             learning_rate=a.cw_learning_rate,
         )
+
+    def _make_on_chunk(
+        self, attack: str, model: nn.Module, chunk: Chunk, eps: float | None, name: str, bpda: bool = True
+    ) -> Attack:
+        """`attack` on `model` (the defense or source `name`, through BPDA or not) for the images of `chunk`:
+        FGSM as :class:`SweptFGSM`, whose gradients are kept for `name`'s models only."""
+        if attack != "fgsm":
+            return self.make(attack, model, self.seed(attack, chunk), eps)
+        for key in [k for k in self._fgsm_gradients if k[0] != name]:
+            del self._fgsm_gradients[key]
+        labels, gradients = self.config.attack.fgsm_labels, self._fgsm_gradients
+        return SweptFGSM(model, self.eps(attack, eps), labels=labels, gradients=gradients, key=(name, bpda, chunk))
 
     def cost(self, attack: str) -> float:
         """Estimated work of `attack` per image, in FGSM steps (one forward and backward pass), for sharing the
@@ -168,12 +196,14 @@ class Attacks:
         if entry is None:
             x, y = self.test_chunk(chunk)
             started = time.perf_counter()
-            result = self.make(attack, self.models.get(SOURCE), self.seed(attack, chunk), eps).run(x, y)
+            # The attack's call, not its run(): the source's predictions on its own examples are never read.
+            x_adv = self._make_on_chunk(attack, self.models.get(SOURCE), chunk, eps, SOURCE)(x, y)
+            l0, l2, linf = perturbation_norms(x_adv, x)
             entry = {
-                "x_adv": result.x_adv.cpu(),
-                "l2": result.l2.float().cpu(),
-                "linf": result.linf.float().cpu(),
-                "l0": result.l0.float().cpu(),
+                "x_adv": x_adv.cpu(),
+                "l2": l2.float().cpu(),
+                "linf": linf.float().cpu(),
+                "l0": l0.float().cpu(),
                 "seconds": time.perf_counter() - started,
             }
             self.cache.save("blackbox", key, entry)
@@ -233,13 +263,13 @@ class Attacks:
             model = self.target(defense, bpda)
             x, y = self.test_chunk(chunk)
             started = time.perf_counter()
-            x_adv = self.make(attack, model, self.seed(attack, chunk), eps).run(x, y).x_adv
-            l0, l2, linf = perturbation_norms(x_adv, x)
+            # run() classifies its examples with `model` and measures them: their predictions and norms, not again.
+            result = self._make_on_chunk(attack, model, chunk, eps, defense, bpda).run(x, y)
             entry = {
-                "correct": (self.predict(model, x_adv) == y).cpu(),
-                "l2": l2.float().cpu(),
-                "linf": linf.float().cpu(),
-                "l0": l0.float().cpu(),
+                "correct": (result.predictions == y).cpu(),
+                "l2": result.l2.float().cpu(),
+                "linf": result.linf.float().cpu(),
+                "l0": result.l0.float().cpu(),
                 "seconds": time.perf_counter() - started,
             }
             self.cache.save("whitebox", key, entry)
