@@ -34,13 +34,20 @@ def _table(save: str):
     return brelu_backends.MASKED_BACKENDS if save == "mask" else brelu_backends.BACKENDS
 
 
+def _compile_for(backend: str, device: str, monkeypatch, *tables) -> None:
+    """Fails the test where `backend` is unavailable on `device` for any of the ops' `tables`; then makes it the
+    default backend and starts Dynamo afresh."""
+    for table in tables:
+        require_backend(table, backend, device)
+    torch._dynamo.reset()
+    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+
+
 @pytest.mark.parametrize("dynamic", [None, True])
 @pytest.mark.parametrize("save", SAVES)
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)
 def test_bounded_relu_with_a_threshold_argument(backend, device, save, dynamic, monkeypatch):
-    require_backend(_table(save), backend, device)
-    torch._dynamo.reset()
-    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+    _compile_for(backend, device, monkeypatch, _table(save))
     compiled, graphs = compile_recording_graphs(
         lambda x, t: nf.bounded_relu(x, t, save=save), backend="aot_eager", dynamic=dynamic
     )
@@ -56,9 +63,7 @@ def test_bounded_relu_with_a_threshold_argument(backend, device, save, dynamic, 
 @pytest.mark.parametrize("dynamic", [None, True])
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)
 def test_gaussian_augment_with_float_arguments(backend, device, dynamic, monkeypatch):
-    require_backend(ga_backends.BACKENDS, backend, device)
-    torch._dynamo.reset()
-    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+    _compile_for(backend, device, monkeypatch, ga_backends.BACKENDS)
     x = torch.rand(4, 2, 5, device=device)
     for fn, calls in (
         (lambda v, s: nf.gaussian_augment(v, 2, s, None, seed=3), [(0.3,), (0.5,), (0.0,)]),
@@ -76,9 +81,7 @@ def test_gaussian_augment_with_float_arguments(backend, device, dynamic, monkeyp
 @pytest.mark.parametrize("save", SAVES)
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)
 def test_bounded_relu_in_every_dtype_and_layout(backend, device, save, dtype, monkeypatch):
-    require_backend(_table(save), backend, device)
-    torch._dynamo.reset()
-    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+    _compile_for(backend, device, monkeypatch, _table(save))
     compiled, graphs = compile_recording_graphs(lambda x: nf.bounded_relu(x, 0.7, save=save) * 2)  # inductor
     g = torch.Generator().manual_seed(0)
     base = (torch.randn(4, 6, 5, 7, generator=g) * 2).to(device=device, dtype=dtype)
@@ -103,9 +106,7 @@ def test_bounded_relu_in_every_dtype_and_layout(backend, device, save, dtype, mo
 
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)
 def test_gaussian_augment_and_jsma_search_in_every_dtype(backend, device, monkeypatch):
-    require_backend(ga_backends.BACKENDS, backend, device)
-    require_backend(jsma_backends.BACKENDS, backend, device)
-    monkeypatch.setenv("NEMESIS_FAST_BACKEND", backend)
+    _compile_for(backend, device, monkeypatch, ga_backends.BACKENDS, jsma_backends.BACKENDS)
     g = torch.Generator().manual_seed(1)
     images = torch.rand(5, 3, 8, generator=g)
     for dtype, out_dtype in ((torch.uint8, None), (torch.float16, torch.float32), (torch.bfloat16, None),
