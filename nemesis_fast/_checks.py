@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from numbers import Real
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -172,3 +172,16 @@ def shortened(value: Any, width: int) -> str:
     """repr(value) for an error message, cut to `width` characters."""
     text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def raise_model_input_error(error: RuntimeError, failed_on: str) -> NoReturn:
+    """Raises, where a model failed on an input batch with `error`: a subclass of RuntimeError (out of memory and the
+    like) as it is; torch's plain RuntimeError (a layer's shapes: images of another data set, or without their
+    channel or batch dimension) as a RuntimeError from it that says `failed_on` (what the model was given, and its
+    shape) beside the layer's complaint, and what x must be."""
+    if type(error) is not RuntimeError:
+        raise error
+    raise RuntimeError(
+        f"{failed_on}: {error}. x must be a batch (B, ...) of the inputs the model takes, e.g. (B, channels, height, "
+        "width) images of the data set it was trained on"
+    ) from error

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from ._io import check_distinct_files, check_output_file, refuse_existing, write_atomic, write_json_atomic
+from ._io import (
+    check_checkpoint_path,
+    check_distinct_files,
+    check_output_file,
+    refuse_existing,
+    write_atomic,
+    write_json_atomic,
+)
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The images are certified in chunks, after each of which the certificates so far are kept in <out>.partial.json,
@@ -99,9 +106,7 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
     )
     if not args.overwrite:
         refuse_existing({"--out": args.out, "--json": args.json})
-    if not Path(args.checkpoint).expanduser().is_file():
-        what = "Is a folder, not a checkpoint file" if Path(args.checkpoint).expanduser().is_dir() else "No such file"
-        raise ValueError(f"--checkpoint: {what}: {args.checkpoint!r}")
+    check_checkpoint_path(args.checkpoint, "--checkpoint")
     return check_device(args.device, "--device")
 
 

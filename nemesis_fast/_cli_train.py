@@ -306,7 +306,13 @@ def _paper_files(out_dir: str | None) -> dict[str, Path]:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """The options that write files, checked before the training rather than after it."""
-    from ._io import check_distinct_files, check_output_file, check_output_folder, refuse_existing
+    from ._io import (
+        check_checkpoint_path,
+        check_distinct_files,
+        check_output_file,
+        check_output_folder,
+        refuse_existing,
+    )
 
     if args.paper and args.out:
         raise ValueError("--out saves one model; with --paper give --out-dir")
@@ -319,9 +325,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for option, folder in (("--out-dir", args.out_dir), ("--resume", args.resume if args.paper else None)):
         if folder is not None:
             check_output_folder(folder, option)
-    if args.source is not None and not Path(args.source).expanduser().is_file():
-        what = "Is a folder, not a checkpoint file" if Path(args.source).expanduser().is_dir() else "No such file"
-        raise ValueError(f"--source: {what}: {args.source!r}")
+    if args.source is not None:
+        check_checkpoint_path(args.source, "--source")
     inputs = {**_data_files(args), "--source": args.source}
     written = {"--out": args.out, "--json": args.json, **_paper_files(args.out_dir)}
     check_distinct_files({**inputs, **written, "--resume": resume_file})

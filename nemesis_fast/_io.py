@@ -98,6 +98,15 @@ def check_output_folder(path: str | os.PathLike, name: str) -> Path:
     return folder
 
 
+def check_checkpoint_path(path: str | os.PathLike, name: str) -> None:
+    """ValueError naming the option `name` where `path` is a folder or does not exist: a checkpoint to read, checked
+    before any work (whether it is a checkpoint is for its loader to say)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        what = "Is a folder, not a checkpoint file" if file.is_dir() else "No such file"
+        raise ValueError(f"{name}: {what}: {str(path)!r}")
+
+
 def check_output_file(path: str | os.PathLike, name: str) -> Path:
     """`path` as a file to write at the end of a long job, checked now: not empty, not a folder, not a
     write-protected file, in a folder that exists and is writable, or can be made. Makes nothing. ValueError naming

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_class_logits, check_int, check_tensor, dtype_name
+from .._checks import FLOAT_DTYPES, check_class_logits, check_int, check_tensor, dtype_name, raise_model_input_error
 from .precision import clip_tolerance
 
 if TYPE_CHECKING:
@@ -76,13 +76,8 @@ def _first_logits(attack: Attack, x: torch.Tensor) -> torch.Tensor:
     try:
         return attack.logits(x[:1].clone())
     except RuntimeError as error:
-        if type(error) is not RuntimeError:
-            raise
-        raise RuntimeError(
-            f"{type(attack).__name__}: the model failed on the images of x, of shape {tuple(x.shape[1:])} (x: "
-            f"{tuple(x.shape)}): {error}. x must be a batch (B, ...) of the inputs the model takes, e.g. "
-            "(B, channels, height, width) images of the data set it was trained on"
-        ) from error
+        images = f"the images of x, of shape {tuple(x.shape[1:])} (x: {tuple(x.shape)})"
+        raise_model_input_error(error, f"{type(attack).__name__}: the model failed on {images}")
 
 
 def check_values(attack: Attack, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> bool:

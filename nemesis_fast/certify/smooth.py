@@ -22,6 +22,7 @@ from .._checks import (
     check_tensor,
     dtype_name,
     parameter_dtype,
+    raise_model_input_error,
 )
 from .._dispatch import BACKENDS
 from .._modes import eval_mode
@@ -271,13 +272,8 @@ class Smooth:
         try:
             logits = self.model(batch)
         except RuntimeError as error:
-            if type(error) is not RuntimeError:  # out of memory and the like: as raised
-                raise
-            raise RuntimeError(
-                f"the model failed on noisy images of shape {tuple(batch.shape[1:])}, x's images: {error}. x must be a "
-                "batch (B, ...) of the inputs the model takes, e.g. (B, channels, height, width) images of the data "
-                "set it was trained on"
-            ) from error
+            failed_on = f"the model failed on noisy images of shape {tuple(batch.shape[1:])}, x's images"
+            raise_model_input_error(error, failed_on)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape != (len(batch), self.num_classes):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(
