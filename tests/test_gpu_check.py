@@ -132,3 +132,14 @@ def test_paper_packs_a_finished_run_though_an_earlier_step_failed(tmp_path):
     assert done.returncode == 1  # the check as a whole failed: its build did
     assert (out / "paper-results.tgz").is_file() and not list(out.glob("paper-run.tgz.part-*"))
     assert "unfinished" not in summary
+
+
+def test_the_carried_mnist_model_goes_where_the_fixture_looks(tmp_path):
+    carried = tmp_path / "repo" / "runs" / "test-cache"
+    carried.mkdir(parents=True)
+    (carried / "mnist_cnn_0123.pt").write_bytes(b"weights")
+    done, calls, _ = run_recorded("tests", tmp_path, SKIP_BUILD="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # tempfile.gettempdir() is $TMPDIR here, the folder the fixture's cache (nemesis_fast._io.temp_cached) is under
+    assert (tmp_path / "tmp" / "nemesis_fast_test_cache" / "mnist_cnn_0123.pt").read_bytes() == b"weights"
+    assert [call for call in calls if "-m pytest" in call]
