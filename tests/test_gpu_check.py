@@ -143,3 +143,12 @@ def test_the_carried_mnist_model_goes_where_the_fixture_looks(tmp_path):
     # tempfile.gettempdir() is $TMPDIR here, the folder the fixture's cache (nemesis_fast._io.temp_cached) is under
     assert (tmp_path / "tmp" / "nemesis_fast_test_cache" / "mnist_cnn_0123.pt").read_bytes() == b"weights"
     assert [call for call in calls if "-m pytest" in call]
+
+
+@pytest.mark.parametrize("phase,limit", [("tests", 285), ("all", 150)])
+def test_the_tests_phase_gives_the_tests_the_whole_budget(tmp_path, phase, limit):
+    done, _, out = run_recorded(phase, tmp_path, SKIP_BUILD="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = [line for line in (out / "tests.log").read_text().splitlines() if line.startswith("== tests")]
+    given = int(re.fullmatch(r"== tests \(limit (\d+)s\)", line).group(1))
+    assert limit - 5 <= given <= limit  # BUDGET 300 less the 15 s kept for packing, less the seconds already spent
