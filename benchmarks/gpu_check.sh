@@ -108,6 +108,7 @@ fi
 
 echo "gpu_check.sh $phase on $(hostname), budget ${BUDGET}s, $(date -u +%FT%TZ)" > "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >> "$OUT/device.txt" 2>&1
+echo "cpu cores: $(nproc)" >> "$OUT/device.txt"
 if [ -z "${SKIP_BUILD:-}" ]; then
   step 200 build "$OUT/device.txt" python3 -m pip install -q --no-build-isolation --no-deps -e .
 fi
