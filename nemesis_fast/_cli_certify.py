@@ -220,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     num_classes = first_output(model, images, "--checkpoint").shape[1]
     smooth = Smooth(model, sigma, num_classes, amp=args.amp or False)
     identity = {
-        "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
+        "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).expanduser().read_bytes()).hexdigest(),
         "data": where,
         "sigma": sigma,
         **{k: getattr(args, k) for k in ("n0", "n", "alpha", "seed", "amp")},

@@ -260,14 +260,24 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 # train()'s arguments that an option sets, by the name train()'s errors give them
 _OPTIONS = {"lr": "--lr", "val_fraction": "--val-fraction", "batch_size": "--batch-size", "epochs": "--epochs"}
+# train()'s other words for its arguments in such a message (check_compiled_batches'), as the command line says them
+_ARGUMENTS_SAID = (
+    ("compile=True", "--compile"),
+    ("a batch_size", "a --batch-size"),
+    ("or compile=False", "or no --compile"),
+)
 
 
 def _named_as_typed(message: str, args: argparse.Namespace) -> str:
     """`message` (an error of train() or of a recipe's settings) naming the option the user typed: "--lr must be
     > 0", "--set sigma=abc: sigma must be a real number"."""
-    name = message.split(" ", 1)[0]
+    first = message.split(" ", 1)[0]
+    name, equals, value = first.partition("=")
     if name in _OPTIONS:
-        return _OPTIONS[name] + message[len(name) :]
+        message = (f"{_OPTIONS[name]} {value}" if equals else _OPTIONS[name]) + message[len(first) :]
+        for said, typed in _ARGUMENTS_SAID:
+            message = message.replace(said, typed)
+        return message
     given = dict(args.settings)
     if name in given:
         return f"{message} (from --set {name}={given[name]})"

@@ -168,7 +168,7 @@ def load_checkpoint(
         if entry is not None and not isinstance(entry, dict):
             raise TypeError(f"{name} must be a dict or None, got {type(entry).__name__}")
     device = check_device("cpu" if map_location is None else map_location, "map_location")
-    path = Path(path)
+    path = Path(path).expanduser()  # as save_checkpoint and the command line's check_checkpoint_path take it
     payload = _read_payload(path, device)
     _check_asked(payload, path, recipe, settings, model_name, architecture_kwargs)
     squeezer = _squeezer(payload, path)

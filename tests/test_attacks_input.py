@@ -18,6 +18,7 @@ from nemesis_fast.attacks import FGSM, JSMA, PGD, Attack, CarliniWagnerL2, DeepF
         (lambda m: FGSM(m, -0.1), ValueError, "eps must be >= 0"),
         (lambda m: FGSM(m, math.nan), ValueError, "eps must be finite"),
         (lambda m: FGSM(m, math.inf), ValueError, "eps must be finite"),
+        (lambda m: FGSM(m, -math.inf), ValueError, "eps must be finite"),
         (lambda m: FGSM(m, "0.1"), TypeError, "eps must be a real number"),
         (lambda m: FGSM(m, 0.1, norm="1"), ValueError, "norm must be one of"),
         (lambda m: FGSM(m, 0.1, clip=(1.0, 0.0)), ValueError, "clip must have low <= high"),

@@ -4,26 +4,33 @@ another model's never, and are dropped when the next model starts."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _evaluation_cases import TINY, write_config
 
 from nemesis_fast.attacks import FGSM
 from nemesis_fast.attacks.base import Attack
+from nemesis_fast.attacks.norms import perturbation_norms
 from nemesis_fast.evaluation import load_config
 from nemesis_fast.evaluation.runner import Evaluation
 from nemesis_fast.evaluation.train import SOURCE
 from nemesis_fast.parallel import Workers
 
 
-def _evaluation(tmp_path) -> Evaluation:
+def _evaluation(tmp_path, labels: str) -> Evaluation:
     text = TINY.replace("train_samples = 600", "train_samples = 100").replace('dataset = "mnist"\n', "")
+    text = text.replace("jsma_gamma = 0.05", f"jsma_gamma = 0.05\nfgsm_labels = {labels!r}")
     path = write_config(tmp_path, text, dataset="mnist", synthetic=True, out_dir=str(tmp_path / "run"))
     return Evaluation(load_config(path), Workers(), log=lambda m: None, progress=False)
 
 
-def test_an_fgsm_sweep_gives_each_eps_what_a_fresh_fgsm_gives(tmp_path, monkeypatch):
-    evaluation = _evaluation(tmp_path)
-    attacks, labels = evaluation.attacks, evaluation.config.attack.fgsm_labels
+@pytest.mark.parametrize("labels", ["true", "predicted"])
+def test_an_fgsm_sweep_gives_each_eps_what_a_fresh_fgsm_gives(tmp_path, monkeypatch, labels):
+    """Bit for bit, with the config's fgsm_labels (the tiny models' predictions are often wrong: "predicted" steps
+    along another gradient than "true" does), in the verdicts and in every norm."""
+    evaluation = _evaluation(tmp_path, labels)
+    attacks = evaluation.attacks
+    assert evaluation.config.attack.fgsm_labels == labels
     chunks = evaluation.chunks()[:2]
     gradients = []
     original = Attack.loss_gradient
@@ -41,7 +48,8 @@ def test_an_fgsm_sweep_gives_each_eps_what_a_fresh_fgsm_gives(tmp_path, monkeypa
                 entry = attacks.whitebox(defense, "fgsm", eps, chunk)
                 expected = FGSM(model, eps, labels=labels).run(x, y)
                 assert torch.equal(entry["correct"], (expected.predictions == y).cpu())
-                assert torch.equal(entry["l2"], expected.l2.float().cpu())
+                for norm in ("l0", "l2", "linf"):
+                    assert torch.equal(entry[norm], getattr(expected, norm).float().cpu()), norm
     # per sweep of a model: one gradient a chunk for its three eps, one for each fresh FGSM; "standard" again (its
     # entries cached) takes no gradient for its units
     sweep = ["SweptFGSM", "FGSM", "SweptFGSM", "FGSM"] + ["FGSM"] * 4
@@ -51,6 +59,8 @@ def test_an_fgsm_sweep_gives_each_eps_what_a_fresh_fgsm_gives(tmp_path, monkeypa
     for eps in (0.1, 0.3):
         for chunk in chunks:
             x, y = attacks.test_chunk(chunk)
-            crafted = attacks.adversarial("fgsm", eps, chunk)["x_adv"]
-            assert torch.equal(crafted, FGSM(source, eps, labels=labels)(x, y).cpu())
+            crafted, expected = attacks.adversarial("fgsm", eps, chunk), FGSM(source, eps, labels=labels)(x, y)
+            assert torch.equal(crafted["x_adv"], expected.cpu())
+            for norm, value in zip(("l0", "l2", "linf"), perturbation_norms(expected, x)):
+                assert torch.equal(crafted[norm], value.float().cpu()), norm
     assert sorted(attacks._fgsm_gradients) == [(SOURCE, True, chunk) for chunk in chunks]  # the defenses' dropped

@@ -12,8 +12,13 @@ from nemesis_fast.models import cifar_cnn, mnist_cnn
 
 def test_mnist_images_for_a_cifar_model_name_their_shape():
     x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
-    with pytest.raises(RuntimeError, match=r"FGSM: the model failed on the images of x, of shape \(1, 28, 28\)"):
+    with pytest.raises(
+        RuntimeError, match=r"FGSM: the model failed on the images of x, of shape \(1, 28, 28\)"
+    ) as info:
         FGSM(cifar_cnn(), 0.1)(x, y)
+    layer, message = info.value.__cause__, str(info.value)  # torch's error: kept as the cause, quoted beside
+    assert type(layer) is RuntimeError and f": {layer}. x must be a batch (B, ...) of the inputs" in message
+    assert message.endswith("e.g. (B, channels, height, width) images of the data set it was trained on")
 
 
 def test_images_without_a_channel_dimension_name_their_shape():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from nemesis_fast.checkpoints import save_checkpoint
 from nemesis_fast.cli import build_parser, main
+from nemesis_fast.models import mnist_cnn
 
 
 def test_train_takes_data_dir_and_dataset_as_evaluate_and_certify_do():
@@ -50,6 +52,11 @@ def test_train_without_out_says_the_model_will_not_be_saved(monkeypatch, capsys)
             ["--recipe", "gda", "--set", "copies=0"],
             r"nemesis-fast train: copies must be >= 1, .* \(from --set copies=0\)",
         ),
+        (
+            ["--compile", "--batch-size", "128"],
+            r"nemesis-fast train: --batch-size 128 is more than the \d+ training rows of an epoch: with --compile the "
+            r"last, smaller batch is dropped, so no step would run; pass a --batch-size <= the rows or no --compile$",
+        ),
     ],
 )
 def test_train_errors_name_the_option_typed(options, message):
@@ -63,6 +70,9 @@ def test_train_errors_name_the_option_typed(options, message):
         (["train", "--data-dirr", "x"], "usage: nemesis-fast train", "did you mean --data-dir (for --data-dirr)?"),
         (["evaluate", "--root", "x"], "usage: nemesis-fast evaluate", "did you mean --data-dir (for --root)?"),
         (["certify", "--checkpoint", "m.pt", "--imgs", "5"], "usage: nemesis-fast certify", "--images (for --imgs)"),
+        (["evaluate", "--root=x"], "usage: nemesis-fast evaluate", "did you mean --data-dir (for --root)?"),
+        (["certify", "--checkpoint", "m.pt", "--imgs=5"], "usage: nemesis-fast certify", "--images (for --imgs)"),
+        (["train", "--hx"], "usage: nemesis-fast train", "did you mean --help (for --hx)?"),  # not -h
     ],
 )
 def test_an_unknown_option_is_reported_by_its_command_with_the_closest_one(argv, usage, hint, capsys):
@@ -71,3 +81,41 @@ def test_an_unknown_option_is_reported_by_its_command_with_the_closest_one(argv,
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(usage) and "unrecognized arguments" in err and hint in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "unknown", "absent"),
+    [
+        (["train", "--zzzzzz"], "--zzzzzz", "did you mean"),  # nothing close
+        (["bench", "--root", "x"], "--root", "--data-dir"),  # bench has no data options to call --root otherwise
+        (["evaluate", "--root", "data"], "--root data", "(for data)"),  # an option's value is no misspelt option
+    ],
+)
+def test_an_unknown_option_gets_no_hint_that_does_not_fit(argv, unknown, absent, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {unknown}" in err and absent not in err
+
+
+def test_a_parser_used_again_reports_its_own_error_not_the_earlier_unknown_option(capsys):
+    """The unknown options are those of the parse that failed on them: a later parse's other error is its own."""
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data-dirr", "x"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["no-such-command"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: nemesis-fast [-h]") and "invalid choice: 'no-such-command'" in err
+    assert "unrecognized" not in err
+
+
+def test_certify_takes_a_checkpoint_in_the_home_folder(tmp_path, monkeypatch, capsys):
+    """--checkpoint=~/m.pt (no shell expands a ~ after "="): the check found the home folder's file, then the
+    loading looked for a file named "~/m.pt" ("[Errno 2] No such file or directory")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard")
+    args = ["certify", "--checkpoint=~/m.pt", "--sigma", "0.3", "--images", "1", "--n", "8", "--n0", "4"]
+    assert main([*args, "--out", str(tmp_path / "c.csv"), "--no-progress"]) == 0
+    assert len((tmp_path / "c.csv").read_text().splitlines()) == 2  # the header and the image's row

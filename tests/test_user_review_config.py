@@ -3,10 +3,12 @@ with a message that points to the fix (found reviewing the README as a new user)
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import nemesis_fast as nf
-from nemesis_fast.evaluation import ConfigError, load_config
+from nemesis_fast.evaluation import ConfigError, load_config, preset_path
 
 
 def _write(tmp_path, text: str):
@@ -38,3 +40,20 @@ def test_a_preset_name_as_config_points_to_preset_path(tmp_path, monkeypatch):
         nf.evaluate("quick")
     with pytest.raises(ConfigError, match="config file nope does not exist$"):
         nf.evaluate("nope")
+
+
+def test_an_evalconfigs_overrides_get_the_same_hints():
+    """evaluate(an EvalConfig, **overrides) checks the overrides apart from a file's keys, with the same hints."""
+    config = load_config(preset_path("quick"))
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) epochs; .*epochs is a setting of \[training\]"):
+        nf.evaluate(config, epochs=3)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) test_sample; .*did you mean test_samples\?$"):
+        nf.evaluate(config, test_sample=3)
+
+
+def test_a_config_path_less_its_suffix_is_not_called_a_preset():
+    """Only a bare name is taken for a preset's: a path whose .toml exists (here the quick preset's own file, less
+    its suffix) was told to pass it to preset_path, as though a preset."""
+    path = preset_path("quick").with_suffix("")
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(path))} does not exist$"):
+        nf.evaluate(path)

@@ -70,7 +70,8 @@ def check_budgets_fit(budgets: Budgets, dataset: str) -> None:
 
 def _parse(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        preset = (PRESETS_DIR / f"{path}.toml").is_file() and path.suffix == ""
+        # a bare name only: PRESETS_DIR / an absolute path is that path, which no preset_path() call names
+        preset = len(path.parts) == 1 and path.suffix == "" and (PRESETS_DIR / f"{path}.toml").is_file()
         hint = f"; for the preset {path} pass nemesis_fast.evaluation.preset_path({str(path)!r})" if preset else ""
         raise ConfigError(f"config file {path} does not exist{hint}")
     text = path.read_text()
