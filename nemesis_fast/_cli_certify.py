@@ -161,7 +161,7 @@ def _test_set(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[torch.Ten
     dataset = args.dataset or ("cifar10" if arch.get("kwargs", {}).get("in_channels") == 3 else "mnist")
     if dataset == "cifar10" and not args.data_dir:
         raise ValueError("--data-dir is required for cifar10")
-    root = Path(args.data_dir) if args.data_dir else MNIST_SAMPLE_DIR
+    root = Path(args.data_dir).expanduser() if args.data_dir else MNIST_SAMPLE_DIR
     if args.data_dir and not root.is_dir():
         raise ValueError(f"--data-dir {str(root)!r} is not a folder")
     images, labels = (load_cifar10 if dataset == "cifar10" else load_mnist)(root, "test")

@@ -50,8 +50,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     The file gets the permissions of the file it replaces, or else those a plain open() would give it (0o666 less
     the process's umask), not the owner-only ones of the temporary file. The first write of a process into a folder
-    removes the temporary files there that a killed writer left (unchanged for STALE_SECONDS)."""
-    path = Path(path)
+    removes the temporary files there that a killed writer left (unchanged for STALE_SECONDS). A leading ~ is the
+    home folder, as the checks of output paths take it."""
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o7777

@@ -16,7 +16,8 @@ import torch
 from _support import TRAIN_BATCHES, cifar_batch, mnist_root, write_cifar
 
 from nemesis_fast.data import DataFormatError, data_files, load_cifar10, load_mnist
-from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+from nemesis_fast.data.cifar10 import cifar10_files, read_batch
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR, read_idx
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -192,6 +193,10 @@ def test_a_home_folder_and_a_file_given_for_the_folder(tmp_path, monkeypatch):
     write_mnist(tmp_path / "mnist")
     write_cifar(tmp_path / "cifar")
     assert len(load_mnist("~/mnist", "test")[1]) == 6 and len(load_cifar10("~/cifar", "test")[1]) == 7
+    # the lower-level readers take ~ alike (they looked for a folder named "~")
+    assert cifar10_files("~/cifar", "test") == cifar10_files(tmp_path / "cifar", "test") != []
+    assert len(read_batch("~/cifar/test_batch")["labels"]) == 7
+    assert read_idx("~/mnist/t10k-labels-idx1-ubyte.gz", 1).shape == (6,)
     with pytest.raises(FileNotFoundError, match="is a file; pass the folder that holds the IDX files"):
         load_mnist(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", "test")
 

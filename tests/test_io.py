@@ -71,6 +71,19 @@ def test_refresh_computes_again(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_atomic_writes_take_a_leading_tilde_as_the_home_folder(tmp_path, monkeypatch):
+    """As the checks of output paths (check_output_file) take it: before, "~/r.json" passed the check and was
+    written under a folder named "~" in the working folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert check_output_file("~/out/r.json", "--json") == tmp_path / "home" / "out" / "r.json"
+    write_atomic("~/out/r.json", b"{}")
+    torch_save_atomic("~/out/t.pt", torch.ones(2))
+    assert (tmp_path / "home" / "out" / "r.json").read_bytes() == b"{}"
+    assert torch.equal(torch.load(tmp_path / "home" / "out" / "t.pt"), torch.ones(2))
+    assert not (tmp_path / "~").exists()
+
+
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file permissions")
 def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path, monkeypatch):
     (tmp_path / "plain").write_bytes(b"")

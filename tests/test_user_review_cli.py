@@ -3,10 +3,14 @@ a checkpoint path that does not exist is refused naming its option, before any d
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from nemesis_fast.checkpoints import save_checkpoint
 from nemesis_fast.cli import build_parser, main
+from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.models import mnist_cnn
 
 
@@ -111,11 +115,18 @@ def test_a_parser_used_again_reports_its_own_error_not_the_earlier_unknown_optio
     assert "unrecognized" not in err
 
 
-def test_certify_takes_a_checkpoint_in_the_home_folder(tmp_path, monkeypatch, capsys):
-    """--checkpoint=~/m.pt (no shell expands a ~ after "="): the check found the home folder's file, then the
-    loading looked for a file named "~/m.pt" ("[Errno 2] No such file or directory")."""
+def test_certify_takes_its_files_in_the_home_folder(tmp_path, monkeypatch):
+    """--checkpoint=~/m.pt, --data-dir=~/..., --out=~/c.csv, --json=~/c.json (no shell expands a ~ after "="): the
+    checks found the home folder's files, then the loading looked for a file named "~/m.pt" ("[Errno 2]"), the data
+    folder was "not a folder", and the results went to a folder named "~" under the working folder."""
     monkeypatch.setenv("HOME", str(tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     save_checkpoint(tmp_path / "m.pt", mnist_cnn(), recipe="standard")
-    args = ["certify", "--checkpoint=~/m.pt", "--sigma", "0.3", "--images", "1", "--n", "8", "--n0", "4"]
-    assert main([*args, "--out", str(tmp_path / "c.csv"), "--no-progress"]) == 0
+    shutil.copytree(MNIST_SAMPLE_DIR, tmp_path / "mnist")
+    args = ["certify", "--checkpoint=~/m.pt", "--data-dir=~/mnist", "--sigma", "0.3", "--images", "1", "--n", "8"]
+    assert main([*args, "--n0", "4", "--out=~/c.csv", "--json=~/c.json", "--no-progress"]) == 0
     assert len((tmp_path / "c.csv").read_text().splitlines()) == 2  # the header and the image's row
+    assert json.loads((tmp_path / "c.json").read_text())["images"] == 1
+    assert not (work / "~").exists()

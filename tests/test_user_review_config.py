@@ -57,3 +57,11 @@ def test_a_config_path_less_its_suffix_is_not_called_a_preset():
     path = preset_path("quick").with_suffix("")
     with pytest.raises(ConfigError, match=f"^config file {re.escape(str(path))} does not exist$"):
         nf.evaluate(path)
+
+
+def test_a_config_in_the_home_folder_is_read(tmp_path, monkeypatch):
+    """ "~/config.toml" is the home folder's file, as data_dir, out_dir and cache_dir are read (`--config=~/...`: no
+    shell expands a ~ after "=")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write(tmp_path, "test_samples = 3\n")
+    assert load_config("~/config.toml").test_samples == 3

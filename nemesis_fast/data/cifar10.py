@@ -89,7 +89,7 @@ def read_batch(path: str | os.PathLike) -> dict[str, Any]:
     """A pickled CIFAR batch as a dict with str keys, unpickled without running code (latin-1, as the Python 2
     pickles of the original archive need). Raises DataFormatError naming the file when it is not one (bytes after
     the pickle included), and OSError naming it when it cannot be read."""
-    path = Path(path)
+    path = Path(path).expanduser()
     stream = io.BytesIO(path.read_bytes())
     try:
         obj = _RestrictedUnpickler(stream, encoding="latin1").load()
@@ -187,7 +187,7 @@ def cifar10_files(root: str | os.PathLike, split: str) -> list[Path]:
     """The files that :func:`load_cifar10` reads for `split` under `root` (its batches and batches.meta), those
     there."""
     check_choice(split, "split", tuple(BATCHES))
-    folder = _batches_folder(Path(root))
+    folder = _batches_folder(Path(root).expanduser())
     if folder is None:
         return []
     return [path for path in (folder / name for name in (*BATCHES[split], META)) if path.is_file()]

@@ -104,7 +104,7 @@ def mnist_files(root: str | os.PathLike, split: str) -> list[Path]:
 
 def read_idx(path: str | os.PathLike, expected_ndim: int) -> np.ndarray:
     """An unsigned-byte IDX file as a numpy array, with its magic number, shape and size checked."""
-    path = Path(path)
+    path = Path(path).expanduser()
     data = _read_bytes(path)
     if len(data) < 4:
         raise DataFormatError(f"{path}: too short for an IDX header ({len(data)} bytes)")

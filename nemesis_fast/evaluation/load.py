@@ -335,7 +335,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     A config may start from another with a top-level ``base``: the name of a shipped preset (e.g. "paper") or
     the path of a config file (relative to this one); its own keys then override the base's, section by
     section."""
-    values, budgets = read_config_file(Path(path)) if path is not None else ({}, {})
+    values, budgets = read_config_file(Path(path).expanduser()) if path is not None else ({}, {})
     values = with_overrides(values, overrides)
     check_budgets_fit(budgets, values.get("dataset", EvalConfig.dataset))
     return validate(_build(EvalConfig, values, ""))
