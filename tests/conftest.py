@@ -44,6 +44,12 @@ MNIST_MIN_ACCURACY = 0.97
 MNIST_TEST_IMAGES = 500
 
 
+def mnist_model_file(settings: dict) -> str:
+    """Where, under the temp folder, `mnist_model` keeps the weights trained with `settings` (the file that
+    scripts/prepare_gpu_carry.sh carries to the GPU machine)."""
+    return f"nemesis_fast_test_cache/mnist_cnn_{settings_digest(settings)}.pt"
+
+
 def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: dict) -> None:
     train(
         model,
@@ -112,7 +118,7 @@ def mnist_model(mnist_source, mnist_test_set) -> nn.Module:
             _train(model, *load_mnist(root, "train"), settings)
             return model.state_dict()
 
-        model.load_state_dict(temp_cached(f"nemesis_fast_test_cache/mnist_cnn_{settings_digest(settings)}.pt", trained))
+        model.load_state_dict(temp_cached(mnist_model_file(settings), trained))
     model.eval()
     images, labels = mnist_test_set
     with torch.no_grad():
