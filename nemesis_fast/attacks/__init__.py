@@ -2,8 +2,9 @@
 L2.
 
 Every attack takes a model mapping (B, ...) images to (B, classes) logits; `attack(x, y)` returns the
-adversarial images, `attack(x, y, target=t)` runs targeted, and `attack.run(x, y)` returns an
-:class:`AttackResult` (images, success mask, L0/L2/Linf norms, iterations). See :mod:`.base` for writing one.
+adversarial images, `attack(x, y, target=t)` runs targeted (DeepFool, untargeted only, raises ValueError), and
+`attack.run(x, y)` returns an :class:`AttackResult` (images, success mask, predictions, L0/L2/Linf norms,
+iterations, and a targeted run's targets). See :mod:`.base` for writing one.
 """
 
 from .base import Attack, AttackResult, model_guard
