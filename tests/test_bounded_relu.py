@@ -54,6 +54,20 @@ def test_boundaries_follow_the_subgradient_convention(backend, device, save):
     assert grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("save", SAVES)
+@pytest.mark.parametrize("backend,device", CASES)
+def test_negative_zero_keeps_its_sign(backend, device, save):
+    """-0.0 is neither below 0 nor above t, so it passes through as -0.0, as in the reference (clamp keeps it); a
+    negative x gives +0.0. Compared by bits (assert_same takes -0.0 for +0.0)."""
+    require_backend(TABLES[save], backend, device)
+    for dtype in FLOAT_DTYPES:
+        x = torch.tensor([-0.0, 0.0, -1.0, 0.5], dtype=dtype, device=device, requires_grad=True)
+        out = nf.bounded_relu(x, 1.0, save=save, backend=backend).detach()
+        expected = reference.bounded_relu(x, 1.0).detach()
+        assert torch.signbit(expected).tolist() == [True, False, False, False]
+        assert_same_bits(out, expected)
+
+
 def neighbours(top: float, dtype: torch.dtype, device: str) -> torch.Tensor:
     """The values of `dtype` just below, at and just above `top` (a value of that dtype)."""
     bits = torch.tensor([top], dtype=torch.float64).to(dtype).view(BITS[dtype])

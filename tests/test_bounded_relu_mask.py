@@ -90,6 +90,47 @@ def test_masked_backward_takes_the_gradient_in_any_layout(backend, device):
     assert_same(grad, ((x > 0) & (x < 0.7)).to(x.dtype))
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_kernels_write_nothing_past_the_end(device):
+    """The four Triton kernels, given buffers longer than their n elements: each writes the n elements (and the
+    ceil(n / 8) mask bytes) and nothing after them. A bound off by one at the last block's tail (offsets <= n, or a
+    mask byte stored for element n when n is a multiple of 8) writes past the ops' own allocations, where no result
+    of the ops shows it."""
+    require_backend(MASKED_BACKENDS, "triton", device)
+    from nemesis_fast.triton import bounded_relu as kernels
+
+    spare, sentinel = 16, 99
+    top = kernels.threshold_bits(1.0, torch.float32)
+    for n in (40, 37):  # the last mask byte whole, and partial
+        generator = torch.Generator().manual_seed(n)
+        x, grad = (torch.randn(2, n + spare, generator=generator) * 2).to(device)
+        expected_out, expected_mask = reference.bounded_relu_masked(x[:n].cpu(), 1.0)
+        expected_grad = reference.bounded_relu_masked_backward(grad[:n].cpu(), expected_mask)
+
+        def buffer(size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.full((size + spare,), sentinel, dtype=dtype, device=device)
+
+        grid, masked_grid = (-(-n // kernels.BLOCK),), (-(-n // (8 * kernels.BYTES)),)
+        out, grad_in, masked_out, masked_grad_in = buffer(n), buffer(n), buffer(n), buffer(n)
+        mask = buffer(mask_bytes(n), torch.uint8)
+        kernels._forward_kernel[grid](x, out, top, n, BLOCK=kernels.BLOCK)
+        kernels._backward_kernel[grid](grad, out, grad_in, top, n, BLOCK=kernels.BLOCK)
+        kernels._masked_forward_kernel[masked_grid](x, masked_out, mask, top, n, BYTES=kernels.BYTES)
+        kernels._masked_backward_kernel[masked_grid](grad, mask, masked_grad_in, n, BYTES=kernels.BYTES)
+        results = {
+            "forward": (out, expected_out),
+            "backward": (grad_in, expected_grad),
+            "masked forward": (masked_out, expected_out),
+            "mask": (mask, expected_mask),
+            "masked backward": (masked_grad_in, expected_grad),
+        }
+        for name, (result, wanted) in results.items():
+            result = result.cpu()
+            assert torch.equal(result[: len(wanted)], wanted), (name, n)
+            assert (result[len(wanted) :] == sentinel).all(), (name, n, result[len(wanted) :].tolist())
+
+
 def saved_tensors(fn) -> list[torch.Tensor]:
     """The tensors autograd saves for backward while `fn` runs."""
     saved = []

@@ -314,3 +314,85 @@ def test_triton_row_count_is_64_bit():
     assert row_count(2**31 - 1, 1, device) == 2**31
     assert row_count(2**31 - 1, 0, device) == 2**31 - 1
     assert row_count(5, 1, device) == 6
+
+
+@pytest.mark.triton
+def test_triton_box_muller_at_its_boundaries():
+    """The Triton kernel's Box-Muller on chosen words, bit for bit against the reference: radius words at u = 2**-24
+    and 1 and where the logarithm's range reduction switches (u = float32(sqrt(1/2)), whose f is sqrt 2 itself, and
+    its neighbours), angle words at the edges of every quadrant; the 8 low bits, which are not used, set or not.
+    Random words rarely meet these (the range reduction's edge is 1 radius in 2**24)."""
+    if not nf_triton.AVAILABLE or not (nf_triton.INTERPRET or torch.cuda.is_available()):
+        pytest.skip("needs Triton on a GPU or under TRITON_INTERPRET=1")
+    from box_muller_probe import box_muller as triton_box_muller
+
+    device = "cuda" if torch.cuda.is_available() and not nf_triton.INTERPRET else "cpu"
+    edge = 0xB504F2  # (edge + 1) * 2**-24 = float32(sqrt(1/2)): f = sqrt 2 exactly
+    radius = [0, 1, edge - 1, edge, edge + 1, 0x7FFFFF, 0x800000, 0xFFFFFF]
+    angle = [0, 1, 0xFFFFFF] + [q * (1 << 21) + d for q in (1, 3, 5, 7) for d in (-1, 0)]
+    pairs = [(r << 8 | low, a << 8 | low) for r in radius for a in angle for low in (0, 0xFF)]
+    radius_words, angle_words = zip(*pairs)
+    z_cos, z_sin = triton_box_muller(list(radius_words), list(angle_words), device)
+    wanted_cos, wanted_sin = box_muller(torch.tensor(radius_words), torch.tensor(angle_words))
+    assert_matches(z_cos, wanted_cos)
+    assert_matches(z_sin, wanted_sin)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_programs_that_write_several_rows(device, monkeypatch):
+    """The Triton kernel splits the rows over a second grid axis until there are about TARGET_PROGRAMS programs,
+    program r writing rows r, r + split, ...: with the default target a small input gives every row its own program,
+    so the target is lowered here (3 programs for 8 rows)."""
+    require_backend(BACKENDS, "triton", device)
+    monkeypatch.setattr("nemesis_fast.triton.gaussian_augment.TARGET_PROGRAMS", 3)
+    x = torch.rand(3, 5, generator=torch.Generator().manual_seed(2))
+    for include_original in (True, False):
+        kwargs = {"copies": 8 - include_original, "include_original": include_original, "seed": 9}
+        assert_matches(call("triton", x.to(device), **kwargs).cpu(), expected(x, **kwargs))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_whole_groups_of_four_move_as_vectors(device, monkeypatch):
+    """Features a multiple of 4 launch the kernel with VEC = 4 (the variant that test_triton_compile.py sees move
+    float32 data 16 bytes at a time); other feature counts with VEC = 1."""
+    require_backend(BACKENDS, "triton", device)
+    from nemesis_fast.triton import gaussian_augment as triton_gaussian_augment
+
+    widths = []
+
+    def launch(kernel, grid, *args, **kwargs):
+        widths.append(kwargs["VEC"])
+        return original(kernel, grid, *args, **kwargs)
+
+    original = triton_gaussian_augment.launch
+    monkeypatch.setattr(triton_gaussian_augment, "launch", launch)
+    for features in (8, 6, 4, 1):
+        x = torch.rand(2, features, generator=torch.Generator().manual_seed(features))
+        assert_matches(call("triton", x.to(device), copies=1).cpu(), expected(x, copies=1))
+    assert widths == [4, 1, 4, 1]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_writes_nothing_past_the_output(device, monkeypatch):
+    """The Triton op given an output with room after it: 5 features leave each sample's last group of 4 with 3 lanes
+    past its features (on the last sample of the last row, past the output's end), which write nothing."""
+    require_backend(BACKENDS, "triton", device)
+    from nemesis_fast.triton import gaussian_augment as triton_gaussian_augment
+
+    spare, sentinel, buffers = 16, 7.0, []
+
+    def empty_output(*args):
+        out = original(*args)
+        buffers.append(torch.full((out.numel() + spare,), sentinel, dtype=out.dtype, device=out.device))
+        return buffers[-1][: out.numel()].view(out.shape)
+
+    original = triton_gaussian_augment.empty_output
+    monkeypatch.setattr(triton_gaussian_augment, "empty_output", empty_output)
+    x = torch.rand(3, 5, generator=torch.Generator().manual_seed(5))
+    out = call("triton", x.to(device), copies=2)
+    assert_matches(out.cpu(), expected(x, copies=2))
+    (buffer,) = buffers
+    assert (buffer[out.numel() :] == sentinel).all(), buffer[out.numel() :].tolist()

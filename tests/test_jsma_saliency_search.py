@@ -148,6 +148,15 @@ def test_ties_go_to_the_smallest_p_then_the_smallest_q(backend, device):
     o[0, [3, 30, 31, 4, 5]] = -1.0
     p, q, found = run(backend, t, o, torch.ones_like(t, dtype=torch.bool), True)
     assert (p.item(), q.item(), found.item()) == (3, 4, True)
+    # The best score on (0, 10) and (2, 3) only: p = 0 wins, with its own q (not the smallest q of any best pair).
+    t = torch.zeros(1, n, device=device)
+    o = torch.zeros(1, n, device=device)
+    t[0, [0, 10, 2, 3]] = torch.tensor([5.0, -1.0, 2.0, 2.0], device=device)
+    o[0, [0, 10, 2, 3]] = torch.tensor([1.0, -3.0, -1.0, -1.0], device=device)  # u = -o: a = 4, u = 2 on both
+    d = torch.ones_like(t, dtype=torch.bool)
+    assert [x.item() for x in reference(t.cpu(), o.cpu(), d.cpu(), True)] == [0, 10, True]
+    p, q, found = run(backend, t, o, d, True)
+    assert (p.item(), q.item(), found.item()) == (0, 10, True)
 
 
 @pytest.mark.parametrize("backend,device", VERSUS_REFERENCE)
@@ -165,6 +174,10 @@ def test_edge_values(backend, device):
         ([1e-30, 1e-30, -5.0, -5.0], [-1e-30, -1e-30, 5.0, 5.0], False),
         # a = 0 or b = 0 exactly is not valid
         ([1.0, -1.0, 0.5, -0.5], [-1.0, 1.0, 0.0, 0.0], True),
+        # ... also where that pair would be the only one
+        ([1.0, -1.0], [-1.0, -1.0], True),
+        ([1.0, 2.0], [-1.0, 1.0], True),
+        ([1.0, -1.0], [1.0, 1.0], False),
         # -inf target in decrease mode: a = -inf < 0, score inf
         ([-INF, 0.0, 0.5, 3.0], [1.0, 1.0, 1.0, -3.0], False),
     ]
@@ -205,6 +218,18 @@ def planted_case(n: int, p: int, q: int, increase: bool, device: str):
     if not increase:
         t, o = -t, -o
     return t.to(device), o.to(device), torch.ones(1, n, dtype=torch.bool, device=device)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_the_last_column_alone_in_its_tile(backend, device):
+    """n = 33 and 65: the last column tile of a row block holds one column, n - 1, and the best pair ends on it (p at
+    the start of the first row block, and at the end of the row block before the last)."""
+    require_backend(BACKENDS, backend, device)
+    for n in (33, 65):
+        for p in (3, n - 2):
+            for increase in (True, False):
+                t, o, d = planted_case(n, p, n - 1, increase, device)
+                assert [x.item() for x in run(backend, t, o, d, increase)] == [p, n - 1, True], (n, p, increase)
 
 
 @pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
@@ -396,7 +421,8 @@ def test_triton_index_arithmetic_near_2_31(device):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_triton_finish_kernel(device):
     """The Triton finishing kernel on made-up partials (row block, sample): more row blocks than it reads at a
-    time, tied scores (the smallest key wins), keys past 2**31, and samples with no valid pair."""
+    time, tied scores (the smallest key wins), keys past 2**31, and samples with no valid pair; followed in memory by
+    a row of better partials that it must not read."""
     require_backend(BACKENDS, "triton", device)
     g = torch.Generator().manual_seed(0)
     batch, n = 5, 2**31 - 1
@@ -410,8 +436,9 @@ def test_triton_finish_kernel(device):
     p = torch.full((batch,), 7, dtype=torch.int64, device=device)
     q = p.clone()
     out_found = torch.ones(batch, dtype=torch.bool, device=device)  # the kernel writes every output
+    past = (torch.cat([score, torch.full((1, batch), 9.0)]), torch.cat([key, torch.zeros(1, batch, dtype=key.dtype)]))
     jsma_triton._finish_kernel[(batch,)](
-        score.to(device), key.to(device), p, q, out_found, batch, n, row_blocks,
+        past[0].to(device), past[1].to(device), p, q, out_found, batch, n, row_blocks,
         BLOCK=jsma_triton.FINISH_BLOCK,
     )  # fmt: skip
     assert out_found.cpu().tolist() == found.tolist() == [True, True, True, False, True]

@@ -60,7 +60,9 @@ def compile_kernel(label, kernel, pointers, constexprs, *, ints="i32", divisible
     compiled = triton.compile(source, target=TARGET, options=options or {"num_warps": 4})
     (OUT / f"{label}.cubin").write_bytes(compiled.asm["cubin"])
     (OUT / f"{label}.ptx").write_text(compiled.asm["ptx"])
-    records.append({"label": label, "kernel": kernel.__name__})
+    (OUT / f"{label}.ttir").write_text(compiled.asm["ttir"])
+    arguments = [name for name in kernel.arg_names if name not in constexprs]
+    records.append({"label": label, "kernel": kernel.__name__, "ints": ints, "arguments": arguments})
 
 
 for dtype in ("fp32", "fp64", "fp16", "bf16"):
@@ -123,7 +125,8 @@ EXPECTED_VARIANTS = 16 + 6 + 2 + 1 + 6 + 1
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict[str, dict]:
-    """label -> {kernel, ptx, sass, usage} of every compiled variant."""
+    """label -> {kernel, ptx, ttir, cubin, ints, arguments} of every compiled variant (ints: the integer arguments'
+    type; arguments: the names of the arguments that are not constexprs, in order)."""
     out = tmp_path_factory.mktemp("triton_sm90")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = os.environ.get("NEMESIS_FAST_TRITON_TEST_CACHE", "/tmp/nemesis_fast_triton_cache")
@@ -142,7 +145,10 @@ def compiled(tmp_path_factory) -> dict[str, dict]:
         variants[label] = {
             "kernel": record["kernel"],
             "ptx": (out / f"{label}.ptx").read_text(),
+            "ttir": (out / f"{label}.ttir").read_text(),
             "cubin": cubin,
+            "ints": record["ints"],
+            "arguments": record["arguments"],
         }
     return variants
 
@@ -228,3 +234,63 @@ def test_gaussian_noise_has_no_fused_multiply_add(compiled):
 def test_the_fma_check_finds_the_fusions_of_the_default_options(compiled):
     ptx = compiled["control-plain-fused"]["ptx"]
     assert PTX_FMA.findall(ptx)
+
+
+# The integer arguments of each kernel that enter an index or an address. Triton passes an integer below 2**31 as
+# int32, where a product or sum of them wraps: each must be widened to int64 before any arithmetic. (The JSMA
+# finishing kernel's and the gaussian_augment kernel's key and flag arguments take no part in an index.)
+INDEX_ARGUMENTS = {
+    "_forward_kernel": ("n",),
+    "_backward_kernel": ("n",),
+    "_masked_forward_kernel": ("n",),
+    "_masked_backward_kernel": ("n",),
+    "_augment_kernel": ("pairs", "features_q", "groups", "row_stride_q", "copies", "offset", "include_original"),
+    "_search_kernel": ("n", "t_stride0", "t_stride1", "o_stride0", "o_stride1", "d_stride0", "d_stride1"),
+    "_finish_kernel": ("batch", "n"),
+}
+# The kernels whose program ids are widened to int64 before any arithmetic: their ids times a block size pass 2**31
+# on large tensors. (The JSMA kernels' ids count (row block, sample) pairs and samples, below 2**31 by the op's check.)
+WIDE_PROGRAM_IDS = {"_forward_kernel", "_backward_kernel", "_masked_forward_kernel", "_masked_backward_kernel"}
+WIDE_PROGRAM_IDS |= {"_augment_kernel"}
+
+
+def ttir_uses(ttir: str, value: str) -> list[str]:
+    """The lines of a kernel's TTIR that use the SSA value `value` (its name without the %), less the function's
+    signature and the value's own definition."""
+    use = re.compile(rf"%{re.escape(value)}(?![\w.])")
+    return [
+        line.strip()
+        for line in ttir.splitlines()
+        if use.search(line) and "tt.func" not in line and not line.strip().startswith(f"%{value} =")
+    ]
+
+
+def ttir_argument_values(ttir: str) -> list[str]:
+    """The SSA names of a kernel's arguments in the TTIR, in order."""
+    (signature,) = re.findall(r"tt\.func public @\w+\((.*)\) attributes", ttir)
+    return re.findall(r"%([\w.]+): ", signature)
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_index_arithmetic_is_64_bit(compiled):
+    """In every variant compiled with int32 integer arguments, the index arguments and (where they scale a block) the
+    program ids are sign-extended to int64 before any other use, so no index wraps past 2**31 (B * n pairs, a
+    row stride of more than 2**31 elements: tensors too large to run here). Read from the kernels' TTIR."""
+    checked = set()
+    for label, variant in compiled.items():
+        if variant["ints"] != "i32" or variant["kernel"] not in INDEX_ARGUMENTS:
+            continue
+        ttir = variant["ttir"]
+        values = dict(zip(variant["arguments"], ttir_argument_values(ttir), strict=True))
+        wanted = [values[name] for name in INDEX_ARGUMENTS[variant["kernel"]]]
+        if variant["kernel"] in WIDE_PROGRAM_IDS:
+            program_ids = re.findall(r"%([\w.]+) = tt\.get_program_id", ttir)
+            assert program_ids, label
+            wanted += program_ids
+        for value in wanted:
+            uses = ttir_uses(ttir, value)
+            widened = re.compile(rf"^%[\w.]+ = arith\.extsi %{re.escape(value)} : i32 to i64\b")
+            assert uses and all(widened.match(use) for use in uses), (label, value, uses)
+        checked.add(variant["kernel"])
+    assert checked == set(INDEX_ARGUMENTS), checked
