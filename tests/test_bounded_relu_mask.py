@@ -102,7 +102,10 @@ def test_triton_kernels_write_nothing_past_the_end(device):
 
     spare, sentinel = 16, 99
     top = kernels.threshold_bits(1.0, torch.float32)
-    for n in (40, 37):  # the last mask byte whole, and partial
+    # The last mask byte whole, and partial; then whole blocks (the kernels' unmasked path) alone and with a partial
+    # block after them (4096: BLOCK elements, 8 * BYTES for the masked pair).
+    assert kernels.BLOCK == 8 * kernels.BYTES == 4096
+    for n in (40, 37, 4096, 4096 + 37):
         generator = torch.Generator().manual_seed(n)
         x, grad = (torch.randn(2, n + spare, generator=generator) * 2).to(device)
         expected_out, expected_mask = reference.bounded_relu_masked(x[:n].cpu(), 1.0)

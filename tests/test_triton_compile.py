@@ -77,6 +77,8 @@ for dtype in ("fp32", "fp64", "fp16", "bf16"):
     ):
         label = f"bounded_relu{kernel.__name__}-{dtype}"
         compile_kernel(label, kernel, ptrs, constexprs, ints=ints, divisible=("n",), options=options)
+        if dtype == "fp32":  # n not a multiple of 16: the whole blocks keep their 16-byte accesses
+            compile_kernel(f"{label}-odd-n", kernel, ptrs, constexprs, ints=ints, options=options)
 for x, out, vec, ints in (
     ("fp32", "fp32", 4, "i32"), ("u8", "bf16", 4, "i32"), ("fp64", "fp16", 1, "i32"), ("fp16", "fp16", 4, "i64"),
     ("fp64", "fp64", 4, "i32"), ("u8", "fp32", 1, "i64"),
@@ -120,7 +122,7 @@ compile_kernel(
 )
 json.dump(records, sys.stdout)
 '''
-EXPECTED_VARIANTS = 16 + 6 + 2 + 1 + 6 + 1
+EXPECTED_VARIANTS = 16 + 4 + 6 + 2 + 1 + 6 + 1
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +194,18 @@ def test_jsma_search_fits_in_128_registers(compiled):
         assert usage["REG"] < 128, (label, usage)
 
 
+def float32_accesses(sass: list[str]) -> tuple[list[str], list[str]]:
+    """The global loads and stores of float32 data: the bit mask's bytes move apart, one or two at a time (.U8,
+    .U16)."""
+    data = [i for i in sass if ".U8" not in i and ".U16" not in i]
+    return [i for i in data if i.startswith("LDG")], [i for i in data if i.startswith("STG")]
+
+
 @pytest.mark.triton
 @pytest.mark.slow
 def test_float32_data_moves_in_128_bit_accesses(compiled):
     """bounded_relu (both saves) and gaussian_augment (whole groups of 4 features) load and store float32 data 16
-    bytes at a time."""
+    bytes at a time; bounded_relu's whole blocks do so for any number of elements."""
     needs_cuobjdump()
     labels = [
         "bounded_relu_forward_kernel-fp32",
@@ -207,11 +216,14 @@ def test_float32_data_moves_in_128_bit_accesses(compiled):
     ]
     for label in labels:
         sass = sass_of(compiled[label])
-        # The float32 data; the bit mask's bytes (.U8) move apart.
-        loads = [i for i in sass if i.startswith("LDG") and ".U8" not in i]
-        stores = [i for i in sass if i.startswith("STG") and ".U8" not in i]
+        loads, stores = float32_accesses(sass)
         assert any(".128" in i for i in loads), (label, loads)
         assert stores and all(".128" in i for i in stores), (label, stores)
+    # Where n is not a multiple of 16, the last block's bounds mask allows 4-byte accesses only; every whole block
+    # moves in 16-byte ones, as above.
+    for label in labels[:4]:
+        loads, stores = float32_accesses(sass_of(compiled[f"{label}-odd-n"]))
+        assert any(".128" in i for i in loads) and any(".128" in i for i in stores), (label, loads, stores)
 
 
 @pytest.mark.triton

@@ -69,58 +69,118 @@ def _comparable(v):
     return v
 
 
+# Each kernel takes its program's block through one of two paths: a whole block with no bounds mask, or the last,
+# partial block with one. Where n is not a multiple of 16 the mask is not provably uniform over 16-byte groups, and
+# a kernel with a mask on every block would move all its data in 4-byte accesses; the unmasked path keeps the
+# 16-byte ones (tests/test_triton_compile.py compiles both cases).
+
+
 @triton.jit
-def _forward_kernel(x_ptr, out_ptr, top_bits, n, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
-    x = tl.load(x_ptr + offsets, mask=mask)
+def _forward_block(x_ptr, out_ptr, top_bits, offsets, n, FULL: tl.constexpr):
+    x = tl.load(x_ptr + offsets) if FULL else tl.load(x_ptr + offsets, mask=offsets < n)
     top = _threshold(top_bits, x_ptr.dtype.element_ty)
     x_, top_ = _comparable(x), _comparable(top)
     # NaN fails both comparisons and passes through.
     y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
-    tl.store(out_ptr + offsets, y, mask=mask)
+    if FULL:
+        tl.store(out_ptr + offsets, y)
+    else:
+        tl.store(out_ptr + offsets, y, mask=offsets < n)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, out_ptr, top_bits, n, BLOCK: tl.constexpr):
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _forward_block(x_ptr, out_ptr, top_bits, offsets, n, True)
+    else:
+        _forward_block(x_ptr, out_ptr, top_bits, offsets, n, False)
+
+
+@triton.jit
+def _backward_block(grad_ptr, out_ptr, grad_in_ptr, top_bits, offsets, n, FULL: tl.constexpr):
+    if FULL:
+        grad = tl.load(grad_ptr + offsets)
+        out = tl.load(out_ptr + offsets)
+    else:
+        grad = tl.load(grad_ptr + offsets, mask=offsets < n)
+        out = tl.load(out_ptr + offsets, mask=offsets < n)
+    top = _comparable(_threshold(top_bits, out_ptr.dtype.element_ty))
+    out = _comparable(out)
+    y = tl.where((out > 0) & (out < top), grad, tl.zeros_like(grad))
+    if FULL:
+        tl.store(grad_in_ptr + offsets, y)
+    else:
+        tl.store(grad_in_ptr + offsets, y, mask=offsets < n)
 
 
 @triton.jit
 def _backward_kernel(grad_ptr, out_ptr, grad_in_ptr, top_bits, n, BLOCK: tl.constexpr):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n
-    grad = tl.load(grad_ptr + offsets, mask=mask)
-    out = tl.load(out_ptr + offsets, mask=mask)
-    top = _comparable(_threshold(top_bits, out_ptr.dtype.element_ty))
-    out = _comparable(out)
-    y = tl.where((out > 0) & (out < top), grad, tl.zeros_like(grad))
-    tl.store(grad_in_ptr + offsets, y, mask=mask)
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _backward_block(grad_ptr, out_ptr, grad_in_ptr, top_bits, offsets, n, True)
+    else:
+        _backward_block(grad_ptr, out_ptr, grad_in_ptr, top_bits, offsets, n, False)
+
+
+@triton.jit
+def _masked_forward_block(x_ptr, out_ptr, mask_ptr, top_bits, byte, n, FULL: tl.constexpr):
+    # A (BYTES, 8) tile of elements in memory order: row k is mask byte k's 8 elements.
+    bit = tl.arange(0, 8)
+    offsets = byte[:, None] * 8 + bit[None, :]
+    x = tl.load(x_ptr + offsets) if FULL else tl.load(x_ptr + offsets, mask=offsets < n, other=0)
+    top = _threshold(top_bits, x_ptr.dtype.element_ty)
+    x_, top_ = _comparable(x), _comparable(top)
+    y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
+    # NaN and the padding (0) fail the test, so the bits past the last element are 0.
+    passes = (x_ > 0) & (x_ < top_)
+    packed = tl.sum(passes.to(tl.int32) << bit[None, :], axis=1).to(tl.uint8)
+    if FULL:
+        tl.store(out_ptr + offsets, y)
+        tl.store(mask_ptr + byte, packed)
+    else:
+        tl.store(out_ptr + offsets, y, mask=offsets < n)
+        tl.store(mask_ptr + byte, packed, mask=byte * 8 < n)
 
 
 @triton.jit
 def _masked_forward_kernel(x_ptr, out_ptr, mask_ptr, top_bits, n, BYTES: tl.constexpr):
-    # A (BYTES, 8) tile of elements in memory order: row k is mask byte k's 8 elements.
-    byte = tl.program_id(0).to(tl.int64) * BYTES + tl.arange(0, BYTES)
+    start = tl.program_id(0).to(tl.int64) * BYTES
+    byte = start + tl.arange(0, BYTES)
+    if (start + BYTES) * 8 <= n:
+        _masked_forward_block(x_ptr, out_ptr, mask_ptr, top_bits, byte, n, True)
+    else:
+        _masked_forward_block(x_ptr, out_ptr, mask_ptr, top_bits, byte, n, False)
+
+
+@triton.jit
+def _masked_backward_block(grad_ptr, mask_ptr, grad_in_ptr, byte, n, FULL: tl.constexpr):
     bit = tl.arange(0, 8)
     offsets = byte[:, None] * 8 + bit[None, :]
-    inside = offsets < n
-    x = tl.load(x_ptr + offsets, mask=inside, other=0)
-    top = _threshold(top_bits, x_ptr.dtype.element_ty)
-    x_, top_ = _comparable(x), _comparable(top)
-    y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
-    tl.store(out_ptr + offsets, y, mask=inside)
-    # NaN and the padding (0) fail the test, so the bits past the last element are 0.
-    passes = (x_ > 0) & (x_ < top_)
-    packed = tl.sum(passes.to(tl.int32) << bit[None, :], axis=1)
-    tl.store(mask_ptr + byte, packed.to(tl.uint8), mask=byte * 8 < n)
+    if FULL:
+        packed = tl.load(mask_ptr + byte).to(tl.int32)
+        grad = tl.load(grad_ptr + offsets)
+    else:
+        packed = tl.load(mask_ptr + byte, mask=byte * 8 < n, other=0).to(tl.int32)
+        grad = tl.load(grad_ptr + offsets, mask=offsets < n)
+    passes = ((packed[:, None] >> bit[None, :]) & 1) != 0
+    y = tl.where(passes, grad, tl.zeros_like(grad))
+    if FULL:
+        tl.store(grad_in_ptr + offsets, y)
+    else:
+        tl.store(grad_in_ptr + offsets, y, mask=offsets < n)
 
 
 @triton.jit
 def _masked_backward_kernel(grad_ptr, mask_ptr, grad_in_ptr, n, BYTES: tl.constexpr):
-    byte = tl.program_id(0).to(tl.int64) * BYTES + tl.arange(0, BYTES)
-    bit = tl.arange(0, 8)
-    offsets = byte[:, None] * 8 + bit[None, :]
-    inside = offsets < n
-    packed = tl.load(mask_ptr + byte, mask=byte * 8 < n, other=0).to(tl.int32)
-    passes = ((packed[:, None] >> bit[None, :]) & 1) != 0
-    grad = tl.load(grad_ptr + offsets, mask=inside)
-    tl.store(grad_in_ptr + offsets, tl.where(passes, grad, tl.zeros_like(grad)), mask=inside)
+    start = tl.program_id(0).to(tl.int64) * BYTES
+    byte = start + tl.arange(0, BYTES)
+    if (start + BYTES) * 8 <= n:
+        _masked_backward_block(grad_ptr, mask_ptr, grad_in_ptr, byte, n, True)
+    else:
+        _masked_backward_block(grad_ptr, mask_ptr, grad_in_ptr, byte, n, False)
 
 
 def _grid(n: int):
