@@ -91,6 +91,51 @@ def test_threshold_keeps_the_precision_of_the_dtype(backend, device, save):
             assert grad.tolist() == [1.0, 0.0, 0.0], (dtype, t)
 
 
+KERNEL_CASES = [case for case in CASES if case.values[0] != "torch"]
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES)
+def test_kernels_keep_the_sign_of_zero(backend, device):
+    """-0.0 stays -0.0 and +0.0 stays +0.0 in both forward ops, as in the reference (max(x, 0) keeps x where x == 0),
+    in every dtype, in the vector loops and in their tails (19 elements). The value comparisons elsewhere take -0.0
+    for +0.0: the 16-bit kernels clamped -0.0 to +0.0 unseen."""
+    require_backend(TABLES["mask"], backend, device)
+    suffix = "_triton" if backend == "triton" else ""
+    forward = getattr(torch.ops.nemesis_fast, f"bounded_relu{suffix}")
+    masked = getattr(torch.ops.nemesis_fast, f"bounded_relu_masked{suffix}")
+    x = torch.tensor([-0.0, 0.0] * 9 + [-0.0], device=device)
+    for dtype in FLOAT_DTYPES:
+        xd = x.to(dtype)
+        expected = reference.bounded_relu(xd, 1.0)
+        assert torch.equal(torch.signbit(expected), torch.signbit(xd))
+        assert_same_bits(forward(xd, 1.0), expected)
+        out, mask = masked(xd, 1.0)
+        assert_same_bits(out, expected)
+        assert mask.tolist() == [0, 0, 0]
+
+
+def test_native_result_does_not_depend_on_threads():
+    """The dense forward and backward loops split the elements over threads, in chunks of at least 2**15: with
+    several threads each chunk must read its own part of x (forward) and of out (backward). Odd size, every dtype."""
+    require_backend(TABLES["output"], "native", "cpu")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * 65536 + 13, generator=generator) * 2
+    grad = torch.randn(x.shape, generator=generator)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, max(2, threads)):
+            torch.set_num_threads(count)
+            for dtype in FLOAT_DTYPES:
+                xd, gd = x.to(dtype), grad.to(dtype)
+                out = torch.ops.nemesis_fast.bounded_relu(xd, 0.5)
+                assert_same_bits(out, reference.bounded_relu(xd, 0.5))
+                passes = (xd > 0) & (xd < reference.rounded_threshold(0.5, dtype))
+                grad_in = torch.ops.nemesis_fast.bounded_relu_backward(gd, out, 0.5)
+                assert_same_bits(grad_in, torch.where(passes, gd, torch.zeros((), dtype=dtype))), (count, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_rounded_threshold_is_the_dtype_conversion():
     """rounded_threshold rounds in plain Python (so tracers see a constant); it must be torch's conversion through
     float32 (float64 for float64): to nearest, ties to even, overflow to inf, underflow through subnormals."""

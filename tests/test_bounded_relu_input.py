@@ -68,6 +68,30 @@ def test_direct_op_calls_check_their_arguments():
         torch.ops.nemesis_fast.bounded_relu_backward(torch.ones(3), torch.ones(4), 1.0)
 
 
+def test_direct_op_calls_refuse_an_infinite_threshold():
+    """The public function refuses t = inf and NaN in Python; the ops must refuse them too (an infinite t clamped
+    nothing from above and passed the gradient of every positive element)."""
+    require_backend(BACKENDS, "native", "cpu")
+    ops = torch.ops.nemesis_fast
+    x = torch.ones(3)
+    for t in (float("inf"), float("nan")):
+        for op, args in (
+            (ops.bounded_relu, (x, t)),
+            (ops.bounded_relu_masked, (x, t)),
+            (ops.bounded_relu_backward, (x, x, t)),
+        ):
+            with pytest.raises(ValueError, match="t must be a finite number > 0"):
+                op(*args)
+
+
+def test_direct_backward_call_refuses_a_grad_of_another_shape_with_as_many_elements():
+    """grad and out must have one shape, not only one number of elements."""
+    require_backend(BACKENDS, "native", "cpu")
+    for grad, out in ((torch.ones(3, 4), torch.ones(4, 3)), (torch.ones(12), torch.ones(3, 4))):
+        with pytest.raises(ValueError, match="grad and out must have the same shape"):
+            torch.ops.nemesis_fast.bounded_relu_backward(grad, out, 1.0)
+
+
 @pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
 def test_direct_calls_of_each_backends_op_pair_check_their_arguments(backend):
     """The Triton pair checked nothing: t = -1 gave wrong values, and a smaller grad was read past its end."""

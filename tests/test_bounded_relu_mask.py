@@ -216,6 +216,17 @@ def test_native_masked_simd_widths_agree():
     assert run.stdout.strip() == namespace["checksum"]
 
 
+def test_native_masked_tiles_clear_the_bits_past_the_last_element():
+    """The portable masked forward (the 16-bit formats) packs flags in tiles of 1024 elements: in a last, partial
+    tile the flags past the last element are cleared, not left over from the full tile before it."""
+    require_backend(MASKED_BACKENDS, "native", "cpu")
+    for dtype in (torch.float16, torch.bfloat16):
+        for extra in range(1, 8):
+            x = torch.full((1024 + extra,), 0.5, dtype=dtype)
+            _, mask = torch.ops.nemesis_fast.bounded_relu_masked(x, 1.0)
+            assert mask.tolist() == [255] * 128 + [(1 << extra) - 1], (dtype, extra)
+
+
 def test_native_masked_result_does_not_depend_on_threads():
     """Several threads, each writing whole mask bytes, give what one thread gives (odd size, many tiles)."""
     require_backend(MASKED_BACKENDS, "native", "cpu")

@@ -302,6 +302,44 @@ def test_cuda_noise_kernel_has_no_fused_multiply_add(tmp_path):
         assert re.search(r"\bmul\.rn\.f32\b", kernel), name  # the noise is there
 
 
+ROW_STRIDE_PAST_INT32 = (
+    "import torch, nemesis_fast\n"
+    "x = torch.full((1, 2**31 + 8), 255, dtype=torch.uint8)\n"
+    "out = torch.ops.nemesis_fast.gaussian_augment(x, 1, 0.0, None, None, True, 0, 0, torch.float16)\n"
+    "assert out.shape == (2, 2**31 + 8), out.shape\n"
+    "seen = torch.cat([out[:, :9], out[:, 2**31 - 9 :], out[:, ::65537]], dim=1)\n"
+    "assert torch.equal(seen, torch.ones_like(seen)), seen.unique()\n"
+)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new process (MemAvailable), 0 where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.slow
+def test_native_cpu_rows_past_2_31_elements_apart():
+    """One sample of 2**31 + 8 features: the original and its copy are 2**31 + 8 elements apart in the output, a
+    distance that wraps negative in int32 (the copy would be written 4 GiB before the output). uint8 input (2 GiB)
+    to float16 output (8 GiB), sigma = 0: every value is 255 / 255 = 1. In a child process, which a wild write may
+    kill. Skipped where 14 GiB of memory are not available, and on fewer than 8 cores unless asked for."""
+    require_backend(BACKENDS, "native", "cpu")
+    if available_memory() < 14 * 2**30:
+        pytest.skip("needs 14 GiB of available memory (10 GiB of tensors, and room for the rest)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 8 and os.environ.get("NEMESIS_FAST_LARGE_TESTS") != "1":
+        pytest.skip("15-30 s on 2 cores: runs on 8 or more, or with NEMESIS_FAST_LARGE_TESTS=1")
+    run = subprocess.run([sys.executable, "-c", ROW_STRIDE_PAST_INT32], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
 @pytest.mark.triton
 def test_triton_row_count_is_64_bit():
     """copies = 2**31 - 1 (an int32 argument) plus the original is 2**31 rows, not a negative count that would

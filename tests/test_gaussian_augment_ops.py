@@ -189,7 +189,10 @@ def test_direct_op_calls_check_their_arguments(backend):
         ({"clip_min": 2.0}, ValueError, "clip_min"),
         ({"clip_max": float("inf")}, ValueError, "clip_max"),
         ({"offset": -5}, ValueError, "offset"),
+        ({"offset": 2**63 - 2}, ValueError, "offset"),  # the last sample index, offset + 1, would not fit in int64
+        ({"sigma": 2.0**128}, ValueError, "sigma"),  # finite, but infinite in float32
         ({"out_dtype": torch.int64}, TypeError, "out_dtype"),
+        ({"clip_max": 1e6, "out_dtype": torch.float16}, ValueError, "clip_max"),  # beyond float16
     ]:
         with pytest.raises(error, match=name):
             call(backend, x, **{**good, **kwargs})

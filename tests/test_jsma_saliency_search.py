@@ -178,6 +178,11 @@ def test_edge_values(backend, device):
         ([1.0, -1.0], [-1.0, -1.0], True),
         ([1.0, 2.0], [-1.0, 1.0], True),
         ([1.0, -1.0], [1.0, 1.0], False),
+        # ... also where it is the only candidate: (0, 1) has a = 0 (b = 0 in the second row), the invalid (0, 2) keeps
+        # row 0's bound positive (so the row is scanned), (1, 2) is invalid too: no pair is valid
+        ([1.0, -1.0, 0.5], [-1.0, -1.0, 5.0], True),
+        ([1.0, 1.0, -5.0], [1.0, -1.0, -3.0], True),
+        ([-1.0, 1.0, -0.5], [1.0, 1.0, -5.0], False),
         # -inf target in decrease mode: a = -inf < 0, score inf
         ([-INF, 0.0, 0.5, 3.0], [1.0, 1.0, 1.0, -3.0], False),
     ]
@@ -372,6 +377,51 @@ def test_the_bound_in_front_of_the_gpu_kernels_keeps_the_answer(kind):
     assert jsma_backends.BOUNDED_MIN_FEATURES > 3072  # CIFAR-sized searches go straight to the kernels
 
 
+def no_valid_seed_pair_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, o, domain), n = 64, theta > 0: the 16 features of largest target gradient (also the largest t + u) and the
+    16 of largest u = -o form invalid pairs only, with each other and with the rest; the valid pairs are those of
+    features 0..31 (t = u = 0.25, score 0.25 each). The reference's answer: (0, 1)."""
+    t, o = torch.full((1, 64), 0.25), torch.full((1, 64), -0.25)
+    t[0, 32:48], o[0, 32:48] = 10.0, 9.0  # top by t and by t + u: a = 20, u = -18 with each other
+    t[0, 48:64], o[0, 48:64] = -11.0, -10.0  # top by u: a = -22 with each other, -1 with the group above
+    return t, o, torch.ones(1, 64, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("backend,device", fast_backend_cases(reference=False))
+def test_no_valid_pair_among_the_seeds(backend, device):
+    """The bounded search starts from the best pair of its seed features; where no seed pair is valid it must leave
+    the sample to the full scan, not report that no pair is valid."""
+    require_backend(BACKENDS, backend, device)
+    t, o, d = no_valid_seed_pair_case()
+    expected = reference(t, o, d, True)
+    assert [x.item() for x in expected] == [0, 1, True]
+    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), expected)
+
+
+def test_native_cpu_full_scan_in_several_row_ranges():
+    """A sample the bounded search leaves to the full scan (flat gradients: every pair within a hair of the best)
+    with more than 2**24 pairs is scanned in row ranges of about 2**24 pairs (kMinPairsPerTask), in parallel. The
+    ranges must cover every row, and a later range must win only with a higher score: n = 6000, all pairs tie in the
+    first sample (answer (0, 1)); in the second, the unique best pair is the first row of the second range."""
+    require_backend(BACKENDS, "native", "cpu")
+    n, pairs, second = 6000, 0, 0
+    for row in range(n - 1):  # the first range ends after the row where its pair count reaches 2**24
+        pairs += n - 1 - row
+        if pairs >= 2**24:
+            second = row + 1
+            break
+    t, o = torch.ones(2, n), -torch.ones(2, n)
+    t[1, [second, second + 1]] = 1 + 2**-21  # a = 2 + 2**-20 for that pair, 2 + 2**-21 with one of them, else 2
+    d = torch.ones(2, n, dtype=torch.bool)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, threads))
+        p, q, found = run("native", t, o, d, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert (p.tolist(), q.tolist(), found.tolist()) == ([0, second], [1, second + 1], [True, True]), second
+
+
 def test_the_bound_in_front_of_the_gpu_kernels_on_planted_pairs():
     """The two planted cases through `bounded` around the reference. In the first the bound keeps every feature
     (the strongest features by one gradient stretch it), so the search runs on all 400; in the second it keeps 20
@@ -544,6 +594,11 @@ def test_direct_op_calls_check_their_arguments():
         op(ones, ones, ones, True)
     with pytest.raises(ValueError, match="same shape"):
         op(ones, torch.ones(2, 4), ones > 0, True)
+    # Shapes of as many elements: the shapes must agree, not only the sizes.
+    with pytest.raises(ValueError, match="target_grad and other_grad must have the same shape"):
+        op(ones, torch.ones(3, 2), ones > 0, True)
+    with pytest.raises(ValueError, match="target_grad and search_domain must have the same shape"):
+        op(ones, ones, torch.ones(3, 2) > 0, True)
     with pytest.raises(ValueError, match=r"shape \(B, n\)"):
         op(torch.ones(6), torch.ones(6), torch.ones(6) > 0, True)
     with pytest.raises(TypeError, match="target_grad must be a float16"):
