@@ -587,6 +587,16 @@ def test_bad_increase_and_backend():
         nf.jsma_saliency_search(t, o, d, backend="gpu")
 
 
+@pytest.mark.cuda
+def test_the_cuda_kernel_refuses_a_search_domain_on_another_device():
+    """CUDA gradients with a CPU search domain dispatch to the CUDA kernel (the dispatcher goes by the gradients'
+    device): its own check must refuse the host pointer before any launch reads it."""
+    require_backend(BACKENDS, "native", "cuda")
+    grads = torch.ones(2, 3, device="cuda")
+    with pytest.raises(ValueError, match="search_domain must be on cuda:0, got cpu"):
+        torch.ops.nemesis_fast.jsma_saliency_search(grads, -grads, torch.ones(2, 3, dtype=torch.bool), True)
+
+
 def test_direct_op_calls_check_their_arguments():
     op = torch.ops.nemesis_fast.jsma_saliency_search
     ones = torch.ones(2, 3)
