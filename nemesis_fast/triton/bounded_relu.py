@@ -76,16 +76,31 @@ def _comparable(v):
 
 
 @triton.jit
+def _load(ptr, inside, FULL: tl.constexpr):
+    """The values at `ptr`: all of them in a whole block, else where `inside` holds (0 elsewhere)."""
+    if FULL:
+        return tl.load(ptr)
+    else:
+        return tl.load(ptr, mask=inside, other=0)
+
+
+@triton.jit
+def _store(ptr, value, inside, FULL: tl.constexpr):
+    """Stores `value` at `ptr`: all of it in a whole block, else where `inside` holds."""
+    if FULL:
+        tl.store(ptr, value)
+    else:
+        tl.store(ptr, value, mask=inside)
+
+
+@triton.jit
 def _forward_block(x_ptr, out_ptr, top_bits, offsets, n, FULL: tl.constexpr):
-    x = tl.load(x_ptr + offsets) if FULL else tl.load(x_ptr + offsets, mask=offsets < n)
+    x = _load(x_ptr + offsets, offsets < n, FULL)
     top = _threshold(top_bits, x_ptr.dtype.element_ty)
     x_, top_ = _comparable(x), _comparable(top)
     # NaN fails both comparisons and passes through.
     y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
-    if FULL:
-        tl.store(out_ptr + offsets, y)
-    else:
-        tl.store(out_ptr + offsets, y, mask=offsets < n)
+    _store(out_ptr + offsets, y, offsets < n, FULL)
 
 
 @triton.jit
@@ -100,19 +115,11 @@ def _forward_kernel(x_ptr, out_ptr, top_bits, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _backward_block(grad_ptr, out_ptr, grad_in_ptr, top_bits, offsets, n, FULL: tl.constexpr):
-    if FULL:
-        grad = tl.load(grad_ptr + offsets)
-        out = tl.load(out_ptr + offsets)
-    else:
-        grad = tl.load(grad_ptr + offsets, mask=offsets < n)
-        out = tl.load(out_ptr + offsets, mask=offsets < n)
+    grad = _load(grad_ptr + offsets, offsets < n, FULL)
+    out = _comparable(_load(out_ptr + offsets, offsets < n, FULL))
     top = _comparable(_threshold(top_bits, out_ptr.dtype.element_ty))
-    out = _comparable(out)
     y = tl.where((out > 0) & (out < top), grad, tl.zeros_like(grad))
-    if FULL:
-        tl.store(grad_in_ptr + offsets, y)
-    else:
-        tl.store(grad_in_ptr + offsets, y, mask=offsets < n)
+    _store(grad_in_ptr + offsets, y, offsets < n, FULL)
 
 
 @triton.jit
@@ -130,19 +137,15 @@ def _masked_forward_block(x_ptr, out_ptr, mask_ptr, top_bits, byte, n, FULL: tl.
     # A (BYTES, 8) tile of elements in memory order: row k is mask byte k's 8 elements.
     bit = tl.arange(0, 8)
     offsets = byte[:, None] * 8 + bit[None, :]
-    x = tl.load(x_ptr + offsets) if FULL else tl.load(x_ptr + offsets, mask=offsets < n, other=0)
+    x = _load(x_ptr + offsets, offsets < n, FULL)
     top = _threshold(top_bits, x_ptr.dtype.element_ty)
     x_, top_ = _comparable(x), _comparable(top)
     y = tl.where(x_ < 0, tl.zeros_like(x), tl.where(x_ > top_, top, x))
+    _store(out_ptr + offsets, y, offsets < n, FULL)
     # NaN and the padding (0) fail the test, so the bits past the last element are 0.
     passes = (x_ > 0) & (x_ < top_)
     packed = tl.sum(passes.to(tl.int32) << bit[None, :], axis=1).to(tl.uint8)
-    if FULL:
-        tl.store(out_ptr + offsets, y)
-        tl.store(mask_ptr + byte, packed)
-    else:
-        tl.store(out_ptr + offsets, y, mask=offsets < n)
-        tl.store(mask_ptr + byte, packed, mask=byte * 8 < n)
+    _store(mask_ptr + byte, packed, byte * 8 < n, FULL)
 
 
 @triton.jit
@@ -159,18 +162,10 @@ def _masked_forward_kernel(x_ptr, out_ptr, mask_ptr, top_bits, n, BYTES: tl.cons
 def _masked_backward_block(grad_ptr, mask_ptr, grad_in_ptr, byte, n, FULL: tl.constexpr):
     bit = tl.arange(0, 8)
     offsets = byte[:, None] * 8 + bit[None, :]
-    if FULL:
-        packed = tl.load(mask_ptr + byte).to(tl.int32)
-        grad = tl.load(grad_ptr + offsets)
-    else:
-        packed = tl.load(mask_ptr + byte, mask=byte * 8 < n, other=0).to(tl.int32)
-        grad = tl.load(grad_ptr + offsets, mask=offsets < n)
+    packed = _load(mask_ptr + byte, byte * 8 < n, FULL).to(tl.int32)
     passes = ((packed[:, None] >> bit[None, :]) & 1) != 0
-    y = tl.where(passes, grad, tl.zeros_like(grad))
-    if FULL:
-        tl.store(grad_in_ptr + offsets, y)
-    else:
-        tl.store(grad_in_ptr + offsets, y, mask=offsets < n)
+    grad = _load(grad_ptr + offsets, offsets < n, FULL)
+    _store(grad_in_ptr + offsets, tl.where(passes, grad, tl.zeros_like(grad)), offsets < n, FULL)
 
 
 @triton.jit
