@@ -174,3 +174,18 @@ def damage_tensor_bytes(path: Path, tensor: torch.Tensor) -> None:
     assert at >= 0 and len(data) >= 4, "the tensor's bytes are not in the file"
     raw[at : at + 4] = bytes(255 - b for b in raw[at : at + 4])
     path.write_bytes(bytes(raw))
+
+
+def script_sandbox(tmp_path: Path, script: Path, place: str, python3: str) -> tuple[Path, Path, Path]:
+    """A copy of the shell `script` at `tmp_path`/repo/`place`, with `python3` (a shell script's text) as the
+    python3 of `tmp_path`/bin, a fresh call log and a `tmp_path`/tmp folder: (repo, bin folder, log path)."""
+    repo, bin_dir = tmp_path / "repo", tmp_path / "bin"
+    (repo / place).parent.mkdir(parents=True, exist_ok=True)
+    (repo / place).write_text(script.read_text())
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python3").write_text(python3)
+    (bin_dir / "python3").chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return repo, bin_dir, log

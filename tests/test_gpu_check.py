@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _support import script_sandbox
 
 from nemesis_fast.bench import SUITES
 
@@ -93,15 +94,8 @@ exit 0
 def start_recorded(phase: str, tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, Path, Path]:
     """gpu_check.sh PHASE started in a copy of the repository (`tmp_path`/repo) with python3 a recorder: the process
     (its output piped), the recorder's log of calls, and the output folder."""
-    repo, bin_dir, out = tmp_path / "repo", tmp_path / "bin", tmp_path / "out"
-    (repo / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (repo / "benchmarks" / "gpu_check.sh").write_text(SCRIPT.read_text())
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python3").write_text(RECORDER)
-    (bin_dir / "python3").chmod(0o755)
-    log = tmp_path / "calls.log"
-    log.unlink(missing_ok=True)
-    (tmp_path / "tmp").mkdir(exist_ok=True)
+    repo, bin_dir, log = script_sandbox(tmp_path, SCRIPT, "benchmarks/gpu_check.sh", RECORDER)
+    out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NEMESIS_FAST_MNIST", "MNIST_DIR")}
     env |= {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "FAKE_LOG": str(log), "TMPDIR": str(tmp_path / "tmp")}
     env |= {"GPU_CHECK_DEVICE": "cpu", "OUT": str(out), "BUDGET": "300", **settings}

@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from _support import script_sandbox
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prepare_gpu_carry.sh"
 MNIST = (
     "train-images-idx3-ubyte.gz",
@@ -38,9 +40,8 @@ esac
 def prepare(tmp_path: Path, **settings: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """prepare_gpu_carry.sh in `tmp_path`/repo (its certify model and wheels in place, MNIST in `tmp_path`/source):
     the result and the stub's calls."""
-    repo, source, bin_dir = tmp_path / "repo", tmp_path / "source", tmp_path / "bin"
-    (repo / "scripts").mkdir(parents=True, exist_ok=True)
-    (repo / "scripts" / "prepare_gpu_carry.sh").write_text(SCRIPT.read_text())
+    repo, bin_dir, log = script_sandbox(tmp_path, SCRIPT, "scripts/prepare_gpu_carry.sh", STUB)
+    source = tmp_path / "source"
     (repo / "runs" / "certify-models").mkdir(parents=True, exist_ok=True)
     (repo / "runs" / "certify-models" / "gda.pt").write_bytes(b"model")
     (repo / ".whl").mkdir(exist_ok=True)
@@ -49,12 +50,6 @@ def prepare(tmp_path: Path, **settings: str) -> tuple[subprocess.CompletedProces
     source.mkdir(exist_ok=True)
     for name in MNIST:
         (source / name).write_bytes(gzip.compress(name.encode() * 100))
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python3").write_text(STUB)
-    (bin_dir / "python3").chmod(0o755)
-    log = tmp_path / "calls.log"
-    log.unlink(missing_ok=True)
-    (tmp_path / "tmp").mkdir(exist_ok=True)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log)}
     env |= {"FAKE_TMP": str(tmp_path / "tmp"), "MNIST_SOURCE": str(source), **settings}
     done = subprocess.run(
