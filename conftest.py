@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _IS_XDIST_WORKER = False  # set by pytest_configure
 
 
@@ -23,7 +22,9 @@ def pytest_configure(config):
     workerinput = getattr(config, "workerinput", None)
     _IS_XDIST_WORKER = workerinput is not None
     if _IS_XDIST_WORKER and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, _CORES // int(workerinput["workercount"]))
+        from nemesis_fast.parallel.workers import usable_cores  # here: after TRITON_INTERPRET is set, below
+
+        threads = max(1, usable_cores() // int(workerinput["workercount"]))
         os.environ["OMP_NUM_THREADS"] = str(threads)  # for the processes a test starts
         torch.set_num_threads(threads)
         if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:

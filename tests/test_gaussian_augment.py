@@ -27,6 +27,7 @@ from torch.utils import cpp_extension
 import nemesis_fast as nf
 from nemesis_fast import triton as nf_triton
 from nemesis_fast._backends.gaussian_augment import BACKENDS
+from nemesis_fast.parallel.workers import usable_cores
 from nemesis_fast.reference.gaussian_augment import box_muller, philox4x32
 
 VERSUS_REFERENCE = reference_comparison_cases()  # (torch on the CPU would compare the reference with itself)
@@ -333,8 +334,7 @@ def test_native_cpu_rows_past_2_31_elements_apart():
     require_backend(BACKENDS, "native", "cpu")
     if available_memory() < 14 * 2**30:
         pytest.skip("needs 14 GiB of available memory (10 GiB of tensors, and room for the rest)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cores < 8 and os.environ.get("NEMESIS_FAST_LARGE_TESTS") != "1":
+    if usable_cores() < 8 and os.environ.get("NEMESIS_FAST_LARGE_TESTS") != "1":
         pytest.skip("15-30 s on 2 cores: runs on 8 or more, or with NEMESIS_FAST_LARGE_TESTS=1")
     run = subprocess.run([sys.executable, "-c", ROW_STRIDE_PAST_INT32], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from nemesis_fast.parallel.workers import usable_cores
+
 pytest.importorskip("xdist")
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 2
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = usable_cores()
 SET_BY_THE_RUN = (
     "OMP_NUM_THREADS",
     "TORCHINDUCTOR_COMPILE_THREADS",
