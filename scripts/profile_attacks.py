@@ -3,8 +3,8 @@ per provider (nemesis_fast, torchattacks, the bare forward and backward passes),
 operations that synchronise the host with the device (where each happens, from torch's sync debug mode), and
 torch.profiler's busiest operations by host time and by device time. Then the same for torchattacks' JSMA through the
 drop-in on 2 images (the compat suite's case, 26x the peer on an H200 against a 50x target); the K vector-Jacobian
-products of DeepFool and JSMA taken three ways (one vmap'd backward pass, K backward passes, one pass over K stacked
-copies) at several batch sizes, to set where each path is taken, for the CNN and for it with BReLU (whose op
+products of DeepFool and JSMA taken four ways (one vmap'd backward pass, K backward passes, one pass over K stacked
+copies, and torch.func's vmap of a vjp) at several batch sizes, to set where each path is taken, for the CNN and for it with BReLU (whose op
 pair's batching rules should make its vmap'd pass cost ReLU's); and DeepFool's difference from torchattacks' with
 TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
 
@@ -99,8 +99,10 @@ def profile_jsma(model, x, y) -> None:
 
 
 def jacobian_paths(model, x, label: str) -> None:
-    """Milliseconds per call of the K products of the logits, each of LogitJacobian's three paths."""
-    engine = LogitJacobian(model)
+    """Milliseconds per call of the K products of the logits, each of LogitJacobian's three paths, and a fourth:
+    autograd's `is_grads_batched` (the vmap'd pass) runs the legacy vmap, which has no batching rule for the
+    convolution's and max-pooling's backward and loops over the K products there (then stacks them); torch.func's
+    vmap folds the K products into the batch of one backward call."""
 
     def vmapped(w):
         leaf = x[: w.shape[1]].detach().requires_grad_(True)
@@ -111,12 +113,24 @@ def jacobian_paths(model, x, label: str) -> None:
         logits = model(leaf)
         return [torch.autograd.grad(logits, leaf, w[i], retain_graph=i < len(w) - 1) for i in range(len(w))]
 
-    print(f"\nK products of the logits ({label}), ms per call: one vmap'd pass / K passes / K stacked copies")
+    def func_vmapped(w):
+        _, products = torch.func.vjp(model, x[: w.shape[1]])
+        return torch.func.vmap(products)(w)
+
+    print(
+        f"\nK products of the logits ({label}), ms per call: one vmap'd pass / K passes / K stacked copies / "
+        "torch.func's vmap of a vjp"
+    )
     for images, k in ((2, 2), (8, 2), (2, 10), (32, 10), (256, 2), (256, 10)):
         if images > len(x):
             continue
         w = torch.randn(k, images, 10, device=x.device)
-        paths = (partial(vmapped, w), partial(per_product, w), partial(engine._stacked, x[:images], w))
+        paths = (
+            partial(vmapped, w),
+            partial(per_product, w),
+            partial(LogitJacobian._stacked, model, x[:images], w),
+            partial(func_vmapped, w),
+        )
         times = " / ".join(f"{milliseconds(path, 10, x.device):.3f}" for path in paths)
         print(f"  B = {images}, K = {k}: {times}")
 
