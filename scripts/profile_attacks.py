@@ -4,9 +4,9 @@ operations that synchronise the host with the device (where each happens, from t
 torch.profiler's busiest operations by host time and by device time. Then the same for torchattacks' JSMA through the
 drop-in on 2 images (the compat suite's case, 26x the peer on an H200 against a 50x target); the K vector-Jacobian
 products of DeepFool and JSMA taken four ways (one vmap'd backward pass, K backward passes, one pass over K stacked
-copies, and torch.func's vmap of a vjp) at several batch sizes, to set where each path is taken, for the CNN and for it with BReLU (whose op
-pair's batching rules should make its vmap'd pass cost ReLU's); and DeepFool's difference from torchattacks' with
-TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
+copies, torch.func's vmap of a vjp) at several batch sizes, to set where each path is taken, for the CNN and for it
+with BReLU (whose op pair's batching rules should make its vmap'd pass cost ReLU's); and DeepFool's difference from
+torchattacks' with TF32 allowed (torch's default for cuDNN convolutions) and forbidden.
 
     python scripts/profile_attacks.py [--attacks FGSM,DeepFool,JSMA] [--batch 256] [--calls 20] [--device cpu] \
         > profile.log

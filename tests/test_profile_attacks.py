@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_part_of_the_profile_runs_on_the_cpu():
     pytest.importorskip("torchattacks")
     command = [sys.executable, "scripts/profile_attacks.py", "--device", "cpu", "--batch", "8", "--calls", "1"]
-    run = subprocess.run(
-        [*command, "--attacks", "FGSM,JSMA"], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    run = subprocess.run([*command, "--attacks", "FGSM,JSMA"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
