@@ -40,7 +40,8 @@ def check_values(images: torch.Tensor, labels: torch.Tensor | None, name: str) -
         checks += [*torch.aminmax(images)]  # NaN propagates into both
     if not checks:
         return
-    values = torch.stack([c.double() for c in checks]).tolist()  # one device synchronisation
+    # On the images' device: the labels may lie elsewhere (images on a GPU, labels on the CPU: train() moves both).
+    values = torch.stack([c.to(images.device, torch.float64) for c in checks]).tolist()  # one device synchronisation
     low, span = (None, values) if labels is None else (values[0], values[1:])
     if span and not (math.isfinite(span[0]) and math.isfinite(span[1])):
         raise ValueError(f"{name}: the images must be finite; they hold NaN or infinite values")

@@ -156,6 +156,29 @@ def test_bad_data_is_refused_before_training(mnist_sample):
         assert torch.equal(torch.get_rng_state(), state), "a refused call leaves torch's generator alone"
 
 
+def test_value_checks_gather_on_the_images_device():
+    """The labels' minimum joins the images' range on the images' device (train() takes images on a GPU with labels
+    on the CPU): here meta images, whose figures can be stacked but not read, so the stack alone must succeed."""
+    from nemesis_fast._training_checks import check_values
+
+    images, labels = torch.rand(4, 1, 6, 6, device="meta"), torch.arange(4)
+    with pytest.raises(NotImplementedError, match="meta tensor"):  # the read of the stacked figures, not the stack
+        check_values(images, labels, "data")
+
+
+@pytest.mark.cuda
+def test_data_with_images_on_the_gpu_and_labels_on_the_cpu(mnist_sample):
+    from nemesis_fast._training_checks import check_data
+
+    images, labels = small(mnist_sample, 16)
+    floats = (images.float() / 255).cuda()
+    assert check_data((floats, labels), "data")[0] is floats
+    with pytest.raises(ValueError, match="data: the labels must be >= 0, got -1"):
+        check_data((floats, labels.index_fill(0, torch.tensor([5]), -1)), "data")
+    with pytest.raises(ValueError, match=r"data: float images must lie in \[0, 1\]"):
+        check_data((floats - 0.5, labels), "data")
+
+
 class _FailsOnCall(nn.Module):
     """A model with a dropout layer the user put in eval mode, failing on its `fail_at`-th forward pass."""
 
