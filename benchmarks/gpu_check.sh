@@ -140,6 +140,8 @@ pack_paper() {
     tar czf - -C runs paper-gpu-check | split -b 15m - "$OUT/paper-run.tgz.part-"
     echo "paper: unfinished; to resume on a fresh machine, here: cat paper-run.tgz.part-* | tar xzf - -C runs," \
       "then carry runs/paper-gpu-check in the next call" >> "$OUT/summary.txt"
+  else  # stopped before its first model's first epoch ended (or refused at once): no cache or model yet
+    echo "paper: unfinished, with no run folder begun: nothing to carry; see paper.log" >> "$OUT/summary.txt"
   fi
 }
 

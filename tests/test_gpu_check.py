@@ -62,9 +62,9 @@ def test_tests_args_names_the_tests_to_run(tmp_path):
 RECORDER = """#!/usr/bin/env bash
 # Stands in for python3: records each call with the MNIST folder and PYTHONPATH it sees; the build fails with
 # $FAKE_BUILD_RC, pip --target with $FAKE_PIP_RC, pip --target and bench --json write a file there, the evaluation a
-# finished run's results.json. A call whose arguments hold $FAKE_HANG hangs (an evaluation with its run folder begun)
-# in a child sleep, its pid written to $FAKE_LOG.hung; $FAKE_ON_TERM: ignore (SIGTERM ignored) or slow (a second to
-# stop).
+# finished run's results.json (with $FAKE_EVALUATE_RC set: nothing, and that exit status). A call whose arguments
+# hold $FAKE_HANG hangs (an evaluation with its run folder begun) in a child sleep, its pid written to
+# $FAKE_LOG.hung; $FAKE_ON_TERM: ignore (SIGTERM ignored) or slow (a second to stop).
 echo "$* | MNIST=${NEMESIS_FAST_MNIST-<unset>} | PYTHONPATH=${PYTHONPATH-<unset>}" >> "$FAKE_LOG"
 previous=""
 for arg in "$@"; do
@@ -85,7 +85,8 @@ fi
 case "$*" in
   *"pip install"*"--target"*) exit "${FAKE_PIP_RC:-0}" ;;
   *"pip install"*"-e ."*) exit "${FAKE_BUILD_RC:-0}" ;;
-  *" evaluate "*) mkdir -p runs/paper-gpu-check && echo '{}' > runs/paper-gpu-check/results.json ;;
+  *" evaluate "*) [ -n "${FAKE_EVALUATE_RC:-}" ] && exit "$FAKE_EVALUATE_RC"
+    mkdir -p runs/paper-gpu-check && echo '{}' > runs/paper-gpu-check/results.json ;;
 esac
 exit 0
 """
@@ -188,6 +189,15 @@ def test_paper_packs_a_finished_run_though_an_earlier_step_failed(tmp_path):
     assert done.returncode == 1  # the check as a whole failed: its build did
     assert (out / "paper-results.tgz").is_file() and not list(out.glob("paper-run.tgz.part-*"))
     assert "unfinished" not in summary
+
+
+def test_paper_says_so_when_it_ends_with_nothing_to_carry(tmp_path):
+    """An evaluation that ends before its run folder exists (on a CPU dry run: stopped within the first epoch)."""
+    done, _, out = run_recorded("paper", tmp_path, SKIP_BUILD="1", FAKE_EVALUATE_RC="124")
+    summary = (out / "summary.txt").read_text()
+    assert done.returncode == 1 and "paper_gpu_check preset: stopped at its" in summary
+    assert "paper: unfinished, with no run folder begun: nothing to carry" in summary
+    assert not list(out.glob("paper-*"))
 
 
 def test_the_carried_mnist_model_goes_where_the_fixture_looks(tmp_path):
