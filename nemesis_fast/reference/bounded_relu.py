@@ -34,13 +34,16 @@ def rounded_threshold(t: float, dtype: torch.dtype) -> float:
 
 
 def bounded_relu(x: torch.Tensor, t: float) -> torch.Tensor:
-    """min(max(x, 0), t) with t rounded to x's dtype; NaN propagates.
+    """min(max(x, 0), t) with t rounded to x's dtype: 0 where x < 0, t where x > t, else x itself (so NaN propagates
+    and -0.0 keeps its sign, on every device: torch's clamp gives +0.0 for -0.0 on CUDA, -0.0 on the CPU).
 
     Gradient: 1 where 0 < x < t, 0 elsewhere (also at x = 0, x = t and NaN).
     """
     top = rounded_threshold(t, x.dtype)
     passes_gradient = (x > 0) & (x < top)
-    return torch.where(passes_gradient, x, x.detach().clamp(0.0, top))
+    value = x.detach()
+    bounded = torch.where(value < 0, 0.0, torch.where(value > top, top, value))
+    return torch.where(passes_gradient, x, bounded)
 
 
 # The masked variant. Its mask holds 1 bit per element, ceil(n / 8) uint8 bytes: bit j of byte k is 1 where element
