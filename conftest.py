@@ -39,25 +39,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _interpreter_fails_on_numpy() -> str:
-    """Why Triton's interpreter cannot run the kernels here, or "": triton before 3.7 converts 1-element arrays to
-    ints, which numpy 2.4 refuses (triton-lang/triton#9171)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        triton, numpy = (tuple(int(v) for v in version(p).split(".")[:2]) for p in ("triton", "numpy"))
-    except (PackageNotFoundError, ValueError):
-        return ""
-    if triton < (3, 7) and numpy >= (2, 4):
-        return f"Triton {version('triton')}'s interpreter fails on numpy {version('numpy')} (needs triton >= 3.7)"
-    return ""
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
-    interpreter = _interpreter_fails_on_numpy()
+    from nemesis_fast.triton import INTERPRETER_PROBLEM as interpreter  # after TRITON_INTERPRET is set, above
+
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)

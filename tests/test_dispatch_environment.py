@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nemesis_fast as nf
 from nemesis_fast._backends.bounded_relu import BACKENDS
 from nemesis_fast._dispatch import ENV_VAR, default_backend
 
@@ -27,3 +28,19 @@ def test_a_backend_the_variable_names_that_cannot_run_is_blamed_on_the_variable(
         BACKENDS.select(torch.device("cpu"), None)
     with pytest.raises(ValueError, match=r"^backend='triton' cannot run"):
         BACKENDS.select(torch.device("cpu"), "triton")
+
+
+def test_an_interpreter_that_cannot_run_is_an_unavailable_backend(monkeypatch):
+    """Triton before 3.7 with numpy 2.4 (the GPU machine's torch 2.11 stack, as pip resolves it): its interpreter
+    fails inside every kernel, so backend="triton" on the CPU is refused up front, naming why, and "auto" and the
+    tests' lists of backends leave it out."""
+    import nemesis_fast.triton as nf_triton
+
+    if not (nf_triton.AVAILABLE and nf_triton.INTERPRET):
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1 with triton installed)")
+    problem = "Triton 3.6.0's interpreter fails on numpy 2.5.5 (needs triton >= 3.7)"
+    monkeypatch.setattr(nf_triton, "INTERPRETER_PROBLEM", problem)
+    assert BACKENDS.unavailable_reason("triton", "cpu") == problem
+    with pytest.raises(ValueError, match=r"^backend='triton' cannot run .*needs triton >= 3\.7"):
+        nf.bounded_relu(torch.randn(4), 1.0, backend="triton")
+    assert nf.backend_info()["triton"]["unavailable"]["cpu"] == problem
