@@ -57,11 +57,11 @@ def test_boundaries_follow_the_subgradient_convention(backend, device, save):
 @pytest.mark.parametrize("save", SAVES)
 @pytest.mark.parametrize("backend,device", CASES)
 def test_negative_zero_keeps_its_sign(backend, device, save):
-    """-0.0 is neither below 0 nor above t, so it passes through as -0.0, as in the reference, in
-    every dtype, in the kernels' vector loops and their tails (21 elements); a negative x gives +0.0; no zero passes
-    the gradient (save="mask": its bit is 0). Compared by bits: assert_same takes -0.0 for +0.0, and the 16-bit
-    kernels clamped -0.0 to +0.0 unseen. The expected value is the reference's on the CPU (the reference on CUDA is
-    backend "torch", one of the cases: it once took torch's clamp, which gives +0.0 for -0.0 on CUDA)."""
+    """-0.0 is neither below 0 nor above t, so it passes through as -0.0, as in the reference, in every dtype, in
+    the kernels' vector loops and their tails (21 elements); a negative x gives +0.0; no zero passes the gradient
+    (save="mask": its bit is 0). Compared by bits: assert_same takes -0.0 for +0.0, and the 16-bit kernels clamped
+    -0.0 to +0.0 unseen. The expected value is the reference's on the CPU (the reference on CUDA is backend "torch",
+    one of the cases: it once took torch's clamp, which gives +0.0 for -0.0 on CUDA)."""
     require_backend(TABLES[save], backend, device)
     values = [-0.0, 0.0] * 9 + [-0.0, -1.0, 0.5]
     for dtype in FLOAT_DTYPES:
@@ -77,8 +77,8 @@ def test_negative_zero_keeps_its_sign(backend, device, save):
 def test_the_reference_keeps_negative_zero_whatever_clamp_does(monkeypatch):
     """The reference is the specification on every device: torch's clamp and clamp_min give +0.0 for -0.0 on CUDA
     (torch 2.11), -0.0 on the CPU. Made to behave as on CUDA here, they must not change the reference's bits."""
-    cuda_like = {name: getattr(torch.Tensor, name) for name in ("clamp", "clamp_min", "clamp_max")}
-    for name, method in cuda_like.items():
+    originals = {name: getattr(torch.Tensor, name) for name in ("clamp", "clamp_min", "clamp_max")}
+    for name, method in originals.items():
         monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _m=method, **k: _m(self, *a, **k) + 0.0)
     x = torch.tensor([-0.0, 0.0, -1.0, 0.5, 2.0, math.nan])
     assert torch.signbit(torch.Tensor.clamp(x, 0.0, 1.0))[0].item() is False  # the stand-in turns -0.0 into +0.0

@@ -32,8 +32,8 @@ def test_a_backend_the_variable_names_that_cannot_run_is_blamed_on_the_variable(
 
 def test_an_interpreter_that_cannot_run_is_an_unavailable_backend(monkeypatch):
     """Triton before 3.7 with numpy 2.4 (the GPU machine's torch 2.11 stack, as pip resolves it): its interpreter
-    fails inside every kernel, so backend="triton" on the CPU is refused up front, naming why, and "auto" and the
-    tests' lists of backends leave it out."""
+    fails inside every kernel, so the backend is unavailable on the CPU with that reason: backend="triton" is refused
+    up front, naming it, and backend_info() gives it (the tests' lists of backends ask the same unavailable_reason)."""
     import nemesis_fast.triton as nf_triton
 
     if not (nf_triton.AVAILABLE and nf_triton.INTERPRET):
