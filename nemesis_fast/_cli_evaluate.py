@@ -89,8 +89,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="a shipped config: quick, paper (the authors' settings), paper_table (their Table 1's attack "
         "settings and FGSM adversarial training's examples, black-box only), paper_weak_source (that table from "
         "a source as weak as theirs), paper_gpu_check (paper's models and black-box table on the first 1,000 test "
-        "images, for one call of a GPU machine) or paper_headline (this package's first reading of the paper's "
-        "text; the settings with --data-dir alone)",
+        "images, for one call of a GPU machine), paper_cifar10 (the authors' settings on CIFAR-10) or "
+        "paper_headline (this package's first reading of the paper's text; the settings with --data-dir alone)",
     )
     p.add_argument("--data-dir", help="folder of the MNIST IDX files, or of cifar-10-batches-py")
     p.add_argument("--dataset", choices=("mnist", "cifar10"), help="default: mnist")

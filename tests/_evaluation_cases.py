@@ -36,6 +36,17 @@ def write_config(tmp_path: Path, text: str = TINY, **top: object) -> Path:
     return path
 
 
+def config_differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
+    """The keys (dotted: "attack.jsma_theta") whose values differ between two configs' dicts, with both values."""
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out.update(config_differences(a[key], b[key], f"{prefix}{key}."))
+        elif a.get(key) != b.get(key):
+            out[prefix + key] = (a.get(key), b.get(key))
+    return out
+
+
 def evaluate_command(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "nemesis_fast.cli", "evaluate", "--config", str(config), "--no-progress", *extra]
 

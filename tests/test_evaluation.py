@@ -205,6 +205,29 @@ def test_cifar10_files_end_to_end(tmp_path):
     assert (tmp_path / "out" / "examples.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_the_authors_cifar10_experiment_runs_on_cifar10_files(tmp_path):
+    """The paper_cifar10 preset, its budgets cut down: the authors' CIFAR-10 CNN (second convolution "same"), their
+    small ResNet as the source on 3x32x32 images, feature squeezing at 3 bits, FGSM's table eps 0.1."""
+    write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", n=40)
+    text = (
+        'base = "paper_cifar10"\ntest_samples = 16\nbatch_size = 8\nblackbox_eps = []\nwhitebox_attacks = []\n'
+        'perturbation_attacks = []\ndefenses = ["standard", "feature_squeezing", "gda_brelu"]\n'
+        'blackbox_attacks = ["fgsm"]\n[training]\nepochs = 1\n[defense]\ngda_copies = 2\n[certify]\nimages = 0\n'
+    )
+    results = evaluate(
+        write_config(tmp_path, text), data_dir=str(tmp_path / "cifar"), out_dir=str(tmp_path / "out"), log=False
+    )
+    assert results.config["dataset"] == "cifar10" and results.config["training"]["cifar_conv2_padding"] == "same"
+    assert {(c.defense, c.attack, c.eps) for c in results.cells} == {
+        (d, "fgsm", 0.1) for d in ("standard", "feature_squeezing", "gda_brelu")
+    }
+    cnn, meta = load_checkpoint(tmp_path / "out" / "models" / "gda_brelu.pt")
+    assert meta["architecture"]["kwargs"]["conv2_padding"] == "same" and cnn[9].in_features == 64 * 8 * 8
+    squeezed, meta = load_checkpoint(tmp_path / "out" / "models" / "feature_squeezing.pt")
+    assert isinstance(squeezed, FeatureSqueezing) and squeezed.bit_depth == 3
+
+
 def test_synthetic_data_has_the_data_sets_shape(tmp_path):
     config = load_config(overrides={"dataset": "cifar10", "synthetic": True, "test_samples": 10})
     data = load_data(config)

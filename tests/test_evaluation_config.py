@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _evaluation_cases import TINY, write_config
+from _evaluation_cases import TINY, config_differences, write_config
 
 from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
 from nemesis_fast.evaluation import ConfigError, evaluate, load_config, preset_path
@@ -228,19 +228,9 @@ def test_presets_are_valid():
         preset_path("fast")
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
-    out = {}
-    for key in sorted(set(a) | set(b)):
-        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            out.update(_differences(a[key], b[key], f"{prefix}{key}."))
-        elif a.get(key) != b.get(key):
-            out[prefix + key] = (a.get(key), b.get(key))
-    return out
-
-
 def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4e6():
     paper, table = load_config(preset_path("paper")), load_config(preset_path("paper_table"))
-    assert _differences(paper.to_dict(), table.to_dict()) == {
+    assert config_differences(paper.to_dict(), table.to_dict()) == {
         "attack.jsma_theta": (1.0, 0.1),
         "attack.cw_confidence": (10.0, 2.3),
         "blackbox_eps": (paper.blackbox_eps, []),  # black-box only
@@ -255,7 +245,7 @@ def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4
 
 def test_the_weak_source_preset_is_paper_table_with_a_source_trained_as_little_as_the_authors():
     table, weak = load_config(preset_path("paper_table")), load_config(preset_path("paper_weak_source"))
-    assert _differences(table.to_dict(), weak.to_dict()) == {
+    assert config_differences(table.to_dict(), weak.to_dict()) == {
         "training.source_epochs": (None, 1),
         "training.source_train_images": (0, 20000),
         "defense.fgsm_adversarial_source_images": (1000, 0),
@@ -265,7 +255,7 @@ def test_the_weak_source_preset_is_paper_table_with_a_source_trained_as_little_a
 
 def test_the_gpu_check_preset_is_paper_on_the_first_images_in_the_paper_runs_chunks():
     paper, check = load_config(preset_path("paper")), load_config(preset_path("paper_gpu_check"))
-    assert _differences(paper.to_dict(), check.to_dict()) == {
+    assert config_differences(paper.to_dict(), check.to_dict()) == {
         "test_samples": (0, 1000),
         "attack.cw_test_samples": (1000, 500),
         "blackbox_eps": (paper.blackbox_eps, []),  # the table only
@@ -281,7 +271,7 @@ def test_a_config_can_start_from_another(tmp_path):
     (tmp_path / "mine.toml").write_text('base = "paper"\ntest_samples = 100\n[attack]\njsma_theta = 0.5\n')
     (tmp_path / "child.toml").write_text('base = "mine.toml"\n[attack]\ncw_confidence = 1.0\n')
     paper, child = load_config(preset_path("paper")), load_config(tmp_path / "child.toml")
-    assert _differences(paper.to_dict(), child.to_dict()) == {
+    assert config_differences(paper.to_dict(), child.to_dict()) == {
         "test_samples": (0, 100),
         "attack.jsma_theta": (1.0, 0.5),  # sections merge key by key, through the chain
         "attack.cw_confidence": (10.0, 1.0),

@@ -45,6 +45,7 @@ SOURCE_ARCHITECTURES = ("resnet", "small_resnet")
 LABELS = ("true", "predicted")
 MODES = ("offline", "online")
 AUGMENTED_VALIDATION = ("images", "last_rows")
+CIFAR_CONV2_PADDINGS = ("valid", "same")  # models.cifar_cnn's conv2_padding
 
 
 PRESETS_DIR = Path(__file__).with_name("presets")  # the shipped configs: quick, paper, ...
@@ -67,6 +68,9 @@ class TrainingSettings:
     augmented_validation: str = "images"
     patience: int = 3  # epochs without validation improvement before early stopping
     train_samples: int = 0  # 0: the whole training set
+    # The CIFAR-10 CNN's second convolution: "valid" (the paper's network as this package first read it) or "same"
+    # (the authors' scripts); models.cifar_cnn's conv2_padding. No other model has it.
+    cifar_conv2_padding: str = "valid"
     source_architecture: str = "resnet"  # the black-box source: "resnet" (ResNet-source_depth), "small_resnet"
     source_depth: int = 20  # depth of the ResNet source
     source_epochs: int | None = None  # the black-box source's training budget in epochs (None: epochs)

@@ -65,6 +65,7 @@ def check_budgets_fit(budgets: Budgets, dataset: str) -> None:
         f"dataset: {dataset}, but {path.name} sets budgets for {written_for} ({keys}); write a config that sets "
         f'them for {dataset} (with base = "{path.stem}" under it, say), or run a preset that leaves them to the data '
         "set (quick, paper_headline)"
+        + ("; the authors' experiment on CIFAR-10 is paper_cifar10" if dataset == "cifar10" else "")
     )
 
 

@@ -21,6 +21,7 @@ from .certified import certified_defenses, smoothing_sigma
 from .config import (
     ATTACKS,
     AUGMENTED_VALIDATION,
+    CIFAR_CONV2_PADDINGS,
     DATASET_DEFAULTS,
     DATASETS,
     DEFENSES,
@@ -142,6 +143,11 @@ def validate(config: EvalConfig) -> EvalConfig:
     _validate_training(config.training)
     _validate_defense(config.defense)
     _need(
+        config.training.cifar_conv2_padding == "valid" or config.dataset == "cifar10",
+        "training.cifar_conv2_padding",
+        f"sets the CIFAR-10 CNN's padding, but the dataset is {config.dataset} (leave it at 'valid')",
+    )
+    _need(
         config.training.augmented_validation == "images"
         or config.defense.gda_fixed_set
         or not any(m.recipe == "gda" for m in PAPER_MODELS if m.name in config.defenses),
@@ -254,6 +260,11 @@ def _validate_training(t: TrainingSettings) -> None:
         t.source_architecture in SOURCE_ARCHITECTURES,
         "training.source_architecture",
         f"must be one of {', '.join(SOURCE_ARCHITECTURES)}; got {t.source_architecture!r}",
+    )
+    _need(
+        t.cifar_conv2_padding in CIFAR_CONV2_PADDINGS,
+        "training.cifar_conv2_padding",
+        f"must be one of {', '.join(CIFAR_CONV2_PADDINGS)}; got {t.cifar_conv2_padding!r}",
     )
 
 

@@ -86,8 +86,11 @@ class Models:
                 return "small_resnet", {"in_channels": channels, "input_size": size}
             return "resnet", {"depth": t.source_depth, "in_channels": channels}
         activation = "relu" if name in ("feature_squeezing", EXAMPLES_CNN) else _SPECS[name].activation
-        t = self.config.defense.brelu_t if activation == "brelu" else 1.0  # (a ReLU model's t is unused: the default)
-        return DEFAULT_MODEL[self.config.dataset], {"activation": activation, "t": t}
+        kwargs = {"activation": activation}
+        kwargs["t"] = self.config.defense.brelu_t if activation == "brelu" else 1.0  # (a ReLU model's: the default)
+        if self.config.training.cifar_conv2_padding != "valid":  # (where "valid", the keys written before stay valid)
+            kwargs["conv2_padding"] = self.config.training.cifar_conv2_padding
+        return DEFAULT_MODEL[self.config.dataset], kwargs
 
     def recipe_settings(self, recipe: str) -> dict[str, Any]:
         d = self.config.defense
@@ -138,6 +141,7 @@ class Models:
         t = self.config.training
         training = dataclasses.asdict(t)
         source_epochs, source_images = training.pop("source_epochs"), training.pop("source_train_images")
+        del training["cifar_conv2_padding"]  # in the key's architecture_kwargs, where it is not the default
         if name != SOURCE:  # the source's architecture, in its own key's architecture
             del training["source_architecture"], training["source_depth"]
         if name == SOURCE and source_epochs is not None:
