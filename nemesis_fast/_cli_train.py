@@ -73,6 +73,11 @@ def _add_model_arguments(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="relu (default), or brelu (bounded ReLU)")
     p.add_argument("--t", type=float, help="BReLU threshold (default 1; with --activation brelu or --paper)")
     p.add_argument("--depth", type=int, help="ResNet depth, 6n+2 (default 20; with --model resnet)")
+    p.add_argument(
+        "--conv2-padding",
+        choices=("valid", "same"),
+        help="cifar_cnn's second convolution (default valid; the authors' scripts: same)",
+    )
     p.add_argument("--recipe", choices=tuple(RECIPES), default="standard", help="defense recipe (default: standard)")
     p.add_argument(
         "--set",
@@ -203,8 +208,11 @@ def _paper(args: argparse.Namespace) -> int:
     from .parallel import start, stop
 
     given = args.settings or args.recipe != "standard" or args.activation != "relu" or args.source
-    if given or args.depth is not None:
-        raise SystemExit("nemesis-fast train --paper: --recipe, --activation, --set, --source and --depth do not apply")
+    if given or args.depth is not None or args.conv2_padding is not None:
+        raise SystemExit(
+            "nemesis-fast train --paper: --recipe, --activation, --set, --source, --depth and --conv2-padding do not "
+            "apply (the authors' CIFAR-10 models: nemesis-fast evaluate --preset paper_cifar10)"
+        )
     started = time.perf_counter()
     try:
         workers = start(args.device or "auto", args.threads)
@@ -292,11 +300,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_model_arguments(args: argparse.Namespace) -> None:
-    """--t and --depth only where they shape the model: refused, not ignored, elsewhere."""
+    """--t, --depth and --conv2-padding only where they shape the model: refused, not ignored, elsewhere."""
     if args.t is not None and args.activation != "brelu" and not args.paper:
         raise SystemExit("nemesis-fast train: --t is BReLU's threshold; it needs --activation brelu (or --paper)")
     if args.depth is not None and _model_name(args) != "resnet" and not args.paper:
         raise SystemExit(f"nemesis-fast train: --depth is the ResNet's; --model is {_model_name(args)}")
+    if args.conv2_padding is not None and _model_name(args) != "cifar_cnn" and not args.paper:
+        raise SystemExit(f"nemesis-fast train: --conv2-padding is cifar_cnn's; --model is {_model_name(args)}")
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -402,6 +412,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     if model_name == "resnet":
         model_kwargs["depth"] = 20 if args.depth is None else args.depth
+    if args.conv2_padding is not None:
+        model_kwargs["conv2_padding"] = args.conv2_padding
     common = _train_kwargs(args, device)
     torch.manual_seed(args.seed)
     model = build_model(model_name, **model_kwargs)

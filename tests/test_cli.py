@@ -145,6 +145,13 @@ def test_train_builds_any_model_for_the_datas_images(tmp_path, monkeypatch):
     model, meta = load_checkpoint(out)
     assert meta["architecture"]["kwargs"] | {"in_channels": 1, "input_size": 28} == meta["architecture"]["kwargs"]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    same = tmp_path / "cifar_cnn_same.pt"
+    assert (
+        main([*TRAIN, "--model", "cifar_cnn", "--conv2-padding", "same", "--val-fraction", "0", "--out", str(same)])
+        == 0
+    )
+    model, meta = load_checkpoint(same)  # the authors' padding, kept in the checkpoint
+    assert meta["architecture"]["kwargs"]["conv2_padding"] == "same" and model[4].padding == (1, 1)
     monkeypatch.setattr("nemesis_fast.paper_models.train_paper_models", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(
         SystemExit, match="--model cifar_cnn with --paper takes 3x32x32 images, but the data are 1x28x28"
@@ -357,7 +364,9 @@ def test_evaluate_refuses_an_out_folder_of_the_same_settings_on_other_data(tmp_p
     [
         (["--t", "0.5"], "--t is BReLU's threshold; it needs --activation brelu"),
         (["--depth", "32"], "--depth is the ResNet's; --model is mnist_cnn"),
-        (["--paper", "--depth", "32"], "--paper: .*--depth do not apply"),
+        (["--paper", "--depth", "32"], "--paper: .*--depth and --conv2-padding do not apply"),
+        (["--conv2-padding", "same"], "--conv2-padding is cifar_cnn's; --model is mnist_cnn"),
+        (["--paper", "--conv2-padding", "same"], "--paper: .*do not apply .*--preset paper_cifar10"),
     ],
 )
 def test_train_options_that_would_change_nothing_are_refused(extra, message, monkeypatch):
