@@ -124,10 +124,10 @@ def cifar_cnn(
     """The paper's CIFAR-10 network: Conv 32 3x3 ("same"), max-pool 2, dropout, Conv 64 3x3 (`conv2_padding`),
     max-pool 2, dropout, Dense 500, dropout, Dense `num_classes`; the activation after each conv and Dense 500.
 
-    The issue leaves the first convolution's padding open; "same" is used. conv2_padding="valid" (the issue's):
-    32 -> 32 -> 16 -> 14 -> 7, Dense 500 on 3,136 features (1,592,902 parameters on CIFAR-10); "same" (the
-    authors' scripts, `cifar10_layers` in src/classifiers/cnn.py from bbbc14615, 6 July 2017): 32 -> 32 -> 16 ->
-    16 -> 8, Dense 500 on 4,096 (2,072,902 parameters).
+    conv2_padding="valid" (the default, this package's first reading of the network): 32 -> 32 -> 16 -> 14 -> 7,
+    Dense 500 on 3,136 features (1,592,902 parameters on CIFAR-10); "same" (the authors' scripts, `cifar10_layers`
+    in src/classifiers/cnn.py from bbbc14615, 6 July 2017): 32 -> 32 -> 16 -> 16 -> 8, Dense 500 on 4,096
+    (2,072,902 parameters). The first convolution pads "same" either way, as in those scripts.
     """
     kwargs = dict(activation=activation, t=t, in_channels=in_channels, input_size=input_size, num_classes=num_classes)
     act = activation_factory(activation, t)
