@@ -11,8 +11,10 @@
 # steps that no longer fit skipped and named. Its order: build, the cuda/triton tests, the kernel suites (bounded_relu,
 # gaussian_augment, jsma), certify, compat, attacks, training. `tests`, `bench` (the kernel and attack suites) and
 # `apps` (certify, compat) rerun a part on a warm machine; `profile` (not in `all`) writes profile.log, where
-# FGSM's, DeepFool's and JSMA's time goes, their host-device synchronisations, and the Jacobian products' three
-# paths timed (scripts/profile_attacks.py, which needs the peers' wheels). `paper` (not in `all`): the evaluation
+# FGSM's, DeepFool's and JSMA's time goes, their host-device synchronisations, and the Jacobian products' four
+# paths timed (scripts/profile_attacks.py, which needs the peers' wheels), then tiles.log and tiles.json: each Triton
+# kernel's launch configurations (tile, warps) timed side by side at its target's size, each output checked against
+# the shipped configuration's bit for bit (scripts/tune_triton_tiles.py; estimated 3 minutes, most of it compiling). `paper` (not in `all`): the evaluation
 # on full MNIST, MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
 # tool's `carry`): the `paper_gpu_check` preset (every model trained as the paper preset trains it, the black-box
 # table on the first 1,000 test images), for scripts/compare_gpu_run.py to set beside the CPU run's cells. It stops
@@ -209,6 +211,9 @@ fi
 
 if [ "$phase" = profile ]; then  # where FGSM's, DeepFool's and JSMA's time goes (scripts/profile_attacks.py), to profile.log
   step 200 "profile attacks" "$OUT/profile.log" python3 scripts/profile_attacks.py --device "$DEVICE"
+  # The Triton kernels' tiles and warps timed side by side, each checked against the shipped output (tiles.json).
+  step 180 "Triton tiles" "$OUT/tiles.log" python3 scripts/tune_triton_tiles.py --device "$DEVICE" \
+    --json "$OUT/tiles.json"
   cat "$OUT/summary.txt"
   exit $status
 fi

@@ -200,6 +200,17 @@ def test_paper_says_so_when_it_ends_with_nothing_to_carry(tmp_path):
     assert not list(out.glob("paper-*"))
 
 
+def test_profile_times_the_triton_tiles_after_the_attacks(tmp_path):
+    done, calls, out = run_recorded("profile", tmp_path, SKIP_BUILD="1")
+    scripts = [call.split(" | ")[0] for call in calls if call.startswith("scripts/")]
+    assert scripts == [
+        "scripts/profile_attacks.py --device cpu",
+        f"scripts/tune_triton_tiles.py --device cpu --json {out}/tiles.json",
+    ]
+    summary = (out / "summary.txt").read_text()
+    assert done.returncode == 0 and "profile attacks: ok" in summary and "Triton tiles: ok" in summary, summary
+
+
 def test_the_carried_mnist_model_goes_where_the_fixture_looks(tmp_path):
     carried = tmp_path / "repo" / "runs" / "test-cache"
     carried.mkdir(parents=True)

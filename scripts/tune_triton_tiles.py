@@ -1,0 +1,207 @@
+"""Times each Triton kernel's launch configurations side by side (its tile and its warps), every one checked bit for
+bit against the shipped configuration's output, for `gpu_check.sh profile` to say which to ship.
+
+The three ops at the sizes of their GPU targets (issue 12): the JSMA pair search at B = 128, n = 3072 on N(0, 1)
+and on equal scores (1.8e12 pairs/s wanted), bounded_relu forward + backward on 2^28 float32 elements (plain and
+bit-mask pairs), gaussian_augment on 10,000 CIFAR images x (10 + 1). Read offline for sm_90 (cuobjdump, triton 3.8,
+2026-12-06), the JSMA tiles of 16 rows a thread take 9.6 instructions a pair at 128 registers against the shipped
+tile's 11.6 at 64: fewer instructions, half the programs resident; only a GPU can say which is faster.
+
+    python scripts/tune_triton_tiles.py [--device cuda] [--ops jsma bounded_relu gaussian_augment] [--json FILE]
+    TRITON_INTERPRET=1 python scripts/tune_triton_tiles.py --device cpu --tiny   # the equality checks alone, on a CPU
+
+The configurations are set as the kernels' module constants for the duration of their calls (each launch reads
+them then); the shipped values come back afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nemesis_fast.bench.harness import device_name, time_interleaved  # noqa: E402
+
+Config = dict[str, object]  # module constant -> value
+
+
+@contextlib.contextmanager
+def configured(module: ModuleType, config: Config) -> Iterator[None]:
+    """`module`'s constants set to `config` for the block, the shipped values back after it."""
+    shipped = {name: getattr(module, name) for name in config}
+    try:
+        for name, value in config.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in shipped.items():
+            setattr(module, name, value)
+
+
+def label(config: Config) -> str:
+    return " ".join(f"num_warps={v['num_warps']}" if isinstance(v, dict) else f"{k}={v}" for k, v in config.items())
+
+
+def jsma_cases(device: torch.device, tiny: bool) -> tuple[ModuleType, list[Config], dict[str, Callable]]:
+    from nemesis_fast.triton import jsma_saliency_search as module
+
+    batch, n = (2, 70) if tiny else (128, 3072)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    normal = [torch.randn(batch, n, generator=generator).to(device) for _ in range(2)]
+    equal = [torch.ones(batch, n, device=device), -torch.ones(batch, n, device=device)]
+    domain = torch.ones(batch, n, dtype=torch.bool, device=device)
+    cases = {
+        f"N(0, 1), B = {batch}, n = {n}": lambda: module.jsma_saliency_search_triton(*normal, domain, True),
+        f"equal scores, B = {batch}, n = {n}": lambda: module.jsma_saliency_search_triton(*equal, domain, True),
+    }
+    tiles = [(32, 32, 4), (32, 32, 2), (64, 32, 4), (64, 32, 8), (32, 64, 4), (64, 64, 8), (32, 128, 4), (16, 32, 4)]
+    if tiny:
+        tiles = [(32, 32, 4), (64, 32, 4), (16, 32, 4), (32, 64, 4)]  # row blocks and column tiles cut the 70 features
+    configs = [{"ROWS": r, "COLS": c, "NUM_WARPS": w} for r, c, w in tiles]
+    return module, configs, cases
+
+
+def bounded_relu_cases(device: torch.device, tiny: bool) -> tuple[ModuleType, list[Config], dict[str, Callable]]:
+    from nemesis_fast.triton import bounded_relu as module
+
+    n = 10_000 if tiny else 1 << 28
+    x = torch.randn(n, device=device)
+    grad = torch.randn(n, device=device)
+
+    def plain():
+        out = module.bounded_relu_triton(x, 1.0)
+        return out, module.bounded_relu_backward_triton(grad, out, 1.0)
+
+    def masked():
+        out, mask = module.bounded_relu_masked_triton(x, 1.0)
+        return out, mask, module.bounded_relu_masked_backward_triton(grad, mask)
+
+    cases = {f"forward + backward, {n} float32": plain, f"save='mask' forward + backward, {n} float32": masked}
+    blocks = [(4096, 512, 8), (1024, 128, 4), (2048, 256, 4), (2048, 256, 8), (4096, 512, 4), (8192, 1024, 8)]
+    blocks += [(8192, 1024, 16), (16384, 2048, 16)]
+    if tiny:
+        blocks = blocks[:3]
+    return module, [{"BLOCK": b, "BYTES": m, "NUM_WARPS": w} for b, m, w in blocks], cases
+
+
+def gaussian_augment_cases(device: torch.device, tiny: bool) -> tuple[ModuleType, list[Config], dict[str, Callable]]:
+    from nemesis_fast.triton import gaussian_augment as module
+
+    images, size, copies = (4, 15, 2) if tiny else (10_000, 32, 10)  # tiny: 675 features, not a multiple of 4
+    x = torch.rand(images, 3, size, size, generator=torch.Generator(device="cpu").manual_seed(0)).to(device)
+
+    def augment():
+        return module.gaussian_augment_triton(x, copies, 0.3, 0.0, 1.0, True, 1, 0, None)
+
+    options = module.LAUNCH_OPTIONS
+    settings = [(256, 4), (128, 4), (256, 8), (512, 4), (512, 8), (1024, 8)]
+    if tiny:
+        settings = settings[:3]
+    configs = [{"BLOCK": b, "LAUNCH_OPTIONS": {**options, "num_warps": w}} for b, w in settings]
+    return module, configs, {f"{images} images of 3x{size}x{size} x ({copies} + 1), float32": augment}
+
+
+OPS = {"jsma": jsma_cases, "bounded_relu": bounded_relu_cases, "gaussian_augment": gaussian_augment_cases}
+
+
+_BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def same(a: object, b: object) -> bool:
+    """Whether two outputs (tensors, or tuples of them) hold the same bits: -0.0 is not 0.0, a NaN equals itself."""
+    if isinstance(a, torch.Tensor):
+        if not isinstance(b, torch.Tensor) or a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        bits = _BITS.get(a.dtype)
+        return torch.equal(a.view(bits), b.view(bits)) if bits is not None else torch.equal(a, b)
+    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+
+
+def sweep(op: str, device: torch.device, tiny: bool) -> list[dict[str, object]]:
+    """One row per (case, configuration): its median milliseconds, its speed against the shipped configuration's
+    (the first), and whether its output equals the shipped one's bit for bit."""
+    module, configs, cases = OPS[op](device, tiny)
+    rows = []
+    for case, call in cases.items():
+        with configured(module, configs[0]):
+            expected = call()
+        providers, equal, failures = {}, {}, {}
+        for config in configs:
+            name = label(config)
+            try:
+                with configured(module, config):
+                    equal[name] = same(call(), expected)
+            except Exception as error:  # a configuration Triton cannot compile or launch: a row that says why
+                failures[name] = f"failed: {type(error).__name__}: {error}"
+                continue
+
+            def timed(config=config, call=call):
+                with configured(module, config):
+                    call()
+
+            providers[name] = timed
+        times = {} if tiny else time_interleaved(providers, device, failures=failures)
+        shipped = times.get(label(configs[0]))
+        for config in configs:
+            name = label(config)
+            ms = times.get(name)
+            rows.append(
+                {
+                    "op": op,
+                    "case": case,
+                    "config": name,
+                    "shipped": config is configs[0],
+                    "ms": ms,
+                    "vs_shipped": shipped / ms if ms and shipped else None,
+                    "equal": equal.get(name),
+                    "note": failures.get(name),
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    lines = ["| op | case | configuration | ms | vs shipped | equal |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = f"{r['ms']:.4g}" if r["ms"] is not None else (r["note"] or "-")
+        speed = f"{r['vs_shipped']:.3f}x" if r["vs_shipped"] is not None else "-"
+        mark = " (shipped)" if r["shipped"] else ""
+        lines.append(f"| {r['op']} | {r['case']} | {r['config']}{mark} | {ms} | {speed} | {r['equal']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--ops", nargs="+", choices=tuple(OPS), default=list(OPS))
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, not timed (the CPU's interpreter): equality")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for op in args.ops:  # the JSON rewritten after each op: a run stopped at its limit keeps the ops it finished
+        rows += sweep(op, device, args.tiny)
+        print(table([r for r in rows if r["op"] == op]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": device_name(device), "rows": rows}, indent=1))
+    unequal = [f"{r['op']}: {r['case']}: {r['config']}" for r in rows if r["equal"] is False]
+    if unequal:
+        print("outputs that differ from the shipped configuration's:\n  " + "\n  ".join(unequal), file=sys.stderr)
+    return 1 if unequal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

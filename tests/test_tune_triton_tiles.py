@@ -1,0 +1,50 @@
+"""scripts/tune_triton_tiles.py (`gpu_check.sh profile`): every launch configuration it would time gives the shipped
+configuration's output bit for bit (on a CPU through Triton's interpreter, at tiny sizes that its tiles cut), and
+its equality check and its restoring of the shipped constants can fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _support import load_script
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    return load_script("tune_triton_tiles")
+
+
+def test_every_configuration_gives_the_shipped_output(tiles, tmp_path):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = tmp_path / "tiles.json"
+    assert tiles.main(["--device", device, "--tiny", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    for op in tiles.OPS:
+        configs = {(r["case"], r["config"]) for r in rows if r["op"] == op}
+        cases = {case for case, _ in configs}
+        assert len(configs) >= 3 * len(cases) >= 3, op  # the shipped configuration and at least two others
+    assert all(r["equal"] is True and r["note"] is None for r in rows), [r for r in rows if r["equal"] is not True]
+    assert sum(r["shipped"] for r in rows) == 5  # one a case: two for JSMA and bounded_relu, one for gaussian_augment
+
+
+def test_the_shipped_constants_come_back_after_a_failure(tiles):
+    from nemesis_fast.triton import jsma_saliency_search as module
+
+    shipped = (module.ROWS, module.COLS, module.NUM_WARPS)
+    with pytest.raises(RuntimeError), tiles.configured(module, {"ROWS": 64, "COLS": 128, "NUM_WARPS": 8}):
+        assert (module.ROWS, module.COLS, module.NUM_WARPS) == (64, 128, 8)
+        raise RuntimeError
+    assert shipped == (module.ROWS, module.COLS, module.NUM_WARPS)
+
+
+def test_outputs_are_compared_bit_for_bit(tiles):
+    a = torch.tensor([0.0, 1.0, float("nan")])
+    assert tiles.same((a, a.bool()), (a.clone(), a.bool()))  # a NaN is its own bits
+    assert not tiles.same(a, torch.tensor([-0.0, 1.0, float("nan")]))  # the sign of zero
+    assert not tiles.same(a, torch.tensor([1e-45, 1.0, float("nan")]))  # one ulp
+    assert not tiles.same(a, a.double())  # the dtype too
+    assert not tiles.same((a, a), (a, a + 1))
