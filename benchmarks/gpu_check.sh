@@ -15,9 +15,10 @@
 # paths timed (scripts/profile_attacks.py, which needs the peers' wheels), then tiles.log and tiles.json: each Triton
 # kernel's launch configurations (tile, warps) timed side by side at its target's size, each output checked against
 # the shipped configuration's bit for bit (scripts/tune_triton_tiles.py; estimated 3 minutes, most of it compiling).
-# `paper` (not in `all`): the evaluation on full MNIST, MNIST's four .gz files in $MNIST_DIR (default runs/mnist-data, an ignored folder named in the device
-# tool's `carry`): the `paper_gpu_check` preset (every model trained as the paper preset trains it, the black-box
-# table on the first 1,000 test images), for scripts/compare_gpu_run.py to set beside the CPU run's cells. It stops
+# `paper` (not in `all`): the evaluation on full MNIST, MNIST's four .gz files in $MNIST_DIR (default
+# runs/mnist-data, an ignored folder named in the device tool's `carry`): the `paper_gpu_check` preset (every model
+# trained as the paper preset trains it, the black-box table on the first 1,000 test images), for
+# scripts/compare_gpu_run.py to set beside the CPU run's cells. It stops
 # itself at the budget (default 530 s); the report comes back as $OUT/paper-results.tgz once the run is complete, or
 # the unfinished run folder, with its cache, as $OUT/paper-run.tgz.part-*, to carry into the next call.
 # `certify_full` (not in `all`): issue 14's GPU target measured rather than projected: `nemesis-fast certify` on
