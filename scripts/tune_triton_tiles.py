@@ -63,8 +63,6 @@ def jsma_cases(device: torch.device, tiny: bool) -> tuple[ModuleType, list[Confi
         f"equal scores, B = {batch}, n = {n}": lambda: module.jsma_saliency_search_triton(*equal, domain, True),
     }
     tiles = [(32, 32, 4), (32, 32, 2), (64, 32, 4), (64, 32, 8), (32, 64, 4), (64, 64, 8), (32, 128, 4), (16, 32, 4)]
-    if tiny:
-        tiles = [(32, 32, 4), (64, 32, 4), (16, 32, 4), (32, 64, 4)]  # row blocks and column tiles cut the 70 features
     configs = [{"ROWS": r, "COLS": c, "NUM_WARPS": w} for r, c, w in tiles]
     return module, configs, cases
 
@@ -87,8 +85,6 @@ def bounded_relu_cases(device: torch.device, tiny: bool) -> tuple[ModuleType, li
     cases = {f"forward + backward, {n} float32": plain, f"save='mask' forward + backward, {n} float32": masked}
     blocks = [(4096, 512, 8), (1024, 128, 4), (2048, 256, 4), (2048, 256, 8), (4096, 512, 4), (8192, 1024, 8)]
     blocks += [(8192, 1024, 16), (16384, 2048, 16)]
-    if tiny:
-        blocks = blocks[:3]
     return module, [{"BLOCK": b, "BYTES": m, "NUM_WARPS": w} for b, m, w in blocks], cases
 
 
@@ -103,8 +99,6 @@ def gaussian_augment_cases(device: torch.device, tiny: bool) -> tuple[ModuleType
 
     options = module.LAUNCH_OPTIONS
     settings = [(256, 4), (128, 4), (256, 8), (512, 4), (512, 8), (1024, 8)]
-    if tiny:
-        settings = settings[:3]
     configs = [{"BLOCK": b, "LAUNCH_OPTIONS": {**options, "num_warps": w}} for b, w in settings]
     return module, configs, {f"{images} images of 3x{size}x{size} x ({copies} + 1), float32": augment}
 
