@@ -5,6 +5,7 @@ its equality check and its restoring of the shipped constants can fail."""
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ def tiles():
 
 
 def test_every_configuration_gives_the_shipped_output(tiles, tmp_path):
+    pytest.importorskip("triton")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = tmp_path / "tiles.json"
     assert tiles.main(["--device", device, "--tiny", "--json", str(report)]) == 0
@@ -28,10 +30,30 @@ def test_every_configuration_gives_the_shipped_output(tiles, tmp_path):
         cases = {case for case, _ in configs}
         assert len(configs) >= 3 * len(cases) >= 3, op  # the shipped configuration and at least two others
     assert all(r["equal"] is True and r["note"] is None for r in rows), [r for r in rows if r["equal"] is not True]
-    assert sum(r["shipped"] for r in rows) == 5  # one a case: two for JSMA and bounded_relu, one for gaussian_augment
+    assert sum(r["shipped"] for r in rows) == 7  # one a case: JSMA 2, bounded_relu 3, gaussian_augment 2
+
+
+def test_a_configuration_that_fails_or_differs_is_reported(tiles, tmp_path, monkeypatch, capsys):
+    module = types.SimpleNamespace(K=1)
+
+    def call():
+        if module.K == 3:
+            raise RuntimeError("out of resources")
+        return torch.tensor([float(module.K == 2)])
+
+    monkeypatch.setitem(
+        tiles.OPS, "fake", lambda device, tiny: (module, [{"K": 1}, {"K": 2}, {"K": 3}], {"c": (call, 1.0, "u")})
+    )
+    report = tmp_path / "fake.json"
+    assert tiles.main(["--device", "cpu", "--tiny", "--ops", "fake", "--json", str(report)]) == 1
+    rows = {r["config"]: r for r in json.loads(report.read_text())["rows"]}
+    assert (rows["K=1"]["shipped"], rows["K=1"]["equal"], rows["K=2"]["equal"]) == (True, True, False)
+    assert rows["K=3"]["equal"] is None and rows["K=3"]["note"] == "failed: RuntimeError: out of resources"
+    assert "fake: c: K=2: another output" in capsys.readouterr().err and module.K == 1
 
 
 def test_the_shipped_constants_come_back_after_a_failure(tiles):
+    pytest.importorskip("triton")
     from nemesis_fast.triton import jsma_saliency_search as module
 
     shipped = (module.ROWS, module.COLS, module.NUM_WARPS)
