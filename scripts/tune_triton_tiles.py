@@ -228,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table([r for r in rows if r["op"] == op]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
-    wrong = [f"{r['op']}: {r['case']}: {r['config']}: {r['note'] or 'another output'}" for r in rows if not r["equal"]]
+    wrong = [  # a configuration that failed while timed has a note beside its equal output
+        f"{r['op']}: {r['case']}: {r['config']}: {r['note'] or 'another output'}"
+        for r in rows
+        if not r["equal"] or r["note"]
+    ]
     if wrong:
         print(
             "configurations that failed or gave another output than the shipped one:\n  " + "\n  ".join(wrong),

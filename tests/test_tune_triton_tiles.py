@@ -70,3 +70,23 @@ def test_outputs_are_compared_bit_for_bit(tiles):
     assert not tiles.same(a, torch.tensor([1e-45, 1.0, float("nan")]))  # one ulp
     assert not tiles.same(a, a.double())  # the dtype too
     assert not tiles.same((a, a), (a, a + 1))
+
+
+def test_a_configuration_that_fails_while_timed_is_reported(tiles, tmp_path, monkeypatch, capsys):
+    module = types.SimpleNamespace(K=1)
+    calls = {1: 0, 2: 0}
+
+    def call():
+        calls[module.K] += 1
+        if module.K == 2 and calls[2] > 1:  # equal on its first call, then failing
+            raise RuntimeError("launch failed")
+        return torch.zeros(1)
+
+    monkeypatch.setitem(tiles.OPS, "fake", lambda device, tiny: (module, [{"K": 1}, {"K": 2}], {"c": (call, 2.0, "u")}))
+    monkeypatch.setattr(tiles, "copy_bandwidth_gbps", lambda device: 1.0)
+    report = tmp_path / "fake.json"
+    assert tiles.main(["--device", "cpu", "--ops", "fake", "--json", str(report)]) == 1
+    rows = {r["config"]: r for r in json.loads(report.read_text())["rows"]}
+    assert rows["K=1"]["ms"] > 0 and rows["K=1"]["throughput"] == pytest.approx(2.0 / (rows["K=1"]["ms"] / 1e3))
+    assert rows["K=2"]["equal"] is True and rows["K=2"]["note"] == "failed: RuntimeError: launch failed"
+    assert "fake: c: K=2: failed: RuntimeError: launch failed" in capsys.readouterr().err
