@@ -1,0 +1,101 @@
+"""Under torch.use_deterministic_algorithms(True), the setting of reproducible research runs: every attack, the
+feature-squeezing defense (median filter included), certification and every training recipe run, none of their
+paths calling an operation that torch refuses in that mode, and the same call twice gives the same bits. Torch
+refuses few operations on the CPU (its list: torch.use_deterministic_algorithms), many on CUDA, so the CUDA cases
+(run by `gpu_check.sh tests`) are the ones that can find such a call. On CUDA torch also asks for
+CUBLAS_WORKSPACE_CONFIG, which the fixture sets as a user must."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nemesis_fast as nf
+from nemesis_fast.attacks import FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, RandFGSM
+from nemesis_fast.certify import Smooth
+from nemesis_fast.defenses import FeatureSqueezing
+from nemesis_fast.models import mnist_cnn
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture
+def deterministic(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def _model(device: str, activation: str = "relu") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return mnist_cnn(activation=activation).to(device).eval()
+
+
+def _images(device: str, count: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(count, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (count,), generator=generator)
+    return x.to(device), y.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["relu", "brelu"])
+def test_attacks_run_and_repeat(deterministic, device: str, activation: str) -> None:
+    model = _model(device, activation)
+    squeezed = FeatureSqueezing(model, 1, median_size=3)
+    x, y = _images(device)
+    attacks = {
+        "FGSM": FGSM(model, 0.1),
+        "FGSM L2": FGSM(model, 1.0, norm="2"),
+        "R+FGSM": RandFGSM(model, 0.1, 0.05, seed=0),
+        "PGD": PGD(model, 0.1, 0.02, 3, restarts=2, seed=0),
+        "PGD L2": PGD(model, 1.0, 0.25, 3, norm="2", seed=0),
+        "DeepFool": DeepFool(model, max_iter=5),
+        "DeepFool Linf": DeepFool(model, max_iter=5, norm="inf"),
+        "JSMA": JSMA(model, seed=0),
+        "JSMA softmax": JSMA(model, use_logits=False, seed=0),
+        "C&W": CarliniWagnerL2(model, binary_search_steps=2, max_iter=10),
+        "FGSM through feature squeezing": FGSM(squeezed, 0.3),
+    }
+    for name, attack in attacks.items():
+        first, second = attack(x, y), attack(x, y)
+        assert first.shape == x.shape, name
+        assert torch.equal(first, second), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_certify_runs_and_repeats(deterministic, device: str) -> None:
+    smooth = Smooth(_model(device), 0.3, 10)
+    x, _ = _images(device, 3)
+    first = smooth.certify(x, n0=20, n=200, alpha=0.001, batch_size=128, seed=3)
+    second = smooth.certify(x, n0=20, n=200, alpha=0.001, batch_size=128, seed=3)
+    assert torch.equal(first.counts, second.counts)
+    assert torch.equal(first.prediction, second.prediction)
+    assert torch.equal(first.radius, second.radius)
+    assert int(first.counts.sum()) == 3 * 200
+    votes = [smooth.predict(x, n=100, alpha=0.01, batch_size=64, seed=4) for _ in range(2)]
+    assert torch.equal(votes[0].prediction, votes[1].prediction)
+    assert torch.equal(votes[0].counts, votes[1].counts)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("recipe", ["standard", "gda", "label_smoothing", "fgsm_adversarial", "vat"])
+def test_training_runs_and_repeats(deterministic, device: str, recipe: str) -> None:
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (48, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (48,), generator=generator)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = mnist_cnn()
+        nf.train(model, (images, labels), recipe, epochs=1, batch_size=16, device=device, log=False, progress=False)
+        weights.append(model.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
