@@ -14,7 +14,7 @@ import nemesis_fast as nf
 from nemesis_fast.attacks import FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, RandFGSM
 from nemesis_fast.certify import Smooth
 from nemesis_fast.defenses import FeatureSqueezing
-from nemesis_fast.models import mnist_cnn
+from nemesis_fast.models import mnist_cnn, resnet, small_resnet
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -68,6 +68,28 @@ def test_attacks_run_and_repeat(deterministic, device: str, activation: str) -> 
         first, second = attack(x, y), attack(x, y)
         assert first.shape == x.shape, name
         assert torch.equal(first, second), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("architecture", ["resnet", "small_resnet"])
+def test_source_architectures_attacked_and_trained(deterministic, device: str, architecture: str) -> None:
+    """The black-box sources: a ResNet (batch norm, global average pooling) and the authors' small ResNet (a
+    3x3 max-pool), attacked and trained one epoch."""
+    build = {"resnet": lambda: resnet(8, in_channels=1, width=8), "small_resnet": small_resnet}[architecture]
+    x, y = _images(device)
+    for attack in (lambda m: FGSM(m, 0.1), lambda m: DeepFool(m, max_iter=3)):
+        torch.manual_seed(0)
+        model = build().to(device).eval()
+        assert torch.equal(attack(model)(x, y), attack(model)(x, y))
+    images = (x[:4].repeat(4, 1, 1, 1) * 255).to(torch.uint8).cpu()
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build()
+        nf.train(model, (images, y[:4].repeat(4).cpu()), epochs=1, batch_size=8, device=device, log=False)
+        weights.append(model.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
