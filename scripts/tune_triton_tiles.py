@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,6 +134,7 @@ def gaussian_augment_cases(device: torch.device, tiny: bool) -> tuple[ModuleType
 
 
 OPS = {"jsma": jsma_cases, "bounded_relu": bounded_relu_cases, "gaussian_augment": gaussian_augment_cases}
+TRITON_OPS = frozenset(OPS)  # the ops whose kernels need a GPU or the interpreter
 
 
 _BITS = {
@@ -159,10 +161,17 @@ def sweep(op: str, device: torch.device, tiny: bool) -> list[dict[str, object]]:
     module, configs, cases = OPS[op](device, tiny)
     rows = []
     for case, (call, work, unit) in cases.items():
-        with configured(module, configs[0]):
-            expected = call()
         providers, equal, failures = {}, {}, {}
-        for config in configs:
+        try:
+            with configured(module, configs[0]):
+                expected = call()
+        except Exception as error:  # the shipped configuration itself: nothing to compare with, the others not run
+            failures = {label(c): "not run: the shipped configuration failed" for c in configs[1:]}
+            failures[label(configs[0])] = f"failed: {type(error).__name__}: {error}"
+            configs_run = []
+        else:
+            configs_run = configs
+        for config in configs_run:
             name = label(config)
             try:
                 with configured(module, config):
@@ -176,7 +185,7 @@ def sweep(op: str, device: torch.device, tiny: bool) -> list[dict[str, object]]:
                     call()
 
             providers[name] = timed
-        times = {} if tiny else time_interleaved(providers, device, failures=failures)
+        times = {} if tiny or not providers else time_interleaved(providers, device, failures=failures)
         shipped = times.get(label(configs[0]))
         for config in configs:
             name = label(config)
@@ -218,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if TRITON_OPS & set(args.ops) and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        print(
+            f"tune_triton_tiles.py: Triton runs on a GPU, or on a CPU through its interpreter: on {device}, run with "
+            "TRITON_INTERPRET=1 (set before Python starts) and --tiny",
+            file=sys.stderr,
+        )
+        return 2
     report = {"device": device_name(device), "rows": []}
     if not args.tiny:
         report["copy_GB_per_s"] = copy_bandwidth_gbps(device)

@@ -60,12 +60,13 @@ def test_tests_args_names_the_tests_to_run(tmp_path):
 # The script's own logic, in a copy of the repository with python3 replaced by a recorder (no Python runs).
 
 RECORDER = """#!/usr/bin/env bash
-# Stands in for python3: records each call with the MNIST folder and PYTHONPATH it sees; the build fails with
-# $FAKE_BUILD_RC, pip --target with $FAKE_PIP_RC, pip --target and bench --json write a file there, the evaluation a
-# finished run's results.json (with $FAKE_EVALUATE_RC set: nothing, and that exit status). A call whose arguments
-# hold $FAKE_HANG hangs (an evaluation with its run folder begun) in a child sleep, its pid written to
-# $FAKE_LOG.hung; $FAKE_ON_TERM: ignore (SIGTERM ignored) or slow (a second to stop).
-echo "$* | MNIST=${NEMESIS_FAST_MNIST-<unset>} | PYTHONPATH=${PYTHONPATH-<unset>}" >> "$FAKE_LOG"
+# Stands in for python3: records each call with the MNIST folder, TRITON_INTERPRET and PYTHONPATH it sees; the
+# build fails with $FAKE_BUILD_RC, pip --target with $FAKE_PIP_RC, pip --target and bench --json write a file there,
+# the evaluation a finished run's results.json (with $FAKE_EVALUATE_RC set: nothing, and that exit status). A call
+# whose arguments hold $FAKE_HANG hangs (an evaluation with its run folder begun) in a child sleep, its pid written
+# to $FAKE_LOG.hung; $FAKE_ON_TERM: ignore (SIGTERM ignored) or slow (a second to stop).
+seen="MNIST=${NEMESIS_FAST_MNIST-<unset>} | TRITON_INTERPRET=${TRITON_INTERPRET-<unset>}"
+echo "$* | $seen | PYTHONPATH=${PYTHONPATH-<unset>}" >> "$FAKE_LOG"
 previous=""
 for arg in "$@"; do
   [ "$previous" = --target ] && mkdir -p "$arg/peer" && touch "$arg/peer/__init__.py"
@@ -201,11 +202,12 @@ def test_paper_says_so_when_it_ends_with_nothing_to_carry(tmp_path):
 
 
 def test_profile_times_the_triton_tiles_after_the_attacks(tmp_path):
-    done, calls, out = run_recorded("profile", tmp_path, SKIP_BUILD="1")
-    scripts = [call.split(" | ")[0] for call in calls if call.startswith("scripts/")]
+    done, calls, out = run_recorded("profile", tmp_path, SKIP_BUILD="1", TRITON_INTERPRET="0")
+    scripts = [call.split(" | ")[:3:2] for call in calls if call.startswith("scripts/")]
     assert scripts == [
-        "scripts/profile_attacks.py --device cpu",
-        f"scripts/tune_triton_tiles.py --device cpu --json {out}/tiles.json",
+        ["scripts/profile_attacks.py --device cpu", "TRITON_INTERPRET=0"],
+        # the dry run on a CPU: the tiles through Triton's interpreter, at its sizes
+        [f"scripts/tune_triton_tiles.py --device cpu --json {out}/tiles.json --tiny", "TRITON_INTERPRET=1"],
     ]
     summary = (out / "summary.txt").read_text()
     assert done.returncode == 0 and "profile attacks: ok" in summary and "Triton tiles: ok" in summary, summary

@@ -90,3 +90,33 @@ def test_a_configuration_that_fails_while_timed_is_reported(tiles, tmp_path, mon
     assert rows["K=1"]["ms"] > 0 and rows["K=1"]["throughput"] == pytest.approx(2.0 / (rows["K=1"]["ms"] / 1e3))
     assert rows["K=2"]["equal"] is True and rows["K=2"]["note"] == "failed: RuntimeError: launch failed"
     assert "fake: c: K=2: failed: RuntimeError: launch failed" in capsys.readouterr().err
+
+
+def test_a_failing_shipped_configuration_is_reported_and_the_other_ops_still_run(tiles, tmp_path, monkeypatch, capsys):
+    broken, working = types.SimpleNamespace(K=1), types.SimpleNamespace(K=1)
+
+    def fails():
+        raise RuntimeError("no kernel image")
+
+    def works():
+        return torch.tensor([1.0])
+
+    monkeypatch.setitem(
+        tiles.OPS, "broken", lambda device, tiny: (broken, [{"K": 1}, {"K": 2}], {"c": (fails, 1.0, "u")})
+    )
+    monkeypatch.setitem(
+        tiles.OPS, "fine", lambda device, tiny: (working, [{"K": 1}, {"K": 2}], {"c": (works, 1.0, "u")})
+    )
+    report = tmp_path / "ops.json"
+    assert tiles.main(["--device", "cpu", "--tiny", "--ops", "broken", "fine", "--json", str(report)]) == 1
+    rows = {(r["op"], r["config"]): r for r in json.loads(report.read_text())["rows"]}
+    assert rows["broken", "K=1"]["note"] == "failed: RuntimeError: no kernel image"
+    assert rows["broken", "K=2"]["note"] == "not run: the shipped configuration failed"
+    assert rows["fine", "K=1"]["equal"] is True and rows["fine", "K=2"]["equal"] is True
+    assert "broken: c: K=1: failed: RuntimeError: no kernel image" in capsys.readouterr().err
+
+
+def test_triton_ops_off_a_gpu_need_the_interpreter(tiles, monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert tiles.main(["--device", "cpu", "--tiny", "--ops", "jsma"]) == 2
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().err
