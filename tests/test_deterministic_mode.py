@@ -117,7 +117,9 @@ def test_training_runs_and_repeats(deterministic, device: str, recipe: str) -> N
     for _ in range(2):
         torch.manual_seed(0)
         model = mnist_cnn()
+        initial = {name: value.clone() for name, value in model.state_dict().items()}
         nf.train(model, (images, labels), recipe, epochs=1, batch_size=16, device=device, log=False, progress=False)
         weights.append(model.state_dict())
+    assert any(not torch.equal(initial[name], value.cpu()) for name, value in weights[0].items())  # it trained
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
