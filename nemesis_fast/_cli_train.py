@@ -59,7 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_model_arguments(p: argparse._ArgumentGroup) -> None:
     from .defenses.recipes import RECIPES
-    from .models import ACTIVATIONS, MODELS
+    from .models import ACTIVATIONS, CONV2_PADDINGS, MODELS
 
     # --dataset and --data-dir: the names evaluate and certify give these options
     p.add_argument("--data", "--dataset", choices=DATASETS, default="mnist", help="data set (default: mnist)")
@@ -75,7 +75,7 @@ def _add_model_arguments(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--depth", type=int, help="ResNet depth, 6n+2 (default 20; with --model resnet)")
     p.add_argument(
         "--conv2-padding",
-        choices=("valid", "same"),
+        choices=CONV2_PADDINGS,
         help="cifar_cnn's second convolution (default valid; the authors' scripts: same)",
     )
     p.add_argument("--recipe", choices=tuple(RECIPES), default="standard", help="defense recipe (default: standard)")

@@ -24,6 +24,7 @@ from .nn import BoundedReLU
 
 __all__ = [
     "ACTIVATIONS",
+    "CONV2_PADDINGS",
     "MODELS",
     "BasicBlock",
     "BottleneckIdentityBlock",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("relu", "brelu")
+CONV2_PADDINGS = ("valid", "same")  # cifar_cnn's second convolution
 
 
 def activation_factory(activation: str, t: float = 1.0) -> Callable[[], nn.Module]:
@@ -135,7 +137,7 @@ def cifar_cnn(
     kwargs["dropout"] = dropout = check_number(dropout, "dropout")  # a real number (TypeError naming it), finite
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    check_choice(conv2_padding, "conv2_padding", ("valid", "same"))
+    check_choice(conv2_padding, "conv2_padding", CONV2_PADDINGS)
     if conv2_padding != "valid":  # recorded only where it is not the default: checkpoints written before stay alike
         kwargs["conv2_padding"] = conv2_padding
     size = (input_size // 2 if conv2_padding == "same" else _conv_out(input_size // 2, 3)) // 2

@@ -45,7 +45,6 @@ SOURCE_ARCHITECTURES = ("resnet", "small_resnet")
 LABELS = ("true", "predicted")
 MODES = ("offline", "online")
 AUGMENTED_VALIDATION = ("images", "last_rows")
-CIFAR_CONV2_PADDINGS = ("valid", "same")  # models.cifar_cnn's conv2_padding
 
 
 PRESETS_DIR = Path(__file__).with_name("presets")  # the shipped configs: quick, paper, ...

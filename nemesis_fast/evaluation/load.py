@@ -16,12 +16,12 @@ from typing import Any
 from .._checks import MAX_THREADS, check_device
 from ..data import cifar10, mnist
 from ..defenses.recipes import MAX_GDA_COPIES
+from ..models import CONV2_PADDINGS
 from ..paper_models import PAPER_MODELS
 from .certified import certified_defenses, smoothing_sigma
 from .config import (
     ATTACKS,
     AUGMENTED_VALIDATION,
-    CIFAR_CONV2_PADDINGS,
     DATASET_DEFAULTS,
     DATASETS,
     DEFENSES,
@@ -262,9 +262,9 @@ def _validate_training(t: TrainingSettings) -> None:
         f"must be one of {', '.join(SOURCE_ARCHITECTURES)}; got {t.source_architecture!r}",
     )
     _need(
-        t.cifar_conv2_padding in CIFAR_CONV2_PADDINGS,
+        t.cifar_conv2_padding in CONV2_PADDINGS,
         "training.cifar_conv2_padding",
-        f"must be one of {', '.join(CIFAR_CONV2_PADDINGS)}; got {t.cifar_conv2_padding!r}",
+        f"must be one of {', '.join(CONV2_PADDINGS)}; got {t.cifar_conv2_padding!r}",
     )
 
 

@@ -86,8 +86,8 @@ class Models:
                 return "small_resnet", {"in_channels": channels, "input_size": size}
             return "resnet", {"depth": t.source_depth, "in_channels": channels}
         activation = "relu" if name in ("feature_squeezing", EXAMPLES_CNN) else _SPECS[name].activation
-        kwargs = {"activation": activation}
-        kwargs["t"] = self.config.defense.brelu_t if activation == "brelu" else 1.0  # (a ReLU model's: the default)
+        # (a ReLU model's t is unused: the default)
+        kwargs = {"activation": activation, "t": self.config.defense.brelu_t if activation == "brelu" else 1.0}
         if self.config.training.cifar_conv2_padding != "valid":  # (where "valid", the keys written before stay valid)
             kwargs["conv2_padding"] = self.config.training.cifar_conv2_padding
         return DEFAULT_MODEL[self.config.dataset], kwargs
