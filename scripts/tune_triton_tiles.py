@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nemesis_fast.bench.harness import copy_bandwidth_gbps, device_name, time_interleaved  # noqa: E402
+from nemesis_fast.bench.harness import copy_bandwidth_gbps, device_name, same_bits, time_interleaved  # noqa: E402
 
 Config = dict[str, object]  # module constant -> value
 Case = tuple[Callable[[], object], float, str]  # the call, its work per call, the unit of that work per second
@@ -137,24 +137,6 @@ OPS = {"jsma": jsma_cases, "bounded_relu": bounded_relu_cases, "gaussian_augment
 TRITON_OPS = frozenset(OPS)  # the ops whose kernels need a GPU or the interpreter
 
 
-_BITS = {
-    torch.float64: torch.int64,
-    torch.float32: torch.int32,
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-}
-
-
-def same(a: object, b: object) -> bool:
-    """Whether two outputs (tensors, or tuples of them) hold the same bits: -0.0 is not 0.0, a NaN equals itself."""
-    if isinstance(a, torch.Tensor):
-        if not isinstance(b, torch.Tensor) or a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        bits = _BITS.get(a.dtype)
-        return torch.equal(a.view(bits), b.view(bits)) if bits is not None else torch.equal(a, b)
-    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-
-
 def sweep(op: str, device: torch.device, tiny: bool) -> list[dict[str, object]]:
     """One row per (case, configuration): its median milliseconds and throughput, its speed against the shipped
     configuration's (the first), whether its output equals the shipped one's bit for bit, and why it failed."""
@@ -175,7 +157,7 @@ def sweep(op: str, device: torch.device, tiny: bool) -> list[dict[str, object]]:
             name = label(config)
             try:
                 with configured(module, config):
-                    equal[name] = same(call(), expected)
+                    equal[name] = same_bits(call(), expected)
             except Exception as error:  # a configuration Triton cannot compile or launch: a row that says why
                 failures[name] = f"failed: {type(error).__name__}: {error}"
                 continue

@@ -9,10 +9,11 @@ from _support import backend_device_cases
 
 from nemesis_fast import reference
 from nemesis_fast._backends.bounded_relu import BACKENDS, MASKED_BACKENDS
+from nemesis_fast.bench.harness import SAME_WIDTH_INTEGER as BITS
+from nemesis_fast.bench.harness import same_bits
 
 CASES = backend_device_cases()
 TABLES = {"output": BACKENDS, "mask": MASKED_BACKENDS}
-BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def layouts(device: str) -> dict[str, torch.Tensor]:
@@ -39,8 +40,7 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    assert torch.equal(actual.contiguous().view(BITS[actual.dtype]), expected.contiguous().view(BITS[actual.dtype]))
+    assert actual.dtype in BITS and same_bits(actual, expected), (actual, expected)
 
 
 def masked_pair(backend: str):
