@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nemesis_fast.bench.harness import copy_bandwidth_gbps, device_name, same_bits, time_interleaved  # noqa: E402
+from nemesis_fast.bench.bits import same_bits  # noqa: E402
+from nemesis_fast.bench.harness import copy_bandwidth_gbps, device_name, time_interleaved  # noqa: E402
 
 Config = dict[str, object]  # module constant -> value
 Case = tuple[Callable[[], object], float, str]  # the call, its work per call, the unit of that work per second

@@ -9,8 +9,8 @@ from _support import backend_device_cases
 
 from nemesis_fast import reference
 from nemesis_fast._backends.bounded_relu import BACKENDS, MASKED_BACKENDS
-from nemesis_fast.bench.harness import SAME_WIDTH_INTEGER as BITS
-from nemesis_fast.bench.harness import same_bits
+from nemesis_fast.bench.bits import SAME_WIDTH_INTEGER as BITS
+from nemesis_fast.bench.bits import same_bits
 
 CASES = backend_device_cases()
 TABLES = {"output": BACKENDS, "mask": MASKED_BACKENDS}
