@@ -7,6 +7,9 @@ CUBLAS_WORKSPACE_CONFIG, which the fixture sets as a user must."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from _attack_cases import attacks
@@ -46,6 +49,25 @@ def _images(device: str, count: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(device), y.to(device)
 
 
+def _weights_of_two_runs(
+    build: Callable[[], torch.nn.Module], data: tuple[torch.Tensor, torch.Tensor], device: str, **train_kwargs: Any
+) -> tuple[dict[str, torch.Tensor], ...]:
+    """The initial weights of `build()` under seed 0, and its weights after each of two runs of one epoch on `data`."""
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build()
+        initial = {name: value.clone() for name, value in model.state_dict().items()}
+        nf.train(model, data, epochs=1, device=device, log=False, progress=False, **train_kwargs)
+        runs.append(model.state_dict())
+    return initial, *runs
+
+
+def _assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("activation", ["relu", "brelu"])
 def test_attacks_run_and_repeat(deterministic, device: str, activation: str) -> None:
@@ -77,14 +99,8 @@ def test_source_architectures_attacked_and_trained(deterministic, device: str, a
         model = build().to(device).eval()
         assert torch.equal(attack(model)(x, y), attack(model)(x, y))
     images = (x[:4].repeat(4, 1, 1, 1) * 255).to(torch.uint8).cpu()
-    weights = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = build()
-        nf.train(model, (images, y[:4].repeat(4).cpu()), epochs=1, batch_size=8, device=device, log=False)
-        weights.append(model.state_dict())
-    for name, value in weights[0].items():
-        assert torch.equal(value, weights[1][name]), name
+    _, first, second = _weights_of_two_runs(build, (images, y[:4].repeat(4).cpu()), device, batch_size=8)
+    _assert_same_weights(first, second)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -108,13 +124,6 @@ def test_training_runs_and_repeats(deterministic, device: str, recipe: str) -> N
     generator = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (48, 1, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (48,), generator=generator)
-    weights = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = mnist_cnn()
-        initial = {name: value.clone() for name, value in model.state_dict().items()}
-        nf.train(model, (images, labels), recipe, epochs=1, batch_size=16, device=device, log=False, progress=False)
-        weights.append(model.state_dict())
-    assert any(not torch.equal(initial[name], value.cpu()) for name, value in weights[0].items())  # it trained
-    for name, value in weights[0].items():
-        assert torch.equal(value, weights[1][name]), name
+    initial, first, second = _weights_of_two_runs(mnist_cnn, (images, labels), device, recipe=recipe, batch_size=16)
+    assert any(not torch.equal(initial[name], value.cpu()) for name, value in first.items())  # it trained
+    _assert_same_weights(first, second)
