@@ -87,6 +87,16 @@ def test_the_reference_keeps_negative_zero_whatever_clamp_does(monkeypatch):
     assert out[:5].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0] and out[5].isnan()
 
 
+def test_the_reference_with_a_threshold_beyond_the_dtypes_range_bounds_nothing():
+    """A t past the dtype's largest finite value rounds to inf: the reference is then ReLU, inf and NaN kept (it
+    bounds by the rounded threshold, never converting t itself, which overflows float32)."""
+    for dtype, t in ((torch.float16, 1e5), (torch.bfloat16, 1e39), (torch.float32, 1e39)):
+        assert math.isinf(reference.rounded_threshold(t, dtype))
+        x = torch.tensor([-1.0, -0.0, 0.5, 6e4, math.inf, math.nan], dtype=dtype)
+        expected = torch.tensor([0.0, -0.0, 0.5, 6e4, math.inf, math.nan], dtype=dtype)
+        assert_same_bits(reference.bounded_relu(x, t), expected)
+
+
 def neighbours(top: float, dtype: torch.dtype, device: str) -> torch.Tensor:
     """The values of `dtype` just below, at and just above `top` (a value of that dtype)."""
     bits = torch.tensor([top], dtype=torch.float64).to(dtype).view(BITS[dtype])

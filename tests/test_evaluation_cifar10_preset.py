@@ -34,8 +34,9 @@ def test_the_cifar10_preset_is_paper_with_the_authors_cifar10_settings():
 
 
 def test_the_cifar10_preset_is_refused_on_mnist_and_named_where_paper_is_refused_on_cifar10():
-    with pytest.raises(ConfigError, match=r"dataset: mnist, but paper_cifar10.toml sets budgets for cifar10"):
+    with pytest.raises(ConfigError, match=r"dataset: mnist, but paper_cifar10.toml sets budgets for cifar10") as on:
         load_config(preset_path("paper_cifar10"), {"dataset": "mnist"})
+    assert str(on.value).endswith("(quick, paper_headline)")  # the CIFAR-10 preset is named on CIFAR-10 only
     with pytest.raises(ConfigError, match=r"paper.toml sets budgets for mnist .* on CIFAR-10 is paper_cifar10$"):
         load_config(preset_path("paper"), {"dataset": "cifar10"})
 

@@ -228,6 +228,11 @@ def test_presets_are_valid():
         preset_path("fast")
 
 
+def test_every_shipped_preset_is_described_where_preset_path_lists_them():
+    names = sorted(path.stem for path in preset_path("paper").parent.glob("*.toml"))
+    assert len(names) >= 7 and [name for name in names if f'"{name}": ' not in preset_path.__doc__] == []
+
+
 def test_the_paper_table_preset_is_paper_with_the_attack_settings_before_ace25b4e6():
     paper, table = load_config(preset_path("paper")), load_config(preset_path("paper_table"))
     assert config_differences(paper.to_dict(), table.to_dict()) == {

@@ -213,6 +213,22 @@ def test_profile_times_the_triton_tiles_after_the_attacks(tmp_path):
     assert done.returncode == 0 and "profile attacks: ok" in summary and "Triton tiles: ok" in summary, summary
 
 
+def test_profile_on_a_gpu_times_the_tiles_at_their_sizes_within_its_own_budget(tmp_path):
+    # BUDGET empty: the phase's default (540 s: the attacks' 200 s and the tiles' 120 s fit with time to spare)
+    done, calls, out = run_recorded(
+        "profile", tmp_path, SKIP_BUILD="1", BUDGET="", GPU_CHECK_DEVICE="cuda:1", TRITON_INTERPRET="0"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (tiles,) = [call.split(" | ") for call in calls if call.startswith("scripts/tune_triton_tiles.py")]
+    assert tiles[:3:2] == [
+        f"scripts/tune_triton_tiles.py --device cuda:1 --json {out}/tiles.json",
+        "TRITON_INTERPRET=0",
+    ]
+    assert ", budget 540s, " in (out / "summary.txt").read_text().splitlines()[0]
+    assert "== profile attacks (limit 200s)" in (out / "profile.log").read_text().splitlines()
+    assert "== Triton tiles (limit 120s)" in (out / "tiles.log").read_text().splitlines()
+
+
 def test_the_carried_mnist_model_goes_where_the_fixture_looks(tmp_path):
     carried = tmp_path / "repo" / "runs" / "test-cache"
     carried.mkdir(parents=True)
@@ -230,7 +246,8 @@ def test_the_kernels_tests_come_first(tmp_path, tests_args):
     has checked them; TESTS_ARGS names the tests itself."""
     folder = tmp_path / "repo" / "tests"
     folder.mkdir(parents=True)
-    names = ["test_attacks", "test_bounded_relu", "test_gaussian_augment_ops", "test_pyramid_compile", "test_zeta"]
+    names = ["test_attacks", "test_bounded_relu", "test_gaussian_augment_ops", "test_jsma_saliency_search"]
+    names += ["test_pyramid_compile", "test_triton_compile", "test_zeta"]
     for name in names + ["_support"]:
         (folder / f"{name}.py").write_text("")
     settings = {} if tests_args is None else {"TESTS_ARGS": tests_args}
@@ -238,7 +255,7 @@ def test_the_kernels_tests_come_first(tmp_path, tests_args):
     assert done.returncode == 0, done.stdout + done.stderr
     (pytest_call,) = [call.split(" | ")[0] for call in calls if "-m pytest" in call]
     given = [arg for arg in pytest_call.split() if arg.startswith(("tests/", "benchmarks"))]
-    expected = [f"tests/{name}.py" for name in names[1:4] + [names[0], names[4]]] + ["benchmarks"]
+    expected = [f"tests/{name}.py" for name in names[1:6] + [names[0], names[6]]] + ["benchmarks"]
     assert given == (expected if tests_args is None else [tests_args])
 
 

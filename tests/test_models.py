@@ -166,3 +166,9 @@ def test_bad_arguments():
         cifar_cnn(dropout="0.5")  # was the comparison's TypeError, naming no argument
     with pytest.raises(ValueError, match="name must be one of"):
         build_model("vgg")
+
+
+def test_the_choices_the_cli_and_the_config_take_are_exported():
+    namespace: dict = {}
+    exec("from nemesis_fast.models import *", namespace)
+    assert namespace["ACTIVATIONS"] == ("relu", "brelu") and namespace["CONV2_PADDINGS"] == ("valid", "same")

@@ -166,6 +166,19 @@ def test_value_checks_gather_on_the_images_device():
         check_values(images, labels, "data")
 
 
+def test_value_checks_keep_float64_images_precision():
+    """float64 images just outside [0, 1] are refused: the range is read in float64, where float32 would round the
+    figures to 1 and -0.0."""
+    from nemesis_fast._training_checks import check_values
+
+    labels = torch.zeros(2, dtype=torch.long)
+    for low, high in ((0.0, 1 + 2**-40), (-1e-300, 1.0)):
+        images = torch.tensor([low, high], dtype=torch.float64).view(2, 1, 1, 1)
+        with pytest.raises(ValueError, match=r"data: float images must lie in \[0, 1\]"):
+            check_values(images, labels, "data")
+    check_values(torch.tensor([0.0, 1.0], dtype=torch.float64).view(2, 1, 1, 1), labels, "data")
+
+
 @pytest.mark.cuda
 def test_data_with_images_on_the_gpu_and_labels_on_the_cpu(mnist_sample):
     from nemesis_fast._training_checks import check_data

@@ -36,8 +36,9 @@ def preset_path(name: str) -> Path:
     "paper_table": its black-box table with the attack settings the paper's Table 1 was made with, and FGSM
     adversarial training on the examples of a CNN trained on 1,000 images, as the table's model most likely was;
     "paper_weak_source": that table from a source as weak as the authors', FGSM adversarial training on the
-    standard CNN's examples; "paper_cifar10": the authors' experiment on CIFAR-10, their CIFAR-10 CNN and feature
-    squeezing at 3 bits; "paper_headline": the settings read from the paper's text)."""
+    standard CNN's examples; "paper_gpu_check": paper's models and black-box table on the first 1,000 test images,
+    for one call of a GPU machine; "paper_cifar10": the authors' experiment on CIFAR-10, their CIFAR-10 CNN and
+    feature squeezing at 3 bits; "paper_headline": the settings read from the paper's text)."""
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
