@@ -44,10 +44,31 @@ def test_half_precision_images_give_finite_images_of_their_dtype(name, dtype):
     x, y = data(dtype=dtype)
     x[:, 0, 0, 0] = 0.0  # pixels on the clip bounds
     x[:, 0, 0, 1] = 1.0
+    y = model(x).argmax(1)  # every image classified as its label: each one is attacked (misclassified ones are not)
     result = attacks(model)[name].run(x, y)
+    assert (result.iterations > 0).all()
     assert result.x_adv.dtype == dtype and torch.isfinite(result.x_adv).all()
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
     assert result.success.any()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_model_sees_only_images_inside_clip(name):
+    """Every image an attack evaluates the model on lies inside clip, random starts included (a gradient taken
+    outside it is one of images the attack may not return)."""
+    model = small_model()
+    x, _ = data(16)
+    x[:, 0, 0] = 0.0  # pixels on the clip bounds, where a random start or a step would leave the box
+    x[:, 1, 0] = 1.0
+    y = model(x).argmax(1)
+    seen = []
+
+    def recording(images: torch.Tensor) -> torch.Tensor:
+        seen.append((images.min().item(), images.max().item()))
+        return model(images)
+
+    attacks(recording)[name].run(x, y)
+    assert min(low for low, _ in seen) >= 0.0 and max(high for _, high in seen) <= 1.0
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -106,6 +127,12 @@ def test_eps_zero_is_the_identity(norm):
 
 
 DETERMINISTIC = ["fgsm", "fgsm-l2", "pgd-no-start", "deepfool", "deepfool-linf", "cw"]
+
+
+def test_only_the_attacks_that_draw_random_numbers_say_they_are_not_deterministic():
+    """R+FGSM's noise and PGD's random start; PGD without one is deterministic."""
+    for name, attack in attacks(nn.Identity()).items():
+        assert attack.deterministic == (name in DETERMINISTIC), name
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

@@ -129,6 +129,35 @@ def test_pgd_l2_start_is_inside_the_ball_and_steps_are_projected():
     assert walked.success_rate >= FGSM(model, 0.5, norm="2").run(x, y).success_rate
 
 
+def test_pgd_l2_without_random_start_follows_the_definition():
+    """Steps of L2 length alpha along the gradient (away from y; towards the target in targeted mode), each
+    followed by the projection onto the L2 ball, which scales back only the points outside it, and the clip."""
+    model = small_model(torch.float64)
+    x, y = data(dtype=torch.float64, low=0.3, high=0.7)
+    eps, alpha = 0.25, 0.1
+
+    def step(images, labels, sign):
+        leaf = images.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(leaf), labels, reduction="sum"), leaf)
+        return images + sign * alpha * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+    expected, inside = x.clone(), []
+    with model_guard(model):
+        for _ in range(4):
+            delta = step(expected, y, 1) - x
+            length = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            inside.append((length <= eps).flatten())
+            expected = (x + delta * torch.where(length > eps, eps / length, 1.0)).clamp(0, 1)
+        target = (y + 1) % CLASSES
+        towards = step(x, target, -1).clamp(0, 1)
+    assert inside[0].all() and not inside[-1].any()  # steps inside the ball, then steps projected back onto it
+    torch.testing.assert_close(
+        PGD(model, eps, alpha, 4, random_start=False, norm="2")(x, y), expected, rtol=0, atol=1e-12
+    )
+    targeted = PGD(model, eps, alpha, 1, random_start=False, norm="2")(x, y, target=target)
+    torch.testing.assert_close(targeted, towards, rtol=0, atol=1e-12)
+
+
 def test_deepfool_is_exact_on_a_linear_model():
     model, x, y = linear_case()
     overshoot = 0.02
@@ -242,6 +271,29 @@ def test_deepfool_stops_an_image_whose_step_is_zero():
     y = rounded(x).argmax(1)
     result = DeepFool(rounded, max_iter=50).run(x, y)
     assert (result.iterations == 1).all() and torch.equal(result.x_adv, x) and not result.success.any()
+
+
+class _TwinClasses(nn.Module):
+    """Three logits: 0, 0 and sum(x) - 20 (negative for 16 pixels below 1.25). Classes 0 and 1 tie everywhere, with
+    the same gradient: no step reaches their boundary; class 2's is a plane."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(1).sum(1) - 20
+        zero = torch.zeros_like(f)
+        return torch.stack([zero, zero, f], 1)
+
+
+def test_deepfool_steps_past_a_tied_class_of_no_gradient_to_the_others():
+    """Class 1 ties with the label 0 (f_1 - f_0 = 0) with w_1 = 0: it is no boundary (its distance is inf, not the
+    NaN of 0 / 0, which argmin would pick, leaving the image with no step); the step goes to sum(x) = 20, the
+    exact distance (20 - sum(x)) / ||w||_2 with ||w||_2 = 4, plus the margin."""
+    x = torch.full((3, 16), 0.25, dtype=torch.float64) + torch.arange(3, dtype=torch.float64)[:, None] / 8
+    y = torch.zeros(3, dtype=torch.int64)
+    result = DeepFool(_TwinClasses(), overshoot=0.0, clip=(-100.0, 100.0)).run(x, y)
+    assert result.success.all() and torch.equal(result.predictions, torch.full_like(y, 2))
+    expected = (20 - x.sum(1)) / 4 + 1e-4 * 200  # the margin: 1e-4 of the clip range
+    torch.testing.assert_close(result.l2, expected, rtol=1e-9, atol=1e-12)
+    assert (result.iterations == 1).all()
 
 
 def test_deepfool_margin_values():

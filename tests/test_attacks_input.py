@@ -212,13 +212,13 @@ def test_l2_attacks_step_where_the_gradients_squares_under_or_overflow(scale):
     """A gradient of entries below about 1e-19 (a saturated softmax) has a float32 L2 norm of 0 (its squares
     underflow), one above 1e19 of inf: FGSM and PGD with norm "2" took no step and DeepFool with norm "2" none
     either, reporting such images robust."""
-    from nemesis_fast.attacks.norms import flat_norm, l2_norm
+    from nemesis_fast.attacks.norms import flat_l2_norm, l2_norm
 
     model = small_model()
     x, _ = data()
     y = model(x).argmax(1)  # every image classified as its label: each one is attacked
     tiny = torch.full((2, 64), scale)
-    assert torch.allclose(flat_norm(tiny, "2").flatten(), torch.full((2,), 8 * scale), rtol=1e-6)
+    assert torch.allclose(flat_l2_norm(tiny).flatten(), torch.full((2,), 8 * scale), rtol=1e-6)
     plain = torch.randn(3, 5, 7)
     assert torch.equal(l2_norm(plain, 1), plain.flatten(1).norm(dim=1)), "the plain norm, bit for bit, elsewhere"
 
@@ -232,6 +232,21 @@ def test_l2_attacks_step_where_the_gradients_squares_under_or_overflow(scale):
         ours, reference = make(scaled).run(x, y), make(model).run(x, y)
         assert ours.success.sum() >= reference.success.sum() > 0
         assert (ours.l2 > 0).all()
+
+
+def test_the_norms_of_perturbations_and_gradients():
+    """The L2 norm is inf where an entry is (not the NaN of inf / inf that a rescaling by it gives), exact where
+    the squares over- or underflow (powers of 2: every value is exact), per sample over all its dimensions; the
+    numbers 2 and math.inf name the norms "2" and "inf"."""
+    from nemesis_fast.attacks.norms import check_norm, flat_l2_norm, l2_norm
+
+    big, small = 2.0**100, 2.0**-100
+    v = torch.tensor([[math.inf, 1.0], [-math.inf, 0.0], [0.0, 0.0], [3 * big, 4 * big], [3 * small, 4 * small]])
+    assert l2_norm(v, 1).tolist() == [math.inf, math.inf, 0.0, 5 * big, 5 * small]
+    signed = torch.tensor([[-3.0, 4.0], [0.0, -5.0]]).view(2, 1, 2)
+    assert flat_l2_norm(signed).flatten().tolist() == [5.0, 5.0] and flat_l2_norm(signed).shape == (2, 1, 1)
+    assert check_norm(2) == "2" and check_norm(math.inf) == "inf" and check_norm(2.0) == "2"
+    assert PGD(small_model(), 0.1, 0.01, 1, norm=math.inf).norm == "inf"
 
 
 def test_model_whose_class_count_changes():

@@ -1,10 +1,12 @@
 """Carlini-Wagner L2's search: Adam's bias correction, the growth of c while no
-adversarial is found, and the last binary step at the upper bound (ten or more steps)."""
+adversarial is found, the bisection of c and the last binary step at the upper bound (ten or more steps), the
+abort-early rule, and the images that need the confidence margin."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -90,3 +92,78 @@ def test_with_ten_steps_the_last_run_repeats_the_upper_bound():
     assert nine.success.all()
     assert torch.equal(ten.x_adv, nine.x_adv)
     assert torch.equal(ten.iterations, nine.iterations + 40)
+
+
+class _Recording(CarliniWagnerL2):
+    """Records each run's constants c and which images found an adversarial in it."""
+
+    def _optimise(self, x, w_start, labels, y, target, const, *rest):
+        found = super()._optimise(x, w_start, labels, y, target, const, *rest)
+        self.runs.append((const.clone(), found.clone()))
+        return found
+
+
+class _Scaled(nn.Module):
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale
+
+
+@pytest.mark.parametrize("scale,initial", [(1.0, 1e-2), (1e-10, 1e6)])
+def test_each_c_is_the_midpoint_of_its_bounds_or_ten_times_the_last(scale, initial):
+    """Per image: c is the midpoint of its bounds once it has an upper bound below 1e9, else ten times the last (as
+    in the paper's code: logits 1e-10 times smaller first find an adversarial at c >= 1e9, and c keeps growing);
+    the upper bound is the smallest c that found one, where the tenth run goes."""
+    model, x, y = _case()
+    attack = _Recording(
+        _Scaled(model, scale), initial_const=initial, binary_search_steps=10, max_iter=60, learning_rate=0.05
+    )
+    attack.runs = []
+    attack.run(x, y)
+    assert len(attack.runs) == 10
+    lower, upper = torch.zeros(len(x), dtype=x.dtype), torch.full((len(x),), 1e10, dtype=x.dtype)
+    expected = torch.full((len(x),), initial, dtype=x.dtype)
+    for step, (const, found) in enumerate(attack.runs):
+        if step == 9:  # the last of ten or more runs: at the upper bound, where there is one
+            expected = torch.where(upper < 1e10, upper, expected)
+        assert torch.equal(const, expected), step
+        lower = torch.where(found, lower, torch.maximum(lower, const))
+        upper = torch.where(found, torch.minimum(upper, const), upper)
+        expected = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
+    found = torch.stack([found for _, found in attack.runs])
+    assert found.any(0).all() and (~found).any(0).all()  # every image had both bounds: a true bisection
+
+
+def test_abort_early_stops_a_run_whose_loss_does_not_fall_at_its_second_check():
+    """A model flat around x (rounding inside) and no clip (w = x: the distance's gradient is 0 too): Adam's steps
+    are 0 and the loss stays the same. Each run stops at its second check, after max_iter // 10 = 5 more steps
+    (the first check, at step 1, has no earlier loss): 6 steps, as the loss must fall by 0.01%."""
+    model, x, _ = _case()
+
+    def rounded(images: torch.Tensor) -> torch.Tensor:
+        return model((images * 16).round() / 16)
+
+    y = rounded(x).argmax(1)
+    options = dict(initial_const=1.0, binary_search_steps=2, max_iter=50, clip=None)
+    result = CarliniWagnerL2(rounded, **options).run(x, y)
+    assert (result.iterations == 2 * 6).all() and not result.success.any() and torch.equal(result.x_adv, x)
+    assert (CarliniWagnerL2(rounded, abort_early=False, **options).run(x, y).iterations == 2 * 50).all()
+
+
+def test_images_misclassified_by_less_than_the_confidence_margin_are_attacked():
+    """An image already misclassified at x, by less than the margin kappa, is not adversarial yet: it runs, and
+    reaches the margin."""
+    model, x, _ = _case()
+    with torch.no_grad():
+        top2 = model(x).topk(2, dim=1)
+    y = top2.indices[:, 1]  # the runner-up: x is misclassified, by top1 - top2
+    kappa = float((top2.values[:, 0] - top2.values[:, 1]).max()) + 1.0
+    result = CarliniWagnerL2(model, kappa, 1.0, 3, 60, learning_rate=0.05).run(x, y)
+    assert (result.iterations > 0).all() and result.success.all()
+    with torch.no_grad():
+        logits = model(result.x_adv)
+    margin = logits.scatter(1, y[:, None], -torch.inf).amax(1) - logits.gather(1, y[:, None]).squeeze(1)
+    assert (margin >= kappa - 1e-9).all()

@@ -458,3 +458,15 @@ def test_certified_accuracy_takes_any_integer_labels_and_a_radius_array():
     labels = torch.tensor([0, 1], dtype=torch.uint8)
     assert certified_accuracy(P, R.float(), labels, (0.0, 1.0, 1.5)) == [1.0, 1.0, 0.0]
     assert math.isnan(certified_accuracy(P[:0], R[:0], labels[:0], [0.0])[0])
+
+
+def test_progress_reports_every_noisy_copy_once_in_forward_passes_of_at_most_batch_size():
+    """2 images x (7 + 30) draws in passes of 16: four full passes, then the remaining 10 (not 16)."""
+    seen = []
+    Smooth(_linear(), 0.25, 3).certify(X, 7, 30, 0.01, 16, seed=0, progress=seen.append)
+    assert seen == [16, 16, 16, 16, 10]
+
+
+def test_the_certificate_keeps_the_n0_selection_votes_apart_from_the_n_estimation_votes():
+    result = Smooth(_linear(), 0.25, 3).certify(X, 7, 30, 0.01, 16, seed=0)
+    assert result.selection_counts.sum(1).tolist() == [7, 7] and result.counts.sum(1).tolist() == [30, 30]

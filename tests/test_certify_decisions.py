@@ -128,3 +128,12 @@ def test_phase_keys_are_pinned():
         -2448256302224382528, 5403842653293275863, -1623213593467570506,
     ]  # fmt: skip
     assert phase_key(-1, "select") == 7578427717361096852 and phase_key(2**63 - 1, "predict") == -4588191246092339359
+
+
+def test_certify_abstains_where_the_lower_bound_is_exactly_one_half():
+    """Cohen et al. certify only where pA > 1/2. One vote in n = 1 draw bounds pA by Beta(1, 1)'s alpha quantile,
+    alpha itself: 1/2 exactly for alpha = 1/2; two in two by sqrt(alpha): 1/2 for alpha = 1/4. Both abstain."""
+    for n, alpha in ((1, 0.5), (2, 0.25)):
+        result = FixedVotes([[[1, 0], [n, 0]]]).certify(X2[:1], 1, n, alpha, seed=0)
+        assert result.p_lower.tolist() == [0.5]
+        assert result.prediction.tolist() == [-1] and result.radius.tolist() == [0.0]

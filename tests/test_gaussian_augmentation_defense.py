@@ -106,6 +106,15 @@ def test_art_ratio_draws_another_subset_every_call():
     assert gda(x, y)[1][32:].tolist() == subsets[0]  # reproducible
 
 
+def test_art_ratios_extra_subset_draws_noise_of_its_own():
+    """The extra subset's copies share no noise with copy 0 of the batch (under the main seed, its row j would
+    get the noise of copy 0 of sample j again)."""
+    x = torch.zeros(8, 50)  # unclipped: every noisy row is its noise
+    x_aug, _ = GaussianAugmentation(sigma=1.0, ratio=1.5, clip=None, seed=5)(x)
+    copy0, extra = x_aug[8:16], x_aug[16:]
+    assert extra.shape == (4, 50) and torch.cdist(extra, copy0).min() > 1.0
+
+
 def test_art_augmentation_false_keeps_only_noisy_versions():
     x, y = labelled_batch()
     gda = GaussianAugmentation(sigma=0.01, augmentation=False, ratio=3.0, seed=1)

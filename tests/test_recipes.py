@@ -18,6 +18,8 @@ from nemesis_fast.defenses import (
     PAPER_BIT_DEPTH,
     RECIPES,
     FeatureSqueezing,
+    FixedNoisyCopies,
+    GaussianAugmentation,
     fgsm_adversarial_loss,
     label_smoothing_loss,
     make_recipe,
@@ -175,6 +177,12 @@ def test_a_confidence_below_one_over_the_classes_is_refused_before_training():
     assert len(steps) == 1  # the one forward pass that learns the number of classes
 
 
+def test_a_confidence_of_exactly_one_over_the_classes_is_taken():
+    """confidence = 1/K (the uniform targets) is the lower end of [1/K, 1], allowed."""
+    make_recipe("label_smoothing", {"confidence": 0.25}).check_classes(4)
+    torch.testing.assert_close(smooth_labels(torch.tensor([1]), 4, 0.25), torch.full((1, 4), 0.25))
+
+
 def test_label_smoothing_loss_and_recipe():
     logits, y = torch.randn(5, 10), torch.tensor([1, 2, 3, 4, 5])
     # 0.9 on the true class and 0.1/9 elsewhere is torch's label_smoothing = 0.1 * 10 / 9
@@ -242,6 +250,19 @@ def test_offline_fgsm_adds_the_source_models_examples():
     assert result.history[0]["images"] == 80, "the training set holds the images and their FGSM examples"
 
 
+def test_offline_examples_perturb_every_batch_with_its_own_labels_the_last_single_image_included():
+    images, labels = tiny_uint8(5)
+    seen = []
+
+    def perturb(x, y):
+        seen.append(y.tolist())
+        return x + y.view(-1, 1, 1, 1)
+
+    extra = offline_examples(perturb, images, labels, batch_size=2)
+    assert seen == [[0, 1], [2, 3], [4]]
+    torch.testing.assert_close(extra, images.float() / 255 + labels.view(-1, 1, 1, 1))
+
+
 def test_offline_recipe_trains_its_own_source_when_none_is_given():
     images, labels = tiny_uint8()
     lines: list[str] = []
@@ -277,6 +298,28 @@ def test_vat_perturbation_finds_the_dominant_direction():
         hessian = w.T @ (torch.diag(p) - torch.outer(p, p)) @ w
         top = torch.linalg.eigh(hessian).eigenvectors[:, -1]
         assert abs(F.cosine_similarity(r[i].double(), top, dim=0)) > 0.999
+
+
+def test_vat_normalises_tiny_gradients_without_underflow():
+    """VAT's per-sample normalisation (vat._unit) scales by the largest entry first: entries of 1e-30, whose squares
+    underflow float32, still give unit rows; an all-zero row stays zero."""
+    from nemesis_fast.defenses.vat import _unit
+
+    v = torch.tensor([[3e-30, 4e-30], [0.0, 0.0], [-3.0, 4.0]])
+    torch.testing.assert_close(_unit(v), torch.tensor([[0.6, 0.8], [0.0, 0.0], [-0.6, 0.8]]))
+
+
+def test_vat_keeps_the_random_direction_of_a_sample_whose_gradient_is_zero():
+    """Sample 0 lies where the ReLU is off (no gradient): its r_adv is eps times its normalised random start, not
+    zero; sample 1's follows its gradient. Every sample's r_adv has norm eps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(12, 10))
+    x = torch.stack([-torch.ones(12), torch.linspace(0.1, 1.0, 12)])
+    r = vat_perturbation(model, x, eps=2.1, generator=torch.Generator().manual_seed(0))
+    start = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(r.norm(dim=1), torch.full((2,), 2.1))
+    torch.testing.assert_close(r[0], 2.1 * start[0] / start[0].norm())
+    assert F.cosine_similarity(r[1], start[1], dim=0) < 0.99
 
 
 def test_vat_perturbation_with_the_papers_xi_beats_random_directions():
@@ -392,6 +435,34 @@ def test_online_losses_keep_the_perturbed_half_out_of_batch_norm():
         assert model[1].track_running_stats and int(model[1].num_batches_tracked) == 1
 
 
+def test_the_recipes_pass_all_their_settings_and_their_seed_on():
+    """Each recipe's loss, offline examples and augmentation are its function's under the recipe's settings (none
+    left at the function's default, which equals the paper's), with VAT's and GDA's noise from the recipe's seed."""
+    model, source, cpu = tiny_net(), tiny_net(seed=1), torch.device("cpu")
+    x, y = tiny_batch()
+    smoothing = make_recipe("label_smoothing", {"confidence": 0.6})
+    torch.testing.assert_close(smoothing.loss(model, x, y), label_smoothing_loss(model(x), y, 0.6))
+    online = make_recipe("fgsm_adversarial", {"mode": "online", "eps": 0.1, "weight": 0.2})
+    torch.testing.assert_close(online.loss(model, x, y), fgsm_adversarial_loss(model, x, y, 0.1, weight=0.2))
+    offline = make_recipe("fgsm_adversarial", {"eps": 0.1})
+    torch.testing.assert_close(offline.offline_examples(source, x, y), FGSM(source, 0.1)(x, y))
+    vat = {"eps": 0.5, "xi": 1e-3, "power_iterations": 2}
+    for seed in (4, 7):
+        expected = vat_loss(model, x, y, **vat, alpha=0.3, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(make_recipe("vat", {**vat, "alpha": 0.3}, seed=seed).loss(model, x, y), expected)
+        r = vat_perturbation(source, x, **vat, generator=torch.Generator().manual_seed(seed))
+        made = make_recipe("vat", {**vat, "mode": "offline"}, seed=seed).offline_examples(source, x, y)
+        torch.testing.assert_close(made, (x + r).clamp(0.0, 1.0))
+        gda = {"sigma": 0.2, "copies": 3, "clip": (0.1, 0.9)}
+        augmented = make_recipe("gda", {**gda, "include_original": False}, seed=seed).augment(cpu)(x, y)[0]
+        assert torch.equal(augmented, GaussianAugmentation(**gda, include_original=False, seed=seed)(x, y)[0])
+        fixed = make_recipe("gda", {**gda, "fixed_set": True}, seed=seed).expansion()
+        rows, copy, sample = x.repeat(4, 1, 1, 1), torch.arange(4).repeat_interleave(6), torch.arange(6).repeat(4)
+        assert torch.equal(
+            fixed(rows, copy, sample), FixedNoisyCopies(0.2, 3, (0.1, 0.9), seed=seed)(rows, copy, sample)
+        )
+
+
 # ---------------------------------------------------------------- the registry
 
 
@@ -403,6 +474,7 @@ def test_recipe_registry_and_paper_defaults():
     fgsm = paper_settings("fgsm_adversarial")
     assert (fgsm.eps, fgsm.mode) == (0.3, "offline")
     assert paper_settings("fgsm_adversarial", "cifar10").eps == pytest.approx(8 / 255)
+    assert paper_settings("fgsm_adversarial", "cifar10", eps=0.1).eps == 0.1  # overrides the data set's
     vat = paper_settings("vat")
     assert (vat.eps, vat.xi, vat.power_iterations, vat.mode) == (2.1, 1e-6, 1, "online")
     assert paper_settings("vat", "mnist", eps=1.0).eps == 1.0

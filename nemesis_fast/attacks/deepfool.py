@@ -9,7 +9,7 @@ import torch
 from .._checks import check_int, check_nonnegative
 from .base import Attack
 from .jacobian import difference_weights, predicts
-from .norms import Norm, check_norm, flat_norm, l2_norm
+from .norms import Norm, check_norm, flat_l2_norm, l2_norm
 from .precision import model_input_dtype, spacing
 
 # Added to each step's length, as a fraction of the clip range, so that a step lands past the boundary: the paper's
@@ -109,10 +109,7 @@ class DeepFool(Attack):
             rows = torch.arange(index.numel(), device=x.device)
             w_l, d_l = w[nearest, rows].to(precise), distance[nearest, rows].to(precise)
             movable = torch.isfinite(d_l).view(-1, *([1] * (x.dim() - 1)))
-            if self.norm == "2":
-                direction = w_l / flat_norm(w_l, "2").clamp_min(torch.finfo(precise).tiny)
-            else:
-                direction = w_l.sign()
+            direction = w_l / flat_l2_norm(w_l).clamp_min(torch.finfo(precise).tiny) if self.norm == "2" else w_l.sign()
             length = (d_l + margin).view_as(movable)
             r = torch.where(movable, length * direction, 0.0)
             r_total[index] += r

@@ -8,7 +8,7 @@ import torch
 
 from .._checks import check_choice, check_nonnegative, check_number
 from .base import Attack, Seed
-from .norms import Norm, check_norm, flat_norm
+from .norms import Norm, check_norm, flat_l2_norm
 
 LABELS = ("true", "predicted")
 
@@ -18,7 +18,7 @@ def gradient_step(grad: torch.Tensor, size: float, norm: Norm) -> torch.Tensor:
     per sample (norm "2"; no step where the gradient is 0, or not finite: a model's NaN or inf there)."""
     if norm == "inf":
         return size * grad.sign()
-    length = flat_norm(grad, "2")
+    length = flat_l2_norm(grad)
     usable = torch.isfinite(length) & (length > 0)
     step = size * grad / torch.where(usable, length, torch.ones_like(length))
     return torch.where(usable, step, torch.zeros_like(step))

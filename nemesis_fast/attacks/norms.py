@@ -43,16 +43,10 @@ def l2_norm(v: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(suspect, (flat / scale.unsqueeze(-1)).norm(dim=-1) * scale, plain)
 
 
-def flat_norm(v: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-sample norm ("2", "1" or "inf") of a (B, ...) tensor, shaped (B, 1, ..., 1) to broadcast against it."""
-    flat = v.flatten(1)
-    if norm == "2":
-        out = l2_norm(flat, 1)
-    elif norm == "1":
-        out = flat.abs().sum(1)
-    else:
-        out = flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
-    return out.view(-1, *([1] * (v.dim() - 1)))
+def flat_l2_norm(v: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm of a (B, ...) tensor (:func:`l2_norm` over all but the first dimension), shaped
+    (B, 1, ..., 1) to broadcast against it."""
+    return l2_norm(v.flatten(1), 1).view(-1, *([1] * (v.dim() - 1)))
 
 
 def check_norm(norm: Any, name: str = "norm") -> Norm:

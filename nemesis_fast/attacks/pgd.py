@@ -9,7 +9,7 @@ import torch
 from .._checks import check_bool, check_int, check_nonnegative
 from .base import Attack, Seed
 from .fgsm import gradient_step
-from .norms import Norm, check_norm, flat_norm
+from .norms import Norm, check_norm, flat_l2_norm
 
 
 class PGD(Attack):
@@ -105,13 +105,13 @@ class PGD(Attack):
         if self.norm == "inf":
             return self.project(x + (2 * self.rand(x.shape, x) - 1) * self.eps)
         direction = self.randn(x.shape, x)
-        direction = direction / flat_norm(direction, "2").clamp_min(torch.finfo(x.dtype).tiny)
+        direction = direction / flat_l2_norm(direction).clamp_min(torch.finfo(x.dtype).tiny)
         dims = x[0].numel()
         radius = self.eps * self.rand((x.shape[0],), x).pow(1.0 / dims).view(-1, *([1] * (x.dim() - 1)))
         return self.project(x + radius * direction)
 
     def _project_l2(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         delta = x_adv - x
-        length = flat_norm(delta, "2")
+        length = flat_l2_norm(delta)
         scale = torch.where(length > self.eps, self.eps / length.clamp_min(torch.finfo(x.dtype).tiny), 1.0)
         return self.project(x + delta * scale)
