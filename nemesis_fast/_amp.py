@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import warnings
 from typing import Any
 
@@ -35,8 +36,8 @@ def autocast(device_type: str, name: str | None) -> contextlib.AbstractContextMa
         _warned.add(name)
         warnings.warn(
             f"amp={name!r} on this CPU ({torch.backends.cpu.get_cpu_capability()}), which has no native {name} "
-            "arithmetic: oneDNN emulates it, so the model runs several times slower than in float32 (6x for "
-            "certification on an AVX2 CPU); leave amp off here",
+            "arithmetic: oneDNN emulates it, so the model runs slower than in float32 (certification 6x slower on an "
+            "AVX2 CPU, 2.4x on an AVX-512 one without AVX512-BF16); leave amp off here",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -44,8 +45,17 @@ def autocast(device_type: str, name: str | None) -> contextlib.AbstractContextMa
 
 
 def cpu_lacks_native(name: str) -> bool:
-    """Whether oneDNN reports no native support for the amp dtype `name` on this CPU (False where torch cannot
-    tell)."""
+    """Whether this CPU has no native arithmetic in the amp dtype `name` (False where torch cannot tell).
+
+    bf16 on x86: native with AVX512-BF16 or AMX instructions only. oneDNN also reports bf16 "supported" on a CPU with
+    plain AVX-512 (an Intel Xeon without AVX512-BF16: certification 2.4x slower than in float32), where it converts
+    every operand, so its report is taken only where torch cannot read the instruction set (other architectures,
+    and fp16)."""
+    if name == "bf16" and platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        try:
+            return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except (AttributeError, RuntimeError):
+            pass
     probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[name]
     try:
         return not getattr(torch.ops.mkldnn, probe)()

@@ -382,6 +382,29 @@ def test_amp_on_a_cpu_without_native_arithmetic_warns_once(monkeypatch):
     assert isinstance(_amp.cpu_lacks_native("fp16"), bool)
 
 
+@pytest.mark.parametrize(
+    "machine,avx512_bf16,amx,onednn,lacks",
+    [
+        ("x86_64", False, False, True, True),  # AVX-512 without AVX512-BF16: oneDNN says "supported", and converts
+        ("x86_64", True, False, True, False),
+        ("AMD64", False, True, True, False),
+        ("x86_64", False, False, False, True),  # AVX2 only
+        ("aarch64", False, False, True, False),  # no x86 flags to read: oneDNN's report
+        ("aarch64", False, False, False, True),
+    ],
+)
+def test_native_bf16_on_x86_is_avx512_bf16_or_amx(monkeypatch, machine, avx512_bf16, amx, onednn, lacks):
+    import platform
+
+    from nemesis_fast import _amp
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert _amp.cpu_lacks_native("bf16") is lacks
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_a_cuda_device_without_a_gpu_is_rejected_at_construction():
     with pytest.raises(ValueError, match="device is 'cuda', but no CUDA GPU is visible"):

@@ -235,7 +235,7 @@ def test_the_defaults_readme_names_are_the_codes():
 
 # README's benchmark figures and the JSON they come from: (the table row's first cell, [(the figure as README shows
 # it, a function of a row getter)]).
-H200, EPYC = "h200-2026-12-04", "cpu-epyc-avx512-2026-12-05"
+H200, EPYC, XEON = "h200-2026-12-04", "cpu-epyc-avx512-2026-12-05", "cpu-xeon-avx512-2026-12-07"
 
 
 def _rows(folder: str, suite: str):
@@ -373,6 +373,15 @@ def _figures() -> dict[str, list[tuple[str, float]]]:
             ("{:.2f}x", g(EPYC, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["speedup"]),
             ("({:.2f}x in bf16)", g(EPYC, "certify", "vs ART: 40 MNIST images", "nemesis_fast bf16")["speedup"]),
         ],
+        "the same on an Intel Xeon with AVX-512 but no AVX512-BF16 (2026-12-07)": [
+            ("{:.2f} s", g(XEON, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["ms"] / 1e3),
+            (
+                "ART, same batch, {:.2f} s",
+                g(XEON, "certify", "vs ART: 40 MNIST images", "ART (batch 1000)")["ms"] / 1e3,
+            ),
+            ("{:.2f}x", g(XEON, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["speedup"]),
+            ("(bf16: {:.2f}x", g(XEON, "certify", "vs ART: 40 MNIST images", "nemesis_fast bf16")["speedup"]),
+        ],
         # The drop-ins' table, its H200 column (the CPU columns' figures are BENCHMARKS.md's text: no JSON kept).
         **{
             f"{peer} `{name}`": [(fmt, h200_compat(f"{peer} {name}")["speedup"])]
@@ -407,7 +416,7 @@ def _figures() -> dict[str, list[tuple[str, float]]]:
 
 def test_readmes_benchmark_figures_are_their_jsons():
     figures = _figures()
-    assert len(figures) == 28
+    assert len(figures) == 29
     for first_cell, expected in figures.items():
         cells = table_row(first_cell)
         # The drop-ins' table: the H200 column is the last; the benchmark tables: every cell of the row.
