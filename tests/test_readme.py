@@ -257,6 +257,20 @@ def _same(row: dict) -> float:
     return row["extra"]["same_images_ms_per_image"]
 
 
+def _certify_figures(folder: str, bf16_format: str) -> list[tuple[str, float]]:
+    """A CPU's certify row: nemesis_fast's and ART's seconds, the speed-up, and the bf16 speed-up as `bf16_format`."""
+
+    def row(provider: str) -> dict:
+        return _get(folder, "certify", "vs ART: 40 MNIST images", provider)
+
+    return [
+        ("{:.2f} s", row("nemesis_fast")["ms"] / 1e3),
+        ("ART, same batch, {:.2f} s", row("ART (batch 1000)")["ms"] / 1e3),
+        ("{:.2f}x", row("nemesis_fast")["speedup"]),
+        (bf16_format, row("nemesis_fast bf16")["speedup"]),
+    ]
+
+
 def _figures() -> dict[str, list[tuple[str, float]]]:
     """README's table rows (first cell) and, for each, the figures it shows with the value each rounds."""
     g = _get
@@ -364,24 +378,10 @@ def _figures() -> dict[str, list[tuple[str, float]]]:
             ("torchattacks {:.1f} s", g(EPYC, "jsma", "JSMA CIFAR CNN", "torchattacks")["extra"]["ms_per_image"] / 1e3),
             ("{:.0f}x", g(EPYC, "jsma", "JSMA CIFAR CNN", "nemesis_fast")["speedup"]),
         ],
-        "certify (randomized smoothing), MNIST CNN, 40 images, n = 1,000": [
-            ("{:.2f} s", g(EPYC, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["ms"] / 1e3),
-            (
-                "ART, same batch, {:.2f} s",
-                g(EPYC, "certify", "vs ART: 40 MNIST images", "ART (batch 1000)")["ms"] / 1e3,
-            ),
-            ("{:.2f}x", g(EPYC, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["speedup"]),
-            ("({:.2f}x in bf16)", g(EPYC, "certify", "vs ART: 40 MNIST images", "nemesis_fast bf16")["speedup"]),
-        ],
-        "the same on an Intel Xeon with AVX-512 but no AVX512-BF16 (2026-12-07)": [
-            ("{:.2f} s", g(XEON, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["ms"] / 1e3),
-            (
-                "ART, same batch, {:.2f} s",
-                g(XEON, "certify", "vs ART: 40 MNIST images", "ART (batch 1000)")["ms"] / 1e3,
-            ),
-            ("{:.2f}x", g(XEON, "certify", "vs ART: 40 MNIST images", "nemesis_fast")["speedup"]),
-            ("(bf16: {:.2f}x", g(XEON, "certify", "vs ART: 40 MNIST images", "nemesis_fast bf16")["speedup"]),
-        ],
+        "certify (randomized smoothing), MNIST CNN, 40 images, n = 1,000": _certify_figures(EPYC, "({:.2f}x in bf16)"),
+        "the same on an Intel Xeon with AVX-512 but no AVX512-BF16 (2026-12-07)": _certify_figures(
+            XEON, "(bf16: {:.2f}x"
+        ),
         # The drop-ins' table, its H200 column (the CPU columns' figures are BENCHMARKS.md's text: no JSON kept).
         **{
             f"{peer} `{name}`": [(fmt, h200_compat(f"{peer} {name}")["speedup"])]
