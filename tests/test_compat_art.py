@@ -277,6 +277,42 @@ def test_infinite_eps_gives_arts_images():
             np.testing.assert_array_equal(ours, theirs)
 
 
+def test_fgm_without_labels_takes_every_tied_class_as_art():
+    """Without y ART marks every class at the largest output (several where outputs tie) and FGM divides by their
+    number; classes 0 and 1 of this model always tie."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight[1] = model[1].weight[0]
+        model[1].bias[:2] = model[1].bias[0] + 5.0
+    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), 3, clip_values=(0.0, 1.0))
+    x = np.random.RandomState(0).rand(4, 1, 4, 4).astype(np.float32)
+    for norm in (np.inf, 2):
+        theirs = evasion.FastGradientMethod(clf, norm=norm, eps=0.1).generate(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", nfa.PeerFallbackWarning)
+            ours = nfa.FastGradientMethod(clf, norm=norm, eps=0.1).generate(x)
+        np.testing.assert_array_equal(ours, theirs)
+        assert (ours != x).any()
+
+
+def test_fit_only_preprocessing_and_float64_images_are_handled_as_art():
+    """A preprocessor with apply_predict=False (GaussianAugmentation's default) stays out of the gradients, as in
+    ART; float64 images are attacked in float32, ART's dtype, and come back float32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    augmentation = nfa.GaussianAugmentation(sigma=0.5)
+    assert augmentation.apply_fit and not augmentation.apply_predict
+    options = {"clip_values": (0.0, 1.0), "preprocessing_defences": augmentation}
+    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), 3, **options)
+    x, y = np.random.RandomState(0).rand(4, 1, 4, 4), np.array([0, 1, 2, 0])
+    for images in (x.astype(np.float32), x):
+        theirs = evasion.FastGradientMethod(clf, eps=0.1).generate(images, y)
+        ours = nfa.FastGradientMethod(clf, eps=0.1).generate(images, y)
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)  # (float64: ART rounds its sums otherwise)
+
+
 @pytest.mark.parametrize(
     "name, settings, with_labels",
     [

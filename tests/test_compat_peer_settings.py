@@ -38,6 +38,18 @@ def test_torchattacks_cw_with_a_positive_kappa_gives_torchattacks_images():
     torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
 
 
+def test_torchattacks_cw_with_a_kappa_that_keeps_pushing_gives_torchattacks_images():
+    """Once fooled an image still pushes its margin down to -kappa: a loss clamped at 0 instead stops there (and
+    gave other images at these settings)."""
+    model = _model()
+    x = 0.2 + 0.6 * torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1).detach()
+    settings = dict(c=50.0, kappa=2.0, steps=100, lr=0.05)
+    expected = torchattacks.CW(model, **settings)(x, y)
+    assert (expected != x).any()
+    torch.testing.assert_close(nft.CW(model, **settings)(x, y), expected, rtol=0, atol=1e-6)
+
+
 def test_art_deepfool_scales_its_step_by_the_clip_range():
     model = _model(seed=3)
     x = (np.random.default_rng(2).random((8, 1, 4, 4)) * 100 + 50).astype(np.float32)  # pixels in [0, 200]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib
 import sys
+import warnings
 
 import pytest
 import torch
@@ -243,6 +244,21 @@ def test_a_batch_norm_that_drawing_targets_puts_back_in_training_hands_jsma_to_t
     with pytest.warns(nft.PeerFallbackWarning, match="torchattacks' JSMA attacks one image at a time"):
         ours, mean = run(nft)
     assert torch.equal(ours, peer_images) and torch.equal(mean, peer_mean)
+
+
+def test_batchnorm_in_eval_mode_keeps_deepfool_and_jsma_batched():
+    """Batch norm in eval mode (torchattacks' default training-mode setting) makes each image's result independent
+    of the batch: the drop-ins run batched, without a PeerFallbackWarning, and give torchattacks' images."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10))
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = net.eval()(x).argmax(1)
+    for name, settings in (("DeepFool", {"steps": 3}), ("JSMA", {"theta": 1.0, "gamma": 0.3})):
+        expected = getattr(torchattacks, name)(net, **settings)(x, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", nft.PeerFallbackWarning)
+            result = getattr(nft, name)(net, **settings)(x, y)
+        torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
 
 
 def test_labels_of_shape_n_by_1_as_torchattacks_takes_them(model, batch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from nemesis_fast.evaluation import load_config
 from nemesis_fast.evaluation.config import MASKED
 from nemesis_fast.evaluation.report import Cell, Results
-from nemesis_fast.evaluation.tables import authors_table, blackbox_table
+from nemesis_fast.evaluation.tables import authors_table, blackbox_table, whitebox_table
 
 
 def _results(defenses, cells, **overrides):
@@ -29,3 +29,17 @@ def test_feature_squeezing_is_compared_with_the_authors_through_bpda():
     cells += [Cell("feature_squeezing", "fgsm", MASKED, 0.1, 99.0, 100, 0, 0, 0, 0)]
     _, rows = authors_table(_results(["feature_squeezing"], cells), "whitebox", "fgsm")
     assert rows[0][:2] == ["Feature squeezing", "93.8 / 80.0"]
+
+
+def test_the_whitebox_table_has_the_gradient_masking_rows_after_the_defenses():
+    cells = [Cell("feature_squeezing", "fgsm", "whitebox", 0.1, 80.0, 100, 0, 0, 0, 0)]
+    cells += [Cell("feature_squeezing", "fgsm", MASKED, 0.1, 99.0, 100, 0, 0, 0, 0)]
+    _, rows = whitebox_table(_results(["feature_squeezing"], cells, whitebox_eps=[0.1]), "fgsm")
+    assert rows == [["Feature squeezing", "80.00"], ["Feature squeezing (gradient masking)", "99.00"]]
+
+
+def test_the_blackbox_table_takes_each_attack_at_its_configured_eps_not_the_sweeps():
+    cells = [Cell("standard", "fgsm", "blackbox", 0.3, 96.0, 100, 0, 0, 0, 0)]
+    cells += [Cell("standard", "fgsm", "blackbox", 0.1, 99.0, 100, 0, 0, 0, 0)]
+    results = _results(["standard"], cells, blackbox_attacks=["fgsm"], blackbox_eps=[0.1, 0.3])
+    assert blackbox_table(results)[1][0][2].startswith("96.00 ")

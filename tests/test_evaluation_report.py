@@ -12,7 +12,13 @@ from nemesis_fast.attacks import FGSM
 from nemesis_fast.evaluation import load_config
 from nemesis_fast.evaluation.checks import fgsm_zero_gradient, gradient_masking_checks, softmax_underflow
 from nemesis_fast.evaluation.config import MASKED
-from nemesis_fast.evaluation.paper import PAPER_MNIST_BLACKBOX, authors_curve, eps_meeting_paper, paper_value
+from nemesis_fast.evaluation.paper import (
+    PAPER_MNIST_BLACKBOX,
+    authors_curve,
+    comparison,
+    eps_meeting_paper,
+    paper_value,
+)
 from nemesis_fast.evaluation.plots import plot_sweep
 from nemesis_fast.evaluation.report import Cell, Results, perturbation_stats
 from nemesis_fast.evaluation.runner import _either
@@ -153,6 +159,15 @@ def test_the_sweep_table_counts_the_cells_within_5_points_at_each_eps():
     assert header == ["defense", "0.05", "0.3", "paper", "meets paper at eps"]
     assert rows[0][0] == "CNN" and rows[0][-2:] == ["94.46", "0.056"]
     assert rows[-1] == ["within 5 points of the paper", "1/1", "0/1", "", ""]
+
+
+def test_a_cell_exactly_5_points_from_the_papers_is_within_and_one_at_it_at_the_first_eps_meets_it_there():
+    assert comparison("mnist", "gda_brelu", "rfgsm", 80.5)["within"]  # paper 75.50: +5.0 exactly
+    assert comparison("mnist", "gda_brelu", "rfgsm", 70.5)["within"]
+    assert not comparison("mnist", "gda_brelu", "rfgsm", 80.51)["within"]
+    cells = [_c("fgsm", "blackbox", 0.05, 94.46), _c("fgsm", "blackbox", 0.3, 31.0)]  # paper: 94.46
+    _, rows = sweep_table(_results(cells, [0.05, 0.3]), "fgsm")
+    assert rows[0][-1] == "<= 0.05"  # at the paper's value already at the smallest eps
 
 
 def test_the_papers_fgsm_and_rfgsm_columns_are_the_authors_curves_at_eps_01_and_03():
