@@ -140,9 +140,13 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command of `parser` (:func:`build_parser`'s), by the command's name."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def _unknown_options(parser: argparse.ArgumentParser, name: str, extra: list[str]) -> None:
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    command = commands.choices[name]
+    command = command_parsers(parser)[name]
     known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for word in (w.split("=")[0] for w in extra if w.startswith("--")):

@@ -3,11 +3,11 @@ itself is replaced by a recorder."""
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import nemesis_fast.evaluation as evaluation
-from nemesis_fast.cli import build_parser, main
+from nemesis_fast.cli import build_parser, command_parsers, main
+from nemesis_fast.evaluation.config import preset_names
 
 
 def test_every_option_is_passed_to_evaluate(monkeypatch, tmp_path):
@@ -43,7 +43,6 @@ def test_options_left_out_leave_the_configs_settings(monkeypatch):
 
 
 def test_the_preset_help_names_every_shipped_preset():
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    (preset,) = (a for a in commands.choices["evaluate"]._actions if "--preset" in a.option_strings)
-    names = sorted(path.stem for path in evaluation.preset_path("paper").parent.glob("*.toml"))
+    (preset,) = (a for a in command_parsers(build_parser())["evaluate"]._actions if "--preset" in a.option_strings)
+    names = preset_names()
     assert len(names) >= 7 and set(names) - set(re.findall(r"\w+", preset.help)) == set()

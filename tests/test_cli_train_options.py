@@ -11,7 +11,7 @@ import pytest
 
 import nemesis_fast.paper_models as paper_models
 import nemesis_fast.training as training
-from nemesis_fast.cli import build_parser, main
+from nemesis_fast.cli import build_parser, command_parsers, main
 from nemesis_fast.nn import BoundedReLU
 
 
@@ -67,8 +67,7 @@ def test_set_takes_words_in_any_case_literals_and_strings_and_needs_a_key(capsys
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices["train"]
+    return command_parsers(build_parser())["train"]
 
 
 def test_options_left_out_take_the_documented_defaults():

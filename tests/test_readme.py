@@ -148,13 +148,10 @@ def test_the_attack_table_gives_each_attacks_signature():
 
 
 def _subcommands() -> dict:
-    import argparse
-
-    from nemesis_fast.cli import build_parser
+    from nemesis_fast.cli import build_parser, command_parsers
 
     parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {"parser": parser, **action.choices}
+    return {"parser": parser, **command_parsers(parser)}
 
 
 def test_readmes_commands_parse_with_the_options_it_names(monkeypatch):
@@ -183,11 +180,11 @@ def test_readmes_commands_parse_with_the_options_it_names(monkeypatch):
 
 def test_readmes_presets_and_bench_suites_are_the_shipped_ones():
     from nemesis_fast.bench import SUITES
-    from nemesis_fast.evaluation.config import PRESETS_DIR
+    from nemesis_fast.evaluation.config import preset_names
 
     text = readme_text()
     presets = re.search(r"--preset ((?:\w+\|)+\w+)\]", text)[1].split("|")
-    assert sorted(presets) == sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+    assert sorted(presets) == preset_names()
     suites = re.search(r"`nemesis-fast bench \[([\w ]+)\]", text)[1].split()
     assert sorted(suites) == sorted(SUITES)
 

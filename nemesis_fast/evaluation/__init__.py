@@ -23,7 +23,7 @@ import torch
 
 from .._checks import check_bool
 from ..parallel import start, stop
-from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig
+from .config import DATASET_DEFAULTS, OUTPUT_FILES, PRESETS_DIR, ConfigError, EvalConfig, preset_names
 from .folders import check_folders, check_out_dir, check_same_data
 from .load import config_with_overrides, load_config, setting_hint
 from .plots import plot_examples
@@ -41,7 +41,7 @@ def preset_path(name: str) -> Path:
     feature squeezing at 3 bits; "paper_headline": the settings read from the paper's text)."""
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        known = ", ".join(preset_names())
         raise ConfigError(f"preset {name!r} does not exist; choose from {known}")
     return path
 

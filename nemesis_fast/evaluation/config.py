@@ -50,6 +50,11 @@ AUGMENTED_VALIDATION = ("images", "last_rows")
 PRESETS_DIR = Path(__file__).with_name("presets")  # the shipped configs: quick, paper, ...
 
 
+def preset_names() -> list[str]:
+    """The shipped presets' names, sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
 class ConfigError(ValueError):
     """A setting that is unknown or out of range; the message names the key."""
 

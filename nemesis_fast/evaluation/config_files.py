@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS_DIR, ConfigError
+from .config import PRESETS_DIR, ConfigError, preset_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,7 +89,7 @@ def _base_path(base: Any, path: Path, chain: tuple[Path, ...]) -> Path:
         raise ConfigError(f"base (in {path}) must be a preset name or a config file path, got {base!r}")
     base_path = path.parent / base if Path(base).suffix in (".toml", ".json") else PRESETS_DIR / f"{base}.toml"
     if not base_path.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.toml")))
+        known = ", ".join(preset_names())
         raise ConfigError(f"base (in {path}): {base!r} is neither a config file nor a preset ({known})")
     if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
         raise ConfigError(f"base (in {path}): {base!r} leads back to a config already read (a cycle)")
