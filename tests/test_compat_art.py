@@ -173,6 +173,11 @@ def fallback_cases() -> list:
     fgm = ("FastGradientMethod", {"eps": 0.2, "batch_size": 16})
     smoothing = {"preprocessing_defences": SpatialSmoothing(window_size=3, clip_values=(0.0, 1.0))}
     pgd = {"eps": 0.3, "eps_step": 0.1, "max_iter": 2, "random_eps": True, **QUIET}
+    # Per-feature eps (ART takes an array eps only with an array eps_step): the left half of each image moves less.
+    eps = np.full((1, 28, 28), 0.3, np.float32)
+    eps[..., :14] = 0.1
+    array_eps = {"eps": eps, "eps_step": eps.copy(), "batch_size": 16}
+    pgd_array_eps = {"eps": eps, "eps_step": eps / 3, "max_iter": 2, "batch_size": 16, **QUIET}
     return [
         pytest.param(*fgm, {"loss": nn.MultiMarginLoss()}, {}, "not CrossEntropyLoss", id="loss"),
         pytest.param(*fgm, {"clip_values": pixels}, {}, "per-feature clip_values", id="per-feature-clip"),
@@ -187,6 +192,8 @@ def fallback_cases() -> list:
             id="numpy-preprocessing",
         ),
         pytest.param("ProjectedGradientDescent", pgd, {}, {}, "random_eps", id="random-eps"),
+        pytest.param("FastGradientMethod", array_eps, {}, {}, "an array eps", id="fgm-array-eps"),
+        pytest.param("ProjectedGradientDescent", pgd_array_eps, {}, {}, "an array eps", id="pgd-array-eps"),
     ]
 
 
@@ -354,6 +361,22 @@ def test_pgd_restarts_on_a_chunk_of_one_image_give_arts_images():
         with pytest.warns(nfa.PeerFallbackWarning, match="a chunk of one image"):
             ours = seeded(nfa.ProjectedGradientDescent(clf, batch_size=batch_size, **settings), x, targets)
         np.testing.assert_array_equal(ours, expected)
+
+
+def test_pgd_restarts_are_judged_by_the_clean_prediction_not_by_the_given_labels():
+    """ART's PGD keeps an untargeted restart's image where its prediction differs from the model's prediction on
+    the clean image, also where y is given: labels other than the predictions give ART's images only so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(25, 4))
+    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 5, 5), 4, clip_values=(0.0, 1.0))
+    x = np.random.RandomState(0).rand(6, 1, 5, 5).astype(np.float32)
+    labels = (clf.predict(x).argmax(1) + 1) % 4  # none is the model's prediction
+    settings = {"eps": 0.05, "eps_step": 0.02, "max_iter": 2, "num_random_init": 3, "batch_size": 3, **QUIET}
+    expected = seeded(evasion.ProjectedGradientDescent(clf, **settings), x, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nfa.PeerFallbackWarning)
+        ours = seeded(nfa.ProjectedGradientDescent(clf, **settings), x, labels)
+    np.testing.assert_array_equal(ours, expected)
 
 
 def test_argument_checks(model, batch):

@@ -329,6 +329,25 @@ def test_jsma_without_a_valid_pair_moves_feature_0_twice_as_torchattacks():
     assert (results[1].flatten(1)[:, 0] > x.flatten(1)[:, 0]).all()
 
 
+def test_jsma_clamps_images_outside_0_1_as_torchattacks_even_where_it_takes_no_step():
+    """torchattacks takes images outside [0, 1] (it checks no range) and clamps its result into [0, 1], also the
+    images that take no step: those its model already gives the target, and all of them with gamma = 0."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(8, 10))
+    x = torch.rand(4, 1, 2, 4, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.3
+    with torch.no_grad():
+        predicted = linear(x).argmax(1)
+    targets = torch.where(torch.arange(4) < 2, predicted, (predicted + 3) % 10)  # the first two already there
+    for gamma in (0.0, 0.5):
+        results = []
+        for library in (torchattacks, nft):
+            attack = library.JSMA(linear, theta=0.2, gamma=gamma)
+            attack.set_mode_targeted_by_function(lambda images, labels: targets, quiet=True)
+            results.append(attack(x, predicted))
+        torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+        assert results[1].min() == 0 and results[1].max() == 1 and (results[1][:2] == x[:2].clamp(0, 1)).all()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["DeepFool", "JSMA", "PGD", "CW"])
 def test_same_images_as_torchattacks_on_cuda(name, model, batch):

@@ -97,8 +97,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
     def counting_save(self, kind, settings, payload):
         saves.append(kind)
-        if interrupt[0] and kind == "whitebox" and saves.count("whitebox") == 4:
-            raise Interrupted  # the process dies after three white-box chunks were written
+        if interrupt[0] and kind == "whitebox" and saves.count("whitebox") == 5:
+            raise Interrupted  # the process dies after four white-box chunks: a cell's three and one of the next
         return real_save(self, kind, settings, payload)
 
     monkeypatch.setattr(ResultCache, "save", counting_save)
@@ -107,10 +107,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     written = list(saves)
     total_whitebox = 3 * (3 * 2 + 2 * 2)  # chunks x (defenses x eps + the gradient-masking rows' eps)
 
-    # A look at the unfinished run computes nothing and reports only what is complete, apart from its outputs.
+    # A look at the unfinished run computes nothing and reports only what is complete (no cell of a part of its
+    # chunks), apart from its outputs.
     partial = evaluate(config, log=False, cached_only=True)
     assert saves == written
-    assert partial.pending == total_whitebox - 3
+    assert partial.pending == total_whitebox - 4
     assert set(partial.clean_accuracy) == {"standard", "feature_squeezing", "gda_brelu"}
     assert len(partial.blackbox()) == 3 * 2
     assert [(c.defense, c.eps, c.samples) for c in partial.cells if c.setting != "blackbox"] == [("standard", 0.0, 24)]
@@ -126,7 +127,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     evaluate(config, log=False)
     assert "model" not in saves  # no model is trained twice
     assert saves.count("blackbox") == 0  # finished black-box chunks are reused
-    assert saves.count("whitebox") == total_whitebox - 3
+    assert saves.count("whitebox") == total_whitebox - 4
     assert written.count("model") == 3  # standard, gda_brelu and the source, each once
     resumed = cell_values(tmp_path / "out" / "results.json")
     monkeypatch.setattr(ResultCache, "save", real_save)
