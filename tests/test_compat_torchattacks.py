@@ -399,3 +399,77 @@ def test_deepfool_leaves_an_image_whose_step_is_zero_over_zero():
     assert torchattacks.DeepFool(model, steps=5)(x, y).isnan().all(), "torchattacks' own NaN images"
     got = nft.DeepFool(model, steps=5)(x, y)
     assert torch.equal(got, x)
+
+
+def test_fgsm_pgd_and_rfgsm_take_class_probabilities_as_torchattacks(model, batch):
+    """torchattacks' cross-entropy takes float (N, classes) labels as class probabilities: one-hot labels give the
+    images of their indices, smoothed ones others; the drop-ins raised a dtype error on them."""
+    x, y = batch[0][:8], batch[1][:8]
+    one_hot = nn.functional.one_hot(y, 10).float()
+    smoothed = 0.9 * one_hot + 0.01
+    for name in ("FGSM", "PGD", "RFGSM"):
+        for labels in (one_hot, smoothed):
+            expected = seeded(getattr(torchattacks, name)(model, **SETTINGS[name]), x, labels)
+            ours = seeded(getattr(nft, name)(model, **SETTINGS[name]), x, labels)
+            torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+        by_index = seeded(getattr(nft, name)(model, **SETTINGS[name]), x, y)
+        torch.testing.assert_close(seeded(getattr(nft, name)(model, **SETTINGS[name]), x, one_hot), by_index)
+    smoothed_fgsm = nft.FGSM(model, eps=0.2)(x, torch.softmax(torch.randn(8, 10), 1))
+    assert not torch.equal(smoothed_fgsm, nft.FGSM(model, eps=0.2)(x, y))  # probabilities, not their argmax
+
+
+def test_labels_of_another_shape_or_type_are_refused_naming_them(model, batch):
+    """One-hot labels where torchattacks takes class indices only (its DeepFool failed with an ambiguous-value
+    error, and the drop-in read the flattened one-hot as N x classes indices); a label count unlike the images';
+    no labels (torchattacks: an AttributeError on None)."""
+    x, y = batch[0][:4], batch[1][:4]
+    one_hot = nn.functional.one_hot(y, 10)
+    for name in ("FGSM", "PGD", "RFGSM", "CW", "DeepFool", "JSMA"):
+        attack = getattr(nft, name)(model)
+        probabilities = name in ("FGSM", "PGD", "RFGSM")
+        wanted = r"class indices \(N,\) or \(N, 1\)" + (", or float class probabilities" if probabilities else "")
+        with pytest.raises(ValueError, match=rf"labels must be {wanted}.* N = 4 images, got shape \(4, 10\)"):
+            attack(x, one_hot if probabilities else one_hot.float())
+        with pytest.raises(ValueError, match=r"labels must be .* N = 4 images, got shape \(3,\)"):
+            attack(x, y[:3])
+        with pytest.raises(TypeError, match="labels must be a torch.Tensor of class indices"):
+            attack(x, None)
+    with pytest.raises(ValueError, match="labels must hold one row per image: 4 images, got 3 rows"):
+        nft.FGSM(model)(x, one_hot[:3].float())
+
+
+def test_dropout_in_training_mode_hands_deepfool_and_jsma_to_torchattacks():
+    """set_model_training_mode(dropout_training=True): torchattacks draws each image's dropout masks in its own
+    forward passes, one image at a time; the batched drop-ins drew others and gave other images, unwarned. They run
+    torchattacks' own loop now, after a PeerFallbackWarning, and give its images from the same generator state."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = net.eval()(x).argmax(1)
+    for name, settings in (("DeepFool", {"steps": 5}), ("JSMA", {"theta": 1.0, "gamma": 0.5})):
+        results = []
+        for library in (torchattacks, nft):
+            attack = getattr(library, name)(net, **settings)
+            attack.set_model_training_mode(model_training=True, dropout_training=True)
+            if library is nft:
+                with pytest.warns(nft.PeerFallbackWarning, match="a dropout layer of the model is in training mode"):
+                    results.append(seeded(attack, x, y))
+            else:
+                results.append(seeded(attack, x, y))
+        torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+        with warnings.catch_warnings():  # dropout in eval mode (torchattacks' default): batched, unwarned
+            warnings.simplefilter("error", nft.PeerFallbackWarning)
+            getattr(nft, name)(net, **settings)(x, y)
+
+
+@pytest.mark.parametrize(
+    "name, setting",
+    [("FGSM", "eps"), ("PGD", "alpha"), ("RFGSM", "eps"), ("CW", "lr"), ("DeepFool", "overshoot"), ("JSMA", "gamma")],
+)
+def test_a_nan_setting_is_refused_naming_it(name, setting, model, batch):
+    """torchattacks checks no setting: a NaN one gave NaN images (or, in JSMA's gamma, a failed step count)."""
+    attack = getattr(nft, name)(model, **{setting: float("nan")})
+    with pytest.raises(ValueError, match=f"{setting} must be a number, got nan"):
+        attack(batch[0][:2], batch[1][:2])
+    setattr(attack, setting, SETTINGS[name].get(setting, 0.1))  # set afterwards, as torchattacks lets it be
+    assert attack(batch[0][:2], batch[1][:2]).shape == (2, 1, 28, 28)

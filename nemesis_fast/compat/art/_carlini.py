@@ -30,7 +30,10 @@ class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
     max(x)], as ART does), the distance taken in units of that range (so initial_const weighs it as on [0, 1]
     images; ART's own takes pixel units); with abort_early (the paper's default, True) a run stops once its loss
     stalls.
-    max_halving and max_doubling do not apply. Other images than ART's.
+    max_halving and max_doubling do not apply. Other images than ART's. ART's defaults (max_iter=10,
+    learning_rate=0.01) are budgets for its line search: ten Adam steps leave most images unattacked, so give the
+    paper's kind of budget (hundreds to thousands of iterations; Zantedeschi et al.'s scripts: 1,000 at 5e-3, 5 search
+    steps). Its settings are checked at construction and in set_params, each named.
     """
 
     attack_params = evasion.CarliniL2Method.attack_params + ["algorithm", "abort_early"]
@@ -68,6 +71,16 @@ class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
         self.algorithm, self.abort_early = algorithm, abort_early
         self._check_params()
 
+    def _check_params(self) -> None:
+        super()._check_params()
+        if getattr(self, "algorithm", None) == "paper" and self.binary_search_steps > 0:
+            self._paper_attack(lambda x: x, (0.0, 1.0))  # its checks, at construction and in set_params
+
+    def _paper_attack(self, logits: Any, clip: tuple[float, float]) -> CarliniWagnerL2:
+        """The paper's attack with this object's settings (its constructor checks them, naming each)."""
+        settings = (self.confidence, self.initial_const, self.binary_search_steps, self.max_iter, self.learning_rate)
+        return CarliniWagnerL2(logits, *settings, self.abort_early, clip=clip)
+
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """Adversarial examples of `x` (numpy, float32 out) with labels or targets `y` (indices or one-hot)."""
         if self.algorithm == "art":
@@ -76,23 +89,13 @@ class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
         reason = unserved(self.estimator) or option_unserved(x, kwargs)
         if reason is not None:
             raise ValueError(f"algorithm='paper' cannot run here: {reason}")
-        if self.binary_search_steps == 0:
-            return np.asarray(x, dtype=np.float32).copy()  # no search step: ART returns x
         view = TorchClassifier(self.estimator)
         with view.session():
             x_t = view.tensor(x)
-            labels = view.one_hot_labels(x_t, y, self.batch_size, self.targeted).argmax(1)
-            clip = view.clip or (float(x_t.min()), float(x_t.max()))
-            attack = CarliniWagnerL2(
-                view.logits,
-                self.confidence,
-                self.initial_const,
-                self.binary_search_steps,
-                self.max_iter,
-                self.learning_rate,
-                self.abort_early,
-                clip=clip,
-            )
+            labels = view.one_hot_labels(x_t, y, self.batch_size, self.targeted).argmax(1)  # checked, as ART does
+            if self.binary_search_steps == 0:
+                return np.asarray(x, dtype=np.float32).copy()  # no search step: ART returns x
+            attack = self._paper_attack(view.logits, view.clip or (float(x_t.min()), float(x_t.max())))
             adv = torch.empty_like(x_t)
             for chunk in batches(len(x_t), self.batch_size):
                 if self.targeted:

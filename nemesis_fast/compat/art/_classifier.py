@@ -137,6 +137,14 @@ def batches(count: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, count))
 
 
+def writable(array: Any) -> Any:
+    """`array`, copied where it is a read-only numpy array (a memmap opened for reading, a frozen array): torch
+    warns on tensors over read-only memory (ART copies the images, and warns about nothing)."""
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        return array.copy()
+    return array
+
+
 class TorchClassifier:
     """An ART PyTorchClassifier as torch functions on its device: its PyTorch preprocessing (the steps applied at
     prediction time, as its loss and class gradients apply them), then its model, in eval mode."""
@@ -175,7 +183,7 @@ class TorchClassifier:
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         """`array` as float32 (ART's dtype) on the classifier's device."""
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=ART_NUMPY_DTYPE)).to(self.device)
+        return torch.from_numpy(writable(np.ascontiguousarray(array, dtype=ART_NUMPY_DTYPE))).to(self.device)
 
     def predict(self, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
         """The logits of `x`, computed `batch_size` images at a time."""

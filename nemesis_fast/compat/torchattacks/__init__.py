@@ -9,7 +9,7 @@ constructor, arguments and defaults: the mode setters (``set_mode_targeted_by_fu
 own step budget, search domain and default target), so the adversarial images equal torchattacks' up to
 floating-point rounding; DeepFool and JSMA run batched (all classes' gradients from one batched backward pass, the
 JSMA pair search fused, in O(B n) memory), the others as torchattacks runs them. Where batching would change the
-result (a BatchNorm layer in training mode), DeepFool and JSMA run torchattacks' own per-image loop after a
+result (a BatchNorm or dropout layer in training mode), DeepFool and JSMA run torchattacks' own per-image loop after a
 :class:`PeerFallbackWarning`. Unlike torchattacks, a call gives the model back each submodule's own train/eval mode,
 and the attack its record of normalisation, however it ends (:class:`~._common.GivesBackState`).
 

@@ -3,7 +3,9 @@ forward methods prepare them, and the sign-gradient step of FGSM, PGD and RFGSM.
 
 from __future__ import annotations
 
+import math
 import warnings
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,13 @@ class GivesBackState:
     every later call would take normalised images for raw ones. On success it puts a model given in train mode
     back with model.train(), whatever its submodules' modes were; this gives each its own back."""
 
+    numbers: tuple[str, ...] = ()  # the attack's real-valued settings, refused at a call when NaN
+
     def __call__(self, inputs, labels=None, *args, **kwargs):
+        for name in self.numbers:  # torchattacks checks none: a NaN setting gave NaN images
+            value = getattr(self, name)
+            if isinstance(value, Real) and math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {value}")
         normalization_applied = self._normalization_applied
         with kept_modes(self.model):
             try:
@@ -28,14 +36,43 @@ class GivesBackState:
                 self._set_normalization_applied(normalization_applied)
 
 
-def prepare(attack, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare(
+    attack, images: torch.Tensor, labels: torch.Tensor, *, probabilities: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, labels, wanted): copies on the attack's device and the labels the loss aims at, the targets in a
     targeted mode (drawn first, as torchattacks draws them, so random modes consume the generator alike) or the
-    labels."""
+    labels. `probabilities`: the attack's loss is torchattacks' cross-entropy, which also takes float (N, classes)
+    labels as class probabilities (one-hot, smoothed); they are kept as such. Other labels: see
+    :func:`class_indices`."""
     images = images.clone().detach().to(attack.device)
-    labels = class_indices(labels.clone().detach().to(attack.device))
+    labels = checked_labels(labels, len(images), probabilities).clone().detach().to(attack.device)
+    if labels.dim() == 1:
+        labels = class_indices(labels)
     wanted = attack.get_target_label(images, labels) if attack.targeted else labels
     return images, labels, wanted
+
+
+def checked_labels(labels: object, images: int, probabilities: bool = False) -> torch.Tensor:
+    """`labels` if a tensor of one label per image: (N,), or (N, 1) as torchattacks' DeepFool and JSMA take them
+    (flattened to (N,) here), or with `probabilities` float (N, classes); TypeError or ValueError naming
+    `labels` otherwise (torchattacks fails later, or, given one-hot labels, its DeepFool with an ambiguous-value
+    error and its JSMA's drop-in would read them as N x classes indices)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of class indices (N,), got {type(labels).__name__}")
+    if labels.dim() == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(-1)
+    if labels.dim() == 2 and probabilities and labels.is_floating_point():
+        if len(labels) != images:
+            raise ValueError(f"labels must hold one row per image: {images} images, got {len(labels)} rows")
+        return labels
+    if labels.dim() != 1 or len(labels) != images:
+        kinds = (
+            "class indices (N,) or (N, 1), or float class probabilities (N, classes)"
+            if probabilities
+            else ("class indices (N,) or (N, 1)")
+        )
+        raise ValueError(f"labels must be {kinds} for the N = {images} images, got shape {tuple(labels.shape)}")
+    return labels
 
 
 def class_indices(labels: torch.Tensor) -> torch.Tensor:
@@ -46,20 +83,28 @@ def class_indices(labels: torch.Tensor) -> torch.Tensor:
     return labels.long()
 
 
-def batch_statistics_in_training(model: object) -> bool:
-    """Whether a BatchNorm layer of `model` (a module whose class name holds "BatchNorm", torchattacks' own test) is
-    in training mode, as torchattacks' `set_model_training_mode(batchnorm_training=True)` leaves it: its output then
-    depends on the other images of the forward pass, so a batched drop-in cannot give a per-image peer's result."""
-    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
-    return any(m.training and "BatchNorm" in type(m).__name__ for m in modules)
+def per_image_fallback_reason(model: object) -> str | None:
+    """Why torchattacks' own per-image loop must run instead of a batched drop-in, or None: a BatchNorm layer of
+    `model` in training mode (a module whose class name holds "BatchNorm", torchattacks' own test), as
+    `set_model_training_mode(batchnorm_training=True)` leaves it, makes each image's result depend on the other
+    images of the forward pass; a dropout layer in training mode (`dropout_training=True`) draws its masks per
+    forward pass, so batching the images draws other masks than the peer's one image at a time."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    if any(m.training and "BatchNorm" in type(m).__name__ for m in modules):
+        return (
+            "a BatchNorm layer of the model is in training mode, so each image's result depends on the batch it is in"
+        )
+    if any(m.training and "Dropout" in type(m).__name__ and getattr(m, "p", 1) > 0 for m in modules):
+        return "a dropout layer of the model is in training mode, so its masks depend on how the images are batched"
+    return None
 
 
-def warn_per_image_fallback(name: str, calls_below_forward: int = 0) -> None:
-    """The PeerFallbackWarning of a drop-in that hands a call to torchattacks' own per-image `name`, pointing at the
-    user's call of the attack when it comes from `forward` or from `calls_below_forward` methods below it."""
+def warn_per_image_fallback(name: str, reason: str, calls_below_forward: int = 0) -> None:
+    """The PeerFallbackWarning of a drop-in that hands a call to torchattacks' own per-image `name` for `reason`
+    (:func:`per_image_fallback_reason`), pointing at the user's call of the attack when it comes from `forward` or
+    from `calls_below_forward` methods below it."""
     warnings.warn(
-        f"a BatchNorm layer of the model is in training mode, so each image's result depends on the batch it is "
-        f"in; torchattacks' {name} attacks one image at a time, and runs itself here: its result, at its speed",
+        f"{reason}; torchattacks' {name} attacks one image at a time, and runs itself here: its result, at its speed",
         PeerFallbackWarning,
         stacklevel=4 + calls_below_forward,  # this function, the drop-in's forward, torchattacks' __call__, the user
     )

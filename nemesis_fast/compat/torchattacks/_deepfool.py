@@ -9,7 +9,7 @@ import torchattacks
 
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
-from ._common import GivesBackState, batch_statistics_in_training, class_indices, warn_per_image_fallback
+from ._common import GivesBackState, checked_labels, class_indices, per_image_fallback_reason, warn_per_image_fallback
 
 
 class DeepFool(GivesBackState, torchattacks.DeepFool):
@@ -26,6 +26,8 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
     where it is and stops.
     """
 
+    numbers = ("overshoot",)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,)."""
         adv_images, _ = self.forward_return_target_labels(images, labels)
@@ -35,14 +37,16 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adversarial images, the class each image was last stepped towards, or its prediction once fooled).
-        With a BatchNorm layer in training mode, torchattacks' own per-image loop runs, after a
+        With a BatchNorm or dropout layer in training mode, torchattacks' own per-image loop runs, after a
         PeerFallbackWarning."""
-        if batch_statistics_in_training(self.model):
-            warn_per_image_fallback("DeepFool", calls_below_forward=1)
+        reason = per_image_fallback_reason(self.model)
+        if reason is not None:
+            warn_per_image_fallback("DeepFool", reason, calls_below_forward=1)
             return super().forward_return_target_labels(images, labels)
         images = images.clone().detach().to(self.device)
+        checked = checked_labels(labels, len(images))
         given_dtype, given_shape = labels.dtype, labels.shape  # (N,) or, as torchattacks takes them too, (N, 1)
-        labels = class_indices(labels.clone().detach().to(self.device)).reshape(-1)
+        labels = class_indices(checked.clone().detach().to(self.device))
         target_labels = labels.clone()
         adv = images.clone()
         engine = GradientEngine(self.get_logits)

@@ -15,7 +15,7 @@ import torchattacks
 
 from ... import ops
 from .._peer import GradientEngine, frozen_parameters
-from ._common import GivesBackState, batch_statistics_in_training, prepare, warn_per_image_fallback
+from ._common import GivesBackState, per_image_fallback_reason, prepare, warn_per_image_fallback
 
 # torchattacks' search domain: the features below 0.99 (theta > 0) or above 0.01 (theta < 0).
 _DOMAIN_HIGH, _DOMAIN_LOW = 0.99, 0.01
@@ -38,15 +38,19 @@ class JSMA(GivesBackState, torchattacks.JSMA):
     decreasing search.
     """
 
+    numbers = ("theta", "gamma")
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,) or (N, 1). With a
-        BatchNorm layer in training mode, torchattacks' own per-image loop runs, after a PeerFallbackWarning."""
-        images, labels, wanted = prepare(self, images, labels.reshape(-1))  # the targets drawn first, as torchattacks
+        BatchNorm or dropout layer in training mode, torchattacks' own per-image loop runs, after a
+        PeerFallbackWarning."""
+        images, labels, wanted = prepare(self, images, labels)  # the targets drawn first, as torchattacks
         target = wanted if self.targeted else (labels + 1) % 10
         # (checked after drawing them: torchattacks' drawing ends in model.train(), which puts a batch norm that
         # set_model_training_mode left in eval mode back in training)
-        if batch_statistics_in_training(self.model):
-            warn_per_image_fallback("JSMA")
+        reason = per_image_fallback_reason(self.model)
+        if reason is not None:
+            warn_per_image_fallback("JSMA", reason)
             singles = [self.perturbation_single(image[None], goal[None]) for image, goal in zip(images, target)]
             return torch.clamp(torch.cat(singles), min=0, max=1) if singles else images
         if self.theta <= 0:
