@@ -282,3 +282,18 @@ def test_carlini_paper_refuses_its_bad_settings_when_they_are_set(setting, value
     with pytest.raises(ValueError, match=message):
         art_default.set_params(algorithm="paper")
     nfa.CarliniL2Method(clf, algorithm="paper", binary_search_steps=0, **{setting: value})  # no search: unused
+
+
+def test_carlini_default_hands_the_labels_to_arts_own():
+    """ART's own C&W (algorithm="art") gets the labels given: an untargeted run moves each image away from y, here
+    never the model's prediction, which y=None would take."""
+    model = tiny_model()
+    clf = tiny_classifier(model)
+    x = images(4)
+    y = (predictions(model, x).numpy() + 1) % CLASSES
+    settings = {"max_iter": 10, "binary_search_steps": 3, "initial_const": 1.0, **QUIET}
+    expected = evasion.CarliniL2Method(clf, **settings).generate(x, y)  # x itself: already away from y
+    with pytest.warns(nfa.PeerFallbackWarning, match="algorithm='paper'"):
+        result = nfa.CarliniL2Method(clf, **settings).generate(x, y)
+    np.testing.assert_array_equal(result, expected)
+    assert not np.array_equal(evasion.CarliniL2Method(clf, **settings).generate(x), expected)
