@@ -11,6 +11,7 @@ from art.defences import preprocessor
 from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 
 from ...ops import gaussian_augment
+from ._classifier import writable
 
 
 class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorch):
@@ -32,7 +33,7 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
     def __call__(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """ART's numpy call: (x_augmented, y_augmented) as numpy arrays, the images computed on the device (the
         labels, of any numpy dtype, strings included, stacked in numpy as ART stacks them)."""
-        x_t = torch.as_tensor(x, device=self.device)  # no copy on the CPU (ART's PyTorch preprocessors copy)
+        x_t = torch.as_tensor(writable(x), device=self.device)  # no copy of writable memory on the CPU
         with torch.no_grad():
             x_aug, indices = self._augmented(x_t)
         if y is not None and indices is not None:
@@ -95,15 +96,16 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         return torch.clamp(x, low, high)
 
     def _noise(self, x: torch.Tensor, clip: tuple[float, float] | None) -> torch.Tensor:
-        """float32 x + N(0, sigma^2) noise for `x` (N, ...) detached, clipped into `clip` when given."""
-        if x.shape[0] == 0:
-            return x.to(torch.float32)
+        """float32 x + N(0, sigma^2) noise for `x` (N, ...) detached, clipped into `clip` when given. sigma is checked
+        for an empty batch too, as ART's numpy draw checks it."""
         if np.ndim(self.sigma):  # a sigma per feature (an array broadcast against the images, as numpy's scale)
             scale = np.asarray(self.sigma)
             if (scale < 0).any():
                 raise ValueError("scale < 0")  # numpy's normal, as ART meets it
             if np.broadcast_shapes(scale.shape, tuple(x.shape)) != tuple(x.shape):
                 raise ValueError(f"sigma of shape {scale.shape} does not broadcast against the images {tuple(x.shape)}")
+            if x.shape[0] == 0:
+                return x.to(torch.float32)
             unit = gaussian_augment(torch.zeros_like(x, dtype=torch.float32), 1, 1.0, None, include_original=False)
             sigma = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
             return x.to(torch.float32) + sigma * unit
