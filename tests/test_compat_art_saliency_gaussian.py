@@ -270,3 +270,18 @@ def test_read_only_arrays_are_taken_without_a_warning():
         augmented, _ = nfa.GaussianAugmentation(sigma=0.1)(frozen)
     np.testing.assert_array_equal(adversarial, nfa.FastGradientMethod(clf, eps=0.1).generate(x))
     assert augmented.shape == (6, 1, 4, 4) and not frozen.flags.writeable
+
+
+def test_saliency_map_method_without_clip_values_stops_a_loop_that_art_never_ends():
+    """Without clip_values ART's search space never shrinks: an image whose top-2 target-gradient features keep
+    raising other classes more than its target never reaches it, nor changes more features, and ART's loop runs
+    forever. The drop-in stops a chunk's images after one step per feature, and says so."""
+    clf = small_classifier(clip_values=None)
+    x = images(6)
+    targets = (clf.predict(x).argmax(1) + 1) % 4
+    attack = nfa.SaliencyMapMethod(clf, theta=0.3, gamma=0.4, batch_size=3, **QUIET)
+    with pytest.warns(UserWarning, match=r"short of their target after 16 steps .* Stopped there"):
+        adversarial = attack.generate(x, targets)
+    changed = (adversarial != x).reshape(6, -1).sum(1)
+    assert (changed <= 0.4 * 16 + 2).all() and np.isfinite(adversarial).all()
+    assert ((adversarial - x).max() > 16 * 0.3 / 2) and (clf.predict(adversarial).argmax(1) != targets).any()

@@ -3,6 +3,7 @@ forward and one backward pass per step, and the two features picked on the devic
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,9 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
                 index, grads = select_rows(keep, index, grads)
                 if index.numel() == 0:
                     break
+                if view.clip is None and step == n:
+                    _warn_unbounded_loop(len(index), n)
+                    break
             first = False
             grads = torch.where(space[index], grads, -torch.inf if increase else torch.inf)
             features = _art_top2(grads, space[index], increase, may_run_short=fewest - 2 * step < 2)  # (a, 2)
@@ -163,6 +167,19 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
 
         grad, (_, logits) = engine.input_gradient(x, target_output)
         return logits, grad.flatten(1).float()
+
+
+def _warn_unbounded_loop(images: int, steps: int) -> None:
+    """The warning of a chunk stopped after `steps` (the number of features) steps without clip_values: ART's search
+    space then never shrinks, and an image whose steps keep picking features already changed, short of its target,
+    runs ART's loop without end."""
+    warnings.warn(
+        f"SaliencyMapMethod without clip_values: {images} image(s) still short of their target after {steps} steps "
+        "(one per feature), with no more than a fraction gamma of their features changed; ART's loop would go on, "
+        "possibly without end (without clip values its search space never shrinks). Stopped there",
+        UserWarning,
+        stacklevel=4,  # this function, _chunk, generate: the user's call
+    )
 
 
 def _art_top2(grads: torch.Tensor, searchable: torch.Tensor, increase: bool, may_run_short: bool) -> torch.Tensor:
