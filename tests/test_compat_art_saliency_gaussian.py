@@ -285,3 +285,31 @@ def test_saliency_map_method_without_clip_values_stops_a_loop_that_art_never_end
     changed = (adversarial != x).reshape(6, -1).sum(1)
     assert (changed <= 0.4 * 16 + 2).all() and np.isfinite(adversarial).all()
     assert ((adversarial - x).max() > 16 * 0.3 / 2) and (clf.predict(adversarial).argmax(1) != targets).any()
+
+
+def test_saliency_map_method_breaks_a_tie_for_the_second_feature_as_art():
+    """A distinct largest target gradient and a six-way tie for the second: which tied feature ART takes is
+    np.argpartition's choice, which torch's topk does not share for this pattern; the drop-in partitions such rows
+    on the host as ART does."""
+    weights = torch.tensor([1.0, 1.0, 0, 0, 0, 0, 0, 0, 2.0, 5.0, 2.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0])
+    clf = small_classifier(shape=(1, 1, 17), classes=3)
+    with torch.no_grad():
+        layer = clf.model[1]  # ART's classifier gives the model it wraps
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[1] = weights
+        layer.bias[0] = 50.0  # class 0 stays ahead: every image takes its whole budget
+    x = np.full((2, 1, 1, 17), 0.2, np.float32)
+    targets = np.ones(2, dtype=np.int64)
+    expected = evasion.SaliencyMapMethod(clf, theta=0.1, gamma=0.1, **QUIET).generate(x, targets)
+    ours = nfa.SaliencyMapMethod(clf, theta=0.1, gamma=0.1, **QUIET).generate(x, targets)
+    np.testing.assert_array_equal(ours, expected)
+    assert np.flatnonzero(ours[0] - x[0]).tolist() == [8, 9]
+
+
+def test_saliency_map_method_paper_refuses_what_it_cannot_serve():
+    """algorithm="paper" has no ART implementation to fall back on: postprocessing defences or a mask raise."""
+    clf = small_classifier(postprocessing_defences=[HighConfidence()])
+    attack = nfa.SaliencyMapMethod(clf, theta=0.1, gamma=0.1, algorithm="paper", **QUIET)
+    with pytest.raises(ValueError, match="algorithm='paper' cannot run here: .*postprocessing"):
+        attack.generate(images(2), np.array([1, 2]))
