@@ -21,6 +21,8 @@ from art.defences.postprocessor import HighConfidence  # noqa: E402
 from art.defences.preprocessor import GaussianAugmentation as ArtGaussianAugmentation  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
+from nemesis_fast.attacks import JSMA  # noqa: E402
+
 nfa = importlib.import_module("nemesis_fast.compat.art")
 
 QUIET = {"verbose": False}
@@ -313,3 +315,17 @@ def test_saliency_map_method_paper_refuses_what_it_cannot_serve():
     attack = nfa.SaliencyMapMethod(clf, theta=0.1, gamma=0.1, algorithm="paper", **QUIET)
     with pytest.raises(ValueError, match="algorithm='paper' cannot run here: .*postprocessing"):
         attack.generate(images(2), np.array([1, 2]))
+
+
+def test_saliency_map_method_paper_leaves_images_already_at_their_target():
+    """ART returns an image whose prediction is its target as it is; the paper's JSMA refuses a target equal to the
+    label, so algorithm="paper" attacks only the others (in chunks of batch_size)."""
+    clf = small_classifier()
+    x = images(5)
+    predictions = clf.predict(x).argmax(1)
+    targets = np.where(np.arange(5) % 2 == 0, predictions, (predictions + 1) % 4)
+    attack = nfa.SaliencyMapMethod(clf, theta=0.3, gamma=0.5, batch_size=2, algorithm="paper", **QUIET)
+    ours = attack.generate(x, targets)
+    np.testing.assert_array_equal(ours[::2], x[::2])
+    others = [torch.from_numpy(a[1::2]) for a in (x, predictions, targets)]
+    np.testing.assert_array_equal(ours[1::2], JSMA(clf.model, 0.3, 0.5, clip=(0.0, 1.0))(*others).numpy())
