@@ -96,7 +96,7 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         return torch.clamp(x, low, high)
 
     def _noise(self, x: torch.Tensor, clip: tuple[float, float] | None) -> torch.Tensor:
-        """float32 x + N(0, sigma^2) noise for `x` (N, ...) detached, clipped into `clip` when given. sigma is checked
+        """float32 x + N(0, sigma^2) noise for `x` (N, ...) detached, clipped into `clip` when given; sigma checked
         for an empty batch too, as ART's numpy draw checks it."""
         if np.ndim(self.sigma):  # a sigma per feature (an array broadcast against the images, as numpy's scale)
             scale = np.asarray(self.sigma)
@@ -104,8 +104,6 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
                 raise ValueError("scale < 0")  # numpy's normal, as ART meets it
             if np.broadcast_shapes(scale.shape, tuple(x.shape)) != tuple(x.shape):
                 raise ValueError(f"sigma of shape {scale.shape} does not broadcast against the images {tuple(x.shape)}")
-            if x.shape[0] == 0:
-                return x.to(torch.float32)
             unit = gaussian_augment(torch.zeros_like(x, dtype=torch.float32), 1, 1.0, None, include_original=False)
             sigma = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
             return x.to(torch.float32) + sigma * unit
