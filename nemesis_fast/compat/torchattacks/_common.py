@@ -21,10 +21,10 @@ class GivesBackState:
     every later call would take normalised images for raw ones. On success it puts a model given in train mode
     back with model.train(), whatever its submodules' modes were; this gives each its own back."""
 
-    numbers: tuple[str, ...] = ()  # the attack's real-valued settings, refused at a call when NaN
+    real_settings: tuple[str, ...] = ()  # refused at a call when NaN
 
     def __call__(self, inputs, labels=None, *args, **kwargs):
-        for name in self.numbers:  # torchattacks checks none: a NaN setting gave NaN images
+        for name in self.real_settings:  # torchattacks checks none: a NaN setting gave NaN images
             value = getattr(self, name)
             if isinstance(value, Real) and math.isnan(value):
                 raise ValueError(f"{name} must be a number, got {value}")
@@ -53,10 +53,10 @@ def prepare(
 
 
 def checked_labels(labels: object, images: int, probabilities: bool = False) -> torch.Tensor:
-    """`labels` if a tensor of one label per image: (N,), or (N, 1) as torchattacks' DeepFool and JSMA take them
-    (flattened to (N,) here), or with `probabilities` float (N, classes); TypeError or ValueError naming
-    `labels` otherwise (torchattacks fails later, or, given one-hot labels, its DeepFool with an ambiguous-value
-    error and its JSMA's drop-in would read them as N x classes indices)."""
+    """`labels` if it holds one label per image: (N,), or (N, 1) as torchattacks' DeepFool and JSMA take them
+    (flattened to (N,) here), or, with `probabilities`, float (N, classes). TypeError or ValueError naming `labels`
+    otherwise, where torchattacks fails later with an unrelated error (one-hot labels in its DeepFool: an
+    ambiguous-value error), and a drop-in that flattens them would read N x classes values as class indices."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor of class indices (N,), got {type(labels).__name__}")
     if labels.dim() == 2 and labels.shape[1] == 1:
@@ -66,11 +66,9 @@ def checked_labels(labels: object, images: int, probabilities: bool = False) -> 
             raise ValueError(f"labels must hold one row per image: {images} images, got {len(labels)} rows")
         return labels
     if labels.dim() != 1 or len(labels) != images:
-        kinds = (
-            "class indices (N,) or (N, 1), or float class probabilities (N, classes)"
-            if probabilities
-            else ("class indices (N,) or (N, 1)")
-        )
+        kinds = "class indices (N,) or (N, 1)"
+        if probabilities:
+            kinds += ", or float class probabilities (N, classes)"
         raise ValueError(f"labels must be {kinds} for the N = {images} images, got shape {tuple(labels.shape)}")
     return labels
 

@@ -22,7 +22,7 @@ class CW(GivesBackState, torchattacks.CW):
     never move, as in torchattacks.
     """
 
-    numbers = ("c", "kappa", "lr")
+    real_settings = ("c", "kappa", "lr")
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,)."""

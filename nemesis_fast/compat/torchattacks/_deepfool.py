@@ -26,7 +26,7 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
     where it is and stops.
     """
 
-    numbers = ("overshoot",)
+    real_settings = ("overshoot",)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,)."""

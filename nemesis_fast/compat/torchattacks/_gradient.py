@@ -15,7 +15,7 @@ class FGSM(GivesBackState, torchattacks.FGSM):
     """torchattacks.FGSM(model, eps=8/255): clamp(x + eps * sign(grad of the mean cross-entropy), 0, 1); targeted
     modes step down the cross-entropy of the target."""
 
-    numbers = ("eps",)
+    real_settings = ("eps",)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels`: class indices (N,), or
@@ -31,7 +31,7 @@ class PGD(GivesBackState, torchattacks.PGD):
     cube (``uniform_`` on torch's global generator), then `steps` sign steps of size alpha, each projected onto the
     eps cube around x and [0, 1]."""
 
-    numbers = ("eps", "alpha")
+    real_settings = ("eps", "alpha")
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels`: class indices (N,), or
@@ -50,7 +50,7 @@ class RFGSM(GivesBackState, torchattacks.RFGSM):
     projected onto the eps cube around x and [0, 1] (not Tramer et al.'s single step: for that, use
     :class:`nemesis_fast.attacks.RandFGSM`)."""
 
-    numbers = ("eps", "alpha")
+    real_settings = ("eps", "alpha")
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels`: class indices (N,), or

@@ -38,7 +38,7 @@ class JSMA(GivesBackState, torchattacks.JSMA):
     decreasing search.
     """
 
-    numbers = ("theta", "gamma")
+    real_settings = ("theta", "gamma")
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images of `images` (N, C, H, W) in [0, 1] with labels `labels` (N,) or (N, 1). With a
