@@ -1,5 +1,6 @@
-"""Helpers shared by the compat tests: a cache of the peer libraries' results, and the MNIST model behind a
-standardisation, for the runs with normalisation.
+"""Helpers shared by the compat tests: a cache of the peer libraries' results, the MNIST model behind a
+standardisation, for the runs with normalisation, ART's classifier around a small model, and a guard that fails a
+test where a drop-in hands its call to the peer.
 
 The peers (torchattacks, ART) are slow on a CPU (torchattacks' JSMA and ART's DeepFool take minutes on 64 images),
 and deterministic for a given input, settings, model and random seed: their results are cached on disk under the
@@ -9,16 +10,20 @@ nemesis_fast's side. Delete the folder (or set NEMESIS_FAST_NO_PEER_CACHE=1) to 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from nemesis_fast._io import temp_cached
+from nemesis_fast.compat._peer import PeerFallbackWarning
 
 MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation
 
@@ -79,3 +84,20 @@ def clamped_linear_model() -> tuple[nn.Module, torch.Tensor, list[int]]:
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
     x[:2] = 0.0
     return model.eval(), x, counter
+
+
+def art_classifier(model: nn.Module, shape: tuple[int, ...], classes: int, **options: Any) -> Any:
+    """ART's PyTorchClassifier around `model` for (N, *shape) images and `classes` outputs, with the cross-entropy
+    loss and clip_values (0, 1) unless `options` gives others (ART is imported here: the torchattacks tests run
+    without it)."""
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model, nn.CrossEntropyLoss(), shape, classes, **{"clip_values": (0.0, 1.0), **options})
+
+
+@contextlib.contextmanager
+def no_fallback() -> Iterator[None]:
+    """Fails the test where a drop-in hands its call to the peer's own code (a PeerFallbackWarning): served."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PeerFallbackWarning)
+        yield

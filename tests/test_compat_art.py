@@ -10,12 +10,11 @@ import copy
 import importlib
 import itertools
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from _peers import MEAN, STD, clamped_linear_model, fingerprint, peer_result
+from _peers import MEAN, STD, art_classifier, clamped_linear_model, fingerprint, no_fallback, peer_result
 from torch import nn
 
 art = pytest.importorskip("art")
@@ -128,8 +127,7 @@ def test_same_images_as_art(case, mode, normalised, model, batch):
     labels = labels_for(mode, y)
     expected = art_result((case, mode, normalised, options), getattr(evasion, name)(clf, **options), x, labels, model)
     ours = getattr(nfa, name)(clf, **options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", nfa.PeerFallbackWarning)  # served, not fallen back
+    with no_fallback():  # served, not fallen back
         result = seeded(ours, x, labels)
     assert isinstance(ours, getattr(evasion, name))
     assert result.dtype == np.float32 and result.shape == x.shape
@@ -232,7 +230,7 @@ def test_deepfool_with_a_candidate_subset_gives_arts_images():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
     with torch.no_grad():
         model[3].bias.copy_(torch.tensor([0.0, 0, 0, 0, 0, 0.3, 0, 0.25, 0, 0]))
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), 10, clip_values=(0.0, 1.0))
+    clf = art_classifier(model, (1, 4, 4), 10)
     x = np.random.default_rng(0).random((3, 1, 4, 4)).astype(np.float32)
     for nb_grads in (2, 3):
         ours = nfa.DeepFool(clf, nb_grads=nb_grads, verbose=False, batch_size=16).generate(x)
@@ -250,7 +248,7 @@ def test_saliency_map_with_under_two_searchable_features_gives_arts_images(seed,
     x[rng.rand(*x.shape) < 0.3] = 0.0
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), 3))
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), shape, 3, clip_values=(0.0, 1.0))
+    clf = art_classifier(model, shape, 3)
     y = (clf.predict(x).argmax(1) + 1) % 3
     for batch_size in (1, 4):
         settings = {"theta": theta, "gamma": 0.6 if seed == 76 else 0.5, "batch_size": batch_size, **QUIET}
@@ -278,8 +276,7 @@ def test_infinite_eps_gives_arts_images():
         clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=clip_values)
         for (name, settings), norm in itertools.product(cases, (inf, 1, 2)):
             theirs = seeded(getattr(evasion, name)(clf, norm=norm, **settings), x, y)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", nfa.PeerFallbackWarning)
+            with no_fallback():
                 ours = seeded(getattr(nfa, name)(clf, norm=norm, **settings), x, y)
             np.testing.assert_array_equal(ours, theirs)
 
@@ -292,12 +289,11 @@ def test_fgm_without_labels_takes_every_tied_class_as_art():
     with torch.no_grad():
         model[1].weight[1] = model[1].weight[0]
         model[1].bias[:2] = model[1].bias[0] + 5.0
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), 3, clip_values=(0.0, 1.0))
+    clf = art_classifier(model, (1, 4, 4), 3)
     x = np.random.RandomState(0).rand(4, 1, 4, 4).astype(np.float32)
     for norm in (np.inf, 2):
         theirs = evasion.FastGradientMethod(clf, norm=norm, eps=0.1).generate(x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", nfa.PeerFallbackWarning)
+        with no_fallback():
             ours = nfa.FastGradientMethod(clf, norm=norm, eps=0.1).generate(x)
         np.testing.assert_array_equal(ours, theirs)
         assert (ours != x).any()
@@ -338,7 +334,7 @@ def test_postprocessing_defences_fall_back_where_art_reads_predictions(name, set
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))
     post = {"postprocessing_defences": [HighConfidence()]}
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 8, 8), 10, clip_values=(0.0, 1.0), **post)
+    clf = art_classifier(model, (1, 8, 8), 10, **post)
     x = np.random.RandomState(0).rand(4, 1, 8, 8).astype(np.float32)
     y = np.array([1, 2, 3, 4]) if with_labels else None
     expected = seeded(getattr(evasion, name)(clf, **settings), x, y)
@@ -352,7 +348,7 @@ def test_pgd_restarts_on_a_chunk_of_one_image_give_arts_images():
     failed restart replaces the kept image. The drop-in kept it, and so differed from ART's images."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(25, 4))
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 5, 5), 4, clip_values=(0.0, 1.0))
+    clf = art_classifier(model, (1, 5, 5), 4)
     x = np.random.RandomState(0).rand(3, 1, 5, 5).astype(np.float32)
     targets = (clf.predict(x).argmax(1) + 1) % 4
     settings = {"eps": 0.01, "eps_step": 0.0025, "max_iter": 3, "targeted": True, "num_random_init": 2, **QUIET}
@@ -368,13 +364,12 @@ def test_pgd_restarts_are_judged_by_the_clean_prediction_not_by_the_given_labels
     the clean image, also where y is given: labels other than the predictions give ART's images only so."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(25, 4))
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 5, 5), 4, clip_values=(0.0, 1.0))
+    clf = art_classifier(model, (1, 5, 5), 4)
     x = np.random.RandomState(0).rand(6, 1, 5, 5).astype(np.float32)
     labels = (clf.predict(x).argmax(1) + 1) % 4  # none is the model's prediction
     settings = {"eps": 0.05, "eps_step": 0.02, "max_iter": 2, "num_random_init": 3, "batch_size": 3, **QUIET}
     expected = seeded(evasion.ProjectedGradientDescent(clf, **settings), x, labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", nfa.PeerFallbackWarning)
+    with no_fallback():
         ours = seeded(nfa.ProjectedGradientDescent(clf, **settings), x, labels)
     np.testing.assert_array_equal(ours, expected)
 

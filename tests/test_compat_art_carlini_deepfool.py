@@ -12,6 +12,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from _peers import art_classifier
 from torch import nn
 
 pytest.importorskip("art")
@@ -41,8 +42,7 @@ def tiny_model(seed: int = 0) -> nn.Module:
 
 
 def tiny_classifier(model: nn.Module, **options) -> PyTorchClassifier:
-    options = {"clip_values": (0.0, 1.0), **options}
-    return PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), CLASSES, device_type="cpu", **options)
+    return art_classifier(model, (1, 4, 4), CLASSES, device_type="cpu", **options)
 
 
 def images(n: int = 6, seed: int = 1, low: float = 0.1, high: float = 0.9) -> np.ndarray:
@@ -195,7 +195,7 @@ def test_deepfool_class_with_the_predictions_gradient_stops_the_image_as_art():
     with torch.no_grad():
         model[1].weight.copy_(torch.stack([w, w, w + 5e-5]))
         model[1].bias.copy_(torch.tensor([5.0, 5.0 - 1e-3, 2.0]))
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 2, 2), 3, clip_values=(0.0, 1.0), device_type="cpu")
+    clf = art_classifier(model, (1, 2, 2), 3, device_type="cpu")
     x = np.random.default_rng(0).uniform(0.2, 0.8, (4, 1, 2, 2)).astype(np.float32)
     expected = evasion.DeepFool(clf, max_iter=5, epsilon=0.02, batch_size=4, **QUIET).generate(x)
     got = nfa.DeepFool(clf, max_iter=5, epsilon=0.02, batch_size=4, **QUIET).generate(x)

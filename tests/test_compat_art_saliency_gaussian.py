@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _peers import art_classifier, no_fallback
 from torch import nn
 
 pytest.importorskip("art")
@@ -32,8 +33,7 @@ def small_classifier(shape=(1, 4, 4), classes=4, seed=0, **options) -> PyTorchCl
     """A seeded linear model on `shape` images behind ART's PyTorchClassifier (clip_values (0, 1) unless given)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), classes))
-    options = {"clip_values": (0.0, 1.0), **options}
-    return PyTorchClassifier(model, nn.CrossEntropyLoss(), shape, classes, **options)
+    return art_classifier(model, shape, classes, **options)
 
 
 def images(n=6, shape=(1, 4, 4), seed=0, scale=1.0) -> np.ndarray:
@@ -42,8 +42,7 @@ def images(n=6, shape=(1, 4, 4), seed=0, scale=1.0) -> np.ndarray:
 
 def served(attack, x, y):
     """attack.generate(x, y), failing on a fallback to ART's own implementation."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", nfa.PeerFallbackWarning)
+    with no_fallback():
         return attack.generate(x, y)
 
 
@@ -91,7 +90,7 @@ def test_saliency_map_method_with_postprocessing_defences_falls_back_to_art():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10), nn.Softmax(dim=1))
     post = {"postprocessing_defences": [HighConfidence()]}
-    clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), (1, 4, 4), 10, clip_values=(0.0, 1.0), **post)
+    clf = art_classifier(model, (1, 4, 4), 10, **post)
     x = images(4)
     targets = np.array([1, 2, 3, 4])
     settings = {"theta": 0.5, "gamma": 0.5, **QUIET}

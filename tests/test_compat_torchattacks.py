@@ -8,11 +8,10 @@ from __future__ import annotations
 import copy
 import importlib
 import sys
-import warnings
 
 import pytest
 import torch
-from _peers import MEAN, STD, Standardised, clamped_linear_model, fingerprint, peer_result
+from _peers import MEAN, STD, Standardised, clamped_linear_model, fingerprint, no_fallback, peer_result
 from torch import nn
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -255,8 +254,7 @@ def test_batchnorm_in_eval_mode_keeps_deepfool_and_jsma_batched():
     y = net.eval()(x).argmax(1)
     for name, settings in (("DeepFool", {"steps": 3}), ("JSMA", {"theta": 1.0, "gamma": 0.3})):
         expected = getattr(torchattacks, name)(net, **settings)(x, y)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", nft.PeerFallbackWarning)
+        with no_fallback():
             result = getattr(nft, name)(net, **settings)(x, y)
         torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
 
@@ -457,8 +455,7 @@ def test_dropout_in_training_mode_hands_deepfool_and_jsma_to_torchattacks():
             else:
                 results.append(seeded(attack, x, y))
         torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
-        with warnings.catch_warnings():  # dropout in eval mode (torchattacks' default): batched, unwarned
-            warnings.simplefilter("error", nft.PeerFallbackWarning)
+        with no_fallback():  # dropout in eval mode (torchattacks' default): batched, unwarned
             getattr(nft, name)(net, **settings)(x, y)
 
 
