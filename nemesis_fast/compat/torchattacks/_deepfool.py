@@ -9,7 +9,7 @@ import torchattacks
 
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
-from ._common import GivesBackState, checked_labels, class_indices, per_image_fallback_reason, warn_per_image_fallback
+from ._common import GivesBackState, per_image_fallback_reason, prepare, warn_per_image_fallback
 
 
 class DeepFool(GivesBackState, torchattacks.DeepFool):
@@ -43,11 +43,8 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
         if reason is not None:
             warn_per_image_fallback("DeepFool", reason, calls_below_forward=1)
             return super().forward_return_target_labels(images, labels)
-        images = images.clone().detach().to(self.device)
-        checked = checked_labels(labels, len(images))
-        given_dtype, given_shape = labels.dtype, labels.shape  # (N,) or, as torchattacks takes them too, (N, 1)
-        labels = class_indices(checked.clone().detach().to(self.device))
-        target_labels = labels.clone()
+        images, indices, _ = prepare(self, images, labels)  # (torchattacks' DeepFool has no targeted mode)
+        target_labels = indices.clone()
         adv = images.clone()
         engine = GradientEngine(self.get_logits)
         index = torch.arange(len(images), device=images.device)  # the images still predicted as their label
@@ -55,8 +52,9 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
             for _ in range(self.steps):
                 if index.numel() == 0:
                     break
-                index = self._step(engine, adv, labels, target_labels, index)
-        return adv, target_labels.to(given_dtype).reshape(given_shape)  # torchattacks' are a copy of the labels
+                index = self._step(engine, adv, indices, target_labels, index)
+        # torchattacks' are a copy of the labels: their dtype, and their shape, (N,) or (N, 1)
+        return adv, target_labels.to(labels.dtype).reshape(labels.shape)
 
     def _step(
         self,
