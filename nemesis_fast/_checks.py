@@ -185,3 +185,20 @@ def raise_model_input_error(error: RuntimeError, failed_on: str) -> NoReturn:
         f"{failed_on}: {error}. x must be a batch (B, ...) of the inputs the model takes, e.g. (B, channels, height, "
         "width) images of the data set it was trained on"
     ) from error
+
+
+def first_output(model: torch.nn.Module, images: torch.Tensor, option: str) -> torch.Tensor:
+    """`model`'s output on the first of `images` (uint8), in eval mode (batch norm's statistics untouched); a
+    ValueError naming `option` where the model does not take images of their shape."""
+    device = next(model.parameters(), torch.empty(0)).device
+    training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(images[:1].to(device).float().div(255))
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        shape = "x".join(str(n) for n in images.shape[1:])
+        raise ValueError(f"{option}: its model does not take the data's {shape} images ({error})") from error
+    finally:
+        model.train(training)

@@ -6,13 +6,15 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._certify_records import describe, load_certificates, record, record_path, record_paths
+from ._checks import MAX_THREADS, first_output
+from ._cli_evaluate import THREADS_HELP, int_in
 from ._io import (
     check_checkpoint_path,
     check_distinct_files,
@@ -22,10 +24,13 @@ from ._io import (
     write_json_atomic,
 )
 
+if TYPE_CHECKING:
+    from .parallel import Workers
+
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-# The images are certified in chunks, after each of which the certificates so far are kept in <out>.partial.json,
-# where an interrupted run resumes: a first chunk of about FIRST_CHUNK_DRAWS forward passes (at least one image; on
-# a 2-core CPU some 20 s), then chunks sized to take about CHUNK_SECONDS each (on a GPU as on a CPU).
+# The images are certified in chunks, after each of which the certificates so far are kept in the process's record
+# (see _certify_records), where an interrupted run resumes: a first chunk of about FIRST_CHUNK_DRAWS forward passes
+# (at least one image; on a 2-core CPU some 20 s), then chunks sized to take about CHUNK_SECONDS each (GPU or CPU).
 FIRST_CHUNK_DRAWS = 100_000
 CHUNK_SECONDS = 30.0
 
@@ -38,9 +43,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "a one-sided Clopper-Pearson lower bound pA on its probability from N fresh copies, and the certified L2 "
         "radius sigma * Phi^-1(pA), or an abstention where pA <= 1/2. Writes a CSV (index, label, prediction, "
         "radius, correct; prediction -1: abstained) and prints the certified accuracy at each radius. The noise is "
-        "drawn on the model's device; results depend on --seed and --start but not on --batch-size. The "
-        "certificates so far are kept in OUT.partial.json as the run goes: run the same command again after an "
-        "interruption and it resumes there.",
+        "drawn on the model's device; an image's certificate depends on --seed and its index, not on --batch-size "
+        "or the number of processes. Under torchrun the images are shared out among the processes (a GPU each) and "
+        "process 0 writes the outputs. The certificates so far are kept beside OUT as the run goes (OUT.partial.json; "
+        "under torchrun one OUT.partial.R-of-W.json per process): run the same command again after an interruption, "
+        "on any number of processes, and it resumes there.",
     )
     p.add_argument("--checkpoint", required=True, help="a model saved by `nemesis-fast train --out` or save_checkpoint")
     p.add_argument(
@@ -55,14 +62,27 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="standard deviation of the smoothing noise, in pixel units of [0, 1] images (default: the sigma the "
         "checkpoint was trained with, recorded by the gda recipe)",
     )
-    p.add_argument("--n", type=int, default=100_000, help="estimation draws per image (default 100,000)")
-    p.add_argument("--n0", type=int, default=100, help="selection draws per image (default 100)")
+    # --N, --N0 and --first: the spellings torchrun passes on (it takes --n and --start for abbreviations of its own)
+    p.add_argument(
+        "--n", "--N", dest="n", type=int, default=100_000, help="estimation draws per image (default 100,000)"
+    )
+    p.add_argument("--n0", "--N0", dest="n0", type=int, default=100, help="selection draws per image (default 100)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate (0.001)")
     p.add_argument("--images", type=int, default=0, help="certify this many test images (default 0: all)")
-    p.add_argument("--start", type=int, default=0, help="index of the first test image to certify (default 0)")
+    p.add_argument(
+        "--start",
+        "--first",
+        dest="start",
+        type=int,
+        default=0,
+        help="index of the first test image to certify (default 0)",
+    )
     p.add_argument("--batch-size", type=int, default=1000, help="noisy copies per forward pass (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="the noise's seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
+    p.add_argument(
+        "--device", help="cpu or cuda (default: cuda when a GPU is visible; under torchrun, each process's own)"
+    )
+    p.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, help=THREADS_HELP)
     p.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), help="mixed precision")
     p.add_argument("--out", default="certify.csv", help="the CSV to write (default certify.csv)")
     p.add_argument("--json", help="also write the summary to this JSON file")
@@ -80,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"nemesis-fast certify: {error}") from error
 
 
-def _check_arguments(args: argparse.Namespace) -> torch.device:
+def _check_arguments(args: argparse.Namespace) -> None:
     from ._checks import check_device, check_int, check_number, check_positive
 
     if args.sigma is not None:
@@ -101,13 +121,13 @@ def _check_arguments(args: argparse.Namespace) -> torch.device:
             "--checkpoint": args.checkpoint,
             "--out": args.out,
             "--json": args.json,
-            "the resume file of --out": _partial_path(args.out),
+            "the resume file of --out": record_path(args.out),
         }
     )
     if not args.overwrite:
         refuse_existing({"--out": args.out, "--json": args.json})
     check_checkpoint_path(args.checkpoint, "--checkpoint")
-    return check_device(args.device, "--device")
+    check_device(args.device, "--device")
 
 
 def _test_files(args: argparse.Namespace) -> dict[str, Path]:
@@ -125,32 +145,11 @@ def _interrupted(args: argparse.Namespace) -> str:
     """What an interrupted run kept, for the line Ctrl-C ends it with."""
     from ._io import same_command_again
 
-    partial = _partial_path(args.out)
-    if not partial.is_file():
+    records = record_paths(args.out)
+    if not records:
         return "no chunk was finished"
-    return f"{same_command_again({'--out': args.out, '--json': args.json}, args.overwrite)} resumes from {partial}"
-
-
-def _partial_path(out: str) -> Path:
-    """Where the certificates of a run writing `out` are kept as it goes (see FIRST_CHUNK_DRAWS)."""
-    return Path(str(out) + ".partial.json")
-
-
-def first_output(model: torch.nn.Module, images: torch.Tensor, option: str) -> torch.Tensor:
-    """`model`'s output on the first of `images` (uint8), in eval mode (batch norm's statistics untouched); a
-    ValueError naming `option` where the model does not take images of their shape."""
-    device = next(model.parameters(), torch.empty(0)).device
-    training = model.training
-    try:
-        with torch.no_grad():
-            return model.eval()(images[:1].to(device).float().div(255))
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as error:
-        shape = "x".join(str(n) for n in images.shape[1:])
-        raise ValueError(f"{option}: its model does not take the data's {shape} images ({error})") from error
-    finally:
-        model.train(training)
+    again = same_command_again({"--out": args.out, "--json": args.json}, args.overwrite)
+    return f"{again} resumes from {describe(args.out, records)}"
 
 
 def _test_set(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -197,12 +196,22 @@ def _csv(start: int, labels: torch.Tensor, prediction: torch.Tensor, radius: tor
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._progress import progress_bar
+    from .parallel import start, stop
+
+    _check_arguments(args)
+    workers = start(args.device or "auto", args.threads)
+    try:
+        return _certify_run(args, workers)
+    finally:
+        stop(workers)
+
+
+def _certify_run(args: argparse.Namespace, workers: Workers) -> int:
     from .certify import Smooth
     from .checkpoints import NoArchitectureError, load_checkpoint
     from .defenses import FeatureSqueezing
 
-    device = _check_arguments(args)
+    device = workers.device
     try:
         model, meta = load_checkpoint(args.checkpoint, map_location=device)
     except NoArchitectureError as error:
@@ -225,31 +234,110 @@ def _run(args: argparse.Namespace) -> int:
         "sigma": sigma,
         **{k: getattr(args, k) for k in ("n0", "n", "alpha", "seed", "amp")},
     }
-    partial = _partial_path(args.out)
-    done = _resumed(partial, identity, len(labels), num_classes)
-    if done["prediction"]:
-        print(f"resuming: {len(done['prediction'])} of {len(labels)} images already certified ({partial})")
-    per_image = args.n0 + args.n  # (the bar counts noisy copies: an image of n = 100,000 takes a while)
-    bar = progress_bar(
-        args.progress, total=len(labels) * per_image, desc="certify", unit="copies", unit_scale=True, leave=True
-    )
-    if bar is not None:
-        bar.update(len(done["prediction"]) * per_image)
+    _check_same_run(identity, images, labels, workers)
+    known, records = load_certificates(args.out, identity, len(labels), num_classes)
+    if known and workers.is_main:
+        print(f"resuming: {len(known)} of {len(labels)} images already certified ({describe(args.out, records)})")
+    share = _share(len(labels), workers)
     started = time.perf_counter()
+    prediction, radius, fresh = _certify_share(smooth, images, args, share, known, identity, workers)
+    gathered = workers.gather((prediction, radius, fresh))  # every process's share, in order of their images
+    seconds = time.perf_counter() - started
+    if workers.is_main:
+        prediction = torch.tensor([p for part in gathered for p in part[0]], dtype=torch.int64)
+        radius = torch.tensor([r for part in gathered for r in part[1]], dtype=torch.float64)
+        fresh = sum(part[2] for part in gathered)
+        _report(args, meta, where, (sigma, sigma_source), workers, labels, prediction, radius, seconds, fresh)
+    workers.barrier()  # the outputs are written: the records may go
+    for path in {record_path(args.out, workers.rank, workers.world_size), *records}:
+        path.unlink(missing_ok=True)
+    return 0
+
+
+def _check_same_run(identity: dict[str, Any], images: torch.Tensor, labels: torch.Tensor, workers: Workers) -> None:
+    """ValueError on every process where the processes of a run under torchrun do not certify the same checkpoint,
+    test images and settings (each machine reads its own files): their certificates would not make one run's CSV."""
+    if not workers.distributed:
+        return
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
+    mine = {**{k: v for k, v in identity.items() if k != "data"}, "test_images_sha256": digest}  # (paths may differ)
+    every = workers.gather(mine)
+    differ = sorted({k for other in every for k in mine if other[k] != every[0][k]})
+    if differ:
+        ranks = [rank for rank, other in enumerate(every) if other != every[0]]
+        raise ValueError(
+            f"the processes do not certify the same run: {', '.join(differ)} of process(es) "
+            f"{', '.join(map(str, ranks))} differ from process 0's (give every machine the same files and options)"
+        )
+
+
+def _share(images: int, workers: Workers) -> range:
+    """The positions among the run's images that this process certifies: a contiguous block, the same number (to
+    one) for every process, as every image costs the same n0 + n forward passes."""
+    return range(workers.rank * images // workers.world_size, (workers.rank + 1) * images // workers.world_size)
+
+
+def _certify_share(smooth, images, args, share, known, identity, workers) -> tuple[list[int], list[float], int]:
+    """CERTIFY on this process's `share` of the images, those not `known` already, in chunks (see CHUNK_SECONDS),
+    its record rewritten as each chunk ends (the noise of an image depends on its index, not on the chunks or the
+    processes); returns (prediction, radius) of every image of the share, and how many it certified."""
+    from ._progress import progress_bar
+
+    per_image = args.n0 + args.n  # (the bar counts noisy copies: an image of n = 100,000 takes a while)
+    bar = None
+    if workers.is_main:  # one bar, of process 0's share: the others' move alike
+        bar = progress_bar(
+            args.progress, total=len(share) * per_image, desc="certify", unit="copies", unit_scale=True, leave=True
+        )
+    if bar is not None:
+        bar.update(sum(i in known for i in share) * per_image)
+    own = record_path(args.out, workers.rank, workers.world_size)
+    chunk = max(1, FIRST_CHUNK_DRAWS // per_image)
+    prediction, radius, fresh = [], [], 0
     try:
-        prediction, radius = _certify_in_chunks(smooth, images, args, partial, identity, done, bar)
+        while len(prediction) < len(share):
+            begin = share[len(prediction)]
+            if begin in known:
+                prediction.append(known[begin][0])
+                radius.append(known[begin][1])
+                continue
+            stop = begin + 1
+            while stop < share.stop and stop - begin < chunk and stop not in known:
+                stop += 1
+            chunk_started = time.perf_counter()
+            result = smooth.certify(
+                images[begin:stop],
+                args.n0,
+                args.n,
+                args.alpha,
+                args.batch_size,
+                seed=args.seed,
+                offset=args.start + begin,
+                progress=bar.update if bar is not None else None,
+            )
+            prediction += result.prediction.tolist()
+            radius += result.radius.tolist()
+            fresh += stop - begin
+            write_json_atomic(own, record(identity, share.start, prediction, radius))
+            seconds = max(time.perf_counter() - chunk_started, 1e-6)
+            chunk = max(1, min(4 * chunk, round(chunk * CHUNK_SECONDS / seconds)))
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - started
+    return prediction, radius, fresh
+
+
+def _report(args, meta, where, sigma_and_source, workers, labels, prediction, radius, seconds, fresh) -> None:
+    """Process 0: writes the CSV (and --json) and prints the summary."""
+    sigma, sigma_source = sigma_and_source
     write_atomic(Path(args.out), _csv(args.start, labels, prediction, radius))
-    fresh = len(labels) - len(done["prediction"])
-    summary = _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh)
+    summary = _summary(args, meta, where, sigma, workers, labels, prediction, radius, seconds, fresh)
     model_said = f"recipe {meta.get('recipe')}{_behind(meta['squeezer'])}"
+    processes = f" ({workers.world_size} processes x {workers.threads} thread(s))" if workers.distributed else ""
     print(
         f"certified {len(labels)} {where} ({model_said}) at sigma {sigma:g} ({sigma_source}), "
-        f"n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: {fresh} images in {seconds:.1f} s on {device} "
-        f"({summary['noisy_images_per_s'] or 0:,.0f} noisy images/s)"
+        f"n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: {fresh} images in {seconds:.1f} s on {workers.device}"
+        f"{processes} ({summary['noisy_images_per_s'] or 0:,.0f} noisy images/s)"
     )
     print(
         f"abstained {100 * summary['abstained']:.2f}%; mean radius of the correct "
@@ -261,66 +349,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"written: {args.out}" + (f", {args.json}" if args.json else ""))
     if args.json:
         write_json_atomic(Path(args.json), summary)
-    partial.unlink(missing_ok=True)
-    return 0
-
-
-def _resumed(partial: Path, identity: dict[str, Any], images: int, num_classes: int) -> dict[str, list]:
-    """The certificates an interrupted run of the same settings kept in `partial`, or none; a partial file of
-    other settings is refused (it is another run's work), and so is one whose certificates are not those of at most
-    `images` images (a prediction in -1..num_classes - 1 and a radius, >= 0, for each)."""
-    if not partial.is_file():
-        return {"prediction": [], "radius": []}
-    try:
-        kept = json.loads(partial.read_text())
-        settings, prediction, radius = kept["settings"], kept["prediction"], kept["radius"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"--out: {partial} is not the record of an interrupted certify; move it away") from error
-    if settings != identity:
-        differ = ", ".join(sorted(k for k in identity if settings.get(k) != identity[k]))
-        raise ValueError(
-            f"--out: {partial} holds an interrupted run with other settings ({differ}); finish it with those "
-            "settings, or choose another --out, or move it away"
-        )
-    if not (
-        isinstance(prediction, list)
-        and isinstance(radius, list)
-        and len(prediction) == len(radius) <= images
-        and all(type(p) is int and -1 <= p < num_classes for p in prediction)
-        and all(type(r) in (int, float) and r >= 0 for r in radius)
-    ):
-        raise ValueError(
-            f"--out: {partial} does not hold the certificates of at most {images} images (a prediction and a "
-            "radius each); it was not written by this command: move it away"
-        )
-    return {"prediction": prediction, "radius": radius}
-
-
-def _certify_in_chunks(smooth, images, args, partial, identity, done, bar) -> tuple[torch.Tensor, torch.Tensor]:
-    """CERTIFY on the images not in `done`, in chunks (see CHUNK_SECONDS), each chunk's certificates added to
-    `partial` as it ends (the noise of an image depends on its index, not on the chunks); returns (prediction,
-    radius) of every image."""
-    per_image = args.n0 + args.n
-    chunk = max(1, FIRST_CHUNK_DRAWS // per_image)
-    prediction, radius = list(done["prediction"]), list(done["radius"])
-    while len(prediction) < len(images):
-        begin, chunk_started = len(prediction), time.perf_counter()
-        result = smooth.certify(
-            images[begin : begin + chunk],
-            args.n0,
-            args.n,
-            args.alpha,
-            args.batch_size,
-            seed=args.seed,
-            offset=args.start + begin,
-            progress=bar.update if bar is not None else None,
-        )
-        prediction += result.prediction.tolist()
-        radius += result.radius.tolist()
-        write_json_atomic(partial, {"settings": identity, "prediction": prediction, "radius": radius})
-        seconds = max(time.perf_counter() - chunk_started, 1e-6)
-        chunk = max(1, min(4 * chunk, round(chunk * CHUNK_SECONDS / seconds)))
-    return torch.tensor(prediction, dtype=torch.int64), torch.tensor(radius, dtype=torch.float64)
 
 
 def _behind(squeezer: dict[str, Any] | None) -> str:
@@ -333,7 +361,7 @@ def _behind(squeezer: dict[str, Any] | None) -> str:
     return f", behind feature squeezing: {', '.join(parts)}"
 
 
-def _summary(args, meta, where, sigma, device, labels, prediction, radius, seconds, fresh) -> dict[str, Any]:
+def _summary(args, meta, where, sigma, workers, labels, prediction, radius, seconds, fresh) -> dict[str, Any]:
     from .certify import certified_accuracy, largest_certifiable_radius
 
     correct = prediction == labels
@@ -348,7 +376,9 @@ def _summary(args, meta, where, sigma, device, labels, prediction, radius, secon
         "n": args.n,
         "alpha": args.alpha,
         "seed": args.seed,
-        "device": str(device),
+        "device": str(workers.device),  # process 0's
+        "processes": workers.world_size,
+        "threads": workers.threads,  # process 0's torch threads
         "seconds": seconds,  # of this run: `fresh` images (the others were certified by an interrupted run)
         "images_this_run": fresh,
         "noisy_images_per_s": fresh * (args.n0 + args.n) / seconds if fresh and seconds > 0 else None,

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from ._checks import MAX_THREADS
-from ._cli_certify import first_output
+from ._checks import MAX_THREADS, first_output
 from ._cli_evaluate import THREADS_HELP, int_in
 from ._cli_train_options import add_budget_arguments, add_model_arguments, add_output_arguments
 

@@ -157,6 +157,8 @@ def _subcommands() -> dict:
 def test_readmes_commands_parse_with_the_options_it_names(monkeypatch):
     import shlex
 
+    from torch.distributed.run import get_args_parser
+
     commands = _subcommands()
     monkeypatch.setattr("sys.argv", ["nemesis-fast"])
     whole = []  # the complete command lines of README's shell blocks
@@ -166,7 +168,10 @@ def test_readmes_commands_parse_with_the_options_it_names(monkeypatch):
                 whole.append(shlex.split(line)[1:])
             elif " -m nemesis_fast.cli " in line:
                 whole.append(shlex.split(line.split(" -m nemesis_fast.cli ", 1)[1]))
-    assert len(whole) == 5
+                launcher = shlex.split(line.replace("--node_rank=R", "--node_rank=0"))  # R: a placeholder
+                if launcher[0] == "torchrun":  # torchrun passes the command's options on, not taking them for its own
+                    assert get_args_parser().parse_args(launcher[1:]).training_script_args == whole[-1], line
+    assert len(whole) == 6
     for argv in whole:
         commands["parser"].parse_args(argv)  # SystemExit where an option or a value is refused
     # Inline mentions and synopses (`nemesis-fast bench [...] [--device ...]`): each option named is the command's.
