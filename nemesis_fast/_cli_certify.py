@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._certify_records import describe, load_certificates, record, record_path, record_paths
 from ._checks import MAX_THREADS, first_output
+from ._cli_certify_records import describe, load_certificates, record, record_path, record_paths
 from ._cli_evaluate import THREADS_HELP, int_in
 from ._io import (
     check_checkpoint_path,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 # The images are certified in chunks, after each of which the certificates so far are kept in the process's record
-# (see _certify_records), where an interrupted run resumes: a first chunk of about FIRST_CHUNK_DRAWS forward passes
+# (see _cli_certify_records), where an interrupted run resumes: a first chunk of about FIRST_CHUNK_DRAWS forward passes
 # (at least one image; on a 2-core CPU some 20 s), then chunks sized to take about CHUNK_SECONDS each (GPU or CPU).
 FIRST_CHUNK_DRAWS = 100_000
 CHUNK_SECONDS = 30.0

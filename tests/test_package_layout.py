@@ -31,7 +31,16 @@ LAYERS: list[set[str]] = [
     {"checkpoints", "resume", "_training_checks", "_epochs", "_validation_rows", "training"},
     {"paper_models", "bench"},
     {"evaluation"},
-    {"_cli_certify", "_cli_evaluate", "_cli_train_options", "_cli_train", "cli", "__init__", "__main__"},
+    {
+        "_cli_certify_records",
+        "_cli_certify",
+        "_cli_evaluate",
+        "_cli_train_options",
+        "_cli_train",
+        "cli",
+        "__init__",
+        "__main__",
+    },
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
