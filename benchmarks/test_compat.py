@@ -39,3 +39,13 @@ def test_side_by_side_report_is_complete(cifar_batch):
     assert ours.ms > 0 and ours.extra["max_diff"] == 0 and ours.speedup > 0
     assert rows["torchattacks PGD", "nemesis_fast.compat"].extra["max_diff"] == 0
     assert "nemesis_fast.compat" in report.table()
+
+
+def test_the_smoothing_case_times_both_sides_through_arts_call(cifar_batch):
+    model, x, _ = cifar_batch
+    report = Report("compat", "cpu")
+    bench.smoothing_case(report, model, x[:1], 20)
+    peer, ours = report.rows
+    assert (peer.provider, ours.provider) == ("peer", "nemesis_fast.compat")
+    assert peer.ms > 0 and ours.ms > 0 and ours.speedup == pytest.approx(peer.ms / ours.ms)
+    assert "n 20" in ours.case and ours.item_name == "image"

@@ -91,6 +91,8 @@ def test_the_art_example_runs():
     namespace: dict = {}
     exec(compile(CIFAR_MODEL + ART_CLASSIFIER + small(python_blocks()[3]), "README.md (ART)", "exec"), namespace)
     assert namespace["x_adv"].shape == namespace["x_cw"].shape == (2, 3, 32, 32)
+    prediction, radius = namespace["prediction"], namespace["radius"]
+    assert prediction.shape == radius.shape == (2,) and ((prediction == -1) == (radius == 0)).all()
 
 
 # ---------------------------------------------------------------------------------------------------------------

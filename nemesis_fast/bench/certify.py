@@ -74,12 +74,19 @@ def art_smoother(model: nn.Module, device: torch.device, n0: int) -> Any:
         model, nn.CrossEntropyLoss(), (1, 28, 28), CLASSES, device_type="gpu" if device.type == "cuda" else "cpu",
         sample_size=n0, scale=SIGMA, alpha=ALPHA,
     )  # fmt: skip
+    return with_statsmodels_or_scipy_bound(art)
+
+
+def with_statsmodels_or_scipy_bound(art: Any) -> Any:
+    """ART's smoothing estimator `art`, its Clopper-Pearson bound (statsmodels' proportion_confint, which ART's
+    certify imports) replaced by the same scipy quantile where statsmodels is not installed (then marked
+    `substituted_bound`)."""
     try:
-        import statsmodels  # noqa: F401  (ART's Clopper-Pearson bound comes from statsmodels)
+        import statsmodels  # noqa: F401
     except ImportError:
         from ..certify import clopper_pearson_lower
 
-        art._lower_confidence_bound = lambda k, total: float(clopper_pearson_lower(int(k), int(total), ALPHA))
+        art._lower_confidence_bound = lambda k, total: float(clopper_pearson_lower(int(k), int(total), art.alpha))
         art.substituted_bound = True
     return art
 

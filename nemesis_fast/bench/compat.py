@@ -12,7 +12,8 @@ images too (`same_images_ms_per_image`), besides the whole batch (`ms_per_image`
 ART's C&W is compared at equal iterations with ``algorithm="paper"`` (Adam, no early abort): another algorithm,
 so no `max_diff`. Both sides are warmed up alike before they are timed (a warm-up round; in the slow cases, one
 call of each on one image), and a side that raises gets a row with no time and the note "failed: <Type>:
-<message>". GaussianAugmentation is timed through ART's numpy call and through the PyTorch preprocessor path.
+<message>". GaussianAugmentation is timed through ART's numpy call and through the PyTorch preprocessor path;
+PyTorchRandomizedSmoothing's certify through ART's call on both sides (other noise draws: no `max_diff`).
 
 The last case is torchattacks' JSMA on one 3 x 224 x 224 image (n = 150,528 features) with a ResNet-18 of random
 weights: torchattacks holds n x n score matrices, whose peak is measured at small n and extrapolated (the bytes
@@ -259,6 +260,33 @@ def gaussian_case(report: Report, images: int) -> None:
     report.run(case)
 
 
+def smoothing_case(report: Report, model: nn.Module, x: torch.Tensor, n: int) -> None:
+    """ART's PyTorchRandomizedSmoothing.certify against the drop-in's, both through ART's API on the same images
+    (sample_size 100, scale 0.25, alpha 0.001, forward batches of 1,000 noisy copies on both sides)."""
+    case = f"ART PyTorchRandomizedSmoothing.certify, {len(x)} CIFAR images (n0 100, n {n}, scale 0.25)"
+    try:
+        from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing as Peer
+
+        from ..compat.art import PyTorchRandomizedSmoothing as Ours
+    except ImportError:
+        report.add(Row(case, "peer", None, note="ART not installed"))
+        return
+    from .certify import with_statsmodels_or_scipy_bound
+
+    device_type = "gpu" if report.device.type == "cuda" else "cpu"
+    settings = {"device_type": device_type, "sample_size": 100, "scale": 0.25, "alpha": 0.001}
+    peer, ours = (cls(model, nn.CrossEntropyLoss(), tuple(x.shape[1:]), 10, **settings) for cls in (Peer, Ours))
+    peer = with_statsmodels_or_scipy_bound(peer)
+    images = x.cpu().numpy()
+    providers = {
+        "peer": lambda: peer.certify(images, n, 1000),
+        "nemesis_fast.compat": lambda: ours.certify(images, n, 1000),
+    }
+    rows = report.run(Case(case, providers, baseline="peer", items=len(x), item_name="image", min_seconds=0.0))
+    if getattr(peer, "substituted_bound", False):
+        rows[0].note = "statsmodels missing: ART's Clopper-Pearson call replaced by the same scipy quantile"
+
+
 def torchattacks_jsma_peak_bytes(n: int) -> int:
     """Peak bytes torchattacks' JSMA allocates in one saliency-map step at n features: torch's allocations (from
     the profiler) plus numpy's (tracemalloc), measured on random gradients."""
@@ -341,5 +369,7 @@ def run(device: torch.device | str, *, numel: int | None = None) -> Report:
     for pair in [*torchattacks_pairs(model, gpu), *art_pairs(model, x, gpu)]:
         measure_pair(report, pair, x, y)
     gaussian_case(report, 128 if not gpu else 1024)
+    # (ART draws each image's noise in host numpy, float64: 49 MB per CIFAR image at n 2,000)
+    smoothing_case(report, model, x[: 16 if gpu else 2], 2000 if gpu else 1000)
     imagenet_jsma_rows(report)
     return report

@@ -14,7 +14,9 @@ largest target gradient). ``CarliniL2Method`` runs ART's own line-search algorit
 asks for nemesis_fast's batched Carlini-Wagner (Adam, per-image binary search), which gives other images;
 ``DeepFool`` and ``SaliencyMapMethod`` take ``algorithm="paper"`` too (the paper's DeepFool and pair-wise JSMA).
 ``GaussianAugmentation`` is a PyTorch preprocessor (noise drawn on the device by the fused op), so a
-``PyTorchClassifier`` using it keeps ART's all-PyTorch path.
+``PyTorchClassifier`` using it keeps ART's all-PyTorch path. ``PyTorchRandomizedSmoothing`` (ART's estimator,
+``from art.estimators.certification.randomized_smoothing import ...``) certifies and predicts on the device, images
+and noise draws batched together (ART's algorithm; the noise from torch's generator, not numpy's).
 
 A call the adapters cannot serve (another estimator than ``PyTorchClassifier``, a non-PyTorch preprocessing step,
 per-feature clip values, a loss other than cross-entropy for FGM/PGD, postprocessing defences where the attack
@@ -33,6 +35,7 @@ from ._deepfool import DeepFool  # noqa: E402
 from ._gaussian import GaussianAugmentation  # noqa: E402
 from ._gradient import FastGradientMethod, ProjectedGradientDescent  # noqa: E402
 from ._saliency import SaliencyMapMethod  # noqa: E402
+from ._smoothing import PyTorchRandomizedSmoothing  # noqa: E402
 
 __all__ = [
     "CarliniL2Method",
@@ -41,5 +44,6 @@ __all__ = [
     "GaussianAugmentation",
     "PeerFallbackWarning",
     "ProjectedGradientDescent",
+    "PyTorchRandomizedSmoothing",
     "SaliencyMapMethod",
 ]

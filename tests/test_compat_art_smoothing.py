@@ -1,0 +1,188 @@
+"""nemesis_fast.compat.art.PyTorchRandomizedSmoothing against ART's own: given the same noise, ART's certify and
+predict give the drop-in's classes and radii exactly (on the trained MNIST CNN, with and without normalisation);
+the drop-in's settings checks, its fallbacks to ART's own methods, and what it leaves to ART."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _peers import MEAN, STD, Standardised, no_fallback
+from torch import nn
+
+pytest.importorskip("art")
+
+from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing as ArtSmoothing  # noqa: E402
+
+from nemesis_fast import gaussian_augment  # noqa: E402
+from nemesis_fast._backends.gaussian_augment import resolve_seed  # noqa: E402
+from nemesis_fast.certify import clopper_pearson_lower  # noqa: E402
+from nemesis_fast.certify.smooth import phase_key  # noqa: E402
+from nemesis_fast.compat.art import PeerFallbackWarning, PyTorchRandomizedSmoothing  # noqa: E402
+
+SCALE, ALPHA = 0.4, 0.001
+
+
+def _smoother(cls, model: nn.Module, normalised: bool = False, **options):
+    preprocessing = (MEAN, STD) if normalised else (0.0, 1.0)
+    settings = dict(sample_size=20, scale=SCALE, alpha=ALPHA, device_type="cpu", preprocessing=preprocessing)
+    return cls(
+        Standardised(model) if normalised else model, nn.CrossEntropyLoss(), (1, 28, 28), 10, **{**settings, **options}
+    )
+
+
+def _with_our_noise(art: ArtSmoothing, seed: int, phases: tuple[str, ...]) -> ArtSmoothing:
+    """`art` drawing, in place of numpy's draws, the noise nemesis_fast's Smooth draws for image i and phase p (ART
+    calls _noisy_samples once per image and phase, in order), and bounding pA with the same scipy quantile (ART's
+    own needs statsmodels)."""
+    calls = [0]
+
+    def noisy_samples(x_i: np.ndarray, n: int | None = None) -> np.ndarray:
+        image, phase = divmod(calls[0], len(phases))
+        calls[0] += 1
+        rows = torch.from_numpy(x_i)[None].expand(n or art.sample_size, *x_i.shape)
+        key = phase_key(seed, phases[phase])
+        noisy = gaussian_augment(rows, 1, art.scale, None, include_original=False, seed=key, offset=image << 32)
+        return noisy.numpy()
+
+    art._noisy_samples = noisy_samples
+    art._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), int(n), art.alpha))
+    return art
+
+
+def _images(mnist_test_data) -> np.ndarray:
+    """6 test images and 12 blends of a 7 and a 2 (weights 0.3 to 0.7), about which the smoothed model is
+    anything from sure to undecided: abstentions and radii from small to the largest that n can certify."""
+    images = mnist_test_data[0]
+    t = torch.linspace(0.3, 0.7, 12)[:, None, None, None]
+    return torch.cat([images[:6], (1 - t) * images[0] + t * images[1]]).numpy()
+
+
+@pytest.mark.parametrize("normalised", [False, True])
+def test_certify_and_predict_are_arts_given_the_same_noise(mnist_model, mnist_test_data, normalised):
+    x = _images(mnist_test_data)
+    for sample_size, n, batch_size in ((20, 60, 32), (1, 200, 7)):
+        ours = _smoother(PyTorchRandomizedSmoothing, mnist_model, normalised, sample_size=sample_size)
+        torch.manual_seed(1)
+        with no_fallback():
+            prediction, radius = ours.certify(x, n, batch_size=batch_size)
+        torch.manual_seed(1)
+        seed = resolve_seed(None)
+        art = _smoother(ArtSmoothing, mnist_model, normalised, sample_size=sample_size)
+        art_prediction, art_radius = _with_our_noise(art, seed, ("select", "estimate")).certify(x, n, batch_size)
+        assert prediction.dtype == np.int64 and radius.dtype == np.float64
+        np.testing.assert_array_equal(prediction, art_prediction)
+        np.testing.assert_array_equal(radius, art_radius)
+        assert (prediction == -1).any() and ((radius > 0) & (radius < 0.1)).any() and (radius > 0.3).any()
+    for is_abstain in (None, True, False):
+        options = {} if is_abstain is None else {"is_abstain": is_abstain}
+        torch.manual_seed(2)
+        with no_fallback():
+            smoothed = ours.predict(x, batch_size=16, **options)
+        torch.manual_seed(2)
+        art = _smoother(ArtSmoothing, mnist_model, normalised, sample_size=1)
+        art = _with_our_noise(art, resolve_seed(None), ("predict",))
+        expected = art.predict(x, batch_size=16, **options)
+        assert smoothed.dtype == expected.dtype and smoothed.shape == (18, 10)
+        np.testing.assert_array_equal(smoothed, expected)
+        assert (smoothed.sum(1) == 0).any() == (is_abstain is not False)
+
+
+def test_certificates_agree_with_arts_own_noise_within_sampling_error(mnist_model, mnist_test_data):
+    """ART's own draws (numpy's) against the drop-in's: the same law, so the same classes and radii up to the
+    spread of n = 400 draws per image."""
+    x = mnist_test_data[0][:20].numpy()
+    art = _smoother(ArtSmoothing, mnist_model)
+    art._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), int(n), art.alpha))
+    np.random.seed(0)
+    art_prediction, art_radius = art.certify(x, 400, batch_size=200)
+    torch.manual_seed(0)
+    prediction, radius = _smoother(PyTorchRandomizedSmoothing, mnist_model).certify(x, 400, batch_size=200)
+    assert (prediction == art_prediction).mean() >= 0.9
+    assert abs(radius.mean() - art_radius.mean()) < 0.1 and np.abs(radius - art_radius).max() < 0.5
+
+
+def test_results_do_not_depend_on_batch_size_and_follow_torchs_seed(mnist_model, mnist_test_data):
+    x = mnist_test_data[0][:6].numpy()
+    smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+    results = []
+    for seed, batch_size in ((0, 5), (0, 64), (1, 64)):
+        torch.manual_seed(seed)
+        results.append(smoother.certify(x, 50, batch_size=batch_size))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert not np.array_equal(results[0][1], results[2][1])
+    assert not mnist_model.training and all(p.grad is None for p in mnist_model.parameters())
+
+
+def test_settings_that_would_give_nan_are_refused_naming_them(mnist_model):
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+    for call, message in (
+        (lambda: smoother.certify(x, 0), "n must be >= 1"),
+        (lambda: smoother.certify(x, 10, batch_size=0), "batch_size must be >= 1"),
+        (lambda: smoother.predict(x, batch_size=0), "batch_size must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    for name, value, message in (
+        ("scale", -0.5, "scale must be >= 0"),
+        ("scale", float("nan"), "scale must be"),
+        ("alpha", 1.0, "alpha must be < 1"),
+        ("alpha", float("nan"), "alpha must be"),
+        ("sample_size", 0, "sample_size must be >= 1"),
+        ("sample_size", 2.5, "sample_size must be an int"),
+    ):
+        smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+        smoother.set_params(**{name: value})
+        with pytest.raises((ValueError, TypeError), match=message):
+            smoother.certify(x, 10)
+        with pytest.raises((ValueError, TypeError), match=message):
+            smoother.predict(x)
+    with pytest.raises(ValueError, match="is_abstain needs to be of type bool"):
+        _smoother(PyTorchRandomizedSmoothing, mnist_model).predict(x, is_abstain=1)
+
+
+def test_what_it_cannot_serve_runs_arts_own_methods_after_a_warning(mnist_model, mnist_test_data):
+    from art.defences.postprocessor import ClassLabels
+
+    x = mnist_test_data[0][:3].numpy()
+    cases = [
+        ({"postprocessing_defences": ClassLabels()}, "postprocessing defences"),
+        ({"scale": 0.0}, "scale is 0"),
+        ({"alpha": 0.0}, "alpha is 0"),
+    ]
+    for options, reason in cases:
+        ours, art = (_smoother(cls, mnist_model, **options) for cls in (PyTorchRandomizedSmoothing, ArtSmoothing))
+        for smoother in (ours, art):
+            smoother._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), max(int(n), 1), ALPHA))
+        results = []
+        for smoother in (ours, art):
+            np.random.seed(0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results.append((smoother.certify(x, 30, batch_size=16), smoother.predict(x, batch_size=16)))
+            fell_back = [w for w in caught if issubclass(w.category, PeerFallbackWarning)]
+            assert len(fell_back) == (2 if smoother is ours else 0) and all(reason in str(w.message) for w in fell_back)
+        (ours_certified, ours_predicted), (art_certified, art_predicted) = results
+        for a, b in zip(ours_certified, art_certified):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ours_predicted, art_predicted)
+    ours = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+    ours._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), int(n), ALPHA))
+    with pytest.warns(PeerFallbackWarning, match="x is not a numeric numpy array"):
+        ours.certify(list(x), 30, batch_size=16)
+    predicted = []
+    for images in (list(x), x):  # (ART's InputFilter turns a list into an array before predict sees it)
+        torch.manual_seed(0)
+        with no_fallback():
+            predicted.append(ours.predict(images, batch_size=16))
+    np.testing.assert_array_equal(*predicted)
+
+
+def test_fit_and_the_gradients_are_arts(mnist_model):
+    """The drop-in replaces certify and predict only: training and gradients run ART's code."""
+    for name in ("fit", "loss_gradient", "class_gradient", "_noisy_samples", "_fit_classifier"):
+        assert getattr(PyTorchRandomizedSmoothing, name) is getattr(ArtSmoothing, name), name
+    assert PyTorchRandomizedSmoothing.__mro__[1] is ArtSmoothing
