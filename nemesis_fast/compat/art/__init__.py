@@ -14,9 +14,11 @@ largest target gradient). ``CarliniL2Method`` runs ART's own line-search algorit
 asks for nemesis_fast's batched Carlini-Wagner (Adam, per-image binary search), which gives other images;
 ``DeepFool`` and ``SaliencyMapMethod`` take ``algorithm="paper"`` too (the paper's DeepFool and pair-wise JSMA).
 ``GaussianAugmentation`` is a PyTorch preprocessor (noise drawn on the device by the fused op), so a
-``PyTorchClassifier`` using it keeps ART's all-PyTorch path. ``PyTorchRandomizedSmoothing`` (ART's estimator,
-``from art.estimators.certification.randomized_smoothing import ...``) certifies and predicts on the device, images
-and noise draws batched together (ART's algorithm; the noise from torch's generator, not numpy's).
+``PyTorchClassifier`` using it keeps ART's all-PyTorch path; so is ``FeatureSqueezing`` (ART's arithmetic in the
+images' dtype, where ART's numpy code under numpy 2 hands a float32 model float64 images).
+``PyTorchRandomizedSmoothing`` (ART's estimator, ``from art.estimators.certification.randomized_smoothing import
+...``) certifies and predicts on the device, images and noise draws batched together (ART's algorithm; the noise
+from torch's generator, not numpy's).
 
 A call the adapters cannot serve (another estimator than ``PyTorchClassifier``, a non-PyTorch preprocessing step,
 per-feature clip values, a loss other than cross-entropy for FGM/PGD, postprocessing defences where the attack
@@ -36,11 +38,13 @@ from ._gaussian import GaussianAugmentation  # noqa: E402
 from ._gradient import FastGradientMethod, ProjectedGradientDescent  # noqa: E402
 from ._saliency import SaliencyMapMethod  # noqa: E402
 from ._smoothing import PyTorchRandomizedSmoothing  # noqa: E402
+from ._squeezing import FeatureSqueezing  # noqa: E402
 
 __all__ = [
     "CarliniL2Method",
     "DeepFool",
     "FastGradientMethod",
+    "FeatureSqueezing",
     "GaussianAugmentation",
     "PeerFallbackWarning",
     "ProjectedGradientDescent",

@@ -145,6 +145,15 @@ def writable(array: Any) -> Any:
     return array
 
 
+def with_identity_gradient(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`out` whose first len(x) rows get the gradient of the identity with respect to `x` when x requires one
+    (adding x - x.detach(), which is 0, leaves the values as they are)."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return out
+    zero = (x - x.detach()).to(out.dtype)
+    return torch.cat([out[: len(x)] + zero, out[len(x) :]])
+
+
 class TorchClassifier:
     """An ART PyTorchClassifier as torch functions on its device: its PyTorch preprocessing (the steps applied at
     prediction time, as its loss and class gradients apply them), then its model, in eval mode."""

@@ -11,7 +11,7 @@ from art.defences import preprocessor
 from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 
 from ...ops import gaussian_augment
-from ._classifier import writable
+from ._classifier import with_identity_gradient, writable
 
 
 class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorch):
@@ -48,7 +48,7 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
         x_aug, indices = self._augmented(x)
         if y is not None and indices is not None:
             y = torch.cat([y, y.index_select(0, indices.to(y.device))])
-        return _with_identity_gradient(x_aug, x), y
+        return with_identity_gradient(x_aug, x), y
 
     def _augmented(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x_augmented, the indices of the samples the noisy rows copy: None with augmentation=False)."""
@@ -113,12 +113,3 @@ class GaussianAugmentation(preprocessor.GaussianAugmentation, PreprocessorPyTorc
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     """numpy's dtype for torch's `dtype` (float32 for bfloat16, which numpy lacks: both promote to float32)."""
     return np.dtype(np.float32) if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
-
-
-def _with_identity_gradient(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`out` whose first len(x) rows get the gradient of the identity with respect to `x` when x requires one
-    (adding x - x.detach(), which is 0, leaves the values as they are)."""
-    if not (x.requires_grad and torch.is_grad_enabled()):
-        return out
-    zero = (x - x.detach()).to(out.dtype)
-    return torch.cat([out[: len(x)] + zero, out[len(x) :]])
