@@ -185,3 +185,23 @@ def test_every_option_has_a_spelling_that_torchrun_passes_on():
                     continue
                 passed += [option] if parsed.training_script_args == [command, option, "1"] else []
             assert passed or not spellings, f"{command} {spellings}: torchrun passes none of them on"
+
+
+def test_a_record_written_before_there_were_several_processes_still_resumes(tmp_path, capsys):
+    """Records without a first index (one process, before torchrun runs): the certificates of the first images."""
+    from nemesis_fast import _cli_certify
+
+    checkpoint = _checkpoint(tmp_path)
+    out = tmp_path / "c.csv"
+    argv = [*_argv(checkpoint, 3), "--out", str(out), "--no-progress"]
+    kept = []
+    real = _cli_certify.write_json_atomic
+    with pytest.MonkeyPatch.context() as patch:  # the record of a finished run, as it was kept
+        patch.setattr(_cli_certify, "write_json_atomic", lambda path, data: (kept.append(data), real(path, data)))
+        assert main(argv) == 0
+    whole = out.read_text()
+    out.unlink()
+    older = {k: v[:2] if k in ("prediction", "radius") else v for k, v in kept[-1].items() if k != "first"}
+    (tmp_path / "c.csv.partial.json").write_text(json.dumps(older))
+    assert main(argv) == 0
+    assert "resuming: 2 of 3 images already certified" in capsys.readouterr().out and out.read_text() == whole
