@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checks import MAX_THREADS, first_output
-from ._cli_certify_records import describe, load_certificates, record, record_path, record_paths
+from ._cli_certify_records import describe, is_record_path, load_certificates, record, record_path, record_paths
 from ._cli_evaluate import THREADS_HELP, int_in
 from ._io import (
     check_checkpoint_path,
@@ -124,6 +124,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "the resume file of --out": record_path(args.out),
         }
     )
+    if args.json and is_record_path(args.out, args.json):
+        raise ValueError(f"--json: {args.json!r} is the name of a resume record of --out; give another path")
     if not args.overwrite:
         refuse_existing({"--out": args.out, "--json": args.json})
     check_checkpoint_path(args.checkpoint, "--checkpoint")
@@ -165,7 +167,7 @@ def _test_set(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[torch.Ten
         raise ValueError(f"--data-dir {str(root)!r} is not a folder")
     images, labels = (load_cifar10 if dataset == "cifar10" else load_mnist)(root, "test")
     if args.start >= len(labels):
-        raise ValueError(f"--start must be < {len(labels)} (the test images), got {args.start}")
+        raise ValueError(f"--start (--first) must be < {len(labels)} (the test images), got {args.start}")
     stop = len(labels) if not args.images else min(len(labels), args.start + args.images)
     where = f"{dataset} test images {args.start}..{stop - 1} of {root.resolve()}"  # (resumes however it is spelt)
     return images[args.start : stop], labels[args.start : stop], where

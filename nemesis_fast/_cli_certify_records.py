@@ -22,13 +22,23 @@ def record_path(out: str, rank: int = 0, world_size: int = 1) -> Path:
     return Path(f"{out}.{name}.json").expanduser()
 
 
+def _record_name(out: str) -> re.Pattern:
+    return re.compile(re.escape(Path(out).expanduser().name) + r"\.partial(\.\d+-of-\d+)?\.json")
+
+
+def is_record_path(out: str, path: str) -> bool:
+    """Whether `path` has the name of a record of runs writing `out`, in its folder (such a file is read, and
+    removed, by those runs)."""
+    out_path, given = Path(out).expanduser(), Path(path).expanduser()
+    return bool(_record_name(out).fullmatch(given.name)) and out_path.parent.resolve() == given.parent.resolve()
+
+
 def record_paths(out: str) -> list[Path]:
     """The records of runs writing `out` that exist now, of any number of processes, in order of their names."""
-    path = Path(out).expanduser()
-    pattern = re.compile(re.escape(path.name) + r"\.partial(\.\d+-of-\d+)?\.json")
-    if not path.parent.is_dir():
+    folder, pattern = Path(out).expanduser().parent, _record_name(out)
+    if not folder.is_dir():
         return []
-    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file())
 
 
 def describe(out: str, records: list[Path]) -> str:

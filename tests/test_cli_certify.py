@@ -112,7 +112,7 @@ def test_certify_writes_the_csv_and_summary_at_the_checkpoints_sigma(tmp_path, c
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--seed", str(2**64)], "--seed must be <= 18446744073709551615"),
         (["--images", "-2"], "--images must be >= 0"),
-        (["--start", "99999"], "--start must be < 2000"),
+        (["--start", "99999"], "--start \\(--first\\) must be < 2000"),
         (["--device", "gpu"], "--device must name a device"),
         (["--data-dir", "/no/such/folder"], "--data-dir '/no/such/folder' is not a folder"),
     ],

@@ -205,3 +205,15 @@ def test_a_record_written_before_there_were_several_processes_still_resumes(tmp_
     (tmp_path / "c.csv.partial.json").write_text(json.dumps(older))
     assert main(argv) == 0
     assert "resuming: 2 of 3 images already certified" in capsys.readouterr().out and out.read_text() == whole
+
+
+def test_a_json_named_as_a_record_of_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    """The run would read it as a record, and remove it at its end (a process's record under torchrun)."""
+    checkpoint = _checkpoint(tmp_path)
+    for name in ("c.csv.partial.0-of-2.json", "c.csv.partial.11-of-12.json"):  # (c.csv.partial.json: refused before)
+        with pytest.raises(SystemExit, match=f"--json: '.*{name}' is the name of a resume record of --out"):
+            main([*_argv(checkpoint, 2), "--out", str(tmp_path / "c.csv"), "--json", str(tmp_path / name)])
+    monkeypatch.chdir(tmp_path)  # the same folder spelt another way
+    with pytest.raises(SystemExit, match="is the name of a resume record"):
+        main([*_argv(checkpoint, 2), "--out", "c.csv", "--json", str(tmp_path / "c.csv.partial.1-of-3.json")])
+    assert main([*_argv(checkpoint, 1), "--out", "c.csv", "--json", "c.csv.partial.json.txt", "--no-progress"]) == 0

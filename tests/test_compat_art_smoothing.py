@@ -14,13 +14,19 @@ from torch import nn
 
 pytest.importorskip("art")
 
+from art.attacks.evasion import FastGradientMethod as ArtFGM  # noqa: E402
 from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing as ArtSmoothing  # noqa: E402
 
 from nemesis_fast import gaussian_augment  # noqa: E402
 from nemesis_fast._backends.gaussian_augment import resolve_seed  # noqa: E402
 from nemesis_fast.certify import clopper_pearson_lower  # noqa: E402
 from nemesis_fast.certify.smooth import phase_key  # noqa: E402
-from nemesis_fast.compat.art import PeerFallbackWarning, PyTorchRandomizedSmoothing  # noqa: E402
+from nemesis_fast.compat.art import (  # noqa: E402
+    DeepFool,
+    FastGradientMethod,
+    PeerFallbackWarning,
+    PyTorchRandomizedSmoothing,
+)
 
 SCALE, ALPHA = 0.4, 0.001
 
@@ -186,3 +192,39 @@ def test_fit_and_the_gradients_are_arts(mnist_model):
     for name in ("fit", "loss_gradient", "class_gradient", "_noisy_samples", "_fit_classifier"):
         assert getattr(PyTorchRandomizedSmoothing, name) is getattr(ArtSmoothing, name), name
     assert PyTorchRandomizedSmoothing.__mro__[1] is ArtSmoothing
+
+
+def test_the_attack_drop_ins_hand_a_smoothing_estimator_to_arts_own_attacks(mnist_model, mnist_test_data):
+    """A PyTorchClassifier subclass with its own predict and gradients is another classifier than its model's logits
+    (FGM without y takes the smoothed prediction's labels): the drop-in attacks run ART's own code on it."""
+    x = mnist_test_data[0][:4].numpy()
+    for cls in (ArtSmoothing, PyTorchRandomizedSmoothing):
+        estimator = _smoother(cls, mnist_model, clip_values=(0.0, 1.0))
+        results = []
+        for attack in (ArtFGM, FastGradientMethod):
+            torch.manual_seed(0)
+            np.random.seed(0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results.append(attack(estimator, eps=0.1).generate(x))
+            fell_back = [str(w.message) for w in caught if issubclass(w.category, PeerFallbackWarning)]
+            assert len(fell_back) == (attack is FastGradientMethod)
+            assert all("with its own predict, loss_gradient, class_gradient" in m for m in fell_back)
+        np.testing.assert_array_equal(*results)
+    with pytest.warns(PeerFallbackWarning), pytest.raises(NotImplementedError):  # ART's: no class gradient there
+        DeepFool(estimator, verbose=False).generate(x)
+
+
+def test_arts_own_certify_runs_without_statsmodels_where_the_drop_in_hands_it_over(mnist_model, mnist_test_data):
+    """The calls handed to ART's certify (scale or alpha 0, postprocessing defences, x not an array) use the
+    drop-in's scipy bound, statsmodels' values, where ART's own bound imports statsmodels."""
+    from nemesis_fast.certify import clopper_pearson_lower as bound
+
+    x = list(mnist_test_data[0][:2].numpy())
+    smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+    with pytest.warns(PeerFallbackWarning, match="x is not a numeric numpy array"):
+        prediction, radius = smoother.certify(x, 30, batch_size=16)
+    assert prediction.shape == radius.shape == (2,)
+    assert smoother._lower_confidence_bound(27, 30) == float(bound(27, 30, ALPHA))
+    smoother.set_params(alpha=0.0)
+    assert smoother._lower_confidence_bound(30, 30) == 0.0

@@ -20,7 +20,8 @@ images' dtype, where ART's numpy code under numpy 2 hands a float32 model float6
 ...``) certifies and predicts on the device, images and noise draws batched together (ART's algorithm; the noise
 from torch's generator, not numpy's).
 
-A call the adapters cannot serve (another estimator than ``PyTorchClassifier``, a non-PyTorch preprocessing step,
+A call the adapters cannot serve (another estimator than ``PyTorchClassifier``, or a subclass of it with its own
+``predict`` or gradients such as ART's randomized smoothing estimators, a non-PyTorch preprocessing step,
 per-feature clip values, a loss other than cross-entropy for FGM/PGD, postprocessing defences where the attack
 reads the classifier's predictions, an option such as ``mask`` or ``minimal``) runs ART's own implementation after
 a :class:`PeerFallbackWarning`: ART's result at ART's speed, never a different answer.

@@ -83,15 +83,27 @@ class AlgorithmParameter(CheckedParameters):
             check_bool(self.abort_early, "abort_early")
 
 
-def unserved(estimator: Any, *, cross_entropy: bool = False, postprocessing: bool = False) -> str | None:
+# The classifier methods ART's attacks call: a subclass of PyTorchClassifier that defines its own (ART's randomized
+# smoothing estimators: smoothed predictions, sampled gradients) is another classifier than its model's logits.
+_ATTACKED_METHODS = ("predict", "loss_gradient", "class_gradient", "compute_loss")
+
+
+def unserved(
+    estimator: Any, *, cross_entropy: bool = False, postprocessing: bool = False, own_methods: bool = False
+) -> str | None:
     """Why the adapters cannot run `estimator` in torch, or None when they can.
 
     Args:
         cross_entropy: the attack takes the gradient of the classifier's loss, which must then be cross-entropy.
         postprocessing: the attack reads the classifier's predictions, which postprocessing defences would change.
+        own_methods: the caller is the estimator itself (a drop-in estimator, whose own methods are known); else a
+            subclass with its own predict or gradients (_ATTACKED_METHODS) is not served.
     """
     if not isinstance(estimator, PyTorchClassifier):
         return f"the estimator is a {type(estimator).__name__}, not a PyTorchClassifier"
+    overridden = [m for m in _ATTACKED_METHODS if getattr(type(estimator), m) is not getattr(PyTorchClassifier, m)]
+    if overridden and not own_methods:
+        return f"the estimator is a {type(estimator).__name__}, with its own {', '.join(overridden)}"
     if not estimator.all_framework_preprocessing:
         names = [type(p).__name__ for p in estimator.preprocessing_operations if not isinstance(p, PreprocessorPyTorch)]
         return f"the classifier's preprocessing {', '.join(names)} is not a PyTorch preprocessor"

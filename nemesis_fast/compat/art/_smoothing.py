@@ -13,7 +13,7 @@ from art.estimators.certification.randomized_smoothing import pytorch as art_smo
 
 from ..._checks import check_int, check_number
 from ..._progress import progress_bar
-from ...certify import Smooth
+from ...certify import Smooth, clopper_pearson_lower
 from ._classifier import TorchClassifier, fall_back, option_unserved, unserved
 
 
@@ -37,7 +37,9 @@ class PyTorchRandomizedSmoothing(art_smoothing.PyTorchRandomizedSmoothing):
     Settings for which the result would be NaN are refused (``n`` or ``batch_size`` below 1, ``scale`` or ``alpha``
     NaN or infinite or out of range, ``sample_size`` below 1, on which ART's own fails); ``scale`` or ``alpha`` of 0, a
     classifier the adapters cannot run in torch (see :mod:`nemesis_fast.compat.art`; postprocessing defences
-    included) and x other than a numeric numpy array run ART's own methods after a warning.
+    included) and x other than a numeric numpy array run ART's own methods after a warning (with the scipy bound:
+    no statsmodels needed there either). The drop-in attacks of :mod:`nemesis_fast.compat.art` given this estimator
+    run ART's own attacks, which see its smoothed predictions.
     """
 
     def certify(self, x: np.ndarray, n: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +97,14 @@ class PyTorchRandomizedSmoothing(art_smoothing.PyTorchRandomizedSmoothing):
         for name in ("scale", "alpha"):
             if getattr(self, name) == 0:
                 return f"{name} is 0, which nemesis_fast.certify.Smooth does not take"
-        return unserved(self, postprocessing=True) or option_unserved(x, {})
+        return unserved(self, postprocessing=True, own_methods=True) or option_unserved(x, {})
+
+    def _lower_confidence_bound(self, n_class_samples: int, n_total_samples: int) -> float:
+        """ART's Clopper-Pearson bound (statsmodels' proportion_confint), from scipy: ART's own certify, which the
+        calls it cannot serve run, needs no statsmodels either."""
+        if self.alpha == 0:  # (confidence 1: statsmodels' bound is 0)
+            return 0.0
+        return float(clopper_pearson_lower(int(n_class_samples), int(n_total_samples), float(self.alpha)))
 
     @contextlib.contextmanager
     def _smooth(self) -> Iterator[tuple[Smooth, TorchClassifier]]:
