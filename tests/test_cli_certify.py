@@ -22,6 +22,19 @@ def _checkpoint(tmp_path, recipe: str = "gda", **settings) -> str:
     return str(path)
 
 
+def records_written(argv: list[str]) -> list[dict]:
+    """main(argv), which must succeed, and what it wrote to its resume records (and --json), in order: the records a
+    run removes at its end."""
+    from nemesis_fast import _cli_certify
+
+    kept = []
+    real = _cli_certify.write_json_atomic
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_cli_certify, "write_json_atomic", lambda path, data: (kept.append(data), real(path, data)))
+        assert main(argv) == 0
+    return kept
+
+
 def test_checkpoints_remember_the_training_noise_sigma(tmp_path):
     _, gda = load_checkpoint(_checkpoint(tmp_path, "gda", sigma=0.5, clip=None))
     _, standard = load_checkpoint(_checkpoint(tmp_path, "standard"))
@@ -176,14 +189,7 @@ def test_a_resume_file_of_the_right_settings_but_not_this_runs_certificates_is_r
     out = tmp_path / "c.csv"
     argv = ["certify", "--checkpoint", _checkpoint(tmp_path, "gda", sigma=0.4, clip=None), "--images", "3"]
     argv += ["--n0", "4", "--n", "20", "--no-progress", "--out", str(out)]
-    from nemesis_fast import _cli_certify
-
-    kept = []
-    real = _cli_certify.write_json_atomic
-    with pytest.MonkeyPatch.context() as patch:  # keep the resume file of a finished run
-        patch.setattr(_cli_certify, "write_json_atomic", lambda path, data: (kept.append(data), real(path, data)))
-        assert main(argv) == 0
-    settings = kept[-1]["settings"]
+    settings = records_written(argv)[-1]["settings"]  # the resume file of a finished run
     partial = tmp_path / "c.csv.partial.json"
     for prediction, radius in (([0, 1], [0.1]), ([0, 1, 2, 3], [0.1] * 4), ([0, 10], [0.1, 0.2]), ([0], [-1.0])):
         out.unlink(missing_ok=True)

@@ -9,12 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from _processes import run_processes
+from test_cli_certify import _checkpoint as gda_checkpoint
+from test_cli_certify import records_written
 
-from nemesis_fast.checkpoints import save_checkpoint
 from nemesis_fast.cli import build_parser, command_parsers, main
-from nemesis_fast.models import mnist_cnn
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +23,7 @@ class Interrupted(Exception):
 
 
 def _checkpoint(tmp_path: Path) -> str:
-    torch.manual_seed(0)
-    path = tmp_path / "gda.pt"
-    save_checkpoint(path, mnist_cnn(), recipe="gda", settings={"sigma": 0.4, "clip": None})
-    return str(path)
+    return gda_checkpoint(tmp_path, "gda", sigma=0.4, clip=None)
 
 
 def _argv(checkpoint: str, images: int) -> list[str]:
@@ -133,13 +129,7 @@ def test_records_beside_out_are_refused_where_their_certificates_lie_beyond_the_
     out = tmp_path / "c.csv"
     argv = [*_argv(checkpoint, 3), "--out", str(out), "--no-progress"]
     assert main([*argv, "--json", str(tmp_path / "c.json")]) == 0
-    from nemesis_fast import _cli_certify
-
-    kept = []
-    real = _cli_certify.write_json_atomic
-    with pytest.MonkeyPatch.context() as patch:  # the settings of this run, as a record holds them
-        patch.setattr(_cli_certify, "write_json_atomic", lambda path, data: (kept.append(data), real(path, data)))
-        assert main([*argv, "--overwrite"]) == 0
+    kept = records_written([*argv, "--overwrite"])  # the settings of this run, as a record holds them
     record = {**kept[0], "first": 2, "prediction": [0, 1], "radius": [0.1, 0.2]}  # images 2 and 3 of 3
     (tmp_path / "c.csv.partial.1-of-2.json").write_text(json.dumps(record))
     out.unlink()
@@ -189,16 +179,10 @@ def test_every_option_has_a_spelling_that_torchrun_passes_on():
 
 def test_a_record_written_before_there_were_several_processes_still_resumes(tmp_path, capsys):
     """Records without a first index (one process, before torchrun runs): the certificates of the first images."""
-    from nemesis_fast import _cli_certify
-
     checkpoint = _checkpoint(tmp_path)
     out = tmp_path / "c.csv"
     argv = [*_argv(checkpoint, 3), "--out", str(out), "--no-progress"]
-    kept = []
-    real = _cli_certify.write_json_atomic
-    with pytest.MonkeyPatch.context() as patch:  # the record of a finished run, as it was kept
-        patch.setattr(_cli_certify, "write_json_atomic", lambda path, data: (kept.append(data), real(path, data)))
-        assert main(argv) == 0
+    kept = records_written(argv)  # the record of a finished run, as it was kept
     whole = out.read_text()
     out.unlink()
     older = {k: v[:2] if k in ("prediction", "radius") else v for k, v in kept[-1].items() if k != "first"}

@@ -77,6 +77,9 @@ def art_smoother(model: nn.Module, device: torch.device, n0: int) -> Any:
     return with_statsmodels_or_scipy_bound(art)
 
 
+SUBSTITUTED_BOUND = "statsmodels missing: ART's Clopper-Pearson call replaced by the same scipy quantile"
+
+
 def with_statsmodels_or_scipy_bound(art: Any) -> Any:
     """ART's smoothing estimator `art`, its Clopper-Pearson bound (statsmodels' proportion_confint, which ART's
     certify imports) replaced by the same scipy quantile where statsmodels is not installed (then marked
@@ -190,7 +193,7 @@ def _providers(model, x, n, batch, art_batches, outputs, notes) -> dict[str, Any
 
         providers[name] = theirs
         if getattr(art, "substituted_bound", False):
-            notes[name] = "statsmodels missing: ART's Clopper-Pearson call replaced by the same scipy quantile"
+            notes[name] = SUBSTITUTED_BOUND
     return providers
 
 

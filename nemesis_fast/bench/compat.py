@@ -271,7 +271,7 @@ def smoothing_case(report: Report, model: nn.Module, x: torch.Tensor, n: int) ->
     except ImportError:
         report.add(Row(case, "peer", None, note="ART not installed"))
         return
-    from .certify import with_statsmodels_or_scipy_bound
+    from .certify import SUBSTITUTED_BOUND, with_statsmodels_or_scipy_bound
 
     device_type = "gpu" if report.device.type == "cuda" else "cpu"
     settings = {"device_type": device_type, "sample_size": 100, "scale": 0.25, "alpha": 0.001}
@@ -284,7 +284,7 @@ def smoothing_case(report: Report, model: nn.Module, x: torch.Tensor, n: int) ->
     }
     rows = report.run(Case(case, providers, baseline="peer", items=len(x), item_name="image", min_seconds=0.0))
     if getattr(peer, "substituted_bound", False):
-        rows[0].note = "statsmodels missing: ART's Clopper-Pearson call replaced by the same scipy quantile"
+        rows[0].note = SUBSTITUTED_BOUND
 
 
 def torchattacks_jsma_peak_bytes(n: int) -> int:

@@ -58,7 +58,7 @@ class PyTorchRandomizedSmoothing(art_smoothing.PyTorchRandomizedSmoothing):
         p_lower = result.p_lower.numpy()
         certified = p_lower >= 0.5  # (ART certifies at pA = 1/2 exactly, with radius 0)
         prediction = np.where(certified, result.selection_counts.argmax(1).numpy(), -1)
-        radius = np.where(certified, self.scale * norm.ppf(np.where(certified, p_lower, 0.5)), 0.0)
+        radius = np.where(certified, self.scale * norm.ppf(p_lower), 0.0)
         return prediction.astype(np.int64), radius.astype(np.float64)
 
     def predict(self, x: np.ndarray, batch_size: int = 128, verbose: bool = False, **kwargs: Any) -> np.ndarray:
