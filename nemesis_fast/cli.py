@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, NoReturn
 
+from _nemesis_fast_command import says_interrupted
+
 from ._cli_certify import add_parser as add_certify_parser
 from ._cli_evaluate import add_parser as add_evaluate_parser
 from ._cli_evaluate import int_in
@@ -162,13 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
-        print("nemesis-fast: interrupted while starting; nothing was done", file=sys.stderr)
+        if says_interrupted():
+            print("nemesis-fast: interrupted while starting; nothing was done", file=sys.stderr)
         return 130
     try:
         return args.handler(args)
     except KeyboardInterrupt:  # Ctrl-C: one line saying what was kept, not a traceback
-        kept = args.interrupted(args)
-        print(f"nemesis-fast {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        if says_interrupted():
+            kept = args.interrupted(args)
+            print(f"nemesis-fast {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 130
 
 

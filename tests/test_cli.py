@@ -316,6 +316,37 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, cap
     )
 
 
+def test_ctrl_c_under_torchrun_prints_its_line_once_per_machine(monkeypatch, capsys):
+    """torchrun passes Ctrl-C to every process of a machine: the first (LOCAL_RANK 0) says what was kept, the
+    others end quietly with the same status."""
+    import _nemesis_fast_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", interrupted)
+    line = "nemesis-fast evaluate: interrupted; the same command resumes from the units its cache holds\n"
+    for local_rank, says in (("0", line), ("1", ""), ("7", "")):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert main(["evaluate"]) == 130
+        assert capsys.readouterr().err == says
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    assert main(["bench", "--help"]) == 130
+    assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delitem(sys.modules, "nemesis_fast.cli")
+
+    class InterruptedImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "nemesis_fast.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    assert _nemesis_fast_command.main() == 130
+    assert capsys.readouterr().err == ""
+
+
 def test_ctrl_c_while_the_command_imports_torch_ends_in_one_line(monkeypatch, capsys):
     """The command's entry point lies outside the package, so that Ctrl-C while the package (and torch) is imported
     ends in one line too; so does Ctrl-C while the arguments are parsed."""

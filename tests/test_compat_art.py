@@ -49,6 +49,7 @@ CASES = {
         "ProjectedGradientDescent",
         {"eps": 0.3, "eps_step": 0.05, "max_iter": 4, "decay": 0.9, "batch_size": 32, **QUIET},
     ),
+    "BIM": ("BasicIterativeMethod", {"eps": 0.3, "eps_step": 0.05, "max_iter": 5, "batch_size": 32, **QUIET}),
     "DeepFool-subset": ("DeepFool", {"max_iter": 3, "nb_grads": 4, "batch_size": 32, **QUIET}),
     "DeepFool-all": ("DeepFool", {"max_iter": 3, "epsilon": 0.02, "batch_size": 32, **QUIET}),
     "JSMA": ("SaliencyMapMethod", {"theta": 0.2, "gamma": 0.03, "batch_size": 32, **QUIET}),
@@ -192,6 +193,14 @@ def fallback_cases() -> list:
         pytest.param("ProjectedGradientDescent", pgd, {}, {}, "random_eps", id="random-eps"),
         pytest.param("FastGradientMethod", array_eps, {}, {}, "an array eps", id="fgm-array-eps"),
         pytest.param("ProjectedGradientDescent", pgd_array_eps, {}, {}, "an array eps", id="pgd-array-eps"),
+        pytest.param(
+            "BasicIterativeMethod",
+            {"eps": 0.1, "eps_step": 0.05, "max_iter": 2, **QUIET},
+            {"loss": nn.MultiMarginLoss()},
+            {},
+            "not CrossEntropyLoss",
+            id="bim-loss",
+        ),
     ]
 
 
@@ -496,7 +505,7 @@ def test_the_model_is_left_in_eval_mode_as_art_leaves_it(model, batch):
 def test_the_drop_ins_show_arts_signatures():
     import inspect
 
-    for name in ("FastGradientMethod", "ProjectedGradientDescent"):
+    for name in ("FastGradientMethod", "ProjectedGradientDescent", "BasicIterativeMethod"):
         assert inspect.signature(getattr(nfa, name)) == inspect.signature(getattr(evasion, name)), name
 
     class Mine(nfa.FastGradientMethod):  # a user's subclass with a constructor of its own shows its own

@@ -58,17 +58,23 @@ def _with_our_noise(art: ArtSmoothing, seed: int, phases: tuple[str, ...]) -> Ar
     return art
 
 
-def _images(mnist_test_data) -> np.ndarray:
-    """6 test images and 12 blends of a 7 and a 2 (weights 0.3 to 0.7), about which the smoothed model is
+def _images(model: nn.Module, mnist_test_data) -> np.ndarray:
+    """6 test images and 41 blends of a 7 and a 2 (weights in steps of 0.01 on each side of the one at which
+    `model` turns from 7 to 2, which moves with the machine that trained it), about which the smoothed model is
     anything from sure to undecided: abstentions and radii from small to the largest that n can certify."""
     images = mnist_test_data[0]
-    t = torch.linspace(0.3, 0.7, 12)[:, None, None, None]
-    return torch.cat([images[:6], (1 - t) * images[0] + t * images[1]]).numpy()
+
+    def blends(t: torch.Tensor) -> torch.Tensor:
+        return (1 - t[:, None, None, None]) * images[0] + t[:, None, None, None] * images[1]
+
+    with torch.no_grad():
+        turns = model(blends(torch.linspace(0, 1, 101))).argmax(1).ne(7).float().argmax().item() / 100
+    return torch.cat([images[:6], blends(turns + torch.linspace(-0.2, 0.2, 41))]).numpy()
 
 
 @pytest.mark.parametrize("normalised", [False, True])
 def test_certify_and_predict_are_arts_given_the_same_noise(mnist_model, mnist_test_data, normalised):
-    x = _images(mnist_test_data)
+    x = _images(mnist_model, mnist_test_data)
     for sample_size, n, batch_size in ((20, 60, 32), (1, 200, 7)):
         ours = _smoother(PyTorchRandomizedSmoothing, mnist_model, normalised, sample_size=sample_size)
         torch.manual_seed(1)
@@ -91,7 +97,7 @@ def test_certify_and_predict_are_arts_given_the_same_noise(mnist_model, mnist_te
         art = _smoother(ArtSmoothing, mnist_model, normalised, sample_size=1)
         art = _with_our_noise(art, resolve_seed(None), ("predict",))
         expected = art.predict(x, batch_size=16, **options)
-        assert smoothed.dtype == expected.dtype and smoothed.shape == (18, 10)
+        assert smoothed.dtype == expected.dtype and smoothed.shape == (len(x), 10)
         np.testing.assert_array_equal(smoothed, expected)
         assert (smoothed.sum(1) == 0).any() == (is_abstain is not False)
 

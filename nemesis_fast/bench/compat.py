@@ -146,6 +146,7 @@ def art_pairs(model: nn.Module, x: torch.Tensor, gpu: bool) -> list[Pair]:
             None,
             {},
         ),
+        "BasicIterativeMethod": ({"eps": eps, "eps_step": 2 / 255, "max_iter": 10, "verbose": False}, None, {}),
         # ART's DeepFool took 14 ms an image on an H200 (2026-12-04): there it attacks the whole batch, as users do.
         "DeepFool": ({"max_iter": 50, "epsilon": 0.02, "nb_grads": 10, "verbose": False}, None, {}),
         "SaliencyMapMethod": ({"theta": 1.0, "gamma": 0.1, "verbose": False}, 8 if gpu else None, {}),

@@ -8,10 +8,11 @@ classifier's ``clip_values`` and PyTorch ``preprocessing`` (mean/std and other P
 classifier's device, in torch from end to end.
 
 Same algorithm as ART's, so the same images up to floating-point rounding: ``FastGradientMethod``,
-``ProjectedGradientDescent``, ``DeepFool`` (ART's variant: one global candidate set, the step scaled by the clip
-range, the overshoot applied once at the end) and ``SaliencyMapMethod`` (ART's variant: the two features with the
-largest target gradient). ``CarliniL2Method`` runs ART's own line-search algorithm unless ``algorithm="paper"``
-asks for nemesis_fast's batched Carlini-Wagner (Adam, per-image binary search), which gives other images;
+``ProjectedGradientDescent``, ``BasicIterativeMethod``, ``DeepFool`` (ART's variant: one global candidate set, the
+step scaled by the clip range, the overshoot applied once at the end) and ``SaliencyMapMethod`` (ART's variant: the
+two features with the largest target gradient). ``CarliniL2Method`` runs ART's own line-search algorithm unless
+``algorithm="paper"`` asks for nemesis_fast's batched Carlini-Wagner (Adam, per-image binary search), which gives
+other images;
 ``DeepFool`` and ``SaliencyMapMethod`` take ``algorithm="paper"`` too (the paper's DeepFool and pair-wise JSMA).
 ``GaussianAugmentation`` is a PyTorch preprocessor (noise drawn on the device by the fused op), so a
 ``PyTorchClassifier`` using it keeps ART's all-PyTorch path; so is ``FeatureSqueezing`` (ART's arithmetic in the
@@ -36,12 +37,13 @@ import_peer("art", "adversarial-robustness-toolbox", "1.20", "nemesis_fast.compa
 from ._carlini import CarliniL2Method  # noqa: E402
 from ._deepfool import DeepFool  # noqa: E402
 from ._gaussian import GaussianAugmentation  # noqa: E402
-from ._gradient import FastGradientMethod, ProjectedGradientDescent  # noqa: E402
+from ._gradient import BasicIterativeMethod, FastGradientMethod, ProjectedGradientDescent  # noqa: E402
 from ._saliency import SaliencyMapMethod  # noqa: E402
 from ._smoothing import PyTorchRandomizedSmoothing  # noqa: E402
 from ._squeezing import FeatureSqueezing  # noqa: E402
 
 __all__ = [
+    "BasicIterativeMethod",
     "CarliniL2Method",
     "DeepFool",
     "FastGradientMethod",

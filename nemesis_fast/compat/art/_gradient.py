@@ -181,3 +181,9 @@ class ProjectedGradientDescent(CheckedParameters, evasion.ProjectedGradientDesce
             adv = _step(view, adv, direction(grad, inner.norm, reciprocal=True), float(np.float32(inner.eps_step)))
             adv = projection(adv - x, inner.eps, inner.norm) + x
         return adv
+
+
+class BasicIterativeMethod(ProjectedGradientDescent, evasion.BasicIterativeMethod):
+    """art.attacks.evasion.BasicIterativeMethod (Kurakin et al.'s iterative FGSM) with ART's signature, defaults
+    and checks: ART's ProjectedGradientDescent with norm inf and no random start, computed as
+    :class:`ProjectedGradientDescent` computes it (the same fallbacks to ART's own implementation)."""
