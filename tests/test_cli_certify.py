@@ -136,6 +136,15 @@ def test_bad_arguments_end_in_one_line_naming_the_argument(tmp_path, extra, mess
         main(["certify", "--checkpoint", checkpoint, "--out", str(tmp_path / "c.csv"), *extra])
 
 
+def test_the_spellings_torchrun_passes_on_set_the_same_options():
+    """--N, --N0 and --first (torchrun takes --n and --start for abbreviations of its own) set --n, --n0 and --start;
+    without --N argparse would read it as an abbreviation of --N0, and certify with the default n."""
+    from nemesis_fast.cli import build_parser
+
+    args = build_parser().parse_args(["certify", "--checkpoint", "m.pt", "--N0", "3", "--N", "7", "--first", "2"])
+    assert (args.n0, args.n, args.start) == (3, 7, 2)
+
+
 def test_sigma_is_required_where_the_checkpoint_records_none(tmp_path):
     checkpoint = _checkpoint(tmp_path, "standard")
     with pytest.raises(SystemExit, match="--sigma is required: the checkpoint .recipe 'standard'. records no"):
@@ -191,12 +200,46 @@ def test_a_resume_file_of_the_right_settings_but_not_this_runs_certificates_is_r
     argv += ["--n0", "4", "--n", "20", "--no-progress", "--out", str(out)]
     settings = records_written(argv)[-1]["settings"]  # the resume file of a finished run
     partial = tmp_path / "c.csv.partial.json"
-    for prediction, radius in (([0, 1], [0.1]), ([0, 1, 2, 3], [0.1] * 4), ([0, 10], [0.1, 0.2]), ([0], [-1.0])):
+    wrong = [([0, 1], [0.1]), ([0, 1, 2, 3], [0.1] * 4), ([0, 10], [0.1, 0.2]), ([0], [-1.0]), ([0.5], [0.1])]
+    wrong += [([True], [0.1]), ([0], ["0.1"]), ([0], [None]), (1, [0.1]), ([0], 0.1)]  # (types JSON can hold)
+    for prediction, radius in wrong:
         out.unlink(missing_ok=True)
         partial.write_text(json.dumps({"settings": settings, "prediction": prediction, "radius": radius}))
         with pytest.raises(SystemExit, match="c.csv.partial.json does not hold the certificates of at most 3 images"):
             main(argv)
         assert not out.exists()
+    for text in ("not json", "[0, 1]", json.dumps({"settings": settings, "prediction": [0]})):  # not a record
+        partial.write_text(text)
+        with pytest.raises(SystemExit, match="c.csv.partial.json is not the record of an interrupted certify; move"):
+            main(argv)
+        assert not out.exists()
+
+
+def test_the_bar_of_a_resumed_run_counts_the_copies_already_certified_and_ends_at_its_total(tmp_path, monkeypatch):
+    from nemesis_fast import _progress
+
+    out = tmp_path / "c.csv"
+    argv = ["certify", "--checkpoint", _checkpoint(tmp_path, "gda", sigma=0.4, clip=None), "--images", "3"]
+    argv += ["--n0", "4", "--n", "20", "--out", str(out)]
+    kept = records_written([*argv, "--no-progress"])[-1]  # the record of a finished run, cut to its first image
+    (tmp_path / "c.csv.partial.json").write_text(json.dumps({**kept, "prediction": [0], "radius": [0.0]}))
+    out.unlink()
+    bars = []
+
+    class Bar:  # (a tqdm's count)
+        def __init__(self, enabled, total, **options):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, copies):
+            self.n += copies
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(_progress, "progress_bar", Bar)
+    assert main([*argv, "--progress"]) == 0
+    assert [(bar.total, bar.n) for bar in bars] == [(3 * 24, 3 * 24)]
 
 
 def test_ctrl_c_after_out_is_written_says_the_rerun_needs_overwrite_and_that_rerun_finishes(
@@ -225,6 +268,38 @@ def test_ctrl_c_after_out_is_written_says_the_rerun_needs_overwrite_and_that_rer
     csv = out.read_text()
     assert main([*argv, "--overwrite"]) == 0
     assert "resuming: 2 of 2 images" in capsys.readouterr().out and out.read_text() == csv and summary.is_file()
+
+
+def test_certify_writes_out_into_a_folder_it_makes(tmp_path):
+    """--out in a folder that does not exist yet (check_output_file lets it be made): no records to look for there."""
+    out = tmp_path / "new" / "c.csv"
+    argv = ["certify", "--checkpoint", _checkpoint(tmp_path, "gda", sigma=0.4, clip=None), "--images", "1"]
+    assert main([*argv, "--n0", "4", "--n", "20", "--no-progress", "--out", str(out)]) == 0
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["c.csv"]
+
+
+def test_ctrl_c_names_what_the_rerun_resumes_from_or_that_no_chunk_was_finished(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from nemesis_fast._cli_certify import _interrupted
+    from nemesis_fast.certify import Smooth
+
+    out, summary = tmp_path / "c.csv", tmp_path / "c.json"
+    argv = ["certify", "--checkpoint", _checkpoint(tmp_path, "gda", sigma=0.4, clip=None), "--images", "2"]
+    argv += ["--n0", "4", "--n", "20", "--no-progress", "--out", str(out), "--json", str(summary)]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Smooth, "certify", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.endswith("nemesis-fast certify: interrupted; no chunk was finished\n")
+    # the records of a run under torchrun, and both outputs written: their count, and --overwrite for both
+    for name in ("c.csv.partial.0-of-2.json", "c.csv.partial.1-of-2.json", "c.csv", "c.json"):
+        (tmp_path / name).write_text("")
+    args = argparse.Namespace(out=str(out), json=str(summary), overwrite=False)
+    again = "the same command with --overwrite (it had written --out and --json)"
+    assert _interrupted(args) == f"{again} resumes from 2 files {out}.partial*.json"
 
 
 def test_an_output_that_would_overwrite_an_input_or_another_output_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -84,7 +84,9 @@ def test_an_interrupted_run_resumes_on_another_number_of_processes(tmp_path, cap
     # three processes (0..2, 3..5, 6..9) go on from there and stop after one image more each: 1, 3 and 6 kept
     run_processes(_process, 3, argv, str(tmp_path), 1)
     assert len([p for p in tmp_path.iterdir() if "partial" in p.name]) == 5 and not out.exists()
-    assert all("interrupted" in (tmp_path / f"rank{r}.out").read_text() for r in range(3))
+    printed = [(tmp_path / f"rank{r}.out").read_text() for r in range(3)]
+    assert all("interrupted" in p for p in printed)
+    assert "resuming: 2 of 10 images" in printed[0] and not any("resuming" in p for p in printed[1:])  # process 0's
     # one process finishes: the certificates the others kept, and the images none of them certified (2, 4, 7..9)
     from nemesis_fast import _cli_certify
     from nemesis_fast.certify import Smooth
@@ -124,6 +126,41 @@ def test_processes_of_other_settings_are_refused_on_every_process(tmp_path):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+def _process_with_own_data(argv: list[str], folder: str) -> None:
+    """main(argv) with --data-dir folder/data<RANK>: "done", or SystemExit's message, in folder/rank<r>.out."""
+    import os
+
+    rank = os.environ["RANK"]
+    try:
+        main([*argv, "--data-dir", str(Path(folder) / f"data{rank}")])
+        said = "done"
+    except SystemExit as error:
+        said = str(error)
+    (Path(folder) / f"rank{rank}.out").write_text(said)
+
+
+def test_processes_may_read_the_test_files_from_other_folders_but_not_other_test_images(tmp_path):
+    """Each machine reads its own copy of the test files: the folders may differ, the images and labels may not."""
+    import gzip
+    import shutil
+
+    from nemesis_fast.data.mnist import MNIST_SAMPLE_DIR
+
+    for rank in range(2):
+        shutil.copytree(MNIST_SAMPLE_DIR, tmp_path / f"data{rank}")
+    out = tmp_path / "c.csv"
+    argv = [*_argv(_checkpoint(tmp_path), 2), "--out", str(out), "--no-progress", "--overwrite"]
+    run_processes(_process_with_own_data, 2, argv, str(tmp_path))
+    assert [(tmp_path / f"rank{r}.out").read_text() for r in range(2)] == ["done", "done"] and out.is_file()
+    labels = tmp_path / "data1" / "t10k-labels-idx1-ubyte.gz"  # process 1's label of image 3 (--first 3) another
+    data = bytearray(gzip.decompress(labels.read_bytes()))
+    data[8 + 3] = (data[8 + 3] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(data)))
+    run_processes(_process_with_own_data, 2, argv, str(tmp_path))
+    message = "nemesis-fast certify: the processes do not certify the same run: test_images_sha256 of process(es) 1"
+    assert all((tmp_path / f"rank{r}.out").read_text().startswith(message) for r in range(2))
+
+
 def test_records_beside_out_are_refused_where_their_certificates_lie_beyond_the_run(tmp_path):
     checkpoint = _checkpoint(tmp_path)
     out = tmp_path / "c.csv"
@@ -135,14 +172,34 @@ def test_records_beside_out_are_refused_where_their_certificates_lie_beyond_the_
     out.unlink()
     with pytest.raises(SystemExit, match="c.csv.partial.1-of-2.json does not hold the certificates of at most 3"):
         main(argv)
-    for first in (-1, "0", None):
-        (tmp_path / "c.csv.partial.1-of-2.json").write_text(json.dumps({**record, "first": first, "radius": [0.1]}))
+    for first in (-1, "0", None, True, 1.0):  # (one certificate each, which fits the run from a first of 0 to 2)
+        one = {**record, "first": first, "prediction": [0], "radius": [0.1]}
+        (tmp_path / "c.csv.partial.1-of-2.json").write_text(json.dumps(one))
         with pytest.raises(SystemExit, match="does not hold the certificates"):
             main(argv)
     assert not out.exists()
-    (tmp_path / "c.csv.partial.x-of-2.json").write_text("not a record")  # another name: not a record of this run
+    # other names (the dots of --out's name are dots), and a folder: not records of this run, neither read nor removed
+    others = ["c.csv.partial.x-of-2.json", "c.csv.partial.json.bak", "cxcsv.partial.json", "c.csv.partial.3-of-4.json"]
+    for name in others[:-1]:
+        (tmp_path / name).write_text("not a record")
+    (tmp_path / others[-1]).mkdir()
     (tmp_path / "c.csv.partial.1-of-2.json").unlink()
-    assert main(argv) == 0 and (tmp_path / "c.csv.partial.x-of-2.json").exists()
+    assert main(argv) == 0 and all((tmp_path / name).exists() for name in others)
+
+
+def test_where_two_records_hold_an_image_the_first_by_name_counts(tmp_path, capsys):
+    """Records of the same settings hold the same certificate of an image; where two differ (an edited record), the
+    first by name counts, and the images they hold are not certified again."""
+    out = tmp_path / "c.csv"
+    argv = [*_argv(_checkpoint(tmp_path), 2), "--out", str(out), "--no-progress"]
+    settings = records_written(argv)[-1]["settings"]
+    out.unlink()
+    for name, prediction, radius in (("0-of-2", [7, 1], [0.5, 0.25]), ("1-of-2", [3], [0.125])):
+        record = {"settings": settings, "first": 0, "prediction": prediction, "radius": radius}
+        (tmp_path / f"c.csv.partial.{name}.json").write_text(json.dumps(record))
+    assert main(argv) == 0 and "resuming: 2 of 2 images already certified (2 files" in capsys.readouterr().out
+    rows = [line.split(",")[2:4] for line in out.read_text().splitlines()[1:]]
+    assert rows == [["7", "0.500000"], ["1", "0.250000"]]
 
 
 def test_the_share_of_each_process_covers_every_image_once():
@@ -201,3 +258,6 @@ def test_a_json_named_as_a_record_of_out_is_refused_before_any_work(tmp_path, mo
     with pytest.raises(SystemExit, match="is the name of a resume record"):
         main([*_argv(checkpoint, 2), "--out", "c.csv", "--json", str(tmp_path / "c.csv.partial.1-of-3.json")])
     assert main([*_argv(checkpoint, 1), "--out", "c.csv", "--json", "c.csv.partial.json.txt", "--no-progress"]) == 0
+    elsewhere = tmp_path / "elsewhere" / "c.csv.partial.0-of-2.json"  # a record's name, in another folder: no record
+    argv = [*_argv(checkpoint, 1), "--out", "c.csv", "--json", str(elsewhere), "--no-progress", "--overwrite"]
+    assert main(argv) == 0 and elsewhere.is_file()

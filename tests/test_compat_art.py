@@ -214,6 +214,19 @@ def test_unserved_calls_warn_and_return_arts_own_result(name, settings, options,
     np.testing.assert_array_equal(result, expected)
 
 
+def test_a_classifier_subclass_with_its_own_method_that_attacks_call_is_handed_to_arts_attack(model, batch):
+    """A PyTorchClassifier subclass with its own predict, loss_gradient, class_gradient or compute_loss (any one of
+    them) is another classifier than its model's logits: the drop-in attacks run ART's own code on it."""
+    x, y = batch[0][:4], batch[1][:4]
+    for method in ("predict", "loss_gradient", "class_gradient", "compute_loss"):
+        arts = getattr(PyTorchClassifier, method)  # (its own, which calls ART's)
+        cls = type("Own", (PyTorchClassifier,), {method: lambda self, *a, _arts=arts, **kw: _arts(self, *a, **kw)})
+        clf = cls(model, nn.CrossEntropyLoss(), (1, 28, 28), 10, clip_values=(0.0, 1.0), device_type="cpu")
+        with pytest.warns(nfa.PeerFallbackWarning, match=f"the estimator is a Own, with its own {method}; running"):
+            result = seeded(nfa.FastGradientMethod(clf, eps=0.1), x, y)
+        np.testing.assert_array_equal(result, seeded(evasion.FastGradientMethod(clf, eps=0.1), x, y))
+
+
 def test_algorithm_paper_refuses_what_it_cannot_serve_and_runs_unbounded_without_clip_values(model, batch):
     squeezed = classifier(model, preprocessing_defences=FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=4))
     with pytest.raises(ValueError, match="algorithm='paper' cannot run here"):

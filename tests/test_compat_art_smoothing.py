@@ -4,6 +4,7 @@ the drop-in's settings checks, its fallbacks to ART's own methods, and what it l
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -102,6 +103,58 @@ def test_certify_and_predict_are_arts_given_the_same_noise(mnist_model, mnist_te
         assert (smoothed.sum(1) == 0).any() == (is_abstain is not False)
 
 
+def test_certify_takes_arts_class_and_radius_and_certifies_at_pa_one_half(mnist_model, monkeypatch):
+    """ART's CERTIFY from the counts: the class with most selection votes (not the estimation's), certified where
+    pA >= 1/2 (radius 0 at 1/2 exactly, where nemesis_fast's own Smooth abstains), radius scale * Phi^-1(pA)."""
+    from scipy.stats import norm
+
+    from nemesis_fast.certify import Smooth
+    from nemesis_fast.certify.smooth import Certificate
+
+    p_lower = torch.tensor([0.9, 0.5, 0.4999, 0.7], dtype=torch.float64)
+    selection, estimation = torch.zeros(4, 10, dtype=torch.int64), torch.zeros(4, 10, dtype=torch.int64)
+    selection[range(4), [3, 1, 2, 9]] = 15
+    estimation[range(4), [4, 4, 4, 4]] = 60  # (the estimation's own top class: another)
+    chosen = selection.argmax(1)
+
+    def certified(self, x, n0, n, alpha, batch_size=1000, **kwargs):
+        assert (len(x), n0, n, alpha) == (4, 20, 100, ALPHA)
+        smooth = torch.where(p_lower > 0.5, chosen, -1)  # Smooth's own rule
+        radius = torch.zeros(4, dtype=torch.float64)
+        return Certificate(smooth, p_lower, radius, estimation, selection, SCALE, n0, n, alpha)
+
+    monkeypatch.setattr(Smooth, "certify", certified)
+    with no_fallback():
+        prediction, radius = _smoother(PyTorchRandomizedSmoothing, mnist_model).certify(np.zeros((4, 1, 28, 28)), 100)
+    assert prediction.dtype == np.int64 and radius.dtype == np.float64
+    np.testing.assert_array_equal(prediction, [3, 1, -1, 9])
+    np.testing.assert_array_equal(radius, [SCALE * norm.ppf(0.9), 0.0, 0.0, SCALE * norm.ppf(0.7)])
+
+
+def test_predict_is_one_hot_at_the_top_count_where_the_test_at_alpha_separates_it(mnist_model, monkeypatch):
+    """ART's PREDICT from the counts: one-hot at the top class of the sample_size draws where the binomial test at
+    alpha separates it from the runner-up, zeros where not (is_abstain=False: the top class everywhere)."""
+    from nemesis_fast.certify import Smooth
+    from nemesis_fast.certify.smooth import Prediction
+
+    counts = torch.zeros(3, 10, dtype=torch.int64)
+    counts[range(3), [6, 2, 8]] = torch.tensor([20, 11, 15])
+    abstained = torch.tensor([False, True, False])
+
+    def predicted(self, x, n, alpha, batch_size=1000, **kwargs):
+        assert (len(x), n, alpha, batch_size) == (3, 20, ALPHA, 16)
+        prediction = torch.where(abstained, -1, torch.tensor([5, 5, 5]))  # (ART's class is the counts')
+        return Prediction(prediction, torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64), counts, n, alpha)
+
+    monkeypatch.setattr(Smooth, "predict", predicted)
+    smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    with no_fallback():
+        abstaining, always = (smoother.predict(x, batch_size=16, **kw) for kw in ({}, {"is_abstain": False}))
+    np.testing.assert_array_equal(abstaining, np.eye(10)[[6, 2, 8]] * [[1], [0], [1]])
+    np.testing.assert_array_equal(always, np.eye(10)[[6, 2, 8]])
+
+
 def test_certificates_agree_with_arts_own_noise_within_sampling_error(mnist_model, mnist_test_data):
     """ART's own draws (numpy's) against the drop-in's: the same law, so the same classes and radii up to the
     spread of n = 400 draws per image."""
@@ -117,15 +170,42 @@ def test_certificates_agree_with_arts_own_noise_within_sampling_error(mnist_mode
 
 
 def test_results_do_not_depend_on_batch_size_and_follow_torchs_seed(mnist_model, mnist_test_data):
+    model = copy.deepcopy(mnist_model)  # ART's gradients leave .grad in a shared model's parameters
     x = mnist_test_data[0][:6].numpy()
-    smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model)
+    smoother = _smoother(PyTorchRandomizedSmoothing, model)
     results = []
     for seed, batch_size in ((0, 5), (0, 64), (1, 64)):
         torch.manual_seed(seed)
         results.append(smoother.certify(x, 50, batch_size=batch_size))
     np.testing.assert_array_equal(results[0][1], results[1][1])
     assert not np.array_equal(results[0][1], results[2][1])
-    assert not mnist_model.training and all(p.grad is None for p in mnist_model.parameters())
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_the_model_runs_in_eval_mode_and_is_left_there_as_art_leaves_it(mnist_model):
+    """ART's predictions call model.eval() (and never undo it): a model handed over in training mode (dropout, batch
+    norm) votes in eval mode, and stays there; its parameters keep their requires_grad, without gradients."""
+    model = copy.deepcopy(mnist_model)
+    modes = []
+    model.register_forward_hook(lambda module, inputs, output: modes.append(module.training))
+    smoother = _smoother(PyTorchRandomizedSmoothing, model, sample_size=4)
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    for call in (lambda: smoother.certify(x, 8), lambda: smoother.predict(x)):
+        model.train()
+        with no_fallback():
+            call()
+        assert modes and not any(modes) and not model.training
+        assert all(p.requires_grad and p.grad is None for p in model.parameters())
+        modes.clear()
+
+
+def test_predict_shows_arts_bar_only_when_verbose(mnist_model, capsys):
+    smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model, sample_size=4)
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    smoother.predict(x, verbose=False)
+    assert capsys.readouterr().err == ""
+    smoother.predict(x, verbose=True)
+    assert "Randomized smoothing" in capsys.readouterr().err
 
 
 def test_settings_that_would_give_nan_are_refused_naming_them(mnist_model):
@@ -154,6 +234,27 @@ def test_settings_that_would_give_nan_are_refused_naming_them(mnist_model):
             smoother.predict(x)
     with pytest.raises(ValueError, match="is_abstain needs to be of type bool"):
         _smoother(PyTorchRandomizedSmoothing, mnist_model).predict(x, is_abstain=1)
+
+
+def test_settings_that_would_give_nan_are_refused_before_a_fallback_to_arts_own(mnist_model):
+    """Where the call would run ART's own methods (here: postprocessing defences), its settings are still checked
+    first: no warning, and no NaN from ART's code."""
+    from art.defences.postprocessor import ClassLabels
+
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    for settings, call, message in (
+        ({}, lambda smoother: smoother.certify(x, 0), "n must be >= 1"),
+        ({}, lambda smoother: smoother.certify(x, 10, batch_size=0), "batch_size must be >= 1"),
+        ({}, lambda smoother: smoother.predict(x, batch_size=0), "batch_size must be >= 1"),
+        ({"alpha": 1.0}, lambda smoother: smoother.certify(x, 10), "alpha must be < 1"),
+        ({"alpha": 1.0}, lambda smoother: smoother.predict(x), "alpha must be < 1"),
+    ):
+        smoother = _smoother(PyTorchRandomizedSmoothing, mnist_model, postprocessing_defences=ClassLabels())
+        smoother.set_params(**settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PeerFallbackWarning)
+            with pytest.raises(ValueError, match=message):
+                call(smoother)
 
 
 def test_what_it_cannot_serve_runs_arts_own_methods_after_a_warning(mnist_model, mnist_test_data):
@@ -203,9 +304,10 @@ def test_fit_and_the_gradients_are_arts(mnist_model):
 def test_the_attack_drop_ins_hand_a_smoothing_estimator_to_arts_own_attacks(mnist_model, mnist_test_data):
     """A PyTorchClassifier subclass with its own predict and gradients is another classifier than its model's logits
     (FGM without y takes the smoothed prediction's labels): the drop-in attacks run ART's own code on it."""
+    model = copy.deepcopy(mnist_model)  # ART's gradients leave .grad in a shared model's parameters
     x = mnist_test_data[0][:4].numpy()
     for cls in (ArtSmoothing, PyTorchRandomizedSmoothing):
-        estimator = _smoother(cls, mnist_model, clip_values=(0.0, 1.0))
+        estimator = _smoother(cls, model, clip_values=(0.0, 1.0))
         results = []
         for attack in (ArtFGM, FastGradientMethod):
             torch.manual_seed(0)

@@ -4,6 +4,9 @@ the identity gradient (BPDA) on both of ART's gradient paths, the drop-in attack
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +60,37 @@ def test_the_values_are_arts(clip_values):
     assert FeatureSqueezing((0, 255), bit_depth=3)(uint8)[0].dtype == np.float32
 
 
+def test_bounds_per_feature_or_as_numpy_scalars_give_arts_values_in_the_images_dtype():
+    """clip_values as arrays broadcast against x (ART takes them): ART's arithmetic with the bounds in x's dtype,
+    float32 (numpy would make float64 bounds turn the images into float64); numpy scalars and 0-d arrays as the
+    Python floats they hold."""
+    rng = np.random.default_rng(2)
+    low = rng.random((3, 1, 1)) * 0.3  # per channel, float64
+    high = low + 0.5 + rng.random((3, 1, 1)) * 0.5
+    x = (rng.random((8, 3, 4, 4)) * 1.2 - 0.1).astype(np.float32)
+    for bit_depth in (1, 3, 8):
+        ours = FeatureSqueezing(clip_values=(low, high), bit_depth=bit_depth)
+        expected = arts_arithmetic(x, (low.astype(np.float32), high.astype(np.float32)), bit_depth)
+        squeezed = ours(x)[0]
+        assert squeezed.dtype == expected.dtype == np.float32
+        np.testing.assert_array_equal(squeezed, expected)
+        np.testing.assert_array_equal(ours.forward(torch.from_numpy(x))[0].numpy(), expected)
+    for low, high in ((np.float32(0.1), np.float32(0.9)), (np.array(0.1), np.array(0.9))):  # numpy scalars, 0-d arrays
+        squeezed = FeatureSqueezing(clip_values=(low, high), bit_depth=3)(x)[0]
+        assert squeezed.dtype == np.float32
+        np.testing.assert_array_equal(squeezed, FeatureSqueezing((float(low), float(high)), bit_depth=3)(x)[0])
+
+
+def test_a_read_only_array_is_taken_without_a_warning():
+    """A memmap opened for reading or a frozen array: torch warns on tensors over read-only memory, ART on nothing."""
+    x = np.random.default_rng(3).random((2, 1, 4, 4)).astype(np.float32)
+    x.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        squeezed, _ = FeatureSqueezing((0.0, 1.0), bit_depth=2)(x)
+    np.testing.assert_array_equal(squeezed, arts_arithmetic(x, (0.0, 1.0), 2))
+
+
 @pytest.mark.cuda
 def test_the_values_on_a_gpu_are_arts():
     """On CUDA too: its division by a scalar is a product with the reciprocal, which rounds otherwise."""
@@ -73,14 +107,13 @@ def test_the_values_on_a_gpu_are_arts():
 
 
 def test_a_classifier_with_it_runs_where_arts_own_fails_and_the_gradient_is_the_identity(mnist_model, mnist_test_data):
+    model = copy.deepcopy(mnist_model)  # ART's gradients leave .grad in the parameters
     x, y = (t[:16].numpy() for t in mnist_test_data)
     with pytest.raises(RuntimeError, match="Input type \\(double\\)"):  # ART's own under numpy 2
-        art_classifier(
-            mnist_model, (1, 28, 28), 10, preprocessing_defences=[ArtFeatureSqueezing((0.0, 1.0), 1)]
-        ).predict(x)
+        art_classifier(model, (1, 28, 28), 10, preprocessing_defences=[ArtFeatureSqueezing((0.0, 1.0), 1)]).predict(x)
     squeezing = FeatureSqueezing((0.0, 1.0), bit_depth=1)
-    classifier = art_classifier(mnist_model, (1, 28, 28), 10, preprocessing_defences=[squeezing])
-    plain = art_classifier(mnist_model, (1, 28, 28), 10)
+    classifier = art_classifier(model, (1, 28, 28), 10, preprocessing_defences=[squeezing])
+    plain = art_classifier(model, (1, 28, 28), 10)
     squeezed = squeezing(x)[0]
     np.testing.assert_array_equal(classifier.predict(x), plain.predict(squeezed))
     # BPDA: the gradient at x is the model's at the squeezed images, from numpy inputs and from tensors (both
