@@ -12,8 +12,8 @@ Same algorithm as ART's, so the same images up to floating-point rounding: ``Fas
 step scaled by the clip range, the overshoot applied once at the end) and ``SaliencyMapMethod`` (ART's variant: the
 two features with the largest target gradient). ``CarliniL2Method`` runs ART's own line-search algorithm unless
 ``algorithm="paper"`` asks for nemesis_fast's batched Carlini-Wagner (Adam, per-image binary search), which gives
-other images;
-``DeepFool`` and ``SaliencyMapMethod`` take ``algorithm="paper"`` too (the paper's DeepFool and pair-wise JSMA).
+other images; ``DeepFool`` and ``SaliencyMapMethod`` take ``algorithm="paper"`` too (the paper's DeepFool and
+pair-wise JSMA).
 ``GaussianAugmentation`` is a PyTorch preprocessor (noise drawn on the device by the fused op), so a
 ``PyTorchClassifier`` using it keeps ART's all-PyTorch path; so is ``FeatureSqueezing`` (ART's arithmetic in the
 images' dtype, where ART's numpy code under numpy 2 hands a float32 model float64 images).
