@@ -286,11 +286,26 @@ def test_empty_outputs_are_refused_before_any_work(tmp_path, monkeypatch):
             main(argv)
 
 
-def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, capsys):
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+def _interrupted(*args, **kwargs):
+    """Stands for Ctrl-C in whatever it replaces (a function, or a method: self is one of the args)."""
+    raise KeyboardInterrupt
 
-    monkeypatch.setattr("nemesis_fast.training.train", interrupted)
+
+class _InterruptedImport:
+    """A meta path finder on which importing nemesis_fast.cli meets Ctrl-C."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "nemesis_fast.cli":
+            raise KeyboardInterrupt
+
+
+def _interrupt_importing_the_cli(monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, "nemesis_fast.cli")
+    monkeypatch.setattr(sys, "meta_path", [_InterruptedImport(), *sys.meta_path])
+
+
+def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("nemesis_fast.training.train", _interrupted)
     assert main(TRAIN) == 130
     assert capsys.readouterr().err == (
         "nemesis-fast train: interrupted; nothing was kept (--resume FILE keeps the training state after every epoch)\n"
@@ -308,7 +323,7 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(tmp_path, monkeypatch, cap
     monkeypatch.setattr("nemesis_fast.training.train", interrupted_after_out)
     assert main([*TRAIN, "--resume", str(tmp_path / "s.pt"), "--out", str(tmp_path / "m.pt")]) == 130
     assert "the same command with --overwrite (it had written --out) resumes from" in capsys.readouterr().err
-    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", interrupted)
+    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", _interrupted)
     assert main(["evaluate", "--out", str(tmp_path / "e")]) == 130
     assert (
         capsys.readouterr().err
@@ -321,28 +336,18 @@ def test_ctrl_c_under_torchrun_prints_its_line_once_per_machine(monkeypatch, cap
     others end quietly with the same status."""
     import _nemesis_fast_command
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", interrupted)
+    monkeypatch.setattr("nemesis_fast.evaluation.evaluate", _interrupted)
     line = "nemesis-fast evaluate: interrupted; the same command resumes from the units its cache holds\n"
     for local_rank, says in (("0", line), ("1", ""), ("7", "")):
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert main(["evaluate"]) == 130
         assert capsys.readouterr().err == says
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", _interrupted)
     assert main(["bench", "--help"]) == 130
     assert capsys.readouterr().err == ""
     monkeypatch.undo()
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.delitem(sys.modules, "nemesis_fast.cli")
-
-    class InterruptedImport:
-        def find_spec(self, name, path=None, target=None):
-            if name == "nemesis_fast.cli":
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    _interrupt_importing_the_cli(monkeypatch)
     assert _nemesis_fast_command.main() == 130
     assert capsys.readouterr().err == ""
 
@@ -355,21 +360,12 @@ def test_ctrl_c_while_the_command_imports_torch_ends_in_one_line(monkeypatch, ca
     project = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '\n[project.scripts]\nnemesis-fast = "_nemesis_fast_command:main"\n' in project
 
-    class InterruptedImport:
-        def find_spec(self, name, path=None, target=None):
-            if name == "nemesis_fast.cli":
-                raise KeyboardInterrupt
-
-    monkeypatch.delitem(sys.modules, "nemesis_fast.cli")
-    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    _interrupt_importing_the_cli(monkeypatch)
     assert _nemesis_fast_command.main() == 130
     assert capsys.readouterr().err == "nemesis-fast: interrupted while starting; nothing was done\n"
     monkeypatch.undo()
 
-    def interrupted(self, *args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", _interrupted)
     assert main(["bench", "--help"]) == 130
     assert capsys.readouterr().err == "nemesis-fast: interrupted while starting; nothing was done\n"
 

@@ -40,6 +40,12 @@ def _smoother(cls, model: nn.Module, normalised: bool = False, **options):
     )
 
 
+def _with_scipy_bound(art: ArtSmoothing) -> ArtSmoothing:
+    """`art` bounding pA with scipy's Clopper-Pearson quantile (ART's own needs statsmodels)."""
+    art._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), int(n), art.alpha))
+    return art
+
+
 def _with_our_noise(art: ArtSmoothing, seed: int, phases: tuple[str, ...]) -> ArtSmoothing:
     """`art` drawing, in place of numpy's draws, the noise nemesis_fast's Smooth draws for image i and phase p (ART
     calls _noisy_samples once per image and phase, in order), and bounding pA with the same scipy quantile (ART's
@@ -55,8 +61,7 @@ def _with_our_noise(art: ArtSmoothing, seed: int, phases: tuple[str, ...]) -> Ar
         return noisy.numpy()
 
     art._noisy_samples = noisy_samples
-    art._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), int(n), art.alpha))
-    return art
+    return _with_scipy_bound(art)
 
 
 def _images(model: nn.Module, mnist_test_data) -> np.ndarray:
@@ -159,8 +164,7 @@ def test_certificates_agree_with_arts_own_noise_within_sampling_error(mnist_mode
     """ART's own draws (numpy's) against the drop-in's: the same law, so the same classes and radii up to the
     spread of n = 400 draws per image."""
     x = mnist_test_data[0][:20].numpy()
-    art = _smoother(ArtSmoothing, mnist_model)
-    art._lower_confidence_bound = lambda k, n: float(clopper_pearson_lower(int(k), int(n), art.alpha))
+    art = _with_scipy_bound(_smoother(ArtSmoothing, mnist_model))
     np.random.seed(0)
     art_prediction, art_radius = art.certify(x, 400, batch_size=200)
     torch.manual_seed(0)

@@ -87,9 +87,9 @@ def with_statsmodels_or_scipy_bound(art: Any) -> Any:
     try:
         import statsmodels  # noqa: F401
     except ImportError:
-        from ..certify import clopper_pearson_lower
+        from ..compat.art import PyTorchRandomizedSmoothing
 
-        art._lower_confidence_bound = lambda k, total: float(clopper_pearson_lower(int(k), int(total), art.alpha))
+        art._lower_confidence_bound = partial(PyTorchRandomizedSmoothing._lower_confidence_bound, art)
         art.substituted_bound = True
     return art
 
