@@ -240,6 +240,7 @@ def test_the_defaults_readme_names_are_the_codes():
 # README's benchmark figures and the JSON they come from: (the table row's first cell, [(the figure as README shows
 # it, a function of a row getter)]).
 H200, EPYC, XEON = "h200-2026-12-04", "cpu-epyc-avx512-2026-12-05", "cpu-xeon-avx512-2026-12-07"
+EPYC_BF16 = "cpu-epyc-avx512bf16-2026-12-07"  # its compat.json and compat-run2.json at 8 images, compat-batch128.json
 
 
 def _rows(folder: str, suite: str):
@@ -272,6 +273,25 @@ def _certify_figures(folder: str, bf16_format: str) -> list[tuple[str, float]]:
         ("ART, same batch, {:.2f} s", row("ART (batch 1000)")["ms"] / 1e3),
         ("{:.2f}x", row("nemesis_fast")["speedup"]),
         (bf16_format, row("nemesis_fast bf16")["speedup"]),
+    ]
+
+
+def _batch128_figures(case: str, same_images: bool, ms_format: str) -> list[tuple[str, float]]:
+    """A row of the drop-ins at 128 images a call: the drop-in's time per image as `ms_format` (on the peer's images
+    where the peer attacked fewer), the peer's, the speed-up, and the speed-ups of the two runs at 8 images."""
+    ours = _get(EPYC_BF16, "compat-batch128", case, "nemesis_fast.compat")
+    peer = _get(EPYC_BF16, "compat-batch128", case, "peer")
+    peer_ms = peer["extra"]["ms_per_image"]
+    return [
+        (ms_format, _same(ours) if same_images else ours["extra"]["ms_per_image"]),
+        ("{:.1f} ms", peer_ms) if peer_ms < 1e3 else ("{:.2f} s", peer_ms / 1e3),
+        ("{:.1f}x" if ours["speedup"] < 50 else "{:.0f}x", ours["speedup"]),
+        *[
+            ("{:.1f}x" if run < 50 else "{:.0f}x", run)
+            for run in (
+                _get(EPYC_BF16, suite, case, "nemesis_fast.compat")["speedup"] for suite in ("compat", "compat-run2")
+            )
+        ],
     ]
 
 
@@ -325,6 +345,14 @@ def _figures() -> dict[str, list[tuple[str, float]]]:
             ("torchattacks {:.2f} s", g(H200, "compat", "torchattacks JSMA", "peer")["extra"]["ms_per_image"] / 1e3),
             ("{:.0f}x", h200_compat("torchattacks JSMA")["speedup"]),
         ],
+        "DeepFool through torchattacks' class": _batch128_figures("torchattacks DeepFool", False, "{:.2f} ms"),
+        "DeepFool through ART's class": _batch128_figures("ART DeepFool", False, "{:.2f} ms"),
+        'CarliniL2Method through ART\'s class (`"paper"`, equal iterations)': _batch128_figures(
+            "ART CarliniL2Method", False, "{:.2f} ms"
+        ),
+        "JSMA through torchattacks' class (on the peer's 2 images)": _batch128_figures(
+            "torchattacks JSMA", True, "{:.1f} ms"
+        ),
         "certify, MNIST CNN, 20 images, n = 10,000": [
             ("{:.1f} ms", g(H200, "certify", "vs ART: 20 MNIST images", "nemesis_fast")["ms"]),
             (
@@ -420,7 +448,7 @@ def _figures() -> dict[str, list[tuple[str, float]]]:
 
 def test_readmes_benchmark_figures_are_their_jsons():
     figures = _figures()
-    assert len(figures) == 29
+    assert len(figures) == 33
     for first_cell, expected in figures.items():
         cells = table_row(first_cell)
         # The drop-ins' table: the H200 column is the last; the benchmark tables: every cell of the row.
