@@ -9,6 +9,8 @@ reordered sums for DeepFool). The speed-up is always taken on the same images: a
 to image (the steps until it succeeds), so per-image times on different images do not compare. On a GPU the slow
 peers attack the first few images of the batch only (`images` says how many); the drop-in then attacks those
 images too (`same_images_ms_per_image`), besides the whole batch (`ms_per_image`, what batching gives).
+`image_rows` counts the images each side ran through the model per call (:mod:`.image_rows`): an image attacked
+for s steps counts about s times, so it shows where one side stepped on and the other stopped.
 ART's C&W is compared at equal iterations with ``algorithm="paper"`` (Adam, no early abort): another algorithm,
 so no `max_diff`. Both sides are warmed up alike before they are timed (a warm-up round; in the slow cases, one
 call of each on one image), and a side that raises gets a row with no time and the note "failed: <Type>:
@@ -48,6 +50,7 @@ from .harness import (
     time_interleaved,
     time_ms,
 )
+from .image_rows import ImageRows
 from .jsma import peak_extra_mb
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -175,11 +178,12 @@ def _seeded(fn: Attack, images: torch.Tensor, labels: torch.Tensor, out: list) -
     return call
 
 
-def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results. Fast cases
-    are timed in turns (median of several rounds, after a warm-up round); slow ones in `pair.rounds` turns, after
-    one warm-up call of each side on one image. A side that raises (when built, warmed up or timed) gets a row
-    with no time and the note "failed: <Type>: <message>"."""
+def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> None:
+    """Rows for the peer and the drop-in of `pair`: time per image, speed-up, difference of results, and with the
+    `model` both attack, each side's image rows per call (`image_rows`; the drop-in's on the peer's images:
+    `same_images_image_rows`). Fast cases are timed in turns (median of several rounds, after a warm-up round);
+    slow ones in `pair.rounds` turns, after one warm-up call of each side on one image. A side that raises (when
+    built, warmed up or timed) gets a row with no time and the note "failed: <Type>: <message>"."""
     if isinstance(pair.peer, str) or isinstance(pair.ours, str):
         report.add(Row(pair.name, "peer", None, note=pair.peer if isinstance(pair.peer, str) else pair.ours))
         return
@@ -204,10 +208,23 @@ def measure_pair(report: Report, pair: Pair, x: torch.Tensor, y: torch.Tensor) -
         turns: dict[str, Any] = {"warmup": 1, "min_reps": 5, "min_seconds": 1.0}
     else:
         turns = {"warmup": 0, "min_reps": pair.rounds, "max_reps": pair.rounds, "min_seconds": 0.0}
-    ms = time_interleaved(calls, report.device, **turns, failures=notes)
+    rows = ImageRows(model) if model is not None else None
+    try:
+        if rows is not None:
+            calls = {side: rows.counting(side, call) for side, call in calls.items()}
+        ms = time_interleaved(calls, report.device, **turns, failures=notes)
+    finally:
+        if rows is not None:
+            rows.close()
     peer_row, ours_row = (
         _side_row(pair.name, side, ms, notes, images) for side, images in (("peer", count), ("ours", len(x)))
     )
+    if rows is not None:
+        for row, side in ((peer_row, "peer"), (ours_row, "ours")):
+            if side in ms:
+                row.extra["image_rows"] = rows.per_call(side)
+        if "same" in ms:
+            ours_row.extra["same_images_image_rows"] = rows.per_call("same")
     if "same" in ms:
         record_same_images(ours_row, count, ms["same"])
     elif "same" in notes and ours_row.ms is not None:
@@ -368,7 +385,7 @@ def run(device: torch.device | str, *, numel: int | None = None) -> Report:
     with torch.no_grad():
         y = model(x).argmax(1)
     for pair in [*torchattacks_pairs(model, gpu), *art_pairs(model, x, gpu)]:
-        measure_pair(report, pair, x, y)
+        measure_pair(report, pair, x, y, model)
     gaussian_case(report, 128 if not gpu else 1024)
     # (ART draws each image's noise in host numpy, float64: 49 MB per CIFAR image at n 2,000)
     smoothing_case(report, model, x[: 16 if gpu else 2], 2000 if gpu else 1000)
