@@ -11,11 +11,17 @@ def says_interrupted() -> bool:
     return os.environ.get("LOCAL_RANK", "0") in ("", "0")
 
 
+def interrupted_while_starting() -> int:
+    """Ctrl-C before a command began its work (the package's import, the arguments' parsing): its line, where this
+    process says it, and the exit status."""
+    if says_interrupted():
+        print("nemesis-fast: interrupted while starting; nothing was done", file=sys.stderr)
+    return 130
+
+
 def main() -> int:
     try:
         from nemesis_fast.cli import main as run
     except KeyboardInterrupt:
-        if says_interrupted():
-            print("nemesis-fast: interrupted while starting; nothing was done", file=sys.stderr)
-        return 130
+        return interrupted_while_starting()
     return run()

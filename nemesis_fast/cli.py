@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, NoReturn
 
-from _nemesis_fast_command import says_interrupted
+from _nemesis_fast_command import interrupted_while_starting, says_interrupted
 
 from ._cli_certify import add_parser as add_certify_parser
 from ._cli_evaluate import add_parser as add_evaluate_parser
@@ -164,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
-        if says_interrupted():
-            print("nemesis-fast: interrupted while starting; nothing was done", file=sys.stderr)
-        return 130
+        return interrupted_while_starting()
     try:
         return args.handler(args)
     except KeyboardInterrupt:  # Ctrl-C: one line saying what was kept, not a traceback
