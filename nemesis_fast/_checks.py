@@ -73,6 +73,26 @@ def check_tensor(
     return x
 
 
+SHOWN_IMAGES = 10  # images an error message names, the first of those at fault
+
+
+def named_images(indices: Sequence[int], name: str = "x") -> str:
+    """Names the images name[i] of `indices`, the first SHOWN_IMAGES of them ("image(s) x[0], x[3] and 2 more")."""
+    shown = ", ".join(f"{name}[{i}]" for i in indices[:SHOWN_IMAGES])
+    more = len(indices) - SHOWN_IMAGES
+    return f"image(s) {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def check_finite_values(x: torch.Tensor, name: str) -> torch.Tensor:
+    """ValueError naming `name` and its first images at fault where the floating tensor `x` (N, ...) holds NaN or an
+    infinity (one device synchronisation; other dtypes pass); returns `x`."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[:, 0].tolist() if x.dim() else []
+        where = f" in {named_images(bad, name)}" if x.dim() else ""
+        raise ValueError(f"{name} must be finite; NaN or inf{where}")
+    return x
+
+
 def check_number(
     value: Any,
     name: str,

@@ -448,6 +448,38 @@ def test_argument_checks(model, batch):
     np.testing.assert_array_equal(attack.generate(x, y), evasion.FastGradientMethod(clf, eps=0.1).generate(x, y))
 
 
+ATTACKS_OF_IMAGES = {
+    "FastGradientMethod": {"eps": 0.1},
+    "ProjectedGradientDescent": {"eps": 0.1, "eps_step": 0.05, "max_iter": 2, "verbose": False},
+    "DeepFool": {"max_iter": 2, "verbose": False},
+    "SaliencyMapMethod": {"gamma": 0.02, "verbose": False},
+    "CarliniL2Method": {"algorithm": "paper", "max_iter": 2, "binary_search_steps": 1, "verbose": False},
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS_OF_IMAGES))
+def test_images_with_nan_or_inf_are_refused_naming_them(name, model, batch):
+    """ART runs NaN pixels into NaN adversarial images (its FGM sets the NaN steps to 0, leaving x's NaN); the
+    drop-ins refuse them, naming the images at fault."""
+    x = batch[0][:4].copy()
+    x[0, 0, 5, 5], x[2, 0, 1, 1] = np.nan, -np.inf
+    attack = getattr(nfa, name)(classifier(model), **ATTACKS_OF_IMAGES[name])
+    with pytest.raises(ValueError, match=r"^x must be finite; NaN or inf in image\(s\) x\[0\], x\[2\]$"):
+        attack.generate(x, batch[1][:4])
+    assert np.isfinite(attack.generate(batch[0][:4], batch[1][:4])).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS_OF_IMAGES if n != "DeepFool"])  # (ART's DeepFool ignores y)
+def test_labels_of_another_length_than_the_images_are_refused_naming_y(name, model, batch):
+    """ART's JSMA gives the images beyond the labels no target (they came back unattacked), its PGD fails on an
+    assertion, its FGM in the loss; the drop-ins name y. Indices and one-hot alike."""
+    x, y = batch[0][:5], batch[1][:3]
+    attack = getattr(nfa, name)(classifier(model), **ATTACKS_OF_IMAGES[name])
+    for labels in (y, np.eye(10)[y]):
+        with pytest.raises(ValueError, match="^y must hold one label per image of x: 5 images, got 3 labels$"):
+            attack.generate(x, labels)
+
+
 # GaussianAugmentation
 
 

@@ -470,3 +470,32 @@ def test_a_nan_setting_is_refused_naming_it(name, setting, model, batch):
         attack(batch[0][:2], batch[1][:2])
     setattr(attack, setting, SETTINGS[name].get(setting, 0.1))  # set afterwards, as torchattacks lets it be
     assert attack(batch[0][:2], batch[1][:2]).shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("name", ["FGSM", "PGD", "RFGSM", "CW", "DeepFool", "JSMA"])
+def test_images_with_nan_or_inf_are_refused_naming_them(name, model, batch):
+    """torchattacks' range check lets NaN through (its min and max compare False), and its attacks return NaN
+    images for them; the drop-ins refuse them, naming the images at fault, and leave the attack usable."""
+    x, y = batch[0][:4].clone(), batch[1][:4]
+    x[1, 0, 3, 3], x[3, 0, 0, 0] = float("nan"), float("inf")
+    attack = getattr(nft, name)(model, **SETTINGS[name])
+    with pytest.raises(ValueError, match=r"inputs must be finite; NaN or inf in image\(s\) inputs\[1\], inputs\[3\]$"):
+        attack(x, y)
+    assert torch.isfinite(attack(batch[0][:4], y)).all()
+
+
+@pytest.mark.parametrize("name", ["DeepFool", "JSMA"])
+@pytest.mark.parametrize("bad", [10, -1])
+def test_deepfool_and_jsma_refuse_labels_beyond_the_models_classes(name, bad, model, batch):
+    """torchattacks' DeepFool takes an image whose label is no class of the model for one already fooled and returns
+    it unchanged, and its JSMA aims at (label + 1) % 10 (a class again): the drop-ins refuse such labels."""
+    x, y = batch[0][:3], batch[1][:3].clone()
+    y[2] = bad
+    peer_out = getattr(torchattacks, name)(model, **SETTINGS[name])(x, y)
+    if name == "DeepFool":
+        assert torch.equal(peer_out[2], x[2])  # the peer's silent answer: not attacked
+    low, high = int(y.min()), int(y.max())
+    with pytest.raises(
+        ValueError, match=rf"labels must be classes of the model's 10 logits; got values in \[{low}, {high}\]$"
+    ):
+        getattr(nft, name)(model, **SETTINGS[name])(x, y)

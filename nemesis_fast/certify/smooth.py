@@ -16,11 +16,13 @@ from .._checks import (
     FLOAT_DTYPES,
     check_choice,
     check_device,
+    check_finite_values,
     check_int,
     check_number,
     check_positive,
     check_tensor,
     dtype_name,
+    named_images,
     parameter_dtype,
     raise_model_input_error,
 )
@@ -32,15 +34,7 @@ from .statistics import INTEGER_DTYPES, binomial_p_value, certificate_bounds, ce
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits
 MAX_CLASSES = 2**20  # the vote counts take 8 bytes per class, image and phase on the device: 8 MiB per image and phase
-SHOWN_IMAGES = 10
 Progress = Callable[[int], object]
-
-
-def _images(indices: list[int]) -> str:
-    """Names the images x[i] of `indices`, the first SHOWN_IMAGES of them."""
-    shown = ", ".join(f"x[{i}]" for i in indices[:SHOWN_IMAGES])
-    more = len(indices) - SHOWN_IMAGES
-    return f"image(s) {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass
@@ -181,9 +175,7 @@ class Smooth:
         offset = check_int(offset, "offset", low=0, high=MAX_IMAGE_INDEX)
         if offset + x.shape[0] - 1 > MAX_IMAGE_INDEX:
             raise ValueError(f"offset + len(x) must be <= {MAX_IMAGE_INDEX + 1}, got {offset + x.shape[0]}")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[:, 0].tolist()
-            raise ValueError(f"x must be finite; NaN or inf in {_images(bad)}")
+        check_finite_values(x, "x")
         return offset
 
     def _raise_on_non_finite(self, rejected: torch.Tensor) -> None:
@@ -194,7 +186,7 @@ class Smooth:
             bad = per_image.nonzero()[:, 0].tolist()
             raise ValueError(
                 f"the model gave non-finite logits (NaN or inf) for {int(per_image.sum())} noisy copies of "
-                f"{_images(bad)}; they were not counted as votes"
+                f"{named_images(bad)}; they were not counted as votes"
             )
 
     def sample_counts(

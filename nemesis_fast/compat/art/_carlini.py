@@ -91,7 +91,7 @@ class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
             raise ValueError(f"algorithm='paper' cannot run here: {reason}")
         view = TorchClassifier(self.estimator)
         with view.session():
-            x_t = view.tensor(x)
+            x_t = view.images(x)
             labels = view.one_hot_labels(x_t, y, self.batch_size, self.targeted).argmax(1)  # checked, as ART does
             if self.binary_search_steps == 0:
                 return np.asarray(x, dtype=np.float32).copy()  # no search step: ART returns x

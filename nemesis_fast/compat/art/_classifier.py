@@ -17,7 +17,7 @@ from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 from art.estimators.classification import PyTorchClassifier
 from art.utils import check_and_transform_label_format
 
-from ..._checks import check_bool, check_choice
+from ..._checks import check_bool, check_choice, check_finite_values
 from ...attacks.base import model_guard
 from .._peer import PeerFallbackWarning
 
@@ -206,6 +206,19 @@ class TorchClassifier:
         """`array` as float32 (ART's dtype) on the classifier's device."""
         return torch.from_numpy(writable(np.ascontiguousarray(array, dtype=ART_NUMPY_DTYPE))).to(self.device)
 
+    def images(self, x: np.ndarray) -> torch.Tensor:
+        """:meth:`tensor` of the images `x` given to generate, ValueError naming x where they hold NaN or inf
+        (ART's attacks run them into NaN adversarial images)."""
+        return check_finite_values(self.tensor(x), "x")
+
+    def one_hot(self, y: Any, images: int) -> np.ndarray:
+        """`y` (class indices or one-hot) as ART's one-hot labels, with one row per image: ValueError naming y
+        otherwise (ART's attacks fail on it deep in their loops, or, its JSMA, give the last images no target)."""
+        one_hot = check_and_transform_label_format(np.asarray(y), nb_classes=self.nb_classes)
+        if len(one_hot) != images:
+            raise ValueError(f"y must hold one label per image of x: {images} images, got {len(one_hot)} labels")
+        return one_hot
+
     def predict(self, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
         """The logits of `x`, computed `batch_size` images at a time."""
         with torch.no_grad():
@@ -219,7 +232,7 @@ class TorchClassifier:
         """ART's labels for FGM, PGD and C&W, float32 (N, classes): `y` one-hot encoded, or without `y` (untargeted
         only) ones at the model's largest output (several where outputs tie, as ART marks them)."""
         if y is not None:
-            return self.tensor(check_and_transform_label_format(np.asarray(y), nb_classes=self.nb_classes))
+            return self.tensor(self.one_hot(y, len(x)))
         if targeted:
             raise ValueError("Target labels `y` need to be provided for a targeted attack.")
         predictions = self.predict(x, batch_size)

@@ -82,7 +82,7 @@ class DeepFool(AlgorithmParameter, evasion.DeepFool):
             return fall_back(self, reason, lambda: super(DeepFool, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)
         with view.session():
-            x_t = view.tensor(x)
+            x_t = view.images(x)
             predictions = view.predict(x_t, self.batch_size)
             if self.algorithm == "paper":
                 return view.numpy(self._paper(view, x_t, predictions))

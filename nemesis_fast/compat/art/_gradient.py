@@ -105,7 +105,7 @@ class FastGradientMethod(CheckedParameters, evasion.FastGradientMethod):
             return fall_back(self, reason, lambda: super(FastGradientMethod, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)
         with view.session():
-            x_t = view.tensor(x)
+            x_t = view.images(x)
             targets = view.one_hot_labels(x_t, y, self.batch_size, self.targeted)
             if view.nb_classes > 2:
                 targets = targets / targets.sum(1, keepdim=True)
@@ -146,7 +146,7 @@ class ProjectedGradientDescent(CheckedParameters, evasion.ProjectedGradientDesce
             return fall_back(self, reason, lambda: super(ProjectedGradientDescent, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)
         with view.session():
-            x_t = view.tensor(x)
+            x_t = view.images(x)
             targets = view.one_hot_labels(x_t, y, inner.batch_size, inner.targeted)
             adv = x_t.clone()
             for chunk in batches(len(x_t), inner.batch_size):

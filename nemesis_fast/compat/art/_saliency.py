@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from art.attacks import evasion
-from art.utils import check_and_transform_label_format, random_targets
+from art.utils import random_targets
 
 from ...attacks import JSMA as PaperJSMA
 from ...attacks.base import select_rows
@@ -69,7 +69,7 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
             return fall_back(self, reason, lambda: super(SaliencyMapMethod, self).generate(x, y, **kwargs))
         view = TorchClassifier(self.estimator)
         with view.session():
-            x_t = view.tensor(x)
+            x_t = view.images(x)
             predictions = view.predict(x_t, self.batch_size).argmax(1)
             targets = self._targets(view, predictions, y)
             if self.algorithm == "paper":
@@ -84,7 +84,7 @@ class SaliencyMapMethod(AlgorithmParameter, evasion.SaliencyMapMethod):
         if y is None:
             one_hot = random_targets(predictions.cpu().numpy(), view.nb_classes)
         else:
-            one_hot = check_and_transform_label_format(np.asarray(y), nb_classes=view.nb_classes)
+            one_hot = view.one_hot(y, len(predictions))
         return torch.from_numpy(np.argmax(one_hot, axis=1)).to(view.device)
 
     def _paper(

@@ -10,6 +10,7 @@ from numbers import Real
 import torch
 import torch.nn.functional as F
 
+from ..._checks import check_finite_values
 from ..._modes import kept_modes
 from .._peer import PeerFallbackWarning
 
@@ -19,7 +20,8 @@ class GivesBackState:
     normalisation given back however the call ends. torchattacks' own call restores neither when the attack
     raises (a KeyboardInterrupt too): the model stays in eval mode, and after a call with set_normalization_used
     every later call would take normalised images for raw ones. On success it puts a model given in train mode
-    back with model.train(), whatever its submodules' modes were; this gives each its own back."""
+    back with model.train(), whatever its submodules' modes were; this gives each its own back. Images with NaN or
+    inf and NaN settings (`real_settings`) are refused, naming them, where torchattacks runs them into NaN images."""
 
     real_settings: tuple[str, ...] = ()  # refused at a call when NaN
 
@@ -28,6 +30,8 @@ class GivesBackState:
             value = getattr(self, name)
             if isinstance(value, Real) and math.isnan(value):
                 raise ValueError(f"{name} must be a number, got {value}")
+        if isinstance(inputs, torch.Tensor):  # torchattacks' range check lets NaN through, into NaN images
+            check_finite_values(inputs, "inputs")
         normalization_applied = self._normalization_applied
         with kept_modes(self.model):
             try:
@@ -79,6 +83,14 @@ def class_indices(labels: torch.Tensor) -> torch.Tensor:
     if labels.is_floating_point() and not bool((labels == labels.round()).all()):
         raise TypeError(f"labels must hold class indices; got {labels.dtype} values that are not whole numbers")
     return labels.long()
+
+
+def check_label_classes(labels: torch.Tensor, classes: int) -> None:
+    """ValueError naming labels where a class index (N,) is no class of the model's `classes` logits (torchattacks'
+    DeepFool takes such an image for one already fooled and returns it unchanged; its JSMA aims at (label + 1) % 10)."""
+    low, high = (int(v) for v in torch.aminmax(labels))
+    if low < 0 or high >= classes:
+        raise ValueError(f"labels must be classes of the model's {classes} logits; got values in [{low}, {high}]")
 
 
 def per_image_fallback_reason(model: object) -> str | None:

@@ -9,7 +9,13 @@ import torchattacks
 
 from ...attacks.jacobian import predicts
 from .._peer import GradientEngine, frozen_parameters
-from ._common import GivesBackState, per_image_fallback_reason, prepare, warn_per_image_fallback
+from ._common import (
+    GivesBackState,
+    check_label_classes,
+    per_image_fallback_reason,
+    prepare,
+    warn_per_image_fallback,
+)
 
 
 class DeepFool(GivesBackState, torchattacks.DeepFool):
@@ -49,10 +55,10 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
         engine = GradientEngine(self.get_logits)
         index = torch.arange(len(images), device=images.device)  # the images still predicted as their label
         with frozen_parameters(self.model):
-            for _ in range(self.steps):
+            for step in range(self.steps):
                 if index.numel() == 0:
                     break
-                index = self._step(engine, adv, indices, target_labels, index)
+                index = self._step(engine, adv, indices, target_labels, index, first=step == 0)
         # torchattacks' are a copy of the labels: their dtype, and their shape, (N,) or (N, 1)
         return adv, target_labels.to(labels.dtype).reshape(labels.shape)
 
@@ -63,8 +69,10 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
         labels: torch.Tensor,
         target_labels: torch.Tensor,
         index: torch.Tensor,
+        first: bool = False,
     ) -> torch.Tensor:
-        """One step of the images `index` (updates adv and target_labels in place); returns those still running."""
+        """One step of the images `index` (updates adv and target_labels in place); returns those still running.
+        The `first` step's logits check the labels against the model's classes."""
         x = adv[index]
 
         def identity(logits: torch.Tensor) -> torch.Tensor:  # every class's own gradient, as torchattacks takes them
@@ -73,6 +81,8 @@ class DeepFool(GivesBackState, torchattacks.DeepFool):
 
         y = labels[index]
         logits, keep, kept, grads = engine.logit_gradients_of_kept(x, identity, predicts(y))
+        if first:
+            check_label_classes(labels, logits.shape[1])
         predicted = logits.argmax(1)
         target_labels[index] = torch.where(keep, target_labels[index], predicted)
         index, x, logits, y = index[kept], x[kept], logits[kept], y[kept]

@@ -15,7 +15,13 @@ import torchattacks
 
 from ... import ops
 from .._peer import GradientEngine, frozen_parameters
-from ._common import GivesBackState, per_image_fallback_reason, prepare, warn_per_image_fallback
+from ._common import (
+    GivesBackState,
+    check_label_classes,
+    per_image_fallback_reason,
+    prepare,
+    warn_per_image_fallback,
+)
 
 # torchattacks' search domain: the features below 0.99 (theta > 0) or above 0.01 (theta < 0).
 _DOMAIN_HIGH, _DOMAIN_LOW = 0.99, 0.01
@@ -62,10 +68,10 @@ class JSMA(GivesBackState, torchattacks.JSMA):
                 stacklevel=3,  # the user's call of the attack (torchattacks' __call__ runs forward)
             )
         with frozen_parameters(self.model):
-            adv = self._perturb_batch(images, target)
+            adv = self._perturb_batch(images, labels, target)
         return torch.clamp(adv, min=0, max=1)
 
-    def _perturb_batch(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _perturb_batch(self, images: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         out = images.flatten(1).clone()
         increasing = self.theta > 0
         domain = out < _DOMAIN_HIGH if increasing else out > _DOMAIN_LOW
@@ -77,7 +83,7 @@ class JSMA(GivesBackState, torchattacks.JSMA):
         for step in range(math.ceil(out.shape[1] * self.gamma / 2.0) if len(out) else 0):
             batch = x.view(-1, *images.shape[1:])
             if increasing:  # (the targets are checked against the first logits: no forward pass of its own)
-                given = weights if weights is not None else partial(_checked_weights, target, self.targeted)
+                given = weights if weights is not None else partial(_checked_weights, target, labels, self.targeted)
                 logits, grads = engine.logit_gradients(batch, given)
                 weights = _weights(target, logits) if weights is None else weights
                 grads = grads.flatten(2).float()
@@ -85,7 +91,7 @@ class JSMA(GivesBackState, torchattacks.JSMA):
                 with torch.no_grad():
                     logits, grads = self.get_logits(batch), None
                 if step == 0:
-                    _check_targets(target, logits.shape[1], self.targeted)
+                    _check_targets(target, labels, logits.shape[1], self.targeted)
             running = (logits.argmax(1) != target) & domain.any(1)
             rows = running.nonzero().squeeze(1)  # the step's one host synchronisation
             if rows.numel() < len(index):
@@ -106,10 +112,12 @@ class JSMA(GivesBackState, torchattacks.JSMA):
         return out.view_as(images)
 
 
-def _check_targets(target: torch.Tensor, classes: int, targeted: bool) -> None:
-    """ValueError where a target is no class of the model (torchattacks raises an IndexError there, or, with
-    theta <= 0, which takes no gradient, would change feature 0 towards a class that does not exist). Called on the
-    first step's logits: a call that takes no step (gamma too small) returns the images, as torchattacks does."""
+def _check_targets(target: torch.Tensor, labels: torch.Tensor, classes: int, targeted: bool) -> None:
+    """ValueError where a label or a target is no class of the model (torchattacks aims a label beyond them at
+    (label + 1) % 10, raises an IndexError for such a target, or, with theta <= 0, which takes no gradient, changes
+    feature 0 towards a class that does not exist). Called on the first step's logits: a call that takes no step
+    (gamma too small) returns the images, as torchattacks does."""
+    check_label_classes(labels, classes)
     if int(target.max()) >= classes:
         default = "" if targeted else " (the default mode's target is (label + 1) % 10: set a target mode)"
         raise ValueError(
@@ -117,9 +125,9 @@ def _check_targets(target: torch.Tensor, classes: int, targeted: bool) -> None:
         )
 
 
-def _checked_weights(target: torch.Tensor, targeted: bool, logits: torch.Tensor) -> torch.Tensor:
+def _checked_weights(target: torch.Tensor, labels: torch.Tensor, targeted: bool, logits: torch.Tensor) -> torch.Tensor:
     """:func:`_weights`, after :func:`_check_targets` on the first logits."""
-    _check_targets(target, logits.shape[1], targeted)
+    _check_targets(target, labels, logits.shape[1], targeted)
     return _weights(target, logits)
 
 
