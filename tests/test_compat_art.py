@@ -480,6 +480,19 @@ def test_labels_of_another_length_than_the_images_are_refused_naming_y(name, mod
             attack.generate(x, labels)
 
 
+@pytest.mark.parametrize("name", [n for n in ATTACKS_OF_IMAGES if n != "DeepFool"])
+@pytest.mark.parametrize("bad", [-1, 10, 1.5, np.nan])
+def test_class_indices_that_are_no_class_are_refused_naming_y(name, bad, model, batch):
+    """ART reads a label of -1 as the last class and 1.5 as class 1 (10 fails in its one-hot encoding); the
+    drop-ins name y for each, and take whole floats and (N, 1) labels as ART does."""
+    x, y = batch[0][:3], batch[1][:3].astype(np.float64)
+    attack = getattr(nfa, name)(classifier(model), **ATTACKS_OF_IMAGES[name])
+    for labels in (np.array([y[0], y[1], bad]), np.array([y[0], y[1], bad])[:, None]):
+        with pytest.raises(ValueError, match=r"^y must hold class indices in \[0, 10\) or one-hot rows; got values in"):
+            attack.generate(x, labels)
+    assert attack.generate(x, y[:, None]).shape == x.shape
+
+
 # GaussianAugmentation
 
 

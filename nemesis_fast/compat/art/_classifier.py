@@ -212,9 +212,18 @@ class TorchClassifier:
         return check_finite_values(self.tensor(x), "x")
 
     def one_hot(self, y: Any, images: int) -> np.ndarray:
-        """`y` (class indices or one-hot) as ART's one-hot labels, with one row per image: ValueError naming y
-        otherwise (ART's attacks fail on it deep in their loops, or, its JSMA, give the last images no target)."""
-        one_hot = check_and_transform_label_format(np.asarray(y), nb_classes=self.nb_classes)
+        """`y` (class indices or one-hot) as ART's one-hot labels, with one row per image and class indices that are
+        classes: ValueError naming y otherwise (ART's attacks fail deep in their loops on labels of another length,
+        or, its JSMA, give the last images no target)."""
+        labels = np.asarray(y)
+        if labels.dtype.kind in "iuf" and (labels.ndim == 1 or labels.shape[1:] == (1,)) and labels.size:
+            # ART reads a label of -1 as the last class and 1.5 as class 1
+            low, high = labels.min(), labels.max()
+            whole = bool(np.isfinite(labels).all() and (labels == np.round(labels)).all())
+            if not whole or low < 0 or high >= self.nb_classes:
+                kinds = f"class indices in [0, {self.nb_classes}) or one-hot rows"
+                raise ValueError(f"y must hold {kinds}; got values in [{low}, {high}]")
+        one_hot = check_and_transform_label_format(labels, nb_classes=self.nb_classes)
         if len(one_hot) != images:
             raise ValueError(f"y must hold one label per image of x: {images} images, got {len(one_hot)} labels")
         return one_hot
