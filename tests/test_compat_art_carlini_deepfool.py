@@ -250,7 +250,8 @@ def test_constructors_hand_each_setting_to_art(name, settings):
 
 def test_carlini_paper_checks_the_labels_before_its_no_search_shortcut():
     """binary_search_steps=0 returns x, but, as ART, only after checking the labels: a targeted call without y, or
-    a label beyond the classes, was answered with x where ART raises."""
+    a label beyond the classes, was answered with x where ART raises (an IndexError; the drop-in's ValueError names
+    y)."""
     clf = tiny_classifier(tiny_model())
     x = images(2)
     paper = {"binary_search_steps": 0, "algorithm": "paper"}
@@ -258,7 +259,7 @@ def test_carlini_paper_checks_the_labels_before_its_no_search_shortcut():
         nfa.CarliniL2Method(clf, targeted=True, **paper).generate(x)
     with pytest.raises(IndexError):
         evasion.CarliniL2Method(clf, binary_search_steps=0).generate(x, np.array([1, CLASSES]))
-    with pytest.raises(IndexError):
+    with pytest.raises(ValueError, match=rf"y must hold class indices in \[0, {CLASSES}\)"):
         nfa.CarliniL2Method(clf, **paper).generate(x, np.array([1, CLASSES]))
 
 
