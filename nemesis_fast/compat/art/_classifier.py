@@ -212,9 +212,9 @@ class TorchClassifier:
         return check_finite_values(self.tensor(x), "x")
 
     def one_hot(self, y: Any, images: int) -> np.ndarray:
-        """`y` (class indices or one-hot) as ART's one-hot labels, with one row per image and class indices that are
-        classes: ValueError naming y otherwise (ART's attacks fail deep in their loops on labels of another length,
-        or, its JSMA, give the last images no target)."""
+        """`y` (class indices or one-hot) as ART's one-hot labels: ValueError naming y unless it holds one label per
+        image, and class indices among the model's classes (ART's attacks fail deep in their loops on labels of
+        another length or, its JSMA, give the last images no target; ART reads an index of -1 as the last class)."""
         labels = np.asarray(y)
         if labels.dtype.kind in "iuf" and (labels.ndim == 1 or labels.shape[1:] == (1,)) and labels.size:
             # ART reads a label of -1 as the last class and 1.5 as class 1
