@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INTEGER_DTYPES: tuple[torch.dtype, ...] = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 MAX_THREADS = 1024  # CPU threads per process: more only exhausts memory (OpenMP allocates per thread)

@@ -17,7 +17,7 @@ from ._checks import check_device
 from ._modes import eval_mode
 from ._progress import progress_bar
 from ._training_checks import Data, check_values
-from .data.loader import DeviceLoader, check_images_labels
+from .data.loader import DeviceLoader, check_images_labels, int64_labels
 from .defenses.recipes import Recipe
 from .resume import Resumable, restore_state, training_state
 
@@ -63,11 +63,12 @@ def evaluate_accuracy(
     amp: bool | str = False,
 ) -> float:
     """The fraction of `images` (uint8 pixels, or finite float images in [0, 1], (N, C, H, W)) that `model`
-    classifies as `labels`, in eval mode (restored afterwards); nan for an empty set. `device` defaults to the
-    model's. ValueError naming `images` for float images outside [0, 1] or not finite (as :func:`train` refuses
-    them: 0..255 floats, say); ValueError where a label is not a class of the model's logits, or where the model
-    gives NaN logits (no prediction; :class:`NaNLogitsError`), checked with the one host synchronisation that reads
-    the count."""
+    classifies as `labels` ((N,), any integer dtype), in eval mode (restored afterwards); nan for an empty set.
+    `device` defaults to the model's. ValueError naming `images` for float images outside [0, 1] or not finite (as
+    :func:`train` refuses them: 0..255 floats, say); ValueError where a label is not a class of the model's logits,
+    or where the model gives NaN logits (no prediction; :class:`NaNLogitsError`), checked with the one host
+    synchronisation that reads the count."""
+    labels = int64_labels(labels)
     check_images_labels(images, labels)
     check_values(images, None, "images")
     return accuracy(model, images, labels, batch_size=batch_size, device=device, amp=amp)

@@ -185,8 +185,9 @@ def train(
 
     Args:
         model: maps (B, C, H, W) images in [0, 1] to logits (e.g. :func:`nemesis_fast.models.mnist_cnn`).
-        data: (images, labels): uint8 (N, C, H, W) pixels (or finite float images in [0, 1]) and int64 labels
-            (N,), N >= 1, each a class of the model (below its number of logits); checked before training.
+        data: (images, labels): uint8 (N, C, H, W) pixels (or finite float images in [0, 1]) and integer labels
+            (N,) (int64, or another integer dtype, read as int64), N >= 1, each a class of the model (below its number
+            of logits); checked before training.
         recipe: "standard", "gda", "label_smoothing", "fgsm_adversarial", "vat" (see
             :mod:`nemesis_fast.defenses.recipes`), or a Recipe object (which has its settings: then pass no
             `settings` or `dataset`, ValueError otherwise; its random streams are reseeded from `seed`, so that

@@ -156,6 +156,26 @@ def test_bad_data_is_refused_before_training(mnist_sample):
         assert torch.equal(torch.get_rng_state(), state), "a refused call leaves torch's generator alone"
 
 
+def test_labels_of_any_integer_dtype_train_as_int64_labels(mnist_sample):
+    """int32 labels (numpy's on some platforms), int16 or uint8 train the same weights as their int64 copy, and
+    count the same accuracy, as the attacks take them; float labels stay refused, naming them."""
+    images, labels = small(mnist_sample, 32)
+    budget = quiet(epochs=1, batch_size=16, val_fraction=0.25, seed=3)
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return mnist_cnn()
+
+    reference = train(fresh(), (images, labels), **budget).model.state_dict()
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        model = train(fresh(), (images, labels.to(dtype)), **budget).model
+        assert all(torch.equal(a, b) for a, b in zip(reference.values(), model.state_dict().values())), dtype
+        expected = evaluate_accuracy(model, images, labels, device="cpu")
+        assert evaluate_accuracy(model, images, labels.to(dtype), device="cpu") == expected
+    with pytest.raises(TypeError, match="labels must have dtype int64; got float32"):
+        train(mnist_cnn(), (images, labels.float()), **budget)
+
+
 def test_value_checks_gather_on_the_images_device():
     """The labels' minimum joins the images' range on the images' device (train() takes images on a GPU with labels
     on the CPU): here meta images, whose figures can be stacked but not read, so the stack alone must succeed."""

@@ -8,13 +8,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._checks import FLOAT_DTYPES, check_class_logits, check_int, check_tensor, dtype_name, raise_model_input_error
+from .._checks import (
+    FLOAT_DTYPES,
+    INTEGER_DTYPES,
+    check_class_logits,
+    check_int,
+    check_tensor,
+    dtype_name,
+    raise_model_input_error,
+)
 from .precision import clip_tolerance
 
 if TYPE_CHECKING:
     from .base import Attack, Seed
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def check_seed(seed: Any) -> Seed:
@@ -62,7 +68,7 @@ def check_step_sizes(attack: Attack, dtype: torch.dtype) -> None:
 
 
 def check_labels(labels: Any, name: str, x: torch.Tensor) -> torch.Tensor:
-    check_tensor(labels, name, dtypes=_INT_DTYPES, ndim=1)
+    check_tensor(labels, name, dtypes=INTEGER_DTYPES, ndim=1)
     if labels.shape[0] != x.shape[0]:
         raise ValueError(f"{name} must hold one label per image: {x.shape[0]} images, {labels.shape[0]} labels")
     labels = labels.detach().to(device=x.device, dtype=torch.int64)

@@ -14,6 +14,7 @@ from .._amp import amp_name, autocast
 from .._backends.gaussian_augment import resolve_seed
 from .._checks import (
     FLOAT_DTYPES,
+    INTEGER_DTYPES,
     check_choice,
     check_device,
     check_finite_values,
@@ -29,7 +30,7 @@ from .._checks import (
 from .._dispatch import BACKENDS
 from .._modes import eval_mode
 from ..ops import gaussian_augment
-from .statistics import INTEGER_DTYPES, binomial_p_value, certificate_bounds, certified_accuracy
+from .statistics import binomial_p_value, certificate_bounds, certified_accuracy
 
 MAX_IMAGE_INDEX = 2**31 - 1  # the image index fills the high 32 bits of the noise's 64-bit sample index ...
 MAX_DRAWS = 2**32  # ... and the draw index the low 32 bits

@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from .._checks import check_number, check_positive, check_tensor
-
-INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+from .._checks import INTEGER_DTYPES, check_number, check_positive, check_tensor
 
 
 def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> np.ndarray:

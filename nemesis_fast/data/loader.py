@@ -8,11 +8,19 @@ copy of a torch DataLoader; the conversion to float happens per batch, on the de
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from .._checks import check_bool, check_device, check_float_dtype, check_int, check_number, check_tensor
+from .._checks import (
+    INTEGER_DTYPES,
+    check_bool,
+    check_device,
+    check_float_dtype,
+    check_int,
+    check_number,
+    check_tensor,
+)
 
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -39,6 +47,14 @@ def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     # A tensor divisor, not a Python number: on CUDA, torch divides by a number as a multiply by its reciprocal,
     # one ulp off x / 255 for about half of the byte values.
     return images.to(dtype).div_(torch.full((), 255.0, dtype=dtype, device=images.device))
+
+
+def int64_labels(labels: Any) -> Any:
+    """`labels` as int64 where it is a tensor of another integer dtype (int32 from numpy, uint8...); anything else as
+    it is, for :func:`check_images_labels` to judge."""
+    if isinstance(labels, torch.Tensor) and labels.dtype in INTEGER_DTYPES and labels.dtype != torch.int64:
+        return labels.long()
+    return labels
 
 
 def check_images_labels(images: torch.Tensor, labels: torch.Tensor) -> None:
