@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_tensor
 
 Norm = str  # "inf" or "2"
 
@@ -16,10 +16,16 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tens
     """Per-sample (L0, L2, Linf) norms of x_adv - x, both (B, ...) of one shape, over all dimensions but the first.
 
     Returns three (B,) tensors: L0 counts the elements that differ (int64); L2 and Linf, in x's units (pixels in
-    [0, 1]), are float32, or float64 for float64 inputs.
+    [0, 1]), are float32, or float64 for float64 inputs. TypeError for a tensor that is not floating (uint8 pixels
+    against [0, 1] images would measure in mixed units), ValueError for shapes that differ.
     """
+    check_tensor(x_adv, "x_adv", min_ndim=1)
+    check_tensor(x, "x", min_ndim=1)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"x_adv and x must have one shape, got {tuple(x_adv.shape)} and {tuple(x.shape)}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    delta = (x_adv.to(dtype) - x.to(dtype)).flatten(1)
+    delta = x_adv.to(dtype) - x.to(dtype)
+    delta = delta.flatten(1) if delta.dim() > 1 else delta[:, None]
     if delta.shape[1] == 0:
         zeros = torch.zeros(delta.shape[0], dtype=dtype, device=delta.device)
         return zeros.long(), zeros, zeros.clone()
