@@ -17,7 +17,7 @@ from ._checks import check_device
 from ._modes import eval_mode
 from ._progress import progress_bar
 from ._training_checks import Data, check_values
-from .data.loader import DeviceLoader, check_images_labels, int64_labels
+from .data.loader import DeviceLoader, check_images_labels
 from .defenses.recipes import Recipe
 from .resume import Resumable, restore_state, training_state
 
@@ -68,8 +68,7 @@ def evaluate_accuracy(
     :func:`train` refuses them: 0..255 floats, say); ValueError where a label is not a class of the model's logits,
     or where the model gives NaN logits (no prediction; :class:`NaNLogitsError`), checked with the one host
     synchronisation that reads the count."""
-    labels = int64_labels(labels)
-    check_images_labels(images, labels)
+    labels = check_images_labels(images, labels)
     check_values(images, None, "images")
     return accuracy(model, images, labels, batch_size=batch_size, device=device, amp=amp)
 

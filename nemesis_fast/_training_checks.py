@@ -11,7 +11,7 @@ from torch import nn
 
 from ._checks import check_choice, check_class_logits, check_int, check_number, check_positive
 from ._modes import eval_mode
-from .data.loader import check_images_labels, int64_labels, to_float
+from .data.loader import check_images_labels, to_float
 from .defenses.recipes import Recipe
 
 Data = tuple[torch.Tensor, torch.Tensor]  # (images (N, C, H, W), labels (N,) int64)
@@ -23,8 +23,7 @@ def check_data(data: Any, name: str) -> Data:
     (int32 from numpy, uint8...) come back as int64."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{name} must be a pair (images, labels) of tensors, got {type(data).__name__}")
-    images, labels = data[0], int64_labels(data[1])
-    check_images_labels(images, labels)
+    images, labels = data[0], check_images_labels(*data)
     if len(labels) == 0:
         raise ValueError(f"{name} must hold at least one image, got none")
     check_values(images, labels, name)

@@ -94,8 +94,13 @@ def test_device_loader_bad_arguments():
     images, labels = small_set()
     with pytest.raises(ValueError, match="same length"):
         DeviceLoader(images, labels[:-1])
-    with pytest.raises(TypeError, match="labels must have dtype int64"):
-        DeviceLoader(images, labels.int())
+    with pytest.raises(TypeError, match="labels must have dtype int8, int16, int32, int64, uint8; got float32"):
+        DeviceLoader(images, labels.float())
+    # other integer labels are read as int64 (numpy's int32 on some platforms, labels kept as uint8)
+    for dtype in (torch.int32, torch.uint8):
+        batches = list(DeviceLoader(images, labels.to(dtype), 4, shuffle=False, device="cpu"))
+        assert all(y.dtype == torch.int64 for _, y in batches)
+        assert torch.equal(torch.cat([y for _, y in batches]), labels)
     with pytest.raises(TypeError, match="images must have dtype"):
         DeviceLoader(images.int(), labels)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):

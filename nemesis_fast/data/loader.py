@@ -8,7 +8,7 @@ copy of a torch DataLoader; the conversion to float happens per batch, on the de
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -49,20 +49,14 @@ def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     return images.to(dtype).div_(torch.full((), 255.0, dtype=dtype, device=images.device))
 
 
-def int64_labels(labels: Any) -> Any:
-    """`labels` as int64 where it is a tensor of another integer dtype (int32 from numpy, uint8...); anything else as
-    it is, for :func:`check_images_labels` to judge."""
-    if isinstance(labels, torch.Tensor) and labels.dtype in INTEGER_DTYPES and labels.dtype != torch.int64:
-        return labels.long()
-    return labels
-
-
-def check_images_labels(images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Images (N, ...) of uint8 or float and int64 labels (N,), with the same N."""
+def check_images_labels(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Images (N, ...) of uint8 or float and integer labels (N,), with the same N; returns the labels as int64 (a
+    copy where they are of another integer dtype: int32 from numpy, uint8...)."""
     check_tensor(images, "images", dtypes=IMAGE_DTYPES, min_ndim=2)
-    check_tensor(labels, "labels", dtypes=(torch.int64,), ndim=1)
+    check_tensor(labels, "labels", dtypes=INTEGER_DTYPES, ndim=1)
     if len(images) != len(labels):
         raise ValueError(f"images and labels must have the same length, got {len(images)} and {len(labels)}")
+    return labels.long()
 
 
 class DeviceLoader:
@@ -70,7 +64,7 @@ class DeviceLoader:
 
     Args:
         images: (N, C, H, W) uint8 (pixels 0..255, converted to [0, 1] per batch) or float images.
-        labels: (N,) int64 labels.
+        labels: (N,) integer labels (read as int64).
         batch_size: images per batch before augmentation.
         shuffle: a new permutation every epoch (every `iter()`); else the stored order.
         seed: seeds the permutations, so that two loaders with one seed on one kind of device yield the same
@@ -107,7 +101,7 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         rows: int | None = None,
     ) -> None:
-        check_images_labels(images, labels)
+        labels = check_images_labels(images, labels)
         self.batch_size = check_int(batch_size, "batch_size", low=1)
         if seed is not None:
             seed = check_int(seed, "seed", low=0, high=2**64 - 1)
@@ -193,7 +187,7 @@ def split_validation(
     fraction = 0 gives an empty validation set, and a fraction near 1 may leave no training images (which
     :func:`nemesis_fast.train` refuses).
     """
-    check_images_labels(images, labels)
+    labels = check_images_labels(images, labels)
     fraction = check_number(fraction, "fraction", low=0.0, high=1.0, high_inclusive=False)
     seed = check_int(seed, "seed", low=0, high=2**64 - 1)
     n_val = round(len(labels) * fraction)

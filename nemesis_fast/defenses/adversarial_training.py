@@ -66,7 +66,7 @@ def offline_examples(
     `images` are uint8 (converted to [0, 1]) or float; `perturb` maps a float batch and its labels to the
     perturbed batch, e.g. `lambda x, y: fgsm_examples(source, x, y, 0.3)`.
     """
-    check_images_labels(images, labels)
+    labels = check_images_labels(images, labels)
     batch_size = check_int(batch_size, "batch_size", low=1)
     device = check_device(device) if device is not None else images.device
     out = torch.empty(images.shape, dtype=torch.float32, device=device)
