@@ -88,8 +88,10 @@ def check_finite_values(x: torch.Tensor, name: str) -> torch.Tensor:
     """ValueError naming `name` and its first images at fault where the floating tensor `x` (N, ...) holds NaN or an
     infinity (one device synchronisation; other dtypes pass); returns `x`."""
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[:, 0].tolist() if x.dim() else []
-        where = f" in {named_images(bad, name)}" if x.dim() else ""
+        where = ""
+        if x.dim():
+            bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[:, 0].tolist()
+            where = f" in {named_images(bad, name)}"
         raise ValueError(f"{name} must be finite; NaN or inf{where}")
     return x
 
