@@ -16,24 +16,32 @@ from .._modes import frozen
 from ..attacks.base import Attack
 
 
-def import_peer(module: str, pip_name: str, tested_version: str, adapter: str) -> ModuleType:
-    """Imports the peer library `module`, or raises an ImportError naming the package to install.
+def import_peer(module: str, pip_name: str, tested_series: tuple[str, ...], adapter: str) -> ModuleType:
+    """Imports the peer library `module`, or raises an ImportError naming the package to install (where it is
+    missing) or the peer's own import error (where it is installed but fails to import, e.g. a dependency of it
+    missing).
 
-    Warns once when the installed version is not the `tested_version` series whose algorithms the adapter
-    reproduces (the classes still run; their results may then differ from that version's).
+    Warns once when the installed version is of none of the `tested_series` ("major.minor") whose algorithms the
+    adapter reproduces, checked in tests against each (the classes still run; their results may then differ from
+    that version's).
     """
     try:
         peer = importlib.import_module(module)
     except ImportError as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == module:
+            raise ImportError(
+                f"{adapter} needs the package {pip_name!r}, which is not installed: pip install '{pip_name}' "
+                f"(or pip install 'nemesis_fast[peers]')"
+            ) from error
         raise ImportError(
-            f"{adapter} needs the package {pip_name!r}, which is not installed: pip install '{pip_name}' "
-            f"(or pip install 'nemesis_fast[peers]')"
+            f"{adapter} needs the package {pip_name!r}, which is installed but fails to import: "
+            f"{type(error).__name__}: {error}"
         ) from error
     version = str(getattr(peer, "__version__", ""))
-    if not version.startswith(tested_version):
+    if ".".join(version.split(".")[:2]) not in tested_series:
         warnings.warn(
-            f"{adapter} reproduces the algorithms of {pip_name} {tested_version}; {version or 'an unknown version'} "
-            "is installed, whose results may differ",
+            f"{adapter} reproduces the algorithms of {pip_name} {', '.join(tested_series)}; "
+            f"{version or 'an unknown version'} is installed, whose results may differ",
             stacklevel=3,
         )
     return peer

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 from .._peer import PeerFallbackWarning, import_peer
 
-import_peer("art", "adversarial-robustness-toolbox", "1.20", "nemesis_fast.compat.art")
+# 1.17 and earlier differ: ART 1.18.0 changed FGM's and PGD's norm-1 and norm-2 steps and PGD's momentum.
+import_peer("art", "adversarial-robustness-toolbox", ("1.18", "1.19", "1.20"), "nemesis_fast.compat.art")
 
 from ._carlini import CarliniL2Method  # noqa: E402
 from ._deepfool import DeepFool  # noqa: E402

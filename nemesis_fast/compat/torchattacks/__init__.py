@@ -23,7 +23,7 @@ from typing import Any
 
 from .._peer import PeerFallbackWarning, import_peer
 
-_torchattacks = import_peer("torchattacks", "torchattacks", "3.5", "nemesis_fast.compat.torchattacks")
+_torchattacks = import_peer("torchattacks", "torchattacks", ("3.5",), "nemesis_fast.compat.torchattacks")
 
 from ._cw import CW  # noqa: E402
 from ._deepfool import DeepFool  # noqa: E402
