@@ -39,6 +39,18 @@ def parameter_dtype(model: object) -> torch.dtype | None:
     return next((p.dtype for p in parameters if p.is_floating_point()), None)
 
 
+def check_no_inference_tensors(model: object, name: str) -> None:
+    """ValueError naming `name` where an nn.Module's parameters or buffers were made inside torch.inference_mode():
+    autograd can neither differentiate through them nor train them (nor set their requires_grad back)."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    if any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            f"{name} has parameters or buffers made inside torch.inference_mode(), which autograd cannot "
+            "differentiate through or train: build or load the model outside inference mode (torch.no_grad() is fine)"
+        )
+
+
 def check_float_logits(logits: torch.Tensor) -> None:
     """ValueError naming the model where its logits are not floating point (torch's errors would come from inside
     a loss or a gradient)."""

@@ -1,15 +1,20 @@
 """A model's modes kept, or the model in eval mode (and its parameters frozen) for a while: every submodule's own
-training flag, and every parameter's requires_grad, restored afterwards."""
+training flag, and every parameter's requires_grad, restored afterwards; and autograd on for a function that needs it
+whatever the caller's grad mode."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 @contextlib.contextmanager
@@ -106,3 +111,16 @@ def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
         yield
     finally:
         _release(token, held)
+
+
+def with_autograd(function: _Function) -> _Function:
+    """`function` run with autograd recording, also when called inside torch.no_grad() or torch.inference_mode()
+    (a validation loop): outside inference mode, with gradients enabled. Tensors made in inference mode that the
+    function saves for a backward pass must be cloned by it (autograd cannot save inference tensors)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

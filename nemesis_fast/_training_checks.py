@@ -20,10 +20,12 @@ Data = tuple[torch.Tensor, torch.Tensor]  # (images (N, C, H, W), labels (N,) in
 def check_data(data: Any, name: str) -> Data:
     """`data` as (images, labels): a pair of tensors, at least one image, finite float images in [0, 1] (or uint8
     pixels) and labels >= 0, checked with one device synchronisation; labels of another integer dtype than int64
-    (int32 from numpy, uint8...) come back as int64."""
+    (int32 from numpy, uint8...) come back as int64, and tensors made in inference mode as copies (which autograd
+    can save for a backward pass)."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{name} must be a pair (images, labels) of tensors, got {type(data).__name__}")
-    images, labels = data[0], check_images_labels(*data)
+    labels = check_images_labels(*data)
+    images, labels = (t.clone() if t.is_inference() else t for t in (data[0], labels))
     if len(labels) == 0:
         raise ValueError(f"{name} must hold at least one image, got none")
     check_values(images, labels, name)

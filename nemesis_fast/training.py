@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_device
+from ._checks import check_bool, check_device, check_no_inference_tensors
 from ._epochs import (
     Data,
     EarlyStopping,
@@ -28,7 +28,7 @@ from ._epochs import (
     forward_autocast,
     run_epochs,
 )
-from ._modes import kept_modes
+from ._modes import kept_modes, with_autograd
 from ._training_checks import (
     check_budget,
     check_classes,
@@ -157,6 +157,7 @@ def _epochs(
     return runner
 
 
+@with_autograd
 def train(
     model: nn.Module,
     data: Data,
@@ -236,6 +237,7 @@ def train(
 
     The model comes back with each submodule's train/eval mode as it was given (whatever the outcome; each epoch
     trains with the whole model in train mode), and with no gradient left in its trainable parameters' `.grad`.
+    Inside a caller's torch.no_grad() or torch.inference_mode() it trains as outside, with autograd on.
     """
     images, labels = check_data(data, "data")
     _check_modules(model, source_model)
@@ -296,12 +298,13 @@ def train(
 
 def _check_modules(model: Any, source_model: Any) -> None:
     """TypeError unless `model` is an nn.Module and `source_model` one or None; ValueError where either has
-    parameters of another floating dtype than float32, which the batches are."""
+    parameters of another floating dtype than float32, which the batches are, or made in inference mode."""
     for name, module in (("model", model), ("source_model", source_model)):
         if not isinstance(module, nn.Module) and (name == "model" or module is not None):
             raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
         if module is None:
             continue
+        check_no_inference_tensors(module, name)
         other = sorted(
             {str(p.dtype) for p in module.parameters() if p.is_floating_point() and p.dtype != torch.float32}
         )

@@ -242,6 +242,17 @@ def test_inference_mode_input():
         torch.testing.assert_close(FGSM(model, 0.1)(x_inf, y_inf), expected, rtol=0, atol=0)
 
 
+def test_a_model_made_in_inference_mode_is_refused_and_left_as_it_was():
+    """Its parameters are inference tensors, which autograd cannot differentiate through: the attack failed inside
+    the model guard, whose restoring of requires_grad failed too, leaving the model's parameters frozen."""
+    with torch.inference_mode():
+        model = small_model()
+    x, y = data()
+    with pytest.raises(ValueError, match="model has parameters or buffers made inside torch.inference_mode()"):
+        FGSM(model, 0.1)(x, y)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize("attack_name", ["fgsm", "pgd", "pgd-l2", "cw", "randfgsm"])
 def test_targeted_mode(attack_name):
     model = Linear(dtype=torch.float32)

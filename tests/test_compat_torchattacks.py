@@ -327,6 +327,20 @@ def test_jsma_without_a_valid_pair_moves_feature_0_twice_as_torchattacks():
     assert (results[1].flatten(1)[:, 0] > x.flatten(1)[:, 0]).all()
 
 
+def test_jsma_inside_inference_mode_says_that_autograd_is_off_there():
+    """torchattacks' JSMA fails inside torch.no_grad() and torch.inference_mode() (torch's "element 0 of tensors
+    does not require grad"); the drop-in runs inside no_grad, and inside inference mode said the model's output did
+    not depend on x: it now says why there is no gradient."""
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(8, 10))
+    x = torch.rand(4, 1, 2, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(4, dtype=torch.int64)
+    expected = nft.JSMA(linear, theta=0.2, gamma=0.5)(x, y)
+    with torch.no_grad():
+        torch.testing.assert_close(nft.JSMA(linear, theta=0.2, gamma=0.5)(x, y), expected, rtol=0, atol=0)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="not record inside torch.inference_mode()"):
+        nft.JSMA(linear, theta=0.2, gamma=0.5)(x, y)
+
+
 def test_jsma_clamps_images_outside_0_1_as_torchattacks_even_where_it_takes_no_step():
     """torchattacks takes images outside [0, 1] (it checks no range) and clamps its result into [0, 1], also the
     images that take no step: those its model already gives the target, and all of them with gamma = 0."""

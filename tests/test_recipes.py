@@ -339,6 +339,32 @@ def test_vat_perturbation_with_the_papers_xi_beats_random_directions():
     assert kl(r).mean() > 2 * kl(random).mean()
 
 
+def test_vat_runs_inside_no_grad_and_inference_mode():
+    """The direction needs a gradient: inside a caller's torch.no_grad() or torch.inference_mode() (a validation
+    loop), and on images made there, vat_perturbation and vat_loss give what they give outside (inference mode
+    failed with torch's "element 0 of tensors does not require grad")."""
+    model = tiny_net()
+    x, y = tiny_batch(8)
+    logits = model(x).detach()
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        seeded = {"generator": torch.Generator().manual_seed(0)}
+        r = vat_perturbation(model, x, eps=2.1, logits=logits, **seeded)
+        return r, vat_loss(model, x, y, generator=torch.Generator().manual_seed(0)).detach()
+
+    expected = both()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = both()
+        for value, reference in zip(got, expected):
+            torch.testing.assert_close(value, reference, rtol=0, atol=0)
+    with torch.inference_mode():
+        x_inference, logits = x.clone(), logits.clone()  # inference tensors, which autograd cannot save
+        r = vat_perturbation(model, x_inference, eps=2.1, logits=logits, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(r, expected[0], rtol=0, atol=0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_vat_loss_is_cross_entropy_plus_alpha_lds():
     model = tiny_net()
     x, y = tiny_batch()

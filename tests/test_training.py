@@ -176,6 +176,39 @@ def test_labels_of_any_integer_dtype_train_as_int64_labels(mnist_sample):
         train(mnist_cnn(), (images, labels.float()), **budget)
 
 
+@pytest.mark.parametrize("recipe", ["standard", "vat"])
+def test_training_inside_no_grad_and_inference_mode_trains_the_same_weights(mnist_sample, recipe):
+    """train() inside a caller's torch.no_grad() or torch.inference_mode(), and on data made inside inference mode,
+    trains the weights it trains outside (it failed with torch's "element 0 of tensors does not require grad"), as
+    the attacks run there too."""
+    images, labels = small(mnist_sample, 32)
+    budget = quiet(epochs=1, batch_size=16, val_fraction=0.25, seed=3)
+    settings = {"mode": "online"} if recipe == "vat" else None
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return mnist_cnn()
+
+    def weights(model: nn.Module, data) -> list[torch.Tensor]:
+        trained = train(model, data, recipe, settings=settings, **budget).model
+        return [v.clone() for v in trained.state_dict().values()]
+
+    expected = weights(model(), (images, labels))
+    for mode in (torch.no_grad, torch.inference_mode):
+        fresh = model()
+        with mode():
+            got = weights(fresh, (images, labels))
+        assert all(torch.equal(a, b) for a, b in zip(expected, got)), mode
+    with torch.inference_mode():
+        data = (images.clone(), labels.clone())  # inference tensors
+    got = weights(model(), data)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got)) and not any(w.is_inference() for w in got)
+    with torch.inference_mode():
+        made_there = mnist_cnn()
+    with pytest.raises(ValueError, match="model has parameters or buffers made inside torch.inference_mode()"):
+        train(made_there, (images, labels), **budget)
+
+
 def test_value_checks_gather_on_the_images_device():
     """The labels' minimum joins the images' range on the images' device (train() takes images on a GPU with labels
     on the CPU): here meta images, whose figures can be stacked but not read, so the stack alone must succeed."""

@@ -32,8 +32,14 @@ def input_grad(
     outputs: torch.Tensor, leaf: torch.Tensor, grad_outputs: torch.Tensor | None = None, **kwargs: Any
 ) -> torch.Tensor:
     """torch.autograd.grad(outputs, leaf, grad_outputs, **kwargs)[0], with a ValueError naming the model where
-    `outputs` has no gradient path to `leaf` (torch's own error does not say why)."""
+    `outputs` has no gradient path to `leaf` (torch's own error does not say why), or a RuntimeError where the
+    caller's torch.inference_mode() made autograd record nothing."""
     if not outputs.requires_grad:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "the attack needs gradients, which autograd does not record inside torch.inference_mode(): call "
+                "it outside it (nemesis_fast.attacks' own classes run inside it too)"
+            )
         raise ValueError(NO_GRADIENT_PATH)
     (grad,) = torch.autograd.grad(outputs, leaf, grad_outputs, allow_unused=True, **kwargs)
     if grad is None:

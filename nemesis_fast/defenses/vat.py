@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_int, check_nonnegative, check_positive, parameter_dtype
+from .._modes import with_autograd
 from ..attacks import model_guard
 from ._halves import clean_and_perturbed_logits
 
@@ -54,6 +55,7 @@ def _working_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@with_autograd
 def vat_perturbation(
     model: nn.Module,
     x: torch.Tensor,
@@ -85,9 +87,8 @@ def vat_perturbation(
             log_p = F.log_softmax((model(x) if logits is None else logits).to(x.dtype), dim=1)
         d = _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
         for _ in range(power_iterations):
-            with torch.enable_grad():
-                r = (xi * d).requires_grad_(True)
-                (g,) = torch.autograd.grad(_kl(log_p, model(x + r)).sum(), r)
+            r = (xi * d).requires_grad_(True)
+            (g,) = torch.autograd.grad(_kl(log_p, model(x + r)).sum(), r)
             g = _unit(g)
             d = torch.where(g.flatten(1).any(1).view(-1, *[1] * (x.dim() - 1)), g, d)
     return eps * d
