@@ -37,8 +37,8 @@ def input_grad(
     if not outputs.requires_grad:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
-                "the attack needs gradients, which autograd does not record inside torch.inference_mode(): call "
-                "it outside it (nemesis_fast.attacks' own classes run inside it too)"
+                "the attack needs gradients, which autograd does not record inside torch.inference_mode(): call the "
+                "attack outside inference mode (the classes of nemesis_fast.attacks also run inside it)"
             )
         raise ValueError(NO_GRADIENT_PATH)
     (grad,) = torch.autograd.grad(outputs, leaf, grad_outputs, allow_unused=True, **kwargs)
