@@ -339,6 +339,11 @@ def test_jsma_inside_inference_mode_says_that_autograd_is_off_there():
         torch.testing.assert_close(nft.JSMA(linear, theta=0.2, gamma=0.5)(x, y), expected, rtol=0, atol=0)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="not record inside torch.inference_mode()"):
         nft.JSMA(linear, theta=0.2, gamma=0.5)(x, y)
+    with torch.inference_mode():
+        made_there = nn.Sequential(nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(ValueError, match="model has parameters or buffers made inside torch.inference_mode()"):
+        nft.JSMA(made_there, theta=0.2, gamma=0.5)(x, y)
+    assert all(p.requires_grad for p in made_there.parameters())
 
 
 def test_jsma_clamps_images_outside_0_1_as_torchattacks_even_where_it_takes_no_step():

@@ -363,6 +363,11 @@ def test_vat_runs_inside_no_grad_and_inference_mode():
         r = vat_perturbation(model, x_inference, eps=2.1, logits=logits, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(r, expected[0], rtol=0, atol=0)
     assert all(p.requires_grad for p in model.parameters())
+    with torch.inference_mode():
+        made_there = tiny_net()
+    with pytest.raises(ValueError, match="model has parameters or buffers made inside torch.inference_mode()"):
+        vat_perturbation(made_there, x, eps=2.1)
+    assert all(p.requires_grad for p in made_there.parameters())  # its guard changed nothing before refusing
 
 
 def test_vat_loss_is_cross_entropy_plus_alpha_lds():

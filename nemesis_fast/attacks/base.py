@@ -56,7 +56,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_bool, check_float_logits, check_range, dtype_name, parameter_dtype
+from .._checks import (
+    check_bool,
+    check_float_logits,
+    check_no_inference_tensors,
+    check_range,
+    dtype_name,
+    parameter_dtype,
+)
 from .._modes import eval_mode
 from .inputs import check_call, check_seed, check_values
 from .jacobian import LogitJacobian, Weights, input_grad
@@ -73,8 +80,10 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
     Each submodule's own training flag is restored (not just the root's), and so is every parameter's
     requires_grad flag; where guards overlap on one model (calls from several threads), when the last one ends
     (:func:`~nemesis_fast._modes.eval_mode`). With requires_grad off, gradients with respect to the input never
-    reach the parameters' `.grad`.
+    reach the parameters' `.grad`. ValueError naming `model`, before anything is changed, where its parameters or
+    buffers were made inside torch.inference_mode() (their requires_grad could not be set back).
     """
+    check_no_inference_tensors(model, "model")
     with eval_mode(model, freeze=True):
         yield model
 

@@ -13,7 +13,6 @@ from .._checks import (
     INTEGER_DTYPES,
     check_class_logits,
     check_int,
-    check_no_inference_tensors,
     check_tensor,
     dtype_name,
     raise_model_input_error,
@@ -33,7 +32,6 @@ def check_seed(seed: Any) -> Seed:
 
 def check_call(attack: Attack, x: Any, y: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Types, shapes and devices (no device sync); the values are checked by :func:`check_values`."""
-    check_no_inference_tensors(attack.model, "model")
     check_tensor(x, "x", dtypes=FLOAT_DTYPES, min_ndim=2)
     largest = torch.finfo(x.dtype).max
     if attack.clip is not None and max(abs(attack.clip[0]), abs(attack.clip[1])) > largest:

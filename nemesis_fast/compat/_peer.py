@@ -12,6 +12,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from .._checks import check_no_inference_tensors
 from .._modes import frozen
 from ..attacks.base import Attack
 
@@ -62,7 +63,8 @@ class GradientEngine(Attack):
 def frozen_parameters(model: object) -> Iterator[None]:
     """Turns off requires_grad on the parameters of `model` (when it is an nn.Module) and restores the flags on
     exit: gradients with respect to the input then build no graph for the weights. The train/eval mode is left
-    alone."""
+    alone. ValueError naming `model` where it was made inside torch.inference_mode(), as :func:`model_guard`."""
+    check_no_inference_tensors(model, "model")
     with frozen(model.parameters() if isinstance(model, nn.Module) else ()):
         yield
 
