@@ -101,3 +101,22 @@ def no_fallback() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", PeerFallbackWarning)
         yield
+
+
+def version_warnings(monkeypatch: Any, adapter: str, peer: Any, version: str) -> list[str]:
+    """The "reproduces ..." warnings that importing `nemesis_fast.compat.<adapter>` gives afresh when the peer
+    module `peer` says it is `version` (the adapter's modules and the package's attribute restored afterwards)."""
+    import importlib
+    import sys
+
+    name = f"nemesis_fast.compat.{adapter}"
+    for module in list(sys.modules):
+        if module.startswith(name):
+            monkeypatch.delitem(sys.modules, module)
+    compat = importlib.import_module("nemesis_fast.compat")
+    monkeypatch.setattr(compat, adapter, getattr(compat, adapter))
+    monkeypatch.setattr(peer, "__version__", version)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importlib.import_module(name)
+    return [str(w.message) for w in caught if "reproduces" in str(w.message)]

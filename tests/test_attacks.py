@@ -253,6 +253,18 @@ def test_a_model_made_in_inference_mode_is_refused_and_left_as_it_was():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_a_model_whose_batch_norm_statistics_were_set_in_inference_mode_is_refused():
+    """One buffer made inside torch.inference_mode() (statistics recalibrated there), the parameters made outside
+    it: refused as a model made there is, and left as it was."""
+    model = small_model()
+    with torch.inference_mode():
+        model[1].running_mean = torch.zeros(6)
+    x, y = data()
+    with pytest.raises(ValueError, match="model has parameters or buffers made inside torch.inference_mode()"):
+        FGSM(model, 0.1)(x, y)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize("attack_name", ["fgsm", "pgd", "pgd-l2", "cw", "randfgsm"])
 def test_targeted_mode(attack_name):
     model = Linear(dtype=torch.float32)

@@ -264,6 +264,22 @@ def test_perturbation_norms_refuse_pixels_against_images_and_other_shapes():
     assert [t.shape for t in perturbation_norms(x[:0], x[:0])] == [(0,)] * 3
 
 
+def test_perturbation_norms_name_x_adv_without_a_batch_dimension():
+    with pytest.raises(ValueError, match=r"^x_adv must have at least 1 dimensions, got shape \(\)$"):
+        perturbation_norms(torch.tensor(0.5), torch.tensor(0.0))
+
+
+def test_labels_of_every_integer_dtype_are_read_as_int64_and_others_refused_naming_y():
+    model = small_model()
+    x, y = data()
+    expected = FGSM(model, 0.1)(x, y)
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        torch.testing.assert_close(FGSM(model, 0.1)(x, y.to(dtype)), expected, rtol=0, atol=0)
+    for labels, got in ((y.bool(), "bool"), (y.float(), "float32")):
+        with pytest.raises(TypeError, match=f"^y must have dtype int8, int16, int32, int64, uint8; got {got}$"):
+            FGSM(model, 0.1)(x, labels)
+
+
 def test_model_whose_class_count_changes():
     model = small_model()
     x, y = data()

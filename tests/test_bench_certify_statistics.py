@@ -2,6 +2,7 @@
 z-scores, the agreement note, the summary's abstention and accuracy, the speed-up and the time split's shares."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -62,3 +63,18 @@ def test_time_split_shares_are_of_certifys_time(monkeypatch):
     monkeypatch.setattr(certify, "time_interleaved", lambda parts, *a, **k: {"noise": 10.0, "overhead": 30.0})
     row = certify._time_split(nn.Identity(), torch.zeros(2, 1, 28, 28), 100, 50, certify_ms=200.0)
     assert row.extra["noise_share"] == pytest.approx(0.05) and row.extra["all_but_model_share"] == pytest.approx(0.15)
+
+
+def test_arts_smoother_without_statsmodels_takes_the_drop_ins_scipy_bound(monkeypatch):
+    pytest.importorskip("art")
+    from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
+
+    from nemesis_fast.certify import clopper_pearson_lower
+
+    monkeypatch.setitem(sys.modules, "statsmodels", None)  # as where it is not installed
+    art = PyTorchRandomizedSmoothing(
+        nn.Linear(4, 2), nn.CrossEntropyLoss(), (4,), 2, sample_size=10, scale=0.25, alpha=0.01, device_type="cpu"
+    )
+    art = certify.with_statsmodels_or_scipy_bound(art)
+    assert art.substituted_bound
+    assert art._lower_confidence_bound(27, 30) == float(clopper_pearson_lower(27, 30, 0.01))

@@ -1,6 +1,7 @@
 """bench.compat's image rows: the images each side ran through the model per call, counted at its first layer,
 whether the model is called whole or layer by layer (as ART's classifier calls it)."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,6 +60,30 @@ def test_rows_per_call_count_each_sides_images_at_the_first_layer():
     assert rows.rows["whole"] == 10  # the hook is gone
 
 
+def test_rows_are_counted_at_the_first_layer_in_registration_order():
+    model = _model()
+    rows = ImageRows(model)
+    rows.counting("first only", lambda: model[0](torch.zeros(5, 1, 2, 2)))()
+    assert rows.per_call("first only") == 5
+    rows.close()
+
+
+def test_a_scalar_through_the_first_layer_counts_no_rows():
+    class Scaled(nn.Module):  # its first layer, registered first, sees a 0-dim tensor
+        def __init__(self):
+            super().__init__()
+            self.scale, self.linear = nn.Identity(), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.linear(x.flatten(1)) * self.scale(torch.tensor(2.0))
+
+    model = Scaled()
+    rows = ImageRows(model)
+    rows.counting("scaled", lambda: model(torch.zeros(5, 1, 2, 2)))()
+    assert rows.per_call("scaled") == 0
+    rows.close()
+
+
 def test_measure_pair_reports_each_sides_image_rows():
     model = _model()
     x, y = torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.zeros(4, dtype=torch.long)
@@ -78,3 +103,47 @@ def test_measure_pair_reports_each_sides_image_rows():
     # without the model, no counts
     compat.measure_pair(report, compat.Pair("uncounted", _one_at_a_time(model, 1), _layer_by_layer(model, 1)), x, y)
     assert "image_rows" not in report.rows[-1].extra and "image_rows" not in report.rows[-2].extra
+
+
+def test_rows_per_call_are_the_mean_over_the_calls_and_zero_for_calls_without_a_forward_pass():
+    model = _model()
+    rows = ImageRows(model)
+    sizes = iter([3, 4])
+    varying = rows.counting("varying", lambda: model(torch.zeros(next(sizes), 1, 2, 2)))
+    varying()
+    varying()
+    rows.counting("idle", lambda: None)()
+    assert (rows.per_call("varying"), rows.per_call("idle")) == (3.5, 0)
+    model(torch.zeros(7, 1, 2, 2))  # outside a counted call: counted nowhere
+    assert set(rows.rows) == {"varying"}
+    rows.close()
+
+
+def test_a_call_that_raises_leaves_no_side_counting():
+    model = _model()
+    rows = ImageRows(model)
+
+    def failing():
+        model(torch.zeros(2, 1, 2, 2))
+        raise RuntimeError("attack failed")
+
+    with pytest.raises(RuntimeError, match="attack failed"):
+        rows.counting("failing", failing)()
+    model(torch.zeros(5, 1, 2, 2))
+    assert rows.per_call("failing") == 2
+    rows.close()
+
+
+def test_run_counts_the_image_rows_of_each_case_on_its_model(monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    monkeypatch.setattr(compat, "timing_model", lambda device: model)
+    monkeypatch.setattr(
+        compat,
+        "torchattacks_pairs",
+        lambda *args: [compat.Pair("case", _one_at_a_time(model, 2), _layer_by_layer(model, 1), rounds=1)],
+    )
+    monkeypatch.setattr(compat, "art_pairs", lambda *args: [])
+    for stage in ("gaussian_case", "smoothing_case", "imagenet_jsma_rows"):
+        monkeypatch.setattr(compat, stage, lambda *args, **kwargs: None)
+    peer, ours = compat.run("cpu", numel=3).rows
+    assert (peer.extra["image_rows"], ours.extra["image_rows"]) == (6, 3)

@@ -422,6 +422,17 @@ def test_non_finite_images_are_rejected_not_certified(value):
         smooth.predict(x, 100, 0.01, seed=0)
 
 
+def test_non_finite_images_are_named_the_first_ten_then_counted():
+    """The message names the first 10 images at fault and counts the others; exactly 10 are all named."""
+    smooth = Smooth(_linear(), 0.25, 3)
+    first_ten = ", ".join(f"x\\[{i}\\]" for i in range(10))
+    for bad, more in ((12, " and 2 more"), (10, "")):
+        x = torch.rand(14, 1, 2, 2)
+        x[:bad, 0, 0, 1] = math.nan
+        with pytest.raises(ValueError, match=rf"^x must be finite; NaN or inf in image\(s\) {first_ten}{more}$"):
+            smooth.predict(x, 10, 0.01, seed=0)
+
+
 class NanForLargeInputs(nn.Module):
     """A linear model whose logits are NaN (or +inf in one class) on the noisy copies of images far from 0."""
 
@@ -481,6 +492,14 @@ def test_certified_accuracy_takes_any_integer_labels_and_a_radius_array():
     labels = torch.tensor([0, 1], dtype=torch.uint8)
     assert certified_accuracy(P, R.float(), labels, (0.0, 1.0, 1.5)) == [1.0, 1.0, 0.0]
     assert math.isnan(certified_accuracy(P[:0], R[:0], labels[:0], [0.0])[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8])
+def test_certified_accuracy_takes_predictions_and_labels_of_every_integer_dtype(dtype):
+    prediction = torch.tensor([0, 1, 2, 1], dtype=dtype)
+    labels = torch.tensor([0, 1, 1, 1], dtype=dtype)
+    radius = torch.tensor([1.0, 0.5, 1.0, 2.0])
+    assert certified_accuracy(prediction, radius, labels, (0.0, 1.0)) == [0.75, 0.5]
 
 
 def test_progress_reports_every_noisy_copy_once_in_forward_passes_of_at_most_batch_size():

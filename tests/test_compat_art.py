@@ -14,7 +14,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _peers import MEAN, STD, art_classifier, clamped_linear_model, fingerprint, no_fallback, peer_result
+from _peers import (
+    MEAN,
+    STD,
+    art_classifier,
+    clamped_linear_model,
+    fingerprint,
+    no_fallback,
+    peer_result,
+    version_warnings,
+)
 from torch import nn
 
 art = pytest.importorskip("art")
@@ -493,6 +502,41 @@ def test_class_indices_that_are_no_class_are_refused_naming_y(name, bad, model, 
     assert attack.generate(x, y[:, None]).shape == x.shape
 
 
+@pytest.mark.parametrize("name", [n for n in ATTACKS_OF_IMAGES if n != "DeepFool"])
+def test_more_labels_than_images_are_refused_naming_y(name, model, batch):
+    x, y = batch[0][:3], batch[1][:5]
+    attack = getattr(nfa, name)(classifier(model), **ATTACKS_OF_IMAGES[name])
+    with pytest.raises(ValueError, match="^y must hold one label per image of x: 3 images, got 5 labels$"):
+        attack.generate(x, y)
+
+
+def test_class_indices_beyond_the_classes_are_refused_with_their_lowest_and_highest_values(model, batch):
+    """Unsigned labels too (ART fails on an index of 10 with an IndexError of its one-hot encoding)."""
+    attack = nfa.FastGradientMethod(classifier(model), eps=0.1)
+    kinds = r"^y must hold class indices in \[0, 10\) or one-hot rows; got values in"
+    with pytest.raises(ValueError, match=rf"{kinds} \[-2, 12\]$"):
+        attack.generate(batch[0][:3], np.array([3, -2, 12]))
+    with pytest.raises(ValueError, match=rf"{kinds} \[1, 10\]$"):
+        attack.generate(batch[0][:3], np.array([1, 10, 2], dtype=np.uint8))
+
+
+def test_fgm_on_an_empty_batch_with_empty_labels_gives_an_empty_batch_as_art(model, batch):
+    x, y = batch[0][:0], batch[1][:0]
+    expected = evasion.FastGradientMethod(classifier(model), eps=0.1).generate(x, y)
+    np.testing.assert_array_equal(nfa.FastGradientMethod(classifier(model), eps=0.1).generate(x, y), expected)
+
+
+@pytest.mark.parametrize("clip_values", [(0.0, 1.0), None])
+@pytest.mark.parametrize("name", list(ATTACKS_OF_IMAGES))
+def test_an_empty_batch_gives_an_empty_batch(name, clip_values, model, batch):
+    """ART's PGD, DeepFool, SaliencyMapMethod and C&W fail on no images (numpy cannot concatenate no chunks)."""
+    x, y = batch[0][:0], batch[1][:0]
+    attack = getattr(nfa, name)(classifier(model, clip_values=clip_values), **ATTACKS_OF_IMAGES[name])
+    for labels in (None, y):
+        adv = attack.generate(x, labels)
+        assert adv.shape == x.shape and adv.dtype == np.float32
+
+
 # GaussianAugmentation
 
 
@@ -652,6 +696,18 @@ def test_import_error_names_the_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "art", None)
     with pytest.raises(ImportError, match="needs the package 'adversarial-robustness-toolbox'"):
         importlib.import_module("nemesis_fast.compat.art")
+
+
+@pytest.mark.parametrize(
+    "version, warns", [("1.17.1", True), ("1.18.2", False), ("1.19.2", False), ("1.20.1", False), ("1.21.0", True)]
+)
+def test_the_art_series_reproduced_are_1_18_to_1_20(version, warns, monkeypatch):
+    """The peers extra asks for ART >= 1.18, and the compat tests run against 1.18, 1.19 and 1.20: those import
+    without a warning, other series with one naming the three."""
+    expected = f"adversarial-robustness-toolbox 1.18, 1.19, 1.20; {version} is installed, whose results may differ"
+    assert version_warnings(monkeypatch, "art", art, version) == (
+        [f"nemesis_fast.compat.art reproduces the algorithms of {expected}"] if warns else []
+    )
 
 
 def test_deepfool_stops_an_image_its_step_leaves_unchanged():

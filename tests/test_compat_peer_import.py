@@ -54,3 +54,21 @@ def test_a_peer_of_a_series_not_reproduced_warns_and_imports(peer_folder):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import_peer("nemesis_fake_peer_versioned", "fake-peer", ("1.16", "1.17"), "adapter")
+
+
+def test_a_missing_peer_is_named_by_its_pip_package_not_its_module(peer_folder):
+    with pytest.raises(ImportError, match=r"pip install 'fake-peer' \(or pip install 'nemesis_fast\[peers\]'\)$"):
+        import_peer("nemesis_fake_peer_absent", "fake-peer", ("1.0",), "adapter")
+
+
+def test_a_peer_whose_import_fails_on_a_part_of_itself_is_not_called_missing(peer_folder):
+    """`from . import absent` raises an ImportError (not a ModuleNotFoundError) that bears the peer's own name."""
+    _package(peer_folder, "nemesis_fake_peer_partial", "from . import absent_part\n")
+    with pytest.raises(ImportError, match="'fake-peer', which is installed but fails to import: ImportError: cannot"):
+        import_peer("nemesis_fake_peer_partial", "fake-peer", ("1.0",), "adapter")
+
+
+def test_a_peer_without_a_version_warns_of_an_unknown_version(peer_folder):
+    _package(peer_folder, "nemesis_fake_peer_unversioned", "")
+    with pytest.warns(UserWarning, match="algorithms of fake-peer 1.18; an unknown version is installed"):
+        import_peer("nemesis_fake_peer_unversioned", "fake-peer", ("1.18",), "adapter")

@@ -11,7 +11,16 @@ import sys
 
 import pytest
 import torch
-from _peers import MEAN, STD, Standardised, clamped_linear_model, fingerprint, no_fallback, peer_result
+from _peers import (
+    MEAN,
+    STD,
+    Standardised,
+    clamped_linear_model,
+    fingerprint,
+    no_fallback,
+    peer_result,
+    version_warnings,
+)
 from torch import nn
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -389,6 +398,24 @@ def test_import_error_names_the_missing_package(monkeypatch):
         importlib.import_module("nemesis_fast.compat.torchattacks")
 
 
+@pytest.mark.parametrize("version, warns", [("3.4.0", True), ("3.5.0", False), ("3.5.1", False), ("3.6.0", True)])
+def test_the_torchattacks_series_reproduced_is_3_5(version, warns, monkeypatch):
+    """The peers extra asks for torchattacks >= 3.5: 3.5.x imports without a warning, other series with one."""
+    expected = f"the algorithms of torchattacks 3.5; {version} is installed, whose results may differ"
+    assert version_warnings(monkeypatch, "torchattacks", torchattacks, version) == (
+        [f"nemesis_fast.compat.torchattacks reproduces {expected}"] if warns else []
+    )
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_a_model_made_in_inference_mode_is_refused_naming_model(name):
+    with torch.inference_mode():
+        made_there = nn.Sequential(nn.Flatten(), nn.Linear(8, 10))
+    x = torch.rand(4, 1, 2, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"^model has parameters or buffers made inside torch\.inference_mode\(\)"):
+        getattr(nft, name)(made_there, **SETTINGS[name])(x, torch.zeros(4, dtype=torch.int64))
+
+
 def test_deepfool_stops_an_image_its_step_leaves_unchanged():
     """torchattacks repeats a step that [0, 1] clamps back to the same image until `steps`; the drop-in stops the
     image there: the same images and target labels, without the idle steps."""
@@ -503,6 +530,14 @@ def test_images_with_nan_or_inf_are_refused_naming_them(name, model, batch):
     assert torch.isfinite(attack(batch[0][:4], y)).all()
 
 
+def test_deepfool_refuses_a_label_beyond_the_classes_in_a_single_step(model, batch):
+    """The labels are checked on the first step's logits: a call of one step checks them too."""
+    x, y = batch[0][:3], batch[1][:3].clone()
+    y[2] = 10
+    with pytest.raises(ValueError, match=r"labels must be classes of the model's 10 logits; got values in \[\d, 10\]$"):
+        nft.DeepFool(model, steps=1)(x, y)
+
+
 @pytest.mark.parametrize("name", ["DeepFool", "JSMA"])
 @pytest.mark.parametrize("bad", [10, -1])
 def test_deepfool_and_jsma_refuse_labels_beyond_the_models_classes(name, bad, model, batch):
@@ -518,3 +553,20 @@ def test_deepfool_and_jsma_refuse_labels_beyond_the_models_classes(name, bad, mo
         ValueError, match=rf"labels must be classes of the model's 10 logits; got values in \[{low}, {high}\]$"
     ):
         getattr(nft, name)(model, **SETTINGS[name])(x, y)
+
+
+def test_one_value_per_image_with_nan_is_refused_naming_the_image():
+    """Inputs of one dimension (N,) (a model of one feature) are images too: the one holding NaN is named."""
+
+    class OneFeature(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(1, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x[:, None])
+
+    x, y = torch.rand(4), torch.zeros(4, dtype=torch.int64)
+    x[1] = float("nan")
+    with pytest.raises(ValueError, match=r"^inputs must be finite; NaN or inf in image\(s\) inputs\[1\]$"):
+        nft.FGSM(OneFeature(), eps=0.1)(x, y)

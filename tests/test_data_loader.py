@@ -161,6 +161,23 @@ def test_split_validation():
     assert torch.equal(next(iter(loaders[0]))[1], next(iter(loaders[1]))[1])
 
 
+def test_split_validation_gives_int64_labels_for_labels_of_any_integer_dtype():
+    images, labels = small_set()
+    expected = split_validation(images, labels, 0.2, seed=1)
+    for dtype in (torch.int32, torch.uint8):
+        split = split_validation(images, labels.to(dtype), 0.2, seed=1)
+        for (_, y), (_, reference) in zip(split, expected):
+            assert y.dtype == torch.int64 and torch.equal(y, reference)
+
+
+def test_labels_of_another_shape_than_n_are_refused_naming_them():
+    images, labels = small_set()
+    with pytest.raises(ValueError, match=r"labels must have 1 dimensions, got shape \(50, 1\)"):
+        DeviceLoader(images, labels[:, None])
+    with pytest.raises(ValueError, match=r"labels must have 1 dimensions, got shape \(50, 1\)"):
+        split_validation(images, labels[:, None])
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_uint8_pixels_become_x_over_255_correctly_rounded_on_every_device(device):
     # torch on CUDA divides by a Python number as a multiply by its reciprocal, one ulp off for about half the bytes.

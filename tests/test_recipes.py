@@ -263,6 +263,22 @@ def test_offline_examples_perturb_every_batch_with_its_own_labels_the_last_singl
     torch.testing.assert_close(extra, images.float() / 255 + labels.view(-1, 1, 1, 1))
 
 
+def test_offline_examples_give_perturb_int64_labels_and_refuse_labels_of_another_length():
+    """Labels of another integer dtype (int32 from numpy, uint8) reach perturb as int64, as train reads them."""
+    images, labels = tiny_uint8(5)
+    seen = []
+
+    def perturb(x, y):
+        seen.append(y.dtype)
+        return x
+
+    for dtype in (torch.int32, torch.uint8):
+        offline_examples(perturb, images, labels.to(dtype), batch_size=4)
+    assert seen == [torch.int64] * 4
+    with pytest.raises(ValueError, match="images and labels must have the same length, got 5 and 4"):
+        offline_examples(perturb, images, labels[:4])
+
+
 def test_offline_recipe_trains_its_own_source_when_none_is_given():
     images, labels = tiny_uint8()
     lines: list[str] = []

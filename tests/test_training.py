@@ -3,6 +3,8 @@ logging, divergence, recipe objects and the errors that name an argument."""
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,31 @@ def test_training_inside_no_grad_and_inference_mode_trains_the_same_weights(mnis
         made_there = mnist_cnn()
     with pytest.raises(ValueError, match="model has parameters or buffers made inside torch.inference_mode()"):
         train(made_there, (images, labels), **budget)
+
+
+def test_a_source_model_made_in_inference_mode_is_refused_naming_it():
+    images, labels = tiny_set()
+    with torch.inference_mode():
+        source = tiny_model()
+    with pytest.raises(ValueError, match="^source_model has parameters or buffers made inside torch.inference_mode"):
+        train(tiny_model(), (images, labels), "fgsm_adversarial", source_model=source, **quiet(epochs=1))
+
+
+def test_train_keeps_its_name_signature_and_docstring():
+    """with_autograd wraps train(): help(), inspect.signature and the docs still see train's own."""
+    assert train.__name__ == "train" and "recipe:" in (train.__doc__ or "")
+    assert list(inspect.signature(train).parameters)[:3] == ["model", "data", "recipe"]
+
+
+def test_evaluate_accuracy_checks_its_labels_before_counting():
+    """No labels for the images is refused (not a nan accuracy), and int64 labels beyond int32 are no classes (not
+    wrapped into one)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 3
+    with pytest.raises(ValueError, match="images and labels must have the same length, got 6 and 0"):
+        evaluate_accuracy(model, x, y[:0])
+    with pytest.raises(ValueError, match="labels: 6 are not classes of the model's 3 logits"):
+        evaluate_accuracy(model, x, y + 2**32)
 
 
 def test_value_checks_gather_on_the_images_device():

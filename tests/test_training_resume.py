@@ -273,3 +273,21 @@ def test_a_state_of_a_builtin_recipe_is_refused_to_a_recipe_class_of_ones_own_of
     with pytest.raises(ValueError, match="checkpoint: its state belongs to another training run"):
         nf.train(model, data, Halved(StandardRecipe.Settings()), **kwargs)
     nf.train(model, data, StandardRecipe(StandardRecipe.Settings()), **kwargs)  # the same run
+
+
+def test_a_run_resumes_with_its_labels_given_in_another_integer_dtype():
+    """The labels are read as int64 before the run is signed: interrupted with int64 labels, it resumes with the
+    same labels as int32 (numpy's on some platforms) to the weights of an uninterrupted run (all of them trained
+    on: val_fraction=0, so that no split reads them first)."""
+    images, labels = tiny_set()
+    kwargs = quiet(epochs=2, batch_size=8, val_fraction=0.0, patience=None, seed=3)
+    straight = tiny_model()
+    nf.train(straight, (images, labels), **kwargs)
+    checkpoint = CrashingCheckpoint(after=1)
+    with pytest.raises(Crash):
+        nf.train(tiny_model(), (images, labels), checkpoint=checkpoint, **kwargs)
+    checkpoint.after = None
+    resumed = tiny_model()
+    result = nf.train(resumed, (images, labels.int()), checkpoint=checkpoint, **kwargs)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))

@@ -93,8 +93,8 @@ class CarliniL2Method(AlgorithmParameter, evasion.CarliniL2Method):
         with view.session():
             x_t = view.images(x)
             labels = view.one_hot_labels(x_t, y, self.batch_size, self.targeted).argmax(1)  # checked, as ART does
-            if self.binary_search_steps == 0:
-                return np.asarray(x, dtype=np.float32).copy()  # no search step: ART returns x
+            if self.binary_search_steps == 0 or len(x_t) == 0:
+                return np.asarray(x, dtype=np.float32).copy()  # no search step: ART returns x; no images: none
             attack = self._paper_attack(view.logits, view.clip or (float(x_t.min()), float(x_t.max())))
             adv = torch.empty_like(x_t)
             for chunk in batches(len(x_t), self.batch_size):

@@ -144,7 +144,10 @@ def fall_back(attack: Any, reason: str, run: Callable[[], np.ndarray]) -> np.nda
 
 
 def batches(count: int, batch_size: int) -> Iterator[slice]:
-    """The chunks of `batch_size` images that ART's attacks work on, in order."""
+    """The chunks of `batch_size` images that ART's attacks work on, in order; one empty chunk for no images (an
+    empty batch gives an empty batch, where ART's attacks fail to concatenate no chunks)."""
+    if count == 0:
+        yield slice(0, 0)
     for start in range(0, count, batch_size):
         yield slice(start, min(start + batch_size, count))
 
