@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -106,9 +108,6 @@ def no_fallback() -> Iterator[None]:
 def version_warnings(monkeypatch: Any, adapter: str, peer: Any, version: str) -> list[str]:
     """The "reproduces ..." warnings that importing `nemesis_fast.compat.<adapter>` gives afresh when the peer
     module `peer` says it is `version` (the adapter's modules and the package's attribute restored afterwards)."""
-    import importlib
-    import sys
-
     name = f"nemesis_fast.compat.{adapter}"
     for module in list(sys.modules):
         if module.startswith(name):
