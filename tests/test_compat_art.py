@@ -529,7 +529,8 @@ def test_fgm_on_an_empty_batch_with_empty_labels_gives_an_empty_batch_as_art(mod
 @pytest.mark.parametrize("clip_values", [(0.0, 1.0), None])
 @pytest.mark.parametrize("name", list(ATTACKS_OF_IMAGES))
 def test_an_empty_batch_gives_an_empty_batch(name, clip_values, model, batch):
-    """ART's PGD, DeepFool, SaliencyMapMethod and C&W fail on no images (numpy cannot concatenate no chunks)."""
+    """ART's PGD, DeepFool, SaliencyMapMethod and C&W, and its FGM without y, fail on no images (numpy cannot
+    concatenate no chunks)."""
     x, y = batch[0][:0], batch[1][:0]
     attack = getattr(nfa, name)(classifier(model, clip_values=clip_values), **ATTACKS_OF_IMAGES[name])
     for labels in (None, y):
