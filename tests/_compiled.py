@@ -1,5 +1,5 @@
-"""Reading compiled kernels without running them: the NVIDIA binary tools (Triton bundles cuobjdump and nvdisasm;
-a CUDA toolkit has them too) and GNU objdump for the CPU code."""
+"""Reading compiled kernels without running them: nvcc for the CUDA sources, the NVIDIA binary tools (Triton bundles
+cuobjdump and nvdisasm; a CUDA toolkit has them too) and GNU objdump for the CPU code."""
 
 from __future__ import annotations
 
@@ -33,6 +33,27 @@ def nvidia_tool(name: str) -> str | None:
     return shutil.which(name)
 
 
+def nvcc_compile(source: Path, output: Path, *arch: str) -> None:
+    """nvcc compiles one of csrc/cuda/*.cu as the build does, to `output` (-ptx or -cubin, with `arch`: e.g.
+    ("-ptx", "-arch=compute_90")). Skips the test without a CUDA build of torch or nvcc."""
+    import torch
+    from torch.utils import cpp_extension
+
+    nvcc = nvidia_tool("nvcc")
+    if torch.version.cuda is None or nvcc is None:
+        import pytest
+
+        pytest.skip("needs a CUDA build of torch and nvcc")
+    toolkit = Path(nvcc).resolve().parents[1]
+    wheels = [Path(p) for p in glob.glob(str(Path(torch.__file__).parents[1] / "nvidia" / "*" / "include"))]
+    includes = [source.parents[1], *map(Path, cpp_extension.include_paths()), toolkit / "include", *wheels]
+    command = [nvcc, *arch, "-O3", "-std=c++20", "-o", str(output)]
+    command += [*cpp_extension.COMMON_NVCC_FLAGS, "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"]
+    command += [f"-I{path}" for path in includes] + [str(source)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
 def run_tool(*command: str) -> str:
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"{' '.join(command)} failed: {run.stderr[-2000:]}"
@@ -64,6 +85,28 @@ def sass_by_function(binary: str | Path) -> dict[str, list[str]]:
         ]
         for name, lines in _sections(listing, r"\s*Function : (\S+)").items()
     }
+
+
+def sass_loops(binary: str | Path) -> dict[str, list[list[str]]]:
+    """Per kernel of a cubin, the bodies of its loops: the instructions (without predicates) from the target of each
+    backward branch to the branch."""
+    listing = run_tool(nvidia_tool("cuobjdump") or "cuobjdump", "-sass", str(binary))
+    loops = {}
+    for name, lines in _sections(listing, r"\s*Function : (\S+)").items():
+        code = [
+            (int(m.group(1), 16), re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip()))
+            for line in lines
+            for m in [re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*?);", line)]
+            if m
+        ]
+        index = {address: i for i, (address, _) in enumerate(code)}
+        loops[name] = [
+            [text for _, text in code[index[target] : i + 1]]
+            for i, (address, text) in enumerate(code)
+            for m in [re.search(r"\bBRA (0x[0-9a-f]+)", text)]
+            if m and (target := int(m.group(1), 16)) < address and target in index
+        ]
+    return loops
 
 
 def resource_usage(cubin: str | Path) -> dict[str, dict[str, int]]:

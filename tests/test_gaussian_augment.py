@@ -6,7 +6,6 @@ test_gaussian_augment_ops.py.)"""
 
 from __future__ import annotations
 
-import glob
 import importlib
 import math
 import os
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _compiled import PTX_FMA, PTX_UNROUNDED, X86_FMA, nvidia_tool, x86_functions
+from _compiled import PTX_FMA, PTX_UNROUNDED, X86_FMA, nvcc_compile, x86_functions
 from _gaussian_augment_cases import CASES, assert_matches, available_backends, call, expected
 from _support import fast_backend_cases, record_calls, reference_comparison_cases, require_backend
-from torch.utils import cpp_extension
 
 import nemesis_fast as nf
 from nemesis_fast import triton as nf_triton
@@ -280,19 +278,9 @@ def test_native_cpu_noise_has_no_fused_multiply_add():
 def test_cuda_noise_kernel_has_no_fused_multiply_add(tmp_path):
     """nvcc compiles the CUDA kernel to PTX for sm_90 (as the build does, without a GPU): in every instantiation of
     the kernel, no fma and no multiply or add left without its rounding mode, which ptxas could fuse."""
-    nvcc = nvidia_tool("nvcc")
-    if torch.version.cuda is None or nvcc is None:
-        pytest.skip("needs a CUDA build of torch and nvcc")
     ptx = tmp_path / "gaussian_augment.ptx"
-    root = Path(__file__).resolve().parents[1]
-    toolkit = Path(nvcc).resolve().parents[1]
-    wheels = [Path(p) for p in glob.glob(str(Path(torch.__file__).parents[1] / "nvidia" / "*" / "include"))]
-    includes = [root / "csrc", *map(Path, cpp_extension.include_paths()), toolkit / "include", *wheels]
-    command = [nvcc, "-ptx", "-arch=compute_90", "-O3", "-std=c++20", "-o", str(ptx)]
-    command += [*cpp_extension.COMMON_NVCC_FLAGS, "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"]
-    command += [f"-I{path}" for path in includes] + [str(root / "csrc" / "cuda" / "gaussian_augment.cu")]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-4000:]
+    source = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "gaussian_augment.cu"
+    nvcc_compile(source, ptx, "-ptx", "-arch=compute_90")
     kernels = re.split(r"\n(?=(?:\.visible )?\.entry )", ptx.read_text())[1:]
     kernels = [k for k in kernels if "augment_kernel" in k.split("(", 1)[0]]
     assert len(kernels) == 5 * 4, len(kernels)  # input dtypes x output dtypes

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import pytest
 import torch
+from _compiled import nvcc_compile, nvidia_tool, resource_usage, sass_loops
 from _support import (
     assert_graphs_call,
     backend_device_cases,
@@ -196,6 +200,69 @@ def test_edge_values(backend, device):
         torch.tensor([[1e-30, 1e-30]]), torch.tensor([[-1e-30, -1e-30]]), torch.ones(1, 2) > 0, True
     )
     assert found.item() and (p.item(), q.item()) == (0, 1)
+
+
+def planted_across_tiles(tile: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, bool]]]:
+    """(target_grad, other_grad) of 2 * tile + 88 features for increase=True and each sample's (p, q, found),
+    planted so that the pairs that decide lie in different row and column tiles of a kernel whose tiles hold
+    `tile` features. The other features make every pair they touch invalid (t = -1, u = -o = 1: a = -2 at most)."""
+    n = 2 * tile + 88
+    t = torch.full((6, n), -1.0)
+    o = torch.full((6, n), -1.0)
+
+    def plant(sample, feature, t_value, u_value):
+        t[sample, feature], o[sample, feature] = t_value, -u_value
+
+    # 0: only pairs scoring 0 (their products, about 1e-60, underflow), the smaller p wins: (5, 2T + 68) over
+    # (T + 44, 2T + 78); the four other pairs of these features have a = 0 or u < 0.
+    zero_pairs = ((5, 1, -1), (2 * tile + 68, 1, 3), (tile + 44, -1, 5), (2 * tile + 78, 2, -4))
+    for feature, t_value, u_value in zero_pairs:
+        plant(0, feature, t_value * 1e-30, u_value * 1e-30)
+    # 1: equal scores (4) in one row tile, the later column tile holding the smaller p: (3, 2T + 38) over
+    # (T / 2, T + 44); the four other pairs of these features have a = 0 or u <= 0.
+    for feature, t_value, u_value in ((3, 1, -1), (2 * tile + 38, 1, 3), (tile // 2, -1, 5), (tile + 44, 3, -3)):
+        plant(1, feature, t_value, u_value)
+    # 2: two features with a = -10, u = -10 (product 100, invalid) beside a valid pair scoring 1.
+    plant(2, 10, -5.0, -5.0)
+    plant(2, 2 * tile + 78, -5.0, -5.0)
+    plant(2, tile + 16, 0.5, 0.5)
+    plant(2, tile + 17, 0.5, 0.5)
+    # 3: every feature usable, no pair valid (t all negative).
+    o[3] = -torch.linspace(1.0, 2.0, n)
+    # 4: a pair scoring above 0 after pairs scoring 0 at smaller p, (1, 2): the positive one wins.
+    plant(4, 1, 1e-30, 1e-30)
+    plant(4, 2, 1e-30, 1e-30)
+    plant(4, 2 * tile - 12, 1e-3, 1e-3)
+    plant(4, 2 * tile + 8, 1e-3, 1e-3)
+    # 5: the best pair ties with every pair (equal gradients everywhere): (0, 1).
+    t[5], o[5] = 0.25, -0.25
+    expected = [
+        (5, 2 * tile + 68, True),
+        (3, 2 * tile + 38, True),
+        (tile + 16, tile + 17, True),
+        (-1, -1, False),
+        (2 * tile - 12, 2 * tile + 8, True),
+        (0, 1, True),
+    ]
+    return t, o, expected
+
+
+@pytest.mark.parametrize("backend,device", VERSUS_REFERENCE)
+def test_pairs_that_decide_far_apart(backend, device, monkeypatch):
+    """The kernels' shortcuts (the maximum of clamped scores, the sample's best so far, the rescan for a pair
+    scoring 0) across tiles and blocks: ties between column tiles, a valid pair scoring 0, an invalid pair with the
+    highest product, no valid pair among many. The Triton kernel searches the best pair's column 32 columns at a
+    time here, so that the search takes several steps."""
+    require_backend(BACKENDS, backend, device)
+    if backend == "triton":
+        monkeypatch.setattr(jsma_triton, "ROW_SEARCH", 32)
+    t, o, expected = planted_across_tiles(jsma_triton.COLS if backend == "triton" else 256)  # CUDA's kTile: 256
+    d = torch.ones_like(t, dtype=torch.bool)
+    p, q, found = reference(t, o, d, True)
+    assert list(zip(p.tolist(), q.tolist(), found.tolist())) == expected
+    assert_same(run(backend, t.to(device), o.to(device), d.to(device), True), (p, q, found))
+    # The same samples with their roles reversed (increase=False: t = -target, u = other).
+    assert_same(run(backend, -t.to(device), -o.to(device), d.to(device), False), (p, q, found))
 
 
 @pytest.mark.parametrize("backend,device", CASES)
@@ -509,6 +576,39 @@ def test_cuda_kernels_on_many_tiles_and_chunks():
                 expected = reference(t.cpu(), o.cpu(), d.cpu(), increase)
                 for backend in ("native", "triton"):
                     assert_same(run(backend, t, o, d, increase), expected, (backend, batch, n, ties, increase))
+
+
+@pytest.mark.slow
+def test_cuda_search_scans_a_pair_in_six_instructions(tmp_path):
+    """ptxas's sm_90 code of the CUDA search kernel, compiled without a GPU, in every dtype: the loops of step 1
+    (the file comment) take no comparison, and the hot one, the off-diagonal tile, at most 6 instructions a pair
+    (8.9 when every pair was compared with the running best and its row kept): per pair two FADD, one FMUL and
+    two FMNMX (the clamp and the running maximum), a 128-bit shared-memory load per four pairs. No kernel spills."""
+    cubin = tmp_path / "jsma_saliency_search.cubin"
+    nvcc_compile(
+        Path(__file__).resolve().parents[1] / "csrc/cuda/jsma_saliency_search.cu", cubin, "-cubin", "-arch=sm_90"
+    )
+    if nvidia_tool("cuobjdump") is None:
+        pytest.skip("no cuobjdump (Triton bundles one; so does a CUDA toolkit)")
+    searches = {name: bodies for name, bodies in sass_loops(cubin).items() if "search_kernel" in name}
+    assert len(searches) == 4, sorted(searches)  # float, double, half, bfloat16
+    for name, bodies in searches.items():
+        # the scans: innermost loops (no branch but their own) reading float4s of the row tile; step 1's compare
+        # nothing (the reference's scan, step 2's rescan for a pair scoring 0, compares every pair)
+        scans = [
+            Counter(op.split()[0].split(".")[0] for op in body)
+            for body in bodies
+            if sum(op.startswith("BRA") for op in body) == 1 and any(op.startswith("LDS.128") for op in body)
+        ]
+        step_one = [c for c in scans if c["FMUL"] and not (c["FSETP"] or c["FSEL"] or c["FFMA"])]
+        assert step_one, (name, scans)
+        hot = max(step_one, key=lambda c: c["FMUL"])
+        pairs = hot["FMUL"]
+        assert pairs >= 16 and hot["FADD"] == hot["FMNMX"] == 2 * pairs, (name, hot)
+        assert hot["LDS"] * 2 == pairs, (name, hot)  # a float4 of t and one of u per four pairs
+        assert hot.total() <= 6 * pairs, (name, hot.total(), pairs)
+    for name, usage in resource_usage(cubin).items():
+        assert usage["LOCAL"] == 0 and usage["STACK"] == 0, (name, usage)
 
 
 @pytest.mark.parametrize("backend,device", [c for c in CASES if c.values[0] != "torch"])

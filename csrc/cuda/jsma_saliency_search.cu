@@ -3,10 +3,17 @@
 // The features of a sample are cut into tiles of kTile. Tile pairs (r, c) with r <= c cover the pairs p < q
 // (p in row tile r, q in column tile c); numbered row by row, each sample's tile pairs are split into `chunks`
 // contiguous runs, one block per (sample, run). A block loads its row tile into shared memory; each thread owns
-// one column q and scans the kTile rows, keeping the best (score, p) with a strictly-greater test (rows come in
-// increasing p, so ties keep the smallest p), then merges that into its running best in (score desc, p asc,
-// q asc) order. A block reduction in the same order writes one partial per block; a second kernel reduces each
-// sample's partials in order.
+// one column q and scans the kTile rows in two steps:
+//  1. the highest clamped score fl(max(a, 0) * u) of the rows: no comparison, no index, five instructions a pair
+//     (two additions, two maxima, a multiplication). A clamped score above 0 is the score of a valid pair with
+//     the same bits (max(a, 0) * u > 0 needs a > 0 and u > 0, and then max(a, 0) = a); an invalid pair's is 0,
+//     -0, negative or NaN (which fmaxf ignores), and so is a valid pair's that underflowed to 0.
+//  2. Only where that maximum is above 0 and can still win or tie (not below the sample's best so far, below):
+//     the first row whose clamped score equals it, so the smallest p of the column's best. Where it is not above
+//     0 and no block has yet found a score above 0 for the sample, the rows are scanned again as the reference
+//     does (every comparison), for a valid pair scoring 0.
+// The thread merges (score, p, q) into its running best in (score desc, p asc, q asc) order. A block reduction in
+// the same order writes one partial per block; a second kernel reduces each sample's partials in order.
 //
 // Pruning: a first kernel stores each tile's maxima of t and u; every score of a tile pair is at most
 // fl(fl(max t_r + max t_c) * fl(max u_r + max u_c)) (rounding is monotone). Each sample keeps in global memory
@@ -24,7 +31,7 @@
 // 8 bytes per tile and 4 per sample.
 //
 // Per pair the math is that of the header: two float32 additions and one multiplication, explicitly rounded
-// (no contraction), so the result equals the reference's bit for bit.
+// (no contraction), and exact maxima and comparisons, so the result equals the reference's bit for bit.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -114,9 +121,49 @@ __device__ __forceinline__ void scan_pair(float tp, float up, float tq, float uq
   }
 }
 
-// The rows of one tile against the thread's column (tq, uq): the best score and its row (strictly greater wins,
-// and rows come in order, so the smallest row among ties). Off the diagonal all kTile rows, read four at a time
-// (one shared-memory load serves four pairs); on the diagonal only the rows before the column.
+// fl(max(a, 0) * u) of the pair (p, q): the pair's score where that is above 0 (see the file comment).
+__device__ __forceinline__ float clamped_score(float tp, float up, float tq, float uq) {
+  return __fmul_rn(fmaxf(__fadd_rn(tp, tq), 0.0f), __fadd_rn(up, uq));
+}
+
+// Step 1: the highest clamped score of the rows of one tile against the thread's column (tq, uq), at least 0. Off
+// the diagonal all kTile rows, read four at a time (one shared-memory load serves four pairs) into four running
+// maxima (fmaxf is exact, so their order does not matter); on the diagonal only the rows before the column.
+template <bool kDiagonal>
+__device__ __forceinline__ float tile_max_score(const float* __restrict__ row_t, const float* __restrict__ row_u,
+                                                float tq, float uq, int limit) {
+  if constexpr (kDiagonal) {
+    float best = 0.0f;
+    for (int i = 0; i < limit; ++i) best = fmaxf(best, clamped_score(row_t[i], row_u[i], tq, uq));
+    return best;
+  }
+  const float4* t4 = reinterpret_cast<const float4*>(row_t);
+  const float4* u4 = reinterpret_cast<const float4*>(row_u);
+  float4 best = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int i = 0; i < kTile / 4; ++i) {
+    const float4 t = t4[i];
+    const float4 u = u4[i];
+    best.x = fmaxf(best.x, clamped_score(t.x, u.x, tq, uq));
+    best.y = fmaxf(best.y, clamped_score(t.y, u.y, tq, uq));
+    best.z = fmaxf(best.z, clamped_score(t.z, u.z, tq, uq));
+    best.w = fmaxf(best.w, clamped_score(t.w, u.w, tq, uq));
+  }
+  return fmaxf(fmaxf(best.x, best.y), fmaxf(best.z, best.w));
+}
+
+// Step 2: the first of the `limit` rows whose clamped score against (tq, uq) is `score` (> 0, found by step 1).
+__device__ __forceinline__ int first_row_scoring(const float* __restrict__ row_t, const float* __restrict__ row_u,
+                                                 float tq, float uq, int limit, float score) {
+  for (int i = 0; i < limit; ++i) {
+    if (clamped_score(row_t[i], row_u[i], tq, uq) == score) return i;
+  }
+  return limit;  // not reached: step 1 found the score among these rows
+}
+
+// The reference's scan of the rows of one tile against the thread's column (tq, uq), for a valid pair scoring 0
+// (step 2): the best score and its row (strictly greater wins, and rows come in order, so the smallest row among
+// ties). Off the diagonal all kTile rows, on the diagonal only the rows before the column.
 template <bool kDiagonal>
 __device__ __forceinline__ void scan_tile(const float* __restrict__ row_t, const float* __restrict__ row_u, float tq,
                                           float uq, int limit, float& best, int& best_row) {
@@ -235,12 +282,23 @@ __global__ void __launch_bounds__(kTile)
       const int64_t q = c * kTile + tid;
       float tq, uq;
       load_feature(target, other, domain, in, b, q, n, increase, tq, uq);
-      float tile_best = kNoPair;
+      const bool diagonal = r == c;
+      const int rows = diagonal ? tid : kTile;  // on the diagonal, the rows before the column
+      float tile_best = diagonal ? tile_max_score<true>(row_t, row_u, tq, uq, rows)
+                                 : tile_max_score<false>(row_t, row_u, tq, uq, rows);
       int tile_row = 0;
-      if (r == c) {
-        scan_tile<true>(row_t, row_u, tq, uq, tid, tile_best, tile_row);
+      if (tile_best > 0.0f) {
+        if (tile_best < seen) tile_best = kNoPair;  // cannot win or tie: not located
+        else tile_row = first_row_scoring(row_t, row_u, tq, uq, rows, tile_best);
+      } else if (seen > 0.0f) {
+        tile_best = kNoPair;  // a score above 0 exists: a pair scoring 0 cannot win
       } else {
-        scan_tile<false>(row_t, row_u, tq, uq, kTile, tile_best, tile_row);
+        tile_best = kNoPair;
+        if (diagonal) {
+          scan_tile<true>(row_t, row_u, tq, uq, rows, tile_best, tile_row);
+        } else {
+          scan_tile<false>(row_t, row_u, tq, uq, rows, tile_best, tile_row);
+        }
       }
       if (tile_best >= 0.0f) {
         take_if_better(tile_best, static_cast<int32_t>(r * kTile + tile_row), static_cast<int32_t>(q), best, best_p,

@@ -1,12 +1,18 @@
 """Triton kernel of the JSMA saliency-map pair search, as the op nemesis_fast::jsma_saliency_search_triton.
 
 One program per (row block, sample) scans the pairs p < q with p in its block of ROWS rows, COLS columns at a
-time, keeping for every (row, column) position of the tile its best score and column (a strictly higher score
-replaces, and columns come in increasing order, so each position keeps its smallest q). Programs are numbered
-row block first, so the longest ones (the first row blocks, whose rows pair with the most columns) start first
-and the grid ends on short ones. Only the first cdiv(ROWS, COLS) column tiles, from the row block's first row,
-hold pairs with q <= p, so only they apply the p < q mask. The program then writes its best score and the
-smallest key p * n + q among the positions holding it; a second kernel, one program per sample, reduces the
+time. Programs are numbered row block first, so the longest ones (the first row blocks, whose rows pair with the
+most columns) start first and the grid ends on short ones. Only the first cdiv(ROWS, COLS) column tiles, from the
+row block's first row, hold pairs with q <= p, so only they apply the p < q mask. The scan keeps, for every
+(row, column) position of the tile, the highest clamped score fl(max(a, 0) * u) over the column tiles: no
+comparison and no index, five operations a pair. A clamped score above 0 is the score of a valid pair, with the
+same bits (max(a, 0) * u > 0 needs a > 0 and u > 0, and then max(a, 0) = a); an invalid pair's is 0, -0,
+negative or NaN (which the maximum ignores), and so is a valid pair's that underflowed to 0. So where the
+program's top is above 0, it is its best score, the smallest row p holding it is read off the positions, and
+one pass over that row's columns finds the smallest q. Where it is not, the rows are scanned again as the
+reference does, keeping per position the best score and column (a strictly higher score replaces, and columns
+come in increasing order, so each position keeps its smallest q), for a valid pair scoring 0. The program writes
+its best score and the smallest key p * n + q holding it; a second kernel, one program per sample, reduces the
 (n / ROWS, B) partials the same way and writes p, q and found (two launches, no fills). The per-pair math is
 that of the reference: float32 a = t_p + t_q and b = o_p + o_q, one float32 multiplication.
 
@@ -15,9 +21,9 @@ a warp on the last axis and, that axis being full, the warps on the rows, so a t
 and COLS // 32 columns (not every row, as a 2-D (ROWS, COLS) tile would give it), and a column tile of fewer
 elements than threads is loaded in place by each warp, with no layout conversion through shared memory. The
 whole column tiles load with no mask; only the last, partial one is masked. With 32 rows, 32 columns and 4 warps
-a thread scans 8 rows x 1 column per step, in 11 to 12 instructions a pair (8 of them the pair's own: two
-additions, a multiplication, three comparisons, two selects), with 56 to 64 registers for sm_90. (16 rows a
-thread would save about one instruction a pair, but ptxas then takes 92 to 128 registers.)
+a thread scans 8 rows x 1 column per step, in about 8.4 instructions a pair for sm_90 (the exact scan, with three
+comparisons and two selects a pair more, in 11 to 12); the kernel takes 80 to 92 registers (64 to 72 before the
+first pass was split from the exact scan).
 
 Index arithmetic: n < 2**31 (checked by the op), but a tile's base index plus its width, and b * stride, can
 exceed 2**31, so tile bases (row_base, the column start) and addresses are int64. Inside a tile the indices are
@@ -38,6 +44,7 @@ from ._common import launch
 ROWS = 32
 COLS = 32
 NUM_WARPS = 4
+ROW_SEARCH = 512  # columns of the best pair's row searched at a time
 FINISH_BLOCK = 128  # partials the finishing kernel reads at a time
 _INT32_MAX = 2**31 - 1
 
@@ -134,15 +141,121 @@ def _load_tile(
 
 
 @triton.jit
-def _scan_tile(tp, up, tq, uq, q, best, best_q, upper):
-    """One tile of pairs, laid out (COLS // 32, ROWS, 32): column group, row, lane. Where a pair is valid (and
-    `upper`, the p < q mask, holds) and scores strictly higher than its position's best, it replaces it, with
-    q (int32) as the position's best column."""
+def _scan_tile(tp, up, tq, uq, q, best, best_q, upper, EXACT: tl.constexpr):
+    """One tile of pairs, laid out (COLS // 32, ROWS, 32): column group, row, lane, where `upper` (the p < q
+    mask; None: every pair) holds. EXACT: where a pair is valid and scores strictly higher than its position's
+    best, it replaces it, with q (int32) as the position's best column. Otherwise each position keeps the highest
+    clamped score (best_q is returned as given)."""
     a = tp[None, :, None] + tq[:, None, :]
     s = up[None, :, None] + uq[:, None, :]
-    score = a * s
-    better = (a > 0) & (s > 0) & (score > best) & upper
-    return tl.where(better, score, best), tl.where(better, q[:, None, :], best_q)
+    if EXACT:
+        score = a * s
+        better = (a > 0) & (s > 0) & (score > best)
+        if upper is not None:
+            better = better & upper
+        return tl.where(better, score, best), tl.where(better, q[:, None, :], best_q)
+    clamped = tl.maximum(a, 0.0) * s
+    if upper is not None:
+        clamped = tl.where(upper, clamped, 0.0)
+    return tl.maximum(best, clamped), best_q
+
+
+@triton.jit
+def _scan_columns(
+    target_ptr,
+    other_ptr,
+    domain_ptr,
+    b,
+    row_base,
+    n,
+    tp,
+    up,
+    t_stride0,
+    t_stride1,
+    o_stride0,
+    o_stride1,
+    d_stride0,
+    d_stride1,
+    INCREASE: tl.constexpr,
+    ROWS: tl.constexpr,
+    COLS: tl.constexpr,
+    EXACT: tl.constexpr,
+):
+    """Every pair of the row block at row_base (values tp, up) with a later column, by _scan_tile: the
+    positions' best scores (EXACT: -1 where no valid pair; otherwise clamped, >= 0) and best columns, as offsets
+    from row_base (EXACT only)."""
+    rows = tl.arange(0, ROWS)
+    best = tl.full((COLS // 32, ROWS, 32), -1.0 if EXACT else 0.0, tl.float32)
+    best_q = tl.zeros((COLS // 32, ROWS, 32), tl.int32)  # the column's offset from row_base
+    cols = _column_offsets(COLS)
+
+    # The diagonal tiles: columns row_base .. row_base + DIAGONAL * COLS - 1, which cover the rows' own indices;
+    # only pairs with row < column count.
+    DIAGONAL: tl.constexpr = (ROWS + COLS - 1) // COLS
+    for d in tl.static_range(DIAGONAL):
+        start = row_base + d * COLS
+        tq, uq = _load_tile(
+            target_ptr, other_ptr, domain_ptr, b, start, cols, _tile(start, n, cols, COLS), t_stride0, t_stride1,
+            o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
+        )  # fmt: skip
+        q = d * COLS + cols
+        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, rows[None, :, None] < q[:, None, :], EXACT)
+
+    # The tiles past them, where every column is after every row: the whole ones with no mask at all, then the
+    # last, partial one. Column starts are int64 (row_base is); a column's offset from row_base is below
+    # n < 2**31 wherever it can win (columns past n have t = u = -inf).
+    first, last = _column_tiles(row_base, n, DIAGONAL * COLS, COLS)
+    for start in range(first, last, COLS):
+        tq, uq = _load_tile(
+            target_ptr, other_ptr, domain_ptr, b, start, cols, None, t_stride0, t_stride1, o_stride0, o_stride1,
+            d_stride0, d_stride1, INCREASE,
+        )  # fmt: skip
+        q = (start - row_base).to(tl.int32) + cols
+        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, None, EXACT)
+    if last < n:
+        tq, uq = _load_tile(
+            target_ptr, other_ptr, domain_ptr, b, last, cols, _tile(last, n, cols, COLS), t_stride0, t_stride1,
+            o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
+        )  # fmt: skip
+        q = (last - row_base).to(tl.int32) + cols
+        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, None, EXACT)
+    return best, best_q
+
+
+@triton.jit
+def _first_column_scoring(
+    target_ptr,
+    other_ptr,
+    domain_ptr,
+    b,
+    p,
+    tp,
+    up,
+    n,
+    top,
+    t_stride0,
+    t_stride1,
+    o_stride0,
+    o_stride1,
+    d_stride0,
+    d_stride1,
+    INCREASE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The smallest q > p (int64) whose clamped score with feature p (values tp, up) is `top`, a score above 0 of
+    p's row; BLOCK columns at a time, stopping at the first block that holds it."""
+    offsets = tl.arange(0, BLOCK)
+    found = n.to(tl.int64)
+    start = p + 1
+    while (start < n) & (found == n):
+        tq, uq = _load_tile(
+            target_ptr, other_ptr, domain_ptr, b, start, offsets, _tile(start, n, offsets, BLOCK), t_stride0,
+            t_stride1, o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
+        )  # fmt: skip
+        score = tl.maximum(tp + tq, 0.0) * (up + uq)
+        found = tl.min(tl.where(score == top, start + offsets, n))
+        start += BLOCK
+    return found
 
 
 @triton.jit
@@ -163,6 +276,7 @@ def _search_kernel(
     INCREASE: tl.constexpr,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
+    ROW_SEARCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b, row_base = _row_block(pid, batch, ROWS)
@@ -171,49 +285,36 @@ def _search_kernel(
         target_ptr, other_ptr, domain_ptr, b, row_base, rows, _tile(row_base, n, rows, ROWS), t_stride0, t_stride1,
         o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
     )  # fmt: skip
-    best = tl.full((COLS // 32, ROWS, 32), -1.0, tl.float32)
-    best_q = tl.zeros((COLS // 32, ROWS, 32), tl.int32)  # the column's offset from row_base
-    cols = _column_offsets(COLS)
-
-    # The diagonal tiles: columns row_base .. row_base + DIAGONAL * COLS - 1, which cover the rows' own indices;
-    # only pairs with row < column count.
-    DIAGONAL: tl.constexpr = (ROWS + COLS - 1) // COLS
-    for d in tl.static_range(DIAGONAL):
-        start = row_base + d * COLS
-        tq, uq = _load_tile(
-            target_ptr, other_ptr, domain_ptr, b, start, cols, _tile(start, n, cols, COLS), t_stride0, t_stride1,
-            o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
-        )  # fmt: skip
-        q = d * COLS + cols
-        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, rows[None, :, None] < q[:, None, :])
-
-    # The tiles past them, where every column is after every row: the whole ones with no mask at all, then the
-    # last, partial one. Column starts are int64 (row_base is); a column's offset from row_base is below
-    # n < 2**31 wherever it can win (columns past n have t = u = -inf).
-    first, last = _column_tiles(row_base, n, DIAGONAL * COLS, COLS)
-    for start in range(first, last, COLS):
-        tq, uq = _load_tile(
-            target_ptr, other_ptr, domain_ptr, b, start, cols, None, t_stride0, t_stride1, o_stride0, o_stride1,
-            d_stride0, d_stride1, INCREASE,
-        )  # fmt: skip
-        q = (start - row_base).to(tl.int32) + cols
-        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, True)
-    if last < n:
-        tq, uq = _load_tile(
-            target_ptr, other_ptr, domain_ptr, b, last, cols, _tile(last, n, cols, COLS), t_stride0, t_stride1,
-            o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
-        )  # fmt: skip
-        q = (last - row_base).to(tl.int32) + cols
-        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, True)
-
-    # The smallest (p, q) among the positions holding the top score: the smallest row, then in it the smallest
-    # column, both int32; then the int64 key (p * n + q passes 2**31).
+    best, _ = _scan_columns(
+        target_ptr, other_ptr, domain_ptr, b, row_base, n, tp, up, t_stride0, t_stride1, o_stride0, o_stride1,
+        d_stride0, d_stride1, INCREASE, ROWS, COLS, False,
+    )  # fmt: skip
     top = tl.max(tl.max(tl.max(best, 2), 1), 0)
-    at_top = best == top
-    first_row = tl.min(tl.min(tl.min(tl.where(at_top, rows[None, :, None], ROWS), 2), 1), 0)
-    in_first_row = at_top & (rows[None, :, None] == first_row)
-    first_q = tl.min(tl.min(tl.min(tl.where(in_first_row, best_q, 0x7FFFFFFF), 2), 1), 0)
-    key = _pair_key(row_base, first_row, first_q, n)
+    if top > 0:
+        # The best score; its smallest row is the first holding it, its smallest column is searched in that row.
+        first_row = tl.min(tl.min(tl.min(tl.where(best == top, rows[None, :, None], ROWS), 2), 1), 0)
+        tp_row = tl.max(tl.where(rows == first_row, tp, float("-inf")))  # tp[first_row], exactly
+        up_row = tl.max(tl.where(rows == first_row, up, float("-inf")))
+        p = row_base + first_row
+        q = _first_column_scoring(
+            target_ptr, other_ptr, domain_ptr, b, p, tp_row, up_row, n, top, t_stride0, t_stride1, o_stride0,
+            o_stride1, d_stride0, d_stride1, INCREASE, ROW_SEARCH,
+        )  # fmt: skip
+        key = p * n + q
+    else:
+        # No pair scores above 0: the exact scan, for a valid pair scoring 0 (top -1 where there is none). The
+        # smallest (p, q) among the positions holding the top score: the smallest row, then in it the smallest
+        # column, both int32; then the int64 key (p * n + q passes 2**31).
+        best, best_q = _scan_columns(
+            target_ptr, other_ptr, domain_ptr, b, row_base, n, tp, up, t_stride0, t_stride1, o_stride0, o_stride1,
+            d_stride0, d_stride1, INCREASE, ROWS, COLS, True,
+        )  # fmt: skip
+        top = tl.max(tl.max(tl.max(best, 2), 1), 0)
+        at_top = best == top
+        first_row = tl.min(tl.min(tl.min(tl.where(at_top, rows[None, :, None], ROWS), 2), 1), 0)
+        in_first_row = at_top & (rows[None, :, None] == first_row)
+        first_q = tl.min(tl.min(tl.min(tl.where(in_first_row, best_q, 0x7FFFFFFF), 2), 1), 0)
+        key = _pair_key(row_base, first_row, first_q, n)
     tl.store(score_ptr + pid, top)
     tl.store(key_ptr + pid, key)
 
@@ -275,6 +376,7 @@ def jsma_saliency_search_triton(
         INCREASE=increase,
         ROWS=ROWS,
         COLS=COLS,
+        ROW_SEARCH=ROW_SEARCH,
         num_warps=NUM_WARPS,
     )
     p = torch.empty(batch, dtype=torch.int64, device=device)
