@@ -46,6 +46,29 @@ def test_masked_ops_match_the_reference(backend, device):
                 assert_same_bits(grad_in, reference.bounded_relu_masked_backward(grad, expected_mask))
 
 
+@pytest.mark.parametrize("backend,device", CASES)
+def test_masked_ops_at_span_and_byte_boundaries(backend, device):
+    """Sizes on either side of a mask byte (8 elements) and of the CUDA kernels' spans (256 elements), from a start
+    16-byte aligned and from one element into the storage (a dense view there: the kernels' unvectorised path), in
+    every dtype; on a GPU also more spans than the CUDA grid's warps (its grid-stride loop)."""
+    require_backend(MASKED_BACKENDS, backend, device)
+    forward, backward = masked_pair(backend)
+    generator = torch.Generator().manual_seed(0)
+    sizes = [1, 7, 8, 9, 255, 256, 257, 263, 512, 1033]
+    values, grads = (torch.randn(2, 1 + max(sizes), generator=generator) * 2).to(device)
+    cases = [(dtype, n, start) for dtype in FLOAT_DTYPES for n in sizes for start in (0, 1)]
+    if device == "cuda":  # 132 SMs x 32 blocks x 8 warps take 8.65 million elements a sweep on an H100 or H200
+        values, grads = (torch.randn(2, 1 + 9_000_003, generator=generator) * 2).to(device)
+        cases.append((torch.float32, 9_000_003, 1))
+    for dtype, n, start in cases:
+        x, grad = values.to(dtype)[start : start + n], grads.to(dtype)[start : start + n]
+        out, mask = forward(x, 0.7)
+        expected_out, expected_mask = reference.bounded_relu_masked(x, 0.7)
+        assert_same(out, expected_out)
+        assert torch.equal(mask, expected_mask), (dtype, n, start)
+        assert_same_bits(backward(grad, mask), reference.bounded_relu_masked_backward(grad, expected_mask))
+
+
 def hand_packed(values: list[float], t: float) -> list[int]:
     """The mask of `values` (in memory order) packed by hand: bit j of byte k for element 8k + j."""
     return [

@@ -1,9 +1,13 @@
 // CUDA kernels of bounded_relu: ATen's gpu_kernel over a TensorIterator (vectorised loads for contiguous
 // data, any strides otherwise, 64-bit indexing by splitting), launched on the current stream.
 //
-// The masked pair has its own kernels over dense memory: each thread owns whole mask bytes, one at a time in a
-// grid-stride loop with 64-bit indices, and the 8 elements of each (16 to 64 bytes, loaded and stored as 16-byte
-// vectors when the pointers allow), so that a warp reads and writes one contiguous span and 32 contiguous mask bytes.
+// The masked pair has its own kernels over dense memory. A warp takes spans of 256 elements (32 mask bytes) in a
+// grid-stride loop with 64-bit indices, and reads each span as rows of 16-byte vectors, one a lane, lane after lane
+// (2 rows of float32, 1 of 16-bit types, 4 of float64): every load and store of a warp is one contiguous 512
+// bytes, as ATen's vectorised kernels do it. (When each thread owned one mask byte and its 8 elements, the two
+// 16-byte accesses of a float32 thread lay 32 bytes apart across the warp, each instruction touching half of
+// twice as many sectors.) The lanes whose vectors make up one mask byte (2 for float32, 1 for 16-bit types, 4
+// for float64) join their bits by shuffles, and the first of them writes the byte.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/native/cuda/Loops.cuh>
@@ -20,88 +24,104 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// 8 elements, one mask byte's worth, as 16-byte vectors: 1 (16-bit types), 2 (float) or 4 (double) of them.
+// A span of kSpan elements, read as kRows rows of one kVec-element (16-byte) vector per lane.
+constexpr int kSpan = 256;
+
 template <typename scalar_t>
-struct alignas(16) Vec16 {
-  static constexpr int kElements = 16 / sizeof(scalar_t);
-  scalar_t v[kElements];
+struct Span {
+  static constexpr int kVec = 16 / sizeof(scalar_t);
+  static constexpr int kRows = kSpan / (32 * kVec);
+  static constexpr int kLanesPerByte = 8 / kVec;  // the lanes whose vectors make up one mask byte
 };
 
+template <typename scalar_t>
+struct alignas(16) Vec16 {
+  scalar_t v[Span<scalar_t>::kVec];
+};
+
+// The `count` (<= kVec) elements from src, one 16-byte load when all kVec are there and the data is aligned; the
+// others are 0.
 template <typename scalar_t, bool kVectorized>
-__device__ inline void load8(const scalar_t* __restrict__ src, int64_t count, scalar_t (&dst)[8]) {
-  if (kVectorized && count == 8) {
-    constexpr int kPer = Vec16<scalar_t>::kElements;
+__device__ __forceinline__ Vec16<scalar_t> load_vec(const scalar_t* __restrict__ src, int64_t count) {
+  constexpr int kVec = Span<scalar_t>::kVec;
+  if (kVectorized && count == kVec) return *reinterpret_cast<const Vec16<scalar_t>*>(src);
+  Vec16<scalar_t> out;
 #pragma unroll
-    for (int part = 0; part < 8 / kPer; ++part) {
-      const Vec16<scalar_t> chunk = reinterpret_cast<const Vec16<scalar_t>*>(src)[part];
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) dst[part * kPer + j] = chunk.v[j];
-    }
-    return;
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) dst[j] = j < count ? src[j] : scalar_t(0);
+  for (int j = 0; j < kVec; ++j) out.v[j] = j < count ? src[j] : scalar_t(0);
+  return out;
 }
 
 template <typename scalar_t, bool kVectorized>
-__device__ inline void store8(scalar_t* __restrict__ dst, int64_t count, const scalar_t (&src)[8]) {
-  if (kVectorized && count == 8) {
-    constexpr int kPer = Vec16<scalar_t>::kElements;
-#pragma unroll
-    for (int part = 0; part < 8 / kPer; ++part) {
-      Vec16<scalar_t> chunk;
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) chunk.v[j] = src[part * kPer + j];
-      reinterpret_cast<Vec16<scalar_t>*>(dst)[part] = chunk;
-    }
+__device__ __forceinline__ void store_vec(scalar_t* __restrict__ dst, int64_t count, const Vec16<scalar_t>& src) {
+  constexpr int kVec = Span<scalar_t>::kVec;
+  if (kVectorized && count == kVec) {
+    *reinterpret_cast<Vec16<scalar_t>*>(dst) = src;
     return;
   }
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    if (j < count) dst[j] = src[j];
+  for (int j = 0; j < kVec; ++j) {
+    if (j < count) dst[j] = src.v[j];
   }
 }
+
+// The warp's first span and the warps of the grid (blocks of kThreads threads), for the grid-stride loop.
+__device__ __forceinline__ int64_t first_span() {
+  return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+}
+__device__ __forceinline__ int64_t warps_in_grid() { return static_cast<int64_t>(gridDim.x) * blockDim.x / 32; }
 
 // Byte k of the mask covers elements 8k..8k+7; the last byte may cover fewer (its other bits are 0).
 template <typename scalar_t, bool kVectorized>
-__global__ void forward_masked_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
-                                      uint8_t* __restrict__ mask, int64_t n, at::opmath_type<scalar_t> top) {
+__global__ void __launch_bounds__(kThreads)
+    forward_masked_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out, uint8_t* __restrict__ mask,
+                          int64_t n, at::opmath_type<scalar_t> top) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t bytes = n / 8 + (n % 8 != 0);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < bytes; k += stride) {
-    const int64_t first = 8 * k;
-    const int64_t count = n - first < 8 ? n - first : 8;
-    scalar_t v[8];
-    load8<scalar_t, kVectorized>(x + first, count, v);  // past the end: 0, which fails the test
-    scalar_t y[8];
-    uint32_t bits = 0;
+  using S = Span<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  const int64_t spans = (n + kSpan - 1) / kSpan;
+  for (int64_t span = first_span(); span < spans; span += warps_in_grid()) {  // uniform across the warp
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const opmath_t value = static_cast<opmath_t>(v[j]);
-      y[j] = static_cast<scalar_t>(forward(value, top));
-      bits |= static_cast<uint32_t>(passes_gradient(value, top)) << j;
+    for (int row = 0; row < S::kRows; ++row) {
+      const int64_t first = span * kSpan + (row * 32 + lane) * S::kVec;  // the lane's first element
+      const int64_t count = first < n ? (n - first < S::kVec ? n - first : S::kVec) : 0;
+      const Vec16<scalar_t> v = load_vec<scalar_t, kVectorized>(x + first, count);  // past the end: 0, no bit
+      Vec16<scalar_t> y;
+      uint32_t bits = 0;
+#pragma unroll
+      for (int j = 0; j < S::kVec; ++j) {
+        const opmath_t value = static_cast<opmath_t>(v.v[j]);
+        y.v[j] = static_cast<scalar_t>(forward(value, top));
+        bits |= static_cast<uint32_t>(passes_gradient(value, top)) << j;
+      }
+      store_vec<scalar_t, kVectorized>(out + first, count, y);
+      bits <<= first % 8;  // the lane's place in its byte
+#pragma unroll
+      for (int offset = 1; offset < S::kLanesPerByte; offset *= 2) bits |= __shfl_xor_sync(0xffffffffu, bits, offset);
+      if (first % 8 == 0 && first < n) mask[first / 8] = static_cast<uint8_t>(bits);
     }
-    store8<scalar_t, kVectorized>(out + first, count, y);
-    mask[k] = static_cast<uint8_t>(bits);
   }
 }
 
 template <typename scalar_t, bool kVectorized>
-__global__ void backward_masked_kernel(const scalar_t* __restrict__ grad, const uint8_t* __restrict__ mask,
-                                       scalar_t* __restrict__ grad_in, int64_t n) {
-  const int64_t bytes = n / 8 + (n % 8 != 0);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < bytes; k += stride) {
-    const int64_t first = 8 * k;
-    const int64_t count = n - first < 8 ? n - first : 8;
-    const uint32_t bits = mask[k];
-    scalar_t g[8];
-    load8<scalar_t, kVectorized>(grad + first, count, g);
-    scalar_t y[8];
+__global__ void __launch_bounds__(kThreads)
+    backward_masked_kernel(const scalar_t* __restrict__ grad, const uint8_t* __restrict__ mask,
+                           scalar_t* __restrict__ grad_in, int64_t n) {
+  using S = Span<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  const int64_t spans = (n + kSpan - 1) / kSpan;
+  for (int64_t span = first_span(); span < spans; span += warps_in_grid()) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) y[j] = ((bits >> j) & 1u) ? g[j] : scalar_t(0);
-    store8<scalar_t, kVectorized>(grad_in + first, count, y);
+    for (int row = 0; row < S::kRows; ++row) {
+      const int64_t first = span * kSpan + (row * 32 + lane) * S::kVec;
+      if (first >= n) continue;
+      const int64_t count = n - first < S::kVec ? n - first : S::kVec;
+      const uint32_t bits = static_cast<uint32_t>(mask[first / 8]) >> (first % 8);
+      const Vec16<scalar_t> g = load_vec<scalar_t, kVectorized>(grad + first, count);
+      Vec16<scalar_t> y;
+#pragma unroll
+      for (int j = 0; j < S::kVec; ++j) y.v[j] = ((bits >> j) & 1u) ? g.v[j] : scalar_t(0);
+      store_vec<scalar_t, kVectorized>(grad_in + first, count, y);
+    }
   }
 }
 
@@ -109,7 +129,8 @@ bool aligned16(const void* a, const void* b) {
   return reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
 }
 
-// Enough blocks to fill the GPU a few times over; the grid-stride loops cover the rest.
+// Enough blocks to fill the GPU a few times over; the grid-stride loops cover the rest. A block's warps take
+// kThreads / 32 spans of 32 mask bytes at a time: kThreads bytes.
 unsigned int masked_blocks(int64_t bytes) {
   const int64_t wanted = (bytes + kThreads - 1) / kThreads;
   const int64_t most = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
