@@ -578,6 +578,24 @@ def test_cuda_kernels_on_many_tiles_and_chunks():
                     assert_same(run(backend, t, o, d, increase), expected, (backend, batch, n, ties, increase))
 
 
+@pytest.mark.triton
+def test_triton_search_where_the_interpreter_maximum_returns_nan(monkeypatch):
+    """Triton 3.6's interpreter takes tl.maximum(NaN, 0) as NaN where the compiled code (and 3.8's interpreter)
+    gives 0; the kernel then takes its maxima by comparisons. That variant against the reference on the cases
+    where NaN arises (inf - inf, 0 * inf, features past the end: -inf)."""
+    require_backend(BACKENDS, "triton", "cpu")
+    monkeypatch.setattr(jsma_triton, "interpreter_maximum_ignores_nan", lambda: False)
+    monkeypatch.setattr(jsma_triton, "ROW_SEARCH", 32)
+    t, o, expected = planted_across_tiles(jsma_triton.COLS)
+    cases = [(t, o, torch.ones_like(t, dtype=torch.bool))]
+    cases += [random_case(3, 70, seed=seed, ties=seed == 1, nans=True) for seed in range(3)]
+    inf = torch.tensor([[INF, INF, -INF, 1.0, 2.0], [-INF, 0.0, 0.5, 3.0, INF]])
+    cases.append((inf, -inf.flip(1), torch.ones_like(inf, dtype=torch.bool)))
+    for t, o, d in cases:
+        for increase in (True, False):
+            assert_same(run("triton", t, o, d, increase), reference(t, o, d, increase), (t.shape, increase))
+
+
 @pytest.mark.slow
 def test_cuda_search_scans_a_pair_in_six_instructions(tmp_path):
     """ptxas's sm_90 code of the CUDA search kernel, compiled without a GPU, in every dtype: the loops of step 1

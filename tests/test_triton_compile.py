@@ -116,6 +116,7 @@ for dtype in ("fp32", "bf16", "fp64"):
                 "ROWS": jsma_saliency_search.ROWS,
                 "COLS": jsma_saliency_search.COLS,
                 "ROW_SEARCH": jsma_saliency_search.ROW_SEARCH,
+                "IGNORES_NAN": True,
             },
             divisible=("n",),
             options={"num_warps": jsma_saliency_search.NUM_WARPS},

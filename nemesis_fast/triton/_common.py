@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import triton
+import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
@@ -54,3 +58,20 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
         return
     with torch.cuda.device(cuda):  # Triton launches on the current device and its current stream
         wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+@triton.jit
+def _maximum_probe(x_ptr):
+    tl.store(x_ptr, tl.maximum(tl.load(x_ptr), 0.0))
+
+
+@functools.cache
+def interpreter_maximum_ignores_nan() -> bool:
+    """Whether Triton's interpreter takes tl.maximum(NaN, 0) as 0, as the compiled code does (IEEE maxNum): the
+    interpreter of Triton 3.8 does, that of 3.6 returns NaN. Asked once, by running a one-element kernel; only
+    where kernels run under the interpreter (True otherwise)."""
+    if not INTERPRET:
+        return True
+    x = torch.tensor([float("nan")])
+    _maximum_probe[(1,)](x)
+    return x.item() == 0.0

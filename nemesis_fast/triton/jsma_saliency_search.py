@@ -39,7 +39,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ..reference.jsma_saliency_search import check_inputs
-from ._common import launch
+from ._common import interpreter_maximum_ignores_nan, launch
 
 ROWS = 32
 COLS = 32
@@ -60,6 +60,16 @@ def _prepare(target, other, domain, INCREASE: tl.constexpr):
         t = -target
         u = other
     return tl.where(usable, t, float("-inf")), tl.where(usable, u, float("-inf"))
+
+
+@triton.jit
+def _maximum(kept, other, IGNORES_NAN: tl.constexpr):
+    """The larger of `kept` (never NaN) and `other`, `kept` where `other` is NaN: IEEE maxNum, which
+    tl.maximum is on a GPU. IGNORES_NAN False: by a comparison, for an interpreter whose tl.maximum returns NaN
+    (Triton's before 3.8)."""
+    if IGNORES_NAN:
+        return tl.maximum(kept, other)
+    return tl.where(other > kept, other, kept)
 
 
 @triton.jit
@@ -141,7 +151,7 @@ def _load_tile(
 
 
 @triton.jit
-def _scan_tile(tp, up, tq, uq, q, best, best_q, upper, EXACT: tl.constexpr):
+def _scan_tile(tp, up, tq, uq, q, best, best_q, upper, EXACT: tl.constexpr, IGNORES_NAN: tl.constexpr):
     """One tile of pairs, laid out (COLS // 32, ROWS, 32): column group, row, lane, where `upper` (the p < q
     mask; None: every pair) holds. EXACT: where a pair is valid and scores strictly higher than its position's
     best, it replaces it, with q (int32) as the position's best column. Otherwise each position keeps the highest
@@ -154,10 +164,10 @@ def _scan_tile(tp, up, tq, uq, q, best, best_q, upper, EXACT: tl.constexpr):
         if upper is not None:
             better = better & upper
         return tl.where(better, score, best), tl.where(better, q[:, None, :], best_q)
-    clamped = tl.maximum(a, 0.0) * s
+    clamped = _maximum(0.0, a, IGNORES_NAN) * s
     if upper is not None:
         clamped = tl.where(upper, clamped, 0.0)
-    return tl.maximum(best, clamped), best_q
+    return _maximum(best, clamped, IGNORES_NAN), best_q
 
 
 @triton.jit
@@ -180,6 +190,7 @@ def _scan_columns(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
     EXACT: tl.constexpr,
+    IGNORES_NAN: tl.constexpr,
 ):
     """Every pair of the row block at row_base (values tp, up) with a later column, by _scan_tile: the
     positions' best scores (EXACT: -1 where no valid pair; otherwise clamped, >= 0) and best columns, as offsets
@@ -199,7 +210,9 @@ def _scan_columns(
             o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
         )  # fmt: skip
         q = d * COLS + cols
-        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, rows[None, :, None] < q[:, None, :], EXACT)
+        best, best_q = _scan_tile(
+            tp, up, tq, uq, q, best, best_q, rows[None, :, None] < q[:, None, :], EXACT, IGNORES_NAN
+        )
 
     # The tiles past them, where every column is after every row: the whole ones with no mask at all, then the
     # last, partial one. Column starts are int64 (row_base is); a column's offset from row_base is below
@@ -211,14 +224,14 @@ def _scan_columns(
             d_stride0, d_stride1, INCREASE,
         )  # fmt: skip
         q = (start - row_base).to(tl.int32) + cols
-        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, None, EXACT)
+        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, None, EXACT, IGNORES_NAN)
     if last < n:
         tq, uq = _load_tile(
             target_ptr, other_ptr, domain_ptr, b, last, cols, _tile(last, n, cols, COLS), t_stride0, t_stride1,
             o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
         )  # fmt: skip
         q = (last - row_base).to(tl.int32) + cols
-        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, None, EXACT)
+        best, best_q = _scan_tile(tp, up, tq, uq, q, best, best_q, None, EXACT, IGNORES_NAN)
     return best, best_q
 
 
@@ -241,6 +254,7 @@ def _first_column_scoring(
     d_stride1,
     INCREASE: tl.constexpr,
     BLOCK: tl.constexpr,
+    IGNORES_NAN: tl.constexpr,
 ):
     """The smallest q > p (int64) whose clamped score with feature p (values tp, up) is `top`, a score above 0 of
     p's row; BLOCK columns at a time, stopping at the first block that holds it."""
@@ -252,7 +266,7 @@ def _first_column_scoring(
             target_ptr, other_ptr, domain_ptr, b, start, offsets, _tile(start, n, offsets, BLOCK), t_stride0,
             t_stride1, o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
         )  # fmt: skip
-        score = tl.maximum(tp + tq, 0.0) * (up + uq)
+        score = _maximum(0.0, tp + tq, IGNORES_NAN) * (up + uq)
         found = tl.min(tl.where(score == top, start + offsets, n))
         start += BLOCK
     return found
@@ -277,6 +291,7 @@ def _search_kernel(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
     ROW_SEARCH: tl.constexpr,
+    IGNORES_NAN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b, row_base = _row_block(pid, batch, ROWS)
@@ -287,7 +302,7 @@ def _search_kernel(
     )  # fmt: skip
     best, _ = _scan_columns(
         target_ptr, other_ptr, domain_ptr, b, row_base, n, tp, up, t_stride0, t_stride1, o_stride0, o_stride1,
-        d_stride0, d_stride1, INCREASE, ROWS, COLS, False,
+        d_stride0, d_stride1, INCREASE, ROWS, COLS, False, IGNORES_NAN,
     )  # fmt: skip
     top = tl.max(tl.max(tl.max(best, 2), 1), 0)
     if top > 0:
@@ -298,7 +313,7 @@ def _search_kernel(
         p = row_base + first_row
         q = _first_column_scoring(
             target_ptr, other_ptr, domain_ptr, b, p, tp_row, up_row, n, top, t_stride0, t_stride1, o_stride0,
-            o_stride1, d_stride0, d_stride1, INCREASE, ROW_SEARCH,
+            o_stride1, d_stride0, d_stride1, INCREASE, ROW_SEARCH, IGNORES_NAN,
         )  # fmt: skip
         key = p * n + q
     else:
@@ -307,7 +322,7 @@ def _search_kernel(
         # column, both int32; then the int64 key (p * n + q passes 2**31).
         best, best_q = _scan_columns(
             target_ptr, other_ptr, domain_ptr, b, row_base, n, tp, up, t_stride0, t_stride1, o_stride0, o_stride1,
-            d_stride0, d_stride1, INCREASE, ROWS, COLS, True,
+            d_stride0, d_stride1, INCREASE, ROWS, COLS, True, IGNORES_NAN,
         )  # fmt: skip
         top = tl.max(tl.max(tl.max(best, 2), 1), 0)
         at_top = best == top
@@ -377,6 +392,7 @@ def jsma_saliency_search_triton(
         ROWS=ROWS,
         COLS=COLS,
         ROW_SEARCH=ROW_SEARCH,
+        IGNORES_NAN=device.type != "cpu" or interpreter_maximum_ignores_nan(),
         num_warps=NUM_WARPS,
     )
     p = torch.empty(batch, dtype=torch.int64, device=device)
