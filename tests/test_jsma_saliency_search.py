@@ -596,6 +596,28 @@ def test_triton_search_where_the_interpreter_maximum_returns_nan(monkeypatch):
             assert_same(run("triton", t, o, d, increase), reference(t, o, d, increase), (t.shape, increase))
 
 
+@pytest.mark.triton
+def test_the_interpreter_probe_runs_under_fake_tensors():
+    """The probe of the interpreter's maximum may first be asked while the op's shapes are traced with fake
+    tensors (opcheck, torch.compile's fake pass): it runs its kernel on a real tensor even then, and answers as it
+    does outside."""
+    require_backend(BACKENDS, "triton", "cpu")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nemesis_fast.triton import _common
+
+    probe = _common.interpreter_maximum_ignores_nan
+    probe.cache_clear()
+    t, o, d = random_case(2, 40, seed=0)
+    with FakeTensorMode() as mode:
+        p, _, _ = torch.ops.nemesis_fast.jsma_saliency_search_triton(*map(mode.from_tensor, (t, o, d)), True)
+        assert p.shape == (2,)
+    answer = probe()
+    assert probe.cache_info().hits == 1
+    probe.cache_clear()
+    assert probe() == answer
+
+
 @pytest.mark.slow
 def test_cuda_search_scans_a_pair_in_six_instructions(tmp_path):
     """ptxas's sm_90 code of the CUDA search kernel, compiled without a GPU, in every dtype: the loops of step 1

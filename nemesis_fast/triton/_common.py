@@ -7,7 +7,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 from torch.library import wrap_triton
 
 from . import INTERPRET
@@ -68,10 +68,11 @@ def _maximum_probe(x_ptr):
 @functools.cache
 def interpreter_maximum_ignores_nan() -> bool:
     """Whether Triton's interpreter takes tl.maximum(NaN, 0) as 0, as the compiled code does (IEEE maxNum): the
-    interpreter of Triton 3.8 does, that of 3.6 returns NaN. Asked once, by running a one-element kernel; only
-    where kernels run under the interpreter (True otherwise)."""
+    interpreter of Triton 3.8 does, that of 3.6 returns NaN. Asked once, by running a one-element kernel on the CPU;
+    True where kernels are compiled (no interpreter)."""
     if not INTERPRET:
         return True
-    x = torch.tensor([float("nan")])
-    _maximum_probe[(1,)](x)
-    return x.item() == 0.0
+    with unset_fake_temporarily():  # the first ask may come while an op's shapes are traced with fake tensors
+        x = torch.tensor([float("nan")])
+        _maximum_probe[(1,)](x)
+        return x.item() == 0.0

@@ -66,7 +66,7 @@ def _prepare(target, other, domain, INCREASE: tl.constexpr):
 def _maximum(kept, other, IGNORES_NAN: tl.constexpr):
     """The larger of `kept` (never NaN) and `other`, `kept` where `other` is NaN: IEEE maxNum, which
     tl.maximum is on a GPU. IGNORES_NAN False: by a comparison, for an interpreter whose tl.maximum returns NaN
-    (Triton's before 3.8)."""
+    (Triton 3.6's; 3.8's does not)."""
     if IGNORES_NAN:
         return tl.maximum(kept, other)
     return tl.where(other > kept, other, kept)
@@ -392,7 +392,7 @@ def jsma_saliency_search_triton(
         ROWS=ROWS,
         COLS=COLS,
         ROW_SEARCH=ROW_SEARCH,
-        IGNORES_NAN=device.type != "cpu" or interpreter_maximum_ignores_nan(),
+        IGNORES_NAN=interpreter_maximum_ignores_nan(),
         num_warps=NUM_WARPS,
     )
     p = torch.empty(batch, dtype=torch.int64, device=device)
