@@ -207,8 +207,8 @@ def planted_across_tiles(tile: int) -> tuple[torch.Tensor, torch.Tensor, list[tu
     planted so that the pairs that decide lie in different row and column tiles of a kernel whose tiles hold
     `tile` features. The other features make every pair they touch invalid (t = -1, u = -o = 1: a = -2 at most)."""
     n = 2 * tile + 88
-    t = torch.full((6, n), -1.0)
-    o = torch.full((6, n), -1.0)
+    t = torch.full((7, n), -1.0)
+    o = torch.full((7, n), -1.0)
 
     def plant(sample, feature, t_value, u_value):
         t[sample, feature], o[sample, feature] = t_value, -u_value
@@ -236,6 +236,11 @@ def planted_across_tiles(tile: int) -> tuple[torch.Tensor, torch.Tensor, list[tu
     plant(4, 2 * tile + 8, 1e-3, 1e-3)
     # 5: the best pair ties with every pair (equal gradients everywhere): (0, 1).
     t[5], o[5] = 0.25, -0.25
+    # 6: between the best pair's p and q, a feature whose every clamped score is NaN (a < 0 with every other
+    # feature, u = +inf: 0 * inf), which the search for the best pair's q must pass over.
+    plant(6, tile + 16, 0.5, 0.5)
+    plant(6, tile + 20, -100.0, float("inf"))
+    plant(6, 2 * tile + 40, 0.5, 0.5)
     expected = [
         (5, 2 * tile + 68, True),
         (3, 2 * tile + 38, True),
@@ -243,6 +248,7 @@ def planted_across_tiles(tile: int) -> tuple[torch.Tensor, torch.Tensor, list[tu
         (-1, -1, False),
         (2 * tile - 12, 2 * tile + 8, True),
         (0, 1, True),
+        (tile + 16, 2 * tile + 40, True),
     ]
     return t, o, expected
 

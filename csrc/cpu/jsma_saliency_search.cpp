@@ -9,8 +9,8 @@
 //    anticorrelated gradients) or cannot be used (magnitudes out of its range), the sample goes to step 3.
 // 3. The pairs i < j of the remaining samples are split into row ranges of similar pair counts, grouped into
 //    tasks of at least kMinPairsPerTask pairs that run in parallel (at::parallel_for). A row is scanned with
-//    16-lane vectors; each lane keeps its running best score and j (strictly greater wins, so a lane keeps its
-//    first, smallest j), then the lanes are reduced.
+//    16-lane vectors for its highest clamped score (scan_rows), and read again for the first j holding it only
+//    where it beats the range's best so far.
 //    Rows whose score bound (suffix maxima of t and u) is below the best score found so far in the same range
 //    are skipped: the bound is exact under float32 rounding (rounding is monotone), so no pair that could win
 //    or tie is ever skipped.
@@ -60,8 +60,33 @@ struct Best {
   int64_t j = -1;
 };
 
+// fl(max(a, 0) * u) of the pair (p, q): its score where that is above 0, which needs a > 0 and u > 0 (and then
+// max(a, 0) = a, so the bits are the score's); an invalid pair's is 0, -0, negative or NaN, and so is a valid pair's
+// that underflowed to 0. `x > y ? x : y` is the x86 max instruction's own rule (y where either is NaN), so the
+// loops below vectorise to it.
+inline float clamped_score(float tp, float up, float tq, float uq) {
+  const float a = tp + tq;
+  return (a > 0.0f ? a : 0.0f) * (up + uq);
+}
+
+// The reference's scan of row i against the columns j > i of a packed sample of m features: its best score (-1
+// where no pair is valid) and the smallest j holding it. For a row whose valid pairs all score 0.
+Best scan_row_exactly(const float* __restrict t, const float* __restrict u, int64_t m, int64_t i) {
+  Best best;
+  for (int64_t j = i + 1; j < m; ++j) {
+    const float a = t[i] + t[j];
+    const float s = u[i] + u[j];
+    if (a > 0.0f && s > 0.0f && a * s > best.score) best = {a * s, i, j};
+  }
+  return best;
+}
+
 // The best pair (i, j) of rows [row_begin, row_end) of one packed sample of m features. `t` and `u` hold m values
 // then kPad of -inf; `t_max[i]` / `u_max[i]` are the maxima of t / u over positions >= i (-inf at m).
+// A row is scanned for its highest clamped score alone (per lane a running maximum: two additions, two maxima and
+// a multiplication a pair, no comparison and no index); only a row that beats the best so far (earlier rows win
+// ties) is read again for the first j holding it, and a row with no score above 0 is scanned as the reference does
+// while the range has found no valid pair, for a valid pair scoring 0.
 // The lane loops are plain scalar code that the compiler vectorises for each cloned instruction set (GCC lowers
 // generic vector types before it clones, so they would run as scalar code here).
 NEMESIS_FAST_CPU_CLONES Best scan_rows(const float* __restrict t, const float* __restrict u,
@@ -76,32 +101,27 @@ NEMESIS_FAST_CPU_CLONES Best scan_rows(const float* __restrict t, const float* _
     const float u_bound = up + u_max[i + 1];
     if (!(a_bound > 0.0f && u_bound > 0.0f)) continue;  // no valid pair in the row (also catches NaN)
     if (best.score >= 0.0f && a_bound * u_bound < best.score) continue;
-    float lane_best[kLanes];
-    int32_t lane_j[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) {
-      lane_best[l] = kNoPair;
-      lane_j[l] = 0;
-    }
+    float lane_max[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) lane_max[l] = 0.0f;
     for (int64_t j = i + 1; j < m; j += kLanes) {  // reads at most kLanes - 1 padding entries
+#pragma GCC unroll 1  // kept a loop, which GCC vectorises (unrolled first, its 16 lanes stay scalar code)
       for (int64_t l = 0; l < kLanes; ++l) {
-        const float a = tp + t[j + l];
-        const float s = up + u[j + l];
-        const float score = a * s;
-        // Lanes see increasing j, and only a strictly higher score replaces: each lane keeps its smallest j.
-        const bool better = (a > 0.0f) & (s > 0.0f) & (score > lane_best[l]);
-        lane_best[l] = better ? score : lane_best[l];
-        lane_j[l] = better ? static_cast<int32_t>(j + l) : lane_j[l];
+        const float score = clamped_score(tp, up, t[j + l], u[j + l]);
+        lane_max[l] = score > lane_max[l] ? score : lane_max[l];
       }
     }
-    float row_best = kNoPair;
-    int64_t row_j = -1;
-    for (int64_t l = 0; l < kLanes; ++l) {
-      if (lane_best[l] > row_best || (lane_best[l] == row_best && lane_j[l] < row_j)) {
-        row_best = lane_best[l];
-        row_j = lane_j[l];
+    float row_max = 0.0f;
+    for (int64_t l = 0; l < kLanes; ++l) row_max = lane_max[l] > row_max ? lane_max[l] : row_max;
+    if (row_max > 0.0f) {
+      if (row_max > best.score) {
+        int64_t j = i + 1;
+        while (clamped_score(tp, up, t[j], u[j]) != row_max) ++j;  // the row holds it before m
+        best = {row_max, i, j};
       }
+    } else if (best.score < 0.0f) {
+      const Best row = scan_row_exactly(t, u, m, i);
+      if (row.score > best.score) best = row;
     }
-    if (row_best > best.score) best = {row_best, i, row_j};  // earlier rows win ties
   }
   return best;
 }
