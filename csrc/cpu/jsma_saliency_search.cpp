@@ -115,8 +115,10 @@ NEMESIS_FAST_CPU_CLONES Best scan_rows(const float* __restrict t, const float* _
     if (row_max > 0.0f) {
       if (row_max > best.score) {
         int64_t j = i + 1;
-        while (clamped_score(tp, up, t[j], u[j]) != row_max) ++j;  // the row holds it before m
-        best = {row_max, i, j};
+        while (j < m && clamped_score(tp, up, t[j], u[j]) != row_max) ++j;
+        // j < m: the same IEEE operations as the lanes' give the same bits; else, should a compiler ever round
+        // the two differently, the row's best from the reference's own scan.
+        best = j < m ? Best{row_max, i, j} : scan_row_exactly(t, u, m, i);
       }
     } else if (best.score < 0.0f) {
       const Best row = scan_row_exactly(t, u, m, i);
