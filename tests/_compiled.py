@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 # Multiply-adds that a compiler makes by contracting a multiply and an add (PTX, x86).
@@ -87,9 +88,9 @@ def sass_by_function(binary: str | Path) -> dict[str, list[str]]:
     }
 
 
-def sass_loops(binary: str | Path) -> dict[str, list[list[str]]]:
-    """Per kernel of a cubin, the bodies of its loops: the instructions (without predicates) from the target of each
-    backward branch to the branch."""
+def innermost_loops(binary: str | Path) -> dict[str, list[list[str]]]:
+    """Per kernel of a cubin, the bodies of its innermost loops: the instructions (without predicates) from the
+    target of a backward branch to the branch, where that is the body's only branch."""
     listing = run_tool(nvidia_tool("cuobjdump") or "cuobjdump", "-sass", str(binary))
     loops = {}
     for name, lines in _sections(listing, r"\s*Function : (\S+)").items():
@@ -100,13 +101,19 @@ def sass_loops(binary: str | Path) -> dict[str, list[list[str]]]:
             if m
         ]
         index = {address: i for i, (address, _) in enumerate(code)}
-        loops[name] = [
+        bodies = [
             [text for _, text in code[index[target] : i + 1]]
             for i, (address, text) in enumerate(code)
             for m in [re.search(r"\bBRA (0x[0-9a-f]+)", text)]
             if m and (target := int(m.group(1), 16)) < address and target in index
         ]
+        loops[name] = [body for body in bodies if sum(op.startswith("BRA") for op in body) == 1]
     return loops
+
+
+def opcodes(body: list[str]) -> Counter:
+    """How many instructions of each opcode (without its modifiers: LDS.128 counts as LDS) `body` holds."""
+    return Counter(op.split()[0].split(".")[0] for op in body)
 
 
 def resource_usage(cubin: str | Path) -> dict[str, dict[str, int]]:

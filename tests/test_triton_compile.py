@@ -16,10 +16,9 @@ import os
 import re
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
-from _compiled import PTX_FMA, PTX_UNROUNDED, nvidia_tool, resource_usage, sass_by_function, sass_loops
+from _compiled import PTX_FMA, PTX_UNROUNDED, innermost_loops, nvidia_tool, opcodes, resource_usage, sass_by_function
 
 pytest.importorskip("triton")
 
@@ -212,14 +211,9 @@ def test_jsma_search_takes_the_maximum_of_clamped_scores(compiled):
     needs_cuobjdump()
     labels = [label for label in compiled if label.startswith("jsma_saliency_search-")]
     for label in labels:
-        (bodies,) = sass_loops(compiled[label]["cubin"]).values()
-        # innermost loops (no branch but their own) that load a column tile from global memory and score pairs
-        scans = [
-            Counter(op.split()[0].split(".")[0] for op in body)
-            for body in bodies
-            if sum(op.startswith("BRA") for op in body) == 1 and any(op.startswith("LDG") for op in body)
-        ]
-        scans = [c for c in scans if c["FMUL"]]
+        (bodies,) = innermost_loops(compiled[label]["cubin"]).values()
+        # innermost loops that load a column tile from global memory and score pairs
+        scans = [c for c in map(opcodes, bodies) if c["LDG"] and c["FMUL"]]
         hot = min(scans, key=lambda c: c["FSETP"])  # the first pass's; the exact rescan compares every pair
         pairs = hot["FMUL"]
         assert hot["FMNMX"] == 2 * pairs and hot["FADD"] >= 2 * pairs, (label, hot)

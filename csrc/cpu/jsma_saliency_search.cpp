@@ -69,15 +69,19 @@ inline float clamped_score(float tp, float up, float tq, float uq) {
   return (a > 0.0f ? a : 0.0f) * (up + uq);
 }
 
+// Scores pair (i, j), i < j, into `best` as the reference does: valid iff a > 0 and u > 0, score a * u, ties
+// to the smaller (i, j).
+inline void consider(const float* t, const float* u, int64_t i, int64_t j, Best& best) {
+  const float a = t[i] + t[j];
+  const float s = u[i] + u[j];
+  if (a > 0.0f && s > 0.0f && ranks_before(a * s, i, j, best.score, best.i, best.j)) best = {a * s, i, j};
+}
+
 // The reference's scan of row i against the columns j > i of a packed sample of m features: its best score (-1
 // where no pair is valid) and the smallest j holding it. For a row whose valid pairs all score 0.
 Best scan_row_exactly(const float* __restrict t, const float* __restrict u, int64_t m, int64_t i) {
   Best best;
-  for (int64_t j = i + 1; j < m; ++j) {
-    const float a = t[i] + t[j];
-    const float s = u[i] + u[j];
-    if (a > 0.0f && s > 0.0f && a * s > best.score) best = {a * s, i, j};
-  }
+  for (int64_t j = i + 1; j < m; ++j) consider(t, u, i, j, best);
   return best;
 }
 
@@ -126,14 +130,6 @@ NEMESIS_FAST_CPU_CLONES Best scan_rows(const float* __restrict t, const float* _
     }
   }
   return best;
-}
-
-// Scores pair (i, j), i < j, into `best` exactly as scan_rows does: valid iff a > 0 and u > 0, score a * u, ties
-// to the smaller (i, j).
-inline void consider(const float* t, const float* u, int64_t i, int64_t j, Best& best) {
-  const float a = t[i] + t[j];
-  const float s = u[i] + u[j];
-  if (a > 0.0f && s > 0.0f && ranks_before(a * s, i, j, best.score, best.i, best.j)) best = {a * s, i, j};
 }
 
 // The kSeedsPerKey features of largest key seen so far (ties to the earlier feature), in no particular order.

@@ -73,6 +73,25 @@ def _maximum(kept, other, IGNORES_NAN: tl.constexpr):
 
 
 @triton.jit
+def _clamped_score(a, s, IGNORES_NAN: tl.constexpr):
+    """fl(max(a, 0) * s) of the pairs with sums a and s: their score where it is above 0 (the module's docstring).
+    The first pass and the search of the best row's column both take it here, so that they round alike."""
+    return _maximum(0.0, a, IGNORES_NAN) * s
+
+
+@triton.jit
+def _top(best):
+    """The highest of the positions' scores (COLS // 32, ROWS, 32)."""
+    return tl.max(tl.max(tl.max(best, 2), 1), 0)
+
+
+@triton.jit
+def _first_row(at_top, rows, ROWS: tl.constexpr):
+    """The smallest row (int32) of the positions where `at_top` holds; ROWS where it holds nowhere."""
+    return tl.min(tl.min(tl.min(tl.where(at_top, rows[None, :, None], ROWS), 2), 1), 0)
+
+
+@triton.jit
 def _row_block(pid, batch, ROWS: tl.constexpr):
     """(b, row_base) of program `pid`: its sample and the first of its ROWS rows, both int64. Programs are
     numbered row block first: pid = row_block * batch + b."""
@@ -164,7 +183,7 @@ def _scan_tile(tp, up, tq, uq, q, best, best_q, upper, EXACT: tl.constexpr, IGNO
         if upper is not None:
             better = better & upper
         return tl.where(better, score, best), tl.where(better, q[:, None, :], best_q)
-    clamped = _maximum(0.0, a, IGNORES_NAN) * s
+    clamped = _clamped_score(a, s, IGNORES_NAN)
     if upper is not None:
         clamped = tl.where(upper, clamped, 0.0)
     return _maximum(best, clamped, IGNORES_NAN), best_q
@@ -266,7 +285,7 @@ def _first_column_scoring(
             target_ptr, other_ptr, domain_ptr, b, start, offsets, _tile(start, n, offsets, BLOCK), t_stride0,
             t_stride1, o_stride0, o_stride1, d_stride0, d_stride1, INCREASE,
         )  # fmt: skip
-        score = _maximum(0.0, tp + tq, IGNORES_NAN) * (up + uq)
+        score = _clamped_score(tp + tq, up + uq, IGNORES_NAN)
         found = tl.min(tl.where(score == top, start + offsets, n))
         start += BLOCK
     return found
@@ -304,10 +323,10 @@ def _search_kernel(
         target_ptr, other_ptr, domain_ptr, b, row_base, n, tp, up, t_stride0, t_stride1, o_stride0, o_stride1,
         d_stride0, d_stride1, INCREASE, ROWS, COLS, False, IGNORES_NAN,
     )  # fmt: skip
-    top = tl.max(tl.max(tl.max(best, 2), 1), 0)
+    top = _top(best)
     if top > 0:
         # The best score; its smallest row is the first holding it, its smallest column is searched in that row.
-        first_row = tl.min(tl.min(tl.min(tl.where(best == top, rows[None, :, None], ROWS), 2), 1), 0)
+        first_row = _first_row(best == top, rows, ROWS)
         tp_row = tl.max(tl.where(rows == first_row, tp, float("-inf")))  # tp[first_row], exactly
         up_row = tl.max(tl.where(rows == first_row, up, float("-inf")))
         p = row_base + first_row
@@ -324,9 +343,9 @@ def _search_kernel(
             target_ptr, other_ptr, domain_ptr, b, row_base, n, tp, up, t_stride0, t_stride1, o_stride0, o_stride1,
             d_stride0, d_stride1, INCREASE, ROWS, COLS, True, IGNORES_NAN,
         )  # fmt: skip
-        top = tl.max(tl.max(tl.max(best, 2), 1), 0)
+        top = _top(best)
         at_top = best == top
-        first_row = tl.min(tl.min(tl.min(tl.where(at_top, rows[None, :, None], ROWS), 2), 1), 0)
+        first_row = _first_row(at_top, rows, ROWS)
         in_first_row = at_top & (rows[None, :, None] == first_row)
         first_q = tl.min(tl.min(tl.min(tl.where(in_first_row, best_q, 0x7FFFFFFF), 2), 1), 0)
         key = _pair_key(row_base, first_row, first_q, n)
