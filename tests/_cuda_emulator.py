@@ -104,6 +104,7 @@ def _fingerprint() -> str:
     files = [*sorted(CSRC.glob("*.h")), *(CSRC / "cuda" / f"{s}.cu" for s in KERNEL_FILES)]
     files += sorted(p for p in EMULATOR.rglob("*") if p.is_file())
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(str(EMULATOR).encode())  # the rewritten sources name it: one build folder per checkout
     for f in files:
         digest.update(f.read_bytes())
     return digest.hexdigest()[:16]
