@@ -7,6 +7,7 @@ The rewriting is textual and checked: every rule must match as often as the sour
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -110,38 +111,39 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-_LOADED = False
-
-
 def load() -> object:
     """torch.ops.nemesis_fast_emu, built on first use (about a minute on 2 cores; cached under the temp folder)."""
-    global _LOADED
-    if not _LOADED:
-        from torch.utils.cpp_extension import load as load_extension
-
-        asan = os.environ.get(ADDRESS_SANITIZER) == "1"
-        variant = _fingerprint() + ("_asan" if asan else "")
-        build = Path(tempfile.gettempdir()) / "nemesis_fast_cuda_emulator" / variant
-        sources = [*emulated_sources(build / "src"), EMULATOR / "emu_ops.cpp"]
-        (build / "obj").mkdir(parents=True, exist_ok=True)
-        address = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
-        load_extension(
-            name=f"nemesis_fast_cuda_emulator_{variant}",
-            sources=[str(s) for s in sources],
-            extra_include_paths=[str(EMULATOR / "include"), str(build / "src")],
-            extra_cflags=["-O2", "-ffp-contract=off", "-Wno-unknown-pragmas", "-std=c++20", *SANITIZE, *address],
-            extra_ldflags=address,
-            build_directory=str(build / "obj"),
-            is_python_module=False,
-            verbose=False,
-        )
-        library = torch.library.Library(NAMESPACE, "FRAGMENT")  # noqa: TOR901 (the kernels register in C++)
-        for op in OPS:
-            schema = str(getattr(torch.ops.nemesis_fast, op).default._schema)
-            library.define(schema.removeprefix("nemesis_fast::"))
-        globals()["_LIBRARY"] = library  # kept alive: dropping it would remove the definitions
-        _LOADED = True
+    _library()
     return getattr(torch.ops, NAMESPACE)
+
+
+@functools.cache
+def _library() -> torch.library.Library:
+    """Builds and loads the emulated kernels (they register under the CPU key in C++) and defines their schemas;
+    the Library is cached because dropping it would remove the definitions."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    asan = os.environ.get(ADDRESS_SANITIZER) == "1"
+    variant = _fingerprint() + ("_asan" if asan else "")
+    build = Path(tempfile.gettempdir()) / "nemesis_fast_cuda_emulator" / variant
+    sources = [*emulated_sources(build / "src"), EMULATOR / "emu_ops.cpp"]
+    (build / "obj").mkdir(parents=True, exist_ok=True)
+    address = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
+    load_extension(
+        name=f"nemesis_fast_cuda_emulator_{variant}",
+        sources=[str(s) for s in sources],
+        extra_include_paths=[str(EMULATOR / "include"), str(build / "src")],
+        extra_cflags=["-O2", "-ffp-contract=off", "-Wno-unknown-pragmas", "-std=c++20", *SANITIZE, *address],
+        extra_ldflags=address,
+        build_directory=str(build / "obj"),
+        is_python_module=False,
+        verbose=False,
+    )
+    library = torch.library.Library(NAMESPACE, "FRAGMENT")
+    for op in OPS:
+        schema = str(getattr(torch.ops.nemesis_fast, op).default._schema)
+        library.define(schema.removeprefix("nemesis_fast::"))
+    return library
 
 
 def configure(
@@ -153,7 +155,7 @@ def configure(
     seed: int = 0,
     fill: int = 0x3C,
 ) -> None:
-    """The emulated device and schedule for the launches that follow (see emu.h's Config)."""
+    """The emulated device and schedule for the launches that follow (see Config in cuda_emulator/threads.h)."""
     load().configure(multiprocessors, blocks_per_sm, concurrent_blocks, ORDERS[order], seed, fill)
 
 
