@@ -115,6 +115,7 @@ inline void Grid::start_block(Block& b, uint3 index) {
 inline void Grid::run() {
   random.seed(config().seed);
   const uint64_t total = static_cast<uint64_t>(grid_dim.x) * grid_dim.y * grid_dim.z;
+  TORCH_CHECK(total <= (uint64_t{1} << 24), "emu: a grid of ", total, " blocks, more than the emulator runs (2^24)");
   std::vector<uint64_t> block_order(total);
   std::iota(block_order.begin(), block_order.end(), 0);
   arrange(block_order);

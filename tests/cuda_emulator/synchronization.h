@@ -75,6 +75,8 @@ T exchange_as(unsigned int mask, T value, int source, const char* file, int line
 
 template <typename T>
 T shfl_xor(unsigned int mask, T value, int lane_mask, const char* file, int line) {
+  if (lane_mask < 0 || lane_mask > 31) fail("__shfl_xor_sync with lane mask " + std::to_string(lane_mask) + " at " +
+                                            where(file, line) + "; the emulator takes 0 to 31");
   return exchange_as(mask, value, this_fiber().lane ^ lane_mask, file, line);
 }
 
