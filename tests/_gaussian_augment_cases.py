@@ -19,7 +19,7 @@ def op_for(backend: str):
     return {"native": BACKENDS.native, "triton": BACKENDS.triton, "torch": BACKENDS.torch}[backend]
 
 
-def _positional(**kwargs) -> list:
+def op_arguments(**kwargs) -> list:
     """The op's positional arguments after x: defaults for those not in `kwargs`."""
     args = {"copies": 3, "sigma": 0.5, "clip_min": 0.0, "clip_max": 1.0, "include_original": True, "seed": 7}
     args.update({"offset": 0, "out_dtype": None}, **kwargs)
@@ -28,12 +28,12 @@ def _positional(**kwargs) -> list:
 
 def call(backend: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
     """The op of `backend` with defaults for the arguments not given."""
-    return op_for(backend)(x, *_positional(**kwargs))
+    return op_for(backend)(x, *op_arguments(**kwargs))
 
 
 def expected(x: torch.Tensor, **kwargs) -> torch.Tensor:
     """The reference's result with the same defaults as :func:`call`."""
-    return reference.gaussian_augment(x, *_positional(**kwargs))
+    return reference.gaussian_augment(x, *op_arguments(**kwargs))
 
 
 def assert_matches(actual: torch.Tensor, wanted: torch.Tensor) -> None:

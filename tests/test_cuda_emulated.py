@@ -10,7 +10,7 @@ import _cuda_emulator as emulator
 import pytest
 import torch
 from _bounded_relu_cases import assert_same_bits, layouts, special_values
-from _gaussian_augment_cases import assert_matches, expected
+from _gaussian_augment_cases import assert_matches, expected, op_arguments
 from test_jsma_saliency_search import (
     GRADIENT_KINDS,
     assert_same,
@@ -176,11 +176,9 @@ def test_gaussian_augment(cuda):
         }
         for x in inputs.values():
             for kwargs in settings:
-                args = {"copies": 3, "sigma": 0.5, "clip_min": 0.0, "clip_max": 1.0, "include_original": True,
-                        "seed": 7, "offset": 0, "out_dtype": None, **kwargs}  # fmt: skip
-                assert_matches(cuda.gaussian_augment(x, *args.values()), expected(x, **kwargs))
+                assert_matches(cuda.gaussian_augment(x, *op_arguments(**kwargs)), expected(x, **kwargs))
     emulator.configure(multiprocessors=132)  # 4 x 132 x 2048 threads wanted: one block per row
-    cuda.gaussian_augment(flat[:6].view(1, 6), 3, 0.5, 0.0, 1.0, True, 7, 0, None)
+    cuda.gaussian_augment(flat[:6].view(1, 6), *op_arguments())
     assert emulator.counters()["blocks"] == 1 + 3
 
 
@@ -190,6 +188,6 @@ def test_gaussian_augment_rows_over_a_short_grid_y():
     cuda = emulator.load()
     emulator.configure(multiprocessors=1, order="shuffled", concurrent_blocks=3)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    assert_matches(cuda.gaussian_augment(x, 10, 0.3, None, None, True, 1, 0, None), expected(x, copies=10, sigma=0.3,
-                   clip_min=None, clip_max=None, seed=1))  # fmt: skip
+    settings = {"copies": 10, "sigma": 0.3, "clip_min": None, "clip_max": None, "seed": 1}
+    assert_matches(cuda.gaussian_augment(x, *op_arguments(**settings)), expected(x, **settings))
     assert emulator.counters()["blocks"] == 12 * 3

@@ -141,10 +141,12 @@ inline void Grid::run() {
       std::ostringstream s;
       s << "emu: deadlock: no thread can go on;";
       for (auto& b : active) {
-        s << " block " << b->block_idx.x << ": " << b->arrived << " of " << b->live << " at __syncthreads";
-        if (b->arrived) s << " (" << where(b->site.file, b->site.line) << ")";
+        const Barrier& block = b->barrier;
+        s << " block " << b->block_idx.x << ": " << block.arrived << " of " << b->live << " at __syncthreads";
+        if (block.arrived) s << " (" << where(block.site.file, block.site.line) << ")";
         for (auto& w : b->warps) {
-          if (w.arrived) s << ", " << w.arrived << " lanes at " << where(w.site.file, w.site.line);
+          const Barrier& lanes = w.barrier;
+          if (lanes.arrived) s << ", " << lanes.arrived << " lanes at " << where(lanes.site.file, lanes.site.line);
         }
         s << ";";
       }
@@ -199,8 +201,10 @@ inline void fiber_entry() {
   Fiber& f = this_fiber();
   Block& b = *f.block;
   Warp& w = b.warps[f.warp];
-  if (w.arrived != 0) fail("a lane returned while " + std::to_string(w.arrived) + " lane(s) of its warp wait at " +
-                           where(w.site.file, w.site.line));
+  if (w.barrier.arrived != 0) {
+    fail("a lane returned while " + std::to_string(w.barrier.arrived) + " lane(s) of its warp wait at " +
+         where(w.barrier.site.file, w.barrier.site.line));
+  }
   f.state = FiberState::kDone;
   ++w.exited;
   --b.live;

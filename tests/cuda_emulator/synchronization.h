@@ -6,28 +6,38 @@
 
 namespace emu {
 
-// Releases the threads waiting at the block's barrier once every thread that has not returned is there
-// (returned threads count as arrived, as on sm_70 and later).
+// The calling fiber waits at `barrier`, from (file, line); `who` names it ("thread 3") for the error where others
+// wait there from another line.
+inline void arrive(Barrier& barrier, const char* file, int line, const std::string& who, const char* what) {
+  Fiber& f = this_fiber();
+  if (barrier.arrived == 0) {
+    barrier.site = {file, line};
+  } else if (!barrier.site.same(file, line)) {
+    fail(std::string("divergent ") + what + ": " + who + " waits at " + where(file, line) + ", others at " +
+         where(barrier.site.file, barrier.site.line));
+  }
+  ++barrier.arrived;
+  f.state = FiberState::kWaiting;
+  barrier.waiting.push_back(&f);
+}
+
+// Every fiber waiting at `barrier` goes on.
+inline void release(Barrier& barrier) {
+  for (Fiber* f : barrier.waiting) f->state = FiberState::kReady;
+  barrier.waiting.clear();
+  barrier.arrived = 0;
+}
+
+// Releases the block's barrier once every thread that has not returned is there (returned threads count as
+// arrived, as on sm_70 and later).
 inline void release_block_if_complete(Block& b) {
-  if (b.arrived == 0 || b.arrived < b.live) return;
-  for (Fiber* f : b.waiting) f->state = FiberState::kReady;
-  b.waiting.clear();
-  b.arrived = 0;
+  if (b.barrier.arrived != 0 && b.barrier.arrived >= b.live) release(b.barrier);
 }
 
 inline void syncthreads(const char* file, int line) {
   Fiber& f = this_fiber();
-  Block& b = *f.block;
-  if (b.arrived == 0) {
-    b.site = {file, line};
-  } else if (!b.site.same(file, line)) {
-    fail("divergent __syncthreads: thread " + std::to_string(f.linear) + " waits at " + where(file, line) +
-         ", others at " + where(b.site.file, b.site.line));
-  }
-  ++b.arrived;
-  f.state = FiberState::kWaiting;
-  b.waiting.push_back(&f);
-  release_block_if_complete(b);
+  arrive(f.block->barrier, file, line, "thread " + std::to_string(f.linear), "__syncthreads");
+  release_block_if_complete(*f.block);
   yield_to_scheduler();
 }
 
@@ -41,21 +51,11 @@ inline uint64_t warp_exchange(unsigned int mask, uint64_t value, int source, con
                          where(file, line));
   if (w.exited != 0) fail("a full-mask shuffle at " + where(file, line) + " after " + std::to_string(w.exited) +
                           " lane(s) of the warp returned");
-  if (w.arrived == 0) {
-    w.site = {file, line};
-  } else if (!w.site.same(file, line)) {
-    fail("divergent shuffles: lane " + std::to_string(f.lane) + " at " + where(file, line) + ", others at " +
-         where(w.site.file, w.site.line));
-  }
   const int buffer = static_cast<int>(w.generation & 1);  // the next exchange writes the other one
   w.slots[buffer][f.lane] = value;
-  ++w.arrived;
-  f.state = FiberState::kWaiting;
-  w.waiting.push_back(&f);
-  if (w.arrived == w.size) {
-    for (Fiber* waiting : w.waiting) waiting->state = FiberState::kReady;
-    w.waiting.clear();
-    w.arrived = 0;
+  arrive(w.barrier, file, line, "lane " + std::to_string(f.lane), "shuffles");
+  if (w.barrier.arrived == w.size) {
+    release(w.barrier);
     ++w.generation;
   }
   yield_to_scheduler();

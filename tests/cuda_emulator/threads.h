@@ -107,14 +107,19 @@ struct Site {
   bool same(const char* f, int l) const { return line == l && std::strcmp(file, f) == 0; }
 };
 
+// The threads waiting at a block's __syncthreads or at a warp's shuffle (synchronization.h: arrive, release).
+struct Barrier {
+  int arrived = 0;
+  Site site;  // where the first of them waits
+  std::vector<Fiber*> waiting;
+};
+
 struct Warp {
   int size = 0;
-  int arrived = 0;
   int exited = 0;
   uint64_t generation = 0;
   uint64_t slots[2][32] = {};
-  Site site;
-  std::vector<Fiber*> waiting;
+  Barrier barrier;
 };
 
 struct Block {
@@ -122,9 +127,7 @@ struct Block {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   int live = 0;
-  int arrived = 0;
-  Site site;
-  std::vector<Fiber*> waiting;
+  Barrier barrier;
   std::map<const void*, std::unique_ptr<unsigned char[]>> shared;  // one array per __shared__ declaration
 };
 
